@@ -1,0 +1,8 @@
+"""``python -m scripts.run_m1 run|check``: see ``--help``."""
+
+import sys
+
+from thermospec.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

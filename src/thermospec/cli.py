@@ -1,0 +1,202 @@
+"""Command line of M1: ``python -m scripts.run_m1 run|check``.
+
+Errors on the user's input print one line naming the option or file and the
+reason, exit with status 2 and write nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from thermospec.config import ConfigError, RunConfig
+from thermospec.payload import EpsSpec, PayloadError
+from thermospec.targets import CorpusError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+RUN_EXAMPLES = """\
+examples:
+  python -m scripts.run_m1 run --vocab 256 --K 64 --eps auto --steps 50000 --seed 7
+  python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --K 64 --eps auto --steps 50000 --seed 7
+  python -m scripts.run_m1 run --K 8 --tau 0.9 --eps 1e-5 --runs-dir /tmp/runs
+"""
+
+CHECK_EXAMPLES = """\
+examples:
+  python -m scripts.run_m1 check
+  python -m scripts.run_m1 check --corpus data/tinyshakespeare.txt --K 128
+  python -m scripts.run_m1 check --tau 0.3 --eps 0
+"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _int_at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _eps(text: str) -> EpsSpec:
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a finite number >= 0, got {text!r}")
+    return value
+
+
+def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> None:
+    target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
+    target.add_argument("--corpus", metavar="PATH", help="UTF-8 text: char-level bigram counts, +1 Laplace")
+    target.add_argument("--vocab", type=_int_at_least(2), default=256, help="synthetic V (default: 256)")
+    target.add_argument("--c", type=_positive_float, default=50.0,
+                        help="synthetic Dirichlet concentration, alpha = c/V (default: 50)")
+    psi = parser.add_argument_group("ψ payload, per context")
+    psi.add_argument("--K", type=_int_at_least(1), default=64,
+                     help="top-K ids sent (default: 64; clamped to V)")
+    psi.add_argument("--tau", type=_positive_float, default=1.0, help="temperature τ > 0 (default: 1.0)")
+    psi.add_argument("--eps", type=_eps, default="auto",
+                     help="per-token tail probability, or 'auto' to spread the tail mass (default: auto)")
+    parser.add_argument("--steps", type=_int_at_least(1), default=50_000, help=steps_help)
+    parser.add_argument("--seed", type=_int_at_least(0), default=7, help="RNG seed (default: 7)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``run_m1`` parser with its ``run`` and ``check`` commands."""
+    parser = OneLineParser(
+        prog="run_m1",
+        description="Thermo-Speculative Decoding, milestone M1: a bigram target drafted by a TSU.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,check}",
+                                     parser_class=OneLineParser)
+    run = commands.add_parser(
+        "run", help="run the chain, write m1_metrics.jsonl and summary.json",
+        description="Run N steps of the bigram chain drafted by the TSU and corrected by the target; "
+        "write RUNS_DIR/<UTC timestamp>/m1_metrics.jsonl and summary.json.",
+        epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_target_options(run, "number of emitted tokens (default: 50000)")
+    run.add_argument("--runs-dir", metavar="DIR", default="runs", help="where run folders go (default: runs)")
+    check = commands.add_parser(
+        "check", help="the guide's success checklist: PASS/FAIL, exit 0 only if all pass",
+        description="Verify the M1 success checklist on this target; exit non-zero if any check fails.",
+        epilog=CHECK_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_target_options(check, "steps of the run for |accept - overlap| (default: 50000)")
+    check.add_argument("--check-steps", type=_int_at_least(1), default=20_000, metavar="N",
+                       help="fixed-context steps per χ² context (default: 20000)")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        corpus=args.corpus, vocab=args.vocab, c=args.c, K=args.K, tau=args.tau,
+        eps=args.eps, steps=args.steps, seed=args.seed,
+    )
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The summary as an aligned two-column table."""
+    rows: list[tuple[str, str]] = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            rows.extend((f"{key}.{k}", _format_value(v)) for k, v in value.items())
+        else:
+            rows.append((key, _format_value(value)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _notice_clamp(config: RunConfig, V: int) -> None:
+    if config.K > V:
+        print(f"notice: --K {config.K} is above the vocabulary size V = {V}; using K = {V}", file=sys.stderr)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from thermospec.runs import METRICS_FILE, create_run_dir, execute_run, prepare_run
+
+    run = prepare_run(_config(args))
+    _notice_clamp(run.config, run.target.V)
+    try:
+        run_dir = create_run_dir(Path(args.runs_dir))
+    except OSError as exc:
+        raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a run folder ({exc.strerror or exc})") from None
+    summary = execute_run(run, run_dir)
+    print(summary_table(summary))
+    print(f"\nwrote {run_dir / METRICS_FILE} and {run_dir / 'summary.json'}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from thermospec.checks import run_checks
+    from thermospec.runs import prepare_run
+
+    run = prepare_run(_config(args))
+    _notice_clamp(run.config, run.target.V)
+    results = run_checks(run, args.check_steps)
+    width = max(len(r.name) for r in results)
+    for r in results:
+        print(f"{'PASS' if r.passed else 'FAIL'}  {r.name:<{width}}  {r.detail}")
+    failed = sum(not r.passed for r in results)
+    print(f"\n{len(results) - failed}/{len(results)} checks passed")
+    return 0 if failed == 0 else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m scripts.run_m1``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        return _cmd_check(args)
+    except CorpusError as exc:
+        print(f"run_m1 {args.command}: error: --corpus {exc}", file=sys.stderr)
+    except (ConfigError, PayloadError) as exc:
+        print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"run_m1 {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE

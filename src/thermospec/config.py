@@ -1,0 +1,90 @@
+"""A run's configuration, its target, and how its seed becomes independent random streams."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from thermospec.payload import EpsSpec
+from thermospec.targets import BigramTarget, corpus_target, synthetic_target
+
+__all__ = ["ConfigError", "RunConfig", "Stream", "load_target", "random_stream"]
+
+
+class ConfigError(ValueError):
+    """An option value that cannot be used; the message names the option and the reason."""
+
+
+class Stream(IntEnum):
+    """Purposes of the random streams derived from a run's seed."""
+
+    TARGET = 0
+    CHAIN = 1
+    CHECK = 2
+
+
+def random_stream(seed: int, purpose: Stream, *index: int) -> np.random.Generator:
+    """An independent generator for one purpose of a seed.
+
+    Streams are children of ``SeedSequence(seed)`` keyed by ``(purpose, *index)``,
+    so the synthetic target depends only on (seed, V, c), never on K, τ, ε or
+    the run length, and sweeps can derive one stream per configuration.
+    """
+    sequence = np.random.SeedSequence(seed, spawn_key=(int(purpose), *index))
+    return np.random.Generator(np.random.PCG64(sequence))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options of an M1 run, with the guide's defaults."""
+
+    corpus: str | None = None
+    vocab: int = 256
+    c: float = 50.0
+    K: int = 64
+    tau: float = 1.0
+    eps: EpsSpec = "auto"
+    steps: int = 50_000
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.vocab < 2:
+            raise ConfigError(f"--vocab: must be an integer >= 2, got {self.vocab}")
+        if not (np.isfinite(self.c) and self.c > 0):
+            raise ConfigError(f"--c: must be a finite number > 0, got {self.c}")
+        if self.K < 1:
+            raise ConfigError(f"--K: must be an integer >= 1, got {self.K}")
+        if not (np.isfinite(self.tau) and np.float32(self.tau) > 0):
+            raise ConfigError(f"--tau: must be a finite number > 0, got {self.tau}")
+        if self.eps != "auto" and not (np.isfinite(self.eps) and self.eps >= 0):
+            raise ConfigError(f"--eps: must be 'auto' or a finite number >= 0, got {self.eps}")
+        if self.steps < 1:
+            raise ConfigError(f"--steps: must be an integer >= 1, got {self.steps}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed: must be an integer >= 0, got {self.seed}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values."""
+        return asdict(self)
+
+
+def load_target(config: RunConfig) -> BigramTarget:
+    """The target a configuration names: the corpus' if given, else the synthetic one."""
+    if config.corpus is not None:
+        return corpus_target(config.corpus)
+    return synthetic_target(config.vocab, config.c, random_stream(config.seed, Stream.TARGET))
+
+
+def check_eps(config: RunConfig, V: int) -> None:
+    """Check a numeric ε against SPEC's range ``(V - K) * eps < 1`` for this vocabulary."""
+    if config.eps == "auto":
+        return
+    k = min(config.K, V)
+    eps32 = float(np.float32(config.eps))
+    if not (V - k) * eps32 < 1:
+        raise ConfigError(
+            f"--eps: (V - K) * eps must be < 1, got ({V} - {k}) * {config.eps} = {(V - k) * eps32:.6g}"
+        )

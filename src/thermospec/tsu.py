@@ -1,0 +1,99 @@
+"""The Thermodynamic Sampling Unit: F(ψ) and its software stand-in `SimTSU`.
+
+A TSU receives only the payload bytes, so everything here is computed from
+the decoded payload (float32 fields widened to float64), never from the target
+row.  With ``T = (V - K) * eps`` and ``w_i = exp(-codes_i * delta / tau)``::
+
+    q(ids_i) = (1 - T) * w_i / sum_j w_j        q(v) = eps  for v not in ids
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.payload import Payload, decode_payload
+from thermospec.sampling import inverse_cdf
+
+__all__ = ["SimTSU", "proposal_distribution"]
+
+
+def proposal_distribution(payload: Payload) -> NDArray[np.float64]:
+    """F(ψ): the distribution a TSU programmed with `payload` samples from (SPEC §3).
+
+    Parameters
+    ----------
+    payload : Payload
+
+    Returns
+    -------
+    ndarray of float64, shape (V,)
+        ``q``, non-negative and summing to 1 up to rounding.
+    """
+    # Widen the uint8 codes before negating: -codes on uint8 wraps around.
+    logits = -payload.codes.astype(np.float64) * payload.delta / payload.tau
+    w = np.exp(logits - logits.max())
+    q = np.full(payload.vocab_size, payload.eps, dtype=np.float64)
+    q[payload.ids] = (1.0 - payload.tail_mass) * (w / w.sum())
+    return q
+
+
+class SimTSU:
+    """Software stand-in for a TSU: samples F(ψ) and reports the exact ``log q``.
+
+    Parameters
+    ----------
+    payload : Payload or bytes
+        The ψ payload; bytes are decoded and validated first.
+
+    Attributes
+    ----------
+    payload : Payload
+        The decoded payload.
+    q : ndarray of float64, shape (V,)
+        The whole distribution F(ψ), read-only, for the host's residual step.
+
+    Notes
+    -----
+    Each draw consumes exactly one float64 uniform of the generator and inverts
+    the cumulative distribution of `q` (`thermospec.sampling.inverse_cdf`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from thermospec import SimTSU, craft_payload
+    >>> tsu = SimTSU(craft_payload(np.array([0.5, 0.3, 0.2]), K=2, tau=1.0))
+    >>> tokens, log_q = tsu.sample(np.random.default_rng(0), 4)
+    >>> bool(np.allclose(log_q, np.log(tsu.q[tokens])))
+    True
+    """
+
+    def __init__(self, payload: Payload | bytes) -> None:
+        if isinstance(payload, bytes | bytearray | memoryview):
+            payload = decode_payload(bytes(payload))
+        self.payload = payload
+        q = proposal_distribution(payload)
+        q.flags.writeable = False
+        self.q: NDArray[np.float64] = q
+        cdf = np.cumsum(q)
+        cdf.flags.writeable = False
+        self.cdf: NDArray[np.float64] = cdf
+
+    def sample(
+        self, rng: np.random.Generator, n: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Draw `n` tokens from F(ψ).
+
+        Returns
+        -------
+        tokens : ndarray of int64, shape (n,)
+        log_q : ndarray of float64, shape (n,)
+            Natural log of F(ψ) at each drawn token.
+        """
+        tokens = inverse_cdf(self.cdf, rng.random(n))
+        return tokens, np.log(self.q[tokens])
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, float]:
+        """Draw one token from F(ψ); return it with its exact ``log q``."""
+        tokens, log_q = self.sample(rng, 1)
+        return int(tokens[0]), float(log_q[0])
