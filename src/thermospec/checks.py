@@ -56,9 +56,9 @@ def fixed_context_check(run: PreparedRun, n: int) -> CheckResult:
     p_values = []
     for i, x in enumerate(contexts):
         rng = random_stream(run.config.seed, Stream.CHECK, i)
-        draws = fixed_context_draws(target.P[x], run.proposer.draft(x), n, rng)
+        draws = fixed_context_draws(target.row(x), run.proposer.draft(x), n, rng)
         observed = np.bincount(draws.emitted, minlength=target.V).astype(np.float64)
-        p_values.append(pooled_chi2(observed, n * target.P[x]).p_value)
+        p_values.append(pooled_chi2(observed, n * target.row(x)).p_value)
     passing = sum(p > SIGNIFICANCE for p in p_values)
     shown = ", ".join(f"x={x}: p={p:.3f}" for x, p in zip(contexts, p_values, strict=True))
     return CheckResult(
@@ -73,7 +73,7 @@ def accept_overlap_check(run: PreparedRun) -> CheckResult:
     target, config = run.target, run.config
     tally = RunTally(target.V)
     rng = random_stream(config.seed, Stream.CHAIN)
-    for chunk in run_chain(target.P, target.pi, run.proposer.draft, config.steps, rng):
+    for chunk in run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng):
         tally.update(chunk)
     stats = summarise_run(tally, run.proposer.draft, target.pi)
     gap = abs(stats["accept_rate"] - stats["mean_overlap"])
@@ -93,7 +93,7 @@ def psi_size_check(run: PreparedRun) -> CheckResult:
     target, config = run.target, run.config
     x = int(np.argmax(target.pi))
     sizes = [
-        len(encode_payload(craft_payload(target.P[x], k, config.tau, "auto")))
+        len(encode_payload(craft_payload(target.row(x), k, config.tau, "auto")))
         for k in range(1, min(MAX_CHECKED_K, target.V) + 1)
     ]
     largest = max(sizes)

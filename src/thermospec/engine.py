@@ -38,6 +38,7 @@ __all__ = [
 DEFAULT_CHUNK = 1 << 16
 
 DraftSource = Callable[[int], ContextDraft]
+RowSource = Callable[[int], NDArray[np.float64]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,7 +130,7 @@ def _loop_table(tables: ContextTables) -> _LoopTable:
 
 
 def run_chain(
-    P: NDArray[np.float64],
+    row: RowSource,
     pi: NDArray[np.float64],
     drafts: DraftSource,
     steps: int,
@@ -140,8 +141,8 @@ def run_chain(
 
     Parameters
     ----------
-    P : ndarray of float64, shape (V, V)
-        Target table.
+    row : callable
+        ``row(x)`` is the target ``p(. | x)``.
     pi : ndarray of float64, shape (V,)
         Start distribution.
     drafts : callable
@@ -170,7 +171,7 @@ def run_chain(
         for t, (u_draft, u_accept, u_residual) in enumerate(uniforms):
             table = tables.get(x)
             if table is None:
-                table = tables[x] = _loop_table(context_tables(P[x], drafts(x)))
+                table = tables[x] = _loop_table(context_tables(row(x), drafts(x)))
             draft_cdf, draft_total, draft_last, ratio, res_cdf, res_total, res_last = table
             y = bisect_right(draft_cdf, u_draft * draft_total)
             if y > draft_last:
@@ -196,7 +197,7 @@ def run_chain(
 
 
 def run_chain_reference(
-    P: NDArray[np.float64],
+    row: RowSource,
     pi: NDArray[np.float64],
     drafts: DraftSource,
     steps: int,
@@ -214,8 +215,8 @@ def run_chain_reference(
         tsu = drafts(x).tsu
         y, log_q = tsu.draw(rng)
         if log_q != float(np.log(tsu.q[y])):
-            raise ValueError(f"TSU reported log q = {log_q!r} for token {y}, F(ψ) says {np.log(tsu.q[y])!r}")
-        e, a = accept_correct_step(P[x], tsu.q, y, rng)
+            raise ValueError(f"TSU reported log q = {log_q!r} for token {y}; F(ψ) says {np.log(tsu.q[y])!r}")
+        e, a = accept_correct_step(row(x), tsu.q, y, rng)
         prev.append(x)
         proposed.append(y)
         emitted.append(e)

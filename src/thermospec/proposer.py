@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,14 +68,14 @@ class Proposer:
 
     Parameters
     ----------
-    P : ndarray of float64, shape (V, V)
-        Row x is the target ``p(. | x)``.
+    row : callable
+        ``row(x)`` is the target ``p(. | x)`` (for example `BigramTarget.row`).
     K, tau, eps
         ψ hyperparameters, as in `thermospec.payload.craft_payload`.
     """
 
-    def __init__(self, P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> None:
-        self.P = P
+    def __init__(self, row: Callable[[int], NDArray[np.float64]], K: int, tau: float, eps: EpsSpec) -> None:
+        self.row = row
         self.K = K
         self.tau = tau
         self.eps = eps
@@ -84,10 +85,10 @@ class Proposer:
         """The (cached) draft of one context."""
         found = self._cache.get(context)
         if found is None:
-            found = draft_for_row(self.P[context], context, self.K, self.tau, self.eps)
+            found = draft_for_row(self.row(context), context, self.K, self.tau, self.eps)
             self._cache[context] = found
         return found
 
-    def all_drafts(self) -> list[ContextDraft]:
-        """Drafts of every context (crafting those not yet cached)."""
-        return [self.draft(x) for x in range(self.P.shape[0])]
+    def all_drafts(self, V: int) -> list[ContextDraft]:
+        """Drafts of contexts 0 .. V-1 (crafting those not yet cached)."""
+        return [self.draft(x) for x in range(V)]

@@ -60,8 +60,8 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     """
     target = load_target(config)
     check_eps(config, target.V)
-    proposer = Proposer(target.P, config.K, config.tau, config.eps)
-    proposer.all_drafts()
+    proposer = Proposer(target.row, config.K, config.tau, config.eps)
+    proposer.all_drafts(target.V)
     return PreparedRun(config=config, target=target, proposer=proposer)
 
 
@@ -122,7 +122,7 @@ def execute_run(
     rng = random_stream(config.seed, Stream.CHAIN)
     with (run_dir / METRICS_FILE).open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as out:
         writer = JsonlWriter(out)
-        for chunk in run_chain(target.P, target.pi, run.proposer.draft, config.steps, rng):
+        for chunk in run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng):
             writer.write(chunk, run.proposer.draft)
             tally.update(chunk)
             if on_chunk is not None:

@@ -59,6 +59,10 @@ class BigramTarget:
         """Vocabulary size."""
         return int(self.P.shape[0])
 
+    def row(self, x: int) -> NDArray[np.float64]:
+        """The target row ``p(. | x)``: the only access the engine and proposer need."""
+        return self.P[x]
+
 
 def synthetic_target(vocab: int, c: float, rng: np.random.Generator) -> BigramTarget:
     """Synthetic bigram: each row ``p(. | x) ~ Dirichlet(c / V, ..., c / V)``.
