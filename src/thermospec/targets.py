@@ -61,7 +61,8 @@ class BigramTarget:
 
     def row(self, x: int) -> NDArray[np.float64]:
         """The target row ``p(. | x)``: the only access the engine and proposer need."""
-        return self.P[x]
+        row: NDArray[np.float64] = self.P[x]
+        return row
 
 
 def synthetic_target(vocab: int, c: float, rng: np.random.Generator) -> BigramTarget:
