@@ -1,0 +1,216 @@
+"""End-to-end tests of ``python -m scripts.run_m1``: the guide's commands and every bad-input path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from thermospec.cli import main
+from thermospec.telemetry import FIELDS
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Call the CLI in-process; return (exit status, stdout, stderr)."""
+    try:
+        status = main(args)
+    except SystemExit as exc:  # argparse exits on usage errors
+        status = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def only_run_dir(runs: Path) -> Path:
+    (run_dir,) = list(runs.iterdir())
+    return run_dir
+
+
+def test_guide_synthetic_command_writes_jsonl_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    status, out, err = run_cli(
+        ["run", "--vocab", "256", "--K", "64", "--eps", "auto", "--steps", "3000", "--seed", "7",
+         "--runs-dir", str(runs)],
+        capsys,
+    )
+    assert status == 0, err
+    run_dir = only_run_dir(runs)
+    lines = (run_dir / "m1_metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3000
+    first = json.loads(lines[0])
+    assert tuple(first) == FIELDS
+    assert [json.loads(line)["step"] for line in lines[:3]] == [0, 1, 2]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof", "p_value",
+                "psi_bytes_max", "elapsed_s", "tokens_per_s", "config", "target", "checklist"):
+        assert key in summary
+    assert summary["config"] == {"corpus": None, "vocab": 256, "c": 50.0, "K": 64, "tau": 1.0, "eps": "auto",
+                                 "steps": 3000, "seed": 7, "K_used": 64}
+    assert summary["target"]["source"] == "synthetic"
+    assert summary["psi_bytes_max"] == 28 + 3 * 64
+    assert summary["checklist"]["accept_overlap_within_0.03"] is True
+    # The CLI echoes the summary as a table.
+    assert "accept_rate" in out and "mean_overlap" in out and "p_value" in out
+
+
+def test_guide_corpus_command_with_clamped_K(shakespeare: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    status, _, err = run_cli(
+        ["run", "--corpus", str(shakespeare), "--K", "128", "--eps", "auto", "--steps", "2000", "--seed", "7",
+         "--runs-dir", str(runs)],
+        capsys,
+    )
+    assert status == 0, err
+    assert "notice: --K 128 is above the vocabulary size V = 65; using K = 65" in err
+    summary = json.loads((only_run_dir(runs) / "summary.json").read_text())
+    assert summary["config"]["K"] == 128
+    assert summary["config"]["K_used"] == 65
+    assert summary["target"]["V"] == 65
+    assert len(summary["target"]["corpus_sha256"]) == 64
+
+
+def test_same_seed_gives_byte_identical_jsonl_in_distinct_folders(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    args = ["run", "--steps", "1500", "--seed", "11", "--K", "16", "--runs-dir", str(runs)]
+    assert run_cli(args, capsys)[0] == 0
+    assert run_cli(args, capsys)[0] == 0
+    folders = sorted(runs.iterdir())
+    assert len(folders) == 2  # two runs within the same second never share a folder
+    a, b = (f / "m1_metrics.jsonl" for f in folders)
+    assert a.read_bytes() == b.read_bytes()
+    assert run_cli([*args[:-4], "--seed", "12", "--runs-dir", str(runs)], capsys)[0] == 0
+    c = next(f for f in runs.iterdir() if f not in folders) / "m1_metrics.jsonl"
+    assert c.read_bytes() != a.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--K", "0"], "--K"),
+        (["--K", "x"], "--K"),
+        (["--steps", "0"], "--steps"),
+        (["--tau", "0"], "--tau"),
+        (["--tau", "nan"], "--tau"),
+        (["--tau", "-1"], "--tau"),
+        (["--tau", "inf"], "--tau"),
+        (["--eps", "-0.1"], "--eps"),
+        (["--eps", "often"], "--eps"),
+        (["--eps", "0.5"], "--eps"),  # (V - K) * eps >= 1
+        (["--vocab", "1"], "--vocab"),
+        (["--c", "0"], "--c"),
+        (["--c", "-2"], "--c"),
+        (["--seed", "-1"], "--seed"),
+        (["--bogus"], "--bogus"),
+    ],
+)
+def test_bad_options_one_line_exit_2_nothing_written(
+    args: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    status, _, err = run_cli(["run", *args, "--runs-dir", str(runs)], capsys)
+    assert status == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert not runs.exists()
+
+
+def _corpus_cases(tmp_path: Path) -> list[tuple[Path, str]]:
+    missing = tmp_path / "missing.txt"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9".encode("latin-1"))
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    single = tmp_path / "single.txt"
+    single.write_text("aaaa", encoding="utf-8")
+    return [(missing, "no such file"), (folder, "is a folder"), (latin1, "not UTF-8"), (empty, "is empty"),
+            (single, "at least 2")]
+
+
+def test_bad_corpus_one_line_exit_2_nothing_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    for path, reason in _corpus_cases(tmp_path):
+        for command in ("run", "check"):
+            extra = ["--runs-dir", str(runs)] if command == "run" else []
+            status, _, err = run_cli([command, "--corpus", str(path), *extra], capsys)
+            assert status == 2, (path, err)
+            assert str(path) in err and reason in err, err
+            assert len(err.strip().splitlines()) == 1
+            assert not runs.exists()
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can read a chmod 000 file")
+def test_unreadable_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "secret.txt"
+    path.write_text("ab ba", encoding="utf-8")
+    path.chmod(0)
+    status, _, err = run_cli(["run", "--corpus", str(path), "--runs-dir", str(tmp_path / "runs")], capsys)
+    assert status == 2 and "cannot be read" in err
+
+
+def test_unwritable_runs_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    status, _, err = run_cli(["run", "--steps", "10", "--runs-dir", str(blocker / "runs")], capsys)
+    assert status == 2
+    assert "--runs-dir" in err and len(err.strip().splitlines()) == 1
+
+
+def test_check_passes_on_defaults_and_reports_each_item(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(["check", "--steps", "20000", "--check-steps", "5000"], capsys)
+    assert status == 0, out
+    assert out.count("PASS") >= 3
+    assert "fixed-context" in out and "accept - overlap" in out and "1024" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--tau", "0.3"], ["--tau", "3"], ["--eps", "0"], ["--K", "1"], ["--K", "128"]],
+)
+def test_check_passes_on_hard_settings_synthetic(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(["check", *args, "--steps", "20000", "--check-steps", "5000"], capsys)
+    assert status == 0, out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--tau", "0.3"], ["--tau", "3"], ["--eps", "0"], ["--K", "1"], ["--K", "128"]],
+)
+def test_check_passes_on_hard_settings_corpus(args: list[str], shakespeare: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(["check", "--corpus", str(shakespeare), *args, "--steps", "20000",
+                              "--check-steps", "5000"], capsys)
+    assert status == 0, out
+
+
+def test_help_has_examples_and_every_guide_option(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(["run", "--help"], capsys)
+    assert status == 0
+    for option in ("--corpus", "--vocab", "--c", "--K", "--tau", "--eps", "--steps", "--seed", "--runs-dir",
+                   "examples:"):
+        assert option in out
+
+
+def test_module_entry_point_runs_as_the_guide_types_it(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.run_m1", "run", "--steps", "500", "--runs-dir", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "accept_rate" in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "scripts.run_m1", "run", "--tau", "0", "--runs-dir", str(tmp_path / "bad")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "--tau" in bad.stderr
+    assert not (tmp_path / "bad").exists()
