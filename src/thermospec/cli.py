@@ -135,6 +135,8 @@ def _format_value(value: Any) -> str:
         return str(value).lower() if value is not None else "null"
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, str) and not value.isprintable():
+        return repr(value)
     return str(value)
 
 

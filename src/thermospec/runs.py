@@ -99,6 +99,7 @@ def target_description(run: PreparedRun) -> dict[str, Any]:
         "V": target.V,
         "corpus": run.config.corpus,
         "corpus_sha256": target.corpus_sha256,
+        "vocabulary": None if target.vocabulary is None else "".join(target.vocabulary),
         "stationary": "unique" if target.stationary_unique
         else "not unique: long-run average from a uniform start",
     }
