@@ -120,8 +120,13 @@ def payload_size(K: int, V: int) -> int:
 
 
 def _float32(value: float) -> float:
-    """Round to float32 and widen back: the value a payload field really carries."""
-    return float(np.float32(value))
+    """Round to float32 and widen back: the value a payload field really carries.
+
+    A value beyond float32's range becomes inf silently: the field check then rejects it
+    with one clear message instead of a NumPy overflow warning on stderr.
+    """
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
 
 
 def _check_fields(K: int, V: int, tau: float, eps: float, delta: float) -> None:
