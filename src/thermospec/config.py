@@ -38,6 +38,12 @@ def random_stream(seed: int, purpose: Stream, *index: int) -> np.random.Generato
     return np.random.Generator(np.random.PCG64(sequence))
 
 
+def _as_float32(value: float) -> float:
+    """The value a float32 payload field would carry (inf where it overflows)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Options of an M1 run, with the guide's defaults."""
@@ -58,10 +64,11 @@ class RunConfig:
             raise ConfigError(f"--c: must be a finite number > 0, got {self.c}")
         if self.K < 1:
             raise ConfigError(f"--K: must be an integer >= 1, got {self.K}")
-        if not (np.isfinite(self.tau) and np.float32(self.tau) > 0):
-            raise ConfigError(f"--tau: must be a finite number > 0, got {self.tau}")
-        if self.eps != "auto" and not (np.isfinite(self.eps) and self.eps >= 0):
-            raise ConfigError(f"--eps: must be 'auto' or a finite number >= 0, got {self.eps}")
+        tau32 = _as_float32(self.tau)
+        if not (np.isfinite(tau32) and tau32 > 0):
+            raise ConfigError(f"--tau: must be a finite number > 0 that float32 (ψ's field) can hold, got {self.tau}")
+        if self.eps != "auto" and not (np.isfinite(_as_float32(self.eps)) and self.eps >= 0):
+            raise ConfigError(f"--eps: must be 'auto' or a finite number >= 0 that float32 can hold, got {self.eps}")
         if self.steps < 1:
             raise ConfigError(f"--steps: must be an integer >= 1, got {self.steps}")
         if self.seed < 0:

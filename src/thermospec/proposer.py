@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.metrics import ce_gap_nats, overlap_mass, topk_mass
-from thermospec.payload import EpsSpec, Payload, craft_payload, encode_payload
+from thermospec.payload import EpsSpec, Payload, PayloadError, craft_payload, encode_payload
 from thermospec.tsu import SimTSU
 
 __all__ = ["ContextDraft", "Proposer"]
@@ -51,7 +51,10 @@ class ContextDraft:
 
 def draft_for_row(p: NDArray[np.float64], context: int, K: int, tau: float, eps: EpsSpec) -> ContextDraft:
     """Craft, encode and load ψ for one target row, and measure it against the row."""
-    wire = encode_payload(craft_payload(p, K, tau, eps))
+    try:
+        wire = encode_payload(craft_payload(p, K, tau, eps))
+    except PayloadError as exc:
+        raise PayloadError(f"ψ of context {context}: {exc}") from None
     tsu = SimTSU(wire)  # q comes from the bytes, exactly as a chip would see them
     return ContextDraft(
         context=context,
