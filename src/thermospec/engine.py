@@ -14,7 +14,6 @@ one, driven by per-context tables built once; the tests pin one to the other.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -22,12 +21,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.acceptance import accept_correct_step, acceptance_ratio, residual_cdf
+from thermospec.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, TableSource
 from thermospec.proposer import ContextDraft
-from thermospec.sampling import inverse_cdf, last_positive
+from thermospec.sampling import inverse_cdf
 
 __all__ = [
     "ChainChunk",
     "ContextTables",
+    "ReportError",
+    "ReportVerifier",
     "context_tables",
     "fixed_context_draws",
     "run_chain",
@@ -92,6 +94,71 @@ def context_tables(p: NDArray[np.float64], draft: ContextDraft) -> ContextTables
     )
 
 
+class ReportError(RuntimeError):
+    """A TSU reported a ``log q`` that is not ``log F(ψ)`` at its draw: the run is refused.
+
+    Attributes
+    ----------
+    step, context, token : int
+        Where the bad report happened (`step` counts from 0 within the run or the check).
+    reported, expected : float
+        The TSU's ``log q`` and the host's ``log F(ψ)[token]``.
+    """
+
+    def __init__(self, step: int, context: int, token: int, reported: float, expected: float) -> None:
+        self.step, self.context, self.token = step, context, token
+        self.reported, self.expected = reported, expected
+        super().__init__(
+            f"TSU report refused at step {step}: token {token} (context {context}) was reported with "
+            f"log q = {reported!r} but F(ψ) gives {expected!r}"
+        )
+
+
+class ReportVerifier:
+    """The host's consistency check of every draw's reported ``log q`` against F(ψ).
+
+    The host knows F(ψ) exactly, so any report that differs from ``log F(ψ)[y]``
+    (or a draw of a token F(ψ) gives probability 0) is refused with a `ReportError`
+    naming the first offending step.  A simulated TSU's report is a function of its
+    context and token, so each context's table of bad tokens is built once and a
+    chunk costs one gather.
+    """
+
+    def __init__(self, drafts: DraftSource) -> None:
+        self._drafts = drafts
+        self._bad: dict[int, NDArray[np.bool_]] = {}
+
+    def _bad_tokens(self, x: int) -> NDArray[np.bool_]:
+        found = self._bad.get(x)
+        if found is None:
+            tsu = self._drafts(x).tsu
+            tokens = np.arange(tsu.q.shape[0], dtype=np.int64)
+            with np.errstate(divide="ignore"):
+                expected = np.log(tsu.q)
+            found = self._bad[x] = (tsu.report_log_q(tokens) != expected) | (tsu.q <= 0)
+        return found
+
+    def verify(self, chunk: ChainChunk) -> None:
+        """Raise `ReportError` at the first step of `chunk` whose draft was misreported."""
+        contexts = np.flatnonzero(np.bincount(chunk.prev)).tolist() if len(chunk) else []
+        suspects = [x for x in contexts if self._bad_tokens(x).any()]
+        if not suspects:
+            return
+        bad = np.zeros(len(chunk), dtype=np.bool_)
+        for x in suspects:
+            at = chunk.prev == x
+            bad[at] = self._bad[x][chunk.proposed[at]]
+        hits = np.flatnonzero(bad)
+        if hits.size:
+            i = int(hits[0])
+            x, y = int(chunk.prev[i]), int(chunk.proposed[i])
+            tsu = self._drafts(x).tsu
+            reported = float(tsu.report_log_q(np.array([y], dtype=np.int64))[0])
+            with np.errstate(divide="ignore"):
+                expected = float(np.log(tsu.q[y]))
+            raise ReportError(chunk.start + i, x, y, reported, expected)
+
+
 def start_token(pi: NDArray[np.float64], rng: np.random.Generator) -> int:
     """Draw ``x_0 ~ pi`` (one uniform)."""
     return int(inverse_cdf(np.cumsum(pi), rng.random(1))[0])
@@ -113,20 +180,19 @@ def fixed_context_draws(
     rejected = ~accepted
     emitted[rejected] = inverse_cdf(tables.residual_cdf, u[rejected, 2])
     prev = np.full(n, draft.context, dtype=np.int64)
-    return ChainChunk(start=0, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
+    chunk = ChainChunk(start=0, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
+    ReportVerifier(lambda _: draft).verify(chunk)
+    return chunk
 
 
-_LoopTable = tuple[list[float], float, int, list[float], list[float], float, int]
+def _table_source(row: RowSource, drafts: DraftSource) -> TableSource:
+    """``(draft_cdf, ratio, residual_cdf)`` of a context, as the steppers of `thermospec.kernels` take them."""
 
+    def source(x: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        tables = context_tables(row(x), drafts(x))
+        return tables.draft_cdf, tables.ratio, tables.residual_cdf
 
-def _loop_table(tables: ContextTables) -> _LoopTable:
-    """The tables as Python lists: `bisect` on a list beats a NumPy call per step."""
-    dc, rc = tables.draft_cdf, tables.residual_cdf
-    return (
-        dc.tolist(), float(dc[-1]), last_positive(dc),
-        tables.ratio.tolist(),
-        rc.tolist(), float(rc[-1]), last_positive(rc),
-    )
+    return source
 
 
 def run_chain(
@@ -136,6 +202,8 @@ def run_chain(
     steps: int,
     rng: np.random.Generator,
     chunk: int = DEFAULT_CHUNK,
+    backend: Backend = "auto",
+    max_table_bytes: int = DEFAULT_TABLE_BYTES,
 ) -> Iterator[ChainChunk]:
     """Run the speculative bigram chain for `steps` steps, yielding chunks of steps.
 
@@ -153,46 +221,29 @@ def run_chain(
         The chain's random stream.
     chunk : int
         Steps per yielded chunk; memory stays flat in `steps`.
+    backend : {"auto", "compiled", "python"}
+        The stepper of `thermospec.kernels`: the compiled kernel when built
+        ("auto"), or the pure-Python fallback; both emit the same tokens.
+    max_table_bytes : int
+        Memory bound of the per-context table cache (least recently used evicted).
 
     Yields
     ------
     ChainChunk
     """
     x = start_token(pi, rng)
-    tables: dict[int, _LoopTable] = {}
+    stepper = ChainStepper(int(pi.shape[0]), _table_source(row, drafts), backend, max_table_bytes)
+    verifier = ReportVerifier(drafts)
     done = 0
+    buffer = np.empty((min(chunk, steps), 3), dtype=np.float64)
     while done < steps:
         n = min(chunk, steps - done)
-        uniforms = rng.random((n, 3)).tolist()
-        prev = [0] * n
-        proposed = [0] * n
-        emitted = [0] * n
-        accepted = [False] * n
-        for t, (u_draft, u_accept, u_residual) in enumerate(uniforms):
-            table = tables.get(x)
-            if table is None:
-                table = tables[x] = _loop_table(context_tables(row(x), drafts(x)))
-            draft_cdf, draft_total, draft_last, ratio, res_cdf, res_total, res_last = table
-            y = bisect_right(draft_cdf, u_draft * draft_total)
-            if y > draft_last:
-                y = draft_last
-            prev[t] = x
-            proposed[t] = y
-            if u_accept < ratio[y]:
-                accepted[t] = True
-                x = y
-            else:
-                x = bisect_right(res_cdf, u_residual * res_total)
-                if x > res_last:
-                    x = res_last
-            emitted[t] = x
-        yield ChainChunk(
-            start=done,
-            prev=np.array(prev, dtype=np.int64),
-            proposed=np.array(proposed, dtype=np.int64),
-            emitted=np.array(emitted, dtype=np.int64),
-            accepted=np.array(accepted, dtype=np.bool_),
-        )
+        uniforms = buffer[:n]
+        rng.random(out=uniforms)  # the same values, in the same order, as rng.random((n, 3))
+        (prev, proposed, emitted, accepted), x = stepper.steps(uniforms, x)
+        produced = ChainChunk(start=done, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
+        verifier.verify(produced)  # before the chunk leaves the engine: no bad step is ever written
+        yield produced
         done += n
 
 
@@ -211,11 +262,13 @@ def run_chain_reference(
     """
     x = start_token(pi, rng)
     prev, proposed, emitted, accepted = [], [], [], []
-    for _ in range(steps):
+    for step in range(steps):
         tsu = drafts(x).tsu
         y, log_q = tsu.draw(rng)
-        if log_q != float(np.log(tsu.q[y])):
-            raise ValueError(f"TSU reported log q = {log_q!r} for token {y}; F(ψ) says {np.log(tsu.q[y])!r}")
+        with np.errstate(divide="ignore"):
+            expected = float(np.log(tsu.q[y]))
+        if log_q != expected or not tsu.q[y] > 0:
+            raise ReportError(step, x, y, log_q, expected)
         e, a = accept_correct_step(row(x), tsu.q, y, rng)
         prev.append(x)
         proposed.append(y)

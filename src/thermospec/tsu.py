@@ -91,7 +91,16 @@ class SimTSU:
             Natural log of F(ψ) at each drawn token.
         """
         tokens = inverse_cdf(self.cdf, rng.random(n))
-        return tokens, np.log(self.q[tokens])
+        return tokens, self.report_log_q(tokens)
+
+    def report_log_q(self, tokens: NDArray[np.int64]) -> NDArray[np.float64]:
+        """The ``log q`` this TSU reports with each drawn token: ``log F(ψ)[y]``.
+
+        The host checks every report against F(ψ) (`thermospec.engine.ReportVerifier`);
+        a faulty TSU that misreports overrides this method.
+        """
+        log_q: NDArray[np.float64] = np.log(self.q[tokens])
+        return log_q
 
     def draw(self, rng: np.random.Generator) -> tuple[int, float]:
         """Draw one token from F(ψ); return it with its exact ``log q``."""
