@@ -1,0 +1,19 @@
+"""Build the optional compiled kernel; every other setting lives in pyproject.toml.
+
+The extension is optional: if it cannot be built (no compiler, no Python
+headers), the install still succeeds and `thermospec.kernels` falls back to the
+pure-Python/NumPy loops, which emit the same tokens.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "thermospec._kernels",
+            sources=["src/thermospec/_kernels.c"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
+            optional=True,
+        )
+    ]
+)

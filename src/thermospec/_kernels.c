@@ -1,0 +1,227 @@
+/*
+ * Compiled inner loops of the speculative bigram chain (thermospec._kernels).
+ *
+ * Exactly the step of thermospec.engine.run_chain_reference, on per-context
+ * tables laid out by thermospec.kernels.TableCache:
+ *
+ *   tables[slot] = [draft_cdf (V) | ratio (V) | residual_cdf (V)]  float64
+ *   totals[slot] = [draft_cdf[V-1], residual_cdf[V-1]]             float64
+ *   lasts[slot]  = [last positive index of each cdf]                int64
+ *   slot_of[x]   = slot holding context x, or -1
+ *   guides[slot] = [draft guide (G + 1) | residual guide (G + 1)]   int32
+ *
+ * One step with uniforms (u_draft, u_accept, u_residual):
+ *   y = min(bisect_right(draft_cdf, u_draft * total), last)
+ *   accept iff u_accept < ratio[y] (strict), else
+ *   x = min(bisect_right(residual_cdf, u_residual * total), last)
+ *
+ * bisect_right and the products are the same IEEE double operations as the
+ * Python path (built without FMA contraction), so both emit the same tokens.
+ * No NumPy headers: arrays arrive through the buffer protocol, shapes are
+ * checked by the Python wrapper, and sizes are re-checked here.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+static inline int64_t bisect_right(const double *cdf, int64_t n, double target)
+{
+    /* First index i with cdf[i] > target (n if none), without data-dependent branches:
+     * the answer stays in [base, base + n]; each round keeps the half that holds it. */
+    const double *base = cdf;
+    while (n > 1) {
+        int64_t half = n >> 1;
+        base = (base[half - 1] <= target) ? base + half : base;
+        n -= half;
+    }
+    return (int64_t)(base - cdf) + (n == 1 && base[0] <= target);
+}
+
+/* bisect_right(cdf, u * total) for u in [0, 1), started from a guide table:
+ * guide[k] = bisect_right(cdf, (k / G) * total) for k = 0..G (G a power of two).
+ * With k = floor(u G), k / G <= u < (k + 1) / G holds exactly, and rounding is
+ * monotone, so the answer lies in [guide[k], guide[k + 1]]: the same index as a
+ * full search, in O(1) expected probes. */
+static inline int64_t guided(const double *cdf, const int32_t *guide, int64_t G, double u, double total)
+{
+    int64_t k = (int64_t)(u * (double)G);
+    int64_t lo = guide[k];
+    return lo + bisect_right(cdf + lo, (int64_t)guide[k + 1] - lo, u * total);
+}
+
+typedef struct {
+    const double *tables, *totals;
+    const int64_t *lasts, *slot_of;
+    const int32_t *guides;
+    int64_t V, G;
+} Tables;
+
+/* One step from context cx (which has slot s); returns the emitted token. */
+static inline int64_t step(const Tables *tb, int64_t s, int64_t cx, const double *u3, int64_t *proposed,
+                           uint8_t *accepted)
+{
+    const int64_t V = tb->V, G = tb->G;
+    const double *row = tb->tables + s * 3 * V;
+    const int32_t *guide = tb->guides + s * 2 * (G + 1);
+    int64_t y = guided(row, guide, G, u3[0], tb->totals[2 * s]);
+    if (y > tb->lasts[2 * s])
+        y = tb->lasts[2 * s];
+    *proposed = y;
+    (void)cx;
+    if (u3[1] < row[V + y]) {
+        *accepted = 1;
+        return y;
+    }
+    *accepted = 0;
+    int64_t x = guided(row + 2 * V, guide + G + 1, G, u3[2], tb->totals[2 * s + 1]);
+    if (x > tb->lasts[2 * s + 1])
+        x = tb->lasts[2 * s + 1];
+    return x;
+}
+
+static int need(Py_buffer *b, Py_ssize_t items, Py_ssize_t itemsize, const char *name)
+{
+    if (b->len < items * itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: buffer too small (%zd bytes, need %zd)", name, b->len,
+                     items * itemsize);
+        return 0;
+    }
+    return 1;
+}
+
+static int parse_tables(Py_buffer *tb, Py_buffer *tot, Py_buffer *la, Py_buffer *so, Py_buffer *gb, int64_t V,
+                        int64_t G, Tables *out, Py_ssize_t *slots)
+{
+    *slots = tot->len / (Py_ssize_t)(2 * sizeof(double));
+    if (V < 1 || G < 1 || (G & (G - 1)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "V must be >= 1 and G a power of two");
+        return 0;
+    }
+    if (!(need(tb, *slots * 3 * V, 8, "tables") && need(la, *slots * 2, 8, "lasts") && need(so, V, 8, "slot_of") &&
+          need(gb, *slots * 2 * (G + 1), 4, "guides")))
+        return 0;
+    out->tables = tb->buf;
+    out->totals = tot->buf;
+    out->lasts = la->buf;
+    out->slot_of = so->buf;
+    out->guides = gb->buf;
+    out->V = V;
+    out->G = G;
+    return 1;
+}
+
+/* chain(tables, totals, lasts, slot_of, guides, last_used, u, prev, proposed, emitted, accepted,
+ *       V, G, start, n, x, clock) -> (t, x)
+ * Runs steps start..n-1 of a chunk; stops early (t < n) at a context without a table. */
+static PyObject *chain(PyObject *self, PyObject *args)
+{
+    Py_buffer tb, tot, la, so, gb, lu, ub, pb, yb, eb, ab;
+    Py_ssize_t V, G, start, n, x, clock;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*y*w*w*w*w*nnnnnn", &tb, &tot, &la, &so, &gb, &lu, &ub, &pb, &yb, &eb,
+                          &ab, &V, &G, &start, &n, &x, &clock))
+        return NULL;
+    PyObject *result = NULL;
+    Tables tables;
+    Py_ssize_t slots;
+    if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) && need(&lu, slots, 8, "last_used") &&
+          need(&ub, n * 3, 8, "u") && need(&pb, n, 8, "prev") && need(&yb, n, 8, "proposed") &&
+          need(&eb, n, 8, "emitted") && need(&ab, n, 1, "accepted")))
+        goto done;
+    if (x < 0 || x >= V || start < 0 || start > n) {
+        PyErr_SetString(PyExc_ValueError, "chain: context or start out of range");
+        goto done;
+    }
+    {
+        const double *u = ub.buf;
+        const int64_t *slot_of = tables.slot_of;
+        int64_t *last_used = lu.buf, *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
+        uint8_t *accepted = ab.buf;
+        int64_t cx = x, t = start;
+        Py_BEGIN_ALLOW_THREADS
+        for (; t < n; ++t) {
+            int64_t s = slot_of[cx];
+            if (s < 0 || s >= slots)
+                break;
+            last_used[s] = clock + t;
+            prev[t] = cx;
+            cx = step(&tables, s, cx, u + 3 * t, proposed + t, accepted + t);
+            emitted[t] = cx;
+        }
+        Py_END_ALLOW_THREADS
+        result = Py_BuildValue("nn", (Py_ssize_t)t, (Py_ssize_t)cx);
+    }
+done:
+    PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&so);
+    PyBuffer_Release(&gb); PyBuffer_Release(&lu); PyBuffer_Release(&ub); PyBuffer_Release(&pb);
+    PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
+    return result;
+}
+
+/* batch(tables, totals, lasts, slot_of, guides, u, x, prev, proposed, emitted, accepted, V, G, B, n)
+ * B chains in lock step for n steps; every context must have a table (checked).
+ * u is (B, n, 3); x (B,) is read and updated; outputs are (B, n). */
+static PyObject *batch(PyObject *self, PyObject *args)
+{
+    Py_buffer tb, tot, la, so, gb, ub, xb, pb, yb, eb, ab;
+    Py_ssize_t V, G, B, n;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb, &eb,
+                          &ab, &V, &G, &B, &n))
+        return NULL;
+    PyObject *result = NULL;
+    Tables tables;
+    Py_ssize_t slots;
+    if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) && need(&ub, B * n * 3, 8, "u") &&
+          need(&xb, B, 8, "x") && need(&pb, B * n, 8, "prev") && need(&yb, B * n, 8, "proposed") &&
+          need(&eb, B * n, 8, "emitted") && need(&ab, B * n, 1, "accepted")))
+        goto done;
+    {
+        const int64_t *slot_of = tables.slot_of;
+        const int64_t *xs = xb.buf;
+        for (Py_ssize_t v = 0; v < V; ++v)
+            if (slot_of[v] < 0 || slot_of[v] >= slots) {
+                PyErr_SetString(PyExc_ValueError, "batch: every context needs a table");
+                goto done;
+            }
+        for (Py_ssize_t b = 0; b < B; ++b)
+            if (xs[b] < 0 || xs[b] >= V) {
+                PyErr_SetString(PyExc_ValueError, "batch: context out of range");
+                goto done;
+            }
+    }
+    {
+        const double *u = ub.buf;
+        const int64_t *slot_of = tables.slot_of;
+        int64_t *xs = xb.buf, *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
+        uint8_t *accepted = ab.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t t = 0; t < n; ++t) {
+            for (Py_ssize_t b = 0; b < B; ++b) {
+                Py_ssize_t i = b * n + t;
+                int64_t cx = xs[b];
+                prev[i] = cx;
+                cx = step(&tables, slot_of[cx], cx, u + 3 * i, proposed + i, accepted + i);
+                emitted[i] = cx;
+                xs[b] = cx;
+            }
+        }
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+done:
+    PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&so);
+    PyBuffer_Release(&gb); PyBuffer_Release(&ub); PyBuffer_Release(&xb); PyBuffer_Release(&pb);
+    PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"chain", chain, METH_VARARGS, "Run one chain over a chunk of uniforms; stop at a context without a table."},
+    {"batch", batch, METH_VARARGS, "Run B chains in lock step; every context must have a table."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
+                                    "Compiled inner loops of the speculative bigram chain.", -1, methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
