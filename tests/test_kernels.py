@@ -1,0 +1,175 @@
+"""The compiled kernel and its fallback emit exactly the reference chain's tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from thermospec.config import RunConfig, Stream, load_target, random_stream
+from thermospec.engine import ChainChunk, run_chain, run_chain_reference
+from thermospec.kernels import (
+    ChainStepper,
+    TableCache,
+    compiled_module,
+    guide_size,
+    guide_table,
+    resolve_backend,
+    slot_bytes,
+)
+from thermospec.proposer import Proposer
+
+needs_compiled = pytest.mark.skipif(compiled_module() is None, reason="thermospec._kernels is not built")
+BACKENDS = ["python", pytest.param("compiled", marks=needs_compiled)]
+
+
+def _joined(chunks: list[ChainChunk]) -> dict[str, NDArray[np.generic]]:
+    return {f: np.concatenate([getattr(c, f) for c in chunks]) for f in ("prev", "proposed", "emitted", "accepted")}
+
+
+def _assert_same(chunks: list[ChainChunk], ref: ChainChunk) -> None:
+    got = _joined(chunks)
+    for field, values in got.items():
+        np.testing.assert_array_equal(values, getattr(ref, field), err_msg=field)
+    assert [c.start for c in chunks] == list(np.cumsum([0] + [len(c) for c in chunks[:-1]]))
+
+
+SETTINGS = [
+    {},
+    {"K": 1},
+    {"eps": 0.0},
+    {"tau": 0.3},
+    {"tau": 3.0},
+    {"K": 8, "eps": 0.0, "tau": 0.3},
+    {"vocab": 40, "c": 0.5},  # peaked rows with exact zeros
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("options", SETTINGS)
+@pytest.mark.parametrize("seed", [7, 11, 12345])
+def test_synthetic_chain_matches_reference(backend: str, options: dict[str, object], seed: int) -> None:
+    config = RunConfig(**{"vocab": 64, "steps": 1500, "seed": seed, **options})  # type: ignore[arg-type]
+    target = load_target(config)
+    proposer = Proposer(target.row, config.K, config.tau, config.eps)
+    ref = run_chain_reference(target.row, target.pi, proposer.draft, config.steps,
+                              random_stream(seed, Stream.CHAIN))
+    chunks = list(run_chain(target.row, target.pi, proposer.draft, config.steps,
+                            random_stream(seed, Stream.CHAIN), chunk=577, backend=backend))  # type: ignore[arg-type]
+    _assert_same(chunks, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("options", [{"K": 64}, {"K": 1}, {"K": 8, "eps": 0.0}, {"K": 8, "tau": 3.0}])
+def test_corpus_chain_matches_reference(shakespeare: Path, backend: str, options: dict[str, object]) -> None:
+    config = RunConfig(corpus=str(shakespeare), steps=1500, **options)  # type: ignore[arg-type]
+    target = load_target(config)
+    proposer = Proposer(target.row, config.K, config.tau, config.eps)
+    ref = run_chain_reference(target.row, target.pi, proposer.draft, config.steps, random_stream(7, Stream.CHAIN))
+    chunks = list(run_chain(target.row, target.pi, proposer.draft, config.steps, random_stream(7, Stream.CHAIN),
+                            chunk=400, backend=backend))  # type: ignore[arg-type]
+    _assert_same(chunks, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_table_budget_evicts_and_still_matches(backend: str) -> None:
+    """One or a few slots: every miss evicts, and the tokens are unchanged."""
+    config = RunConfig(vocab=48, steps=2000, seed=3)
+    target = load_target(config)
+    proposer = Proposer(target.row, config.K, config.tau, config.eps)
+    ref = run_chain_reference(target.row, target.pi, proposer.draft, config.steps, random_stream(3, Stream.CHAIN))
+    for budget in (1, 3 * slot_bytes(48)):
+        chunks = list(run_chain(target.row, target.pi, proposer.draft, config.steps, random_stream(3, Stream.CHAIN),
+                                chunk=999, backend=backend, max_table_bytes=budget))  # type: ignore[arg-type]
+        _assert_same(chunks, ref)
+
+
+def test_table_cache_is_bounded_and_lru() -> None:
+    V = 32
+    calls: list[int] = []
+
+    def source(x: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        calls.append(x)
+        cdf = np.cumsum(np.full(V, 1.0 / V))
+        return cdf, np.ones(V), cdf
+
+    cache = TableCache(V, source, max_bytes=4 * slot_bytes(V))
+    assert cache.slots == 4
+    assert cache.nbytes < 5 * slot_bytes(V) + 64 * V
+    for clock, x in enumerate([0, 1, 2, 3]):
+        cache.last_used[cache.load(x)] = clock
+    cache.last_used[cache.load(0)] = 10  # 0 is now the most recent; 1 is the least recent
+    cache.load(9)
+    assert cache.slot_of[1] == -1 and cache.slot_of[0] >= 0 and cache.slot_of[9] >= 0
+    assert calls == [0, 1, 2, 3, 9]
+    assert not cache.load_all()
+
+
+@pytest.mark.parametrize("V", [2, 3, 7, 64, 100, 1000])
+def test_guide_table_brackets_every_draw(V: int) -> None:
+    """The guide's bracket holds the full search's answer for adversarial cdfs and edge uniforms."""
+    rng = np.random.default_rng(V)
+    weights = [
+        rng.dirichlet(np.full(V, 0.05)),  # many exact or near zeros
+        np.r_[np.zeros(V - 1), 1.0],  # all mass on the last token
+        np.r_[1.0, np.zeros(V - 1)],  # all mass on the first token
+        np.full(V, 1e-300),  # tiny, equal weights
+        rng.random(V) * np.where(rng.random(V) < 0.5, 0.0, 1.0) + np.r_[1.0, np.zeros(V - 1)],
+    ]
+    G = guide_size(V)
+    assert G >= V and G & (G - 1) == 0
+    edges = np.r_[np.arange(G) / G, np.nextafter(np.arange(1, G + 1) / G, 0.0), 0.0, np.nextafter(1.0, 0.0)]
+    for w in weights:
+        cdf = np.cumsum(w)
+        guide = guide_table(cdf, G)
+        u = np.r_[rng.random(20_000), edges]
+        answer = np.searchsorted(cdf, u * cdf[-1], side="right")
+        k = np.floor(u * G).astype(np.int64)
+        assert np.all(guide[k] <= answer) and np.all(answer <= guide[k + 1])
+
+
+@needs_compiled
+def test_compiled_edge_uniforms_match_python() -> None:
+    """Uniforms at bucket edges and just below 1 give the same tokens on both steppers."""
+    V = 50
+    rng = np.random.default_rng(5)
+    rows = rng.dirichlet(np.full(V, 0.3), size=V)
+    q_rows = rng.dirichlet(np.full(V, 0.3), size=V)
+
+    def source(x: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        p, q = rows[x], q_rows[x]
+        ratio = np.divide(p, q, out=np.zeros(V), where=q > 0)
+        return np.cumsum(q), ratio, np.cumsum(p - np.minimum(p, q))
+
+    G = guide_size(V)
+    edges = np.r_[np.arange(G) / G, np.nextafter(np.arange(1, G + 1) / G, 0.0), np.nextafter(1.0, 0.0), 0.0]
+    u: NDArray[np.float64] = np.stack([rng.permutation(edges) for _ in range(3)], axis=1).astype(np.float64)
+    u = np.concatenate([u, rng.random((5000, 3))]).astype(np.float64)
+    got_c, x_c = ChainStepper(V, source, "compiled").steps(u, 3)
+    got_p, x_p = ChainStepper(V, source, "python").steps(u, 3)
+    assert x_c == x_p
+    for a, b in zip(got_c, got_p, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fallback_kicks_in_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THERMOSPEC_KERNEL", "python")
+    assert compiled_module() is None
+    assert resolve_backend("auto") is None
+    with pytest.raises(RuntimeError, match="not built"):
+        resolve_backend("compiled")
+    stepper = ChainStepper(4, lambda x: (np.cumsum(np.full(4, 0.25)), np.ones(4), np.cumsum(np.full(4, 0.25))))
+    assert stepper.backend == "python"
+
+
+@needs_compiled
+def test_compiled_rejects_short_buffers() -> None:
+    module = compiled_module()
+    assert module is not None
+    cache = TableCache(4, lambda x: (np.cumsum(np.full(4, 0.25)), np.ones(4), np.cumsum(np.full(4, 0.25))))
+    out = np.empty(2, dtype=np.int64)
+    with pytest.raises(ValueError, match="buffer too small"):
+        module.chain(cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, cache.last_used,
+                     np.empty((1, 3)), out, out, out, np.empty(2, dtype=np.bool_), 4, cache.G, 0, 2, 0, 0)
