@@ -23,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 static inline int64_t bisect_right(const double *cdf, int64_t n, double target)
 {
@@ -215,9 +216,98 @@ done:
     return result;
 }
 
+static inline char *put(char *out, const char *text, size_t n)
+{
+    memcpy(out, text, n);
+    return out + n;
+}
+
+static inline char *put_int(char *out, int64_t v)
+{
+    char digits[24];
+    int n = 0;
+    uint64_t m = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        digits[n++] = (char)('0' + m % 10);
+        m /= 10;
+    } while (m);
+    if (v < 0)
+        *out++ = '-';
+    while (n)
+        *out++ = digits[--n];
+    return out;
+}
+
+#define LIT(s) s, sizeof(s) - 1
+
+/* jsonl(start, prev, proposed, emitted, accepted, context_text, offsets, V, n) -> str
+ * The chunk's JSONL lines, byte for byte what thermospec.telemetry.jsonl_lines writes:
+ * context_text[offsets[x]:offsets[x + 1]] is context x's tail from "K" to the newline. */
+static PyObject *jsonl(PyObject *self, PyObject *args)
+{
+    Py_buffer pb, yb, eb, ab, cb, ob;
+    Py_ssize_t start, V, n;
+    if (!PyArg_ParseTuple(args, "ny*y*y*y*y*y*nn", &start, &pb, &yb, &eb, &ab, &cb, &ob, &V, &n))
+        return NULL;
+    PyObject *result = NULL;
+    char *buffer = NULL;
+    if (!(need(&pb, n, 8, "prev") && need(&yb, n, 8, "proposed") && need(&eb, n, 8, "emitted") &&
+          need(&ab, n, 1, "accepted") && need(&ob, V + 1, 8, "offsets")))
+        goto done;
+    {
+        const int64_t *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf, *offsets = ob.buf;
+        const uint8_t *accepted = ab.buf;
+        const char *text = cb.buf;
+        size_t longest = 0;
+        for (Py_ssize_t v = 0; v < V; ++v) {
+            if (offsets[v] < 0 || offsets[v + 1] < offsets[v] || offsets[v + 1] > cb.len) {
+                PyErr_SetString(PyExc_ValueError, "jsonl: bad context offsets");
+                goto done;
+            }
+            if ((size_t)(offsets[v + 1] - offsets[v]) > longest)
+                longest = (size_t)(offsets[v + 1] - offsets[v]);
+        }
+        for (Py_ssize_t t = 0; t < n; ++t)
+            if (prev[t] < 0 || prev[t] >= V) {
+                PyErr_SetString(PyExc_ValueError, "jsonl: context out of range");
+                goto done;
+            }
+        size_t per_row = 100 + 4 * 21 + longest;
+        buffer = PyMem_Malloc(per_row * (size_t)(n > 0 ? n : 1));
+        if (buffer == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        char *out = buffer;
+        for (Py_ssize_t t = 0; t < n; ++t) {
+            int64_t x = prev[t];
+            out = put(out, LIT("{\"step\":"));
+            out = put_int(out, (int64_t)(start + t));
+            out = put(out, LIT(",\"prev_token\":"));
+            out = put_int(out, x);
+            out = put(out, LIT(",\"proposed_token\":"));
+            out = put_int(out, proposed[t]);
+            out = put(out, LIT(",\"emitted_token\":"));
+            out = put_int(out, emitted[t]);
+            if (accepted[t])
+                out = put(out, LIT(",\"accepted\":true,"));
+            else
+                out = put(out, LIT(",\"accepted\":false,"));
+            out = put(out, text + offsets[x], (size_t)(offsets[x + 1] - offsets[x]));
+        }
+        result = PyUnicode_DecodeASCII(buffer, out - buffer, "strict");
+    }
+done:
+    PyMem_Free(buffer);
+    PyBuffer_Release(&pb); PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
+    PyBuffer_Release(&cb); PyBuffer_Release(&ob);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"chain", chain, METH_VARARGS, "Run one chain over a chunk of uniforms; stop at a context without a table."},
     {"batch", batch, METH_VARARGS, "Run B chains in lock step; every context must have a table."},
+    {"jsonl", jsonl, METH_VARARGS, "Format a chunk of steps as the telemetry's JSONL lines."},
     {NULL, NULL, 0, NULL},
 };
 
