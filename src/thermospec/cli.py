@@ -22,6 +22,7 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 RUN_EXAMPLES = """\
 examples:
@@ -68,6 +69,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fault(text: str) -> Any:
+    from thermospec.faults import Fault, FaultError  # deferred: only --inject-fault pays this import
+
+    try:
+        return Fault.parse(text)
+    except FaultError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _eps(text: str) -> EpsSpec:
     if text == "auto":
         return "auto"
@@ -112,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_target_options(run, "number of emitted tokens (default: 50000)")
     run.add_argument("--runs-dir", metavar="DIR", default="runs", help="where run folders go (default: runs)")
+    run.add_argument("--replay", metavar="RUN_DIR/summary.json", default=None,
+                     help="rerun a recorded run (its configuration, its corpus unchanged) into a new folder "
+                     "and verify the JSONL is identical byte for byte")
     check = commands.add_parser(
         "check", help="the guide's success checklist: PASS/FAIL, exit 0 only if all pass",
         description="Verify the M1 success checklist on this target; exit non-zero if any check fails.",
@@ -120,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_options(check, "steps of the run for |accept - overlap| (default: 50000)")
     check.add_argument("--check-steps", type=_int_at_least(1), default=20_000, metavar="N",
                        help="fixed-context steps per χ² context (default: 20000)")
+    check.add_argument("--pooled-steps", type=_int_at_least(1), default=50_000, metavar="N",
+                       help="TSU drafts per context of the stronger pooled χ² (default: 50000)")
+    check.add_argument("--inject-fault", type=_fault, default=None, metavar="KIND:SIZE",
+                       help="check a faulty TSU instead: bias:S, stale:S, tail:S, tau:S or misreport:S "
+                       "(README: Trust and fault detection)")
     return parser
 
 
@@ -157,10 +175,44 @@ def _notice_clamp(config: RunConfig, V: int) -> None:
         print(f"notice: --K {config.K} is above the vocabulary size V = {V}; using K = {V}", file=sys.stderr)
 
 
+def _replay_config(args: argparse.Namespace) -> Any:
+    """The replay plan of ``--replay``, refusing options that would change the recorded run."""
+    from dataclasses import fields
+
+    from thermospec.replay import ReplayError, load_replay
+
+    recorded = {f.name for f in fields(RunConfig)}
+    given = [f"--{name.replace('_', '-')}" for name, value in vars(_config_defaults()).items()
+             if name in recorded and getattr(args, name, value) != value]
+    if given:
+        raise ConfigError(f"--replay: takes every option from the summary; drop {' '.join(given)}")
+    try:
+        return load_replay(args.replay)
+    except ReplayError as exc:
+        raise ConfigError(f"--replay {exc}") from None
+
+
+def _config_defaults() -> argparse.Namespace:
+    defaults = build_parser().parse_args(["run"])
+    del defaults.command, defaults.runs_dir, defaults.replay
+    return defaults
+
+
+def _exit_status(summary: dict[str, Any]) -> int:
+    """130 / 143 when a SIGINT / SIGTERM stopped the run, else 0."""
+    import signal
+
+    by = summary.get("interrupted_by")
+    if by in ("SIGINT", "SIGTERM"):
+        return 128 + int(signal.Signals[by])
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from thermospec.runs import METRICS_FILE, create_run_dir, execute_run, prepare_run
 
-    run = prepare_run(_config(args))
+    plan = _replay_config(args) if args.replay is not None else None
+    run = prepare_run(plan.config if plan is not None else _config(args))
     _notice_clamp(run.config, run.target.V)
     try:
         run_dir = create_run_dir(Path(args.runs_dir))
@@ -169,7 +221,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = execute_run(run, run_dir)
     print(summary_table(summary))
     print(f"\nwrote {run_dir / METRICS_FILE} and {run_dir / 'summary.json'}")
+    status = _exit_status(summary)
+    if status:
+        print(f"run_m1 run: interrupted by {summary['interrupted_by']} after {summary['steps']} steps; "
+              "the files hold exactly those steps", file=sys.stderr)
+        return status
+    if plan is not None:
+        from thermospec.replay import replay_matches
+
+        same = replay_matches(plan, summary)
+        if same is False:
+            print(f"run_m1 run: error: --replay {plan.source}: the new {METRICS_FILE} differs from the "
+                  "original (metrics_sha256 mismatch)", file=sys.stderr)
+            return EXIT_FAILED
+        print("replay: identical to the original, byte for byte (metrics_sha256 "
+              f"{summary['metrics_sha256'][:16]}…)" if same else "replay: the original recorded no metrics_sha256")
     return 0
+
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -178,9 +246,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     run = prepare_run(_config(args))
     _notice_clamp(run.config, run.target.V)
-    results = run_checks(run, args.check_steps)
+    if args.inject_fault is not None:
+        from thermospec.faults import inject_fault
+
+        print(f"injected fault: {args.inject_fault} (every context's TSU)")
+        run = inject_fault(run, args.inject_fault)
+    results = run_checks(run, args.check_steps, args.pooled_steps)
     width = max(len(r.name) for r in results)
-    for r in results:
+    guide_rule = [r for r in results if getattr(r, "guide", True)]
+    stronger = [r for r in results if not getattr(r, "guide", True)]
+    for r in guide_rule:
+        print(f"{'PASS' if r.passed else 'FAIL'}  {r.name:<{width}}  {r.detail}")
+    if stronger:
+        print("\nstronger test (beside the guide's checklist):")
+    for r in stronger:
         print(f"{'PASS' if r.passed else 'FAIL'}  {r.name:<{width}}  {r.detail}")
     failed = sum(not r.passed for r in results)
     print(f"\n{len(results) - failed}/{len(results)} checks passed")
@@ -189,7 +268,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m scripts.run_m1``; returns the exit status."""
+    from thermospec.interrupts import Terminated, install_termination_handler
+
     args = build_parser().parse_args(argv)
+    install_termination_handler()
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -201,4 +283,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"run_m1 {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"run_m1 {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
+    except RuntimeError as exc:  # the TSU misreported a draw (engine.ReportError): one line, no traceback
+        from thermospec.engine import ReportError
+
+        if not isinstance(exc, ReportError):
+            raise
+        print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # a write failed mid-run (storage.OutputError: full disk...)
+        print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_USAGE

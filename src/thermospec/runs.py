@@ -7,18 +7,19 @@ crafting) is done by `prepare_run` before anything is written.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from thermospec import __version__
 from thermospec.config import RunConfig, Stream, check_eps, load_target, random_stream
-from thermospec.engine import ChainChunk, run_chain
+from thermospec.engine import ChainChunk, ReportError, run_chain
+from thermospec.interrupts import Interruption, interruption_guard, signal_name
 from thermospec.proposer import Proposer
+from thermospec.storage import OutputError, RecordFile, write_text_atomic
 from thermospec.summary import RunTally, summarise_run
 from thermospec.targets import BigramTarget
 from thermospec.telemetry import JsonlWriter
@@ -81,14 +82,34 @@ def create_run_dir(runs_dir: str | Path) -> Path:
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and a rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        json.dump(document, out, indent=2, allow_nan=False)
-        out.write("\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    """Write JSON through a temporary file and a rename: never a half-written file.
+
+    Raises
+    ------
+    thermospec.storage.OutputError
+        One line naming the file and the reason (full disk, unwritable folder).
+    """
+    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of thermospec, Python, NumPy and SciPy, and the platform, for the summary."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy
+
+    try:
+        scipy_version = version("scipy")  # metadata only: no need to import SciPy here
+    except PackageNotFoundError:
+        scipy_version = "not installed"
+    return {
+        "thermospec": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "scipy": scipy_version,
+        "platform": platform.platform(),
+    }
 
 
 def target_description(run: PreparedRun) -> dict[str, Any]:
@@ -112,24 +133,63 @@ def execute_run(
 ) -> dict[str, Any]:
     """Run the chain, stream its telemetry to `run_dir` and write ``summary.json``.
 
+    A SIGINT or SIGTERM (`thermospec.interrupts`) or a failed write stops the
+    run after the last whole chunk: the JSONL then holds whole records only and
+    the summary, marked ``"interrupted": true``, covers exactly those steps.
+
     Returns
     -------
     dict
         The summary, as written.
+
+    Raises
+    ------
+    thermospec.storage.OutputError
+        A write failed (full disk...); the summary of the steps kept was written if it could be.
+    thermospec.engine.ReportError
+        The TSU misreported a draw; the summary of the steps before it was written.
     """
     config, target = run.config, run.target
     started = time.perf_counter()
     tally = RunTally(target.V)
     rng = random_stream(config.seed, Stream.CHAIN)
-    with (run_dir / METRICS_FILE).open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as out:
-        writer = JsonlWriter(out)
-        for chunk in run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng):
-            writer.write(chunk, run.proposer.draft)
-            tally.update(chunk)
-            if on_chunk is not None:
-                on_chunk(chunk)
-    stats = summarise_run(tally, run.proposer.draft, target.pi)
-    elapsed = time.perf_counter() - started
+    failure: OutputError | ReportError | None = None
+    with interruption_guard() as stop:  # a signal now only stops the loop between whole chunks
+        with RecordFile(run_dir / METRICS_FILE) as out:
+            writer = JsonlWriter(cast(IO[str], out))
+            try:
+                for chunk in run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng):
+                    writer.write(chunk, run.proposer.draft)
+                    tally.update(chunk)
+                    if on_chunk is not None:
+                        on_chunk(chunk)
+                    if stop.requested:
+                        break
+            except (OutputError, ReportError) as exc:
+                failure = exc
+            metrics_sha256 = out.hexdigest()
+        summary = _run_summary(run, tally, time.perf_counter() - started, stop, failure, metrics_sha256)
+        try:
+            write_json_atomic(run_dir / SUMMARY_FILE, summary)
+        except OutputError:
+            if failure is None:
+                raise
+    if failure is not None:
+        raise failure
+    return summary
+
+
+def _run_summary(
+    run: PreparedRun, tally: RunTally, elapsed: float, stop: Interruption,
+    failure: Exception | None, metrics_sha256: str,
+) -> dict[str, Any]:
+    """The summary of the steps written (all of them unless interrupted)."""
+    config, target = run.config, run.target
+    if tally.steps:
+        stats = summarise_run(tally, run.proposer.draft, target.pi)
+    else:  # stopped before the first chunk: nothing to aggregate
+        stats = {k: None for k in ("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof",
+                                   "p_value")} | {"steps": 0, "checklist": {}}
     summary: dict[str, Any] = {
         "accept_rate": stats.pop("accept_rate"),
         "mean_overlap": stats.pop("mean_overlap"),
@@ -139,12 +199,16 @@ def execute_run(
         "p_value": stats.pop("p_value"),
         **stats,
         "elapsed_s": elapsed,
-        "tokens_per_s": config.steps / elapsed,
+        "tokens_per_s": tally.steps / elapsed if elapsed > 0 else None,
         "config": {**config.as_dict(), "K_used": run.K_used},
         "target": target_description(run),
         "thermospec_version": __version__,
+        "versions": software_versions(),
+        "interrupted": tally.steps < config.steps,
+        "interrupted_by": signal_name(stop.signum) if stop.signum is not None
+        else (str(failure) if failure is not None else None),
+        "metrics_sha256": metrics_sha256,
     }
     checklist = summary.pop("checklist")
     summary["checklist"] = checklist
-    write_json_atomic(run_dir / SUMMARY_FILE, summary)
     return summary

@@ -1,0 +1,121 @@
+"""Writing a run's files so that a crash, a signal or a full disk never leaves a half-written one.
+
+* `RecordFile` appends whole chunks of JSONL records straight to the file
+  descriptor (one chunk per ``write``); if a write fails (a full disk), the file
+  is cut back to the last whole chunk, so it only ever holds whole records.  It
+  also hashes what it wrote (the summary's ``metrics_sha256``, which a replay
+  compares against).
+* `write_text_atomic` writes a document through a temporary file, ``fsync`` and
+  a rename: readers see the old file or the new one, never a torn one; on
+  failure the temporary file is removed.
+* A failure is raised as `OutputError`, whose message is one line naming the
+  file and the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["OutputError", "RecordFile", "write_text_atomic"]
+
+
+class OutputError(OSError):
+    """A run's output could not be written; the message names the file and the reason."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+class RecordFile:
+    """An append-only file of whole records, cut back to the last whole chunk on a failed write.
+
+    Parameters
+    ----------
+    path : Path
+        Created (or truncated).
+
+    Attributes
+    ----------
+    size : int
+        Bytes of whole chunks written so far.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create ({_reason(exc)})") from None
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, text: str) -> int:
+        """Append one chunk of records; on failure cut the file back and raise `OutputError`."""
+        if self._fd is None:
+            raise OutputError(f"{self.path}: already closed")
+        data = text.encode("utf-8")
+        view = memoryview(data)
+        try:
+            while view:
+                done = os.write(self._fd, view)
+                view = view[done:]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.size)
+            raise OutputError(
+                f"{self.path}: cannot write ({_reason(exc)}); kept the {self.size} bytes of whole records before"
+            ) from None
+        self.size += len(data)
+        self._hash.update(data)
+        return len(text)
+
+    def hexdigest(self) -> str:
+        """SHA-256 of everything written."""
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        """Flush to disk and close (idempotent)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot flush to disk ({_reason(exc)})") from None
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> RecordFile:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename.
+
+    Raises
+    ------
+    OutputError
+        The folder is not writable or the disk is full; `path` is untouched and
+        the temporary file removed.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"{path}: cannot write ({_reason(exc)})") from None
