@@ -1,0 +1,8 @@
+"""``python -m scripts.plot PATH...``: PNG figures beside the data of run and sweep folders; see ``--help``."""
+
+import sys
+
+from thermospec.sweep_cli import plot_main
+
+if __name__ == "__main__":
+    sys.exit(plot_main())
