@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replay", metavar="RUN_DIR/summary.json", default=None,
                      help="rerun a recorded run (its configuration, its corpus unchanged) into a new folder "
                      "and verify the JSONL is identical byte for byte")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress bar (none is drawn unless stderr is a terminal)")
     check = commands.add_parser(
         "check", help="the guide's success checklist: PASS/FAIL, exit 0 only if all pass",
         description="Verify the M1 success checklist on this target; exit non-zero if any check fails.",
@@ -218,7 +220,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_dir = create_run_dir(Path(args.runs_dir))
     except OSError as exc:
         raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a run folder ({exc.strerror or exc})") from None
-    summary = execute_run(run, run_dir)
+    from thermospec.progress import progress_bar
+
+    with progress_bar(run.config.steps, "run", "step", quiet=args.quiet) as bar:
+        summary = execute_run(run, run_dir, on_chunk=lambda chunk: bar.update(len(chunk)))
     print(summary_table(summary))
     print(f"\nwrote {run_dir / METRICS_FILE} and {run_dir / 'summary.json'}")
     status = _exit_status(summary)
