@@ -99,7 +99,8 @@ class SimTSU:
         The host checks every report against F(ψ) (`thermospec.engine.ReportVerifier`);
         a faulty TSU that misreports overrides this method.
         """
-        log_q: NDArray[np.float64] = np.log(self.q[tokens])
+        with np.errstate(divide="ignore"):  # -inf, silently, for a token F(ψ) gives probability 0
+            log_q: NDArray[np.float64] = np.log(self.q[tokens])
         return log_q
 
     def draw(self, rng: np.random.Generator) -> tuple[int, float]:
