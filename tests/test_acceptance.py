@@ -245,9 +245,8 @@ class SamplesElsewhereTSU(SimTSU):
 class MisreportingTSU(SimTSU):
     """Negative control (b): samples F(ψ) honestly but reports a wrong log q."""
 
-    def draw(self, rng: np.random.Generator) -> tuple[int, float]:
-        y, log_q = super().draw(rng)
-        return y, log_q + 1e-9
+    def report_log_q(self, tokens: NDArray[np.int64]) -> NDArray[np.float64]:
+        return super().report_log_q(tokens) + 1e-9
 
 
 @pytest.fixture(scope="module")
