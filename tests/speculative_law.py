@@ -44,3 +44,15 @@ def miss_probability(lam: float, dof: int) -> float:
     """Probability that a χ² test at level `ALPHA` misses a shift of non-centrality `lam`."""
     critical = stats.chi2.isf(ALPHA, dof)
     return float(stats.ncx2.cdf(critical, dof, lam))
+
+
+def spec_formula(ids: NDArray[np.int64], codes: NDArray[np.uint8], V: int, tau: float, eps: float,
+                 delta: float) -> NDArray[np.float64]:
+    """SPEC §3 written out: ``q(ids_i) = (1 - T) w_i / Σ w``, ``q(v) = ε`` elsewhere."""
+    T = (V - len(ids)) * eps
+    ell_hat = np.array([-float(c) * delta for c in codes.tolist()])
+    w = np.exp(ell_hat / tau)
+    q = np.full(V, eps)
+    for i, v in enumerate(ids.tolist()):
+        q[v] = (1.0 - T) * w[i] / w.sum()
+    return q

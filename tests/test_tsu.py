@@ -6,26 +6,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numpy.typing import NDArray
 
-from tests.speculative_law import ALPHA, miss_probability, noncentrality
+from tests.speculative_law import ALPHA, miss_probability, noncentrality, spec_formula
 from thermospec import Payload, SimTSU, craft_payload, encode_payload, proposal_distribution
 from thermospec.payload import EpsSpec
 from thermospec.statistics import pooled_chi2
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
-
-
-def spec_formula(ids: NDArray[np.int64], codes: NDArray[np.uint8], V: int, tau: float, eps: float,
-                 delta: float) -> NDArray[np.float64]:
-    """SPEC §3 written out: ``q(ids_i) = (1 - T) w_i / Σ w``, ``q(v) = ε`` elsewhere."""
-    T = (V - len(ids)) * eps
-    ell_hat = np.array([-float(c) * delta for c in codes.tolist()])
-    w = np.exp(ell_hat / tau)
-    q = np.full(V, eps)
-    for i, v in enumerate(ids.tolist()):
-        q[v] = (1.0 - T) * w[i] / w.sum()
-    return q
 
 
 @st.composite
