@@ -51,7 +51,7 @@ _blas_pinned = False
 
 
 def single_threaded_blas() -> None:
-    """Pin BLAS/LAPACK to one thread in this process, once and for good.
+    """Pin the BLAS/LAPACK libraries loaded so far (NumPy's) to one thread, once and for good.
 
     The stationary distribution π comes from a LAPACK solve whose last bits
     depend on how many threads OpenBLAS uses; a worker process of a pool runs
@@ -155,11 +155,12 @@ def _connect(address: str, timeout_s: float) -> Any:
 
 
 def open_runner(
-    jobs: int | None = None, scheduler: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S
+    jobs: int | None = None, scheduler: str | None = None, timeout_s: float | None = None
 ) -> TaskRunner:
     """A runner for `jobs` local workers (default: every core), or for the Dask cluster at `scheduler`.
 
-    Connecting is done here, so an unreachable scheduler is reported before
+    Connecting is done here (waiting at most `timeout_s`, default
+    `CONNECT_TIMEOUT_S`), so an unreachable scheduler is reported before
     anything is written.
 
     Raises
@@ -170,5 +171,6 @@ def open_runner(
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs: must be an integer >= 1, got {jobs}")
     if scheduler is not None:
-        return TaskRunner(jobs=jobs or 1, client=_connect(scheduler, timeout_s), address=scheduler)
+        client = _connect(scheduler, CONNECT_TIMEOUT_S if timeout_s is None else timeout_s)
+        return TaskRunner(jobs=jobs or 1, client=client, address=scheduler)
     return TaskRunner(jobs=jobs or available_cores())

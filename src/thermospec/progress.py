@@ -49,7 +49,13 @@ def shows_progress(quiet: bool, stream: IO[str] | None = None) -> bool:
 
 @contextmanager
 def progress_bar(
-    total: int, description: str, unit: str, *, quiet: bool = False, stream: IO[str] | None = None
+    total: int,
+    description: str,
+    unit: str,
+    *,
+    quiet: bool = False,
+    stream: IO[str] | None = None,
+    min_interval_s: float = 0.1,
 ) -> Iterator[Progress]:
     """A progress bar of `total` units on `stream` (default: stderr), or a silent one.
 
@@ -65,6 +71,8 @@ def progress_bar(
         Never draw the bar (``--quiet``).
     stream : text stream, optional
         Where the bar goes; stderr by default, so that stdout keeps only results.
+    min_interval_s : float
+        Shortest time between two redraws.
 
     Yields
     ------
@@ -78,7 +86,7 @@ def progress_bar(
     from tqdm import tqdm  # deferred: only an interactive terminal pays this import
 
     bar = tqdm(total=total, desc=description, unit=unit, file=stream, dynamic_ncols=True, leave=False,
-               unit_scale=unit == "step")
+               unit_scale=unit == "step", mininterval=min_interval_s)
     try:
         yield bar
     finally:
