@@ -25,6 +25,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifndef GROUP
+#define GROUP 8
+#endif
+
 static inline int64_t bisect_right(const double *cdf, int64_t n, double target)
 {
     /* First index i with cdf[i] > target (n if none), without data-dependent branches:
@@ -195,14 +199,19 @@ static PyObject *batch(PyObject *self, PyObject *args)
         int64_t *xs = xb.buf, *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
         uint8_t *accepted = ab.buf;
         Py_BEGIN_ALLOW_THREADS
-        for (Py_ssize_t t = 0; t < n; ++t) {
-            for (Py_ssize_t b = 0; b < B; ++b) {
-                Py_ssize_t i = b * n + t;
-                int64_t cx = xs[b];
-                prev[i] = cx;
-                cx = step(&tables, slot_of[cx], cx, u + 3 * i, proposed + i, accepted + i);
-                emitted[i] = cx;
-                xs[b] = cx;
+        /* Chains are independent: a group of GROUP chains advances in lock step (their
+         * searches overlap in the CPU), each reading and writing its own rows in order. */
+        for (Py_ssize_t b0 = 0; b0 < B; b0 += GROUP) {
+            Py_ssize_t b1 = b0 + GROUP < B ? b0 + GROUP : B;
+            for (Py_ssize_t t = 0; t < n; ++t) {
+                for (Py_ssize_t b = b0; b < b1; ++b) {
+                    Py_ssize_t i = b * n + t;
+                    int64_t cx = xs[b];
+                    prev[i] = cx;
+                    cx = step(&tables, slot_of[cx], cx, u + 3 * i, proposed + i, accepted + i);
+                    emitted[i] = cx;
+                    xs[b] = cx;
+                }
             }
         }
         Py_END_ALLOW_THREADS

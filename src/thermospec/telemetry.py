@@ -25,7 +25,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Literal, Protocol
+from types import TracebackType
+from typing import IO, Any, Literal, Protocol, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,9 +34,11 @@ from numpy.typing import NDArray
 from thermospec.engine import ChainChunk
 from thermospec.kernels import compiled_module
 from thermospec.proposer import ContextDraft
+from thermospec.storage import RecordFile
 
 __all__ = [
     "FIELDS",
+    "JSONL_FILE",
     "PARQUET_FILE",
     "TELEMETRY_FORMATS",
     "ContextColumns",
@@ -43,6 +46,7 @@ __all__ = [
     "NullWriter",
     "ParquetWriter",
     "TelemetryFormat",
+    "TelemetrySink",
     "TelemetryWriter",
     "context_fields",
     "jsonl_lines",
@@ -56,6 +60,7 @@ FIELDS = (
 
 TelemetryFormat = Literal["jsonl", "parquet", "none"]
 TELEMETRY_FORMATS: tuple[TelemetryFormat, ...] = ("jsonl", "parquet", "none")
+JSONL_FILE = "m1_metrics.jsonl"
 PARQUET_FILE = "m1_metrics.parquet"
 
 DraftSource = Callable[[int], ContextDraft]
@@ -230,6 +235,8 @@ class ParquetWriter:
     ----------
     path : Path
         The ``.parquet`` file to create.
+    chain_column : bool
+        Prepend a ``chain`` column (``run --chains B``: all chains in one file).
 
     Raises
     ------
@@ -237,14 +244,16 @@ class ParquetWriter:
         If pyarrow is not installed (``pip install 'thermospec[parquet]'``).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, chain_column: bool = False) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         self._pa = pa
         self.path = path
+        self.chain_column = chain_column
         self.schema = pa.schema(
-            [
+            [("chain", pa.int64())] * chain_column
+            + [
                 ("step", pa.int64()), ("prev_token", pa.int64()), ("proposed_token", pa.int64()),
                 ("emitted_token", pa.int64()), ("accepted", pa.bool_()), ("K", pa.int64()),
                 ("tau", pa.float64()), ("eps_used", pa.float64()), ("psi_bytes", pa.int64()),
@@ -254,8 +263,8 @@ class ParquetWriter:
         self._writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
         self._columns = ContextColumns()
 
-    def write(self, chunk: ChainChunk, drafts: DraftSource) -> None:
-        """Append one chunk as a row group."""
+    def write(self, chunk: ChainChunk, drafts: DraftSource, chain: int = 0) -> None:
+        """Append one chunk (of chain `chain`) as a row group."""
         if not len(chunk):
             return
         pa = self._pa
@@ -270,8 +279,70 @@ class ParquetWriter:
             pa.array(values["psi_bytes"]), pa.array(values["topk_mass"]), pa.array(values["overlap_mass"]),
             pa.array(gap, mask=~np.isfinite(gap)),
         ]
+        if self.chain_column:
+            arrays.insert(0, pa.array(np.full(len(chunk), chain, dtype=np.int64)))
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
 
     def close(self) -> None:
         """Finish the file (its footer); the file is only readable after this."""
         self._writer.close()
+
+
+class TelemetrySink:
+    """The telemetry file of a run in one of `TELEMETRY_FORMATS`, as a context manager.
+
+    ``jsonl`` goes through `thermospec.storage.RecordFile` (whole chunks only,
+    hashed for the summary's ``metrics_sha256``); ``parquet`` through
+    `ParquetWriter`; ``none`` writes nothing.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run's folder.
+    fmt : {"jsonl", "parquet", "none"}
+
+    Attributes
+    ----------
+    writer : TelemetryWriter
+        What the run loop calls per chunk.
+    path : Path or None
+        The file written, if any.
+    """
+
+    def __init__(self, run_dir: Path, fmt: TelemetryFormat = "jsonl") -> None:
+        self._record: RecordFile | None = None
+        self._parquet: ParquetWriter | None = None
+        self.writer: TelemetryWriter
+        self.path: Path | None
+        if fmt == "jsonl":
+            self.path = run_dir / JSONL_FILE
+            self._record = RecordFile(self.path)
+            self.writer = JsonlWriter(cast(IO[str], self._record))
+        elif fmt == "parquet":
+            self.path = run_dir / PARQUET_FILE
+            self._parquet = ParquetWriter(self.path)
+            self.writer = self._parquet
+        elif fmt == "none":
+            self.path = None
+            self.writer = NullWriter()
+        else:
+            raise ValueError(f"--telemetry: must be one of {', '.join(TELEMETRY_FORMATS)}, got {fmt!r}")
+
+    def hexdigest(self) -> str | None:
+        """SHA-256 of the JSONL written so far (None for the other formats)."""
+        return self._record.hexdigest() if self._record is not None else None
+
+    def close(self) -> None:
+        """Finish the file."""
+        if self._record is not None:
+            self._record.close()
+        if self._parquet is not None:
+            self._parquet.close()
+
+    def __enter__(self) -> TelemetrySink:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,397 @@
+"""Many independent chains at once: ``run --chains B``.
+
+Chain b is the M1 chain on its own random stream: chain 0 uses exactly the
+stream of the single-chain run (``random_stream(seed, Stream.CHAIN)``), so chain
+0 of a batch is, token for token and byte for byte, the run without
+``--chains``; chain b >= 1 uses ``random_stream(seed, Stream.CHAIN, b)``.  Each
+chain keeps the one layout of every engine path: one uniform for ``x_0 ~ pi``,
+then ``(u_draft, u_accept, u_residual)`` per step.  So chain b of a batch equals
+``engine.run_chain`` on chain b's stream, whatever the thread count or chunking.
+
+The chains advance in lock step, a chunk of steps at a time: the compiled
+kernel (``thermospec._kernels.batch``, GIL released) runs slices of chains on
+worker threads, or, without it, a vectorised NumPy binary search steps all
+chains at once (`numpy_batch_steps`).  Both need every context's table
+resident (true up to V of several thousand with the default memory bound);
+otherwise each chain runs through the sequential stepper.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.config import Stream, random_stream
+from thermospec.engine import ChainChunk, DraftSource, RowSource, _table_source, start_token
+from thermospec.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, TableCache, resolve_backend
+from thermospec.summary import RunTally, summarise_run
+from thermospec.telemetry import PARQUET_FILE, JsonlWriter, ParquetWriter, TelemetryFormat
+
+if TYPE_CHECKING:
+    from thermospec.runs import PreparedRun
+
+__all__ = [
+    "BATCH_CHUNK_TOKENS",
+    "BatchChunk",
+    "BatchTally",
+    "chain_dir",
+    "chain_stream",
+    "execute_batch",
+    "numpy_batch_steps",
+    "run_batch",
+]
+
+BATCH_CHUNK_TOKENS = 1 << 20
+"""Tokens (chains x steps) per chunk: bounds the uniforms and outputs held at once (~50 MB)."""
+
+
+def chain_stream(seed: int, b: int) -> np.random.Generator:
+    """The random stream of chain `b`: chain 0 is the single-chain run's stream."""
+    if b < 0:
+        raise ValueError(f"chain index must be >= 0, got {b}")
+    return random_stream(seed, Stream.CHAIN) if b == 0 else random_stream(seed, Stream.CHAIN, b)
+
+
+@dataclass(frozen=True, eq=False)
+class BatchChunk:
+    """The same steps of B chains, as (B, n) arrays.
+
+    Attributes
+    ----------
+    start : int
+        Index of the first step (the same for every chain).
+    prev, proposed, emitted : ndarray of int64, shape (B, n)
+    accepted : ndarray of bool, shape (B, n)
+    """
+
+    start: int
+    prev: NDArray[np.int64]
+    proposed: NDArray[np.int64]
+    emitted: NDArray[np.int64]
+    accepted: NDArray[np.bool_]
+
+    @property
+    def chains(self) -> int:
+        """B."""
+        return int(self.prev.shape[0])
+
+    def __len__(self) -> int:
+        return int(self.prev.shape[1])
+
+    def chain(self, b: int) -> ChainChunk:
+        """Chain b's steps as a `ChainChunk`."""
+        return ChainChunk(
+            start=self.start, prev=self.prev[b], proposed=self.proposed[b],
+            emitted=self.emitted[b], accepted=self.accepted[b],
+        )
+
+
+def _vector_bisect_right(
+    flat: NDArray[np.float64], base: NDArray[np.int64], n: int, target: NDArray[np.float64]
+) -> NDArray[np.int64]:
+    """``bisect_right(flat[base[i] : base[i] + n], target[i])`` for every i, vectorised."""
+    lo = np.zeros(base.shape[0], dtype=np.int64)
+    length = np.full(base.shape[0], n, dtype=np.int64)
+    while True:
+        live = length > 0
+        if not live.any():
+            return lo
+        half = length >> 1
+        mid = lo + half
+        go = live & (flat[base + np.minimum(mid, n - 1)] <= target)
+        lo = np.where(go, mid + 1, lo)
+        length = np.where(go, length - half - 1, np.where(live, half, 0))
+
+
+def numpy_batch_steps(
+    cache: TableCache, u: NDArray[np.float64], x: NDArray[np.int64]
+) -> tuple[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]], NDArray[np.int64]]:
+    """Step B chains in lock step with NumPy (the fallback of the compiled batch kernel).
+
+    Parameters
+    ----------
+    cache : TableCache
+        Every context loaded.
+    u : ndarray of float64, shape (B, n, 3)
+        Each chain's uniforms.
+    x : ndarray of int64, shape (B,)
+        Each chain's context before the first step.
+
+    Returns
+    -------
+    (prev, proposed, emitted, accepted), x
+        (B, n) arrays, and each chain's context after the last step.
+    """
+    B, n, _ = u.shape
+    V = cache.V
+    flat = cache.tables.reshape(-1)
+    prev = np.empty((B, n), dtype=np.int64)
+    proposed = np.empty((B, n), dtype=np.int64)
+    emitted = np.empty((B, n), dtype=np.int64)
+    accepted = np.empty((B, n), dtype=np.bool_)
+    x = x.copy()
+    for t in range(n):
+        s = cache.slot_of[x]
+        base = s * (3 * V)
+        y = _vector_bisect_right(flat, base, V, u[:, t, 0] * cache.totals[s, 0])
+        np.minimum(y, cache.lasts[s, 0], out=y)
+        ok = u[:, t, 1] < flat[base + V + y]
+        r = _vector_bisect_right(flat, base + 2 * V, V, u[:, t, 2] * cache.totals[s, 1])
+        np.minimum(r, cache.lasts[s, 1], out=r)
+        prev[:, t] = x
+        proposed[:, t] = y
+        accepted[:, t] = ok
+        x = np.where(ok, y, r)
+        emitted[:, t] = x
+    return (prev, proposed, emitted, accepted), x
+
+
+def _slices(B: int, parts: int) -> list[slice]:
+    edges = np.linspace(0, B, parts + 1).round().astype(int).tolist()
+    return [slice(a, b) for a, b in itertools.pairwise(edges) if b > a]
+
+
+def run_batch(
+    row: RowSource,
+    pi: NDArray[np.float64],
+    drafts: DraftSource,
+    steps: int,
+    seed: int,
+    chains: int,
+    chunk_tokens: int = BATCH_CHUNK_TOKENS,
+    backend: Backend = "auto",
+    threads: int | None = None,
+    max_table_bytes: int = DEFAULT_TABLE_BYTES,
+) -> Iterator[BatchChunk]:
+    """Run `chains` independent chains of `steps` steps each, yielding chunks of steps.
+
+    Parameters
+    ----------
+    row, pi, drafts
+        As in `thermospec.engine.run_chain`.
+    steps : int
+        Steps per chain.
+    seed : int
+        The run's seed; chain b draws from `chain_stream` (seed, b).
+    chains : int
+        B >= 1.
+    chunk_tokens : int
+        Chains x steps per yielded chunk (memory bound).
+    backend : {"auto", "compiled", "python"}
+        "python" uses the vectorised NumPy stepper.
+    threads : int, optional
+        Worker threads for the compiled kernel (default: the CPU count).
+    max_table_bytes : int
+        Memory bound of the shared table cache.
+
+    Yields
+    ------
+    BatchChunk
+    """
+    if chains < 1:
+        raise ValueError(f"--chains: must be an integer >= 1, got {chains}")
+    V = int(pi.shape[0])
+    rngs = [chain_stream(seed, b) for b in range(chains)]
+    x = np.array([start_token(pi, rng) for rng in rngs], dtype=np.int64)
+    source = _table_source(row, drafts)
+    module = resolve_backend(backend)
+    cache = TableCache(V, source, max_table_bytes)
+    resident = cache.load_all()
+    n_chunk = max(1, min(steps, chunk_tokens // chains))
+    if not resident:  # tables do not all fit: every chain through the sequential, evicting stepper
+        steppers = [ChainStepper(V, source, backend, max_table_bytes) for _ in range(chains)]
+    workers = max(1, min(threads or os.cpu_count() or 1, chains))
+    parts = _slices(chains, workers)
+    u = np.empty((chains, n_chunk, 3), dtype=np.float64)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = 0
+        while done < steps:
+            n = min(n_chunk, steps - done)
+            uc = u[:, :n] if n == n_chunk else np.empty((chains, n, 3), dtype=np.float64)
+            if resident and module is not None:
+                outputs = _compiled_chunk(module, cache, rngs, uc, x, parts, pool)
+            else:
+                for b, rng in enumerate(rngs):
+                    rng.random(out=uc[b])
+                if resident:
+                    outputs, x = numpy_batch_steps(cache, uc, x)
+                else:
+                    per_chain = []
+                    for b in range(chains):
+                        arrays, xb = steppers[b].steps(uc[b], int(x[b]))
+                        x[b] = xb
+                        per_chain.append(arrays)
+                    outputs = tuple(np.stack(a) for a in zip(*per_chain, strict=True))  # type: ignore[assignment]
+            prev, proposed, emitted, accepted = outputs
+            yield BatchChunk(start=done, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
+            done += n
+
+
+def _compiled_chunk(
+    module: ModuleType,
+    cache: TableCache,
+    rngs: list[np.random.Generator],
+    u: NDArray[np.float64],
+    x: NDArray[np.int64],
+    parts: list[slice],
+    pool: ThreadPoolExecutor,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
+    """One chunk of every chain on the compiled kernel, a slice of chains per thread; updates `x`."""
+    B, n, _ = u.shape
+    prev = np.empty((B, n), dtype=np.int64)
+    proposed = np.empty((B, n), dtype=np.int64)
+    emitted = np.empty((B, n), dtype=np.int64)
+    accepted = np.empty((B, n), dtype=np.bool_)
+    contiguous = u.flags.c_contiguous
+
+    def work(part: slice) -> None:
+        block = u[part] if contiguous else np.empty((part.stop - part.start, n, 3), dtype=np.float64)
+        for i, b in enumerate(range(part.start, part.stop)):
+            rngs[b].random(out=block[i])  # numpy fills without holding the GIL
+        xs = np.ascontiguousarray(x[part])
+        module.batch(
+            cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, np.ascontiguousarray(block), xs,
+            prev[part], proposed[part], emitted[part], accepted[part], cache.V, cache.G, part.stop - part.start, n,
+        )
+        x[part] = xs
+
+    for future in [pool.submit(work, part) for part in parts]:
+        future.result()
+    return prev, proposed, emitted, accepted
+
+
+class BatchTally:
+    """Per-chain counts of a batch, updated chunk by chunk with one `bincount` per array."""
+
+    def __init__(self, chains: int, vocab_size: int) -> None:
+        self.chains = chains
+        self.vocab_size = vocab_size
+        self.steps = 0
+        self.accepted = np.zeros(chains, dtype=np.int64)
+        self.context_counts = np.zeros((chains, vocab_size), dtype=np.int64)
+        self.emitted_counts = np.zeros((chains, vocab_size), dtype=np.int64)
+
+    def _counts(self, tokens: NDArray[np.int64]) -> NDArray[np.int64]:
+        offsets = (np.arange(self.chains, dtype=np.int64) * self.vocab_size)[:, None]
+        flat = np.bincount((tokens + offsets).ravel(), minlength=self.chains * self.vocab_size)
+        counts: NDArray[np.int64] = flat.reshape(self.chains, self.vocab_size)
+        return counts
+
+    def update(self, chunk: BatchChunk) -> None:
+        """Add one chunk of every chain."""
+        self.steps += len(chunk)
+        self.accepted += np.count_nonzero(chunk.accepted, axis=1)
+        self.context_counts += self._counts(chunk.prev)
+        self.emitted_counts += self._counts(chunk.emitted)
+
+    def chain(self, b: int) -> RunTally:
+        """Chain b's counts as a `thermospec.summary.RunTally`."""
+        tally = RunTally(self.vocab_size)
+        tally.steps = self.steps
+        tally.accepted = int(self.accepted[b])
+        tally.context_counts = self.context_counts[b].copy()
+        tally.emitted_counts = self.emitted_counts[b].copy()
+        return tally
+
+    def pooled(self) -> RunTally:
+        """All chains' steps as one tally (each chain starts from pi, so pooled counts still expect N pi)."""
+        tally = RunTally(self.vocab_size)
+        tally.steps = self.steps * self.chains
+        tally.accepted = int(self.accepted.sum())
+        tally.context_counts = self.context_counts.sum(axis=0)
+        tally.emitted_counts = self.emitted_counts.sum(axis=0)
+        return tally
+
+
+def chain_dir(run_dir: Path, b: int) -> Path:
+    """Folder of chain b's telemetry and summary."""
+    return run_dir / f"chain_{b:04d}"
+
+
+def execute_batch(
+    run: PreparedRun,
+    run_dir: Path,
+    chains: int,
+    telemetry: TelemetryFormat = "jsonl",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Run `chains` chains of ``run.config.steps`` steps each; write telemetry and summaries.
+
+    Files: with ``--telemetry jsonl``, ``chain_<b>/m1_metrics.jsonl`` and
+    ``chain_<b>/summary.json`` per chain (chain 0's JSONL is byte for byte the
+    single-chain run's); with ``parquet``, one ``m1_metrics.parquet`` with a
+    leading ``chain`` column, and per-chain summaries; with ``none``, only the
+    batch summary.  ``summary.json`` holds the pooled statistics of all chains
+    (χ² of the pooled emitted counts against ``B N pi``), the spread of the
+    per-chain acceptance, and the throughput.
+
+    Returns
+    -------
+    dict
+        The batch summary, as written.
+    """
+    from thermospec.runs import METRICS_FILE, SUMMARY_FILE, target_description, write_json_atomic
+
+    config, target = run.config, run.target
+    drafts = run.proposer.draft
+    started = time.perf_counter()
+    tally = BatchTally(chains, target.V)
+    formatter = JsonlWriter(io.StringIO())
+    parquet: ParquetWriter | None = None
+    if telemetry != "none":
+        for b in range(chains):
+            chain_dir(run_dir, b).mkdir()
+    if telemetry == "jsonl":
+        for b in range(chains):
+            (chain_dir(run_dir, b) / METRICS_FILE).touch()
+    elif telemetry == "parquet":
+        parquet = ParquetWriter(run_dir / PARQUET_FILE, chain_column=True)
+    try:
+        for chunk in run_batch(target.row, target.pi, drafts, config.steps, config.seed, chains, threads=threads):
+            tally.update(chunk)
+            if telemetry == "jsonl":
+                for b in range(chains):
+                    with (chain_dir(run_dir, b) / METRICS_FILE).open("a", encoding="utf-8", newline="\n") as out:
+                        out.write(formatter.format(chunk.chain(b), drafts))
+            elif parquet is not None:
+                for b in range(chains):
+                    parquet.write(chunk.chain(b), drafts, chain=b)
+    finally:
+        if parquet is not None:
+            parquet.close()
+    engine_elapsed = time.perf_counter() - started
+    if telemetry != "none":
+        for b in range(chains):
+            chain_summary = summarise_run(tally.chain(b), drafts, target.pi)
+            chain_summary["chain"] = b
+            write_json_atomic(chain_dir(run_dir, b) / SUMMARY_FILE, chain_summary)
+    pooled = summarise_run(tally.pooled(), drafts, target.pi)
+    rates = tally.accepted / tally.steps
+    elapsed = time.perf_counter() - started
+    summary: dict[str, Any] = {
+        **pooled,
+        "chains": chains,
+        "steps_per_chain": tally.steps,
+        "chain_accept_rate_min": float(rates.min()),
+        "chain_accept_rate_mean": float(rates.mean()),
+        "chain_accept_rate_max": float(rates.max()),
+        "elapsed_s": elapsed,
+        "tokens_per_s": tally.steps * chains / engine_elapsed if engine_elapsed > 0 else None,
+        "config": {**config.as_dict(), "K_used": run.K_used, "chains": chains},
+        "target": target_description(run),
+        "telemetry": telemetry,
+        "streams": "chain 0: random_stream(seed, CHAIN) (the single-chain run); chain b: random_stream(seed, CHAIN, b)",
+    }
+    write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    return summary
