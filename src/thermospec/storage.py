@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -86,7 +87,8 @@ class RecordFile:
         try:
             os.fsync(fd)
         except OSError as exc:
-            raise OutputError(f"{self.path}: cannot flush to disk ({_reason(exc)})") from None
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a pipe or device has nothing to flush
+                raise OutputError(f"{self.path}: cannot flush to disk ({_reason(exc)})") from None
         finally:
             os.close(fd)
 

@@ -1,0 +1,201 @@
+"""Interruption and failure safety: real signals sent to a real ``run``, and writes that fail.
+
+A run stopped by SIGINT / SIGTERM must exit 130 / 143 and leave a JSONL of whole
+records plus a ``summary.json`` marked ``"interrupted": true`` whose aggregates
+equal those recomputed from the JSONL.  A failed write (full disk) must cut the
+JSONL back to whole records, and the command must say so in one line.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thermospec.audit import audit_jsonl
+from thermospec.cli import main
+from thermospec.config import RunConfig, load_target
+from thermospec.runs import METRICS_FILE, SUMMARY_FILE, execute_run, prepare_run, write_json_atomic
+from thermospec.statistics import pooled_chi2
+from thermospec.storage import OutputError, RecordFile
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _start_and_signal(tmp_path: Path, signum: int) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Start a long run, wait for its first records, send `signum`, wait for it to end."""
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.run_m1", "run", "--vocab", "64", "--K", "16",
+         "--steps", "1000000000", "--seed", "3", "--runs-dir", str(runs)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            files = list(runs.glob(f"*/{METRICS_FILE}"))
+            if files and files[0].stat().st_size > 0:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended early: {proc.communicate()}")
+            time.sleep(0.02)
+        else:
+            pytest.fail("no records after 60 s")
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (run_dir,) = runs.iterdir()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), run_dir
+
+
+def _assert_summary_covers_the_jsonl(run_dir: Path) -> dict[str, object]:
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    audit = audit_jsonl(run_dir / METRICS_FILE, 64)
+    assert audit.whole_lines
+    assert summary["steps"] == audit.steps > 0
+    assert summary["steps"] < 1_000_000_000
+    assert summary["accept_rate"] == audit.accept_rate
+    assert math.isclose(summary["mean_overlap"], audit.mean_overlap, rel_tol=1e-12)
+    assert math.isclose(summary["mean_ce_gap"], audit.mean_ce_gap, rel_tol=1e-12)
+    pi = load_target(RunConfig(vocab=64, K=16, seed=3)).pi
+    chi2 = pooled_chi2(audit.emitted_counts.astype(np.float64), audit.steps * pi)
+    assert math.isclose(summary["chi2_stat"], chi2.stat, rel_tol=1e-9)
+    assert summary["chi2_dof"] == chi2.dof
+    return summary
+
+
+@pytest.mark.parametrize(("signum", "status", "name"), [(signal.SIGINT, 130, "SIGINT"),
+                                                        (signal.SIGTERM, 143, "SIGTERM")])
+def test_signal_leaves_whole_records_and_an_interrupted_summary(
+    tmp_path: Path, signum: int, status: int, name: str
+) -> None:
+    result, run_dir = _start_and_signal(tmp_path, signum)
+    assert result.returncode == status, result.stderr
+    assert f"interrupted by {name}" in result.stderr
+    assert "Traceback" not in result.stderr
+    summary = _assert_summary_covers_the_jsonl(run_dir)
+    assert summary["interrupted"] is True and summary["interrupted_by"] == name
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_signal_before_the_run_starts_is_one_line(tmp_path: Path) -> None:
+    """SIGTERM while ψ is being crafted (nothing written yet) ends with 143 and one line."""
+    corpus = tmp_path / "big.txt"
+    corpus.write_text("".join(chr(0x4E00 + i % 3000) for i in range(600_000)), encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.run_m1", "run", "--corpus", str(corpus), "--runs-dir", str(tmp_path / "r")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal")
+    assert proc.returncode == 143
+    assert "Traceback" not in err and err.strip().count("\n") == 0
+
+
+class _FullDisk(RecordFile):
+    """A record file whose disk fills up during the third chunk."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.chunks = 0
+
+    def write(self, text: str) -> int:
+        self.chunks += 1
+        if self.chunks == 3:
+            half = text[: len(text) // 2]
+            super().write(half)  # part of the chunk reached the disk...
+            self.size -= len(half.encode())  # ...but it is not a whole chunk
+            real_write = os.write
+
+            def no_space(fd: int, data: object) -> int:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            os.write = no_space  # type: ignore[assignment]
+            try:
+                return super().write(text)
+            finally:
+                os.write = real_write
+        return super().write(text)
+
+
+def _fill_the_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the run's JSONL a `_FullDisk`, wherever the run opens its record file."""
+    import thermospec.runs
+    import thermospec.telemetry
+
+    for module in (thermospec.runs, thermospec.telemetry):
+        if hasattr(module, "RecordFile"):
+            monkeypatch.setattr(module, "RecordFile", _FullDisk)
+
+
+def test_full_disk_keeps_whole_chunks_and_an_interrupted_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill_the_disk(monkeypatch)
+    run = prepare_run(RunConfig(vocab=64, K=16, steps=300_000, seed=3))
+    with pytest.raises(OutputError, match="No space left on device"):
+        execute_run(run, tmp_path)
+    audit = audit_jsonl(tmp_path / METRICS_FILE, 64)
+    assert audit.whole_lines and audit.steps == 2 * (1 << 16)  # two whole chunks of the default size
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["interrupted"] is True and summary["steps"] == audit.steps
+    assert "No space left on device" in summary["interrupted_by"]
+    assert summary["accept_rate"] == audit.accept_rate
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
+def test_record_file_on_a_full_device_raises_one_line() -> None:
+    with RecordFile(Path("/dev/full")) as out, pytest.raises(OutputError) as caught:
+        out.write('{"step":0}\n')
+    assert "/dev/full: cannot write (No space left on device)" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_atomic_summary_never_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "summary.json"
+    write_json_atomic(target, {"a": 1})
+
+    def fail_fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", fail_fsync)
+    with pytest.raises(OutputError, match=r"summary\.json: cannot write"):
+        write_json_atomic(target, {"a": 2, "b": "x" * 10_000})
+    assert json.loads(target.read_text()) == {"a": 1}  # the old file, whole
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+    with pytest.raises(OutputError, match="cannot write"):
+        write_json_atomic(tmp_path / "missing" / "summary.json", {})
+
+
+def test_unwritable_runs_dir_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["run", "--steps", "10", "--runs-dir", str(blocker / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--runs-dir" in err and "cannot create a run folder" in err
+    assert blocker.read_text() == ""
+
+
+def test_full_disk_from_the_cli_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fill_the_disk(monkeypatch)
+    status = main(["run", "--vocab", "64", "--steps", "300000", "--runs-dir", str(tmp_path)])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "kept the" in err
