@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "and verify the JSONL is identical byte for byte")
     run.add_argument("--quiet", action="store_true",
                      help="no progress bar (none is drawn unless stderr is a terminal)")
+    speed = run.add_argument_group("speed and scale (README: Performance)")
+    speed.add_argument("--telemetry", choices=("jsonl", "parquet", "none"), default="jsonl",
+                       help="per-step records: m1_metrics.jsonl, m1_metrics.parquet (extra 'parquet'), or none; "
+                       "the summary is the same (default: jsonl)")
+    speed.add_argument("--chains", type=_int_at_least(1), default=1, metavar="B",
+                       help="run B independent chains of --steps each; chain 0 is the single-chain run, "
+                       "telemetry and summary per chain in chain_<b>/ (default: 1)")
     check = commands.add_parser(
         "check", help="the guide's success checklist: PASS/FAIL, exit 0 only if all pass",
         description="Verify the M1 success checklist on this target; exit non-zero if any check fails.",
@@ -210,22 +217,46 @@ def _exit_status(summary: dict[str, Any]) -> int:
     return 0
 
 
+def _check_speed_options(args: argparse.Namespace) -> None:
+    """Refuse ``--telemetry`` / ``--chains`` combinations that cannot run, before anything is written."""
+    if args.telemetry == "parquet":
+        from thermospec.telemetry import parquet_available
+
+        if not parquet_available():
+            raise ConfigError("--telemetry parquet: needs pyarrow (pip install 'thermospec[parquet]')")
+    gamma = getattr(args, "gamma", None)
+    if args.chains > 1 and (gamma is not None or args.replay is not None):
+        raise ConfigError("--chains: runs M1 chains only; drop --gamma / --replay")
+    if args.telemetry != "jsonl" and (gamma is not None or args.replay is not None):
+        raise ConfigError(f"--telemetry {args.telemetry}: --gamma and --replay write and compare JSONL only")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from thermospec.runs import METRICS_FILE, create_run_dir, execute_run, prepare_run
 
     plan = _replay_config(args) if args.replay is not None else None
+    _check_speed_options(args)
     run = prepare_run(plan.config if plan is not None else _config(args))
     _notice_clamp(run.config, run.target.V)
     try:
         run_dir = create_run_dir(Path(args.runs_dir))
     except OSError as exc:
         raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a run folder ({exc.strerror or exc})") from None
-    from thermospec.progress import progress_bar
+    if args.chains > 1:
+        from thermospec.batch import execute_batch
 
-    with progress_bar(run.config.steps, "run", "step", quiet=args.quiet) as bar:
-        summary = execute_run(run, run_dir, on_chunk=lambda chunk: bar.update(len(chunk)))
+        summary = execute_batch(run, run_dir, args.chains, args.telemetry)
+        metrics_file = "chain_*/"
+    else:
+        from thermospec.progress import progress_bar
+
+        with progress_bar(run.config.steps, "run", "step", quiet=args.quiet) as bar:
+            summary = execute_run(run, run_dir, on_chunk=lambda chunk: bar.update(len(chunk)),
+                                  telemetry=args.telemetry)
+        metrics_file = "m1_metrics.parquet" if args.telemetry == "parquet" else METRICS_FILE
     print(summary_table(summary))
-    print(f"\nwrote {run_dir / METRICS_FILE} and {run_dir / 'summary.json'}")
+    written = "" if args.telemetry == "none" else f"{run_dir / metrics_file} and "
+    print(f"\nwrote {written}{run_dir / 'summary.json'}")
     status = _exit_status(summary)
     if status:
         print(f"run_m1 run: interrupted by {summary['interrupted_by']} after {summary['steps']} steps; "

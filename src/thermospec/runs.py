@@ -12,17 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
 from thermospec import __version__
 from thermospec.config import RunConfig, Stream, check_eps, load_target, random_stream
 from thermospec.engine import ChainChunk, ReportError, run_chain
 from thermospec.interrupts import Interruption, interruption_guard, signal_name
 from thermospec.proposer import Proposer
-from thermospec.storage import OutputError, RecordFile, write_text_atomic
+from thermospec.storage import OutputError, write_text_atomic
 from thermospec.summary import RunTally, summarise_run
 from thermospec.targets import BigramTarget
-from thermospec.telemetry import JsonlWriter
+from thermospec.telemetry import TelemetryFormat, TelemetrySink
 
 __all__ = [
     "METRICS_FILE",
@@ -130,6 +130,7 @@ def execute_run(
     run: PreparedRun,
     run_dir: Path,
     on_chunk: Callable[[ChainChunk], None] | None = None,
+    telemetry: TelemetryFormat = "jsonl",
 ) -> dict[str, Any]:
     """Run the chain, stream its telemetry to `run_dir` and write ``summary.json``.
 
@@ -155,8 +156,8 @@ def execute_run(
     rng = random_stream(config.seed, Stream.CHAIN)
     failure: OutputError | ReportError | None = None
     with interruption_guard() as stop:  # a signal now only stops the loop between whole chunks
-        with RecordFile(run_dir / METRICS_FILE) as out:
-            writer = JsonlWriter(cast(IO[str], out))
+        with TelemetrySink(run_dir, telemetry) as out:  # --telemetry jsonl (METRICS_FILE) | parquet | none
+            writer = out.writer
             try:
                 for chunk in run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng):
                     writer.write(chunk, run.proposer.draft)
@@ -169,6 +170,7 @@ def execute_run(
                 failure = exc
             metrics_sha256 = out.hexdigest()
         summary = _run_summary(run, tally, time.perf_counter() - started, stop, failure, metrics_sha256)
+        summary["telemetry"] = telemetry
         try:
             write_json_atomic(run_dir / SUMMARY_FILE, summary)
         except OutputError:
@@ -181,7 +183,7 @@ def execute_run(
 
 def _run_summary(
     run: PreparedRun, tally: RunTally, elapsed: float, stop: Interruption,
-    failure: Exception | None, metrics_sha256: str,
+    failure: Exception | None, metrics_sha256: str | None,
 ) -> dict[str, Any]:
     """The summary of the steps written (all of them unless interrupted)."""
     config, target = run.config, run.target
