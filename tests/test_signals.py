@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,14 +61,15 @@ def _start_and_signal(tmp_path: Path, signum: int) -> tuple[subprocess.Completed
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), run_dir
 
 
-def _assert_summary_covers_the_jsonl(run_dir: Path) -> dict[str, object]:
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+def _assert_summary_covers_the_jsonl(run_dir: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads((run_dir / SUMMARY_FILE).read_text())
     audit = audit_jsonl(run_dir / METRICS_FILE, 64)
     assert audit.whole_lines
     assert summary["steps"] == audit.steps > 0
     assert summary["steps"] < 1_000_000_000
     assert summary["accept_rate"] == audit.accept_rate
     assert math.isclose(summary["mean_overlap"], audit.mean_overlap, rel_tol=1e-12)
+    assert audit.mean_ce_gap is not None
     assert math.isclose(summary["mean_ce_gap"], audit.mean_ce_gap, rel_tol=1e-12)
     pi = load_target(RunConfig(vocab=64, K=16, seed=3)).pi
     chi2 = pooled_chi2(audit.emitted_counts.astype(np.float64), audit.steps * pi)
@@ -125,7 +127,7 @@ class _FullDisk(RecordFile):
             def no_space(fd: int, data: object) -> int:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-            os.write = no_space  # type: ignore[assignment]
+            os.write = no_space
             try:
                 return super().write(text)
             finally:
