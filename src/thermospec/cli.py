@@ -69,6 +69,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def _fault(text: str) -> Any:
     from thermospec.faults import Fault, FaultError  # deferred: only --inject-fault pays this import
 
@@ -104,6 +114,16 @@ def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> Non
                      help="per-token tail probability, or 'auto' to spread the tail mass (default: auto)")
     parser.add_argument("--steps", type=_int_at_least(1), default=50_000, help=steps_help)
     parser.add_argument("--seed", type=_int_at_least(0), default=7, help="RNG seed (default: 7)")
+    beyond = parser.add_argument_group("beyond M1 (README: Beyond M1)")
+    beyond.add_argument("--gamma", type=_int_at_least(1), default=None, metavar="G",
+                        help="γ-token speculative blocks: G drafts per target call, telemetry per block in "
+                        "m1_blocks.jsonl (default: M1, one draft and no bonus token)")
+    beyond.add_argument("--cost-ratio", type=_non_negative_float, default=0.0, metavar="C",
+                        help="TSU draft time / target call time, for the modelled speed-up (default: 0)")
+    beyond.add_argument("--tokenizer", metavar="bpe:N", default=None,
+                        help="with --corpus: train a byte-level BPE of N tokens on it; token bigram target")
+    beyond.add_argument("--tsu", choices=("sim", "thrml"), default="sim",
+                        help="TSU backend: SimTSU, or Extropic's THRML sampler (extra 'thrml') (default: sim)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +174,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         corpus=args.corpus, vocab=args.vocab, c=args.c, K=args.K, tau=args.tau,
         eps=args.eps, steps=args.steps, seed=args.seed,
+        gamma=args.gamma, cost_ratio=args.cost_ratio, tokenizer=args.tokenizer, tsu=args.tsu,
     )
 
 
@@ -247,6 +268,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         summary = execute_batch(run, run_dir, args.chains, args.telemetry)
         metrics_file = "chain_*/"
+    elif run.config.gamma is not None:
+        from thermospec.blocks import BLOCKS_FILE, execute_block_run
+
+        summary = execute_block_run(run, run_dir, run.config.gamma, run.config.cost_ratio)
+        metrics_file = BLOCKS_FILE
+    elif run.config.tsu == "thrml":
+        from thermospec.thrml_backend import execute_thrml_run
+
+        summary = execute_thrml_run(run, run_dir)
+        metrics_file = METRICS_FILE
     else:
         from thermospec.progress import progress_bar
 
@@ -267,13 +298,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         same = replay_matches(plan, summary)
         if same is False:
-            print(f"run_m1 run: error: --replay {plan.source}: the new {METRICS_FILE} differs from the "
+            print(f"run_m1 run: error: --replay {plan.source}: the new {metrics_file} differs from the "
                   "original (metrics_sha256 mismatch)", file=sys.stderr)
             return EXIT_FAILED
         print("replay: identical to the original, byte for byte (metrics_sha256 "
               f"{summary['metrics_sha256'][:16]}…)" if same else "replay: the original recorded no metrics_sha256")
     return 0
-
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -287,7 +317,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
         print(f"injected fault: {args.inject_fault} (every context's TSU)")
         run = inject_fault(run, args.inject_fault)
-    results = run_checks(run, args.check_steps, args.pooled_steps)
+    if run.config.gamma is not None:
+        from thermospec.blocks import run_block_checks
+
+        results = run_block_checks(run, args.check_steps)
+    else:
+        results = run_checks(run, args.check_steps, args.pooled_steps)
     width = max(len(r.name) for r in results)
     guide_rule = [r for r in results if getattr(r, "guide", True)]
     stronger = [r for r in results if not getattr(r, "guide", True)]

@@ -56,6 +56,11 @@ class RunConfig:
     eps: EpsSpec = "auto"
     steps: int = 50_000
     seed: int = 7
+    # Beyond M1 (issue 6): left out of `as_dict` at their defaults, so M1 summaries are unchanged.
+    gamma: int | None = None
+    cost_ratio: float = 0.0
+    tokenizer: str | None = None
+    tsu: str = "sim"
 
     def __post_init__(self) -> None:
         if self.vocab < 2:
@@ -73,14 +78,40 @@ class RunConfig:
             raise ConfigError(f"--steps: must be an integer >= 1, got {self.steps}")
         if self.seed < 0:
             raise ConfigError(f"--seed: must be an integer >= 0, got {self.seed}")
+        if self.gamma is not None and not 1 <= self.gamma <= 1024:
+            raise ConfigError(f"--gamma: must be an integer in 1 .. 1024, got {self.gamma}")
+        if not (np.isfinite(self.cost_ratio) and self.cost_ratio >= 0):
+            raise ConfigError(f"--cost-ratio: must be a finite number >= 0, got {self.cost_ratio}")
+        if self.tsu not in ("sim", "thrml"):
+            raise ConfigError(f"--tsu: must be 'sim' or 'thrml', got {self.tsu!r}")
+        if self.tokenizer is not None:
+            from thermospec.tokenized import parse_tokenizer
+
+            try:
+                parse_tokenizer(self.tokenizer)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            if self.corpus is None:
+                raise ConfigError("--tokenizer: needs --corpus (the tokenizer is trained on the corpus)")
 
     def as_dict(self) -> dict[str, Any]:
-        """The configuration as JSON-ready values."""
-        return asdict(self)
+        """The configuration as JSON-ready values (issue 6's options only when set)."""
+        values = asdict(self)
+        for name, default in _EXTENSION_DEFAULTS.items():
+            if values[name] == default:
+                del values[name]
+        return values
+
+
+_EXTENSION_DEFAULTS: dict[str, Any] = {"gamma": None, "cost_ratio": 0.0, "tokenizer": None, "tsu": "sim"}
 
 
 def load_target(config: RunConfig) -> BigramTarget:
     """The target a configuration names: the corpus' if given, else the synthetic one."""
+    if config.corpus is not None and config.tokenizer is not None:
+        from thermospec.tokenized import bpe_target, parse_tokenizer
+
+        return bpe_target(config.corpus, parse_tokenizer(config.tokenizer))
     if config.corpus is not None:
         return corpus_target(config.corpus)
     return synthetic_target(config.vocab, config.c, random_stream(config.seed, Stream.TARGET))

@@ -61,9 +61,27 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     """
     target = load_target(config)
     check_eps(config, target.V)
-    proposer = Proposer(target.row, config.K, config.tau, config.eps)
-    proposer.all_drafts(target.V)
+    proposer = _proposer(config, target)
     return PreparedRun(config=config, target=target, proposer=proposer)
+
+
+def _proposer(config: RunConfig, target: BigramTarget) -> Proposer:
+    """Craft ψ for every context; for a token (BPE) target, a memory-bounded cache and the likeliest context."""
+    from thermospec.tokenized import TokenBigramTarget  # stdlib + numpy only; tokenizers is imported lazily
+
+    if isinstance(target, TokenBigramTarget):
+        from thermospec.tokenized import BoundedProposer
+
+        proposer: Proposer = BoundedProposer(target.row, config.K, config.tau, config.eps, target.V)
+        proposer.draft(int(target.pi.argmax()))
+    else:
+        proposer = Proposer(target.row, config.K, config.tau, config.eps)
+        proposer.all_drafts(target.V)
+    if config.tsu == "thrml":
+        from thermospec.thrml_backend import thrml_proposer
+
+        proposer = thrml_proposer(proposer, target.V, config.seed)
+    return proposer
 
 
 def create_run_dir(runs_dir: str | Path) -> Path:
