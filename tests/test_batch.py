@@ -1,0 +1,153 @@
+"""Batched chains: each chain is exactly the sequential chain on its own stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from thermospec.batch import BatchChunk, BatchTally, chain_stream, run_batch
+from thermospec.cli import main
+from thermospec.config import RunConfig, Stream, load_target, random_stream
+from thermospec.engine import run_chain
+from thermospec.kernels import Backend, compiled_module, slot_bytes
+from thermospec.proposer import Proposer
+from thermospec.statistics import pooled_chi2
+from thermospec.summary import RunTally
+from thermospec.targets import BigramTarget
+
+needs_compiled = pytest.mark.skipif(compiled_module() is None, reason="thermospec._kernels is not built")
+BACKENDS = ["python", pytest.param("compiled", marks=needs_compiled)]
+FIELDS = ("prev", "proposed", "emitted", "accepted")
+
+
+def _setup(**options: object) -> tuple[BigramTarget, Proposer]:
+    config = RunConfig(**options)  # type: ignore[arg-type]
+    target = load_target(config)
+    return target, Proposer(target.row, config.K, config.tau, config.eps)
+
+
+def _chain_of(chunks: list[BatchChunk], b: int) -> dict[str, NDArray[np.generic]]:
+    return {f: np.concatenate([getattr(c, f)[b] for c in chunks]) for f in FIELDS}
+
+
+def test_chain_zero_is_the_single_chain_stream() -> None:
+    np.testing.assert_array_equal(chain_stream(7, 0).random(8), random_stream(7, Stream.CHAIN).random(8))
+    firsts = {float(chain_stream(7, b).random()) for b in range(64)}
+    assert len(firsts) == 64  # distinct streams
+    with pytest.raises(ValueError):
+        chain_stream(7, -1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("options", [{"vocab": 64}, {"vocab": 64, "K": 1}, {"vocab": 64, "eps": 0.0, "tau": 3.0}])
+def test_every_chain_matches_run_chain(backend: str, options: dict[str, object]) -> None:
+    target, proposer = _setup(**options)
+    B, steps = 6, 900
+    chunks = list(run_batch(target.row, target.pi, proposer.draft, steps, 11, B, chunk_tokens=B * 250,
+                            backend=backend, threads=2))  # type: ignore[arg-type]
+    assert [c.start for c in chunks] == [0, 250, 500, 750]
+    for b in range(B):
+        ref = list(run_chain(target.row, target.pi, proposer.draft, steps, chain_stream(11, b)))
+        got = _chain_of(chunks, b)
+        for f in FIELDS:
+            np.testing.assert_array_equal(got[f], np.concatenate([getattr(c, f) for c in ref]), err_msg=f"{b} {f}")
+
+
+@needs_compiled
+def test_threads_chunking_and_backends_agree() -> None:
+    target, proposer = _setup(vocab=32, seed=3)
+    settings: list[tuple[Backend, int, int]] = [
+        ("compiled", 1, 9 * 500), ("compiled", 2, 9 * 77), ("python", 1, 9 * 500),
+    ]
+    runs = [
+        list(run_batch(target.row, target.pi, proposer.draft, 500, 3, 9, chunk_tokens=tokens, backend=be,
+                       threads=threads))
+        for be, threads, tokens in settings
+    ]
+    for b in range(9):
+        first = _chain_of(runs[0], b)
+        for other in runs[1:]:
+            for f in FIELDS:
+                np.testing.assert_array_equal(first[f], _chain_of(other, b)[f])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tables_that_do_not_fit_fall_back_to_sequential_steppers(backend: str) -> None:
+    target, proposer = _setup(vocab=40, seed=5)
+    chunks = list(run_batch(target.row, target.pi, proposer.draft, 400, 5, 3, backend=backend,  # type: ignore[arg-type]
+                            max_table_bytes=4 * slot_bytes(40)))
+    for b in range(3):
+        ref = list(run_chain(target.row, target.pi, proposer.draft, 400, chain_stream(5, b)))
+        np.testing.assert_array_equal(_chain_of(chunks, b)["emitted"], np.concatenate([c.emitted for c in ref]))
+
+
+def test_batch_tally_matches_per_chain_tallies() -> None:
+    target, proposer = _setup(vocab=16)
+    chunks = list(run_batch(target.row, target.pi, proposer.draft, 300, 7, 4, chunk_tokens=4 * 128))
+    tally = BatchTally(4, 16)
+    singles = [RunTally(16) for _ in range(4)]
+    for chunk in chunks:
+        tally.update(chunk)
+        for b in range(4):
+            singles[b].update(chunk.chain(b))
+    for b in range(4):
+        got = tally.chain(b)
+        assert (got.steps, got.accepted) == (singles[b].steps, singles[b].accepted)
+        np.testing.assert_array_equal(got.context_counts, singles[b].context_counts)
+        np.testing.assert_array_equal(got.emitted_counts, singles[b].emitted_counts)
+    pooled = tally.pooled()
+    assert pooled.steps == 1200 and pooled.accepted == sum(s.accepted for s in singles)
+
+
+def _emissions_after(chunks: list[BatchChunk], x: int, V: int) -> NDArray[np.float64]:
+    counts = np.zeros(V)
+    for c in chunks:
+        counts += np.bincount(c.emitted[c.prev == x], minlength=V)
+    return counts
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_emissions_follow_the_target_with_a_negative_control(backend: str) -> None:
+    """χ² of the tokens emitted after the likeliest context vs p(.|x); a biased draft (no correction) fails."""
+    target, proposer = _setup(vocab=24, K=4, tau=3.0, seed=13)  # a poor draft: acceptance far below 1
+    x = int(np.argmax(target.pi))
+    chunks = list(run_batch(target.row, target.pi, proposer.draft, 4000, 13, 32, backend=backend))  # type: ignore[arg-type]
+    observed = _emissions_after(chunks, x, target.V)
+    n = observed.sum()
+    assert n > 5000
+    assert pooled_chi2(observed, n * target.row(x)).p_value > 1e-3
+    # Negative control: the same counts test applied to the drafts (what an uncorrected sampler would emit).
+    drafted = np.zeros(target.V)
+    for c in chunks:
+        drafted += np.bincount(c.proposed[c.prev == x], minlength=target.V)
+    assert pooled_chi2(drafted, drafted.sum() * target.row(x)).p_value < 1e-6
+
+
+def test_cli_chains_writes_each_chain_and_chain_zero_is_the_single_run(tmp_path: Path) -> None:
+    args = ["--vocab", "32", "--steps", "3000", "--seed", "5", "--quiet"]
+    assert main(["run", *args, "--runs-dir", str(tmp_path / "one")]) == 0
+    assert main(["run", *args, "--chains", "3", "--runs-dir", str(tmp_path / "three")]) == 0
+    (single,) = (tmp_path / "one").iterdir()
+    (batch,) = (tmp_path / "three").iterdir()
+    assert sorted(p.name for p in batch.iterdir()) == ["chain_0000", "chain_0001", "chain_0002", "summary.json"]
+    assert (batch / "chain_0000" / "m1_metrics.jsonl").read_bytes() == (single / "m1_metrics.jsonl").read_bytes()
+    assert (batch / "chain_0001" / "m1_metrics.jsonl").read_bytes() != (single / "m1_metrics.jsonl").read_bytes()
+    summary = json.loads((batch / "summary.json").read_text())
+    chain0 = json.loads((batch / "chain_0000" / "summary.json").read_text())
+    one = json.loads((single / "summary.json").read_text())
+    assert summary["chains"] == 3 and summary["steps"] == 9000 and summary["steps_per_chain"] == 3000
+    assert chain0["accept_rate"] == one["accept_rate"] and chain0["chi2_stat"] == one["chi2_stat"]
+    rates = [json.loads((batch / f"chain_000{b}" / "summary.json").read_text())["accept_rate"] for b in range(3)]
+    assert summary["accept_rate"] == pytest.approx(np.mean(rates), abs=1e-12)
+    assert summary["chain_accept_rate_min"] == min(rates)
+
+
+def test_cli_chains_without_telemetry_writes_only_the_summary(tmp_path: Path) -> None:
+    assert main(["run", "--vocab", "16", "--steps", "500", "--chains", "4", "--telemetry", "none", "--quiet",
+                 "--runs-dir", str(tmp_path)]) == 0
+    (batch,) = tmp_path.iterdir()
+    assert [p.name for p in batch.iterdir()] == ["summary.json"]
