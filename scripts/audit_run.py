@@ -1,0 +1,83 @@
+"""``python -m scripts.audit_run RUN_DIR``: recompute a run's aggregates from its JSONL and compare.
+
+Streams ``RUN_DIR/m1_metrics.jsonl`` once (constant memory), recomputes the
+step count, acceptance rate, mean overlap, mean CE gap, the χ² of the emitted
+tokens against ``N pi`` and the SHA-256 of the file, compares them with
+``RUN_DIR/summary.json``, and reports ``|accept - overlap|`` in standard errors.
+Exits 1 if anything disagrees or the gap exceeds 4 standard errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from thermospec.audit import audit_jsonl
+from thermospec.cli import OneLineParser
+from thermospec.config import RunConfig, load_target
+from thermospec.statistics import pooled_chi2
+
+MAX_Z = 4.0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        for block in iter(lambda: data.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Audit one run folder; print the comparison."""
+    parser = OneLineParser(prog="audit_run", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    args = parser.parse_args(argv)
+    summary_path = args.run_dir / "summary.json"
+    jsonl = args.run_dir / "m1_metrics.jsonl"
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        print(f"audit_run: error: {summary_path}: cannot be read as a summary ({exc})", file=sys.stderr)
+        return 2
+    if not jsonl.is_file():
+        print(f"audit_run: error: {jsonl}: no such file", file=sys.stderr)
+        return 2
+    names = {f.name for f in fields(RunConfig)}
+    config = RunConfig(**{k: v for k, v in summary["config"].items() if k in names})
+    target = load_target(config)
+    audit = audit_jsonl(jsonl, target.V)
+    chi2 = pooled_chi2(audit.emitted_counts.astype(np.float64), audit.steps * target.pi)
+    sha = _sha256(jsonl)
+    rows = [
+        ("steps", summary["steps"], audit.steps, summary["steps"] == audit.steps),
+        ("accept_rate", summary["accept_rate"], audit.accept_rate, summary["accept_rate"] == audit.accept_rate),
+        ("mean_overlap", summary["mean_overlap"], audit.mean_overlap,
+         math.isclose(summary["mean_overlap"], audit.mean_overlap, rel_tol=1e-12)),
+        ("mean_ce_gap", summary["mean_ce_gap"], audit.mean_ce_gap,
+         summary["mean_ce_gap"] == audit.mean_ce_gap if audit.mean_ce_gap is None
+         else math.isclose(summary["mean_ce_gap"], audit.mean_ce_gap, rel_tol=1e-12)),
+        ("chi2_stat", summary["chi2_stat"], chi2.stat, math.isclose(summary["chi2_stat"], chi2.stat, rel_tol=1e-9)),
+        ("p_value", summary["p_value"], chi2.p_value, math.isclose(summary["p_value"], chi2.p_value, rel_tol=1e-6)),
+        ("metrics_sha256", summary.get("metrics_sha256"), sha, summary.get("metrics_sha256") in (None, sha)),
+        ("whole lines", True, audit.whole_lines, audit.whole_lines),
+    ]
+    ok = all(r[3] for r in rows)
+    for name, recorded, recomputed, same in rows:
+        print(f"{name:<15} summary {recorded!s:<68} jsonl {recomputed!s:<68} {'ok' if same else 'DIFFERS'}")
+    z = audit.accept_overlap_z
+    print(f"\naccept - overlap = {audit.accept_rate - audit.mean_overlap:+.3e}, "
+          f"SE = {audit.accept_overlap_se:.3e}, z = {z:+.2f} (|z| must be < {MAX_Z:g})")
+    print(f"chi2 vs pi: {chi2.stat:.1f} on {chi2.dof} dof, p = {chi2.p_value:.3f}")
+    return 0 if ok and abs(z) < MAX_Z else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Reproducibility: the summary records what a rerun needs, and ``--replay`` reproduces the JSONL byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy
+
+from thermospec import __version__
+from thermospec.cli import main
+from thermospec.replay import ReplayError, load_replay
+from thermospec.runs import METRICS_FILE, SUMMARY_FILE
+
+
+def _run(runs: Path, *options: str) -> Path:
+    before = set(runs.iterdir()) if runs.exists() else set()
+    assert main(["run", "--runs-dir", str(runs), *options]) == 0
+    (new,) = set(runs.iterdir()) - before
+    return new
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads((run_dir / SUMMARY_FILE).read_text())
+    return document
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path, shakespeare: Path) -> Path:
+    copy = tmp_path / "corpus.txt"
+    copy.write_bytes(shakespeare.read_bytes()[:200_000])
+    return copy
+
+
+def test_summary_records_versions_configuration_and_corpus_hash(tmp_path: Path, corpus: Path) -> None:
+    summary = _summary(_run(tmp_path / "runs", "--corpus", str(corpus), "--steps", "2000", "--K", "16"))
+    assert summary["versions"]["thermospec"] == __version__
+    assert summary["versions"]["python"] == platform.python_version()
+    assert summary["versions"]["numpy"] == np.__version__
+    assert summary["versions"]["scipy"] == scipy.__version__
+    assert summary["versions"]["platform"] == platform.platform()
+    assert summary["config"]["corpus"] == str(corpus) and summary["config"]["K"] == 16
+    assert summary["target"]["corpus_sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+    assert summary["interrupted"] is False
+
+
+def test_replay_reproduces_the_jsonl_byte_for_byte(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    original = _run(runs, "--corpus", str(corpus), "--steps", "30000", "--K", "8", "--tau", "0.9", "--seed", "11")
+    replayed = _run(runs, "--replay", str(original / SUMMARY_FILE))
+    assert replayed != original
+    assert (replayed / METRICS_FILE).read_bytes() == (original / METRICS_FILE).read_bytes()
+    assert "replay: identical to the original, byte for byte" in capsys.readouterr().out
+    a, b = _summary(original), _summary(replayed)
+    assert a["config"] == b["config"] and a["metrics_sha256"] == b["metrics_sha256"]
+    assert a["accept_rate"] == b["accept_rate"] and a["chi2_stat"] == b["chi2_stat"]
+
+
+def test_replay_refuses_a_changed_corpus_and_writes_nothing(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    original = _run(runs, "--corpus", str(corpus), "--steps", "1000")
+    with corpus.open("a", encoding="utf-8") as out:
+        out.write("one more line\n")
+    capsys.readouterr()
+    assert main(["run", "--runs-dir", str(runs), "--replay", str(original / SUMMARY_FILE)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--replay" in err and "has changed since the run" in err and str(corpus) in err
+    assert list(runs.iterdir()) == [original]
+
+
+def test_replay_of_a_synthetic_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    original = _run(runs, "--vocab", "100", "--c", "5", "--eps", "1e-4", "--steps", "20000", "--seed", "2")
+    replayed = _run(runs, "--replay", str(original / SUMMARY_FILE))
+    assert (replayed / METRICS_FILE).read_bytes() == (original / METRICS_FILE).read_bytes()
+
+
+def test_replay_of_an_interrupted_run_reproduces_the_steps_written(tmp_path: Path) -> None:
+    """An interrupted run's JSONL is a prefix of the full run: the replay runs exactly those steps."""
+    runs = tmp_path / "runs"
+    full = _run(runs, "--vocab", "64", "--steps", "5000", "--seed", "4")
+    lines = (full / METRICS_FILE).read_bytes().splitlines(keepends=True)[:1234]
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / METRICS_FILE).write_bytes(b"".join(lines))
+    summary = _summary(full) | {"interrupted": True, "interrupted_by": "SIGINT", "steps": 1234,
+                                "metrics_sha256": hashlib.sha256(b"".join(lines)).hexdigest()}
+    (cut / SUMMARY_FILE).write_text(json.dumps(summary))
+    replayed = _run(runs, "--replay", str(cut / SUMMARY_FILE))
+    assert (replayed / METRICS_FILE).read_bytes() == b"".join(lines)
+    assert _summary(replayed)["steps"] == 1234
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(None, "no such file"), ("not json", "invalid JSON"), ("[1, 2]", "no \"config\""),
+     ('{"config": {"K": -3}}', "not valid")],
+)
+def test_replay_refuses_a_bad_summary(tmp_path: Path, content: str | None, words: str) -> None:
+    path = tmp_path / "summary.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ReplayError, match=words):
+        load_replay(path)
+
+
+def test_replay_refuses_options_that_change_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    original = _run(tmp_path / "runs", "--steps", "100")
+    assert main(["run", "--replay", str(original / SUMMARY_FILE), "--steps", "5", "--K", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "drop --K --steps" in err or "drop --steps --K" in err
+    assert main(["run", "--replay", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
