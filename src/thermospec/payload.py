@@ -197,7 +197,8 @@ def craft_payload(p: NDArray[np.float64], K: int, tau: float, eps: EpsSpec = "au
     ids = np.argsort(-p, kind="stable")[:k].astype(np.int64)
     logp = np.log(p[ids])
     ell = logp - logp[0]
-    delta = _float32(-ell.min() / 255.0) if k > 1 else 0.0
+    spread = float(-ell.min())
+    delta = _float32(spread / 255.0) if spread > 0 else 0.0  # +0.0: all equal must not send -0.0's sign bit
     if delta > 0:
         codes = np.clip(np.rint(-ell / delta), 0, 255).astype(np.uint8)
     else:
@@ -209,7 +210,7 @@ def craft_payload(p: NDArray[np.float64], K: int, tau: float, eps: EpsSpec = "au
         while (V - k) * eps32 >= 1.0:  # float32 rounding up can only cross 1 by an ulp
             eps32 = float(np.nextafter(np.float32(eps32), np.float32(0)))
     else:
-        eps32 = _float32(eps)
+        eps32 = _float32(eps) + 0.0  # a user's -0.0 is sent as +0.0: the same bytes as 0
     _check_fields(k, V, tau32, eps32, delta)
     return Payload(ids=ids, codes=codes, vocab_size=V, tau=tau32, eps=eps32, delta=delta)
 
