@@ -208,6 +208,12 @@ def test_all_equal_probabilities_have_zero_delta() -> None:
     payload = craft_payload(np.full(8, 0.125), 5, 1.0)
     assert payload.delta == 0.0
     np.testing.assert_array_equal(payload.codes, 0)
+    assert encode_payload(payload)[20:24] == b"\0\0\0\0"  # +0.0, not -0.0: the canonical bytes
+
+
+def test_negative_zero_eps_is_sent_as_zero() -> None:
+    p = np.array([0.5, 0.25, 0.25])
+    assert encode_payload(craft_payload(p, 2, 1.0, -0.0)) == encode_payload(craft_payload(p, 2, 1.0, 0.0))
 
 
 def test_extreme_logit_range_uses_code_255() -> None:
