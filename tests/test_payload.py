@@ -111,6 +111,7 @@ def test_quantisation_ids_and_tail_follow_spec(case: tuple[NDArray[np.float64], 
     np.testing.assert_array_equal(payload.codes, codes)
     assert payload.delta == delta
     assert payload.tau == float(np.float32(tau))
+    assert not np.signbit(payload.delta) and not np.signbit(payload.eps)  # canonical +0.0, never -0.0
     # every logit within delta / 2 of its dequantised value
     ell = np.log(p[ids]) - np.log(p[ids[0]])
     error = np.abs(-payload.codes.astype(np.float64) * payload.delta - ell)
