@@ -6,7 +6,7 @@ writes it as CSV (atomically).  See `thermospec.detection` for what each test is
 
 Examples
 --------
-python -m scripts.detection_power                       # the README's table: 200 seeds, ~4 min on 2 cores
+python -m scripts.detection_power --wide                # the README's table: 200 seeds, ~4 min on 2 cores
 python -m scripts.detection_power --seeds 10 --workers 1 # a quick look
 """
 
@@ -35,6 +35,8 @@ DEFAULT_FAULTS = (
     "misreport:0.001",
 )
 DEFAULT_SAMPLES = (5_000, 20_000, 50_000)
+TEST_ORDER = ("guide", "pooled", "run")
+TEST_NAMES = {"guide": "guide rule", "pooled": "pooled χ²", "run": "run χ²"}
 
 
 def _fault(text: str) -> Fault:
@@ -68,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=_positive, default=min(2, os.cpu_count() or 1),
                         help="worker processes (default: 2)")
     parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
+    parser.add_argument("--wide", action="store_true",
+                        help="one line per fault and size, one column per test and sample count (the README's)")
     return parser
 
 
@@ -92,6 +96,32 @@ def markdown_table(rows: Sequence[RateRow]) -> str:
             f"| {r.fault} | {size} | {r.test} | {r.samples:,} | {r.seeds} | "
             f"{_rate(r.detection_rate)} | {_rate(r.false_alarm_rate)} |"
         )
+    return "\n".join(lines)
+
+
+def wide_table(rows: Sequence[RateRow]) -> str:
+    """The table as Markdown, one line per fault and size, one column per test and sample count.
+
+    The first line is the correct TSU: its cells are the false-alarm rates.
+    """
+    columns = sorted({(r.test, r.samples) for r in rows}, key=lambda c: (TEST_ORDER.index(c[0]), c[1]))
+    faults: list[tuple[str, float]] = []
+    for r in rows:
+        if (r.fault, r.size) not in faults:
+            faults.append((r.fault, r.size))
+    cell = {(r.fault, r.size, r.test, r.samples): r for r in rows}
+    seeds = max((r.seeds for r in rows), default=0)
+    head = " | ".join(f"{TEST_NAMES[t]} {n:,}" for t, n in columns)
+    lines = [f"| fault | size | {head} |", "|---|---|" + "---|" * len(columns)]
+    for kind, size in faults:
+        label = "none (false alarms)" if kind == "none" else kind
+        shown = "–" if kind == "none" else f"{size:g}"
+        values = []
+        for t, n in columns:
+            found = cell.get((kind, size, t, n))
+            values.append("" if found is None else _rate(found.detection_rate))
+        lines.append(f"| {label} | {shown} | " + " | ".join(values) + " |")
+    lines.append(f"\n{seeds} seeds; cells are the fraction of seeds where the test failed.")
     return "\n".join(lines)
 
 
@@ -126,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for result in pool.map(_one_seed, jobs, chunksize=1):
                 outcomes.extend(result)
     rows = detection_table(outcomes, args.steps)
-    print(markdown_table(rows))
+    print(wide_table(rows) if args.wide else markdown_table(rows))
     if args.csv:
         try:
             write_csv(Path(args.csv), rows)

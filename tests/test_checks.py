@@ -127,3 +127,14 @@ def test_detection_power_command_short(capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert "| none | – | pooled | 800,000 | 3 | 0.0 % | 0.0 % |" in out
     assert "| bias | 0.05 | pooled | 800,000 | 3 | 100.0 % | 0.0 % |" in out
+
+
+def test_wide_table_puts_false_alarms_first() -> None:
+    from scripts.detection_power import wide_table
+
+    bias = Fault("bias", 0.05)
+    outcomes = [TrialOutcome(s, f, 10, f is not None, f is not None, False) for s in (0, 1) for f in (None, bias)]
+    lines = wide_table(detection_table(outcomes, 500)).splitlines()
+    assert lines[0] == "| fault | size | guide rule 40 | pooled χ² 160 | run χ² 500 |"
+    assert lines[2] == "| none (false alarms) | – | 0.0 % | 0.0 % | 0.0 % |"
+    assert lines[3] == "| bias | 0.05 | 100.0 % | 100.0 % | 0.0 % |"
