@@ -205,6 +205,18 @@ def test_auto_eps_spreads_the_tail_uniformly() -> None:
     assert payload.tail_mass == pytest.approx(0.3, rel=1e-7)
 
 
+def test_quantisation_rounds_half_to_even() -> None:
+    # logits exactly half-way between multiples of delta = 1/16 (the spread is 255/16 nats); the row is left
+    # unnormalised (p_max = 1) so that every log-ratio, and so every tie, is exact in float64
+    halves = np.array([4, 5, 7, 8, 9, 10, 11, 12]) + 0.5
+    p = np.exp(np.concatenate([[0.0], -halves / 16, [-255 / 16]]))
+    ell = np.log(p) - np.log(p[0])
+    assert (-ell[1:-1] * 16).tolist() == halves.tolist()
+    payload = craft_payload(p, p.size, 1.0)
+    assert payload.delta == 1 / 16
+    np.testing.assert_array_equal(payload.codes, [0, 4, 6, 8, 8, 10, 10, 12, 12, 255])
+
+
 def test_all_equal_probabilities_have_zero_delta() -> None:
     payload = craft_payload(np.full(8, 0.125), 5, 1.0)
     assert payload.delta == 0.0
