@@ -36,8 +36,8 @@ __all__ = [
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Terminated(Exception):  # noqa: N818  (named after the event, like KeyboardInterrupt)
-    """SIGTERM outside a run's write loop."""
+class Terminated(BaseException):
+    """SIGTERM outside a run's write loop; a BaseException so that no ``except Exception`` swallows it."""
 
 
 @dataclass
