@@ -201,3 +201,21 @@ def test_full_disk_from_the_cli_is_one_line(
     assert status == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and "kept the" in err
+
+
+def test_interruption_guard_records_nests_and_restores() -> None:
+    from thermospec.interrupts import exit_status, interruption_guard
+
+    before = signal.getsignal(signal.SIGTERM)
+    with interruption_guard() as outer:
+        assert not outer.requested
+        with interruption_guard() as inner:
+            assert inner is outer  # a sweep of runs stops as a whole
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        assert outer.requested and outer.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)  # the first signal wins
+        time.sleep(0.05)
+        assert outer.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert (exit_status(signal.SIGINT), exit_status(signal.SIGTERM)) == (130, 143)
