@@ -47,7 +47,8 @@ def acceptance_ratio(p: NDArray[np.float64], q: NDArray[np.float64]) -> NDArray[
     [0, 1): the strict comparison never accepts a token with ``p(y) = 0``.
     """
     ratio = np.zeros_like(p)
-    np.divide(p, q, out=ratio, where=q > 0)
+    with np.errstate(over="ignore"):  # p / (subnormal q) is +inf: always accepted, exactly as min(1, p/q) says
+        np.divide(p, q, out=ratio, where=q > 0)
     return ratio
 
 
