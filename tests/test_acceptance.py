@@ -305,3 +305,15 @@ def test_control_acceptance_fed_a_wrong_q_fails_chi2(wrong: str) -> None:
     # target row: λ ≈ 1e5 on 26 dof; unquantised copy: λ ≈ 153 on 8 dof, missed with probability ≈ 8e-15
     assert miss_probability(lam, dof) < 1e-9
     assert speculate(p, tsu, N_STEPS, seed=24, q_used=q_used).chi2_p(p) < ALPHA
+
+
+def test_a_subnormal_q_gives_an_infinite_ratio_silently() -> None:
+    """τ very small pushes sent ids to subnormal q: p / q overflows to +inf, which accepts (min(1, p/q) = 1)."""
+    p = np.array([0.5, 0.3, 0.2])
+    q = np.array([1.0 - 2e-317, 1e-317, 1e-317])
+    ratio = acceptance_ratio(p, q)  # RuntimeWarnings are errors in this module
+    assert ratio[1] == ratio[2] == np.inf
+    assert accept_correct_step(p, q, 1, FixedUniforms(float(np.nextafter(1.0, 0.0)), 0.0).generator()) == (1, True)
+    tsu = SimTSU(encode_payload(craft_payload(dirichlet(50, 1.0, 0), 50, 0.001)))
+    assert np.any((tsu.q > 0) & (tsu.q < np.finfo(np.float64).tiny))  # this payload does produce subnormals
+    acceptance_ratio(dirichlet(50, 1.0, 0), tsu.q)
