@@ -1,4 +1,4 @@
-"""Tests of the task runners: serial, a joblib pool and a real Dask LocalCluster give identical rows."""
+"""Tests of the task runners: serial, a pool of worker processes and a real Dask LocalCluster give identical rows."""
 
 from __future__ import annotations
 

@@ -85,6 +85,7 @@ def progress_bar(
         return
     from tqdm import tqdm  # deferred: only an interactive terminal pays this import
 
+    tqdm.monitor_interval = 0  # no monitor thread: sweeps fork worker processes, best done without threads
     bar = tqdm(total=total, desc=description, unit=unit, file=stream, dynamic_ncols=True, leave=False,
                unit_scale=unit == "step", mininterval=min_interval_s)
     try:

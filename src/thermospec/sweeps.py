@@ -60,6 +60,7 @@ __all__ = [
     "CsvRows",
     "GridPoint",
     "GridSweep",
+    "SeedInterrupted",
     "SeedSweep",
     "SweepOutcome",
     "aggregate_grid",
@@ -348,6 +349,10 @@ def format_grid_table(aggregates: Sequence[Mapping[str, Any]]) -> str:
 # --------------------------------------------------------------------------- the seed sweep
 
 
+class SeedInterrupted(Exception):  # noqa: N818  (an event, like KeyboardInterrupt)
+    """A seed's run stopped early on a signal; an ordinary exception, so it travels back from a worker."""
+
+
 @dataclass(frozen=True)
 class SeedSweep:
     """One full M1 run per seed.
@@ -396,7 +401,7 @@ def run_seed(sweep: SeedSweep, sweep_dir: str, seed: int) -> dict[str, Any]:
     run_dir.mkdir(exist_ok=True)
     summary = execute_run(run, run_dir)
     if summary.get("interrupted"):  # the run stopped early on Ctrl-C: the seed is not finished
-        raise KeyboardInterrupt
+        raise SeedInterrupted(f"seed {seed}: run interrupted after {summary.get('steps')} steps")
     return seed_row(summary)
 
 
@@ -515,7 +520,7 @@ def run_sweep(
             done[index] = row
             if progress is not None:
                 progress.update(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SeedInterrupted):
         interrupted = True
     finally:
         ordered = [done[i] for i in sorted(done)]
