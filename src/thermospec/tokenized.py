@@ -17,12 +17,13 @@ sparse counts plus the rank-one smoothing term::
 each iteration one sparse product.  Every entry of P is positive, so the chain
 is irreducible and aperiodic: pi is unique and the iteration converges.
 
-The proposer of such a target keeps its ψ drafts in a memory-bounded cache
-(`BoundedProposer`): at V = 16,384 a draft holds two float64 vectors of V.
+The proposer of such a target keeps compact ψ drafts (payload and metrics, no
+V-sized array: `CompactTSU`) in a memory-bounded cache (`BoundedProposer`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -32,17 +33,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.payload import EpsSpec
-from thermospec.proposer import ContextDraft, Proposer
+from thermospec.payload import EpsSpec, Payload, decode_payload
+from thermospec.proposer import ContextDraft, Proposer, draft_for_row
 from thermospec.targets import BigramTarget, CorpusError, read_corpus
+from thermospec.tsu import SimTSU, proposal_distribution
 
 __all__ = [
     "MAX_BPE_VOCAB",
     "MIN_BPE_VOCAB",
     "BoundedProposer",
+    "CompactTSU",
+    "KSweepRow",
     "TokenBigramTarget",
     "bpe_target",
     "encode_corpus",
+    "k_sweep",
     "parse_tokenizer",
     "sparse_stationary",
     "token_bigram_target",
@@ -95,8 +100,7 @@ def train_bpe(text: str, vocab_size: int) -> Any:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        min_frequency=2,
-        show_progress=False,
+            show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
@@ -252,11 +256,62 @@ def tokenizer_fingerprint(target: TokenBigramTarget) -> str:
     return hashlib.sha256(target.tokenizer_json.encode("utf-8")).hexdigest()
 
 
-class BoundedProposer(Proposer):
-    """A `Proposer` whose draft cache is least-recently-used with a memory bound.
+_RECENT_ARRAYS: OrderedDict[SimTSU, tuple[NDArray[np.float64], NDArray[np.float64]]] = OrderedDict()
+_RECENT_ARRAYS_MAX = 32
 
-    A draft is a pure function of (row, K, τ, ε), so an evicted context is
-    crafted again to the same bytes when it comes back.
+
+class CompactTSU(SimTSU):
+    """A `SimTSU` that recomputes F(ψ) and its CDF from the decoded payload on access.
+
+    At V = 16,384 a stored q and CDF cost 256 KB per context; this keeps only the
+    payload (a few hundred bytes), so the drafts of every context fit in memory.
+    The values are exactly `SimTSU`'s (same function of the same payload).
+    """
+
+    def __init__(self, payload: Payload | bytes) -> None:  # deliberately no super(): no stored arrays
+        if isinstance(payload, bytes | bytearray | memoryview):
+            payload = decode_payload(bytes(payload))
+        self.payload = payload
+
+    def _arrays(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        found = _RECENT_ARRAYS.get(self)
+        if found is None:
+            q = proposal_distribution(self.payload)
+            cdf = np.cumsum(q)
+            q.flags.writeable = False
+            cdf.flags.writeable = False
+            found = _RECENT_ARRAYS[self] = (q, cdf)
+            if len(_RECENT_ARRAYS) > _RECENT_ARRAYS_MAX:
+                _RECENT_ARRAYS.popitem(last=False)
+        else:
+            _RECENT_ARRAYS.move_to_end(self)
+        return found
+
+    @property
+    def q(self) -> NDArray[np.float64]:
+        """F(ψ), recomputed (the last few contexts' arrays are kept)."""
+        return self._arrays()[0]
+
+    @q.setter
+    def q(self, value: NDArray[np.float64]) -> None:
+        raise AttributeError("CompactTSU.q is computed from the payload")
+
+    @property
+    def cdf(self) -> NDArray[np.float64]:
+        """Cumulative F(ψ), recomputed."""
+        return self._arrays()[1]
+
+    @cdf.setter
+    def cdf(self, value: NDArray[np.float64]) -> None:
+        raise AttributeError("CompactTSU.cdf is computed from the payload")
+
+
+class BoundedProposer(Proposer):
+    """A `Proposer` for large vocabularies: compact drafts in a least-recently-used cache.
+
+    Each cached draft holds its payload and metrics but no V-sized array
+    (`CompactTSU`), so about ``max_bytes / (1 KB + 20 K)`` contexts stay cached;
+    an evicted context is crafted again to the same bytes when it comes back.
     """
 
     def __init__(
@@ -269,7 +324,7 @@ class BoundedProposer(Proposer):
         max_bytes: int = DRAFT_CACHE_BYTES,
     ) -> None:
         super().__init__(row, K, tau, eps)
-        self.capacity = max(16, max_bytes // (16 * V))
+        self.capacity = max(16, max_bytes // (1024 + 20 * min(K, V)))
         self._lru: OrderedDict[int, ContextDraft] = OrderedDict()
 
     def draft(self, context: int) -> ContextDraft:
@@ -278,10 +333,79 @@ class BoundedProposer(Proposer):
         if found is not None:
             self._lru.move_to_end(context)
             return found
-        self._cache.clear()  # the base class' unbounded cache stays empty
-        found = super().draft(context)
-        self._cache.clear()
+        full = draft_for_row(self.row(context), context, self.K, self.tau, self.eps)
+        found = dataclasses.replace(full, tsu=CompactTSU(full.tsu.payload))
         self._lru[context] = found
         if len(self._lru) > self.capacity:
             self._lru.popitem(last=False)
         return found
+
+
+@dataclass(frozen=True)
+class KSweepRow:
+    """One line of the K sweep on a token target.
+
+    Attributes
+    ----------
+    K : int
+        Top-K ids per payload.
+    psi_bytes : int
+        Payload size (the same for every context at this K and V).
+    topk_mass, overlap_mass : float
+        pi-weighted means over *all* contexts (exact, not sampled).
+    ce_gap_nats : float or None
+        pi-weighted mean KL(p || q); None if infinite somewhere.
+    accept_rate : float
+        Measured on a chain of `steps` steps.
+    steps : int
+    """
+
+    K: int
+    psi_bytes: int
+    topk_mass: float
+    overlap_mass: float
+    ce_gap_nats: float | None
+    accept_rate: float
+    steps: int
+
+
+def k_sweep(
+    target: TokenBigramTarget,
+    Ks: list[int],
+    steps: int,
+    seed: int,
+    tau: float = 1.0,
+    eps: EpsSpec = "auto",
+) -> list[KSweepRow]:
+    """Acceptance and overlap vs K: exact pi-weighted metrics over every context, and a measured chain.
+
+    Each K's chain uses ``random_stream(seed, Stream.CHAIN)``, as a ``run`` with that K would.
+    """
+    import math
+
+    from thermospec.config import Stream, random_stream
+    from thermospec.engine import run_chain
+
+    V = target.V
+    sums = {k: [0.0, 0.0, 0.0] for k in Ks}
+    sizes = dict.fromkeys(Ks, 0)
+    for x in range(V):
+        p = target.row(x)
+        w = float(target.pi[x])
+        for k in Ks:
+            d = draft_for_row(p, x, k, tau, eps)
+            sums[k][0] += w * d.topk_mass
+            sums[k][1] += w * d.overlap_mass
+            sums[k][2] += w * d.ce_gap_nats
+            sizes[k] = max(sizes[k], d.psi_bytes)
+    rows = []
+    for k in Ks:
+        proposer = BoundedProposer(target.row, k, tau, eps, V)
+        accepted = 0
+        for chunk in run_chain(target.row, target.pi, proposer.draft, steps, random_stream(seed, Stream.CHAIN)):
+            accepted += int(np.count_nonzero(chunk.accepted))
+        topk, overlap, gap = sums[k]
+        rows.append(KSweepRow(K=k, psi_bytes=sizes[k], topk_mass=topk, overlap_mass=overlap,
+                              ce_gap_nats=gap if math.isfinite(gap) else None,
+                              accept_rate=accepted / steps, steps=steps))
+    return rows
