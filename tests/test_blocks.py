@@ -317,3 +317,42 @@ def test_cli_bad_block_options_are_one_line(
     assert status == 2
     assert option in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_grid_sweep_over_gammas_writes_rows_and_the_speedup_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from thermospec.gamma_sweep import GAMMA_CSV, SPEEDUP_PNG
+    from thermospec.sweep_cli import grid_main
+
+    status = grid_main(["--vocab", "8", "--c", "0.5", "--gammas", "1", "4", "--Ks", "1", "--taus", "1.0",
+                        "--seeds", "2", "--steps", "20000", "--cost-ratios", "0", "0.1",
+                        "--runs-dir", str(tmp_path), "--quiet"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    (sweep_dir,) = list(tmp_path.iterdir())
+    assert (sweep_dir / SPEEDUP_PNG).stat().st_size > 1000
+    rows = (sweep_dir / GAMMA_CSV).read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("gamma,K,tau,seed")
+    for line in rows[1:]:
+        record = dict(zip(rows[0].split(","), line.split(","), strict=True))
+        measured, se = float(record["mean_accepted_length"]), float(record["mean_accepted_length_se"])
+        assert abs(measured - float(record["expected_accepted_length"])) < 4 * se
+        gamma = int(record["gamma"])
+        assert float(record["speedup_c0.1"]) == pytest.approx(
+            float(record["expected_tokens_per_target_call"]) / (gamma * 0.1 + 1))
+    assert "speed-up c=0.1" in out
+
+
+def test_grid_sweep_refuses_bad_gammas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from thermospec.sweep_cli import grid_main
+
+    for args in (["--gammas", "0"], ["--gammas", "2", "2"], ["--gammas", "2", "--cost-ratios", "-1"]):
+        try:
+            status = grid_main([*args, "--runs-dir", str(tmp_path / "sweeps"), "--quiet"])
+        except SystemExit as exc:
+            status = int(exc.code or 0)
+        _out, err = capsys.readouterr()
+        assert status == 2 and len(err.strip().splitlines()) == 1, (args, err)
+        assert "--gammas" in err or "--cost-ratios" in err
+    assert not (tmp_path / "sweeps").exists()

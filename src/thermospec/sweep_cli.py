@@ -8,6 +8,7 @@ every finished configuration, says how many are missing and exits with 130.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -119,6 +120,12 @@ def build_grid_parser() -> argparse.ArgumentParser:
                       "(default: the most probable context under π)")
     parser.add_argument("--steps", type=_int_at_least(1), default=15_000,
                         help="fixed-context proposals per configuration (default: 15000)")
+    blocks = parser.add_argument_group("γ-token blocks (README: Beyond M1)")
+    blocks.add_argument("--gammas", type=_int_at_least(1), nargs="+", default=None, metavar="G",
+                        help="sweep γ instead: a chain of γ-token blocks of STEPS tokens per (K, τ, seed, γ); "
+                        "writes m1_gamma_sweep.csv and m1_speedup_vs_gamma.png")
+    blocks.add_argument("--cost-ratios", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2], metavar="C",
+                        help="TSU draft / target call time ratios for the speed-up (default: 0 0.05 0.1 0.2)")
     _add_execution_options(parser)
     return parser
 
@@ -222,6 +229,13 @@ def _grid_sweep(args: argparse.Namespace) -> int:
     taus = check_values("--taus", args.taus)
     seeds = check_values("--seeds", args.seeds)
     base = _base_config(args, seeds[0])
+    if args.gammas is not None:
+        from thermospec.gamma_sweep import gamma_sweep
+
+        check_values("--gammas", args.gammas)
+        if any(not (math.isfinite(c) and c >= 0) for c in args.cost_ratios):
+            raise ConfigError("--cost-ratios: each must be a finite number >= 0")
+        return gamma_sweep(args, base, _sweep_dir(args))
     first = target_of(base, seeds[0])
     context = None if args.context is None else resolve_context(args.context, first)
     sweep = GridSweep(base=base, steps=args.steps, Ks=Ks, taus=taus, seeds=seeds, context=context)
