@@ -209,6 +209,14 @@ def test_accept_boundary_is_strict() -> None:
     assert accept_correct_step(p, q, 1, FixedUniforms(float(np.nextafter(1.0, 0.0)), 0.0).generator()) == (1, True)
 
 
+def test_returns_a_python_int_and_bool() -> None:
+    p, q = np.array([0.2, 0.8]), np.array([0.5, 0.5])
+    for y, u in [(0, 0.1), (0, 0.9), (1, 0.3)]:
+        emitted, accepted = accept_correct_step(p, q, np.int64(y), FixedUniforms(u, 0.5).generator())  # type: ignore[arg-type]
+        assert type(emitted) is int
+        assert type(accepted) is bool
+
+
 def test_each_step_consumes_exactly_two_uniforms() -> None:
     p, q = dirichlet(6, 1.0, 0), np.full(6, 1 / 6)
     rng, twin = np.random.default_rng(9), np.random.default_rng(9)
