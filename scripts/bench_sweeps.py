@@ -2,7 +2,9 @@
 
 Each measurement is a whole command in a fresh interpreter (start-up, worker
 processes and file writes included), repeated ``--repeats`` times; the table
-gives the median and the speed-up of the medians.  Sweep folders go to a
+gives the median wall time, the speed-up of the medians and the median CPU time
+(user + system, of the command and its workers): on a machine whose cores are
+busy with other work, a second worker cannot lower the wall time.  Sweep folders go to a
 temporary directory that is removed afterwards.
 
 Examples
@@ -13,6 +15,8 @@ python -m scripts.bench_sweeps --repeats 3 --jobs 1 2
 
 from __future__ import annotations
 
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -38,12 +42,15 @@ SWEEPS = {
 }
 
 
-def wall_time(argv: Sequence[str], runs_dir: str, jobs: int) -> float:
-    """Seconds of one whole command, from process start to exit."""
+def wall_time(argv: Sequence[str], runs_dir: str, jobs: int) -> tuple[float, float]:
+    """Wall seconds of one whole command, from process start to exit, and the CPU seconds it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", *argv, "--jobs", str(jobs), "--quiet", "--runs-dir", runs_dir],
                    check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,16 +61,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the two --jobs values compared (default: 1 2)")
     args = parser.parse_args(argv)
     low, high = args.jobs
-    print(f"| sweep | --jobs {low} (median s) | --jobs {high} (median s) | speed-up |")
-    print("|---|---|---|---|")
+    print(f"load average before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"| sweep | --jobs {low}: wall s | --jobs {high}: wall s | speed-up | CPU s, --jobs {low} / {high} |")
+    print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as runs_dir:
         for name, command in SWEEPS.items():
             times: dict[int, list[float]] = {low: [], high: []}
+            cpu: dict[int, list[float]] = {low: [], high: []}
             for _ in range(args.repeats):  # interleaved, so that a busy moment hits both sides
                 for jobs in (low, high):
-                    times[jobs].append(wall_time(command, runs_dir, jobs))
+                    wall, used = wall_time(command, runs_dir, jobs)
+                    times[jobs].append(wall)
+                    cpu[jobs].append(used)
             medians = [statistics.median(times[low]), statistics.median(times[high])]
-            print(f"| {name} | {medians[0]:.2f} | {medians[1]:.2f} | {medians[0] / medians[1]:.2f}× |", flush=True)
+            cpus = [statistics.median(cpu[low]), statistics.median(cpu[high])]
+            print(f"| {name} | {medians[0]:.2f} | {medians[1]:.2f} | {medians[0] / medians[1]:.2f}× "
+                  f"| {cpus[0]:.2f} / {cpus[1]:.2f} |", flush=True)
+    print(f"load average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

@@ -338,7 +338,7 @@ def format_grid_table(aggregates: Sequence[Mapping[str, Any]]) -> str:
     """The compact per-(K, τ) table the grid sweep prints."""
     header = ("K", "tau", "accept", "overlap", "|a-o|", "se", "ce_gap", "topk", "psi_B")
     body = [
-        (str(a["K"]), f"{a['tau']:g}", _num(a["accept_rate"]), _num(a["overlap_mass"]),
+        (str(a["K"]), repr(float(a["tau"])), _num(a["accept_rate"]), _num(a["overlap_mass"]),
          _num(a["accept_overlap_gap"]), _num(a["accept_se"]), _num(a["ce_gap_nats"]),
          _num(a["topk_mass"]), str(a["psi_bytes"]))
         for a in aggregates
