@@ -29,6 +29,7 @@ examples:
   python -m scripts.run_m1 run --vocab 256 --K 64 --eps auto --steps 50000 --seed 7
   python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --K 64 --eps auto --steps 50000 --seed 7
   python -m scripts.run_m1 run --K 8 --tau 0.9 --eps 1e-5 --runs-dir /tmp/runs
+  python -m scripts.run_m1 run --replay runs/<timestamp>/summary.json   # the same JSONL, byte for byte
 """
 
 CHECK_EXAMPLES = """\
@@ -36,6 +37,7 @@ examples:
   python -m scripts.run_m1 check
   python -m scripts.run_m1 check --corpus data/tinyshakespeare.txt --K 128
   python -m scripts.run_m1 check --tau 0.3 --eps 0
+  python -m scripts.run_m1 check --inject-fault bias:0.05     # a TSU that oversamples its top token by 5 %
 """
 
 
