@@ -363,3 +363,18 @@ def test_ctrl_c_keeps_whole_rows_and_says_how_many_are_missing(tmp_path: Path) -
     assert [int(r["K"]) for r in rows] == list(range(1, len(rows) + 1))
     assert f"interrupted: {len(rows)} of 40 configurations finished and kept in" in err
     assert f"; {40 - len(rows)} missing" in err
+
+
+def test_grid_on_a_corpus_takes_a_character_as_context(
+    shakespeare: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = grid_main(["--corpus", str(shakespeare), "--context", "e", "--Ks", "4", "8", "--taus", "1.0",
+                        "--seeds", "1", "--steps", "3000", "--jobs", "1", "--runs-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 0
+    target = target_of(RunConfig(corpus=str(shakespeare)), 1)
+    assert target.vocabulary is not None
+    e = target.vocabulary.index("e")
+    assert f"context (given): {e} ('e') (seed 1)" in out
+    (folder,) = tmp_path.iterdir()
+    assert {r["context"] for r in read_csv_rows(folder / GRID_CSV)} == {str(e)}
