@@ -98,3 +98,20 @@ def test_cli_run_with_thrml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert summary["tsu_backend"]["name"] == "thrml" and summary["config"]["tsu"] == "thrml"
     assert summary["checklist"]["accept_overlap_within_0.03"] is True
     assert summary["p_value"] > 0.001
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["check", "--tsu", "thrml"], ["run", "--tsu", "thrml", "--chains", "2"],
+     ["run", "--tsu", "thrml", "--telemetry", "none"]],
+)
+def test_cli_refuses_thrml_where_it_would_not_be_used(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        status = main([*args, "--steps", "10", *(["--runs-dir", str(tmp_path / "runs")] if args[0] == "run" else [])])
+    except SystemExit as exc:
+        status = int(exc.code or 0)
+    _out, err = capsys.readouterr()
+    assert status == 2 and "--tsu thrml" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

@@ -252,6 +252,8 @@ def _check_speed_options(args: argparse.Namespace) -> None:
         raise ConfigError("--chains: runs M1 chains only; drop --gamma / --replay")
     if args.telemetry != "jsonl" and (gamma is not None or args.replay is not None):
         raise ConfigError(f"--telemetry {args.telemetry}: --gamma and --replay write and compare JSONL only")
+    if getattr(args, "tsu", "sim") == "thrml" and (args.chains > 1 or args.telemetry != "jsonl"):
+        raise ConfigError("--tsu thrml: runs one chain with JSONL telemetry; drop --chains / --telemetry")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -312,6 +314,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from thermospec.checks import run_checks
     from thermospec.runs import prepare_run
 
+    if args.tsu == "thrml":
+        raise ConfigError("--tsu thrml: check runs SimTSU's table-driven paths; "
+                          "check THRML with run --tsu thrml (χ² in summary.json) or tests/test_thrml_backend.py")
     run = prepare_run(_config(args))
     _notice_clamp(run.config, run.target.V)
     if args.inject_fault is not None:
