@@ -115,3 +115,16 @@ def test_cli_refuses_thrml_where_it_would_not_be_used(
     _out, err = capsys.readouterr()
     assert status == 2 and "--tsu thrml" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+@needs_thrml
+def test_cli_block_run_with_thrml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["run", "--tsu", "thrml", "--gamma", "2", "--vocab", "16", "--K", "4", "--steps", "3000",
+                   "--runs-dir", str(tmp_path)])
+    _out, err = capsys.readouterr()
+    assert status == 0, err
+    (run_dir,) = list(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["tsu"] == "thrml" and summary["config"]["gamma"] == 2
+    gap = abs(summary["mean_accepted_length"] - summary["expected"]["accepted_length"])
+    assert gap < 4 * summary["mean_accepted_length_se"]

@@ -221,3 +221,17 @@ def test_cli_bad_tokenizer_is_one_line(
     assert status == 2
     assert "--tokenizer" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_cli_block_run_on_a_bpe_target(
+    small_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tokenizers")
+    status, _out, err = cli(["run", "--corpus", str(small_corpus), "--tokenizer", "bpe:512", "--K", "16",
+                             "--gamma", "4", "--steps", "10000", "--runs-dir", str(tmp_path)], capsys)
+    assert status == 0, err
+    (run_dir,) = list(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    gap = abs(summary["mean_accepted_length"] - summary["expected"]["accepted_length"])
+    assert gap < 4 * summary["mean_accepted_length_se"]
+    assert summary["target"]["V"] == 512
