@@ -356,3 +356,21 @@ def test_grid_sweep_refuses_bad_gammas(tmp_path: Path, capsys: pytest.CaptureFix
         assert status == 2 and len(err.strip().splitlines()) == 1, (args, err)
         assert "--gammas" in err or "--cost-ratios" in err
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_block_jsonl_is_byte_identical_for_the_same_seed_and_hashed_in_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    digests = []
+    for name in ("a", "b"):
+        status, _out, err = cli(["run", "--gamma", "3", "--steps", "5000", "--runs-dir", str(tmp_path / name)],
+                                capsys)
+        assert status == 0, err
+        (run_dir,) = list((tmp_path / name).iterdir())
+        data = (run_dir / BLOCKS_FILE).read_bytes()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["metrics_sha256"] == hashlib.sha256(data).hexdigest()
+        digests.append(summary["metrics_sha256"])
+    assert digests[0] == digests[1]
