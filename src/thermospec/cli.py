@@ -274,8 +274,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_file = "chain_*/"
     elif run.config.gamma is not None:
         from thermospec.blocks import BLOCKS_FILE, execute_block_run
+        from thermospec.progress import progress_bar
 
-        summary = execute_block_run(run, run_dir, run.config.gamma, run.config.cost_ratio)
+        with progress_bar(run.config.steps, "run", "token", quiet=args.quiet) as bar:
+            summary = execute_block_run(
+                run, run_dir, run.config.gamma, run.config.cost_ratio,
+                on_chunk=lambda chunk: bar.update(len(chunk) + int(chunk.accepted_length.sum())),
+            )
         metrics_file = BLOCKS_FILE
     elif run.config.tsu == "thrml":
         from thermospec.thrml_backend import execute_thrml_run
