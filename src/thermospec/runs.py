@@ -21,7 +21,7 @@ from thermospec.interrupts import Interruption, interruption_guard, signal_name
 from thermospec.proposer import Proposer
 from thermospec.storage import OutputError, write_text_atomic
 from thermospec.summary import RunTally, summarise_run
-from thermospec.targets import BigramTarget
+from thermospec.targets import BigramTarget, LazySyntheticTarget
 from thermospec.telemetry import TelemetryFormat, TelemetrySink
 
 __all__ = [
@@ -69,7 +69,7 @@ def _proposer(config: RunConfig, target: BigramTarget) -> Proposer:
     """Craft ψ for every context; for a token (BPE) target, a memory-bounded cache and the likeliest context."""
     from thermospec.tokenized import TokenBigramTarget  # stdlib + numpy only; tokenizers is imported lazily
 
-    if isinstance(target, TokenBigramTarget):
+    if isinstance(target, TokenBigramTarget | LazySyntheticTarget):  # large V: bounded caches
         from thermospec.tokenized import BoundedProposer
 
         proposer: Proposer = BoundedProposer(target.row, config.K, config.tau, config.eps, target.V)

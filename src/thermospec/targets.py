@@ -216,29 +216,31 @@ DENSE_VOCAB_MAX = 4096
 """Largest synthetic V held as a dense table; above it rows are generated lazily (`LazySyntheticTarget`)."""
 LAZY_SUPPORT = 256
 """Atoms per lazy synthetic row."""
-LAZY_BLOCK = 256
+LAZY_BLOCK = 64
 """Contexts generated together from one random stream (a row is rebuilt from its block)."""
 ROW_CACHE_BYTES = 64 * 1024 * 1024
-"""Memory bound of a lazy target's cache of dense rows."""
+"""Memory bound of a lazy target's cache of blocks of atoms."""
+
+_Block = tuple[NDArray[np.int64], NDArray[np.float64]]
 
 
-class _RowCache:
-    """Least-recently-used dense rows, bounded in bytes."""
+class _BlockCache:
+    """Least-recently-used blocks of atoms, bounded in bytes."""
 
-    def __init__(self, max_bytes: int, row_bytes: int) -> None:
-        self.capacity = max(1, max_bytes // max(1, row_bytes))
-        self.rows: OrderedDict[int, NDArray[np.float64]] = OrderedDict()
+    def __init__(self, max_bytes: int, block_bytes: int) -> None:
+        self.capacity = max(1, max_bytes // max(1, block_bytes))
+        self.blocks: OrderedDict[int, _Block] = OrderedDict()
 
-    def get(self, x: int) -> NDArray[np.float64] | None:
-        found = self.rows.get(x)
+    def get(self, k: int) -> _Block | None:
+        found = self.blocks.get(k)
         if found is not None:
-            self.rows.move_to_end(x)
+            self.blocks.move_to_end(k)
         return found
 
-    def put(self, x: int, row: NDArray[np.float64]) -> None:
-        self.rows[x] = row
-        if len(self.rows) > self.capacity:
-            self.rows.popitem(last=False)
+    def put(self, k: int, block: _Block) -> None:
+        self.blocks[k] = block
+        if len(self.blocks) > self.capacity:
+            self.blocks.popitem(last=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -263,7 +265,7 @@ class LazySyntheticTarget(BigramTarget):
     or, when the chain has several closed classes, to the long-run average from
     the uniform start, as SPEC §5 asks.  The atoms are held only during that
     computation (``12 V s`` bytes); afterwards the target keeps pi and a bounded
-    cache of dense rows.
+    cache of blocks of atoms (a dense row is built from them in O(V)).
 
     Attributes
     ----------
@@ -281,29 +283,28 @@ class LazySyntheticTarget(BigramTarget):
     support: int = LAZY_SUPPORT
     pi_iterations: int = 0
     pi_residual: float = 0.0
-    row_cache: _RowCache = field(default_factory=lambda: _RowCache(0, 1))
+    block_cache: _BlockCache = field(default_factory=lambda: _BlockCache(0, 1))
 
     @property
     def V(self) -> int:
         """Vocabulary size."""
         return self.vocab_size
 
-    def block(self, k: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    def block(self, k: int) -> _Block:
         """Atoms ``(tokens, weights)``, each of shape (rows, s), of contexts ``[k B, (k + 1) B)``."""
-        return _lazy_block(self.key, k, self.vocab_size, self.c, self.support)
+        found = self.block_cache.get(k)
+        if found is None:
+            found = _lazy_block(self.key, k, self.vocab_size, self.c, self.support)
+            self.block_cache.put(k, found)
+        return found
 
     def row(self, x: int) -> NDArray[np.float64]:
-        """The target row ``p(. | x)``, dense, from the cache or rebuilt from its block."""
-        found = self.row_cache.get(x)
-        if found is not None:
-            return found
+        """The target row ``p(. | x)``, dense (O(V)), built from its block's atoms."""
         if not 0 <= x < self.vocab_size:
             raise IndexError(f"context {x} is outside the vocabulary [0, {self.vocab_size})")
         tokens, weights = self.block(x // LAZY_BLOCK)
         p = np.zeros(self.vocab_size, dtype=np.float64)
         np.add.at(p, tokens[x % LAZY_BLOCK], weights[x % LAZY_BLOCK])
-        p.flags.writeable = False
-        self.row_cache.put(x, p)
         return p
 
 
@@ -368,5 +369,5 @@ def lazy_synthetic_target(
     return LazySyntheticTarget(
         P=np.zeros((0, 0)), pi=pi, stationary_unique=unique, source="synthetic (lazy rows)",
         vocab_size=vocab, c=c, key=key, support=s, pi_iterations=iterations, pi_residual=residual,
-        row_cache=_RowCache(row_cache_bytes, 8 * vocab),
+        block_cache=_BlockCache(row_cache_bytes, LAZY_BLOCK * s * 16),
     )
