@@ -6,7 +6,7 @@ writes it as CSV (atomically).  See `thermospec.detection` for what each test is
 
 Examples
 --------
-python -m scripts.detection_power --wide                # the README's table: 200 seeds, ~4 min on 2 cores
+python -m scripts.detection_power --wide                # the README's table: 200 seeds, ~5 min of CPU
 python -m scripts.detection_power --seeds 10 --workers 1 # a quick look
 """
 
