@@ -125,6 +125,7 @@ class TaskRunner(AbstractContextManager["TaskRunner"]):
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        single_threaded_blas()  # once here, inherited by every forked worker
         executor = ProcessPoolExecutor(
             max_workers=min(self.jobs, len(items)),
             mp_context=multiprocessing.get_context(method),
