@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,19 @@ def test_lazy_emissions_follow_the_row_with_a_negative_control() -> None:
     assert draws.accepted.mean() < 0.9
     assert pooled_chi2(emitted, 40_000 * p).p_value > 1e-3
     assert pooled_chi2(drafted, 40_000 * p).p_value < 1e-6
+
+
+@pytest.mark.parametrize(
+    "text", ["ab", "abracadabra", "héllo wörld ✓ 𝄞 " * 300 + "x", "z" * 5 + "a" * 3, "\x00\x7f\x00"]
+)
+def test_streaming_bigram_counts_equal_the_direct_count(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import thermospec.targets
+
+    monkeypatch.setattr(thermospec.targets, "COUNT_CHUNK", 7)  # many chunk boundaries
+    alphabet, counts = thermospec.targets.bigram_counts(text)
+    assert alphabet.tolist() == sorted({ord(ch) for ch in text})
+    index = {cp: i for i, cp in enumerate(alphabet.tolist())}
+    expected = np.zeros_like(counts)
+    for a, b in itertools.pairwise(text):
+        expected[index[ord(a)], index[ord(b)]] += 1
+    np.testing.assert_array_equal(counts, expected)

@@ -10,6 +10,7 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,6 +20,7 @@ __all__ = [
     "BigramTarget",
     "CorpusError",
     "LazySyntheticTarget",
+    "bigram_counts",
     "corpus_target",
     "lazy_synthetic_target",
     "stationary_distribution",
@@ -126,19 +128,55 @@ def read_corpus(path: str | Path) -> tuple[str, str]:
     return text, hashlib.sha256(raw).hexdigest()
 
 
+COUNT_CHUNK = 1 << 20
+"""Code points counted at a time: memory stays flat in the corpus size."""
+
+
+def bigram_counts(text: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The sorted distinct code points of `text` and the counts of consecutive pairs.
+
+    Two streaming passes over the code points (one byte each for ASCII text, four
+    otherwise), `COUNT_CHUNK` at a time: which code points occur, then a
+    `bincount` of pair ids through a code point -> token look-up table.
+
+    Returns
+    -------
+    alphabet : ndarray of int64, shape (V,)
+        Sorted code points; token i is ``chr(alphabet[i])``.
+    counts : ndarray of int64, shape (V, V)
+        ``counts[a, b]`` = occurrences of token a followed by token b.
+    """
+    if text.isascii():
+        codepoints: NDArray[np.integer[Any]] = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        span = 128
+    else:
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+        span = 0x110000
+    n = codepoints.shape[0]
+    present = np.zeros(span, dtype=np.bool_)
+    for start in range(0, n, COUNT_CHUNK):
+        present |= np.bincount(codepoints[start:start + COUNT_CHUNK], minlength=span).astype(np.bool_)
+    alphabet = np.flatnonzero(present).astype(np.int64)
+    V = int(alphabet.size)
+    lut = np.zeros(span, dtype=np.int64)
+    lut[alphabet] = np.arange(V, dtype=np.int64)
+    flat = np.zeros(V * V, dtype=np.int64)
+    for start in range(0, max(n - 1, 0), COUNT_CHUNK):
+        tokens = lut[codepoints[start:start + COUNT_CHUNK + 1]]  # one code point of overlap: every pair once
+        flat += np.bincount(tokens[:-1] * V + tokens[1:], minlength=V * V)
+    return alphabet, flat.reshape(V, V)
+
+
 def corpus_target(path: str | Path) -> BigramTarget:
     """Character bigram target of a UTF-8 corpus, Laplace-smoothed (+1 on every cell).
 
     The vocabulary is the corpus' distinct characters (Unicode code points), sorted.
     """
     text, sha256 = read_corpus(path)
-    codepoints = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-    alphabet = np.unique(codepoints)
+    alphabet, counts = bigram_counts(text)
     V = int(alphabet.size)
     if V < 2:
         raise CorpusError(f"{path}: has {V} distinct character, a bigram target needs at least 2")
-    tokens = np.searchsorted(alphabet, codepoints).astype(np.int64)
-    counts = np.bincount(tokens[:-1] * V + tokens[1:], minlength=V * V).reshape(V, V)
     smoothed = counts.astype(np.float64) + 1.0
     P = smoothed / smoothed.sum(axis=1, keepdims=True)
     pi, unique = stationary_distribution(P)
