@@ -6,9 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint types pytest clean
+.PHONY: run test lint types pytest bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/thermospec/_kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
@@ -17,15 +17,19 @@ run: $(STAMP)
 	$(BIN)/python -m scripts.run_m1 run
 
 lint: $(STAMP)
-	$(BIN)/ruff check src scripts tests
+	$(BIN)/ruff check src scripts tests benchmarks
 
 types: $(STAMP)
-	$(BIN)/mypy --strict src scripts tests
+	$(BIN)/mypy --strict src scripts tests benchmarks
 
 pytest: $(STAMP)
 	$(BIN)/pytest
 
 test: lint types pytest
+
+# Speed and scale figures (README: Performance); a few minutes, writes ~2 GB of JSONL to a temporary folder.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
