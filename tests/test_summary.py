@@ -139,3 +139,61 @@ def test_run_tally_counts_chunks() -> None:
     assert tally.accepted == int(np.concatenate(accepted_all).sum())
     np.testing.assert_array_equal(tally.context_counts, np.bincount(np.concatenate(prev_all), minlength=12))
     np.testing.assert_array_equal(tally.emitted_counts, np.bincount(np.concatenate(emitted_all), minlength=12))
+
+
+def transition_chi2_by_hand(records: list[dict[str, Any]], P: NDArray[np.float64]) -> tuple[float, int, float]:
+    """Per-context emitted counts against n_x p(.|x), pooled per context, statistics and dofs summed."""
+    V = P.shape[0]
+    counts = np.zeros((V, V))
+    for r in records:
+        counts[r["prev_token"], r["emitted_token"]] += 1
+    stat_terms, dof = [], 0
+    for x in range(V):
+        n_x = counts[x].sum()
+        if n_x:
+            s, d, _ = pooled_chi2_by_hand(counts[x], n_x * P[x])
+            stat_terms.append(s)
+            dof += d
+    stat = math.fsum(stat_terms)
+    return stat, dof, float(stats.chi2.sf(stat, dof))
+
+
+def test_transition_chi2_is_recomputable_from_the_jsonl(shakespeare: Path, tmp_path: Path) -> None:
+    config = RunConfig(corpus=str(shakespeare), K=8, steps=4000, seed=5)
+    records, summary, _, _ = run(tmp_path, config)
+    stat, dof, p_value = transition_chi2_by_hand(records, prepare_run(config).target.P)
+    assert summary["transition_chi2_stat"] == pytest.approx(stat, rel=1e-9)
+    assert summary["transition_chi2_dof"] == dof
+    assert summary["transition_p_value"] == pytest.approx(p_value, rel=1e-6)
+
+
+def _transition_p_value(config: RunConfig, fault: str | None) -> float:
+    from thermospec.config import Stream, random_stream
+    from thermospec.engine import run_chain
+    from thermospec.faults import Fault, inject_fault
+    from thermospec.summary import summarise_run
+
+    prepared = prepare_run(config)
+    if fault is not None:
+        prepared = inject_fault(prepared, Fault.parse(fault))
+    target = prepared.target
+    tally = RunTally(target.V, track_transitions=True)
+    rng = random_stream(config.seed, Stream.CHAIN)
+    for chunk in run_chain(target.row, target.pi, prepared.proposer.draft, config.steps, rng):
+        tally.update(chunk)
+    p_value: float = summarise_run(tally, prepared.proposer.draft, target.pi, target.row)["transition_p_value"]
+    return p_value
+
+
+def test_transition_chi2_passes_a_correct_tsu_and_catches_a_biased_one(shakespeare: Path) -> None:
+    # Tiny Shakespeare at K = 4 rejects ~30 % of drafts, and every rejection's residual draw inherits
+    # the sampler's error: a TSU that over-draws its top token by 5 % (while reporting F(ψ)) is refused
+    # with p ~ 1e-12 over 200,000 steps at this seed, while the correct TSU gives p ~ 1.
+    config = RunConfig(corpus=str(shakespeare), K=4, steps=200_000, seed=9)
+    assert _transition_p_value(config, None) > 0.01
+    assert _transition_p_value(config, "bias:0.05") < 1e-6
+
+
+def test_transition_chi2_is_null_without_tracking_or_above_1024_tokens() -> None:
+    assert RunTally(1025, track_transitions=True).transitions is None
+    assert RunTally(12).transitions is None

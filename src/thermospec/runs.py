@@ -170,7 +170,7 @@ def execute_run(
     """
     config, target = run.config, run.target
     started = time.perf_counter()
-    tally = RunTally(target.V)
+    tally = RunTally(target.V, track_transitions=True)
     rng = random_stream(config.seed, Stream.CHAIN)
     failure: OutputError | ReportError | None = None
     with interruption_guard() as stop:  # a signal now only stops the loop between whole chunks
@@ -206,7 +206,7 @@ def _run_summary(
     """The summary of the steps written (all of them unless interrupted)."""
     config, target = run.config, run.target
     if tally.steps:
-        stats = summarise_run(tally, run.proposer.draft, target.pi)
+        stats = summarise_run(tally, run.proposer.draft, target.pi, target.row)
     else:  # stopped before the first chunk: nothing to aggregate
         stats = {k: None for k in ("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof",
                                    "p_value")} | {"steps": 0, "checklist": {}}
