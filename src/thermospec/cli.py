@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 EXIT_TERMINATED = 143
 
 RUN_EXAMPLES = """\
@@ -376,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # stdout closed early (piped into head): stop quietly, as a shell tool would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as exc:  # a write failed mid-run (storage.OutputError: full disk...)
         print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
