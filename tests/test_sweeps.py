@@ -340,7 +340,7 @@ def test_ctrl_c_keeps_whole_rows_and_says_how_many_are_missing(tmp_path: Path) -
     """A real SIGINT to a real sweep: exit 130, whole rows only, the count of missing configurations."""
     runs = tmp_path / "runs"
     command = [sys.executable, "-m", "scripts.sweep_m1_grid", "--Ks", *map(str, range(1, 41)), "--taus", "1.0",
-               "--seeds", "7", "--steps", "300000", "--runs-dir", str(runs), "--jobs", "1"]
+               "--seeds", "7", "--steps", "1000000", "--runs-dir", str(runs), "--jobs", "1"]  # lasts seconds
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # SIGINT may be ignored by a background parent
