@@ -209,8 +209,8 @@ def run_batch(
     cache = TableCache(V, source, max_table_bytes)
     resident = cache.load_all()
     n_chunk = max(1, min(steps, chunk_tokens // chains))
-    if not resident:  # tables do not all fit: every chain through the sequential, evicting stepper
-        steppers = [ChainStepper(V, source, backend, max_table_bytes) for _ in range(chains)]
+    if not resident:  # tables do not all fit: every chain in turn through one sequential, evicting stepper
+        stepper = ChainStepper(V, source, backend, max_table_bytes)  # one bounded cache shared by all chains
     workers = max(1, min(threads or os.cpu_count() or 1, chains))
     parts = _slices(chains, workers)
     u = np.empty((chains, n_chunk, 3), dtype=np.float64)
@@ -229,7 +229,7 @@ def run_batch(
                 else:
                     per_chain = []
                     for b in range(chains):
-                        arrays, xb = steppers[b].steps(uc[b], int(x[b]))
+                        arrays, xb = stepper.steps(uc[b], int(x[b]))
                         x[b] = xb
                         per_chain.append(arrays)
                     outputs = tuple(np.stack(a) for a in zip(*per_chain, strict=True))  # type: ignore[assignment]
