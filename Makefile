@@ -4,31 +4,40 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+SOURCES := pyproject.toml setup.py src/thermospec/_kernels.c
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: run test lint types pytest bench clean
 
-$(STAMP): pyproject.toml setup.py src/thermospec/_kernels.c
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	touch $(STAMP)
 
-run: $(STAMP)
+# make run needs only the runtime dependencies; make test adds the dev extra (which includes them).
+$(RUN_STAMP): $(SOURCES) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(DEV_STAMP): $(SOURCES) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@ $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/python -m scripts.run_m1 run
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src scripts tests benchmarks
 
-types: $(STAMP)
+types: $(DEV_STAMP)
 	$(BIN)/mypy --strict src scripts tests benchmarks
 
-pytest: $(STAMP)
+pytest: $(DEV_STAMP)
 	$(BIN)/pytest
 
 test: lint types pytest
 
 # Speed and scale figures (README: Performance); a few minutes, writes ~2 GB of JSONL to a temporary folder.
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
