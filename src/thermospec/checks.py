@@ -89,24 +89,32 @@ def _likeliest_contexts(run: PreparedRun, m: int) -> list[int]:
     return contexts
 
 
-def fixed_context_p_values(run: PreparedRun, n: int) -> tuple[list[int], list[float]]:
-    """The guide's fixed-context χ² p-values: emitted counts of n steps vs ``n p(. | c)``, 4 contexts.
+def fixed_context_results(run: PreparedRun, n: int) -> tuple[list[int], list[Chi2Result]]:
+    """The guide's fixed-context χ² tests: emitted counts of n steps vs ``n p(. | c)``, 4 contexts.
 
     Returns
     -------
     contexts : list of int
         The 4 most probable contexts under pi (ties to the lower id).
-    p_values : list of float
+    results : list of Chi2Result
+        One per context; a context whose bins all pool into one has nothing to test
+        (0 dof, p = 1 by SPEC §6's rule).
     """
     target = run.target
     contexts = _likeliest_contexts(run, FIXED_CONTEXTS)
-    p_values = []
+    results = []
     for i, x in enumerate(contexts):
         rng = random_stream(run.config.seed, Stream.CHECK, i)
         draws = fixed_context_draws(target.row(x), run.proposer.draft(x), n, rng)
         observed = np.bincount(draws.emitted, minlength=target.V).astype(np.float64)
-        p_values.append(pooled_chi2(observed, n * target.row(x)).p_value)
-    return contexts, p_values
+        results.append(pooled_chi2(observed, n * target.row(x)))
+    return contexts, results
+
+
+def fixed_context_p_values(run: PreparedRun, n: int) -> tuple[list[int], list[float]]:
+    """The p-values of `fixed_context_results`."""
+    contexts, results = fixed_context_results(run, n)
+    return contexts, [r.p_value for r in results]
 
 
 def _refused(name: str, error: ReportError, guide: bool = True) -> CheckResult:
@@ -117,11 +125,14 @@ def fixed_context_check(run: PreparedRun, n: int) -> CheckResult:
     """Check 1: χ² of n fixed-context emissions against the target row, for 4 contexts."""
     name = f"fixed-context χ² (n={n} per context)"
     try:
-        contexts, p_values = fixed_context_p_values(run, n)
+        contexts, results = fixed_context_results(run, n)
     except ReportError as exc:
         return _refused(name, exc)
-    passing = sum(p > SIGNIFICANCE for p in p_values)
-    shown = ", ".join(f"x={x}: p={p:.3f}" for x, p in zip(contexts, p_values, strict=True))
+    passing = sum(r.p_value > SIGNIFICANCE for r in results)
+    shown = ", ".join(
+        f"x={x}: p={r.p_value:.3f}" + (" (one bin: nothing to test)" if r.dof == 0 else "")
+        for x, r in zip(contexts, results, strict=True)
+    )
     return CheckResult(
         name=name,
         passed=passing >= min(FIXED_CONTEXTS_TO_PASS, len(contexts)),
@@ -261,7 +272,8 @@ def pooled_tsu_check(
     return CheckResult(
         name=name,
         passed=result.p_value >= alpha,
-        detail=f"chi2 = {result.stat:.1f} on {result.dof} dof, p = {result.p_value:.3g}",
+        detail=f"chi2 = {result.stat:.1f} on {result.dof} dof, p = {result.p_value:.3g}"
+        + (" (every bin pooled: nothing to test)" if result.dof == 0 else ""),
         guide=False,
     )
 

@@ -107,7 +107,9 @@ def _eps(text: str) -> EpsSpec:
 def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> None:
     target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
     target.add_argument("--corpus", metavar="PATH", help="UTF-8 text: char-level bigram counts, +1 Laplace")
-    target.add_argument("--vocab", type=_int_at_least(2), default=256, help="synthetic V (default: 256)")
+    target.add_argument("--vocab", type=_int_at_least(2), default=256, metavar="V",
+                        help="synthetic V, 2 to 65536 (default: 256); above 4096 each row is a lazily generated "
+                        "mixture of 256 Dirichlet atoms, not Dirichlet(c/V): README, Performance")
     target.add_argument("--c", type=_positive_float, default=50.0,
                         help="synthetic Dirichlet concentration, alpha = c/V (default: 50)")
     psi = parser.add_argument_group("ψ payload, per context")
@@ -115,7 +117,8 @@ def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> Non
                      help="top-K ids sent (default: 64; clamped to V)")
     psi.add_argument("--tau", type=_positive_float, default=1.0, help="temperature τ > 0 (default: 1.0)")
     psi.add_argument("--eps", type=_eps, default="auto",
-                     help="per-token tail probability, or 'auto' to spread the tail mass (default: auto)")
+                     help="per-token tail probability, 'auto' to spread the target's tail mass, or a number "
+                     "with (V - K) * eps < 1 (default: auto)")
     parser.add_argument("--steps", type=_int_at_least(1), default=50_000, help=steps_help)
     parser.add_argument("--seed", type=_int_at_least(0), default=7, help="RNG seed (default: 7)")
     beyond = parser.add_argument_group("beyond M1 (README: Beyond M1)")
@@ -265,6 +268,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_speed_options(args)
     run = prepare_run(plan.config if plan is not None else _config(args))
     _notice_clamp(run.config, run.target.V)
+    if not args.runs_dir.strip():
+        raise ConfigError("--runs-dir: must name a folder, got an empty string")
     try:
         run_dir = create_run_dir(Path(args.runs_dir))
     except OSError as exc:

@@ -44,6 +44,10 @@ def _as_float32(value: float) -> float:
         return float(np.float32(value))
 
 
+MAX_SYNTHETIC_VOCAB = 65_536
+"""Largest synthetic vocabulary (issue 4's scale; rows above 4,096 tokens are generated lazily)."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Options of an M1 run, with the guide's defaults."""
@@ -63,8 +67,8 @@ class RunConfig:
     tsu: str = "sim"
 
     def __post_init__(self) -> None:
-        if self.vocab < 2:
-            raise ConfigError(f"--vocab: must be an integer >= 2, got {self.vocab}")
+        if not 2 <= self.vocab <= MAX_SYNTHETIC_VOCAB:
+            raise ConfigError(f"--vocab: must be an integer in [2, {MAX_SYNTHETIC_VOCAB}], got {self.vocab}")
         if not (np.isfinite(self.c) and self.c > 0):
             raise ConfigError(f"--c: must be a finite number > 0, got {self.c}")
         if self.K < 1:
@@ -74,6 +78,8 @@ class RunConfig:
             raise ConfigError(f"--tau: must be a finite number > 0 that float32 (ψ's field) can hold, got {self.tau}")
         if self.eps != "auto" and not (np.isfinite(_as_float32(self.eps)) and self.eps >= 0):
             raise ConfigError(f"--eps: must be 'auto' or a finite number >= 0 that float32 can hold, got {self.eps}")
+        if self.eps != "auto" and self.eps > 0 and _as_float32(self.eps) == 0:
+            raise ConfigError(f"--eps: {self.eps} rounds to 0 in ψ's float32 field (use 0 to mean no tail)")
         if self.steps < 1:
             raise ConfigError(f"--steps: must be an integer >= 1, got {self.steps}")
         if self.seed < 0:

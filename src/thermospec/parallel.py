@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -42,6 +43,7 @@ R = TypeVar("R")
 
 CONNECT_TIMEOUT_S = 5.0
 
+DEFAULT_SCHEDULER_PORT = 8786
 _ADDRESS = re.compile(r"^(?:(tcp|tls|ws|wss|inproc|ucx)://)?[^\s/:]+(?::\d{1,5})?$")
 
 
@@ -163,9 +165,28 @@ class TaskRunner(AbstractContextManager["TaskRunner"]):
             self.client.close()
 
 
+def _check_reachable(address: str, timeout_s: float) -> None:
+    """Fail fast, before a Dask `Client` exists, when a TCP scheduler address does not answer.
+
+    A `Client` whose connection fails is closed again when it is garbage-collected,
+    which waits 10 s more and prints a traceback; a plain socket connect avoids both.
+    """
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp", "tls"):
+        return
+    host, _, port = rest.partition(":")
+    try:
+        with socket.create_connection((host, int(port or DEFAULT_SCHEDULER_PORT)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"--scheduler {address}: cannot connect within {timeout_s:g} s ({reason})") from None
+
+
 def _connect(address: str, timeout_s: float) -> Any:
     if not _ADDRESS.match(address):
         raise ConfigError(f"--scheduler {address}: not a scheduler address (expected e.g. tcp://HOST:8786)")
+    _check_reachable(address, timeout_s)
     try:
         from distributed import Client
     except ImportError:

@@ -229,6 +229,25 @@ def _run_summary(
         else (str(failure) if failure is not None else None),
         "metrics_sha256": metrics_sha256,
     }
-    checklist = summary.pop("checklist")
-    summary["checklist"] = checklist
+    summary["checklist"] = guide_checklist(run, summary.pop("checklist"))
     return summary
+
+
+def guide_checklist(run: PreparedRun, run_items: dict[str, bool]) -> dict[str, bool | None]:
+    """The guide's success checklist as booleans, as `check` evaluates it.
+
+    `run_items` are the items the run itself measures (|accept - overlap|, this
+    run's ψ sizes); the fixed-context χ² (4 contexts, `check`'s default n and
+    streams, so it agrees with `check`) and the ψ bound for every K <= 128 are
+    added here.  A few milliseconds at the default settings.
+    """
+    from thermospec.checks import DEFAULT_CHECK_STEPS, MAX_CHECKED_K, fixed_context_check
+    from thermospec.payload import payload_size
+    from thermospec.summary import PSI_BYTES_LIMIT
+
+    V = run.target.V
+    return {
+        "fixed_context_chi2_3_of_4": fixed_context_check(run, DEFAULT_CHECK_STEPS).passed,
+        **run_items,
+        "psi_bytes_le_1024_every_K_le_128": payload_size(min(MAX_CHECKED_K, V), V) <= PSI_BYTES_LIMIT,
+    }

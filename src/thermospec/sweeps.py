@@ -148,8 +148,9 @@ def _describe_vocabulary(target: BigramTarget) -> str:
 def resolve_context(text: str, target: BigramTarget) -> int:
     """The token id named by ``--context``.
 
-    For a corpus a one-character value is that character (backslash escapes such
-    as ``\\n`` are understood); any other value must be a token id below V.
+    For a corpus a one-character value that is a character of the corpus is that
+    character (backslash escapes such as ``\\n`` are understood); any other value
+    must be a token id below V.
 
     Raises
     ------
@@ -166,7 +167,8 @@ def resolve_context(text: str, target: BigramTarget) -> int:
         if len(character) == 1:
             if character in target.vocabulary:
                 return target.vocabulary.index(character)
-            raise ConfigError(f"--context {text!r}: not a character of the corpus ({_describe_vocabulary(target)})")
+            if not character.isdigit():  # a digit the corpus lacks is a token id
+                raise ConfigError(f"--context {text!r}: not a character of the corpus ({_describe_vocabulary(target)})")
     try:
         token = int(text)
     except ValueError:

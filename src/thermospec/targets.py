@@ -109,6 +109,8 @@ def read_corpus(path: str | Path) -> tuple[str, str]:
         Missing, a folder, unreadable, not UTF-8, empty, or fewer than 2 distinct characters.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise CorpusError(f"{path}: is not a regular file (a device, FIFO or socket)")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
