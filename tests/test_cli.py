@@ -106,6 +106,9 @@ def test_same_seed_gives_byte_identical_jsonl_in_distinct_folders(tmp_path: Path
         (["--c", "0"], "--c"),
         (["--c", "-2"], "--c"),
         (["--seed", "-1"], "--seed"),
+        (["--eps", "1e-50"], "--eps"),  # rounds to 0 in float32: a different experiment, refused
+        (["--tau", "1e-50"], "--tau"),
+        (["--vocab", "100000000"], "--vocab"),
         (["--bogus"], "--bogus"),
     ],
 )
@@ -131,8 +134,11 @@ def _corpus_cases(tmp_path: Path) -> list[tuple[Path, str]]:
     empty.write_bytes(b"")
     single = tmp_path / "single.txt"
     single.write_text("aaaa", encoding="utf-8")
-    return [(missing, "no such file"), (folder, "is a folder"), (latin1, "not UTF-8"), (empty, "is empty"),
-            (single, "at least 2")]
+    cases = [(missing, "no such file"), (folder, "is a folder"), (latin1, "not UTF-8"), (empty, "is empty"),
+             (single, "at least 2")]
+    if Path("/dev/zero").exists():
+        cases.append((Path("/dev/zero"), "not a regular file"))  # would be read forever
+    return cases
 
 
 def test_bad_corpus_one_line_exit_2_nothing_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,3 +220,22 @@ def test_module_entry_point_runs_as_the_guide_types_it(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "--tau" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_empty_runs_dir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(["run", "--steps", "10", "--runs-dir", ""], capsys)
+    assert status == 2 and "--runs-dir" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("K", ["64", "1"])
+def test_summary_checklist_agrees_with_check(K: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(["run", "--K", K, "--steps", "2000", "--runs-dir", str(tmp_path)], capsys)[0] == 0
+    checklist = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())["checklist"]
+    assert set(checklist) == {"fixed_context_chi2_3_of_4", "accept_overlap_within_0.03", "psi_bytes_le_1024",
+                              "psi_bytes_le_1024_every_K_le_128"}
+    _, out, _ = run_cli(["check", "--K", K, "--steps", "2000"], capsys)
+    fixed_line = next(line for line in out.splitlines() if "fixed-context" in line)
+    assert checklist["fixed_context_chi2_3_of_4"] == fixed_line.startswith("PASS")
