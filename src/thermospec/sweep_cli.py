@@ -239,6 +239,10 @@ def _grid_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("--cost-ratios: each must be a finite number >= 0")
         return gamma_sweep(args, base, _sweep_dir(args))
     first = target_of(base, seeds[0])
+    above = [K for K in Ks if K > first.V]
+    if above:
+        print(f"notice: --Ks {' '.join(map(str, above))} above the vocabulary size V = {first.V}: "
+              f"those rows use K = {first.V} (the CSV's K column is the K asked for)", file=sys.stderr)
     context = None if args.context is None else resolve_context(args.context, first)
     sweep = GridSweep(base=base, steps=args.steps, Ks=Ks, taus=taus, seeds=seeds, context=context)
     validate_grid(sweep)
