@@ -44,7 +44,15 @@ examples:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr and exit status 2."""
+    """An argument parser whose errors are one line on stderr and exit status 2.
+
+    Options must be spelled out: a prefix such as ``--ste`` is refused rather than
+    read as ``--steps``, so a recorded command line means one thing only.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -138,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="run_m1",
         description="Thermo-Speculative Decoding, milestone M1: a bigram target drafted by a TSU.",
+        epilog="examples:\n  python -m scripts.run_m1 run\n"
+        "  python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --K 64\n"
+        "  python -m scripts.run_m1 check\n\n'run --help' and 'check --help' list every option.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,check}",
                                      parser_class=OneLineParser)

@@ -239,10 +239,6 @@ def _grid_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("--cost-ratios: each must be a finite number >= 0")
         return gamma_sweep(args, base, _sweep_dir(args))
     first = target_of(base, seeds[0])
-    above = [K for K in Ks if K > first.V]
-    if above:
-        print(f"notice: --Ks {' '.join(map(str, above))} above the vocabulary size V = {first.V}: "
-              f"those rows use K = {first.V} (the CSV's K column is the K asked for)", file=sys.stderr)
     context = None if args.context is None else resolve_context(args.context, first)
     sweep = GridSweep(base=base, steps=args.steps, Ks=Ks, taus=taus, seeds=seeds, context=context)
     validate_grid(sweep)
@@ -250,6 +246,10 @@ def _grid_sweep(args: argparse.Namespace) -> int:
     with open_runner(args.jobs, args.scheduler) as runner:
         sweep_dir = _sweep_dir(args)
         csv_path = sweep_dir / GRID_CSV
+        above = [K for K in Ks if K > first.V]
+        if above:  # all input is valid by now: a notice, not an error
+            print(f"notice: --Ks {' '.join(map(str, above))} above the vocabulary size V = {first.V}: "
+                  f"those rows use K = {first.V} (the CSV's K column is the K asked for)", file=sys.stderr)
         with progress_bar(len(points), "grid", "config", quiet=args.quiet) as bar:
             outcome = run_sweep(grid_task(sweep), points, runner, csv_path, GRID_FIELDS, bar)
         _write_sweep_json(sweep_dir / SWEEP_JSON, {
