@@ -47,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"audit_run: error: {summary_path}: cannot be read as a summary ({exc})", file=sys.stderr)
         return 2
+    if not isinstance(summary, dict) or not isinstance(summary.get("config"), dict):
+        print(f"audit_run: error: {summary_path}: not a single run's summary (no \"config\"; "
+              "audit the run folder, not a chain or block folder)", file=sys.stderr)
+        return 2
     if not jsonl.is_file():
         print(f"audit_run: error: {jsonl}: no such file", file=sys.stderr)
         return 2

@@ -300,9 +300,27 @@ def test_cli_run_gamma_writes_block_telemetry(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_cli_check_gamma_passes(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, err = cli(["check", "--gamma", "4", "--steps", "20000", "--check-steps", "3000"], capsys)
+    status, out, err = cli(["check", "--gamma", "4", "--steps", "20000", "--check-steps", "3000",
+                            "--pooled-steps", "20000"], capsys)
     assert status == 0, out + err
-    assert "3/3 checks passed" in out
+    assert "4/4 checks passed" in out  # the guide's three (for blocks) and the pooled TSU χ²
+
+
+def test_cli_check_gamma_catches_a_faulty_tsu(capsys: pytest.CaptureFixture[str]) -> None:
+    # Under --gamma the pooled TSU χ² still tests each context's drafts: a misreport is refused at the
+    # first draw, and a 5 % biased sampler fails it as it does without --gamma.
+    for fault in ("misreport:0.001", "bias:0.05"):
+        status, out, _ = cli(["check", "--gamma", "4", "--steps", "5000", "--check-steps", "2000",
+                              "--inject-fault", fault], capsys)
+        assert status == 1, out
+        assert "FAIL  pooled TSU" in out
+
+
+def test_cli_check_gamma_all_accepted_is_not_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
+    # V = 2 with K = 2: F(ψ) equals p up to quantisation, every draft is accepted and the run shows no
+    # variation at all; the SE floor from the exact expectation keeps that from reading as a failure.
+    status, out, err = cli(["check", "--vocab", "2", "--gamma", "8", "--steps", "100"], capsys)
+    assert status == 0, out + err
 
 
 @pytest.mark.parametrize(

@@ -82,6 +82,12 @@ class CheckResult:
     passed: bool
     detail: str
     guide: bool = True
+    skipped: bool = False  # nothing could be tested: neither a pass nor a failure
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL or SKIP, as printed."""
+        return "SKIP" if self.skipped else "PASS" if self.passed else "FAIL"
 
 
 def _likeliest_contexts(run: PreparedRun, m: int) -> list[int]:
@@ -272,8 +278,9 @@ def pooled_tsu_check(
     return CheckResult(
         name=name,
         passed=result.p_value >= alpha,
+        skipped=result.dof == 0,
         detail=f"chi2 = {result.stat:.1f} on {result.dof} dof, p = {result.p_value:.3g}"
-        + (" (every bin pooled: nothing to test)" if result.dof == 0 else ""),
+        + (" (every bin pooled: nothing to test; raise --pooled-steps)" if result.dof == 0 else ""),
         guide=False,
     )
 

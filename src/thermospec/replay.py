@@ -85,6 +85,13 @@ def load_replay(path: str | Path) -> ReplayPlan:
         config = RunConfig(**values)
     except (ConfigError, TypeError) as exc:
         raise ReplayError(f"{path}: the recorded configuration is not valid ({exc})") from None
+    chains = recorded.get("chains", summary.get("chains"))
+    if isinstance(chains, int) and chains > 1:
+        raise ReplayError(f"{path}: a --chains {chains} run; replay replays single runs "
+                          "(rerun the same command instead and compare each chain's JSONL)")
+    if not isinstance(summary.get("metrics_sha256"), str):
+        raise ReplayError(f"{path}: records no JSONL SHA-256 (telemetry {summary.get('telemetry')!r}), "
+                          "so a replay could not be verified")
     if config.corpus is not None:
         target = summary.get("target")
         wanted = target.get("corpus_sha256") if isinstance(target, dict) else None
