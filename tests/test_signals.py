@@ -219,3 +219,47 @@ def test_interruption_guard_records_nests_and_restores() -> None:
         assert outer.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is before
     assert (exit_status(signal.SIGINT), exit_status(signal.SIGTERM)) == (130, 143)
+
+
+@pytest.mark.parametrize(
+    ("extra", "records"),
+    [(["--gamma", "4"], "m1_blocks.jsonl"), (["--chains", "3"], "chain_0002/m1_metrics.jsonl")],
+    ids=["gamma", "chains"],
+)
+def test_block_and_batch_runs_stop_on_sigterm_with_an_interrupted_summary(
+    extra: list[str], records: str, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.run_m1", "run", "--vocab", "64", "--K", "16", "--steps", "1000000000",
+         "--seed", "3", "--quiet", "--runs-dir", str(runs), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            files = list(runs.glob(f"*/{records}"))
+            if files and files[0].stat().st_size > 0:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended early: {proc.communicate()}")
+            time.sleep(0.02)
+        else:
+            pytest.fail("no records after 60 s")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    (run_dir,) = runs.iterdir()
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    assert summary["interrupted"] is True and summary["interrupted_by"] == "SIGTERM"
+    lines = (run_dir / records).read_text().splitlines()
+    assert lines and all(line.startswith("{") and line.endswith("}") for line in lines)  # whole records
+    if "--chains" in extra:
+        per_chain = [len((run_dir / f"chain_{b:04d}" / METRICS_FILE).read_text().splitlines()) for b in range(3)]
+        assert per_chain[0] == per_chain[1] == per_chain[2] == summary["steps_per_chain"]
+    else:
+        assert summary["blocks"] == len(lines)

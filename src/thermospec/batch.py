@@ -341,7 +341,8 @@ def execute_batch(
     dict
         The batch summary, as written.
     """
-    from thermospec.runs import METRICS_FILE, SUMMARY_FILE, target_description, write_json_atomic
+    from thermospec.interrupts import interruption_guard, signal_name
+    from thermospec.runs import METRICS_FILE, SUMMARY_FILE, software_versions, target_description, write_json_atomic
 
     config, target = run.config, run.target
     drafts = run.proposer.draft
@@ -357,19 +358,33 @@ def execute_batch(
             (chain_dir(run_dir, b) / METRICS_FILE).touch()
     elif telemetry == "parquet":
         parquet = ParquetWriter(run_dir / PARQUET_FILE, chain_column=True)
-    try:
-        for chunk in run_batch(target.row, target.pi, drafts, config.steps, config.seed, chains, threads=threads):
-            tally.update(chunk)
-            if telemetry == "jsonl":
-                for b in range(chains):
-                    with (chain_dir(run_dir, b) / METRICS_FILE).open("a", encoding="utf-8", newline="\n") as out:
-                        out.write(formatter.format(chunk.chain(b), drafts))
-            elif parquet is not None:
-                for b in range(chains):
-                    parquet.write(chunk.chain(b), drafts, chain=b)
-    finally:
-        if parquet is not None:
-            parquet.close()
+    # A signal only stops the loop once every chain's records of the chunk in hand are written.
+    with interruption_guard() as stop:
+        try:
+            for chunk in run_batch(target.row, target.pi, drafts, config.steps, config.seed, chains, threads=threads):
+                tally.update(chunk)
+                if telemetry == "jsonl":
+                    for b in range(chains):
+                        with (chain_dir(run_dir, b) / METRICS_FILE).open("a", encoding="utf-8", newline="\n") as out:
+                            out.write(formatter.format(chunk.chain(b), drafts))
+                elif parquet is not None:
+                    for b in range(chains):
+                        parquet.write(chunk.chain(b), drafts, chain=b)
+                if stop.requested:
+                    break
+        finally:
+            if parquet is not None:
+                parquet.close()
+    interrupted = {
+        "interrupted": stop.signum is not None,
+        "interrupted_by": signal_name(stop.signum) if stop.signum is not None else None,
+        "versions": software_versions(),
+    }
+    if tally.steps == 0:  # stopped before the first chunk: nothing to aggregate
+        empty = {"steps": 0, "chains": chains, "config": {**config.as_dict(), "K_used": run.K_used, "chains": chains},
+                 "target": target_description(run), "telemetry": telemetry, **interrupted}
+        write_json_atomic(run_dir / SUMMARY_FILE, empty)
+        return empty
     engine_elapsed = time.perf_counter() - started
     if telemetry != "none":
         for b in range(chains):
@@ -392,6 +407,7 @@ def execute_batch(
         "target": target_description(run),
         "telemetry": telemetry,
         "streams": "chain 0: random_stream(seed, CHAIN) (the single-chain run); chain b: random_stream(seed, CHAIN, b)",
+        **interrupted,
     }
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     return summary

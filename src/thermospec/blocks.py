@@ -751,7 +751,8 @@ def execute_block_run(
     """
     from thermospec import __version__
     from thermospec.config import Stream, random_stream
-    from thermospec.runs import SUMMARY_FILE, target_description, write_json_atomic
+    from thermospec.interrupts import interruption_guard, signal_name
+    from thermospec.runs import SUMMARY_FILE, software_versions, target_description, write_json_atomic
 
     config, target = run.config, run.target
     started = time.perf_counter()
@@ -764,7 +765,9 @@ def execute_block_run(
         chunks = run_blocks(target.row, target.pi, run.proposer.draft, gamma, config.steps, rng)
     digest = hashlib.sha256()
     out: IO[str]
-    with (run_dir / BLOCKS_FILE).open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as out:
+    metrics = run_dir / BLOCKS_FILE
+    # A signal only stops the loop between whole chunks of blocks.
+    with interruption_guard() as stop, metrics.open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as out:
         for chunk in chunks:
             text = block_lines(chunk)
             out.write(text)
@@ -772,6 +775,19 @@ def execute_block_run(
             tally.update(chunk)
             if on_chunk is not None:
                 on_chunk(chunk)
+            if stop.requested:
+                break
+    interrupted = {
+        "interrupted": stop.signum is not None,
+        "interrupted_by": signal_name(stop.signum) if stop.signum is not None else None,
+        "versions": software_versions(),
+    }
+    if tally.blocks == 0:  # stopped before the first chunk: nothing to aggregate
+        empty = {"blocks": 0, "tokens_emitted": 0, "steps": 0, "config": {**config.as_dict(), "K_used": run.K_used},
+                 "target": target_description(run), "telemetry": BLOCKS_FILE,
+                 "metrics_sha256": digest.hexdigest(), **interrupted}
+        write_json_atomic(run_dir / SUMMARY_FILE, empty)
+        return empty
     expectation = (
         block_expectation(target.row, run.proposer.draft, target.pi, gamma)
         if target.V <= EXPECTATION_MAX_V
@@ -782,6 +798,7 @@ def execute_block_run(
     elapsed = time.perf_counter() - started
     summary: dict[str, Any] = {
         **stats,
+        "steps": tally.tokens,  # tokens emitted: what a replay of an interrupted run asks for again
         "psi_bytes_max": max(run.proposer.draft(x).psi_bytes for x in visited),
         "elapsed_s": elapsed,
         "tokens_per_s": tally.tokens / elapsed,
@@ -790,6 +807,7 @@ def execute_block_run(
         "telemetry": BLOCKS_FILE,
         "metrics_sha256": digest.hexdigest(),
         "thermospec_version": __version__,
+        **interrupted,
     }
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     return summary
