@@ -32,18 +32,20 @@ from thermospec.storage import OutputError, RecordFile
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _start_and_signal(tmp_path: Path, signum: int) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """Start a long run, wait for its first records, send `signum`, wait for it to end."""
+def _start_and_signal(
+    tmp_path: Path, signum: int, extra: tuple[str, ...] = (), records: str = METRICS_FILE
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Start a long run, wait for its first `records`, send `signum`, wait for it to end."""
     runs = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.run_m1", "run", "--vocab", "64", "--K", "16",
-         "--steps", "1000000000", "--seed", "3", "--runs-dir", str(runs)],
+         "--steps", "1000000000", "--seed", "3", "--runs-dir", str(runs), *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            files = list(runs.glob(f"*/{METRICS_FILE}"))
+            files = list(runs.glob(f"*/{records}"))
             if files and files[0].stat().st_size > 0:
                 break
             if proc.poll() is not None:
@@ -223,37 +225,14 @@ def test_interruption_guard_records_nests_and_restores() -> None:
 
 @pytest.mark.parametrize(
     ("extra", "records"),
-    [(["--gamma", "4"], "m1_blocks.jsonl"), (["--chains", "3"], "chain_0002/m1_metrics.jsonl")],
+    [(("--gamma", "4"), "m1_blocks.jsonl"), (("--chains", "3"), "chain_0002/m1_metrics.jsonl")],
     ids=["gamma", "chains"],
 )
 def test_block_and_batch_runs_stop_on_sigterm_with_an_interrupted_summary(
-    extra: list[str], records: str, tmp_path: Path
+    extra: tuple[str, ...], records: str, tmp_path: Path
 ) -> None:
-    runs = tmp_path / "runs"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.run_m1", "run", "--vocab", "64", "--K", "16", "--steps", "1000000000",
-         "--seed", "3", "--quiet", "--runs-dir", str(runs), *extra],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            files = list(runs.glob(f"*/{records}"))
-            if files and files[0].stat().st_size > 0:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended early: {proc.communicate()}")
-            time.sleep(0.02)
-        else:
-            pytest.fail("no records after 60 s")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, err
-    (run_dir,) = runs.iterdir()
+    done, run_dir = _start_and_signal(tmp_path, signal.SIGTERM, ("--quiet", *extra), records)
+    assert done.returncode == 143, done.stderr
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     assert summary["interrupted"] is True and summary["interrupted_by"] == "SIGTERM"
     lines = (run_dir / records).read_text().splitlines()
