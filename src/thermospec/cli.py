@@ -222,6 +222,11 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def _notice_clamp(config: RunConfig, V: int) -> None:
+    if config.tokenizer is not None and config.tokenizer.startswith("bpe:") and config.tokenizer[4:].isdigit():
+        asked = int(config.tokenizer[4:])
+        if asked > V:
+            print(f"notice: --tokenizer {config.tokenizer}: this corpus supports only {V} BPE tokens; "
+                  f"using V = {V}", file=sys.stderr)
     if config.K > V:
         print(f"notice: --K {config.K} is above the vocabulary size V = {V}; using K = {V}", file=sys.stderr)
 
