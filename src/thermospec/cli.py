@@ -71,21 +71,23 @@ def _int_at_least(low: int) -> Any:
     return parse
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
+    """The float an option value spells, or NaN (which every range check below refuses)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = math.nan
+        return math.nan
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
@@ -103,10 +105,7 @@ def _fault(text: str) -> Any:
 def _eps(text: str) -> EpsSpec:
     if text == "auto":
         return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be 'auto' or a finite number >= 0, got {text!r}")
     return value
