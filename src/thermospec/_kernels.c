@@ -162,22 +162,80 @@ done:
     return result;
 }
 
-/* batch(tables, totals, lasts, slot_of, guides, u, x, prev, proposed, emitted, accepted, V, G, B, n)
+/* Steps t = 0..n-1 of chains b0..b1-1 (a group advancing in lock step: their searches overlap
+ * in the CPU), each reading and writing its own rows in order.  With `counting`, also adds each
+ * step to the chain's counts: acc[b] (accepted drafts), ctx[b * V + prev] and emi[b * V + emitted].
+ * The pointers do not alias (restrict). */
+static inline void batch_group(const Tables *tables, const double *restrict u, int64_t *restrict xs,
+                               int64_t *restrict prev, int64_t *restrict proposed,
+                               int64_t *restrict emitted, uint8_t *restrict accepted, int64_t *restrict acc,
+                               int64_t *restrict ctx, int64_t *restrict emi, Py_ssize_t b0, Py_ssize_t b1,
+                               Py_ssize_t n, const int counting)
+{
+    const Tables tb = *tables;
+    const int64_t *restrict slot_of = tb.slot_of;
+    const int64_t V = tb.V;
+    int64_t cx[GROUP], ok[GROUP];
+    for (Py_ssize_t b = b0; b < b1; ++b) {
+        cx[b - b0] = xs[b];
+        ok[b - b0] = 0;
+    }
+    for (Py_ssize_t t = 0; t < n; ++t) {
+        for (Py_ssize_t b = b0; b < b1; ++b) {
+            Py_ssize_t i = b * n + t;
+            int64_t x = cx[b - b0];
+            prev[i] = x;
+            int64_t nx = step(&tb, slot_of[x], x, u + 3 * i, proposed + i, accepted + i);
+            emitted[i] = nx;
+            cx[b - b0] = nx;
+            if (counting) {
+                ok[b - b0] += accepted[i];
+                ctx[b * V + x] += 1;
+                emi[b * V + nx] += 1;
+            }
+        }
+    }
+    for (Py_ssize_t b = b0; b < b1; ++b) {
+        xs[b] = cx[b - b0];
+        if (counting)
+            acc[b] += ok[b - b0];
+    }
+}
+
+/* batch(tables, totals, lasts, slot_of, guides, u, x, prev, proposed, emitted, accepted, V, G, B, n
+ *       [, accepted_counts, context_counts, emitted_counts])
  * B chains in lock step for n steps; every context must have a table (checked).
- * u is (B, n, 3); x (B,) is read and updated; outputs are (B, n). */
+ * u is (B, n, 3); x (B,) is read and updated; outputs are (B, n).  The optional counts,
+ * int64 arrays of shape (B,), (B, V) and (B, V) (all three, or None for each), are incremented
+ * by each chain's accepted drafts, contexts and emitted tokens of these n steps. */
 static PyObject *batch(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, so, gb, ub, xb, pb, yb, eb, ab;
+    Py_buffer cab = {0}, ccb = {0}, ceb = {0};
+    PyObject *ca = Py_None, *cc = Py_None, *ce = Py_None;
     Py_ssize_t V, G, B, n;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb, &eb,
-                          &ab, &V, &G, &B, &n))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OOO", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
+                          &eb, &ab, &V, &G, &B, &n, &ca, &cc, &ce))
         return NULL;
     PyObject *result = NULL;
     Tables tables;
     Py_ssize_t slots;
-    if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) && need(&ub, B * n * 3, 8, "u") &&
+    const int counting = ca != Py_None;
+    if ((cc != Py_None) != counting || (ce != Py_None) != counting) {
+        PyErr_SetString(PyExc_TypeError, "batch: pass all three count arrays or none");
+        goto done;
+    }
+    if (counting && (PyObject_GetBuffer(ca, &cab, PyBUF_WRITABLE) < 0 ||
+                     PyObject_GetBuffer(cc, &ccb, PyBUF_WRITABLE) < 0 ||
+                     PyObject_GetBuffer(ce, &ceb, PyBUF_WRITABLE) < 0))
+        goto done;
+    if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) &&
+          need(&ub, B * n * 3, 8, "u") &&
           need(&xb, B, 8, "x") && need(&pb, B * n, 8, "prev") && need(&yb, B * n, 8, "proposed") &&
           need(&eb, B * n, 8, "emitted") && need(&ab, B * n, 1, "accepted")))
+        goto done;
+    if (counting && !(need(&cab, B, 8, "accepted_counts") && need(&ccb, B * V, 8, "context_counts") &&
+                      need(&ceb, B * V, 8, "emitted_counts")))
         goto done;
     {
         const int64_t *slot_of = tables.slot_of;
@@ -195,24 +253,16 @@ static PyObject *batch(PyObject *self, PyObject *args)
     }
     {
         const double *u = ub.buf;
-        const int64_t *slot_of = tables.slot_of;
         int64_t *xs = xb.buf, *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
         uint8_t *accepted = ab.buf;
+        int64_t *acc = cab.buf, *ctx = ccb.buf, *emi = ceb.buf;
         Py_BEGIN_ALLOW_THREADS
-        /* Chains are independent: a group of GROUP chains advances in lock step (their
-         * searches overlap in the CPU), each reading and writing its own rows in order. */
         for (Py_ssize_t b0 = 0; b0 < B; b0 += GROUP) {
             Py_ssize_t b1 = b0 + GROUP < B ? b0 + GROUP : B;
-            for (Py_ssize_t t = 0; t < n; ++t) {
-                for (Py_ssize_t b = b0; b < b1; ++b) {
-                    Py_ssize_t i = b * n + t;
-                    int64_t cx = xs[b];
-                    prev[i] = cx;
-                    cx = step(&tables, slot_of[cx], cx, u + 3 * i, proposed + i, accepted + i);
-                    emitted[i] = cx;
-                    xs[b] = cx;
-                }
-            }
+            if (counting)
+                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, acc, ctx, emi, b0, b1, n, 1);
+            else
+                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, NULL, NULL, NULL, b0, b1, n, 0);
         }
         Py_END_ALLOW_THREADS
         result = Py_None;
@@ -222,6 +272,7 @@ done:
     PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&so);
     PyBuffer_Release(&gb); PyBuffer_Release(&ub); PyBuffer_Release(&xb); PyBuffer_Release(&pb);
     PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
+    PyBuffer_Release(&cab); PyBuffer_Release(&ccb); PyBuffer_Release(&ceb);
     return result;
 }
 
