@@ -151,3 +151,111 @@ def test_cli_chains_without_telemetry_writes_only_the_summary(tmp_path: Path) ->
                  "--runs-dir", str(tmp_path)]) == 0
     (batch,) = tmp_path.iterdir()
     assert [p.name for p in batch.iterdir()] == ["summary.json"]
+
+
+def _tallies_equal(a: BatchTally, b: BatchTally) -> None:
+    assert (a.chains, a.vocab_size, a.steps) == (b.chains, b.vocab_size, b.steps)
+    np.testing.assert_array_equal(a.accepted, b.accepted)
+    np.testing.assert_array_equal(a.context_counts, b.context_counts)
+    np.testing.assert_array_equal(a.emitted_counts, b.emitted_counts)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("resident", [True, False])
+def test_run_batch_fills_the_tally_as_update_would(backend: str, resident: bool) -> None:
+    """On every path (compiled kernel, NumPy, sequential steppers) the tally is `BatchTally.update` of each chunk."""
+    target, proposer = _setup(vocab=24, seed=9)
+    B, steps = 5, 700  # chunks of 160 steps: the last one is shorter
+    bound = {} if resident else {"max_table_bytes": 4 * slot_bytes(24)}
+    filled, updated = BatchTally(B, 24), BatchTally(B, 24)
+    for chunk in run_batch(target.row, target.pi, proposer.draft, steps, 9, B, chunk_tokens=B * 160,
+                           backend=backend, threads=2, tally=filled, **bound):  # type: ignore[arg-type]
+        updated.update(chunk)
+        assert filled.steps == updated.steps  # counted before the chunk is yielded
+    assert filled.steps == steps and int(filled.context_counts.sum()) == B * steps
+    _tallies_equal(filled, updated)
+
+
+@needs_compiled
+def test_compiled_and_numpy_tallies_agree() -> None:
+    target, proposer = _setup(vocab=48, seed=2)
+    tallies = {be: BatchTally(7, 48) for be in ("compiled", "python")}
+    for be, tally in tallies.items():
+        for _ in run_batch(target.row, target.pi, proposer.draft, 600, 2, 7, chunk_tokens=7 * 128,
+                           backend=be, threads=2, tally=tally, reuse_outputs=True):  # type: ignore[arg-type]
+            pass
+    _tallies_equal(tallies["compiled"], tallies["python"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reused_outputs_carry_the_same_tokens(backend: str) -> None:
+    target, proposer = _setup(vocab=32, seed=4)
+    B, steps, tokens = 6, 500, 6 * 120
+
+    def run(reuse: bool) -> list[BatchChunk]:
+        chunks = []
+        for c in run_batch(target.row, target.pi, proposer.draft, steps, 4, B, chunk_tokens=tokens,
+                           backend=backend, threads=2, reuse_outputs=reuse):  # type: ignore[arg-type]
+            chunks.append(BatchChunk(c.start, c.prev.copy(), c.proposed.copy(), c.emitted.copy(), c.accepted.copy()))
+        return chunks
+
+    fresh, reused = run(False), run(True)
+    assert [len(c) for c in reused] == [120, 120, 120, 120, 20]
+    for b in range(B):
+        for f in FIELDS:
+            np.testing.assert_array_equal(_chain_of(fresh, b)[f], _chain_of(reused, b)[f])
+
+
+@needs_compiled
+def test_compiled_chunks_share_their_arrays_only_when_asked() -> None:
+    target, proposer = _setup(vocab=16)
+
+    def firsts(reuse: bool) -> tuple[BatchChunk, BatchChunk]:
+        chunks = run_batch(target.row, target.pi, proposer.draft, 300, 1, 3, chunk_tokens=3 * 100,
+                           backend="compiled", reuse_outputs=reuse)
+        return next(chunks), next(chunks)
+
+    for reuse in (False, True):
+        first, second = firsts(reuse)
+        for f in FIELDS:
+            assert np.shares_memory(getattr(first, f), getattr(second, f)) == reuse
+            assert getattr(second, f).flags.c_contiguous
+
+
+def test_a_tally_of_the_wrong_shape_is_refused() -> None:
+    target, proposer = _setup(vocab=16)
+    for tally in (BatchTally(3, 16), BatchTally(4, 17)):
+        with pytest.raises(ValueError, match="tally"):
+            next(run_batch(target.row, target.pi, proposer.draft, 10, 1, 4, tally=tally))
+
+
+@needs_compiled
+def test_batch_kernel_counts_are_the_bincounts_of_its_outputs() -> None:
+    from thermospec.engine import _table_source
+    from thermospec.kernels import TableCache
+
+    module = compiled_module()
+    assert module is not None
+    target, proposer = _setup(vocab=20, seed=6)
+    cache = TableCache(20, _table_source(target.row, proposer.draft))
+    assert cache.load_all()
+    B, n = 11, 300  # not a multiple of the kernel's group of chains
+    u = np.random.default_rng(6).random((B, n, 3))
+    x = np.arange(B, dtype=np.int64) % 20
+    outputs = [np.empty((B, n), dtype=np.int64) for _ in range(3)] + [np.empty((B, n), dtype=np.bool_)]
+    counts = (np.full(B, 5, dtype=np.int64), np.ones((B, 20), dtype=np.int64), np.zeros((B, 20), dtype=np.int64))
+    tables = (cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides)
+    module.batch(*tables, u, x.copy(), *outputs, 20, cache.G, B, n, *counts)
+    prev, _, emitted, accepted = outputs
+    np.testing.assert_array_equal(counts[0], 5 + accepted.sum(axis=1))
+    for b in range(B):
+        np.testing.assert_array_equal(counts[1][b], 1 + np.bincount(prev[b], minlength=20))
+        np.testing.assert_array_equal(counts[2][b], np.bincount(emitted[b], minlength=20))
+    again = [np.empty_like(a) for a in outputs]
+    module.batch(*tables, u, x.copy(), *again, 20, cache.G, B, n)  # without counts: the same tokens
+    for a, b_ in zip(outputs, again, strict=True):
+        np.testing.assert_array_equal(a, b_)
+    with pytest.raises(TypeError, match="all three"):
+        module.batch(*tables, u, x.copy(), *again, 20, cache.G, B, n, counts[0], counts[1], None)
+    with pytest.raises(ValueError, match="context_counts"):
+        module.batch(*tables, u, x.copy(), *again, 20, cache.G, B, n, counts[0], counts[1][:5], counts[2])

@@ -55,6 +55,9 @@ __all__ = [
 BATCH_CHUNK_TOKENS = 1 << 20
 """Tokens (chains x steps) per chunk: bounds the uniforms and outputs held at once (~50 MB)."""
 
+BATCH_RNG_GROUP = 32
+"""Chains whose uniforms a worker thread draws at once before stepping them (a cache-sized block)."""
+
 
 def chain_stream(seed: int, b: int) -> np.random.Generator:
     """The random stream of chain `b`: chain 0 is the single-chain run's stream."""
@@ -162,6 +165,9 @@ def _slices(B: int, parts: int) -> list[slice]:
     return [slice(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
+_Outputs = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]
+
+
 def run_batch(
     row: RowSource,
     pi: NDArray[np.float64],
@@ -173,6 +179,8 @@ def run_batch(
     backend: Backend = "auto",
     threads: int | None = None,
     max_table_bytes: int = DEFAULT_TABLE_BYTES,
+    tally: BatchTally | None = None,
+    reuse_outputs: bool = False,
 ) -> Iterator[BatchChunk]:
     """Run `chains` independent chains of `steps` steps each, yielding chunks of steps.
 
@@ -194,6 +202,13 @@ def run_batch(
         Worker threads for the compiled kernel (default: the CPU count).
     max_table_bytes : int
         Memory bound of the shared table cache.
+    tally : BatchTally, optional
+        Per-chain counts of (`chains`, V), to which every chunk is added before it is yielded
+        (on the compiled path by the worker threads, as they step; otherwise with `BatchTally.update`).
+    reuse_outputs : bool
+        Let the chunks share their arrays: each yielded chunk's arrays may be overwritten by the
+        next chunk, so copy what must outlive the iteration.  Saves allocating (and faulting in the
+        pages of) ~25 bytes per token every chunk; the default yields fresh arrays.
 
     Yields
     ------
@@ -202,6 +217,8 @@ def run_batch(
     if chains < 1:
         raise ValueError(f"--chains: must be an integer >= 1, got {chains}")
     V = int(pi.shape[0])
+    if tally is not None and (tally.chains, tally.vocab_size) != (chains, V):
+        raise ValueError(f"tally counts ({tally.chains}, {tally.vocab_size}) chains x tokens, need ({chains}, {V})")
     rngs = [chain_stream(seed, b) for b in range(chains)]
     x = np.array([start_token(pi, rng) for rng in rngs], dtype=np.int64)
     source = _table_source(row, drafts)
@@ -211,17 +228,25 @@ def run_batch(
     n_chunk = max(1, min(steps, chunk_tokens // chains))
     if not resident:  # tables do not all fit: every chain in turn through one sequential, evicting stepper
         stepper = ChainStepper(V, source, backend, max_table_bytes)  # one bounded cache shared by all chains
+    compiled = module if resident else None  # the kernel, when every table is resident
     workers = max(1, min(threads or os.cpu_count() or 1, chains))
     parts = _slices(chains, workers)
-    u = np.empty((chains, n_chunk, 3), dtype=np.float64)
+    if compiled is not None:  # each thread fills its uniforms a group of chains at a time, in a buffer of its own
+        u_flat = [np.empty(min(BATCH_RNG_GROUP, p.stop - p.start) * n_chunk * 3, dtype=np.float64) for p in parts]
+    else:
+        u = np.empty((chains, n_chunk, 3), dtype=np.float64)
+    kept: _Outputs | None = None
     with ThreadPoolExecutor(max_workers=workers) as pool:
         done = 0
         while done < steps:
             n = min(n_chunk, steps - done)
-            uc = u[:, :n] if n == n_chunk else np.empty((chains, n, 3), dtype=np.float64)
-            if resident and module is not None:
-                outputs = _compiled_chunk(module, cache, rngs, uc, x, parts, pool)
+            if compiled is not None:
+                if kept is None or not reuse_outputs:
+                    kept = _empty_outputs(chains * n_chunk)
+                outputs = _outputs_view(kept, chains, n)
+                _compiled_chunk(compiled, cache, rngs, u_flat, x, outputs, parts, pool, tally)
             else:
+                uc = u[:, :n] if n == n_chunk else np.empty((chains, n, 3), dtype=np.float64)
                 for b, rng in enumerate(rngs):
                     rng.random(out=uc[b])
                 if resident:
@@ -234,41 +259,66 @@ def run_batch(
                         per_chain.append(arrays)
                     outputs = tuple(np.stack(a) for a in zip(*per_chain, strict=True))  # type: ignore[assignment]
             prev, proposed, emitted, accepted = outputs
-            yield BatchChunk(start=done, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
+            chunk = BatchChunk(start=done, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
+            if tally is not None:
+                if compiled is not None:
+                    tally.steps += n  # the kernel counted the tokens
+                else:
+                    tally.update(chunk)
+            yield chunk
             done += n
+
+
+def _empty_outputs(size: int) -> _Outputs:
+    """Flat prev, proposed, emitted and accepted arrays of `size` tokens."""
+    return (np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64), np.empty(size, dtype=np.int64),
+            np.empty(size, dtype=np.bool_))
+
+
+def _outputs_view(flat: _Outputs, chains: int, n: int) -> _Outputs:
+    """The leading ``chains * n`` tokens of flat outputs as C-contiguous (chains, n) arrays."""
+    prev, proposed, emitted, accepted = flat
+    size = chains * n
+    return (prev[:size].reshape(chains, n), proposed[:size].reshape(chains, n), emitted[:size].reshape(chains, n),
+            accepted[:size].reshape(chains, n))
 
 
 def _compiled_chunk(
     module: ModuleType,
     cache: TableCache,
     rngs: list[np.random.Generator],
-    u: NDArray[np.float64],
+    u_flat: list[NDArray[np.float64]],
     x: NDArray[np.int64],
+    outputs: _Outputs,
     parts: list[slice],
     pool: ThreadPoolExecutor,
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
-    """One chunk of every chain on the compiled kernel, a slice of chains per thread; updates `x`."""
-    B, n, _ = u.shape
-    prev = np.empty((B, n), dtype=np.int64)
-    proposed = np.empty((B, n), dtype=np.int64)
-    emitted = np.empty((B, n), dtype=np.int64)
-    accepted = np.empty((B, n), dtype=np.bool_)
-    contiguous = u.flags.c_contiguous
+    tally: BatchTally | None,
+) -> None:
+    """One chunk of every chain on the compiled kernel, into `outputs`; updates `x` and `tally`'s counts.
 
-    def work(part: slice) -> None:
-        block = u[part] if contiguous else np.empty((part.stop - part.start, n, 3), dtype=np.float64)
-        for i, b in enumerate(range(part.start, part.stop)):
-            rngs[b].random(out=block[i])  # numpy fills without holding the GIL
-        xs = np.ascontiguousarray(x[part])
-        module.batch(
-            cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, np.ascontiguousarray(block), xs,
-            prev[part], proposed[part], emitted[part], accepted[part], cache.V, cache.G, part.stop - part.start, n,
-        )
-        x[part] = xs
+    Thread i steps the chains of ``parts[i]``, `BATCH_RNG_GROUP` at a time: it draws their
+    uniforms into ``u_flat[i]`` (which stays in cache) and runs the kernel on them.  Each thread
+    writes only its own chains' rows of `x`, the outputs and the counts.
+    """
+    prev, proposed, emitted, accepted = outputs
+    n = prev.shape[1]
 
-    for future in [pool.submit(work, part) for part in parts]:
+    def work(i: int) -> None:
+        part = parts[i]
+        for g0 in range(part.start, part.stop, BATCH_RNG_GROUP):
+            g1 = min(g0 + BATCH_RNG_GROUP, part.stop)
+            block = u_flat[i][: (g1 - g0) * n * 3].reshape(g1 - g0, n, 3)
+            for j, b in enumerate(range(g0, g1)):
+                rngs[b].random(out=block[j])  # numpy fills without holding the GIL
+            counts = () if tally is None else (
+                tally.accepted[g0:g1], tally.context_counts[g0:g1], tally.emitted_counts[g0:g1])
+            module.batch(
+                cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, block, x[g0:g1],
+                prev[g0:g1], proposed[g0:g1], emitted[g0:g1], accepted[g0:g1], cache.V, cache.G, g1 - g0, n, *counts,
+            )
+
+    for future in [pool.submit(work, i) for i in range(len(parts))]:
         future.result()
-    return prev, proposed, emitted, accepted
 
 
 class BatchTally:
@@ -361,8 +411,9 @@ def execute_batch(
     # A signal only stops the loop once every chain's records of the chunk in hand are written.
     with interruption_guard() as stop:
         try:
-            for chunk in run_batch(target.row, target.pi, drafts, config.steps, config.seed, chains, threads=threads):
-                tally.update(chunk)
+            # The writers below keep no reference to a chunk's arrays, so the chunks can share them.
+            for chunk in run_batch(target.row, target.pi, drafts, config.steps, config.seed, chains, threads=threads,
+                                   tally=tally, reuse_outputs=True):
                 if telemetry == "jsonl":
                     for b in range(chains):
                         with (chain_dir(run_dir, b) / METRICS_FILE).open("a", encoding="utf-8", newline="\n") as out:
