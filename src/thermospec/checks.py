@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 from thermospec.config import Stream, random_stream
 from thermospec.engine import ReportError, fixed_context_draws, run_chain
 from thermospec.payload import craft_payload, encode_payload
-from thermospec.runs import PreparedRun
+from thermospec.runs import PreparedRun, sparse_rows
 from thermospec.statistics import Chi2Result, chi2_sf, pooled_chi2
 from thermospec.summary import (
     ACCEPT_OVERLAP_TOLERANCE,
@@ -151,7 +151,7 @@ def run_statistics(run: PreparedRun) -> dict[str, Any]:
     target, config = run.target, run.config
     tally = RunTally(target.V)
     rng = random_stream(config.seed, Stream.CHAIN)
-    for chunk in run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng):
+    for chunk in run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng, sparse=sparse_rows(run)):
         tally.update(chunk)
     return summarise_run(tally, run.proposer.draft, target.pi)
 

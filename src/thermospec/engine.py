@@ -21,9 +21,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.acceptance import accept_correct_step, acceptance_ratio, residual_cdf
+from thermospec.compact import COMPACT_TABLE_BYTES, CompactStepper, SparseRows, compact_source
 from thermospec.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, TableSource
 from thermospec.proposer import ContextDraft
 from thermospec.sampling import inverse_cdf
+from thermospec.tsu import SimTSU
 
 __all__ = [
     "ChainChunk",
@@ -130,6 +132,10 @@ class ReportVerifier:
 
     def _bad_tokens(self, x: int) -> NDArray[np.bool_]:
         found = self._bad.get(x)
+        if found is None and type(self._drafts(x).tsu).report_log_q is SimTSU.report_log_q:
+            # SimTSU's report is log F(ψ)[y] by construction (the expression below, evaluated by the
+            # TSU itself): nothing to compare, and no O(V) work per context at large V.
+            found = self._bad[x] = np.zeros(0, dtype=np.bool_)
         if found is None:
             tsu = self._drafts(x).tsu
             tokens = np.arange(tsu.q.shape[0], dtype=np.int64)
@@ -205,7 +211,8 @@ def run_chain(
     rng: np.random.Generator,
     chunk: int = DEFAULT_CHUNK,
     backend: Backend = "auto",
-    max_table_bytes: int = DEFAULT_TABLE_BYTES,
+    max_table_bytes: int | None = None,
+    sparse: SparseRows | None = None,
 ) -> Iterator[ChainChunk]:
     """Run the speculative bigram chain for `steps` steps, yielding chunks of steps.
 
@@ -226,15 +233,27 @@ def run_chain(
     backend : {"auto", "compiled", "python"}
         The stepper of `thermospec.kernels`: the compiled kernel when built
         ("auto"), or the pure-Python fallback; both emit the same tokens.
-    max_table_bytes : int
-        Memory bound of the per-context table cache (least recently used evicted).
+    max_table_bytes : int, optional
+        Memory bound of the per-context table cache (least recently used evicted);
+        default `DEFAULT_TABLE_BYTES` for dense tables, `COMPACT_TABLE_BYTES` for compact ones.
+    sparse : SparseRows, optional
+        The target's rows by their supports: the steppers then run on compact
+        tables of O(K + s) entries per context (`thermospec.compact`), never
+        O(V), and emit the same tokens as the dense tables.  Only for TSUs that
+        sample F(ψ) of their payload (not fault-injected ones).
 
     Yields
     ------
     ChainChunk
     """
     x = start_token(pi, rng)
-    stepper = ChainStepper(int(pi.shape[0]), _table_source(row, drafts), backend, max_table_bytes)
+    V = int(pi.shape[0])
+    stepper: ChainStepper | CompactStepper
+    if sparse is None:
+        stepper = ChainStepper(V, _table_source(row, drafts), backend, max_table_bytes or DEFAULT_TABLE_BYTES)
+    else:
+        stepper = CompactStepper(V, compact_source(sparse.support, drafts), sparse.max_ids, sparse.max_support,
+                                 backend, max_table_bytes or COMPACT_TABLE_BYTES, sparse.block)
     verifier = ReportVerifier(drafts)
     done = 0
     buffer = np.empty((min(chunk, steps), 3), dtype=np.float64)

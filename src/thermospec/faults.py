@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import ClassVar, Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -166,6 +166,8 @@ class FaultyTSU(SimTSU):
     fault : Fault, optional
         The fault this TSU carries, for messages.
     """
+
+    samples_payload: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ __all__ = [
     "Payload",
     "PayloadError",
     "craft_payload",
+    "craft_payload_from_support",
     "decode_payload",
     "encode_payload",
     "payload_size",
@@ -184,18 +185,55 @@ def craft_payload(p: NDArray[np.float64], K: int, tau: float, eps: EpsSpec = "au
     p = np.asarray(p, dtype=np.float64)
     if p.ndim != 1:
         raise PayloadError(f"p: must be one target row (1-D), got shape {p.shape}")
-    V = int(p.shape[0])
     if not np.all(np.isfinite(p)) or np.any(p < 0) or not p.sum() > 0:
         raise PayloadError("p: must be finite, non-negative and not all zero")
+    support = np.flatnonzero(p)
+    return craft_payload_from_support(support, p[support], int(p.shape[0]), K, tau, eps)
+
+
+def craft_payload_from_support(
+    tokens: NDArray[np.int64], probs: NDArray[np.float64], V: int, K: int, tau: float, eps: EpsSpec = "auto"
+) -> Payload:
+    """Craft the Top-K payload of a target row given by its support: the same bytes as `craft_payload`.
+
+    Parameters
+    ----------
+    tokens : ndarray of int64, shape (n,)
+        The tokens of positive probability, strictly increasing, each < V.
+    probs : ndarray of float64, shape (n,)
+        Their probabilities, > 0 (the row's other entries are 0).
+    V : int
+        Vocabulary size.
+    K, tau, eps
+        As in `craft_payload`.
+
+    Returns
+    -------
+    Payload
+
+    Raises
+    ------
+    PayloadError
+        If an argument is out of range; the message names it.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if tokens.ndim != 1 or tokens.shape != probs.shape or tokens.size == 0:
+        raise PayloadError(f"support: need as many tokens as probabilities (>= 1), got {tokens.shape}, {probs.shape}")
+    if not np.all(np.isfinite(probs)) or np.any(probs <= 0):
+        raise PayloadError("p: the support's probabilities must be finite and > 0")
+    if tokens[0] < 0 or tokens[-1] >= V or np.any(np.diff(tokens) <= 0):
+        raise PayloadError(f"support: tokens must be strictly increasing and in [0, {V})")
     if K < 1:
         raise PayloadError(f"K: must be >= 1, got {K}")
-    n_positive = int(np.count_nonzero(p))
-    k = min(K, V, n_positive)
+    k = min(K, V, int(tokens.shape[0]))
     if k > MAX_K:
         raise PayloadError(f"K: at most {MAX_K} ids fit the uint16 K field, got {k}")
-    # Descending probability, ties broken by the lower id: a stable sort of -p.
-    ids = np.argsort(-p, kind="stable")[:k].astype(np.int64)
-    logp = np.log(p[ids])
+    # Descending probability, ties broken by the lower id: a stable sort of -p over increasing tokens.
+    order = np.argsort(-probs, kind="stable")[:k]
+    ids = tokens[order]
+    top = probs[order]
+    logp = np.log(top)
     ell = logp - logp[0]
     spread = float(-ell.min())
     delta = _float32(spread / 255.0) if spread > 0 else 0.0  # +0.0: all equal must not send -0.0's sign bit
@@ -205,7 +243,7 @@ def craft_payload(p: NDArray[np.float64], K: int, tau: float, eps: EpsSpec = "au
         codes = np.zeros(k, dtype=np.uint8)
     tau32 = _float32(tau)
     if eps == "auto":
-        tail = max(0.0, 1.0 - float(p[ids].sum()))
+        tail = max(0.0, 1.0 - float(top.sum()))
         eps32 = _float32(tail / (V - k)) if k < V else 0.0
         while (V - k) * eps32 >= 1.0:  # float32 rounding up can only cross 1 by an ulp
             eps32 = float(np.nextafter(np.float32(eps32), np.float32(0)))

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from thermospec import __version__
+from thermospec.compact import SparseProposer, SparseRows
 from thermospec.config import RunConfig, Stream, check_eps, load_target, random_stream
 from thermospec.engine import ChainChunk, ReportError, run_chain
 from thermospec.interrupts import Interruption, interruption_guard, signal_name
 from thermospec.proposer import Proposer
 from thermospec.storage import OutputError, write_text_atomic
 from thermospec.summary import RunTally, summarise_run
-from thermospec.targets import BigramTarget, LazySyntheticTarget
+from thermospec.targets import LAZY_BLOCK, BigramTarget, LazySyntheticTarget
 from thermospec.telemetry import TelemetryFormat, TelemetrySink
 
 __all__ = [
@@ -65,14 +66,30 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     return PreparedRun(config=config, target=target, proposer=proposer)
 
 
+def sparse_rows(run: PreparedRun) -> SparseRows | None:
+    """The target's rows by their supports when the run can step on compact tables, else None.
+
+    That is a `LazySyntheticTarget` drafted by its `SparseProposer` (a fault-injected
+    or THRML proposer samples something the payload alone does not say).
+    """
+    target = run.target
+    if not isinstance(target, LazySyntheticTarget) or type(run.proposer) is not SparseProposer:
+        return None
+    s = min(target.support, target.V)
+    return SparseRows(support=run.proposer.support_of, max_support=s, max_ids=min(run.config.K, s), block=LAZY_BLOCK)
+
+
 def _proposer(config: RunConfig, target: BigramTarget) -> Proposer:
     """Craft ψ for every context; for a token (BPE) target, a memory-bounded cache and the likeliest context."""
     from thermospec.tokenized import TokenBigramTarget  # stdlib + numpy only; tokenizers is imported lazily
 
-    if isinstance(target, TokenBigramTarget | LazySyntheticTarget):  # large V: bounded caches
+    if isinstance(target, LazySyntheticTarget):  # large V, sparse rows: O(s log s) per context, bounded cache
+        proposer: Proposer = SparseProposer(target.row, target.support_row, target.V, config.K, config.tau, config.eps)
+        proposer.draft(int(target.pi.argmax()))
+    elif isinstance(target, TokenBigramTarget):  # large V: bounded caches
         from thermospec.tokenized import BoundedProposer
 
-        proposer: Proposer = BoundedProposer(target.row, config.K, config.tau, config.eps, target.V)
+        proposer = BoundedProposer(target.row, config.K, config.tau, config.eps, target.V)
         proposer.draft(int(target.pi.argmax()))
     else:
         proposer = Proposer(target.row, config.K, config.tau, config.eps)
@@ -177,7 +194,9 @@ def execute_run(
         with TelemetrySink(run_dir, telemetry) as out:  # --telemetry jsonl (METRICS_FILE) | parquet | none
             writer = out.writer
             try:
-                for chunk in run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng):
+                sparse = sparse_rows(run)
+                chunks = run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng, sparse=sparse)
+                for chunk in chunks:
                     writer.write(chunk, run.proposer.draft)
                     tally.update(chunk)
                     if on_chunk is not None:

@@ -361,6 +361,21 @@ class LazySyntheticTarget(BigramTarget):
         np.add.at(p, tokens[x % LAZY_BLOCK], weights[x % LAZY_BLOCK])
         return p
 
+    def support_row(self, x: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Row x by its support: the increasing tokens of ``p(. | x) > 0`` and their probabilities.
+
+        O(s log s), never O(V); the values are those of `row` (atoms on one token
+        are added in the same order), so ``row(x)[tokens] == probs`` exactly.
+        """
+        if not 0 <= x < self.vocab_size:
+            raise IndexError(f"context {x} is outside the vocabulary [0, {self.vocab_size})")
+        tokens, weights = self.block(x // LAZY_BLOCK)
+        support, slot = np.unique(tokens[x % LAZY_BLOCK], return_inverse=True)
+        probs = np.zeros(support.shape[0], dtype=np.float64)
+        np.add.at(probs, slot, weights[x % LAZY_BLOCK])
+        positive = probs > 0
+        return support[positive].astype(np.int64), probs[positive]
+
 
 def _lazy_block(key: int, k: int, V: int, c: float, s: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     rows = min(LAZY_BLOCK, V - k * LAZY_BLOCK)

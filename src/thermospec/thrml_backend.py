@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -144,6 +144,8 @@ class ThrmlTSU(SimTSU):
         ``refills()`` returns the next refill number of this context (kept by the proposer,
         so a rebuilt TSU never reuses a key).
     """
+
+    samples_payload: ClassVar[bool] = False
 
     def __init__(self, payload: Any, sampler: ThrmlSampler, key: Any, refills: Callable[[], int]) -> None:
         super().__init__(payload)

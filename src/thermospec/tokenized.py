@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from thermospec.payload import EpsSpec, Payload, decode_payload
 from thermospec.proposer import ContextDraft, Proposer, draft_for_row
 from thermospec.targets import BigramTarget, CorpusError, read_corpus
-from thermospec.tsu import SimTSU, proposal_distribution
+from thermospec.tsu import SimTSU, draft_cdf, proposal_distribution
 
 __all__ = [
     "MAX_BPE_VOCAB",
@@ -277,7 +277,7 @@ class CompactTSU(SimTSU):
         found = _RECENT_ARRAYS.get(self)
         if found is None:
             q = proposal_distribution(self.payload)
-            cdf = np.cumsum(q)
+            cdf = draft_cdf(self.payload)
             q.flags.writeable = False
             cdf.flags.writeable = False
             found = _RECENT_ARRAYS[self] = (q, cdf)

@@ -1,0 +1,509 @@
+"""Compact per-context tables for sparse targets: O(K + s) work per context, never O(V).
+
+A large-vocabulary target row with ``s`` positive entries (`LazySyntheticTarget`)
+and a payload with K ids determine the whole step without any array of V
+entries:
+
+- the draft CDF of `thermospec.tsu.draft_cdf` is, at token v,
+  ``n_tail(v) * eps + C[k(v)]`` with ``k(v)`` the number of ids ``<= v``, ``C``
+  the running sum of their probabilities in token order and
+  ``n_tail(v) = v + 1 - k(v)``.  Its value at the j-th id (increasing order) is
+  ``(ids[j] - j) * eps + C[j + 1]``; a draw searches those K values, then, if
+  the token lies in the gap of tail tokens before that id, the integer n with
+  ``n * eps + C[J] > u * total`` (a binary search on a formula: no memory);
+- ``p / q`` is 0 off the row's support, so the acceptance test needs the ratio
+  on the s support tokens only;
+- the residual ``p - min(p, q)`` is 0 off the support too: its running sum over
+  the support tokens is the dense running sum at those tokens.
+
+Each value above is the same IEEE operation on the same operands as in the
+dense tables of `thermospec.engine.context_tables`, so for the same uniforms
+the compact step emits exactly the tokens of the dense step (and of
+`thermospec.engine.run_chain_reference`); the tests pin all three.  A step costs
+O(log K + log s + log V) comparisons on tables of ``K + s`` entries, whatever V.
+
+The compiled stepper (``thermospec._compact``, a small optional C extension) and
+the pure-Python fallback below run the same step; ``THERMOSPEC_KERNEL=python``
+selects the fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.kernels import Backend, StepArrays
+from thermospec.payload import EpsSpec, Payload, PayloadError, craft_payload_from_support, encode_payload
+from thermospec.proposer import ContextDraft, Proposer
+from thermospec.tsu import explicit_probabilities
+
+__all__ = [
+    "COMPACT_TABLE_BYTES",
+    "CompactStepper",
+    "CompactTables",
+    "SparseProposer",
+    "SparseRows",
+    "SupportSource",
+    "compact_source",
+    "compact_tables",
+    "draft_for_support",
+    "draft_token",
+    "residual_token",
+    "step_token",
+]
+
+COMPACT_TABLE_BYTES = 512 * 1024 * 1024
+"""Memory bound of the compact table cache: every context of V = 65,536 at K = 64, s = 256 (6.5 KB each)."""
+
+SupportSource = Callable[[int], tuple[NDArray[np.int64], NDArray[np.float64]]]
+"""``support(x)`` gives row x's increasing tokens of positive probability and their probabilities."""
+
+
+@dataclass(frozen=True, eq=False)
+class SparseRows:
+    """A target's rows by their supports, for the compact steppers.
+
+    Attributes
+    ----------
+    support : callable
+        ``support(x)``: row x's increasing tokens of positive probability and their probabilities.
+    max_support : int
+        Upper bound of any row's support size.
+    max_ids : int
+        Upper bound of any payload's K (at most `max_support`: ids have p > 0).
+    block : int
+        Contexts ``[k block, (k + 1) block)`` are generated together by the target: while
+        the table cache has free slots, a new context's whole block is loaded at once (each
+        block of rows is then generated once, not once per context).
+    """
+
+    support: SupportSource
+    max_support: int
+    max_ids: int
+    block: int = 1
+
+
+@dataclass(frozen=True, eq=False)
+class CompactTables:
+    """One context's step tables, O(K + s) entries.
+
+    Attributes
+    ----------
+    vocab_size : int
+        V.
+    ids : ndarray of int64, shape (K,)
+        The payload's ids in increasing token order.
+    id_cdf : ndarray of float64, shape (K,)
+        The draft CDF at each id.
+    explicit_cum : ndarray of float64, shape (K + 1,)
+        ``explicit_cum[j]``: F(ψ) summed over the first j ids in token order (``[0] = 0``).
+    eps : float
+        F(ψ) of each tail token.
+    draft_total : float
+        The draft CDF at token V - 1.
+    draft_last : int
+        First token where the draft CDF reaches its total (draws are capped there).
+    support : ndarray of int64, shape (s,)
+        The row's tokens of positive probability, increasing.
+    ratio : ndarray of float64, shape (s,)
+        ``p / q`` on the support (0 where q = 0); 0 elsewhere.
+    residual_cum : ndarray of float64, shape (s,)
+        Running sum of the residual ``p - min(p, q)`` over the support (of p if that is all 0).
+    residual_last : int
+        Index into `support` where `residual_cum` reaches its total.
+    """
+
+    vocab_size: int
+    ids: NDArray[np.int64]
+    id_cdf: NDArray[np.float64]
+    explicit_cum: NDArray[np.float64]
+    eps: float
+    draft_total: float
+    draft_last: int
+    support: NDArray[np.int64]
+    ratio: NDArray[np.float64]
+    residual_cum: NDArray[np.float64]
+    residual_last: int
+
+
+def _first_above(ids: list[int], id_cdf: list[float], explicit_cum: list[float], eps: float, V: int,
+                 t: float) -> int:
+    """First token v whose draft CDF exceeds `t` (V if none): ``bisect_right`` over the dense CDF."""
+    J = bisect_right(id_cdf, t)
+    lo = ids[J - 1] + 1 if J else 0
+    hi = ids[J] if len(ids) > J else V
+    if eps > 0 and lo < hi:
+        base, shift = explicit_cum[J], 1 - J  # tail token v has CDF float(v + shift) * eps + base
+        if float(hi - 1 + shift) * eps + base > t:
+            a, b = lo, hi - 1
+            while a < b:
+                m = (a + b) // 2
+                if float(m + shift) * eps + base > t:
+                    b = m
+                else:
+                    a = m + 1
+            return a
+    return hi
+
+
+def _q_on(tokens: NDArray[np.int64], payload: Payload) -> NDArray[np.float64]:
+    """F(ψ) at `tokens` (increasing), in O((K + n) log K): the values of `proposal_distribution` there."""
+    order = np.argsort(payload.ids, kind="stable")
+    ids = np.asarray(payload.ids, dtype=np.int64)[order]
+    q_ids = explicit_probabilities(payload)[order]
+    at = np.minimum(np.searchsorted(ids, tokens), ids.shape[0] - 1)
+    q: NDArray[np.float64] = np.where(ids[at] == tokens, q_ids[at], payload.eps)
+    return q
+
+
+def compact_tables(support: NDArray[np.int64], probs: NDArray[np.float64], payload: Payload) -> CompactTables:
+    """Build one context's compact tables from its target row's support and its payload.
+
+    Parameters
+    ----------
+    support : ndarray of int64, shape (s,)
+        Increasing tokens of positive target probability.
+    probs : ndarray of float64, shape (s,)
+        Their probabilities.
+    payload : Payload
+        The decoded ψ the TSU runs on (F(ψ) is computed from it alone).
+
+    Returns
+    -------
+    CompactTables
+    """
+    V, eps = payload.vocab_size, payload.eps
+    order = np.argsort(payload.ids, kind="stable")
+    ids = np.asarray(payload.ids, dtype=np.int64)[order]
+    q_ids = explicit_probabilities(payload)[order]
+    K = int(ids.shape[0])
+    explicit_cum = np.zeros(K + 1, dtype=np.float64)
+    np.cumsum(q_ids, out=explicit_cum[1:])
+    id_cdf = (ids - np.arange(K, dtype=np.int64)).astype(np.float64) * eps + explicit_cum[1:]
+    draft_total = float(V - K) * eps + float(explicit_cum[K])
+    ids_list, cdf_list, cum_list = ids.tolist(), id_cdf.tolist(), explicit_cum.tolist()
+    draft_last = _first_above(ids_list, cdf_list, cum_list, eps, V, float(np.nextafter(draft_total, -np.inf)))
+
+    support = np.asarray(support, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    q = _q_on(support, payload)
+    ratio = np.zeros_like(p)
+    with np.errstate(over="ignore"):  # p / (subnormal q) is +inf, as in the dense table
+        np.divide(p, q, out=ratio, where=q > 0)
+    residual_cum = np.cumsum(p - np.minimum(p, q))
+    if not residual_cum[-1] > 0:
+        residual_cum = np.cumsum(p)
+    residual_last = int(np.searchsorted(residual_cum, residual_cum[-1], side="left"))
+    return CompactTables(
+        vocab_size=V, ids=ids, id_cdf=id_cdf, explicit_cum=explicit_cum, eps=eps, draft_total=draft_total,
+        draft_last=draft_last, support=support, ratio=ratio, residual_cum=residual_cum,
+        residual_last=residual_last,
+    )
+
+
+def draft_token(tables: CompactTables, u: float) -> int:
+    """The TSU's draw for uniform `u`: ``min(bisect_right(draft_cdf, u * total), draft_last)``."""
+    y = _first_above(tables.ids.tolist(), tables.id_cdf.tolist(), tables.explicit_cum.tolist(), tables.eps,
+                     tables.vocab_size, u * tables.draft_total)
+    return min(y, tables.draft_last)
+
+
+def residual_token(tables: CompactTables, u: float) -> int:
+    """The token emitted after a rejection, for uniform `u`."""
+    i = int(np.searchsorted(tables.residual_cum, u * float(tables.residual_cum[-1]), side="right"))
+    return int(tables.support[min(i, tables.residual_last)])
+
+
+def step_token(tables: CompactTables, u_draft: float, u_accept: float, u_residual: float) -> tuple[int, int, bool]:
+    """One step on compact tables: ``(proposed, emitted, accepted)``."""
+    y = draft_token(tables, u_draft)
+    i = int(np.searchsorted(tables.support, y))
+    ratio = float(tables.ratio[i]) if i < tables.support.shape[0] and tables.support[i] == y else 0.0
+    if u_accept < ratio:
+        return y, y, True
+    return y, residual_token(tables, u_residual), False
+
+
+# --- drafts ------------------------------------------------------------------------------------------------------
+
+
+def draft_for_support(
+    support: NDArray[np.int64], probs: NDArray[np.float64], V: int, context: int, K: int, tau: float, eps: EpsSpec
+) -> ContextDraft:
+    """`thermospec.proposer.draft_for_row` for a row given by its support, in O(s log s).
+
+    The payload bytes are those `draft_for_row` crafts from the dense row; `topk_mass`
+    and `ce_gap_nats` are the same numbers; `overlap_mass` is summed over the support
+    only (the dense sum adds zeros in another order: equal up to rounding).
+    """
+    from thermospec.tokenized import CompactTSU
+
+    try:
+        wire = encode_payload(craft_payload_from_support(support, probs, V, K, tau, eps))
+    except PayloadError as exc:
+        raise PayloadError(f"ψ of context {context}: {exc}") from None
+    tsu = CompactTSU(wire)
+    payload = tsu.payload
+    q_support = _q_on(support, payload)
+    topk = float(probs[np.searchsorted(support, np.asarray(payload.ids, dtype=np.int64))].sum())
+    if np.any(q_support <= 0):
+        gap = float("inf")
+    else:
+        gap = float(np.sum(probs * (np.log(probs) - np.log(q_support))))
+    return ContextDraft(
+        context=context, payload_bytes=wire, tsu=tsu, topk_mass=topk,
+        overlap_mass=float(np.minimum(probs, q_support).sum()), ce_gap_nats=gap,
+    )
+
+
+class SparseProposer(Proposer):
+    """A `Proposer` for targets given by their rows' supports: O(s log s) per context, bounded memory.
+
+    Drafts hold the payload and metrics (`CompactTSU`, no V-sized array) in a
+    least-recently-used cache of `capacity` contexts; an evicted context is
+    crafted again to the same bytes when it comes back.
+    """
+
+    def __init__(
+        self, row: Callable[[int], NDArray[np.float64]], support: SupportSource, V: int, K: int, tau: float,
+        eps: EpsSpec, capacity: int = 1 << 17,
+    ) -> None:
+        super().__init__(row, K, tau, eps)
+        self.support = support
+        self.V = V
+        self.capacity = max(16, capacity)
+        self._lru: OrderedDict[int, ContextDraft] = OrderedDict()
+        self._recent: tuple[int, NDArray[np.int64], NDArray[np.float64]] | None = None
+
+    def support_of(self, context: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """``support(context)``, remembering the last one: a new context's draft and tables read it once."""
+        if self._recent is None or self._recent[0] != context:
+            tokens, probs = self.support(context)
+            self._recent = (context, tokens, probs)
+        return self._recent[1], self._recent[2]
+
+    def draft(self, context: int) -> ContextDraft:
+        """The draft of one context, from the bounded cache or crafted again."""
+        found = self._lru.get(context)
+        if found is not None:
+            self._lru.move_to_end(context)
+            return found
+        tokens, probs = self.support_of(context)
+        found = draft_for_support(tokens, probs, self.V, context, self.K, self.tau, self.eps)
+        self._lru[context] = found
+        if len(self._lru) > self.capacity:
+            self._lru.popitem(last=False)
+        return found
+
+
+def compact_source(support: SupportSource, drafts: Callable[[int], ContextDraft]) -> Callable[[int], CompactTables]:
+    """``source(x)``: context x's `CompactTables`, for a TSU that samples F(ψ) of its payload.
+
+    Raises
+    ------
+    TypeError
+        If a draft's TSU samples something else (a fault-injected TSU): its draws
+        are not a function of the payload, so only the dense path can run it.
+    """
+
+    def source(x: int) -> CompactTables:
+        draft = drafts(x)
+        if not type(draft.tsu).samples_payload:
+            raise TypeError(f"context {x}: {type(draft.tsu).__name__} does not sample F(ψ); use the dense tables")
+        tokens, probs = support(x)
+        return compact_tables(tokens, probs, draft.tsu.payload)
+
+    return source
+
+
+# --- steppers ----------------------------------------------------------------------------------------------------
+
+
+def compact_module() -> ModuleType | None:
+    """The compiled compact stepper, or None when it is not built or ``THERMOSPEC_KERNEL=python``."""
+    if os.environ.get("THERMOSPEC_KERNEL", "").lower() == "python":
+        return None
+    try:
+        from thermospec import _compact  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    module: ModuleType = _compact
+    return module
+
+
+_ListTables = tuple[list[int], list[float], list[float], float, float, int, list[int], list[float], list[float],
+                    float, int, int]
+
+
+def _as_lists(tb: CompactTables) -> _ListTables:
+    return (tb.ids.tolist(), tb.id_cdf.tolist(), tb.explicit_cum.tolist(), tb.eps, tb.draft_total, tb.draft_last,
+            tb.support.tolist(), tb.ratio.tolist(), tb.residual_cum.tolist(), float(tb.residual_cum[-1]),
+            tb.residual_last, tb.vocab_size)
+
+
+class _SlotCache:
+    """Compact tables in fixed slots of flat arrays (the compiled stepper's layout), least recently used evicted.
+
+    Slot i holds, with Km = `max_k` and Sm = `max_s`:
+    ``floats[i] = [id_cdf (Km) | explicit_cum (Km + 1) | ratio (Sm) | residual_cum (Sm)]``,
+    ``tokens[i] = [ids (Km) | support (Sm)]`` (int32),
+    ``scalars[i] = [eps, draft_total, residual_total]``, ``counts[i] = [K, s, draft_last, residual_last]``.
+    """
+
+    def __init__(self, V: int, source: Callable[[int], CompactTables], max_k: int, max_s: int,
+                 max_bytes: int, block: int = 1) -> None:
+        self.V, self.source, self.max_k, self.max_s, self.block = V, source, max_k, max_s, max(1, block)
+        self.float_width = 2 * max_k + 1 + 2 * max_s
+        self.token_width = max_k + max_s
+        slot_bytes = 8 * self.float_width + 4 * self.token_width + 8 * 3 + 8 * 4 + 16
+        self.slots = max(1, min(V, max_bytes // slot_bytes))
+        self.floats = np.zeros((self.slots, self.float_width), dtype=np.float64)
+        self.tokens = np.zeros((self.slots, self.token_width), dtype=np.int32)
+        self.scalars = np.zeros((self.slots, 3), dtype=np.float64)
+        self.counts = np.zeros((self.slots, 4), dtype=np.int64)
+        self.slot_of = np.full(V, -1, dtype=np.int64)
+        self.context_of = np.full(self.slots, -1, dtype=np.int64)
+        self.last_used = np.full(self.slots, -1, dtype=np.int64)
+        self.filled = 0
+        self.builds = 0
+
+    def load(self, x: int) -> int:
+        """Make sure context `x` has a slot (with its block's other contexts while slots are free)."""
+        slot = int(self.slot_of[x])
+        if slot >= 0:
+            return slot
+        start = x - x % self.block
+        neighbours = [y for y in range(start, min(self.V, start + self.block)) if y != x and self.slot_of[y] < 0]
+        if self.filled + len(neighbours) + 1 <= self.slots:
+            for y in neighbours:
+                self._insert(y)
+        return self._insert(x)
+
+    def _insert(self, x: int) -> int:
+        tb = self.source(x)
+        K, s = int(tb.ids.shape[0]), int(tb.support.shape[0])
+        if self.max_k < K or s > self.max_s:
+            raise ValueError(f"context {x}: {K} ids, {s} support tokens exceed the slots ({self.max_k}, {self.max_s})")
+        if self.filled < self.slots:
+            slot = self.filled
+            self.filled += 1
+        else:
+            slot = int(np.argmin(self.last_used))
+            self.slot_of[self.context_of[slot]] = -1
+        km, sm = self.max_k, self.max_s
+        row = self.floats[slot]
+        row[:K] = tb.id_cdf
+        row[km:km + K + 1] = tb.explicit_cum
+        row[2 * km + 1:2 * km + 1 + s] = tb.ratio
+        row[2 * km + 1 + sm:2 * km + 1 + sm + s] = tb.residual_cum
+        self.tokens[slot, :K] = tb.ids
+        self.tokens[slot, km:km + s] = tb.support
+        self.scalars[slot] = (tb.eps, tb.draft_total, float(tb.residual_cum[-1]))
+        self.counts[slot] = (K, s, tb.draft_last, tb.residual_last)
+        self.slot_of[x] = slot
+        self.context_of[slot] = x
+        self.last_used[slot] = -1
+        self.builds += 1
+        return slot
+
+
+def _python_steps(tables: Callable[[int], _ListTables], u: NDArray[np.float64], x: int) -> tuple[StepArrays, int]:
+    n = u.shape[0]
+    prev, proposed, emitted, accepted = [0] * n, [0] * n, [0] * n, [False] * n
+    for t, (u_draft, u_accept, u_residual) in enumerate(u.tolist()):
+        ids, id_cdf, cum, eps, total, last, support, ratio, res, res_total, res_last, V = tables(x)
+        y = min(_first_above(ids, id_cdf, cum, eps, V, u_draft * total), last)
+        prev[t], proposed[t] = x, y
+        i = bisect_left(support, y)
+        if u_accept < (ratio[i] if i < len(support) and support[i] == y else 0.0):
+            accepted[t] = True
+            x = y
+        else:
+            x = support[min(bisect_right(res, u_residual * res_total), res_last)]
+        emitted[t] = x
+    arrays = (np.array(prev, dtype=np.int64), np.array(proposed, dtype=np.int64),
+              np.array(emitted, dtype=np.int64), np.array(accepted, dtype=np.bool_))
+    return arrays, x
+
+
+class CompactStepper:
+    """Runs one chain chunk by chunk on compact tables (compiled, or the pure-Python fallback).
+
+    The same interface as `thermospec.kernels.ChainStepper`, and the same tokens.
+
+    Parameters
+    ----------
+    V : int
+        Vocabulary size.
+    source : callable
+        ``source(x)`` gives context x's `CompactTables`.
+    max_k, max_s : int
+        Upper bounds of the ids and support sizes of any context.
+    backend : {"auto", "compiled", "python"}
+    max_bytes : int
+        Memory bound of the table cache.
+    block : int
+        Contexts loaded together while slots are free (see `SparseRows`).
+    """
+
+    def __init__(self, V: int, source: Callable[[int], CompactTables], max_k: int, max_s: int,
+                 backend: Backend = "auto", max_bytes: int = COMPACT_TABLE_BYTES, block: int = 1) -> None:
+        if backend == "python":
+            self.module = None
+        else:
+            self.module = compact_module()
+            if self.module is None and backend == "compiled":
+                raise RuntimeError("the compiled kernel thermospec._compact is not built (reinstall with a C compiler)")
+        self.V = V
+        self.clock = 0
+        self.cache = _SlotCache(V, source, max_k, max_s, max_bytes, block) if self.module is not None else None
+        self.source = source
+        self.lists: OrderedDict[int, _ListTables] = OrderedDict()
+        self.max_lists = max(1, max_bytes // (64 * (2 * max_k + 3 * max_s) + 1024))
+
+    @property
+    def backend(self) -> str:
+        """"compiled" or "python"."""
+        return "python" if self.module is None else "compiled"
+
+    def _list_tables(self, x: int) -> _ListTables:
+        found = self.lists.get(x)
+        if found is not None:
+            self.lists.move_to_end(x)
+            return found
+        found = self.lists[x] = _as_lists(self.source(x))
+        if len(self.lists) > self.max_lists:
+            self.lists.popitem(last=False)
+        return found
+
+    def steps(self, u: NDArray[np.float64], x: int) -> tuple[StepArrays, int]:
+        """Run one chunk: row t of `u` holds step t's three uniforms; start from context `x`."""
+        if self.module is None or self.cache is None:
+            arrays, x = _python_steps(self._list_tables, u, x)
+            self.clock += u.shape[0]
+            return arrays, x
+        u = np.ascontiguousarray(u, dtype=np.float64)
+        n = u.shape[0]
+        prev = np.empty(n, dtype=np.int64)
+        proposed = np.empty(n, dtype=np.int64)
+        emitted = np.empty(n, dtype=np.int64)
+        accepted = np.empty(n, dtype=np.bool_)
+        c = self.cache
+        t = 0
+        while t < n:
+            c.load(x)
+            t, x = self.module.chain(
+                c.floats, c.tokens, c.scalars, c.counts, c.slot_of, c.last_used, u, prev, proposed, emitted,
+                accepted, self.V, c.max_k, c.max_s, t, n, x, self.clock,
+            )
+        self.clock += n
+        return (prev, proposed, emitted, accepted), x
+
+
