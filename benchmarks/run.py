@@ -28,11 +28,11 @@ import numpy as np
 
 from benchmarks.naive import naive_chain
 from thermospec.batch import run_batch
-from thermospec.config import RunConfig, Stream, load_target, random_stream
+from thermospec.compact import CompactStepper, compact_source
+from thermospec.config import RunConfig, Stream, random_stream
 from thermospec.engine import ChainChunk, _table_source, run_chain
-from thermospec.kernels import TableCache, compiled_module
-from thermospec.proposer import Proposer
-from thermospec.runs import PreparedRun, execute_run, prepare_run
+from thermospec.kernels import ChainStepper, compiled_module
+from thermospec.runs import PreparedRun, execute_run, prepare_run, sparse_rows
 from thermospec.targets import corpus_target
 from thermospec.telemetry import JsonlWriter, TelemetryFormat, TelemetrySink, parquet_available
 
@@ -220,46 +220,43 @@ def bench_memory(long_steps: int) -> list[Row]:
     ]
 
 
+def _vocab_stepper(run: PreparedRun) -> tuple[ChainStepper | CompactStepper, str]:
+    """The stepper `run_chain` uses for this run: dense tables, or compact ones for sparse rows."""
+    sparse = sparse_rows(run)
+    if sparse is None:
+        return ChainStepper(run.target.V, _table_source(run.target.row, run.proposer.draft)), "dense tables"
+    source = compact_source(sparse.support, run.proposer.draft)
+    return CompactStepper(run.target.V, source, sparse.max_ids, sparse.max_support, block=sparse.block), "compact"
+
+
 def bench_vocab(sizes: tuple[int, ...], repeats: int, quick: bool) -> list[Row]:
-    """Per-step kernel cost with resident tables, and the whole chain with lazy rows, against V."""
+    """Whole chains against V: cold (every visited context's tables built in the run) and steady state."""
     rows: list[Row] = []
-    module = compiled_module()
     for V in sizes:
         started = time.perf_counter()
-        config = RunConfig(vocab=V, K=64)
-        target = load_target(config)
+        run = prepare_run(RunConfig(vocab=V, K=64))
         build = time.perf_counter() - started
-        proposer = Proposer(target.row, config.K, config.tau, config.eps)
-        source = _table_source(target.row, proposer.draft)
-        if module is not None:
-            # 64 real contexts' tables, every context mapped onto one of them: the step's
-            # work (search, table size) is that of this V, without building V tables.
-            cache = TableCache(V, source, max_bytes=64 * (3 * 8 * V + 8 * (V + 1)) * 2)
-            slots = min(cache.slots, 64, V)
-            for x in range(slots):
-                cache.load(x)
-            cache.slot_of[:] = np.arange(V) % slots
-            n = 1_000_000 if not quick else 200_000
-            u = np.random.default_rng(0).random((n, 3))
-            out = [np.empty(n, dtype=np.int64) for _ in range(3)] + [np.empty(n, dtype=np.bool_)]
-
-            def kernel_steps(
-                c: TableCache = cache, u: np.ndarray[Any, Any] = u, out: list[Any] = out, n: int = n
-            ) -> None:
-                module.chain(c.tables, c.totals, c.lasts, c.slot_of, c.guides, c.last_used, u, *out,
-                             c.V, c.G, 0, n, 0, 0)
-
-            seconds = median_time(kernel_steps, repeats)
-            rows.append((f"V = {V:,}: kernel step, tables resident", f"{seconds / n * 1e9:.1f} ns/token",
-                         f"{_fmt_rate(n / seconds, 'tokens/s')}"))
-        steps = {256: 2_000_000, 4096: 200_000}.get(V, 2_000)
-        if quick:
-            steps = max(1_000, steps // 10)
+        target = run.target
+        steps = 100_000 if quick else 1_000_000
         start = time.perf_counter()
-        _drain(run_chain(target.row, target.pi, proposer.draft, steps, random_stream(7, Stream.CHAIN)))
-        seconds = time.perf_counter() - start
-        rows.append((f"V = {V:,}: whole chain, {steps:,} steps", _fmt_rate(steps / seconds, "tokens/s"),
-                     f"target + pi built in {build:.2f} s"))
+        _drain(run_chain(target.row, target.pi, run.proposer.draft, steps, random_stream(7, Stream.CHAIN),
+                         sparse=sparse_rows(run)))
+        cold = time.perf_counter() - start
+        stepper, kind = _vocab_stepper(run)
+        u = np.random.default_rng(0).random((steps, 3))
+        _, x = stepper.steps(u, int(np.argmax(target.pi)))  # loads the tables of the contexts a chain visits
+        cache = stepper.cache
+        built = cache.builds if cache is not None else 0
+        warm = np.random.default_rng(1).random((steps, 3))
+        def steady(s: ChainStepper | CompactStepper = stepper, w: np.ndarray[Any, Any] = warm, x0: int = x) -> None:
+            s.steps(w, x0)
+
+        seconds = median_time(steady, repeats)
+        new = (cache.builds if cache is not None else 0) - built
+        rows.append((f"V = {V:,}: whole chain, {steps:,} steps, cold", _fmt_rate(steps / cold, "tokens/s"),
+                     f"{kind}; target + pi built in {build:.2f} s"))
+        rows.append((f"V = {V:,}: steady state (tables loaded)", f"{seconds / steps * 1e9:.0f} ns/token",
+                     f"{_fmt_rate(steps / seconds, 'tokens/s')}; {new / repeats:,.0f} contexts built per pass"))
     return rows
 
 

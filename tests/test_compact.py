@@ -263,3 +263,18 @@ def test_compact_chain_emits_the_target_with_a_negative_control() -> None:
 
     assert p_value(CompactStepper(target.V, source, 4, 256)) > 1e-3
     assert p_value(CompactStepper(target.V, wrong, 4, 256)) < 1e-9
+
+
+def test_large_dense_targets_step_on_compact_tables_with_the_same_tokens() -> None:
+    from thermospec.runs import COMPACT_ABOVE_V
+
+    assert sparse_rows(prepare_run(RunConfig())) is None  # V = 256: dense tables
+    run = prepare_run(RunConfig(vocab=COMPACT_ABOVE_V + 500, K=32, seed=5))
+    sparse = sparse_rows(run)
+    assert sparse is not None and sparse.block == 1
+    target = run.target
+    outputs = []
+    for rows in (None, sparse):
+        chunks = run_chain(target.row, target.pi, run.proposer.draft, 3000, random_stream(5, Stream.CHAIN), sparse=rows)
+        outputs.append(np.concatenate([c.emitted for c in chunks]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])

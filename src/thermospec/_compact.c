@@ -5,7 +5,8 @@
  * tables and of thermospec.engine.run_chain_reference), on the slots laid out by
  * thermospec.compact._SlotCache, with Km = max_k and Sm = max_s:
  *
- *   floats[slot]  = [id_cdf (Km) | explicit_cum (Km + 1) | ratio (Sm) | residual_cum (Sm)]   float64
+ *   floats[slot]  = [id_cdf (Km) | explicit_cum (Km + 1) | id_ratio (Km) | ratio (Sm) | residual_cum (Sm)]
+ *                   float64; id_ratio[j] = ratio at ids[j]
  *   tokens[slot]  = [ids (Km) | support (Sm)]                                                int32
  *   scalars[slot] = [eps, draft_total, residual_total]                                       float64
  *   counts[slot]  = [K, s, draft_last, residual_last]                                        int64
@@ -57,11 +58,12 @@ typedef struct {
     int64_t V, Km, Sm;
 } Slots;
 
-/* First token v whose draft CDF exceeds t (V if none). */
+/* First token v whose draft CDF exceeds t (V if none); *J_out = number of ids below the gap searched. */
 static inline int64_t first_above(const double *id_cdf, const double *cum, const int32_t *ids, int64_t K, double eps,
-                                  int64_t V, double t)
+                                  int64_t V, double t, int64_t *J_out)
 {
     int64_t J = bisect_right(id_cdf, K, t);
+    *J_out = J;
     int64_t lo = J ? (int64_t)ids[J - 1] + 1 : 0;
     int64_t hi = J < K ? (int64_t)ids[J] : V;
     if (eps > 0 && lo < hi) {
@@ -85,24 +87,30 @@ static inline int64_t first_above(const double *id_cdf, const double *cum, const
 static inline int64_t step(const Slots *sl, int64_t s, const double *u3, int64_t *proposed, uint8_t *accepted)
 {
     const int64_t Km = sl->Km, Sm = sl->Sm;
-    const double *f = sl->floats + s * (2 * Km + 1 + 2 * Sm);
+    const double *f = sl->floats + s * (3 * Km + 1 + 2 * Sm);
     const int32_t *tk = sl->tokens + s * (Km + Sm);
     const double *sc = sl->scalars + 3 * s;
     const int64_t *ct = sl->counts + 4 * s;
     const int64_t K = ct[0], S = ct[1];
     const int32_t *support = tk + Km;
-    int64_t y = first_above(f, f + Km, tk, K, sc[0], sl->V, u3[0] * sc[1]);
+    int64_t J;
+    int64_t y = first_above(f, f + Km, tk, K, sc[0], sl->V, u3[0] * sc[1], &J);
     if (y > ct[2])
         y = ct[2];
     *proposed = y;
-    int64_t i = bisect_left_i32(support, S, y);
-    double ratio = (i < S && (int64_t)support[i] == y) ? f[2 * Km + 1 + i] : 0.0;
+    double ratio;
+    if (J < K && (int64_t)tk[J] == y) { /* the draft is the J-th id: its ratio is at hand */
+        ratio = f[2 * Km + 1 + J];
+    } else {
+        int64_t i = bisect_left_i32(support, S, y);
+        ratio = (i < S && (int64_t)support[i] == y) ? f[3 * Km + 1 + i] : 0.0;
+    }
     if (u3[1] < ratio) {
         *accepted = 1;
         return y;
     }
     *accepted = 0;
-    int64_t r = bisect_right(f + 2 * Km + 1 + Sm, S, u3[2] * sc[2]);
+    int64_t r = bisect_right(f + 3 * Km + 1 + Sm, S, u3[2] * sc[2]);
     if (r > ct[3])
         r = ct[3];
     return (int64_t)support[r];
@@ -134,7 +142,7 @@ static PyObject *chain(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "V, max_k and max_s must be >= 1");
         goto done;
     }
-    if (!(need(&fb, slots * (2 * Km + 1 + 2 * Sm), 8, "floats") && need(&tb, slots * (Km + Sm), 4, "tokens") &&
+    if (!(need(&fb, slots * (3 * Km + 1 + 2 * Sm), 8, "floats") && need(&tb, slots * (Km + Sm), 4, "tokens") &&
           need(&cb, slots * 4, 8, "counts") && need(&so, V, 8, "slot_of") && need(&lu, slots, 8, "last_used") &&
           need(&ub, n * 3, 8, "u") && need(&pb, n, 8, "prev") && need(&yb, n, 8, "proposed") &&
           need(&eb, n, 8, "emitted") && need(&ab, n, 1, "accepted")))

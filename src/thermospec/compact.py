@@ -352,7 +352,8 @@ class _SlotCache:
     """Compact tables in fixed slots of flat arrays (the compiled stepper's layout), least recently used evicted.
 
     Slot i holds, with Km = `max_k` and Sm = `max_s`:
-    ``floats[i] = [id_cdf (Km) | explicit_cum (Km + 1) | ratio (Sm) | residual_cum (Sm)]``,
+    ``floats[i] = [id_cdf (Km) | explicit_cum (Km + 1) | id_ratio (Km) | ratio (Sm) | residual_cum (Sm)]``
+    (``id_ratio[j]`` is `ratio` at ``ids[j]``: a draft that lands on an id needs no support search),
     ``tokens[i] = [ids (Km) | support (Sm)]`` (int32),
     ``scalars[i] = [eps, draft_total, residual_total]``, ``counts[i] = [K, s, draft_last, residual_last]``.
     """
@@ -360,7 +361,7 @@ class _SlotCache:
     def __init__(self, V: int, source: Callable[[int], CompactTables], max_k: int, max_s: int,
                  max_bytes: int, block: int = 1) -> None:
         self.V, self.source, self.max_k, self.max_s, self.block = V, source, max_k, max_s, max(1, block)
-        self.float_width = 2 * max_k + 1 + 2 * max_s
+        self.float_width = 3 * max_k + 1 + 2 * max_s
         self.token_width = max_k + max_s
         slot_bytes = 8 * self.float_width + 4 * self.token_width + 8 * 3 + 8 * 4 + 16
         self.slots = max(1, min(V, max_bytes // slot_bytes))
@@ -401,8 +402,9 @@ class _SlotCache:
         row = self.floats[slot]
         row[:K] = tb.id_cdf
         row[km:km + K + 1] = tb.explicit_cum
-        row[2 * km + 1:2 * km + 1 + s] = tb.ratio
-        row[2 * km + 1 + sm:2 * km + 1 + sm + s] = tb.residual_cum
+        row[2 * km + 1:2 * km + 1 + K] = tb.ratio[np.searchsorted(tb.support, tb.ids)]  # ids are in the support
+        row[3 * km + 1:3 * km + 1 + s] = tb.ratio
+        row[3 * km + 1 + sm:3 * km + 1 + sm + s] = tb.residual_cum
         self.tokens[slot, :K] = tb.ids
         self.tokens[slot, km:km + s] = tb.support
         self.scalars[slot] = (tb.eps, tb.draft_total, float(tb.residual_cum[-1]))

@@ -14,8 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from thermospec import __version__
-from thermospec.compact import SparseProposer, SparseRows
+from thermospec.compact import SparseProposer, SparseRows, SupportSource
 from thermospec.config import RunConfig, Stream, check_eps, load_target, random_stream
 from thermospec.engine import ChainChunk, ReportError, run_chain
 from thermospec.interrupts import Interruption, interruption_guard, signal_name
@@ -66,17 +69,39 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     return PreparedRun(config=config, target=target, proposer=proposer)
 
 
-def sparse_rows(run: PreparedRun) -> SparseRows | None:
-    """The target's rows by their supports when the run can step on compact tables, else None.
+COMPACT_ABOVE_V = 1024
+"""Dense synthetic targets above this V step on compact tables (dense tables of every context exceed 256 MB)."""
 
-    That is a `LazySyntheticTarget` drafted by its `SparseProposer` (a fault-injected
-    or THRML proposer samples something the payload alone does not say).
+
+def sparse_rows(run: PreparedRun) -> SparseRows | None:
+    """The target's rows by their supports when the run steps on compact tables, else None (dense tables).
+
+    Compact tables (`thermospec.compact`) emit the same tokens as dense ones; they are
+    used where dense tables of every context would not fit `DEFAULT_TABLE_BYTES`: a
+    `LazySyntheticTarget` (drafted by its `SparseProposer`) and a dense synthetic
+    target of V > `COMPACT_ABOVE_V`.  Never for a fault-injected or THRML proposer,
+    which samples something the payload alone does not say.
     """
     target = run.target
-    if not isinstance(target, LazySyntheticTarget) or type(run.proposer) is not SparseProposer:
-        return None
-    s = min(target.support, target.V)
-    return SparseRows(support=run.proposer.support_of, max_support=s, max_ids=min(run.config.K, s), block=LAZY_BLOCK)
+    if isinstance(target, LazySyntheticTarget) and type(run.proposer) is SparseProposer:
+        s = min(target.support, target.V)
+        return SparseRows(support=run.proposer.support_of, max_support=s, max_ids=min(run.config.K, s),
+                          block=LAZY_BLOCK)
+    if type(target) is BigramTarget and type(run.proposer) is Proposer and target.V > COMPACT_ABOVE_V:
+        widest = int(np.count_nonzero(target.P, axis=1).max())
+        return SparseRows(support=dense_support(target.row), max_support=widest, max_ids=min(run.config.K, widest))
+    return None
+
+
+def dense_support(row: Callable[[int], NDArray[np.float64]]) -> SupportSource:
+    """``support(x)`` of a dense row source: its increasing tokens of p > 0 and their probabilities."""
+
+    def support(x: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        p = row(x)
+        tokens = np.flatnonzero(p).astype(np.int64)
+        return tokens, p[tokens]
+
+    return support
 
 
 def _proposer(config: RunConfig, target: BigramTarget) -> Proposer:
