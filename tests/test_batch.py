@@ -243,19 +243,80 @@ def test_batch_kernel_counts_are_the_bincounts_of_its_outputs() -> None:
     u = np.random.default_rng(6).random((B, n, 3))
     x = np.arange(B, dtype=np.int64) % 20
     outputs = [np.empty((B, n), dtype=np.int64) for _ in range(3)] + [np.empty((B, n), dtype=np.bool_)]
-    counts = (np.full(B, 5, dtype=np.int64), np.ones((B, 20), dtype=np.int64), np.zeros((B, 20), dtype=np.int64))
+    counts = (np.full(B, 5, dtype=np.int64), np.ones((B, 20), dtype=np.int64))
     tables = (cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides)
-    module.batch(*tables, u, x.copy(), *outputs, 20, cache.G, B, n, *counts)
+    x_after = x.copy()
+    module.batch(*tables, u, x_after, *outputs, 20, cache.G, B, n, *counts)
     prev, _, emitted, accepted = outputs
     np.testing.assert_array_equal(counts[0], 5 + accepted.sum(axis=1))
+    rows = np.arange(B)
     for b in range(B):
-        np.testing.assert_array_equal(counts[1][b], 1 + np.bincount(prev[b], minlength=20))
-        np.testing.assert_array_equal(counts[2][b], np.bincount(emitted[b], minlength=20))
+        np.testing.assert_array_equal(counts[1][b], 1 + np.bincount(emitted[b], minlength=20))
+    # The contexts it no longer counts: the emitted tokens, plus x before, minus x after.
+    contexts = counts[1] - 1
+    contexts[rows, x] += 1
+    contexts[rows, x_after] -= 1
+    for b in range(B):
+        np.testing.assert_array_equal(contexts[b], np.bincount(prev[b], minlength=20))
     again = [np.empty_like(a) for a in outputs]
     module.batch(*tables, u, x.copy(), *again, 20, cache.G, B, n)  # without counts: the same tokens
     for a, b_ in zip(outputs, again, strict=True):
         np.testing.assert_array_equal(a, b_)
-    with pytest.raises(TypeError, match="all three"):
-        module.batch(*tables, u, x.copy(), *again, 20, cache.G, B, n, counts[0], counts[1], None)
-    with pytest.raises(ValueError, match="context_counts"):
-        module.batch(*tables, u, x.copy(), *again, 20, cache.G, B, n, counts[0], counts[1][:5], counts[2])
+    with pytest.raises(TypeError, match="both"):
+        module.batch(*tables, u, x.copy(), *again, 20, cache.G, B, n, counts[0], None)
+    with pytest.raises(TypeError):  # the context counts are no longer an argument
+        module.batch(*tables, u, x.copy(), *again, 20, cache.G, B, n, counts[0], counts[1], counts[1].copy())
+    with pytest.raises(ValueError, match="emitted_counts"):
+        module.batch(*tables, u, x.copy(), *again, 20, cache.G, B, n, counts[0], counts[1][:5])
+
+
+def _prev_bincounts(prevs: list[NDArray[np.int64]], B: int, V: int) -> NDArray[np.int64]:
+    """Each chain's bincount of the contexts of the given (B, n) chunks' ``prev``."""
+    if not prevs:
+        return np.zeros((B, V), dtype=np.int64)
+    joined = np.concatenate(prevs, axis=1)
+    return np.stack([np.bincount(joined[b], minlength=V) for b in range(B)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("resident", [True, False])
+def test_derived_context_counts_are_the_bincount_of_every_prev_read_mid_run(backend: str, resident: bool) -> None:
+    """The tally derives the contexts from the emitted tokens: exact whenever it is read, after any chunk."""
+    target, proposer = _setup(vocab=24, seed=12)
+    B, V, steps = 5, 24, 530  # chunks of 100 steps, the last one 30
+    bound = {} if resident else {"max_table_bytes": 4 * slot_bytes(24)}
+    for stop_after in range(7):  # interrupted after 1..6 chunks (6: the last) or read only once done
+        tally = BatchTally(B, V)
+        np.testing.assert_array_equal(tally.context_counts, np.zeros((B, V), dtype=np.int64))
+        prevs: list[NDArray[np.int64]] = []
+        run = run_batch(target.row, target.pi, proposer.draft, steps, 12, B, chunk_tokens=B * 100,
+                        backend=backend, threads=2, tally=tally, reuse_outputs=True,  # type: ignore[arg-type]
+                        **bound)
+        for i, chunk in enumerate(run):
+            prevs.append(chunk.prev.copy())  # the chunks share their arrays
+            if stop_after > 0:  # read as each chunk is yielded
+                np.testing.assert_array_equal(tally.context_counts, _prev_bincounts(prevs, B, V), err_msg=f"{i}")
+            if i + 1 == stop_after:
+                break
+        run.close()  # type: ignore[attr-defined]
+        assert tally.steps == sum(p.shape[1] for p in prevs) == (100 * stop_after if 0 < stop_after < 6 else steps)
+        contexts = tally.context_counts
+        np.testing.assert_array_equal(contexts, _prev_bincounts(prevs, B, V))
+        for b in range(B):
+            np.testing.assert_array_equal(tally.chain(b).context_counts, contexts[b])
+        np.testing.assert_array_equal(tally.pooled().context_counts, contexts.sum(axis=0))
+
+
+def test_a_tally_fed_chunks_that_do_not_continue_each_chain_stays_exact() -> None:
+    """A tally shared by two runs (or chunks out of order) still counts the contexts it was given."""
+    target, proposer = _setup(vocab=16, seed=8)
+    B, V = 3, 16
+    tally = BatchTally(B, V)
+    prevs = []
+    for seed in (8, 9, 8):  # three runs in one tally: each run's first context breaks the chain
+        for chunk in run_batch(target.row, target.pi, proposer.draft, 250, seed, B, chunk_tokens=B * 100):
+            tally.update(chunk)
+            prevs.append(chunk.prev.copy())
+            np.testing.assert_array_equal(tally.context_counts, _prev_bincounts(prevs, B, V))
+    for b in range(B):
+        np.testing.assert_array_equal(tally.chain(b).context_counts, _prev_bincounts(prevs, B, V)[b])

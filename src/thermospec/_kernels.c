@@ -164,12 +164,13 @@ done:
 
 /* Steps t = 0..n-1 of chains b0..b1-1 (a group advancing in lock step: their searches overlap
  * in the CPU), each reading and writing its own rows in order.  With `counting`, also adds each
- * step to the chain's counts: acc[b] (accepted drafts), ctx[b * V + prev] and emi[b * V + emitted].
- * The pointers do not alias (restrict). */
+ * step to the chain's counts: acc[b] (accepted drafts) and emi[b * V + emitted].  The contexts
+ * need no count of their own: a chain's contexts are its start token and its emitted tokens
+ * but the last (the caller derives them).  The pointers do not alias (restrict). */
 static inline void batch_group(const Tables *tables, const double *restrict u, int64_t *restrict xs,
                                int64_t *restrict prev, int64_t *restrict proposed,
                                int64_t *restrict emitted, uint8_t *restrict accepted, int64_t *restrict acc,
-                               int64_t *restrict ctx, int64_t *restrict emi, Py_ssize_t b0, Py_ssize_t b1,
+                               int64_t *restrict emi, Py_ssize_t b0, Py_ssize_t b1,
                                Py_ssize_t n, const int counting)
 {
     const Tables tb = *tables;
@@ -190,7 +191,6 @@ static inline void batch_group(const Tables *tables, const double *restrict u, i
             cx[b - b0] = nx;
             if (counting) {
                 ok[b - b0] += accepted[i];
-                ctx[b * V + x] += 1;
                 emi[b * V + nx] += 1;
             }
         }
@@ -203,30 +203,30 @@ static inline void batch_group(const Tables *tables, const double *restrict u, i
 }
 
 /* batch(tables, totals, lasts, slot_of, guides, u, x, prev, proposed, emitted, accepted, V, G, B, n
- *       [, accepted_counts, context_counts, emitted_counts])
+ *       [, accepted_counts, emitted_counts])
  * B chains in lock step for n steps; every context must have a table (checked).
  * u is (B, n, 3); x (B,) is read and updated; outputs are (B, n).  The optional counts,
- * int64 arrays of shape (B,), (B, V) and (B, V) (all three, or None for each), are incremented
- * by each chain's accepted drafts, contexts and emitted tokens of these n steps. */
+ * int64 arrays of shape (B,) and (B, V) (both, or None for each), are incremented by each
+ * chain's accepted drafts and emitted tokens of these n steps.  (Its contexts of the n steps are
+ * the emitted tokens, plus x before, minus x after.) */
 static PyObject *batch(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, so, gb, ub, xb, pb, yb, eb, ab;
-    Py_buffer cab = {0}, ccb = {0}, ceb = {0};
-    PyObject *ca = Py_None, *cc = Py_None, *ce = Py_None;
+    Py_buffer cab = {0}, ceb = {0};
+    PyObject *ca = Py_None, *ce = Py_None;
     Py_ssize_t V, G, B, n;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OOO", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
-                          &eb, &ab, &V, &G, &B, &n, &ca, &cc, &ce))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OO", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
+                          &eb, &ab, &V, &G, &B, &n, &ca, &ce))
         return NULL;
     PyObject *result = NULL;
     Tables tables;
     Py_ssize_t slots;
     const int counting = ca != Py_None;
-    if ((cc != Py_None) != counting || (ce != Py_None) != counting) {
-        PyErr_SetString(PyExc_TypeError, "batch: pass all three count arrays or none");
+    if ((ce != Py_None) != counting) {
+        PyErr_SetString(PyExc_TypeError, "batch: pass both count arrays or none");
         goto done;
     }
     if (counting && (PyObject_GetBuffer(ca, &cab, PyBUF_WRITABLE) < 0 ||
-                     PyObject_GetBuffer(cc, &ccb, PyBUF_WRITABLE) < 0 ||
                      PyObject_GetBuffer(ce, &ceb, PyBUF_WRITABLE) < 0))
         goto done;
     if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) &&
@@ -234,8 +234,7 @@ static PyObject *batch(PyObject *self, PyObject *args)
           need(&xb, B, 8, "x") && need(&pb, B * n, 8, "prev") && need(&yb, B * n, 8, "proposed") &&
           need(&eb, B * n, 8, "emitted") && need(&ab, B * n, 1, "accepted")))
         goto done;
-    if (counting && !(need(&cab, B, 8, "accepted_counts") && need(&ccb, B * V, 8, "context_counts") &&
-                      need(&ceb, B * V, 8, "emitted_counts")))
+    if (counting && !(need(&cab, B, 8, "accepted_counts") && need(&ceb, B * V, 8, "emitted_counts")))
         goto done;
     {
         const int64_t *slot_of = tables.slot_of;
@@ -255,14 +254,14 @@ static PyObject *batch(PyObject *self, PyObject *args)
         const double *u = ub.buf;
         int64_t *xs = xb.buf, *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
         uint8_t *accepted = ab.buf;
-        int64_t *acc = cab.buf, *ctx = ccb.buf, *emi = ceb.buf;
+        int64_t *acc = cab.buf, *emi = ceb.buf;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t b0 = 0; b0 < B; b0 += GROUP) {
             Py_ssize_t b1 = b0 + GROUP < B ? b0 + GROUP : B;
             if (counting)
-                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, acc, ctx, emi, b0, b1, n, 1);
+                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, acc, emi, b0, b1, n, 1);
             else
-                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, NULL, NULL, NULL, b0, b1, n, 0);
+                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, NULL, NULL, b0, b1, n, 0);
         }
         Py_END_ALLOW_THREADS
         result = Py_None;
@@ -272,7 +271,7 @@ done:
     PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&so);
     PyBuffer_Release(&gb); PyBuffer_Release(&ub); PyBuffer_Release(&xb); PyBuffer_Release(&pb);
     PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
-    PyBuffer_Release(&cab); PyBuffer_Release(&ccb); PyBuffer_Release(&ceb);
+    PyBuffer_Release(&cab); PyBuffer_Release(&ceb);
     return result;
 }
 

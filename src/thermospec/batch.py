@@ -204,7 +204,8 @@ def run_batch(
         Memory bound of the shared table cache.
     tally : BatchTally, optional
         Per-chain counts of (`chains`, V), to which every chunk is added before it is yielded
-        (on the compiled path by the worker threads, as they step; otherwise with `BatchTally.update`).
+        (on the compiled path by the worker threads, as they step, which count the accepted drafts
+        and emitted tokens only, the contexts following from them; otherwise with `BatchTally.update`).
     reuse_outputs : bool
         Let the chunks share their arrays: each yielded chunk's arrays may be overwritten by the
         next chunk, so copy what must outlive the iteration.  Saves allocating (and faulting in the
@@ -244,6 +245,8 @@ def run_batch(
                 if kept is None or not reuse_outputs:
                     kept = _empty_outputs(chains * n_chunk)
                 outputs = _outputs_view(kept, chains, n)
+                if tally is not None:
+                    tally._begin(x)
                 _compiled_chunk(compiled, cache, rngs, u_flat, x, outputs, parts, pool, tally)
             else:
                 uc = u[:, :n] if n == n_chunk else np.empty((chains, n, 3), dtype=np.float64)
@@ -261,8 +264,9 @@ def run_batch(
             prev, proposed, emitted, accepted = outputs
             chunk = BatchChunk(start=done, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
             if tally is not None:
-                if compiled is not None:
-                    tally.steps += n  # the kernel counted the tokens
+                if compiled is not None:  # the kernel counted the tokens
+                    tally.steps += n
+                    tally.last[:] = x
                 else:
                     tally.update(chunk)
             yield chunk
@@ -296,6 +300,9 @@ def _compiled_chunk(
 ) -> None:
     """One chunk of every chain on the compiled kernel, into `outputs`; updates `x` and `tally`'s counts.
 
+    The kernel adds to ``tally.accepted`` and ``tally.emitted_counts`` only: the caller brackets
+    it with ``tally._begin(x)`` and ``tally.last[:] = x`` so the contexts follow from them.
+
     Thread i steps the chains of ``parts[i]``, `BATCH_RNG_GROUP` at a time: it draws their
     uniforms into ``u_flat[i]`` (which stays in cache) and runs the kernel on them.  Each thread
     writes only its own chains' rows of `x`, the outputs and the counts.
@@ -310,8 +317,7 @@ def _compiled_chunk(
             block = u_flat[i][: (g1 - g0) * n * 3].reshape(g1 - g0, n, 3)
             for j, b in enumerate(range(g0, g1)):
                 rngs[b].random(out=block[j])  # numpy fills without holding the GIL
-            counts = () if tally is None else (
-                tally.accepted[g0:g1], tally.context_counts[g0:g1], tally.emitted_counts[g0:g1])
+            counts = () if tally is None else (tally.accepted[g0:g1], tally.emitted_counts[g0:g1])
             module.batch(
                 cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, block, x[g0:g1],
                 prev[g0:g1], proposed[g0:g1], emitted[g0:g1], accepted[g0:g1], cache.V, cache.G, g1 - g0, n, *counts,
@@ -322,15 +328,58 @@ def _compiled_chunk(
 
 
 class BatchTally:
-    """Per-chain counts of a batch, updated chunk by chunk with one `bincount` per array."""
+    """Per-chain counts of a batch, updated chunk by chunk with one `bincount` per array.
+
+    Only the accepted drafts and the emitted tokens are counted; the contexts are derived.  A
+    chain's context at step t is its emitted token at step t - 1, and at step 0 its start token,
+    so over consecutive steps its contexts are its emitted tokens, plus its first context
+    (`start`), minus its latest emitted token (`last`).  Steps added after a break (a chunk whose
+    first context is not the chain's `last`, e.g. a tally shared by two runs) are kept exact by a
+    correction, allocated only then.
+
+    Attributes
+    ----------
+    steps : int
+        Steps of each chain so far.
+    accepted : ndarray of int64, shape (chains,)
+    emitted_counts : ndarray of int64, shape (chains, vocab_size)
+    start, last : ndarray of int64, shape (chains,)
+        Each chain's first context and its context after the latest step (equal before any step).
+    """
 
     def __init__(self, chains: int, vocab_size: int) -> None:
         self.chains = chains
         self.vocab_size = vocab_size
         self.steps = 0
         self.accepted = np.zeros(chains, dtype=np.int64)
-        self.context_counts = np.zeros((chains, vocab_size), dtype=np.int64)
         self.emitted_counts = np.zeros((chains, vocab_size), dtype=np.int64)
+        self.start = np.zeros(chains, dtype=np.int64)
+        self.last = np.zeros(chains, dtype=np.int64)
+        self._breaks: NDArray[np.int64] | None = None  # (chains, vocab_size) correction, after a break
+
+    @property
+    def context_counts(self) -> NDArray[np.int64]:
+        """Each chain's contexts so far, shape (chains, vocab_size): a fresh array, derived."""
+        counts = self.emitted_counts.copy()
+        rows = np.arange(self.chains)
+        counts[rows, self.last] -= 1  # one (row, token) pair per chain: no repeated index
+        counts[rows, self.start] += 1
+        if self._breaks is not None:
+            counts += self._breaks
+        return counts
+
+    def _begin(self, first: NDArray[np.int64]) -> None:
+        """Note each chain's context before the steps about to be added (``first``, shape (chains,))."""
+        if self.steps == 0:
+            self.start[:] = first
+        else:
+            broken = np.flatnonzero(first != self.last)
+            if broken.size:  # the steps do not continue the chain: close the segment, open another
+                if self._breaks is None:
+                    self._breaks = np.zeros((self.chains, self.vocab_size), dtype=np.int64)
+                self._breaks[broken, first[broken]] += 1
+                self._breaks[broken, self.last[broken]] -= 1
+        self.last[:] = first
 
     def _counts(self, tokens: NDArray[np.int64]) -> NDArray[np.int64]:
         offsets = (np.arange(self.chains, dtype=np.int64) * self.vocab_size)[:, None]
@@ -340,17 +389,25 @@ class BatchTally:
 
     def update(self, chunk: BatchChunk) -> None:
         """Add one chunk of every chain."""
+        if len(chunk) == 0:
+            return
+        self._begin(chunk.prev[:, 0])
         self.steps += len(chunk)
         self.accepted += np.count_nonzero(chunk.accepted, axis=1)
-        self.context_counts += self._counts(chunk.prev)
         self.emitted_counts += self._counts(chunk.emitted)
+        self.last[:] = chunk.emitted[:, -1]
 
     def chain(self, b: int) -> RunTally:
         """Chain b's counts as a `thermospec.summary.RunTally`."""
         tally = RunTally(self.vocab_size)
         tally.steps = self.steps
         tally.accepted = int(self.accepted[b])
-        tally.context_counts = self.context_counts[b].copy()
+        contexts = self.emitted_counts[b].copy()  # chain b's row of `context_counts`, derived alone
+        contexts[self.last[b]] -= 1
+        contexts[self.start[b]] += 1
+        if self._breaks is not None:
+            contexts += self._breaks[b]
+        tally.context_counts = contexts
         tally.emitted_counts = self.emitted_counts[b].copy()
         return tally
 
