@@ -284,14 +284,14 @@ def test_derived_context_counts_are_the_bincount_of_every_prev_read_mid_run(back
     """The tally derives the contexts from the emitted tokens: exact whenever it is read, after any chunk."""
     target, proposer = _setup(vocab=24, seed=12)
     B, V, steps = 5, 24, 530  # chunks of 100 steps, the last one 30
-    bound = {} if resident else {"max_table_bytes": 4 * slot_bytes(24)}
+    bound = None if resident else 4 * slot_bytes(24)
     for stop_after in range(7):  # interrupted after 1..6 chunks (6: the last) or read only once done
         tally = BatchTally(B, V)
         np.testing.assert_array_equal(tally.context_counts, np.zeros((B, V), dtype=np.int64))
         prevs: list[NDArray[np.int64]] = []
         run = run_batch(target.row, target.pi, proposer.draft, steps, 12, B, chunk_tokens=B * 100,
                         backend=backend, threads=2, tally=tally, reuse_outputs=True,  # type: ignore[arg-type]
-                        **bound)
+                        max_table_bytes=bound)
         for i, chunk in enumerate(run):
             prevs.append(chunk.prev.copy())  # the chunks share their arrays
             if stop_after > 0:  # read as each chunk is yielded
@@ -320,3 +320,23 @@ def test_a_tally_fed_chunks_that_do_not_continue_each_chain_stays_exact() -> Non
             np.testing.assert_array_equal(tally.context_counts, _prev_bincounts(prevs, B, V))
     for b in range(B):
         np.testing.assert_array_equal(tally.chain(b).context_counts, _prev_bincounts(prevs, B, V)[b])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_chains_on_compact_tables_are_the_single_chains(backend: str) -> None:
+    """Large V: every chain of a batch on compact tables emits the single-chain dense tokens of its stream."""
+    from thermospec.config import RunConfig
+    from thermospec.runs import prepare_run, sparse_rows
+
+    run = prepare_run(RunConfig(vocab=5000, K=16, seed=6))
+    sparse = sparse_rows(run)
+    assert sparse is not None
+    target, drafts = run.target, run.proposer.draft
+    tally = BatchTally(3, target.V)
+    chunks = list(run_batch(target.row, target.pi, drafts, 700, 6, 3, chunk_tokens=3 * 250,
+                            backend=backend, sparse=sparse, tally=tally))  # type: ignore[arg-type]
+    for b in range(3):
+        ref = np.concatenate([c.emitted for c in run_chain(target.row, target.pi, drafts, 700, chain_stream(6, b))])
+        np.testing.assert_array_equal(_chain_of(chunks, b)["emitted"], ref)
+        prev = _chain_of(chunks, b)["prev"]
+        np.testing.assert_array_equal(tally.chain(b).context_counts, np.bincount(prev, minlength=target.V))

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from thermospec.compact import COMPACT_TABLE_BYTES, CompactStepper, SparseRows, compact_source
 from thermospec.config import Stream, random_stream
 from thermospec.engine import ChainChunk, DraftSource, RowSource, _table_source, start_token
 from thermospec.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, TableCache, resolve_backend
@@ -178,9 +179,10 @@ def run_batch(
     chunk_tokens: int = BATCH_CHUNK_TOKENS,
     backend: Backend = "auto",
     threads: int | None = None,
-    max_table_bytes: int = DEFAULT_TABLE_BYTES,
+    max_table_bytes: int | None = None,
     tally: BatchTally | None = None,
     reuse_outputs: bool = False,
+    sparse: SparseRows | None = None,
 ) -> Iterator[BatchChunk]:
     """Run `chains` independent chains of `steps` steps each, yielding chunks of steps.
 
@@ -200,8 +202,9 @@ def run_batch(
         "python" uses the vectorised NumPy stepper.
     threads : int, optional
         Worker threads for the compiled kernel (default: the CPU count).
-    max_table_bytes : int
-        Memory bound of the shared table cache.
+    max_table_bytes : int, optional
+        Memory bound of the shared table cache (default `DEFAULT_TABLE_BYTES`, or `COMPACT_TABLE_BYTES`
+        with `sparse`).
     tally : BatchTally, optional
         Per-chain counts of (`chains`, V), to which every chunk is added before it is yielded
         (on the compiled path by the worker threads, as they step, which count the accepted drafts
@@ -210,6 +213,10 @@ def run_batch(
         Let the chunks share their arrays: each yielded chunk's arrays may be overwritten by the
         next chunk, so copy what must outlive the iteration.  Saves allocating (and faulting in the
         pages of) ~25 bytes per token every chunk; the default yields fresh arrays.
+    sparse : SparseRows, optional
+        The target's rows by their supports (large V, `thermospec.runs.sparse_rows`): the chains
+        then run in turn on one shared cache of compact tables (`thermospec.compact`), the same
+        tokens as the dense tables without their O(V) work per context.
 
     Yields
     ------
@@ -224,11 +231,17 @@ def run_batch(
     x = np.array([start_token(pi, rng) for rng in rngs], dtype=np.int64)
     source = _table_source(row, drafts)
     module = resolve_backend(backend)
-    cache = TableCache(V, source, max_table_bytes)
-    resident = cache.load_all()
     n_chunk = max(1, min(steps, chunk_tokens // chains))
-    if not resident:  # tables do not all fit: every chain in turn through one sequential, evicting stepper
-        stepper = ChainStepper(V, source, backend, max_table_bytes)  # one bounded cache shared by all chains
+    stepper: ChainStepper | CompactStepper
+    if sparse is not None:  # compact tables: every chain in turn through one sequential stepper
+        resident = False
+        stepper = CompactStepper(V, compact_source(sparse.support, drafts), sparse.max_ids, sparse.max_support,
+                                 backend, max_table_bytes or COMPACT_TABLE_BYTES, sparse.block)
+    else:
+        cache = TableCache(V, source, max_table_bytes or DEFAULT_TABLE_BYTES)
+        resident = cache.load_all()
+        if not resident:  # tables do not all fit: every chain in turn through one sequential, evicting stepper
+            stepper = ChainStepper(V, source, backend, max_table_bytes or DEFAULT_TABLE_BYTES)  # one shared cache
     compiled = module if resident else None  # the kernel, when every table is resident
     workers = max(1, min(threads or os.cpu_count() or 1, chains))
     parts = _slices(chains, workers)
@@ -449,7 +462,14 @@ def execute_batch(
         The batch summary, as written.
     """
     from thermospec.interrupts import interruption_guard, signal_name
-    from thermospec.runs import METRICS_FILE, SUMMARY_FILE, software_versions, target_description, write_json_atomic
+    from thermospec.runs import (
+        METRICS_FILE,
+        SUMMARY_FILE,
+        software_versions,
+        sparse_rows,
+        target_description,
+        write_json_atomic,
+    )
 
     config, target = run.config, run.target
     drafts = run.proposer.draft
@@ -470,7 +490,7 @@ def execute_batch(
         try:
             # The writers below keep no reference to a chunk's arrays, so the chunks can share them.
             for chunk in run_batch(target.row, target.pi, drafts, config.steps, config.seed, chains, threads=threads,
-                                   tally=tally, reuse_outputs=True):
+                                   tally=tally, reuse_outputs=True, sparse=sparse_rows(run)):
                 if telemetry == "jsonl":
                     for b in range(chains):
                         with (chain_dir(run_dir, b) / METRICS_FILE).open("a", encoding="utf-8", newline="\n") as out:
