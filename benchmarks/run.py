@@ -226,7 +226,7 @@ def _vocab_stepper(run: PreparedRun) -> tuple[ChainStepper | CompactStepper, str
     if sparse is None:
         return ChainStepper(run.target.V, _table_source(run.target.row, run.proposer.draft)), "dense tables"
     source = compact_source(sparse.support, run.proposer.draft)
-    return CompactStepper(run.target.V, source, sparse.max_ids, sparse.max_support, block=sparse.block), "compact"
+    return CompactStepper(run.target.V, source, sparse.max_ids, sparse.max_support), "compact"
 
 
 def bench_vocab(sizes: tuple[int, ...], repeats: int, quick: bool) -> list[Row]:

@@ -188,7 +188,7 @@ def test_compact_chain_equals_dense_and_reference(config: RunConfig) -> None:
         compact = tokens(sparse=sparse, backend=backend)
         np.testing.assert_array_equal(compact[0], dense_tokens[0])
         np.testing.assert_array_equal(compact[1], dense_tokens[1])
-    evicting = tokens(sparse=dataclasses.replace(sparse, block=7), max_table_bytes=40 * 8 * 800)
+    evicting = tokens(sparse=sparse, max_table_bytes=40 * 8 * 800)
     np.testing.assert_array_equal(evicting[1], dense_tokens[1])
 
 
@@ -200,7 +200,7 @@ def test_compiled_and_python_steppers_agree_with_evictions() -> None:
     source = compact_source(sparse.support, run.proposer.draft)
     u = np.random.default_rng(5).random((20_000, 3))
     small = 12 * (8 * (2 * 16 + 1 + 2 * 256) + 4 * (16 + 256) + 72)  # about a dozen slots
-    compiled = CompactStepper(V_LAZY, source, 16, 256, "compiled", max_bytes=small, block=4)
+    compiled = CompactStepper(V_LAZY, source, 16, 256, "compiled", max_bytes=small)
     python = CompactStepper(V_LAZY, source, 16, 256, "python", max_bytes=small)
     assert compiled.cache is not None and compiled.cache.slots < 20
     (a, x_a), (b, x_b) = compiled.steps(u, 0), python.steps(u, 0)
@@ -271,7 +271,7 @@ def test_large_dense_targets_step_on_compact_tables_with_the_same_tokens() -> No
     assert sparse_rows(prepare_run(RunConfig())) is None  # V = 256: dense tables
     run = prepare_run(RunConfig(vocab=COMPACT_ABOVE_V + 500, K=32, seed=5))
     sparse = sparse_rows(run)
-    assert sparse is not None and sparse.block == 1
+    assert sparse is not None
     target = run.target
     outputs = []
     for rows in (None, sparse):

@@ -49,7 +49,7 @@ def test_rows_are_reproducible_per_seed_and_context() -> None:
 
 
 def test_block_cache_is_bounded() -> None:
-    target = lazy_synthetic_target(2048, 50.0, np.random.default_rng(1), row_cache_bytes=3 * LAZY_BLOCK * 256 * 16)
+    target = lazy_synthetic_target(2048, 50.0, np.random.default_rng(1), row_cache_bytes=3 * LAZY_BLOCK * 256 * 12)
     for x in range(0, 2048, LAZY_BLOCK):
         target.row(x)
     assert len(target.block_cache.blocks) == 3

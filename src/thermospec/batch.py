@@ -235,8 +235,8 @@ def run_batch(
     stepper: ChainStepper | CompactStepper
     if sparse is not None:  # compact tables: every chain in turn through one sequential stepper
         resident = False
-        stepper = CompactStepper(V, compact_source(sparse.support, drafts), sparse.max_ids, sparse.max_support,
-                                 backend, max_table_bytes or COMPACT_TABLE_BYTES, sparse.block)
+        stepper = CompactStepper(V, sparse.tables or compact_source(sparse.support, drafts), sparse.max_ids,
+                                 sparse.max_support, backend, max_table_bytes or COMPACT_TABLE_BYTES)
     else:
         cache = TableCache(V, source, max_table_bytes or DEFAULT_TABLE_BYTES)
         resident = cache.load_all()

@@ -59,8 +59,8 @@ __all__ = [
     "step_token",
 ]
 
-COMPACT_TABLE_BYTES = 512 * 1024 * 1024
-"""Memory bound of the compact table cache: every context of V = 65,536 at K = 64, s = 256 (6.5 KB each)."""
+COMPACT_TABLE_BYTES = 768 * 1024 * 1024
+"""Memory bound of the compact table cache: every context of V = 65,536 for any K (s = 256: at most 10.3 KB each)."""
 
 SupportSource = Callable[[int], tuple[NDArray[np.int64], NDArray[np.float64]]]
 """``support(x)`` gives row x's increasing tokens of positive probability and their probabilities."""
@@ -78,16 +78,15 @@ class SparseRows:
         Upper bound of any row's support size.
     max_ids : int
         Upper bound of any payload's K (at most `max_support`: ids have p > 0).
-    block : int
-        Contexts ``[k block, (k + 1) block)`` are generated together by the target: while
-        the table cache has free slots, a new context's whole block is loaded at once (each
-        block of rows is then generated once, not once per context).
+    tables : callable, optional
+        ``tables(x)``: context x's `CompactTables` when the proposer builds them with its
+        drafts (`SparseProposer.tables`); otherwise `compact_source` builds them.
     """
 
     support: SupportSource
     max_support: int
     max_ids: int
-    block: int = 1
+    tables: Callable[[int], CompactTables] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -112,6 +111,8 @@ class CompactTables:
         First token where the draft CDF reaches its total (draws are capped there).
     support : ndarray of int64, shape (s,)
         The row's tokens of positive probability, increasing.
+    q : ndarray of float64, shape (s,)
+        F(ψ) on the support (the values of `thermospec.tsu.proposal_distribution` there).
     ratio : ndarray of float64, shape (s,)
         ``p / q`` on the support (0 where q = 0); 0 elsewhere.
     residual_cum : ndarray of float64, shape (s,)
@@ -128,6 +129,7 @@ class CompactTables:
     draft_total: float
     draft_last: int
     support: NDArray[np.int64]
+    q: NDArray[np.float64]
     ratio: NDArray[np.float64]
     residual_cum: NDArray[np.float64]
     residual_last: int
@@ -151,16 +153,6 @@ def _first_above(ids: list[int], id_cdf: list[float], explicit_cum: list[float],
                     a = m + 1
             return a
     return hi
-
-
-def _q_on(tokens: NDArray[np.int64], payload: Payload) -> NDArray[np.float64]:
-    """F(ψ) at `tokens` (increasing), in O((K + n) log K): the values of `proposal_distribution` there."""
-    order = np.argsort(payload.ids, kind="stable")
-    ids = np.asarray(payload.ids, dtype=np.int64)[order]
-    q_ids = explicit_probabilities(payload)[order]
-    at = np.minimum(np.searchsorted(ids, tokens), ids.shape[0] - 1)
-    q: NDArray[np.float64] = np.where(ids[at] == tokens, q_ids[at], payload.eps)
-    return q
 
 
 def compact_tables(support: NDArray[np.int64], probs: NDArray[np.float64], payload: Payload) -> CompactTables:
@@ -193,7 +185,11 @@ def compact_tables(support: NDArray[np.int64], probs: NDArray[np.float64], paylo
 
     support = np.asarray(support, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
-    q = _q_on(support, payload)
+    sent = np.searchsorted(support, ids)
+    if np.any(sent >= support.shape[0]) or np.any(support[np.minimum(sent, support.shape[0] - 1)] != ids):
+        raise ValueError("compact tables: every payload id must be in the row's support (ids have p > 0)")
+    q = np.full(support.shape[0], eps, dtype=np.float64)
+    q[sent] = q_ids
     ratio = np.zeros_like(p)
     with np.errstate(over="ignore"):  # p / (subnormal q) is +inf, as in the dense table
         np.divide(p, q, out=ratio, where=q > 0)
@@ -203,7 +199,7 @@ def compact_tables(support: NDArray[np.int64], probs: NDArray[np.float64], paylo
     residual_last = int(np.searchsorted(residual_cum, residual_cum[-1], side="left"))
     return CompactTables(
         vocab_size=V, ids=ids, id_cdf=id_cdf, explicit_cum=explicit_cum, eps=eps, draft_total=draft_total,
-        draft_last=draft_last, support=support, ratio=ratio, residual_cum=residual_cum,
+        draft_last=draft_last, support=support, q=q, ratio=ratio, residual_cum=residual_cum,
         residual_last=residual_last,
     )
 
@@ -243,6 +239,13 @@ def draft_for_support(
     and `ce_gap_nats` are the same numbers; `overlap_mass` is summed over the support
     only (the dense sum adds zeros in another order: equal up to rounding).
     """
+    return _draft_and_tables(support, probs, V, context, K, tau, eps)[0]
+
+
+def _draft_and_tables(
+    support: NDArray[np.int64], probs: NDArray[np.float64], V: int, context: int, K: int, tau: float, eps: EpsSpec
+) -> tuple[ContextDraft, CompactTables]:
+    """A context's draft and its compact tables, sharing F(ψ) on the support."""
     from thermospec.tokenized import CompactTSU
 
     try:
@@ -251,16 +254,18 @@ def draft_for_support(
         raise PayloadError(f"ψ of context {context}: {exc}") from None
     tsu = CompactTSU(wire)
     payload = tsu.payload
-    q_support = _q_on(support, payload)
+    tables = compact_tables(support, probs, payload)
+    q_support = tables.q
     topk = float(probs[np.searchsorted(support, np.asarray(payload.ids, dtype=np.int64))].sum())
     if np.any(q_support <= 0):
         gap = float("inf")
     else:
         gap = float(np.sum(probs * (np.log(probs) - np.log(q_support))))
-    return ContextDraft(
+    draft = ContextDraft(
         context=context, payload_bytes=wire, tsu=tsu, topk_mass=topk,
         overlap_mass=float(np.minimum(probs, q_support).sum()), ce_gap_nats=gap,
     )
+    return draft, tables
 
 
 class SparseProposer(Proposer):
@@ -281,6 +286,7 @@ class SparseProposer(Proposer):
         self.capacity = max(16, capacity)
         self._lru: OrderedDict[int, ContextDraft] = OrderedDict()
         self._recent: tuple[int, NDArray[np.int64], NDArray[np.float64]] | None = None
+        self._recent_tables: tuple[int, CompactTables] | None = None
 
     def support_of(self, context: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         """``support(context)``, remembering the last one: a new context's draft and tables read it once."""
@@ -289,6 +295,16 @@ class SparseProposer(Proposer):
             self._recent = (context, tokens, probs)
         return self._recent[1], self._recent[2]
 
+    def tables(self, context: int) -> CompactTables:
+        """The compact tables of one context (those built with its draft when it was just crafted)."""
+        draft = self.draft(context)  # crafting a new draft leaves its tables here
+        recent = self._recent_tables
+        if recent is not None and recent[0] == context:
+            self._recent_tables = None  # handed over: the caller keeps them
+            return recent[1]
+        tokens, probs = self.support_of(context)
+        return compact_tables(tokens, probs, draft.tsu.payload)
+
     def draft(self, context: int) -> ContextDraft:
         """The draft of one context, from the bounded cache or crafted again."""
         found = self._lru.get(context)
@@ -296,7 +312,8 @@ class SparseProposer(Proposer):
             self._lru.move_to_end(context)
             return found
         tokens, probs = self.support_of(context)
-        found = draft_for_support(tokens, probs, self.V, context, self.K, self.tau, self.eps)
+        found, tables = _draft_and_tables(tokens, probs, self.V, context, self.K, self.tau, self.eps)
+        self._recent_tables = (context, tables)
         self._lru[context] = found
         if len(self._lru) > self.capacity:
             self._lru.popitem(last=False)
@@ -359,8 +376,8 @@ class _SlotCache:
     """
 
     def __init__(self, V: int, source: Callable[[int], CompactTables], max_k: int, max_s: int,
-                 max_bytes: int, block: int = 1) -> None:
-        self.V, self.source, self.max_k, self.max_s, self.block = V, source, max_k, max_s, max(1, block)
+                 max_bytes: int) -> None:
+        self.V, self.source, self.max_k, self.max_s = V, source, max_k, max_s
         self.float_width = 3 * max_k + 1 + 2 * max_s
         self.token_width = max_k + max_s
         slot_bytes = 8 * self.float_width + 4 * self.token_width + 8 * 3 + 8 * 4 + 16
@@ -376,18 +393,10 @@ class _SlotCache:
         self.builds = 0
 
     def load(self, x: int) -> int:
-        """Make sure context `x` has a slot (with its block's other contexts while slots are free)."""
+        """Make sure context `x` has a slot; return it."""
         slot = int(self.slot_of[x])
         if slot >= 0:
             return slot
-        start = x - x % self.block
-        neighbours = [y for y in range(start, min(self.V, start + self.block)) if y != x and self.slot_of[y] < 0]
-        if self.filled + len(neighbours) + 1 <= self.slots:
-            for y in neighbours:
-                self._insert(y)
-        return self._insert(x)
-
-    def _insert(self, x: int) -> int:
         tb = self.source(x)
         K, s = int(tb.ids.shape[0]), int(tb.support.shape[0])
         if self.max_k < K or s > self.max_s:
@@ -451,12 +460,10 @@ class CompactStepper:
     backend : {"auto", "compiled", "python"}
     max_bytes : int
         Memory bound of the table cache.
-    block : int
-        Contexts loaded together while slots are free (see `SparseRows`).
     """
 
     def __init__(self, V: int, source: Callable[[int], CompactTables], max_k: int, max_s: int,
-                 backend: Backend = "auto", max_bytes: int = COMPACT_TABLE_BYTES, block: int = 1) -> None:
+                 backend: Backend = "auto", max_bytes: int = COMPACT_TABLE_BYTES) -> None:
         if backend == "python":
             self.module = None
         else:
@@ -465,7 +472,7 @@ class CompactStepper:
                 raise RuntimeError("the compiled kernel thermospec._compact is not built (reinstall with a C compiler)")
         self.V = V
         self.clock = 0
-        self.cache = _SlotCache(V, source, max_k, max_s, max_bytes, block) if self.module is not None else None
+        self.cache = _SlotCache(V, source, max_k, max_s, max_bytes) if self.module is not None else None
         self.source = source
         self.lists: OrderedDict[int, _ListTables] = OrderedDict()
         self.max_lists = max(1, max_bytes // (64 * (2 * max_k + 3 * max_s) + 1024))

@@ -252,8 +252,8 @@ def run_chain(
     if sparse is None:
         stepper = ChainStepper(V, _table_source(row, drafts), backend, max_table_bytes or DEFAULT_TABLE_BYTES)
     else:
-        stepper = CompactStepper(V, compact_source(sparse.support, drafts), sparse.max_ids, sparse.max_support,
-                                 backend, max_table_bytes or COMPACT_TABLE_BYTES, sparse.block)
+        stepper = CompactStepper(V, sparse.tables or compact_source(sparse.support, drafts), sparse.max_ids,
+                                 sparse.max_support, backend, max_table_bytes or COMPACT_TABLE_BYTES)
     verifier = ReportVerifier(drafts)
     done = 0
     buffer = np.empty((min(chunk, steps), 3), dtype=np.float64)

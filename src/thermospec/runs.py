@@ -25,7 +25,7 @@ from thermospec.interrupts import Interruption, interruption_guard, signal_name
 from thermospec.proposer import Proposer
 from thermospec.storage import OutputError, write_text_atomic
 from thermospec.summary import RunTally, summarise_run
-from thermospec.targets import LAZY_BLOCK, BigramTarget, LazySyntheticTarget
+from thermospec.targets import BigramTarget, LazySyntheticTarget
 from thermospec.telemetry import TelemetryFormat, TelemetrySink
 
 __all__ = [
@@ -86,7 +86,7 @@ def sparse_rows(run: PreparedRun) -> SparseRows | None:
     if isinstance(target, LazySyntheticTarget) and type(run.proposer) is SparseProposer:
         s = min(target.support, target.V)
         return SparseRows(support=run.proposer.support_of, max_support=s, max_ids=min(run.config.K, s),
-                          block=LAZY_BLOCK)
+                          tables=run.proposer.tables)
     if type(target) is BigramTarget and type(run.proposer) is Proposer and target.V > COMPACT_ABOVE_V:
         widest = int(np.count_nonzero(target.P, axis=1).max())
         return SparseRows(support=dense_support(target.row), max_support=widest, max_ids=min(run.config.K, widest))

@@ -272,10 +272,10 @@ LAZY_SUPPORT = 256
 """Atoms per lazy synthetic row."""
 LAZY_BLOCK = 64
 """Contexts generated together from one random stream (a row is rebuilt from its block)."""
-ROW_CACHE_BYTES = 64 * 1024 * 1024
-"""Memory bound of a lazy target's cache of blocks of atoms."""
+ROW_CACHE_BYTES = 256 * 1024 * 1024
+"""Memory bound of a lazy target's cache of blocks of atoms (all of V = 65,536 fit: 12 bytes per atom, 201 MB)."""
 
-_Block = tuple[NDArray[np.int64], NDArray[np.float64]]
+_Block = tuple[NDArray[np.int32], NDArray[np.float64]]
 
 
 class _BlockCache:
@@ -377,7 +377,7 @@ class LazySyntheticTarget(BigramTarget):
         return support[positive].astype(np.int64), probs[positive]
 
 
-def _lazy_block(key: int, k: int, V: int, c: float, s: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+def _lazy_block(key: int, k: int, V: int, c: float, s: int) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
     rows = min(LAZY_BLOCK, V - k * LAZY_BLOCK)
     if rows <= 0 or k < 0:
         raise IndexError(f"block {k} is outside the vocabulary of {V} contexts")
@@ -389,7 +389,7 @@ def _lazy_block(key: int, k: int, V: int, c: float, s: int) -> tuple[NDArray[np.
     weights[empty, 0] = 1.0
     totals[empty] = 1.0
     weights /= totals
-    return tokens, weights
+    return tokens.astype(np.int32), weights  # drawn as int64 (the stream's values), kept in 4 bytes (V <= 65,536)
 
 
 def lazy_synthetic_target(
@@ -438,5 +438,5 @@ def lazy_synthetic_target(
     return LazySyntheticTarget(
         P=np.zeros((0, 0)), pi=pi, stationary_unique=unique, source="synthetic (lazy rows)",
         vocab_size=vocab, c=c, key=key, support=s, pi_iterations=iterations, pi_residual=residual,
-        block_cache=_BlockCache(row_cache_bytes, LAZY_BLOCK * s * 16),
+        block_cache=_BlockCache(row_cache_bytes, LAZY_BLOCK * s * 12),
     )
