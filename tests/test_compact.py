@@ -278,3 +278,18 @@ def test_large_dense_targets_step_on_compact_tables_with_the_same_tokens() -> No
         chunks = run_chain(target.row, target.pi, run.proposer.draft, 3000, random_stream(5, Stream.CHAIN), sparse=rows)
         outputs.append(np.concatenate([c.emitted for c in chunks]))
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_only_visited_contexts_are_built() -> None:
+    """A short chain at large V builds the tables of the contexts it visits, not their neighbours."""
+    run = prepare_run(RunConfig(vocab=V_LAZY, K=16, seed=13))
+    sparse = sparse_rows(run)
+    assert sparse is not None and sparse.tables is not None
+    for backend in ("compiled", "python"):
+        if backend == "compiled" and compact_module() is None:
+            continue
+        stepper = CompactStepper(V_LAZY, sparse.tables, 16, 256, backend)
+        (prev, _, _, _), _ = stepper.steps(np.random.default_rng(2).random((300, 3)), 0)
+        visited = np.unique(prev).size
+        built = stepper.cache.builds if stepper.cache is not None else len(stepper.lists)
+        assert built == visited < 300

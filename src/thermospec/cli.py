@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from thermospec.config import ConfigError, RunConfig
+from thermospec.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
 from thermospec.payload import EpsSpec, PayloadError
 from thermospec.targets import CorpusError
 
@@ -58,14 +58,16 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _int_at_least(low: int) -> Any:
+def _int_at_least(low: int, high: int | None = None) -> Any:
+    expected = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
         return value
 
     return parse
@@ -114,7 +116,7 @@ def _eps(text: str) -> EpsSpec:
 def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> None:
     target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
     target.add_argument("--corpus", metavar="PATH", help="UTF-8 text: char-level bigram counts, +1 Laplace")
-    target.add_argument("--vocab", type=_int_at_least(2), default=256, metavar="V",
+    target.add_argument("--vocab", type=_int_at_least(2, MAX_SYNTHETIC_VOCAB), default=256, metavar="V",
                         help="synthetic V, 2 to 65536 (default: 256); above 4096 each row is a lazily generated "
                         "mixture of 256 Dirichlet atoms, not Dirichlet(c/V): README, Performance")
     target.add_argument("--c", type=_positive_float, default=50.0,

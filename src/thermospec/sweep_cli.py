@@ -24,7 +24,7 @@ from thermospec.cli import (
     _int_at_least,
     _positive_float,
 )
-from thermospec.config import ConfigError, RunConfig
+from thermospec.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
 from thermospec.parallel import available_cores, open_runner
 from thermospec.payload import PayloadError
 from thermospec.progress import progress_bar
@@ -58,7 +58,8 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
     # The same target options as ``run_m1 run``.
     target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
     target.add_argument("--corpus", metavar="PATH", help="UTF-8 text: char-level bigram counts, +1 Laplace")
-    target.add_argument("--vocab", type=_int_at_least(2), default=256, help="synthetic V (default: 256)")
+    target.add_argument("--vocab", type=_int_at_least(2, MAX_SYNTHETIC_VOCAB), default=256,
+                        help="synthetic V (default: 256)")
     target.add_argument("--c", type=_positive_float, default=50.0,
                         help="synthetic Dirichlet concentration, alpha = c/V (default: 50)")
 
