@@ -340,3 +340,41 @@ def test_batched_chains_on_compact_tables_are_the_single_chains(backend: str) ->
         np.testing.assert_array_equal(_chain_of(chunks, b)["emitted"], ref)
         prev = _chain_of(chunks, b)["prev"]
         np.testing.assert_array_equal(tally.chain(b).context_counts, np.bincount(prev, minlength=target.V))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_counting_without_recording_gives_the_same_tallies(backend: str) -> None:
+    """record=False (what --telemetry none uses): the kernel only counts; the tallies are those of a recorded run."""
+    target, proposer = _setup(vocab=24, seed=14)
+    tallies = []
+    for record in (True, False):
+        tally = BatchTally(6, 24)
+        chunks = list(run_batch(target.row, target.pi, proposer.draft, 450, 14, 6, chunk_tokens=6 * 100,
+                                backend=backend, tally=tally, record=record))  # type: ignore[arg-type]
+        assert [len(c) for c in chunks] == [100, 100, 100, 100, 50]
+        if not record and backend == "compiled":
+            assert all(c.prev.shape == (6, 0) for c in chunks)
+        tallies.append(tally)
+    recorded, counted = tallies
+    np.testing.assert_array_equal(recorded.accepted, counted.accepted)
+    np.testing.assert_array_equal(recorded.emitted_counts, counted.emitted_counts)
+    np.testing.assert_array_equal(recorded.context_counts, counted.context_counts)
+    with pytest.raises(ValueError, match="needs a tally"):
+        next(run_batch(target.row, target.pi, proposer.draft, 10, 14, 2, record=False))
+
+
+@needs_compiled
+def test_kernel_refuses_to_drop_the_steps_without_counts() -> None:
+    from thermospec.engine import _table_source
+    from thermospec.kernels import TableCache
+
+    target, proposer = _setup(vocab=8, seed=1)
+    cache = TableCache(8, _table_source(target.row, proposer.draft))
+    cache.load_all()
+    module = compiled_module()
+    assert module is not None
+    u = np.random.default_rng(0).random((2, 5, 3))
+    empty = [np.empty(0, dtype=np.int64)] * 3 + [np.empty(0, dtype=np.bool_)]
+    with pytest.raises(TypeError, match="record=False needs the count arrays"):
+        module.batch(cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, u,
+                     np.zeros(2, dtype=np.int64), *empty, 8, cache.G, 2, 5, None, None, False)

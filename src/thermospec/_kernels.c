@@ -166,12 +166,14 @@ done:
  * in the CPU), each reading and writing its own rows in order.  With `counting`, also adds each
  * step to the chain's counts: acc[b] (accepted drafts) and emi[b * V + emitted].  The contexts
  * need no count of their own: a chain's contexts are its start token and its emitted tokens
- * but the last (the caller derives them).  The pointers do not alias (restrict). */
+ * but the last (the caller derives them).  Without `recording` the step arrays are not written
+ * (a run without telemetry needs only the counts; the stores cost ~20 % of the kernel's time).
+ * The pointers do not alias (restrict). */
 static inline void batch_group(const Tables *tables, const double *restrict u, int64_t *restrict xs,
                                int64_t *restrict prev, int64_t *restrict proposed,
                                int64_t *restrict emitted, uint8_t *restrict accepted, int64_t *restrict acc,
                                int64_t *restrict emi, Py_ssize_t b0, Py_ssize_t b1,
-                               Py_ssize_t n, const int counting)
+                               Py_ssize_t n, const int counting, const int recording)
 {
     const Tables tb = *tables;
     const int64_t *restrict slot_of = tb.slot_of;
@@ -184,13 +186,18 @@ static inline void batch_group(const Tables *tables, const double *restrict u, i
     for (Py_ssize_t t = 0; t < n; ++t) {
         for (Py_ssize_t b = b0; b < b1; ++b) {
             Py_ssize_t i = b * n + t;
-            int64_t x = cx[b - b0];
-            prev[i] = x;
-            int64_t nx = step(&tb, slot_of[x], x, u + 3 * i, proposed + i, accepted + i);
-            emitted[i] = nx;
+            int64_t x = cx[b - b0], y;
+            uint8_t a;
+            int64_t nx = step(&tb, slot_of[x], x, u + 3 * i, &y, &a);
+            if (recording) {
+                prev[i] = x;
+                proposed[i] = y;
+                emitted[i] = nx;
+                accepted[i] = a;
+            }
             cx[b - b0] = nx;
             if (counting) {
-                ok[b - b0] += accepted[i];
+                ok[b - b0] += a;
                 emi[b * V + nx] += 1;
             }
         }
@@ -203,20 +210,22 @@ static inline void batch_group(const Tables *tables, const double *restrict u, i
 }
 
 /* batch(tables, totals, lasts, slot_of, guides, u, x, prev, proposed, emitted, accepted, V, G, B, n
- *       [, accepted_counts, emitted_counts])
+ *       [, accepted_counts, emitted_counts, record])
  * B chains in lock step for n steps; every context must have a table (checked).
  * u is (B, n, 3); x (B,) is read and updated; outputs are (B, n).  The optional counts,
  * int64 arrays of shape (B,) and (B, V) (both, or None for each), are incremented by each
  * chain's accepted drafts and emitted tokens of these n steps.  (Its contexts of the n steps are
- * the emitted tokens, plus x before, minus x after.) */
+ * the emitted tokens, plus x before, minus x after.)  With record = False (counts required) the
+ * outputs are not written and may be empty. */
 static PyObject *batch(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, so, gb, ub, xb, pb, yb, eb, ab;
     Py_buffer cab = {0}, ceb = {0};
     PyObject *ca = Py_None, *ce = Py_None;
     Py_ssize_t V, G, B, n;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OO", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
-                          &eb, &ab, &V, &G, &B, &n, &ca, &ce))
+    int recording = 1;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OOi", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
+                          &eb, &ab, &V, &G, &B, &n, &ca, &ce, &recording))
         return NULL;
     PyObject *result = NULL;
     Tables tables;
@@ -226,13 +235,18 @@ static PyObject *batch(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "batch: pass both count arrays or none");
         goto done;
     }
+    if (!recording && !counting) {
+        PyErr_SetString(PyExc_TypeError, "batch: record=False needs the count arrays");
+        goto done;
+    }
     if (counting && (PyObject_GetBuffer(ca, &cab, PyBUF_WRITABLE) < 0 ||
                      PyObject_GetBuffer(ce, &ceb, PyBUF_WRITABLE) < 0))
         goto done;
+    const Py_ssize_t kept = recording ? B * n : 0;
     if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) &&
           need(&ub, B * n * 3, 8, "u") &&
-          need(&xb, B, 8, "x") && need(&pb, B * n, 8, "prev") && need(&yb, B * n, 8, "proposed") &&
-          need(&eb, B * n, 8, "emitted") && need(&ab, B * n, 1, "accepted")))
+          need(&xb, B, 8, "x") && need(&pb, kept, 8, "prev") && need(&yb, kept, 8, "proposed") &&
+          need(&eb, kept, 8, "emitted") && need(&ab, kept, 1, "accepted")))
         goto done;
     if (counting && !(need(&cab, B, 8, "accepted_counts") && need(&ceb, B * V, 8, "emitted_counts")))
         goto done;
@@ -258,10 +272,12 @@ static PyObject *batch(PyObject *self, PyObject *args)
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t b0 = 0; b0 < B; b0 += GROUP) {
             Py_ssize_t b1 = b0 + GROUP < B ? b0 + GROUP : B;
-            if (counting)
-                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, acc, emi, b0, b1, n, 1);
+            if (!recording)
+                batch_group(&tables, u, xs, NULL, NULL, NULL, NULL, acc, emi, b0, b1, n, 1, 0);
+            else if (counting)
+                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, acc, emi, b0, b1, n, 1, 1);
             else
-                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, NULL, NULL, b0, b1, n, 0);
+                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, NULL, NULL, b0, b1, n, 0, 1);
         }
         Py_END_ALLOW_THREADS
         result = Py_None;
