@@ -239,3 +239,14 @@ def test_summary_checklist_agrees_with_check(K: str, tmp_path: Path, capsys: pyt
     _, out, _ = run_cli(["check", "--K", K, "--steps", "2000"], capsys)
     fixed_line = next(line for line in out.splitlines() if "fixed-context" in line)
     assert checklist["fixed_context_chi2_3_of_4"] == fixed_line.startswith("PASS")
+
+
+def test_a_run_too_short_for_its_chi2_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every N·pi below 5: the run χ² has one bin (p = 1 by SPEC §6); the user is told it tested nothing."""
+    code, _, err = run_cli(["run", "--vocab", "2000", "--steps", "200", "--telemetry", "none",
+                            "--runs-dir", str(tmp_path)], capsys)
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    assert code == 0 and summary["chi2_dof"] == 0 and summary["p_value"] == 1.0
+    assert "tests nothing" in err
+    code, _, err = run_cli(["run", "--steps", "20000", "--runs-dir", str(tmp_path)], capsys)
+    assert code == 0 and "tests nothing" not in err

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the summary is the same (default: jsonl)")
     speed.add_argument("--chains", type=_int_at_least(1), default=1, metavar="B",
                        help="run B independent chains of --steps each; chain 0 is the single-chain run, "
-                       "telemetry and summary per chain in chain_<b>/ (default: 1)")
+                       "telemetry and summary per chain in chain_<b>/ (none with --telemetry none: only the "
+                       "pooled summary) (default: 1)")
     check = commands.add_parser(
         "check", help="the guide's success checklist: PASS/FAIL, exit 0 only if all pass",
         description="Verify the M1 success checklist on this target; exit non-zero if any check fails.",
@@ -324,10 +325,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(summary_table(summary))
     written = "" if args.telemetry == "none" else f"{run_dir / metrics_file} and "
     print(f"\nwrote {written}{run_dir / 'summary.json'}")
+    if summary.get("chi2_dof") == 0 and summary.get("steps"):
+        print("run_m1 run: note: every token's expected count N·pi is below 5, so the run's χ² has one bin and "
+              "tests nothing (p_value 1 by SPEC §6); run more steps, or use `check` for exactness", file=sys.stderr)
     status = _exit_status(summary)
     if status:
+        held = "the summary covers" if args.telemetry == "none" else "the files hold"
         print(f"run_m1 run: interrupted by {summary['interrupted_by']} after {summary['steps']} steps; "
-              "the files hold exactly those steps", file=sys.stderr)
+              f"{held} exactly those steps", file=sys.stderr)
         return status
     if plan is not None:
         from thermospec.replay import replay_matches
