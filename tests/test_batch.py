@@ -378,3 +378,24 @@ def test_kernel_refuses_to_drop_the_steps_without_counts() -> None:
     with pytest.raises(TypeError, match="record=False needs the count arrays"):
         module.batch(cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, u,
                      np.zeros(2, dtype=np.int64), *empty, 8, cache.G, 2, 5, None, None, False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pooled_counts_from_the_transitions_alone(backend: str) -> None:
+    """per_chain=False (--telemetry none): pooled counts from the transitions equal the per-chain sums."""
+    target, proposer = _setup(vocab=20, seed=16)
+    tallies = []
+    for per_chain in (True, False):
+        tally = BatchTally(7, 20, track_transitions=True, per_chain=per_chain)
+        for _ in run_batch(target.row, target.pi, proposer.draft, 330, 16, 7, chunk_tokens=7 * 100,
+                           backend=backend, tally=tally, record=per_chain):  # type: ignore[arg-type]
+            pass
+        tallies.append(tally)
+    full, lean = (t.pooled() for t in tallies)
+    assert (full.steps, full.accepted) == (lean.steps, lean.accepted)
+    np.testing.assert_array_equal(full.context_counts, lean.context_counts)
+    np.testing.assert_array_equal(full.emitted_counts, lean.emitted_counts)
+    np.testing.assert_array_equal(tallies[0].accepted, tallies[1].accepted)
+    with pytest.raises(ValueError, match="per_chain=False"):
+        tallies[1].chain(0)
+    assert BatchTally(2, 2048, track_transitions=True, per_chain=False).per_chain  # no transitions: kept per chain

@@ -168,11 +168,12 @@ done:
  * need no count of their own: a chain's contexts are its start token and its emitted tokens
  * but the last (the caller derives them).  Without `recording` the step arrays are not written
  * (a run without telemetry needs only the counts; the stores cost ~20 % of the kernel's time).
+ * With `trans` (V x V, shared by the group's chains), also counts each (context, emitted) pair.
  * The pointers do not alias (restrict). */
 static inline void batch_group(const Tables *tables, const double *restrict u, int64_t *restrict xs,
                                int64_t *restrict prev, int64_t *restrict proposed,
                                int64_t *restrict emitted, uint8_t *restrict accepted, int64_t *restrict acc,
-                               int64_t *restrict emi, Py_ssize_t b0, Py_ssize_t b1,
+                               int64_t *restrict emi, int64_t *restrict trans, Py_ssize_t b0, Py_ssize_t b1,
                                Py_ssize_t n, const int counting, const int recording)
 {
     const Tables tb = *tables;
@@ -198,8 +199,11 @@ static inline void batch_group(const Tables *tables, const double *restrict u, i
             cx[b - b0] = nx;
             if (counting) {
                 ok[b - b0] += a;
-                emi[b * V + nx] += 1;
+                if (emi)
+                    emi[b * V + nx] += 1;
             }
+            if (trans)
+                trans[x * V + nx] += 1;
         }
     }
     for (Py_ssize_t b = b0; b < b1; ++b) {
@@ -210,29 +214,31 @@ static inline void batch_group(const Tables *tables, const double *restrict u, i
 }
 
 /* batch(tables, totals, lasts, slot_of, guides, u, x, prev, proposed, emitted, accepted, V, G, B, n
- *       [, accepted_counts, emitted_counts, record])
+ *       [, accepted_counts, emitted_counts, record, transitions])
  * B chains in lock step for n steps; every context must have a table (checked).
  * u is (B, n, 3); x (B,) is read and updated; outputs are (B, n).  The optional counts,
  * int64 arrays of shape (B,) and (B, V) (both, or None for each), are incremented by each
  * chain's accepted drafts and emitted tokens of these n steps.  (Its contexts of the n steps are
  * the emitted tokens, plus x before, minus x after.)  With record = False (counts required) the
- * outputs are not written and may be empty. */
+ * outputs are not written and may be empty.  `transitions` (int64, V x V, or None) gets each
+ * step's (context, emitted token) pair added; one such array per calling thread. */
 static PyObject *batch(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, so, gb, ub, xb, pb, yb, eb, ab;
-    Py_buffer cab = {0}, ceb = {0};
-    PyObject *ca = Py_None, *ce = Py_None;
+    Py_buffer cab = {0}, ceb = {0}, trb = {0};
+    PyObject *ca = Py_None, *ce = Py_None, *tr = Py_None;
     Py_ssize_t V, G, B, n;
     int recording = 1;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OOi", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
-                          &eb, &ab, &V, &G, &B, &n, &ca, &ce, &recording))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OOiO", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
+                          &eb, &ab, &V, &G, &B, &n, &ca, &ce, &recording, &tr))
         return NULL;
     PyObject *result = NULL;
     Tables tables;
     Py_ssize_t slots;
     const int counting = ca != Py_None;
-    if ((ce != Py_None) != counting) {
-        PyErr_SetString(PyExc_TypeError, "batch: pass both count arrays or none");
+    if ((ce != Py_None && !counting) || (counting && ce == Py_None && tr == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "batch: pass both count arrays or none (the emitted counts may be "
+                                         "left out when the transitions are counted)");
         goto done;
     }
     if (!recording && !counting) {
@@ -240,7 +246,9 @@ static PyObject *batch(PyObject *self, PyObject *args)
         goto done;
     }
     if (counting && (PyObject_GetBuffer(ca, &cab, PyBUF_WRITABLE) < 0 ||
-                     PyObject_GetBuffer(ce, &ceb, PyBUF_WRITABLE) < 0))
+                     (ce != Py_None && PyObject_GetBuffer(ce, &ceb, PyBUF_WRITABLE) < 0)))
+        goto done;
+    if (tr != Py_None && PyObject_GetBuffer(tr, &trb, PyBUF_WRITABLE) < 0)
         goto done;
     const Py_ssize_t kept = recording ? B * n : 0;
     if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) &&
@@ -248,7 +256,9 @@ static PyObject *batch(PyObject *self, PyObject *args)
           need(&xb, B, 8, "x") && need(&pb, kept, 8, "prev") && need(&yb, kept, 8, "proposed") &&
           need(&eb, kept, 8, "emitted") && need(&ab, kept, 1, "accepted")))
         goto done;
-    if (counting && !(need(&cab, B, 8, "accepted_counts") && need(&ceb, B * V, 8, "emitted_counts")))
+    if (counting && !(need(&cab, B, 8, "accepted_counts") && (ce == Py_None || need(&ceb, B * V, 8, "emitted_counts"))))
+        goto done;
+    if (tr != Py_None && !need(&trb, V * V, 8, "transitions"))
         goto done;
     {
         const int64_t *slot_of = tables.slot_of;
@@ -268,16 +278,16 @@ static PyObject *batch(PyObject *self, PyObject *args)
         const double *u = ub.buf;
         int64_t *xs = xb.buf, *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
         uint8_t *accepted = ab.buf;
-        int64_t *acc = cab.buf, *emi = ceb.buf;
+        int64_t *acc = cab.buf, *emi = ce != Py_None ? ceb.buf : NULL, *trans = tr != Py_None ? trb.buf : NULL;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t b0 = 0; b0 < B; b0 += GROUP) {
             Py_ssize_t b1 = b0 + GROUP < B ? b0 + GROUP : B;
             if (!recording)
-                batch_group(&tables, u, xs, NULL, NULL, NULL, NULL, acc, emi, b0, b1, n, 1, 0);
+                batch_group(&tables, u, xs, NULL, NULL, NULL, NULL, acc, emi, trans, b0, b1, n, 1, 0);
             else if (counting)
-                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, acc, emi, b0, b1, n, 1, 1);
+                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, acc, emi, trans, b0, b1, n, 1, 1);
             else
-                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, NULL, NULL, b0, b1, n, 0, 1);
+                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, NULL, NULL, trans, b0, b1, n, 0, 1);
         }
         Py_END_ALLOW_THREADS
         result = Py_None;
@@ -287,7 +297,7 @@ done:
     PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&so);
     PyBuffer_Release(&gb); PyBuffer_Release(&ub); PyBuffer_Release(&xb); PyBuffer_Release(&pb);
     PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
-    PyBuffer_Release(&cab); PyBuffer_Release(&ceb);
+    PyBuffer_Release(&cab); PyBuffer_Release(&ceb); PyBuffer_Release(&trb);
     return result;
 }
 

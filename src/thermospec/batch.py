@@ -37,7 +37,7 @@ from thermospec.config import Stream, random_stream
 from thermospec.engine import ChainChunk, DraftSource, RowSource, _table_source
 from thermospec.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, TableCache, resolve_backend
 from thermospec.sampling import inverse_cdf
-from thermospec.summary import RunTally, summarise_run
+from thermospec.summary import TRANSITION_MAX_V, RunTally, summarise_run
 from thermospec.telemetry import PARQUET_FILE, JsonlWriter, ParquetWriter, TelemetryFormat
 
 if TYPE_CHECKING:
@@ -260,6 +260,9 @@ def run_batch(
     parts = _slices(chains, workers)
     if compiled is not None:  # each thread fills its uniforms a group of chains at a time, in a buffer of its own
         u_flat = [np.empty(min(BATCH_RNG_GROUP, p.stop - p.start) * n_chunk * 3, dtype=np.float64) for p in parts]
+        # and counts the transitions of its chains in an array of its own, added to the tally after each chunk
+        tracked = tally is not None and tally.transitions is not None
+        pairs = [np.zeros(V * V, dtype=np.int64) for _ in parts] if tracked else None
     else:
         u = np.empty((chains, n_chunk, 3), dtype=np.float64)
     kept: _Outputs | None = None
@@ -273,7 +276,11 @@ def run_batch(
                 outputs = _outputs_view(kept, chains, n if record else 0)
                 if tally is not None:
                     tally._begin(x)
-                _compiled_chunk(compiled, cache, rngs, u_flat, x, outputs, parts, pool, tally, n)
+                _compiled_chunk(compiled, cache, rngs, u_flat, x, outputs, parts, pool, tally, n, pairs)
+                if pairs is not None and tally is not None and tally.transitions is not None:
+                    for counted in pairs:
+                        tally.transitions += counted
+                        counted[:] = 0
             else:
                 uc = u[:, :n] if n == n_chunk else np.empty((chains, n, 3), dtype=np.float64)
                 for b, rng in enumerate(rngs):
@@ -325,11 +332,13 @@ def _compiled_chunk(
     pool: ThreadPoolExecutor,
     tally: BatchTally | None,
     n: int,
+    pairs: list[NDArray[np.int64]] | None = None,
 ) -> None:
     """One chunk of every chain on the compiled kernel, into `outputs`; updates `x` and `tally`'s counts.
 
     The kernel adds to ``tally.accepted`` and ``tally.emitted_counts`` only: the caller brackets
-    it with ``tally._begin(x)`` and ``tally.last[:] = x`` so the contexts follow from them.
+    it with ``tally._begin(x)`` and ``tally.last[:] = x`` so the contexts follow from them.  With
+    `pairs` (one V x V array per thread) the kernel also counts each step's (context, emitted) pair.
 
     Thread i steps the chains of ``parts[i]``, `BATCH_RNG_GROUP` at a time: it draws their
     uniforms into ``u_flat[i]`` (which stays in cache) and runs the kernel on them.  Each thread
@@ -346,7 +355,10 @@ def _compiled_chunk(
             block = u_flat[i][: (g1 - g0) * n * 3].reshape(g1 - g0, n, 3)
             for j, b in enumerate(range(g0, g1)):
                 rngs[b].random(out=block[j])  # numpy fills without holding the GIL
-            counts = () if tally is None else (tally.accepted[g0:g1], tally.emitted_counts[g0:g1], record)
+            counts = () if tally is None else (
+                tally.accepted[g0:g1], tally.emitted_counts[g0:g1] if tally.per_chain else None, record,
+                None if pairs is None else pairs[i],
+            )
             module.batch(
                 cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, block, x[g0:g1],
                 prev[g0:g1], proposed[g0:g1], emitted[g0:g1], accepted[g0:g1], cache.V, cache.G, g1 - g0, n, *counts,
@@ -374,11 +386,23 @@ class BatchTally:
     emitted_counts : ndarray of int64, shape (chains, vocab_size)
     start, last : ndarray of int64, shape (chains,)
         Each chain's first context and its context after the latest step (equal before any step).
+    transitions : ndarray of int64, shape (vocab_size ** 2,), or None
+        With ``track_transitions`` (and V <= `TRANSITION_MAX_V`): every chain's (context, emitted)
+        pairs pooled, ``[x * V + y]``, for the calibrated transition χ² of the pooled summary.
+    per_chain : bool
+        Whether each chain's token counts are kept.  ``per_chain=False`` (with the transitions
+        tracked) keeps only each chain's accepted drafts and the pooled transitions, from which the
+        pooled counts follow: one count per step less, for runs that write no per-chain summary.
     """
 
-    def __init__(self, chains: int, vocab_size: int) -> None:
+    def __init__(self, chains: int, vocab_size: int, track_transitions: bool = False, per_chain: bool = True) -> None:
         self.chains = chains
         self.vocab_size = vocab_size
+        self.transitions: NDArray[np.int64] | None = (
+            np.zeros(vocab_size * vocab_size, dtype=np.int64)
+            if track_transitions and vocab_size <= TRANSITION_MAX_V else None
+        )
+        self.per_chain = per_chain or self.transitions is None  # the pooled counts need one or the other
         self.steps = 0
         self.accepted = np.zeros(chains, dtype=np.int64)
         self.emitted_counts = np.zeros((chains, vocab_size), dtype=np.int64)
@@ -386,9 +410,14 @@ class BatchTally:
         self.last = np.zeros(chains, dtype=np.int64)
         self._breaks: NDArray[np.int64] | None = None  # (chains, vocab_size) correction, after a break
 
+    def _need_per_chain(self) -> None:
+        if not self.per_chain:
+            raise ValueError("this tally keeps no per-chain token counts (per_chain=False)")
+
     @property
     def context_counts(self) -> NDArray[np.int64]:
         """Each chain's contexts so far, shape (chains, vocab_size): a fresh array, derived."""
+        self._need_per_chain()
         counts = self.emitted_counts.copy()
         rows = np.arange(self.chains)
         counts[rows, self.last] -= 1  # one (row, token) pair per chain: no repeated index
@@ -423,11 +452,16 @@ class BatchTally:
         self._begin(chunk.prev[:, 0])
         self.steps += len(chunk)
         self.accepted += np.count_nonzero(chunk.accepted, axis=1)
-        self.emitted_counts += self._counts(chunk.emitted)
+        if self.per_chain:
+            self.emitted_counts += self._counts(chunk.emitted)
         self.last[:] = chunk.emitted[:, -1]
+        if self.transitions is not None:
+            V = self.vocab_size
+            self.transitions += np.bincount((chunk.prev * V + chunk.emitted).ravel(), minlength=V * V)
 
     def chain(self, b: int) -> RunTally:
         """Chain b's counts as a `thermospec.summary.RunTally`."""
+        self._need_per_chain()
         tally = RunTally(self.vocab_size)
         tally.steps = self.steps
         tally.accepted = int(self.accepted[b])
@@ -445,8 +479,16 @@ class BatchTally:
         tally = RunTally(self.vocab_size)
         tally.steps = self.steps * self.chains
         tally.accepted = int(self.accepted.sum())
-        tally.context_counts = self.context_counts.sum(axis=0)
-        tally.emitted_counts = self.emitted_counts.sum(axis=0)
+        if self.per_chain:
+            tally.context_counts = self.context_counts.sum(axis=0)
+            tally.emitted_counts = self.emitted_counts.sum(axis=0)
+        else:  # every pair (x, y) is one step of context x emitting y
+            assert self.transitions is not None
+            pairs = self.transitions.reshape(self.vocab_size, self.vocab_size)
+            tally.context_counts = pairs.sum(axis=1)
+            tally.emitted_counts = pairs.sum(axis=0)
+        if self.transitions is not None:
+            tally.transitions = self.transitions.copy()
         return tally
 
 
@@ -490,7 +532,7 @@ def execute_batch(
     config, target = run.config, run.target
     drafts = run.proposer.draft
     started = time.perf_counter()
-    tally = BatchTally(chains, target.V)
+    tally = BatchTally(chains, target.V, track_transitions=True, per_chain=telemetry != "none")
     formatter = JsonlWriter(io.StringIO())
     parquet: ParquetWriter | None = None
     if telemetry != "none":
@@ -536,7 +578,7 @@ def execute_batch(
             chain_summary = summarise_run(tally.chain(b), drafts, target.pi)
             chain_summary["chain"] = b
             write_json_atomic(chain_dir(run_dir, b) / SUMMARY_FILE, chain_summary)
-    pooled = summarise_run(tally.pooled(), drafts, target.pi)
+    pooled = summarise_run(tally.pooled(), drafts, target.pi, row=target.row)
     rates = tally.accepted / tally.steps
     elapsed = time.perf_counter() - started
     summary: dict[str, Any] = {
