@@ -242,3 +242,26 @@ def test_block_and_batch_runs_stop_on_sigterm_with_an_interrupted_summary(
         assert per_chain[0] == per_chain[1] == per_chain[2] == summary["steps_per_chain"]
     else:
         assert summary["blocks"] == len(lines)
+
+
+def test_record_file_hash_is_the_sha256_of_its_whole_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hash, computed beside each write, covers exactly the bytes of the whole chunks on disk."""
+    import hashlib
+
+    path = tmp_path / "records.jsonl"
+    chunks = [f'{{"step":{i}}}\n' * (1000 + 37 * i) for i in range(4)]
+    out = RecordFile(path)
+    for chunk in chunks[:3]:
+        out.write(chunk)
+
+    def no_space(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", no_space)
+    with pytest.raises(OutputError):
+        out.write(chunks[3])
+    monkeypatch.undo()
+    out.close()
+    data = path.read_bytes()
+    assert data == "".join(chunks[:3]).encode() and out.size == len(data)
+    assert out.hexdigest() == hashlib.sha256(data).hexdigest()

@@ -4,7 +4,8 @@
   descriptor (one chunk per ``write``); if a write fails (a full disk), the file
   is cut back to the last whole chunk, so it only ever holds whole records.  It
   also hashes what it wrote (the summary's ``metrics_sha256``, which a replay
-  compares against).
+  compares against), in a helper thread while the chunk is being written (both
+  release the GIL: on a disk writing ~500 MB/s the hash would otherwise add ~30 %).
 * `write_text_atomic` writes a document through a temporary file, ``fsync`` and
   a rename: readers see the old file or the new one, never a torn one; on
   failure the temporary file is removed.
@@ -18,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
@@ -30,6 +32,13 @@ class OutputError(OSError):
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _extended(digest: hashlib._Hash, data: bytes) -> hashlib._Hash:
+    """A copy of `digest` updated with `data` (hashlib releases the GIL on large updates)."""
+    extended = digest.copy()
+    extended.update(data)
+    return extended
 
 
 class RecordFile:
@@ -54,25 +63,30 @@ class RecordFile:
             raise OutputError(f"{path}: cannot create ({_reason(exc)})") from None
         self.size = 0
         self._hash = hashlib.sha256()
+        self._hasher: ThreadPoolExecutor | None = None
 
     def write(self, text: str) -> int:
         """Append one chunk of records; on failure cut the file back and raise `OutputError`."""
         if self._fd is None:
             raise OutputError(f"{self.path}: already closed")
         data = text.encode("utf-8")
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-hash")
+        hashed = self._hasher.submit(_extended, self._hash, data)  # a copy: the hash only takes whole writes
         view = memoryview(data)
         try:
             while view:
                 done = os.write(self._fd, view)
                 view = view[done:]
         except OSError as exc:
+            hashed.result()
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.size)
             raise OutputError(
                 f"{self.path}: cannot write ({_reason(exc)}); kept the {self.size} bytes of whole records before"
             ) from None
+        self._hash = hashed.result()
         self.size += len(data)
-        self._hash.update(data)
         return len(text)
 
     def hexdigest(self) -> str:
@@ -81,6 +95,9 @@ class RecordFile:
 
     def close(self) -> None:
         """Flush to disk and close (idempotent)."""
+        if self._hasher is not None:
+            self._hasher.shutdown()
+            self._hasher = None
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
