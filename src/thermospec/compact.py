@@ -39,7 +39,7 @@ from types import ModuleType
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.kernels import Backend, StepArrays
+from thermospec.kernels import Backend, StepArrays, compiled_steps
 from thermospec.payload import EpsSpec, Payload, PayloadError, craft_payload_from_support, encode_payload
 from thermospec.proposer import ContextDraft, Proposer
 from thermospec.tsu import explicit_probabilities
@@ -498,21 +498,17 @@ class CompactStepper:
             arrays, x = _python_steps(self._list_tables, u, x)
             self.clock += u.shape[0]
             return arrays, x
-        u = np.ascontiguousarray(u, dtype=np.float64)
-        n = u.shape[0]
-        prev = np.empty(n, dtype=np.int64)
-        proposed = np.empty(n, dtype=np.int64)
-        emitted = np.empty(n, dtype=np.int64)
-        accepted = np.empty(n, dtype=np.bool_)
-        c = self.cache
-        t = 0
-        while t < n:
-            c.load(x)
-            t, x = self.module.chain(
-                c.floats, c.tokens, c.scalars, c.counts, c.slot_of, c.last_used, u, prev, proposed, emitted,
-                accepted, self.V, c.max_k, c.max_s, t, n, x, self.clock,
+        module, c, clock = self.module, self.cache, self.clock
+
+        def chain(u: NDArray[np.float64], out: StepArrays, t: int, x: int) -> tuple[int, int]:
+            step: tuple[int, int] = module.chain(
+                c.floats, c.tokens, c.scalars, c.counts, c.slot_of, c.last_used, u, *out, self.V, c.max_k, c.max_s,
+                t, u.shape[0], x, clock,
             )
-        self.clock += n
-        return (prev, proposed, emitted, accepted), x
+            return step
+
+        arrays, x = compiled_steps(u, x, c.load, chain)
+        self.clock += u.shape[0]
+        return arrays, x
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "TableCache",
     "TableSource",
     "compiled_module",
+    "compiled_steps",
     "resolve_backend",
 ]
 
@@ -297,19 +298,35 @@ class ChainStepper:
             self.clock += u.shape[0]
             return arrays, x
         assert self.module is not None and self.cache is not None
-        u = np.ascontiguousarray(u, dtype=np.float64)
-        n = u.shape[0]
-        prev = np.empty(n, dtype=np.int64)
-        proposed = np.empty(n, dtype=np.int64)
-        emitted = np.empty(n, dtype=np.int64)
-        accepted = np.empty(n, dtype=np.bool_)
-        cache = self.cache
-        t = 0
-        while t < n:
-            cache.load(x)
-            t, x = self.module.chain(
-                cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, cache.last_used, u,
-                prev, proposed, emitted, accepted, self.V, cache.G, t, n, x, self.clock,
+        module, cache, clock = self.module, self.cache, self.clock
+
+        def chain(u: NDArray[np.float64], out: StepArrays, t: int, x: int) -> tuple[int, int]:
+            step: tuple[int, int] = module.chain(
+                cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, cache.last_used, u, *out,
+                self.V, cache.G, t, u.shape[0], x, clock,
             )
-        self.clock += n
-        return (prev, proposed, emitted, accepted), x
+            return step
+
+        arrays, x = compiled_steps(u, x, cache.load, chain)
+        self.clock += u.shape[0]
+        return arrays, x
+
+
+def compiled_steps(
+    u: NDArray[np.float64], x: int, load: Callable[[int], int],
+    chain: Callable[[NDArray[np.float64], StepArrays, int, int], tuple[int, int]],
+) -> tuple[StepArrays, int]:
+    """Run one chunk on a compiled stepper that stops at a context without tables.
+
+    ``chain(u, out, t, x)`` runs steps t.. into the arrays `out` from context x and returns
+    ``(t, x)`` where it stopped; `load` (x) gives x its tables; repeated until the chunk is done.
+    """
+    u = np.ascontiguousarray(u, dtype=np.float64)
+    n = u.shape[0]
+    out: StepArrays = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64),
+                       np.empty(n, dtype=np.bool_))
+    t = 0
+    while t < n:
+        load(x)
+        t, x = chain(u, out, t, x)
+    return out, x
