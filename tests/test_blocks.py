@@ -392,3 +392,28 @@ def test_block_jsonl_is_byte_identical_for_the_same_seed_and_hashed_in_the_summa
         assert summary["metrics_sha256"] == hashlib.sha256(data).hexdigest()
         digests.append(summary["metrics_sha256"])
     assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("config", [RunConfig(vocab=5000, K=16, seed=21), RunConfig(vocab=2000, K=8, tau=0.5, seed=22),
+                                    RunConfig(vocab=5000, K=4, eps=0.0, seed=23)], ids=["lazy", "dense-large", "eps0"])
+def test_blocks_on_compact_tables_are_the_dense_blocks_and_the_reference(config: RunConfig) -> None:
+    """Large V: γ-blocks on compact tables emit exactly the dense tables' blocks and Algorithm 1's."""
+    from thermospec.runs import sparse_rows
+
+    run = prepare_run(config)
+    sparse = sparse_rows(run)
+    assert sparse is not None
+    t = run.target
+    dense = concat(list(run_blocks(t.row, t.pi, run.proposer.draft, 3, 1500, random_stream(1, Stream.CHAIN))))
+    compact = concat(list(run_blocks(t.row, t.pi, run.proposer.draft, 3, 1500, random_stream(1, Stream.CHAIN),
+                                     sparse=sparse)))
+    reference = run_blocks_reference(t.row, t.pi, run.proposer.draft, 3, 300, random_stream(1, Stream.CHAIN))
+    for field_name in ("context", "drafted", "accepted_length", "final"):
+        np.testing.assert_array_equal(getattr(dense, field_name), getattr(compact, field_name))
+        n = len(getattr(reference, field_name))
+        np.testing.assert_array_equal(getattr(reference, field_name), getattr(compact, field_name)[:n])
+    x = int(np.argmax(t.pi))
+    fixed = [fixed_context_blocks(t.row, run.proposer.draft, t.V, x, 4, 400, np.random.default_rng(3), sparse=rows)
+             for rows in (None, sparse)]
+    np.testing.assert_array_equal(fixed[0].final, fixed[1].final)
+    np.testing.assert_array_equal(fixed[0].accepted_length, fixed[1].accepted_length)

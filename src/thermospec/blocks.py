@@ -44,7 +44,7 @@ import hashlib
 import json
 import math
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -55,6 +55,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.acceptance import accept_correct_step
+from thermospec.compact import CompactTables, SparseRows, compact_lists, compact_source, first_above
 from thermospec.engine import context_tables, start_token
 from thermospec.proposer import ContextDraft
 from thermospec.sampling import inverse_cdf, last_positive
@@ -151,7 +152,6 @@ class BlockChunk:
 # ---------------------------------------------------------------------------
 
 _Cdf = tuple[Any, float, int]  # cumulative sums (list or array), total, last positive index
-_BlockTable = tuple[_Cdf, Any, _Cdf, _Cdf]  # draft cdf, p/q ratio, residual cdf, bonus (target) cdf
 
 
 def _cdf_entry(cdf: NDArray[np.float64], as_list: bool) -> _Cdf:
@@ -165,14 +165,75 @@ def _draw(entry: _Cdf, u: float) -> int:
     return last if y > last else y
 
 
-class _TableCache:
-    """Per-context block tables with a memory bound (least recently used entries go first)."""
+class _DenseBlockTable:
+    """A context's block tables over all V tokens: draft CDF, ``p / q``, residual CDF, target CDF."""
 
-    def __init__(self, row: RowSource, drafts: DraftSource, V: int, max_bytes: int) -> None:
+    def __init__(self, p: NDArray[np.float64], draft: ContextDraft, as_list: bool) -> None:
+        tables = context_tables(p, draft)
+        self.ratio = tables.ratio.tolist() if as_list else tables.ratio
+        self.draft = _cdf_entry(tables.draft_cdf, as_list)
+        self.residual = _cdf_entry(tables.residual_cdf, as_list)
+        self.bonus = _cdf_entry(np.cumsum(p), as_list)
+
+    def draft_token(self, u: float) -> int:
+        return _draw(self.draft, u)
+
+    def ratio_at(self, y: int) -> float:
+        return float(self.ratio[y])
+
+    def residual_token(self, u: float) -> int:
+        return _draw(self.residual, u)
+
+    def bonus_token(self, u: float) -> int:
+        return _draw(self.bonus, u)
+
+
+class _CompactBlockTable:
+    """The same four draws on compact tables (`thermospec.compact`): the same tokens, O(K + s) per context."""
+
+    def __init__(self, tables: CompactTables, probs: NDArray[np.float64]) -> None:
+        self.tables = tables
+        self.lists = compact_lists(tables)
+        bonus = np.cumsum(probs)  # the target row's running sum over its support: the dense sums at those tokens
+        self.bonus = (bonus.tolist(), float(bonus[-1]), last_positive(bonus))
+
+    def draft_token(self, u: float) -> int:
+        ids, id_cdf, cum, eps, total, last, _, _, _, _, _, V = self.lists
+        return min(first_above(ids, id_cdf, cum, eps, V, u * total), last)
+
+    def ratio_at(self, y: int) -> float:
+        support, ratio = self.lists[6], self.lists[7]
+        i = bisect_left(support, y)
+        return ratio[i] if i < len(support) and support[i] == y else 0.0
+
+    def residual_token(self, u: float) -> int:
+        support, res, res_total, res_last = self.lists[6], self.lists[8], self.lists[9], self.lists[10]
+        return support[min(bisect_right(res, u * res_total), res_last)]
+
+    def bonus_token(self, u: float) -> int:
+        return self.lists[6][_draw(self.bonus, u)]
+
+
+_BlockTable = _DenseBlockTable | _CompactBlockTable
+
+
+class _TableCache:
+    """Per-context block tables with a memory bound (least recently used entries go first).
+
+    With `sparse` (large V, `thermospec.runs.sparse_rows`) the tables are compact.
+    """
+
+    def __init__(self, row: RowSource, drafts: DraftSource, V: int, max_bytes: int,
+                 sparse: SparseRows | None = None) -> None:
         self.row = row
         self.drafts = drafts
+        self.sparse = sparse
+        self.compact = None if sparse is None else (sparse.tables or compact_source(sparse.support, drafts))
         self.as_list = V <= LIST_TABLE_MAX_V
-        per_entry = 4 * V * (32 if self.as_list else 8)
+        if sparse is not None:
+            per_entry = 64 * (2 * sparse.max_ids + 4 * sparse.max_support) + 1024
+        else:
+            per_entry = 4 * V * (32 if self.as_list else 8)
         self.capacity = max(8, max_bytes // per_entry)
         self._tables: OrderedDict[int, _BlockTable] = OrderedDict()
 
@@ -181,15 +242,11 @@ class _TableCache:
         if found is not None:
             self._tables.move_to_end(x)
             return found
-        p = self.row(x)
-        tables = context_tables(p, self.drafts(x))
-        ratio = tables.ratio.tolist() if self.as_list else tables.ratio
-        found = (
-            _cdf_entry(tables.draft_cdf, self.as_list),
-            ratio,
-            _cdf_entry(tables.residual_cdf, self.as_list),
-            _cdf_entry(np.cumsum(p), self.as_list),
-        )
+        if self.sparse is not None and self.compact is not None:
+            tables = self.compact(x)
+            found = _CompactBlockTable(tables, self.sparse.support(x)[1])
+        else:
+            found = _DenseBlockTable(self.row(x), self.drafts(x), self.as_list)
         self._tables[x] = found
         if len(self._tables) > self.capacity:
             self._tables.popitem(last=False)
@@ -201,25 +258,26 @@ def _block(table: Callable[[int], _BlockTable], x: int, u: list[float], gamma: i
     ys = []
     c = x
     for i in range(gamma):
-        c = _draw(table(c)[0], u[i])
+        c = table(c).draft_token(u[i])
         ys.append(c)
     c = x
     n_acc = 0
     for i in range(gamma):
-        if u[gamma + i] < table(c)[1][ys[i]]:
+        if u[gamma + i] < table(c).ratio_at(ys[i]):
             n_acc += 1
             c = ys[i]
         else:
             break
     entry = table(c)
-    return ys, n_acc, _draw(entry[2] if n_acc < gamma else entry[3], u[2 * gamma])
+    return ys, n_acc, entry.residual_token(u[2 * gamma]) if n_acc < gamma else entry.bonus_token(u[2 * gamma])
 
 
 def fixed_context_blocks(
-    row: RowSource, drafts: DraftSource, V: int, x: int, gamma: int, n: int, rng: np.random.Generator
+    row: RowSource, drafts: DraftSource, V: int, x: int, gamma: int, n: int, rng: np.random.Generator,
+    sparse: SparseRows | None = None,
 ) -> BlockChunk:
     """`n` independent blocks, each started at context `x` (same per-block layout as the chain)."""
-    table = _TableCache(row, drafts, V, TABLE_CACHE_BYTES)
+    table = _TableCache(row, drafts, V, TABLE_CACHE_BYTES, sparse)
     drafted, accepted_length, final = [], [], []
     for u in rng.random((n, 2 * gamma + 1)).tolist():
         ys, n_acc, z = _block(table, x, u, gamma)
@@ -281,6 +339,7 @@ def run_block_checks(run: Any, check_steps: int) -> list[Any]:
     """
     from thermospec.checks import CheckResult, psi_size_check
     from thermospec.config import Stream, random_stream
+    from thermospec.runs import sparse_rows
 
     config, target = run.config, run.target
     gamma = int(config.gamma)
@@ -288,7 +347,8 @@ def run_block_checks(run: Any, check_steps: int) -> list[Any]:
     p_values = []
     for i, x in enumerate(contexts):
         rng = random_stream(config.seed, Stream.CHECK, i, gamma)
-        chunk = fixed_context_blocks(target.row, run.proposer.draft, target.V, x, gamma, check_steps, rng)
+        chunk = fixed_context_blocks(target.row, run.proposer.draft, target.V, x, gamma, check_steps, rng,
+                                     sparse=sparse_rows(run))
         p_values.append(transition_chi2(*block_transitions(chunk), target.row, target.V)[2])
     passing = sum(p > 0.05 for p in p_values)
     shown = ", ".join(f"x={x}: p={p:.3f}" for x, p in zip(contexts, p_values, strict=True))
@@ -299,7 +359,7 @@ def run_block_checks(run: Any, check_steps: int) -> list[Any]:
     )]
     tally = BlockTally(target.V, gamma)
     for chunk in run_blocks(target.row, target.pi, run.proposer.draft, gamma, config.steps,
-                            random_stream(config.seed, Stream.CHAIN)):
+                            random_stream(config.seed, Stream.CHAIN), sparse=sparse_rows(run)):
         tally.update(chunk)
     lengths = tally.accepted_lengths()
     mean, se = float(lengths.mean()), batch_means_se(lengths)
@@ -329,6 +389,7 @@ def run_blocks(
     rng: np.random.Generator,
     chunk: int = DEFAULT_BLOCK_CHUNK,
     table_bytes: int = TABLE_CACHE_BYTES,
+    sparse: SparseRows | None = None,
 ) -> Iterator[BlockChunk]:
     """Run γ-token speculative blocks until at least `steps` tokens are emitted.
 
@@ -351,6 +412,9 @@ def run_blocks(
         Blocks per yielded chunk; memory stays flat in `steps`.
     table_bytes : int
         Memory bound of the per-context table cache.
+    sparse : SparseRows, optional
+        The target's rows by their supports (`thermospec.runs.sparse_rows`): compact tables,
+        O(K + s) per context instead of O(V), the same tokens.
 
     Yields
     ------
@@ -359,7 +423,7 @@ def run_blocks(
     if not 1 <= gamma <= MAX_GAMMA:
         raise ValueError(f"--gamma: must be an integer in 1 .. {MAX_GAMMA}, got {gamma}")
     V = int(pi.shape[0])
-    table = _TableCache(row, drafts, V, table_bytes)
+    table = _TableCache(row, drafts, V, table_bytes, sparse)
     x = start_token(pi, rng)
     emitted_total = 0
     blocks_done = 0
@@ -752,7 +816,7 @@ def execute_block_run(
     from thermospec import __version__
     from thermospec.config import Stream, random_stream
     from thermospec.interrupts import interruption_guard, signal_name
-    from thermospec.runs import SUMMARY_FILE, software_versions, target_description, write_json_atomic
+    from thermospec.runs import SUMMARY_FILE, software_versions, sparse_rows, target_description, write_json_atomic
 
     config, target = run.config, run.target
     started = time.perf_counter()
@@ -762,7 +826,8 @@ def execute_block_run(
     if getattr(config, "tsu", "sim") == "thrml":  # the TSU must draw every token itself: per-block loop
         chunks = [run_blocks_reference(target.row, target.pi, run.proposer.draft, gamma, config.steps, rng)]
     else:
-        chunks = run_blocks(target.row, target.pi, run.proposer.draft, gamma, config.steps, rng)
+        chunks = run_blocks(target.row, target.pi, run.proposer.draft, gamma, config.steps, rng,
+                            sparse=sparse_rows(run))
     digest = hashlib.sha256()
     out: IO[str]
     metrics = run_dir / BLOCKS_FILE

@@ -51,10 +51,12 @@ __all__ = [
     "SparseProposer",
     "SparseRows",
     "SupportSource",
+    "compact_lists",
     "compact_source",
     "compact_tables",
     "draft_for_support",
     "draft_token",
+    "first_above",
     "residual_token",
     "step_token",
 ]
@@ -135,7 +137,7 @@ class CompactTables:
     residual_last: int
 
 
-def _first_above(ids: list[int], id_cdf: list[float], explicit_cum: list[float], eps: float, V: int,
+def first_above(ids: list[int], id_cdf: list[float], explicit_cum: list[float], eps: float, V: int,
                  t: float) -> int:
     """First token v whose draft CDF exceeds `t` (V if none): ``bisect_right`` over the dense CDF."""
     J = bisect_right(id_cdf, t)
@@ -181,7 +183,7 @@ def compact_tables(support: NDArray[np.int64], probs: NDArray[np.float64], paylo
     id_cdf = (ids - np.arange(K, dtype=np.int64)).astype(np.float64) * eps + explicit_cum[1:]
     draft_total = float(V - K) * eps + float(explicit_cum[K])
     ids_list, cdf_list, cum_list = ids.tolist(), id_cdf.tolist(), explicit_cum.tolist()
-    draft_last = _first_above(ids_list, cdf_list, cum_list, eps, V, float(np.nextafter(draft_total, -np.inf)))
+    draft_last = first_above(ids_list, cdf_list, cum_list, eps, V, float(np.nextafter(draft_total, -np.inf)))
 
     support = np.asarray(support, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
@@ -206,7 +208,7 @@ def compact_tables(support: NDArray[np.int64], probs: NDArray[np.float64], paylo
 
 def draft_token(tables: CompactTables, u: float) -> int:
     """The TSU's draw for uniform `u`: ``min(bisect_right(draft_cdf, u * total), draft_last)``."""
-    y = _first_above(tables.ids.tolist(), tables.id_cdf.tolist(), tables.explicit_cum.tolist(), tables.eps,
+    y = first_above(tables.ids.tolist(), tables.id_cdf.tolist(), tables.explicit_cum.tolist(), tables.eps,
                      tables.vocab_size, u * tables.draft_total)
     return min(y, tables.draft_last)
 
@@ -359,7 +361,12 @@ _ListTables = tuple[list[int], list[float], list[float], float, float, int, list
                     float, int, int]
 
 
-def _as_lists(tb: CompactTables) -> _ListTables:
+def compact_lists(tb: CompactTables) -> _ListTables:
+    """The tables as Python lists and floats, for the per-step Python loops.
+
+    ``(ids, id_cdf, explicit_cum, eps, draft_total, draft_last, support, ratio, residual_cum,
+    residual_total, residual_last, V)``: `bisect` on a list beats a NumPy call per step.
+    """
     return (tb.ids.tolist(), tb.id_cdf.tolist(), tb.explicit_cum.tolist(), tb.eps, tb.draft_total, tb.draft_last,
             tb.support.tolist(), tb.ratio.tolist(), tb.residual_cum.tolist(), float(tb.residual_cum[-1]),
             tb.residual_last, tb.vocab_size)
@@ -430,7 +437,7 @@ def _python_steps(tables: Callable[[int], _ListTables], u: NDArray[np.float64], 
     prev, proposed, emitted, accepted = [0] * n, [0] * n, [0] * n, [False] * n
     for t, (u_draft, u_accept, u_residual) in enumerate(u.tolist()):
         ids, id_cdf, cum, eps, total, last, support, ratio, res, res_total, res_last, V = tables(x)
-        y = min(_first_above(ids, id_cdf, cum, eps, V, u_draft * total), last)
+        y = min(first_above(ids, id_cdf, cum, eps, V, u_draft * total), last)
         prev[t], proposed[t] = x, y
         i = bisect_left(support, y)
         if u_accept < (ratio[i] if i < len(support) and support[i] == y else 0.0):
@@ -487,7 +494,7 @@ class CompactStepper:
         if found is not None:
             self.lists.move_to_end(x)
             return found
-        found = self.lists[x] = _as_lists(self.source(x))
+        found = self.lists[x] = compact_lists(self.source(x))
         if len(self.lists) > self.max_lists:
             self.lists.popitem(last=False)
         return found

@@ -59,7 +59,7 @@ def gamma_rows(
     cost_ratios: Sequence[float] = DEFAULT_COST_RATIOS,
 ) -> list[dict[str, Any]]:
     """One row per (K, τ, seed, γ): measured and exact accepted length, tokens per call, speed-ups."""
-    from thermospec.runs import prepare_run
+    from thermospec.runs import prepare_run, sparse_rows
 
     rows = []
     for seed in seeds:
@@ -70,7 +70,8 @@ def gamma_rows(
                 for gamma in gammas:
                     tally = BlockTally(t.V, gamma)
                     rng = random_stream(seed, Stream.CHAIN)
-                    for chunk in run_blocks(t.row, t.pi, run.proposer.draft, gamma, steps, rng):
+                    chunks = run_blocks(t.row, t.pi, run.proposer.draft, gamma, steps, rng, sparse=sparse_rows(run))
+                    for chunk in chunks:
                         tally.update(chunk)
                     lengths = tally.accepted_lengths()
                     measured_tpc = tally.tokens / tally.blocks
