@@ -14,12 +14,6 @@ setup(
             sources=["src/thermospec/_kernels.c"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
             optional=True,
-        ),
-        Extension(
-            "thermospec._compact",
-            sources=["src/thermospec/_compact.c"],
-            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
-            optional=True,
-        ),
+        )
     ]
 )

@@ -13,7 +13,6 @@ from thermospec.compact import (
     CompactStepper,
     CompactTables,
     SparseProposer,
-    compact_module,
     compact_source,
     compact_tables,
     draft_for_support,
@@ -23,6 +22,7 @@ from thermospec.compact import (
 from thermospec.config import RunConfig, Stream, load_target, random_stream
 from thermospec.engine import run_chain, run_chain_reference
 from thermospec.faults import Fault, FaultyProposer
+from thermospec.kernels import compiled_module
 from thermospec.payload import EpsSpec, PayloadError, craft_payload, craft_payload_from_support, encode_payload
 from thermospec.proposer import draft_for_row
 from thermospec.runs import prepare_run, sparse_rows
@@ -192,7 +192,7 @@ def test_compact_chain_equals_dense_and_reference(config: RunConfig) -> None:
     np.testing.assert_array_equal(evicting[1], dense_tokens[1])
 
 
-@pytest.mark.skipif(compact_module() is None, reason="the compiled compact stepper is not built")
+@pytest.mark.skipif(compiled_module() is None, reason="the compiled kernel thermospec._kernels is not built")
 def test_compiled_and_python_steppers_agree_with_evictions() -> None:
     run = prepare_run(RunConfig(vocab=V_LAZY, K=16, seed=11))
     sparse = sparse_rows(run)
@@ -286,7 +286,7 @@ def test_only_visited_contexts_are_built() -> None:
     sparse = sparse_rows(run)
     assert sparse is not None and sparse.tables is not None
     for backend in ("compiled", "python"):
-        if backend == "compiled" and compact_module() is None:
+        if backend == "compiled" and compiled_module() is None:
             continue
         stepper = CompactStepper(V_LAZY, sparse.tables, 16, 256, backend)
         (prev, _, _, _), _ = stepper.steps(np.random.default_rng(2).random((300, 3)), 0)

@@ -22,24 +22,22 @@ the compact step emits exactly the tokens of the dense step (and of
 `thermospec.engine.run_chain_reference`); the tests pin all three.  A step costs
 O(log K + log s + log V) comparisons on tables of ``K + s`` entries, whatever V.
 
-The compiled stepper (``thermospec._compact``, a small optional C extension) and
-the pure-Python fallback below run the same step; ``THERMOSPEC_KERNEL=python``
-selects the fallback.
+The compiled stepper (``compact_chain`` of the optional C extension
+``thermospec._kernels``) and the pure-Python fallback below run the same step;
+``THERMOSPEC_KERNEL=python`` selects the fallback.
 """
 
 from __future__ import annotations
 
-import os
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.kernels import Backend, StepArrays, compiled_steps
+from thermospec.kernels import Backend, StepArrays, compiled_steps, resolve_backend
 from thermospec.payload import EpsSpec, Payload, PayloadError, craft_payload_from_support, encode_payload
 from thermospec.proposer import ContextDraft, Proposer
 from thermospec.tsu import explicit_probabilities
@@ -345,18 +343,6 @@ def compact_source(support: SupportSource, drafts: Callable[[int], ContextDraft]
 # --- steppers ----------------------------------------------------------------------------------------------------
 
 
-def compact_module() -> ModuleType | None:
-    """The compiled compact stepper, or None when it is not built or ``THERMOSPEC_KERNEL=python``."""
-    if os.environ.get("THERMOSPEC_KERNEL", "").lower() == "python":
-        return None
-    try:
-        from thermospec import _compact  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    module: ModuleType = _compact
-    return module
-
-
 _ListTables = tuple[list[int], list[float], list[float], float, float, int, list[int], list[float], list[float],
                     float, int, int]
 
@@ -471,12 +457,7 @@ class CompactStepper:
 
     def __init__(self, V: int, source: Callable[[int], CompactTables], max_k: int, max_s: int,
                  backend: Backend = "auto", max_bytes: int = COMPACT_TABLE_BYTES) -> None:
-        if backend == "python":
-            self.module = None
-        else:
-            self.module = compact_module()
-            if self.module is None and backend == "compiled":
-                raise RuntimeError("the compiled kernel thermospec._compact is not built (reinstall with a C compiler)")
+        self.module = resolve_backend(backend)
         self.V = V
         self.clock = 0
         self.cache = _SlotCache(V, source, max_k, max_s, max_bytes) if self.module is not None else None
@@ -508,7 +489,7 @@ class CompactStepper:
         module, c, clock = self.module, self.cache, self.clock
 
         def chain(u: NDArray[np.float64], out: StepArrays, t: int, x: int) -> tuple[int, int]:
-            step: tuple[int, int] = module.chain(
+            step: tuple[int, int] = module.compact_chain(
                 c.floats, c.tokens, c.scalars, c.counts, c.slot_of, c.last_used, u, *out, self.V, c.max_k, c.max_s,
                 t, u.shape[0], x, clock,
             )
