@@ -10,8 +10,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "thermospec._kernels",
-            sources=["src/thermospec/_kernels.c"],
+            "thermospec.engine._kernels",
+            sources=["src/thermospec/engine/_kernels.c"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
             optional=True,
         )

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.payload import Payload
-from thermospec.tsu import proposal_distribution
+from thermospec.core.payload import Payload
+from thermospec.core.proposal import proposal_distribution
 
 
 def naive_chain(

@@ -27,14 +27,17 @@ from typing import Any
 import numpy as np
 
 from benchmarks.naive import naive_chain
-from thermospec.batch import run_batch
-from thermospec.compact import CompactStepper, compact_source
-from thermospec.config import RunConfig, Stream, random_stream
-from thermospec.engine import ChainChunk, _table_source, run_chain
-from thermospec.kernels import ChainStepper, compiled_module
-from thermospec.runs import PreparedRun, execute_run, prepare_run, sparse_rows
-from thermospec.targets import corpus_target
-from thermospec.telemetry import JsonlWriter, TelemetryFormat, TelemetrySink, parquet_available
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.batch import run_batch
+from thermospec.engine.chain import run_chain, table_source
+from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.compact import CompactStepper, compact_source
+from thermospec.engine.kernels import ChainStepper, compiled_module
+from thermospec.runs.config import RunConfig
+from thermospec.runs.executor import execute_run
+from thermospec.runs.prepare import PreparedRun, prepare_run, sparse_rows
+from thermospec.runs.telemetry import JsonlWriter, TelemetryFormat, TelemetrySink, parquet_available
+from thermospec.targets.corpus import corpus_target
 
 REPO = Path(__file__).resolve().parent.parent
 Row = tuple[str, str, str]
@@ -107,7 +110,8 @@ def bench_batch(run: PreparedRun, chains: int, steps: int, repeats: int) -> list
     """
     import dataclasses
 
-    from thermospec.batch import BatchTally, execute_batch
+    from thermospec.engine.tally import BatchTally
+    from thermospec.runs.batch_run import execute_batch
 
     target = run.target
     prepared = PreparedRun(config=dataclasses.replace(run.config, steps=steps), target=target, proposer=run.proposer)
@@ -224,7 +228,7 @@ def _vocab_stepper(run: PreparedRun) -> tuple[ChainStepper | CompactStepper, str
     """The stepper `run_chain` uses for this run: dense tables, or compact ones for sparse rows."""
     sparse = sparse_rows(run)
     if sparse is None:
-        return ChainStepper(run.target.V, _table_source(run.target.row, run.proposer.draft)), "dense tables"
+        return ChainStepper(run.target.V, table_source(run.target.row, run.proposer.draft)), "dense tables"
     source = compact_source(sparse.support, run.proposer.draft)
     return CompactStepper(run.target.V, source, sparse.max_ids, sparse.max_support), "compact"
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from thermospec.audit import audit_jsonl
-from thermospec.cli import OneLineParser
-from thermospec.config import RunConfig, load_target
-from thermospec.statistics import pooled_chi2
+from thermospec.analysis.audit import audit_jsonl
+from thermospec.cli.options import OneLineParser
+from thermospec.core.statistics import pooled_chi2
+from thermospec.runs.config import RunConfig, load_target
 
 MAX_Z = 4.0
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from thermospec.cli import OneLineParser, _int_at_least
+from thermospec.cli.options import OneLineParser, int_at_least
 
 SWEEPS = {
     "guide grid 3x3x2, 15000 steps": [
@@ -56,8 +56,8 @@ def wall_time(argv: Sequence[str], runs_dir: str, jobs: int) -> tuple[float, flo
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print a Markdown table."""
     parser = OneLineParser(prog="bench_sweeps", description=__doc__.splitlines()[0].split(": ", 1)[1])
-    parser.add_argument("--repeats", type=_int_at_least(1), default=5, help="runs per cell (default: 5)")
-    parser.add_argument("--jobs", type=_int_at_least(1), nargs=2, default=[1, 2], metavar="N",
+    parser.add_argument("--repeats", type=int_at_least(1), default=5, help="runs per cell (default: 5)")
+    parser.add_argument("--jobs", type=int_at_least(1), nargs=2, default=[1, 2], metavar="N",
                         help="the two --jobs values compared (default: 1 2)")
     args = parser.parse_args(argv)
     low, high = args.jobs

@@ -21,11 +21,13 @@ from bisect import bisect_right
 
 import numpy as np
 
-from thermospec.config import RunConfig, Stream, random_stream
-from thermospec.engine import run_chain, start_token
-from thermospec.runs import prepare_run
-from thermospec.statistics import pooled_chi2
-from thermospec.summary import RunTally, summarise_run
+from thermospec.core.statistics import pooled_chi2
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import run_chain, start_token
+from thermospec.engine.tally import RunTally
+from thermospec.runs.config import RunConfig
+from thermospec.runs.prepare import prepare_run
+from thermospec.runs.summary import summarise_run
 
 
 def bare_chain_p_value(P: np.ndarray, pi: np.ndarray, steps: int, seed: int) -> float:

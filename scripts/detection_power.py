@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from thermospec.cli import OneLineParser
-from thermospec.config import RunConfig
-from thermospec.detection import RateRow, TrialOutcome, detection_table, seed_trials
-from thermospec.faults import Fault, FaultError
+from thermospec.analysis.detection import RateRow, TrialOutcome, detection_table, seed_trials
+from thermospec.cli.options import OneLineParser
+from thermospec.runs.config import RunConfig
+from thermospec.tsu.faults import Fault, FaultError
 
 DEFAULT_FAULTS = (
     "bias:0.01", "bias:0.02", "bias:0.05",

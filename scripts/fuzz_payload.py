@@ -52,8 +52,8 @@ def main() -> None:
         print("fuzz_payload: error: atheris is not installed (pip install 'thermospec[fuzz]')", file=sys.stderr)
         sys.exit(2)
     with atheris.instrument_imports():
-        import thermospec.payload
-        import thermospec.tsu  # noqa: F401
+        import thermospec.core.payload
+        import thermospec.core.proposal  # noqa: F401
     args = list(sys.argv)
     if all(a.startswith("-") for a in args[1:]):  # no corpus folder given: start from valid payloads
         corpus = Path(tempfile.mkdtemp(prefix="psi-corpus-"))

@@ -2,7 +2,7 @@
 
 import sys
 
-from thermospec.sweep_cli import plot_main
+from thermospec.cli.sweep import plot_main
 
 if __name__ == "__main__":
     sys.exit(plot_main())

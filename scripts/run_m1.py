@@ -2,7 +2,7 @@
 
 import sys
 
-from thermospec.cli import main
+from thermospec.cli.m1 import main
 
 if __name__ == "__main__":
     sys.exit(main())

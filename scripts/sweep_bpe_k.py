@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from thermospec.cli import OneLineParser
-from thermospec.targets import CorpusError
-from thermospec.tokenized import bpe_target, k_sweep, parse_tokenizer
+from thermospec.cli.options import OneLineParser
+from thermospec.experiments.k_sweep import k_sweep
+from thermospec.targets.bpe import bpe_target, parse_tokenizer
+from thermospec.targets.corpus import CorpusError
 
 DEFAULT_KS = [8, 16, 32, 64, 128, 256, 512, 1024]
 

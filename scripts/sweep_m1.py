@@ -2,7 +2,7 @@
 
 import sys
 
-from thermospec.sweep_cli import seed_main
+from thermospec.cli.sweep import seed_main
 
 if __name__ == "__main__":
     sys.exit(seed_main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from thermospec.sweep_cli import grid_main
+from thermospec.cli.sweep import grid_main
 
 if __name__ == "__main__":
     sys.exit(grid_main())

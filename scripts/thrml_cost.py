@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from thermospec.cli import OneLineParser
-from thermospec.payload import craft_payload, encode_payload
-from thermospec.thrml_backend import ThrmlSampler, ThrmlTSU, thrml_available
-from thermospec.tsu import SimTSU
+from thermospec.cli.options import OneLineParser
+from thermospec.core.payload import craft_payload, encode_payload
+from thermospec.tsu.sim import SimTSU
+from thermospec.tsu.thrml import ThrmlSampler, ThrmlTSU, thrml_available
 
 THRML_DISTRIBUTIONS = ("thrml", "jax", "jaxlib", "equinox", "jaxtyping", "ml_dtypes", "opt_einsum", "wadler_lindig")
 

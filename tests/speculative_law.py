@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from thermospec.statistics import pooled_bins
+from thermospec.core.statistics import pooled_bins
 
 # Significance of every statistical assertion in the suite: an honest sampler must
 # give p > ALPHA at the fixed seed, a broken one p < ALPHA.

@@ -21,10 +21,10 @@ from numpy.typing import NDArray
 
 from tests.speculative_law import ALPHA, emitted_law, miss_probability, noncentrality
 from thermospec import SimTSU, accept_correct_step, craft_payload, encode_payload, overlap_mass, residual
-from thermospec.acceptance import acceptance_ratio, residual_cdf
-from thermospec.payload import EpsSpec
-from thermospec.sampling import inverse_cdf
-from thermospec.statistics import pooled_chi2
+from thermospec.core.acceptance import acceptance_ratio, residual_cdf
+from thermospec.core.payload import EpsSpec
+from thermospec.core.sampling import inverse_cdf
+from thermospec.core.statistics import pooled_chi2
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from thermospec.batch import BatchChunk, BatchTally, chain_stream, run_batch
-from thermospec.cli import main
-from thermospec.config import RunConfig, Stream, load_target, random_stream
-from thermospec.engine import run_chain
-from thermospec.kernels import Backend, compiled_module, slot_bytes
-from thermospec.proposer import Proposer
-from thermospec.statistics import pooled_chi2
-from thermospec.summary import RunTally
-from thermospec.targets import BigramTarget
+from thermospec.cli.m1 import main
+from thermospec.core.statistics import pooled_chi2
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.batch import chain_stream, run_batch
+from thermospec.engine.chain import run_chain
+from thermospec.engine.chunks import BatchChunk
+from thermospec.engine.kernels import Backend, compiled_module, slot_bytes
+from thermospec.engine.tally import BatchTally, RunTally
+from thermospec.runs.config import RunConfig, load_target
+from thermospec.targets.bigram import BigramTarget
+from thermospec.tsu.drafts import Proposer
 
 needs_compiled = pytest.mark.skipif(compiled_module() is None, reason="thermospec._kernels is not built")
 BACKENDS = ["python", pytest.param("compiled", marks=needs_compiled)]
@@ -231,13 +233,13 @@ def test_a_tally_of_the_wrong_shape_is_refused() -> None:
 
 @needs_compiled
 def test_batch_kernel_counts_are_the_bincounts_of_its_outputs() -> None:
-    from thermospec.engine import _table_source
-    from thermospec.kernels import TableCache
+    from thermospec.engine.chain import table_source
+    from thermospec.engine.kernels import TableCache
 
     module = compiled_module()
     assert module is not None
     target, proposer = _setup(vocab=20, seed=6)
-    cache = TableCache(20, _table_source(target.row, proposer.draft))
+    cache = TableCache(20, table_source(target.row, proposer.draft))
     assert cache.load_all()
     B, n = 11, 300  # not a multiple of the kernel's group of chains
     u = np.random.default_rng(6).random((B, n, 3))
@@ -325,8 +327,8 @@ def test_a_tally_fed_chunks_that_do_not_continue_each_chain_stays_exact() -> Non
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batched_chains_on_compact_tables_are_the_single_chains(backend: str) -> None:
     """Large V: every chain of a batch on compact tables emits the single-chain dense tokens of its stream."""
-    from thermospec.config import RunConfig
-    from thermospec.runs import prepare_run, sparse_rows
+    from thermospec.runs.config import RunConfig
+    from thermospec.runs.prepare import prepare_run, sparse_rows
 
     run = prepare_run(RunConfig(vocab=5000, K=16, seed=6))
     sparse = sparse_rows(run)
@@ -365,11 +367,11 @@ def test_counting_without_recording_gives_the_same_tallies(backend: str) -> None
 
 @needs_compiled
 def test_kernel_refuses_to_drop_the_steps_without_counts() -> None:
-    from thermospec.engine import _table_source
-    from thermospec.kernels import TableCache
+    from thermospec.engine.chain import table_source
+    from thermospec.engine.kernels import TableCache
 
     target, proposer = _setup(vocab=8, seed=1)
-    cache = TableCache(8, _table_source(target.row, proposer.draft))
+    cache = TableCache(8, table_source(target.row, proposer.draft))
     cache.load_all()
     module = compiled_module()
     assert module is not None

@@ -4,35 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from thermospec.blocks import (
+from thermospec.analysis.block_checks import run_block_checks
+from thermospec.cli.m1 import main
+from thermospec.core.expectation import block_expectation, expected_tokens_iid, modelled_speedup
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.blocks import (
     BLOCKS_FILE,
-    BlockChunk,
-    BlockTally,
-    batch_means_se,
-    block_expectation,
-    block_lines,
+    block_transition_chi2,
     block_transitions,
     context_transition_counts,
-    expected_tokens_iid,
     fixed_context_blocks,
-    modelled_speedup,
-    run_block_checks,
     run_blocks,
     run_blocks_reference,
-    summarise_blocks,
-    transition_chi2,
 )
-from thermospec.cli import main
-from thermospec.config import RunConfig, Stream, random_stream
-from thermospec.proposer import ContextDraft
-from thermospec.runs import PreparedRun, prepare_run
-from thermospec.tsu import SimTSU
+from thermospec.engine.chain import dense_matrices
+from thermospec.engine.chunks import BlockChunk
+from thermospec.engine.tally import BlockTally
+from thermospec.runs.block_run import batch_means_se, block_lines, summarise_blocks
+from thermospec.runs.config import RunConfig
+from thermospec.runs.prepare import PreparedRun, prepare_run
+from thermospec.tsu.drafts import ContextDraft
+from thermospec.tsu.sim import SimTSU
 
 
 def concat(chunks: list[BlockChunk]) -> BlockChunk:
@@ -140,7 +139,7 @@ def test_emitted_chain_is_the_bigram_chain_by_chi2() -> None:
     t = run.target
     for gamma, seed in ((1, 11), (3, 12), (6, 13)):
         blocks = blocks_of(run, gamma, 200_000, seed)
-        stat, dof, p = transition_chi2(*block_transitions(blocks), t.row, t.V)
+        stat, dof, p, _ = astuple(block_transition_chi2(blocks, t.row, t.V))
         assert dof > 150
         assert p > 0.001, (gamma, stat, dof, p)
 
@@ -155,7 +154,7 @@ def test_negative_control_a_misreporting_tsu_is_detected() -> None:
 
     rng = random_stream(12, Stream.CHAIN)
     blocks = concat(list(run_blocks(t.row, t.pi, faulty, 3, 200_000, rng)))
-    _, _, p = transition_chi2(*block_transitions(blocks), t.row, t.V)
+    p = block_transition_chi2(blocks, t.row, t.V).p_value
     assert p < 1e-6
 
 
@@ -172,7 +171,7 @@ def test_fixed_context_blocks_and_transition_counts(small_run: PreparedRun) -> N
     observed = np.bincount(first, minlength=t.V)
     expected = len(blocks) * t.row(x)
     assert np.all(np.abs(observed - expected) < 5 * np.sqrt(expected + 1))
-    assert transition_chi2(prev, emitted, t.row, t.V)[2] > 0.001
+    assert block_transition_chi2(blocks, t.row, t.V).p_value > 0.001
     # On a chain, context_transition_counts sees the same transitions as block_transitions.
     chain = blocks_of(small_run, 4, 20_000, 2)
     counts = context_transition_counts(chain, list(range(t.V)), t.V)
@@ -202,7 +201,7 @@ def dense_expectation(run: PreparedRun, gamma: int) -> tuple[float, list[float]]
 @pytest.mark.parametrize("gamma", [1, 2, 5])
 def test_block_expectation_matches_an_independent_dense_computation(small_run: PreparedRun, gamma: int) -> None:
     t = small_run.target
-    got = block_expectation(t.row, small_run.proposer.draft, t.pi, gamma)
+    got = block_expectation(*dense_matrices(t.row, small_run.proposer.draft, t.V), t.pi, gamma)
     want, per_position = dense_expectation(small_run, gamma)
     assert got.accepted_length == pytest.approx(want, abs=1e-10)
     assert got.per_position_accept == pytest.approx(per_position, abs=1e-10)
@@ -214,7 +213,7 @@ def test_measured_accepted_length_matches_the_exact_expectation_not_the_iid_form
 ) -> None:
     t = small_run.target
     gamma = 4
-    expected = block_expectation(t.row, small_run.proposer.draft, t.pi, gamma)
+    expected = block_expectation(*dense_matrices(t.row, small_run.proposer.draft, t.V), t.pi, gamma)
     iid = expected.iid_tokens_per_target_call - 1
     tally = BlockTally(t.V, gamma)
     tally.update(blocks_of(small_run, gamma, 400_000, 21))
@@ -229,7 +228,7 @@ def test_constant_overlap_gives_the_iid_formula() -> None:
     """When q = p exactly (K = V, τ = 1, no quantisation error), every draft is accepted."""
     run = prepare_run(RunConfig(vocab=2, c=50.0, K=2, seed=1))
     t = run.target
-    got = block_expectation(t.row, run.proposer.draft, t.pi, 3)
+    got = block_expectation(*dense_matrices(t.row, run.proposer.draft, t.V), t.pi, 3)
     overlaps = [run.proposer.draft(x).overlap_mass for x in range(t.V)]
     alpha = float(np.dot(t.pi, overlaps))
     assert got.iid_tokens_per_target_call == pytest.approx(expected_tokens_iid(alpha, 3))
@@ -340,8 +339,8 @@ def test_cli_bad_block_options_are_one_line(
 def test_grid_sweep_over_gammas_writes_rows_and_the_speedup_plot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from thermospec.gamma_sweep import GAMMA_CSV, SPEEDUP_PNG
-    from thermospec.sweep_cli import grid_main
+    from thermospec.cli.sweep import grid_main
+    from thermospec.experiments.gamma_sweep import GAMMA_CSV, SPEEDUP_PNG
 
     status = grid_main(["--vocab", "8", "--c", "0.5", "--gammas", "1", "4", "--Ks", "1", "--taus", "1.0",
                         "--seeds", "2", "--steps", "20000", "--cost-ratios", "0", "0.1",
@@ -363,7 +362,7 @@ def test_grid_sweep_over_gammas_writes_rows_and_the_speedup_plot(
 
 
 def test_grid_sweep_refuses_bad_gammas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from thermospec.sweep_cli import grid_main
+    from thermospec.cli.sweep import grid_main
 
     for args in (["--gammas", "0"], ["--gammas", "2", "2"], ["--gammas", "2", "--cost-ratios", "-1"]):
         try:
@@ -398,7 +397,7 @@ def test_block_jsonl_is_byte_identical_for_the_same_seed_and_hashed_in_the_summa
                                     RunConfig(vocab=5000, K=4, eps=0.0, seed=23)], ids=["lazy", "dense-large", "eps0"])
 def test_blocks_on_compact_tables_are_the_dense_blocks_and_the_reference(config: RunConfig) -> None:
     """Large V: γ-blocks on compact tables emit exactly the dense tables' blocks and Algorithm 1's."""
-    from thermospec.runs import sparse_rows
+    from thermospec.runs.prepare import sparse_rows
 
     run = prepare_run(config)
     sparse = sparse_rows(run)

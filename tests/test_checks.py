@@ -12,24 +12,22 @@ import pytest
 
 from scripts.detection_power import main as detection_main
 from scripts.detection_power import markdown_table
-from thermospec.checks import (
-    FIXED_CONTEXTS_TO_PASS,
+from thermospec.analysis.checks import (
     HEAD_BINS,
     POOLED_SIGNIFICANCE,
     POOLED_STEPS,
     draft_bin_labels,
-    fixed_context_check,
-    fixed_context_p_values,
     pooled_draft_chi2,
     pooled_tsu_check,
     run_checks,
     sum_chi2,
 )
-from thermospec.config import RunConfig
-from thermospec.detection import TrialOutcome, detection_table, fault_trial, guide_rule_failures
-from thermospec.faults import Fault, inject_fault
-from thermospec.runs import PreparedRun, prepare_run
-from thermospec.statistics import Chi2Result
+from thermospec.analysis.detection import TrialOutcome, detection_table, fault_trial, guide_rule_failures
+from thermospec.core.statistics import Chi2Result
+from thermospec.runs.checklist import FIXED_CONTEXTS_TO_PASS, fixed_context_check, fixed_context_p_values
+from thermospec.runs.config import RunConfig
+from thermospec.runs.prepare import PreparedRun, inject_fault, prepare_run
+from thermospec.tsu.faults import Fault
 
 
 @pytest.fixture(scope="module")

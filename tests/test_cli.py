@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from thermospec.cli import main
-from thermospec.telemetry import FIELDS
+from thermospec.cli.m1 import main
+from thermospec.runs.telemetry import FIELDS
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -8,28 +8,29 @@ from bisect import bisect_right
 import numpy as np
 import pytest
 
-from thermospec.acceptance import acceptance_ratio, residual_cdf
-from thermospec.compact import (
+from thermospec.core.acceptance import acceptance_ratio, residual_cdf
+from thermospec.core.payload import EpsSpec, PayloadError, craft_payload, craft_payload_from_support, encode_payload
+from thermospec.core.proposal import draft_cdf
+from thermospec.core.sampling import last_positive
+from thermospec.core.statistics import chi2_sf, pooled_chi2
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import run_chain, run_chain_reference
+from thermospec.engine.compact import (
     CompactStepper,
     CompactTables,
-    SparseProposer,
     compact_source,
     compact_tables,
-    draft_for_support,
     draft_token,
     step_token,
 )
-from thermospec.config import RunConfig, Stream, load_target, random_stream
-from thermospec.engine import run_chain, run_chain_reference
-from thermospec.faults import Fault, FaultyProposer
-from thermospec.kernels import compiled_module
-from thermospec.payload import EpsSpec, PayloadError, craft_payload, craft_payload_from_support, encode_payload
-from thermospec.proposer import draft_for_row
-from thermospec.runs import prepare_run, sparse_rows
-from thermospec.sampling import last_positive
-from thermospec.statistics import chi2_sf, pooled_chi2
-from thermospec.targets import DENSE_VOCAB_MAX, LazySyntheticTarget
-from thermospec.tsu import SimTSU, draft_cdf
+from thermospec.engine.kernels import compiled_module
+from thermospec.engine.sparse import SparseProposer, draft_for_support
+from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.prepare import prepare_run, sparse_rows
+from thermospec.targets.synthetic import DENSE_VOCAB_MAX, LazySyntheticTarget
+from thermospec.tsu.drafts import draft_for_row
+from thermospec.tsu.faults import Fault, FaultyProposer
+from thermospec.tsu.sim import SimTSU
 
 V_LAZY = DENSE_VOCAB_MAX + 904  # 5,000: lazy rows, small enough for the dense reference
 
@@ -266,7 +267,7 @@ def test_compact_chain_emits_the_target_with_a_negative_control() -> None:
 
 
 def test_large_dense_targets_step_on_compact_tables_with_the_same_tokens() -> None:
-    from thermospec.runs import COMPACT_ABOVE_V
+    from thermospec.runs.prepare import COMPACT_ABOVE_V
 
     assert sparse_rows(prepare_run(RunConfig())) is None  # V = 256: dense tables
     run = prepare_run(RunConfig(vocab=COMPACT_ABOVE_V + 500, K=32, seed=5))

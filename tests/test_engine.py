@@ -19,19 +19,14 @@ from numpy.typing import NDArray
 
 from tests.speculative_law import ALPHA, emitted_law, miss_probability, noncentrality
 from thermospec import SimTSU, accept_correct_step
-from thermospec.config import RunConfig, Stream, load_target, random_stream
-from thermospec.engine import (
-    ChainChunk,
-    ReportError,
-    fixed_context_draws,
-    run_chain,
-    run_chain_reference,
-    start_token,
-)
-from thermospec.payload import EpsSpec
-from thermospec.proposer import ContextDraft, Proposer
-from thermospec.statistics import chi2_sf, pooled_chi2
-from thermospec.targets import BigramTarget
+from thermospec.core.payload import EpsSpec
+from thermospec.core.statistics import chi2_sf, pooled_chi2
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import ReportError, fixed_context_draws, run_chain, run_chain_reference, start_token
+from thermospec.engine.chunks import ChainChunk
+from thermospec.runs.config import RunConfig, load_target
+from thermospec.targets.bigram import BigramTarget
+from thermospec.tsu.drafts import ContextDraft, Proposer
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 

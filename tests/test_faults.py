@@ -17,10 +17,16 @@ from numpy.typing import NDArray
 
 from tests.speculative_law import ALPHA
 from thermospec import SimTSU, craft_payload, encode_payload
-from thermospec.cli import main
-from thermospec.config import RunConfig, Stream, random_stream
-from thermospec.engine import ReportError, fixed_context_draws, run_chain, run_chain_reference
-from thermospec.faults import (
+from thermospec.cli.m1 import main
+from thermospec.core.proposal import proposal_distribution
+from thermospec.core.statistics import pooled_chi2
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import ReportError, fixed_context_draws, run_chain, run_chain_reference
+from thermospec.runs.config import RunConfig
+from thermospec.runs.executor import SUMMARY_FILE, execute_run
+from thermospec.runs.prepare import PreparedRun, inject_fault, prepare_run
+from thermospec.tsu.drafts import ContextDraft
+from thermospec.tsu.faults import (
     Fault,
     FaultError,
     FaultyProposer,
@@ -29,13 +35,8 @@ from thermospec.faults import (
     drifted_distribution,
     dropped_tail_distribution,
     faulty_tsu,
-    inject_fault,
     stale_distribution,
 )
-from thermospec.proposer import ContextDraft
-from thermospec.runs import SUMMARY_FILE, PreparedRun, execute_run, prepare_run
-from thermospec.statistics import pooled_chi2
-from thermospec.tsu import proposal_distribution
 
 
 @pytest.fixture(scope="module")

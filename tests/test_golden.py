@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import CORPUS_CANDIDATES
-from thermospec.cli import main
-from thermospec.sweep_cli import grid_main, seed_main
+from thermospec.cli.m1 import main
+from thermospec.cli.sweep import grid_main, seed_main
 
 GOLDEN = Path(__file__).with_name("golden_outputs.json")
 STEPS = "4000"

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from thermospec.config import RunConfig, Stream, load_target, random_stream
-from thermospec.engine import ChainChunk, run_chain, run_chain_reference
-from thermospec.kernels import (
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import run_chain, run_chain_reference
+from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.kernels import (
     ChainStepper,
     TableCache,
     compiled_module,
@@ -19,7 +20,8 @@ from thermospec.kernels import (
     resolve_backend,
     slot_bytes,
 )
-from thermospec.proposer import Proposer
+from thermospec.runs.config import RunConfig, load_target
+from thermospec.tsu.drafts import Proposer
 
 needs_compiled = pytest.mark.skipif(compiled_module() is None, reason="thermospec._kernels is not built")
 BACKENDS = ["python", pytest.param("compiled", marks=needs_compiled)]

@@ -7,19 +7,20 @@ import itertools
 import numpy as np
 import pytest
 
-from thermospec.config import RunConfig, Stream, load_target, random_stream
-from thermospec.engine import run_chain, run_chain_reference
-from thermospec.kernels import TableCache, slot_bytes
-from thermospec.proposer import Proposer
-from thermospec.statistics import pooled_chi2
-from thermospec.targets import (
+from thermospec.core.statistics import pooled_chi2
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import run_chain, run_chain_reference
+from thermospec.engine.kernels import TableCache, slot_bytes
+from thermospec.runs.config import RunConfig, load_target
+from thermospec.targets.bigram import stationary_distribution
+from thermospec.targets.synthetic import (
     DENSE_VOCAB_MAX,
     LAZY_BLOCK,
     LazySyntheticTarget,
     lazy_synthetic_target,
-    stationary_distribution,
     synthetic_target,
 )
+from thermospec.tsu.drafts import Proposer
 
 
 def test_synthetic_target_switches_to_lazy_rows_above_the_dense_limit() -> None:
@@ -100,7 +101,7 @@ def test_table_cache_memory_is_bounded_at_65536() -> None:
 
 def test_lazy_emissions_follow_the_row_with_a_negative_control() -> None:
     """χ² of fixed-context emissions on a lazy row vs p(.|x); the uncorrected drafts fail the same test."""
-    from thermospec.engine import fixed_context_draws
+    from thermospec.engine.chain import fixed_context_draws
 
     target = load_target(RunConfig(vocab=DENSE_VOCAB_MAX + 1, seed=9))
     x = int(np.argmax(target.pi))
@@ -118,10 +119,10 @@ def test_lazy_emissions_follow_the_row_with_a_negative_control() -> None:
     "text", ["ab", "abracadabra", "héllo wörld ✓ 𝄞 " * 300 + "x", "z" * 5 + "a" * 3, "\x00\x7f\x00"]
 )
 def test_streaming_bigram_counts_equal_the_direct_count(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import thermospec.targets
+    import thermospec.targets.corpus
 
-    monkeypatch.setattr(thermospec.targets, "COUNT_CHUNK", 7)  # many chunk boundaries
-    alphabet, counts = thermospec.targets.bigram_counts(text)
+    monkeypatch.setattr(thermospec.targets.corpus, "COUNT_CHUNK", 7)  # many chunk boundaries
+    alphabet, counts = thermospec.targets.corpus.bigram_counts(text)
     assert alphabet.tolist() == sorted({ord(ch) for ch in text})
     index = {cp: i for i, cp in enumerate(alphabet.tolist())}
     expected = np.zeros_like(counts)

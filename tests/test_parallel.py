@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 
-from thermospec import parallel
-from thermospec.config import ConfigError, RunConfig
-from thermospec.parallel import available_cores, open_runner, single_threaded_blas
-from thermospec.sweep_cli import grid_main
-from thermospec.sweeps import GRID_CSV, GridSweep, SeedSweep, grid_task, seed_task
+from thermospec.cli.sweep import grid_main
+from thermospec.experiments import parallel
+from thermospec.experiments.grid import GridSweep, grid_task
+from thermospec.experiments.parallel import available_cores, open_runner, single_threaded_blas
+from thermospec.experiments.seeds import SeedSweep, seed_task
+from thermospec.experiments.sweeps import GRID_CSV
+from thermospec.runs.config import ConfigError, RunConfig
 
 SMALL_GRID = GridSweep(base=RunConfig(vocab=64), steps=3_000, Ks=(4, 16), taus=(0.8, 1.0, 1.25), seeds=(3, 5))
 SMALL_SEEDS = SeedSweep(base=RunConfig(vocab=64, K=8, steps=2_000), seeds=(1, 2, 3))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from thermospec import Payload, PayloadError, craft_payload, decode_payload, encode_payload, payload_size
-from thermospec.payload import HEADER_BYTES, MAGIC, EpsSpec
+from thermospec.core.payload import HEADER_BYTES, MAGIC, EpsSpec
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 

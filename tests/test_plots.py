@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thermospec.config import RunConfig
-from thermospec.plots import (
+from thermospec.cli.sweep import grid_main, plot_main, seed_main
+from thermospec.experiments.plots import (
     CE_GAP_PNG,
     CONTEXT_PNG,
     GRID_PNG,
@@ -19,8 +19,9 @@ from thermospec.plots import (
     plot_folder,
     read_run_trace,
 )
-from thermospec.runs import execute_run, prepare_run
-from thermospec.sweep_cli import grid_main, plot_main, seed_main
+from thermospec.runs.config import RunConfig
+from thermospec.runs.executor import execute_run
+from thermospec.runs.prepare import prepare_run
 
 
 def _pixels(path: Path) -> np.ndarray:

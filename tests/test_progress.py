@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from thermospec.cli import main as run_main
-from thermospec.progress import progress_bar, shows_progress
+from thermospec.cli.m1 import main as run_main
+from thermospec.runs.progress import progress_bar, shows_progress
 
 
 class _Terminal(io.StringIO):

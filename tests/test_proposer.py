@@ -16,7 +16,7 @@ from thermospec import (
     overlap_mass,
     topk_mass,
 )
-from thermospec.proposer import Proposer, draft_for_row
+from thermospec.tsu.drafts import Proposer, draft_for_row
 
 
 def test_draft_for_row_is_the_encoded_payload_and_its_metrics() -> None:

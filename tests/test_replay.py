@@ -13,9 +13,9 @@ import pytest
 import scipy
 
 from thermospec import __version__
-from thermospec.cli import main
-from thermospec.replay import ReplayError, load_replay
-from thermospec.runs import METRICS_FILE, SUMMARY_FILE
+from thermospec.cli.m1 import main
+from thermospec.runs.executor import METRICS_FILE, SUMMARY_FILE
+from thermospec.runs.replay import ReplayError, load_replay
 
 
 def _run(runs: Path, *options: str) -> Path:

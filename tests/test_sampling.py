@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from tests.speculative_law import ALPHA, miss_probability, noncentrality
-from thermospec.sampling import inverse_cdf, last_positive
-from thermospec.statistics import pooled_chi2
+from thermospec.core.sampling import inverse_cdf, last_positive
+from thermospec.core.statistics import pooled_chi2
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 

@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from thermospec.audit import audit_jsonl
-from thermospec.cli import main
-from thermospec.config import RunConfig, load_target
-from thermospec.runs import METRICS_FILE, SUMMARY_FILE, execute_run, prepare_run, write_json_atomic
-from thermospec.statistics import pooled_chi2
-from thermospec.storage import OutputError, RecordFile
+from thermospec.analysis.audit import audit_jsonl
+from thermospec.cli.m1 import main
+from thermospec.core.statistics import pooled_chi2
+from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.executor import METRICS_FILE, SUMMARY_FILE, execute_run, write_json_atomic
+from thermospec.runs.prepare import prepare_run
+from thermospec.runs.storage import OutputError, RecordFile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -139,10 +140,10 @@ class _FullDisk(RecordFile):
 
 def _fill_the_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the run's JSONL a `_FullDisk`, wherever the run opens its record file."""
-    import thermospec.runs
-    import thermospec.telemetry
+    import thermospec.runs.executor
+    import thermospec.runs.telemetry
 
-    for module in (thermospec.runs, thermospec.telemetry):
+    for module in (thermospec.runs.executor, thermospec.runs.telemetry):
         if hasattr(module, "RecordFile"):
             monkeypatch.setattr(module, "RecordFile", _FullDisk)
 
@@ -206,7 +207,7 @@ def test_full_disk_from_the_cli_is_one_line(
 
 
 def test_interruption_guard_records_nests_and_restores() -> None:
-    from thermospec.interrupts import exit_status, interruption_guard
+    from thermospec.runs.interrupts import exit_status, interruption_guard
 
     before = signal.getsignal(signal.SIGTERM)
     with interruption_guard() as outer:

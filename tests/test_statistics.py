@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from thermospec.statistics import chi2_sf, pooled_bins, pooled_chi2
+from thermospec.core.statistics import chi2_sf, pooled_bins, pooled_chi2
 
 
 def test_no_small_bin_means_no_pooling() -> None:

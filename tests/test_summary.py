@@ -14,10 +14,11 @@ import pytest
 from numpy.typing import NDArray
 from scipy import stats
 
-from thermospec.config import RunConfig
-from thermospec.engine import ChainChunk
-from thermospec.runs import create_run_dir, execute_run, prepare_run
-from thermospec.summary import RunTally
+from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.tally import RunTally
+from thermospec.runs.config import RunConfig
+from thermospec.runs.executor import create_run_dir, execute_run
+from thermospec.runs.prepare import prepare_run
 
 
 def pooled_chi2_by_hand(observed: NDArray[np.float64], expected: NDArray[np.float64]) -> tuple[float, int, float]:
@@ -168,10 +169,11 @@ def test_transition_chi2_is_recomputable_from_the_jsonl(shakespeare: Path, tmp_p
 
 
 def _transition_p_value(config: RunConfig, fault: str | None) -> float:
-    from thermospec.config import Stream, random_stream
-    from thermospec.engine import run_chain
-    from thermospec.faults import Fault, inject_fault
-    from thermospec.summary import summarise_run
+    from thermospec.core.streams import Stream, random_stream
+    from thermospec.engine.chain import run_chain
+    from thermospec.runs.prepare import inject_fault
+    from thermospec.runs.summary import summarise_run
+    from thermospec.tsu.faults import Fault
 
     prepared = prepare_run(config)
     if fault is not None:

@@ -17,36 +17,30 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from thermospec.config import ConfigError, RunConfig, Stream, random_stream
-from thermospec.engine import fixed_context_draws
-from thermospec.parallel import TaskRunner
-from thermospec.proposer import draft_for_row
-from thermospec.runs import execute_run, prepare_run
-from thermospec.sweep_cli import grid_main, seed_main
-from thermospec.sweeps import (
+from thermospec.cli.sweep import grid_main, seed_main
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import fixed_context_draws
+from thermospec.experiments.grid import GridPoint, GridSweep, aggregate_grid, format_grid_table, grid_row, validate_grid
+from thermospec.experiments.parallel import TaskRunner
+from thermospec.experiments.seeds import SeedSweep, format_seed_table, run_seed, seed_row
+from thermospec.experiments.sweeps import (
     GRID_CSV,
     GRID_FIELDS,
     SEED_FIELDS,
     SEEDS_CSV,
     CsvRows,
-    GridPoint,
-    GridSweep,
-    SeedSweep,
-    aggregate_grid,
     check_values,
-    format_grid_table,
-    format_seed_table,
-    grid_row,
     most_probable_context,
     read_csv_rows,
     resolve_context,
-    run_seed,
     run_sweep,
-    seed_row,
     target_of,
     tau_key,
-    validate_grid,
 )
+from thermospec.runs.config import ConfigError, RunConfig
+from thermospec.runs.executor import execute_run
+from thermospec.runs.prepare import prepare_run
+from thermospec.tsu.drafts import draft_for_row
 
 REPO = Path(__file__).resolve().parent.parent
 GUIDE_GRID = GridSweep(base=RunConfig(), steps=15_000, Ks=(32, 64, 128), taus=(0.9, 1.0, 1.1), seeds=(7, 11))

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from thermospec.config import RunConfig, Stream, load_target, random_stream
-from thermospec.targets import CorpusError, corpus_target, stationary_distribution, synthetic_target
+from thermospec.core.streams import Stream, random_stream
+from thermospec.runs.config import RunConfig, load_target
+from thermospec.targets.bigram import stationary_distribution
+from thermospec.targets.corpus import CorpusError, corpus_target
+from thermospec.targets.synthetic import synthetic_target
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 

@@ -19,12 +19,13 @@ from numpy.typing import NDArray
 
 from tests.speculative_law import spec_formula
 from thermospec import craft_payload, decode_payload, encode_payload
-from thermospec.config import RunConfig
-from thermospec.engine import ChainChunk
-from thermospec.proposer import Proposer
-from thermospec.runs import create_run_dir, execute_run, prepare_run
-from thermospec.targets import BigramTarget
-from thermospec.telemetry import JsonlWriter, context_fields, jsonl_lines
+from thermospec.engine.chunks import ChainChunk
+from thermospec.runs.config import RunConfig
+from thermospec.runs.executor import create_run_dir, execute_run
+from thermospec.runs.prepare import prepare_run
+from thermospec.runs.telemetry import JsonlWriter, context_fields, jsonl_lines
+from thermospec.targets.bigram import BigramTarget
+from thermospec.tsu.drafts import Proposer
 
 GUIDE_FIELDS = [
     "step", "prev_token", "proposed_token", "emitted_token", "accepted",

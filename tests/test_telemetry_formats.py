@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from thermospec.cli import main
-from thermospec.config import RunConfig, Stream, load_target, random_stream
-from thermospec.engine import ChainChunk, run_chain
-from thermospec.kernels import compiled_module
-from thermospec.proposer import Proposer
-from thermospec.telemetry import FIELDS, JsonlWriter, NullWriter, TelemetrySink, jsonl_lines, parquet_available
+from thermospec.cli.m1 import main
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import run_chain
+from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.kernels import compiled_module
+from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.telemetry import FIELDS, JsonlWriter, NullWriter, TelemetrySink, jsonl_lines, parquet_available
+from thermospec.tsu.drafts import Proposer
 
 needs_compiled = pytest.mark.skipif(compiled_module() is None, reason="thermospec._kernels is not built")
 needs_parquet = pytest.mark.skipif(not parquet_available(), reason="pyarrow (extra 'parquet') is not installed")
@@ -58,7 +60,7 @@ def test_python_formatter_matches_jsonl_lines() -> None:
     out = io.StringIO()
     writer = JsonlWriter(out, compiled=False)
     texts: dict[int, str] = {}
-    from thermospec.telemetry import context_fields
+    from thermospec.runs.telemetry import context_fields
 
     expected = []
     for chunk in chunks:
@@ -129,9 +131,9 @@ def test_run_summary_does_not_depend_on_the_telemetry_format(tmp_path: Path, fmt
 def test_parquet_without_pyarrow_is_one_line_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import thermospec.telemetry
+    import thermospec.cli.m1
 
-    monkeypatch.setattr(thermospec.telemetry, "parquet_available", lambda: False)
+    monkeypatch.setattr(thermospec.cli.m1, "parquet_available", lambda: False)
     assert main([*RUN_ARGS, "--telemetry", "parquet", "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--telemetry parquet" in err and "pyarrow" in err

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thermospec.cli import main
-from thermospec.payload import craft_payload, encode_payload
-from thermospec.proposer import Proposer
-from thermospec.statistics import pooled_chi2
-from thermospec.telemetry import FIELDS
-from thermospec.thrml_backend import node_dtype_name, thrml_available
+from thermospec.cli.m1 import main
+from thermospec.core.payload import craft_payload, encode_payload
+from thermospec.core.statistics import pooled_chi2
+from thermospec.runs.telemetry import FIELDS
+from thermospec.tsu.drafts import Proposer
+from thermospec.tsu.thrml import node_dtype_name, thrml_available
 
 needs_thrml = pytest.mark.skipif(
     not thrml_available(), reason="the optional 'thrml' extra (Extropic's THRML + JAX) is not installed"
@@ -36,8 +36,8 @@ def wire_for(V: int, K: int, seed: int, tau: float = 1.0) -> bytes:
 @needs_thrml
 @pytest.mark.parametrize(("V", "K"), [(64, 8), (300, 40)])  # 300 > 256: needs uint16 nodes
 def test_thrml_draws_follow_f_psi_by_chi2(V: int, K: int) -> None:
-    from thermospec.thrml_backend import ThrmlSampler, ThrmlTSU
-    from thermospec.tsu import SimTSU
+    from thermospec.tsu.sim import SimTSU
+    from thermospec.tsu.thrml import ThrmlSampler, ThrmlTSU
 
     wire = wire_for(V, K, seed=V)
     sampler = ThrmlSampler(V, nodes=2048)
@@ -57,7 +57,7 @@ def test_thrml_draws_follow_f_psi_by_chi2(V: int, K: int) -> None:
 
 @needs_thrml
 def test_thrml_tsu_keeps_the_stream_layout_and_never_reuses_a_key() -> None:
-    from thermospec.thrml_backend import ThrmlSampler, ThrmlTSU
+    from thermospec.tsu.thrml import ThrmlSampler, ThrmlTSU
 
     wire = wire_for(32, 4, seed=1)
     sampler = ThrmlSampler(32, nodes=64)
@@ -73,7 +73,7 @@ def test_thrml_tsu_keeps_the_stream_layout_and_never_reuses_a_key() -> None:
 
 @needs_thrml
 def test_thrml_proposer_keeps_payloads_and_metrics() -> None:
-    from thermospec.thrml_backend import ThrmlTSU, thrml_proposer
+    from thermospec.tsu.thrml import ThrmlTSU, thrml_proposer
 
     rows = np.random.default_rng(2).dirichlet(np.full(16, 0.5), size=16)
     base = Proposer(lambda x: rows[x], 4, 1.0, "auto")

@@ -9,24 +9,24 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from thermospec.cli import main
-from thermospec.config import ConfigError, RunConfig, Stream, random_stream
-from thermospec.engine import fixed_context_draws, run_chain, run_chain_reference
-from thermospec.proposer import Proposer
-from thermospec.statistics import pooled_chi2
-from thermospec.targets import stationary_distribution
-from thermospec.telemetry import FIELDS
-from thermospec.tokenized import (
-    BoundedProposer,
-    CompactTSU,
+from thermospec.cli.m1 import main
+from thermospec.core.statistics import pooled_chi2
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import fixed_context_draws, run_chain, run_chain_reference
+from thermospec.experiments.k_sweep import k_sweep
+from thermospec.runs.config import ConfigError, RunConfig
+from thermospec.runs.telemetry import FIELDS
+from thermospec.targets.bigram import stationary_distribution
+from thermospec.targets.bpe import (
     TokenBigramTarget,
     bpe_target,
     encode_corpus,
-    k_sweep,
     parse_tokenizer,
     token_bigram_target,
     train_bpe,
 )
+from thermospec.tsu.bounded import BoundedProposer, CompactTSU
+from thermospec.tsu.drafts import Proposer
 
 SMALL_CORPUS_CHARS = 150_000
 

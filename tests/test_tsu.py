@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from tests.speculative_law import ALPHA, miss_probability, noncentrality, spec_formula
 from thermospec import Payload, SimTSU, craft_payload, encode_payload, proposal_distribution
-from thermospec.payload import EpsSpec
-from thermospec.statistics import pooled_chi2
+from thermospec.core.payload import EpsSpec
+from thermospec.core.statistics import pooled_chi2
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 

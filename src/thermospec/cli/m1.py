@@ -1,0 +1,378 @@
+"""Command line of M1: ``python -m scripts.run_m1 run|check``.
+
+Errors on the user's input print one line naming the option or file and the
+reason, exit with status 2 and write nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from thermospec.analysis.block_checks import run_block_checks
+from thermospec.analysis.checks import pooled_tsu_check, run_checks
+from thermospec.cli.options import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    OneLineParser,
+    eps_option,
+    fault_option,
+    int_at_least,
+    non_negative_float,
+    positive_float,
+)
+from thermospec.core.payload import PayloadError
+from thermospec.engine.blocks import BLOCKS_FILE
+from thermospec.engine.chain import ReportError
+from thermospec.runs.batch_run import execute_batch
+from thermospec.runs.block_run import execute_block_run
+from thermospec.runs.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
+from thermospec.runs.executor import METRICS_FILE, create_run_dir, execute_run
+from thermospec.runs.interrupts import Terminated, install_termination_handler
+from thermospec.runs.prepare import inject_fault, prepare_run
+from thermospec.runs.progress import progress_bar
+from thermospec.runs.replay import ReplayError, load_replay, replay_matches
+from thermospec.runs.telemetry import parquet_available
+from thermospec.runs.thrml_run import execute_thrml_run
+from thermospec.targets.corpus import CorpusError
+
+__all__ = ["main"]
+
+
+
+
+
+
+
+
+
+
+
+
+RUN_EXAMPLES = """\
+examples:
+  python -m scripts.run_m1 run --vocab 256 --K 64 --eps auto --steps 50000 --seed 7
+  python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --K 64 --eps auto --steps 50000 --seed 7
+  python -m scripts.run_m1 run --K 8 --tau 0.9 --eps 1e-5 --runs-dir /tmp/runs
+  python -m scripts.run_m1 run --replay runs/<timestamp>/summary.json   # the same JSONL, byte for byte
+"""
+
+
+CHECK_EXAMPLES = """\
+examples:
+  python -m scripts.run_m1 check
+  python -m scripts.run_m1 check --corpus data/tinyshakespeare.txt --K 128
+  python -m scripts.run_m1 check --tau 0.3 --eps 0
+  python -m scripts.run_m1 check --inject-fault bias:0.05     # a TSU that oversamples its top token by 5 %
+"""
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> None:
+    target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
+    target.add_argument("--corpus", metavar="PATH", help="UTF-8 text: char-level bigram counts, +1 Laplace")
+    target.add_argument("--vocab", type=int_at_least(2, MAX_SYNTHETIC_VOCAB), default=256, metavar="V",
+                        help="synthetic V, 2 to 65536 (default: 256); above 4096 each row is a lazily generated "
+                        "mixture of 256 Dirichlet atoms, not Dirichlet(c/V): README, Performance")
+    target.add_argument("--c", type=positive_float, default=50.0,
+                        help="synthetic Dirichlet concentration, alpha = c/V (default: 50)")
+    psi = parser.add_argument_group("ψ payload, per context")
+    psi.add_argument("--K", type=int_at_least(1), default=64,
+                     help="top-K ids sent (default: 64; clamped to V)")
+    psi.add_argument("--tau", type=positive_float, default=1.0, help="temperature τ > 0 (default: 1.0)")
+    psi.add_argument("--eps", type=eps_option, default="auto",
+                     help="per-token tail probability, 'auto' to spread the target's tail mass, or a number "
+                     "with (V - K) * eps < 1 (default: auto)")
+    parser.add_argument("--steps", type=int_at_least(1), default=50_000, help=steps_help)
+    parser.add_argument("--seed", type=int_at_least(0), default=7, help="RNG seed (default: 7)")
+    beyond = parser.add_argument_group("beyond M1 (README: Beyond M1)")
+    beyond.add_argument("--gamma", type=int_at_least(1), default=None, metavar="G",
+                        help="γ-token speculative blocks: G drafts per target call, telemetry per block in "
+                        "m1_blocks.jsonl (default: M1, one draft and no bonus token)")
+    beyond.add_argument("--cost-ratio", type=non_negative_float, default=0.0, metavar="C",
+                        help="TSU draft time / target call time, for the modelled speed-up (default: 0)")
+    beyond.add_argument("--tokenizer", metavar="bpe:N", default=None,
+                        help="with --corpus: train a byte-level BPE of N tokens on it; token bigram target")
+    beyond.add_argument("--tsu", choices=("sim", "thrml"), default="sim",
+                        help="TSU backend: SimTSU, or Extropic's THRML sampler (extra 'thrml') (default: sim)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``run_m1`` parser with its ``run`` and ``check`` commands."""
+    parser = OneLineParser(
+        prog="run_m1",
+        description="Thermo-Speculative Decoding, milestone M1: a bigram target drafted by a TSU.",
+        epilog="examples:\n  python -m scripts.run_m1 run\n"
+        "  python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --K 64\n"
+        "  python -m scripts.run_m1 check\n\n'run --help' and 'check --help' list every option.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,check}",
+                                     parser_class=OneLineParser)
+    run = commands.add_parser(
+        "run", help="run the chain, write m1_metrics.jsonl and summary.json",
+        description="Run N steps of the bigram chain drafted by the TSU and corrected by the target; "
+        "write RUNS_DIR/<UTC timestamp>/m1_metrics.jsonl and summary.json.",
+        epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_target_options(run, "number of emitted tokens (default: 50000)")
+    run.add_argument("--runs-dir", metavar="DIR", default="runs", help="where run folders go (default: runs)")
+    run.add_argument("--replay", metavar="RUN_DIR/summary.json", default=None,
+                     help="rerun a recorded run (its configuration, its corpus unchanged) into a new folder "
+                     "and verify the JSONL is identical byte for byte")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress bar (none is drawn unless stderr is a terminal)")
+    speed = run.add_argument_group("speed and scale (README: Performance)")
+    speed.add_argument("--telemetry", choices=("jsonl", "parquet", "none"), default="jsonl",
+                       help="per-step records: m1_metrics.jsonl, m1_metrics.parquet (extra 'parquet'), or none; "
+                       "the summary is the same (default: jsonl)")
+    speed.add_argument("--chains", type=int_at_least(1), default=1, metavar="B",
+                       help="run B independent chains of --steps each; chain 0 is the single-chain run, "
+                       "telemetry and summary per chain in chain_<b>/ (none with --telemetry none: only the "
+                       "pooled summary) (default: 1)")
+    check = commands.add_parser(
+        "check", help="the guide's success checklist: PASS/FAIL, exit 0 only if all pass",
+        description="Verify the M1 success checklist on this target; exit non-zero if any check fails.",
+        epilog=CHECK_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_target_options(check, "steps of the run for |accept - overlap| (default: 50000)")
+    check.add_argument("--check-steps", type=int_at_least(1), default=20_000, metavar="N",
+                       help="fixed-context steps per χ² context (default: 20000)")
+    check.add_argument("--pooled-steps", type=int_at_least(1), default=50_000, metavar="N",
+                       help="TSU drafts per context of the stronger pooled χ² (default: 50000)")
+    check.add_argument("--inject-fault", type=fault_option, default=None, metavar="KIND:SIZE",
+                       help="check a faulty TSU instead: bias:S, stale:S, tail:S, tau:S or misreport:S "
+                       "(README: Trust and fault detection)")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    if args.cost_ratio and args.gamma is None:
+        raise ConfigError("--cost-ratio: models the speed-up of γ-token blocks and needs --gamma")
+    return RunConfig(
+        corpus=args.corpus, vocab=args.vocab, c=args.c, K=args.K, tau=args.tau,
+        eps=args.eps, steps=args.steps, seed=args.seed,
+        gamma=args.gamma, cost_ratio=args.cost_ratio, tokenizer=args.tokenizer, tsu=args.tsu,
+    )
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, str) and not value.isprintable():
+        return repr(value)
+    return str(value)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The summary as an aligned two-column table."""
+    rows: list[tuple[str, str]] = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            rows.extend((f"{key}.{k}", _format_value(v)) for k, v in value.items())
+        else:
+            rows.append((key, _format_value(value)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _notice_clamp(config: RunConfig, V: int) -> None:
+    if config.tokenizer is not None and config.tokenizer.startswith("bpe:") and config.tokenizer[4:].isdigit():
+        asked = int(config.tokenizer[4:])
+        if asked > V:
+            print(f"notice: --tokenizer {config.tokenizer}: this corpus supports only {V} BPE tokens; "
+                  f"using V = {V}", file=sys.stderr)
+    if config.K > V:
+        print(f"notice: --K {config.K} is above the vocabulary size V = {V}; using K = {V}", file=sys.stderr)
+
+
+def _replay_config(args: argparse.Namespace) -> Any:
+    """The replay plan of ``--replay``, refusing options that would change the recorded run."""
+    from dataclasses import fields
+
+
+    recorded = {f.name for f in fields(RunConfig)}
+    given = [f"--{name.replace('_', '-')}" for name, value in vars(_config_defaults()).items()
+             if name in recorded and getattr(args, name, value) != value]
+    if given:
+        raise ConfigError(f"--replay: takes every option from the summary; drop {' '.join(given)}")
+    try:
+        return load_replay(args.replay)
+    except ReplayError as exc:
+        raise ConfigError(f"--replay {exc}") from None
+
+
+def _config_defaults() -> argparse.Namespace:
+    defaults = build_parser().parse_args(["run"])
+    del defaults.command, defaults.runs_dir, defaults.replay
+    return defaults
+
+
+def _exit_status(summary: dict[str, Any]) -> int:
+    """130 / 143 when a SIGINT / SIGTERM stopped the run, else 0."""
+    import signal
+
+    by = summary.get("interrupted_by")
+    if by in ("SIGINT", "SIGTERM"):
+        return 128 + int(signal.Signals[by])
+    return 0
+
+
+def _check_speed_options(args: argparse.Namespace) -> None:
+    """Refuse ``--telemetry`` / ``--chains`` combinations that cannot run, before anything is written."""
+    if args.telemetry == "parquet" and not parquet_available():
+        raise ConfigError("--telemetry parquet: needs pyarrow (pip install 'thermospec[parquet]')")
+    gamma = getattr(args, "gamma", None)
+    if args.chains > 1 and (gamma is not None or args.replay is not None):
+        raise ConfigError("--chains: runs M1 chains only; drop --gamma / --replay")
+    if args.telemetry != "jsonl" and (gamma is not None or args.replay is not None):
+        raise ConfigError(f"--telemetry {args.telemetry}: --gamma and --replay write and compare JSONL only")
+    if getattr(args, "tsu", "sim") == "thrml" and (args.chains > 1 or args.telemetry != "jsonl"):
+        raise ConfigError("--tsu thrml: runs one chain with JSONL telemetry; drop --chains / --telemetry")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+
+    plan = _replay_config(args) if args.replay is not None else None
+    _check_speed_options(args)
+    run = prepare_run(plan.config if plan is not None else _config(args))
+    _notice_clamp(run.config, run.target.V)
+    if not args.runs_dir.strip():
+        raise ConfigError("--runs-dir: must name a folder, got an empty string")
+    try:
+        run_dir = create_run_dir(Path(args.runs_dir))
+    except OSError as exc:
+        raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a run folder ({exc.strerror or exc})") from None
+    if args.chains > 1:
+
+        summary = execute_batch(run, run_dir, args.chains, args.telemetry)
+        metrics_file = "chain_*/"
+    elif run.config.gamma is not None:
+
+        with progress_bar(run.config.steps, "run", "token", quiet=args.quiet) as bar:
+            summary = execute_block_run(
+                run, run_dir, run.config.gamma, run.config.cost_ratio,
+                on_chunk=lambda chunk: bar.update(len(chunk) + int(chunk.accepted_length.sum())),
+            )
+        metrics_file = BLOCKS_FILE
+    elif run.config.tsu == "thrml":
+
+        summary = execute_thrml_run(run, run_dir)
+        metrics_file = METRICS_FILE
+    else:
+
+        with progress_bar(run.config.steps, "run", "step", quiet=args.quiet) as bar:
+            summary = execute_run(run, run_dir, on_chunk=lambda chunk: bar.update(len(chunk)),
+                                  telemetry=args.telemetry)
+        metrics_file = "m1_metrics.parquet" if args.telemetry == "parquet" else METRICS_FILE
+    print(summary_table(summary))
+    written = "" if args.telemetry == "none" else f"{run_dir / metrics_file} and "
+    print(f"\nwrote {written}{run_dir / 'summary.json'}")
+    if summary.get("chi2_dof") == 0 and summary.get("steps"):
+        print("run_m1 run: note: every token's expected count N·pi is below 5, so the run's χ² has one bin and "
+              "tests nothing (p_value 1 by SPEC §6); run more steps, or use `check` for exactness", file=sys.stderr)
+    status = _exit_status(summary)
+    if status:
+        held = "the summary covers" if args.telemetry == "none" else "the files hold"
+        print(f"run_m1 run: interrupted by {summary['interrupted_by']} after {summary['steps']} steps; "
+              f"{held} exactly those steps", file=sys.stderr)
+        return status
+    if plan is not None:
+
+        same = replay_matches(plan, summary)
+        if same is False:
+            print(f"run_m1 run: error: --replay {plan.source}: the new {metrics_file} differs from the "
+                  "original (metrics_sha256 mismatch)", file=sys.stderr)
+            return EXIT_FAILED
+        print("replay: identical to the original, byte for byte (metrics_sha256 "
+              f"{summary['metrics_sha256'][:16]}…)" if same else "replay: the original recorded no metrics_sha256")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+
+    if args.tsu == "thrml":
+        raise ConfigError("--tsu thrml: check runs SimTSU's table-driven paths; "
+                          "check THRML with run --tsu thrml (χ² in summary.json) or tests/test_thrml_backend.py")
+    run = prepare_run(_config(args))
+    _notice_clamp(run.config, run.target.V)
+    if args.inject_fault is not None:
+
+        print(f"injected fault: {args.inject_fault} (every context's TSU)")
+        run = inject_fault(run, args.inject_fault)
+    if run.config.gamma is not None:
+
+        # The pooled TSU χ² tests the drafts' law per context, whatever γ: it is what catches a faulty TSU.
+        results = [*run_block_checks(run, args.check_steps), pooled_tsu_check(run, args.pooled_steps)]
+    else:
+        results = run_checks(run, args.check_steps, args.pooled_steps)
+    width = max(len(r.name) for r in results)
+    guide_rule = [r for r in results if getattr(r, "guide", True)]
+    stronger = [r for r in results if not getattr(r, "guide", True)]
+    for r in guide_rule:
+        print(f"{r.verdict}  {r.name:<{width}}  {r.detail}")
+    if stronger:
+        print("\nstronger test (beside the guide's checklist):")
+    for r in stronger:
+        print(f"{r.verdict}  {r.name:<{width}}  {r.detail}")
+    skipped = sum(r.skipped for r in results)
+    failed = sum(not r.passed and not r.skipped for r in results)
+    tested = len(results) - skipped
+    print(f"\n{tested - failed}/{tested} checks passed" + (f", {skipped} skipped (nothing to test)" if skipped else ""))
+    return 0 if failed == 0 else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m scripts.run_m1``; returns the exit status."""
+
+    args = build_parser().parse_args(argv)
+    install_termination_handler()
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        return _cmd_check(args)
+    except CorpusError as exc:
+        print(f"run_m1 {args.command}: error: --corpus {exc}", file=sys.stderr)
+    except (ConfigError, PayloadError) as exc:
+        print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"run_m1 {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"run_m1 {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
+    except RuntimeError as exc:  # the TSU misreported a draw (engine.ReportError): one line, no traceback
+
+        if not isinstance(exc, ReportError):
+            raise
+        print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:  # stdout closed early (piped into head): stop quietly, as a shell tool would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # a write failed mid-run (storage.OutputError: full disk...)
+        print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_USAGE

@@ -1,0 +1,311 @@
+"""Command lines of the sweeps and the plots: ``scripts.sweep_m1``, ``scripts.sweep_m1_grid``, ``scripts.plot``.
+
+Like ``run_m1``: bad input prints one line naming the option or file and the
+reason, exits with status 2 and writes nothing.  Ctrl-C keeps the CSV rows of
+every finished configuration, says how many are missing and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from thermospec.cli.options import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    OneLineParser,
+    eps_option,
+    int_at_least,
+    positive_float,
+)
+from thermospec.core.payload import PayloadError
+from thermospec.experiments.gamma_sweep import gamma_sweep
+from thermospec.experiments.grid import GridSweep, aggregate_grid, format_grid_table, grid_task, validate_grid
+from thermospec.experiments.parallel import available_cores, open_runner
+from thermospec.experiments.plots import PlotError, folder_kinds, plot_folder
+from thermospec.experiments.seeds import SeedSweep, format_seed_table, seed_task
+from thermospec.experiments.sweeps import (
+    GRID_CSV,
+    GRID_FIELDS,
+    SEED_FIELDS,
+    SEEDS_CSV,
+    SWEEP_JSON,
+    check_values,
+    context_label,
+    resolve_context,
+    run_sweep,
+    target_of,
+)
+from thermospec.runs.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
+from thermospec.runs.executor import create_run_dir, write_json_atomic
+from thermospec.runs.prepare import prepare_run
+from thermospec.runs.progress import progress_bar
+from thermospec.targets.corpus import CorpusError
+
+__all__ = ["build_grid_parser", "build_plot_parser", "build_seed_parser", "grid_main", "plot_main", "seed_main"]
+
+
+SEED_EXAMPLES = """\
+examples:
+  python -m scripts.sweep_m1 --steps 20000 --seeds 7 11 13 17
+  python -m scripts.sweep_m1 --corpus data/tinyshakespeare.txt --K 32 --steps 20000 --seeds 1 2 3 --jobs 2
+  python -m scripts.sweep_m1 --seeds 7 11 --scheduler tcp://127.0.0.1:8786
+"""
+
+
+GRID_EXAMPLES = """\
+examples:
+  python -m scripts.sweep_m1_grid --steps 15000 --Ks 32 64 128 --taus 0.9 1.0 1.1 --seeds 7 11
+  python -m scripts.sweep_m1_grid --corpus data/tinyshakespeare.txt --context e --Ks 4 8 16 --taus 0.8 1.0
+  python -m scripts.sweep_m1_grid --context 3 --Ks 8 --taus 1.0 --seeds 1 2 3 --jobs 1 --quiet
+"""
+
+
+PLOT_EXAMPLES = """\
+examples:
+  python -m scripts.plot runs/20260101T120000Z            a run folder: acceptance, per-context, CE gap
+  python -m scripts.plot runs/20260101T120500Z            a grid-sweep folder: (K, tau) heatmaps
+  python -m scripts.plot runs/A runs/B                     several folders at once
+"""
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    # The same target options as ``run_m1 run``.
+    target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
+    target.add_argument("--corpus", metavar="PATH", help="UTF-8 text: char-level bigram counts, +1 Laplace")
+    target.add_argument("--vocab", type=int_at_least(2, MAX_SYNTHETIC_VOCAB), default=256,
+                        help="synthetic V (default: 256)")
+    target.add_argument("--c", type=positive_float, default=50.0,
+                        help="synthetic Dirichlet concentration, alpha = c/V (default: 50)")
+
+
+def _add_execution_options(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_argument_group("where and how")
+    where.add_argument("--runs-dir", metavar="DIR", default="runs",
+                       help="the sweep writes RUNS_DIR/<UTC timestamp>/ (default: runs)")
+    where.add_argument("--jobs", type=int_at_least(1), default=None, metavar="N",
+                       help=f"local worker processes (default: all cores, here {available_cores()}); "
+                       "results do not depend on it")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the Dask distributed cluster at ADDRESS, e.g. tcp://HOST:8786 "
+                       "(pip install 'thermospec[dask]'); overrides --jobs")
+    where.add_argument("--quiet", action="store_true",
+                       help="no progress bar (none is drawn unless stderr is a terminal)")
+
+
+def build_seed_parser() -> argparse.ArgumentParser:
+    """The ``sweep_m1`` parser: the run options of ``run_m1 run`` with several seeds."""
+    parser = OneLineParser(
+        prog="sweep_m1",
+        description="One full M1 run per seed; print a per-seed table with mean ± std and write "
+        "RUNS_DIR/<UTC timestamp>/m1_seeds.csv (each seed's telemetry and summary in seed_<S>/).",
+        epilog=SEED_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_target_options(parser)
+    psi = parser.add_argument_group("ψ payload, per context")
+    psi.add_argument("--K", type=int_at_least(1), default=64, help="top-K ids sent (default: 64; clamped to V)")
+    psi.add_argument("--tau", type=positive_float, default=1.0, help="temperature τ > 0 (default: 1.0)")
+    psi.add_argument("--eps", type=eps_option, default="auto",
+                     help="per-token tail probability, or 'auto' to spread the tail mass (default: auto)")
+    parser.add_argument("--steps", type=int_at_least(1), default=20_000,
+                        help="emitted tokens per run (default: 20000)")
+    parser.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[7, 11, 13, 17], metavar="SEED",
+                        help="RNG seeds, distinct (default: 7 11 13 17)")
+    _add_execution_options(parser)
+    return parser
+
+
+def build_grid_parser() -> argparse.ArgumentParser:
+    """The ``sweep_m1_grid`` parser: a (K, τ, seed) grid on one fixed context."""
+    parser = OneLineParser(
+        prog="sweep_m1_grid",
+        description="For each (K, τ, seed): STEPS fixed-context proposals and corrections. Print a table "
+        "aggregated over seeds and write RUNS_DIR/<UTC timestamp>/m1_sweep.csv, one row per (K, τ, seed).",
+        epilog=GRID_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_target_options(parser)
+    grid = parser.add_argument_group("the grid (space-separated values, each distinct)")
+    grid.add_argument("--Ks", type=int_at_least(1), nargs="+", default=[32, 64, 128], metavar="K",
+                      help="top-K sizes (default: 32 64 128)")
+    grid.add_argument("--taus", type=positive_float, nargs="+", default=[0.9, 1.0, 1.1], metavar="TAU",
+                      help="temperatures (default: 0.9 1.0 1.1)")
+    grid.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[7, 11], metavar="SEED",
+                      help="RNG seeds: each gives its own synthetic target (default: 7 11)")
+    grid.add_argument("--eps", type=eps_option, default="auto",
+                      help="per-token tail probability, or 'auto' (default: auto)")
+    grid.add_argument("--context", metavar="X",
+                      help="the fixed context: a token id, or a character for a corpus "
+                      "(default: the most probable context under π)")
+    parser.add_argument("--steps", type=int_at_least(1), default=15_000,
+                        help="fixed-context proposals per configuration (default: 15000)")
+    blocks = parser.add_argument_group("γ-token blocks (README: Beyond M1)")
+    blocks.add_argument("--gammas", type=int_at_least(1), nargs="+", default=None, metavar="G",
+                        help="sweep γ instead: a chain of γ-token blocks of STEPS tokens per (K, τ, seed, γ); "
+                        "writes m1_gamma_sweep.csv and m1_speedup_vs_gamma.png")
+    blocks.add_argument("--cost-ratios", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2], metavar="C",
+                        help="TSU draft / target call time ratios for the speed-up (default: 0 0.05 0.1 0.2)")
+    _add_execution_options(parser)
+    return parser
+
+
+def build_plot_parser() -> argparse.ArgumentParser:
+    """The ``plot`` parser."""
+    parser = OneLineParser(
+        prog="plot",
+        description="Write PNG figures beside the data of run folders (m1_metrics.jsonl + summary.json), "
+        "grid-sweep folders (m1_sweep.csv) and seed-sweep folders (m1_seeds.csv).",
+        epilog=PLOT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
+    return parser
+
+
+def _base_config(args: argparse.Namespace, seed: int, **psi: Any) -> RunConfig:
+    return RunConfig(corpus=args.corpus, vocab=args.vocab, c=args.c, eps=args.eps, steps=args.steps,
+                     seed=seed, **psi)
+
+
+def _sweep_dir(args: argparse.Namespace) -> Path:
+
+    try:
+        return create_run_dir(Path(args.runs_dir))
+    except OSError as exc:
+        raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a sweep folder ({exc.strerror or exc})") from None
+
+
+def _report_interrupt(prog: str, outcome: Any, csv_path: Path, what: str) -> int:
+    print(
+        f"{prog}: interrupted: {len(outcome.rows)} of {outcome.total} {what} finished and kept in {csv_path}; "
+        f"{len(outcome.missing)} missing",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
+
+
+def _write_sweep_json(path: Path, document: dict[str, Any]) -> None:
+
+    write_json_atomic(path, document)
+
+
+def _seed_sweep(args: argparse.Namespace) -> int:
+
+    seeds = check_values("--seeds", args.seeds)
+    sweep = SeedSweep(base=_base_config(args, seeds[0], K=args.K, tau=args.tau), seeds=seeds)
+    first = prepare_run(sweep.config(seeds[0]))  # every seed shares V and the ψ options: one check covers all
+    if args.K > first.target.V:
+        print(f"notice: --K {args.K} is above the vocabulary size V = {first.target.V}; using K = {first.target.V}",
+              file=sys.stderr)
+    with open_runner(args.jobs, args.scheduler) as runner:
+        sweep_dir = _sweep_dir(args)
+        csv_path = sweep_dir / SEEDS_CSV
+        with progress_bar(len(seeds), "seeds", "run", quiet=args.quiet) as bar:
+            outcome = run_sweep(seed_task(sweep, sweep_dir), seeds, runner, csv_path, SEED_FIELDS, bar)
+        _write_sweep_json(sweep_dir / SWEEP_JSON, {
+            "kind": "seeds", "config": sweep.base.as_dict() | {"seed": None}, "seeds": list(seeds),
+            "finished": len(outcome.rows), "missing": [seeds[i] for i in outcome.missing],
+            "where": runner.where, "elapsed_s": outcome.elapsed_s,
+        })
+    if outcome.interrupted:
+        return _report_interrupt("sweep_m1", outcome, csv_path, "seeds")
+    print(f"seed sweep: {len(seeds)} runs of {args.steps} steps, K = {args.K}, τ = {args.tau:g}, ε = {args.eps}")
+    print(format_seed_table(outcome.rows))
+    print(f"\nwrote {csv_path} and {len(seeds)} run folders seed_<S>/ in {outcome.elapsed_s:.2f} s ({runner.where})")
+    return 0
+
+
+def _grid_sweep(args: argparse.Namespace) -> int:
+
+    Ks = check_values("--Ks", args.Ks)
+    taus = check_values("--taus", args.taus)
+    seeds = check_values("--seeds", args.seeds)
+    base = _base_config(args, seeds[0])
+    if args.gammas is not None:
+
+        check_values("--gammas", args.gammas)
+        if any(not (math.isfinite(c) and c >= 0) for c in args.cost_ratios):
+            raise ConfigError("--cost-ratios: each must be a finite number >= 0")
+        return gamma_sweep(args, base, _sweep_dir(args))
+    first = target_of(base, seeds[0])
+    context = None if args.context is None else resolve_context(args.context, first)
+    sweep = GridSweep(base=base, steps=args.steps, Ks=Ks, taus=taus, seeds=seeds, context=context)
+    validate_grid(sweep)
+    points = sweep.points()
+    with open_runner(args.jobs, args.scheduler) as runner:
+        sweep_dir = _sweep_dir(args)
+        csv_path = sweep_dir / GRID_CSV
+        above = [K for K in Ks if K > first.V]
+        if above:  # all input is valid by now: a notice, not an error
+            print(f"notice: --Ks {' '.join(map(str, above))} above the vocabulary size V = {first.V}: "
+                  f"those rows use K = {first.V} (the CSV's K column is the K asked for)", file=sys.stderr)
+        with progress_bar(len(points), "grid", "config", quiet=args.quiet) as bar:
+            outcome = run_sweep(grid_task(sweep), points, runner, csv_path, GRID_FIELDS, bar)
+        _write_sweep_json(sweep_dir / SWEEP_JSON, {
+            "kind": "grid", "config": base.as_dict() | {"seed": None, "K": None, "tau": None},
+            "Ks": list(Ks), "taus": list(taus), "seeds": list(seeds), "context": args.context,
+            "finished": len(outcome.rows), "missing": len(outcome.missing),
+            "where": runner.where, "elapsed_s": outcome.elapsed_s,
+        })
+    if outcome.interrupted:
+        return _report_interrupt("sweep_m1_grid", outcome, csv_path, "configurations")
+    contexts = sorted({(int(r["seed"]), int(r["context"])) for r in outcome.rows})
+    shown = ", ".join(f"{context_label(x, target_of(base, s))} (seed {s})" for s, x in contexts)
+    how = "given" if args.context is not None else "most probable under π"
+    print(f"grid sweep: {len(Ks)} K × {len(taus)} τ × {len(seeds)} seeds = {len(points)} configurations, "
+          f"{args.steps} fixed-context steps each, ε = {args.eps}")
+    print(f"context ({how}): {shown}")
+    print("means over seeds; se = standard error of accept around overlap\n")
+    print(format_grid_table(aggregate_grid(outcome.rows)))
+    print(f"\nwrote {csv_path} ({len(outcome.rows)} rows) in {outcome.elapsed_s:.2f} s ({runner.where})")
+    return 0
+
+
+def _guarded(prog: str, command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return command(args)
+    except CorpusError as exc:
+        print(f"{prog}: error: --corpus {exc}", file=sys.stderr)
+    except (ConfigError, PayloadError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout closed early (piped into head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return EXIT_USAGE
+
+
+def seed_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m scripts.sweep_m1``; returns the exit status."""
+    return _guarded("sweep_m1", _seed_sweep, build_seed_parser().parse_args(argv))
+
+
+def grid_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m scripts.sweep_m1_grid``; returns the exit status."""
+    return _guarded("sweep_m1_grid", _grid_sweep, build_grid_parser().parse_args(argv))
+
+
+def _plot(args: argparse.Namespace) -> int:
+
+    folders = [Path(p) for p in args.paths]
+    try:
+        for folder in folders:  # check every path before drawing anything
+            folder_kinds(folder)
+        for folder in folders:
+            for png in plot_folder(folder):
+                print(f"wrote {png}")
+    except PlotError as exc:
+        print(f"plot: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def plot_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m scripts.plot``; returns the exit status."""
+    return _guarded("plot", _plot, build_plot_parser().parse_args(argv))

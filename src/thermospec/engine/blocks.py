@@ -1,0 +1,436 @@
+"""γ-token speculative blocks (Leviathan et al. 2023, Algorithm 1) on the bigram chain.
+
+A block starts at context ``x`` (the last emitted token).  The TSU drafts γ
+tokens autoregressively: draft ``y_1`` from ψ(x), ``y_2`` from ψ(y_1), ...,
+``y_γ`` from ψ(y_{γ-1}): each drafted token is the context of the next draft.
+One target call then verifies the block: drafts are accepted in order with
+probability ``min(1, p(y_i | c_i) / q(y_i | c_i))`` (``c_1 = x``,
+``c_i = y_{i-1}``); at the first rejection a token is drawn from that
+position's residual ``max(p - q, 0)`` and the block ends; if all γ drafts are
+accepted, one bonus token is drawn from ``p(. | y_γ)``.  A block thus emits
+``L + 1`` tokens, ``L`` the accepted length, and every emitted token is
+distributed as ``p(. | previous token)``: the output is exactly the bigram chain.
+
+Random stream layout (fixed; `run_blocks` and `run_blocks_reference` share it):
+one uniform for ``x_0 ~ pi`` (`engine.start_token`), then exactly ``2γ + 1``
+float64 uniforms per block, ``(u_draft_1 .. u_draft_γ, u_accept_1 .. u_accept_γ,
+u_final)``, all consumed whatever the accepted length; ``u_final`` draws the
+residual token on a rejection or the bonus token otherwise.  Tokens are drawn by
+`sampling.inverse_cdf`, and a draft is accepted iff ``u_accept < p/q``
+(strict), exactly as in the single-draft engine.
+
+Expected accepted length along the chain (`block_expectation`).  With
+``M[c, y] = min(p(y|c), q(y|c))`` (the probability that a draft from context
+``c`` is ``y`` *and* is accepted) and ``R = P - M = max(P - Q, 0)`` (rejected
+at ``c``, residual token ``y``), the probability that a block started at ``x``
+accepts its first ``i`` drafts is ``(M^i 1)[x]``: the drafted contexts are the
+accepted tokens themselves, so this is a product along the chain, not
+``alpha^i``.  The block-start contexts form a Markov chain with kernel
+``B = sum_{i<γ} M^i R + M^γ P`` (the last emitted token of a block started at
+x); its stationary law ``rho`` (``rho B = rho``, by lazy power iteration with
+vector-matrix products only, started from pi) weights the blocks.  Then
+``E[L] = sum_{i=1..γ} rho M^i 1`` and the per-position acceptance rate is
+``rho M^i 1 / rho M^{i-1} 1``.  The i.i.d. formula ``(1 - a^{γ+1}) / (1 - a)``
+with ``a`` the pi-mean overlap is reported beside it for contrast.
+
+Speed-up model: one target call per block, γ TSU drafts per block, each costing
+``c`` target calls (``--cost-ratio c``): speed-up over plain decoding
+``= tokens per target call / (γ c + 1)``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.core.acceptance import accept_correct_step
+from thermospec.core.expectation import EXPECTATION_MAX_V
+from thermospec.core.sampling import inverse_cdf, last_positive
+from thermospec.core.statistics import Chi2Result, context_chi2
+from thermospec.engine.chain import context_tables, start_token
+from thermospec.engine.chunks import BlockChunk
+from thermospec.engine.compact import CompactTables, SparseRows, compact_lists, compact_source, first_above
+from thermospec.targets.bigram import RowSource
+from thermospec.tsu.drafts import ContextDraft, DraftSource
+
+__all__ = [
+    "BLOCKS_FILE",
+    "MAX_GAMMA",
+    "block_kernel_dense_limit",
+    "block_transitions",
+    "context_transition_counts",
+    "fixed_context_blocks",
+    "run_blocks",
+    "run_blocks_reference",
+]
+
+
+BLOCKS_FILE = "m1_blocks.jsonl"
+
+
+DEFAULT_BLOCK_CHUNK = 1 << 13
+
+
+TABLE_CACHE_BYTES = 256 * 1024 * 1024
+
+
+LIST_TABLE_MAX_V = 4096
+
+
+MAX_GAMMA = 1024
+
+
+
+
+
+
+def block_kernel_dense_limit() -> int:
+    """Largest V for which `block_expectation` builds its dense V x V matrices."""
+    return EXPECTATION_MAX_V
+
+
+
+
+_Cdf = tuple[Any, float, int]  # cumulative sums (list or array), total, last positive index
+
+
+def _cdf_entry(cdf: NDArray[np.float64], as_list: bool) -> _Cdf:
+    return (cdf.tolist() if as_list else cdf, float(cdf[-1]), last_positive(cdf))
+
+
+def _draw(entry: _Cdf, u: float) -> int:
+    """`sampling.inverse_cdf` for one uniform (bisect on a list, or on an array at large V)."""
+    cdf, total, last = entry
+    y = bisect_right(cdf, u * total)
+    return last if y > last else y
+
+
+class _DenseBlockTable:
+    """A context's block tables over all V tokens: draft CDF, ``p / q``, residual CDF, target CDF."""
+
+    def __init__(self, p: NDArray[np.float64], draft: ContextDraft, as_list: bool) -> None:
+        tables = context_tables(p, draft)
+        self.ratio = tables.ratio.tolist() if as_list else tables.ratio
+        self.draft = _cdf_entry(tables.draft_cdf, as_list)
+        self.residual = _cdf_entry(tables.residual_cdf, as_list)
+        self.bonus = _cdf_entry(np.cumsum(p), as_list)
+
+    def draft_token(self, u: float) -> int:
+        return _draw(self.draft, u)
+
+    def ratio_at(self, y: int) -> float:
+        return float(self.ratio[y])
+
+    def residual_token(self, u: float) -> int:
+        return _draw(self.residual, u)
+
+    def bonus_token(self, u: float) -> int:
+        return _draw(self.bonus, u)
+
+
+class _CompactBlockTable:
+    """The same four draws on compact tables (`thermospec.compact`): the same tokens, O(K + s) per context."""
+
+    def __init__(self, tables: CompactTables, probs: NDArray[np.float64]) -> None:
+        self.tables = tables
+        self.lists = compact_lists(tables)
+        bonus = np.cumsum(probs)  # the target row's running sum over its support: the dense sums at those tokens
+        self.bonus = (bonus.tolist(), float(bonus[-1]), last_positive(bonus))
+
+    def draft_token(self, u: float) -> int:
+        ids, id_cdf, cum, eps, total, last, _, _, _, _, _, V = self.lists
+        return min(first_above(ids, id_cdf, cum, eps, V, u * total), last)
+
+    def ratio_at(self, y: int) -> float:
+        support, ratio = self.lists[6], self.lists[7]
+        i = bisect_left(support, y)
+        return ratio[i] if i < len(support) and support[i] == y else 0.0
+
+    def residual_token(self, u: float) -> int:
+        support, res, res_total, res_last = self.lists[6], self.lists[8], self.lists[9], self.lists[10]
+        return support[min(bisect_right(res, u * res_total), res_last)]
+
+    def bonus_token(self, u: float) -> int:
+        return self.lists[6][_draw(self.bonus, u)]
+
+
+_BlockTable = _DenseBlockTable | _CompactBlockTable
+
+
+class _TableCache:
+    """Per-context block tables with a memory bound (least recently used entries go first).
+
+    With `sparse` (large V, `thermospec.runs.sparse_rows`) the tables are compact.
+    """
+
+    def __init__(self, row: RowSource, drafts: DraftSource, V: int, max_bytes: int,
+                 sparse: SparseRows | None = None) -> None:
+        self.row = row
+        self.drafts = drafts
+        self.sparse = sparse
+        self.compact = None if sparse is None else (sparse.tables or compact_source(sparse.support, drafts))
+        self.as_list = V <= LIST_TABLE_MAX_V
+        if sparse is not None:
+            per_entry = 64 * (2 * sparse.max_ids + 4 * sparse.max_support) + 1024
+        else:
+            per_entry = 4 * V * (32 if self.as_list else 8)
+        self.capacity = max(8, max_bytes // per_entry)
+        self._tables: OrderedDict[int, _BlockTable] = OrderedDict()
+
+    def __call__(self, x: int) -> _BlockTable:
+        found = self._tables.get(x)
+        if found is not None:
+            self._tables.move_to_end(x)
+            return found
+        if self.sparse is not None and self.compact is not None:
+            tables = self.compact(x)
+            found = _CompactBlockTable(tables, self.sparse.support(x)[1])
+        else:
+            found = _DenseBlockTable(self.row(x), self.drafts(x), self.as_list)
+        self._tables[x] = found
+        if len(self._tables) > self.capacity:
+            self._tables.popitem(last=False)
+        return found
+
+
+def _block(table: Callable[[int], _BlockTable], x: int, u: list[float], gamma: int) -> tuple[list[int], int, int]:
+    """One block from context x with its ``2γ + 1`` uniforms: (drafts, accepted length, final token)."""
+    ys = []
+    c = x
+    for i in range(gamma):
+        c = table(c).draft_token(u[i])
+        ys.append(c)
+    c = x
+    n_acc = 0
+    for i in range(gamma):
+        if u[gamma + i] < table(c).ratio_at(ys[i]):
+            n_acc += 1
+            c = ys[i]
+        else:
+            break
+    entry = table(c)
+    return ys, n_acc, entry.residual_token(u[2 * gamma]) if n_acc < gamma else entry.bonus_token(u[2 * gamma])
+
+
+def fixed_context_blocks(
+    row: RowSource, drafts: DraftSource, V: int, x: int, gamma: int, n: int, rng: np.random.Generator,
+    sparse: SparseRows | None = None,
+) -> BlockChunk:
+    """`n` independent blocks, each started at context `x` (same per-block layout as the chain)."""
+    table = _TableCache(row, drafts, V, TABLE_CACHE_BYTES, sparse)
+    drafted, accepted_length, final = [], [], []
+    for u in rng.random((n, 2 * gamma + 1)).tolist():
+        ys, n_acc, z = _block(table, x, u, gamma)
+        drafted.append(ys)
+        accepted_length.append(n_acc)
+        final.append(z)
+    lengths = np.array(accepted_length, dtype=np.int64)
+    return BlockChunk(
+        start=0,
+        first_step=np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64),
+        context=np.full(n, x, dtype=np.int64),
+        drafted=np.array(drafted, dtype=np.int64).reshape(n, gamma),
+        accepted_length=lengths,
+        final=np.array(final, dtype=np.int64),
+    )
+
+
+def run_blocks(
+    row: RowSource,
+    pi: NDArray[np.float64],
+    drafts: DraftSource,
+    gamma: int,
+    steps: int,
+    rng: np.random.Generator,
+    chunk: int = DEFAULT_BLOCK_CHUNK,
+    table_bytes: int = TABLE_CACHE_BYTES,
+    sparse: SparseRows | None = None,
+) -> Iterator[BlockChunk]:
+    """Run γ-token speculative blocks until at least `steps` tokens are emitted.
+
+    Parameters
+    ----------
+    row : callable
+        ``row(x)`` is the target ``p(. | x)``.
+    pi : ndarray of float64, shape (V,)
+        Start distribution.
+    drafts : callable
+        ``drafts(x)`` gives the `ContextDraft` of context x.
+    gamma : int
+        Drafts per block, >= 1.
+    steps : int
+        Blocks run until the chain holds at least this many tokens; the last
+        block is kept whole, so up to ``gamma`` more tokens may be emitted.
+    rng : numpy.random.Generator
+        The chain's random stream (layout in the module docstring).
+    chunk : int
+        Blocks per yielded chunk; memory stays flat in `steps`.
+    table_bytes : int
+        Memory bound of the per-context table cache.
+    sparse : SparseRows, optional
+        The target's rows by their supports (`thermospec.runs.sparse_rows`): compact tables,
+        O(K + s) per context instead of O(V), the same tokens.
+
+    Yields
+    ------
+    BlockChunk
+    """
+    if not 1 <= gamma <= MAX_GAMMA:
+        raise ValueError(f"--gamma: must be an integer in 1 .. {MAX_GAMMA}, got {gamma}")
+    V = int(pi.shape[0])
+    table = _TableCache(row, drafts, V, table_bytes, sparse)
+    x = start_token(pi, rng)
+    emitted_total = 0
+    blocks_done = 0
+    width = 2 * gamma + 1
+    while emitted_total < steps:
+        n = min(chunk, steps - emitted_total)  # each block emits at least one token
+        uniforms = rng.random((n, width)).tolist()
+        first_step: list[int] = []
+        context: list[int] = []
+        drafted: list[list[int]] = []
+        accepted_length: list[int] = []
+        final: list[int] = []
+        for u in uniforms:
+            if emitted_total >= steps:
+                break
+            ys, n_acc, z = _block(table, x, u, gamma)
+            first_step.append(emitted_total)
+            context.append(x)
+            drafted.append(ys)
+            accepted_length.append(n_acc)
+            final.append(z)
+            emitted_total += n_acc + 1
+            x = z
+        yield BlockChunk(
+            start=blocks_done,
+            first_step=np.array(first_step, dtype=np.int64),
+            context=np.array(context, dtype=np.int64),
+            drafted=np.array(drafted, dtype=np.int64).reshape(len(context), gamma),
+            accepted_length=np.array(accepted_length, dtype=np.int64),
+            final=np.array(final, dtype=np.int64),
+        )
+        blocks_done += len(context)
+
+
+class _PresetUniforms:
+    """Hands out given uniforms through ``random(n)``, so the public per-step API can run on a block's layout."""
+
+    def __init__(self, values: NDArray[np.float64]) -> None:
+        self.values = values
+        self.used = 0
+
+    def random(self, n: int) -> NDArray[np.float64]:
+        out = self.values[self.used : self.used + n]
+        if out.shape[0] != n:
+            raise ValueError("the block's uniforms are exhausted")
+        self.used += n
+        return out
+
+
+def run_blocks_reference(
+    row: RowSource,
+    pi: NDArray[np.float64],
+    drafts: DraftSource,
+    gamma: int,
+    steps: int,
+    rng: np.random.Generator,
+) -> BlockChunk:
+    """Algorithm 1 written block by block with the public per-step API: the tests pin `run_blocks` to it.
+
+    Each draft is ``SimTSU.draw`` of its context's TSU (whose reported ``log q``
+    is checked against F(ψ)); the drafts are verified in order by
+    `accept_correct_step` fed ``(u_accept_i, u_final)``, which on a rejection
+    returns the residual draw that ends the block; if all are accepted the bonus
+    token is drawn from ``p(. | y_γ)`` with ``u_final``.
+    """
+    x = start_token(pi, rng)
+    first_step, context, drafted, accepted_length, final = [], [], [], [], []
+    emitted_total = 0
+    while emitted_total < steps:
+        u = rng.random(2 * gamma + 1)
+        ys: list[int] = []
+        qs: list[NDArray[np.float64]] = []
+        c = x
+        for i in range(gamma):
+            tsu = drafts(c).tsu
+            y, log_q = tsu.draw(cast(np.random.Generator, _PresetUniforms(u[i : i + 1])))
+            if log_q != float(np.log(tsu.q[y])):
+                raise ValueError(f"TSU reported log q = {log_q!r} for token {y}; F(ψ) says {np.log(tsu.q[y])!r}")
+            ys.append(y)
+            qs.append(tsu.q)
+            c = y
+        c = x
+        n_acc = 0
+        z = -1
+        for i in range(gamma):
+            feed = _PresetUniforms(np.array([u[gamma + i], u[2 * gamma]]))
+            e, accepted = accept_correct_step(row(c), qs[i], ys[i], cast(np.random.Generator, feed))
+            if not accepted:
+                z = e
+                break
+            n_acc += 1
+            c = ys[i]
+        if n_acc == gamma:
+            z = int(inverse_cdf(np.cumsum(row(c)), u[2 * gamma :])[0])
+        first_step.append(emitted_total)
+        context.append(x)
+        drafted.append(ys)
+        accepted_length.append(n_acc)
+        final.append(z)
+        emitted_total += n_acc + 1
+        x = z
+    return BlockChunk(
+        start=0,
+        first_step=np.array(first_step, dtype=np.int64),
+        context=np.array(context, dtype=np.int64),
+        drafted=np.array(drafted, dtype=np.int64).reshape(len(context), gamma),
+        accepted_length=np.array(accepted_length, dtype=np.int64),
+        final=np.array(final, dtype=np.int64),
+    )
+
+
+def block_transitions(chunk: BlockChunk) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Every (previous token, emitted token) pair of the chunk's blocks, each block from its own context.
+
+    Unlike `context_transition_counts` this does not assume the blocks are consecutive.
+    """
+    lengths = chunk.accepted_length + 1
+    tokens = chunk.emitted_tokens()
+    prev = np.empty_like(tokens)
+    if tokens.size:
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        prev[1:] = tokens[:-1]
+        prev[starts] = chunk.context
+    return prev, tokens
+
+
+def context_transition_counts(chunk: BlockChunk, contexts: list[int], V: int) -> NDArray[np.int64]:
+    """Counts of the tokens emitted right after each of `contexts`, shape ``(len(contexts), V)``.
+
+    Covers every emitted token of the chunk, whatever its position in its block
+    (the first token of a block follows the block's context).
+    """
+    tokens = chunk.emitted_tokens()
+    prev = np.empty_like(tokens)
+    if tokens.size:
+        starts = chunk.first_step - chunk.first_step[0]
+        prev[1:] = tokens[:-1]
+        prev[starts] = chunk.context
+    counts = np.zeros((len(contexts), V), dtype=np.int64)
+    for i, x in enumerate(contexts):
+        counts[i] = np.bincount(tokens[prev == x], minlength=V)
+    return counts
+
+
+def block_transition_chi2(chunk: BlockChunk, row: RowSource, V: int) -> Chi2Result:
+    """χ² of all of a chunk's transitions against ``p(. | prev)``, summed over previous tokens (`context_chi2`)."""
+    prev, emitted = block_transitions(chunk)
+    return context_chi2(
+        ((c, np.bincount(emitted[prev == c], minlength=V).astype(np.float64)) for c in np.unique(prev).tolist()), row
+    )

@@ -1,0 +1,291 @@
+"""The run engine: the bigram chain drafted by the TSU and corrected by the target.
+
+At step t the context is the previous emitted token ``x``; the TSU programmed
+with ψ(x) drafts ``y ~ F(ψ(x))`` and `accept_correct_step` emits a token that
+becomes the next context.  The chain starts from ``x_0 ~ pi``.
+
+Random stream layout, shared by every path so that the same seed gives the same
+tokens: one uniform for ``x_0``, then exactly three float64 uniforms per step,
+``(u_draft, u_accept, u_residual)``, the residual uniform being consumed even
+when the draft is accepted.  `run_chain_reference` is the plain per-step
+implementation (SimTSU.draw, then accept_correct_step); `run_chain` is the fast
+one, driven by per-context tables built once; the tests pin one to the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.core.acceptance import accept_correct_step, acceptance_ratio, residual_cdf
+from thermospec.core.sampling import inverse_cdf
+from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.compact import COMPACT_TABLE_BYTES, CompactStepper, SparseRows, compact_source
+from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, TableSource
+from thermospec.targets.bigram import RowSource
+from thermospec.tsu.drafts import ContextDraft, DraftSource
+from thermospec.tsu.sim import SimTSU
+
+__all__ = [
+    "ContextTables",
+    "ReportError",
+    "ReportVerifier",
+    "context_tables",
+    "fixed_context_draws",
+    "run_chain",
+    "run_chain_reference",
+    "start_token",
+]
+
+
+DEFAULT_CHUNK = 1 << 16
+
+
+
+
+
+
+
+
+@dataclass(frozen=True, eq=False)
+class ContextTables:
+    """Per-context look-up tables: the whole per-step work becomes two searches.
+
+    Attributes
+    ----------
+    draft_cdf : ndarray of float64
+        Cumulative F(ψ), as `SimTSU` inverts it.
+    ratio : ndarray of float64
+        ``p / q``: a draft y is accepted when ``u_accept < ratio[y]``.
+    residual_cdf : ndarray of float64
+        Cumulative residual ``max(p - q, 0)`` (or p where the residual is all 0).
+    """
+
+    draft_cdf: NDArray[np.float64]
+    ratio: NDArray[np.float64]
+    residual_cdf: NDArray[np.float64]
+
+
+def context_tables(p: NDArray[np.float64], draft: ContextDraft) -> ContextTables:
+    """Build the tables of one context from its target row and its draft."""
+    q = draft.tsu.q
+    return ContextTables(
+        draft_cdf=draft.tsu.cdf, ratio=acceptance_ratio(p, q), residual_cdf=residual_cdf(p, q)
+    )
+
+
+class ReportError(RuntimeError):
+    """A TSU reported a ``log q`` that is not ``log F(ψ)`` at its draw: the run is refused.
+
+    Attributes
+    ----------
+    step, context, token : int
+        Where the bad report happened (`step` counts from 0 within the run or the check).
+    reported, expected : float
+        The TSU's ``log q`` and the host's ``log F(ψ)[token]``.
+    """
+
+    def __init__(self, step: int, context: int, token: int, reported: float, expected: float) -> None:
+        self.step, self.context, self.token = step, context, token
+        self.reported, self.expected = reported, expected
+        super().__init__(
+            f"TSU report refused at step {step}: token {token} (context {context}) was reported with "
+            f"log q = {reported!r} but F(ψ) gives {expected!r}"
+        )
+
+
+class ReportVerifier:
+    """The host's consistency check of every draw's reported ``log q`` against F(ψ).
+
+    The host knows F(ψ) exactly, so any report that differs from ``log F(ψ)[y]``
+    (or a draw of a token F(ψ) gives probability 0) is refused with a `ReportError`
+    naming the first offending step.  A simulated TSU's report is a function of its
+    context and token, so each context's table of bad tokens is built once and a
+    chunk costs one gather.
+    """
+
+    def __init__(self, drafts: DraftSource) -> None:
+        self._drafts = drafts
+        self._bad: dict[int, NDArray[np.bool_]] = {}
+
+    def _bad_tokens(self, x: int) -> NDArray[np.bool_]:
+        found = self._bad.get(x)
+        if found is None and type(self._drafts(x).tsu).report_log_q is SimTSU.report_log_q:
+            # SimTSU's report is log F(ψ)[y] by construction (the expression below, evaluated by the
+            # TSU itself): nothing to compare, and no O(V) work per context at large V.
+            found = self._bad[x] = np.zeros(0, dtype=np.bool_)
+        if found is None:
+            tsu = self._drafts(x).tsu
+            tokens = np.arange(tsu.q.shape[0], dtype=np.int64)
+            with np.errstate(divide="ignore"):
+                expected = np.log(tsu.q)
+            found = (tsu.report_log_q(tokens) != expected) | (tsu.q <= 0)
+            # A clean context keeps an empty array, not V flags: memory stays small at large V.
+            found = self._bad[x] = found if found.any() else np.zeros(0, dtype=np.bool_)
+        return found
+
+    def verify(self, chunk: ChainChunk) -> None:
+        """Raise `ReportError` at the first step of `chunk` whose draft was misreported."""
+        contexts = np.flatnonzero(np.bincount(chunk.prev)).tolist() if len(chunk) else []
+        suspects = [x for x in contexts if self._bad_tokens(x).any()]
+        if not suspects:
+            return
+        bad = np.zeros(len(chunk), dtype=np.bool_)
+        for x in suspects:
+            at = chunk.prev == x
+            bad[at] = self._bad[x][chunk.proposed[at]]
+        hits = np.flatnonzero(bad)
+        if hits.size:
+            i = int(hits[0])
+            x, y = int(chunk.prev[i]), int(chunk.proposed[i])
+            tsu = self._drafts(x).tsu
+            reported = float(tsu.report_log_q(np.array([y], dtype=np.int64))[0])
+            with np.errstate(divide="ignore"):
+                expected = float(np.log(tsu.q[y]))
+            raise ReportError(chunk.start + i, x, y, reported, expected)
+
+
+def start_token(pi: NDArray[np.float64], rng: np.random.Generator) -> int:
+    """Draw ``x_0 ~ pi`` (one uniform)."""
+    return int(inverse_cdf(np.cumsum(pi), rng.random(1))[0])
+
+
+def fixed_context_draws(
+    p: NDArray[np.float64], draft: ContextDraft, n: int, rng: np.random.Generator
+) -> ChainChunk:
+    """`n` independent draft-and-correct steps from one fixed context, vectorised.
+
+    Uses the same three-uniforms-per-step layout as the chain, so it emits what
+    `n` calls of ``SimTSU.draw`` + `accept_correct_step` would.
+    """
+    tables = context_tables(p, draft)
+    u = rng.random((n, 3))
+    proposed = inverse_cdf(tables.draft_cdf, u[:, 0])
+    accepted = u[:, 1] < tables.ratio[proposed]
+    emitted = proposed.copy()
+    rejected = ~accepted
+    emitted[rejected] = inverse_cdf(tables.residual_cdf, u[rejected, 2])
+    prev = np.full(n, draft.context, dtype=np.int64)
+    chunk = ChainChunk(start=0, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
+    ReportVerifier(lambda _: draft).verify(chunk)
+    return chunk
+
+
+def table_source(row: RowSource, drafts: DraftSource) -> TableSource:
+    """``(draft_cdf, ratio, residual_cdf)`` of a context, as the steppers of `thermospec.kernels` take them."""
+
+    def source(x: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        tables = context_tables(row(x), drafts(x))
+        return tables.draft_cdf, tables.ratio, tables.residual_cdf
+
+    return source
+
+
+def run_chain(
+    row: RowSource,
+    pi: NDArray[np.float64],
+    drafts: DraftSource,
+    steps: int,
+    rng: np.random.Generator,
+    chunk: int = DEFAULT_CHUNK,
+    backend: Backend = "auto",
+    max_table_bytes: int | None = None,
+    sparse: SparseRows | None = None,
+) -> Iterator[ChainChunk]:
+    """Run the speculative bigram chain for `steps` steps, yielding chunks of steps.
+
+    Parameters
+    ----------
+    row : callable
+        ``row(x)`` is the target ``p(. | x)``.
+    pi : ndarray of float64, shape (V,)
+        Start distribution.
+    drafts : callable
+        ``drafts(x)`` gives the (cached) `ContextDraft` of context x.
+    steps : int
+        Number of emitted tokens.
+    rng : numpy.random.Generator
+        The chain's random stream.
+    chunk : int
+        Steps per yielded chunk; memory stays flat in `steps`.
+    backend : {"auto", "compiled", "python"}
+        The stepper of `thermospec.kernels`: the compiled kernel when built
+        ("auto"), or the pure-Python fallback; both emit the same tokens.
+    max_table_bytes : int, optional
+        Memory bound of the per-context table cache (least recently used evicted);
+        default `DEFAULT_TABLE_BYTES` for dense tables, `COMPACT_TABLE_BYTES` for compact ones.
+    sparse : SparseRows, optional
+        The target's rows by their supports: the steppers then run on compact
+        tables of O(K + s) entries per context (`thermospec.compact`), never
+        O(V), and emit the same tokens as the dense tables.  Only for TSUs that
+        sample F(ψ) of their payload (not fault-injected ones).
+
+    Yields
+    ------
+    ChainChunk
+    """
+    x = start_token(pi, rng)
+    V = int(pi.shape[0])
+    stepper: ChainStepper | CompactStepper
+    if sparse is None:
+        stepper = ChainStepper(V, table_source(row, drafts), backend, max_table_bytes or DEFAULT_TABLE_BYTES)
+    else:
+        stepper = CompactStepper(V, sparse.tables or compact_source(sparse.support, drafts), sparse.max_ids,
+                                 sparse.max_support, backend, max_table_bytes or COMPACT_TABLE_BYTES)
+    verifier = ReportVerifier(drafts)
+    done = 0
+    buffer = np.empty((min(chunk, steps), 3), dtype=np.float64)
+    while done < steps:
+        n = min(chunk, steps - done)
+        uniforms = buffer[:n]
+        rng.random(out=uniforms)  # the same values, in the same order, as rng.random((n, 3))
+        (prev, proposed, emitted, accepted), x = stepper.steps(uniforms, x)
+        produced = ChainChunk(start=done, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
+        verifier.verify(produced)  # before the chunk leaves the engine: no bad step is ever written
+        yield produced
+        done += n
+
+
+def run_chain_reference(
+    row: RowSource,
+    pi: NDArray[np.float64],
+    drafts: DraftSource,
+    steps: int,
+    rng: np.random.Generator,
+) -> ChainChunk:
+    """The chain written step by step as in the papers: the tests pin `run_chain` to it.
+
+    Each step: the TSU draws ``y`` and reports ``log q(y)``; the host checks the
+    report against F(ψ), then calls `accept_correct_step` with the q the draft
+    really came from.
+    """
+    x = start_token(pi, rng)
+    prev, proposed, emitted, accepted = [], [], [], []
+    for step in range(steps):
+        tsu = drafts(x).tsu
+        y, log_q = tsu.draw(rng)
+        with np.errstate(divide="ignore"):
+            expected = float(np.log(tsu.q[y]))
+        if log_q != expected or not tsu.q[y] > 0:
+            raise ReportError(step, x, y, log_q, expected)
+        e, a = accept_correct_step(row(x), tsu.q, y, rng)
+        prev.append(x)
+        proposed.append(y)
+        emitted.append(e)
+        accepted.append(a)
+        x = e
+    return ChainChunk(
+        start=0,
+        prev=np.array(prev, dtype=np.int64),
+        proposed=np.array(proposed, dtype=np.int64),
+        emitted=np.array(emitted, dtype=np.int64),
+        accepted=np.array(accepted, dtype=np.bool_),
+    )
+
+
+def dense_matrices(row: RowSource, drafts: DraftSource, V: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The target ``P`` and the drafts' ``Q = F(ψ)`` as ``V x V`` matrices, one context per row (small V only)."""
+    return np.stack([row(x) for x in range(V)]), np.stack([drafts(x).tsu.q for x in range(V)])

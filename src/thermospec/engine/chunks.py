@@ -1,0 +1,124 @@
+"""What the engine emits: chunks of consecutive steps as parallel arrays.
+
+A single chain emits `ChainChunk`, B chains in lock step `BatchChunk`, γ-token
+blocks `BlockChunk`.  Telemetry, tallies and summaries read nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True, eq=False)
+class ChainChunk:
+    """Consecutive steps of a run, as parallel arrays.
+
+    Attributes
+    ----------
+    start : int
+        Index of the first step.
+    prev, proposed, emitted : ndarray of int64, shape (n,)
+        Context, draft and emitted token of each step.
+    accepted : ndarray of bool, shape (n,)
+        Whether each draft was accepted.
+    """
+
+    start: int
+    prev: NDArray[np.int64]
+    proposed: NDArray[np.int64]
+    emitted: NDArray[np.int64]
+    accepted: NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return int(self.prev.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class BatchChunk:
+    """The same steps of B chains, as (B, n) arrays.
+
+    Attributes
+    ----------
+    start : int
+        Index of the first step (the same for every chain).
+    prev, proposed, emitted : ndarray of int64, shape (B, n)
+    accepted : ndarray of bool, shape (B, n)
+        (Shape (B, 0) when `run_batch` ran with ``record=False``: then only `steps` says n.)
+    steps : int, optional
+        n, when the arrays are not recorded.
+    """
+
+    start: int
+    prev: NDArray[np.int64]
+    proposed: NDArray[np.int64]
+    emitted: NDArray[np.int64]
+    accepted: NDArray[np.bool_]
+    steps: int | None = None
+
+    @property
+    def chains(self) -> int:
+        """B."""
+        return int(self.prev.shape[0])
+
+    def __len__(self) -> int:
+        return self.steps if self.steps is not None else int(self.prev.shape[1])
+
+    def chain(self, b: int) -> ChainChunk:
+        """Chain b's steps as a `ChainChunk`."""
+        return ChainChunk(
+            start=self.start, prev=self.prev[b], proposed=self.proposed[b],
+            emitted=self.emitted[b], accepted=self.accepted[b],
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class BlockChunk:
+    """Consecutive blocks of a run, as parallel arrays.
+
+    Attributes
+    ----------
+    start : int
+        Index of the first block.
+    first_step : ndarray of int64, shape (n,)
+        Index in the emitted chain of each block's first emitted token.
+    context : ndarray of int64, shape (n,)
+        The context each block starts from (the previous emitted token).
+    drafted : ndarray of int64, shape (n, γ)
+        The γ drafted tokens.
+    accepted_length : ndarray of int64, shape (n,)
+        Number of drafts accepted, 0 .. γ; the block emits ``accepted_length + 1`` tokens.
+    final : ndarray of int64, shape (n,)
+        The residual token (rejection) or the bonus token (all accepted) that ends the block.
+    """
+
+    start: int
+    first_step: NDArray[np.int64]
+    context: NDArray[np.int64]
+    drafted: NDArray[np.int64]
+    accepted_length: NDArray[np.int64]
+    final: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.context.shape[0])
+
+    @property
+    def gamma(self) -> int:
+        """Drafts per block."""
+        return int(self.drafted.shape[1])
+
+    def emitted(self, i: int) -> list[int]:
+        """The tokens block ``start + i`` emitted: its accepted drafts, then its final token."""
+        n = int(self.accepted_length[i])
+        return [*self.drafted[i, :n].tolist(), int(self.final[i])]
+
+    def emitted_tokens(self) -> NDArray[np.int64]:
+        """All emitted tokens of the chunk, in chain order."""
+        g = self.gamma
+        keep = np.arange(g + 1)[None, :] <= self.accepted_length[:, None]
+        grid = np.concatenate([self.drafted, self.final[:, None]], axis=1)
+        grid[np.arange(len(self)), self.accepted_length] = self.final
+        tokens: NDArray[np.int64] = grid[keep]
+        return tokens

@@ -1,0 +1,337 @@
+"""The chain's hot loop: per-context tables in bounded memory, a compiled stepper and its fallback.
+
+Every path here performs exactly the step of `thermospec.engine.run_chain_reference`
+on the uniforms ``(u_draft, u_accept, u_residual)`` of each step::
+
+    y = min(bisect_right(draft_cdf, u_draft * draft_cdf[-1]), last positive of draft_cdf)
+    accept iff u_accept < (p / q)[y]                     (strict)
+    else x = min(bisect_right(residual_cdf, u_residual * residual_cdf[-1]), last positive)
+
+so the compiled kernel (``thermospec._kernels``, a small C extension built by
+``pip install``) and the pure-Python fallback emit the same tokens for the same
+uniforms.  The fallback is used when the extension is missing (it is optional
+at build time) or when ``THERMOSPEC_KERNEL=python`` is set.
+
+Tool choice (measured, see README "Performance"): a C extension through the
+buffer protocol costs nothing at import (no NumPy headers, no JIT), while a
+Numba import plus JIT costs hundreds of milliseconds, more than the whole
+default run; the per-step work is two short binary searches, which NumPy cannot
+vectorise along one chain because each step's context is the previous output.
+
+Memory: tables live in a fixed number of slots of one array (``3 V`` float64 per
+context), at most `DEFAULT_TABLE_BYTES`; when full, the least recently used
+context is evicted and rebuilt on its next visit.  At V = 256 every context fits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from types import ModuleType
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.core.sampling import last_positive
+
+__all__ = [
+    "DEFAULT_TABLE_BYTES",
+    "Backend",
+    "ChainStepper",
+    "StepArrays",
+    "TableCache",
+    "TableSource",
+    "compiled_module",
+    "compiled_steps",
+    "resolve_backend",
+]
+
+
+DEFAULT_TABLE_BYTES = 256 * 1024 * 1024
+"""Memory bound of the per-context table cache, in bytes."""
+
+
+Backend = Literal["auto", "compiled", "python"]
+
+
+TableSource = Callable[[int], tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]]
+"""``source(x)`` gives context x's ``(draft_cdf, ratio, residual_cdf)``, each of shape (V,)."""
+
+
+StepArrays = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]
+
+
+def compiled_module() -> ModuleType | None:
+    """The compiled kernel, or None when it is not built or disabled by ``THERMOSPEC_KERNEL=python``."""
+    if os.environ.get("THERMOSPEC_KERNEL", "").lower() == "python":
+        return None
+    try:
+        from thermospec.engine import _kernels  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    module: ModuleType = _kernels
+    return module
+
+
+def resolve_backend(backend: Backend) -> ModuleType | None:
+    """The compiled module for `backend`, or None for the Python loop.
+
+    Raises
+    ------
+    RuntimeError
+        If ``backend == "compiled"`` and the extension is not available.
+    """
+    if backend == "python":
+        return None
+    module = compiled_module()
+    if module is None and backend == "compiled":
+        raise RuntimeError("the compiled kernel thermospec._kernels is not built (reinstall with a C compiler)")
+    return module
+
+
+def slot_bytes(V: int) -> int:
+    """Bytes of one context's tables: three float64 arrays and two int32 guides."""
+    return 3 * 8 * V + 2 * 4 * (guide_size(V) + 1)
+
+
+def guide_size(V: int) -> int:
+    """Number of guide buckets: the power of two at or above V (at least 2)."""
+    return max(2, 1 << (V - 1).bit_length())
+
+
+def guide_table(cdf: NDArray[np.float64], G: int) -> NDArray[np.int32]:
+    """``guide[k] = bisect_right(cdf, (k / G) * cdf[-1])`` for k = 0 .. G.
+
+    For ``u`` in [k / G, (k + 1) / G) the inverse-CDF draw ``bisect_right(cdf, u * cdf[-1])``
+    lies in ``[guide[k], guide[k + 1]]`` (k / G is exact for a power of two G, and
+    rounding a product is monotone), so the kernel searches only that bracket.
+    """
+    points = (np.arange(G + 1, dtype=np.float64) / G) * cdf[-1]
+    guide: NDArray[np.int32] = np.searchsorted(cdf, points, side="right").astype(np.int32)
+    return guide
+
+
+class TableCache:
+    """Per-context tables in fixed slots of one array, bounded in memory, least recently used evicted.
+
+    Parameters
+    ----------
+    V : int
+        Vocabulary size (number of contexts and table length).
+    source : callable
+        ``source(x)`` gives context x's ``(draft_cdf, ratio, residual_cdf)``.
+    max_bytes : int
+        Upper bound of the table array; at least one slot is always kept.
+
+    Attributes
+    ----------
+    tables : ndarray of float64, shape (slots, 3, V)
+        ``[draft_cdf, ratio, residual_cdf]`` of the context in each slot.
+    totals : ndarray of float64, shape (slots, 2)
+        Last entry of each cdf.
+    lasts : ndarray of int64, shape (slots, 2)
+        Index of the last token of positive weight of each cdf.
+    guides : ndarray of int32, shape (slots, 2, G + 1)
+        `guide_table` of each cdf (G = `guide_size` (V)).
+    slot_of : ndarray of int64, shape (V,)
+        Slot of each context, -1 when not loaded.
+    last_used : ndarray of int64, shape (slots,)
+        Step clock of each slot's last use (written by the steppers).
+    """
+
+    def __init__(self, V: int, source: TableSource, max_bytes: int = DEFAULT_TABLE_BYTES) -> None:
+        self.V = V
+        self.source = source
+        self.slots = max(1, min(V, max_bytes // slot_bytes(V)))
+        self.tables = np.zeros((self.slots, 3, V), dtype=np.float64)
+        self.totals = np.zeros((self.slots, 2), dtype=np.float64)
+        self.lasts = np.zeros((self.slots, 2), dtype=np.int64)
+        self.G = guide_size(V)
+        self.guides = np.zeros((self.slots, 2, self.G + 1), dtype=np.int32)
+        self.slot_of = np.full(V, -1, dtype=np.int64)
+        self.context_of = np.full(self.slots, -1, dtype=np.int64)
+        self.last_used = np.full(self.slots, -1, dtype=np.int64)
+        self.filled = 0
+        self.builds = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cache's arrays."""
+        arrays = (self.tables, self.totals, self.lasts, self.guides, self.slot_of, self.context_of, self.last_used)
+        return sum(a.nbytes for a in arrays)
+
+    def load(self, x: int) -> int:
+        """Make sure context `x` has a table; return its slot."""
+        slot = int(self.slot_of[x])
+        if slot >= 0:
+            return slot
+        if self.filled < self.slots:
+            slot = self.filled
+            self.filled += 1
+        else:
+            slot = int(np.argmin(self.last_used))
+            self.slot_of[self.context_of[slot]] = -1
+        draft_cdf, ratio, residual_cdf = self.source(x)
+        self.tables[slot, 0] = draft_cdf
+        self.tables[slot, 1] = ratio
+        self.tables[slot, 2] = residual_cdf
+        self.totals[slot] = (draft_cdf[-1], residual_cdf[-1])
+        self.lasts[slot] = (last_positive(draft_cdf), last_positive(residual_cdf))
+        self.guides[slot, 0] = guide_table(draft_cdf, self.G)
+        self.guides[slot, 1] = guide_table(residual_cdf, self.G)
+        self.slot_of[x] = slot
+        self.context_of[slot] = x
+        self.last_used[slot] = -1
+        self.builds += 1
+        return slot
+
+    def load_all(self) -> bool:
+        """Load every context if they all fit; return whether they do."""
+        if self.slots < self.V:
+            return False
+        for x in range(self.V):
+            self.load(x)
+        return True
+
+
+_ListTable = tuple[list[float], float, int, list[float], list[float], float, int]
+
+
+class _ListTables:
+    """The fallback's tables as Python lists (`bisect` on a list beats a NumPy call per step), LRU-bounded."""
+
+    def __init__(self, source: TableSource, max_entries: int) -> None:
+        self.source = source
+        self.max_entries = max(1, max_entries)
+        self.entries: OrderedDict[int, _ListTable] = OrderedDict()
+
+    def get(self, x: int) -> _ListTable:
+        found = self.entries.get(x)
+        if found is not None:
+            self.entries.move_to_end(x)
+            return found
+        dc, ratio, rc = self.source(x)
+        found = (
+            dc.tolist(), float(dc[-1]), last_positive(dc),
+            ratio.tolist(),
+            rc.tolist(), float(rc[-1]), last_positive(rc),
+        )
+        self.entries[x] = found
+        if len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+        return found
+
+
+def python_steps(tables: Callable[[int], _ListTable], u: NDArray[np.float64], x: int) -> tuple[StepArrays, int]:
+    """The pure-Python stepper over one chunk of uniforms (the fallback of the compiled kernel)."""
+    from bisect import bisect_right
+
+    n = u.shape[0]
+    prev = [0] * n
+    proposed = [0] * n
+    emitted = [0] * n
+    accepted = [False] * n
+    for t, (u_draft, u_accept, u_residual) in enumerate(u.tolist()):
+        draft_cdf, draft_total, draft_last, ratio, res_cdf, res_total, res_last = tables(x)
+        y = bisect_right(draft_cdf, u_draft * draft_total)
+        if y > draft_last:
+            y = draft_last
+        prev[t] = x
+        proposed[t] = y
+        if u_accept < ratio[y]:
+            accepted[t] = True
+            x = y
+        else:
+            x = bisect_right(res_cdf, u_residual * res_total)
+            if x > res_last:
+                x = res_last
+        emitted[t] = x
+    arrays = (
+        np.array(prev, dtype=np.int64),
+        np.array(proposed, dtype=np.int64),
+        np.array(emitted, dtype=np.int64),
+        np.array(accepted, dtype=np.bool_),
+    )
+    return arrays, x
+
+
+class ChainStepper:
+    """Runs one chain chunk by chunk on the compiled kernel or the Python fallback.
+
+    Parameters
+    ----------
+    V : int
+        Vocabulary size.
+    source : callable
+        ``source(x)`` gives context x's ``(draft_cdf, ratio, residual_cdf)``.
+    backend : {"auto", "compiled", "python"}
+        "auto" uses the compiled kernel when it is built.
+    max_bytes : int
+        Memory bound of the table cache.
+    """
+
+    def __init__(
+        self, V: int, source: TableSource, backend: Backend = "auto", max_bytes: int = DEFAULT_TABLE_BYTES
+    ) -> None:
+        self.V = V
+        self.module = resolve_backend(backend)
+        self.clock = 0
+        if self.module is not None:
+            self.cache: TableCache | None = TableCache(V, source, max_bytes)
+            self.lists: _ListTables | None = None
+        else:
+            self.cache = None
+            self.lists = _ListTables(source, max(1, max_bytes // slot_bytes(V)))
+
+    @property
+    def backend(self) -> str:
+        """"compiled" or "python"."""
+        return "python" if self.module is None else "compiled"
+
+    def steps(self, u: NDArray[np.float64], x: int) -> tuple[StepArrays, int]:
+        """Run one chunk: row t of `u` holds step t's three uniforms; start from context `x`.
+
+        Returns
+        -------
+        (prev, proposed, emitted, accepted), x
+            The chunk's arrays and the context after its last step.
+        """
+        if self.lists is not None:
+            arrays, x = python_steps(self.lists.get, u, x)
+            self.clock += u.shape[0]
+            return arrays, x
+        assert self.module is not None and self.cache is not None
+        module, cache, clock = self.module, self.cache, self.clock
+
+        def chain(u: NDArray[np.float64], out: StepArrays, t: int, x: int) -> tuple[int, int]:
+            step: tuple[int, int] = module.chain(
+                cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, cache.last_used, u, *out,
+                self.V, cache.G, t, u.shape[0], x, clock,
+            )
+            return step
+
+        arrays, x = compiled_steps(u, x, cache.load, chain)
+        self.clock += u.shape[0]
+        return arrays, x
+
+
+def compiled_steps(
+    u: NDArray[np.float64], x: int, load: Callable[[int], int],
+    chain: Callable[[NDArray[np.float64], StepArrays, int, int], tuple[int, int]],
+) -> tuple[StepArrays, int]:
+    """Run one chunk on a compiled stepper that stops at a context without tables.
+
+    ``chain(u, out, t, x)`` runs steps t.. into the arrays `out` from context x and returns
+    ``(t, x)`` where it stopped; `load` (x) gives x its tables; repeated until the chunk is done.
+    """
+    u = np.ascontiguousarray(u, dtype=np.float64)
+    n = u.shape[0]
+    out: StepArrays = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64),
+                       np.empty(n, dtype=np.bool_))
+    t = 0
+    while t < n:
+        load(x)
+        t, x = chain(u, out, t, x)
+    return out, x

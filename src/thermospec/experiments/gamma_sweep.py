@@ -1,0 +1,176 @@
+"""The γ sweep: accepted length and modelled speed-up of γ-token blocks vs γ, and its plot.
+
+``python -m scripts.sweep_m1_grid --gammas 1 2 4 8`` runs, for each (K, τ, seed, γ),
+a chain of γ-token blocks of ``--steps`` tokens (`blocks.run_blocks`, stream
+``random_stream(seed, Stream.CHAIN)`` as ``run --gamma`` uses) and reports the
+measured mean accepted length (± batch-means standard error) beside its exact
+expectation along the chain (`blocks.block_expectation`), tokens per target call,
+and the modelled wall-time speed-up ``tokens per target call / (γ c + 1)`` for
+each cost ratio c of ``--cost-ratios``.  Rows go to ``m1_gamma_sweep.csv``; the
+figure ``m1_speedup_vs_gamma.png`` draws the exact speed-up against γ, one line per
+c, with the measured points.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from thermospec.core.expectation import EXPECTATION_MAX_V, block_expectation, modelled_speedup
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.blocks import run_blocks
+from thermospec.engine.chain import dense_matrices
+from thermospec.engine.tally import BlockTally
+from thermospec.runs.block_run import batch_means_se
+from thermospec.runs.config import RunConfig
+from thermospec.runs.prepare import prepare_run, sparse_rows
+
+__all__ = [
+    "DEFAULT_COST_RATIOS",
+    "GAMMA_CSV",
+    "SPEEDUP_PNG",
+    "format_gamma_table",
+    "gamma_rows",
+    "plot_speedup",
+    "write_gamma_csv",
+]
+
+
+GAMMA_CSV = "m1_gamma_sweep.csv"
+
+
+SPEEDUP_PNG = "m1_speedup_vs_gamma.png"
+
+
+DEFAULT_COST_RATIOS = (0.0, 0.05, 0.1, 0.2)
+
+
+def _speedup_key(c: float) -> str:
+    return f"speedup_c{c:g}"
+
+
+def gamma_rows(
+    base: RunConfig,
+    gammas: Sequence[int],
+    Ks: Sequence[int],
+    taus: Sequence[float],
+    seeds: Sequence[int],
+    steps: int,
+    cost_ratios: Sequence[float] = DEFAULT_COST_RATIOS,
+) -> list[dict[str, Any]]:
+    """One row per (K, τ, seed, γ): measured and exact accepted length, tokens per call, speed-ups."""
+
+    rows = []
+    for seed in seeds:
+        for k in Ks:
+            for tau in taus:
+                run = prepare_run(dataclasses.replace(base, seed=seed, K=k, tau=tau, steps=steps, gamma=None))
+                t = run.target
+                for gamma in gammas:
+                    tally = BlockTally(t.V, gamma)
+                    rng = random_stream(seed, Stream.CHAIN)
+                    chunks = run_blocks(t.row, t.pi, run.proposer.draft, gamma, steps, rng, sparse=sparse_rows(run))
+                    for chunk in chunks:
+                        tally.update(chunk)
+                    lengths = tally.accepted_lengths()
+                    measured_tpc = tally.tokens / tally.blocks
+                    exact = (block_expectation(*dense_matrices(t.row, run.proposer.draft, t.V), t.pi, gamma)
+                             if t.V <= EXPECTATION_MAX_V else None)
+                    row: dict[str, Any] = {
+                        "gamma": gamma, "K": k, "tau": tau, "seed": seed, "blocks": tally.blocks,
+                        "tokens": tally.tokens,
+                        "mean_accepted_length": float(lengths.mean()),
+                        "mean_accepted_length_se": batch_means_se(lengths),
+                        "expected_accepted_length": None if exact is None else exact.accepted_length,
+                        "iid_formula_accepted_length": None if exact is None
+                        else exact.iid_tokens_per_target_call - 1.0,
+                        "tokens_per_target_call": measured_tpc,
+                        "expected_tokens_per_target_call": None if exact is None else exact.tokens_per_target_call,
+                    }
+                    for c in cost_ratios:
+                        tpc = measured_tpc if exact is None else exact.tokens_per_target_call
+                        row[_speedup_key(c)] = modelled_speedup(tpc, gamma, c)
+                    rows.append(row)
+    return rows
+
+
+def write_gamma_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write the rows as CSV (empty cells for missing values)."""
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_gamma_table(rows: Sequence[Mapping[str, Any]], cost_ratios: Sequence[float]) -> str:
+    """A Markdown table of the rows."""
+    head = ["γ", "K", "τ", "seed", "accepted length (measured ± se)", "exact", "i.i.d. formula",
+            "tokens / target call", *[f"speed-up c={c:g}" for c in cost_ratios]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            str(r["gamma"]), str(r["K"]), f"{r['tau']:g}", str(r["seed"]),
+            f"{r['mean_accepted_length']:.4f} ± {r['mean_accepted_length_se']:.4f}",
+            _fmt(r["expected_accepted_length"]), _fmt(r["iid_formula_accepted_length"]),
+            _fmt(r["tokens_per_target_call"], 3), *[_fmt(r[_speedup_key(c)], 3) for c in cost_ratios],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_speedup(path: Path, rows: Sequence[Mapping[str, Any]], cost_ratios: Sequence[float]) -> None:
+    """Speed-up vs γ, one line per cost ratio, for the first (K, τ) of the rows, averaged over seeds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    first = rows[0]
+    chosen = [r for r in rows if r["K"] == first["K"] and r["tau"] == first["tau"]]
+    gammas = sorted({int(r["gamma"]) for r in chosen})
+
+    def mean_of(gamma: int, key: str) -> float:
+        values = [float(r[key]) for r in chosen if r["gamma"] == gamma and r[key] is not None]
+        return math.fsum(values) / len(values) if values else math.nan
+
+    figure = Figure(figsize=(6.4, 4.2))
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for c in cost_ratios:
+        exact = [mean_of(g, _speedup_key(c)) for g in gammas]
+        line = ax.plot(gammas, exact, marker="o", label=f"c = {c:g}")[0]
+        measured = [mean_of(g, "tokens_per_target_call") / (g * c + 1) for g in gammas]
+        ax.plot(gammas, measured, linestyle="none", marker="x", color=line.get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(gammas, [str(g) for g in gammas])
+    ax.set_xlabel("γ (drafts per target call)")
+    ax.set_ylabel("modelled speed-up  (tokens per call) / (γ c + 1)")
+    ax.set_title(f"γ-token blocks, K = {first['K']}, τ = {first['tau']:g} (lines: exact, x: measured)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="cost ratio c")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def gamma_sweep(args: Any, base: RunConfig, sweep_dir: Path) -> int:
+    """The ``sweep_m1_grid --gammas`` command body: rows, CSV, table, figure."""
+    cost_ratios = tuple(args.cost_ratios)
+    rows = gamma_rows(base, args.gammas, args.Ks, args.taus, args.seeds, args.steps, cost_ratios)
+    csv_path = sweep_dir / GAMMA_CSV
+    write_gamma_csv(csv_path, rows)
+    plot_speedup(sweep_dir / SPEEDUP_PNG, rows, cost_ratios)
+    print(f"γ sweep: {len(rows)} configurations, {args.steps} tokens of γ-token blocks each (exact: "
+          "stationary block starts, products of min(p, q) along the drafted chain)\n")
+    print(format_gamma_table(rows, cost_ratios))
+    print(f"\nwrote {csv_path} and {sweep_dir / SPEEDUP_PNG}")
+    return 0

@@ -1,0 +1,150 @@
+"""The guide's checklist items a run's summary carries, evaluated as ``check`` evaluates them (SPEC §7).
+
+1. Fixed-context χ²: the 4 most probable contexts under pi, each with n
+   independent draft-and-correct steps; χ² of the emitted counts against
+   ``n p(. | c)`` (pooled per SPEC §6); pass if at least 3 of 4 have p > 0.05.
+3. ``psi_bytes <= 1024`` for every K <= 128 at this V.
+
+Every draw also goes through the host's consistency check of the reported
+``log q`` (`ReportVerifier`): a TSU that misreports fails the check it was caught
+in, with the step and token named.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from thermospec.core.payload import craft_payload, encode_payload, payload_size
+from thermospec.core.statistics import Chi2Result, pooled_chi2
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import ReportError, fixed_context_draws
+from thermospec.runs.prepare import PreparedRun
+from thermospec.runs.summary import PSI_BYTES_LIMIT
+
+__all__ = ["CheckResult", "fixed_context_check", "fixed_context_p_values", "psi_size_check"]
+
+
+FIXED_CONTEXTS = 4
+
+
+FIXED_CONTEXTS_TO_PASS = 3
+
+
+SIGNIFICANCE = 0.05
+
+
+MAX_CHECKED_K = 128
+
+
+DEFAULT_CHECK_STEPS = 20_000
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the checklist: its name, verdict and the numbers behind it."""
+
+    name: str
+    passed: bool
+    detail: str
+    guide: bool = True
+    skipped: bool = False  # nothing could be tested: neither a pass nor a failure
+
+    @property
+    def verdict(self) -> str:
+        """PASS, FAIL or SKIP, as printed."""
+        return "SKIP" if self.skipped else "PASS" if self.passed else "FAIL"
+
+
+def likeliest_contexts(run: PreparedRun, m: int) -> list[int]:
+    contexts: list[int] = np.argsort(-run.target.pi, kind="stable")[:m].tolist()
+    return contexts
+
+
+def fixed_context_results(run: PreparedRun, n: int) -> tuple[list[int], list[Chi2Result]]:
+    """The guide's fixed-context χ² tests: emitted counts of n steps vs ``n p(. | c)``, 4 contexts.
+
+    Returns
+    -------
+    contexts : list of int
+        The 4 most probable contexts under pi (ties to the lower id).
+    results : list of Chi2Result
+        One per context; a context whose bins all pool into one has nothing to test
+        (0 dof, p = 1 by SPEC §6's rule).
+    """
+    target = run.target
+    contexts = likeliest_contexts(run, FIXED_CONTEXTS)
+    results = []
+    for i, x in enumerate(contexts):
+        rng = random_stream(run.config.seed, Stream.CHECK, i)
+        draws = fixed_context_draws(target.row(x), run.proposer.draft(x), n, rng)
+        observed = np.bincount(draws.emitted, minlength=target.V).astype(np.float64)
+        results.append(pooled_chi2(observed, n * target.row(x)))
+    return contexts, results
+
+
+def fixed_context_p_values(run: PreparedRun, n: int) -> tuple[list[int], list[float]]:
+    """The p-values of `fixed_context_results`."""
+    contexts, results = fixed_context_results(run, n)
+    return contexts, [r.p_value for r in results]
+
+
+def refused_result(name: str, error: ReportError, guide: bool = True) -> CheckResult:
+    return CheckResult(name=name, passed=False, detail=str(error), guide=guide)
+
+
+def fixed_context_check(run: PreparedRun, n: int) -> CheckResult:
+    """Check 1: χ² of n fixed-context emissions against the target row, for 4 contexts."""
+    name = f"fixed-context χ² (n={n} per context)"
+    try:
+        contexts, results = fixed_context_results(run, n)
+    except ReportError as exc:
+        return refused_result(name, exc)
+    passing = sum(r.p_value > SIGNIFICANCE for r in results)
+    shown = ", ".join(
+        f"x={x}: p={r.p_value:.3f}" + (" (one bin: nothing to test)" if r.dof == 0 else "")
+        for x, r in zip(contexts, results, strict=True)
+    )
+    return CheckResult(
+        name=name,
+        passed=passing >= min(FIXED_CONTEXTS_TO_PASS, len(contexts)),
+        detail=f"{passing}/{len(contexts)} with p > {SIGNIFICANCE} [{shown}]",
+    )
+
+
+def psi_size_check(run: PreparedRun) -> CheckResult:
+    """Check 3: encoded ψ size for every K from 1 to 128 (clamped to V), on the likeliest context.
+
+    The size depends on K and V only, so the payloads are crafted with auto-ε
+    (a numeric ε valid at the run's K may be out of range at K = 1).
+    """
+    target, config = run.target, run.config
+    x = int(np.argmax(target.pi))
+    sizes = [
+        len(encode_payload(craft_payload(target.row(x), k, config.tau, "auto")))
+        for k in range(1, min(MAX_CHECKED_K, target.V) + 1)
+    ]
+    largest = max(sizes)
+    return CheckResult(
+        name=f"ψ payload ≤ {PSI_BYTES_LIMIT} bytes for K ≤ {MAX_CHECKED_K}",
+        passed=largest <= PSI_BYTES_LIMIT,
+        detail=f"largest {largest} bytes (K = {min(MAX_CHECKED_K, target.V)}, V = {target.V})",
+    )
+
+
+def guide_checklist(run: PreparedRun, run_items: dict[str, bool]) -> dict[str, bool | None]:
+    """The guide's success checklist as booleans, as `check` evaluates it.
+
+    `run_items` are the items the run itself measures (|accept - overlap|, this
+    run's ψ sizes); the fixed-context χ² (4 contexts, `check`'s default n and
+    streams, so it agrees with `check`) and the ψ bound for every K <= 128 are
+    added here.  A few milliseconds at the default settings.
+    """
+
+    V = run.target.V
+    return {
+        "fixed_context_chi2_3_of_4": fixed_context_check(run, DEFAULT_CHECK_STEPS).passed,
+        **run_items,
+        "psi_bytes_le_1024_every_K_le_128": payload_size(min(MAX_CHECKED_K, V), V) <= PSI_BYTES_LIMIT,
+    }

@@ -1,0 +1,116 @@
+"""A run's configuration, its target, and how its seed becomes independent random streams."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from thermospec.core.payload import EpsSpec
+from thermospec.core.streams import Stream, random_stream
+from thermospec.targets.bigram import BigramTarget
+from thermospec.targets.bpe import bpe_target, parse_tokenizer
+from thermospec.targets.corpus import corpus_target
+from thermospec.targets.synthetic import synthetic_target
+
+__all__ = ["ConfigError", "RunConfig", "load_target"]
+
+
+class ConfigError(ValueError):
+    """An option value that cannot be used; the message names the option and the reason."""
+
+
+def _as_float32(value: float) -> float:
+    """The value a float32 payload field would carry (inf where it overflows)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
+MAX_SYNTHETIC_VOCAB = 65_536
+"""Largest synthetic vocabulary (issue 4's scale; rows above 4,096 tokens are generated lazily)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options of an M1 run, with the guide's defaults."""
+
+    corpus: str | None = None
+    vocab: int = 256
+    c: float = 50.0
+    K: int = 64
+    tau: float = 1.0
+    eps: EpsSpec = "auto"
+    steps: int = 50_000
+    seed: int = 7
+    # Beyond M1 (issue 6): left out of `as_dict` at their defaults, so M1 summaries are unchanged.
+    gamma: int | None = None
+    cost_ratio: float = 0.0
+    tokenizer: str | None = None
+    tsu: str = "sim"
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.vocab <= MAX_SYNTHETIC_VOCAB:
+            raise ConfigError(f"--vocab: must be an integer in [2, {MAX_SYNTHETIC_VOCAB}], got {self.vocab}")
+        if not (np.isfinite(self.c) and self.c > 0):
+            raise ConfigError(f"--c: must be a finite number > 0, got {self.c}")
+        if self.K < 1:
+            raise ConfigError(f"--K: must be an integer >= 1, got {self.K}")
+        tau32 = _as_float32(self.tau)
+        if not (np.isfinite(tau32) and tau32 > 0):
+            raise ConfigError(f"--tau: must be a finite number > 0 that float32 (ψ's field) can hold, got {self.tau}")
+        if self.eps != "auto" and not (np.isfinite(_as_float32(self.eps)) and self.eps >= 0):
+            raise ConfigError(f"--eps: must be 'auto' or a finite number >= 0 that float32 can hold, got {self.eps}")
+        if self.eps != "auto" and self.eps > 0 and _as_float32(self.eps) == 0:
+            raise ConfigError(f"--eps: {self.eps} rounds to 0 in ψ's float32 field (use 0 to mean no tail)")
+        if self.steps < 1:
+            raise ConfigError(f"--steps: must be an integer >= 1, got {self.steps}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed: must be an integer >= 0, got {self.seed}")
+        if self.gamma is not None and not 1 <= self.gamma <= 1024:
+            raise ConfigError(f"--gamma: must be an integer in 1 .. 1024, got {self.gamma}")
+        if not (np.isfinite(self.cost_ratio) and self.cost_ratio >= 0):
+            raise ConfigError(f"--cost-ratio: must be a finite number >= 0, got {self.cost_ratio}")
+        if self.tsu not in ("sim", "thrml"):
+            raise ConfigError(f"--tsu: must be 'sim' or 'thrml', got {self.tsu!r}")
+        if self.tokenizer is not None:
+
+            try:
+                parse_tokenizer(self.tokenizer)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            if self.corpus is None:
+                raise ConfigError("--tokenizer: needs --corpus (the tokenizer is trained on the corpus)")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values (issue 6's options only when set)."""
+        values = asdict(self)
+        for name, default in _EXTENSION_DEFAULTS.items():
+            if values[name] == default:
+                del values[name]
+        return values
+
+
+_EXTENSION_DEFAULTS: dict[str, Any] = {"gamma": None, "cost_ratio": 0.0, "tokenizer": None, "tsu": "sim"}
+
+
+def load_target(config: RunConfig) -> BigramTarget:
+    """The target a configuration names: the corpus' if given, else the synthetic one."""
+    if config.corpus is not None and config.tokenizer is not None:
+
+        return bpe_target(config.corpus, parse_tokenizer(config.tokenizer))
+    if config.corpus is not None:
+        return corpus_target(config.corpus)
+    return synthetic_target(config.vocab, config.c, random_stream(config.seed, Stream.TARGET))
+
+
+def check_eps(config: RunConfig, V: int) -> None:
+    """Check a numeric ε against SPEC's range ``(V - K) * eps < 1`` for this vocabulary."""
+    if config.eps == "auto":
+        return
+    k = min(config.K, V)
+    eps32 = float(np.float32(config.eps))
+    if not (V - k) * eps32 < 1:
+        raise ConfigError(
+            f"--eps: (V - K) * eps must be < 1, got ({V} - {k}) * {config.eps} = {(V - k) * eps32:.6g}"
+        )

@@ -1,0 +1,105 @@
+"""The Thermodynamic Sampling Unit: F(ψ) and its software stand-in `SimTSU`.
+
+A TSU receives only the payload bytes, so everything here is computed from
+the decoded payload (float32 fields widened to float64), never from the target
+row.  With ``T = (V - K) * eps`` and ``w_i = exp(-codes_i * delta / tau)``::
+
+    q(ids_i) = (1 - T) * w_i / sum_j w_j        q(v) = eps  for v not in ids
+
+Draws invert the cumulative distribution in token order, with the tail part
+counted rather than summed (`draft_cdf`)::
+
+    cdf(v) = n_tail(v) * eps + (sum of q over the ids <= v, added in token order)
+
+where ``n_tail(v)`` is the number of tail tokens ``<= v``.  Each value is one
+product and one sum of exactly known terms, so a table over all V tokens and a
+compact one over the K ids (`thermospec.compact`) give the same doubles, and
+the same uniform draws the same token on both.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.core.payload import Payload, decode_payload
+from thermospec.core.proposal import draft_cdf, proposal_distribution
+from thermospec.core.sampling import inverse_cdf
+
+__all__ = ["SimTSU"]
+
+
+class SimTSU:
+    """Software stand-in for a TSU: samples F(ψ) and reports the exact ``log q``.
+
+    Parameters
+    ----------
+    payload : Payload or bytes
+        The ψ payload; bytes are decoded and validated first.
+
+    Attributes
+    ----------
+    payload : Payload
+        The decoded payload.
+    q : ndarray of float64, shape (V,)
+        The whole distribution F(ψ), read-only, for the host's residual step.
+
+    Notes
+    -----
+    Each draw consumes exactly one float64 uniform of the generator and inverts
+    the cumulative distribution of `q` (`draft_cdf`, `thermospec.sampling.inverse_cdf`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from thermospec import SimTSU, craft_payload
+    >>> tsu = SimTSU(craft_payload(np.array([0.5, 0.3, 0.2]), K=2, tau=1.0))
+    >>> tokens, log_q = tsu.sample(np.random.default_rng(0), 4)
+    >>> bool(np.allclose(log_q, np.log(tsu.q[tokens])))
+    True
+    """
+
+    samples_payload: ClassVar[bool] = True
+    """Whether draws are exactly the inverse-CDF draws of F(ψ) (`draft_cdf`): table-driven paths rely on it."""
+
+    def __init__(self, payload: Payload | bytes) -> None:
+        if isinstance(payload, bytes | bytearray | memoryview):
+            payload = decode_payload(bytes(payload))
+        self.payload = payload
+        q = proposal_distribution(payload)
+        q.flags.writeable = False
+        self.q: NDArray[np.float64] = q
+        cdf = draft_cdf(payload)
+        cdf.flags.writeable = False
+        self.cdf: NDArray[np.float64] = cdf
+
+    def sample(
+        self, rng: np.random.Generator, n: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Draw `n` tokens from F(ψ).
+
+        Returns
+        -------
+        tokens : ndarray of int64, shape (n,)
+        log_q : ndarray of float64, shape (n,)
+            Natural log of F(ψ) at each drawn token.
+        """
+        tokens = inverse_cdf(self.cdf, rng.random(n))
+        return tokens, self.report_log_q(tokens)
+
+    def report_log_q(self, tokens: NDArray[np.int64]) -> NDArray[np.float64]:
+        """The ``log q`` this TSU reports with each drawn token: ``log F(ψ)[y]``.
+
+        The host checks every report against F(ψ) (`thermospec.engine.ReportVerifier`);
+        a faulty TSU that misreports overrides this method.
+        """
+        with np.errstate(divide="ignore"):  # -inf, silently, for a token F(ψ) gives probability 0
+            log_q: NDArray[np.float64] = np.log(self.q[tokens])
+        return log_q
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, float]:
+        """Draw one token from F(ψ); return it with its exact ``log q``."""
+        tokens, log_q = self.sample(rng, 1)
+        return int(tokens[0]), float(log_q[0])
