@@ -105,20 +105,19 @@ def bench_naive(run: PreparedRun, fast_rate: float, fast_emitted: np.ndarray[Any
 def bench_batch(run: PreparedRun, chains: int, steps: int, repeats: int) -> list[Row]:
     """``run --chains B --telemetry none`` (all cores): its summary's tokens/s; and the NumPy fallback.
 
-    The batched figure is `thermospec.batch.execute_batch` itself, as the command runs it (setup,
+    The batched figure is `thermospec.runs.executor.execute_run` itself, as the command runs it (setup,
     stepping and per-chain counting; the summary's ``tokens_per_s``), not a stripped loop.
     """
     import dataclasses
 
     from thermospec.engine.tally import BatchTally
-    from thermospec.runs.batch_run import execute_batch
 
     target = run.target
     prepared = PreparedRun(config=dataclasses.replace(run.config, steps=steps), target=target, proposer=run.proposer)
 
     def command() -> float:
         with tempfile.TemporaryDirectory() as tmp:
-            summary = execute_batch(prepared, Path(tmp), chains, telemetry="none")
+            summary = execute_run(prepared, Path(tmp), telemetry="none", chains=chains)
         return float(summary["tokens_per_s"])
 
     rate = statistics.median(command() for _ in range(repeats))

@@ -23,8 +23,9 @@ from thermospec.core.statistics import pooled_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import ReportError, fixed_context_draws, run_chain, run_chain_reference
 from thermospec.runs.config import RunConfig
-from thermospec.runs.executor import SUMMARY_FILE, execute_run
+from thermospec.runs.executor import execute_run
 from thermospec.runs.prepare import PreparedRun, inject_fault, prepare_run
+from thermospec.runs.storage import SUMMARY_FILE
 from thermospec.tsu.drafts import ContextDraft
 from thermospec.tsu.faults import (
     Fault,

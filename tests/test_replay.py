@@ -14,8 +14,8 @@ import scipy
 
 from thermospec import __version__
 from thermospec.cli.m1 import main
-from thermospec.runs.executor import METRICS_FILE, SUMMARY_FILE
 from thermospec.runs.replay import ReplayError, load_replay
+from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE
 
 
 def _run(runs: Path, *options: str) -> Path:

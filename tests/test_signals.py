@@ -26,9 +26,9 @@ from thermospec.analysis.audit import audit_jsonl
 from thermospec.cli.m1 import main
 from thermospec.core.statistics import pooled_chi2
 from thermospec.runs.config import RunConfig, load_target
-from thermospec.runs.executor import METRICS_FILE, SUMMARY_FILE, execute_run, write_json_atomic
+from thermospec.runs.executor import execute_run
 from thermospec.runs.prepare import prepare_run
-from thermospec.runs.storage import OutputError, RecordFile
+from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, OutputError, RecordFile, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 

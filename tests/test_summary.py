@@ -17,8 +17,9 @@ from scipy import stats
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.tally import RunTally
 from thermospec.runs.config import RunConfig
-from thermospec.runs.executor import create_run_dir, execute_run
+from thermospec.runs.executor import execute_run
 from thermospec.runs.prepare import prepare_run
+from thermospec.runs.storage import create_run_dir
 
 
 def pooled_chi2_by_hand(observed: NDArray[np.float64], expected: NDArray[np.float64]) -> tuple[float, int, float]:

@@ -21,8 +21,9 @@ from tests.speculative_law import spec_formula
 from thermospec import craft_payload, decode_payload, encode_payload
 from thermospec.engine.chunks import ChainChunk
 from thermospec.runs.config import RunConfig
-from thermospec.runs.executor import create_run_dir, execute_run
+from thermospec.runs.executor import execute_run
 from thermospec.runs.prepare import prepare_run
+from thermospec.runs.storage import create_run_dir
 from thermospec.runs.telemetry import JsonlWriter, context_fields, jsonl_lines
 from thermospec.targets.bigram import BigramTarget
 from thermospec.tsu.drafts import Proposer

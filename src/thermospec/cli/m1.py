@@ -31,16 +31,14 @@ from thermospec.cli.options import (
 from thermospec.core.payload import PayloadError
 from thermospec.engine.blocks import BLOCKS_FILE
 from thermospec.engine.chain import ReportError
-from thermospec.runs.batch_run import execute_batch
-from thermospec.runs.block_run import execute_block_run
 from thermospec.runs.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
-from thermospec.runs.executor import METRICS_FILE, create_run_dir, execute_run
+from thermospec.runs.executor import execute_run
 from thermospec.runs.interrupts import Terminated, install_termination_handler
 from thermospec.runs.prepare import inject_fault, prepare_run
 from thermospec.runs.progress import progress_bar
 from thermospec.runs.replay import ReplayError, load_replay, replay_matches
-from thermospec.runs.telemetry import parquet_available
-from thermospec.runs.thrml_run import execute_thrml_run
+from thermospec.runs.storage import METRICS_FILE, create_run_dir
+from thermospec.runs.telemetry import PARQUET_FILE, parquet_available
 from thermospec.targets.corpus import CorpusError
 
 __all__ = ["main"]
@@ -265,28 +263,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         run_dir = create_run_dir(Path(args.runs_dir))
     except OSError as exc:
         raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a run folder ({exc.strerror or exc})") from None
+    unit = "token" if run.config.gamma is not None else "step"
+    with progress_bar(run.config.steps, "run", unit, quiet=args.quiet or args.chains > 1) as bar:
+        summary = execute_run(run, run_dir, on_progress=bar.update, telemetry=args.telemetry, chains=args.chains)
+    metrics_file = {"jsonl": METRICS_FILE, "parquet": PARQUET_FILE, "none": ""}[args.telemetry]
     if args.chains > 1:
-
-        summary = execute_batch(run, run_dir, args.chains, args.telemetry)
         metrics_file = "chain_*/"
     elif run.config.gamma is not None:
-
-        with progress_bar(run.config.steps, "run", "token", quiet=args.quiet) as bar:
-            summary = execute_block_run(
-                run, run_dir, run.config.gamma, run.config.cost_ratio,
-                on_chunk=lambda chunk: bar.update(len(chunk) + int(chunk.accepted_length.sum())),
-            )
         metrics_file = BLOCKS_FILE
-    elif run.config.tsu == "thrml":
-
-        summary = execute_thrml_run(run, run_dir)
-        metrics_file = METRICS_FILE
-    else:
-
-        with progress_bar(run.config.steps, "run", "step", quiet=args.quiet) as bar:
-            summary = execute_run(run, run_dir, on_chunk=lambda chunk: bar.update(len(chunk)),
-                                  telemetry=args.telemetry)
-        metrics_file = "m1_metrics.parquet" if args.telemetry == "parquet" else METRICS_FILE
     print(summary_table(summary))
     written = "" if args.telemetry == "none" else f"{run_dir / metrics_file} and "
     print(f"\nwrote {written}{run_dir / 'summary.json'}")

@@ -43,9 +43,9 @@ from thermospec.experiments.sweeps import (
     target_of,
 )
 from thermospec.runs.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
-from thermospec.runs.executor import create_run_dir, write_json_atomic
 from thermospec.runs.prepare import prepare_run
 from thermospec.runs.progress import progress_bar
+from thermospec.runs.storage import create_run_dir, write_json_atomic
 from thermospec.targets.corpus import CorpusError
 
 __all__ = ["build_grid_parser", "build_plot_parser", "build_seed_parser", "grid_main", "plot_main", "seed_main"]

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from thermospec.experiments.grid import aggregate_grid
 from thermospec.experiments.sweeps import GRID_CSV, SEEDS_CSV, read_csv_rows
+from thermospec.runs.storage import METRICS_FILE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,7 +47,6 @@ __all__ = [
 ]
 
 
-METRICS_FILE = "m1_metrics.jsonl"
 
 
 RUNNING_PNG = "m1_acceptance.png"

@@ -6,15 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec import __version__
 from thermospec.core.expectation import EXPECTATION_MAX_V, BlockExpectation, block_expectation, modelled_speedup
 from thermospec.core.statistics import pooled_chi2
 from thermospec.core.streams import Stream, random_stream
@@ -22,11 +20,9 @@ from thermospec.engine.blocks import BLOCKS_FILE, run_blocks, run_blocks_referen
 from thermospec.engine.chain import dense_matrices
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.tally import BlockTally
-from thermospec.runs.executor import SUMMARY_FILE, software_versions, write_json_atomic
-from thermospec.runs.interrupts import interruption_guard, signal_name
-from thermospec.runs.prepare import sparse_rows, target_description
+from thermospec.runs.prepare import PreparedRun, sparse_rows
 
-__all__ = ["summarise_blocks"]
+__all__ = ["BlockMode", "block_lines", "summarise_blocks"]
 
 
 
@@ -127,78 +123,61 @@ def block_lines(chunk: BlockChunk) -> str:
     return "".join(lines)
 
 
-def execute_block_run(
-    run: Any,
-    run_dir: Path,
-    gamma: int,
-    cost_ratio: float,
-    on_chunk: Callable[[BlockChunk], None] | None = None,
-) -> dict[str, Any]:
-    """Run γ-token blocks for a prepared run; write ``m1_blocks.jsonl`` and ``summary.json``.
+class BlockMode:
+    """``run --gamma G``: γ-token blocks (`engine.blocks`), one record per block in ``m1_blocks.jsonl``.
 
-    Parameters
-    ----------
-    run : thermospec.runs.PreparedRun
-    run_dir : Path
-    gamma, cost_ratio
-        Drafts per block and TSU-draft / target-call time ratio.
+    With ``--tsu thrml`` the TSU must draw every token itself: the per-block
+    reference loop runs, in one chunk.
     """
 
-    config, target = run.config, run.target
-    started = time.perf_counter()
-    tally = BlockTally(target.V, gamma)
-    rng = random_stream(config.seed, Stream.CHAIN)
-    chunks: Iterable[BlockChunk]
-    if getattr(config, "tsu", "sim") == "thrml":  # the TSU must draw every token itself: per-block loop
-        chunks = [run_blocks_reference(target.row, target.pi, run.proposer.draft, gamma, config.steps, rng)]
-    else:
-        chunks = run_blocks(target.row, target.pi, run.proposer.draft, gamma, config.steps, rng,
-                            sparse=sparse_rows(run))
-    digest = hashlib.sha256()
-    out: IO[str]
-    metrics = run_dir / BLOCKS_FILE
-    # A signal only stops the loop between whole chunks of blocks.
-    with interruption_guard() as stop, metrics.open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as out:
-        for chunk in chunks:
-            text = block_lines(chunk)
-            out.write(text)
-            digest.update(text.encode("utf-8"))
-            tally.update(chunk)
-            if on_chunk is not None:
-                on_chunk(chunk)
-            if stop.requested:
-                break
-    interrupted = {
-        "interrupted": stop.signum is not None,
-        "interrupted_by": signal_name(stop.signum) if stop.signum is not None else None,
-        "versions": software_versions(),
-    }
-    if tally.blocks == 0:  # stopped before the first chunk: nothing to aggregate
-        empty = {"blocks": 0, "tokens_emitted": 0, "steps": 0, "config": {**config.as_dict(), "K_used": run.K_used},
-                 "target": target_description(run), "telemetry": BLOCKS_FILE,
-                 "metrics_sha256": digest.hexdigest(), **interrupted}
-        write_json_atomic(run_dir / SUMMARY_FILE, empty)
-        return empty
-    expectation = (
-        block_expectation(*dense_matrices(target.row, run.proposer.draft, target.V), target.pi, gamma)
-        if target.V <= EXPECTATION_MAX_V
-        else None
-    )
-    stats = summarise_blocks(tally, target.pi, cost_ratio, expectation)
-    visited = np.flatnonzero(tally.draft_context_counts).tolist()
-    elapsed = time.perf_counter() - started
-    summary: dict[str, Any] = {
-        **stats,
-        "steps": tally.tokens,  # tokens emitted: what a replay of an interrupted run asks for again
-        "psi_bytes_max": max(run.proposer.draft(x).psi_bytes for x in visited),
-        "elapsed_s": elapsed,
-        "tokens_per_s": tally.tokens / elapsed,
-        "config": {**config.as_dict(), "K_used": run.K_used},
-        "target": target_description(run),
-        "telemetry": BLOCKS_FILE,
-        "metrics_sha256": digest.hexdigest(),
-        "thermospec_version": __version__,
-        **interrupted,
-    }
-    write_json_atomic(run_dir / SUMMARY_FILE, summary)
-    return summary
+    telemetry = BLOCKS_FILE
+
+    def __init__(self, run: PreparedRun, run_dir: Path) -> None:
+        assert run.config.gamma is not None, "BlockMode needs --gamma"
+        self.run, self.gamma = run, run.config.gamma
+        self.tally = BlockTally(run.target.V, self.gamma)
+        self._digest = hashlib.sha256()
+        self._out = (run_dir / BLOCKS_FILE).open("w", encoding="utf-8", newline="\n", buffering=1 << 20)
+
+    def chunks(self) -> Iterator[BlockChunk]:
+        config, target, drafts = self.run.config, self.run.target, self.run.proposer.draft
+        rng = random_stream(config.seed, Stream.CHAIN)
+        if config.tsu == "thrml":
+            return iter([run_blocks_reference(target.row, target.pi, drafts, self.gamma, config.steps, rng)])
+        return run_blocks(target.row, target.pi, drafts, self.gamma, config.steps, rng, sparse=sparse_rows(self.run))
+
+    def record(self, chunk: BlockChunk) -> int:
+        text = block_lines(chunk)
+        self._out.write(text)
+        self._digest.update(text.encode("utf-8"))
+        self.tally.update(chunk)
+        return len(chunk) + int(chunk.accepted_length.sum())
+
+    def close(self) -> str | None:
+        self._out.close()
+        return self._digest.hexdigest()
+
+    def tokens(self) -> int:
+        return self.tally.tokens
+
+    def complete(self) -> bool:
+        return self.tally.tokens >= self.run.config.steps
+
+    def statistics(self) -> dict[str, Any]:
+        if self.tally.blocks == 0:  # stopped before the first chunk: nothing to aggregate
+            return {"blocks": 0, "tokens_emitted": 0, "steps": 0}
+        target, drafts = self.run.target, self.run.proposer.draft
+        expectation = (
+            block_expectation(*dense_matrices(target.row, drafts, target.V), target.pi, self.gamma)
+            if target.V <= EXPECTATION_MAX_V
+            else None
+        )
+        visited = np.flatnonzero(self.tally.draft_context_counts).tolist()
+        return {
+            **summarise_blocks(self.tally, target.pi, self.run.config.cost_ratio, expectation),
+            "steps": self.tally.tokens,  # tokens emitted: what a replay of an interrupted run asks for again
+            "psi_bytes_max": max(drafts(x).psi_bytes for x in visited),
+        }
+
+    def extras(self) -> dict[str, Any]:
+        return {}

@@ -1,4 +1,17 @@
-"""A run on disk: its folder, its telemetry stream and its summary.
+"""The one executor of every run: chunks from the engine, telemetry and tally, then one summary envelope.
+
+A run is a `Mode` (single chain, ``--chains``, ``--gamma``, ``--tsu thrml``):
+the chunks the engine emits for it, what each chunk writes and counts, and the
+statistics of what was counted.  `execute_run` drives any mode the same way:
+
+* a SIGINT or SIGTERM (`runs.interrupts`) stops the loop after the chunk in
+  hand, so the telemetry holds whole records only;
+* a failed write (`OutputError`) or a misreporting TSU (`ReportError`) stops
+  it too, and the summary of what was kept is still written;
+* ``summary.json`` is the mode's statistics inside one envelope, the same
+  fields for every mode: ``elapsed_s``, ``tokens_per_s``, ``config``,
+  ``target``, ``telemetry``, ``thermospec_version``, ``versions``,
+  ``interrupted``, ``interrupted_by``, ``metrics_sha256``.
 
 Everything that can fail on the user's input (options, corpus, ε range, ψ
 crafting) is done by `prepare_run` before anything is written.
@@ -6,91 +19,144 @@ crafting) is done by `prepare_run` before anything is written.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from thermospec import __version__
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import ReportError, run_chain
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.tally import RunTally
+from thermospec.runs.batch_run import BatchMode
+from thermospec.runs.block_run import BlockMode
 from thermospec.runs.checklist import guide_checklist
-from thermospec.runs.interrupts import Interruption, interruption_guard, signal_name
+from thermospec.runs.interrupts import interruption_guard, signal_name
 from thermospec.runs.prepare import PreparedRun, sparse_rows, target_description
-from thermospec.runs.storage import OutputError, write_text_atomic
-from thermospec.runs.summary import summarise_run
+from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
+from thermospec.runs.summary import software_versions, summarise_run
 from thermospec.runs.telemetry import TelemetryFormat, TelemetrySink
+from thermospec.runs.thrml_run import ThrmlMode
 
-__all__ = ["METRICS_FILE", "SUMMARY_FILE", "create_run_dir", "execute_run", "write_json_atomic"]
-
-
-METRICS_FILE = "m1_metrics.jsonl"
+__all__ = ["ChainMode", "Mode", "execute_run", "run_mode"]
 
 
-SUMMARY_FILE = "summary.json"
+class Mode(Protocol):
+    """One kind of run, as the executor drives it."""
+
+    @property
+    def telemetry(self) -> str:
+        """What the summary's ``telemetry`` field says (the format, or the file)."""
+        ...
+
+    def chunks(self) -> Iterator[Any]:
+        """The engine's chunks, in order."""
+        ...
+
+    def record(self, chunk: Any) -> int:
+        """Write and count one chunk; return its progress units (steps or tokens)."""
+        ...
+
+    def close(self) -> str | None:
+        """Close the telemetry; return the SHA-256 of what was written (None when nothing is hashed)."""
+        ...
+
+    def tokens(self) -> int:
+        """Tokens emitted so far, over all chains (``tokens_per_s``)."""
+        ...
+
+    def complete(self) -> bool:
+        """Whether every asked-for step was run."""
+        ...
+
+    def statistics(self) -> dict[str, Any]:
+        """The mode's statistics of what was counted (``{"steps": 0}`` and nulls when nothing was)."""
+        ...
+
+    def extras(self) -> dict[str, Any]:
+        """Fields of this mode only, after the envelope (``checklist``, ``streams``, ``tsu_backend`` ...)."""
+        ...
 
 
-def create_run_dir(runs_dir: str | Path) -> Path:
-    """Create a fresh ``runs_dir/<UTC timestamp>`` folder, never reusing an existing one."""
-    root = Path(runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for attempt in range(1, 10_000):
-        candidate = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
-    raise FileExistsError(f"{root}: too many runs named {stamp}")
+class ChainMode:
+    """The M1 run: one chain on the table-driven engine, telemetry ``jsonl``, ``parquet`` or ``none``."""
+
+    def __init__(self, run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat) -> None:
+        self.run = run
+        self.telemetry = telemetry
+        self.tally = RunTally(run.target.V, track_transitions=True)
+        self._sink = TelemetrySink(run_dir, telemetry)
+        self._stats: dict[str, Any] | None = None
+
+    def chunks(self) -> Iterator[ChainChunk]:
+        target, config = self.run.target, self.run.config
+        rng = random_stream(config.seed, Stream.CHAIN)
+        drafts = self.run.proposer.draft
+        return run_chain(target.row, target.pi, drafts, config.steps, rng, sparse=sparse_rows(self.run))
+
+    def record(self, chunk: ChainChunk) -> int:
+        self._sink.writer.write(chunk, self.run.proposer.draft)
+        self.tally.update(chunk)
+        return len(chunk)
+
+    def close(self) -> str | None:
+        self._sink.close()
+        return self._sink.hexdigest()
+
+    def tokens(self) -> int:
+        return self.tally.steps
+
+    def complete(self) -> bool:
+        return self.tally.steps >= self.run.config.steps
+
+    def statistics(self) -> dict[str, Any]:
+        if not self.tally.steps:  # stopped before the first chunk: nothing to aggregate
+            empty = dict.fromkeys(("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof", "p_value"))
+            self._stats = {**empty, "steps": 0, "checklist": {}}
+        else:
+            self._stats = summarise_run(self.tally, self.run.proposer.draft, self.run.target.pi, self.run.target.row)
+        stats = dict(self._stats)
+        del stats["checklist"]
+        return stats
+
+    def extras(self) -> dict[str, Any]:
+        assert self._stats is not None, "extras() after statistics()"
+        return {"checklist": guide_checklist(self.run, self._stats["checklist"])}
 
 
-def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and a rename: never a half-written file.
-
-    Raises
-    ------
-    thermospec.storage.OutputError
-        One line naming the file and the reason (full disk, unwritable folder).
-    """
-    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
-
-
-def software_versions() -> dict[str, str]:
-    """Versions of thermospec, Python, NumPy and SciPy, and the platform, for the summary."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    import numpy
-
-    try:
-        scipy_version = version("scipy")  # metadata only: no need to import SciPy here
-    except PackageNotFoundError:
-        scipy_version = "not installed"
-    return {
-        "thermospec": __version__,
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "scipy": scipy_version,
-        "platform": platform.platform(),
-    }
+def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "jsonl", chains: int = 1) -> Mode:
+    """The mode a configuration asks for: ``--chains`` > 1, ``--gamma``, ``--tsu thrml``, or the M1 chain."""
+    if chains > 1:
+        return BatchMode(run, run_dir, chains, telemetry)
+    if run.config.gamma is not None:
+        return BlockMode(run, run_dir)
+    if run.config.tsu == "thrml":
+        return ThrmlMode(run, run_dir)
+    return ChainMode(run, run_dir, telemetry)
 
 
 def execute_run(
     run: PreparedRun,
     run_dir: Path,
-    on_chunk: Callable[[ChainChunk], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
     telemetry: TelemetryFormat = "jsonl",
+    chains: int = 1,
 ) -> dict[str, Any]:
-    """Run the chain, stream its telemetry to `run_dir` and write ``summary.json``.
+    """Run any mode, stream its telemetry to `run_dir` and write ``summary.json``.
 
-    A SIGINT or SIGTERM (`thermospec.interrupts`) or a failed write stops the
-    run after the last whole chunk: the JSONL then holds whole records only and
-    the summary, marked ``"interrupted": true``, covers exactly those steps.
+    Parameters
+    ----------
+    run : PreparedRun
+        The prepared run (`prepare_run`).
+    run_dir : Path
+        Its fresh folder (`create_run_dir`).
+    on_progress : callable, optional
+        Called after each chunk with the steps (tokens, for blocks) it added.
+    telemetry : {"jsonl", "parquet", "none"}
+        Per-step records of a chain or of ``chains`` chains.
+    chains : int
+        Independent chains (``--chains``); 1 is the M1 run.
 
     Returns
     -------
@@ -99,34 +165,44 @@ def execute_run(
 
     Raises
     ------
-    thermospec.storage.OutputError
+    OutputError
         A write failed (full disk...); the summary of the steps kept was written if it could be.
-    thermospec.engine.ReportError
+    ReportError
         The TSU misreported a draw; the summary of the steps before it was written.
     """
-    config, target = run.config, run.target
+    mode = run_mode(run, run_dir, telemetry, chains)
     started = time.perf_counter()
-    tally = RunTally(target.V, track_transitions=True)
-    rng = random_stream(config.seed, Stream.CHAIN)
     failure: OutputError | ReportError | None = None
     with interruption_guard() as stop:  # a signal now only stops the loop between whole chunks
-        with TelemetrySink(run_dir, telemetry) as out:  # --telemetry jsonl (METRICS_FILE) | parquet | none
-            writer = out.writer
-            try:
-                sparse = sparse_rows(run)
-                chunks = run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng, sparse=sparse)
-                for chunk in chunks:
-                    writer.write(chunk, run.proposer.draft)
-                    tally.update(chunk)
-                    if on_chunk is not None:
-                        on_chunk(chunk)
-                    if stop.requested:
-                        break
-            except (OutputError, ReportError) as exc:
-                failure = exc
-            metrics_sha256 = out.hexdigest()
-        summary = _run_summary(run, tally, time.perf_counter() - started, stop, failure, metrics_sha256)
-        summary["telemetry"] = telemetry
+        try:
+            for chunk in mode.chunks():
+                units = mode.record(chunk)
+                if on_progress is not None:
+                    on_progress(units)
+                if stop.requested:
+                    break
+        except (OutputError, ReportError) as exc:
+            failure = exc
+        finally:
+            metrics_sha256 = mode.close()
+        elapsed = time.perf_counter() - started
+        statistics = mode.statistics()
+        config = run.config.as_dict() | {"K_used": run.K_used} | ({"chains": chains} if chains > 1 else {})
+        summary: dict[str, Any] = {
+            **statistics,
+            "elapsed_s": elapsed,
+            "tokens_per_s": mode.tokens() / elapsed if elapsed > 0 and mode.tokens() else None,
+            "config": config,
+            "target": target_description(run),
+            "telemetry": mode.telemetry,
+            "thermospec_version": __version__,
+            "versions": software_versions(),
+            "interrupted": not mode.complete(),
+            "interrupted_by": signal_name(stop.signum) if stop.signum is not None
+            else (str(failure) if failure is not None else None),
+            "metrics_sha256": metrics_sha256,
+            **mode.extras(),
+        }
         try:
             write_json_atomic(run_dir / SUMMARY_FILE, summary)
         except OutputError:
@@ -134,38 +210,4 @@ def execute_run(
                 raise
     if failure is not None:
         raise failure
-    return summary
-
-
-def _run_summary(
-    run: PreparedRun, tally: RunTally, elapsed: float, stop: Interruption,
-    failure: Exception | None, metrics_sha256: str | None,
-) -> dict[str, Any]:
-    """The summary of the steps written (all of them unless interrupted)."""
-    config, target = run.config, run.target
-    if tally.steps:
-        stats = summarise_run(tally, run.proposer.draft, target.pi, target.row)
-    else:  # stopped before the first chunk: nothing to aggregate
-        stats = {k: None for k in ("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof",
-                                   "p_value")} | {"steps": 0, "checklist": {}}
-    summary: dict[str, Any] = {
-        "accept_rate": stats.pop("accept_rate"),
-        "mean_overlap": stats.pop("mean_overlap"),
-        "mean_ce_gap": stats.pop("mean_ce_gap"),
-        "chi2_stat": stats.pop("chi2_stat"),
-        "chi2_dof": stats.pop("chi2_dof"),
-        "p_value": stats.pop("p_value"),
-        **stats,
-        "elapsed_s": elapsed,
-        "tokens_per_s": tally.steps / elapsed if elapsed > 0 else None,
-        "config": {**config.as_dict(), "K_used": run.K_used},
-        "target": target_description(run),
-        "thermospec_version": __version__,
-        "versions": software_versions(),
-        "interrupted": tally.steps < config.steps,
-        "interrupted_by": signal_name(stop.signum) if stop.signum is not None
-        else (str(failure) if failure is not None else None),
-        "metrics_sha256": metrics_sha256,
-    }
-    summary["checklist"] = guide_checklist(run, summary.pop("checklist"))
     return summary

@@ -18,12 +18,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-__all__ = ["OutputError", "RecordFile", "write_text_atomic"]
+__all__ = [
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "OutputError",
+    "RecordFile",
+    "create_run_dir",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+METRICS_FILE = "m1_metrics.jsonl"
+SUMMARY_FILE = "summary.json"
 
 
 class OutputError(OSError):
@@ -138,3 +152,29 @@ def write_text_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise OutputError(f"{path}: cannot write ({_reason(exc)})") from None
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    """Write JSON through a temporary file and a rename: never a half-written file.
+
+    Raises
+    ------
+    OutputError
+        One line naming the file and the reason (full disk, unwritable folder).
+    """
+    write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+
+
+def create_run_dir(runs_dir: str | Path) -> Path:
+    """Create a fresh ``runs_dir/<UTC timestamp>`` folder, never reusing an existing one."""
+    root = Path(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for attempt in range(1, 10_000):
+        candidate = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{root}: too many runs named {stamp}")

@@ -8,12 +8,15 @@ each metric once per context with `math.fsum` (no drift over long runs).
 from __future__ import annotations
 
 import math
+import platform
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from thermospec import __version__
 from thermospec.core.statistics import Chi2Result, context_chi2, pooled_chi2
 from thermospec.engine.tally import RunTally
 from thermospec.tsu.drafts import ContextDraft
@@ -21,6 +24,7 @@ from thermospec.tsu.drafts import ContextDraft
 __all__ = [
     "ACCEPT_OVERLAP_TOLERANCE",
     "PSI_BYTES_LIMIT",
+    "software_versions",
     "summarise_run",
     "transition_chi2",
 ]
@@ -30,10 +34,6 @@ ACCEPT_OVERLAP_TOLERANCE = 0.03
 
 
 PSI_BYTES_LIMIT = 1024
-
-
-
-
 
 
 def transition_chi2(
@@ -109,4 +109,19 @@ def summarise_run(
             "accept_overlap_within_0.03": abs(accept_rate - mean_overlap) < ACCEPT_OVERLAP_TOLERANCE,
             "psi_bytes_le_1024": psi_bytes_max <= PSI_BYTES_LIMIT,
         },
+    }
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of thermospec, Python, NumPy and SciPy, and the platform, for the summary."""
+    try:
+        scipy_version = version("scipy")  # metadata only: no need to import SciPy here
+    except PackageNotFoundError:
+        scipy_version = "not installed"
+    return {
+        "thermospec": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy_version,
+        "platform": platform.platform(),
     }

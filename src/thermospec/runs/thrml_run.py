@@ -3,52 +3,63 @@
 
 from __future__ import annotations
 
-import time
+import hashlib
+import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from thermospec import __version__
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import run_chain_reference
+from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.tally import RunTally
-from thermospec.runs.executor import METRICS_FILE, SUMMARY_FILE, write_json_atomic
-from thermospec.runs.prepare import target_description
+from thermospec.runs.prepare import PreparedRun
+from thermospec.runs.storage import METRICS_FILE
 from thermospec.runs.summary import summarise_run
 from thermospec.runs.telemetry import JsonlWriter
-from thermospec.tsu.thrml import node_dtype_name
+from thermospec.tsu.thrml import ThrmlProposer, node_dtype_name
 
-__all__ = ["execute_thrml_run"]
+__all__ = ["ThrmlMode"]
 
 
-def execute_thrml_run(run: Any, run_dir: Path) -> dict[str, Any]:
-    """An M1 run whose draws come from THRML: the per-step loop, the M1 JSONL and summary.
+class ThrmlMode:
+    """``run --tsu thrml``: an M1 run whose draws come from THRML, on the per-step reference loop, in one chunk."""
 
-    Parameters
-    ----------
-    run : thermospec.runs.PreparedRun
-        Prepared with ``tsu="thrml"`` (its proposer is a `ThrmlProposer`).
-    run_dir : Path
-    """
+    telemetry = "jsonl"
 
-    config, target = run.config, run.target
-    started = time.perf_counter()
-    rng = random_stream(config.seed, Stream.CHAIN)
-    chunk = run_chain_reference(target.row, target.pi, run.proposer.draft, config.steps, rng)
-    with (run_dir / METRICS_FILE).open("w", encoding="utf-8", newline="\n") as out:
-        JsonlWriter(out).write(chunk, run.proposer.draft)
-    tally = RunTally(target.V)
-    tally.update(chunk)
-    stats = summarise_run(tally, run.proposer.draft, target.pi)
-    elapsed = time.perf_counter() - started
-    summary: dict[str, Any] = {
-        **stats,
-        "elapsed_s": elapsed,
-        "tokens_per_s": config.steps / elapsed,
-        "config": {**config.as_dict(), "K_used": run.K_used},
-        "target": target_description(run),
-        "tsu_backend": {"name": "thrml", "node_dtype": node_dtype_name(target.V),
-                        "nodes_per_call": run.proposer.sampler.nodes},
-        "thermospec_version": __version__,
-    }
-    write_json_atomic(run_dir / SUMMARY_FILE, summary)
-    return summary
+    def __init__(self, run: PreparedRun, run_dir: Path) -> None:
+        self.run = run
+        self.tally = RunTally(run.target.V)
+        self._digest = hashlib.sha256()
+        self._out = (run_dir / METRICS_FILE).open("w", encoding="utf-8", newline="\n")
+
+    def chunks(self) -> Iterator[ChainChunk]:
+        config, target = self.run.config, self.run.target
+        rng = random_stream(config.seed, Stream.CHAIN)
+        return iter([run_chain_reference(target.row, target.pi, self.run.proposer.draft, config.steps, rng)])
+
+    def record(self, chunk: ChainChunk) -> int:
+        text = JsonlWriter(io.StringIO()).format(chunk, self.run.proposer.draft)
+        self._out.write(text)
+        self._digest.update(text.encode("utf-8"))
+        self.tally.update(chunk)
+        return len(chunk)
+
+    def close(self) -> str | None:
+        self._out.close()
+        return self._digest.hexdigest()
+
+    def tokens(self) -> int:
+        return self.tally.steps
+
+    def complete(self) -> bool:
+        return self.tally.steps >= self.run.config.steps
+
+    def statistics(self) -> dict[str, Any]:
+        return summarise_run(self.tally, self.run.proposer.draft, self.run.target.pi)
+
+    def extras(self) -> dict[str, Any]:
+        proposer = self.run.proposer
+        assert isinstance(proposer, ThrmlProposer), "ThrmlMode needs a run prepared with tsu='thrml'"
+        return {"tsu_backend": {"name": "thrml", "node_dtype": node_dtype_name(self.run.target.V),
+                                "nodes_per_call": proposer.sampler.nodes}}
