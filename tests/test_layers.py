@@ -20,7 +20,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "thermospec"
 LEVEL = {"core": 0, "targets": 1, "tsu": 1, "engine": 2, "runs": 3, "analysis": 4, "experiments": 5, "api": 6, "cli": 7}
 MAX_LINES = 450
 # The one function-local import of the package: the optional compiled kernel, loaded on first use.
-LOCAL_IMPORT_ALLOWED = {("thermospec.engine.kernels", "thermospec.engine")}
+LOCAL_IMPORT_ALLOWED = {
+    ("thermospec.engine.kernels", "thermospec.engine"),
+    ("thermospec", "thermospec"),  # the root's lazy `thermospec.run` & co. (keeps `import thermospec` light)
+}
 
 
 def module_name(path: Path) -> str:

@@ -131,9 +131,9 @@ def test_run_summary_does_not_depend_on_the_telemetry_format(tmp_path: Path, fmt
 def test_parquet_without_pyarrow_is_one_line_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import thermospec.cli.m1
+    import thermospec.runs.executor
 
-    monkeypatch.setattr(thermospec.cli.m1, "parquet_available", lambda: False)
+    monkeypatch.setattr(thermospec.runs.executor, "parquet_available", lambda: False)
     assert main([*RUN_ARGS, "--telemetry", "parquet", "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--telemetry parquet" in err and "pyarrow" in err

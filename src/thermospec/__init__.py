@@ -1,8 +1,12 @@
 """thermospec: Thermo-Speculative Decoding with a Thermodynamic Sampling Unit as draft proposer.
 
 The public API of the core is `SimTSU` (samples F(ψ), reports exact log q) and
-`accept_correct_step` (the exact correction of speculative sampling).
+`accept_correct_step` (the exact correction of speculative sampling).  Runs and
+checks from Python: `run`, `check`, `config`, `Summary` (from `thermospec.api`,
+imported on first use so that ``import thermospec`` stays light).
 """
+
+from typing import Any
 
 from thermospec.core.acceptance import accept_correct_step, residual
 from thermospec.core.metrics import ce_gap_nats, overlap_mass, topk_mass
@@ -12,13 +16,29 @@ from thermospec.tsu.sim import SimTSU
 
 __version__ = "0.1.0"
 
+_API = ("CheckReport", "RunResult", "Summary", "check", "config", "run")
+
+
+def __getattr__(name: str) -> Any:
+    """`thermospec.run`, `thermospec.check`, ...: the notebook API, imported on first use."""
+    if name in _API:
+        from thermospec import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'thermospec' has no attribute {name!r}")
+
 __all__ = [
+    "CheckReport",
     "Payload",
     "PayloadError",
+    "RunResult",
     "SimTSU",
+    "Summary",
     "__version__",
     "accept_correct_step",
     "ce_gap_nats",
+    "check",
+    "config",
     "craft_payload",
     "decode_payload",
     "encode_payload",
@@ -26,5 +46,6 @@ __all__ = [
     "payload_size",
     "proposal_distribution",
     "residual",
+    "run",
     "topk_mass",
 ]

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from thermospec.analysis.block_checks import run_block_checks
-from thermospec.analysis.checks import pooled_tsu_check, run_checks
+from thermospec.api import checks_of, config
 from thermospec.cli.options import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -32,26 +31,16 @@ from thermospec.core.payload import PayloadError
 from thermospec.engine.blocks import BLOCKS_FILE
 from thermospec.engine.chain import ReportError
 from thermospec.runs.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
-from thermospec.runs.executor import execute_run
+from thermospec.runs.executor import check_mode_options, execute_run
 from thermospec.runs.interrupts import Terminated, install_termination_handler
 from thermospec.runs.prepare import inject_fault, prepare_run
 from thermospec.runs.progress import progress_bar
 from thermospec.runs.replay import ReplayError, load_replay, replay_matches
 from thermospec.runs.storage import METRICS_FILE, create_run_dir
-from thermospec.runs.telemetry import PARQUET_FILE, parquet_available
+from thermospec.runs.telemetry import PARQUET_FILE
 from thermospec.targets.corpus import CorpusError
 
 __all__ = ["main"]
-
-
-
-
-
-
-
-
-
-
 
 
 RUN_EXAMPLES = """\
@@ -70,20 +59,6 @@ examples:
   python -m scripts.run_m1 check --tau 0.3 --eps 0
   python -m scripts.run_m1 check --inject-fault bias:0.05     # a TSU that oversamples its top token by 5 %
 """
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> None:
@@ -165,13 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
-    if args.cost_ratio and args.gamma is None:
-        raise ConfigError("--cost-ratio: models the speed-up of γ-token blocks and needs --gamma")
-    return RunConfig(
-        corpus=args.corpus, vocab=args.vocab, c=args.c, K=args.K, tau=args.tau,
-        eps=args.eps, steps=args.steps, seed=args.seed,
-        gamma=args.gamma, cost_ratio=args.cost_ratio, tokenizer=args.tokenizer, tsu=args.tsu,
-    )
+    return config(corpus=args.corpus, vocab=args.vocab, c=args.c, K=args.K, tau=args.tau, eps=args.eps,
+                  steps=args.steps, seed=args.seed, gamma=args.gamma, cost_ratio=args.cost_ratio,
+                  tokenizer=args.tokenizer, tsu=args.tsu)
 
 
 def _format_value(value: Any) -> str:
@@ -238,24 +209,12 @@ def _exit_status(summary: dict[str, Any]) -> int:
     return 0
 
 
-def _check_speed_options(args: argparse.Namespace) -> None:
-    """Refuse ``--telemetry`` / ``--chains`` combinations that cannot run, before anything is written."""
-    if args.telemetry == "parquet" and not parquet_available():
-        raise ConfigError("--telemetry parquet: needs pyarrow (pip install 'thermospec[parquet]')")
-    gamma = getattr(args, "gamma", None)
-    if args.chains > 1 and (gamma is not None or args.replay is not None):
-        raise ConfigError("--chains: runs M1 chains only; drop --gamma / --replay")
-    if args.telemetry != "jsonl" and (gamma is not None or args.replay is not None):
-        raise ConfigError(f"--telemetry {args.telemetry}: --gamma and --replay write and compare JSONL only")
-    if getattr(args, "tsu", "sim") == "thrml" and (args.chains > 1 or args.telemetry != "jsonl"):
-        raise ConfigError("--tsu thrml: runs one chain with JSONL telemetry; drop --chains / --telemetry")
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
 
     plan = _replay_config(args) if args.replay is not None else None
-    _check_speed_options(args)
-    run = prepare_run(plan.config if plan is not None else _config(args))
+    config = plan.config if plan is not None else _config(args)
+    check_mode_options(config, args.telemetry, args.chains, replay=plan is not None)
+    run = prepare_run(config)
     _notice_clamp(run.config, run.target.V)
     if not args.runs_dir.strip():
         raise ConfigError("--runs-dir: must name a folder, got an empty string")
@@ -306,12 +265,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
         print(f"injected fault: {args.inject_fault} (every context's TSU)")
         run = inject_fault(run, args.inject_fault)
-    if run.config.gamma is not None:
-
-        # The pooled TSU χ² tests the drafts' law per context, whatever γ: it is what catches a faulty TSU.
-        results = [*run_block_checks(run, args.check_steps), pooled_tsu_check(run, args.pooled_steps)]
-    else:
-        results = run_checks(run, args.check_steps, args.pooled_steps)
+    results = checks_of(run, args.check_steps, args.pooled_steps)
     width = max(len(r.name) for r in results)
     guide_rule = [r for r in results if getattr(r, "guide", True)]
     stronger = [r for r in results if not getattr(r, "guide", True)]

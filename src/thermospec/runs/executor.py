@@ -32,14 +32,15 @@ from thermospec.engine.tally import RunTally
 from thermospec.runs.batch_run import BatchMode
 from thermospec.runs.block_run import BlockMode
 from thermospec.runs.checklist import guide_checklist
+from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.runs.interrupts import interruption_guard, signal_name
 from thermospec.runs.prepare import PreparedRun, sparse_rows, target_description
 from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
 from thermospec.runs.summary import software_versions, summarise_run
-from thermospec.runs.telemetry import TelemetryFormat, TelemetrySink
+from thermospec.runs.telemetry import TELEMETRY_FORMATS, TelemetryFormat, TelemetrySink, parquet_available
 from thermospec.runs.thrml_run import ThrmlMode
 
-__all__ = ["ChainMode", "Mode", "execute_run", "run_mode"]
+__all__ = ["ChainMode", "Mode", "check_mode_options", "execute_run", "run_mode"]
 
 
 class Mode(Protocol):
@@ -123,6 +124,28 @@ class ChainMode:
     def extras(self) -> dict[str, Any]:
         assert self._stats is not None, "extras() after statistics()"
         return {"checklist": guide_checklist(self.run, self._stats["checklist"])}
+
+
+def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: bool = False) -> None:
+    """Refuse ``--telemetry`` / ``--chains`` combinations that cannot run, before anything is written.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the option and the reason.
+    """
+    if telemetry not in TELEMETRY_FORMATS:
+        raise ConfigError(f"--telemetry: must be one of {', '.join(TELEMETRY_FORMATS)}, got {telemetry!r}")
+    if isinstance(chains, bool) or not isinstance(chains, int) or chains < 1:
+        raise ConfigError(f"--chains: must be an integer >= 1, got {chains!r}")
+    if telemetry == "parquet" and not parquet_available():
+        raise ConfigError("--telemetry parquet: needs pyarrow (pip install 'thermospec[parquet]')")
+    if chains > 1 and (config.gamma is not None or replay):
+        raise ConfigError("--chains: runs M1 chains only; drop --gamma / --replay")
+    if telemetry != "jsonl" and (config.gamma is not None or replay):
+        raise ConfigError(f"--telemetry {telemetry}: --gamma and --replay write and compare JSONL only")
+    if config.tsu == "thrml" and (chains > 1 or telemetry != "jsonl"):
+        raise ConfigError("--tsu thrml: runs one chain with JSONL telemetry; drop --chains / --telemetry")
 
 
 def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "jsonl", chains: int = 1) -> Mode:

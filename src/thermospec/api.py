@@ -1,0 +1,240 @@
+"""The Python API a notebook lives in: `run` and `check`, with the CLI's options as keyword arguments.
+
+The command lines (``python -m scripts.run_m1 run|check``) are a thin layer over
+these functions: the same options, the same defaults, the same files and bytes.
+A run returns a `RunResult` (its folder, its summary as a `Summary`, and its
+telemetry as a pyarrow table); a check returns a `CheckReport`.
+
+Example
+-------
+>>> import thermospec
+>>> result = thermospec.run(vocab=64, K=8, steps=2000, runs_dir="runs")   # doctest: +SKIP
+>>> result.summary.accept_rate, result.summary.mean_overlap               # doctest: +SKIP
+>>> result.telemetry().to_pandas().groupby("prev_token").accepted.mean()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thermospec.analysis.block_checks import run_block_checks
+from thermospec.analysis.checks import POOLED_STEPS, pooled_tsu_check, run_checks
+from thermospec.core.payload import EpsSpec
+from thermospec.runs.checklist import DEFAULT_CHECK_STEPS, CheckResult
+from thermospec.runs.config import ConfigError, RunConfig
+from thermospec.runs.executor import check_mode_options, execute_run
+from thermospec.runs.prepare import PreparedRun, inject_fault, prepare_run
+from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, create_run_dir
+from thermospec.runs.telemetry import PARQUET_FILE, TelemetryFormat
+from thermospec.tsu.faults import Fault
+
+__all__ = ["CheckReport", "ConfigError", "RunResult", "Summary", "check", "config", "run"]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A run's ``summary.json``: the fields every mode has, typed, and the whole record in `record`.
+
+    Attributes
+    ----------
+    steps : int
+        Steps (tokens, for γ-blocks) the summary covers.
+    accept_rate, mean_overlap, mean_ce_gap : float or None
+        The guide's aggregates (None for γ-block runs, which report per block).
+    p_value : float or None
+        The run χ² against ``N pi`` (SPEC §6).
+    elapsed_s, tokens_per_s : float or None
+        Wall time of the engine and telemetry, and the throughput.
+    interrupted : bool
+        Whether fewer steps than asked were run (a signal, a full disk, a misreporting TSU).
+    metrics_sha256 : str or None
+        SHA-256 of the telemetry file (what ``--replay`` compares).
+    record : dict
+        Every field of ``summary.json``, as written.
+    """
+
+    steps: int
+    accept_rate: float | None
+    mean_overlap: float | None
+    mean_ce_gap: float | None
+    p_value: float | None
+    elapsed_s: float | None
+    tokens_per_s: float | None
+    interrupted: bool
+    metrics_sha256: str | None
+    record: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Summary:
+        """The summary of a ``summary.json`` document."""
+        get = record.get
+        return cls(steps=int(get("steps") or 0), accept_rate=get("accept_rate"), mean_overlap=get("mean_overlap"),
+                   mean_ce_gap=get("mean_ce_gap"), p_value=get("p_value"), elapsed_s=get("elapsed_s"),
+                   tokens_per_s=get("tokens_per_s"), interrupted=bool(get("interrupted", False)),
+                   metrics_sha256=get("metrics_sha256"), record=record)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Summary:
+        """Read ``summary.json`` (or a run folder holding one)."""
+        path = Path(path)
+        return cls.from_record(json.loads((path / SUMMARY_FILE if path.is_dir() else path).read_text()))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `run` wrote: the run folder and its summary; the telemetry is read on demand."""
+
+    run_dir: Path
+    summary: Summary
+
+    @property
+    def telemetry_path(self) -> Path | None:
+        """The per-step (or per-block) records file, None with ``telemetry="none"`` or ``chains > 1``."""
+        for name in (METRICS_FILE, PARQUET_FILE, "m1_blocks.jsonl"):
+            if (self.run_dir / name).is_file():
+                return self.run_dir / name
+        return None
+
+    def telemetry(self) -> Any:
+        """The records as a ``pyarrow.Table`` (``.to_pandas()`` for a DataFrame); needs the extra ``parquet``.
+
+        Raises
+        ------
+        FileNotFoundError
+            The run wrote no single records file (``telemetry="none"``, or ``chains > 1``:
+            read ``chain_<b>/m1_metrics.jsonl`` or the shared Parquet file).
+        """
+        import pyarrow.json as pa_json  # optional extra: only reading telemetry pays for it
+        import pyarrow.parquet as pq
+
+        path = self.telemetry_path
+        if path is None:
+            raise FileNotFoundError(f"{self.run_dir}: no records file (telemetry 'none', or one file per chain)")
+        return pq.read_table(path) if path.suffix == ".parquet" else pa_json.read_json(path)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The checks of `check`: the guide's checklist in its order, then the stronger pooled TSU χ².
+
+    Attributes
+    ----------
+    results : list of CheckResult
+        Each check's name, verdict (``.verdict``: PASS, FAIL or SKIP) and the numbers behind it.
+    """
+
+    results: list[CheckResult]
+
+    @property
+    def passed(self) -> bool:
+        """Whether no check failed (skipped checks tested nothing and fail nothing)."""
+        return all(r.passed or r.skipped for r in self.results)
+
+    def __str__(self) -> str:
+        width = max(len(r.name) for r in self.results)
+        return "\n".join(f"{r.verdict}  {r.name:<{width}}  {r.detail}" for r in self.results)
+
+
+def config(
+    *,
+    corpus: str | Path | None = None,
+    vocab: int = 256,
+    c: float = 50.0,
+    K: int = 64,
+    tau: float = 1.0,
+    eps: EpsSpec = "auto",
+    steps: int = 50_000,
+    seed: int = 7,
+    gamma: int | None = None,
+    cost_ratio: float = 0.0,
+    tokenizer: str | None = None,
+    tsu: str = "sim",
+) -> RunConfig:
+    """A validated configuration, with the guide's defaults; the keywords are the CLI's options.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the option and the reason.
+    """
+    if cost_ratio and gamma is None:
+        raise ConfigError("--cost-ratio: models the speed-up of γ-token blocks and needs --gamma")
+    return RunConfig(corpus=None if corpus is None else str(corpus), vocab=vocab, c=c, K=K, tau=tau, eps=eps,
+                     steps=steps, seed=seed, gamma=gamma, cost_ratio=cost_ratio, tokenizer=tokenizer, tsu=tsu)
+
+
+def run(
+    *,
+    runs_dir: str | Path = "runs",
+    telemetry: TelemetryFormat = "jsonl",
+    chains: int = 1,
+    **options: Any,
+) -> RunResult:
+    """Run the chain (any mode) into a fresh ``runs_dir/<UTC timestamp>/``, as ``run_m1 run`` does.
+
+    Parameters
+    ----------
+    runs_dir : str or Path
+        Where run folders go.
+    telemetry : {"jsonl", "parquet", "none"}
+        Per-step records.
+    chains : int
+        Independent chains (``--chains``).
+    **options
+        The run's options, as `config` takes them (``vocab``, ``K``, ``tau``, ``eps``, ``steps``,
+        ``seed``, ``corpus``, ``gamma``, ...).
+
+    Returns
+    -------
+    RunResult
+        The folder, the summary and (on demand) the telemetry.
+
+    Raises
+    ------
+    ConfigError, PayloadError, CorpusError
+        Bad input, before anything is written.
+    """
+    cfg = config(**options)
+    check_mode_options(cfg, telemetry, chains)
+    prepared = prepare_run(cfg)
+    run_dir = create_run_dir(runs_dir)
+    summary = execute_run(prepared, run_dir, telemetry=telemetry, chains=chains)
+    return RunResult(run_dir=run_dir, summary=Summary.from_record(summary))
+
+
+def checks_of(prepared: PreparedRun, check_steps: int, pooled_steps: int) -> list[CheckResult]:
+    """The checks of a prepared run: the guide's (for γ-blocks, their block form), then the pooled TSU χ²."""
+    if prepared.config.gamma is None:
+        return run_checks(prepared, check_steps, pooled_steps)
+    # The pooled TSU χ² tests the drafts' law per context, whatever γ: it is what catches a faulty TSU.
+    return [*run_block_checks(prepared, check_steps), pooled_tsu_check(prepared, pooled_steps)]
+
+
+def check(
+    *,
+    check_steps: int = DEFAULT_CHECK_STEPS,
+    pooled_steps: int = POOLED_STEPS,
+    fault: str | Fault | None = None,
+    **options: Any,
+) -> CheckReport:
+    """The guide's checklist and the pooled TSU χ², as ``run_m1 check`` runs them; writes nothing.
+
+    Parameters
+    ----------
+    check_steps, pooled_steps : int
+        Draws per fixed context for the guide's χ² and for the pooled TSU χ².
+    fault : str or Fault, optional
+        A fault for every context's TSU, e.g. ``"bias:0.05"`` (``--inject-fault``).
+    **options
+        The run's options, as `config` takes them.
+    """
+    if options.get("tsu", "sim") == "thrml":
+        raise ConfigError("--tsu thrml: check runs SimTSU's table-driven paths; check THRML with run --tsu thrml")
+    prepared = prepare_run(config(**options))
+    if fault is not None:
+        fault = Fault.parse(fault) if isinstance(fault, str) else fault
+        prepared = inject_fault(prepared, fault)
+    return CheckReport(checks_of(prepared, check_steps, pooled_steps))
