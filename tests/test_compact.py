@@ -228,7 +228,7 @@ def test_sparse_proposer_bounds_its_cache() -> None:
     first = proposer.draft(0).payload_bytes
     for x in range(1, 100):
         proposer.draft(x)
-    assert len(proposer._lru) == 20
+    assert proposer.cached() == 20
     assert proposer.draft(0).payload_bytes == first  # crafted again to the same bytes
 
 

@@ -53,7 +53,7 @@ def test_block_cache_is_bounded() -> None:
     target = lazy_synthetic_target(2048, 50.0, np.random.default_rng(1), row_cache_bytes=3 * LAZY_BLOCK * 256 * 12)
     for x in range(0, 2048, LAZY_BLOCK):
         target.row(x)
-    assert len(target.block_cache.blocks) == 3
+    assert target.cached_blocks() == 3
 
 
 @pytest.mark.parametrize(("c", "support"), [(50.0, 256), (2.0, 16), (0.5, 4)])

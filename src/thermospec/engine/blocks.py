@@ -41,8 +41,8 @@ Speed-up model: one target call per block, γ TSU drafts per block, each costing
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from typing import Any, cast
 
 import numpy as np
@@ -180,22 +180,16 @@ class _TableCache:
         else:
             per_entry = 4 * V * (32 if self.as_list else 8)
         self.capacity = max(8, max_bytes // per_entry)
-        self._tables: OrderedDict[int, _BlockTable] = OrderedDict()
+        self._tables = lru_cache(maxsize=self.capacity)(self.build)
+
+    def build(self, x: int) -> _BlockTable:
+        """The block tables of context x (no cache)."""
+        if self.sparse is not None and self.compact is not None:
+            return _CompactBlockTable(self.compact(x), self.sparse.support(x)[1])
+        return _DenseBlockTable(self.row(x), self.drafts(x), self.as_list)
 
     def __call__(self, x: int) -> _BlockTable:
-        found = self._tables.get(x)
-        if found is not None:
-            self._tables.move_to_end(x)
-            return found
-        if self.sparse is not None and self.compact is not None:
-            tables = self.compact(x)
-            found = _CompactBlockTable(tables, self.sparse.support(x)[1])
-        else:
-            found = _DenseBlockTable(self.row(x), self.drafts(x), self.as_list)
-        self._tables[x] = found
-        if len(self._tables) > self.capacity:
-            self._tables.popitem(last=False)
-        return found
+        return self._tables(x)
 
 
 def _block(table: Callable[[int], _BlockTable], x: int, u: list[float], gamma: int) -> tuple[list[int], int, int]:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -71,7 +71,7 @@ class SparseProposer(Proposer):
         self.support = support
         self.V = V
         self.capacity = max(16, capacity)
-        self._lru: OrderedDict[int, ContextDraft] = OrderedDict()
+        self._drafts = lru_cache(maxsize=self.capacity)(self.craft)
         self._recent: tuple[int, NDArray[np.int64], NDArray[np.float64]] | None = None
         self._recent_tables: tuple[int, CompactTables] | None = None
 
@@ -92,16 +92,9 @@ class SparseProposer(Proposer):
         tokens, probs = self.support_of(context)
         return compact_tables(tokens, probs, draft.tsu.payload)
 
-    def draft(self, context: int) -> ContextDraft:
-        """The draft of one context, from the bounded cache or crafted again."""
-        found = self._lru.get(context)
-        if found is not None:
-            self._lru.move_to_end(context)
-            return found
+    def craft(self, context: int) -> ContextDraft:
+        """Craft one context's draft from its support (its compact tables are kept for `tables`)."""
         tokens, probs = self.support_of(context)
         found, tables = _draft_and_tables(tokens, probs, self.V, context, self.K, self.tau, self.eps)
         self._recent_tables = (context, tables)
-        self._lru[context] = found
-        if len(self._lru) > self.capacity:
-            self._lru.popitem(last=False)
         return found

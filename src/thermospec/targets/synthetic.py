@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import _lru_cache_wrapper, lru_cache, partial
 
 import numpy as np
 from numpy.typing import NDArray
@@ -62,25 +62,6 @@ ROW_CACHE_BYTES = 256 * 1024 * 1024
 _Block = tuple[NDArray[np.int32], NDArray[np.float64]]
 
 
-class _BlockCache:
-    """Least-recently-used blocks of atoms, bounded in bytes."""
-
-    def __init__(self, max_bytes: int, block_bytes: int) -> None:
-        self.capacity = max(1, max_bytes // max(1, block_bytes))
-        self.blocks: OrderedDict[int, _Block] = OrderedDict()
-
-    def get(self, k: int) -> _Block | None:
-        found = self.blocks.get(k)
-        if found is not None:
-            self.blocks.move_to_end(k)
-        return found
-
-    def put(self, k: int, block: _Block) -> None:
-        self.blocks[k] = block
-        if len(self.blocks) > self.capacity:
-            self.blocks.popitem(last=False)
-
-
 @dataclass(frozen=True, eq=False)
 class LazySyntheticTarget(BigramTarget):
     """A synthetic bigram target for large V whose rows are generated on demand, never as a V x V table.
@@ -121,20 +102,25 @@ class LazySyntheticTarget(BigramTarget):
     support: int = LAZY_SUPPORT
     pi_iterations: int = 0
     pi_residual: float = 0.0
-    block_cache: _BlockCache = field(default_factory=lambda: _BlockCache(0, 1))
+    block_capacity: int = 1
+    _blocks: _lru_cache_wrapper[_Block] = field(init=False, repr=False, compare=False)
 
     @property
     def V(self) -> int:
         """Vocabulary size."""
         return self.vocab_size
 
+    def __post_init__(self) -> None:
+        build = partial(_lazy_block, self.key, V=self.vocab_size, c=self.c, s=self.support)
+        object.__setattr__(self, "_blocks", lru_cache(maxsize=self.block_capacity)(build))
+
     def block(self, k: int) -> _Block:
         """Atoms ``(tokens, weights)``, each of shape (rows, s), of contexts ``[k B, (k + 1) B)``."""
-        found = self.block_cache.get(k)
-        if found is None:
-            found = _lazy_block(self.key, k, self.vocab_size, self.c, self.support)
-            self.block_cache.put(k, found)
-        return found
+        return self._blocks(k)
+
+    def cached_blocks(self) -> int:
+        """How many blocks of atoms the cache holds (at most `block_capacity`)."""
+        return int(self._blocks.cache_info().currsize)
 
     def row(self, x: int) -> NDArray[np.float64]:
         """The target row ``p(. | x)``, dense (O(V)), built from its block's atoms."""
@@ -222,5 +208,5 @@ def lazy_synthetic_target(
     return LazySyntheticTarget(
         P=np.zeros((0, 0)), pi=pi, stationary_unique=unique, source="synthetic (lazy rows)",
         vocab_size=vocab, c=c, key=key, support=s, pi_iterations=iterations, pi_residual=residual,
-        block_cache=_BlockCache(row_cache_bytes, LAZY_BLOCK * s * 12),
+        block_capacity=max(1, row_cache_bytes // (LAZY_BLOCK * s * 12)),
     )

@@ -7,8 +7,8 @@ keeps its drafts in a memory-bounded cache.
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,10 +24,14 @@ __all__ = ["BoundedProposer", "CompactTSU"]
 DRAFT_CACHE_BYTES = 128 * 1024 * 1024
 
 
-_RECENT_ARRAYS: OrderedDict[SimTSU, tuple[NDArray[np.float64], NDArray[np.float64]]] = OrderedDict()
-
-
-_RECENT_ARRAYS_MAX = 32
+@lru_cache(maxsize=32)
+def payload_arrays(payload: Payload) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """F(ψ) and its CDF of a payload, read-only; the last few payloads' arrays are kept."""
+    q = proposal_distribution(payload)
+    cdf = draft_cdf(payload)
+    q.flags.writeable = False
+    cdf.flags.writeable = False
+    return q, cdf
 
 
 class CompactTSU(SimTSU):
@@ -44,18 +48,7 @@ class CompactTSU(SimTSU):
         self.payload = payload
 
     def _arrays(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        found = _RECENT_ARRAYS.get(self)
-        if found is None:
-            q = proposal_distribution(self.payload)
-            cdf = draft_cdf(self.payload)
-            q.flags.writeable = False
-            cdf.flags.writeable = False
-            found = _RECENT_ARRAYS[self] = (q, cdf)
-            if len(_RECENT_ARRAYS) > _RECENT_ARRAYS_MAX:
-                _RECENT_ARRAYS.popitem(last=False)
-        else:
-            _RECENT_ARRAYS.move_to_end(self)
-        return found
+        return payload_arrays(self.payload)
 
     @property
     def q(self) -> NDArray[np.float64]:
@@ -95,17 +88,9 @@ class BoundedProposer(Proposer):
     ) -> None:
         super().__init__(row, K, tau, eps)
         self.capacity = max(16, max_bytes // (1024 + 20 * min(K, V)))
-        self._lru: OrderedDict[int, ContextDraft] = OrderedDict()
+        self._drafts = lru_cache(maxsize=self.capacity)(self.craft)
 
-    def draft(self, context: int) -> ContextDraft:
-        """The draft of one context, from the bounded cache or crafted again."""
-        found = self._lru.get(context)
-        if found is not None:
-            self._lru.move_to_end(context)
-            return found
+    def craft(self, context: int) -> ContextDraft:
+        """Craft the draft of one context, keeping its payload and metrics only (`CompactTSU`)."""
         full = draft_for_row(self.row(context), context, self.K, self.tau, self.eps)
-        found = dataclasses.replace(full, tsu=CompactTSU(full.tsu.payload))
-        self._lru[context] = found
-        if len(self._lru) > self.capacity:
-            self._lru.popitem(last=False)
-        return found
+        return dataclasses.replace(full, tsu=CompactTSU(full.tsu.payload))

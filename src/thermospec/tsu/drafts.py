@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
@@ -82,15 +83,19 @@ class Proposer:
         self.K = K
         self.tau = tau
         self.eps = eps
-        self._cache: dict[int, ContextDraft] = {}
+        self._drafts = lru_cache(maxsize=None)(self.craft)
+
+    def craft(self, context: int) -> ContextDraft:
+        """Craft the draft of one context from its row (no cache)."""
+        return draft_for_row(self.row(context), context, self.K, self.tau, self.eps)
 
     def draft(self, context: int) -> ContextDraft:
         """The (cached) draft of one context."""
-        found = self._cache.get(context)
-        if found is None:
-            found = draft_for_row(self.row(context), context, self.K, self.tau, self.eps)
-            self._cache[context] = found
-        return found
+        return self._drafts(context)
+
+    def cached(self) -> int:
+        """How many contexts' drafts the cache holds."""
+        return int(self._drafts.cache_info().currsize)
 
     def all_drafts(self, V: int) -> list[ContextDraft]:
         """Drafts of contexts 0 .. V-1 (crafting those not yet cached)."""
