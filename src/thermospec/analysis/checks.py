@@ -62,17 +62,9 @@ __all__ = [
 
 
 POOLED_CONTEXTS = 16
-
-
 POOLED_STEPS = 50_000
-
-
 POOLED_SIGNIFICANCE = 0.001
-
-
 HEAD_BINS = 4
-
-
 POOLED_STREAM_BASE = 1000  # CHECK streams 0..3 are the guide's contexts; the pooled test uses 1000 + i
 
 

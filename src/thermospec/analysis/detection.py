@@ -48,8 +48,6 @@ __all__ = ["RUN_SIGNIFICANCE", "TESTS", "RateRow", "TrialOutcome", "detection_ta
 
 
 TESTS = ("guide", "pooled", "run")
-
-
 RUN_SIGNIFICANCE = 0.05
 
 

@@ -210,7 +210,6 @@ def _exit_status(summary: dict[str, Any]) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-
     plan = _replay_config(args) if args.replay is not None else None
     config = plan.config if plan is not None else _config(args)
     check_mode_options(config, args.telemetry, args.chains, replay=plan is not None)
@@ -243,7 +242,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"{held} exactly those steps", file=sys.stderr)
         return status
     if plan is not None:
-
         same = replay_matches(plan, summary)
         if same is False:
             print(f"run_m1 run: error: --replay {plan.source}: the new {metrics_file} differs from the "
@@ -255,14 +253,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-
     if args.tsu == "thrml":
         raise ConfigError("--tsu thrml: check runs SimTSU's table-driven paths; "
                           "check THRML with run --tsu thrml (χ² in summary.json) or tests/test_thrml_backend.py")
     run = prepare_run(_config(args))
     _notice_clamp(run.config, run.target.V)
     if args.inject_fault is not None:
-
         print(f"injected fault: {args.inject_fault} (every context's TSU)")
         run = inject_fault(run, args.inject_fault)
     results = checks_of(run, args.check_steps, args.pooled_steps)
@@ -302,7 +298,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run_m1 {args.command}: terminated (SIGTERM)", file=sys.stderr)
         return EXIT_TERMINATED
     except RuntimeError as exc:  # the TSU misreported a draw (engine.ReportError): one line, no traceback
-
         if not isinstance(exc, ReportError):
             raise
         print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)

@@ -11,17 +11,9 @@ from thermospec.core.payload import EpsSpec
 from thermospec.tsu.faults import Fault, FaultError
 
 EXIT_USAGE = 2
-
-
 EXIT_FAILED = 1
-
-
 EXIT_INTERRUPTED = 130
-
-
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
-
-
 EXIT_TERMINATED = 143
 
 
@@ -78,7 +70,6 @@ def non_negative_float(text: str) -> float:
 
 
 def fault_option(text: str) -> Any:
-
     try:
         return Fault.parse(text)
     except FaultError as exc:

@@ -50,29 +50,13 @@ __all__ = [
 
 
 MAGIC: Final = b"PSI1"
-
-
 VERSION: Final = 1
-
-
 HEADER_BYTES: Final = 24
-
-
 CRC_BYTES: Final = 4
-
-
 MAX_K: Final = 0xFFFF  # the K field is a uint16
-
-
 MAX_V: Final = 0xFFFFFFFF  # the V field is a uint32
-
-
 UINT16_IDS_MAX_V: Final = 65536
-
-
 _HEADER = struct.Struct("<4sBBHIfff")
-
-
 EpsSpec = float | Literal["auto"]
 
 

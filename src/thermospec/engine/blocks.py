@@ -71,29 +71,15 @@ __all__ = [
 
 
 BLOCKS_FILE = "m1_blocks.jsonl"
-
-
 DEFAULT_BLOCK_CHUNK = 1 << 13
-
-
 TABLE_CACHE_BYTES = 256 * 1024 * 1024
-
-
 LIST_TABLE_MAX_V = 4096
-
-
 MAX_GAMMA = 1024
-
-
-
-
 
 
 def block_kernel_dense_limit() -> int:
     """Largest V for which `block_expectation` builds its dense V x V matrices."""
     return EXPECTATION_MAX_V
-
-
 
 
 _Cdf = tuple[Any, float, int]  # cumulative sums (list or array), total, last positive index

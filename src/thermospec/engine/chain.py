@@ -14,8 +14,9 @@ one, driven by per-context tables built once; the tests pin one to the other.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,7 +25,8 @@ from thermospec.core.acceptance import accept_correct_step, acceptance_ratio, re
 from thermospec.core.sampling import inverse_cdf
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.compact import COMPACT_TABLE_BYTES, CompactStepper, SparseRows, compact_source
-from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, TableSource
+from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, StepCounts, TableSource
+from thermospec.engine.tally import RunTally
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 from thermospec.tsu.sim import SimTSU
@@ -44,10 +46,7 @@ __all__ = [
 DEFAULT_CHUNK = 1 << 16
 
 
-
-
-
-
+_Tables = TypeVar("_Tables")
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,12 +103,31 @@ class ReportVerifier:
     (or a draw of a token F(ψ) gives probability 0) is refused with a `ReportError`
     naming the first offending step.  A simulated TSU's report is a function of its
     context and token, so each context's table of bad tokens is built once and a
-    chunk costs one gather.
+    chunk costs one gather.  When every context a chunk can visit is known to it
+    (`watched`), a chunk with no suspect context among them costs nothing.
     """
 
     def __init__(self, drafts: DraftSource) -> None:
         self._drafts = drafts
         self._bad: dict[int, NDArray[np.bool_]] = {}
+        self._watching = False
+        self._suspects: set[int] = set()
+
+    def watched(self, source: Callable[[int], _Tables]) -> Callable[[int], _Tables]:
+        """`source`, noting each context it builds tables for.
+
+        Give it to the stepper that runs the chunks to `verify`: a context is visited only
+        once its tables are built, so `verify` then skips every chunk while none of the
+        contexts built so far can be misreported (a `SimTSU` never is).
+        """
+        self._watching = True
+
+        def noted(x: int) -> _Tables:
+            if self._bad_tokens(x).any():
+                self._suspects.add(x)
+            return source(x)
+
+        return noted
 
     def _bad_tokens(self, x: int) -> NDArray[np.bool_]:
         found = self._bad.get(x)
@@ -129,6 +147,8 @@ class ReportVerifier:
 
     def verify(self, chunk: ChainChunk) -> None:
         """Raise `ReportError` at the first step of `chunk` whose draft was misreported."""
+        if self._watching and not self._suspects:
+            return
         contexts = np.flatnonzero(np.bincount(chunk.prev)).tolist() if len(chunk) else []
         suspects = [x for x in contexts if self._bad_tokens(x).any()]
         if not suspects:
@@ -194,6 +214,7 @@ def run_chain(
     backend: Backend = "auto",
     max_table_bytes: int | None = None,
     sparse: SparseRows | None = None,
+    tally: RunTally | None = None,
 ) -> Iterator[ChainChunk]:
     """Run the speculative bigram chain for `steps` steps, yielding chunks of steps.
 
@@ -222,6 +243,10 @@ def run_chain(
         tables of O(K + s) entries per context (`thermospec.compact`), never
         O(V), and emit the same tokens as the dense tables.  Only for TSUs that
         sample F(ψ) of their payload (not fault-injected ones).
+    tally : RunTally, optional
+        Counts to which every chunk is added before it is yielded (by the compiled
+        kernel as it steps, or with `RunTally.update`): the caller must not add the
+        chunks again.  A chunk refused by the report check is not counted.
 
     Yields
     ------
@@ -229,24 +254,55 @@ def run_chain(
     """
     x = start_token(pi, rng)
     V = int(pi.shape[0])
+    verifier = ReportVerifier(drafts)
     stepper: ChainStepper | CompactStepper
     if sparse is None:
-        stepper = ChainStepper(V, table_source(row, drafts), backend, max_table_bytes or DEFAULT_TABLE_BYTES)
+        stepper = ChainStepper(V, verifier.watched(table_source(row, drafts)), backend,
+                               max_table_bytes or DEFAULT_TABLE_BYTES)
     else:
-        stepper = CompactStepper(V, sparse.tables or compact_source(sparse.support, drafts), sparse.max_ids,
-                                 sparse.max_support, backend, max_table_bytes or COMPACT_TABLE_BYTES)
-    verifier = ReportVerifier(drafts)
+        source = verifier.watched(sparse.tables or compact_source(sparse.support, drafts))
+        stepper = CompactStepper(V, source, sparse.max_ids, sparse.max_support, backend,
+                                 max_table_bytes or COMPACT_TABLE_BYTES)
+    counts: StepCounts | None = None
+    if tally is not None and isinstance(stepper, ChainStepper):  # the kernel counts as it steps
+        counts = (np.zeros(1, dtype=np.int64), tally.context_counts, tally.emitted_counts, tally.transitions)
     done = 0
     buffer = np.empty((min(chunk, steps), 3), dtype=np.float64)
     while done < steps:
         n = min(chunk, steps - done)
-        uniforms = buffer[:n]
-        rng.random(out=uniforms)  # the same values, in the same order, as rng.random((n, 3))
-        (prev, proposed, emitted, accepted), x = stepper.steps(uniforms, x)
+        if isinstance(stepper, ChainStepper):  # the same uniforms, in the same order, as rng.random((n, 3))
+            (prev, proposed, emitted, accepted), x = stepper.draw_steps(rng, n, x, counts)
+        else:
+            uniforms = buffer[:n]
+            rng.random(out=uniforms)
+            (prev, proposed, emitted, accepted), x = stepper.steps(uniforms, x)
         produced = ChainChunk(start=done, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
-        verifier.verify(produced)  # before the chunk leaves the engine: no bad step is ever written
+        if tally is not None:
+            if counts is None:
+                tally.update(produced)
+            else:
+                tally.steps += n
+                tally.accepted += int(counts[0][0])
+                counts[0][0] = 0
+        try:
+            verifier.verify(produced)  # before the chunk leaves the engine: no bad step is ever written
+        except ReportError:
+            if tally is not None:
+                _uncount(tally, produced)
+            raise
         yield produced
         done += n
+
+
+def _uncount(tally: RunTally, chunk: ChainChunk) -> None:
+    """Take a chunk back out of `tally` (the inverse of `RunTally.update`)."""
+    V = tally.vocab_size
+    tally.steps -= len(chunk)
+    tally.accepted -= int(np.count_nonzero(chunk.accepted))
+    tally.context_counts -= np.bincount(chunk.prev, minlength=V)
+    tally.emitted_counts -= np.bincount(chunk.emitted, minlength=V)
+    if tally.transitions is not None:
+        tally.transitions -= np.bincount(chunk.prev * V + chunk.emitted, minlength=V * V)
 
 
 def run_chain_reference(

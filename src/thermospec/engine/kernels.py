@@ -20,7 +20,14 @@ vectorise along one chain because each step's context is the previous output.
 
 Memory: tables live in a fixed number of slots of one array (``3 V`` float64 per
 context), at most `DEFAULT_TABLE_BYTES`; when full, the least recently used
-context is evicted and rebuilt on its next visit.  At V = 256 every context fits.
+context is evicted and rebuilt on its next visit.  At V = 256 every context fits
+(then context x always lives in slot x, which spares the kernel a look-up per step).
+
+Uniforms: given the chain's ``numpy.random.Generator`` on a PCG64 bit generator,
+the compiled kernel draws them itself from the generator's state
+(`pcg64_state`), the very doubles ``rng.random((n, 3))`` gives, and hands the
+state back; the counts a run keeps (`StepCounts`) can be added by the kernel as
+it steps.
 """
 
 from __future__ import annotations
@@ -41,11 +48,16 @@ __all__ = [
     "Backend",
     "ChainStepper",
     "StepArrays",
+    "StepCounts",
     "TableCache",
     "TableSource",
+    "add_counts",
     "compiled_module",
     "compiled_steps",
+    "draws_pcg64",
+    "pcg64_state",
     "resolve_backend",
+    "set_pcg64_state",
 ]
 
 
@@ -61,6 +73,47 @@ TableSource = Callable[[int], tuple[NDArray[np.float64], NDArray[np.float64], ND
 
 
 StepArrays = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]
+
+
+StepCounts = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64] | None]
+"""Counts each step is added to: ``(accepted (1,), contexts (V,), emitted (V,), transitions (V * V,) or None)``.
+
+The transitions are indexed ``context * V + emitted``; all are int64 arrays, incremented in place.
+"""
+
+
+def add_counts(counts: StepCounts, arrays: StepArrays, V: int) -> None:
+    """Add a chunk's steps to `counts` (what the compiled kernel does as it steps)."""
+    accepted, contexts, emitted, transitions = counts
+    prev, _, tokens, ok = arrays
+    accepted[0] += np.count_nonzero(ok)
+    contexts += np.bincount(prev, minlength=V)
+    emitted += np.bincount(tokens, minlength=V)
+    if transitions is not None:
+        transitions += np.bincount(prev * V + tokens, minlength=V * V)
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def pcg64_state(rng: np.random.Generator) -> NDArray[np.uint64]:
+    """The PCG64 state of `rng` as the kernel takes it: ``[state >> 64, state & mask, inc >> 64, inc & mask]``."""
+    state = rng.bit_generator.state["state"]
+    s, inc = int(state["state"]), int(state["inc"])
+    return np.array([s >> 64, s & _MASK64, inc >> 64, inc & _MASK64], dtype=np.uint64)
+
+
+def set_pcg64_state(rng: np.random.Generator, words: NDArray[np.uint64]) -> None:
+    """Give `rng` back the PCG64 state the kernel advanced (`pcg64_state`'s layout)."""
+    state = rng.bit_generator.state
+    hi, lo, inc_hi, inc_lo = (int(w) for w in words.tolist())
+    state["state"] = {"state": (hi << 64) | lo, "inc": (inc_hi << 64) | inc_lo}
+    rng.bit_generator.state = state
+
+
+def draws_pcg64(module: ModuleType | None, rng: np.random.Generator) -> bool:
+    """Whether the compiled `module` can draw `rng`'s uniforms itself (a plain PCG64 generator)."""
+    return module is not None and bool(getattr(module, "PCG64", 0)) and type(rng.bit_generator) is np.random.PCG64
 
 
 def compiled_module() -> ModuleType | None:
@@ -139,6 +192,8 @@ class TableCache:
         Slot of each context, -1 when not loaded.
     last_used : ndarray of int64, shape (slots,)
         Step clock of each slot's last use (written by the steppers).
+    identity : bool
+        Every context has a slot of its own (slots >= V): context x is loaded into slot x.
     """
 
     def __init__(self, V: int, source: TableSource, max_bytes: int = DEFAULT_TABLE_BYTES) -> None:
@@ -155,6 +210,7 @@ class TableCache:
         self.last_used = np.full(self.slots, -1, dtype=np.int64)
         self.filled = 0
         self.builds = 0
+        self.identity = self.slots >= V
 
     @property
     def nbytes(self) -> int:
@@ -167,13 +223,16 @@ class TableCache:
         slot = int(self.slot_of[x])
         if slot >= 0:
             return slot
-        if self.filled < self.slots:
+        draft_cdf, ratio, residual_cdf = self.source(x)
+        if self.identity:
+            slot = x
+            self.filled += 1
+        elif self.filled < self.slots:
             slot = self.filled
             self.filled += 1
         else:
             slot = int(np.argmin(self.last_used))
             self.slot_of[self.context_of[slot]] = -1
-        draft_cdf, ratio, residual_cdf = self.source(x)
         self.tables[slot, 0] = draft_cdf
         self.tables[slot, 1] = ratio
         self.tables[slot, 2] = residual_cdf
@@ -290,17 +349,40 @@ class ChainStepper:
         """"compiled" or "python"."""
         return "python" if self.module is None else "compiled"
 
-    def steps(self, u: NDArray[np.float64], x: int) -> tuple[StepArrays, int]:
+    def steps(self, u: NDArray[np.float64], x: int, counts: StepCounts | None = None) -> tuple[StepArrays, int]:
         """Run one chunk: row t of `u` holds step t's three uniforms; start from context `x`.
+
+        With `counts`, each step is also added to them.
 
         Returns
         -------
         (prev, proposed, emitted, accepted), x
             The chunk's arrays and the context after its last step.
         """
+        return self._run(u, u.shape[0], x, None, counts)
+
+    def draw_steps(self, rng: np.random.Generator, n: int, x: int,
+                   counts: StepCounts | None = None) -> tuple[StepArrays, int]:
+        """Run `n` steps on the uniforms ``rng.random((n, 3))``, as `steps` does, leaving `rng` where that would.
+
+        The compiled kernel draws them itself from a PCG64 generator (no array of uniforms);
+        otherwise they are drawn here.
+        """
+        if not draws_pcg64(self.module, rng):
+            return self.steps(rng.random((n, 3)), x, counts)
+        with rng.bit_generator.lock:
+            state = pcg64_state(rng)
+            result = self._run(_NO_UNIFORMS, n, x, state, counts)
+            set_pcg64_state(rng, state)
+        return result
+
+    def _run(self, u: NDArray[np.float64], n: int, x: int, rng: NDArray[np.uint64] | None,
+             counts: StepCounts | None) -> tuple[StepArrays, int]:
         if self.lists is not None:
             arrays, x = python_steps(self.lists.get, u, x)
-            self.clock += u.shape[0]
+            if counts is not None:
+                add_counts(counts, arrays, self.V)
+            self.clock += n
             return arrays, x
         assert self.module is not None and self.cache is not None
         module, cache, clock = self.module, self.cache, self.clock
@@ -308,26 +390,29 @@ class ChainStepper:
         def chain(u: NDArray[np.float64], out: StepArrays, t: int, x: int) -> tuple[int, int]:
             step: tuple[int, int] = module.chain(
                 cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, cache.last_used, u, *out,
-                self.V, cache.G, t, u.shape[0], x, clock,
+                self.V, cache.G, t, n, x, clock, rng, counts, cache.identity,
             )
             return step
 
-        arrays, x = compiled_steps(u, x, cache.load, chain)
-        self.clock += u.shape[0]
+        arrays, x = compiled_steps(u, x, cache.load, chain, n)
+        self.clock += n
         return arrays, x
+
+
+_NO_UNIFORMS = np.empty((0, 3), dtype=np.float64)
 
 
 def compiled_steps(
     u: NDArray[np.float64], x: int, load: Callable[[int], int],
-    chain: Callable[[NDArray[np.float64], StepArrays, int, int], tuple[int, int]],
+    chain: Callable[[NDArray[np.float64], StepArrays, int, int], tuple[int, int]], n: int | None = None,
 ) -> tuple[StepArrays, int]:
-    """Run one chunk on a compiled stepper that stops at a context without tables.
+    """Run one chunk of `n` steps (default: a row of `u` each) on a compiled stepper that stops at a context without tables.
 
     ``chain(u, out, t, x)`` runs steps t.. into the arrays `out` from context x and returns
     ``(t, x)`` where it stopped; `load` (x) gives x its tables; repeated until the chunk is done.
     """
     u = np.ascontiguousarray(u, dtype=np.float64)
-    n = u.shape[0]
+    n = u.shape[0] if n is None else n
     out: StepArrays = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64),
                        np.empty(n, dtype=np.bool_))
     t = 0

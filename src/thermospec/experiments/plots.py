@@ -47,26 +47,12 @@ __all__ = [
 ]
 
 
-
-
 RUNNING_PNG = "m1_acceptance.png"
-
-
 CONTEXT_PNG = "m1_context_acceptance.png"
-
-
 CE_GAP_PNG = "m1_ce_gap_hist.png"
-
-
 GRID_PNG = "m1_sweep_heatmaps.png"
-
-
 SEEDS_PNG = "m1_seeds.png"
-
-
 MAX_TRACE_POINTS = 4000
-
-
 DPI = 100
 
 

@@ -19,8 +19,6 @@ from thermospec.runs.telemetry import PARQUET_FILE, JsonlWriter, ParquetWriter, 
 __all__ = ["BatchMode", "chain_dir"]
 
 
-
-
 def chain_dir(run_dir: Path, b: int) -> Path:
     """Folder of chain b's telemetry and summary."""
     return run_dir / f"chain_{b:04d}"

@@ -25,10 +25,6 @@ from thermospec.runs.prepare import PreparedRun, sparse_rows
 __all__ = ["BlockMode", "block_lines", "summarise_blocks"]
 
 
-
-
-
-
 def _finite_or_none(value: float) -> float | None:
     """JSON has no infinity: an undefined standard error (a single block) is null."""
     return value if math.isfinite(value) else None

@@ -27,17 +27,9 @@ __all__ = ["CheckResult", "fixed_context_check", "fixed_context_p_values", "psi_
 
 
 FIXED_CONTEXTS = 4
-
-
 FIXED_CONTEXTS_TO_PASS = 3
-
-
 SIGNIFICANCE = 0.05
-
-
 MAX_CHECKED_K = 128
-
-
 DEFAULT_CHECK_STEPS = 20_000
 
 

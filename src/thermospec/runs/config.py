@@ -74,7 +74,6 @@ class RunConfig:
         if self.tsu not in ("sim", "thrml"):
             raise ConfigError(f"--tsu: must be 'sim' or 'thrml', got {self.tsu!r}")
         if self.tokenizer is not None:
-
             try:
                 parse_tokenizer(self.tokenizer)
             except ValueError as exc:
@@ -97,7 +96,6 @@ _EXTENSION_DEFAULTS: dict[str, Any] = {"gamma": None, "cost_ratio": 0.0, "tokeni
 def load_target(config: RunConfig) -> BigramTarget:
     """The target a configuration names: the corpus' if given, else the synthetic one."""
     if config.corpus is not None and config.tokenizer is not None:
-
         return bpe_target(config.corpus, parse_tokenizer(config.tokenizer))
     if config.corpus is not None:
         return corpus_target(config.corpus)

@@ -31,8 +31,6 @@ __all__ = [
 
 
 ACCEPT_OVERLAP_TOLERANCE = 0.03
-
-
 PSI_BYTES_LIMIT = 1024
 
 

@@ -60,17 +60,9 @@ FIELDS = (
 
 
 TelemetryFormat = Literal["jsonl", "parquet", "none"]
-
-
 TELEMETRY_FORMATS: tuple[TelemetryFormat, ...] = ("jsonl", "parquet", "none")
-
-
 JSONL_FILE = "m1_metrics.jsonl"
-
-
 PARQUET_FILE = "m1_metrics.parquet"
-
-
 
 
 class TelemetryWriter(Protocol):

@@ -129,7 +129,5 @@ def _stationary_distribution(P: NDArray[np.float64]) -> tuple[NDArray[np.float64
 
 
 RowSource = Callable[[int], NDArray[np.float64]]
-
-
 SupportSource = Callable[[int], tuple[NDArray[np.int64], NDArray[np.float64]]]
 """``support(x)`` gives row x's increasing tokens of positive probability and their probabilities."""

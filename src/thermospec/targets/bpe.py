@@ -47,8 +47,6 @@ __all__ = [
 
 
 MIN_BPE_VOCAB = 256
-
-
 MAX_BPE_VOCAB = 65_536
 
 

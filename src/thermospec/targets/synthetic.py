@@ -45,20 +45,12 @@ def synthetic_target(vocab: int, c: float, rng: np.random.Generator) -> BigramTa
 
 DENSE_VOCAB_MAX = 4096
 """Largest synthetic V held as a dense table; above it rows are generated lazily (`LazySyntheticTarget`)."""
-
-
 LAZY_SUPPORT = 256
 """Atoms per lazy synthetic row."""
-
-
 LAZY_BLOCK = 64
 """Contexts generated together from one random stream (a row is rebuilt from its block)."""
-
-
 ROW_CACHE_BYTES = 256 * 1024 * 1024
 """Memory bound of a lazy target's cache of blocks of atoms (all of V = 65,536 fit: 12 bytes per atom, 201 MB)."""
-
-
 _Block = tuple[NDArray[np.int32], NDArray[np.float64]]
 
 

@@ -40,8 +40,6 @@ __all__ = ["ThrmlProposer", "ThrmlSampler", "ThrmlTSU", "node_dtype_name", "thrm
 
 
 DRAWS_PER_CALL_BUDGET = 1 << 22  # nodes x V logits per THRML call
-
-
 MISSING_LOG_Q = -1e30  # stands for log 0: exp underflows to exactly 0 in float32
 
 
@@ -85,7 +83,6 @@ class ThrmlSampler:
             import thrml
             from thrml.models.discrete_ebm import CategoricalEBMFactor, CategoricalGibbsConditional
         except ImportError:
-
             raise ThrmlMissingError("--tsu: thrml is not installed (pip install 'thermospec[thrml]')") from None
         self.V = V
         self.nodes = nodes if nodes is not None else int(max(16, min(4096, DRAWS_PER_CALL_BUDGET // V)))
