@@ -295,7 +295,8 @@ def test_cli_run_gamma_writes_block_telemetry(tmp_path: Path, capsys: pytest.Cap
     expected = summary["expected"]
     assert abs(summary["mean_accepted_length"] - expected["accepted_length"]) < 4 * summary["mean_accepted_length_se"]
     assert summary["speedup"] == pytest.approx(summary["tokens_per_target_call"] / 1.2)
-    assert "mean_accepted_length" in out and BLOCKS_FILE in out
+    assert f"accepted       {summary['mean_accepted_length']:.4f}" in out and BLOCKS_FILE in out
+    assert f"(exact {expected['accepted_length']:.4f})" in out
 
 
 def test_cli_check_gamma_passes(capsys: pytest.CaptureFixture[str]) -> None:

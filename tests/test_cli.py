@@ -53,8 +53,26 @@ def test_guide_synthetic_command_writes_jsonl_and_summary(tmp_path: Path, capsys
     assert summary["target"]["source"] == "synthetic"
     assert summary["psi_bytes_max"] == 28 + 3 * 64
     assert summary["checklist"]["accept_overlap_within_0.03"] is True
-    # The CLI echoes the summary as a table.
-    assert "accept_rate" in out and "mean_overlap" in out and "p_value" in out
+    # The CLI prints a headline: the statistics with what they test, the checklist with its numbers.
+    lines = out.splitlines()
+    assert len(lines) <= 30, out
+    assert f"accept rate    {summary['accept_rate']:.5f}   overlap {summary['mean_overlap']:.5f}" in out
+    assert "χ² vs N·π      p = " in out and "transition χ²" in out
+    assert sum(line.lstrip().startswith("PASS") for line in lines) == 4
+    assert "PASS  ψ ≤ 1024 bytes" in out and "220 bytes" in out
+    assert f"wrote {run_dir / 'm1_metrics.jsonl'} and {run_dir / 'summary.json'}" in out
+    assert "versions.platform" not in out and "config.vocab" not in out
+
+
+def test_full_prints_every_summary_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(["run", "--steps", "2000", "--full", "--runs-dir", str(tmp_path)], capsys)
+    assert status == 0
+    summary = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            assert all(f"{key}.{k}" in out for k in value)
+        else:
+            assert key in out
 
 
 def test_guide_corpus_command_with_clamped_K(shakespeare: Path, tmp_path: Path,
@@ -212,7 +230,7 @@ def test_module_entry_point_runs_as_the_guide_types_it(tmp_path: Path) -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "accept_rate" in done.stdout
+    assert "accept rate" in done.stdout and "checklist" in done.stdout
     bad = subprocess.run(
         [sys.executable, "-m", "scripts.run_m1", "run", "--tau", "0", "--runs-dir", str(tmp_path / "bad")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,

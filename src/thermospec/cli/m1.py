@@ -27,6 +27,7 @@ from thermospec.cli.options import (
     non_negative_float,
     positive_float,
 )
+from thermospec.cli.report import headline, summary_table
 from thermospec.core.payload import PayloadError
 from thermospec.engine.blocks import BLOCKS_FILE
 from thermospec.engine.chain import ReportError
@@ -115,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "and verify the JSONL is identical byte for byte")
     run.add_argument("--quiet", action="store_true",
                      help="no progress bar (none is drawn unless stderr is a terminal)")
+    run.add_argument("--full", action="store_true",
+                     help="print every field of summary.json, not the headline")
     speed = run.add_argument_group("speed and scale (README: Performance)")
     speed.add_argument("--telemetry", choices=("jsonl", "parquet", "none"), default="jsonl",
                        help="per-step records: m1_metrics.jsonl, m1_metrics.parquet (extra 'parquet'), or none; "
@@ -143,28 +146,6 @@ def _config(args: argparse.Namespace) -> RunConfig:
     return config(corpus=args.corpus, vocab=args.vocab, c=args.c, K=args.K, tau=args.tau, eps=args.eps,
                   steps=args.steps, seed=args.seed, gamma=args.gamma, cost_ratio=args.cost_ratio,
                   tokenizer=args.tokenizer, tsu=args.tsu)
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() if value is not None else "null"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, str) and not value.isprintable():
-        return repr(value)
-    return str(value)
-
-
-def summary_table(summary: dict[str, Any]) -> str:
-    """The summary as an aligned two-column table."""
-    rows: list[tuple[str, str]] = []
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            rows.extend((f"{key}.{k}", _format_value(v)) for k, v in value.items())
-        else:
-            rows.append((key, _format_value(value)))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def _notice_clamp(config: RunConfig, V: int) -> None:
@@ -229,9 +210,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         metrics_file = "chain_*/"
     elif run.config.gamma is not None:
         metrics_file = BLOCKS_FILE
-    print(summary_table(summary))
+    print(summary_table(summary) if args.full else headline(summary))
     written = "" if args.telemetry == "none" else f"{run_dir / metrics_file} and "
-    print(f"\nwrote {written}{run_dir / 'summary.json'}")
+    print(f"\nwrote {written}{run_dir / 'summary.json'}" + ("" if args.full else " (every field: --full)"))
     if summary.get("chi2_dof") == 0 and summary.get("steps"):
         print("run_m1 run: note: every token's expected count N·pi is below 5, so the run's χ² has one bin and "
               "tests nothing (p_value 1 by SPEC §6); run more steps, or use `check` for exactness", file=sys.stderr)

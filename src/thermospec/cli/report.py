@@ -1,0 +1,138 @@
+"""What ``run_m1 run`` prints: a short headline of the summary (``--full``: every field).
+
+``summary.json`` stays the complete record; the headline says, in at most ~25
+lines, what was run, how far acceptance is from overlap, what each χ² tests and
+its p-value, the guide's checklist as PASS/FAIL lines with the numbers behind
+them, and the files written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["headline", "summary_table"]
+
+
+def format_value(value: Any) -> str:
+    """One summary value as the full table prints it."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "null"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, str) and not value.isprintable():
+        return repr(value)
+    return str(value)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The whole summary as an aligned two-column table (``--full``)."""
+    rows: list[tuple[str, str]] = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            rows.extend((f"{key}.{k}", format_value(v)) for k, v in value.items())
+        else:
+            rows.append((key, format_value(value)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3g}" if value >= 1e-3 else f"{value:.1e}"
+
+
+def _target_line(summary: dict[str, Any]) -> str:
+    config, target = summary["config"], summary["target"]
+    if config.get("corpus"):
+        source = f"corpus {config['corpus']}"
+        if config.get("tokenizer"):
+            source += f" ({config['tokenizer']} tokens)"
+    else:
+        source = f"{target['source']} Dirichlet bigram, c = {format_value(config['c'])}"
+    eps = config["eps"] if config["eps"] == "auto" else format_value(config["eps"])
+    psi = summary.get("psi_bytes_max")
+    psi_text = f", {psi} bytes" if psi is not None else ""
+    return (f"target  {source}, V = {target['V']}\n"
+            f"ψ       K = {config['K_used']}, τ = {format_value(config['tau'])}, ε = {eps}{psi_text}\n"
+            f"run     {summary['steps']:,} {'tokens' if config.get('gamma') else 'steps'}, seed {config['seed']}"
+            + (f", {config['chains']} chains" if config.get("chains") else "")
+            + (f", γ = {config['gamma']}" if config.get("gamma") else "")
+            + (f" in {summary['elapsed_s']:.2f} s ({summary['tokens_per_s'] / 1e6:.3g} M tokens/s)"
+               if summary.get("tokens_per_s") else ""))
+
+
+def _chain_lines(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    if summary.get("accept_rate") is not None:
+        gap = summary["accept_rate"] - summary["mean_overlap"]
+        lines.append(f"accept rate    {summary['accept_rate']:.5f}   overlap {summary['mean_overlap']:.5f}"
+                     f"   gap {gap:+.5f}   (overlap: Σ min(p, F(ψ)), the exact acceptance)")
+    if summary.get("chains"):
+        lines.append(f"chains         accept rate per chain {summary['chain_accept_rate_min']:.4f} … "
+                     f"{summary['chain_accept_rate_max']:.4f}")
+    if "mean_ce_gap" in summary:
+        ce = summary["mean_ce_gap"]
+        ce_text = f"{ce:.4g} nats" if ce is not None else f"infinite on {summary['ce_gap_infinite_steps']} steps"
+        lines.append(f"CE gap         {ce_text}   (KL(p ‖ F(ψ)) per step: what ψ loses of the row)")
+    if summary.get("chi2_dof") is not None:
+        lines.append(f"χ² vs N·π      p = {_p(summary['p_value'])}   ({summary['chi2_stat']:.1f} on "
+                     f"{summary['chi2_dof']} dof; tokens vs π, the guide's test: strict on a correlated chain)")
+    if summary.get("transition_chi2_dof") == 0:
+        lines.append("transition χ²  n/a   (too few steps per context: no expected count reaches 5)")
+    elif summary.get("transition_chi2_dof"):
+        lines.append(f"transition χ²  p = {_p(summary['transition_p_value'])}   "
+                     f"({summary['transition_chi2_stat']:.1f} on {summary['transition_chi2_dof']} dof; "
+                     "next tokens vs p(·|x) per context: calibrated)")
+    return lines
+
+
+def _block_lines(summary: dict[str, Any]) -> list[str]:
+    if not summary.get("blocks"):
+        return []
+    expected = summary.get("expected") or {}
+    exact = expected.get("accepted_length")
+    se = summary.get("mean_accepted_length_se")
+    lines = [
+        f"blocks         {summary['blocks']:,} of γ = {summary['gamma']} drafts, one target call each",
+        f"accepted       {summary['mean_accepted_length']:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+        + (f" per block   (exact {exact:.4f})" if exact is not None else " per block"),
+        f"tokens/call    {summary['tokens_per_target_call']:.4f}   modelled speed-up {summary['speedup']:.3f}"
+        f" at cost ratio {format_value(summary['cost_ratio'])}",
+    ]
+    if summary.get("chi2_dof") is not None:
+        lines.append(f"χ² vs N·π      p = {_p(summary['p_value'])}   ({summary['chi2_stat']:.1f} on "
+                     f"{summary['chi2_dof']} dof; emitted tokens vs π)")
+    return lines
+
+
+CHECK_NAMES = {
+    "fixed_context_chi2_3_of_4": ("fixed-context χ²: ≥ 3 of the 4 likeliest contexts with p > 0.05", None, ""),
+    "accept_overlap_within_0.03": ("|accept − overlap| < 0.03", "accept_overlap_gap", "gap {:.5f}"),
+    "psi_bytes_le_1024": ("ψ ≤ 1024 bytes", "psi_bytes_max", "{} bytes"),
+    "psi_bytes_le_1024_every_K_le_128": ("ψ ≤ 1024 bytes for every K ≤ 128 at this V", None, ""),
+}
+
+
+def _checklist_lines(summary: dict[str, Any]) -> list[str]:
+    checklist = summary.get("checklist") or {}
+    if not checklist:
+        return []
+    lines = ["", "checklist (the guide's; `run_m1 check` prints the p-values behind the fixed-context χ²)"]
+    for key, passed in checklist.items():
+        name, field, form = CHECK_NAMES.get(key, (key, None, ""))
+        verdict = "SKIP" if passed is None else "PASS" if passed else "FAIL"
+        detail = form.format(summary[field]) if field is not None and summary.get(field) is not None else ""
+        lines.append(f"  {verdict}  {name:<66}{detail}".rstrip())
+    return lines
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """The summary in at most ~25 lines: what ran, the statistics with what they test, the checklist."""
+    lines = [_target_line(summary), ""]
+    lines += _block_lines(summary) if summary.get("gamma") else _chain_lines(summary)
+    lines += _checklist_lines(summary)
+    if summary.get("interrupted"):
+        lines += ["", f"interrupted by {summary['interrupted_by']}: the summary covers the {summary['steps']:,} "
+                      "steps written"]
+    return "\n".join(lines)
