@@ -16,6 +16,8 @@
  *   accept iff u_accept < ratio[y] (strict), else
  *   x = min(bisect_right(residual_cdf, u_residual * total), last)
  *
+ * The uniforms are read from an array, or drawn here from a NumPy PCG64 state
+ * (pcg_uniform: the same doubles as Generator.random, in the same order).
  * bisect_right and the products are the same IEEE double operations as the
  * Python path (built without FMA contraction), so both emit the same tokens.
  * No NumPy headers: arrays arrive through the buffer protocol, shapes are
@@ -30,17 +32,45 @@
 #define GROUP 8
 #endif
 
+#if defined(__GNUC__)
+#define LIKELY(c) __builtin_expect(!!(c), 1)
+#else
+#define LIKELY(c) (c)
+#endif
+
+/* NumPy's PCG64 (PCG XSL RR 128/64) and Generator.random's double: (next64 >> 11) * 2^-53.
+ * A state is four uint64: [state high, state low, increment high, increment low]. */
+#if defined(__SIZEOF_INT128__)
+#define HAVE_PCG64 1
+typedef unsigned __int128 pcg128;
+#define PCG_MULT (((pcg128)0x2360ED051FC65DA4ULL << 64) | 0x4385DF649FCCF645ULL)
+
+static inline double pcg_uniform(pcg128 *state, pcg128 inc)
+{
+    pcg128 s = *state * PCG_MULT + inc;
+    *state = s;
+    uint64_t v = (uint64_t)(s >> 64) ^ (uint64_t)s;
+    unsigned r = (unsigned)(s >> 122);
+    v = (v >> r) | (v << ((64 - r) & 63));
+    return (double)(int64_t)(v >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static inline pcg128 pcg_join(uint64_t hi, uint64_t lo) { return ((pcg128)hi << 64) | lo; }
+#else
+#define HAVE_PCG64 0
+#endif
+
 static inline int64_t bisect_right(const double *cdf, int64_t n, double target)
 {
-    /* First index i with cdf[i] > target (n if none), without data-dependent branches:
-     * the answer stays in [base, base + n]; each round keeps the half that holds it. */
-    const double *base = cdf;
+    /* First index i with cdf[i] > target (n if none): the answer stays in [i, i + n]; each round
+     * keeps the half that holds it, by a mask rather than a branch (the compilers keep it so). */
+    int64_t i = 0;
     while (n > 1) {
         int64_t half = n >> 1;
-        base = (base[half - 1] <= target) ? base + half : base;
+        i += half & -(int64_t)(cdf[i + half - 1] <= target);
         n -= half;
     }
-    return (int64_t)(base - cdf) + (n == 1 && base[0] <= target);
+    return i + (n == 1 && cdf[i] <= target);
 }
 
 /* bisect_right(cdf, u * total) for u in [0, 1), started from a guide table:
@@ -62,26 +92,26 @@ typedef struct {
     int64_t V, G;
 } Tables;
 
-/* One step from context cx (which has slot s); returns the emitted token. */
-static inline int64_t step(const Tables *tb, int64_t s, int64_t cx, const double *u3, int64_t *proposed,
-                           uint8_t *accepted)
+/* One step from the context in slot s with uniforms (u0, u1, u2); returns the emitted token. */
+static inline int64_t step(const Tables *tb, int64_t s, double u0, double u1, double u2, int64_t *proposed,
+                           int64_t *accepted)
 {
     const int64_t V = tb->V, G = tb->G;
     const double *row = tb->tables + s * 3 * V;
     const int32_t *guide = tb->guides + s * 2 * (G + 1);
-    int64_t y = guided(row, guide, G, u3[0], tb->totals[2 * s]);
-    if (y > tb->lasts[2 * s])
-        y = tb->lasts[2 * s];
+    const int64_t *last = tb->lasts + 2 * s;
+    int64_t y = guided(row, guide, G, u0, tb->totals[2 * s]);
+    if (y > last[0])
+        y = last[0];
     *proposed = y;
-    (void)cx;
-    if (u3[1] < row[V + y]) {
+    if (u1 < row[V + y]) {
         *accepted = 1;
         return y;
     }
     *accepted = 0;
-    int64_t x = guided(row + 2 * V, guide + G + 1, G, u3[2], tb->totals[2 * s + 1]);
-    if (x > tb->lasts[2 * s + 1])
-        x = tb->lasts[2 * s + 1];
+    int64_t x = guided(row + 2 * V, guide + G + 1, G, u2, tb->totals[2 * s + 1]);
+    if (x > last[1])
+        x = last[1];
     return x;
 }
 
@@ -93,6 +123,14 @@ static int need(Py_buffer *b, Py_ssize_t items, Py_ssize_t itemsize, const char 
         return 0;
     }
     return 1;
+}
+
+/* An optional writable buffer argument: None leaves it empty (buf NULL); returns 0 on error. */
+static int optional(PyObject *obj, Py_buffer *b)
+{
+    if (obj == Py_None)
+        return 1;
+    return PyObject_GetBuffer(obj, b, PyBUF_WRITABLE) == 0;
 }
 
 static int parse_tables(Py_buffer *tb, Py_buffer *tot, Py_buffer *la, Py_buffer *so, Py_buffer *gb, int64_t V,
@@ -116,86 +154,218 @@ static int parse_tables(Py_buffer *tb, Py_buffer *tot, Py_buffer *la, Py_buffer 
     return 1;
 }
 
+/* What the sequential loop writes besides the step arrays. */
+typedef struct {
+    int64_t *last_used, *contexts, *emitted, *transitions;
+    int64_t accepted;
+} Counts;
+
+/* Steps t0..n-1 of one chain from context *x; stops early at a context without a table (returns t).
+ * `drawn`: the uniforms come from the PCG64 state at rng (else from u, three per step); `identity`:
+ * context x's table is in slot x whenever it is loaded (slot_of only says whether it is), so the
+ * next step's tables do not wait for a slot_of load; `counting`: add each step to the counts. */
+static inline int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const double *restrict u,
+                                 uint64_t *restrict rng, int64_t *restrict prev, int64_t *restrict proposed,
+                                 int64_t *restrict emitted, uint8_t *restrict accepted, Counts *restrict c,
+                                 int64_t t0, int64_t n, int64_t *x, int64_t clock, const int drawn,
+                                 const int identity, const int counting)
+{
+    const Tables tb = *tables;
+    const int64_t *restrict slot_of = tb.slot_of;
+    int64_t *restrict last_used = c->last_used, *restrict ctx = c->contexts, *restrict emi = c->emitted;
+    int64_t *restrict trans = c->transitions;
+    const int64_t V = tb.V;
+    int64_t cx = *x, t = t0, ok = 0;
+#if HAVE_PCG64
+    pcg128 state = 0, inc = 0;
+    if (drawn) {
+        state = pcg_join(rng[0], rng[1]);
+        inc = pcg_join(rng[2], rng[3]);
+    }
+#else
+    (void)rng;
+#endif
+    for (; t < n; ++t) {
+        int64_t s = slot_of[cx];
+        if (!LIKELY(s >= 0 && s < slots))
+            break;
+        if (identity)
+            s = cx;
+        double u0, u1, u2;
+#if HAVE_PCG64
+        if (drawn) {
+            u0 = pcg_uniform(&state, inc);
+            u1 = pcg_uniform(&state, inc);
+            u2 = pcg_uniform(&state, inc);
+        } else
+#endif
+        {
+            u0 = u[3 * t];
+            u1 = u[3 * t + 1];
+            u2 = u[3 * t + 2];
+        }
+        last_used[s] = clock + t;
+        prev[t] = cx;
+        int64_t a;
+        int64_t nx = step(&tb, s, u0, u1, u2, proposed + t, &a);
+        accepted[t] = (uint8_t)a;
+        emitted[t] = nx;
+        if (counting) {
+            ok += a;
+            ctx[cx] += 1;
+            emi[nx] += 1;
+            if (trans)
+                trans[cx * V + nx] += 1;
+        }
+        cx = nx;
+    }
+#if HAVE_PCG64
+    if (drawn) {
+        rng[0] = (uint64_t)(state >> 64);
+        rng[1] = (uint64_t)state;
+    }
+#endif
+    c->accepted += ok;
+    *x = cx;
+    return t;
+}
+
 /* chain(tables, totals, lasts, slot_of, guides, last_used, u, prev, proposed, emitted, accepted,
- *       V, G, start, n, x, clock) -> (t, x)
- * Runs steps start..n-1 of a chunk; stops early (t < n) at a context without a table. */
+ *       V, G, start, n, x, clock [, rng, counts, identity]) -> (t, x)
+ * Runs steps start..n-1 of a chunk; stops early (t < n) at a context without a table.
+ * rng (uint64[4], a PCG64 state, advanced in place) or None: the uniforms are drawn from it and
+ * u may be empty; else u holds three per step.  counts: None, or (accepted (int64[1]), contexts (V),
+ * emitted (V), transitions (V x V, or None)), int64 arrays each step is added to.  identity: every
+ * loaded context x is in slot x. */
 static PyObject *chain(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, so, gb, lu, ub, pb, yb, eb, ab;
+    Py_buffer rb = {0}, acb = {0}, cb = {0}, emb = {0}, trb = {0};
     Py_ssize_t V, G, start, n, x, clock;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*y*w*w*w*w*nnnnnn", &tb, &tot, &la, &so, &gb, &lu, &ub, &pb, &yb, &eb,
-                          &ab, &V, &G, &start, &n, &x, &clock))
+    PyObject *rng = Py_None, *counts = Py_None;
+    int identity = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*y*w*w*w*w*nnnnnn|OOp", &tb, &tot, &la, &so, &gb, &lu, &ub, &pb, &yb,
+                          &eb, &ab, &V, &G, &start, &n, &x, &clock, &rng, &counts, &identity))
         return NULL;
     PyObject *result = NULL;
+    PyObject *ca = Py_None, *cc = Py_None, *ce = Py_None, *ct = Py_None;
     Tables tables;
     Py_ssize_t slots;
-    if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) && need(&lu, slots, 8, "last_used") &&
-          need(&ub, n * 3, 8, "u") && need(&pb, n, 8, "prev") && need(&yb, n, 8, "proposed") &&
-          need(&eb, n, 8, "emitted") && need(&ab, n, 1, "accepted")))
+    const int drawn = rng != Py_None, counting = counts != Py_None;
+    if (drawn && !HAVE_PCG64) {
+        PyErr_SetString(PyExc_NotImplementedError, "chain: built without 128-bit integers (no PCG64)");
         goto done;
-    if (x < 0 || x >= V || start < 0 || start > n) {
+    }
+    if (counting && !PyArg_ParseTuple(counts, "OOOO;counts: (accepted, contexts, emitted, transitions)", &ca, &cc,
+                                      &ce, &ct))
+        goto done;
+    if (!(optional(rng, &rb) && (!counting || (optional(ca, &acb) && optional(cc, &cb) && optional(ce, &emb) &&
+                                               optional(ct, &trb)))))
+        goto done;
+    if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) && need(&lu, slots, 8, "last_used") &&
+          (drawn ? need(&rb, 4, 8, "rng") : need(&ub, n * 3, 8, "u")) && need(&pb, n, 8, "prev") &&
+          need(&yb, n, 8, "proposed") && need(&eb, n, 8, "emitted") && need(&ab, n, 1, "accepted")))
+        goto done;
+    if (counting && !(acb.buf && cb.buf && emb.buf && need(&acb, 1, 8, "accepted count") &&
+                      need(&cb, V, 8, "contexts") && need(&emb, V, 8, "emitted counts") &&
+                      (!trb.buf || need(&trb, V * V, 8, "transitions")))) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "chain: the accepted, context and emitted counts are required");
+        goto done;
+    }
+    if (x < 0 || x >= V || start < 0 || start > n || (identity && slots < V)) {
         PyErr_SetString(PyExc_ValueError, "chain: context or start out of range");
         goto done;
     }
     {
+        int64_t cx = x, t;
+        Counts c = {lu.buf, cb.buf, emb.buf, trb.buf, 0};
         const double *u = ub.buf;
-        const int64_t *slot_of = tables.slot_of;
-        int64_t *last_used = lu.buf, *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
+        uint64_t *r = rb.buf;
+        int64_t *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
         uint8_t *accepted = ab.buf;
-        int64_t cx = x, t = start;
         Py_BEGIN_ALLOW_THREADS
-        for (; t < n; ++t) {
-            int64_t s = slot_of[cx];
-            if (s < 0 || s >= slots)
-                break;
-            last_used[s] = clock + t;
-            prev[t] = cx;
-            cx = step(&tables, s, cx, u + 3 * t, proposed + t, accepted + t);
-            emitted[t] = cx;
-        }
+#define CHAIN(d, i, k) chain_loop(&tables, slots, u, r, prev, proposed, emitted, accepted, &c, start, n, &cx, \
+                                  clock, d, i, k)
+        if (drawn)
+            t = identity ? (counting ? CHAIN(1, 1, 1) : CHAIN(1, 1, 0)) : (counting ? CHAIN(1, 0, 1) : CHAIN(1, 0, 0));
+        else
+            t = identity ? (counting ? CHAIN(0, 1, 1) : CHAIN(0, 1, 0)) : (counting ? CHAIN(0, 0, 1) : CHAIN(0, 0, 0));
+#undef CHAIN
         Py_END_ALLOW_THREADS
+        if (counting)
+            *(int64_t *)acb.buf += c.accepted;
         result = Py_BuildValue("nn", (Py_ssize_t)t, (Py_ssize_t)cx);
     }
 done:
     PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&so);
     PyBuffer_Release(&gb); PyBuffer_Release(&lu); PyBuffer_Release(&ub); PyBuffer_Release(&pb);
     PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
+    if (rb.obj) PyBuffer_Release(&rb);
+    if (acb.obj) PyBuffer_Release(&acb);
+    if (cb.obj) PyBuffer_Release(&cb);
+    if (emb.obj) PyBuffer_Release(&emb);
+    if (trb.obj) PyBuffer_Release(&trb);
     return result;
 }
 
 /* Steps t = 0..n-1 of chains b0..b1-1 (a group advancing in lock step: their searches overlap
- * in the CPU), each reading and writing its own rows in order.  With `counting`, also adds each
- * step to the chain's counts: acc[b] (accepted drafts) and emi[b * V + emitted].  The contexts
- * need no count of their own: a chain's contexts are its start token and its emitted tokens
- * but the last (the caller derives them).  Without `recording` the step arrays are not written
- * (a run without telemetry needs only the counts; the stores cost ~20 % of the kernel's time).
- * With `trans` (V x V, shared by the group's chains), also counts each (context, emitted) pair.
- * The pointers do not alias (restrict). */
-static inline void batch_group(const Tables *tables, const double *restrict u, int64_t *restrict xs,
-                               int64_t *restrict prev, int64_t *restrict proposed,
+ * in the CPU), each reading and writing its own rows in order.  With `drawn`, chain b's uniforms
+ * come from its PCG64 state rng[4 b .. 4 b + 3] (advanced), else from u.  With `counting`, also
+ * adds each step to the chain's counts: acc[b] (accepted drafts) and emi[b * V + emitted].  The
+ * contexts need no count of their own: a chain's contexts are its start token and its emitted
+ * tokens but the last (the caller derives them).  Without `recording` the step arrays are not
+ * written (a run without telemetry needs only the counts; the stores cost ~20 % of the kernel's
+ * time).  With `trans` (V x V, shared by the group's chains), also counts each (context, emitted)
+ * pair.  The pointers do not alias (restrict). */
+static inline void batch_group(const Tables *tables, const double *restrict u, uint64_t *restrict rng,
+                               int64_t *restrict xs, int64_t *restrict prev, int64_t *restrict proposed,
                                int64_t *restrict emitted, uint8_t *restrict accepted, int64_t *restrict acc,
                                int64_t *restrict emi, int64_t *restrict trans, Py_ssize_t b0, Py_ssize_t b1,
-                               Py_ssize_t n, const int counting, const int recording)
+                               Py_ssize_t n, const int drawn, const int counting, const int recording)
 {
     const Tables tb = *tables;
     const int64_t *restrict slot_of = tb.slot_of;
     const int64_t V = tb.V;
     int64_t cx[GROUP], ok[GROUP];
+#if HAVE_PCG64
+    pcg128 state[GROUP], inc[GROUP];
+#else
+    (void)rng;
+#endif
     for (Py_ssize_t b = b0; b < b1; ++b) {
         cx[b - b0] = xs[b];
         ok[b - b0] = 0;
+#if HAVE_PCG64
+        if (drawn) {
+            state[b - b0] = pcg_join(rng[4 * b], rng[4 * b + 1]);
+            inc[b - b0] = pcg_join(rng[4 * b + 2], rng[4 * b + 3]);
+        }
+#endif
     }
     for (Py_ssize_t t = 0; t < n; ++t) {
         for (Py_ssize_t b = b0; b < b1; ++b) {
             Py_ssize_t i = b * n + t;
-            int64_t x = cx[b - b0], y;
-            uint8_t a;
-            int64_t nx = step(&tb, slot_of[x], x, u + 3 * i, &y, &a);
+            int64_t x = cx[b - b0], y, a;
+            double u0, u1, u2;
+#if HAVE_PCG64
+            if (drawn) {
+                u0 = pcg_uniform(&state[b - b0], inc[b - b0]);
+                u1 = pcg_uniform(&state[b - b0], inc[b - b0]);
+                u2 = pcg_uniform(&state[b - b0], inc[b - b0]);
+            } else
+#endif
+            {
+                u0 = u[3 * i];
+                u1 = u[3 * i + 1];
+                u2 = u[3 * i + 2];
+            }
+            int64_t nx = step(&tb, slot_of[x], u0, u1, u2, &y, &a);
             if (recording) {
                 prev[i] = x;
                 proposed[i] = y;
                 emitted[i] = nx;
-                accepted[i] = a;
+                accepted[i] = (uint8_t)a;
             }
             cx[b - b0] = nx;
             if (counting) {
@@ -211,32 +381,40 @@ static inline void batch_group(const Tables *tables, const double *restrict u, i
         xs[b] = cx[b - b0];
         if (counting)
             acc[b] += ok[b - b0];
+#if HAVE_PCG64
+        if (drawn) {
+            rng[4 * b] = (uint64_t)(state[b - b0] >> 64);
+            rng[4 * b + 1] = (uint64_t)state[b - b0];
+        }
+#endif
     }
 }
 
 /* batch(tables, totals, lasts, slot_of, guides, u, x, prev, proposed, emitted, accepted, V, G, B, n
- *       [, accepted_counts, emitted_counts, record, transitions])
+ *       [, accepted_counts, emitted_counts, record, transitions, rng])
  * B chains in lock step for n steps; every context must have a table (checked).
  * u is (B, n, 3); x (B,) is read and updated; outputs are (B, n).  The optional counts,
  * int64 arrays of shape (B,) and (B, V) (both, or None for each), are incremented by each
  * chain's accepted drafts and emitted tokens of these n steps.  (Its contexts of the n steps are
  * the emitted tokens, plus x before, minus x after.)  With record = False (counts required) the
  * outputs are not written and may be empty.  `transitions` (int64, V x V, or None) gets each
- * step's (context, emitted token) pair added; one such array per calling thread. */
+ * step's (context, emitted token) pair added; one such array per calling thread.  `rng` (uint64,
+ * (B, 4), each chain's PCG64 state, advanced in place) or None: the uniforms are drawn from it
+ * and u may be empty. */
 static PyObject *batch(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, so, gb, ub, xb, pb, yb, eb, ab;
-    Py_buffer cab = {0}, ceb = {0}, trb = {0};
-    PyObject *ca = Py_None, *ce = Py_None, *tr = Py_None;
+    Py_buffer cab = {0}, ceb = {0}, trb = {0}, rb = {0};
+    PyObject *ca = Py_None, *ce = Py_None, *tr = Py_None, *rng = Py_None;
     Py_ssize_t V, G, B, n;
     int recording = 1;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OOiO", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
-                          &eb, &ab, &V, &G, &B, &n, &ca, &ce, &recording, &tr))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OOiOO", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
+                          &eb, &ab, &V, &G, &B, &n, &ca, &ce, &recording, &tr, &rng))
         return NULL;
     PyObject *result = NULL;
     Tables tables;
     Py_ssize_t slots;
-    const int counting = ca != Py_None;
+    const int counting = ca != Py_None, drawn = rng != Py_None;
     if ((ce != Py_None && !counting) || (counting && ce == Py_None && tr == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "batch: pass both count arrays or none (the emitted counts may be "
                                          "left out when the transitions are counted)");
@@ -246,14 +424,18 @@ static PyObject *batch(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "batch: record=False needs the count arrays");
         goto done;
     }
+    if (drawn && !HAVE_PCG64) {
+        PyErr_SetString(PyExc_NotImplementedError, "batch: built without 128-bit integers (no PCG64)");
+        goto done;
+    }
     if (counting && (PyObject_GetBuffer(ca, &cab, PyBUF_WRITABLE) < 0 ||
                      (ce != Py_None && PyObject_GetBuffer(ce, &ceb, PyBUF_WRITABLE) < 0)))
         goto done;
-    if (tr != Py_None && PyObject_GetBuffer(tr, &trb, PyBUF_WRITABLE) < 0)
+    if (!(optional(tr, &trb) && optional(rng, &rb)))
         goto done;
     const Py_ssize_t kept = recording ? B * n : 0;
     if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) &&
-          need(&ub, B * n * 3, 8, "u") &&
+          (drawn ? need(&rb, B * 4, 8, "rng") : need(&ub, B * n * 3, 8, "u")) &&
           need(&xb, B, 8, "x") && need(&pb, kept, 8, "prev") && need(&yb, kept, 8, "proposed") &&
           need(&eb, kept, 8, "emitted") && need(&ab, kept, 1, "accepted")))
         goto done;
@@ -277,19 +459,23 @@ static PyObject *batch(PyObject *self, PyObject *args)
     }
     {
         const double *u = ub.buf;
+        uint64_t *r = rb.buf;
         int64_t *xs = xb.buf, *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
         uint8_t *accepted = ab.buf;
         int64_t *acc = cab.buf, *emi = ce != Py_None ? ceb.buf : NULL, *trans = tr != Py_None ? trb.buf : NULL;
         Py_BEGIN_ALLOW_THREADS
+#define GROUP_OF(d, k, w) batch_group(&tables, u, r, xs, prev, proposed, emitted, accepted, acc, emi, trans, b0, b1, \
+                                      n, d, k, w)
         for (Py_ssize_t b0 = 0; b0 < B; b0 += GROUP) {
             Py_ssize_t b1 = b0 + GROUP < B ? b0 + GROUP : B;
             if (!recording)
-                batch_group(&tables, u, xs, NULL, NULL, NULL, NULL, acc, emi, trans, b0, b1, n, 1, 0);
+                drawn ? GROUP_OF(1, 1, 0) : GROUP_OF(0, 1, 0);
             else if (counting)
-                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, acc, emi, trans, b0, b1, n, 1, 1);
+                drawn ? GROUP_OF(1, 1, 1) : GROUP_OF(0, 1, 1);
             else
-                batch_group(&tables, u, xs, prev, proposed, emitted, accepted, NULL, NULL, trans, b0, b1, n, 0, 1);
+                drawn ? GROUP_OF(1, 0, 1) : GROUP_OF(0, 0, 1);
         }
+#undef GROUP_OF
         Py_END_ALLOW_THREADS
         result = Py_None;
         Py_INCREF(result);
@@ -298,7 +484,7 @@ done:
     PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&so);
     PyBuffer_Release(&gb); PyBuffer_Release(&ub); PyBuffer_Release(&xb); PyBuffer_Release(&pb);
     PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
-    PyBuffer_Release(&cab); PyBuffer_Release(&ceb); PyBuffer_Release(&trb);
+    PyBuffer_Release(&cab); PyBuffer_Release(&ceb); PyBuffer_Release(&trb); PyBuffer_Release(&rb);
     return result;
 }
 
@@ -554,4 +740,12 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
                                     "Compiled inner loops of the speculative bigram chain.", -1, methods};
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernels(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "PCG64", HAVE_PCG64) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -10,8 +10,9 @@ then ``(u_draft, u_accept, u_residual)`` per step.  So chain b of a batch equals
 
 The chains advance in lock step, a chunk of steps at a time: the compiled
 kernel (``thermospec._kernels.batch``, GIL released) runs slices of chains on
-worker threads, or, without it, a vectorised NumPy binary search steps all
-chains at once (`numpy_batch_steps`).  Both need every context's table
+worker threads, drawing each chain's uniforms itself from its PCG64 state, or,
+without it, a vectorised NumPy binary search steps all chains at once
+(`numpy_batch_steps`).  Both need every context's table
 resident (true up to V of several thousand with the default memory bound);
 otherwise each chain runs through the sequential stepper.
 """
@@ -23,7 +24,6 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,13 +33,18 @@ from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import table_source
 from thermospec.engine.chunks import BatchChunk
 from thermospec.engine.compact import COMPACT_TABLE_BYTES, CompactStepper, SparseRows, compact_source
-from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, TableCache, resolve_backend
+from thermospec.engine.kernels import (
+    DEFAULT_TABLE_BYTES,
+    Backend,
+    ChainStepper,
+    TableCache,
+    draws_pcg64,
+    pcg64_state,
+    resolve_backend,
+)
 from thermospec.engine.tally import BatchTally
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import DraftSource
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "BATCH_CHUNK_TOKENS",
@@ -54,7 +59,8 @@ BATCH_CHUNK_TOKENS = 1 << 20
 
 
 BATCH_RNG_GROUP = 32
-"""Chains whose uniforms a worker thread draws at once before stepping them (a cache-sized block)."""
+"""Chains whose uniforms a worker thread draws at once before stepping them (a cache-sized block), when the
+kernel does not draw them itself."""
 
 
 def chain_stream(seed: int, b: int) -> np.random.Generator:
@@ -124,6 +130,9 @@ def numpy_batch_steps(
         x = np.where(ok, y, r)
         emitted[:, t] = x
     return (prev, proposed, emitted, accepted), x
+
+
+_NO_UNIFORMS = np.empty((0, 3), dtype=np.float64)
 
 
 def _slices(B: int, parts: int) -> list[slice]:
@@ -218,8 +227,14 @@ def run_batch(
     compiled = module if resident else None  # the kernel, when every table is resident
     workers = max(1, min(threads or os.cpu_count() or 1, chains))
     parts = _slices(chains, workers)
-    if compiled is not None:  # each thread fills its uniforms a group of chains at a time, in a buffer of its own
+    states = None
+    if compiled is not None and all(draws_pcg64(compiled, rng) for rng in rngs):
+        # The kernel draws each chain's uniforms from its PCG64 state (the rngs are not used again).
+        states = np.stack([pcg64_state(rng) for rng in rngs])
+        u_flat = []
+    elif compiled is not None:  # each thread fills its uniforms a group of chains at a time, in a buffer of its own
         u_flat = [np.empty(min(BATCH_RNG_GROUP, p.stop - p.start) * n_chunk * 3, dtype=np.float64) for p in parts]
+    if compiled is not None:
         # and counts the transitions of its chains in an array of its own, added to the tally after each chunk
         tracked = tally is not None and tally.transitions is not None
         pairs = [np.zeros(V * V, dtype=np.int64) for _ in parts] if tracked else None
@@ -236,7 +251,7 @@ def run_batch(
                 outputs = _outputs_view(kept, chains, n if record else 0)
                 if tally is not None:
                     tally.begin(x)
-                _compiled_chunk(compiled, cache, rngs, u_flat, x, outputs, parts, pool, tally, n, pairs)
+                _compiled_chunk(compiled, cache, rngs, u_flat, x, outputs, parts, pool, tally, n, pairs, states)
                 if pairs is not None and tally is not None and tally.transitions is not None:
                     for counted in pairs:
                         tally.transitions += counted
@@ -293,6 +308,7 @@ def _compiled_chunk(
     tally: BatchTally | None,
     n: int,
     pairs: list[NDArray[np.int64]] | None = None,
+    states: NDArray[np.uint64] | None = None,
 ) -> None:
     """One chunk of every chain on the compiled kernel, into `outputs`; updates `x` and `tally`'s counts.
 
@@ -300,29 +316,37 @@ def _compiled_chunk(
     it with ``tally.begin(x)`` and ``tally.last[:] = x`` so the contexts follow from them.  With
     `pairs` (one V x V array per thread) the kernel also counts each step's (context, emitted) pair.
 
-    Thread i steps the chains of ``parts[i]``, `BATCH_RNG_GROUP` at a time: it draws their
-    uniforms into ``u_flat[i]`` (which stays in cache) and runs the kernel on them.  Each thread
-    writes only its own chains' rows of `x`, the outputs and the counts.  Outputs of
-    shape (B, 0) mean the steps are counted, not recorded (`tally` required).
+    With `states` ((B, 4) PCG64 states, `pcg64_state`), thread i runs the kernel once on the
+    chains of ``parts[i]``, which draws their uniforms itself and advances their states.
+    Otherwise it steps them `BATCH_RNG_GROUP` at a time: it draws their uniforms into
+    ``u_flat[i]`` (which stays in cache) and runs the kernel on them.  Each thread writes only
+    its own chains' rows of `x`, the outputs, the counts and the states.  Outputs of shape
+    (B, 0) mean the steps are counted, not recorded (`tally` required).
     """
     prev, proposed, emitted, accepted = outputs
     record = prev.shape[1] == n
 
+    def run(i: int, g0: int, g1: int, u: NDArray[np.float64], rng: NDArray[np.uint64] | None) -> None:
+        counts = (None, None, True) if tally is None else (
+            tally.accepted[g0:g1], tally.emitted_counts[g0:g1] if tally.per_chain else None, record,
+        )
+        module.batch(
+            cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, u, x[g0:g1],
+            prev[g0:g1], proposed[g0:g1], emitted[g0:g1], accepted[g0:g1], cache.V, cache.G, g1 - g0, n, *counts,
+            None if pairs is None else pairs[i], rng,
+        )
+
     def work(i: int) -> None:
         part = parts[i]
+        if states is not None:
+            run(i, part.start, part.stop, _NO_UNIFORMS, states[part])
+            return
         for g0 in range(part.start, part.stop, BATCH_RNG_GROUP):
             g1 = min(g0 + BATCH_RNG_GROUP, part.stop)
             block = u_flat[i][: (g1 - g0) * n * 3].reshape(g1 - g0, n, 3)
             for j, b in enumerate(range(g0, g1)):
                 rngs[b].random(out=block[j])  # numpy fills without holding the GIL
-            counts = () if tally is None else (
-                tally.accepted[g0:g1], tally.emitted_counts[g0:g1] if tally.per_chain else None, record,
-                None if pairs is None else pairs[i],
-            )
-            module.batch(
-                cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, block, x[g0:g1],
-                prev[g0:g1], proposed[g0:g1], emitted[g0:g1], accepted[g0:g1], cache.V, cache.G, g1 - g0, n, *counts,
-            )
+            run(i, g0, g1, block, None)
 
     for future in [pool.submit(work, i) for i in range(len(parts))]:
         future.result()

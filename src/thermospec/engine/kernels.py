@@ -105,7 +105,7 @@ def pcg64_state(rng: np.random.Generator) -> NDArray[np.uint64]:
 
 def set_pcg64_state(rng: np.random.Generator, words: NDArray[np.uint64]) -> None:
     """Give `rng` back the PCG64 state the kernel advanced (`pcg64_state`'s layout)."""
-    state = rng.bit_generator.state
+    state = dict(rng.bit_generator.state)
     hi, lo, inc_hi, inc_lo = (int(w) for w in words.tolist())
     state["state"] = {"state": (hi << 64) | lo, "inc": (inc_hi << 64) | inc_lo}
     rng.bit_generator.state = state
@@ -406,10 +406,11 @@ def compiled_steps(
     u: NDArray[np.float64], x: int, load: Callable[[int], int],
     chain: Callable[[NDArray[np.float64], StepArrays, int, int], tuple[int, int]], n: int | None = None,
 ) -> tuple[StepArrays, int]:
-    """Run one chunk of `n` steps (default: a row of `u` each) on a compiled stepper that stops at a context without tables.
+    """Run one chunk on a compiled stepper that stops at a context without tables.
 
-    ``chain(u, out, t, x)`` runs steps t.. into the arrays `out` from context x and returns
-    ``(t, x)`` where it stopped; `load` (x) gives x its tables; repeated until the chunk is done.
+    The chunk has `n` steps (default: one per row of `u`).  ``chain(u, out, t, x)`` runs steps
+    t.. into the arrays `out` from context x and returns ``(t, x)`` where it stopped; `load` (x)
+    gives x its tables; repeated until the chunk is done.
     """
     u = np.ascontiguousarray(u, dtype=np.float64)
     n = u.shape[0] if n is None else n
