@@ -15,7 +15,7 @@ from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.batch import chain_stream, run_batch
 from thermospec.engine.chain import run_chain
 from thermospec.engine.chunks import BatchChunk
-from thermospec.engine.kernels import Backend, compiled_module, slot_bytes
+from thermospec.engine.kernels import Backend, compiled_module, pcg64_state, slot_bytes
 from thermospec.engine.tally import BatchTally, RunTally
 from thermospec.runs.config import RunConfig, load_target
 from thermospec.targets.bigram import BigramTarget
@@ -401,3 +401,33 @@ def test_pooled_counts_from_the_transitions_alone(backend: str) -> None:
     with pytest.raises(ValueError, match="per_chain=False"):
         tallies[1].chain(0)
     assert BatchTally(2, 2048, track_transitions=True, per_chain=False).per_chain  # no transitions: kept per chain
+
+
+@needs_compiled
+def test_batch_kernel_draws_the_uniforms_numpy_draws() -> None:
+    """Given each chain's PCG64 state, the kernel emits the tokens of NumPy's uniforms and advances the states."""
+    from thermospec.engine.chain import table_source
+    from thermospec.engine.kernels import TableCache
+
+    module = compiled_module()
+    assert module is not None
+    target, proposer = _setup(vocab=20, seed=7)
+    cache = TableCache(20, table_source(target.row, proposer.draft))
+    assert cache.load_all()
+    B, n = 11, 300  # not a multiple of the kernel's group of chains
+    tables = (cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides)
+    states = np.stack([pcg64_state(chain_stream(7, b)) for b in range(B)])
+    rngs = [chain_stream(7, b) for b in range(B)]
+    u = np.stack([rng.random((n, 3)) for rng in rngs])
+    x = np.arange(B, dtype=np.int64) % 20
+    outputs = [[np.empty((B, n), dtype=np.int64) for _ in range(3)] + [np.empty((B, n), dtype=np.bool_)]
+               for _ in range(2)]
+    x_given, x_drawn = x.copy(), x.copy()
+    module.batch(*tables, u, x_given, *outputs[0], 20, cache.G, B, n)
+    module.batch(*tables, np.empty((0, 3)), x_drawn, *outputs[1], 20, cache.G, B, n, None, None, True, None, states)
+    np.testing.assert_array_equal(x_given, x_drawn)
+    for given, drawn in zip(*outputs, strict=True):
+        np.testing.assert_array_equal(given, drawn)
+    np.testing.assert_array_equal(states, np.stack([pcg64_state(rng) for rng in rngs]))
+    with pytest.raises(ValueError, match="rng"):
+        module.batch(*tables, u, x.copy(), *outputs[1], 20, cache.G, B, n, None, None, True, None, states[:3])

@@ -24,7 +24,10 @@ from thermospec.core.statistics import chi2_sf, pooled_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import ReportError, fixed_context_draws, run_chain, run_chain_reference, start_token
 from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.kernels import Backend
+from thermospec.engine.tally import RunTally
 from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.prepare import prepare_run, sparse_rows
 from thermospec.targets.bigram import BigramTarget
 from thermospec.tsu.drafts import ContextDraft, Proposer
 
@@ -222,3 +225,56 @@ def test_a_misreported_log_q_is_refused_by_every_path() -> None:
     assert info.value.step == 0
     with pytest.raises(ReportError):
         fixed_context_draws(target.row(3), drafts(3), 50, np.random.default_rng(0))
+
+
+def assert_same_tally(a: RunTally, b: RunTally) -> None:
+    assert (a.steps, a.accepted) == (b.steps, b.accepted)
+    for field in ("context_counts", "emitted_counts", "transitions"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+@pytest.mark.parametrize("backend", ["python", "auto"])
+@pytest.mark.parametrize("options", [{"vocab": 64}, {"vocab": 2000, "K": 16}])  # dense tables; compact ones
+def test_run_chain_counts_every_chunk_into_a_tally(backend: str, options: dict[str, object]) -> None:
+    """``run_chain(..., tally=)`` counts what `RunTally.update` of each yielded chunk counts."""
+    run = prepare_run(RunConfig(seed=4, **options))  # type: ignore[arg-type]
+    target, sparse = run.target, sparse_rows(run)
+    assert (sparse is None) == (target.V == 64)
+    counted, updated = RunTally(target.V, track_transitions=True), RunTally(target.V, track_transitions=True)
+    for chunk in run_chain(target.row, target.pi, run.proposer.draft, 3000, random_stream(4, Stream.CHAIN),
+                           chunk=700, backend=backend, sparse=sparse, tally=counted):  # type: ignore[arg-type]
+        updated.update(chunk)
+        assert counted.steps == updated.steps  # counted before it is yielded
+    assert_same_tally(counted, updated)
+
+
+def test_a_chunk_refused_by_the_report_check_is_not_counted() -> None:
+    """A TSU lying about one token: the chunks before the lie are counted, the refused one is not."""
+    target, proposer = setup(RunConfig(vocab=32, K=8, seed=3))
+    ref = run_chain_reference(target.row, target.pi, proposer.draft, 3000, random_stream(3, Stream.CHAIN))
+    liar = int(ref.proposed[1500])
+    first = int(np.flatnonzero(ref.proposed == liar)[0])
+
+    class OneLie(SimTSU):
+        def report_log_q(self, tokens: NDArray[np.int64]) -> NDArray[np.float64]:
+            out: NDArray[np.float64] = super().report_log_q(tokens).copy()
+            out[tokens == liar] += 0.5
+            return out
+
+    def drafts(x: int) -> ContextDraft:
+        honest = proposer.draft(x)
+        return dataclasses.replace(honest, tsu=OneLie(honest.tsu.payload))
+
+    backends: tuple[Backend, ...] = ("python", "auto")
+    for backend in backends:
+        tally = RunTally(target.V, track_transitions=True)
+        with pytest.raises(ReportError) as caught:
+            for _ in run_chain(target.row, target.pi, drafts, 3000, random_stream(3, Stream.CHAIN), chunk=256,
+                               backend=backend, tally=tally):
+                pass
+        assert caught.value.step == first
+        kept = first // 256 * 256
+        expected = RunTally(target.V, track_transitions=True)
+        expected.update(ChainChunk(start=0, prev=ref.prev[:kept], proposed=ref.proposed[:kept],
+                                   emitted=ref.emitted[:kept], accepted=ref.accepted[:kept]))
+        assert_same_tally(tally, expected)

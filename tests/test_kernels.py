@@ -9,15 +9,20 @@ import pytest
 from numpy.typing import NDArray
 
 from thermospec.core.streams import Stream, random_stream
-from thermospec.engine.chain import run_chain, run_chain_reference
+from thermospec.engine.chain import run_chain, run_chain_reference, table_source
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.kernels import (
+    DEFAULT_TABLE_BYTES,
     ChainStepper,
+    StepCounts,
     TableCache,
+    TableSource,
     compiled_module,
     guide_size,
     guide_table,
+    pcg64_state,
     resolve_backend,
+    set_pcg64_state,
     slot_bytes,
 )
 from thermospec.runs.config import RunConfig, load_target
@@ -175,3 +180,82 @@ def test_compiled_rejects_short_buffers() -> None:
     with pytest.raises(ValueError, match="buffer too small"):
         module.chain(cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, cache.last_used,
                      np.empty((1, 3)), out, out, out, np.empty(2, dtype=np.bool_), 4, cache.G, 0, 2, 0, 0)
+
+
+def _stepper_source(V: int, seed: int) -> tuple[Proposer, TableSource]:
+    config = RunConfig(vocab=V, K=8, seed=seed)
+    target = load_target(config)
+    proposer = Proposer(target.row, config.K, config.tau, config.eps)
+    return proposer, table_source(target.row, proposer.draft)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bits", [np.random.PCG64, np.random.Philox])
+@pytest.mark.parametrize("budget", [DEFAULT_TABLE_BYTES, 3 * slot_bytes(48)])
+def test_drawn_uniforms_are_numpys(backend: str, bits: type[np.random.BitGenerator], budget: int) -> None:
+    """A stepper drawing its own uniforms emits the tokens of ``rng.random((n, 3))`` and leaves rng as NumPy would.
+
+    (With three slots, the kernel stops at evicted contexts and resumes mid-chunk.)
+    """
+    _, source = _stepper_source(48, 4)
+    drawn = ChainStepper(48, source, backend, budget)  # type: ignore[arg-type]
+    given = ChainStepper(48, source, backend, budget)  # type: ignore[arg-type]
+    rng_drawn, rng_given = np.random.Generator(bits(9)), np.random.Generator(bits(9))
+    x_drawn = x_given = 3
+    for n in (1, 700, 1, 1500):
+        got, x_drawn = drawn.draw_steps(rng_drawn, n, x_drawn)
+        want, x_given = given.steps(rng_given.random((n, 3)), x_given)
+        assert x_drawn == x_given
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_equal(rng_drawn.bit_generator.state, rng_given.bit_generator.state)
+    assert rng_drawn.random() == rng_given.random()
+
+
+def test_pcg64_state_round_trip() -> None:
+    rng = np.random.default_rng(123)
+    rng.random(5)
+    words = pcg64_state(rng)
+    state = rng.bit_generator.state["state"]
+    assert (int(words[0]) << 64 | int(words[1]), int(words[2]) << 64 | int(words[3])) == (state["state"],
+                                                                                         state["inc"])
+    other = np.random.default_rng(0)
+    set_pcg64_state(other, words)
+    assert other.random(4).tolist() == rng.random(4).tolist()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("transitions", [True, False])
+@pytest.mark.parametrize("budget", [DEFAULT_TABLE_BYTES, 3 * slot_bytes(48)])
+def test_counts_added_while_stepping_are_the_bincounts(backend: str, transitions: bool, budget: int) -> None:
+    """The counts the kernel adds as it steps (even when it stops and resumes) are those of its outputs."""
+    V = 48
+    _, source = _stepper_source(V, 5)
+    stepper = ChainStepper(V, source, backend, budget)  # type: ignore[arg-type]
+    counts: StepCounts = (np.array([5], dtype=np.int64), np.ones(V, dtype=np.int64), np.full(V, 2, dtype=np.int64),
+                          np.full(V * V, 3, dtype=np.int64) if transitions else None)
+    rng = np.random.default_rng(5)
+    x, prevs, emitted, accepted = 7, [], [], []
+    for n in (1000, 1, 2000):
+        (prev, _, tokens, ok), x = stepper.draw_steps(rng, n, x, counts)
+        prevs.append(prev)
+        emitted.append(tokens)
+        accepted.append(ok)
+    prev, tokens = np.concatenate(prevs), np.concatenate(emitted)
+    assert counts[0][0] == 5 + np.count_nonzero(np.concatenate(accepted))
+    np.testing.assert_array_equal(counts[1], 1 + np.bincount(prev, minlength=V))
+    np.testing.assert_array_equal(counts[2], 2 + np.bincount(tokens, minlength=V))
+    if counts[3] is not None:
+        np.testing.assert_array_equal(counts[3], 3 + np.bincount(prev * V + tokens, minlength=V * V))
+
+
+def test_a_cache_that_holds_every_context_puts_context_x_in_slot_x() -> None:
+    V = 16
+    _, source = _stepper_source(V, 6)
+    whole = TableCache(V, source)
+    assert whole.identity
+    assert [whole.load(x) for x in (9, 2, 15)] == [9, 2, 15]
+    assert whole.load_all() and whole.slot_of.tolist() == list(range(V)) and whole.filled == V
+    part = TableCache(V, source, max_bytes=4 * slot_bytes(V))
+    assert not part.identity
+    assert [part.load(x) for x in (9, 2, 15)] == [0, 1, 2]
