@@ -8,7 +8,12 @@ before it quotes a ratio, that the two sides emitted the same tokens.
 Options: ``--quick`` (smaller sizes, for a smoke run), ``--repeats N``,
 ``--skip-memory`` (the 10M-step peak-memory pair writes ~2 GB of JSONL to a
 temporary folder), ``--corpus PATH`` (text repeated to 100 MB for the counting
-figure; Tiny Shakespeare from data/ or ../shared/data/ by default).
+figure; Tiny Shakespeare from data/ or ../shared/data/ by default), ``--only
+SECTION ...`` (run only those sections: sequential, naive, limit, identical,
+batch, telemetry, memory, vocab, corpus, startup).
+
+The ``limit`` section compares thermospec with the same chain written as a
+minimal C loop compiled with ``-O3 -march=native`` (`benchmarks.limit`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.limit import bench_limit
 from benchmarks.naive import naive_chain
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.batch import run_batch
@@ -307,16 +313,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs per figure; the median is quoted (default: 5)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the long peak-memory run")
     parser.add_argument("--corpus", type=Path, default=None, help="text repeated to 100 MB for corpus counting")
+    parser.add_argument("--only", nargs="+", default=None, metavar="SECTION", help="run only these sections")
     args = parser.parse_args(argv)
     quick, repeats = args.quick, max(1, args.repeats)
     print(f"thermospec benchmarks, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
           f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, NumPy {np.__version__}; medians of {repeats}",
           flush=True)
     run = prepare_run(RunConfig())
+    sequential: list[tuple[list[Row], float, np.ndarray[Any, Any]]] = []
+
+    def measured_sequential() -> tuple[list[Row], float, np.ndarray[Any, Any]]:
+        if not sequential:  # the naive figure's speed-up needs it too: measured once
+            sequential.append(bench_sequential(run, 500_000 if quick else 5_000_000, repeats))
+        return sequential[0]
+
     sections: list[tuple[str, Callable[[], list[Row]]]] = []
-    seq_rows, rate, emitted = bench_sequential(run, 500_000 if quick else 5_000_000, repeats)
-    sections.append(("sequential", lambda: seq_rows))
-    sections.append(("naive", lambda: bench_naive(run, rate, emitted, 2_000 if quick else 20_000)))
+    sections.append(("sequential", lambda: measured_sequential()[0]))
+    sections.append(("naive", lambda: bench_naive(run, measured_sequential()[1], measured_sequential()[2],
+                                                  2_000 if quick else 20_000)))
+    sections.append(("limit", lambda: bench_limit(run, 500_000 if quick else 5_000_000, 1024,
+                                                  1_000 if quick else 20_000, repeats)))
     sections.append(("identical", lambda: bench_identical(run, 20_000 if quick else 200_000)))
     sections.append(("batch", lambda: bench_batch(run, 1024, 1_000 if quick else 20_000, repeats)))
     sections.append(("telemetry", lambda: bench_telemetry(run, 200_000 if quick else 2_000_000, repeats)))
@@ -325,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(("vocab", lambda: bench_vocab((256, 4096, 65_536), repeats, quick)))
     sections.append(("corpus", lambda: bench_corpus(args.corpus, 10 if quick else 100)))
     sections.append(("startup", lambda: bench_startup(repeats)))
+    if args.only is not None:
+        unknown = set(args.only) - {name for name, _ in sections}
+        if unknown:
+            parser.error(f"--only: unknown sections {sorted(unknown)}")
+        sections = [(name, produce) for name, produce in sections if name in args.only]
     width = 46
     print(f"\n{'figure':<{width}}  {'measured':>18}  target / note")
     print("-" * (width + 50))

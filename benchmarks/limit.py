@@ -1,0 +1,222 @@
+"""The C limit: the same chain as a minimal C loop (``limit.c``, ``-O3 -march=native``), and thermospec's ratio to it.
+
+The loop is built at bench time with the system C compiler into a temporary
+folder; it is benchmark code, not part of the package (whose wheel must run on
+any x86-64, so it is never built with ``-march=native``).  It reads the very
+per-context tables thermospec builds (`TableCache`, dumped to a binary file)
+and each chain's NumPy PCG64 state after its start token, and generates the
+same uniforms as ``Generator.random``: so it emits the same tokens, which the
+bench checks (a prefix of every token, and the counts of all) before it quotes
+a ratio.  Contenders alternate in one process (A B A B ...); medians are quoted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.core.sampling import inverse_cdf
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.batch import chain_stream, run_batch
+from thermospec.engine.chain import run_chain, start_token, table_source
+from thermospec.engine.kernels import TableCache
+from thermospec.engine.tally import BatchTally, RunTally
+from thermospec.runs.executor import execute_run
+from thermospec.runs.prepare import PreparedRun
+
+SOURCE = Path(__file__).with_name("limit.c")
+FLAGS = ("-O3", "-march=native")
+Row = tuple[str, str, str]
+
+
+@dataclasses.dataclass
+class LimitRun:
+    """What one run of the C loop reports: its stepping time and its counts (and tokens, when dumped)."""
+
+    seconds: float
+    accepted: int
+    transitions: NDArray[np.int64]
+    emitted: NDArray[np.int64] | None
+
+
+def build(folder: Path) -> Path | None:
+    """Compile ``limit.c`` into `folder` with ``$CC`` (default ``cc``); None without a compiler."""
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        return None
+    exe = folder / "limit"
+    subprocess.run([cc, *FLAGS, "-pthread", "-o", str(exe), str(SOURCE)], check=True, capture_output=True)
+    return exe
+
+
+def dump_tables(cache: TableCache, path: Path) -> None:
+    """Write every context's tables, in context order (all must be loaded)."""
+    slots = cache.slot_of
+    if np.any(slots < 0):
+        raise ValueError("dump_tables: every context must be loaded")
+    with path.open("wb") as out:
+        out.write(np.array([cache.V, cache.G], dtype=np.int64).tobytes())
+        for array in (cache.tables, cache.totals, cache.lasts, cache.guides):
+            out.write(np.ascontiguousarray(array[slots]).tobytes())
+
+
+def dump_chains(path: Path, starts: NDArray[np.int64], rngs: list[np.random.Generator]) -> None:
+    """Write each chain's start token and PCG64 state (state and increment, high and low words)."""
+    rows = []
+    mask = (1 << 64) - 1
+    for x0, rng in zip(starts.tolist(), rngs, strict=True):
+        state = rng.bit_generator.state
+        if state["bit_generator"] != "PCG64":
+            raise ValueError("dump_chains: the C limit draws PCG64 uniforms only")
+        s, inc = int(state["state"]["state"]), int(state["state"]["inc"])
+        rows.append([x0, s >> 64, s & mask, inc >> 64, inc & mask])
+    with path.open("wb") as out:
+        out.write(np.array([len(rows)], dtype=np.int64).tobytes())
+        out.write(np.array(rows, dtype=np.uint64).tobytes())
+
+
+def run_limit(exe: Path, folder: Path, steps: int, threads: int, dump: bool = False) -> LimitRun:
+    """Run the C loop on ``folder/tables.bin`` and ``folder/chains.bin``."""
+    out = folder / "out.bin"
+    args = [str(exe), str(folder / "tables.bin"), str(folder / "chains.bin"), str(steps), str(threads), str(out)]
+    seconds = float(subprocess.run([*args, *(["dump"] if dump else [])], check=True, capture_output=True,
+                                   text=True).stdout)
+    raw = np.fromfile(out, dtype=np.int64)
+    out.unlink()
+    V = int(np.fromfile(folder / "tables.bin", dtype=np.int64, count=1)[0])
+    emitted = raw[1 + V * V:] if dump else None
+    return LimitRun(seconds=seconds, accepted=int(raw[0]), transitions=raw[1:1 + V * V], emitted=emitted)
+
+
+def alternate(contenders: list[Callable[[], float]], repeats: int) -> list[float]:
+    """Median of each contender's rate, the contenders run in turn (A B A B ...)."""
+    rates: list[list[float]] = [[] for _ in contenders]
+    for _ in range(repeats):
+        for rates_of, contender in zip(rates, contenders, strict=True):
+            rates_of.append(contender())
+    return [statistics.median(r) for r in rates]
+
+
+def sequential_counts(run: PreparedRun, steps: int) -> tuple[RunTally, float]:
+    """Thermospec's sequential chain keeping the counts of ``run --telemetry none`` (a `RunTally`), and its seconds.
+
+    The engine adds each chunk to the tally as it steps (``run_chain(..., tally=)``).
+    """
+    target = run.target
+    tally = RunTally(target.V, track_transitions=True)
+    start = time.perf_counter()
+    for _ in run_chain(target.row, target.pi, run.proposer.draft, steps, random_stream(run.config.seed, Stream.CHAIN),
+                       tally=tally):
+        pass
+    return tally, time.perf_counter() - start
+
+
+def _same(tally_accepted: int, tally_transitions: NDArray[np.int64] | None, limit: LimitRun) -> bool:
+    return (tally_accepted == limit.accepted and tally_transitions is not None
+            and bool(np.array_equal(tally_transitions, limit.transitions)))
+
+
+def bench_limit(run: PreparedRun, steps: int, chains: int, batch_steps: int, repeats: int,
+                prefix: int = 200_000) -> list[Row]:
+    """Thermospec against the C limit: one chain (counted, telemetry off) and ``run --chains B --telemetry none``."""
+    target, seed = run.target, run.config.seed
+    threads = os.cpu_count() or 1
+    cache = TableCache(target.V, table_source(target.row, run.proposer.draft))
+    if not cache.load_all():
+        return [("C limit", "skipped", f"V = {target.V}: the tables do not all fit")]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        try:
+            exe = build(folder)
+        except subprocess.CalledProcessError as exc:
+            return [("C limit", "not built", exc.stderr.decode(errors="replace").strip().splitlines()[-1])]
+        if exe is None:
+            return [("C limit", "not built", "no C compiler (cc)")]
+        dump_tables(cache, folder / "tables.bin")
+        rows: list[Row] = []
+
+        # One chain: the stream of the single-chain run, after its start token.
+        rng = random_stream(seed, Stream.CHAIN)
+        dump_chains(folder / "chains.bin", np.array([start_token(target.pi, rng)], dtype=np.int64), [rng])
+        head = min(prefix, steps)
+        tokens = np.concatenate([c.emitted for c in run_chain(target.row, target.pi, run.proposer.draft, head,
+                                                              random_stream(seed, Stream.CHAIN))])
+        limit_head = run_limit(exe, folder, head, 1, dump=True)
+        same_head = limit_head.emitted is not None and bool(np.array_equal(limit_head.emitted, tokens))
+        checked: dict[str, LimitRun] = {}
+
+        def c_sequential() -> float:
+            result = run_limit(exe, folder, steps, 1)
+            checked.setdefault("sequential", result)
+            return steps / result.seconds
+
+        tallies: list[RunTally] = []
+
+        def ours_sequential() -> float:
+            tally, seconds = sequential_counts(run, steps)
+            tallies.append(tally)
+            return steps / seconds
+
+        ours, limit = alternate([ours_sequential, c_sequential], repeats)
+        same_all = _same(tallies[0].accepted, tallies[0].transitions, checked["sequential"])
+        rows.append(("C limit: one chain, counted", _fmt(limit),
+                     f"{' '.join(FLAGS)}; same tokens: {_yes(same_head)} ({head:,}-step prefix), "
+                     f"same counts: {_yes(same_all)} ({steps:,} steps)"))
+        rows.append(("  thermospec one chain, counted, telemetry off", _fmt(ours),
+                     f"ratio to the C limit {ours / limit:.2f} (>= 0.8)"))
+
+        # B chains: chain b's stream after its start token, as `run_batch` draws them.
+        rngs = [chain_stream(seed, b) for b in range(chains)]
+        starts = inverse_cdf(np.cumsum(target.pi), np.array([r.random() for r in rngs], dtype=np.float64))
+        dump_chains(folder / "chains.bin", starts.astype(np.int64), rngs)
+        few = min(batch_steps, 64)
+        recorded = np.concatenate([c.emitted for c in run_batch(target.row, target.pi, run.proposer.draft, few,
+                                                                seed, chains)], axis=1)
+        limit_few = run_limit(exe, folder, few, threads, dump=True)
+        same_few = limit_few.emitted is not None and bool(
+            np.array_equal(limit_few.emitted.reshape(chains, few), recorded))
+        counted = BatchTally(chains, target.V, track_transitions=True, per_chain=False)
+        for _ in run_batch(target.row, target.pi, run.proposer.draft, batch_steps, seed, chains, tally=counted,
+                           reuse_outputs=True, record=False):
+            pass
+
+        def c_batch() -> float:
+            result = run_limit(exe, folder, batch_steps, threads)
+            checked.setdefault("batch", result)
+            return chains * batch_steps / result.seconds
+
+        prepared = PreparedRun(config=dataclasses.replace(run.config, steps=batch_steps), target=target,
+                               proposer=run.proposer)
+
+        def ours_batch() -> float:
+            with tempfile.TemporaryDirectory() as out:
+                summary: dict[str, Any] = execute_run(prepared, Path(out), telemetry="none", chains=chains)
+            return float(summary["tokens_per_s"])
+
+        ours, limit = alternate([ours_batch, c_batch], repeats)
+        same_all = _same(int(counted.accepted.sum()), counted.transitions, checked["batch"])
+        rows.append((f"C limit: B = {chains}, {threads} threads, counted", _fmt(limit),
+                     f"same tokens: {_yes(same_few)} ({few} steps of every chain), "
+                     f"same counts: {_yes(same_all)} ({batch_steps:,} steps)"))
+        rows.append((f"  thermospec run --chains {chains} --telemetry none", _fmt(ours),
+                     f"ratio to the C limit {ours / limit:.2f} (>= 0.8)"))
+    return rows
+
+
+def _fmt(rate: float) -> str:
+    return f"{rate / 1e6:,.2f} Mtokens/s"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
