@@ -1,6 +1,6 @@
-"""``python -m scripts.audit_run RUN_DIR``: recompute a run's aggregates from its JSONL and compare.
+"""``python -m scripts.audit_run RUN_DIR``: recompute a run's aggregates from its records and compare.
 
-Streams ``RUN_DIR/m1_metrics.jsonl`` once (constant memory), recomputes the
+Streams ``RUN_DIR/m1_metrics.jsonl`` (or ``m1_metrics.parquet``) once (constant memory), recomputes the
 step count, acceptance rate, mean overlap, mean CE gap, the χ² of the emitted
 tokens against ``N pi`` and the SHA-256 of the file, compares them with
 ``RUN_DIR/summary.json``, and reports ``|accept - overlap|`` in standard errors.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thermospec.analysis.audit import audit_jsonl
+from thermospec.analysis.audit import audit_jsonl, audit_parquet
 from thermospec.cli.options import OneLineParser
 from thermospec.core.statistics import pooled_chi2
 from thermospec.runs.config import RunConfig, load_target
@@ -42,6 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     summary_path = args.run_dir / "summary.json"
     jsonl = args.run_dir / "m1_metrics.jsonl"
+    parquet = args.run_dir / "m1_metrics.parquet"
+    supported = "audit_run audits M1 runs: a folder with m1_metrics.jsonl or m1_metrics.parquet"
+    if (args.run_dir / "m1_blocks.jsonl").is_file():
+        print(f"audit_run: error: {args.run_dir}: a --gamma run (m1_blocks.jsonl); {supported}", file=sys.stderr)
+        return 2
+    if any(args.run_dir.glob("chain_*")) and not parquet.is_file():
+        print(f"audit_run: error: {args.run_dir}: a --chains run; audit one chain_<b>/ folder at a time",
+              file=sys.stderr)
+        return 2
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -51,15 +60,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"audit_run: error: {summary_path}: not a single run's summary (no \"config\"; "
               "audit the run folder, not a chain or block folder)", file=sys.stderr)
         return 2
-    if not jsonl.is_file():
-        print(f"audit_run: error: {jsonl}: no such file", file=sys.stderr)
+    records = jsonl if jsonl.is_file() else parquet if parquet.is_file() else None
+    if records is None:
+        print(f"audit_run: error: {args.run_dir}: no records ({supported}; a --telemetry none run has none)",
+              file=sys.stderr)
         return 2
     names = {f.name for f in fields(RunConfig)}
     config = RunConfig(**{k: v for k, v in summary["config"].items() if k in names})
     target = load_target(config)
-    audit = audit_jsonl(jsonl, target.V)
+    try:
+        audit = audit_jsonl(records, target.V) if records == jsonl else audit_parquet(records, target.V)
+    except ValueError as exc:
+        print(f"audit_run: error: {exc}", file=sys.stderr)
+        return 2
     chi2 = pooled_chi2(audit.emitted_counts.astype(np.float64), audit.steps * target.pi)
-    sha = _sha256(jsonl)
+    sha = _sha256(records)
     rows = [
         ("steps", summary["steps"], audit.steps, summary["steps"] == audit.steps),
         ("accept_rate", summary["accept_rate"], audit.accept_rate, summary["accept_rate"] == audit.accept_rate),
@@ -75,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     ok = all(r[3] for r in rows)
     for name, recorded, recomputed, same in rows:
-        print(f"{name:<15} summary {recorded!s:<68} jsonl {recomputed!s:<68} {'ok' if same else 'DIFFERS'}")
+        print(f"{name:<15} summary {recorded!s:<68} records {recomputed!s:<68} {'ok' if same else 'DIFFERS'}")
     z = audit.accept_overlap_z
     print(f"\naccept - overlap = {audit.accept_rate - audit.mean_overlap:+.3e}, "
           f"SE = {audit.accept_overlap_se:.3e}, z = {z:+.2f} (|z| must be < {MAX_Z:g})")

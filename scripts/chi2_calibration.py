@@ -45,9 +45,9 @@ def bare_chain_p_value(P: np.ndarray, pi: np.ndarray, steps: int, seed: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chi2_calibration", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", help="UTF-8 corpus (default: the synthetic target)")
-    parser.add_argument("--K", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=50_000)
+    parser.add_argument("--corpus", metavar="PATH", help="UTF-8 corpus (default: the synthetic target)")
+    parser.add_argument("--K", type=int, default=64, help="top-K ids sent in ψ (default: 64)")
+    parser.add_argument("--steps", type=int, default=50_000, help="steps per run (default: 50000)")
     parser.add_argument("--seeds", type=int, default=300, help="number of seeds, 0 .. S-1 (default: 300)")
     parser.add_argument("--bare", action="store_true", help="also a plain bigram sampler without a TSU")
     args = parser.parse_args(argv)

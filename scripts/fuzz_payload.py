@@ -12,6 +12,7 @@ python -m scripts.fuzz_payload -max_total_time=600      # ten minutes
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -44,25 +45,31 @@ def one_input(data: bytes) -> None:
         raise AssertionError("a decoded payload gives an F(ψ) that is not a probability vector")
 
 
-def main() -> None:
-    """Run libFuzzer on `one_input`, starting from valid payloads."""
+def main(argv: list[str] | None = None) -> int:
+    """Run libFuzzer on `one_input`, starting from valid payloads; return the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
     try:
         import atheris
     except ImportError:
         print("fuzz_payload: error: atheris is not installed (pip install 'thermospec[fuzz]')", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    if all(a.startswith("-") for a in args):
+        # No corpus folder given: fuzz from valid payloads in a temporary folder, in a child process
+        # (libFuzzer ends its process without returning), and remove the folder when it is done.
+        with tempfile.TemporaryDirectory(prefix="psi-corpus-") as corpus:
+            for i, data in enumerate(_seed_corpus()):
+                (Path(corpus) / f"seed{i}").write_bytes(data)
+            return subprocess.run([sys.executable, "-m", "scripts.fuzz_payload", *args, corpus], check=False).returncode
     with atheris.instrument_imports():
         import thermospec.core.payload
         import thermospec.core.proposal  # noqa: F401
-    args = list(sys.argv)
-    if all(a.startswith("-") for a in args[1:]):  # no corpus folder given: start from valid payloads
-        corpus = Path(tempfile.mkdtemp(prefix="psi-corpus-"))
-        for i, data in enumerate(_seed_corpus()):
-            (corpus / f"seed{i}").write_bytes(data)
-        args.append(str(corpus))
-    atheris.Setup(args, one_input)
+    atheris.Setup([sys.argv[0], *args], one_input)
     atheris.Fuzz()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -27,10 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="sweep_bpe_k", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--corpus", required=True, metavar="PATH", help="UTF-8 text to train BPE on")
     parser.add_argument("--Ns", type=int, nargs="+", default=[4096, 16384], help="BPE sizes (default: 4096 16384)")
-    parser.add_argument("--Ks", type=int, nargs="+", default=DEFAULT_KS, help="payload K values")
-    parser.add_argument("--steps", type=int, default=20_000, help="chain steps per K for the acceptance rate")
+    parser.add_argument("--Ks", type=int, nargs="+", default=DEFAULT_KS,
+                        help=f"payload K values (default: {' '.join(map(str, DEFAULT_KS))})")
+    parser.add_argument("--steps", type=int, default=20_000,
+                        help="chain steps per K for the acceptance rate (default: 20000)")
     parser.add_argument("--seed", type=int, default=7, help="RNG seed (default: 7)")
-    parser.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
+    parser.add_argument("--csv", metavar="PATH", help="also write the rows as CSV (default: print only)")
     args = parser.parse_args(argv)
     if any(k < 1 for k in args.Ks) or args.steps < 1:
         parser.error("--Ks and --steps must be integers >= 1")

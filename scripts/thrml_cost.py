@@ -44,12 +44,13 @@ def install_megabytes(names: Sequence[str] = THRML_DISTRIBUTIONS) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the cost table; return the exit status."""
     parser = OneLineParser(prog="thrml_cost", description="THRML backend vs SimTSU: install size, time per draw")
-    parser.add_argument("--Vs", type=int, nargs="+", default=[256, 4096, 16384])
-    parser.add_argument("--draws", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--Vs", type=int, nargs="+", default=[256, 4096, 16384], metavar="V",
+                        help="vocabulary sizes (default: 256 4096 16384)")
+    parser.add_argument("--draws", type=int, default=100_000, help="draws timed per V (default: 100000)")
+    parser.add_argument("--repeats", type=int, default=5, help="timings per V, the median is reported (default: 5)")
     args = parser.parse_args(argv)
     if not thrml_available():
-        print("thrml_cost: error: --tsu thrml needs the 'thrml' extra (pip install 'thermospec[thrml]')",
+        print("thrml_cost: error: THRML is not installed (pip install 'thermospec[thrml]')",
               file=sys.stderr)
         return 2
     print(f"install size of thrml and its dependencies: {install_megabytes():.0f} MB")

@@ -134,10 +134,21 @@ def test_the_oracle_sees_valid_payloads() -> None:
 )
 def test_atheris_short_run(tmp_path: Path) -> None:
     """A short coverage-guided run (100,000 inputs, fixed seed); a crash exits non-zero with the input saved."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
     result = subprocess.run(
         [sys.executable, "-m", "scripts.fuzz_payload", "-runs=100000", "-seed=1", f"-artifact_prefix={tmp_path}/"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
+        env={**os.environ, "PYTHONHASHSEED": "0", "TMPDIR": str(temp)},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Done 100000 runs" in result.stderr
+    assert not list(temp.iterdir()), "the seed corpus folder was left behind"
+
+
+def test_fuzz_payload_help_prints_usage_and_does_not_fuzz() -> None:
+    result = subprocess.run([sys.executable, "-m", "scripts.fuzz_payload", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "fuzz_payload" in result.stdout and "-runs=" in result.stdout
+    assert "INFO:" not in result.stderr and "Done" not in result.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["AuditResult", "audit_jsonl"]
+__all__ = ["AuditResult", "audit_jsonl", "audit_parquet"]
 
 
 @dataclass(frozen=True)
@@ -103,4 +103,52 @@ def audit_jsonl(path: Path, vocab_size: int) -> AuditResult:
         emitted_counts=counts,
         accept_overlap_se=math.sqrt(variance) / steps,
         whole_lines=whole,
+    )
+
+
+def audit_parquet(path: Path, vocab_size: int) -> AuditResult:
+    """`audit_jsonl` for ``m1_metrics.parquet`` (``--telemetry parquet``), read a row group at a time.
+
+    Raises
+    ------
+    ValueError
+        Steps out of order, or a file with a ``chain`` column (a ``--chains`` run: audit one chain).
+    """
+    import pyarrow.parquet as pq  # optional extra: only Parquet audits pay for it
+
+    columns = ["step", "accepted", "emitted_token", "overlap_mass", "ce_gap_nats"]
+    reader = pq.ParquetFile(path)
+    if "chain" in reader.schema_arrow.names:
+        raise ValueError(f"{path}: holds several chains (a --chains run); audit_run audits single runs")
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    accepted = steps = 0
+    overlap: dict[float, int] = {}
+    ce_gap: dict[float, int] = {}
+    infinite = False
+    for batch in reader.iter_batches(columns=columns):
+        step = batch.column("step").to_numpy()
+        if step.shape[0] and not np.array_equal(step, np.arange(steps, steps + step.shape[0])):
+            raise ValueError(f"{path}: steps out of order after step {steps}")
+        steps += int(step.shape[0])
+        accepted += int(np.count_nonzero(batch.column("accepted").to_numpy(zero_copy_only=False)))
+        counts += np.bincount(batch.column("emitted_token").to_numpy(), minlength=vocab_size)
+        values, times = np.unique(batch.column("overlap_mass").to_numpy(), return_counts=True)
+        for a, n in zip(values.tolist(), times.tolist(), strict=True):
+            overlap[a] = overlap.get(a, 0) + n
+        gaps = batch.column("ce_gap_nats")
+        infinite = infinite or gaps.null_count > 0
+        values, times = np.unique(gaps.drop_null().to_numpy(), return_counts=True)
+        for g, n in zip(values.tolist(), times.tolist(), strict=True):
+            ce_gap[g] = ce_gap.get(g, 0) + n
+    if steps == 0:
+        return AuditResult(0, math.nan, math.nan, None, counts, math.nan, True)
+    variance = math.fsum(n * a * (1.0 - a) for a, n in overlap.items())
+    return AuditResult(
+        steps=steps,
+        accept_rate=accepted / steps,
+        mean_overlap=math.fsum(n * a for a, n in overlap.items()) / steps,
+        mean_ce_gap=None if infinite else math.fsum(n * g for g, n in ce_gap.items()) / steps,
+        emitted_counts=counts,
+        accept_overlap_se=math.sqrt(variance) / steps,
+        whole_lines=True,
     )

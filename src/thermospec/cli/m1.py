@@ -31,7 +31,7 @@ from thermospec.cli.report import headline, summary_table
 from thermospec.core.payload import PayloadError
 from thermospec.engine.blocks import BLOCKS_FILE
 from thermospec.engine.chain import ReportError
-from thermospec.runs.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
+from thermospec.runs.config import MAX_SEED, MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
 from thermospec.runs.executor import check_mode_options, execute_run
 from thermospec.runs.interrupts import Terminated, install_termination_handler
 from thermospec.runs.prepare import inject_fault, prepare_run
@@ -64,7 +64,9 @@ examples:
 
 def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> None:
     target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
-    target.add_argument("--corpus", metavar="PATH", help="UTF-8 text: char-level bigram counts, +1 Laplace")
+    target.add_argument("--corpus", metavar="PATH",
+                        help="UTF-8 text: char-level bigram counts, +1 Laplace (a leading byte-order mark is "
+                        "dropped; line ends are kept as they are, so CRLF makes \\r a token)")
     target.add_argument("--vocab", type=int_at_least(2, MAX_SYNTHETIC_VOCAB), default=256, metavar="V",
                         help="synthetic V, 2 to 65536 (default: 256); above 4096 each row is a lazily generated "
                         "mixture of 256 Dirichlet atoms, not Dirichlet(c/V): README, Performance")
@@ -78,7 +80,8 @@ def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> Non
                      help="per-token tail probability, 'auto' to spread the target's tail mass, or a number "
                      "with (V - K) * eps < 1 (default: auto)")
     parser.add_argument("--steps", type=int_at_least(1), default=50_000, help=steps_help)
-    parser.add_argument("--seed", type=int_at_least(0), default=7, help="RNG seed (default: 7)")
+    parser.add_argument("--seed", type=int_at_least(0, MAX_SEED), default=7,
+                        help="RNG seed, 0 to 2^63 - 1 (default: 7)")
     beyond = parser.add_argument_group("beyond M1 (README: Beyond M1)")
     beyond.add_argument("--gamma", type=int_at_least(1), default=None, metavar="G",
                         help="γ-token speculative blocks: G drafts per target call, telemetry per block in "
@@ -111,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_target_options(run, "number of emitted tokens (default: 50000)")
     run.add_argument("--runs-dir", metavar="DIR", default="runs", help="where run folders go (default: runs)")
-    run.add_argument("--replay", metavar="RUN_DIR/summary.json", default=None,
-                     help="rerun a recorded run (its configuration, its corpus unchanged) into a new folder "
+    run.add_argument("--replay", metavar="RUN_DIR", default=None,
+                     help="rerun a recorded run (RUN_DIR or RUN_DIR/summary.json: its configuration, its corpus "
+                     "unchanged) into a new folder "
                      "and verify the JSONL is identical byte for byte")
     run.add_argument("--quiet", action="store_true",
                      help="no progress bar (none is drawn unless stderr is a terminal)")
@@ -198,6 +202,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _notice_clamp(run.config, run.target.V)
     if not args.runs_dir.strip():
         raise ConfigError("--runs-dir: must name a folder, got an empty string")
+    if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
+        raise ConfigError(f"--runs-dir {args.runs_dir}: is a file, not a folder")
     try:
         run_dir = create_run_dir(Path(args.runs_dir))
     except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from typing import Any, NoReturn
 
 from thermospec.core.payload import EpsSpec
@@ -27,32 +28,47 @@ class OneLineParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # argparse takes "-1e-9" for an option (it knows only "-1" and "-.5" as numbers): read every
+        # number as one, so that `--eps -1e-9` says "must be >= 0" rather than "expected one argument".
+        self._negative_number_matcher = re.compile(rf"^-{NUMBER.pattern}$")
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+"""A number as options spell it: digits, an optional fraction and exponent; no sign, space or ``_``."""
+
+def number_option(text: str) -> float:
+    """The float an option value spells (a sign, then `NUMBER`), or NaN, which every range check refuses.
+
+    One spelling for every numeric option: ``1e6`` and ``0.5`` are numbers; ``10_000``,
+    `` 100`` and ``0x10`` are not, although Python's `float` and `int` would take some.
+    """
+    body = text[1:] if text[:1] in "+-" else text
+    if NUMBER.fullmatch(body) is None:
+        return math.nan
+    return float(text) + 0.0  # + 0.0: "-0" is 0.0, never a recorded -0.0
+
+
 def int_at_least(low: int, high: int | None = None) -> Any:
+    """A parser of integers in ``[low, high]``; ``1e6`` is the integer 1000000, ``2.5`` is refused."""
     expected = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
 
     def parse(text: str) -> int:
-        try:
+        body = text[1:] if text[:1] in "+-" else text
+        if body.isdigit() and body.isascii():
             value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}") from None
+        else:
+            number = number_option(text)
+            if not (math.isfinite(number) and number.is_integer()):
+                raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+            value = int(number)
         if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
         return value
 
     return parse
-
-
-def number_option(text: str) -> float:
-    """The float an option value spells, or NaN (which every range check below refuses)."""
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
 
 
 def positive_float(text: str) -> float:

@@ -25,10 +25,13 @@ def overlap_mass(p: NDArray[np.float64], q: NDArray[np.float64]) -> float:
 def ce_gap_nats(p: NDArray[np.float64], q: NDArray[np.float64]) -> float:
     """Cross-entropy gap ``H(p, q) - H(p) = KL(p || q)`` in nats.
 
-    Returns ``inf`` when ``q = 0`` somewhere ``p > 0``.
+    Returns ``inf`` when ``q = 0`` somewhere ``p > 0``.  A KL divergence is never
+    negative; when ``q`` is ``p`` up to rounding, the float sum can come out as
+    -1e-16: that rounding is clamped to 0 (a non-negative sum is returned as is).
     """
     support = p > 0
     if np.any(q[support] <= 0):
         return float("inf")
     ps = p[support]
-    return float(np.sum(ps * (np.log(ps) - np.log(q[support]))))
+    gap = float(np.sum(ps * (np.log(ps) - np.log(q[support]))))
+    return gap if gap > 0 else 0.0

@@ -31,6 +31,14 @@ MAX_SYNTHETIC_VOCAB = 65_536
 """Largest synthetic vocabulary (issue 4's scale; rows above 4,096 tokens are generated lazily)."""
 
 
+MAX_SEED = 2**63 - 1
+"""Largest seed, the largest signed 64-bit integer: readers with 64-bit integers (Python, jq 1.7, Rust) keep it
+exact in summary.json; larger seeds are refused rather than written as 20-digit numbers (JavaScript numbers
+are exact only up to 2^53: keep seeds below that for a browser)."""
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+"""Smallest normal float32: a smaller τ would reach ψ as a subnormal, rounded to another value."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Options of an M1 run, with the guide's defaults."""
@@ -59,14 +67,17 @@ class RunConfig:
         tau32 = _as_float32(self.tau)
         if not (np.isfinite(tau32) and tau32 > 0):
             raise ConfigError(f"--tau: must be a finite number > 0 that float32 (ψ's field) can hold, got {self.tau}")
+        if tau32 < FLOAT32_TINY:  # a subnormal: float32 keeps a few bits of it, so ψ would carry another τ
+            raise ConfigError(f"--tau: {self.tau} is below float32's smallest normal number {FLOAT32_TINY:.8g} "
+                              f"(ψ's field would hold {tau32:.8g})")
         if self.eps != "auto" and not (np.isfinite(_as_float32(self.eps)) and self.eps >= 0):
             raise ConfigError(f"--eps: must be 'auto' or a finite number >= 0 that float32 can hold, got {self.eps}")
         if self.eps != "auto" and self.eps > 0 and _as_float32(self.eps) == 0:
             raise ConfigError(f"--eps: {self.eps} rounds to 0 in ψ's float32 field (use 0 to mean no tail)")
         if self.steps < 1:
             raise ConfigError(f"--steps: must be an integer >= 1, got {self.steps}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed: must be an integer >= 0, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed: must be an integer in [0, {MAX_SEED}], got {self.seed}")
         if self.gamma is not None and not 1 <= self.gamma <= 1024:
             raise ConfigError(f"--gamma: must be an integer in 1 .. 1024, got {self.gamma}")
         if not (np.isfinite(self.cost_ratio) and self.cost_ratio >= 0):

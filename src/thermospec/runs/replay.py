@@ -50,8 +50,6 @@ def _read_summary(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ReplayError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ReplayError(f"{path}: is a folder; give RUN_DIR/summary.json") from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ReplayError(f"{path}: cannot be read ({reason})") from None
@@ -74,6 +72,10 @@ def load_replay(path: str | Path) -> ReplayPlan:
         the corpus is missing or its SHA-256 differs from the one recorded.
     """
     path = Path(path)
+    if path.is_dir():  # a run folder, as `plot` and `audit_run` take it
+        if not (path / "summary.json").is_file():
+            raise ReplayError(f"{path}: is a folder without summary.json (give a run folder)")
+        path = path / "summary.json"
     summary = _read_summary(path)
     recorded: dict[str, Any] = summary["config"]
     names = {f.name for f in fields(RunConfig)}

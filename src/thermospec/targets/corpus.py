@@ -22,6 +22,10 @@ class CorpusError(ValueError):
 def read_corpus(path: str | Path) -> tuple[str, str]:
     """Read a UTF-8 corpus; return its text and the SHA-256 of its bytes.
 
+    A leading byte-order mark (U+FEFF, which some editors write) is dropped: it
+    marks the encoding and is not a character of the text.  Line ends are kept as
+    they are: a CRLF file has a ``\\r`` token before every ``\\n``.
+
     Raises
     ------
     CorpusError
@@ -46,7 +50,7 @@ def read_corpus(path: str | Path) -> tuple[str, str]:
         raise CorpusError(
             f"{path}: is not UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})"
         ) from None
-    return text, hashlib.sha256(raw).hexdigest()
+    return text.removeprefix("\ufeff"), hashlib.sha256(raw).hexdigest()
 
 
 COUNT_CHUNK = 1 << 20
