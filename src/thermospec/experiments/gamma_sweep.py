@@ -130,8 +130,31 @@ def format_gamma_table(rows: Sequence[Mapping[str, Any]], cost_ratios: Sequence[
     return "\n".join(lines)
 
 
-def plot_speedup(path: Path, rows: Sequence[Mapping[str, Any]], cost_ratios: Sequence[float]) -> None:
-    """Speed-up vs γ, one line per cost ratio, for the first (K, τ) of the rows, averaged over seeds."""
+def plot_speedup(
+    path: Path, rows: Sequence[Mapping[str, Any]], cost_ratios: Sequence[float], title: str | None = None
+) -> Any:
+    """Speed-up vs γ, one line per cost ratio, for the first (K, τ) of the rows, averaged over seeds.
+
+    Exact values are lines with hollow circles; the measured values are crosses
+    drawn on top of them (±2 standard errors of the mean over seeds), so neither
+    hides the other.  The legend sits below the axes, over no data.
+
+    Parameters
+    ----------
+    path : Path
+        The PNG to write (200 dpi).
+    rows : sequence of mappings
+        `gamma_rows` rows, or the same read back from ``m1_gamma_sweep.csv`` (None where empty).
+    cost_ratios : sequence of float
+        The ``speedup_c<c>`` columns to draw.
+    title : str, optional
+        The figure's first title line (what was run); by default K, τ, the seeds and tokens of the rows.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure written.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -139,27 +162,44 @@ def plot_speedup(path: Path, rows: Sequence[Mapping[str, Any]], cost_ratios: Seq
     chosen = [r for r in rows if r["K"] == first["K"] and r["tau"] == first["tau"]]
     gammas = sorted({int(r["gamma"]) for r in chosen})
 
+    def values_of(gamma: int, key: str) -> list[float]:
+        return [float(r[key]) for r in chosen if r["gamma"] == gamma and r.get(key) is not None]
+
     def mean_of(gamma: int, key: str) -> float:
-        values = [float(r[key]) for r in chosen if r["gamma"] == gamma and r[key] is not None]
+        values = values_of(gamma, key)
         return math.fsum(values) / len(values) if values else math.nan
 
-    figure = Figure(figsize=(6.4, 4.2))
+    def se_of_mean(gamma: int) -> float:  # of tokens per call = 1 + accepted length: the same standard error
+        ses = values_of(gamma, "mean_accepted_length_se")
+        return math.sqrt(math.fsum(s * s for s in ses)) / len(ses) if ses else math.nan
+
+    seeds = sorted({int(r["seed"]) for r in chosen})
+    tokens = min(int(r["tokens"]) for r in chosen)
+    if title is None:
+        title = (f"K = {first['K']} · τ = {float(first['tau']):g} · seed{'s' if len(seeds) > 1 else ''} "
+                 f"{', '.join(map(str, seeds))} · ≥ {tokens:,} tokens per γ")
+    figure = Figure(figsize=(6.4, 4.6), dpi=200, layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
     for c in cost_ratios:
         exact = [mean_of(g, _speedup_key(c)) for g in gammas]
-        line = ax.plot(gammas, exact, marker="o", label=f"c = {c:g}")[0]
+        line = ax.plot(gammas, exact, marker="o", markersize=8, markerfacecolor="none", markeredgewidth=1.2,
+                       zorder=2, label=f"c = {c:g}")[0]
         measured = [mean_of(g, "tokens_per_target_call") / (g * c + 1) for g in gammas]
-        ax.plot(gammas, measured, linestyle="none", marker="x", color=line.get_color())
+        error = [2 * se_of_mean(g) / (g * c + 1) for g in gammas]
+        ax.errorbar(gammas, measured, yerr=error, linestyle="none", marker="x", markersize=6, markeredgewidth=1.5,
+                    elinewidth=1, capsize=2, color=line.get_color(), zorder=3)
     ax.set_xscale("log", base=2)
     ax.set_xticks(gammas, [str(g) for g in gammas])
     ax.set_xlabel("γ (drafts per target call)")
     ax.set_ylabel("modelled speed-up  (tokens per call) / (γ c + 1)")
-    ax.set_title(f"γ-token blocks, K = {first['K']}, τ = {first['tau']:g} (lines: exact, x: measured)")
+    figure.suptitle(title, fontsize=9)
+    ax.set_title("γ-token blocks: lines and ○ exact, × measured (±2 s.e.)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(title="cost ratio c")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    ax.legend(title="cost ratio c", loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=len(cost_ratios),
+              fontsize=8, title_fontsize=8, frameon=False)
+    figure.savefig(path, dpi=200)
+    return figure
 
 
 def gamma_sweep(args: Any, base: RunConfig, sweep_dir: Path) -> int:
