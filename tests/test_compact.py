@@ -136,16 +136,16 @@ def test_all_zero_residual_draws_from_p() -> None:
         assert step_token(tables, 0.3, 1.0, u) == dense_step(p, tsu, (0.3, 1.0, u))
 
 
-def test_support_rows_are_the_dense_rows() -> None:
+def test_supports_are_the_dense_rows() -> None:
     target = load_target(RunConfig(vocab=V_LAZY))
     assert isinstance(target, LazySyntheticTarget)
     for x in range(0, V_LAZY, 61):
-        tokens, probs = target.support_row(x)
+        tokens, probs = target.support(x)
         p = target.row(x)
         np.testing.assert_array_equal(tokens, np.flatnonzero(p))
         np.testing.assert_array_equal(probs, p[tokens])
     with pytest.raises(IndexError):
-        target.support_row(V_LAZY)
+        target.support(V_LAZY)
 
 
 def test_sparse_drafts_match_dense_drafts() -> None:
@@ -154,7 +154,7 @@ def test_sparse_drafts_match_dense_drafts() -> None:
     for x in range(0, V_LAZY, 211):
         cases: list[tuple[int, float, EpsSpec]] = [(64, 1.0, "auto"), (4, 0.5, 1e-6)]
         for K, tau, eps in cases:
-            tokens, probs = target.support_row(x)
+            tokens, probs = target.support(x)
             a = draft_for_support(tokens, probs, V_LAZY, x, K, tau, eps)
             b = draft_for_row(target.row(x), x, K, tau, eps)
             assert a.payload_bytes == b.payload_bytes
@@ -224,7 +224,7 @@ def test_compact_path_refuses_a_tsu_that_does_not_sample_its_payload() -> None:
 def test_sparse_proposer_bounds_its_cache() -> None:
     target = load_target(RunConfig(vocab=V_LAZY))
     assert isinstance(target, LazySyntheticTarget)
-    proposer = SparseProposer(target.row, target.support_row, V_LAZY, 16, 1.0, "auto", capacity=20)
+    proposer = SparseProposer(target.row, target.support, V_LAZY, 16, 1.0, "auto", capacity=20)
     first = proposer.draft(0).payload_bytes
     for x in range(1, 100):
         proposer.draft(x)

@@ -28,7 +28,8 @@ def test_synthetic_target_switches_to_lazy_rows_above_the_dense_limit() -> None:
     assert not isinstance(dense, LazySyntheticTarget)
     lazy = load_target(RunConfig(vocab=DENSE_VOCAB_MAX + 1))
     assert isinstance(lazy, LazySyntheticTarget)
-    assert lazy.V == DENSE_VOCAB_MAX + 1 and lazy.P.size == 0  # no dense table
+    assert lazy.V == DENSE_VOCAB_MAX + 1 and not lazy.rows_stored  # no dense table
+    assert lazy.widest_support() == lazy.atoms < lazy.V
 
 
 def test_rows_are_reproducible_per_seed_and_context() -> None:

@@ -163,7 +163,8 @@ def transition_chi2_by_hand(records: list[dict[str, Any]], P: NDArray[np.float64
 def test_transition_chi2_is_recomputable_from_the_jsonl(shakespeare: Path, tmp_path: Path) -> None:
     config = RunConfig(corpus=str(shakespeare), K=8, steps=4000, seed=5)
     records, summary, _, _ = run(tmp_path, config)
-    stat, dof, p_value = transition_chi2_by_hand(records, prepare_run(config).target.P)
+    target = prepare_run(config).target
+    stat, dof, p_value = transition_chi2_by_hand(records, np.stack([target.row(x) for x in range(target.V)]))
     assert summary["transition_chi2_stat"] == pytest.approx(stat, rel=1e-9)
     assert summary["transition_chi2_dof"] == dof
     assert summary["transition_p_value"] == pytest.approx(p_value, rel=1e-6)

@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 
 from thermospec.core.streams import Stream, random_stream
 from thermospec.runs.config import RunConfig, load_target
-from thermospec.targets.bigram import stationary_distribution
+from thermospec.targets.bigram import DenseTarget, stationary_distribution
 from thermospec.targets.corpus import CorpusError, corpus_target
 from thermospec.targets.synthetic import synthetic_target
 
@@ -43,12 +43,17 @@ def test_synthetic_rows_are_the_seeded_dirichlet_draws() -> None:
 
 
 def test_synthetic_target_depends_only_on_seed_V_and_c() -> None:
-    base = load_target(RunConfig(vocab=32, c=5.0, seed=3)).P
+    def table(config: RunConfig) -> np.ndarray:
+        target = load_target(config)
+        assert isinstance(target, DenseTarget)
+        return target.P
+
+    base = table(RunConfig(vocab=32, c=5.0, seed=3))
     for other in (RunConfig(vocab=32, c=5.0, seed=3, K=1, tau=0.3, eps=0.0, steps=10),
                   RunConfig(vocab=32, c=5.0, seed=3, K=128, tau=3.0, steps=99_999)):
-        np.testing.assert_array_equal(load_target(other).P, base)
+        np.testing.assert_array_equal(table(other), base)
     for changed in (RunConfig(vocab=32, c=5.0, seed=4), RunConfig(vocab=32, c=6.0, seed=3)):
-        assert not np.array_equal(load_target(changed).P, base)
+        assert not np.array_equal(table(changed), base)
     assert load_target(RunConfig(vocab=33, c=5.0, seed=3)).V == 33
 
 

@@ -12,7 +12,7 @@ from thermospec.core.streams import Stream, random_stream
 from thermospec.targets.bigram import BigramTarget
 from thermospec.targets.bpe import bpe_target, parse_tokenizer
 from thermospec.targets.corpus import corpus_target
-from thermospec.targets.synthetic import synthetic_target
+from thermospec.targets.synthetic import DENSE_VOCAB_MAX, lazy_synthetic_target, synthetic_target
 
 __all__ = ["ConfigError", "RunConfig", "load_target"]
 
@@ -110,7 +110,10 @@ def load_target(config: RunConfig) -> BigramTarget:
         return bpe_target(config.corpus, parse_tokenizer(config.tokenizer))
     if config.corpus is not None:
         return corpus_target(config.corpus)
-    return synthetic_target(config.vocab, config.c, random_stream(config.seed, Stream.TARGET))
+    rng = random_stream(config.seed, Stream.TARGET)
+    if config.vocab > DENSE_VOCAB_MAX:  # no dense V x V table: rows on demand (see LazySyntheticTarget)
+        return lazy_synthetic_target(config.vocab, config.c, rng)
+    return synthetic_target(config.vocab, config.c, rng)
 
 
 def check_eps(config: RunConfig, V: int) -> None:

@@ -1,24 +1,29 @@
-"""A run on disk: its folder, its telemetry stream and its summary.
+"""A run, prepared: its configuration, its target, its drafts, and the tables it steps on.
 
 Everything that can fail on the user's input (options, corpus, ε range, ψ
-crafting) is done by `prepare_run` before anything is written.
+crafting) is done by `prepare_run` before anything is written.  How to draft
+and step follows from the target's capabilities (`BigramTarget.rows_stored`,
+`BigramTarget.widest_support`), never from its class:
+
+- rows stored in a table: every context's ψ crafted up front (`Proposer`); above
+  `COMPACT_ABOVE_V` tokens the chain steps on compact tables built from the rows'
+  supports, since dense tables of every context would not fit in memory;
+- rows built on demand and much narrower than V (a lazy synthetic target): ψ
+  crafted from each row's support, drafts and compact tables in bounded caches
+  (`SparseProposer`);
+- rows built on demand and as wide as V (a BPE token target): drafts in a
+  bounded cache (`BoundedProposer`), dense tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
-
-import numpy as np
-from numpy.typing import NDArray
 
 from thermospec.engine.compact import SparseRows
 from thermospec.engine.sparse import SparseProposer
 from thermospec.runs.config import ConfigError, RunConfig, check_eps, load_target
-from thermospec.targets.bigram import BigramTarget, SupportSource
-from thermospec.targets.bpe import TokenBigramTarget
-from thermospec.targets.synthetic import LazySyntheticTarget
+from thermospec.targets.bigram import BigramTarget
 from thermospec.tsu.bounded import BoundedProposer
 from thermospec.tsu.drafts import Proposer
 from thermospec.tsu.faults import Fault, FaultyProposer
@@ -34,6 +39,8 @@ class PreparedRun:
     config: RunConfig
     target: BigramTarget
     proposer: Proposer
+    sparse: SparseRows | None = None
+    """The rows by their supports when the run steps on compact tables, else None (dense tables)."""
 
     @property
     def K_used(self) -> int:
@@ -50,8 +57,8 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     """
     target = load_target(config)
     check_eps(config, target.V)
-    proposer = _proposer(config, target)
-    return PreparedRun(config=config, target=target, proposer=proposer)
+    proposer, sparse = _drafts(config, target)
+    return PreparedRun(config=config, target=target, proposer=proposer, sparse=sparse)
 
 
 COMPACT_ABOVE_V = 1024
@@ -59,54 +66,41 @@ COMPACT_ABOVE_V = 1024
 
 
 def sparse_rows(run: PreparedRun) -> SparseRows | None:
-    """The target's rows by their supports when the run steps on compact tables, else None (dense tables).
+    """The rows by their supports when the run steps on compact tables, else None (dense tables).
 
-    Compact tables (`thermospec.compact`) emit the same tokens as dense ones; they are
-    used where dense tables of every context would not fit `DEFAULT_TABLE_BYTES`: a
-    `LazySyntheticTarget` (drafted by its `SparseProposer`) and a dense synthetic
-    target of V > `COMPACT_ABOVE_V`.  Never for a fault-injected or THRML proposer,
-    which samples something the payload alone does not say.
+    Compact tables (`engine.compact`) emit the same tokens as dense ones.  Never for
+    a proposer whose TSUs do not sample their payload (`Proposer.samples_payload`:
+    fault-injected, THRML), since tables built from the payload would not say what
+    they draw.
     """
-    target = run.target
-    if isinstance(target, LazySyntheticTarget) and type(run.proposer) is SparseProposer:
-        s = min(target.support, target.V)
-        return SparseRows(support=run.proposer.support_of, max_support=s, max_ids=min(run.config.K, s),
-                          tables=run.proposer.tables)
-    if type(target) is BigramTarget and type(run.proposer) is Proposer and target.V > COMPACT_ABOVE_V:
-        widest = int(np.count_nonzero(target.P, axis=1).max())
-        return SparseRows(support=dense_support(target.row), max_support=widest, max_ids=min(run.config.K, widest))
-    return None
+    return run.sparse if run.proposer.samples_payload else None
 
 
-def dense_support(row: Callable[[int], NDArray[np.float64]]) -> SupportSource:
-    """``support(x)`` of a dense row source: its increasing tokens of p > 0 and their probabilities."""
-
-    def support(x: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-        p = row(x)
-        tokens = np.flatnonzero(p).astype(np.int64)
-        return tokens, p[tokens]
-
-    return support
-
-
-def _proposer(config: RunConfig, target: BigramTarget) -> Proposer:
-    """Craft ψ for every context; for a token (BPE) target, a memory-bounded cache and the likeliest context."""
-
-    if isinstance(target, LazySyntheticTarget):  # large V, sparse rows: O(s log s) per context, bounded cache
-        proposer: Proposer = SparseProposer(target.row, target.support_row, target.V, config.K, config.tau, config.eps)
-        proposer.draft(int(target.pi.argmax()))
-    elif isinstance(target, TokenBigramTarget):  # large V: bounded caches
-        proposer = BoundedProposer(target.row, config.K, config.tau, config.eps, target.V)
-        proposer.draft(int(target.pi.argmax()))
+def _drafts(config: RunConfig, target: BigramTarget) -> tuple[Proposer, SparseRows | None]:
+    """The proposer of a target and, where the run steps on compact tables, its rows by their supports."""
+    K, tau, eps, V = config.K, config.tau, config.eps, target.V
+    sparse: SparseRows | None = None
+    if target.rows_stored:
+        proposer = Proposer(target.row, K, tau, eps)
+        proposer.all_drafts(V)
+        if V > COMPACT_ABOVE_V:
+            widest = target.widest_support()
+            sparse = SparseRows(support=target.support, max_support=widest, max_ids=min(K, widest))
+    elif target.widest_support() < V:
+        drafter = SparseProposer(target.row, target.support, V, K, tau, eps)
+        drafter.draft(int(target.pi.argmax()))
+        s = target.widest_support()
+        sparse = SparseRows(support=drafter.support_of, max_support=s, max_ids=min(K, s), tables=drafter.tables)
+        proposer = drafter
     else:
-        proposer = Proposer(target.row, config.K, config.tau, config.eps)
-        proposer.all_drafts(target.V)
+        proposer = BoundedProposer(target.row, K, tau, eps, V)
+        proposer.draft(int(target.pi.argmax()))
     if config.tsu == "thrml":
         try:
-            proposer = thrml_proposer(proposer, target.V, config.seed)
+            return thrml_proposer(proposer, V, config.seed), None
         except ThrmlMissingError as exc:
             raise ConfigError(str(exc)) from None
-    return proposer
+    return proposer, sparse
 
 
 def target_description(run: PreparedRun) -> dict[str, Any]:

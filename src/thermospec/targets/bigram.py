@@ -1,20 +1,82 @@
-"""The bigram target ``p(y_t | x_{t-1})`` as a dense table, and its stationary distribution (SPEC §5).
+"""What a bigram target is (`BigramTarget`, the protocol every target implements), the dense one, and pi.
+
+A target gives the engine and the drafts what they need and nothing else: the
+vocabulary size ``V``, ``row(x) = p(. | x)``, ``support(x)`` (the row's positive
+entries), the stationary law ``pi``, and where it came from.  Two capabilities
+let a run choose how to draft and step without asking which class it has:
+`rows_stored` (``row(x)`` reads a stored table, so every context's ψ can be
+crafted up front) and `widest_support` (rows much narrower than V are drafted
+and stepped from their supports, in O(s log s) per context).
+
+SPEC §5's targets as tables are `DenseTarget`s; `stationary_distribution` computes their pi.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["BigramTarget", "stationary_distribution"]
+__all__ = ["BigramTarget", "DenseTarget", "RowSource", "SupportSource", "stationary_distribution"]
+
+
+class BigramTarget(Protocol):
+    """A bigram chain ``p(y_t | x_{t-1})`` over tokens ``0 .. V-1``: what every target provides."""
+
+    @property
+    def V(self) -> int:
+        """Vocabulary size."""
+        ...
+
+    @property
+    def pi(self) -> NDArray[np.float64]:
+        """Stationary distribution (or the long-run average from a uniform start, SPEC §5)."""
+        ...
+
+    @property
+    def stationary_unique(self) -> bool:
+        """Whether `pi` is the chain's unique stationary distribution."""
+        ...
+
+    @property
+    def source(self) -> str:
+        """Where the target came from, as the summary records it (``"synthetic"``, ``"corpus"`` ...)."""
+        ...
+
+    @property
+    def vocabulary(self) -> tuple[str, ...] | None:
+        """The text of each token id, where there is one (a character corpus)."""
+        ...
+
+    @property
+    def corpus_sha256(self) -> str | None:
+        """SHA-256 of the corpus bytes, for a corpus target."""
+        ...
+
+    @property
+    def rows_stored(self) -> bool:
+        """True if `row` reads a stored ``V x V`` table; False if rows are built on demand."""
+        ...
+
+    def row(self, x: int) -> NDArray[np.float64]:
+        """The target row ``p(. | x)``, dense, float64."""
+        ...
+
+    def support(self, x: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Row x by its support: the increasing tokens of ``p(. | x) > 0`` and their probabilities."""
+        ...
+
+    def widest_support(self) -> int:
+        """The largest number of positive entries of any row."""
+        ...
 
 
 @dataclass(frozen=True, eq=False)
-class BigramTarget:
-    """A bigram chain: row ``x`` of `P` is the target ``p(. | x)``.
+class DenseTarget:
+    """A bigram chain held as its table: row ``x`` of `P` is the target ``p(. | x)``.
 
     Attributes
     ----------
@@ -45,10 +107,25 @@ class BigramTarget:
         """Vocabulary size."""
         return int(self.P.shape[0])
 
+    @property
+    def rows_stored(self) -> bool:
+        """Rows are read from `P`."""
+        return True
+
     def row(self, x: int) -> NDArray[np.float64]:
-        """The target row ``p(. | x)``: the only access the engine and proposer need."""
+        """The target row ``p(. | x)``, a view of `P`."""
         row: NDArray[np.float64] = self.P[x]
         return row
+
+    def support(self, x: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Row x by its support: the increasing tokens of ``p(. | x) > 0`` and their probabilities."""
+        p = self.P[x]
+        tokens = np.flatnonzero(p).astype(np.int64)
+        return tokens, p[tokens]
+
+    def widest_support(self) -> int:
+        """The largest number of positive entries of any row of `P`."""
+        return int(np.count_nonzero(self.P, axis=1).max())
 
 
 def _solve_stationary(P: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -24,13 +24,12 @@ V-sized array: `CompactTSU`) in a memory-bounded cache (`BoundedProposer`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.targets.bigram import BigramTarget
 from thermospec.targets.corpus import CorpusError, read_corpus
 
 __all__ = [
@@ -143,11 +142,11 @@ def sparse_stationary(
 
 
 @dataclass(frozen=True, eq=False)
-class TokenBigramTarget(BigramTarget):
+class TokenBigramTarget:
     """Laplace-smoothed token bigram target held as sparse counts; rows are built on demand.
 
-    It is a `BigramTarget` for the run machinery, but its dense table `P` is an
-    empty placeholder: use `row`, `pi` and `V`.
+    A `BigramTarget` whose rows are built on demand (``rows_stored`` is False):
+    every entry is positive (Laplace +1), so its rows are as wide as V.
 
     Attributes
     ----------
@@ -165,12 +164,17 @@ class TokenBigramTarget(BigramTarget):
         The trained tokenizer, serialised (``tokenizers.Tokenizer.from_str`` reads it back).
     """
 
-    counts: Any = None
-    row_totals: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
-    vocab_size: int = 0
-    n_tokens: int = 0
-    pi_iterations: int = 0
-    tokenizer_json: str = ""
+    pi: NDArray[np.float64]
+    counts: Any
+    row_totals: NDArray[np.float64]
+    vocab_size: int
+    n_tokens: int
+    pi_iterations: int
+    tokenizer_json: str
+    source: str = "bpe"
+    corpus_sha256: str | None = None
+    stationary_unique: bool = True
+    vocabulary: tuple[str, ...] | None = None
 
     @property
     def V(self) -> int:
@@ -186,6 +190,19 @@ class TokenBigramTarget(BigramTarget):
         columns = self.counts.indices[start:stop]
         p[columns] = (self.counts.data[start:stop].astype(np.float64) + 1.0) / denominator
         return p
+
+    @property
+    def rows_stored(self) -> bool:
+        """Rows are built on demand from the sparse counts."""
+        return False
+
+    def support(self, x: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Every token (Laplace +1 makes each entry positive) and the row's probabilities."""
+        return np.arange(self.vocab_size, dtype=np.int64), self.row(x)
+
+    def widest_support(self) -> int:
+        """V: every entry of every row is positive."""
+        return self.vocab_size
 
     def dense_bytes(self) -> int:
         """What a dense float64 V x V table would cost, for comparison."""
@@ -213,8 +230,7 @@ def token_bigram_target(
     row_totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     pi, iterations = sparse_stationary(counts, row_totals)
     return TokenBigramTarget(
-        P=np.zeros((0, 0)), pi=pi, stationary_unique=True, source=source, vocabulary=None,
-        corpus_sha256=corpus_sha256, counts=counts, row_totals=row_totals, vocab_size=V,
+        pi=pi, source=source, corpus_sha256=corpus_sha256, counts=counts, row_totals=row_totals, vocab_size=V,
         n_tokens=int(tokens.shape[0]), pi_iterations=iterations, tokenizer_json=tokenizer_json,
     )
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.targets.bigram import BigramTarget, stationary_distribution
+from thermospec.targets.bigram import DenseTarget, stationary_distribution
 
 __all__ = ["CorpusError", "bigram_counts", "corpus_target"]
 
@@ -92,7 +92,7 @@ def bigram_counts(text: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     return alphabet, flat.reshape(V, V)
 
 
-def corpus_target(path: str | Path) -> BigramTarget:
+def corpus_target(path: str | Path) -> DenseTarget:
     """Character bigram target of a UTF-8 corpus, Laplace-smoothed (+1 on every cell).
 
     The vocabulary is the corpus' distinct characters (Unicode code points), sorted.
@@ -106,7 +106,7 @@ def corpus_target(path: str | Path) -> BigramTarget:
     P = smoothed / smoothed.sum(axis=1, keepdims=True)
     pi, unique = stationary_distribution(P)
     vocabulary = tuple(chr(int(cp)) for cp in alphabet)
-    return BigramTarget(
+    return DenseTarget(
         P=P, pi=pi, stationary_unique=unique, source="corpus",
         vocabulary=vocabulary, corpus_sha256=sha256,
     )

@@ -9,16 +9,16 @@ from functools import _lru_cache_wrapper, lru_cache, partial
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.targets.bigram import BigramTarget, stationary_distribution
+from thermospec.targets.bigram import DenseTarget, stationary_distribution
 
 __all__ = ["DENSE_VOCAB_MAX", "LazySyntheticTarget", "lazy_synthetic_target", "synthetic_target"]
 
 
-def synthetic_target(vocab: int, c: float, rng: np.random.Generator) -> BigramTarget:
+def synthetic_target(vocab: int, c: float, rng: np.random.Generator) -> DenseTarget:
     """Synthetic bigram: each row ``p(. | x) ~ Dirichlet(c / V, ..., c / V)``.
 
-    Up to V = `DENSE_VOCAB_MAX` the table is dense; above it the target is a
-    `LazySyntheticTarget` (sparse Dirichlet rows generated on demand, pi by
+    The table is dense, so V is at most `DENSE_VOCAB_MAX`; above it use
+    `lazy_synthetic_target` (sparse Dirichlet rows generated on demand, pi by
     sparse power iteration), since a dense table and its solve do not scale.
 
     Parameters
@@ -35,12 +35,12 @@ def synthetic_target(vocab: int, c: float, rng: np.random.Generator) -> BigramTa
         raise ValueError(f"--vocab: must be >= 2, got {vocab}")
     if not (np.isfinite(c) and c > 0):
         raise ValueError(f"--c: must be a finite number > 0, got {c}")
-    if vocab > DENSE_VOCAB_MAX:  # no dense V x V table: rows on demand (see LazySyntheticTarget)
-        return lazy_synthetic_target(vocab, c, rng)
+    if vocab > DENSE_VOCAB_MAX:
+        raise ValueError(f"--vocab: a dense table holds at most {DENSE_VOCAB_MAX} tokens, got {vocab}")
     P = rng.dirichlet(np.full(vocab, c / vocab), size=vocab)
     P /= P.sum(axis=1, keepdims=True)
     pi, unique = stationary_distribution(P)
-    return BigramTarget(P=P, pi=pi, stationary_unique=unique, source="synthetic")
+    return DenseTarget(P=P, pi=pi, stationary_unique=unique, source="synthetic")
 
 
 DENSE_VOCAB_MAX = 4096
@@ -55,7 +55,7 @@ _Block = tuple[NDArray[np.int32], NDArray[np.float64]]
 
 
 @dataclass(frozen=True, eq=False)
-class LazySyntheticTarget(BigramTarget):
+class LazySyntheticTarget:
     """A synthetic bigram target for large V whose rows are generated on demand, never as a V x V table.
 
     Row x is a Dirichlet mixture of ``s`` atoms on uniformly drawn tokens::
@@ -88,10 +88,15 @@ class LazySyntheticTarget(BigramTarget):
         ``|| pi P - pi ||_1`` at the end of the iteration.
     """
 
-    vocab_size: int = 0
-    c: float = 1.0
-    key: int = 0
-    support: int = LAZY_SUPPORT
+    pi: NDArray[np.float64]
+    stationary_unique: bool
+    vocab_size: int
+    c: float
+    key: int
+    atoms: int = LAZY_SUPPORT
+    source: str = "synthetic (lazy rows)"
+    vocabulary: tuple[str, ...] | None = None
+    corpus_sha256: str | None = None
     pi_iterations: int = 0
     pi_residual: float = 0.0
     block_capacity: int = 1
@@ -103,7 +108,7 @@ class LazySyntheticTarget(BigramTarget):
         return self.vocab_size
 
     def __post_init__(self) -> None:
-        build = partial(_lazy_block, self.key, V=self.vocab_size, c=self.c, s=self.support)
+        build = partial(_lazy_block, self.key, V=self.vocab_size, c=self.c, s=self.atoms)
         object.__setattr__(self, "_blocks", lru_cache(maxsize=self.block_capacity)(build))
 
     def block(self, k: int) -> _Block:
@@ -123,7 +128,16 @@ class LazySyntheticTarget(BigramTarget):
         np.add.at(p, tokens[x % LAZY_BLOCK], weights[x % LAZY_BLOCK])
         return p
 
-    def support_row(self, x: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    @property
+    def rows_stored(self) -> bool:
+        """Rows are built on demand from their atoms."""
+        return False
+
+    def widest_support(self) -> int:
+        """At most `atoms` tokens per row (fewer where atoms share a token)."""
+        return min(self.atoms, self.vocab_size)
+
+    def support(self, x: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         """Row x by its support: the increasing tokens of ``p(. | x) > 0`` and their probabilities.
 
         O(s log s), never O(V); the values are those of `row` (atoms on one token
@@ -198,7 +212,7 @@ def lazy_synthetic_target(
         leaving[np.broadcast_to(source, moves.shape)[moves]] = True
     unique = int(np.count_nonzero(~leaving)) == 1
     return LazySyntheticTarget(
-        P=np.zeros((0, 0)), pi=pi, stationary_unique=unique, source="synthetic (lazy rows)",
-        vocab_size=vocab, c=c, key=key, support=s, pi_iterations=iterations, pi_residual=residual,
+        pi=pi, stationary_unique=unique, vocab_size=vocab, c=c, key=key, atoms=s,
+        pi_iterations=iterations, pi_residual=residual,
         block_capacity=max(1, row_cache_bytes // (LAZY_BLOCK * s * 12)),
     )

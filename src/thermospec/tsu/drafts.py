@@ -78,6 +78,10 @@ class Proposer:
         ψ hyperparameters, as in `thermospec.payload.craft_payload`.
     """
 
+    samples_payload = True
+    """Whether each draft's TSU draws exactly F(ψ) of its payload, so that tables built from the payload
+    reproduce its draws (the table-driven engine relies on it); False for fault-injected and THRML TSUs."""
+
     def __init__(self, row: Callable[[int], NDArray[np.float64]], K: int, tau: float, eps: EpsSpec) -> None:
         self.row = row
         self.K = K

@@ -239,6 +239,8 @@ class FaultyProposer(Proposer):
         V, to pick the stale context ``x + 1 mod V``.
     """
 
+    samples_payload = False
+
     def __init__(self, base: Proposer, fault: Fault, vocab_size: int) -> None:
         super().__init__(base.row, base.K, base.tau, base.eps)
         self.base = base

@@ -170,6 +170,8 @@ class ThrmlTSU(SimTSU):
 class ThrmlProposer(Proposer):
     """Wraps a proposer: same payloads, but each context's TSU samples with THRML."""
 
+    samples_payload = False
+
     def __init__(self, base: Proposer, V: int, seed: int) -> None:
         super().__init__(base.row, base.K, base.tau, base.eps)
         self.base = base
