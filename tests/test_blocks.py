@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from tests.conftest import run_cli
 from thermospec.analysis.block_checks import run_block_checks
-from thermospec.cli.m1 import main
 from thermospec.core.expectation import block_expectation, expected_tokens_iid, modelled_speedup
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.blocks import (
@@ -274,17 +274,10 @@ def test_block_checks_pass_on_the_default_target() -> None:
     assert [r.passed for r in results] == [True, True, True], [r.detail for r in results]
 
 
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        status = main(args)
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_cli_run_gamma_writes_block_telemetry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, err = cli(["run", "--gamma", "4", "--cost-ratio", "0.05", "--steps", "20000",
+    status, out, err = run_cli(["run", "--gamma", "4", "--cost-ratio", "0.05", "--steps", "20000",
                             "--runs-dir", str(tmp_path)], capsys)
     assert status == 0, err
     (run_dir,) = list(tmp_path.iterdir())
@@ -300,7 +293,7 @@ def test_cli_run_gamma_writes_block_telemetry(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_cli_check_gamma_passes(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, err = cli(["check", "--gamma", "4", "--steps", "20000", "--check-steps", "3000",
+    status, out, err = run_cli(["check", "--gamma", "4", "--steps", "20000", "--check-steps", "3000",
                             "--pooled-steps", "20000"], capsys)
     assert status == 0, out + err
     assert "4/4 checks passed" in out  # the guide's three (for blocks) and the pooled TSU χ²
@@ -310,7 +303,7 @@ def test_cli_check_gamma_catches_a_faulty_tsu(capsys: pytest.CaptureFixture[str]
     # Under --gamma the pooled TSU χ² still tests each context's drafts: a misreport is refused at the
     # first draw, and a 5 % biased sampler fails it as it does without --gamma.
     for fault in ("misreport:0.001", "bias:0.05"):
-        status, out, _ = cli(["check", "--gamma", "4", "--steps", "5000", "--check-steps", "2000",
+        status, out, _ = run_cli(["check", "--gamma", "4", "--steps", "5000", "--check-steps", "2000",
                               "--inject-fault", fault], capsys)
         assert status == 1, out
         assert "FAIL  pooled TSU" in out
@@ -319,7 +312,7 @@ def test_cli_check_gamma_catches_a_faulty_tsu(capsys: pytest.CaptureFixture[str]
 def test_cli_check_gamma_all_accepted_is_not_a_failure(capsys: pytest.CaptureFixture[str]) -> None:
     # V = 2 with K = 2: F(ψ) equals p up to quantisation, every draft is accepted and the run shows no
     # variation at all; the SE floor from the exact expectation keeps that from reading as a failure.
-    status, out, err = cli(["check", "--vocab", "2", "--gamma", "8", "--steps", "100"], capsys)
+    status, out, err = run_cli(["check", "--vocab", "2", "--gamma", "8", "--steps", "100"], capsys)
     assert status == 0, out + err
 
 
@@ -331,7 +324,7 @@ def test_cli_check_gamma_all_accepted_is_not_a_failure(capsys: pytest.CaptureFix
 def test_cli_bad_block_options_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], option: str
 ) -> None:
-    status, _out, err = cli(["run", *args, "--steps", "10", "--runs-dir", str(tmp_path / "runs")], capsys)
+    status, _out, err = run_cli(["run", *args, "--steps", "10", "--runs-dir", str(tmp_path / "runs")], capsys)
     assert status == 2
     assert option in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
@@ -383,7 +376,7 @@ def test_block_jsonl_is_byte_identical_for_the_same_seed_and_hashed_in_the_summa
 
     digests = []
     for name in ("a", "b"):
-        status, _out, err = cli(["run", "--gamma", "3", "--steps", "5000", "--runs-dir", str(tmp_path / name)],
+        status, _out, err = run_cli(["run", "--gamma", "3", "--steps", "5000", "--runs-dir", str(tmp_path / name)],
                                 capsys)
         assert status == 0, err
         (run_dir,) = list((tmp_path / name).iterdir())

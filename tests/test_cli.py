@@ -10,19 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from thermospec.cli.m1 import main
+from tests.conftest import REPO, run_cli
 from thermospec.runs.telemetry import FIELDS
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Call the CLI in-process; return (exit status, stdout, stderr)."""
-    try:
-        status = main(args)
-    except SystemExit as exc:  # argparse exits on usage errors
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def only_run_dir(runs: Path) -> Path:

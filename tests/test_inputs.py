@@ -10,19 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 from thermospec.cli.m1 import main
 from thermospec.core.metrics import ce_gap_nats
 from thermospec.targets.corpus import corpus_target, read_corpus
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        status = main(args)
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_a_leading_bom_is_not_a_token(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from thermospec.cli.m1 import main
+from tests.conftest import run_cli
 from thermospec.core.statistics import pooled_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import fixed_context_draws, run_chain, run_chain_reference
@@ -178,20 +178,13 @@ def test_k_sweep_is_monotone_and_acceptance_tracks_overlap(bpe512: TokenBigramTa
 # --- the command line ---------------------------------------------------------------------------------
 
 
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        status = main(args)
-    except SystemExit as exc:
-        status = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_cli_run_with_bpe_writes_the_m1_jsonl(
     small_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("tokenizers")
-    status, _out, err = cli(["run", "--corpus", str(small_corpus), "--tokenizer", "bpe:512", "--K", "32",
+    status, _out, err = run_cli(["run", "--corpus", str(small_corpus), "--tokenizer", "bpe:512", "--K", "32",
                              "--steps", "2000", "--runs-dir", str(tmp_path)], capsys)
     assert status == 0, err
     (run_dir,) = list(tmp_path.iterdir())
@@ -205,7 +198,7 @@ def test_cli_run_with_bpe_writes_the_m1_jsonl(
 
 def test_cli_check_with_bpe_passes(small_corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("tokenizers")
-    status, out, err = cli(["check", "--corpus", str(small_corpus), "--tokenizer", "bpe:512", "--K", "32",
+    status, out, err = run_cli(["check", "--corpus", str(small_corpus), "--tokenizer", "bpe:512", "--K", "32",
                             "--steps", "5000", "--check-steps", "5000"], capsys)
     assert status == 0, out + err
 
@@ -217,7 +210,7 @@ def test_cli_check_with_bpe_passes(small_corpus: Path, capsys: pytest.CaptureFix
 def test_cli_bad_tokenizer_is_one_line(
     args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, _out, err = cli(["run", *args, "--steps", "10", "--runs-dir", str(tmp_path / "runs")], capsys)
+    status, _out, err = run_cli(["run", *args, "--steps", "10", "--runs-dir", str(tmp_path / "runs")], capsys)
     assert status == 2
     assert "--tokenizer" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
@@ -227,7 +220,7 @@ def test_cli_block_run_on_a_bpe_target(
     small_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("tokenizers")
-    status, _out, err = cli(["run", "--corpus", str(small_corpus), "--tokenizer", "bpe:512", "--K", "16",
+    status, _out, err = run_cli(["run", "--corpus", str(small_corpus), "--tokenizer", "bpe:512", "--K", "16",
                              "--gamma", "4", "--steps", "10000", "--runs-dir", str(tmp_path)], capsys)
     assert status == 0, err
     (run_dir,) = list(tmp_path.iterdir())

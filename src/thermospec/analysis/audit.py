@@ -92,18 +92,7 @@ def audit_jsonl(path: Path, vocab_size: int) -> AuditResult:
                 ce_gap[gap] = ce_gap.get(gap, 0) + 1
     if emitted_chunk:
         counts += np.bincount(emitted_chunk, minlength=vocab_size)
-    if steps == 0:
-        return AuditResult(0, math.nan, math.nan, None, counts, math.nan, whole)
-    variance = math.fsum(n * a * (1.0 - a) for a, n in overlap.items())
-    return AuditResult(
-        steps=steps,
-        accept_rate=accepted / steps,
-        mean_overlap=math.fsum(n * a for a, n in overlap.items()) / steps,
-        mean_ce_gap=None if infinite else math.fsum(n * g for g, n in ce_gap.items()) / steps,
-        emitted_counts=counts,
-        accept_overlap_se=math.sqrt(variance) / steps,
-        whole_lines=whole,
-    )
+    return _result(steps, accepted, overlap, None if infinite else ce_gap, counts, whole)
 
 
 def audit_parquet(path: Path, vocab_size: int) -> AuditResult:
@@ -140,15 +129,21 @@ def audit_parquet(path: Path, vocab_size: int) -> AuditResult:
         values, times = np.unique(gaps.drop_null().to_numpy(), return_counts=True)
         for g, n in zip(values.tolist(), times.tolist(), strict=True):
             ce_gap[g] = ce_gap.get(g, 0) + n
+    return _result(steps, accepted, overlap, None if infinite else ce_gap, counts, True)
+
+
+def _result(steps: int, accepted: int, overlap: dict[float, int], ce_gap: dict[float, int] | None,
+            counts: NDArray[np.int64], whole: bool) -> AuditResult:
+    """The aggregates of the counted records; `ce_gap` None when some step's gap was infinite."""
     if steps == 0:
-        return AuditResult(0, math.nan, math.nan, None, counts, math.nan, True)
+        return AuditResult(0, math.nan, math.nan, None, counts, math.nan, whole)
     variance = math.fsum(n * a * (1.0 - a) for a, n in overlap.items())
     return AuditResult(
         steps=steps,
         accept_rate=accepted / steps,
         mean_overlap=math.fsum(n * a for a, n in overlap.items()) / steps,
-        mean_ce_gap=None if infinite else math.fsum(n * g for g, n in ce_gap.items()) / steps,
+        mean_ce_gap=None if ce_gap is None else math.fsum(n * g for g, n in ce_gap.items()) / steps,
         emitted_counts=counts,
         accept_overlap_se=math.sqrt(variance) / steps,
-        whole_lines=True,
+        whole_lines=whole,
     )

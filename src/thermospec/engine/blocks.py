@@ -19,23 +19,8 @@ residual token on a rejection or the bonus token otherwise.  Tokens are drawn by
 `sampling.inverse_cdf`, and a draft is accepted iff ``u_accept < p/q``
 (strict), exactly as in the single-draft engine.
 
-Expected accepted length along the chain (`block_expectation`).  With
-``M[c, y] = min(p(y|c), q(y|c))`` (the probability that a draft from context
-``c`` is ``y`` *and* is accepted) and ``R = P - M = max(P - Q, 0)`` (rejected
-at ``c``, residual token ``y``), the probability that a block started at ``x``
-accepts its first ``i`` drafts is ``(M^i 1)[x]``: the drafted contexts are the
-accepted tokens themselves, so this is a product along the chain, not
-``alpha^i``.  The block-start contexts form a Markov chain with kernel
-``B = sum_{i<γ} M^i R + M^γ P`` (the last emitted token of a block started at
-x); its stationary law ``rho`` (``rho B = rho``, by lazy power iteration with
-vector-matrix products only, started from pi) weights the blocks.  Then
-``E[L] = sum_{i=1..γ} rho M^i 1`` and the per-position acceptance rate is
-``rho M^i 1 / rho M^{i-1} 1``.  The i.i.d. formula ``(1 - a^{γ+1}) / (1 - a)``
-with ``a`` the pi-mean overlap is reported beside it for contrast.
-
-Speed-up model: one target call per block, γ TSU drafts per block, each costing
-``c`` target calls (``--cost-ratio c``): speed-up over plain decoding
-``= tokens per target call / (γ c + 1)``.
+The exact expected accepted length along the chain, and the modelled speed-up,
+are `core.expectation`'s; the block run's telemetry and summary are `runs.block_run`'s.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one executor of every run: chunks from the engine, telemetry and tally, then one summary envelope.
 
-A run is a `Mode` (single chain, ``--chains``, ``--gamma``, ``--tsu thrml``):
+A run is a `Mode` (`ChainMode`: the M1 chain with any TSU; `BatchMode`: ``--chains``; `BlockMode`: ``--gamma``):
 the chunks the engine emits for it, what each chunk writes and counts, and the
 statistics of what was counted.  `execute_run` drives any mode the same way:
 
@@ -25,22 +25,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from thermospec import __version__
-from thermospec.core.streams import Stream, random_stream
-from thermospec.engine.chain import ReportError, run_chain
-from thermospec.engine.chunks import ChainChunk
-from thermospec.engine.tally import RunTally
+from thermospec.engine.chain import ReportError
 from thermospec.runs.batch_run import BatchMode
 from thermospec.runs.block_run import BlockMode
-from thermospec.runs.checklist import guide_checklist
+from thermospec.runs.chain_run import ChainMode
 from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.runs.interrupts import interruption_guard, signal_name
-from thermospec.runs.prepare import PreparedRun, sparse_rows, target_description
+from thermospec.runs.prepare import PreparedRun, target_description
 from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
-from thermospec.runs.summary import software_versions, summarise_run
-from thermospec.runs.telemetry import TELEMETRY_FORMATS, TelemetryFormat, TelemetrySink, parquet_available
-from thermospec.runs.thrml_run import ThrmlMode
+from thermospec.runs.summary import software_versions
+from thermospec.runs.telemetry import TELEMETRY_FORMATS, TelemetryFormat, parquet_available
 
-__all__ = ["ChainMode", "Mode", "check_mode_options", "execute_run", "run_mode"]
+__all__ = ["Mode", "check_mode_options", "execute_run", "run_mode"]
 
 
 class Mode(Protocol):
@@ -80,52 +76,6 @@ class Mode(Protocol):
         ...
 
 
-class ChainMode:
-    """The M1 run: one chain on the table-driven engine, telemetry ``jsonl``, ``parquet`` or ``none``."""
-
-    def __init__(self, run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat) -> None:
-        self.run = run
-        self.telemetry = telemetry
-        self.tally = RunTally(run.target.V, track_transitions=True)
-        self._sink = TelemetrySink(run_dir, telemetry)
-        self._stats: dict[str, Any] | None = None
-
-    def chunks(self) -> Iterator[ChainChunk]:
-        target, config = self.run.target, self.run.config
-        rng = random_stream(config.seed, Stream.CHAIN)
-        drafts = self.run.proposer.draft
-        return run_chain(target.row, target.pi, drafts, config.steps, rng, sparse=sparse_rows(self.run))
-
-    def record(self, chunk: ChainChunk) -> int:
-        self._sink.writer.write(chunk, self.run.proposer.draft)
-        self.tally.update(chunk)
-        return len(chunk)
-
-    def close(self) -> str | None:
-        self._sink.close()
-        return self._sink.hexdigest()
-
-    def tokens(self) -> int:
-        return self.tally.steps
-
-    def complete(self) -> bool:
-        return self.tally.steps >= self.run.config.steps
-
-    def statistics(self) -> dict[str, Any]:
-        if not self.tally.steps:  # stopped before the first chunk: nothing to aggregate
-            empty = dict.fromkeys(("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof", "p_value"))
-            self._stats = {**empty, "steps": 0, "checklist": {}}
-        else:
-            self._stats = summarise_run(self.tally, self.run.proposer.draft, self.run.target.pi, self.run.target.row)
-        stats = dict(self._stats)
-        del stats["checklist"]
-        return stats
-
-    def extras(self) -> dict[str, Any]:
-        assert self._stats is not None, "extras() after statistics()"
-        return {"checklist": guide_checklist(self.run, self._stats["checklist"])}
-
-
 def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: bool = False) -> None:
     """Refuse ``--telemetry`` / ``--chains`` combinations that cannot run, before anything is written.
 
@@ -149,13 +99,11 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
 
 
 def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "jsonl", chains: int = 1) -> Mode:
-    """The mode a configuration asks for: ``--chains`` > 1, ``--gamma``, ``--tsu thrml``, or the M1 chain."""
+    """The mode a configuration asks for: ``--chains`` > 1, ``--gamma``, or the M1 chain (any TSU)."""
     if chains > 1:
         return BatchMode(run, run_dir, chains, telemetry)
     if run.config.gamma is not None:
         return BlockMode(run, run_dir)
-    if run.config.tsu == "thrml":
-        return ThrmlMode(run, run_dir)
     return ChainMode(run, run_dir, telemetry)
 
 

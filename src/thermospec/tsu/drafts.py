@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -81,6 +82,8 @@ class Proposer:
     samples_payload = True
     """Whether each draft's TSU draws exactly F(ψ) of its payload, so that tables built from the payload
     reproduce its draws (the table-driven engine relies on it); False for fault-injected and THRML TSUs."""
+    backend: dict[str, Any] | None = None
+    """The TSU backend, as the summary records it (``tsu_backend``); None for `SimTSU`."""
 
     def __init__(self, row: Callable[[int], NDArray[np.float64]], K: int, tau: float, eps: EpsSpec) -> None:
         self.row = row

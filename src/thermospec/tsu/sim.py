@@ -1,20 +1,8 @@
-"""The Thermodynamic Sampling Unit: F(ψ) and its software stand-in `SimTSU`.
+"""`SimTSU`: the software stand-in for a Thermodynamic Sampling Unit.
 
-A TSU receives only the payload bytes, so everything here is computed from
-the decoded payload (float32 fields widened to float64), never from the target
-row.  With ``T = (V - K) * eps`` and ``w_i = exp(-codes_i * delta / tau)``::
-
-    q(ids_i) = (1 - T) * w_i / sum_j w_j        q(v) = eps  for v not in ids
-
-Draws invert the cumulative distribution in token order, with the tail part
-counted rather than summed (`draft_cdf`)::
-
-    cdf(v) = n_tail(v) * eps + (sum of q over the ids <= v, added in token order)
-
-where ``n_tail(v)`` is the number of tail tokens ``<= v``.  Each value is one
-product and one sum of exactly known terms, so a table over all V tokens and a
-compact one over the K ids (`thermospec.compact`) give the same doubles, and
-the same uniform draws the same token on both.
+It receives only the payload bytes, decodes them, and samples F(ψ) exactly as
+`core.proposal` defines it (``draft_cdf`` inverted by `core.sampling.inverse_cdf`),
+reporting the exact float64 ``log q`` of each draw.  Nothing here sees the target row.
 """
 
 from __future__ import annotations

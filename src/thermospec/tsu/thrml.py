@@ -172,6 +172,11 @@ class ThrmlProposer(Proposer):
 
     samples_payload = False
 
+    @property
+    def backend(self) -> dict[str, Any] | None:  # type: ignore[override]
+        """THRML, its node dtype and nodes per sampling call (the summary's ``tsu_backend``)."""
+        return {"name": "thrml", "node_dtype": node_dtype_name(self.sampler.V), "nodes_per_call": self.sampler.nodes}
+
     def __init__(self, base: Proposer, V: int, seed: int) -> None:
         super().__init__(base.row, base.K, base.tau, base.eps)
         self.base = base

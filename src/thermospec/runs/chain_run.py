@@ -1,0 +1,73 @@
+"""The M1 run as the executor drives it (`ChainMode`): one chain, its telemetry, tally and statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chain import run_chain, run_chain_reference
+from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.tally import RunTally
+from thermospec.runs.checklist import guide_checklist
+from thermospec.runs.prepare import PreparedRun, sparse_rows
+from thermospec.runs.summary import summarise_run
+from thermospec.runs.telemetry import TelemetryFormat, TelemetrySink
+
+__all__ = ["ChainMode"]
+
+
+class ChainMode:
+    """The M1 run: one chain, telemetry ``jsonl``, ``parquet`` or ``none``.
+
+    On the table-driven engine when the TSUs sample their payload exactly
+    (`Proposer.samples_payload`); otherwise (``--tsu thrml``) on the per-step
+    reference loop, in one chunk, each draw the TSU's own.
+    """
+
+    def __init__(self, run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat) -> None:
+        self.run = run
+        self.telemetry = telemetry
+        self.tally = RunTally(run.target.V, track_transitions=True)
+        self._sink = TelemetrySink(run_dir, telemetry)
+        self._stats: dict[str, Any] | None = None
+
+    def chunks(self) -> Iterator[ChainChunk]:
+        target, config = self.run.target, self.run.config
+        rng = random_stream(config.seed, Stream.CHAIN)
+        drafts = self.run.proposer.draft
+        if not self.run.proposer.samples_payload:  # e.g. THRML: the TSU draws every token itself, step by step
+            return iter([run_chain_reference(target.row, target.pi, drafts, config.steps, rng)])
+        return run_chain(target.row, target.pi, drafts, config.steps, rng, sparse=sparse_rows(self.run))
+
+    def record(self, chunk: ChainChunk) -> int:
+        self._sink.writer.write(chunk, self.run.proposer.draft)
+        self.tally.update(chunk)
+        return len(chunk)
+
+    def close(self) -> str | None:
+        self._sink.close()
+        return self._sink.hexdigest()
+
+    def tokens(self) -> int:
+        return self.tally.steps
+
+    def complete(self) -> bool:
+        return self.tally.steps >= self.run.config.steps
+
+    def statistics(self) -> dict[str, Any]:
+        if not self.tally.steps:  # stopped before the first chunk: nothing to aggregate
+            empty = dict.fromkeys(("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof", "p_value"))
+            self._stats = {**empty, "steps": 0, "checklist": {}}
+        else:
+            self._stats = summarise_run(self.tally, self.run.proposer.draft, self.run.target.pi, self.run.target.row)
+        stats = dict(self._stats)
+        del stats["checklist"]
+        return stats
+
+    def extras(self) -> dict[str, Any]:
+        assert self._stats is not None, "extras() after statistics()"
+        backend = self.run.proposer.backend
+        return {"checklist": guide_checklist(self.run, self._stats["checklist"]),
+                **({"tsu_backend": backend} if backend is not None else {})}
