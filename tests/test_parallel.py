@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing
+import os
+import signal
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +16,15 @@ import pytest
 from thermospec.cli.sweep import grid_main
 from thermospec.experiments import parallel
 from thermospec.experiments.grid import GridSweep, grid_task
-from thermospec.experiments.parallel import available_cores, open_runner, single_threaded_blas
+from thermospec.experiments.parallel import (
+    SweepInterrupted,
+    TaskInterrupted,
+    TaskRunner,
+    available_cores,
+    open_runner,
+    single_threaded_blas,
+    stop_signals,
+)
 from thermospec.experiments.seeds import SeedSweep, seed_task
 from thermospec.experiments.sweeps import GRID_CSV
 from thermospec.runs.config import ConfigError, RunConfig
@@ -23,6 +35,19 @@ SMALL_SEEDS = SeedSweep(base=RunConfig(vocab=64, K=8, steps=2_000), seeds=(1, 2,
 
 def _square(x: int) -> int:
     return x * x
+
+
+def _fail_on_two(x: int) -> int:
+    if x == 2:
+        raise ValueError("two is not allowed")
+    time.sleep(0.05 * x)
+    return x
+
+
+def _stopped_on_three(x: int) -> int:
+    if x == 3:
+        raise TaskInterrupted("stopped on a signal", int(signal.SIGTERM))
+    return x
 
 
 def _rows(runner_jobs: int | None, scheduler: str | None = None) -> list[dict[str, Any]]:
@@ -58,6 +83,47 @@ def test_serial_runner_yields_every_index_once() -> None:
         assert runner.where == "this process"
         assert sorted(runner.map_unordered(_square, [3, 1, 2])) == [(0, 9), (1, 1), (2, 4)]
         assert list(runner.map_unordered(_square, [])) == []
+
+
+def test_where_says_where_the_tasks_actually_run() -> None:
+    runner = TaskRunner(jobs=4)
+    assert runner.where == "4 local worker processes"
+    assert runner.where_for(2) == "2 local worker processes"
+    assert runner.where_for(1) == "this process"
+    assert TaskRunner(jobs=1).where_for(10) == "this process"
+    assert TaskRunner(jobs=2, address="tcp://h:1").where_for(1) == "Dask scheduler tcp://h:1"
+
+
+def test_stop_signals_record_the_first_signal_and_restore_the_handlers() -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with stop_signals() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.signum == signal.SIGTERM
+    assert {s: signal.getsignal(s) for s in before} == before
+    with stop_signals() as stop, pytest.raises(SweepInterrupted) as raised, stop.raising():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # not reached: the signal raises
+    assert raised.value.signum == signal.SIGINT and str(raised.value) == "interrupted by SIGINT"
+
+
+def test_a_failed_task_in_a_worker_is_raised_here_and_no_worker_is_left() -> None:
+    with open_runner(2) as runner, pytest.raises(ValueError, match="two is not allowed") as raised:
+        list(runner.map_unordered(_fail_on_two, [0, 1, 2, 3, 40]))
+    assert any("in worker process" in note for note in raised.value.__notes__)
+    assert not [c for c in multiprocessing.active_children() if c.name == "thermospec-worker"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_task_stopped_by_a_signal_stops_the_sweep(jobs: int) -> None:
+    """A task that reports TaskInterrupted (a run stopped by SIGTERM) ends the map with SweepInterrupted."""
+    results: list[tuple[int, int]] = []
+    with open_runner(jobs) as runner, pytest.raises(SweepInterrupted) as raised:
+        results.extend(runner.map_unordered(_stopped_on_three, [0, 1, 2, 3, 4, 5, 6]))
+    assert raised.value.signum == signal.SIGTERM
+    assert set(results) <= {(i, i) for i in range(7)} and (3, 3) not in results
+    assert len(results) < 7
 
 
 def test_two_worker_processes_give_the_serial_rows(tmp_path: Path) -> None:

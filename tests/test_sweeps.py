@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,15 @@ from thermospec.cli.sweep import grid_main, seed_main
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import fixed_context_draws
 from thermospec.experiments.grid import GridPoint, GridSweep, aggregate_grid, format_grid_table, grid_row, validate_grid
-from thermospec.experiments.parallel import TaskRunner
-from thermospec.experiments.seeds import SeedSweep, format_seed_table, run_seed, seed_row
+from thermospec.experiments.parallel import StopSignals, TaskRunner
+from thermospec.experiments.seeds import (
+    INCOMPLETE_FILE,
+    SeedSweep,
+    format_seed_table,
+    run_seed,
+    seed_row,
+    settle_seed,
+)
 from thermospec.experiments.sweeps import (
     GRID_CSV,
     GRID_FIELDS,
@@ -225,7 +233,9 @@ class _InterruptedRunner(TaskRunner):
         super().__init__(jobs=1)
         self.finish = finish
 
-    def map_unordered(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    def map_unordered(
+        self, func: Callable[[Any], Any], items: Sequence[Any], stop: StopSignals | None = None
+    ) -> Generator[tuple[int, Any], None, None]:
         for index in reversed(range(len(items) - self.finish, len(items))):
             yield index, func(items[index])
         raise KeyboardInterrupt
@@ -241,6 +251,43 @@ def test_run_sweep_keeps_finished_rows_on_ctrl_c(tmp_path: Path) -> None:
     assert [(int(r["K"]), float(r["tau"]), int(r["seed"])) for r in rows] == [
         (p.K, p.tau, p.seed) for p in points[15:]
     ]
+
+
+def test_run_sweep_settles_the_unfinished_configurations_after_an_interrupt(tmp_path: Path) -> None:
+    """`settle` gives the row of a task that finished although its result was lost; it is kept as finished."""
+    sweep = replace(GUIDE_GRID, steps=500)
+    points = sweep.points()
+    lost = points[4]
+    asked: list[GridPoint] = []
+
+    def settle(point: GridPoint) -> dict[str, Any] | None:
+        asked.append(point)
+        return grid_row(sweep, point) if point == lost else None
+
+    outcome = run_sweep(partial_row(sweep), points, _InterruptedRunner(3), tmp_path / GRID_CSV, GRID_FIELDS,
+                        settle=settle)
+    assert asked == points[:15]
+    assert outcome.missing == [i for i in range(15) if i != 4]
+    assert outcome.interrupted_by == "SIGINT"
+    assert [int(r["K"]) for r in read_csv_rows(tmp_path / GRID_CSV)] == [lost.K] + [p.K for p in points[15:]]
+
+
+def test_settle_seed_recovers_a_finished_run_and_marks_an_unfinished_one(tmp_path: Path) -> None:
+    sweep = SeedSweep(base=RunConfig(vocab=16, K=4, steps=500), seeds=(1, 2, 3, 4, 5))
+    (tmp_path / "seed_1").mkdir()  # stopped before it wrote anything
+    (tmp_path / "seed_2").mkdir()
+    (tmp_path / "seed_2" / "m1_metrics.jsonl").write_text('{"t": 0')  # killed mid-record, before its summary
+    assert settle_seed(sweep, str(tmp_path), 1) is None and not (tmp_path / "seed_1").exists()
+    assert settle_seed(sweep, str(tmp_path), 2) is None
+    assert "seed 2: the sweep was interrupted" in (tmp_path / "seed_2" / INCOMPLETE_FILE).read_text()
+    assert settle_seed(sweep, str(tmp_path), 4) is None and not (tmp_path / "seed_4").exists()  # never started
+    row = run_seed(sweep, str(tmp_path), 3)  # finished, but its row never reached the sweep
+    assert settle_seed(sweep, str(tmp_path), 3) == row
+    run_seed(sweep, str(tmp_path), 5)
+    summary_path = tmp_path / "seed_5" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps(summary | {"interrupted": True}))  # stopped in the ordinary way
+    assert settle_seed(sweep, str(tmp_path), 5) is None and not (tmp_path / "seed_5" / INCOMPLETE_FILE).exists()
 
 
 def partial_row(sweep: GridSweep) -> Callable[[GridPoint], dict[str, Any]]:
@@ -264,7 +311,8 @@ def test_grid_command_writes_the_csv_and_prints_the_table(tmp_path: Path, capsys
     assert len(body) == 8
     assert [(r[0], r[1], r[2]) for r in body[:2]] == [("8", "1.0", "1"), ("8", "1.0", "2")]
     assert "K  tau  accept  overlap" in out and "wrote" in out
-    assert (folder / "sweep.json").is_file()
+    record = json.loads((folder / "sweep.json").read_text())
+    assert record["missing"] == [] and record["finished"] == 8 and record["interrupted_by"] is None
 
 
 def test_seed_command_writes_the_csv_and_prints_mean_and_std(
@@ -279,6 +327,34 @@ def test_seed_command_writes_the_csv_and_prints_mean_and_std(
     assert [r["seed"] for r in rows] == ["3", "4"]
     assert "mean±std" in out
     assert (folder / "seed_3" / "summary.json").is_file()
+    record = json.loads((folder / "sweep.json").read_text())
+    assert record["missing"] == [] and record["finished"] == 2 and record["interrupted_by"] is None
+
+
+def test_one_seed_is_one_run_in_this_process_with_the_clamped_k(
+    shakespeare: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Singular nouns for one seed, where it really ran (one task: this process), the K actually used."""
+    status = seed_main(["--corpus", str(shakespeare), "--K", "200", "--steps", "500", "--seeds", "3",
+                        "--runs-dir", str(tmp_path), "--jobs", "2", "--quiet"])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert "using K = 65" in captured.err
+    assert "seed sweep: 1 run of 500 steps, K = 65, τ = 1, ε = auto" in captured.out
+    assert "and 1 run folder seed_<S>/ in" in captured.out and "(this process)" in captured.out
+    (folder,) = tmp_path.iterdir()
+    assert json.loads((folder / "sweep.json").read_text())["where"] == "this process"
+
+
+def test_one_grid_configuration_is_singular_and_runs_in_this_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = grid_main(["--steps", "500", "--Ks", "8", "--taus", "1.0", "--seeds", "1", "--runs-dir", str(tmp_path),
+                        "--jobs", "2"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "1 K × 1 τ × 1 seed = 1 configuration, 500 fixed-context steps each" in out
+    assert "(1 row) in" in out and "(this process)" in out
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,11 @@
 """Command lines of the sweeps and the plots: ``scripts.sweep_m1``, ``scripts.sweep_m1_grid``, ``scripts.plot``.
 
 Like ``run_m1``: bad input prints one line naming the option or file and the
-reason, exits with status 2 and writes nothing.  Ctrl-C keeps the CSV rows of
-every finished configuration, says how many are missing and exits with 130.
+reason, exits with status 2 and writes nothing.  SIGINT (Ctrl-C) or SIGTERM
+stops the sweep: it starts no new configuration, stops its workers, keeps the
+CSV row (and for a seed sweep the run folder) of every finished configuration,
+lists the unfinished ones (stdout, ``sweep.json``), says how many are missing
+(stderr) and exits with 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from thermospec.cli.options import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     OneLineParser,
     eps_option,
@@ -27,15 +31,16 @@ from thermospec.cli.options import (
 from thermospec.core.payload import PayloadError
 from thermospec.experiments.gamma_sweep import gamma_sweep
 from thermospec.experiments.grid import GridSweep, aggregate_grid, format_grid_table, grid_task, validate_grid
-from thermospec.experiments.parallel import available_cores, open_runner
+from thermospec.experiments.parallel import available_cores, open_runner, stop_signals
 from thermospec.experiments.plots import PlotError, folder_kinds, plot_folder
-from thermospec.experiments.seeds import SeedSweep, format_seed_table, seed_task
+from thermospec.experiments.seeds import SeedSweep, format_seed_table, seed_settler, seed_task
 from thermospec.experiments.sweeps import (
     GRID_CSV,
     GRID_FIELDS,
     SEED_FIELDS,
     SEEDS_CSV,
     SWEEP_JSON,
+    SweepOutcome,
     check_values,
     context_label,
     resolve_context,
@@ -43,6 +48,7 @@ from thermospec.experiments.sweeps import (
     target_of,
 )
 from thermospec.runs.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
+from thermospec.runs.interrupts import Terminated, exit_status, install_termination_handler
 from thermospec.runs.prepare import prepare_run
 from thermospec.runs.progress import progress_bar
 from thermospec.runs.storage import create_run_dir, write_json_atomic
@@ -179,13 +185,28 @@ def _sweep_dir(args: argparse.Namespace) -> Path:
         raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a sweep folder ({exc.strerror or exc})") from None
 
 
-def _report_interrupt(prog: str, outcome: Any, csv_path: Path, what: str) -> int:
+def _plural(count: int, noun: str) -> str:
+    """``"1 run"``, ``"2 runs"``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _label(configuration: dict[str, Any]) -> str:
+    return " ".join(f"{key}={value}" for key, value in configuration.items())
+
+
+def _report_interrupt(
+    prog: str, outcome: SweepOutcome, missing: list[dict[str, Any]], csv_path: Path, what: str, where: str
+) -> int:
+    """stdout: the unfinished configurations and what was written; stderr: one line; returns 130 or 143."""
+    print(f"\nunfinished: {'; '.join(map(_label, missing)) or 'none'}")
+    print(f"wrote {csv_path} ({_plural(len(outcome.rows), 'row')}) and {SWEEP_JSON} in {outcome.elapsed_s:.2f} s "
+          f"({where})")
     print(
-        f"{prog}: interrupted: {len(outcome.rows)} of {outcome.total} {what} finished and kept in {csv_path}; "
-        f"{len(outcome.missing)} missing",
+        f"{prog}: interrupted: {len(outcome.rows)} of {_plural(outcome.total, what)} finished and kept in {csv_path}; "
+        f"{len(outcome.missing)} missing (stopped by {outcome.interrupted_by}; listed in {SWEEP_JSON})",
         file=sys.stderr,
     )
-    return EXIT_INTERRUPTED
+    return exit_status(outcome.signum) if outcome.signum is not None else EXIT_INTERRUPTED
 
 
 def _write_sweep_json(path: Path, document: dict[str, Any]) -> None:
@@ -201,21 +222,27 @@ def _seed_sweep(args: argparse.Namespace) -> int:
     if args.K > first.target.V:
         print(f"notice: --K {args.K} is above the vocabulary size V = {first.target.V}; using K = {first.target.V}",
               file=sys.stderr)
-    with open_runner(args.jobs, args.scheduler) as runner:
+    with open_runner(args.jobs, args.scheduler) as runner, stop_signals() as stop:
         sweep_dir = _sweep_dir(args)
         csv_path = sweep_dir / SEEDS_CSV
         with progress_bar(len(seeds), "seeds", "run", quiet=args.quiet) as bar:
-            outcome = run_sweep(seed_task(sweep, sweep_dir), seeds, runner, csv_path, SEED_FIELDS, bar)
+            outcome = run_sweep(seed_task(sweep, sweep_dir), seeds, runner, csv_path, SEED_FIELDS, bar,
+                                stop=stop, settle=seed_settler(sweep, sweep_dir))
+        where = runner.where_for(len(seeds))
+        missing = [{"seed": seeds[i]} for i in outcome.missing]
         _write_sweep_json(sweep_dir / SWEEP_JSON, {
             "kind": "seeds", "config": sweep.base.as_dict() | {"seed": None}, "seeds": list(seeds),
-            "finished": len(outcome.rows), "missing": [seeds[i] for i in outcome.missing],
-            "where": runner.where, "elapsed_s": outcome.elapsed_s,
+            "finished": len(outcome.rows), "missing": missing, "interrupted_by": outcome.interrupted_by,
+            "where": where, "elapsed_s": outcome.elapsed_s,
         })
+    print(f"seed sweep: {_plural(len(seeds), 'run')} of {args.steps} steps, K = {first.K_used}, τ = {args.tau:g}, "
+          f"ε = {args.eps}")
+    if outcome.rows:
+        print(format_seed_table(outcome.rows))
     if outcome.interrupted:
-        return _report_interrupt("sweep_m1", outcome, csv_path, "seeds")
-    print(f"seed sweep: {len(seeds)} runs of {args.steps} steps, K = {args.K}, τ = {args.tau:g}, ε = {args.eps}")
-    print(format_seed_table(outcome.rows))
-    print(f"\nwrote {csv_path} and {len(seeds)} run folders seed_<S>/ in {outcome.elapsed_s:.2f} s ({runner.where})")
+        return _report_interrupt("sweep_m1", outcome, missing, csv_path, "seed", where)
+    print(f"\nwrote {csv_path} and {_plural(len(seeds), 'run folder')} seed_<S>/ in {outcome.elapsed_s:.2f} s "
+          f"({where})")
     return 0
 
 
@@ -236,7 +263,7 @@ def _grid_sweep(args: argparse.Namespace) -> int:
     sweep = GridSweep(base=base, steps=args.steps, Ks=Ks, taus=taus, seeds=seeds, context=context)
     validate_grid(sweep)
     points = sweep.points()
-    with open_runner(args.jobs, args.scheduler) as runner:
+    with open_runner(args.jobs, args.scheduler) as runner, stop_signals() as stop:
         sweep_dir = _sweep_dir(args)
         csv_path = sweep_dir / GRID_CSV
         above = [K for K in Ks if K > first.V]
@@ -244,28 +271,32 @@ def _grid_sweep(args: argparse.Namespace) -> int:
             print(f"notice: --Ks {' '.join(map(str, above))} above the vocabulary size V = {first.V}: "
                   f"those rows use K = {first.V} (the CSV's K column is the K asked for)", file=sys.stderr)
         with progress_bar(len(points), "grid", "config", quiet=args.quiet) as bar:
-            outcome = run_sweep(grid_task(sweep), points, runner, csv_path, GRID_FIELDS, bar)
+            outcome = run_sweep(grid_task(sweep), points, runner, csv_path, GRID_FIELDS, bar, stop=stop)
+        where = runner.where_for(len(points))
+        missing = [{"K": points[i].K, "tau": points[i].tau, "seed": points[i].seed} for i in outcome.missing]
         _write_sweep_json(sweep_dir / SWEEP_JSON, {
             "kind": "grid", "config": base.as_dict() | {"seed": None, "K": None, "tau": None},
             "Ks": list(Ks), "taus": list(taus), "seeds": list(seeds), "context": args.context,
-            "finished": len(outcome.rows), "missing": len(outcome.missing),
-            "where": runner.where, "elapsed_s": outcome.elapsed_s,
+            "finished": len(outcome.rows), "missing": missing, "interrupted_by": outcome.interrupted_by,
+            "where": where, "elapsed_s": outcome.elapsed_s,
         })
-    if outcome.interrupted:
-        return _report_interrupt("sweep_m1_grid", outcome, csv_path, "configurations")
-    contexts = sorted({(int(r["seed"]), int(r["context"])) for r in outcome.rows})
-    shown = ", ".join(f"{context_label(x, target_of(base, s))} (seed {s})" for s, x in contexts)
     how = "given" if args.context is not None else "most probable under π"
-    print(f"grid sweep: {len(Ks)} K × {len(taus)} τ × {len(seeds)} seeds = {len(points)} configurations, "
-          f"{args.steps} fixed-context steps each, ε = {args.eps}")
-    print(f"context ({how}): {shown}")
-    print("means over seeds; se = standard error of accept around overlap\n")
-    print(format_grid_table(aggregate_grid(outcome.rows)))
-    print(f"\nwrote {csv_path} ({len(outcome.rows)} rows) in {outcome.elapsed_s:.2f} s ({runner.where})")
+    print(f"grid sweep: {len(Ks)} K × {len(taus)} τ × {_plural(len(seeds), 'seed')} = "
+          f"{_plural(len(points), 'configuration')}, {args.steps} fixed-context steps each, ε = {args.eps}")
+    if outcome.rows:
+        contexts = sorted({(int(r["seed"]), int(r["context"])) for r in outcome.rows})
+        shown = ", ".join(f"{context_label(x, target_of(base, s))} (seed {s})" for s, x in contexts)
+        print(f"context ({how}): {shown}")
+        print("means over seeds; se = standard error of accept around overlap\n")
+        print(format_grid_table(aggregate_grid(outcome.rows)))
+    if outcome.interrupted:
+        return _report_interrupt("sweep_m1_grid", outcome, missing, csv_path, "configuration", where)
+    print(f"\nwrote {csv_path} ({_plural(len(outcome.rows), 'row')}) in {outcome.elapsed_s:.2f} s ({where})")
     return 0
 
 
 def _guarded(prog: str, command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    install_termination_handler()  # SIGTERM outside the sweep proper: one line and 143, as for SIGINT
     try:
         return command(args)
     except CorpusError as exc:
@@ -275,6 +306,9 @@ def _guarded(prog: str, command: Callable[[argparse.Namespace], int], args: argp
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:  # stdout closed early (piped into head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE

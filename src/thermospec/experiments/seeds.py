@@ -1,9 +1,22 @@
 """The seed sweep: one full M1 run per seed, its row and the printed table.
+
+A seed is finished when its run folder ``seed_<S>/`` holds a summary marked
+``"interrupted": false``; then, and only then, the CSV has its row.  After an
+interrupt `settle_seed` keeps this true: it recovers the row of a run that
+finished although its result never reached the sweep, removes the empty folder
+of a run stopped before it wrote anything, and marks with an ``INCOMPLETE`` file
+the folder of a run stopped before it could write its summary (a run stopped
+in the ordinary way has its summary marked ``"interrupted": true``).  On a Dask
+cluster a seed already running when the sweep is interrupted cannot be stopped:
+it may still complete its folder afterwards, though the sweep lists it as missing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -17,15 +30,20 @@ from thermospec.experiments.sweeps import SeedInterrupted, format_number, format
 from thermospec.runs.config import RunConfig
 from thermospec.runs.executor import execute_run
 from thermospec.runs.prepare import prepare_run
+from thermospec.runs.storage import SUMMARY_FILE
 
 __all__ = [
+    "INCOMPLETE_FILE",
     "SeedSweep",
     "format_seed_table",
     "run_seed",
     "seed_row",
+    "seed_settler",
+    "settle_seed",
 ]
 
 
+INCOMPLETE_FILE = "INCOMPLETE"
 
 
 @dataclass(frozen=True)
@@ -75,9 +93,39 @@ def run_seed(sweep: SeedSweep, sweep_dir: str, seed: int) -> dict[str, Any]:
     run_dir = Path(sweep_dir) / seed_dir_name(seed)
     run_dir.mkdir(exist_ok=True)
     summary = execute_run(run, run_dir)
-    if summary.get("interrupted"):  # the run stopped early on Ctrl-C: the seed is not finished
-        raise SeedInterrupted(f"seed {seed}: run interrupted after {summary.get('steps')} steps")
+    if summary.get("interrupted"):  # the run stopped early on a signal: the seed is not finished
+        by = summary.get("interrupted_by")
+        signum = int(signal.Signals[by]) if by in ("SIGINT", "SIGTERM") else None
+        raise SeedInterrupted(f"seed {seed}: run interrupted after {summary.get('steps')} steps", signum)
     return seed_row(summary)
+
+
+def settle_seed(sweep: SeedSweep, sweep_dir: str, seed: int) -> dict[str, Any] | None:
+    """After an interrupt, for a seed without a row: its row if its run finished after all, else None.
+
+    A folder whose summary says ``"interrupted": false`` (all of the sweep's
+    steps) is a finished run whose row was lost on the way back; an empty folder
+    is removed; a folder without a summary gets an ``INCOMPLETE`` file saying why.
+    """
+    run_dir = Path(sweep_dir) / seed_dir_name(seed)
+    if not run_dir.is_dir():
+        return None
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = None
+    if isinstance(summary, dict):
+        finished = summary.get("interrupted") is False and summary.get("steps") == sweep.base.steps
+        return seed_row(summary) if finished else None
+    if not any(run_dir.iterdir()):
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+        return None
+    (run_dir / INCOMPLETE_FILE).write_text(
+        f"seed {seed}: the sweep was interrupted and this run stopped before it wrote {SUMMARY_FILE}; "
+        "its telemetry may end with a partial record\n", encoding="utf-8",
+    )
+    return None
 
 
 def format_seed_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -101,3 +149,8 @@ def format_seed_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def seed_task(sweep: SeedSweep, sweep_dir: Path) -> Callable[[int], dict[str, Any]]:
     """`run_seed` bound to a sweep and its folder: picklable, so it runs in any worker."""
     return partial(run_seed, sweep, str(sweep_dir))
+
+
+def seed_settler(sweep: SeedSweep, sweep_dir: Path) -> Callable[[int], dict[str, Any] | None]:
+    """`settle_seed` bound to a sweep and its folder (the ``settle`` of `sweeps.run_sweep`)."""
+    return partial(settle_seed, sweep, str(sweep_dir))

@@ -20,7 +20,10 @@ in `GRID_GROUP` if the printed table should keep its values apart.
 
 Rows are written to the CSV as configurations finish (whole lines, flushed), so
 an interrupted sweep keeps every finished configuration; the file is rewritten
-in the configurations' order at the end.
+in the configurations' order at the end.  On SIGINT or SIGTERM the sweep starts
+no new configuration, stops its workers (`parallel`), keeps every row that
+finished (and, through `settle`, one whose task finished but whose result never
+arrived) and says which configurations are missing.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import csv
 import io
 import math
 import os
+import signal
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -41,8 +46,16 @@ from typing import IO, Any
 import numpy as np
 
 from thermospec.core.payload import EpsSpec
-from thermospec.experiments.parallel import TaskRunner, single_threaded_blas
+from thermospec.experiments.parallel import (
+    StopSignals,
+    SweepInterrupted,
+    TaskInterrupted,
+    TaskRunner,
+    single_threaded_blas,
+    stop_signals,
+)
 from thermospec.runs.config import ConfigError, RunConfig, load_target
+from thermospec.runs.interrupts import signal_name
 from thermospec.runs.progress import Progress
 from thermospec.targets.bigram import BigramTarget
 
@@ -237,13 +250,33 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
 
 @dataclass
 class SweepOutcome:
-    """What a sweep produced: rows in configuration order, and what is missing after an interrupt."""
+    """What a sweep produced: rows in configuration order, and what is missing after an interrupt.
+
+    Attributes
+    ----------
+    rows : list of dict
+        The rows of the finished configurations, in configuration order (as in the CSV).
+    total : int
+        Configurations of the sweep.
+    elapsed_s : float
+    interrupted : bool
+        A signal stopped the sweep (`signum`, SIGINT or SIGTERM).
+    missing : list of int
+        Indices of the configurations that did not finish.
+    signum : int or None
+    """
 
     rows: list[dict[str, Any]]
     total: int
     elapsed_s: float
     interrupted: bool = False
     missing: list[int] = field(default_factory=list)
+    signum: int | None = None
+
+    @property
+    def interrupted_by(self) -> str | None:
+        """``"SIGINT"`` or ``"SIGTERM"`` after an interrupt, else None."""
+        return None if self.signum is None else signal_name(self.signum)
 
 
 def run_sweep(
@@ -253,31 +286,44 @@ def run_sweep(
     csv_path: Path,
     fields: Sequence[str],
     progress: Progress | None = None,
+    stop: StopSignals | None = None,
+    settle: Callable[[Any], dict[str, Any] | None] | None = None,
 ) -> SweepOutcome:
     """Run `task` on every item with `runner`, writing each row to `csv_path` as it finishes.
 
-    On Ctrl-C the rows already finished stay in the file (whole lines, then put
-    in configuration order) and the outcome says which configurations are missing.
+    On SIGINT or SIGTERM (recorded by `stop`, by default a `stop_signals` of
+    this call) no configuration starts any more and the workers are stopped;
+    the rows already finished stay in the file (whole lines, then put in
+    configuration order) and the outcome says which configurations are
+    missing.  After an interrupt `settle`, if given, is called on each
+    unfinished item once every worker has stopped: it returns the row of a
+    task that finished although its result was lost (a seed's run complete on
+    disk), else None (and may mark what the task left unfinished).
     """
     started = time.perf_counter()
     done: dict[int, dict[str, Any]] = {}
     sink = CsvRows(csv_path, fields)
-    interrupted = False
-    try:
-        for index, row in runner.map_unordered(task, items):
-            sink.append(row)
-            done[index] = row
-            if progress is not None:
-                progress.update(1)
-    except (KeyboardInterrupt, SeedInterrupted):
-        interrupted = True
-    finally:
-        ordered = [done[i] for i in sorted(done)]
-        sink.rewrite(ordered)
+    signum: int | None = None
+    with ExitStack() as stack:
+        if stop is None:
+            stop = stack.enter_context(stop_signals())
+        try:
+            for index, row in runner.map_unordered(task, items, stop):
+                sink.append(row)
+                done[index] = row
+                if progress is not None:
+                    progress.update(1)
+        except (SweepInterrupted, TaskInterrupted, KeyboardInterrupt) as exc:
+            signum = getattr(exc, "signum", None) or stop.signum or signal.SIGINT
+            settled = {} if settle is None else {i: settle(items[i]) for i in range(len(items)) if i not in done}
+            done |= {i: found for i, found in settled.items() if found is not None}
+        finally:
+            ordered = [done[i] for i in sorted(done)]
+            sink.rewrite(ordered)
     missing = [i for i in range(len(items)) if i not in done]
     return SweepOutcome(
         rows=ordered, total=len(items), elapsed_s=time.perf_counter() - started,
-        interrupted=interrupted, missing=missing,
+        interrupted=signum is not None, missing=missing, signum=signum,
     )
 
 
@@ -302,5 +348,5 @@ def format_number(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-class SeedInterrupted(Exception):  # noqa: N818  (an event, like KeyboardInterrupt)
+class SeedInterrupted(TaskInterrupted):
     """A seed's run stopped early on a signal; an ordinary exception, so it travels back from a worker."""
