@@ -27,7 +27,7 @@ def test_docs_api_session_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), {"__name__": "docs_api"})
-    assert len(list((tmp_path / "runs").iterdir())) == 3  # the bad-input call wrote nothing
+    assert len(list((tmp_path / "runs").iterdir())) == 5  # 3 runs, 2 sweeps: the bad-input call wrote nothing
 
 
 def test_api_run_writes_the_cli_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,7 @@
 
 The public API of the core is `SimTSU` (samples F(ψ), reports exact log q) and
 `accept_correct_step` (the exact correction of speculative sampling).  Runs and
-checks from Python: `run`, `check`, `config`, `Summary` (from `thermospec.api`,
+checks from Python: `run`, `check`, `sweep`, `config`, `Summary` (from `thermospec.api`,
 imported on first use so that ``import thermospec`` stays light).
 """
 
@@ -16,7 +16,7 @@ from thermospec.tsu.sim import SimTSU
 
 __version__ = "0.1.0"
 
-_API = ("CheckReport", "RunResult", "Summary", "check", "config", "run")
+_API = ("CheckReport", "RunResult", "Summary", "SweepResult", "check", "config", "run", "sweep")
 
 
 def __getattr__(name: str) -> Any:
@@ -47,5 +47,6 @@ __all__ = [
     "proposal_distribution",
     "residual",
     "run",
+    "sweep",
     "topk_mass",
 ]

@@ -1,4 +1,4 @@
-"""The Python API a notebook lives in: `run` and `check`, with the CLI's options as keyword arguments.
+"""The Python API a notebook lives in: `run`, `check` and `sweep`, with the CLI's options as keyword arguments.
 
 The command lines (``python -m scripts.run_m1 run|check``) are a thin layer over
 these functions: the same options, the same defaults, the same files and bytes.
@@ -16,6 +16,7 @@ Example
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from thermospec.analysis.block_checks import run_block_checks
 from thermospec.analysis.checks import POOLED_STEPS, pooled_tsu_check, run_checks
 from thermospec.core.payload import EpsSpec
+from thermospec.experiments.sweep_runs import SweepResult, grid_sweep, seed_sweep
 from thermospec.runs.checklist import DEFAULT_CHECK_STEPS, CheckResult
 from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.runs.executor import check_mode_options, execute_run
@@ -31,7 +33,7 @@ from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, create_run_dir
 from thermospec.runs.telemetry import PARQUET_FILE, TelemetryFormat
 from thermospec.tsu.faults import Fault
 
-__all__ = ["CheckReport", "ConfigError", "RunResult", "Summary", "check", "config", "run"]
+__all__ = ["CheckReport", "ConfigError", "RunResult", "Summary", "SweepResult", "check", "config", "run", "sweep"]
 
 
 @dataclass(frozen=True)
@@ -238,3 +240,48 @@ def check(
         fault = Fault.parse(fault) if isinstance(fault, str) else fault
         prepared = inject_fault(prepared, fault)
     return CheckReport(checks_of(prepared, check_steps, pooled_steps))
+
+
+def sweep(
+    kind: str,
+    *,
+    runs_dir: str | Path = "runs",
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    seeds: Sequence[int] = (7, 11),
+    Ks: Sequence[int] = (32, 64, 128),
+    taus: Sequence[float] = (0.9, 1.0, 1.1),
+    context: str | None = None,
+    steps: int | None = None,
+    **options: Any,
+) -> SweepResult:
+    """A seed sweep (``kind="seeds"``, as ``sweep_m1``) or a (K, τ, seed) grid (``kind="grid"``, as ``sweep_m1_grid``).
+
+    Parameters
+    ----------
+    kind : {"seeds", "grid"}
+        One full run per seed (folders ``seed_<S>/`` and ``m1_seeds.csv``), or fixed-context
+        draws per (K, τ, seed) (``m1_sweep.csv``).
+    runs_dir, jobs, scheduler
+        Where the sweep folder goes; local worker processes (default: all cores) or a Dask scheduler.
+    seeds, Ks, taus, context
+        The axes (``Ks``, ``taus`` and ``context`` for a grid only).
+    steps : int, optional
+        Steps per configuration (default: 20,000 for seeds, 15,000 for a grid, as the commands).
+    **options
+        The target and ψ options, as `config` takes them (``K``, ``tau`` for a seed sweep).
+
+    Returns
+    -------
+    SweepResult
+        The folder, the CSV, its rows (`SweepResult.rows`) and the unfinished configurations.
+    """
+    if kind == "seeds":
+        base = config(steps=20_000 if steps is None else steps, seed=seeds[0] if seeds else 0, **options)
+        return seed_sweep(base, seeds, runs_dir, jobs, scheduler)
+    if kind == "grid":
+        if {"K", "tau", "seed"} & options.keys():
+            raise ConfigError("sweep: a grid takes Ks, taus and seeds, not K, tau or seed")
+        base = config(steps=15_000 if steps is None else steps, seed=seeds[0] if seeds else 0, **options)
+        return grid_sweep(base, Ks, taus, seeds, base.steps, context, runs_dir, jobs, scheduler)
+    raise ConfigError(f"sweep: kind must be 'seeds' or 'grid', got {kind!r}")

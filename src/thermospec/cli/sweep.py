@@ -30,28 +30,20 @@ from thermospec.cli.options import (
 )
 from thermospec.core.payload import PayloadError
 from thermospec.experiments.gamma_sweep import gamma_sweep
-from thermospec.experiments.grid import GridSweep, aggregate_grid, format_grid_table, grid_task, validate_grid
-from thermospec.experiments.parallel import available_cores, open_runner, stop_signals
+from thermospec.experiments.grid import aggregate_grid, format_grid_table
+from thermospec.experiments.parallel import available_cores
 from thermospec.experiments.plots import PlotError, folder_kinds, plot_folder
-from thermospec.experiments.seeds import SeedSweep, format_seed_table, seed_settler, seed_task
+from thermospec.experiments.seeds import format_seed_table
+from thermospec.experiments.sweep_runs import SweepResult, grid_sweep, seed_sweep
 from thermospec.experiments.sweeps import (
-    GRID_CSV,
-    GRID_FIELDS,
-    SEED_FIELDS,
-    SEEDS_CSV,
     SWEEP_JSON,
-    SweepOutcome,
     check_values,
     context_label,
-    resolve_context,
-    run_sweep,
     target_of,
 )
 from thermospec.runs.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
 from thermospec.runs.interrupts import Terminated, exit_status, install_termination_handler
-from thermospec.runs.prepare import prepare_run
-from thermospec.runs.progress import progress_bar
-from thermospec.runs.storage import create_run_dir, write_json_atomic
+from thermospec.runs.storage import create_run_dir
 from thermospec.targets.corpus import CorpusError
 
 __all__ = ["build_grid_parser", "build_plot_parser", "build_seed_parser", "grid_main", "plot_main", "seed_main"]
@@ -177,14 +169,6 @@ def _base_config(args: argparse.Namespace, seed: int, **psi: Any) -> RunConfig:
                      seed=seed, **psi)
 
 
-def _sweep_dir(args: argparse.Namespace) -> Path:
-
-    try:
-        return create_run_dir(Path(args.runs_dir))
-    except OSError as exc:
-        raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a sweep folder ({exc.strerror or exc})") from None
-
-
 def _plural(count: int, noun: str) -> str:
     """``"1 run"``, ``"2 runs"``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
@@ -194,104 +178,70 @@ def _label(configuration: dict[str, Any]) -> str:
     return " ".join(f"{key}={value}" for key, value in configuration.items())
 
 
-def _report_interrupt(
-    prog: str, outcome: SweepOutcome, missing: list[dict[str, Any]], csv_path: Path, what: str, where: str
-) -> int:
+def _report_interrupt(prog: str, result: SweepResult, what: str) -> int:
     """stdout: the unfinished configurations and what was written; stderr: one line; returns 130 or 143."""
-    print(f"\nunfinished: {'; '.join(map(_label, missing)) or 'none'}")
-    print(f"wrote {csv_path} ({_plural(len(outcome.rows), 'row')}) and {SWEEP_JSON} in {outcome.elapsed_s:.2f} s "
-          f"({where})")
+    outcome = result.outcome
+    print(f"\nunfinished: {'; '.join(map(_label, result.missing)) or 'none'}")
+    print(f"wrote {result.csv} ({_plural(len(outcome.rows), 'row')}) and {SWEEP_JSON} in {outcome.elapsed_s:.2f} s "
+          f"({result.where})")
     print(
-        f"{prog}: interrupted: {len(outcome.rows)} of {_plural(outcome.total, what)} finished and kept in {csv_path}; "
-        f"{len(outcome.missing)} missing (stopped by {outcome.interrupted_by}; listed in {SWEEP_JSON})",
+        f"{prog}: interrupted: {len(outcome.rows)} of {_plural(outcome.total, what)} finished and kept in "
+        f"{result.csv}; {len(outcome.missing)} missing (stopped by {outcome.interrupted_by}; listed in {SWEEP_JSON})",
         file=sys.stderr,
     )
     return exit_status(outcome.signum) if outcome.signum is not None else EXIT_INTERRUPTED
 
 
-def _write_sweep_json(path: Path, document: dict[str, Any]) -> None:
-
-    write_json_atomic(path, document)
+def _notice(text: str) -> None:
+    print(f"notice: {text}", file=sys.stderr)
 
 
 def _seed_sweep(args: argparse.Namespace) -> int:
-
-    seeds = check_values("--seeds", args.seeds)
-    sweep = SeedSweep(base=_base_config(args, seeds[0], K=args.K, tau=args.tau), seeds=seeds)
-    first = prepare_run(sweep.config(seeds[0]))  # every seed shares V and the ψ options: one check covers all
-    if args.K > first.target.V:
-        print(f"notice: --K {args.K} is above the vocabulary size V = {first.target.V}; using K = {first.target.V}",
-              file=sys.stderr)
-    with open_runner(args.jobs, args.scheduler) as runner, stop_signals() as stop:
-        sweep_dir = _sweep_dir(args)
-        csv_path = sweep_dir / SEEDS_CSV
-        with progress_bar(len(seeds), "seeds", "run", quiet=args.quiet) as bar:
-            outcome = run_sweep(seed_task(sweep, sweep_dir), seeds, runner, csv_path, SEED_FIELDS, bar,
-                                stop=stop, settle=seed_settler(sweep, sweep_dir))
-        where = runner.where_for(len(seeds))
-        missing = [{"seed": seeds[i]} for i in outcome.missing]
-        _write_sweep_json(sweep_dir / SWEEP_JSON, {
-            "kind": "seeds", "config": sweep.base.as_dict() | {"seed": None}, "seeds": list(seeds),
-            "finished": len(outcome.rows), "missing": missing, "interrupted_by": outcome.interrupted_by,
-            "where": where, "elapsed_s": outcome.elapsed_s,
-        })
-    print(f"seed sweep: {_plural(len(seeds), 'run')} of {args.steps} steps, K = {first.K_used}, τ = {args.tau:g}, "
+    base = _base_config(args, args.seeds[0], K=args.K, tau=args.tau)
+    result = seed_sweep(base, args.seeds, args.runs_dir, args.jobs, args.scheduler, args.quiet, _notice)
+    seeds = args.seeds
+    print(f"seed sweep: {_plural(len(seeds), 'run')} of {args.steps} steps, K = {result.K_used}, τ = {args.tau:g}, "
           f"ε = {args.eps}")
-    if outcome.rows:
-        print(format_seed_table(outcome.rows))
-    if outcome.interrupted:
-        return _report_interrupt("sweep_m1", outcome, missing, csv_path, "seed", where)
-    print(f"\nwrote {csv_path} and {_plural(len(seeds), 'run folder')} seed_<S>/ in {outcome.elapsed_s:.2f} s "
-          f"({where})")
+    if result.rows:
+        print(format_seed_table(result.rows))
+    if result.interrupted:
+        return _report_interrupt("sweep_m1", result, "seed")
+    print(f"\nwrote {result.csv} and {_plural(len(seeds), 'run folder')} seed_<S>/ in {result.outcome.elapsed_s:.2f} s "
+          f"({result.where})")
     return 0
 
 
 def _grid_sweep(args: argparse.Namespace) -> int:
-
-    Ks = check_values("--Ks", args.Ks)
-    taus = check_values("--taus", args.taus)
-    seeds = check_values("--seeds", args.seeds)
-    base = _base_config(args, seeds[0])
+    base = _base_config(args, args.seeds[0])
     if args.gammas is not None:
-
-        check_values("--gammas", args.gammas)
+        for option, values in (("--Ks", args.Ks), ("--taus", args.taus), ("--seeds", args.seeds),
+                               ("--gammas", args.gammas)):
+            check_values(option, values)
         if any(not (math.isfinite(c) and c >= 0) for c in args.cost_ratios):
             raise ConfigError("--cost-ratios: each must be a finite number >= 0")
-        return gamma_sweep(args, base, _sweep_dir(args))
-    first = target_of(base, seeds[0])
-    context = None if args.context is None else resolve_context(args.context, first)
-    sweep = GridSweep(base=base, steps=args.steps, Ks=Ks, taus=taus, seeds=seeds, context=context)
-    validate_grid(sweep)
-    points = sweep.points()
-    with open_runner(args.jobs, args.scheduler) as runner, stop_signals() as stop:
-        sweep_dir = _sweep_dir(args)
-        csv_path = sweep_dir / GRID_CSV
-        above = [K for K in Ks if K > first.V]
-        if above:  # all input is valid by now: a notice, not an error
-            print(f"notice: --Ks {' '.join(map(str, above))} above the vocabulary size V = {first.V}: "
-                  f"those rows use K = {first.V} (the CSV's K column is the K asked for)", file=sys.stderr)
-        with progress_bar(len(points), "grid", "config", quiet=args.quiet) as bar:
-            outcome = run_sweep(grid_task(sweep), points, runner, csv_path, GRID_FIELDS, bar, stop=stop)
-        where = runner.where_for(len(points))
-        missing = [{"K": points[i].K, "tau": points[i].tau, "seed": points[i].seed} for i in outcome.missing]
-        _write_sweep_json(sweep_dir / SWEEP_JSON, {
-            "kind": "grid", "config": base.as_dict() | {"seed": None, "K": None, "tau": None},
-            "Ks": list(Ks), "taus": list(taus), "seeds": list(seeds), "context": args.context,
-            "finished": len(outcome.rows), "missing": missing, "interrupted_by": outcome.interrupted_by,
-            "where": where, "elapsed_s": outcome.elapsed_s,
-        })
+        try:
+            sweep_dir = create_run_dir(Path(args.runs_dir))
+        except OSError as exc:
+            raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a sweep folder "
+                              f"({exc.strerror or exc})") from None
+        return gamma_sweep(args, base, sweep_dir)
+    result = grid_sweep(base, args.Ks, args.taus, args.seeds, args.steps, args.context, args.runs_dir, args.jobs,
+                        args.scheduler, args.quiet, _notice)
+    Ks, taus, seeds = args.Ks, args.taus, args.seeds
+    points = len(Ks) * len(taus) * len(seeds)
     how = "given" if args.context is not None else "most probable under π"
     print(f"grid sweep: {len(Ks)} K × {len(taus)} τ × {_plural(len(seeds), 'seed')} = "
-          f"{_plural(len(points), 'configuration')}, {args.steps} fixed-context steps each, ε = {args.eps}")
-    if outcome.rows:
-        contexts = sorted({(int(r["seed"]), int(r["context"])) for r in outcome.rows})
+          f"{_plural(points, 'configuration')}, {args.steps} fixed-context steps each, ε = {args.eps}")
+    if result.rows:
+        contexts = sorted({(int(r["seed"]), int(r["context"])) for r in result.rows})
         shown = ", ".join(f"{context_label(x, target_of(base, s))} (seed {s})" for s, x in contexts)
         print(f"context ({how}): {shown}")
         print("means over seeds; se = standard error of accept around overlap\n")
-        print(format_grid_table(aggregate_grid(outcome.rows)))
-    if outcome.interrupted:
-        return _report_interrupt("sweep_m1_grid", outcome, missing, csv_path, "configuration", where)
-    print(f"\nwrote {csv_path} ({_plural(len(outcome.rows), 'row')}) in {outcome.elapsed_s:.2f} s ({where})")
+        print(format_grid_table(aggregate_grid(result.rows)))
+    if result.interrupted:
+        return _report_interrupt("sweep_m1_grid", result, "configuration")
+    print(f"\nwrote {result.csv} ({_plural(len(result.rows), 'row')}) in {result.outcome.elapsed_s:.2f} s "
+          f"({result.where})")
     return 0
 
 
