@@ -1,0 +1,271 @@
+"""Order-N character corpus targets: ``p(. | last N - 1 tokens)``, backing off to the longest suffix seen (SPEC §8).
+
+The context of a step is the last N - 1 emitted tokens (fewer at the start: the
+chain starts from ``x0 ~ pi`` of the bigram chain).  Its row is Laplace (+1 over
+V) on the counts of the tokens that follow the **longest suffix** of the context
+(at most N - 1 tokens) that occurs in the corpus followed by a token; a suffix
+never seen backs off to the next shorter one, down to the bigram row, which is
+`corpus_target`'s row, bit for bit (so N = 2 is SPEC §5's target).
+
+Contexts are interned as they are met, as dense ids: ids ``0 .. V-1`` are the
+one-token contexts (so ``row(x)`` is the bigram row of x, and at N = 2 an
+`OrderTarget` is a `BigramTarget`); a longer context gets the next free id.  A
+context is identified by its *effective* suffix (the longest one seen), since
+that alone decides its row and its successors: if ``u + y`` is a seen suffix of
+``h + y`` then ``u`` is a seen suffix of ``h`` no longer than h's effective one.
+
+The index is a sorted array of the corpus positions followed by a token, keyed by
+the N - 1 tokens ending there read backwards (newest first): the occurrences of
+a context are one contiguous range, narrowed one older token at a time by binary
+search, and the followers of a range give its counts.  It takes ``N`` small-int
+columns of the corpus length (8 x 1.1 MB for Tiny Shakespeare at N = 8); rows
+are built on demand into a byte-bounded LRU cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import _lru_cache_wrapper, lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.targets.bigram import DenseTarget
+from thermospec.targets.corpus import corpus_target, read_corpus
+
+__all__ = ["MAX_ORDER", "ORDER_ROW_CACHE_BYTES", "OrderTarget", "order_target"]
+
+MAX_ORDER = 16
+"""Largest N: the index holds N columns of the corpus length."""
+ORDER_ROW_CACHE_BYTES = 64 * 1024 * 1024
+"""Memory bound of an order-N target's cache of float64 rows (129,000 rows at V = 65)."""
+
+
+class OrderTarget:
+    """An order-N corpus target over dense context ids; build it with `order_target`.
+
+    Parameters
+    ----------
+    order : int
+        N >= 2: contexts are the last N - 1 tokens.
+    bigram : DenseTarget
+        The corpus' character bigram target (`corpus_target`): the rows of
+        one-token contexts, pi and the vocabulary.
+    tokens : ndarray of int, shape (n,)
+        The corpus as token ids.
+    row_cache_bytes : int
+        Memory bound of the row cache (at least one row).
+    """
+
+    def __init__(self, order: int, bigram: DenseTarget, tokens: NDArray[np.integer[Any]], row_cache_bytes: int) -> None:
+        if bigram.vocabulary is None:
+            raise ValueError("bigram: an order-N target needs the corpus' vocabulary")
+        self.order = int(order)
+        self.bigram = bigram
+        self._vocabulary = bigram.vocabulary
+        V = self.V
+        depth = self.order - 1
+        n = int(tokens.shape[0])
+        small: type[np.unsignedinteger[Any]] = np.uint8 if V < 255 else np.uint16 if V < 65535 else np.uint32
+        shifted = tokens.astype(small) + small(1)  # 0 marks "before the corpus' start"
+        ends = n - 1  # positions followed by a token
+        columns = []
+        for j in range(depth):  # column j: the token j places before the end, + 1
+            col = np.zeros(ends, dtype=small)
+            col[j:] = shifted[: ends - j]
+            columns.append(col)
+        sort = np.lexsort(columns[::-1])  # newest token first
+        self._columns: list[NDArray[Any]] = []
+        for j in range(depth):
+            self._columns.append(columns[j][sort])
+            columns[j] = self._columns[-1]  # drop the unsorted column
+        sort += 1  # in place: the position of each end's follower
+        self._followers: NDArray[Any] = shifted[sort] - small(1)
+        del sort, columns, shifted
+        first = self._columns[0]
+        self._codes = list(np.arange(1, V + 1, dtype=small))  # token + 1 as the columns' scalar type (fast search)
+        self._first_lo = np.searchsorted(first, np.arange(1, V + 1), side="left").tolist()
+        self._first_hi = np.searchsorted(first, np.arange(1, V + 1), side="right").tolist()
+        self._ids: dict[tuple[int, int], int] = {}
+        self._length: list[int] = [1] * V
+        self._lo: list[int] = list(self._first_lo)
+        self._hi: list[int] = list(self._first_hi)
+        self.row_capacity = max(1, row_cache_bytes // (8 * V))
+        self._rows: _lru_cache_wrapper[NDArray[np.float64]] = lru_cache(maxsize=self.row_capacity)(self._build_row)
+
+    @property
+    def V(self) -> int:
+        """Vocabulary size (the corpus' distinct characters)."""
+        return self.bigram.V
+
+    @property
+    def pi(self) -> NDArray[np.float64]:
+        """Stationary law of the bigram chain: the start law ``x0 ~ pi``."""
+        return self.bigram.pi
+
+    @property
+    def stationary_unique(self) -> bool:
+        """Whether `pi` is the bigram chain's unique stationary law."""
+        return self.bigram.stationary_unique
+
+    @property
+    def source(self) -> str:
+        """``"corpus"`` at N = 2 (SPEC §5's target), else ``"corpus (order N)"``."""
+        return "corpus" if self.order == 2 else f"corpus (order {self.order})"
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The character of each token id."""
+        return self._vocabulary
+
+    @property
+    def corpus_sha256(self) -> str:
+        """SHA-256 of the corpus bytes."""
+        return str(self.bigram.corpus_sha256)
+
+    @property
+    def rows_stored(self) -> bool:
+        """True at N = 2 (every context is a token, its row stored); False above (contexts met on demand)."""
+        return self.order == 2
+
+    @property
+    def context_count(self) -> int:
+        """Contexts interned so far (ids ``0 .. context_count - 1``)."""
+        return len(self._length)
+
+    def context_id(self, history: Sequence[int]) -> int:
+        """The id of the context of `history` (oldest first, >= 1 token; only the last N - 1 count).
+
+        The context is the longest suffix of those tokens that occurs in the corpus
+        followed by a token, or the last token alone; ids are interned on first use.
+
+        Raises
+        ------
+        ValueError
+            Empty history or a token outside ``[0, V)``.
+        """
+        recent = [int(t) for t in history[-(self.order - 1):]] if len(history) else []
+        if not recent or min(recent) < 0 or max(recent) >= self.V:
+            raise ValueError(f"history: need 1 or more tokens in [0, {self.V}), got {list(history)[-8:]}")
+        last = recent[-1]
+        lo, hi, length = self._first_lo[last], self._first_hi[last], 1
+        for j in range(1, len(recent)):
+            if hi <= lo:
+                break
+            column = self._columns[j][lo:hi]
+            code = self._codes[recent[-1 - j]]
+            a = lo + int(column.searchsorted(code, side="left"))
+            b = lo + int(column.searchsorted(code, side="right"))
+            if b <= a:
+                break
+            lo, hi, length = a, b, j + 1
+        if length == 1:
+            return last
+        return self._intern(length, lo, hi)
+
+    def _intern(self, length: int, lo: int, hi: int) -> int:
+        cid = self._ids.get((length, lo))
+        if cid is None:
+            cid = self._ids[(length, lo)] = len(self._length)
+            self._length.append(length)
+            self._lo.append(lo)
+            self._hi.append(hi)
+        return cid
+
+    def next_context(self, context: int, token: int) -> int:
+        """The id of the context after `token` is emitted in `context`."""
+        return self.context_id((*self.context_tokens(context), int(token)))
+
+    def context_tokens(self, context: int) -> tuple[int, ...]:
+        """The tokens of a context, oldest first (its effective suffix: 1 .. N - 1 tokens)."""
+        if not 0 <= context < len(self._length):
+            raise IndexError(f"context {context} is not interned (0 .. {len(self._length) - 1})")
+        if context < self.V:
+            return (context,)
+        lo = self._lo[context]
+        return tuple(int(self._columns[j][lo]) - 1 for j in reversed(range(self._length[context])))
+
+    def context_text(self, context: int) -> str:
+        """The characters of a context, oldest first (for telemetry)."""
+        return "".join(self.vocabulary[t] for t in self.context_tokens(context))
+
+    def context_occurrences(self, context: int) -> int:
+        """How often the context occurs in the corpus followed by a token (its row's count total)."""
+        self.context_tokens(context)  # range check
+        return self._hi[context] - self._lo[context]
+
+    def _build_row(self, context: int) -> NDArray[np.float64]:
+        if context < self.V:
+            p: NDArray[np.float64] = self.bigram.P[context].copy()  # corpus_target's row, bit for bit
+        else:
+            counts = np.bincount(self._followers[self._lo[context]:self._hi[context]], minlength=self.V)
+            smoothed = counts.astype(np.float64) + 1.0
+            p = smoothed / smoothed.sum()
+        p.setflags(write=False)  # shared by the cache: nobody may change it
+        return p
+
+    def row(self, context: int) -> NDArray[np.float64]:
+        """``p(. | context)``: Laplace (+1 over V) on the counts of the tokens that follow the context, float64."""
+        self.context_tokens(context)  # range check
+        return self._rows(int(context))
+
+    def support(self, context: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Every token (Laplace rows are positive everywhere) and the row."""
+        p = self.row(context)
+        return np.arange(self.V, dtype=np.int64), p
+
+    def widest_support(self) -> int:
+        """V: every row is positive everywhere."""
+        return self.V
+
+    def cached_rows(self) -> int:
+        """How many rows the cache holds (at most `row_capacity`)."""
+        return int(self._rows.cache_info().currsize)
+
+    def frequent_contexts(self, count: int = 4) -> list[int]:
+        """Ids of the `count` most frequent full contexts (N - 1 tokens followed by a token) of the corpus.
+
+        Ties go to the lexicographically first (newest token first); fewer if the
+        corpus has fewer.  The fixed contexts of ``check`` at order N.
+        """
+        depth = self.order - 1
+        ends = int(self._followers.shape[0])
+        change = np.zeros(ends, dtype=np.bool_)
+        change[0] = True
+        for column in self._columns:
+            change[1:] |= column[1:] != column[:-1]
+        starts = np.flatnonzero(change)
+        sizes = np.diff(np.append(starts, ends))
+        full = self._columns[depth - 1][starts] > 0  # no position before the corpus' start
+        starts, sizes = starts[full], sizes[full]
+        best = np.argsort(-sizes, kind="stable")[:count]
+        if depth == 1:
+            return [int(self._columns[0][starts[i]]) - 1 for i in best]
+        return [self._intern(depth, int(starts[i]), int(starts[i] + sizes[i])) for i in best]
+
+
+def order_target(path: str | Path, order: int, *, row_cache_bytes: int = ORDER_ROW_CACHE_BYTES) -> OrderTarget:
+    """The order-N character target of a UTF-8 corpus (see the module).
+
+    Raises
+    ------
+    CorpusError
+        As `corpus_target` (missing, not UTF-8, fewer than 2 characters ...).
+    ValueError
+        `order` not an integer in ``[2, MAX_ORDER]``; the message names ``--order``.
+    """
+    if isinstance(order, bool) or not isinstance(order, int | np.integer) or not 2 <= order <= MAX_ORDER:
+        raise ValueError(f"--order: must be an integer in [2, {MAX_ORDER}], got {order!r}")
+    bigram = corpus_target(path)
+    text, _ = read_corpus(path)
+    alphabet = np.array([ord(c) for c in bigram.vocabulary or ()], dtype=np.int64)
+    if text.isascii():
+        codepoints: NDArray[Any] = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    else:
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+    tokens = np.empty(codepoints.shape[0], dtype=np.uint32)
+    for start in range(0, tokens.shape[0], 1 << 20):  # bounded temporaries
+        tokens[start:start + (1 << 20)] = np.searchsorted(alphabet, codepoints[start:start + (1 << 20)])
+    return OrderTarget(int(order), bigram, tokens, row_cache_bytes)

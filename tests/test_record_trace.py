@@ -1,0 +1,129 @@
+"""scripts/record_trace.py on a tiny randomly initialised GPT-2 saved locally: rows are the model's log-softmax.
+
+Needs the optional ``hf`` extra (torch, transformers); nothing is downloaded: the
+tokenizer is trained here with ``tokenizers`` and the model built from a config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from scripts import record_trace
+from thermospec.targets.trace import load_trace, softmax64
+
+torch: Any = pytest.importorskip("torch", reason="the hf extra (torch) is not installed")
+transformers: Any = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+tokenizers: Any = pytest.importorskip("tokenizers", reason="tokenizers is not installed")
+
+WINDOW = 64
+STRIDE = 24
+
+
+@pytest.fixture(scope="module")
+def tiny_model(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 1-layer GPT-2 (n_embd 32) with a 300-token byte-level BPE, saved to a folder, and a text file."""
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    corpus = shakespeare.read_text(encoding="utf-8")
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator([corpus[:20_000]], trainer=trainer)
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe)
+    tokenizer.save_pretrained(folder)
+    config = transformers.GPT2Config(
+        vocab_size=bpe.get_vocab_size(), n_positions=WINDOW, n_embd=32, n_layer=1, n_head=2,
+        bos_token_id=None, eos_token_id=None, initializer_range=0.5,  # peaked rows, unlike the default 0.02
+    )
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    text = folder / "text.txt"
+    text.write_text(corpus[:700], encoding="utf-8")
+    return folder, text
+
+
+def forward_logprobs(folder: Path, ids: list[int]) -> Any:
+    """The model's log-softmax over `ids` in one direct forward pass, float64."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float().eval()
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    return torch.log_softmax(logits.double(), dim=-1).numpy()
+
+
+def test_windows_cover_every_position_once() -> None:
+    spans = record_trace.windows(150, WINDOW, STRIDE)
+    assert spans[0] == (0, 0, WINDOW) and spans[1] == (WINDOW + STRIDE - WINDOW, WINDOW, WINDOW + STRIDE)
+    covered = [t for _, first, end in spans for t in range(first, end)]
+    assert covered == list(range(150))
+    assert all(end - start <= WINDOW for start, _, end in spans)
+
+
+def test_recorded_rows_are_the_models_log_softmax(
+    tiny_model: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder, text = tiny_model
+    seen: list[dict[str, Any]] = []
+    original = transformers.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
+    out = tmp_path / "trace.npz"
+    positions = WINDOW + 2 * STRIDE + 5
+    argv = ["--model", str(folder), "--text", str(text), "--positions", str(positions), "--out", str(out),
+            "--dtype", "float32", "--stride", str(STRIDE), "--local-files-only", "--quiet"]
+    assert record_trace.main(argv) == 0
+    assert seen and all("trust_remote_code" not in kwargs for kwargs in seen)  # never unless asked
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", original)
+
+    trace = load_trace(out)
+    ids = transformers.AutoTokenizer.from_pretrained(folder)(text.read_text(encoding="utf-8"))["input_ids"]
+    assert trace.positions == positions and trace.V == len(trace.vocabulary or ()) == 300
+    assert trace.tokens is not None and trace.tokens.tolist() == ids[1:positions + 1]
+    assert trace.metadata["window"] == WINDOW and trace.metadata["stride"] == STRIDE
+    first = forward_logprobs(folder, ids[:WINDOW])  # positions 0 .. 63: one window
+    second = forward_logprobs(folder, ids[STRIDE:WINDOW + STRIDE])  # positions 64 .. 87, context from 24
+    for t in (0, 1, 17, WINDOW - 1):
+        np.testing.assert_allclose(trace.row(t), np.exp(first[t]), rtol=1e-5, atol=1e-9)
+    for t in (WINDOW, WINDOW + STRIDE - 1):
+        np.testing.assert_allclose(trace.row(t), np.exp(second[t - STRIDE]), rtol=1e-5, atol=1e-9)
+    # negative controls: a row one position off, or the same position with its window one token later, differs
+    assert np.abs(np.log(trace.row(5)) - first[4]).max() > 0.1
+    shifted = forward_logprobs(folder, ids[STRIDE + 1:WINDOW + STRIDE + 1])
+    assert np.abs(np.log(trace.row(WINDOW)) - shifted[WINDOW - STRIDE - 1]).max() > 1e-3
+    np.testing.assert_allclose(trace.row(WINDOW), softmax64(second[WINDOW - STRIDE]), rtol=1e-5, atol=1e-9)
+
+
+def test_float16_storage_and_refusals(tiny_model: tuple[Path, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    folder, text = tiny_model
+    out = tmp_path / "half.npz"
+    base = ["--model", str(folder), "--text", str(text), "--local-files-only", "--quiet"]
+    assert record_trace.main([*base, "--positions", "40", "--out", str(out)]) == 0
+    trace = load_trace(out)
+    assert trace.dtype == "float16"
+    ids = transformers.AutoTokenizer.from_pretrained(folder)(text.read_text(encoding="utf-8"))["input_ids"]
+    exact = forward_logprobs(folder, ids[:40])
+    np.testing.assert_allclose(np.log(trace.row(10)), exact[10], atol=0.02)  # float16 logprobs: ~1e-2 nats
+    capsys.readouterr()
+    for argv, reason in [
+        ([*base, "--positions", "100000", "--out", str(tmp_path / "x.npz")], "at most"),
+        ([*base, "--positions", "10", "--out", str(tmp_path / "x.npy")], "--out"),
+        (["--model", str(folder), "--text", str(tmp_path / "none.txt"), "--positions", "5",
+          "--out", str(tmp_path / "x.npz"), "--local-files-only"], "no such file"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            record_trace.main(argv)
+        assert stop.value.code != 0
+        err = capsys.readouterr().err
+        assert reason in err and err.count("\n") == 1, err
+        assert not (tmp_path / "x.npz").exists() and not (tmp_path / "x.npz.part").exists()
