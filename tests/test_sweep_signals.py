@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from thermospec.experiments.gamma_sweep import GAMMA_CSV
 from thermospec.experiments.parallel import open_runner
 from thermospec.experiments.seeds import seed_row
 from thermospec.experiments.sweeps import GRID_CSV, SEEDS_CSV, SWEEP_JSON, read_csv_rows
@@ -241,6 +242,15 @@ def test_grid_sweep_on_two_workers_stops_at_once_and_keeps_the_finished_rows(tmp
     order = [(k, t, s) for k in (8, 16, 32, 64) for t in (0.9, 1.0) for s in (7, 11, 13, 17)]
     assert keys == [p for p in order if p in keys], "the rows are not in configuration order"
     assert len(rows) < 32
+
+
+def test_gamma_sweep_keeps_the_finished_rows(tmp_path: Path) -> None:
+    """``--gammas``: rows written as they finish, as in the other sweeps (it lost all of them before)."""
+    argv = ["--Ks", "8", "16", "--taus", "1.0", "--seeds", "7", "11", "--gammas", "1", "2", "4", "8",
+            "--steps", "60000", "--jobs", "2"]
+    result = interrupt("scripts.sweep_m1_grid", argv, GAMMA_CSV, tmp_path / "runs", signal.SIGINT)
+    rows = check_common(result, signal.SIGINT, "sweep_m1_grid", "configurations", 16, GAMMA_CSV)
+    assert len(rows) < 16
 
 
 def test_grid_sweep_in_this_process_exits_143_on_sigterm(tmp_path: Path) -> None:

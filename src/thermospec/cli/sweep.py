@@ -11,7 +11,6 @@ lists the unfinished ones (stdout, ``sweep.json``), says how many are missing
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -29,21 +28,19 @@ from thermospec.cli.options import (
     positive_float,
 )
 from thermospec.core.payload import PayloadError
-from thermospec.experiments.gamma_sweep import gamma_sweep
+from thermospec.experiments.gamma_sweep import SPEEDUP_PNG, format_gamma_table, plot_speedup
 from thermospec.experiments.grid import aggregate_grid, format_grid_table
 from thermospec.experiments.parallel import available_cores
 from thermospec.experiments.plots import PlotError, folder_kinds, plot_folder
 from thermospec.experiments.seeds import format_seed_table
-from thermospec.experiments.sweep_runs import SweepResult, grid_sweep, seed_sweep
+from thermospec.experiments.sweep_runs import SweepResult, gamma_grid_sweep, grid_sweep, seed_sweep
 from thermospec.experiments.sweeps import (
     SWEEP_JSON,
-    check_values,
     context_label,
     target_of,
 )
 from thermospec.runs.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
 from thermospec.runs.interrupts import Terminated, exit_status, install_termination_handler
-from thermospec.runs.storage import create_run_dir
 from thermospec.targets.corpus import CorpusError
 
 __all__ = ["build_grid_parser", "build_plot_parser", "build_seed_parser", "grid_main", "plot_main", "seed_main"]
@@ -211,20 +208,26 @@ def _seed_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gamma_sweep(args: argparse.Namespace, base: RunConfig) -> int:
+    cost_ratios = tuple(args.cost_ratios)
+    result = gamma_grid_sweep(base, args.gammas, args.Ks, args.taus, args.seeds, args.steps, cost_ratios,
+                              args.runs_dir, args.jobs, args.scheduler, args.quiet)
+    print(f"γ sweep: {_plural(result.outcome.total, 'configuration')}, {args.steps} tokens of γ-token blocks each "
+          "(exact: stationary block starts, products of min(p, q) along the drafted chain)\n")
+    if result.rows:
+        print(format_gamma_table(result.rows, cost_ratios))
+        plot_speedup(result.folder / SPEEDUP_PNG, result.rows, cost_ratios)
+    if result.interrupted:
+        return _report_interrupt("sweep_m1_grid", result, "configuration")
+    print(f"\nwrote {result.csv} and {result.folder / SPEEDUP_PNG} in {result.outcome.elapsed_s:.2f} s "
+          f"({result.where})")
+    return 0
+
+
 def _grid_sweep(args: argparse.Namespace) -> int:
     base = _base_config(args, args.seeds[0])
     if args.gammas is not None:
-        for option, values in (("--Ks", args.Ks), ("--taus", args.taus), ("--seeds", args.seeds),
-                               ("--gammas", args.gammas)):
-            check_values(option, values)
-        if any(not (math.isfinite(c) and c >= 0) for c in args.cost_ratios):
-            raise ConfigError("--cost-ratios: each must be a finite number >= 0")
-        try:
-            sweep_dir = create_run_dir(Path(args.runs_dir))
-        except OSError as exc:
-            raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a sweep folder "
-                              f"({exc.strerror or exc})") from None
-        return gamma_sweep(args, base, sweep_dir)
+        return _gamma_sweep(args, base)
     result = grid_sweep(base, args.Ks, args.taus, args.seeds, args.steps, args.context, args.runs_dir, args.jobs,
                         args.scheduler, args.quiet, _notice)
     Ks, taus, seeds = args.Ks, args.taus, args.seeds

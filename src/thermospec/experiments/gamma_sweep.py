@@ -13,10 +13,12 @@ c, with the measured points.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,13 @@ __all__ = [
     "DEFAULT_COST_RATIOS",
     "GAMMA_CSV",
     "SPEEDUP_PNG",
+    "GammaPoint",
     "format_gamma_table",
-    "gamma_rows",
+    "gamma_fields",
+    "gamma_points",
+    "gamma_row",
+    "gamma_task",
     "plot_speedup",
-    "write_gamma_csv",
 ]
 
 
@@ -53,57 +58,60 @@ def _speedup_key(c: float) -> str:
     return f"speedup_c{c:g}"
 
 
-def gamma_rows(
-    base: RunConfig,
-    gammas: Sequence[int],
-    Ks: Sequence[int],
-    taus: Sequence[float],
-    seeds: Sequence[int],
-    steps: int,
-    cost_ratios: Sequence[float] = DEFAULT_COST_RATIOS,
-) -> list[dict[str, Any]]:
-    """One row per (K, τ, seed, γ): measured and exact accepted length, tokens per call, speed-ups."""
+@dataclass(frozen=True)
+class GammaPoint:
+    """One configuration of a γ sweep: its row depends on nothing else (its own random stream)."""
 
-    rows = []
-    for seed in seeds:
-        for k in Ks:
-            for tau in taus:
-                run = prepare_run(dataclasses.replace(base, seed=seed, K=k, tau=tau, steps=steps, gamma=None))
-                t = run.target
-                for gamma in gammas:
-                    tally = BlockTally(t.V, gamma)
-                    rng = random_stream(seed, Stream.CHAIN)
-                    chunks = run_blocks(t.row, t.pi, run.proposer.draft, gamma, steps, rng, sparse=sparse_rows(run))
-                    for chunk in chunks:
-                        tally.update(chunk)
-                    lengths = tally.accepted_lengths()
-                    measured_tpc = tally.tokens / tally.blocks
-                    exact = (block_expectation(*dense_matrices(t.row, run.proposer.draft, t.V), t.pi, gamma)
-                             if t.V <= EXPECTATION_MAX_V else None)
-                    row: dict[str, Any] = {
-                        "gamma": gamma, "K": k, "tau": tau, "seed": seed, "blocks": tally.blocks,
-                        "tokens": tally.tokens,
-                        "mean_accepted_length": float(lengths.mean()),
-                        "mean_accepted_length_se": batch_means_se(lengths),
-                        "expected_accepted_length": None if exact is None else exact.accepted_length,
-                        "iid_formula_accepted_length": None if exact is None
-                        else exact.iid_tokens_per_target_call - 1.0,
-                        "tokens_per_target_call": measured_tpc,
-                        "expected_tokens_per_target_call": None if exact is None else exact.tokens_per_target_call,
-                    }
-                    for c in cost_ratios:
-                        tpc = measured_tpc if exact is None else exact.tokens_per_target_call
-                        row[_speedup_key(c)] = modelled_speedup(tpc, gamma, c)
-                    rows.append(row)
-    return rows
+    seed: int
+    K: int
+    tau: float
+    gamma: int
 
 
-def write_gamma_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write the rows as CSV (empty cells for missing values)."""
-    with path.open("w", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+def gamma_points(gammas: Sequence[int], Ks: Sequence[int], taus: Sequence[float],
+                 seeds: Sequence[int]) -> list[GammaPoint]:
+    """The configurations in the CSV's order: seed, then K, then τ, then γ."""
+    return [GammaPoint(s, k, t, g) for s, k, t, g in itertools.product(seeds, Ks, taus, gammas)]
+
+
+def gamma_fields(cost_ratios: Sequence[float]) -> list[str]:
+    """The CSV's columns."""
+    return ["gamma", "K", "tau", "seed", "blocks", "tokens", "mean_accepted_length", "mean_accepted_length_se",
+            "expected_accepted_length", "iid_formula_accepted_length", "tokens_per_target_call",
+            "expected_tokens_per_target_call", *[_speedup_key(c) for c in cost_ratios]]
+
+
+def gamma_row(base: RunConfig, steps: int, cost_ratios: Sequence[float], point: GammaPoint) -> dict[str, Any]:
+    """The row of one (K, τ, seed, γ): measured and exact accepted length, tokens per call, speed-ups."""
+    run = prepare_run(dataclasses.replace(base, seed=point.seed, K=point.K, tau=point.tau, steps=steps, gamma=None))
+    t, gamma = run.target, point.gamma
+    tally = BlockTally(t.V, gamma)
+    rng = random_stream(point.seed, Stream.CHAIN)
+    for chunk in run_blocks(t.row, t.pi, run.proposer.draft, gamma, steps, rng, sparse=sparse_rows(run)):
+        tally.update(chunk)
+    lengths = tally.accepted_lengths()
+    measured_tpc = tally.tokens / tally.blocks
+    exact = (block_expectation(*dense_matrices(t.row, run.proposer.draft, t.V), t.pi, gamma)
+             if t.V <= EXPECTATION_MAX_V else None)
+    row: dict[str, Any] = {
+        "gamma": gamma, "K": point.K, "tau": point.tau, "seed": point.seed, "blocks": tally.blocks,
+        "tokens": tally.tokens,
+        "mean_accepted_length": float(lengths.mean()),
+        "mean_accepted_length_se": batch_means_se(lengths),
+        "expected_accepted_length": None if exact is None else exact.accepted_length,
+        "iid_formula_accepted_length": None if exact is None else exact.iid_tokens_per_target_call - 1.0,
+        "tokens_per_target_call": measured_tpc,
+        "expected_tokens_per_target_call": None if exact is None else exact.tokens_per_target_call,
+    }
+    for c in cost_ratios:
+        tpc = measured_tpc if exact is None else exact.tokens_per_target_call
+        row[_speedup_key(c)] = modelled_speedup(tpc, gamma, c)
+    return row
+
+
+def gamma_task(base: RunConfig, steps: int, cost_ratios: Sequence[float]) -> Callable[[GammaPoint], dict[str, Any]]:
+    """`gamma_row` bound to a sweep: picklable, so it runs in any worker."""
+    return partial(gamma_row, base, steps, tuple(cost_ratios))
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -200,17 +208,3 @@ def plot_speedup(
               fontsize=8, title_fontsize=8, frameon=False)
     figure.savefig(path, dpi=200)
     return figure
-
-
-def gamma_sweep(args: Any, base: RunConfig, sweep_dir: Path) -> int:
-    """The ``sweep_m1_grid --gammas`` command body: rows, CSV, table, figure."""
-    cost_ratios = tuple(args.cost_ratios)
-    rows = gamma_rows(base, args.gammas, args.Ks, args.taus, args.seeds, args.steps, cost_ratios)
-    csv_path = sweep_dir / GAMMA_CSV
-    write_gamma_csv(csv_path, rows)
-    plot_speedup(sweep_dir / SPEEDUP_PNG, rows, cost_ratios)
-    print(f"γ sweep: {len(rows)} configurations, {args.steps} tokens of γ-token blocks each (exact: "
-          "stationary block starts, products of min(p, q) along the drafted chain)\n")
-    print(format_gamma_table(rows, cost_ratios))
-    print(f"\nwrote {csv_path} and {sweep_dir / SPEEDUP_PNG}")
-    return 0

@@ -11,11 +11,14 @@ command line's.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from thermospec.experiments.gamma_sweep import GAMMA_CSV, gamma_fields, gamma_points, gamma_task
 from thermospec.experiments.grid import GridSweep, grid_task, validate_grid
 from thermospec.experiments.parallel import open_runner, stop_signals
 from thermospec.experiments.seeds import SeedSweep, seed_settler, seed_task
@@ -36,7 +39,7 @@ from thermospec.runs.prepare import prepare_run
 from thermospec.runs.progress import progress_bar
 from thermospec.runs.storage import create_run_dir, write_json_atomic
 
-__all__ = ["SweepResult", "grid_sweep", "seed_sweep"]
+__all__ = ["SweepResult", "gamma_grid_sweep", "grid_sweep", "seed_sweep"]
 
 Notice = Callable[[str], None]
 
@@ -183,5 +186,47 @@ def grid_sweep(
             "Ks": list(Ks), "taus": list(taus), "seeds": list(seeds), "context": context,
             "finished": len(outcome.rows), "missing": missing, "interrupted_by": outcome.interrupted_by,
             "where": where, "elapsed_s": outcome.elapsed_s,
+        })
+    return SweepResult(folder, csv_path, outcome, missing, where)
+
+
+def gamma_grid_sweep(
+    base: RunConfig,
+    gammas: Sequence[int],
+    Ks: Sequence[int],
+    taus: Sequence[float],
+    seeds: Sequence[int],
+    steps: int,
+    cost_ratios: Sequence[float],
+    runs_dir: str | Path = "runs",
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    quiet: bool = True,
+) -> SweepResult:
+    """For each (K, τ, seed, γ), γ-token blocks of `steps` tokens; ``m1_gamma_sweep.csv``, one row each.
+
+    Each row is `gamma_sweep.gamma_row`: measured and exact accepted length, tokens per
+    target call and the modelled speed-up for each cost ratio.  Rows are written as they
+    finish, like the other sweeps, so an interrupt keeps every finished configuration.
+    """
+    for option, values in (("--Ks", Ks), ("--taus", taus), ("--seeds", seeds), ("--gammas", gammas)):
+        check_values(option, values)
+    if any(not (math.isfinite(c) and c >= 0) for c in cost_ratios):
+        raise ConfigError("--cost-ratios: each must be a finite number >= 0")
+    prepare_run(dataclasses.replace(base, seed=seeds[0], K=Ks[0], tau=taus[0], steps=steps))  # refuse bad input now
+    points = gamma_points(gammas, Ks, taus, seeds)
+    with open_runner(jobs, scheduler) as runner, stop_signals() as stop:
+        folder = _sweep_dir(runs_dir)
+        csv_path = folder / GAMMA_CSV
+        with progress_bar(len(points), "γ sweep", "config", quiet=quiet) as bar:
+            outcome = run_sweep(gamma_task(base, steps, cost_ratios), points, runner, csv_path,
+                                gamma_fields(cost_ratios), bar, stop=stop, line_end="\r\n")
+        where = runner.where_for(len(points))
+        missing = [dataclasses.asdict(points[i]) for i in outcome.missing]
+        write_json_atomic(folder / SWEEP_JSON, {
+            "kind": "gamma", "config": base.as_dict() | {"seed": None, "K": None, "tau": None},
+            "gammas": list(gammas), "Ks": list(Ks), "taus": list(taus), "seeds": list(seeds),
+            "cost_ratios": list(cost_ratios), "finished": len(outcome.rows), "missing": missing,
+            "interrupted_by": outcome.interrupted_by, "where": where, "elapsed_s": outcome.elapsed_s,
         })
     return SweepResult(folder, csv_path, outcome, missing, where)

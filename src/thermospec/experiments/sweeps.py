@@ -189,15 +189,17 @@ def context_label(token: int, target: BigramTarget) -> str:
 
 
 def _csv_text(value: Any) -> str:
+    if value is None:  # a value that does not exist (an exact expectation out of reach): an empty cell
+        return ""
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf" if value < 0 else "nan")
     return str(value)
 
 
-def _csv_line(fields: Sequence[str], row: Mapping[str, Any] | None = None) -> str:
+def _csv_line(fields: Sequence[str], row: Mapping[str, Any] | None = None, line_end: str = "\n") -> str:
     buffer = io.StringIO()
     cells = fields if row is None else [_csv_text(row[f]) for f in fields]
-    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    csv.writer(buffer, lineterminator=line_end).writerow(cells)
     return buffer.getvalue()
 
 
@@ -210,13 +212,17 @@ class CsvRows:
         The file (created, with its header).
     fields : sequence of str
         Column names, in order.
+    line_end : str
+        ``"\\n"``; the γ sweep's CSV has always ended its lines with ``"\\r\\n"`` (Python's csv
+        default) and keeps doing so, since outputs do not change by a byte.
     """
 
-    def __init__(self, path: Path, fields: Sequence[str]) -> None:
+    def __init__(self, path: Path, fields: Sequence[str], line_end: str = "\n") -> None:
         self.path = path
         self.fields = tuple(fields)
+        self.line_end = line_end
         self._out: IO[str] = path.open("w", encoding="utf-8", newline="")
-        self._write(_csv_line(self.fields))
+        self._write(_csv_line(self.fields, line_end=line_end))
 
     def _write(self, line: str) -> None:
         self._out.write(line)  # one call per line: an interrupt never splits a row
@@ -224,7 +230,7 @@ class CsvRows:
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Write one row now."""
-        self._write(_csv_line(self.fields, row))
+        self._write(_csv_line(self.fields, row, self.line_end))
 
     def close(self) -> None:
         """Close the file."""
@@ -235,8 +241,8 @@ class CsvRows:
         self.close()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with tmp.open("w", encoding="utf-8", newline="") as out:
-            out.write(_csv_line(self.fields))
-            out.writelines(_csv_line(self.fields, r) for r in rows)
+            out.write(_csv_line(self.fields, line_end=self.line_end))
+            out.writelines(_csv_line(self.fields, r, self.line_end) for r in rows)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path)
@@ -288,6 +294,7 @@ def run_sweep(
     progress: Progress | None = None,
     stop: StopSignals | None = None,
     settle: Callable[[Any], dict[str, Any] | None] | None = None,
+    line_end: str = "\n",
 ) -> SweepOutcome:
     """Run `task` on every item with `runner`, writing each row to `csv_path` as it finishes.
 
@@ -302,7 +309,7 @@ def run_sweep(
     """
     started = time.perf_counter()
     done: dict[int, dict[str, Any]] = {}
-    sink = CsvRows(csv_path, fields)
+    sink = CsvRows(csv_path, fields, line_end)
     signum: int | None = None
     with ExitStack() as stack:
         if stop is None:
