@@ -15,6 +15,7 @@ from typing import Any
 
 from thermospec.api import checks_of, config
 from thermospec.cli.options import (
+    CORPUS_HELP,
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -64,9 +65,7 @@ examples:
 
 def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> None:
     target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
-    target.add_argument("--corpus", metavar="PATH",
-                        help="UTF-8 text: char-level bigram counts, +1 Laplace (a leading byte-order mark is "
-                        "dropped; line ends are kept as they are, so CRLF makes \\r a token)")
+    target.add_argument("--corpus", metavar="PATH", help=CORPUS_HELP)
     target.add_argument("--vocab", type=int_at_least(2, MAX_SYNTHETIC_VOCAB), default=256, metavar="V",
                         help="synthetic V, 2 to 65536 (default: 256); above 4096 each row is a lazily generated "
                         "mixture of 256 Dirichlet atoms, not Dirichlet(c/V): README, Performance")

@@ -16,6 +16,8 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 EXIT_TERMINATED = 143
+CORPUS_HELP = ("UTF-8 text: char-level bigram counts, +1 Laplace (a leading byte-order mark is dropped; "
+               "line ends are kept as they are, so CRLF makes \\r a token)")
 
 
 class OneLineParser(argparse.ArgumentParser):

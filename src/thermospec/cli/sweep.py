@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from thermospec.cli.options import (
+    CORPUS_HELP,
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -39,7 +40,7 @@ from thermospec.experiments.sweeps import (
     context_label,
     target_of,
 )
-from thermospec.runs.config import MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
+from thermospec.runs.config import MAX_SEED, MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
 from thermospec.runs.interrupts import Terminated, exit_status, install_termination_handler
 from thermospec.targets.corpus import CorpusError
 
@@ -73,7 +74,7 @@ examples:
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
     # The same target options as ``run_m1 run``.
     target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
-    target.add_argument("--corpus", metavar="PATH", help="UTF-8 text: char-level bigram counts, +1 Laplace")
+    target.add_argument("--corpus", metavar="PATH", help=CORPUS_HELP)
     target.add_argument("--vocab", type=int_at_least(2, MAX_SYNTHETIC_VOCAB), default=256,
                         help="synthetic V (default: 256)")
     target.add_argument("--c", type=positive_float, default=50.0,
@@ -110,7 +111,7 @@ def build_seed_parser() -> argparse.ArgumentParser:
                      help="per-token tail probability, or 'auto' to spread the tail mass (default: auto)")
     parser.add_argument("--steps", type=int_at_least(1), default=20_000,
                         help="emitted tokens per run (default: 20000)")
-    parser.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[7, 11, 13, 17], metavar="SEED",
+    parser.add_argument("--seeds", type=int_at_least(0, MAX_SEED), nargs="+", default=[7, 11, 13, 17], metavar="SEED",
                         help="RNG seeds, distinct (default: 7 11 13 17)")
     _add_execution_options(parser)
     return parser
@@ -130,7 +131,7 @@ def build_grid_parser() -> argparse.ArgumentParser:
                       help="top-K sizes (default: 32 64 128)")
     grid.add_argument("--taus", type=positive_float, nargs="+", default=[0.9, 1.0, 1.1], metavar="TAU",
                       help="temperatures (default: 0.9 1.0 1.1)")
-    grid.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[7, 11], metavar="SEED",
+    grid.add_argument("--seeds", type=int_at_least(0, MAX_SEED), nargs="+", default=[7, 11], metavar="SEED",
                       help="RNG seeds: each gives its own synthetic target (default: 7 11)")
     grid.add_argument("--eps", type=eps_option, default="auto",
                       help="per-token tail probability, or 'auto' (default: auto)")
