@@ -1,4 +1,8 @@
-"""``python -m scripts.plot PATH...``: PNG figures beside the data of run and sweep folders; see ``--help``."""
+"""``python -m scripts.plot PATH...``: PNG figures beside the data of run and sweep folders; see ``--help``.
+
+Any run folder (JSONL or Parquet telemetry, ``--gamma``, ``--chains``) and any
+sweep folder (grid, seeds, γ): `thermospec.experiments.plots`.
+"""
 
 import sys
 
