@@ -67,6 +67,7 @@ PLOT_EXAMPLES = """\
 examples:
   python -m scripts.plot runs/20260101T120000Z            a run folder: acceptance, per-context, CE gap
   python -m scripts.plot runs/20260101T120500Z            a grid-sweep folder: (K, tau) heatmaps
+  python -m scripts.plot runs/20260101T121000Z            a --gamma run: accepted lengths, per-position acceptance
   python -m scripts.plot runs/A runs/B                     several folders at once
 """
 
@@ -154,8 +155,9 @@ def build_plot_parser() -> argparse.ArgumentParser:
     """The ``plot`` parser."""
     parser = OneLineParser(
         prog="plot",
-        description="Write PNG figures beside the data of run folders (m1_metrics.jsonl + summary.json), "
-        "grid-sweep folders (m1_sweep.csv) and seed-sweep folders (m1_seeds.csv).",
+        description="Write PNG figures beside the data of a folder: a run (m1_metrics.jsonl or .parquet), a "
+        "--gamma run (m1_blocks.jsonl), a --chains run (chain_<b>/), a grid, seed or γ sweep (m1_sweep.csv, "
+        "m1_seeds.csv, m1_gamma_sweep.csv). Each figure's title says what was run.",
         epilog=PLOT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
