@@ -14,6 +14,7 @@ from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.kernels import (
     DEFAULT_TABLE_BYTES,
     ChainStepper,
+    OutputPool,
     StepCounts,
     TableCache,
     TableSource,
@@ -259,3 +260,42 @@ def test_a_cache_that_holds_every_context_puts_context_x_in_slot_x() -> None:
     part = TableCache(V, source, max_bytes=4 * slot_bytes(V))
     assert not part.identity
     assert [part.load(x) for x in (9, 2, 15)] == [0, 1, 2]
+
+
+@needs_compiled
+@pytest.mark.parametrize("V", [2, 7, 64, 100])
+def test_compiled_table_finish_is_the_python_one(V: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Totals, lasts and guides filled by the kernel's `finish` are those of `guide_table` and `last_positive`."""
+    rng = np.random.default_rng(V)
+    sparse = rng.random(V) * np.where(rng.random(V) < 0.5, 0.0, 1.0) + np.r_[1.0, np.zeros(V - 1)]
+    weights = [rng.dirichlet(np.full(V, 0.05)), np.r_[np.zeros(V - 1), 1.0], np.r_[1.0, np.zeros(V - 1)],
+               np.full(V, 1e-300), sparse]
+
+    def source(x: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        w = weights[x % len(weights)]
+        return np.cumsum(w), np.ones(V), np.cumsum(weights[(x + 1) % len(weights)])
+
+    compiled = TableCache(V, source)
+    monkeypatch.setenv("THERMOSPEC_KERNEL", "python")
+    python = TableCache(V, source)
+    assert compiled._finish is not None and python._finish is None
+    for x in range(V):
+        compiled.load(x)
+        python.load(x)
+    for name in ("tables", "totals", "lasts", "guides", "slot_of"):
+        np.testing.assert_array_equal(getattr(compiled, name), getattr(python, name), err_msg=name)
+
+
+def test_output_pool_reuses_only_arrays_nothing_else_holds() -> None:
+    pool = OutputPool()
+    first = pool.take(10)
+    ids = [id(a) for a in first]
+    second = pool.take(10)
+    assert not {id(a) for a in second} & set(ids)  # `first` is still held
+    del first
+    assert [id(a) for a in pool.take(10)] == ids  # dropped: its arrays come back
+    third = pool.take(10)
+    view = third[2][3:5]
+    del third
+    assert id(view.base) not in {id(a) for a in pool.take(10)}  # a view holds its set
+    assert pool.take(7)[0].shape == (7,)

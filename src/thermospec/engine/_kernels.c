@@ -317,31 +317,29 @@ done:
  * tokens but the last (the caller derives them).  Without `recording` the step arrays are not
  * written (a run without telemetry needs only the counts; the stores cost ~20 % of the kernel's
  * time).  With `trans` (V x V, shared by the group's chains), also counts each (context, emitted)
- * pair.  The pointers do not alias (restrict). */
+ * pair.  With `identity`, context x is in slot x.  The pointers do not alias (restrict). */
 static inline void batch_group(const Tables *tables, const double *restrict u, uint64_t *restrict rng,
                                int64_t *restrict xs, int64_t *restrict prev, int64_t *restrict proposed,
                                int64_t *restrict emitted, uint8_t *restrict accepted, int64_t *restrict acc,
                                int64_t *restrict emi, int64_t *restrict trans, Py_ssize_t b0, Py_ssize_t b1,
-                               Py_ssize_t n, const int drawn, const int counting, const int recording)
+                               Py_ssize_t n, const int drawn, const int counting, const int recording,
+                               const int identity)
 {
     const Tables tb = *tables;
     const int64_t *restrict slot_of = tb.slot_of;
     const int64_t V = tb.V;
     int64_t cx[GROUP], ok[GROUP];
-#if HAVE_PCG64
-    pcg128 state[GROUP], inc[GROUP];
-#else
+    /* Each chain's PCG64 state as two words: a 128-bit array element is stored as two words and
+     * reloaded as one 16-byte vector, which no store forwards to (a stall every draw). */
+    uint64_t hi[GROUP], lo[GROUP];
     (void)rng;
-#endif
     for (Py_ssize_t b = b0; b < b1; ++b) {
         cx[b - b0] = xs[b];
         ok[b - b0] = 0;
-#if HAVE_PCG64
         if (drawn) {
-            state[b - b0] = pcg_join(rng[4 * b], rng[4 * b + 1]);
-            inc[b - b0] = pcg_join(rng[4 * b + 2], rng[4 * b + 3]);
+            hi[b - b0] = rng[4 * b];
+            lo[b - b0] = rng[4 * b + 1];
         }
-#endif
     }
     for (Py_ssize_t t = 0; t < n; ++t) {
         for (Py_ssize_t b = b0; b < b1; ++b) {
@@ -350,9 +348,13 @@ static inline void batch_group(const Tables *tables, const double *restrict u, u
             double u0, u1, u2;
 #if HAVE_PCG64
             if (drawn) {
-                u0 = pcg_uniform(&state[b - b0], inc[b - b0]);
-                u1 = pcg_uniform(&state[b - b0], inc[b - b0]);
-                u2 = pcg_uniform(&state[b - b0], inc[b - b0]);
+                pcg128 state = pcg_join(hi[b - b0], lo[b - b0]);
+                const pcg128 inc = pcg_join(rng[4 * b + 2], rng[4 * b + 3]);
+                u0 = pcg_uniform(&state, inc);
+                u1 = pcg_uniform(&state, inc);
+                u2 = pcg_uniform(&state, inc);
+                hi[b - b0] = (uint64_t)(state >> 64);
+                lo[b - b0] = (uint64_t)state;
             } else
 #endif
             {
@@ -360,7 +362,7 @@ static inline void batch_group(const Tables *tables, const double *restrict u, u
                 u1 = u[3 * i + 1];
                 u2 = u[3 * i + 2];
             }
-            int64_t nx = step(&tb, slot_of[x], u0, u1, u2, &y, &a);
+            int64_t nx = step(&tb, identity ? x : slot_of[x], u0, u1, u2, &y, &a);
             if (recording) {
                 prev[i] = x;
                 proposed[i] = y;
@@ -381,12 +383,10 @@ static inline void batch_group(const Tables *tables, const double *restrict u, u
         xs[b] = cx[b - b0];
         if (counting)
             acc[b] += ok[b - b0];
-#if HAVE_PCG64
         if (drawn) {
-            rng[4 * b] = (uint64_t)(state[b - b0] >> 64);
-            rng[4 * b + 1] = (uint64_t)state[b - b0];
+            rng[4 * b] = hi[b - b0];
+            rng[4 * b + 1] = lo[b - b0];
         }
-#endif
     }
 }
 
@@ -443,14 +443,17 @@ static PyObject *batch(PyObject *self, PyObject *args)
         goto done;
     if (tr != Py_None && !need(&trb, V * V, 8, "transitions"))
         goto done;
+    int identity = 1;
     {
         const int64_t *slot_of = tables.slot_of;
         const int64_t *xs = xb.buf;
-        for (Py_ssize_t v = 0; v < V; ++v)
+        for (Py_ssize_t v = 0; v < V; ++v) {
             if (slot_of[v] < 0 || slot_of[v] >= slots) {
                 PyErr_SetString(PyExc_ValueError, "batch: every context needs a table");
                 goto done;
             }
+            identity &= slot_of[v] == v;
+        }
         for (Py_ssize_t b = 0; b < B; ++b)
             if (xs[b] < 0 || xs[b] >= V) {
                 PyErr_SetString(PyExc_ValueError, "batch: context out of range");
@@ -464,16 +467,18 @@ static PyObject *batch(PyObject *self, PyObject *args)
         uint8_t *accepted = ab.buf;
         int64_t *acc = cab.buf, *emi = ce != Py_None ? ceb.buf : NULL, *trans = tr != Py_None ? trb.buf : NULL;
         Py_BEGIN_ALLOW_THREADS
-#define GROUP_OF(d, k, w) batch_group(&tables, u, r, xs, prev, proposed, emitted, accepted, acc, emi, trans, b0, b1, \
-                                      n, d, k, w)
+#define GROUP_OF(d, k, w, i) batch_group(&tables, u, r, xs, prev, proposed, emitted, accepted, acc, emi, trans, \
+                                         b0, b1, n, d, k, w, i)
         for (Py_ssize_t b0 = 0; b0 < B; b0 += GROUP) {
             Py_ssize_t b1 = b0 + GROUP < B ? b0 + GROUP : B;
-            if (!recording)
-                drawn ? GROUP_OF(1, 1, 0) : GROUP_OF(0, 1, 0);
+            if (!recording && identity) /* what run --chains B --telemetry none runs */
+                drawn ? GROUP_OF(1, 1, 0, 1) : GROUP_OF(0, 1, 0, 1);
+            else if (!recording)
+                drawn ? GROUP_OF(1, 1, 0, 0) : GROUP_OF(0, 1, 0, 0);
             else if (counting)
-                drawn ? GROUP_OF(1, 1, 1) : GROUP_OF(0, 1, 1);
+                drawn ? GROUP_OF(1, 1, 1, 0) : GROUP_OF(0, 1, 1, 0);
             else
-                drawn ? GROUP_OF(1, 0, 1) : GROUP_OF(0, 0, 1);
+                drawn ? GROUP_OF(1, 0, 1, 0) : GROUP_OF(0, 0, 1, 0);
         }
 #undef GROUP_OF
         Py_END_ALLOW_THREADS
@@ -485,6 +490,70 @@ done:
     PyBuffer_Release(&gb); PyBuffer_Release(&ub); PyBuffer_Release(&xb); PyBuffer_Release(&pb);
     PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
     PyBuffer_Release(&cab); PyBuffer_Release(&ceb); PyBuffer_Release(&trb); PyBuffer_Release(&rb);
+    return result;
+}
+
+/* A cdf's entries below its total (bisect_left(cdf, cdf[V - 1])): the last positive index. */
+static int64_t last_positive(const double *cdf, int64_t V)
+{
+    const double total = cdf[V - 1];
+    int64_t lo = 0, hi = V;
+    while (lo < hi) {
+        int64_t m = lo + ((hi - lo) >> 1);
+        if (cdf[m] < total)
+            lo = m + 1;
+        else
+            hi = m;
+    }
+    return lo;
+}
+
+/* guide[k] = bisect_right(cdf, (k / G) * total) for k = 0..G, by one merge of the sorted cdf
+ * with the increasing points (thermospec.kernels.guide_table, the same double operations). */
+static void guide_of(const double *cdf, int64_t V, int64_t G, double total, int32_t *guide)
+{
+    int64_t i = 0;
+    for (int64_t k = 0; k <= G; ++k) {
+        const double point = ((double)k / (double)G) * total;
+        while (i < V && cdf[i] <= point)
+            ++i;
+        guide[k] = (int32_t)i;
+    }
+}
+
+/* finish(tables, totals, lasts, guides, V, G, slot)
+ * Fills slot's totals, lasts and guides from its tables (TableCache.load, once it has written
+ * the slot's three rows): what guide_table and last_positive give, without a NumPy call each. */
+static PyObject *finish(PyObject *self, PyObject *args)
+{
+    Py_buffer tb, tot, la, gb;
+    Py_ssize_t V, G, slot;
+    if (!PyArg_ParseTuple(args, "y*w*w*w*nnn", &tb, &tot, &la, &gb, &V, &G, &slot))
+        return NULL;
+    PyObject *result = NULL;
+    if (V < 1 || G < 1 || (G & (G - 1)) != 0 || G + 1 > INT32_MAX || V > INT32_MAX || slot < 0) {
+        PyErr_SetString(PyExc_ValueError, "finish: V >= 1, G a power of two and slot >= 0 needed");
+        goto done;
+    }
+    if (!(need(&tb, (slot + 1) * 3 * V, 8, "tables") && need(&tot, (slot + 1) * 2, 8, "totals") &&
+          need(&la, (slot + 1) * 2, 8, "lasts") && need(&gb, (slot + 1) * 2 * (G + 1), 4, "guides")))
+        goto done;
+    {
+        const double *row = (const double *)tb.buf + slot * 3 * V;
+        double *totals = (double *)tot.buf + 2 * slot;
+        int64_t *lasts = (int64_t *)la.buf + 2 * slot;
+        int32_t *guides = (int32_t *)gb.buf + slot * 2 * (G + 1);
+        for (int j = 0; j < 2; ++j) {
+            const double *cdf = row + 2 * j * V; /* the draft cdf, then the residual cdf */
+            totals[j] = cdf[V - 1];
+            lasts[j] = last_positive(cdf, V);
+            guide_of(cdf, V, G, cdf[V - 1], guides + j * (G + 1));
+        }
+        result = Py_None;
+        Py_INCREF(result);
+    }
+done:
+    PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&gb);
     return result;
 }
 
@@ -732,6 +801,7 @@ done:
 static PyMethodDef methods[] = {
     {"chain", chain, METH_VARARGS, "Run one chain over a chunk of uniforms; stop at a context without a table."},
     {"batch", batch, METH_VARARGS, "Run B chains in lock step; every context must have a table."},
+    {"finish", finish, METH_VARARGS, "Fill a table slot's totals, lasts and guides from its three rows."},
     {"jsonl", jsonl, METH_VARARGS, "Format a chunk of steps as the telemetry's JSONL lines."},
     {"compact_chain", compact_chain, METH_VARARGS, "Run one chain on compact tables; stop at a context without a slot."},
     {NULL, NULL, 0, NULL},

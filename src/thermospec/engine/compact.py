@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from thermospec.core.payload import Payload
 from thermospec.core.proposal import explicit_probabilities
-from thermospec.engine.kernels import Backend, StepArrays, compiled_steps, resolve_backend
+from thermospec.engine.kernels import Backend, OutputPool, StepArrays, compiled_steps, resolve_backend
 from thermospec.targets.bigram import SupportSource
 from thermospec.tsu.drafts import ContextDraft
 
@@ -362,6 +362,7 @@ class CompactStepper:
         self.module = resolve_backend(backend)
         self.V = V
         self.clock = 0
+        self.pool = OutputPool()
         self.cache = _SlotCache(V, source, max_k, max_s, max_bytes) if self.module is not None else None
         self.source = source
         self.lists: OrderedDict[int, _ListTables] = OrderedDict()
@@ -397,6 +398,6 @@ class CompactStepper:
             )
             return step
 
-        arrays, x = compiled_steps(u, x, c.load, chain)
+        arrays, x = compiled_steps(u, x, c.load, chain, u.shape[0], self.pool.take(u.shape[0]))
         self.clock += u.shape[0]
         return arrays, x

@@ -12,28 +12,26 @@ so the compiled kernel (``thermospec._kernels``, a small C extension built by
 uniforms.  The fallback is used when the extension is missing (it is optional
 at build time) or when ``THERMOSPEC_KERNEL=python`` is set.
 
-Tool choice (measured, see README "Performance"): a C extension through the
-buffer protocol costs nothing at import (no NumPy headers, no JIT), while a
-Numba import plus JIT costs hundreds of milliseconds, more than the whole
-default run; the per-step work is two short binary searches, which NumPy cannot
-vectorise along one chain because each step's context is the previous output.
+Tool choice (measured, README "Performance"): a C extension through the buffer
+protocol costs nothing at import, while a Numba import plus JIT costs more than
+the whole default run; NumPy cannot vectorise one chain (each step's context is
+the previous output).
 
 Memory: tables live in a fixed number of slots of one array (``3 V`` float64 per
 context), at most `DEFAULT_TABLE_BYTES`; when full, the least recently used
 context is evicted and rebuilt on its next visit.  At V = 256 every context fits
 (then context x always lives in slot x, which spares the kernel a look-up per step).
 
-Uniforms: given the chain's ``numpy.random.Generator`` on a PCG64 bit generator,
-the compiled kernel draws them itself from the generator's state
-(`pcg64_state`), the very doubles ``rng.random((n, 3))`` gives, and hands the
-state back; the counts a run keeps (`StepCounts`) can be added by the kernel as
-it steps.
+Given a PCG64 ``numpy.random.Generator``, the compiled kernel draws the uniforms
+itself (`pcg64_state`: the very doubles of ``rng.random((n, 3))``); it can also add
+each step to a run's counts (`StepCounts`) as it steps.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections import OrderedDict
+import sys
 from collections.abc import Callable
 from types import ModuleType
 from typing import Literal
@@ -47,6 +45,7 @@ __all__ = [
     "DEFAULT_TABLE_BYTES",
     "Backend",
     "ChainStepper",
+    "OutputPool",
     "StepArrays",
     "StepCounts",
     "TableCache",
@@ -76,10 +75,7 @@ StepArrays = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDAr
 
 
 StepCounts = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64] | None]
-"""Counts each step is added to: ``(accepted (1,), contexts (V,), emitted (V,), transitions (V * V,) or None)``.
-
-The transitions are indexed ``context * V + emitted``; all are int64 arrays, incremented in place.
-"""
+"""int64 counts a step is added to: accepted (1,), contexts (V,), emitted (V,), transitions ``[x * V + y]`` or None."""
 
 
 def add_counts(counts: StepCounts, arrays: StepArrays, V: int) -> None:
@@ -166,6 +162,46 @@ def guide_table(cdf: NDArray[np.float64], G: int) -> NDArray[np.int32]:
     return guide
 
 
+def _new_outputs(n: int) -> StepArrays:
+    return np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, bool)
+
+
+class OutputPool:
+    """The step arrays of chunk after chunk, a set handed out again once nothing else refers to it.
+
+    A fresh set of arrays per chunk costs a page fault per 4 KB written (~7 ns a step at
+    64K-step chunks); a consumer that drops each chunk before asking for the one after next
+    (a run writing its telemetry) gets the same pages back.  A set still referred to, by
+    a chunk kept in a list or by any view or buffer of its arrays, is never reused.
+    """
+
+    KEPT = 3
+
+    def __init__(self) -> None:
+        self._sets: list[StepArrays] = []
+
+    @staticmethod
+    def _references(arrays: StepArrays) -> int:
+        return max(sys.getrefcount(a) for a in arrays)  # CPython's count: a view or buffer holds its base
+
+    def take(self, n: int) -> StepArrays:
+        """Arrays for an n-step chunk: a free set of that size, or a fresh one."""
+        for arrays in self._sets:
+            if arrays[0].shape[0] == n and self._references(arrays) <= _FREE:
+                break
+        else:
+            arrays = _new_outputs(n)
+            self._sets.append(arrays)
+            del self._sets[:-self.KEPT]
+        prev, proposed, emitted, accepted = arrays
+        return prev, proposed, emitted, accepted  # a tuple of its own: holding it holds the arrays
+
+
+_pool = OutputPool()
+_FREE = OutputPool._references(_pool.take(1)) - 1  # what `take` sees of a set only the pool holds
+del _pool
+
+
 class TableCache:
     """Per-context tables in fixed slots of one array, bounded in memory, least recently used evicted.
 
@@ -211,6 +247,8 @@ class TableCache:
         self.filled = 0
         self.builds = 0
         self.identity = self.slots >= V
+        module = compiled_module()
+        self._finish = getattr(module, "finish", None) if module is not None else None
 
     @property
     def nbytes(self) -> int:
@@ -236,10 +274,13 @@ class TableCache:
         self.tables[slot, 0] = draft_cdf
         self.tables[slot, 1] = ratio
         self.tables[slot, 2] = residual_cdf
-        self.totals[slot] = (draft_cdf[-1], residual_cdf[-1])
-        self.lasts[slot] = (last_positive(draft_cdf), last_positive(residual_cdf))
-        self.guides[slot, 0] = guide_table(draft_cdf, self.G)
-        self.guides[slot, 1] = guide_table(residual_cdf, self.G)
+        if self._finish is not None:  # the same totals, lasts and guides, in one compiled call
+            self._finish(self.tables, self.totals, self.lasts, self.guides, self.V, self.G, slot)
+        else:
+            self.totals[slot] = (draft_cdf[-1], residual_cdf[-1])
+            self.lasts[slot] = (last_positive(draft_cdf), last_positive(residual_cdf))
+            self.guides[slot, 0] = guide_table(draft_cdf, self.G)
+            self.guides[slot, 1] = guide_table(residual_cdf, self.G)
         self.slot_of[x] = slot
         self.context_of[slot] = x
         self.last_used[slot] = -1
@@ -258,29 +299,16 @@ class TableCache:
 _ListTable = tuple[list[float], float, int, list[float], list[float], float, int]
 
 
-class _ListTables:
+def _list_tables(source: TableSource, max_entries: int) -> Callable[[int], _ListTable]:
     """The fallback's tables as Python lists (`bisect` on a list beats a NumPy call per step), LRU-bounded."""
 
-    def __init__(self, source: TableSource, max_entries: int) -> None:
-        self.source = source
-        self.max_entries = max(1, max_entries)
-        self.entries: OrderedDict[int, _ListTable] = OrderedDict()
+    @functools.lru_cache(maxsize=max(1, max_entries))
+    def get(x: int) -> _ListTable:
+        dc, ratio, rc = source(x)
+        return (dc.tolist(), float(dc[-1]), last_positive(dc), ratio.tolist(),
+                rc.tolist(), float(rc[-1]), last_positive(rc))
 
-    def get(self, x: int) -> _ListTable:
-        found = self.entries.get(x)
-        if found is not None:
-            self.entries.move_to_end(x)
-            return found
-        dc, ratio, rc = self.source(x)
-        found = (
-            dc.tolist(), float(dc[-1]), last_positive(dc),
-            ratio.tolist(),
-            rc.tolist(), float(rc[-1]), last_positive(rc),
-        )
-        self.entries[x] = found
-        if len(self.entries) > self.max_entries:
-            self.entries.popitem(last=False)
-        return found
+    return get
 
 
 def python_steps(tables: Callable[[int], _ListTable], u: NDArray[np.float64], x: int) -> tuple[StepArrays, int]:
@@ -307,12 +335,8 @@ def python_steps(tables: Callable[[int], _ListTable], u: NDArray[np.float64], x:
             if x > res_last:
                 x = res_last
         emitted[t] = x
-    arrays = (
-        np.array(prev, dtype=np.int64),
-        np.array(proposed, dtype=np.int64),
-        np.array(emitted, dtype=np.int64),
-        np.array(accepted, dtype=np.bool_),
-    )
+    arrays = (np.array(prev, dtype=np.int64), np.array(proposed, dtype=np.int64), np.array(emitted, dtype=np.int64),
+              np.array(accepted, dtype=np.bool_))
     return arrays, x
 
 
@@ -337,12 +361,13 @@ class ChainStepper:
         self.V = V
         self.module = resolve_backend(backend)
         self.clock = 0
+        self.pool = OutputPool()
         if self.module is not None:
             self.cache: TableCache | None = TableCache(V, source, max_bytes)
-            self.lists: _ListTables | None = None
+            self.lists: Callable[[int], _ListTable] | None = None
         else:
             self.cache = None
-            self.lists = _ListTables(source, max(1, max_bytes // slot_bytes(V)))
+            self.lists = _list_tables(source, max(1, max_bytes // slot_bytes(V)))
 
     @property
     def backend(self) -> str:
@@ -379,7 +404,7 @@ class ChainStepper:
     def _run(self, u: NDArray[np.float64], n: int, x: int, rng: NDArray[np.uint64] | None,
              counts: StepCounts | None) -> tuple[StepArrays, int]:
         if self.lists is not None:
-            arrays, x = python_steps(self.lists.get, u, x)
+            arrays, x = python_steps(self.lists, u, x)
             if counts is not None:
                 add_counts(counts, arrays, self.V)
             self.clock += n
@@ -394,7 +419,7 @@ class ChainStepper:
             )
             return step
 
-        arrays, x = compiled_steps(u, x, cache.load, chain, n)
+        arrays, x = compiled_steps(u, x, cache.load, chain, n, self.pool.take(n))
         self.clock += n
         return arrays, x
 
@@ -405,17 +430,19 @@ _NO_UNIFORMS = np.empty((0, 3), dtype=np.float64)
 def compiled_steps(
     u: NDArray[np.float64], x: int, load: Callable[[int], int],
     chain: Callable[[NDArray[np.float64], StepArrays, int, int], tuple[int, int]], n: int | None = None,
+    out: StepArrays | None = None,
 ) -> tuple[StepArrays, int]:
     """Run one chunk on a compiled stepper that stops at a context without tables.
 
     The chunk has `n` steps (default: one per row of `u`).  ``chain(u, out, t, x)`` runs steps
     t.. into the arrays `out` from context x and returns ``(t, x)`` where it stopped; `load` (x)
-    gives x its tables; repeated until the chunk is done.
+    gives x its tables; repeated until the chunk is done.  The steps are written into `out`
+    (an `OutputPool`'s arrays of n entries) or fresh arrays.
     """
     u = np.ascontiguousarray(u, dtype=np.float64)
     n = u.shape[0] if n is None else n
-    out: StepArrays = (np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64),
-                       np.empty(n, dtype=np.bool_))
+    if out is None:
+        out = _new_outputs(n)
     t = 0
     while t < n:
         load(x)
