@@ -42,9 +42,10 @@ Row = tuple[str, str, str]
 
 @dataclasses.dataclass
 class LimitRun:
-    """What one run of the C loop reports: its stepping time and its counts (and tokens, when dumped)."""
+    """What one run of the C loop reports: its stepping time (wall, CPU) and its counts (and tokens, when dumped)."""
 
     seconds: float
+    cpu_seconds: float
     accepted: int
     transitions: NDArray[np.int64]
     emitted: NDArray[np.int64] | None
@@ -90,13 +91,14 @@ def run_limit(exe: Path, folder: Path, steps: int, threads: int, dump: bool = Fa
     """Run the C loop on ``folder/tables.bin`` and ``folder/chains.bin``."""
     out = folder / "out.bin"
     args = [str(exe), str(folder / "tables.bin"), str(folder / "chains.bin"), str(steps), str(threads), str(out)]
-    seconds = float(subprocess.run([*args, *(["dump"] if dump else [])], check=True, capture_output=True,
-                                   text=True).stdout)
+    times = subprocess.run([*args, *(["dump"] if dump else [])], check=True, capture_output=True,
+                           text=True).stdout.split()
     raw = np.fromfile(out, dtype=np.int64)
     out.unlink()
     V = int(np.fromfile(folder / "tables.bin", dtype=np.int64, count=1)[0])
     emitted = raw[1 + V * V:] if dump else None
-    return LimitRun(seconds=seconds, accepted=int(raw[0]), transitions=raw[1:1 + V * V], emitted=emitted)
+    return LimitRun(seconds=float(times[0]), cpu_seconds=float(times[1]), accepted=int(raw[0]),
+                    transitions=raw[1:1 + V * V], emitted=emitted)
 
 
 def alternate(contenders: list[Callable[[], float]], repeats: int) -> list[float]:
