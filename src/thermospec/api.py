@@ -154,6 +154,8 @@ def config(
     cost_ratio: float = 0.0,
     tokenizer: str | None = None,
     tsu: str = "sim",
+    drafts: int = 1,
+    verifier: str = "recursive",
 ) -> RunConfig:
     """A validated configuration, with the guide's defaults; the keywords are the CLI's options.
 
@@ -165,7 +167,8 @@ def config(
     if cost_ratio and gamma is None:
         raise ConfigError("--cost-ratio: models the speed-up of γ-token blocks and needs --gamma")
     return RunConfig(corpus=None if corpus is None else str(corpus), vocab=vocab, c=c, K=K, tau=tau, eps=eps,
-                     steps=steps, seed=seed, gamma=gamma, cost_ratio=cost_ratio, tokenizer=tokenizer, tsu=tsu)
+                     steps=steps, seed=seed, gamma=gamma, cost_ratio=cost_ratio, tokenizer=tokenizer, tsu=tsu,
+                     drafts=drafts, verifier=verifier)
 
 
 def run(

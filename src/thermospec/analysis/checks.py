@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from thermospec.core.statistics import Chi2Result, chi2_sf, pooled_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import ReportError, fixed_context_draws, run_chain
+from thermospec.engine.drafts import run_drafts
 from thermospec.engine.tally import RunTally
 from thermospec.runs.checklist import (
     DEFAULT_CHECK_STEPS,
@@ -47,6 +48,7 @@ from thermospec.runs.checklist import (
     psi_size_check,
     refused_result,
 )
+from thermospec.runs.drafts_run import verifier_drafts
 from thermospec.runs.prepare import PreparedRun, sparse_rows
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, summarise_run
 
@@ -73,6 +75,12 @@ def run_statistics(run: PreparedRun) -> dict[str, Any]:
     target, config = run.target, run.config
     tally = RunTally(target.V)
     rng = random_stream(config.seed, Stream.CHAIN)
+    if config.drafts > 1:  # overlap = the verifier's exact acceptance
+        view, plans = verifier_drafts(run)
+        for step_chunk in run_drafts(target.row, target.pi, run.proposer.draft, config.drafts, config.verifier,
+                                     config.steps, rng, plans=plans):
+            tally.update(step_chunk)
+        return summarise_run(tally, view, target.pi)
     for chunk in run_chain(target.row, target.pi, run.proposer.draft, config.steps, rng, sparse=sparse_rows(run)):
         tally.update(chunk)
     return summarise_run(tally, run.proposer.draft, target.pi)

@@ -30,9 +30,10 @@ from thermospec.cli.options import (
 )
 from thermospec.cli.report import headline, summary_table
 from thermospec.core.payload import PayloadError
+from thermospec.core.verifiers import VERIFIERS
 from thermospec.engine.blocks import BLOCKS_FILE
 from thermospec.engine.chain import ReportError
-from thermospec.runs.config import MAX_SEED, MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
+from thermospec.runs.config import MAX_DRAFTS, MAX_SEED, MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
 from thermospec.runs.executor import check_mode_options, execute_run
 from thermospec.runs.interrupts import Terminated, install_termination_handler
 from thermospec.runs.prepare import inject_fault, prepare_run
@@ -50,7 +51,8 @@ examples:
   python -m scripts.run_m1 run --vocab 256 --K 64 --eps auto --steps 50000 --seed 7
   python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --K 64 --eps auto --steps 50000 --seed 7
   python -m scripts.run_m1 run --K 8 --tau 0.9 --eps 1e-5 --runs-dir /tmp/runs
-  python -m scripts.run_m1 run --replay runs/<timestamp>/summary.json   # the same JSONL, byte for byte
+  python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --K 8 --drafts 2 --verifier optimal
+  python -m scripts.run_m1 run --replay runs/<timestamp>   # the same JSONL, byte for byte
 """
 
 
@@ -91,6 +93,11 @@ def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> Non
                         help="with --corpus: train a byte-level BPE of N tokens on it; token bigram target")
     beyond.add_argument("--tsu", choices=("sim", "thrml"), default="sim",
                         help="TSU backend: SimTSU, or Extropic's THRML sampler (extra 'thrml') (default: sim)")
+    beyond.add_argument("--drafts", type=int_at_least(1, MAX_DRAFTS), default=1, metavar="N",
+                        help="N i.i.d. TSU drafts per target call, verified exactly (default: 1, M1)")
+    beyond.add_argument("--verifier", choices=VERIFIERS, default="recursive",
+                        help="how N drafts are verified: recursive rejection (SpecInfer), SpecTr's "
+                        "k-sequential selection, or the optimal transport verifier (default: recursive)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> RunConfig:
     return config(corpus=args.corpus, vocab=args.vocab, c=args.c, K=args.K, tau=args.tau, eps=args.eps,
                   steps=args.steps, seed=args.seed, gamma=args.gamma, cost_ratio=args.cost_ratio,
-                  tokenizer=args.tokenizer, tsu=args.tsu)
+                  tokenizer=args.tokenizer, tsu=args.tsu, drafts=args.drafts, verifier=args.verifier)
 
 
 def _notice_clamp(config: RunConfig, V: int) -> None:

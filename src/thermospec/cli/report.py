@@ -67,7 +67,17 @@ def _chain_lines(summary: dict[str, Any]) -> list[str]:
     if summary.get("accept_rate") is not None:
         gap = summary["accept_rate"] - summary["mean_overlap"]
         lines.append(f"accept rate    {summary['accept_rate']:.5f}   overlap {summary['mean_overlap']:.5f}"
-                     f"   gap {gap:+.5f}   (overlap: Σ min(p, F(ψ)), the exact acceptance)")
+                     f"   gap {gap:+.5f}   ("
+                     + ("overlap: the verifier's exact acceptance)" if summary.get("drafts")
+                        else "overlap: Σ min(p, F(ψ)), the exact acceptance)"))
+    if summary.get("drafts"):
+        lines.append(f"drafts         N = {summary['drafts']}, {summary['verifier']} verifier, "
+                     f"{summary['mean_drafts_used']:.2f} TSU draws/step; one draft accepts "
+                     f"{summary['single_draft_acceptance']:.5f}")
+        share = summary["gain_fraction"]
+        lines.append(f"               optimum {summary['acceptance_optimum']:.5f}, "
+                     f"bound {summary['acceptance_bound']:.5f}"
+                     + (f"; this run has {share:.2f} of the optimum's gain" if share is not None else ""))
     if summary.get("chains"):
         lines.append(f"chains         accept rate per chain {summary['chain_accept_rate_min']:.4f} … "
                      f"{summary['chain_accept_rate_max']:.4f}")

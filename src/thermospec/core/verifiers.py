@@ -134,6 +134,10 @@ class VerifierPlan:
             raise ValueError(f"drafts: the draft {y} has q = {float(self.q[y])!r}; a draft must have q > 0")
         return self._step(d, u)
 
+    def draws_used(self, index: int | None) -> int:
+        """TSU draws a step needed, drawing one at a time until a draft is accepted: ``index + 1``, or N."""
+        return self.n if index is None else index + 1
+
     def _step(self, drafts: NDArray[np.int64], u: NDArray[np.float64]) -> Step:
         raise NotImplementedError
 
@@ -250,6 +254,10 @@ class OptimalPlan(VerifierPlan):
     law: NDArray[np.float64]
     ratio: NDArray[np.float64]
     final_cdf: NDArray[np.float64]
+
+    def draws_used(self, index: int | None) -> int:
+        """N: the selection looks at every draft."""
+        return self.n
 
     def select(self, drafts: NDArray[np.int64], u_component: float) -> int:
         """Index of the selected draft: the first one in the highest class of component ``ω = u_component``."""

@@ -122,3 +122,19 @@ class BlockChunk:
         grid[np.arange(len(self)), self.accepted_length] = self.final
         tokens: NDArray[np.int64] = grid[keep]
         return tokens
+
+
+@dataclass(frozen=True, eq=False)
+class DraftsChunk(ChainChunk):
+    """Steps with N drafts each (``--drafts N``): `proposed` is the first draft of each step.
+
+    Attributes
+    ----------
+    drafts_used : ndarray of int64, shape (n,)
+        TSU draws each step needed (`VerifierPlan.draws_used`).
+    accepted_index : ndarray of int64, shape (n,)
+        Index (0-based) of the accepted draft, -1 where the residual was drawn.
+    """
+
+    drafts_used: NDArray[np.int64]
+    accepted_index: NDArray[np.int64]

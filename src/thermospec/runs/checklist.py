@@ -20,6 +20,8 @@ from thermospec.core.payload import craft_payload, encode_payload, payload_size
 from thermospec.core.statistics import Chi2Result, pooled_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import ReportError, fixed_context_draws
+from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.drafts import fixed_context_drafts, plan_source
 from thermospec.runs.prepare import PreparedRun
 from thermospec.runs.summary import PSI_BYTES_LIMIT
 
@@ -70,7 +72,11 @@ def fixed_context_results(run: PreparedRun, n: int) -> tuple[list[int], list[Chi
     results = []
     for i, x in enumerate(contexts):
         rng = random_stream(run.config.seed, Stream.CHECK, i)
-        draws = fixed_context_draws(target.row(x), run.proposer.draft(x), n, rng)
+        if run.config.drafts > 1:  # N drafts per step, the run's verifier
+            plans = plan_source(target.row, run.proposer.draft, run.config.verifier, run.config.drafts)
+            draws: ChainChunk = fixed_context_drafts(x, run.proposer.draft, plans, n, rng)
+        else:
+            draws = fixed_context_draws(target.row(x), run.proposer.draft(x), n, rng)
         observed = np.bincount(draws.emitted, minlength=target.V).astype(np.float64)
         results.append(pooled_chi2(observed, n * target.row(x)))
     return contexts, results

@@ -9,6 +9,7 @@ import numpy as np
 
 from thermospec.core.payload import EpsSpec
 from thermospec.core.streams import Stream, random_stream
+from thermospec.core.verifiers import VERIFIERS
 from thermospec.targets.bigram import BigramTarget
 from thermospec.targets.bpe import bpe_target, parse_tokenizer
 from thermospec.targets.corpus import corpus_target
@@ -35,6 +36,8 @@ MAX_SEED = 2**63 - 1
 """Largest seed, the largest signed 64-bit integer: readers with 64-bit integers (Python, jq 1.7, Rust) keep it
 exact in summary.json; larger seeds are refused rather than written as 20-digit numbers (JavaScript numbers
 are exact only up to 2^53: keep seeds below that for a browser)."""
+MAX_DRAFTS = 64
+"""Most drafts per step (``--drafts``)."""
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 """Smallest normal float32: a smaller τ would reach ψ as a subnormal, rounded to another value."""
 
@@ -56,6 +59,8 @@ class RunConfig:
     cost_ratio: float = 0.0
     tokenizer: str | None = None
     tsu: str = "sim"
+    drafts: int = 1
+    verifier: str = "recursive"
 
     def __post_init__(self) -> None:
         if not 2 <= self.vocab <= MAX_SYNTHETIC_VOCAB:
@@ -82,6 +87,15 @@ class RunConfig:
             raise ConfigError(f"--gamma: must be an integer in 1 .. 1024, got {self.gamma}")
         if not (np.isfinite(self.cost_ratio) and self.cost_ratio >= 0):
             raise ConfigError(f"--cost-ratio: must be a finite number >= 0, got {self.cost_ratio}")
+        if not 1 <= self.drafts <= MAX_DRAFTS:
+            raise ConfigError(f"--drafts: must be an integer in [1, {MAX_DRAFTS}], got {self.drafts}")
+        if self.verifier not in VERIFIERS:
+            raise ConfigError(f"--verifier: must be one of {', '.join(VERIFIERS)}, got {self.verifier!r}")
+        if self.drafts > 1 and self.gamma is not None:
+            raise ConfigError("--drafts: γ-token blocks verify one draft per position; a tree of drafts per "
+                              "position is not implemented (drop --gamma or --drafts)")
+        if self.drafts > 1 and self.tsu != "sim":
+            raise ConfigError("--drafts: runs with SimTSU only (drop --tsu thrml)")
         if self.tsu not in ("sim", "thrml"):
             raise ConfigError(f"--tsu: must be 'sim' or 'thrml', got {self.tsu!r}")
         if self.tokenizer is not None:
@@ -101,7 +115,8 @@ class RunConfig:
         return values
 
 
-_EXTENSION_DEFAULTS: dict[str, Any] = {"gamma": None, "cost_ratio": 0.0, "tokenizer": None, "tsu": "sim"}
+_EXTENSION_DEFAULTS: dict[str, Any] = {"gamma": None, "cost_ratio": 0.0, "tokenizer": None, "tsu": "sim",
+                                       "drafts": 1, "verifier": "recursive"}
 
 
 def load_target(config: RunConfig) -> BigramTarget:

@@ -1,6 +1,7 @@
 """The one executor of every run: chunks from the engine, telemetry and tally, then one summary envelope.
 
-A run is a `Mode` (`ChainMode`: the M1 chain with any TSU; `BatchMode`: ``--chains``; `BlockMode`: ``--gamma``):
+A run is a `Mode` (`ChainMode`: the M1 chain with any TSU; `BatchMode`: ``--chains``;
+`BlockMode`: ``--gamma``; `DraftsMode`: ``--drafts N``):
 the chunks the engine emits for it, what each chunk writes and counts, and the
 statistics of what was counted.  `execute_run` drives any mode the same way:
 
@@ -30,6 +31,7 @@ from thermospec.runs.batch_run import BatchMode
 from thermospec.runs.block_run import BlockMode
 from thermospec.runs.chain_run import ChainMode
 from thermospec.runs.config import ConfigError, RunConfig
+from thermospec.runs.drafts_run import DraftsMode
 from thermospec.runs.interrupts import interruption_guard, signal_name
 from thermospec.runs.prepare import PreparedRun, target_description
 from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
@@ -94,6 +96,9 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
         raise ConfigError("--chains: runs M1 chains only; drop --gamma / --replay")
     if telemetry != "jsonl" and (config.gamma is not None or replay):
         raise ConfigError(f"--telemetry {telemetry}: --gamma and --replay write and compare JSONL only")
+    if config.drafts > 1 and (chains > 1 or telemetry == "parquet"):
+        raise ConfigError("--drafts: runs one chain with JSONL telemetry (or none); "
+                          "drop --chains / --telemetry parquet")
     if config.tsu == "thrml" and (chains > 1 or telemetry != "jsonl"):
         raise ConfigError("--tsu thrml: runs one chain with JSONL telemetry; drop --chains / --telemetry")
 
@@ -104,6 +109,8 @@ def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "json
         return BatchMode(run, run_dir, chains, telemetry)
     if run.config.gamma is not None:
         return BlockMode(run, run_dir)
+    if run.config.drafts > 1:
+        return DraftsMode(run, run_dir, telemetry)
     return ChainMode(run, run_dir, telemetry)
 
 
