@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scripts.sweep_drafts import main as sweep_main
 from tests.conftest import run_cli
 from thermospec.core.statistics import context_chi2
 from thermospec.core.streams import Stream, random_stream
@@ -17,6 +18,7 @@ from thermospec.engine.chain import run_chain_reference
 from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.drafts import plan_source, run_drafts
 from thermospec.engine.tally import RunTally
+from thermospec.experiments.sweeps import read_csv_rows
 from thermospec.runs.config import RunConfig
 from thermospec.runs.prepare import PreparedRun, prepare_run
 
@@ -127,3 +129,18 @@ def test_refusals_are_one_line(extra: list[str], reason: str, tmp_path: Path,
     status, _, err = run_cli(["run", "--drafts", "2", *extra, "--runs-dir", str(tmp_path / "runs")], capsys)
     assert status == 2 and err.count("\n") == 1 and reason in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_drafts_sweep_writes_its_table_and_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert sweep_main(["--vocab", "32", "--Ks", "4", "--Ns", "1", "2", "--verifiers", "recursive", "optimal",
+                       "--steps", "800", "--runs-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    (folder,) = tmp_path.iterdir()
+    rows = read_csv_rows(folder / "m1_drafts_sweep.csv")
+    assert [(r["N"], r["verifier"]) for r in rows] == [("1", "recursive"), ("1", "optimal"), ("2", "recursive"),
+                                                        ("2", "optimal")]
+    optimal = rows[3]
+    assert float(optimal["exact_acceptance"]) == pytest.approx(float(optimal["optimum"]), abs=1e-12)
+    assert float(rows[2]["exact_acceptance"]) < float(optimal["exact_acceptance"]) <= float(optimal["bound"])
+    assert (folder / "m1_acceptance_vs_drafts.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 4 | 2 | optimal |" in out

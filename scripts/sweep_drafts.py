@@ -1,0 +1,77 @@
+"""``python -m scripts.sweep_drafts``: acceptance of N drafts per target call, per verifier, against the limit.
+
+For each K, N and verifier: the measured and exact (π-weighted) acceptance, one
+draft's, the optimum over every exact verifier, the bound, the share of the
+optimum's gain, the mean TSU draws and a modelled speed-up.  Writes
+``RUNS_DIR/<UTC timestamp>/m1_drafts_sweep.csv`` and ``m1_acceptance_vs_drafts.png``
+and prints the table.
+
+Examples
+--------
+python -m scripts.sweep_drafts --corpus data/tinyshakespeare.txt --Ks 8 32
+python -m scripts.sweep_drafts --Ns 1 2 4 --verifiers recursive optimal --steps 5000
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from thermospec.cli.options import (
+    CORPUS_HELP,
+    EXIT_USAGE,
+    OneLineParser,
+    int_at_least,
+    non_negative_float,
+)
+from thermospec.core.verifiers import VERIFIERS
+from thermospec.experiments.drafts_sweep import DRAFTS_CSV, DRAFTS_PNG, drafts_rows, drafts_table, plot_drafts
+from thermospec.experiments.sweeps import CsvRows, check_values
+from thermospec.runs.config import MAX_DRAFTS, ConfigError, RunConfig
+from thermospec.runs.storage import create_run_dir
+from thermospec.targets.corpus import CorpusError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sweep; return the exit status."""
+    parser = OneLineParser(prog="sweep_drafts", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("--corpus", metavar="PATH", help=CORPUS_HELP)
+    parser.add_argument("--vocab", type=int_at_least(2, 4096), default=256, help="synthetic V (default: 256)")
+    parser.add_argument("--Ks", type=int_at_least(1), nargs="+", default=[64], metavar="K",
+                        help="top-K ids sent (default: 64)")
+    parser.add_argument("--Ns", type=int_at_least(1, MAX_DRAFTS), nargs="+", default=[1, 2, 4, 8, 16], metavar="N",
+                        help="drafts per target call (default: 1 2 4 8 16)")
+    parser.add_argument("--verifiers", choices=VERIFIERS, nargs="+", default=list(VERIFIERS),
+                        help=f"verifiers (default: {' '.join(VERIFIERS)})")
+    parser.add_argument("--steps", type=int_at_least(1), default=10_000,
+                        help="chain steps per (K, N, verifier) for the measured acceptance (default: 10000)")
+    parser.add_argument("--seed", type=int_at_least(0), default=7, help="RNG seed (default: 7)")
+    parser.add_argument("--cost-ratio", type=non_negative_float, default=0.05,
+                        help="TSU draw time / target call time, for the modelled speed-up (default: 0.05)")
+    parser.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the sweep folder goes (default: runs)")
+    args = parser.parse_args(argv)
+    try:
+        Ks, Ns = check_values("--Ks", args.Ks), check_values("--Ns", args.Ns)
+        verifiers = check_values("--verifiers", args.verifiers)
+        base = RunConfig(corpus=args.corpus, vocab=args.vocab, steps=args.steps, seed=args.seed)
+        rows = drafts_rows(base, Ks, Ns, verifiers, args.steps, args.cost_ratio)
+    except CorpusError as exc:
+        print(f"sweep_drafts: error: --corpus {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        print(f"sweep_drafts: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    folder = create_run_dir(args.runs_dir)
+    csv = CsvRows(folder / DRAFTS_CSV, list(rows[0]))
+    for row in rows:
+        csv.append(row)
+    csv.close()
+    target = f"corpus {args.corpus}" if args.corpus else f"synthetic V = {args.vocab}"
+    plot_drafts(folder / DRAFTS_PNG, rows, f"{target} · seed {args.seed} · {args.steps:,} steps per point")
+    print(drafts_table(rows))
+    print(f"\nwrote {folder / DRAFTS_CSV} and {folder / DRAFTS_PNG}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

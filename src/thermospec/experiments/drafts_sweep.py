@@ -1,0 +1,126 @@
+"""The drafts sweep: acceptance of N i.i.d. drafts per target call, per verifier, against the limit.
+
+For each K, N and verifier: the exact π-weighted acceptance of the verifier
+(`core.verifiers`), the acceptance measured on a chain of ``steps`` steps
+(`engine.drafts.run_drafts`, stream ``random_stream(seed, Stream.CHAIN)`` as
+``run --drafts N`` uses), the bound ``Σ min(p, 1 − (1 − q)^N)`` that no verifier
+of N i.i.d. drafts can pass, the optimum over every exact verifier
+(`core.transport.acceptance_optimum`), the share of the optimum's gain over one
+draft the verifier achieves, and a modelled speed-up.  The model is one γ = 1
+block per target call: a step emits ``1 + accepted`` tokens per target call
+and costs ``N c + 1`` target-call times, ``c`` the TSU draw / target call cost
+ratio (every one of the N draws counted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from thermospec.core.metrics import overlap_mass
+from thermospec.core.streams import Stream, random_stream
+from thermospec.core.transport import acceptance_bound, acceptance_optimum
+from thermospec.core.verifiers import VERIFIERS
+from thermospec.engine.drafts import plan_source, run_drafts
+from thermospec.runs.config import RunConfig
+from thermospec.runs.prepare import prepare_run
+
+__all__ = ["DRAFTS_CSV", "DRAFTS_PNG", "drafts_rows", "drafts_table", "plot_drafts"]
+
+DRAFTS_CSV = "m1_drafts_sweep.csv"
+DRAFTS_PNG = "m1_acceptance_vs_drafts.png"
+
+
+def drafts_rows(base: RunConfig, Ks: Sequence[int], Ns: Sequence[int], verifiers: Sequence[str] = VERIFIERS,
+                steps: int = 10_000, cost_ratio: float = 0.05) -> list[dict[str, Any]]:
+    """One row per (K, N, verifier), in that order (module docstring for the columns)."""
+    rows: list[dict[str, Any]] = []
+    for K in Ks:
+        run = prepare_run(dataclasses.replace(base, K=K, drafts=1))
+        t, drafts = run.target, run.proposer.draft
+        contexts = [x for x in range(t.V) if t.pi[x] > 0]
+        weights = [float(t.pi[x]) for x in contexts]
+        total = math.fsum(weights)
+        pq = [(t.row(x), drafts(x).tsu.q) for x in contexts]
+
+        def weighted(values: Sequence[float], weights: Sequence[float] = weights, total: float = total) -> float:
+            return math.fsum(w * v for w, v in zip(weights, values, strict=True)) / total
+
+        single = weighted([overlap_mass(p, q) for p, q in pq])
+        for n in Ns:
+            bound = weighted([acceptance_bound(p, q, n) for p, q in pq])
+            optimum = weighted([acceptance_optimum(p, q, n) for p, q in pq])
+            for verifier in verifiers:
+                plans = plan_source(t.row, drafts, verifier, n)
+                exact = weighted([plans(x).acceptance for x in contexts])
+                draws = weighted([plans(x).expected_draws for x in contexts])
+                rng = random_stream(base.seed, Stream.CHAIN)
+                chunks = run_drafts(t.row, t.pi, drafts, n, verifier, steps, rng, plans=plans)
+                measured = sum(int(c.accepted.sum()) for c in chunks) / steps
+                gain = optimum - single
+                rows.append({
+                    "K": K, "N": n, "verifier": verifier, "steps": steps,
+                    "accept_rate": measured, "accept_se": math.sqrt(exact * (1 - exact) / steps),
+                    "exact_acceptance": exact, "single_draft": single, "optimum": optimum, "bound": bound,
+                    "gain_fraction": (exact - single) / gain if gain > 1e-12 else None,
+                    "expected_draws": draws,
+                    "speedup": (1 + exact) / (n * cost_ratio + 1), "cost_ratio": cost_ratio,
+                })
+    return rows
+
+
+def plot_drafts(path: Path, rows: Sequence[dict[str, Any]], title: str) -> Path:
+    """Acceptance vs N per verifier (exact lines, measured ×), the optimum and the bound; speed-up vs N."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    Ks = sorted({int(r["K"]) for r in rows})
+    figure = Figure(figsize=(7.5 * len(Ks), 4.8), dpi=150, layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.suptitle(title, fontsize=10)
+    axes = figure.subplots(2, len(Ks), squeeze=False, sharex=True)
+    for column, K in enumerate(Ks):
+        top, bottom = axes[0][column], axes[1][column]
+        mine = [r for r in rows if int(r["K"]) == K]
+        Ns = sorted({int(r["N"]) for r in mine})
+        first = {int(r["N"]): r for r in mine if r["verifier"] == mine[0]["verifier"]}
+        top.plot(Ns, [first[n]["bound"] for n in Ns], color="grey", linestyle=":", label="bound Σ min(p, 1−(1−q)^N)")
+        top.plot(Ns, [first[n]["optimum"] for n in Ns], color="black", linestyle="--",
+                 label="optimum (any exact verifier)")
+        for verifier in dict.fromkeys(r["verifier"] for r in mine):
+            these = sorted((r for r in mine if r["verifier"] == verifier), key=lambda r: int(r["N"]))
+            x = [int(r["N"]) for r in these]
+            line = top.plot(x, [r["exact_acceptance"] for r in these], marker="o", markerfacecolor="none",
+                            label=f"{verifier} (exact)")[0]
+            top.errorbar(x, [r["accept_rate"] for r in these], yerr=[2 * r["accept_se"] for r in these],
+                         linestyle="none", marker="x", color=line.get_color(), zorder=3)
+            bottom.plot(x, [r["speedup"] for r in these], marker="o", color=line.get_color(), label=verifier)
+        top.set_title(f"K = {K}: acceptance (lines exact, × measured ±2 s.e.)", fontsize=9)
+        top.set_ylabel("acceptance")
+        top.grid(True, alpha=0.3)
+        top.legend(fontsize=7, loc="lower right")
+        c = mine[0]["cost_ratio"]
+        bottom.set_title(f"modelled speed-up (1 + acceptance) / (N c + 1), c = {c:g}", fontsize=9)
+        bottom.set_xscale("log", base=2)
+        bottom.set_xticks(Ns, [str(n) for n in Ns])
+        bottom.set_xlabel("drafts per target call N")
+        bottom.set_ylabel("speed-up")
+        bottom.grid(True, alpha=0.3)
+        bottom.legend(fontsize=7)
+    figure.savefig(path, dpi=150)
+    return path
+
+
+def drafts_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of the rows."""
+    head = "| K | N | verifier | measured | exact | one draft | optimum | bound | share of optimum's gain | TSU draws |"
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        share = "—" if r["gain_fraction"] is None else f"{r['gain_fraction']:.2f}"
+        lines.append(f"| {r['K']} | {r['N']} | {r['verifier']} | {r['accept_rate']:.4f} | "
+                     f"{r['exact_acceptance']:.4f} | {r['single_draft']:.4f} | {r['optimum']:.4f} | "
+                     f"{r['bound']:.4f} | {share} | {r['expected_draws']:.2f} |")
+    return "\n".join(lines)
