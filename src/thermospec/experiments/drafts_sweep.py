@@ -101,7 +101,7 @@ def plot_drafts(path: Path, rows: Sequence[dict[str, Any]], title: str) -> Path:
         top.set_title(f"K = {K}: acceptance (lines exact, × measured ±2 s.e.)", fontsize=9)
         top.set_ylabel("acceptance")
         top.grid(True, alpha=0.3)
-        top.legend(fontsize=7, loc="lower right")
+        top.legend(fontsize=7, loc="upper left")
         c = mine[0]["cost_ratio"]
         bottom.set_title(f"modelled speed-up (1 + acceptance) / (N c + 1), c = {c:g}", fontsize=9)
         bottom.set_xscale("log", base=2)
