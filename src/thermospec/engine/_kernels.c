@@ -63,7 +63,8 @@ static inline pcg128 pcg_join(uint64_t hi, uint64_t lo) { return ((pcg128)hi << 
 static inline int64_t bisect_right(const double *cdf, int64_t n, double target)
 {
     /* First index i with cdf[i] > target (n if none): the answer stays in [i, i + n]; each round
-     * keeps the half that holds it, by a mask rather than a branch (the compilers keep it so). */
+     * keeps the half that holds it, by a mask rather than a branch (the compilers keep it so):
+     * for tables in cache, a mispredicted round costs more than the probe. */
     int64_t i = 0;
     while (n > 1) {
         int64_t half = n >> 1;
@@ -71,6 +72,20 @@ static inline int64_t bisect_right(const double *cdf, int64_t n, double target)
         n -= half;
     }
     return i + (n == 1 && cdf[i] <= target);
+}
+
+static inline int64_t bisect_right_far(const double *cdf, int64_t n, double target)
+{
+    /* The same index, with a branch per round (the compilers emit one for this select): for tables
+     * far in memory (compact tables at large V), a predicted branch lets the CPU issue the next
+     * rounds' loads before this one's returns, which measured faster there (and slower in cache). */
+    const double *base = cdf;
+    while (n > 1) {
+        int64_t half = n >> 1;
+        base = (base[half - 1] <= target) ? base + half : base;
+        n -= half;
+    }
+    return (int64_t)(base - cdf) + (n == 1 && base[0] <= target);
 }
 
 /* bisect_right(cdf, u * total) for u in [0, 1), started from a guide table:
@@ -692,7 +707,7 @@ typedef struct {
 static inline int64_t first_above(const double *id_cdf, const double *cum, const int32_t *ids, int64_t K, double eps,
                                   int64_t V, double t, int64_t *J_out)
 {
-    int64_t J = bisect_right(id_cdf, K, t);
+    int64_t J = bisect_right_far(id_cdf, K, t);
     *J_out = J;
     int64_t lo = J ? (int64_t)ids[J - 1] + 1 : 0;
     int64_t hi = J < K ? (int64_t)ids[J] : V;
@@ -740,7 +755,7 @@ static inline int64_t compact_step(const Slots *sl, int64_t s, const double *u3,
         return y;
     }
     *accepted = 0;
-    int64_t r = bisect_right(f + 3 * Km + 1 + Sm, S, u3[2] * sc[2]);
+    int64_t r = bisect_right_far(f + 3 * Km + 1 + Sm, S, u3[2] * sc[2]);
     if (r > ct[3])
         r = ct[3];
     return (int64_t)support[r];
