@@ -46,7 +46,7 @@ static inline double uniform(u128 *s, u128 c)
     return (double)(x >> 11) * (1.0 / 9007199254740992.0);
 }
 
-static inline int64_t draw(const double *cdf, const int32_t *guide, double u, double total, int64_t last)
+static inline int64_t draw(const double *cdf, const int32_t *guide, int64_t G, double u, double total, int64_t last)
 {
     /* The guide's bracket [lo, hi], bisected without a branch on the data (the search that
      * measured fastest here, the one thermospec's kernel runs). */
@@ -70,7 +70,9 @@ typedef struct {
 static void *work(void *arg)
 {
     Work *w = arg;
-    int64_t *counts = w->counts, acc = 0;
+    /* Locals, not the globals: a count's store could otherwise alias them (all int64). */
+    const int64_t nV = V, nG = G, steps = STEPS;
+    int64_t *restrict counts = w->counts, acc = 0;
     for (int64_t g0 = w->b0; g0 < w->b1; g0 += GROUP) {
         int64_t n = w->b1 - g0 < GROUP ? w->b1 - g0 : GROUP;
         int64_t x[GROUP];
@@ -80,7 +82,7 @@ static void *work(void *arg)
             hi[j] = (uint64_t)(state[g0 + j] >> 64);
             lo[j] = (uint64_t)state[g0 + j];
         }
-        for (int64_t t = 0; t < STEPS; ++t) {
+        for (int64_t t = 0; t < steps; ++t) {
             for (int64_t j = 0; j < n; ++j) {
                 u128 s = ((u128)hi[j] << 64) | lo[j];
                 const u128 c = inc[g0 + j];
@@ -88,18 +90,18 @@ static void *work(void *arg)
                 hi[j] = (uint64_t)(s >> 64);
                 lo[j] = (uint64_t)s;
                 int64_t cx = x[j];
-                const double *row = tables + cx * 3 * V;
-                const int32_t *guide = guides + cx * 2 * (G + 1);
-                int64_t y = draw(row, guide, u0, totals[2 * cx], lasts[2 * cx]), nx;
-                if (u1 < row[V + y]) {
+                const double *row = tables + cx * 3 * nV;
+                const int32_t *guide = guides + cx * 2 * (nG + 1);
+                int64_t y = draw(row, guide, nG, u0, totals[2 * cx], lasts[2 * cx]), nx;
+                if (u1 < row[nV + y]) {
                     nx = y;
                     acc += 1;
                 } else {
-                    nx = draw(row + 2 * V, guide + G + 1, u2, totals[2 * cx + 1], lasts[2 * cx + 1]);
+                    nx = draw(row + 2 * nV, guide + nG + 1, nG, u2, totals[2 * cx + 1], lasts[2 * cx + 1]);
                 }
-                counts[cx * V + nx] += 1;
+                counts[cx * nV + nx] += 1;
                 if (emitted)
-                    emitted[(g0 + j) * STEPS + t] = nx;
+                    emitted[(g0 + j) * steps + t] = nx;
                 x[j] = nx;
             }
         }

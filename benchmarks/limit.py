@@ -124,6 +124,13 @@ def sequential_counts(run: PreparedRun, steps: int) -> tuple[RunTally, float]:
     return tally, time.perf_counter() - start
 
 
+def command_rate(run: PreparedRun, chains: int) -> float:
+    """The summary's tokens/s of ``run [--chains B] --telemetry none`` (`execute_run`, as the command runs it)."""
+    with tempfile.TemporaryDirectory() as out:
+        summary: dict[str, Any] = execute_run(run, Path(out), telemetry="none", chains=chains)
+    return float(summary["tokens_per_s"])
+
+
 def _same(tally_accepted: int, tally_transitions: NDArray[np.int64] | None, limit: LimitRun) -> bool:
     return (tally_accepted == limit.accepted and tally_transitions is not None
             and bool(np.array_equal(tally_transitions, limit.transitions)))
@@ -170,13 +177,20 @@ def bench_limit(run: PreparedRun, steps: int, chains: int, batch_steps: int, rep
             tallies.append(tally)
             return steps / seconds
 
-        ours, limit = alternate([ours_sequential, c_sequential], repeats)
+        one = PreparedRun(config=dataclasses.replace(run.config, steps=steps), target=target, proposer=run.proposer)
+
+        def ours_command() -> float:
+            return command_rate(one, 1)
+
+        ours, command, limit = alternate([ours_sequential, ours_command, c_sequential], repeats)
         same_all = _same(tallies[0].accepted, tallies[0].transitions, checked["sequential"])
         rows.append(("C limit: one chain, counted", _fmt(limit),
                      f"{' '.join(FLAGS)}; same tokens: {_yes(same_head)} ({head:,}-step prefix), "
                      f"same counts: {_yes(same_all)} ({steps:,} steps)"))
         rows.append(("  thermospec one chain, counted, telemetry off", _fmt(ours),
-                     f"ratio to the C limit {ours / limit:.2f} (>= 0.8)"))
+                     f"ratio to the C limit {ours / limit:.2f} (>= 0.8); run_chain(tally=): the kernel counts"))
+        rows.append(("  run --telemetry none (the command)", _fmt(command),
+                     f"ratio {command / limit:.2f}; its chain mode counts each chunk with RunTally.update"))
 
         # B chains: chain b's stream after its start token, as `run_batch` draws them.
         rngs = [chain_stream(seed, b) for b in range(chains)]
@@ -202,9 +216,7 @@ def bench_limit(run: PreparedRun, steps: int, chains: int, batch_steps: int, rep
                                proposer=run.proposer)
 
         def ours_batch() -> float:
-            with tempfile.TemporaryDirectory() as out:
-                summary: dict[str, Any] = execute_run(prepared, Path(out), telemetry="none", chains=chains)
-            return float(summary["tokens_per_s"])
+            return command_rate(prepared, chains)
 
         ours, limit = alternate([ours_batch, c_batch], repeats)
         same_all = _same(int(counted.accepted.sum()), counted.transitions, checked["batch"])
