@@ -156,8 +156,14 @@ def config(
     tsu: str = "sim",
     drafts: int = 1,
     verifier: str = "recursive",
+    trace: str | Path | None = None,
+    order: int = 2,
 ) -> RunConfig:
     """A validated configuration, with the guide's defaults; the keywords are the CLI's options.
+
+    ``trace`` (a ``.npy``/``.npz`` of recorded next-token log-probabilities, docs/traces.md) makes
+    the run teacher-forced over its positions; ``order`` N > 2 (with ``corpus``) makes the context
+    the last N - 1 characters.
 
     Raises
     ------
@@ -168,7 +174,7 @@ def config(
         raise ConfigError("--cost-ratio: models the speed-up of γ-token blocks and needs --gamma")
     return RunConfig(corpus=None if corpus is None else str(corpus), vocab=vocab, c=c, K=K, tau=tau, eps=eps,
                      steps=steps, seed=seed, gamma=gamma, cost_ratio=cost_ratio, tokenizer=tokenizer, tsu=tsu,
-                     drafts=drafts, verifier=verifier)
+                     drafts=drafts, verifier=verifier, trace=None if trace is None else str(trace), order=order)
 
 
 def run(

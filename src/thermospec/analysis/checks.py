@@ -9,7 +9,8 @@
 Beside the guide's checklist (which stays as written), a stronger test with a
 stated significance level, reported separately:
 
-4. Pooled TSU χ²: the `POOLED_CONTEXTS` most probable contexts under pi, each
+4. Pooled TSU χ²: the `POOLED_CONTEXTS` most probable contexts under pi (on a
+   trace the first positions, at order N > 2 the most frequent contexts), each
    with n drafts of its TSU; per context the drafts are binned into the
    `HEAD_BINS` most probable tokens of F(ψ) one by one, the other sent ids, and
    the tail (pooled per SPEC §6), and compared with ``n F(ψ)``, the distribution
@@ -44,13 +45,16 @@ from thermospec.runs.checklist import (
     DEFAULT_CHECK_STEPS,
     CheckResult,
     fixed_context_check,
+    fixed_contexts_named,
     likeliest_contexts,
     psi_size_check,
     refused_result,
 )
 from thermospec.runs.drafts_run import verifier_drafts
-from thermospec.runs.prepare import PreparedRun, sparse_rows
+from thermospec.runs.order_run import OrderMode
+from thermospec.runs.prepare import PreparedRun, order_of, sparse_rows, trace_of
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, summarise_run
+from thermospec.runs.trace_run import TraceMode
 
 __all__ = [
     "accept_overlap_check",
@@ -73,6 +77,16 @@ POOLED_STREAM_BASE = 1000  # CHECK streams 0..3 are the guide's contexts; the po
 def run_statistics(run: PreparedRun) -> dict[str, Any]:
     """Run the chain of the configured length in memory; return its summary statistics."""
     target, config = run.target, run.config
+    if trace_of(run) is not None:  # teacher-forced positions
+        positions = TraceMode(run, None, "none")
+        for position_chunk in positions.chunks():
+            positions.record(position_chunk)
+        return positions.statistics(tests=False)
+    if order_of(run) is not None:  # order-N contexts
+        contexts = OrderMode(run, None, "none")
+        for context_chunk in contexts.chunks():
+            contexts.record(context_chunk)
+        return contexts.statistics(tests=False)
     tally = RunTally(target.V)
     rng = random_stream(config.seed, Stream.CHAIN)
     if config.drafts > 1:  # overlap = the verifier's exact acceptance
@@ -179,8 +193,10 @@ def pooled_tsu_check(
     run: PreparedRun, n: int = POOLED_STEPS, m: int = POOLED_CONTEXTS, alpha: float = POOLED_SIGNIFICANCE
 ) -> CheckResult:
     """Check 4 (stronger, beside the guide's checklist): the pooled TSU χ² at significance `alpha`."""
-    m_used = min(m, run.target.V)
-    name = f"pooled TSU χ² ({m_used} contexts x {n} drafts, alpha = {alpha:g})"
+    kind, _ = fixed_contexts_named(run)
+    trace = trace_of(run)
+    m_used = min(m, run.target.V if trace is None else trace.positions)
+    name = f"pooled TSU χ² ({m_used} {kind}s x {n} drafts, alpha = {alpha:g})"
     try:
         result = pooled_draft_chi2(run, n, m)
     except ReportError as exc:

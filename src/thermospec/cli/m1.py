@@ -42,6 +42,7 @@ from thermospec.runs.replay import ReplayError, load_replay, replay_matches
 from thermospec.runs.storage import METRICS_FILE, create_run_dir
 from thermospec.runs.telemetry import PARQUET_FILE
 from thermospec.targets.corpus import CorpusError
+from thermospec.targets.order import MAX_ORDER
 
 __all__ = ["main"]
 
@@ -53,6 +54,8 @@ examples:
   python -m scripts.run_m1 run --K 8 --tau 0.9 --eps 1e-5 --runs-dir /tmp/runs
   python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --K 8 --drafts 2 --verifier optimal
   python -m scripts.run_m1 run --replay runs/<timestamp>   # the same JSONL, byte for byte
+  python -m scripts.run_m1 run --trace zipf.npy --K 64 --steps 200000 --telemetry none
+  python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --order 5 --K 8
 """
 
 
@@ -62,17 +65,28 @@ examples:
   python -m scripts.run_m1 check --corpus data/tinyshakespeare.txt --K 128
   python -m scripts.run_m1 check --tau 0.3 --eps 0
   python -m scripts.run_m1 check --inject-fault bias:0.05     # a TSU that oversamples its top token by 5 %
+  python -m scripts.run_m1 check --trace zipf.npy --K 64        # fixed positions 0-3, and the pooled TSU χ²
+  python -m scripts.run_m1 check --corpus data/tinyshakespeare.txt --order 4 --K 8
 """
 
 
 def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> None:
-    target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
+    target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus or --trace)")
     target.add_argument("--corpus", metavar="PATH", help=CORPUS_HELP)
     target.add_argument("--vocab", type=int_at_least(2, MAX_SYNTHETIC_VOCAB), default=256, metavar="V",
                         help="synthetic V, 2 to 65536 (default: 256); above 4096 each row is a lazily generated "
                         "mixture of 256 Dirichlet atoms, not Dirichlet(c/V): README, Performance")
     target.add_argument("--c", type=positive_float, default=50.0,
                         help="synthetic Dirichlet concentration, alpha = c/V (default: 50)")
+    target.add_argument("--trace", metavar="PATH", default=None,
+                        help="recorded next-token log-probabilities, a (T, V) float16/float32 .npy or .npz "
+                        "(docs/traces.md; make one with scripts.make_trace or scripts.record_trace): step s "
+                        "drafts and corrects at position s mod T, teacher-forced (no x0, no π); e.g. "
+                        "--trace zipf.npy --K 64")
+    target.add_argument("--order", type=int_at_least(2, MAX_ORDER), default=2, metavar="N",
+                        help=f"with --corpus: the context is the last N - 1 characters, backed off to the longest "
+                        f"suffix the corpus has seen; 2 to {MAX_ORDER} (default: 2, M1's bigram); "
+                        "e.g. --corpus data/tinyshakespeare.txt --order 5")
     psi = parser.add_argument_group("ψ payload, per context")
     psi.add_argument("--K", type=int_at_least(1), default=64,
                      help="top-K ids sent (default: 64; clamped to V)")
@@ -155,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace) -> RunConfig:
     return config(corpus=args.corpus, vocab=args.vocab, c=args.c, K=args.K, tau=args.tau, eps=args.eps,
                   steps=args.steps, seed=args.seed, gamma=args.gamma, cost_ratio=args.cost_ratio,
-                  tokenizer=args.tokenizer, tsu=args.tsu, drafts=args.drafts, verifier=args.verifier)
+                  tokenizer=args.tokenizer, tsu=args.tsu, drafts=args.drafts, verifier=args.verifier,
+                  trace=args.trace, order=args.order)
 
 
 def _notice_clamp(config: RunConfig, V: int) -> None:
@@ -226,8 +241,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     written = "" if args.telemetry == "none" else f"{run_dir / metrics_file} and "
     print(f"\nwrote {written}{run_dir / 'summary.json'}" + ("" if args.full else " (every field: --full)"))
     if summary.get("chi2_dof") == 0 and summary.get("steps"):
-        print("run_m1 run: note: every token's expected count N·pi is below 5, so the run's χ² has one bin and "
-              "tests nothing (p_value 1 by SPEC §6); run more steps, or use `check` for exactness", file=sys.stderr)
+        expected = "Σ n_t·p_t" if run.config.trace is not None else "N·pi"
+        print(f"run_m1 run: note: every token's expected count {expected} is below 5, so the run's χ² has one bin "
+              "and tests nothing (p_value 1 by SPEC §6); run more steps, or use `check` for exactness",
+              file=sys.stderr)
     status = _exit_status(summary)
     if status:
         held = "the summary covers" if args.telemetry == "none" else "the files hold"

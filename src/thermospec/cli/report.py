@@ -44,10 +44,15 @@ def _p(value: float | None) -> str:
 
 def _target_line(summary: dict[str, Any]) -> str:
     config, target = summary["config"], summary["target"]
-    if config.get("corpus"):
+    if target.get("source") == "trace":
+        source = (f"trace {config['trace']} ({target['positions']:,} positions, {target['dtype']}, "
+                  f"teacher-forced)")
+    elif config.get("corpus"):
         source = f"corpus {config['corpus']}"
         if config.get("tokenizer"):
             source += f" ({config['tokenizer']} tokens)"
+        if config.get("order"):
+            source += f", order {config['order']} (contexts of {config['order'] - 1} characters, backed off)"
     else:
         source = f"{target['source']} Dirichlet bigram, c = {format_value(config['c'])}"
     eps = config["eps"] if config["eps"] == "auto" else format_value(config["eps"])
@@ -85,7 +90,12 @@ def _chain_lines(summary: dict[str, Any]) -> list[str]:
         ce = summary["mean_ce_gap"]
         ce_text = f"{ce:.4g} nats" if ce is not None else f"infinite on {summary['ce_gap_infinite_steps']} steps"
         lines.append(f"CE gap         {ce_text}   (KL(p ‖ F(ψ)) per step: what ψ loses of the row)")
-    if summary.get("chi2_dof") is not None:
+    if summary.get("chi2_dof") is not None and summary.get("position_chi2_dof") is not None:
+        lines.append(f"χ² vs Σ n_t·p_t p = {_p(summary['p_value'])}   ({summary['chi2_stat']:.1f} on "
+                     f"{summary['chi2_dof']} dof; tokens vs the trace's marginal: conservative)")
+        lines.append(f"position χ²    p = {_p(summary['position_p_value'])}   ({summary['position_chi2_stat']:.1f} "
+                     f"on {summary['position_chi2_dof']} dof; tokens vs p_t per position: calibrated)")
+    elif summary.get("chi2_dof") is not None:
         lines.append(f"χ² vs N·π      p = {_p(summary['p_value'])}   ({summary['chi2_stat']:.1f} on "
                      f"{summary['chi2_dof']} dof; tokens vs π, the guide's test: strict on a correlated chain)")
     if summary.get("transition_chi2_dof") == 0:
@@ -131,6 +141,10 @@ def _checklist_lines(summary: dict[str, Any]) -> list[str]:
     lines = ["", "checklist (the guide's; `run_m1 check` prints the p-values behind the fixed-context χ²)"]
     for key, passed in checklist.items():
         name, field, form = CHECK_NAMES.get(key, (key, None, ""))
+        if key == "fixed_context_chi2_3_of_4" and summary["target"].get("source") == "trace":
+            name = "fixed-position χ²: ≥ 3 of positions 0-3 with p > 0.05"
+        elif key == "fixed_context_chi2_3_of_4" and summary["config"].get("order"):
+            name = "fixed-context χ²: ≥ 3 of the 4 most frequent contexts with p > 0.05"
         verdict = "SKIP" if passed is None else "PASS" if passed else "FAIL"
         detail = form.format(summary[field]) if field is not None and summary.get(field) is not None else ""
         lines.append(f"  {verdict}  {name:<66}{detail}".rstrip())

@@ -3,6 +3,9 @@
 1. Fixed-context χ²: the 4 most probable contexts under pi, each with n
    independent draft-and-correct steps; χ² of the emitted counts against
    ``n p(. | c)`` (pooled per SPEC §6); pass if at least 3 of 4 have p > 0.05.
+   On a trace (``--trace``) the contexts are the first 4 positions (every run
+   visits them first, and choosing them needs no pass over the file); at order
+   N > 2 (``--order``) the 4 most frequent (N - 1)-character contexts of the corpus.
 3. ``psi_bytes <= 1024`` for every K <= 128 at this V.
 
 Every draw also goes through the host's consistency check of the reported
@@ -16,13 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from thermospec.core.payload import craft_payload, encode_payload, payload_size
+from thermospec.core.payload import craft_payload, craft_payload_from_support, encode_payload, payload_size
 from thermospec.core.statistics import Chi2Result, pooled_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import ReportError, fixed_context_draws
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.drafts import fixed_context_drafts, plan_source
-from thermospec.runs.prepare import PreparedRun
+from thermospec.runs.prepare import PreparedRun, order_of, trace_of
 from thermospec.runs.summary import PSI_BYTES_LIMIT
 
 __all__ = ["CheckResult", "fixed_context_check", "fixed_context_p_values", "psi_size_check"]
@@ -52,8 +55,32 @@ class CheckResult:
 
 
 def likeliest_contexts(run: PreparedRun, m: int) -> list[int]:
+    """The `m` fixed contexts of the checks: most probable under pi, first positions, or most frequent contexts."""
+    trace, order = trace_of(run), order_of(run)
+    if trace is not None:
+        return list(range(min(m, trace.positions)))
+    if order is not None:
+        return order.frequent_contexts(m)
     contexts: list[int] = np.argsort(-run.target.pi, kind="stable")[:m].tolist()
     return contexts
+
+
+def fixed_contexts_named(run: PreparedRun) -> tuple[str, str]:
+    """What the fixed contexts are, for a check's name (``context``/``position``) and its detail."""
+    if trace_of(run) is not None:
+        return "position", "positions 0-3: the first 4, which every run visits first"
+    order = order_of(run)
+    if order is not None:
+        return "context", f"the 4 most frequent {order.order - 1}-character contexts of the corpus"
+    return "context", ""
+
+
+def context_label(run: PreparedRun, x: int) -> str:
+    """How a check names a fixed context: ``x=3``, ``t=3`` (a position), or the context's text (order N)."""
+    order = order_of(run)
+    if order is not None:
+        return repr(order.context_text(x))
+    return f"t={x}" if trace_of(run) is not None else f"x={x}"
 
 
 def fixed_context_results(run: PreparedRun, n: int) -> tuple[list[int], list[Chi2Result]]:
@@ -93,36 +120,41 @@ def refused_result(name: str, error: ReportError, guide: bool = True) -> CheckRe
 
 
 def fixed_context_check(run: PreparedRun, n: int) -> CheckResult:
-    """Check 1: χ² of n fixed-context emissions against the target row, for 4 contexts."""
-    name = f"fixed-context χ² (n={n} per context)"
+    """Check 1: χ² of n fixed-context emissions against the target row, for 4 contexts (or positions)."""
+    kind, which = fixed_contexts_named(run)
+    name = f"fixed-{kind} χ² (n={n} per {kind})"
     try:
         contexts, results = fixed_context_results(run, n)
     except ReportError as exc:
         return refused_result(name, exc)
     passing = sum(r.p_value > SIGNIFICANCE for r in results)
     shown = ", ".join(
-        f"x={x}: p={r.p_value:.3f}" + (" (one bin: nothing to test)" if r.dof == 0 else "")
+        f"{context_label(run, x)}: p={r.p_value:.3f}" + (" (one bin: nothing to test)" if r.dof == 0 else "")
         for x, r in zip(contexts, results, strict=True)
     )
     return CheckResult(
         name=name,
         passed=passing >= min(FIXED_CONTEXTS_TO_PASS, len(contexts)),
-        detail=f"{passing}/{len(contexts)} with p > {SIGNIFICANCE} [{shown}]",
+        detail=f"{passing}/{len(contexts)} with p > {SIGNIFICANCE} [{shown}]" + (f" ({which})" if which else ""),
     )
 
 
 def psi_size_check(run: PreparedRun) -> CheckResult:
-    """Check 3: encoded ψ size for every K from 1 to 128 (clamped to V), on the likeliest context.
+    """Check 3: encoded ψ size for every K from 1 to 128 (clamped to V), on the likeliest context (position 0).
 
     The size depends on K and V only, so the payloads are crafted with auto-ε
     (a numeric ε valid at the run's K may be out of range at K = 1).
     """
     target, config = run.target, run.config
-    x = int(np.argmax(target.pi))
-    sizes = [
-        len(encode_payload(craft_payload(target.row(x), k, config.tau, "auto")))
-        for k in range(1, min(MAX_CHECKED_K, target.V) + 1)
-    ]
+    top = min(MAX_CHECKED_K, target.V)
+    trace = trace_of(run)
+    if trace is not None:  # position 0, from its top support: craft_payload's bytes without sorting V entries
+        tokens, probs = trace.top_support(0, top)
+        sizes = [len(encode_payload(craft_payload_from_support(tokens, probs, trace.V, k, config.tau, "auto")))
+                 for k in range(1, top + 1)]
+    else:
+        x = int(np.argmax(target.pi))
+        sizes = [len(encode_payload(craft_payload(target.row(x), k, config.tau, "auto"))) for k in range(1, top + 1)]
     largest = max(sizes)
     return CheckResult(
         name=f"ψ payload ≤ {PSI_BYTES_LIMIT} bytes for K ≤ {MAX_CHECKED_K}",

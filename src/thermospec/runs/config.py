@@ -13,7 +13,9 @@ from thermospec.core.verifiers import VERIFIERS
 from thermospec.targets.bigram import BigramTarget
 from thermospec.targets.bpe import bpe_target, parse_tokenizer
 from thermospec.targets.corpus import corpus_target
+from thermospec.targets.order import MAX_ORDER, order_target
 from thermospec.targets.synthetic import DENSE_VOCAB_MAX, lazy_synthetic_target, synthetic_target
+from thermospec.targets.trace import TraceError, load_trace
 
 __all__ = ["ConfigError", "RunConfig", "load_target"]
 
@@ -61,6 +63,8 @@ class RunConfig:
     tsu: str = "sim"
     drafts: int = 1
     verifier: str = "recursive"
+    trace: str | None = None
+    order: int = 2
 
     def __post_init__(self) -> None:
         if not 2 <= self.vocab <= MAX_SYNTHETIC_VOCAB:
@@ -98,6 +102,7 @@ class RunConfig:
             raise ConfigError("--drafts: runs with SimTSU only (drop --tsu thrml)")
         if self.tsu not in ("sim", "thrml"):
             raise ConfigError(f"--tsu: must be 'sim' or 'thrml', got {self.tsu!r}")
+        self._check_trace_and_order()
         if self.tokenizer is not None:
             try:
                 parse_tokenizer(self.tokenizer)
@@ -105,6 +110,35 @@ class RunConfig:
                 raise ConfigError(str(exc)) from None
             if self.corpus is None:
                 raise ConfigError("--tokenizer: needs --corpus (the tokenizer is trained on the corpus)")
+
+    def _check_trace_and_order(self) -> None:
+        """``--trace`` and ``--order``: their ranges and the combinations that are not implemented."""
+        if isinstance(self.order, bool) or not isinstance(self.order, int) or not 2 <= self.order <= MAX_ORDER:
+            raise ConfigError(f"--order: must be an integer in [2, {MAX_ORDER}], got {self.order!r}")
+        if self.order > 2:
+            if self.corpus is None:
+                raise ConfigError("--order: needs --corpus (contexts are the last N - 1 characters of a text)")
+            if self.tokenizer is not None:
+                raise ConfigError("--order: contexts of BPE tokens are not implemented (character contexts "
+                                  "only); drop --tokenizer or --order")
+            for given, option in ((self.gamma is not None, "--gamma"), (self.drafts > 1, "--drafts"),
+                                  (self.tsu != "sim", "--tsu thrml")):
+                if given:
+                    raise ConfigError(f"--order: runs one draft per step on SimTSU; {option} is not implemented "
+                                      "with it (drop one)")
+        if self.trace is None:
+            return
+        if not self.trace.strip():
+            raise ConfigError("--trace: must name a .npy or .npz file, got an empty string")
+        for given, option in ((self.corpus is not None, "--corpus"), (self.tokenizer is not None, "--tokenizer"),
+                              (self.order > 2, "--order")):
+            if given:
+                raise ConfigError(f"--trace: the trace is the target; drop {option}")
+        for given, option in ((self.gamma is not None, "--gamma"), (self.drafts > 1, "--drafts"),
+                              (self.tsu != "sim", "--tsu thrml")):
+            if given:
+                raise ConfigError(f"--trace: runs one draft per position on SimTSU; {option} is not implemented "
+                                  "with it (drop one)")
 
     def as_dict(self) -> dict[str, Any]:
         """The configuration as JSON-ready values (issue 6's options only when set)."""
@@ -116,11 +150,30 @@ class RunConfig:
 
 
 _EXTENSION_DEFAULTS: dict[str, Any] = {"gamma": None, "cost_ratio": 0.0, "tokenizer": None, "tsu": "sim",
-                                       "drafts": 1, "verifier": "recursive"}
+                                       "drafts": 1, "verifier": "recursive", "trace": None, "order": 2}
 
 
 def load_target(config: RunConfig) -> BigramTarget:
-    """The target a configuration names: the corpus' if given, else the synthetic one."""
+    """The target a configuration names: a trace, the corpus' (order N), or the synthetic one.
+
+    A trace is position-indexed (`targets.trace.TraceTarget`, no pi): its runs are
+    teacher-forced and its summaries say so; it passes here as a `BigramTarget`
+    for what every run shares (V, rows, supports, where it came from).
+
+    Raises
+    ------
+    ConfigError
+        A trace that cannot be used (``--trace PATH: reason``, one line).
+    CorpusError
+        A corpus that cannot be used.
+    """
+    if config.trace is not None:
+        try:
+            return load_trace(config.trace)
+        except TraceError as exc:
+            raise ConfigError(f"--trace {exc}") from None
+    if config.corpus is not None and config.order > 2:
+        return order_target(config.corpus, config.order)
     if config.corpus is not None and config.tokenizer is not None:
         return bpe_target(config.corpus, parse_tokenizer(config.tokenizer))
     if config.corpus is not None:

@@ -33,10 +33,12 @@ from thermospec.runs.chain_run import ChainMode
 from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.runs.drafts_run import DraftsMode
 from thermospec.runs.interrupts import interruption_guard, signal_name
+from thermospec.runs.order_run import OrderMode
 from thermospec.runs.prepare import PreparedRun, target_description
 from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
 from thermospec.runs.summary import software_versions
 from thermospec.runs.telemetry import TELEMETRY_FORMATS, TelemetryFormat, parquet_available
+from thermospec.runs.trace_run import TraceMode
 
 __all__ = ["Mode", "check_mode_options", "execute_run", "run_mode"]
 
@@ -101,10 +103,20 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
                           "drop --chains / --telemetry parquet")
     if config.tsu == "thrml" and (chains > 1 or telemetry != "jsonl"):
         raise ConfigError("--tsu thrml: runs one chain with JSONL telemetry; drop --chains / --telemetry")
+    for given, option in ((config.trace is not None, "--trace"), (config.order > 2, "--order")):
+        if given and chains > 1:
+            raise ConfigError(f"{option}: runs one chain; --chains is not implemented with it (drop one)")
+        if given and telemetry == "parquet":
+            raise ConfigError(f"{option}: writes JSONL telemetry (or none); drop --telemetry parquet")
 
 
 def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "jsonl", chains: int = 1) -> Mode:
-    """The mode a configuration asks for: ``--chains`` > 1, ``--gamma``, or the M1 chain (any TSU)."""
+    """The mode a configuration asks for: ``--trace``, ``--order`` > 2, ``--chains`` > 1, ``--gamma``, ``--drafts``,
+    or the M1 chain (any TSU)."""
+    if run.config.trace is not None:
+        return TraceMode(run, run_dir, telemetry)
+    if run.config.order > 2:
+        return OrderMode(run, run_dir, telemetry)
     if chains > 1:
         return BatchMode(run, run_dir, chains, telemetry)
     if run.config.gamma is not None:

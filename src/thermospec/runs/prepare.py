@@ -13,6 +13,11 @@ and step follows from the target's capabilities (`BigramTarget.rows_stored`,
   (`SparseProposer`);
 - rows built on demand and as wide as V (a BPE token target): drafts in a
   bounded cache (`BoundedProposer`), dense tables.
+
+Two targets are not bigram chains and draft their own way: a trace
+(``--trace``, position-indexed, teacher-forced: `PositionProposer`, ψ per
+position from its top support) and an order-N corpus target (``--order N > 2``:
+`ContextProposer`, ψ per context id in a bounded cache).
 """
 
 from __future__ import annotations
@@ -21,15 +26,19 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from thermospec.engine.compact import SparseRows
+from thermospec.engine.contexts import ContextProposer
+from thermospec.engine.positions import PositionProposer
 from thermospec.engine.sparse import SparseProposer
 from thermospec.runs.config import ConfigError, RunConfig, check_eps, load_target
 from thermospec.targets.bigram import BigramTarget
+from thermospec.targets.order import OrderTarget
+from thermospec.targets.trace import TraceTarget
 from thermospec.tsu.bounded import BoundedProposer
 from thermospec.tsu.drafts import Proposer
 from thermospec.tsu.faults import Fault, FaultyProposer
 from thermospec.tsu.thrml import ThrmlMissingError, thrml_proposer
 
-__all__ = ["PreparedRun", "inject_fault", "prepare_run"]
+__all__ = ["PreparedRun", "inject_fault", "order_of", "prepare_run", "trace_of"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +55,16 @@ class PreparedRun:
     def K_used(self) -> int:
         """The K asked for, clamped to the vocabulary size."""
         return min(self.config.K, self.target.V)
+
+
+def trace_of(run: PreparedRun) -> TraceTarget | None:
+    """The run's trace when it runs on one (``--trace``), else None."""
+    return run.target if isinstance(run.target, TraceTarget) else None
+
+
+def order_of(run: PreparedRun) -> OrderTarget | None:
+    """The run's order-N target when N > 2 (``--order``), else None (N = 2 is M1's corpus target)."""
+    return run.target if isinstance(run.target, OrderTarget) and run.target.order > 2 else None
 
 
 def prepare_run(config: RunConfig) -> PreparedRun:
@@ -80,6 +99,14 @@ def _drafts(config: RunConfig, target: BigramTarget) -> tuple[Proposer, SparseRo
     """The proposer of a target and, where the run steps on compact tables, its rows by their supports."""
     K, tau, eps, V = config.K, config.tau, config.eps, target.V
     sparse: SparseRows | None = None
+    if isinstance(target, TraceTarget):  # teacher-forced: ψ per position, crafted when first visited
+        positions = PositionProposer(target, K, tau, eps)
+        positions.draft(0)
+        return positions, None
+    if isinstance(target, OrderTarget) and target.order > 2:
+        contexts = ContextProposer(target, K, tau, eps)
+        contexts.draft(int(target.pi.argmax()))
+        return contexts, None
     if target.rows_stored:
         proposer = Proposer(target.row, K, tau, eps)
         proposer.all_drafts(V)
@@ -106,6 +133,21 @@ def _drafts(config: RunConfig, target: BigramTarget) -> tuple[Proposer, SparseRo
 def target_description(run: PreparedRun) -> dict[str, Any]:
     """Where the target came from, for the summary."""
     target = run.target
+    trace = trace_of(run)
+    if trace is not None:
+        return {
+            "source": trace.source,
+            "V": trace.V,
+            "trace": run.config.trace,
+            "trace_sha256": trace.sha256,
+            "dtype": trace.dtype,
+            "positions": trace.positions,
+            "tokens": trace.tokens is not None,
+            "metadata": dict(trace.metadata),
+            "teacher_forced": True,
+        }
+    order = order_of(run)
+    extra = {"order": order.order} if order is not None else {}
     return {
         "source": target.source,
         "V": target.V,
@@ -114,9 +156,12 @@ def target_description(run: PreparedRun) -> dict[str, Any]:
         "vocabulary": None if target.vocabulary is None else "".join(target.vocabulary),
         "stationary": "unique" if target.stationary_unique
         else "not unique: long-run average from a uniform start",
+        **extra,
     }
 
 
 def inject_fault(run: PreparedRun, fault: Fault) -> PreparedRun:
-    """The same prepared run, drafted by TSUs carrying `fault`."""
-    return replace(run, proposer=FaultyProposer(run.proposer, fault, run.target.V))
+    """The same prepared run, drafted by TSUs carrying `fault` (``stale``: ψ of the next context or position)."""
+    trace = trace_of(run)
+    neighbours = trace.positions if trace is not None else run.target.V
+    return replace(run, proposer=FaultyProposer(run.proposer, fault, neighbours))

@@ -1,0 +1,356 @@
+"""Teacher-forced runs over the positions of a trace: step s drafts and corrects at position ``s mod T``.
+
+A trace target (`targets.trace`) is indexed by position, not by the previous
+token: the emitted token never feeds back, there is no ``x0`` and no pi.  Step s
+uses position ``t = s mod T``: the TSU programmed with ψ_t drafts ``y ~ F(ψ_t)``
+and the exact accept/correct step emits a token distributed as ``p_t``.
+
+Random stream layout, as M1's chain without its start uniform: exactly three
+float64 uniforms per step, ``(u_draft, u_accept, u_residual)``, the residual one
+consumed even when the draft is accepted.  `run_positions_reference` is the
+plain per-step loop (``SimTSU.draw``, then `accept_correct_step` with ``q = F``
+of the decoded payload); `run_positions` is the fast one and emits the same
+tokens (the tests pin it):
+
+- each position's ψ is crafted once, from ``top_support`` (O(V), no sort), and
+  kept with its metrics but no V-sized array (`PositionProposer`);
+- since the position of every step is known in advance, a block of steps is
+  processed position by position, vectorised: each position's step tables
+  (`PositionTables`: the draft CDF over the K ids, in closed form between them,
+  and the residual's running sum over its positive entries) are built at most
+  once per block and kept in a byte-bounded cache; the acceptance ratio
+  ``p(y) / q(y)`` reads the target row (the trace's own row cache);
+- every value is the same IEEE operation on the same operands as in the dense
+  tables (`engine.chain.context_tables`), so the same uniforms emit the same
+  tokens.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.core.acceptance import accept_correct_step, residual
+from thermospec.core.metrics import ce_gap_nats, overlap_mass, topk_mass
+from thermospec.core.payload import EpsSpec, Payload, PayloadError, craft_payload_from_support, encode_payload
+from thermospec.core.proposal import proposal_distribution
+from thermospec.engine.chain import ReportError, ReportVerifier
+from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.compact import compact_tables
+from thermospec.targets.trace import PositionTarget
+from thermospec.tsu.bounded import DRAFT_CACHE_BYTES, CompactTSU
+from thermospec.tsu.drafts import ContextDraft, DraftSource, Proposer
+
+__all__ = [
+    "POSITION_TABLE_BYTES",
+    "PositionChunk",
+    "PositionProposer",
+    "PositionTables",
+    "block_steps",
+    "position_steps",
+    "position_tables",
+    "run_positions",
+    "run_positions_reference",
+]
+
+DEFAULT_CHUNK = 1 << 16
+"""Steps per yielded chunk (what telemetry formats at a time)."""
+POSITION_TABLE_BYTES = 256 * 1024 * 1024
+"""Memory bound of the cache of per-position step tables."""
+MAX_BLOCK = 1 << 20
+"""Most steps computed at once (their uniforms and outputs: about 50 MB)."""
+STEPS_PER_POSITION = 512
+"""A block holds about this many steps of each position, so that building a position's tables is amortised."""
+
+
+@dataclass(frozen=True, eq=False)
+class PositionChunk(ChainChunk):
+    """Consecutive steps of a trace run: a `ChainChunk` whose context (`prev`) is each step's position."""
+
+    @property
+    def position(self) -> NDArray[np.int64]:
+        """The position of each step, ``step mod T``."""
+        return self.prev
+
+
+class PositionProposer(Proposer):
+    """ψ per position, crafted from ``top_support`` in O(V), kept with its metrics and no V-sized array.
+
+    The payload bytes are those `craft_payload` would craft from the whole row;
+    ``topk_mass``, ``overlap_mass`` and ``ce_gap_nats`` are `core.metrics` of the
+    row and of F(ψ) of the decoded payload, exactly as `draft_for_row` computes
+    them.  Drafts live in a least-recently-used cache of about `max_bytes`.
+    """
+
+    def __init__(self, target: PositionTarget, K: int, tau: float, eps: EpsSpec,
+                 max_bytes: int = DRAFT_CACHE_BYTES) -> None:
+        super().__init__(target.row, K, tau, eps)
+        self.target = target
+        self.capacity = max(16, max_bytes // (1024 + 20 * min(K, target.V)))
+        self._drafts = lru_cache(maxsize=self.capacity)(self.craft)
+
+    def craft(self, context: int) -> ContextDraft:
+        """Craft position `context`'s draft (no cache)."""
+        target = self.target
+        tokens, probs = target.top_support(context, self.K)
+        try:
+            wire = encode_payload(craft_payload_from_support(tokens, probs, target.V, self.K, self.tau, self.eps))
+        except PayloadError as exc:
+            raise PayloadError(f"ψ of position {context}: {exc}") from None
+        tsu = CompactTSU(wire)
+        p, q = target.row(context), proposal_distribution(tsu.payload)
+        return ContextDraft(context=context, payload_bytes=wire, tsu=tsu, topk_mass=topk_mass(p, tsu.payload.ids),
+                            overlap_mass=overlap_mass(p, q), ce_gap_nats=ce_gap_nats(p, q))
+
+
+@dataclass(frozen=True, eq=False)
+class PositionTables:
+    """One position's step tables, O(K + r) entries (r: tokens where the residual is positive).
+
+    Attributes
+    ----------
+    ids, id_cdf, explicit_cum, eps, draft_total, draft_last
+        The draft half of `engine.compact.CompactTables`: the payload's ids in token
+        order, the draft CDF at each, F(ψ) summed over the ids, ε, the CDF's total
+        and the last token it reaches it at.
+    q_ids : ndarray of float64, shape (K,)
+        F(ψ) at each id (token order).
+    residual_tokens : ndarray of int64, shape (r,)
+        Increasing tokens of positive residual ``p - min(p, q)`` (of positive p where that is all 0).
+    residual_cum : ndarray of float64, shape (r,)
+        The dense running sum of that residual at those tokens.
+    residual_last : int
+        Index into `residual_tokens` where `residual_cum` reaches its total.
+    """
+
+    vocab_size: int
+    ids: NDArray[np.int64]
+    id_cdf: NDArray[np.float64]
+    explicit_cum: NDArray[np.float64]
+    eps: float
+    draft_total: float
+    draft_last: int
+    q_ids: NDArray[np.float64]
+    residual_tokens: NDArray[np.int64]
+    residual_cum: NDArray[np.float64]
+    residual_last: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return int(self.ids.nbytes * 4 + self.residual_tokens.nbytes + self.residual_cum.nbytes + 256)
+
+
+def position_tables(p: NDArray[np.float64], payload: Payload) -> PositionTables:
+    """Build one position's tables from its target row and the decoded payload its TSU runs on."""
+    ids_sorted = np.sort(np.asarray(payload.ids, dtype=np.int64))
+    draft = compact_tables(ids_sorted, p[ids_sorted], payload)  # its draft half; ids have p > 0
+    weights = residual(p, proposal_distribution(payload))
+    cum = np.cumsum(weights)
+    if not cum[-1] > 0:  # p = q to rounding: a rejection has probability ~0; draw from p (core.acceptance)
+        weights = p
+        cum = np.cumsum(p)
+    tokens = np.flatnonzero(weights).astype(np.int64)
+    at = cum[tokens]
+    return PositionTables(
+        vocab_size=payload.vocab_size, ids=draft.ids, id_cdf=draft.id_cdf, explicit_cum=draft.explicit_cum,
+        eps=draft.eps, draft_total=draft.draft_total, draft_last=draft.draft_last, q_ids=draft.q,
+        residual_tokens=tokens, residual_cum=at, residual_last=int(np.searchsorted(at, at[-1], side="left")),
+    )
+
+
+def _draft_tokens(tb: PositionTables, u: NDArray[np.float64]) -> NDArray[np.int64]:
+    """`engine.compact.draft_token` for every uniform of `u`, vectorised."""
+    ids, V, eps = tb.ids, tb.vocab_size, tb.eps
+    target = u * tb.draft_total
+    J = np.searchsorted(tb.id_cdf, target, side="right")
+    hi = np.append(ids, V)[J]  # first id after the gap of tail tokens the draw may land in (V: none)
+    y = hi.copy()
+    if eps > 0:
+        lo = np.append(-1, ids)[J] + 1
+        base, shift = tb.explicit_cum[J], 1 - J  # tail token v has CDF float(v + shift) * eps + base
+        inside = (lo < hi) & ((hi - 1 + shift).astype(np.float64) * eps + base > target)
+        at = np.flatnonzero(inside)
+        if at.size:
+            y[at] = _first_above(lo[at], hi[at] - 1, shift[at], base[at], target[at], eps)
+    np.minimum(y, tb.draft_last, out=y)
+    return y
+
+
+def _first_above(lo: NDArray[np.int64], hi: NDArray[np.int64], shift: NDArray[np.int64],
+                 base: NDArray[np.float64], target: NDArray[np.float64], eps: float) -> NDArray[np.int64]:
+    """Least m in [lo, hi] with ``float(m + shift) * eps + base > target`` (true at hi), per element.
+
+    A binary search on the monotone predicate, started from the closed-form estimate
+    (a window of 5 checked at both ends, else the whole gap): the same m as
+    `engine.compact.first_above`'s search, in about 3 vector passes.
+    """
+
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        guess = np.floor((target - base) / eps) - shift + 1
+    guess = np.clip(np.nan_to_num(guess, nan=0.0), lo, hi).astype(np.int64)
+    a, b = np.maximum(guess - 2, lo), np.minimum(guess + 2, hi)
+    below = ~_above(np.maximum(a - 1, lo), shift, base, target, eps)
+    window = _above(b, shift, base, target, eps) & ((a == lo) | below)
+    a, b = np.where(window, a, lo), np.where(window, b, hi)
+    while True:
+        open_ = np.flatnonzero(a < b)
+        if not open_.size:
+            return a
+        m = (a[open_] + b[open_]) // 2
+        yes = _above(m, shift[open_], base[open_], target[open_], eps)
+        b[open_] = np.where(yes, m, b[open_])
+        a[open_] = np.where(yes, a[open_], m + 1)
+
+
+def _above(m: NDArray[np.int64], shift: NDArray[np.int64], base: NDArray[np.float64],
+           target: NDArray[np.float64], eps: float) -> NDArray[np.bool_]:
+    """Whether the draft CDF at tail token m (``float(m + shift) * eps + base``) exceeds `target`."""
+    result: NDArray[np.bool_] = (m + shift).astype(np.float64) * eps + base > target
+    return result
+
+
+def position_steps(
+    tb: PositionTables, p: NDArray[np.float64], u: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
+    """Steps at one position: row i of `u` holds a step's three uniforms; return (proposed, emitted, accepted).
+
+    The same tokens as, step by step, ``SimTSU.draw`` (draft) and `accept_correct_step`
+    with the row `p` and ``q = F(ψ)`` of the decoded payload.
+    """
+    y = _draft_tokens(tb, u[:, 0])
+    K = int(tb.ids.shape[0])
+    k = np.minimum(np.searchsorted(tb.ids, y), K - 1)
+    q = np.where(tb.ids[k] == y, tb.q_ids[k], tb.eps)
+    ratio = np.zeros(y.shape[0], dtype=np.float64)
+    with np.errstate(over="ignore"):  # p / (subnormal q) is +inf, as in acceptance_ratio
+        np.divide(p[y], q, out=ratio, where=q > 0)
+    accepted = u[:, 1] < ratio
+    emitted = y.copy()
+    rejected = np.flatnonzero(~accepted)
+    if rejected.size:
+        total = float(tb.residual_cum[-1])
+        r = np.searchsorted(tb.residual_cum, u[rejected, 2] * total, side="right")
+        np.minimum(r, tb.residual_last, out=r)
+        emitted[rejected] = tb.residual_tokens[r]
+    return y, emitted, accepted
+
+
+class _TableCache:
+    """Per-position tables, least recently used evicted beyond `max_bytes`."""
+
+    def __init__(self, target: PositionTarget, drafts: DraftSource, max_bytes: int) -> None:
+        self.target, self.drafts, self.max_bytes = target, drafts, max_bytes
+        self.tables: OrderedDict[int, PositionTables] = OrderedDict()
+        self.nbytes = 0
+        self.builds = 0
+
+    def get(self, t: int) -> PositionTables:
+        found = self.tables.get(t)
+        if found is not None:
+            self.tables.move_to_end(t)
+            return found
+        draft = self.drafts(t)
+        if not type(draft.tsu).samples_payload:
+            raise TypeError(f"position {t}: {type(draft.tsu).__name__} does not sample F(ψ); use the reference")
+        found = self.tables[t] = position_tables(self.target.row(t), draft.tsu.payload)
+        self.builds += 1
+        self.nbytes += found.nbytes
+        while self.nbytes > self.max_bytes and len(self.tables) > 1:
+            self.nbytes -= self.tables.popitem(last=False)[1].nbytes
+        return found
+
+
+def block_steps(positions: int, chunk: int = DEFAULT_CHUNK) -> int:
+    """Steps computed at once: about `STEPS_PER_POSITION` per position, at least `chunk`, at most `MAX_BLOCK`."""
+    return max(chunk, min(MAX_BLOCK, positions * STEPS_PER_POSITION))
+
+
+def run_positions(
+    target: PositionTarget,
+    drafts: DraftSource,
+    steps: int,
+    rng: np.random.Generator,
+    chunk: int = DEFAULT_CHUNK,
+    max_table_bytes: int = POSITION_TABLE_BYTES,
+) -> Iterator[PositionChunk]:
+    """Run `steps` teacher-forced steps (step s at position ``s mod T``), yielding chunks of `chunk` steps.
+
+    Parameters
+    ----------
+    target : PositionTarget
+        The trace.
+    drafts : callable
+        ``drafts(t)``: position t's (cached) draft; its TSU must sample F(ψ) of its payload.
+    steps : int
+        Emitted tokens.
+    rng : numpy.random.Generator
+        The run's stream: three uniforms per step, in step order.
+    chunk : int
+        Steps per yielded chunk.
+    max_table_bytes : int
+        Memory bound of the per-position table cache.
+
+    Raises
+    ------
+    ReportError
+        A draft whose reported ``log q`` is not ``log F(ψ)`` (checked before a chunk leaves).
+    """
+    T = target.positions
+    cache = _TableCache(target, drafts, max_table_bytes)
+    verifier = ReportVerifier(drafts)
+    block = block_steps(T, chunk)
+    done = 0
+    while done < steps:
+        n = min(block, steps - done)
+        u = rng.random((n, 3))
+        position = (np.arange(done, done + n, dtype=np.int64)) % T
+        proposed = np.empty(n, dtype=np.int64)
+        emitted = np.empty(n, dtype=np.int64)
+        accepted = np.empty(n, dtype=np.bool_)
+        for i in range(min(T, n)):
+            t = (done + i) % T
+            tables = cache.get(t)
+            proposed[i::T], emitted[i::T], accepted[i::T] = position_steps(tables, target.row(t), u[i::T])
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            produced = PositionChunk(start=done + start, prev=position[part], proposed=proposed[part],
+                                     emitted=emitted[part], accepted=accepted[part])
+            verifier.verify(produced)
+            yield produced
+        done += n
+
+
+def run_positions_reference(
+    target: PositionTarget, drafts: DraftSource, steps: int, rng: np.random.Generator
+) -> PositionChunk:
+    """The teacher-forced run step by step: the tests pin `run_positions` to it.
+
+    Each step: the TSU of position ``s mod T`` draws ``y`` and reports ``log q(y)``;
+    the host checks the report against F(ψ), then calls `accept_correct_step`
+    with the row and the q the draft really came from.
+    """
+    T = target.positions
+    proposed, emitted, accepted = [], [], []
+    for step in range(steps):
+        t = step % T
+        tsu = drafts(t).tsu
+        y, log_q = tsu.draw(rng)
+        q = tsu.q
+        with np.errstate(divide="ignore"):
+            expected = float(np.log(q[y]))
+        if log_q != expected or not q[y] > 0:
+            raise ReportError(step, t, y, log_q, expected)
+        e, a = accept_correct_step(target.row(t), q, y, rng)
+        proposed.append(y)
+        emitted.append(e)
+        accepted.append(a)
+    return PositionChunk(
+        start=0, prev=np.arange(steps, dtype=np.int64) % T, proposed=np.array(proposed, dtype=np.int64),
+        emitted=np.array(emitted, dtype=np.int64), accepted=np.array(accepted, dtype=np.bool_),
+    )

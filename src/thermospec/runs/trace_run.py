@@ -1,0 +1,190 @@
+"""``run --trace PATH``: teacher-forced runs over a trace's positions (the engine is `engine.positions`).
+
+Step s drafts and corrects at position ``t = s mod T``; the emitted token does not
+feed back; there is no ``x0`` and no pi (SPEC §8).
+
+Telemetry (``m1_metrics.jsonl``, or none): the guide's 12 fields, then
+``position``.  ``prev_token`` is the trace's observed token before the position,
+``tokens[t - 1]``, and null at position 0 or when the trace has no tokens; the
+metrics are the position's (its ψ against its row).
+
+Summary: M1's aggregates, each position weighted by its visits
+(``n_t = floor(N / T)`` or one more), and two χ² in place of M1's stationary one:
+
+- ``chi2_*``: the emitted counts against ``expected_counts(N) = Σ_t n_t p_t``, the
+  trace's marginal.  The counts are a sum of multinomials of different p_t, whose
+  variance is below the multinomial one the χ² law assumes: the test is
+  conservative (it rarely rejects a correct run, and still catches a wrong row);
+- ``position_chi2_*``: each visited position's emitted counts against ``n_t p_t``
+  (pooled per SPEC §6), summed over the positions: calibrated, since the draws at
+  a position are i.i.d. from p_t.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.core.statistics import context_chi2, pooled_chi2
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.pairs import PairCounts
+from thermospec.engine.positions import PositionChunk, run_positions, run_positions_reference
+from thermospec.runs.checklist import guide_checklist
+from thermospec.runs.prepare import PreparedRun, trace_of
+from thermospec.runs.storage import METRICS_FILE, RecordFile
+from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
+from thermospec.runs.telemetry import context_fields
+from thermospec.targets.trace import TraceTarget
+
+__all__ = ["TraceMode", "position_visits", "trace_lines"]
+
+_EMPTY = ("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof", "p_value",
+          "position_chi2_stat", "position_chi2_dof", "position_p_value")
+
+
+def position_visits(steps: int, positions: int) -> NDArray[np.int64]:
+    """``n_t``: how many of `steps` teacher-forced steps use each of the first ``min(steps, T)`` positions."""
+    whole, part = divmod(steps, positions)
+    visits = np.full(min(steps, positions), whole, dtype=np.int64)
+    visits[:part] += 1
+    return visits
+
+
+def trace_lines(chunk: PositionChunk, prev_text: list[str], tails: list[str]) -> str:
+    """The JSONL records of a chunk: the 12 fields (``prev_token`` of the position), then ``position``."""
+    verdict = ("false", "true")
+    return "".join([
+        f'{{"step":{s},"prev_token":{prev_text[t]},"proposed_token":{y},"emitted_token":{e},'
+        f'"accepted":{verdict[a]},{tails[t]}'
+        for s, t, y, e, a in zip(range(chunk.start, chunk.start + len(chunk)), chunk.position.tolist(),
+                                 chunk.proposed.tolist(), chunk.emitted.tolist(), chunk.accepted.tolist(),
+                                 strict=True)
+    ])
+
+
+class TraceMode:
+    """``--trace``: one teacher-forced run, JSONL telemetry (or none).
+
+    On the vectorised engine when the TSUs sample their payload; otherwise (a
+    fault-injected TSU) on the per-step reference, each draw the TSU's own.
+    `run_dir` None runs in memory (``check``).
+    """
+
+    def __init__(self, run: PreparedRun, run_dir: Path | None, telemetry: str) -> None:
+        trace = trace_of(run)
+        if trace is None:
+            raise ValueError("TraceMode: the run's target is not a trace")
+        self.run, self.trace, self.telemetry = run, trace, telemetry
+        self._file = RecordFile(run_dir / METRICS_FILE) if telemetry == "jsonl" and run_dir is not None else None
+        T, V = trace.positions, trace.V
+        self.steps = self.accepted = 0
+        self.emitted_counts = np.zeros(V, dtype=np.int64)
+        self.pairs = PairCounts(V)
+        self._learned = np.zeros(T, dtype=np.bool_)
+        self._tails = [""] * T
+        self._metrics: dict[int, tuple[float, float, int, int]] = {}
+        tokens = trace.tokens
+        self._prev_text = (["null"] * T if tokens is None
+                           else ["null", *(str(int(x)) for x in tokens[:-1].tolist())])
+        self._stats: dict[str, Any] | None = None
+
+    def chunks(self) -> Iterator[PositionChunk]:
+        config, drafts = self.run.config, self.run.proposer.draft
+        rng = random_stream(config.seed, Stream.CHAIN)
+        if not self.run.proposer.samples_payload:  # a faulty TSU draws itself, step by step
+            return iter([run_positions_reference(self.trace, drafts, config.steps, rng)])
+        return run_positions(self.trace, drafts, config.steps, rng)
+
+    def _learn(self, positions: NDArray[np.int64]) -> None:
+        """Note the metrics and the JSONL tail of the positions first met in a chunk."""
+        if self._learned.all():
+            return
+        seen = np.unique(positions)
+        for t in seen[~self._learned[seen]].tolist():
+            draft = self.run.proposer.draft(t)
+            self._metrics[t] = (draft.overlap_mass, draft.ce_gap_nats, draft.psi_bytes, draft.payload.K)
+            self._tails[t] = context_fields(draft).removesuffix("}\n") + f',"position":{t}}}\n'
+            self._learned[t] = True
+
+    def record(self, chunk: PositionChunk) -> int:
+        self._learn(chunk.position)
+        if self._file is not None:
+            self._file.write(trace_lines(chunk, self._prev_text, self._tails))
+        self.steps += len(chunk)
+        self.accepted += int(np.count_nonzero(chunk.accepted))
+        self.emitted_counts += np.bincount(chunk.emitted, minlength=self.trace.V)
+        self.pairs.add(chunk.position, chunk.emitted)
+        return len(chunk)
+
+    def close(self) -> str | None:
+        if self._file is None:
+            return None
+        self._file.close()
+        return self._file.hexdigest()
+
+    def tokens(self) -> int:
+        return self.steps
+
+    def complete(self) -> bool:
+        return self.steps >= self.run.config.steps
+
+    def statistics(self, tests: bool = True) -> dict[str, Any]:
+        """The run's aggregates; `tests` False leaves out the two χ² (each a pass over the visited rows)."""
+        if not self.steps:
+            self._stats = {"steps": 0, "checklist": {}}
+            return {**dict.fromkeys(_EMPTY), "steps": 0}
+        stats = trace_statistics(self.trace, self.steps, self.accepted, self._metrics, self.emitted_counts,
+                                 self.pairs if tests else None)
+        self._stats = stats
+        return {k: v for k, v in stats.items() if k != "checklist"}
+
+    def extras(self) -> dict[str, Any]:
+        assert self._stats is not None, "extras() after statistics()"
+        return {"checklist": guide_checklist(self.run, self._stats["checklist"])}
+
+
+def trace_statistics(
+    trace: TraceTarget, steps: int, accepted: int, metrics: dict[int, tuple[float, float, int, int]],
+    emitted_counts: NDArray[np.int64], pairs: PairCounts | None,
+) -> dict[str, Any]:
+    """Aggregates of `steps` teacher-forced steps (`metrics[t]`: overlap, CE gap, ψ bytes and K of position t)."""
+    visits = position_visits(steps, trace.positions).tolist()
+    per = [metrics[t] for t in range(len(visits))]
+    accept_rate = accepted / steps
+    mean_overlap = math.fsum(n * m[0] for n, m in zip(visits, per, strict=True)) / steps
+    infinite_steps = sum(n for n, m in zip(visits, per, strict=True) if not math.isfinite(m[1]))
+    mean_gap = (None if infinite_steps
+                else math.fsum(n * m[1] for n, m in zip(visits, per, strict=True)) / steps)
+    marginal = position = None
+    if pairs is not None:
+        marginal = pooled_chi2(emitted_counts.astype(np.float64), trace.expected_counts(steps))
+        position = context_chi2(pairs.contexts(), trace.row)
+    psi_max = max(m[2] for m in per)
+    return {
+        "steps": steps,
+        "accept_rate": accept_rate,
+        "mean_overlap": mean_overlap,
+        "accept_overlap_gap": abs(accept_rate - mean_overlap),
+        "mean_ce_gap": mean_gap,
+        "ce_gap_infinite_steps": infinite_steps,
+        "chi2_stat": None if marginal is None else marginal.stat,
+        "chi2_dof": None if marginal is None else marginal.dof,
+        "p_value": None if marginal is None else marginal.p_value,
+        "chi2_reference": "expected_counts: the sum over steps of p at each step's position",
+        "position_chi2_stat": None if position is None else position.stat,
+        "position_chi2_dof": None if position is None else position.dof,
+        "position_p_value": None if position is None else position.p_value,
+        "psi_bytes_max": psi_max,
+        "K_sent_min": min(m[3] for m in per),
+        "K_sent_max": max(m[3] for m in per),
+        "positions_visited": len(visits),
+        "checklist": {
+            "accept_overlap_within_0.03": abs(accept_rate - mean_overlap) < ACCEPT_OVERLAP_TOLERANCE,
+            "psi_bytes_le_1024": psi_max <= PSI_BYTES_LIMIT,
+        },
+    }
