@@ -286,9 +286,10 @@ def bench_corpus(path: Path | None, megabytes: int) -> list[Row]:
 def bench_startup(repeats: int) -> list[Row]:
     """The default run end to end (process start to exit) vs a bare sampling loop of the same chain."""
     bare = (
-        "from thermospec.config import RunConfig, Stream, load_target, random_stream\n"
-        "from thermospec.engine import run_chain\n"
-        "from thermospec.proposer import Proposer\n"
+        "from thermospec.core.streams import Stream, random_stream\n"
+        "from thermospec.engine.chain import run_chain\n"
+        "from thermospec.runs.config import RunConfig, load_target\n"
+        "from thermospec.tsu.drafts import Proposer\n"
         "c = RunConfig(); t = load_target(c); p = Proposer(t.row, c.K, c.tau, c.eps)\n"
         "for chunk in run_chain(t.row, t.pi, p.draft, c.steps, random_stream(c.seed, Stream.CHAIN)): pass\n"
     )
