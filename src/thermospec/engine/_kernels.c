@@ -250,8 +250,8 @@ static inline int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const d
  * Runs steps start..n-1 of a chunk; stops early (t < n) at a context without a table.
  * rng (uint64[4], a PCG64 state, advanced in place) or None: the uniforms are drawn from it and
  * u may be empty; else u holds three per step.  counts: None, or (accepted (int64[1]), contexts (V),
- * emitted (V), transitions (V x V, or None)), int64 arrays each step is added to.  identity: every
- * loaded context x is in slot x. */
+ * emitted (V), transitions (V x V, or None)), distinct int64 arrays each step is added to (none of
+ * them an output: the loop's pointers are restrict).  identity: every loaded context x is in slot x. */
 static PyObject *chain(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, so, gb, lu, ub, pb, yb, eb, ab;
