@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
@@ -61,6 +62,11 @@ BATCH_CHUNK_TOKENS = 1 << 20
 BATCH_RNG_GROUP = 32
 """Chains whose uniforms a worker thread draws at once before stepping them (a cache-sized block), when the
 kernel does not draw them itself."""
+
+
+BATCH_PART = 64
+"""Chains per unit of work a worker thread takes: threads take parts as they free up, so a thread that the
+machine's other work delays holds the others back by one part at most, not by its whole share."""
 
 
 def chain_stream(seed: int, b: int) -> np.random.Generator:
@@ -226,18 +232,14 @@ def run_batch(
             stepper = ChainStepper(V, source, backend, max_table_bytes or DEFAULT_TABLE_BYTES)  # one shared cache
     compiled = module if resident else None  # the kernel, when every table is resident
     workers = max(1, min(threads or os.cpu_count() or 1, chains))
-    parts = _slices(chains, workers)
+    parts = _slices(chains, max(workers, min(chains // BATCH_PART, 8 * workers)))
     states = None
-    if compiled is not None and all(draws_pcg64(compiled, rng) for rng in rngs):
-        # The kernel draws each chain's uniforms from its PCG64 state (the rngs are not used again).
-        states = np.stack([pcg64_state(rng) for rng in rngs])
-        u_flat = []
-    elif compiled is not None:  # each thread fills its uniforms a group of chains at a time, in a buffer of its own
-        u_flat = [np.empty(min(BATCH_RNG_GROUP, p.stop - p.start) * n_chunk * 3, dtype=np.float64) for p in parts]
     if compiled is not None:
-        # and counts the transitions of its chains in an array of its own, added to the tally after each chunk
+        if all(draws_pcg64(compiled, rng) for rng in rngs):
+            # The kernel draws each chain's uniforms from its PCG64 state (the rngs are not used again).
+            states = np.stack([pcg64_state(rng) for rng in rngs])
         tracked = tally is not None and tally.transitions is not None
-        pairs = [np.zeros(V * V, dtype=np.int64) for _ in parts] if tracked else None
+        scratch = _Scratch(0 if states is not None else BATCH_RNG_GROUP * n_chunk * 3, V * V if tracked else 0)
     else:
         u = np.empty((chains, n_chunk, 3), dtype=np.float64)
     kept: _Outputs | None = None
@@ -251,9 +253,9 @@ def run_batch(
                 outputs = _outputs_view(kept, chains, n if record else 0)
                 if tally is not None:
                     tally.begin(x)
-                _compiled_chunk(compiled, cache, rngs, u_flat, x, outputs, parts, pool, tally, n, pairs, states)
-                if pairs is not None and tally is not None and tally.transitions is not None:
-                    for counted in pairs:
+                _compiled_chunk(compiled, cache, rngs, scratch, x, outputs, parts, pool, tally, n, states)
+                if tally is not None and tally.transitions is not None:
+                    for counted in scratch.pairs:
                         tally.transitions += counted
                         counted[:] = 0
             else:
@@ -296,57 +298,80 @@ def _outputs_view(flat: _Outputs, chains: int, n: int) -> _Outputs:
             accepted[:size].reshape(chains, n))
 
 
+class _Scratch:
+    """Each worker thread's own buffers: its uniforms (when the kernel does not draw them) and its
+    transition counts (V x V, added to the tally after each chunk, `pairs`)."""
+
+    def __init__(self, uniforms: int, transitions: int) -> None:
+        self.uniforms, self.transitions = uniforms, transitions
+        self.pairs: list[NDArray[np.int64]] = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def mine(self) -> tuple[NDArray[np.float64], NDArray[np.int64] | None]:
+        """The calling thread's uniforms buffer and transition counts (None when not counted)."""
+        found: tuple[NDArray[np.float64], NDArray[np.int64] | None] | None = getattr(self._local, "found", None)
+        if found is None:
+            pairs = np.zeros(self.transitions, dtype=np.int64) if self.transitions else None
+            if pairs is not None:
+                with self._lock:
+                    self.pairs.append(pairs)
+            found = self._local.found = (np.empty(self.uniforms, dtype=np.float64), pairs)
+        return found
+
+
 def _compiled_chunk(
     module: ModuleType,
     cache: TableCache,
     rngs: list[np.random.Generator],
-    u_flat: list[NDArray[np.float64]],
+    scratch: _Scratch,
     x: NDArray[np.int64],
     outputs: _Outputs,
     parts: list[slice],
     pool: ThreadPoolExecutor,
     tally: BatchTally | None,
     n: int,
-    pairs: list[NDArray[np.int64]] | None = None,
     states: NDArray[np.uint64] | None = None,
 ) -> None:
     """One chunk of every chain on the compiled kernel, into `outputs`; updates `x` and `tally`'s counts.
 
     The kernel adds to ``tally.accepted`` and ``tally.emitted_counts`` only: the caller brackets
-    it with ``tally.begin(x)`` and ``tally.last[:] = x`` so the contexts follow from them.  With
-    `pairs` (one V x V array per thread) the kernel also counts each step's (context, emitted) pair.
+    it with ``tally.begin(x)`` and ``tally.last[:] = x`` so the contexts follow from them.  When
+    the tally tracks transitions, each thread also counts its steps' (context, emitted) pairs in
+    its `scratch` array, which the caller adds to the tally.
 
-    With `states` ((B, 4) PCG64 states, `pcg64_state`), thread i runs the kernel once on the
-    chains of ``parts[i]``, which draws their uniforms itself and advances their states.
-    Otherwise it steps them `BATCH_RNG_GROUP` at a time: it draws their uniforms into
-    ``u_flat[i]`` (which stays in cache) and runs the kernel on them.  Each thread writes only
-    its own chains' rows of `x`, the outputs, the counts and the states.  Outputs of shape
-    (B, 0) mean the steps are counted, not recorded (`tally` required).
+    The worker threads take the `parts` (slices of chains) as they free up.  With `states` ((B, 4)
+    PCG64 states, `pcg64_state`), the kernel runs once on a part, drawing its chains' uniforms
+    itself and advancing their states.  Otherwise a thread steps the part `BATCH_RNG_GROUP` chains
+    at a time: it draws their uniforms into its scratch buffer (which stays in cache) and runs the
+    kernel on them.  A part's chains have their own rows of `x`, the outputs, the counts and the
+    states.  Outputs of shape (B, 0) mean the steps are counted, not recorded (`tally` required).
     """
     prev, proposed, emitted, accepted = outputs
     record = prev.shape[1] == n
 
-    def run(i: int, g0: int, g1: int, u: NDArray[np.float64], rng: NDArray[np.uint64] | None) -> None:
+    def run(g0: int, g1: int, u: NDArray[np.float64], rng: NDArray[np.uint64] | None,
+            pairs: NDArray[np.int64] | None) -> None:
         counts = (None, None, True) if tally is None else (
             tally.accepted[g0:g1], tally.emitted_counts[g0:g1] if tally.per_chain else None, record,
         )
         module.batch(
             cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, u, x[g0:g1],
             prev[g0:g1], proposed[g0:g1], emitted[g0:g1], accepted[g0:g1], cache.V, cache.G, g1 - g0, n, *counts,
-            None if pairs is None else pairs[i], rng,
+            pairs, rng,
         )
 
-    def work(i: int) -> None:
-        part = parts[i]
+    def work(part: slice) -> None:
+        buffer, pairs = scratch.mine()
         if states is not None:
-            run(i, part.start, part.stop, _NO_UNIFORMS, states[part])
+            run(part.start, part.stop, _NO_UNIFORMS, states[part], pairs)
             return
         for g0 in range(part.start, part.stop, BATCH_RNG_GROUP):
             g1 = min(g0 + BATCH_RNG_GROUP, part.stop)
-            block = u_flat[i][: (g1 - g0) * n * 3].reshape(g1 - g0, n, 3)
+            block = buffer[: (g1 - g0) * n * 3].reshape(g1 - g0, n, 3)
             for j, b in enumerate(range(g0, g1)):
                 rngs[b].random(out=block[j])  # numpy fills without holding the GIL
-            run(i, g0, g1, block, None)
+            run(g0, g1, block, None, pairs)
 
-    for future in [pool.submit(work, i) for i in range(len(parts))]:
-        future.result()
+    for _ in pool.map(work, parts):
+        pass
