@@ -25,7 +25,7 @@ from thermospec.core.proposal import proposal_distribution
 from thermospec.core.statistics import context_chi2, pooled_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.pairs import PairCounts
-from thermospec.engine.positions import PositionProposer, run_positions, run_positions_reference
+from thermospec.engine.positions import PositionProposer, position_tables, run_positions, run_positions_reference
 from thermospec.runs.prepare import prepare_run
 from thermospec.runs.telemetry import FIELDS
 from thermospec.targets.trace import TraceTarget, load_trace
@@ -39,11 +39,12 @@ def only_run_dir(runs: Path) -> Path:
 
 
 def tie_and_gap_trace(path: Path) -> Path:
-    """Rows with ties at the top, -inf entries (a support narrower than V) and a near-uniform row."""
-    x = np.random.default_rng(3).standard_normal((5, 300)).astype(np.float32) * 3
+    """Rows with ties at the top, -inf entries (a support narrower than V), a near-uniform and a uniform row."""
+    x = np.random.default_rng(3).standard_normal((6, 300)).astype(np.float32) * 3
     x[1, 10:20] = x[1].max() + 1  # ten tied top tokens
     x[2, ::4] = -np.inf
     x[3] = np.float32(0.001) * x[3]
+    x[4] = 0.0  # K = V sends it exactly: q = p, the residual is all 0 (a rejection draws from p)
     np.save(path, x)
     return path
 
@@ -58,7 +59,10 @@ def test_engine_emits_the_per_step_reference_tokens(tmp_path: Path, K: int, tau:
     assert [c.start for c in chunks] == [0, 700, 1400, 2100]
     for name in ("prev", "proposed", "emitted", "accepted"):
         np.testing.assert_array_equal(np.concatenate([getattr(c, name) for c in chunks]), getattr(reference, name))
-    np.testing.assert_array_equal(reference.position, np.arange(2500) % 5)
+    np.testing.assert_array_equal(reference.position, np.arange(2500) % 6)
+    if K == 300:
+        tables = position_tables(trace.row(4), drafts(4).payload)
+        np.testing.assert_array_equal(tables.residual_tokens, np.arange(300))  # the fallback: p itself
 
 
 @pytest.fixture(scope="module")

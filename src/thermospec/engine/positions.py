@@ -18,7 +18,7 @@ tokens (the tests pin it):
   processed position by position, vectorised: each position's step tables
   (`PositionTables`: the draft CDF over the K ids, in closed form between them,
   and the residual's running sum over its positive entries) are built at most
-  once per block and kept in a byte-bounded cache; the acceptance ratio
+  once per block and kept up to a byte bound; the acceptance ratio
   ``p(y) / q(y)`` reads the target row (the trace's own row cache);
 - every value is the same IEEE operation on the same operands as in the dense
   tables (`engine.chain.context_tables`), so the same uniforms emit the same
@@ -27,7 +27,6 @@ tokens (the tests pin it):
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -64,7 +63,7 @@ POSITION_TABLE_BYTES = 256 * 1024 * 1024
 """Memory bound of the cache of per-position step tables."""
 MAX_BLOCK = 1 << 20
 """Most steps computed at once (their uniforms and outputs: about 50 MB)."""
-STEPS_PER_POSITION = 512
+STEPS_PER_POSITION = 1024
 """A block holds about this many steps of each position, so that building a position's tables is amortised."""
 
 
@@ -150,13 +149,21 @@ def position_tables(p: NDArray[np.float64], payload: Payload) -> PositionTables:
     """Build one position's tables from its target row and the decoded payload its TSU runs on."""
     ids_sorted = np.sort(np.asarray(payload.ids, dtype=np.int64))
     draft = compact_tables(ids_sorted, p[ids_sorted], payload)  # its draft half; ids have p > 0
-    weights = residual(p, proposal_distribution(payload))
-    cum = np.cumsum(weights)
-    if not cum[-1] > 0:  # p = q to rounding: a rejection has probability ~0; draw from p (core.acceptance)
-        weights = p
-        cum = np.cumsum(p)
-    tokens = np.flatnonzero(weights).astype(np.int64)
-    at = cum[tokens]
+    # The residual p - min(p, q) is exactly 0 where q >= p and positive where p > q, and np.cumsum
+    # accumulates in order, so its running sum over the tokens of p > q is the dense one's there.
+    above = p > draft.eps
+    above[draft.ids] = p[draft.ids] > draft.q
+    tokens = np.flatnonzero(above)
+    q = np.full(tokens.shape[0], draft.eps)
+    sent = np.searchsorted(tokens, draft.ids)
+    on_id = sent < tokens.shape[0]
+    on_id[on_id] = tokens[sent[on_id]] == draft.ids[on_id]
+    q[sent[on_id]] = draft.q[on_id]
+    at = np.cumsum(residual(p[tokens], q)) if tokens.shape[0] else np.zeros(0)
+    if not (at.shape[0] and at[-1] > 0):  # p = q to rounding: a rejection has probability ~0; draw from p
+        tokens = np.flatnonzero(p)
+        at = np.cumsum(p[tokens])
+    tokens = tokens.astype(np.int64)
     return PositionTables(
         vocab_size=payload.vocab_size, ids=draft.ids, id_cdf=draft.id_cdf, explicit_cum=draft.explicit_cum,
         eps=draft.eps, draft_total=draft.draft_total, draft_last=draft.draft_last, q_ids=draft.q,
@@ -242,27 +249,30 @@ def position_steps(
 
 
 class _TableCache:
-    """Per-position tables, least recently used evicted beyond `max_bytes`."""
+    """Per-position tables up to `max_bytes`; beyond, the others are built each time they are needed.
+
+    A run visits positions cyclically, so evicting the least recently used table
+    would never hit once T tables exceed the bound: the tables already held are kept.
+    """
 
     def __init__(self, target: PositionTarget, drafts: DraftSource, max_bytes: int) -> None:
         self.target, self.drafts, self.max_bytes = target, drafts, max_bytes
-        self.tables: OrderedDict[int, PositionTables] = OrderedDict()
+        self.tables: dict[int, PositionTables] = {}
         self.nbytes = 0
         self.builds = 0
 
     def get(self, t: int) -> PositionTables:
         found = self.tables.get(t)
         if found is not None:
-            self.tables.move_to_end(t)
             return found
         draft = self.drafts(t)
         if not type(draft.tsu).samples_payload:
             raise TypeError(f"position {t}: {type(draft.tsu).__name__} does not sample F(ψ); use the reference")
-        found = self.tables[t] = position_tables(self.target.row(t), draft.tsu.payload)
+        found = position_tables(self.target.row(t), draft.tsu.payload)
         self.builds += 1
-        self.nbytes += found.nbytes
-        while self.nbytes > self.max_bytes and len(self.tables) > 1:
-            self.nbytes -= self.tables.popitem(last=False)[1].nbytes
+        if self.nbytes + found.nbytes <= self.max_bytes:
+            self.tables[t] = found
+            self.nbytes += found.nbytes
         return found
 
 
