@@ -42,3 +42,9 @@ bench: $(DEV_STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# The documentation's figures (docs/*.png), regenerated from fresh seeded runs and sweeps: the same bytes
+# every time on a given installation. Each figure's page shows the command that makes it.
+.PHONY: figures
+figures: $(RUN_STAMP)
+	$(BIN)/python -m scripts.figures
