@@ -9,7 +9,7 @@ temporary directory that is removed afterwards.
 
 Examples
 --------
-python -m scripts.bench_sweeps                    # the README's table, 5 repeats
+python -m scripts.bench_sweeps                    # docs/performance.md's table, 5 repeats
 python -m scripts.bench_sweeps --repeats 3 --jobs 1 2
 """
 

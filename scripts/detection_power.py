@@ -1,12 +1,12 @@
 """``python -m scripts.detection_power``: how often ``check`` catches each injected TSU fault.
 
-Prints the README's detection-power table (fault, size, test, samples, detection
+Prints docs/trust.md's detection-power table (fault, size, test, samples, detection
 rate, false-alarm rate) measured over ``--seeds`` seeds; ``--csv PATH`` also
 writes it as CSV (atomically).  See `thermospec.detection` for what each test is.
 
 Examples
 --------
-python -m scripts.detection_power --wide                # the README's table: 200 seeds, ~5 min of CPU
+python -m scripts.detection_power --wide                # docs/trust.md's table: 200 seeds, ~5 min of CPU
 python -m scripts.detection_power --seeds 10 --workers 1 # a quick look
 """
 
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=_positive, default=200, help="number of seeds (default: 200)")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (default: 0)")
     parser.add_argument("--faults", type=_fault, nargs="+", default=[Fault.parse(f) for f in DEFAULT_FAULTS],
-                        metavar="KIND:SIZE", help="faults to inject (default: the README's)")
+                        metavar="KIND:SIZE", help="faults to inject (default: docs/trust.md's)")
     parser.add_argument("--samples", type=_positive, nargs="+", default=list(DEFAULT_SAMPLES), metavar="N",
                         help="draws per context for the fixed-context tests (default: 5000 20000 50000)")
     parser.add_argument("--steps", type=_positive, default=50_000, help="steps of the run for its χ² (default: 50000)")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker processes (default: 2)")
     parser.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
     parser.add_argument("--wide", action="store_true",
-                        help="one line per fault and size, one column per test and sample count (the README's)")
+                        help="one line per fault and size, one column per test and sample count (docs/trust.md's)")
     return parser
 
 

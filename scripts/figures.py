@@ -42,6 +42,8 @@ GUIDE_GRID = ("scripts.sweep_m1_grid", "--steps", "15000", "--Ks", "32", "64", "
 GUIDE_SEEDS = ("scripts.sweep_m1", "--steps", "20000", "--seeds", "7", "11", "13", "17")
 GAMMA_SWEEP = ("scripts.sweep_m1_grid", "--gammas", "1", "2", "4", "8", "--Ks", "64", "--taus", "1.0", "--seeds", "7",
                "--steps", "50000")
+DRAFTS_SWEEP = ("scripts.sweep_drafts", "--corpus", "data/tinyshakespeare.txt", "--Ks", "8", "32",
+                "--steps", "20000")
 PLOT = ("scripts.plot", FOLDER)
 
 RECIPES = (
@@ -50,6 +52,7 @@ RECIPES = (
     Recipe((GUIDE_GRID, PLOT), {"m1_sweep_heatmaps.png": "sweep_grid_heatmaps.png"}),
     Recipe((GUIDE_SEEDS, PLOT), {"m1_seeds.png": "sweep_seeds.png"}),
     Recipe((GAMMA_SWEEP,), {"m1_speedup_vs_gamma.png": "speedup_vs_gamma.png"}),
+    Recipe((DRAFTS_SWEEP,), {"m1_acceptance_vs_drafts.png": "drafts_acceptance.png"}),
 )
 
 

@@ -28,6 +28,7 @@ from thermospec.core.verifiers import VERIFIERS
 from thermospec.experiments.drafts_sweep import DRAFTS_CSV, DRAFTS_PNG, drafts_rows, drafts_table, plot_drafts
 from thermospec.experiments.sweeps import CsvRows, check_values
 from thermospec.runs.config import MAX_DRAFTS, ConfigError, RunConfig
+from thermospec.runs.progress import progress_bar
 from thermospec.runs.storage import create_run_dir
 from thermospec.targets.corpus import CorpusError
 
@@ -49,12 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cost-ratio", type=non_negative_float, default=0.05,
                         help="TSU draw time / target call time, for the modelled speed-up (default: 0.05)")
     parser.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the sweep folder goes (default: runs)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar (none is drawn unless stderr is a terminal)")
     args = parser.parse_args(argv)
     try:
         Ks, Ns = check_values("--Ks", args.Ks), check_values("--Ns", args.Ns)
         verifiers = check_values("--verifiers", args.verifiers)
         base = RunConfig(corpus=args.corpus, vocab=args.vocab, steps=args.steps, seed=args.seed)
-        rows = drafts_rows(base, Ks, Ns, verifiers, args.steps, args.cost_ratio)
+        with progress_bar(len(Ks) * len(Ns) * len(verifiers), "drafts", "config", quiet=args.quiet) as bar:
+            rows = drafts_rows(base, Ks, Ns, verifiers, args.steps, args.cost_ratio, progress=bar.update)
     except CorpusError as exc:
         print(f"sweep_drafts: error: --corpus {exc}", file=sys.stderr)
         return EXIT_USAGE

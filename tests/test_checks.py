@@ -74,7 +74,7 @@ def test_pooled_chi2_dof_and_determinism(default_run: PreparedRun) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_pooled_check_passes_a_correct_tsu_and_catches_a_5_percent_bias(seed: int) -> None:
-    """Short CI version of the study: the README's 200 seeds give 100 % / 0 % (see README)."""
+    """Short CI version of the study: docs/trust.md's 200 seeds give 100 % / 0 %."""
     run = prepare_run(RunConfig(seed=seed, steps=1_000))
     honest = pooled_tsu_check(run)
     assert honest.passed, honest.detail

@@ -3,7 +3,7 @@
 Recorded once, before the package was redesigned (issue 7), from the tree of
 the time; a refactor must keep every digest. A deliberate change of output
 re-records them (``python -m tests.test_golden``) and says so in its commit
-and in the README.
+and in the README's Compatibility notes.
 
 Each case runs the CLI in-process and hashes every telemetry file it wrote
 (JSONL as bytes; Parquet as its table's columns, so that the pyarrow version

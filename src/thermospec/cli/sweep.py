@@ -141,7 +141,7 @@ def build_grid_parser() -> argparse.ArgumentParser:
                       "(default: the most probable context under π)")
     parser.add_argument("--steps", type=int_at_least(1), default=15_000,
                         help="fixed-context proposals per configuration (default: 15000)")
-    blocks = parser.add_argument_group("γ-token blocks (README: Beyond M1)")
+    blocks = parser.add_argument_group("γ-token blocks (docs/beyond-m1.md)")
     blocks.add_argument("--gammas", type=int_at_least(1), nargs="+", default=None, metavar="G",
                         help="sweep γ instead: a chain of γ-token blocks of STEPS tokens per (K, τ, seed, γ); "
                         "writes m1_gamma_sweep.csv and m1_speedup_vs_gamma.png")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ DRAFTS_PNG = "m1_acceptance_vs_drafts.png"
 
 
 def drafts_rows(base: RunConfig, Ks: Sequence[int], Ns: Sequence[int], verifiers: Sequence[str] = VERIFIERS,
-                steps: int = 10_000, cost_ratio: float = 0.05) -> list[dict[str, Any]]:
-    """One row per (K, N, verifier), in that order (module docstring for the columns)."""
+                steps: int = 10_000, cost_ratio: float = 0.05,
+                progress: Callable[[int], object] | None = None) -> list[dict[str, Any]]:
+    """One row per (K, N, verifier), in that order (module docstring for the columns); `progress(1)` after each."""
     rows: list[dict[str, Any]] = []
     for K in Ks:
         run = prepare_run(dataclasses.replace(base, K=K, drafts=1))
@@ -69,6 +70,8 @@ def drafts_rows(base: RunConfig, Ks: Sequence[int], Ns: Sequence[int], verifiers
                     "expected_draws": draws,
                     "speedup": (1 + exact) / (n * cost_ratio + 1), "cost_ratio": cost_ratio,
                 })
+                if progress is not None:
+                    progress(1)
     return rows
 
 
@@ -101,7 +104,7 @@ def plot_drafts(path: Path, rows: Sequence[dict[str, Any]], title: str) -> Path:
         top.set_title(f"K = {K}: acceptance (lines exact, × measured ±2 s.e.)", fontsize=9)
         top.set_ylabel("acceptance")
         top.grid(True, alpha=0.3)
-        top.legend(fontsize=7, loc="upper left")
+        top.legend(fontsize=7, loc="best")
         c = mine[0]["cost_ratio"]
         bottom.set_title(f"modelled speed-up (1 + acceptance) / (N c + 1), c = {c:g}", fontsize=9)
         bottom.set_xscale("log", base=2)
