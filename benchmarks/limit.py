@@ -8,6 +8,14 @@ and each chain's NumPy PCG64 state after its start token, and generates the
 same uniforms as ``Generator.random``: so it emits the same tokens, which the
 bench checks (a prefix of every token, and the counts of all) before it quotes
 a ratio.  Contenders alternate in one process (A B A B ...); medians are quoted.
+
+Its step is thermospec's (the same guide brackets, the same branch-free search,
+one transition count per step) without the package around it: no Python, no
+per-step records, tables indexed by context, the uniforms drawn in the loop.  So
+the ratio is what the package's plumbing costs.  One chain is compared as the
+engine runs it with its counts (``run_chain(..., tally=)``) and as the command
+``run --telemetry none`` runs it; B chains as ``run --chains B --telemetry none``
+(the summary's tokens/s, set-up included: the C loop's time is its loop's).
 """
 
 from __future__ import annotations
