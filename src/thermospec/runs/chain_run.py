@@ -39,11 +39,15 @@ class ChainMode:
         drafts = self.run.proposer.draft
         if not self.run.proposer.samples_payload:  # e.g. THRML: the TSU draws every token itself, step by step
             return iter([run_chain_reference(target.row, target.pi, drafts, config.steps, rng)])
-        return run_chain(target.row, target.pi, drafts, config.steps, rng, sparse=sparse_rows(self.run))
+        # With no telemetry the kernel counts as it steps (no chunk can then fail to be written); with
+        # telemetry a chunk is counted only once its records are written.
+        counted = self.tally if self.telemetry == "none" else None
+        return run_chain(target.row, target.pi, drafts, config.steps, rng, sparse=sparse_rows(self.run), tally=counted)
 
     def record(self, chunk: ChainChunk) -> int:
         self._sink.writer.write(chunk, self.run.proposer.draft)
-        self.tally.update(chunk)
+        if self.telemetry != "none":
+            self.tally.update(chunk)
         return len(chunk)
 
     def close(self) -> str | None:
