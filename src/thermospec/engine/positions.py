@@ -172,7 +172,8 @@ def position_tables(p: NDArray[np.float64], payload: Payload) -> PositionTables:
 
 
 def _draft_tokens(tb: PositionTables, u: NDArray[np.float64]) -> NDArray[np.int64]:
-    """`engine.compact.draft_token` for every uniform of `u`, vectorised."""
+    """The TSU's draw for every uniform of `u`: ``min(first token whose draft CDF exceeds u * total, draft_last)``,
+    the rule of `engine.compact.first_above` (and of `inverse_cdf` on the dense CDF), vectorised."""
     ids, V, eps = tb.ids, tb.vocab_size, tb.eps
     target = u * tb.draft_total
     J = np.searchsorted(tb.id_cdf, target, side="right")
