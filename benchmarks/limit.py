@@ -198,7 +198,7 @@ def bench_limit(run: PreparedRun, steps: int, chains: int, batch_steps: int, rep
         rows.append(("  thermospec one chain, counted, telemetry off", _fmt(ours),
                      f"ratio to the C limit {ours / limit:.2f} (>= 0.8); run_chain(tally=): the kernel counts"))
         rows.append(("  run --telemetry none (the command)", _fmt(command),
-                     f"ratio {command / limit:.2f}; its chain mode counts each chunk with RunTally.update"))
+                     f"ratio {command / limit:.2f}; the one executor around the engine (telemetry off)"))
 
         # B chains: chain b's stream after its start token, as `run_batch` draws them.
         rngs = [chain_stream(seed, b) for b in range(chains)]
