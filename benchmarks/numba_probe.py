@@ -8,6 +8,7 @@ the default run's whole budget is well under a second.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -17,7 +18,12 @@ import numpy as np
 def main() -> int:
     """Measure and print."""
     start = time.perf_counter()
-    import numba  # type: ignore[import-not-found, unused-ignore]
+    try:
+        import numba  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        print("numba_probe: error: Numba is not installed (it is in no extra: pip install numba to run this "
+              "comparison)", file=sys.stderr)
+        return 2
 
     imported = time.perf_counter() - start
 

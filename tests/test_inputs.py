@@ -141,3 +141,12 @@ def test_script_options_have_help_and_defaults(script: str) -> None:
             continue
         after = text.split(option + " ", 1)[1].split(" --", 1)[0]
         assert "default" in after, f"{script} {option} has no default in its help"
+
+
+def test_numba_probe_without_numba_is_one_line() -> None:
+    pytest.importorskip("numpy")
+    if __import__("importlib").util.find_spec("numba") is not None:
+        pytest.skip("Numba is installed here")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.numba_probe"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Numba is not installed" in done.stderr
