@@ -9,7 +9,6 @@ Exits 1 if anything disagrees or the gap exceeds 4 standard errors.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -23,16 +22,9 @@ from thermospec.analysis.audit import audit_jsonl, audit_parquet
 from thermospec.cli.options import OneLineParser
 from thermospec.core.statistics import pooled_chi2
 from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.replay import file_sha256
 
 MAX_Z = 4.0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as data:
-        for block in iter(lambda: data.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"audit_run: error: {summary_path}: not a single run's summary (no \"config\"; "
               "audit the run folder, not a chain or block folder)", file=sys.stderr)
         return 2
+    recorded = summary["config"]
+    if recorded.get("trace") is not None or recorded.get("order", 2) > 2:
+        kind = "--trace" if recorded.get("trace") is not None else f"--order {recorded.get('order')}"
+        print(f"audit_run: error: {args.run_dir}: a {kind} run; {supported} of the bigram chain "
+              "(its statistics are per position or per context: not audited yet)", file=sys.stderr)
+        return 2
     records = jsonl if jsonl.is_file() else parquet if parquet.is_file() else None
     if records is None:
         print(f"audit_run: error: {args.run_dir}: no records ({supported}; a --telemetry none run has none)",
@@ -74,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"audit_run: error: {exc}", file=sys.stderr)
         return 2
     chi2 = pooled_chi2(audit.emitted_counts.astype(np.float64), audit.steps * target.pi)
-    sha = _sha256(records)
+    sha = file_sha256(records)
     rows = [
         ("steps", summary["steps"], audit.steps, summary["steps"] == audit.steps),
         ("accept_rate", summary["accept_rate"], audit.accept_rate, summary["accept_rate"] == audit.accept_rate),

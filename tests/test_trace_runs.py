@@ -9,6 +9,8 @@ before anything is written; a recorder output runs as is.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 from scripts.make_trace import write_trace
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from thermospec.api import config
 from thermospec.api import run as api_run
 from thermospec.core.metrics import ce_gap_nats, overlap_mass, topk_mass
@@ -252,3 +254,20 @@ def test_a_recorder_output_runs_as_is(shakespeare: Path, tmp_path: Path, capsys:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["target"]["metadata"]["model"] == str(folder)
     assert summary["checklist"]["accept_overlap_within_0.03"] and summary["position_p_value"] > 1e-3
+
+
+def test_replay_refuses_a_changed_trace_and_audit_says_what_it_audits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_trace(tmp_path / "t.npy", positions=8, vocab=64, exponent=1.0, seed=3)
+    status, _, err = run_cli(["run", "--trace", str(path), "--K", "8", "--steps", "500", "--quiet",
+                              "--runs-dir", str(tmp_path / "a")], capsys)
+    assert status == 0, err
+    run_dir = only_run_dir(tmp_path / "a")
+    done = subprocess.run([sys.executable, "-m", "scripts.audit_run", str(run_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--trace" in done.stderr
+    write_trace(path, positions=8, vocab=64, exponent=1.2, seed=3)  # the trace changes under the run
+    status, _, err = run_cli(["run", "--replay", str(run_dir), "--quiet", "--runs-dir", str(tmp_path / "b")], capsys)
+    assert status == 2 and "has changed since the run" in err and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()

@@ -11,6 +11,7 @@ steps it wrote, so the replay reproduces exactly the records that exist.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import fields
 from pathlib import Path
@@ -108,8 +109,30 @@ def load_replay(path: str | Path) -> ReplayPlan:
                 f"{path}: the corpus {config.corpus} has changed since the run "
                 f"(SHA-256 {actual[:12]}… now, {str(wanted)[:12]}… recorded); refusing to replay"
             )
+    if config.trace is not None:
+        target = summary.get("target")
+        wanted = target.get("trace_sha256") if isinstance(target, dict) else None
+        try:
+            actual = file_sha256(Path(config.trace))
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise ReplayError(f"{path}: the run's trace {config.trace} cannot be read ({reason})") from None
+        if actual != wanted:
+            raise ReplayError(
+                f"{path}: the trace {config.trace} has changed since the run "
+                f"(SHA-256 {actual[:12]}… now, {str(wanted)[:12]}… recorded); refusing to replay"
+            )
     sha = summary.get("metrics_sha256")
     return ReplayPlan(config, sha if isinstance(sha, str) else None, path)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read 16 MB at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as data:
+        for block in iter(lambda: data.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def replay_matches(plan: ReplayPlan, summary: dict[str, Any]) -> bool | None:
