@@ -17,14 +17,14 @@ from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import run_chain, run_chain_reference
 from thermospec.engine.compact import (
     CompactStepper,
+    CompactStepTables,
     CompactTables,
     compact_source,
     compact_tables,
-    draft_token,
-    step_token,
 )
 from thermospec.engine.kernels import compiled_module
 from thermospec.engine.sparse import SparseProposer, draft_for_support
+from thermospec.engine.step import step_tokens
 from thermospec.runs.config import RunConfig, load_target
 from thermospec.runs.prepare import prepare_run, sparse_rows
 from thermospec.targets.synthetic import DENSE_VOCAB_MAX, LazySyntheticTarget
@@ -118,10 +118,11 @@ def test_compact_step_equals_the_dense_step(K: int, tau: float, eps: EpsSpec) ->
         tables = compact_tables(tokens, probs, tsu.payload)
         assert tables.draft_total == tsu.cdf[-1]
         assert tables.draft_last == last_positive(tsu.cdf)
+        steps = CompactStepTables(tables)
         for u in boundary_uniforms(tables, tsu.cdf, rng):
-            assert draft_token(tables, u) == dense_step(p, tsu, (u, 0.5, 0.5))[0]
+            assert steps.draft_token(u) == dense_step(p, tsu, (u, 0.5, 0.5))[0]
         for u3 in rng.random((300, 3)).tolist():
-            assert step_token(tables, *u3) == dense_step(p, tsu, (u3[0], u3[1], u3[2]))
+            assert step_tokens(steps, *u3) == dense_step(p, tsu, (u3[0], u3[1], u3[2]))
 
 
 def test_all_zero_residual_draws_from_p() -> None:
@@ -133,7 +134,7 @@ def test_all_zero_residual_draws_from_p() -> None:
     tables = compact_tables(tokens, probs, tsu.payload)
     np.testing.assert_array_equal(tables.residual_cum, np.cumsum(probs))
     for u in np.linspace(0, 0.999, 50).tolist():
-        assert step_token(tables, 0.3, 1.0, u) == dense_step(p, tsu, (0.3, 1.0, u))
+        assert step_tokens(CompactStepTables(tables), 0.3, 1.0, u) == dense_step(p, tsu, (0.3, 1.0, u))
 
 
 def test_supports_are_the_dense_rows() -> None:

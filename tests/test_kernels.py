@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from thermospec.core.acceptance import acceptance_ratio, residual_cdf
+from thermospec.core.sampling import inverse_cdf
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import run_chain, run_chain_reference, table_source
 from thermospec.engine.chunks import ChainChunk
@@ -26,6 +28,7 @@ from thermospec.engine.kernels import (
     set_pcg64_state,
     slot_bytes,
 )
+from thermospec.engine.step import DenseStepTables, step_tokens, vector_steps
 from thermospec.runs.config import RunConfig, load_target
 from thermospec.tsu.drafts import Proposer
 
@@ -160,6 +163,40 @@ def test_compiled_edge_uniforms_match_python() -> None:
     assert x_c == x_p
     for a, b in zip(got_c, got_p, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_one_step_rule_and_its_vector_form_are_the_specification() -> None:
+    """`step_tokens` on dense tables and `vector_steps` are `accept_correct_step`'s rule, bit for bit,
+    on uniforms at CDF values (where a wrong comparison or rounding shows), with exact zeros and p = q."""
+    V = 40
+    rng = np.random.default_rng(11)
+    p_rows = rng.dirichlet(np.full(V, 0.2), size=6)
+    q_rows = rng.dirichlet(np.full(V, 0.2), size=6)
+    q_rows[0] = p_rows[0]  # all-zero residual: a rejection draws from p
+    p_rows[1, ::3] = 0.0
+    p_rows[1] /= p_rows[1].sum()
+    for p, q in zip(p_rows, q_rows, strict=True):
+        draft_cdf, ratio, res_cdf = np.cumsum(q), acceptance_ratio(p, q), residual_cdf(p, q)
+        edges = np.r_[draft_cdf / draft_cdf[-1], res_cdf / res_cdf[-1], ratio[ratio < 1], 0.0]
+        edges = np.unique(np.r_[edges, np.nextafter(edges, 0.0), np.nextafter(edges, 1.0)])
+        edges = edges[(edges >= 0.0) & (edges < 1.0)]
+        u = np.concatenate([np.stack([rng.permutation(edges) for _ in range(3)], axis=1), rng.random((2000, 3))])
+        y = inverse_cdf(draft_cdf, u[:, 0])
+        ok = u[:, 1] < ratio[y]
+        expected = np.where(ok, y, inverse_cdf(res_cdf, u[:, 2]))
+        tables = DenseStepTables(draft_cdf, ratio, res_cdf)
+        got = np.array([step_tokens(tables, *row) for row in u.tolist()], dtype=np.int64)
+        np.testing.assert_array_equal(got[:, 0], y)
+        np.testing.assert_array_equal(got[:, 1], expected)
+        np.testing.assert_array_equal(got[:, 2].astype(bool), ok)
+        flat = np.concatenate([draft_cdf, ratio, res_cdf])
+        at = np.zeros(u.shape[0], dtype=np.int64)
+        totals = np.array([[draft_cdf[-1], res_cdf[-1]]])[at]
+        lasts = np.array([[int(np.argmax(draft_cdf == draft_cdf[-1])), int(np.argmax(res_cdf == res_cdf[-1]))]])[at]
+        vy, ve, vok = vector_steps(flat, at, V, totals, lasts, u)
+        np.testing.assert_array_equal(vy, y)
+        np.testing.assert_array_equal(ve, expected)
+        np.testing.assert_array_equal(vok, ok)
 
 
 def test_fallback_kicks_in_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ The chains advance in lock step, a chunk of steps at a time: the compiled
 kernel (``thermospec._kernels.batch``, GIL released) runs slices of chains on
 worker threads, drawing each chain's uniforms itself from its PCG64 state, or,
 without it, a vectorised NumPy binary search steps all chains at once
-(`numpy_batch_steps`).  Both need every context's table
+(`numpy_batch_steps`, on `thermospec.engine.step.vector_steps`).  Both need every context's table
 resident (true up to V of several thousand with the default memory bound);
 otherwise each chain runs through the sequential stepper.
 """
@@ -43,6 +43,7 @@ from thermospec.engine.kernels import (
     pcg64_state,
     resolve_backend,
 )
+from thermospec.engine.step import vector_steps
 from thermospec.engine.tally import BatchTally
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import DraftSource
@@ -76,25 +77,6 @@ def chain_stream(seed: int, b: int) -> np.random.Generator:
     return random_stream(seed, Stream.CHAIN) if b == 0 else random_stream(seed, Stream.CHAIN, b)
 
 
-
-
-def _vector_bisect_right(
-    flat: NDArray[np.float64], base: NDArray[np.int64], n: int, target: NDArray[np.float64]
-) -> NDArray[np.int64]:
-    """``bisect_right(flat[base[i] : base[i] + n], target[i])`` for every i, vectorised."""
-    lo = np.zeros(base.shape[0], dtype=np.int64)
-    length = np.full(base.shape[0], n, dtype=np.int64)
-    while True:
-        live = length > 0
-        if not live.any():
-            return lo
-        half = length >> 1
-        mid = lo + half
-        go = live & (flat[base + np.minimum(mid, n - 1)] <= target)
-        lo = np.where(go, mid + 1, lo)
-        length = np.where(go, length - half - 1, np.where(live, half, 0))
-
-
 def numpy_batch_steps(
     cache: TableCache, u: NDArray[np.float64], x: NDArray[np.int64]
 ) -> tuple[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]], NDArray[np.int64]]:
@@ -124,16 +106,8 @@ def numpy_batch_steps(
     x = x.copy()
     for t in range(n):
         s = cache.slot_of[x]
-        base = s * (3 * V)
-        y = _vector_bisect_right(flat, base, V, u[:, t, 0] * cache.totals[s, 0])
-        np.minimum(y, cache.lasts[s, 0], out=y)
-        ok = u[:, t, 1] < flat[base + V + y]
-        r = _vector_bisect_right(flat, base + 2 * V, V, u[:, t, 2] * cache.totals[s, 1])
-        np.minimum(r, cache.lasts[s, 1], out=r)
         prev[:, t] = x
-        proposed[:, t] = y
-        accepted[:, t] = ok
-        x = np.where(ok, y, r)
+        proposed[:, t], x, accepted[:, t] = vector_steps(flat, s * (3 * V), V, cache.totals[s], cache.lasts[s], u[:, t])
         emitted[:, t] = x
     return (prev, proposed, emitted, accepted), x
 

@@ -25,21 +25,21 @@ are `core.expectation`'s; the block run's telemetry and summary are `runs.block_
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.acceptance import accept_correct_step
 from thermospec.core.expectation import EXPECTATION_MAX_V
-from thermospec.core.sampling import inverse_cdf, last_positive
+from thermospec.core.sampling import inverse_cdf
 from thermospec.core.statistics import Chi2Result, context_chi2
 from thermospec.engine.chain import context_tables, start_token
 from thermospec.engine.chunks import BlockChunk
-from thermospec.engine.compact import CompactTables, SparseRows, compact_lists, compact_source, first_above
+from thermospec.engine.compact import CompactStepTables, CompactTables, SparseRows, compact_source
+from thermospec.engine.step import DenseStepTables, cdf_entry, correct_token, draw_token
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 
@@ -67,67 +67,27 @@ def block_kernel_dense_limit() -> int:
     return EXPECTATION_MAX_V
 
 
-_Cdf = tuple[Any, float, int]  # cumulative sums (list or array), total, last positive index
-
-
-def _cdf_entry(cdf: NDArray[np.float64], as_list: bool) -> _Cdf:
-    return (cdf.tolist() if as_list else cdf, float(cdf[-1]), last_positive(cdf))
-
-
-def _draw(entry: _Cdf, u: float) -> int:
-    """`sampling.inverse_cdf` for one uniform (bisect on a list, or on an array at large V)."""
-    cdf, total, last = entry
-    y = bisect_right(cdf, u * total)
-    return last if y > last else y
-
-
-class _DenseBlockTable:
-    """A context's block tables over all V tokens: draft CDF, ``p / q``, residual CDF, target CDF."""
+class _DenseBlockTable(DenseStepTables):
+    """A context's step tables over all V tokens, and its target CDF for the bonus token."""
 
     def __init__(self, p: NDArray[np.float64], draft: ContextDraft, as_list: bool) -> None:
         tables = context_tables(p, draft)
-        self.ratio = tables.ratio.tolist() if as_list else tables.ratio
-        self.draft = _cdf_entry(tables.draft_cdf, as_list)
-        self.residual = _cdf_entry(tables.residual_cdf, as_list)
-        self.bonus = _cdf_entry(np.cumsum(p), as_list)
-
-    def draft_token(self, u: float) -> int:
-        return _draw(self.draft, u)
-
-    def ratio_at(self, y: int) -> float:
-        return float(self.ratio[y])
-
-    def residual_token(self, u: float) -> int:
-        return _draw(self.residual, u)
+        super().__init__(tables.draft_cdf, tables.ratio, tables.residual_cdf, as_list)
+        self.bonus = cdf_entry(np.cumsum(p), as_list)
 
     def bonus_token(self, u: float) -> int:
-        return _draw(self.bonus, u)
+        return draw_token(self.bonus, u)
 
 
-class _CompactBlockTable:
-    """The same four draws on compact tables (`thermospec.compact`): the same tokens, O(K + s) per context."""
+class _CompactBlockTable(CompactStepTables):
+    """The same draws on compact tables (`thermospec.compact`): the same tokens, O(K + s) per context."""
 
     def __init__(self, tables: CompactTables, probs: NDArray[np.float64]) -> None:
-        self.tables = tables
-        self.lists = compact_lists(tables)
-        bonus = np.cumsum(probs)  # the target row's running sum over its support: the dense sums at those tokens
-        self.bonus = (bonus.tolist(), float(bonus[-1]), last_positive(bonus))
-
-    def draft_token(self, u: float) -> int:
-        ids, id_cdf, cum, eps, total, last, _, _, _, _, _, V = self.lists
-        return min(first_above(ids, id_cdf, cum, eps, V, u * total), last)
-
-    def ratio_at(self, y: int) -> float:
-        support, ratio = self.lists[6], self.lists[7]
-        i = bisect_left(support, y)
-        return ratio[i] if i < len(support) and support[i] == y else 0.0
-
-    def residual_token(self, u: float) -> int:
-        support, res, res_total, res_last = self.lists[6], self.lists[8], self.lists[9], self.lists[10]
-        return support[min(bisect_right(res, u * res_total), res_last)]
+        super().__init__(tables)
+        self.bonus = cdf_entry(np.cumsum(probs))  # the target row's running sum over its support: the dense sums
 
     def bonus_token(self, u: float) -> int:
-        return self.lists[6][_draw(self.bonus, u)]
+        return self.support[draw_token(self.bonus, u)]
 
 
 _BlockTable = _DenseBlockTable | _CompactBlockTable
@@ -171,15 +131,12 @@ def _block(table: Callable[[int], _BlockTable], x: int, u: list[float], gamma: i
         c = table(c).draft_token(u[i])
         ys.append(c)
     c = x
-    n_acc = 0
-    for i in range(gamma):
-        if u[gamma + i] < table(c).ratio_at(ys[i]):
-            n_acc += 1
-            c = ys[i]
-        else:
-            break
-    entry = table(c)
-    return ys, n_acc, entry.residual_token(u[2 * gamma]) if n_acc < gamma else entry.bonus_token(u[2 * gamma])
+    for i in range(gamma):  # the step rule on each draft in turn: the first rejection ends the block
+        z, accepted = correct_token(table(c), ys[i], u[gamma + i], u[2 * gamma])
+        if not accepted:
+            return ys, i, z
+        c = z
+    return ys, gamma, table(c).bonus_token(u[2 * gamma])
 
 
 def fixed_context_blocks(

@@ -22,10 +22,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.acceptance import accept_correct_step, acceptance_ratio, residual_cdf
-from thermospec.core.sampling import inverse_cdf
+from thermospec.core.sampling import inverse_cdf, last_positive
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.compact import COMPACT_TABLE_BYTES, CompactStepper, SparseRows, compact_source
 from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, StepCounts, TableSource
+from thermospec.engine.step import vector_steps
 from thermospec.engine.tally import RunTally
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import ContextDraft, DraftSource
@@ -183,11 +184,11 @@ def fixed_context_draws(
     """
     tables = context_tables(p, draft)
     u = rng.random((n, 3))
-    proposed = inverse_cdf(tables.draft_cdf, u[:, 0])
-    accepted = u[:, 1] < tables.ratio[proposed]
-    emitted = proposed.copy()
-    rejected = ~accepted
-    emitted[rejected] = inverse_cdf(tables.residual_cdf, u[rejected, 2])
+    flat = np.concatenate([tables.draft_cdf, tables.ratio, tables.residual_cdf])
+    totals = np.array([[tables.draft_cdf[-1], tables.residual_cdf[-1]]], dtype=np.float64)
+    lasts = np.array([[last_positive(tables.draft_cdf), last_positive(tables.residual_cdf)]], dtype=np.int64)
+    at = np.zeros(n, dtype=np.int64)
+    proposed, emitted, accepted = vector_steps(flat, at, int(p.shape[0]), totals[at], lasts[at], u)
     prev = np.full(n, draft.context, dtype=np.int64)
     chunk = ChainChunk(start=0, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
     ReportVerifier(lambda _: draft).verify(chunk)

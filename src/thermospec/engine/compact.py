@@ -23,7 +23,8 @@ the compact step emits exactly the tokens of the dense step (and of
 O(log K + log s + log V) comparisons on tables of ``K + s`` entries, whatever V.
 
 The compiled stepper (``compact_chain`` of the optional C extension
-``thermospec._kernels``) and the pure-Python fallback below run the same step;
+``thermospec._kernels``) and the pure-Python fallback (`thermospec.engine.step.python_steps`
+on `CompactStepTables`) run the same step;
 ``THERMOSPEC_KERNEL=python`` selects the fallback.
 """
 
@@ -39,29 +40,25 @@ from numpy.typing import NDArray
 
 from thermospec.core.payload import Payload
 from thermospec.core.proposal import explicit_probabilities
-from thermospec.engine.kernels import Backend, OutputPool, StepArrays, compiled_steps, resolve_backend
+from thermospec.engine.kernels import Backend, OutputPool, compiled_steps, resolve_backend
+from thermospec.engine.step import StepArrays, python_steps
 from thermospec.targets.bigram import SupportSource
 from thermospec.tsu.drafts import ContextDraft
 
 __all__ = [
     "COMPACT_TABLE_BYTES",
+    "CompactStepTables",
     "CompactStepper",
     "CompactTables",
     "SparseRows",
-    "compact_lists",
     "compact_source",
     "compact_tables",
-    "draft_token",
     "first_above",
-    "residual_token",
-    "step_token",
 ]
 
 
 COMPACT_TABLE_BYTES = 768 * 1024 * 1024
 """Memory bound of the compact table cache: every context of V = 65,536 for any K (s = 256: at most 10.3 KB each)."""
-
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,29 +199,6 @@ def compact_tables(support: NDArray[np.int64], probs: NDArray[np.float64], paylo
     )
 
 
-def draft_token(tables: CompactTables, u: float) -> int:
-    """The TSU's draw for uniform `u`: ``min(bisect_right(draft_cdf, u * total), draft_last)``."""
-    y = first_above(tables.ids.tolist(), tables.id_cdf.tolist(), tables.explicit_cum.tolist(), tables.eps,
-                     tables.vocab_size, u * tables.draft_total)
-    return min(y, tables.draft_last)
-
-
-def residual_token(tables: CompactTables, u: float) -> int:
-    """The token emitted after a rejection, for uniform `u`."""
-    i = int(np.searchsorted(tables.residual_cum, u * float(tables.residual_cum[-1]), side="right"))
-    return int(tables.support[min(i, tables.residual_last)])
-
-
-def step_token(tables: CompactTables, u_draft: float, u_accept: float, u_residual: float) -> tuple[int, int, bool]:
-    """One step on compact tables: ``(proposed, emitted, accepted)``."""
-    y = draft_token(tables, u_draft)
-    i = int(np.searchsorted(tables.support, y))
-    ratio = float(tables.ratio[i]) if i < tables.support.shape[0] and tables.support[i] == y else 0.0
-    if u_accept < ratio:
-        return y, y, True
-    return y, residual_token(tables, u_residual), False
-
-
 def compact_source(support: SupportSource, drafts: Callable[[int], ContextDraft]) -> Callable[[int], CompactTables]:
     """``source(x)``: context x's `CompactTables`, for a TSU that samples F(ψ) of its payload.
 
@@ -245,19 +219,37 @@ def compact_source(support: SupportSource, drafts: Callable[[int], ContextDraft]
     return source
 
 
-_ListTables = tuple[list[int], list[float], list[float], float, float, int, list[int], list[float], list[float],
-                    float, int, int]
+class CompactStepTables:
+    """A context's `CompactTables` as the step of `thermospec.engine.step` reads them (lists: fast per step).
 
-
-def compact_lists(tb: CompactTables) -> _ListTables:
-    """The tables as Python lists and floats, for the per-step Python loops.
-
-    ``(ids, id_cdf, explicit_cum, eps, draft_total, draft_last, support, ratio, residual_cum,
-    residual_total, residual_last, V)``: `bisect` on a list beats a NumPy call per step.
+    The same draft, ratio and residual as the dense tables at every token.
     """
-    return (tb.ids.tolist(), tb.id_cdf.tolist(), tb.explicit_cum.tolist(), tb.eps, tb.draft_total, tb.draft_last,
-            tb.support.tolist(), tb.ratio.tolist(), tb.residual_cum.tolist(), float(tb.residual_cum[-1]),
-            tb.residual_last, tb.vocab_size)
+
+    def __init__(self, tables: CompactTables) -> None:
+        self.ids: list[int] = tables.ids.tolist()
+        self.id_cdf: list[float] = tables.id_cdf.tolist()
+        self.explicit_cum: list[float] = tables.explicit_cum.tolist()
+        self.eps, self.V = tables.eps, tables.vocab_size
+        self.draft_total, self.draft_last = tables.draft_total, tables.draft_last
+        self.support: list[int] = tables.support.tolist()
+        self.ratio: list[float] = tables.ratio.tolist()
+        self.residual_cum: list[float] = tables.residual_cum.tolist()
+        self.residual_last = tables.residual_last
+        self.residual_total = float(tables.residual_cum[-1])
+
+    def draft_token(self, u: float) -> int:
+        """The TSU's draw for uniform `u`: ``min(bisect_right(draft_cdf, u * total), draft_last)``."""
+        y = first_above(self.ids, self.id_cdf, self.explicit_cum, self.eps, self.V, u * self.draft_total)
+        return min(y, self.draft_last)
+
+    def ratio_at(self, y: int) -> float:
+        """``p(y) / q(y)``: 0 off the support."""
+        i = bisect_left(self.support, y)
+        return self.ratio[i] if i < len(self.support) and self.support[i] == y else 0.0
+
+    def residual_token(self, u: float) -> int:
+        """The token emitted after a rejection, for uniform `u`."""
+        return self.support[min(bisect_right(self.residual_cum, u * self.residual_total), self.residual_last)]
 
 
 class _SlotCache:
@@ -320,25 +312,6 @@ class _SlotCache:
         return slot
 
 
-def _python_steps(tables: Callable[[int], _ListTables], u: NDArray[np.float64], x: int) -> tuple[StepArrays, int]:
-    n = u.shape[0]
-    prev, proposed, emitted, accepted = [0] * n, [0] * n, [0] * n, [False] * n
-    for t, (u_draft, u_accept, u_residual) in enumerate(u.tolist()):
-        ids, id_cdf, cum, eps, total, last, support, ratio, res, res_total, res_last, V = tables(x)
-        y = min(first_above(ids, id_cdf, cum, eps, V, u_draft * total), last)
-        prev[t], proposed[t] = x, y
-        i = bisect_left(support, y)
-        if u_accept < (ratio[i] if i < len(support) and support[i] == y else 0.0):
-            accepted[t] = True
-            x = y
-        else:
-            x = support[min(bisect_right(res, u_residual * res_total), res_last)]
-        emitted[t] = x
-    arrays = (np.array(prev, dtype=np.int64), np.array(proposed, dtype=np.int64),
-              np.array(emitted, dtype=np.int64), np.array(accepted, dtype=np.bool_))
-    return arrays, x
-
-
 class CompactStepper:
     """Runs one chain chunk by chunk on compact tables (compiled, or the pure-Python fallback).
 
@@ -365,7 +338,7 @@ class CompactStepper:
         self.pool = OutputPool()
         self.cache = _SlotCache(V, source, max_k, max_s, max_bytes) if self.module is not None else None
         self.source = source
-        self.lists: OrderedDict[int, _ListTables] = OrderedDict()
+        self.lists: OrderedDict[int, CompactStepTables] = OrderedDict()
         self.max_lists = max(1, max_bytes // (64 * (2 * max_k + 3 * max_s) + 1024))
 
     @property
@@ -373,12 +346,12 @@ class CompactStepper:
         """"compiled" or "python"."""
         return "python" if self.module is None else "compiled"
 
-    def _list_tables(self, x: int) -> _ListTables:
+    def _list_tables(self, x: int) -> CompactStepTables:
         found = self.lists.get(x)
         if found is not None:
             self.lists.move_to_end(x)
             return found
-        found = self.lists[x] = compact_lists(self.source(x))
+        found = self.lists[x] = CompactStepTables(self.source(x))
         if len(self.lists) > self.max_lists:
             self.lists.popitem(last=False)
         return found
@@ -386,7 +359,7 @@ class CompactStepper:
     def steps(self, u: NDArray[np.float64], x: int) -> tuple[StepArrays, int]:
         """Run one chunk: row t of `u` holds step t's three uniforms; start from context `x`."""
         if self.module is None or self.cache is None:
-            arrays, x = _python_steps(self._list_tables, u, x)
+            arrays, x = python_steps(self._list_tables, u, x)
             self.clock += u.shape[0]
             return arrays, x
         module, c, clock = self.module, self.cache, self.clock

@@ -1,16 +1,12 @@
 """The chain's hot loop: per-context tables in bounded memory, a compiled stepper and its fallback.
 
 Every path here performs exactly the step of `thermospec.engine.run_chain_reference`
-on the uniforms ``(u_draft, u_accept, u_residual)`` of each step::
-
-    y = min(bisect_right(draft_cdf, u_draft * draft_cdf[-1]), last positive of draft_cdf)
-    accept iff u_accept < (p / q)[y]                     (strict)
-    else x = min(bisect_right(residual_cdf, u_residual * residual_cdf[-1]), last positive)
-
-so the compiled kernel (``thermospec._kernels``, a small C extension built by
-``pip install``) and the pure-Python fallback emit the same tokens for the same
-uniforms.  The fallback is used when the extension is missing (it is optional
-at build time) or when ``THERMOSPEC_KERNEL=python`` is set.
+on the uniforms ``(u_draft, u_accept, u_residual)`` of each step (the rule is written
+out in `thermospec.engine.step`), so the compiled kernel (``thermospec._kernels``, a
+small C extension built by ``pip install``) and the pure-Python fallback
+(`thermospec.engine.step.python_steps`) emit the same tokens for the same uniforms.
+The fallback is used when the extension is missing (it is optional at build time)
+or when ``THERMOSPEC_KERNEL=python`` is set.
 
 Tool choice (measured, README "Performance"): a C extension through the buffer
 protocol costs nothing at import, while a Numba import plus JIT costs more than
@@ -40,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.sampling import last_positive
+from thermospec.engine.step import DenseStepTables, StepArrays, python_steps
 
 __all__ = [
     "DEFAULT_TABLE_BYTES",
@@ -69,9 +66,6 @@ Backend = Literal["auto", "compiled", "python"]
 
 TableSource = Callable[[int], tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]]
 """``source(x)`` gives context x's ``(draft_cdf, ratio, residual_cdf)``, each of shape (V,)."""
-
-
-StepArrays = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]
 
 
 StepCounts = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64] | None]
@@ -296,48 +290,14 @@ class TableCache:
         return True
 
 
-_ListTable = tuple[list[float], float, int, list[float], list[float], float, int]
-
-
-def _list_tables(source: TableSource, max_entries: int) -> Callable[[int], _ListTable]:
+def _list_tables(source: TableSource, max_entries: int) -> Callable[[int], DenseStepTables]:
     """The fallback's tables as Python lists (`bisect` on a list beats a NumPy call per step), LRU-bounded."""
 
     @functools.lru_cache(maxsize=max(1, max_entries))
-    def get(x: int) -> _ListTable:
-        dc, ratio, rc = source(x)
-        return (dc.tolist(), float(dc[-1]), last_positive(dc), ratio.tolist(),
-                rc.tolist(), float(rc[-1]), last_positive(rc))
+    def get(x: int) -> DenseStepTables:
+        return DenseStepTables(*source(x))
 
     return get
-
-
-def python_steps(tables: Callable[[int], _ListTable], u: NDArray[np.float64], x: int) -> tuple[StepArrays, int]:
-    """The pure-Python stepper over one chunk of uniforms (the fallback of the compiled kernel)."""
-    from bisect import bisect_right
-
-    n = u.shape[0]
-    prev = [0] * n
-    proposed = [0] * n
-    emitted = [0] * n
-    accepted = [False] * n
-    for t, (u_draft, u_accept, u_residual) in enumerate(u.tolist()):
-        draft_cdf, draft_total, draft_last, ratio, res_cdf, res_total, res_last = tables(x)
-        y = bisect_right(draft_cdf, u_draft * draft_total)
-        if y > draft_last:
-            y = draft_last
-        prev[t] = x
-        proposed[t] = y
-        if u_accept < ratio[y]:
-            accepted[t] = True
-            x = y
-        else:
-            x = bisect_right(res_cdf, u_residual * res_total)
-            if x > res_last:
-                x = res_last
-        emitted[t] = x
-    arrays = (np.array(prev, dtype=np.int64), np.array(proposed, dtype=np.int64), np.array(emitted, dtype=np.int64),
-              np.array(accepted, dtype=np.bool_))
-    return arrays, x
 
 
 class ChainStepper:
@@ -364,7 +324,7 @@ class ChainStepper:
         self.pool = OutputPool()
         if self.module is not None:
             self.cache: TableCache | None = TableCache(V, source, max_bytes)
-            self.lists: Callable[[int], _ListTable] | None = None
+            self.lists: Callable[[int], DenseStepTables] | None = None
         else:
             self.cache = None
             self.lists = _list_tables(source, max(1, max_bytes // slot_bytes(V)))
