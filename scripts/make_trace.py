@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                            jitter=args.jitter, tokens=args.tokens, progress=False if args.quiet else None)
     except OSError as exc:
         parser.exit(1, f"make_trace: error: {out}: {exc.strerror or exc}\n")
+    except KeyboardInterrupt:  # the writer removes its partial file
+        parser.exit(130, f"make_trace: interrupted; {out} was not written\n")
     size = path.stat().st_size
     print(f"wrote {path}: {args.positions} x {args.vocab} {args.dtype}, {size / 2**20:.1f} MiB "
           f"in {time.perf_counter() - started:.1f} s")

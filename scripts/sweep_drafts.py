@@ -14,20 +14,26 @@ python -m scripts.sweep_drafts --Ns 1 2 4 --verifiers recursive optimal --steps 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from thermospec.cli.options import (
     CORPUS_HELP,
+    EXIT_INTERRUPTED,
     EXIT_USAGE,
     OneLineParser,
     int_at_least,
     non_negative_float,
 )
+from thermospec.core.payload import PayloadError
 from thermospec.core.verifiers import VERIFIERS
 from thermospec.experiments.drafts_sweep import DRAFTS_CSV, DRAFTS_PNG, drafts_rows, drafts_table, plot_drafts
 from thermospec.experiments.sweeps import CsvRows, check_values
 from thermospec.runs.config import MAX_DRAFTS, ConfigError, RunConfig
+from thermospec.runs.prepare import prepare_run
 from thermospec.runs.progress import progress_bar
 from thermospec.runs.storage import create_run_dir
 from thermospec.targets.corpus import CorpusError
@@ -57,18 +63,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         Ks, Ns = check_values("--Ks", args.Ks), check_values("--Ns", args.Ns)
         verifiers = check_values("--verifiers", args.verifiers)
         base = RunConfig(corpus=args.corpus, vocab=args.vocab, steps=args.steps, seed=args.seed)
-        with progress_bar(len(Ks) * len(Ns) * len(verifiers), "drafts", "config", quiet=args.quiet) as bar:
-            rows = drafts_rows(base, Ks, Ns, verifiers, args.steps, args.cost_ratio, progress=bar.update)
+        prepare_run(dataclasses.replace(base, K=Ks[0]))  # refuse a bad corpus or ε before anything is written
+        if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
+            raise ConfigError(f"--runs-dir {args.runs_dir}: is a file, not a folder")
+        folder = create_run_dir(args.runs_dir)
     except CorpusError as exc:
         print(f"sweep_drafts: error: --corpus {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except ConfigError as exc:
+    except (ConfigError, PayloadError) as exc:
         print(f"sweep_drafts: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    folder = create_run_dir(args.runs_dir)
-    csv = CsvRows(folder / DRAFTS_CSV, list(rows[0]))
-    for row in rows:
-        csv.append(row)
+    except OSError as exc:
+        print(f"sweep_drafts: error: --runs-dir {args.runs_dir}: cannot create a sweep folder "
+              f"({exc.strerror or exc})", file=sys.stderr)
+        return EXIT_USAGE
+    total = len(Ks) * len(Ns) * len(verifiers)
+    rows: list[dict[str, Any]] = []
+    csv: CsvRows | None = None
+    try:
+        with progress_bar(total, "drafts", "config", quiet=args.quiet) as bar:
+            for row in drafts_rows(base, Ks, Ns, verifiers, args.steps, args.cost_ratio):
+                csv = csv or CsvRows(folder / DRAFTS_CSV, list(row))
+                csv.append(row)  # whole, flushed lines: an interrupt keeps every finished row
+                rows.append(row)
+                bar.update(1)
+    except KeyboardInterrupt:
+        if csv is not None:
+            csv.close()
+        print(f"sweep_drafts: interrupted: {len(rows)} of {total} configurations finished and kept in "
+              f"{folder / DRAFTS_CSV}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    assert csv is not None
     csv.close()
     target = f"corpus {args.corpus}" if args.corpus else f"synthetic V = {args.vocab}"
     plot_drafts(folder / DRAFTS_PNG, rows, f"{target} · seed {args.seed} · {args.steps:,} steps per point")

@@ -150,3 +150,16 @@ def test_numba_probe_without_numba_is_one_line() -> None:
     done = subprocess.run([sys.executable, "-m", "benchmarks.numba_probe"], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Numba is not installed" in done.stderr
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--corpus", "{corpus}", "--vocab", "100"], "--vocab"),
+    (["--corpus", "{corpus}", "--c", "3"], "--c"),
+    (["--verifier", "optimal"], "--verifier"),
+])
+def test_options_that_would_not_apply_are_refused(args: list[str], named: str, shakespeare: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [a.replace("{corpus}", str(shakespeare)) for a in args]
+    status, _, err = run_cli(["run", *argv, "--runs-dir", str(tmp_path / "runs")], capsys)
+    assert status == 2 and err.count("\n") == 1 and named in err, err
+    assert not (tmp_path / "runs").exists()

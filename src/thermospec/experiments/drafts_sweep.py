@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,8 @@ DRAFTS_PNG = "m1_acceptance_vs_drafts.png"
 
 
 def drafts_rows(base: RunConfig, Ks: Sequence[int], Ns: Sequence[int], verifiers: Sequence[str] = VERIFIERS,
-                steps: int = 10_000, cost_ratio: float = 0.05,
-                progress: Callable[[int], object] | None = None) -> list[dict[str, Any]]:
-    """One row per (K, N, verifier), in that order (module docstring for the columns); `progress(1)` after each."""
-    rows: list[dict[str, Any]] = []
+                steps: int = 10_000, cost_ratio: float = 0.05) -> Iterator[dict[str, Any]]:
+    """One row per (K, N, verifier), in that order (module docstring for the columns), each as it is done."""
     for K in Ks:
         run = prepare_run(dataclasses.replace(base, K=K, drafts=1))
         t, drafts = run.target, run.proposer.draft
@@ -62,17 +60,14 @@ def drafts_rows(base: RunConfig, Ks: Sequence[int], Ns: Sequence[int], verifiers
                 chunks = run_drafts(t.row, t.pi, drafts, n, verifier, steps, rng, plans=plans)
                 measured = sum(int(c.accepted.sum()) for c in chunks) / steps
                 gain = optimum - single
-                rows.append({
+                yield {
                     "K": K, "N": n, "verifier": verifier, "steps": steps,
                     "accept_rate": measured, "accept_se": math.sqrt(exact * (1 - exact) / steps),
                     "exact_acceptance": exact, "single_draft": single, "optimum": optimum, "bound": bound,
                     "gain_fraction": (exact - single) / gain if gain > 1e-12 else None,
                     "expected_draws": draws,
                     "speedup": (1 + exact) / (n * cost_ratio + 1), "cost_ratio": cost_ratio,
-                })
-                if progress is not None:
-                    progress(1)
-    return rows
+                }
 
 
 def plot_drafts(path: Path, rows: Sequence[dict[str, Any]], title: str) -> Path:

@@ -82,11 +82,16 @@ def read_run_trace(path: Path) -> RunTrace:
             for number, line in enumerate(lines, start=1):
                 try:
                     record = json.loads(line)
+                    if "position" in record:
+                        raise PlotError(f"{path}: a --trace run (teacher-forced positions): plot draws runs of a "
+                                        "chain; a trace run's figures are not drawn yet")
                     accepted.append(bool(record["accepted"]))
                     overlap.append(float(record["overlap_mass"]))
                     gap = record["ce_gap_nats"]
                     ce_gap.append(math.inf if gap is None else float(gap))
                     context.append(int(record["prev_token"]))
+                except PlotError:
+                    raise
                 except (ValueError, KeyError, TypeError) as exc:
                     raise PlotError(f"{path}: line {number} is not a telemetry record ({exc})") from None
     except OSError as exc:

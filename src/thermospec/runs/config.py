@@ -103,6 +103,7 @@ class RunConfig:
         if self.tsu not in ("sim", "thrml"):
             raise ConfigError(f"--tsu: must be 'sim' or 'thrml', got {self.tsu!r}")
         self._check_trace_and_order()
+        self._check_options_apply()
         if self.tokenizer is not None:
             try:
                 parse_tokenizer(self.tokenizer)
@@ -110,6 +111,15 @@ class RunConfig:
                 raise ConfigError(str(exc)) from None
             if self.corpus is None:
                 raise ConfigError("--tokenizer: needs --corpus (the tokenizer is trained on the corpus)")
+
+    def _check_options_apply(self) -> None:
+        """Options that would be recorded in the summary without changing the run are refused."""
+        if (self.corpus is not None or self.trace is not None) and (self.vocab != 256 or self.c != 50.0):
+            given = " ".join(o for o, v in (("--vocab", self.vocab != 256), ("--c", self.c != 50.0)) if v)
+            source = "--corpus" if self.corpus is not None else "--trace"
+            raise ConfigError(f"{given}: set the synthetic target; {source} gives the target (drop {given})")
+        if self.verifier != "recursive" and self.drafts == 1:
+            raise ConfigError(f"--verifier {self.verifier}: verifies N > 1 drafts; add --drafts N or drop it")
 
     def _check_trace_and_order(self) -> None:
         """``--trace`` and ``--order``: their ranges and the combinations that are not implemented."""
