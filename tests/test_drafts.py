@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scripts.sweep_drafts import main as sweep_main
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from thermospec.core.statistics import context_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.core.verifiers import VERIFIERS, VerifierPlan
@@ -144,3 +148,22 @@ def test_drafts_sweep_writes_its_table_and_figure(tmp_path: Path, capsys: pytest
     assert float(rows[2]["exact_acceptance"]) < float(optimal["exact_acceptance"]) <= float(optimal["bound"])
     assert (folder / "m1_acceptance_vs_drafts.png").read_bytes()[:4] == b"\x89PNG"
     assert "| 4 | 2 | optimal |" in out
+
+
+def test_drafts_sweep_keeps_finished_rows_on_ctrl_c(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scripts.sweep_drafts", "--steps", "20000", "--quiet", "--runs-dir", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = list(tmp_path.glob("*/m1_drafts_sweep.csv"))
+        if found and len(found[0].read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.count("\n") == 1 and "finished and kept" in err, err
+    (csv,) = tmp_path.glob("*/m1_drafts_sweep.csv")
+    assert 1 <= len(read_csv_rows(csv)) < 15
