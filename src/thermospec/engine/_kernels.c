@@ -11,7 +11,8 @@
  *   slot_of[x]   = slot holding context x, or -1
  *   guides[slot] = [draft guide (G + 1) | residual guide (G + 1)]   int32
  *
- * One step with uniforms (u_draft, u_accept, u_residual):
+ * One step (step_rule, the one writing of the rule for both layouts) with uniforms
+ * (u_draft, u_accept, u_residual):
  *   y = min(bisect_right(draft_cdf, u_draft * total), last)
  *   accept iff u_accept < ratio[y] (strict), else
  *   x = min(bisect_right(residual_cdf, u_residual * total), last)
@@ -100,6 +101,35 @@ static inline int64_t guided(const double *cdf, const int32_t *guide, int64_t G,
     return lo + bisect_right(cdf + lo, (int64_t)guide[k + 1] - lo, u * total);
 }
 
+/* The step rule, written once for every table layout (thermospec.engine.step.step_tokens):
+ *   y = draft(u_draft); accept iff u_accept < ratio(y) (strict), else emit residual(u_residual).
+ * A layout is a view of one context's tables and its three draws; each caller passes constant
+ * functions, which the compiler inlines here (no call through a pointer is left). */
+typedef struct {
+    int64_t (*draft)(void *view, double u);
+    double (*ratio)(void *view, int64_t y);
+    int64_t (*residual)(void *view, double u);
+} Layout;
+
+#if defined(__GNUC__)
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static inline
+#endif
+
+INLINE int64_t step_rule(const Layout layout, void *view, double u0, double u1, double u2, int64_t *proposed,
+                         int64_t *accepted)
+{
+    int64_t y = layout.draft(view, u0);
+    *proposed = y;
+    if (u1 < layout.ratio(view, y)) {
+        *accepted = 1;
+        return y;
+    }
+    *accepted = 0;
+    return layout.residual(view, u2);
+}
+
 typedef struct {
     const double *tables, *totals;
     const int64_t *lasts, *slot_of;
@@ -107,27 +137,43 @@ typedef struct {
     int64_t V, G;
 } Tables;
 
+/* The dense layout: one context's row of Tables. */
+typedef struct {
+    const double *row, *total;
+    const int32_t *guide;
+    const int64_t *last;
+    int64_t V, G;
+} DenseView;
+
+INLINE int64_t dense_draft(void *view, double u)
+{
+    const DenseView *d = view;
+    int64_t y = guided(d->row, d->guide, d->G, u, d->total[0]);
+    return y > d->last[0] ? d->last[0] : y;
+}
+
+INLINE double dense_ratio(void *view, int64_t y)
+{
+    const DenseView *d = view;
+    return d->row[d->V + y];
+}
+
+INLINE int64_t dense_residual(void *view, double u)
+{
+    const DenseView *d = view;
+    int64_t x = guided(d->row + 2 * d->V, d->guide + d->G + 1, d->G, u, d->total[1]);
+    return x > d->last[1] ? d->last[1] : x;
+}
+
 /* One step from the context in slot s with uniforms (u0, u1, u2); returns the emitted token. */
-static inline int64_t step(const Tables *tb, int64_t s, double u0, double u1, double u2, int64_t *proposed,
-                           int64_t *accepted)
+INLINE int64_t step(const Tables *tb, int64_t s, double u0, double u1, double u2, int64_t *proposed,
+                    int64_t *accepted)
 {
     const int64_t V = tb->V, G = tb->G;
-    const double *row = tb->tables + s * 3 * V;
-    const int32_t *guide = tb->guides + s * 2 * (G + 1);
-    const int64_t *last = tb->lasts + 2 * s;
-    int64_t y = guided(row, guide, G, u0, tb->totals[2 * s]);
-    if (y > last[0])
-        y = last[0];
-    *proposed = y;
-    if (u1 < row[V + y]) {
-        *accepted = 1;
-        return y;
-    }
-    *accepted = 0;
-    int64_t x = guided(row + 2 * V, guide + G + 1, G, u2, tb->totals[2 * s + 1]);
-    if (x > last[1])
-        x = last[1];
-    return x;
+    DenseView view = {tb->tables + s * 3 * V, tb->totals + 2 * s, tb->guides + s * 2 * (G + 1), tb->lasts + 2 * s,
+                      V, G};
+    const Layout dense = {dense_draft, dense_ratio, dense_residual};
+    return step_rule(dense, &view, u0, u1, u2, proposed, accepted);
 }
 
 static int need(Py_buffer *b, Py_ssize_t items, Py_ssize_t itemsize, const char *name)
@@ -663,7 +709,7 @@ done:
 /*
  * The chain on compact per-context tables (thermospec.compact): compact_chain.
  *
- * Exactly the step of thermospec.compact._python_steps (and hence of the dense
+ * Exactly the step of thermospec.engine.step.step_tokens on CompactStepTables (and hence of the dense
  * tables and of thermospec.engine.run_chain_reference), on the slots laid out by
  * thermospec.compact._SlotCache, with Km = max_k and Sm = max_s:
  *
@@ -675,7 +721,7 @@ done:
  *   slot_of[x]    = slot holding context x, or -1
  *
  * The draft CDF at token v is n_tail(v) * eps + explicit_cum[k(v)] (see thermospec.tsu.draft_cdf);
- * one step with uniforms (u_draft, u_accept, u_residual):
+ * one step (step_rule on the compact layout) with uniforms (u_draft, u_accept, u_residual):
  *   y = min(first v with cdf(v) > u_draft * draft_total, draft_last)
  *   accept iff u_accept < ratio at y (0 off the support), strict
  *   else x = support[min(bisect_right(residual_cum, u_residual * residual_total), residual_last)]
@@ -729,36 +775,49 @@ static inline int64_t first_above(const double *id_cdf, const double *cum, const
     return hi;
 }
 
-static inline int64_t compact_step(const Slots *sl, int64_t s, const double *u3, int64_t *proposed, uint8_t *accepted)
+/* The compact layout: one context's slot, and the id the draft search stopped at (J). */
+typedef struct {
+    const double *f, *sc;
+    const int32_t *tk, *support;
+    const int64_t *ct;
+    int64_t Km, Sm, K, S, V, J;
+} CompactView;
+
+INLINE int64_t compact_draft(void *view, double u)
+{
+    CompactView *c = view;
+    int64_t y = first_above(c->f, c->f + c->Km, c->tk, c->K, c->sc[0], c->V, u * c->sc[1], &c->J);
+    return y > c->ct[2] ? c->ct[2] : y;
+}
+
+INLINE double compact_ratio(void *view, int64_t y)
+{
+    const CompactView *c = view;
+    if (c->J < c->K && (int64_t)c->tk[c->J] == y) /* the draft is the J-th id: its ratio is at hand */
+        return c->f[2 * c->Km + 1 + c->J];
+    int64_t i = bisect_left_i32(c->support, c->S, y);
+    return (i < c->S && (int64_t)c->support[i] == y) ? c->f[3 * c->Km + 1 + i] : 0.0;
+}
+
+INLINE int64_t compact_residual(void *view, double u)
+{
+    const CompactView *c = view;
+    int64_t r = bisect_right_far(c->f + 3 * c->Km + 1 + c->Sm, c->S, u * c->sc[2]);
+    return (int64_t)c->support[r > c->ct[3] ? c->ct[3] : r];
+}
+
+INLINE int64_t compact_step(const Slots *sl, int64_t s, const double *u3, int64_t *proposed, uint8_t *accepted)
 {
     const int64_t Km = sl->Km, Sm = sl->Sm;
-    const double *f = sl->floats + s * (3 * Km + 1 + 2 * Sm);
     const int32_t *tk = sl->tokens + s * (Km + Sm);
-    const double *sc = sl->scalars + 3 * s;
     const int64_t *ct = sl->counts + 4 * s;
-    const int64_t K = ct[0], S = ct[1];
-    const int32_t *support = tk + Km;
-    int64_t J;
-    int64_t y = first_above(f, f + Km, tk, K, sc[0], sl->V, u3[0] * sc[1], &J);
-    if (y > ct[2])
-        y = ct[2];
-    *proposed = y;
-    double ratio;
-    if (J < K && (int64_t)tk[J] == y) { /* the draft is the J-th id: its ratio is at hand */
-        ratio = f[2 * Km + 1 + J];
-    } else {
-        int64_t i = bisect_left_i32(support, S, y);
-        ratio = (i < S && (int64_t)support[i] == y) ? f[3 * Km + 1 + i] : 0.0;
-    }
-    if (u3[1] < ratio) {
-        *accepted = 1;
-        return y;
-    }
-    *accepted = 0;
-    int64_t r = bisect_right_far(f + 3 * Km + 1 + Sm, S, u3[2] * sc[2]);
-    if (r > ct[3])
-        r = ct[3];
-    return (int64_t)support[r];
+    CompactView view = {sl->floats + s * (3 * Km + 1 + 2 * Sm), sl->scalars + 3 * s, tk, tk + Km, ct,
+                        Km, Sm, ct[0], ct[1], sl->V, 0};
+    const Layout compact = {compact_draft, compact_ratio, compact_residual};
+    int64_t a;
+    int64_t x = step_rule(compact, &view, u3[0], u3[1], u3[2], proposed, &a);
+    *accepted = (uint8_t)a;
+    return x;
 }
 
 /* compact_chain(floats, tokens, scalars, counts, slot_of, last_used, u, prev, proposed, emitted, accepted,
