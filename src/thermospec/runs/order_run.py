@@ -31,8 +31,8 @@ from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.contexts import ContextChunk, run_order_chain, run_order_reference
 from thermospec.engine.pairs import PairCounts
 from thermospec.runs.checklist import guide_checklist
+from thermospec.runs.counted import CountedMode
 from thermospec.runs.prepare import PreparedRun, order_of
-from thermospec.runs.storage import METRICS_FILE, RecordFile
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
 from thermospec.runs.telemetry import context_fields
 
@@ -53,16 +53,15 @@ def order_lines(chunk: ContextChunk, tails: dict[int, str]) -> str:
     ])
 
 
-class OrderMode:
+class OrderMode(CountedMode):
     """``--order N`` (N > 2): one order-N chain, JSONL telemetry (or none); `run_dir` None runs in memory."""
 
     def __init__(self, run: PreparedRun, run_dir: Path | None, telemetry: str) -> None:
         target = order_of(run)
         if target is None:
             raise ValueError("OrderMode: the run's target is not an order-N target with N > 2")
-        self.run, self.target, self.telemetry = run, target, telemetry
-        self._file = RecordFile(run_dir / METRICS_FILE) if telemetry == "jsonl" and run_dir is not None else None
-        self.steps = self.accepted = 0
+        super().__init__(run, run_dir, telemetry)
+        self.target = target
         self.emitted_counts = np.zeros(target.V, dtype=np.int64)
         self.pairs = PairCounts(target.V)
         self._tails: dict[int, str] = {}
@@ -90,18 +89,6 @@ class OrderMode:
         self.emitted_counts += np.bincount(chunk.emitted, minlength=self.target.V)
         self.pairs.add(chunk.context, chunk.emitted)
         return len(chunk)
-
-    def close(self) -> str | None:
-        if self._file is None:
-            return None
-        self._file.close()
-        return self._file.hexdigest()
-
-    def tokens(self) -> int:
-        return self.steps
-
-    def complete(self) -> bool:
-        return self.steps >= self.run.config.steps
 
     def statistics(self, tests: bool = True) -> dict[str, Any]:
         """The run's aggregates; `tests` False leaves out the transition χ²."""

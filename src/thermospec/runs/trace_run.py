@@ -35,8 +35,8 @@ from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.pairs import PairCounts
 from thermospec.engine.positions import PositionChunk, run_positions, run_positions_reference
 from thermospec.runs.checklist import guide_checklist
+from thermospec.runs.counted import CountedMode
 from thermospec.runs.prepare import PreparedRun, trace_of
-from thermospec.runs.storage import METRICS_FILE, RecordFile
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
 from thermospec.runs.telemetry import context_fields
 from thermospec.targets.trace import TraceTarget
@@ -67,7 +67,7 @@ def trace_lines(chunk: PositionChunk, prev_text: list[str], tails: list[str]) ->
     ])
 
 
-class TraceMode:
+class TraceMode(CountedMode):
     """``--trace``: one teacher-forced run, JSONL telemetry (or none).
 
     On the vectorised engine when the TSUs sample their payload; otherwise (a
@@ -79,10 +79,9 @@ class TraceMode:
         trace = trace_of(run)
         if trace is None:
             raise ValueError("TraceMode: the run's target is not a trace")
-        self.run, self.trace, self.telemetry = run, trace, telemetry
-        self._file = RecordFile(run_dir / METRICS_FILE) if telemetry == "jsonl" and run_dir is not None else None
+        super().__init__(run, run_dir, telemetry)
+        self.trace = trace
         T, V = trace.positions, trace.V
-        self.steps = self.accepted = 0
         self.emitted_counts = np.zeros(V, dtype=np.int64)
         self.pairs = PairCounts(V)
         self._learned = np.zeros(T, dtype=np.bool_)
@@ -120,18 +119,6 @@ class TraceMode:
         self.emitted_counts += np.bincount(chunk.emitted, minlength=self.trace.V)
         self.pairs.add(chunk.position, chunk.emitted)
         return len(chunk)
-
-    def close(self) -> str | None:
-        if self._file is None:
-            return None
-        self._file.close()
-        return self._file.hexdigest()
-
-    def tokens(self) -> int:
-        return self.steps
-
-    def complete(self) -> bool:
-        return self.steps >= self.run.config.steps
 
     def statistics(self, tests: bool = True) -> dict[str, Any]:
         """The run's aggregates; `tests` False leaves out the two χ² (each a pass over the visited rows)."""
