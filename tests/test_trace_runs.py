@@ -217,11 +217,9 @@ def test_unsupported_combinations_are_refused_in_one_line(
 
 def test_a_recorder_output_runs_as_is(shakespeare: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("torch", reason="the hf extra (torch) is not installed")
+    torch: Any = pytest.importorskip("torch", reason="the hf extra (torch) is not installed")
     transformers: Any = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
     tokenizers: Any = pytest.importorskip("tokenizers", reason="tokenizers is not installed")
-    import torch
-
     from scripts import record_trace
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
