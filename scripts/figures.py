@@ -44,6 +44,7 @@ GAMMA_SWEEP = ("scripts.sweep_m1_grid", "--gammas", "1", "2", "4", "8", "--Ks", 
                "--steps", "50000")
 DRAFTS_SWEEP = ("scripts.sweep_drafts", "--corpus", "data/tinyshakespeare.txt", "--Ks", "8", "32",
                 "--steps", "20000")
+DRAFTS_SWEEP_SYNTHETIC = ("scripts.sweep_drafts", "--steps", "20000")
 PLOT = ("scripts.plot", FOLDER)
 
 RECIPES = (
@@ -53,6 +54,7 @@ RECIPES = (
     Recipe((GUIDE_SEEDS, PLOT), {"m1_seeds.png": "sweep_seeds.png"}),
     Recipe((GAMMA_SWEEP,), {"m1_speedup_vs_gamma.png": "speedup_vs_gamma.png"}),
     Recipe((DRAFTS_SWEEP,), {"m1_acceptance_vs_drafts.png": "drafts_acceptance.png"}),
+    Recipe((DRAFTS_SWEEP_SYNTHETIC,), {"m1_acceptance_vs_drafts.png": "drafts_acceptance_synthetic.png"}),
 )
 
 
