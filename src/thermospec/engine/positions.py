@@ -16,7 +16,7 @@ tokens (the tests pin it):
   kept with its metrics but no V-sized array (`PositionProposer`);
 - since the position of every step is known in advance, a block of steps is
   processed position by position, vectorised: each position's step tables
-  (`PositionTables`: the draft CDF over the K ids, in closed form between them,
+  (`VectorCompactTables`: the draft CDF over the K ids, in closed form between them,
   and the residual's running sum over its positive entries) are built at most
   once per block and kept up to a byte bound; the acceptance ratio
   ``p(y) / q(y)`` reads the target row (the trace's own row cache);
@@ -41,6 +41,7 @@ from thermospec.core.proposal import proposal_distribution
 from thermospec.engine.chain import ReportError, ReportVerifier
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.compact import compact_tables
+from thermospec.engine.step import VectorCompactTables, vector_compact_steps
 from thermospec.targets.trace import PositionTarget
 from thermospec.tsu.bounded import DRAFT_CACHE_BYTES, CompactTSU
 from thermospec.tsu.drafts import ContextDraft, DraftSource, Proposer
@@ -49,9 +50,8 @@ __all__ = [
     "POSITION_TABLE_BYTES",
     "PositionChunk",
     "PositionProposer",
-    "PositionTables",
+    "VectorCompactTables",
     "block_steps",
-    "position_steps",
     "position_tables",
     "run_positions",
     "run_positions_reference",
@@ -107,45 +107,7 @@ class PositionProposer(Proposer):
                             overlap_mass=overlap_mass(p, q), ce_gap_nats=ce_gap_nats(p, q))
 
 
-@dataclass(frozen=True, eq=False)
-class PositionTables:
-    """One position's step tables, O(K + r) entries (r: tokens where the residual is positive).
-
-    Attributes
-    ----------
-    ids, id_cdf, explicit_cum, eps, draft_total, draft_last
-        The draft half of `engine.compact.CompactTables`: the payload's ids in token
-        order, the draft CDF at each, F(ψ) summed over the ids, ε, the CDF's total
-        and the last token it reaches it at.
-    q_ids : ndarray of float64, shape (K,)
-        F(ψ) at each id (token order).
-    residual_tokens : ndarray of int64, shape (r,)
-        Increasing tokens of positive residual ``p - min(p, q)`` (of positive p where that is all 0).
-    residual_cum : ndarray of float64, shape (r,)
-        The dense running sum of that residual at those tokens.
-    residual_last : int
-        Index into `residual_tokens` where `residual_cum` reaches its total.
-    """
-
-    vocab_size: int
-    ids: NDArray[np.int64]
-    id_cdf: NDArray[np.float64]
-    explicit_cum: NDArray[np.float64]
-    eps: float
-    draft_total: float
-    draft_last: int
-    q_ids: NDArray[np.float64]
-    residual_tokens: NDArray[np.int64]
-    residual_cum: NDArray[np.float64]
-    residual_last: int
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the arrays."""
-        return int(self.ids.nbytes * 4 + self.residual_tokens.nbytes + self.residual_cum.nbytes + 256)
-
-
-def position_tables(p: NDArray[np.float64], payload: Payload) -> PositionTables:
+def position_tables(p: NDArray[np.float64], payload: Payload) -> VectorCompactTables:
     """Build one position's tables from its target row and the decoded payload its TSU runs on."""
     ids_sorted = np.sort(np.asarray(payload.ids, dtype=np.int64))
     draft = compact_tables(ids_sorted, p[ids_sorted], payload)  # its draft half; ids have p > 0
@@ -164,89 +126,11 @@ def position_tables(p: NDArray[np.float64], payload: Payload) -> PositionTables:
         tokens = np.flatnonzero(p)
         at = np.cumsum(p[tokens])
     tokens = tokens.astype(np.int64)
-    return PositionTables(
+    return VectorCompactTables(
         vocab_size=payload.vocab_size, ids=draft.ids, id_cdf=draft.id_cdf, explicit_cum=draft.explicit_cum,
         eps=draft.eps, draft_total=draft.draft_total, draft_last=draft.draft_last, q_ids=draft.q,
         residual_tokens=tokens, residual_cum=at, residual_last=int(np.searchsorted(at, at[-1], side="left")),
     )
-
-
-def _draft_tokens(tb: PositionTables, u: NDArray[np.float64]) -> NDArray[np.int64]:
-    """The TSU's draw for every uniform of `u`: ``min(first token whose draft CDF exceeds u * total, draft_last)``,
-    the rule of `engine.compact.first_above` (and of `inverse_cdf` on the dense CDF), vectorised."""
-    ids, V, eps = tb.ids, tb.vocab_size, tb.eps
-    target = u * tb.draft_total
-    J = np.searchsorted(tb.id_cdf, target, side="right")
-    hi = np.append(ids, V)[J]  # first id after the gap of tail tokens the draw may land in (V: none)
-    y = hi.copy()
-    if eps > 0:
-        lo = np.append(-1, ids)[J] + 1
-        base, shift = tb.explicit_cum[J], 1 - J  # tail token v has CDF float(v + shift) * eps + base
-        inside = (lo < hi) & ((hi - 1 + shift).astype(np.float64) * eps + base > target)
-        at = np.flatnonzero(inside)
-        if at.size:
-            y[at] = _first_above(lo[at], hi[at] - 1, shift[at], base[at], target[at], eps)
-    np.minimum(y, tb.draft_last, out=y)
-    return y
-
-
-def _first_above(lo: NDArray[np.int64], hi: NDArray[np.int64], shift: NDArray[np.int64],
-                 base: NDArray[np.float64], target: NDArray[np.float64], eps: float) -> NDArray[np.int64]:
-    """Least m in [lo, hi] with ``float(m + shift) * eps + base > target`` (true at hi), per element.
-
-    A binary search on the monotone predicate, started from the closed-form estimate
-    (a window of 5 checked at both ends, else the whole gap): the same m as
-    `engine.compact.first_above`'s search, in about 3 vector passes.
-    """
-
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        guess = np.floor((target - base) / eps) - shift + 1
-    guess = np.clip(np.nan_to_num(guess, nan=0.0), lo, hi).astype(np.int64)
-    a, b = np.maximum(guess - 2, lo), np.minimum(guess + 2, hi)
-    below = ~_above(np.maximum(a - 1, lo), shift, base, target, eps)
-    window = _above(b, shift, base, target, eps) & ((a == lo) | below)
-    a, b = np.where(window, a, lo), np.where(window, b, hi)
-    while True:
-        open_ = np.flatnonzero(a < b)
-        if not open_.size:
-            return a
-        m = (a[open_] + b[open_]) // 2
-        yes = _above(m, shift[open_], base[open_], target[open_], eps)
-        b[open_] = np.where(yes, m, b[open_])
-        a[open_] = np.where(yes, a[open_], m + 1)
-
-
-def _above(m: NDArray[np.int64], shift: NDArray[np.int64], base: NDArray[np.float64],
-           target: NDArray[np.float64], eps: float) -> NDArray[np.bool_]:
-    """Whether the draft CDF at tail token m (``float(m + shift) * eps + base``) exceeds `target`."""
-    result: NDArray[np.bool_] = (m + shift).astype(np.float64) * eps + base > target
-    return result
-
-
-def position_steps(
-    tb: PositionTables, p: NDArray[np.float64], u: NDArray[np.float64]
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
-    """Steps at one position: row i of `u` holds a step's three uniforms; return (proposed, emitted, accepted).
-
-    The same tokens as, step by step, ``SimTSU.draw`` (draft) and `accept_correct_step`
-    with the row `p` and ``q = F(ψ)`` of the decoded payload.
-    """
-    y = _draft_tokens(tb, u[:, 0])
-    K = int(tb.ids.shape[0])
-    k = np.minimum(np.searchsorted(tb.ids, y), K - 1)
-    q = np.where(tb.ids[k] == y, tb.q_ids[k], tb.eps)
-    ratio = np.zeros(y.shape[0], dtype=np.float64)
-    with np.errstate(over="ignore"):  # p / (subnormal q) is +inf, as in acceptance_ratio
-        np.divide(p[y], q, out=ratio, where=q > 0)
-    accepted = u[:, 1] < ratio
-    emitted = y.copy()
-    rejected = np.flatnonzero(~accepted)
-    if rejected.size:
-        total = float(tb.residual_cum[-1])
-        r = np.searchsorted(tb.residual_cum, u[rejected, 2] * total, side="right")
-        np.minimum(r, tb.residual_last, out=r)
-        emitted[rejected] = tb.residual_tokens[r]
-    return y, emitted, accepted
 
 
 class _TableCache:
@@ -258,11 +142,11 @@ class _TableCache:
 
     def __init__(self, target: PositionTarget, drafts: DraftSource, max_bytes: int) -> None:
         self.target, self.drafts, self.max_bytes = target, drafts, max_bytes
-        self.tables: dict[int, PositionTables] = {}
+        self.tables: dict[int, VectorCompactTables] = {}
         self.nbytes = 0
         self.builds = 0
 
-    def get(self, t: int) -> PositionTables:
+    def get(self, t: int) -> VectorCompactTables:
         found = self.tables.get(t)
         if found is not None:
             return found
@@ -327,7 +211,7 @@ def run_positions(
         for i in range(min(T, n)):
             t = (done + i) % T
             tables = cache.get(t)
-            proposed[i::T], emitted[i::T], accepted[i::T] = position_steps(tables, target.row(t), u[i::T])
+            proposed[i::T], emitted[i::T], accepted[i::T] = vector_compact_steps(tables, target.row(t), u[i::T])
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
             produced = PositionChunk(start=done + start, prev=position[part], proposed=proposed[part],

@@ -11,7 +11,8 @@ every stepper performs::
 Here it is `step_tokens` (one step, over any `StepTables`: dense ones,
 `DenseStepTables`, or the compact ones of `thermospec.engine.compact`) with its
 correction half `correct_token` (which the γ-block stepper also calls), and
-`vector_steps` (a step of many independent chains or draws at once, on arrays).
+`vector_steps` (a step of many independent chains or draws at once, on arrays of dense tables) with
+`vector_compact_steps` (many steps on one context's compact tables: a trace position's).
 The compiled kernel (``thermospec.engine._kernels``) is the third writing.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,12 +33,15 @@ __all__ = [
     "DenseStepTables",
     "StepArrays",
     "StepTables",
+    "VectorCompactTables",
     "cdf_entry",
     "correct_token",
     "draw_token",
     "python_steps",
     "step_tokens",
     "vector_bisect_right",
+    "vector_compact_steps",
+    "vector_correct",
     "vector_steps",
 ]
 
@@ -185,7 +190,144 @@ def vector_steps(
     """
     y = vector_bisect_right(flat, base, V, u[:, 0] * totals[:, 0])
     np.minimum(y, lasts[:, 0], out=y)
-    accepted: NDArray[np.bool_] = u[:, 1] < flat[base + V + y]
-    r = vector_bisect_right(flat, base + 2 * V, V, u[:, 2] * totals[:, 1])
-    np.minimum(r, lasts[:, 1], out=r)
-    return y, np.where(accepted, y, r), accepted
+
+    def residual_tokens(rows: NDArray[np.int64]) -> NDArray[np.int64]:
+        r = vector_bisect_right(flat, base[rows] + 2 * V, V, u[rows, 2] * totals[rows, 1])
+        np.minimum(r, lasts[rows, 1], out=r)
+        return r
+
+    emitted, accepted = vector_correct(y, flat[base + V + y], u[:, 1], residual_tokens)
+    return y, emitted, accepted
+
+
+def vector_correct(
+    y: NDArray[np.int64], ratio: NDArray[np.float64], u_accept: NDArray[np.float64],
+    residual_tokens: Callable[[NDArray[np.int64]], NDArray[np.int64]],
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """`correct_token` on arrays: accept draft i iff ``u_accept[i] < ratio[i]`` (strict), else its residual draw.
+
+    ``residual_tokens(rows)`` draws the residual of the rejected `rows` (with their own uniforms).
+    """
+    accepted: NDArray[np.bool_] = u_accept < ratio
+    emitted = y.copy()
+    rejected = np.flatnonzero(~accepted)
+    if rejected.size:
+        emitted[rejected] = residual_tokens(rejected)
+    return emitted, accepted
+
+
+@dataclass(frozen=True, eq=False)
+class VectorCompactTables:
+    """A context's (or position's) compact step tables for `vector_compact_steps`, O(K + r) entries.
+
+    Attributes
+    ----------
+    ids, id_cdf, explicit_cum, eps, draft_total, draft_last
+        The draft half of `engine.compact.CompactTables`: the payload's ids in token
+        order, the draft CDF at each, F(ψ) summed over the ids, ε, the CDF's total
+        and the last token it reaches it at.
+    q_ids : ndarray of float64, shape (K,)
+        F(ψ) at each id (token order).
+    residual_tokens : ndarray of int64, shape (r,)
+        Increasing tokens of positive residual ``p - min(p, q)`` (of positive p where that is all 0).
+    residual_cum : ndarray of float64, shape (r,)
+        The dense running sum of that residual at those tokens.
+    residual_last : int
+        Index into `residual_tokens` where `residual_cum` reaches its total.
+    """
+
+    vocab_size: int
+    ids: NDArray[np.int64]
+    id_cdf: NDArray[np.float64]
+    explicit_cum: NDArray[np.float64]
+    eps: float
+    draft_total: float
+    draft_last: int
+    q_ids: NDArray[np.float64]
+    residual_tokens: NDArray[np.int64]
+    residual_cum: NDArray[np.float64]
+    residual_last: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return int(self.ids.nbytes * 4 + self.residual_tokens.nbytes + self.residual_cum.nbytes + 256)
+
+
+def _draft_tokens(tb: VectorCompactTables, u: NDArray[np.float64]) -> NDArray[np.int64]:
+    """The TSU's draw for every uniform of `u`: ``min(first token whose draft CDF exceeds u * total, draft_last)``,
+    the rule of `engine.compact.first_above` (and of `inverse_cdf` on the dense CDF), vectorised."""
+    ids, V, eps = tb.ids, tb.vocab_size, tb.eps
+    target = u * tb.draft_total
+    J = np.searchsorted(tb.id_cdf, target, side="right")
+    hi = np.append(ids, V)[J]  # first id after the gap of tail tokens the draw may land in (V: none)
+    y = hi.copy()
+    if eps > 0:
+        lo = np.append(-1, ids)[J] + 1
+        base, shift = tb.explicit_cum[J], 1 - J  # tail token v has CDF float(v + shift) * eps + base
+        inside = (lo < hi) & ((hi - 1 + shift).astype(np.float64) * eps + base > target)
+        at = np.flatnonzero(inside)
+        if at.size:
+            y[at] = _first_above(lo[at], hi[at] - 1, shift[at], base[at], target[at], eps)
+    np.minimum(y, tb.draft_last, out=y)
+    return y
+
+
+def _first_above(lo: NDArray[np.int64], hi: NDArray[np.int64], shift: NDArray[np.int64],
+                 base: NDArray[np.float64], target: NDArray[np.float64], eps: float) -> NDArray[np.int64]:
+    """Least m in [lo, hi] with ``float(m + shift) * eps + base > target`` (true at hi), per element.
+
+    A binary search on the monotone predicate, started from the closed-form estimate
+    (a window of 5 checked at both ends, else the whole gap): the same m as
+    `engine.compact.first_above`'s search, in about 3 vector passes.
+    """
+
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        guess = np.floor((target - base) / eps) - shift + 1
+    guess = np.clip(np.nan_to_num(guess, nan=0.0), lo, hi).astype(np.int64)
+    a, b = np.maximum(guess - 2, lo), np.minimum(guess + 2, hi)
+    below = ~_above(np.maximum(a - 1, lo), shift, base, target, eps)
+    window = _above(b, shift, base, target, eps) & ((a == lo) | below)
+    a, b = np.where(window, a, lo), np.where(window, b, hi)
+    while True:
+        open_ = np.flatnonzero(a < b)
+        if not open_.size:
+            return a
+        m = (a[open_] + b[open_]) // 2
+        yes = _above(m, shift[open_], base[open_], target[open_], eps)
+        b[open_] = np.where(yes, m, b[open_])
+        a[open_] = np.where(yes, a[open_], m + 1)
+
+
+def _above(m: NDArray[np.int64], shift: NDArray[np.int64], base: NDArray[np.float64],
+           target: NDArray[np.float64], eps: float) -> NDArray[np.bool_]:
+    """Whether the draft CDF at tail token m (``float(m + shift) * eps + base``) exceeds `target`."""
+    result: NDArray[np.bool_] = (m + shift).astype(np.float64) * eps + base > target
+    return result
+
+
+def vector_compact_steps(
+    tb: VectorCompactTables, p: NDArray[np.float64], u: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
+    """Many steps on one context's compact tables: row i of `u` holds a step's three uniforms.
+
+    Returns (proposed, emitted, accepted).
+
+    The same tokens as, step by step, ``SimTSU.draw`` (draft) and `accept_correct_step`
+    with the row `p` and ``q = F(ψ)`` of the decoded payload.
+    """
+    y = _draft_tokens(tb, u[:, 0])
+    K = int(tb.ids.shape[0])
+    k = np.minimum(np.searchsorted(tb.ids, y), K - 1)
+    q = np.where(tb.ids[k] == y, tb.q_ids[k], tb.eps)
+    ratio = np.zeros(y.shape[0], dtype=np.float64)
+    with np.errstate(over="ignore"):  # p / (subnormal q) is +inf, as in acceptance_ratio
+        np.divide(p[y], q, out=ratio, where=q > 0)
+    def residual_tokens(rows: NDArray[np.int64]) -> NDArray[np.int64]:
+        r = np.searchsorted(tb.residual_cum, u[rows, 2] * float(tb.residual_cum[-1]), side="right")
+        np.minimum(r, tb.residual_last, out=r)
+        found: NDArray[np.int64] = tb.residual_tokens[r]
+        return found
+
+    emitted, accepted = vector_correct(y, ratio, u[:, 1], residual_tokens)
+    return y, emitted, accepted
