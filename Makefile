@@ -13,13 +13,16 @@ DEV_STAMP := $(VENV)/.installed-dev
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# make run needs only the runtime dependencies; make test adds the dev extra (which includes them).
+# make run needs only the runtime dependencies; make test adds the dev extra (which includes them) and the
+# hf extra, so that the trace recorder is tested on a tiny model: torch 2.13.0 first, the CPU wheel these
+# machines keep on disk (a bare `torch` would pull a CUDA build of several GB).
 $(RUN_STAMP): $(SOURCES) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
 $(DEV_STAMP): $(SOURCES) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,hf]'
 	touch $@ $(RUN_STAMP)
 
 run: $(RUN_STAMP)
