@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from thermospec.cli.m1 import main
+from thermospec.cli.sweep import grid_main
 from thermospec.core.metrics import ce_gap_nats
 from thermospec.targets.corpus import corpus_target, read_corpus
 
@@ -71,6 +72,7 @@ def test_small_corpus_has_no_negative_ce_gap_in_its_jsonl(tmp_path: Path, capsys
     ("--seed", str(2**70), "an integer in [0, 9223372036854775807]"),
     ("--eps", "-1e-9", ">= 0"),
     ("--tau", "0x10", "> 0"),
+    ("--eps", "1e-400", ">= 0"),
 ])
 def test_numbers_are_spelled_one_way(option: str, text: str, reason: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,3 +165,11 @@ def test_options_that_would_not_apply_are_refused(args: list[str], named: str, s
     status, _, err = run_cli(["run", *argv, "--runs-dir", str(tmp_path / "runs")], capsys)
     assert status == 2 and err.count("\n") == 1 and named in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_sweeps_say_a_file_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    assert grid_main(["--Ks", "8", "--taus", "1.0", "--seeds", "7", "--jobs", "1", "--runs-dir", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "File exists" not in err and err.count("\n") == 1

@@ -50,7 +50,10 @@ def number_option(text: str) -> float:
     body = text[1:] if text[:1] in "+-" else text
     if NUMBER.fullmatch(body) is None:
         return math.nan
-    return float(text) + 0.0  # + 0.0: "-0" is 0.0, never a recorded -0.0
+    value = float(text) + 0.0  # + 0.0: "-0" is 0.0, never a recorded -0.0
+    if value == 0 and any(d in "123456789" for d in body.split("e")[0].split("E")[0]):
+        return math.nan  # a non-zero number that float64 rounds to 0 (1e-400) is not the 0 the user wrote
+    return value
 
 
 def int_at_least(low: int, high: int | None = None) -> Any:

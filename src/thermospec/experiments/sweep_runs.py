@@ -81,6 +81,8 @@ class SweepResult:
 
 
 def _sweep_dir(runs_dir: str | Path) -> Path:
+    if Path(runs_dir).exists() and not Path(runs_dir).is_dir():
+        raise ConfigError(f"--runs-dir {runs_dir}: is a file, not a folder")
     try:
         return create_run_dir(Path(runs_dir))
     except OSError as exc:
@@ -211,8 +213,9 @@ def gamma_grid_sweep(
     """
     for option, values in (("--Ks", Ks), ("--taus", taus), ("--seeds", seeds), ("--gammas", gammas)):
         check_values(option, values)
-    if any(not (math.isfinite(c) and c >= 0) for c in cost_ratios):
-        raise ConfigError("--cost-ratios: each must be a finite number >= 0")
+    bad = [c for c in cost_ratios if not (math.isfinite(c) and c >= 0)]
+    if bad:
+        raise ConfigError(f"--cost-ratios: each must be a finite number >= 0, got {bad[0]}")
     prepare_run(dataclasses.replace(base, seed=seeds[0], K=Ks[0], tau=taus[0], steps=steps))  # refuse bad input now
     points = gamma_points(gammas, Ks, taus, seeds)
     with open_runner(jobs, scheduler) as runner, stop_signals() as stop:
