@@ -7,7 +7,6 @@ reason, exit with status 2 and write nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,32 +15,25 @@ from typing import Any
 from thermospec.api import checks_of, config
 from thermospec.cli.options import (
     CORPUS_HELP,
-    EXIT_BROKEN_PIPE,
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
-    EXIT_USAGE,
     OneLineParser,
     eps_option,
     fault_option,
+    guarded,
     int_at_least,
     non_negative_float,
     positive_float,
 )
 from thermospec.cli.report import headline, summary_table
-from thermospec.core.payload import PayloadError
 from thermospec.core.verifiers import VERIFIERS
 from thermospec.engine.blocks import BLOCKS_FILE
-from thermospec.engine.chain import ReportError
 from thermospec.runs.config import MAX_DRAFTS, MAX_SEED, MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
 from thermospec.runs.executor import check_mode_options, execute_run
-from thermospec.runs.interrupts import Terminated, install_termination_handler
 from thermospec.runs.prepare import inject_fault, prepare_run
 from thermospec.runs.progress import progress_bar
 from thermospec.runs.replay import ReplayError, load_replay, replay_matches
 from thermospec.runs.storage import METRICS_FILE, create_run_dir
 from thermospec.runs.telemetry import PARQUET_FILE
-from thermospec.targets.corpus import CorpusError
 from thermospec.targets.order import MAX_ORDER
 
 __all__ = ["main"]
@@ -290,32 +282,5 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m scripts.run_m1``; returns the exit status."""
-
     args = build_parser().parse_args(argv)
-    install_termination_handler()
-    try:
-        if args.command == "run":
-            return _cmd_run(args)
-        return _cmd_check(args)
-    except CorpusError as exc:
-        print(f"run_m1 {args.command}: error: --corpus {exc}", file=sys.stderr)
-    except (ConfigError, PayloadError) as exc:
-        print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"run_m1 {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Terminated:
-        print(f"run_m1 {args.command}: terminated (SIGTERM)", file=sys.stderr)
-        return EXIT_TERMINATED
-    except RuntimeError as exc:  # the TSU misreported a draw (engine.ReportError): one line, no traceback
-        if not isinstance(exc, ReportError):
-            raise
-        print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except BrokenPipeError:  # stdout closed early (piped into head): stop quietly, as a shell tool would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
-    except OSError as exc:  # a write failed mid-run (storage.OutputError: full disk...)
-        print(f"run_m1 {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_USAGE
+    return guarded(f"run_m1 {args.command}", _cmd_run if args.command == "run" else _cmd_check, args)

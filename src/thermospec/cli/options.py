@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
+import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-from thermospec.core.payload import EpsSpec
+from thermospec.core.payload import EpsSpec, PayloadError
+from thermospec.engine.chain import ReportError
+from thermospec.runs.config import ConfigError
+from thermospec.runs.interrupts import Terminated, install_termination_handler
+from thermospec.targets.corpus import CorpusError
 from thermospec.tsu.faults import Fault, FaultError
 
 EXIT_USAGE = 2
@@ -104,3 +111,35 @@ def eps_option(text: str) -> EpsSpec:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be 'auto' or a finite number >= 0, got {text!r}")
     return value
+
+
+def guarded(prog: str, command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; every expected failure is one line on stderr and an exit status, never a traceback.
+
+    Bad input (a corpus, an option, a payload): 2.  Ctrl-C: 130; SIGTERM: 143.  A TSU that
+    misreported a draw, or a write that failed mid-run (a full disk): 1.  stdout closed early
+    (piped into ``head``): 141, quietly, as a shell tool would.
+    """
+    install_termination_handler()  # SIGTERM outside a run's own guard: one line and 143, as for SIGINT
+    try:
+        return command(args)
+    except CorpusError as exc:
+        print(f"{prog}: error: --corpus {exc}", file=sys.stderr)
+    except (ConfigError, PayloadError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
+    except ReportError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:  # storage.OutputError and the like
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_USAGE

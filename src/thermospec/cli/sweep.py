@@ -11,24 +11,21 @@ lists the unfinished ones (stdout, ``sweep.json``), says how many are missing
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from thermospec.cli.options import (
     CORPUS_HELP,
-    EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     EXIT_USAGE,
     OneLineParser,
     eps_option,
+    guarded,
     int_at_least,
     positive_float,
 )
-from thermospec.core.payload import PayloadError
 from thermospec.experiments.gamma_sweep import SPEEDUP_PNG, format_gamma_table, plot_speedup
 from thermospec.experiments.grid import aggregate_grid, format_grid_table
 from thermospec.experiments.parallel import available_cores
@@ -40,9 +37,8 @@ from thermospec.experiments.sweeps import (
     context_label,
     target_of,
 )
-from thermospec.runs.config import MAX_SEED, MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
-from thermospec.runs.interrupts import Terminated, exit_status, install_termination_handler
-from thermospec.targets.corpus import CorpusError
+from thermospec.runs.config import MAX_SEED, MAX_SYNTHETIC_VOCAB, RunConfig
+from thermospec.runs.interrupts import exit_status
 
 __all__ = ["build_grid_parser", "build_plot_parser", "build_seed_parser", "grid_main", "plot_main", "seed_main"]
 
@@ -251,34 +247,14 @@ def _grid_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(prog: str, command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    install_termination_handler()  # SIGTERM outside the sweep proper: one line and 143, as for SIGINT
-    try:
-        return command(args)
-    except CorpusError as exc:
-        print(f"{prog}: error: --corpus {exc}", file=sys.stderr)
-    except (ConfigError, PayloadError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Terminated:
-        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
-        return EXIT_TERMINATED
-    except BrokenPipeError:  # stdout closed early (piped into head): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
-    return EXIT_USAGE
-
-
 def seed_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m scripts.sweep_m1``; returns the exit status."""
-    return _guarded("sweep_m1", _seed_sweep, build_seed_parser().parse_args(argv))
+    return guarded("sweep_m1", _seed_sweep, build_seed_parser().parse_args(argv))
 
 
 def grid_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m scripts.sweep_m1_grid``; returns the exit status."""
-    return _guarded("sweep_m1_grid", _grid_sweep, build_grid_parser().parse_args(argv))
+    return guarded("sweep_m1_grid", _grid_sweep, build_grid_parser().parse_args(argv))
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -298,4 +274,4 @@ def _plot(args: argparse.Namespace) -> int:
 
 def plot_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m scripts.plot``; returns the exit status."""
-    return _guarded("plot", _plot, build_plot_parser().parse_args(argv))
+    return guarded("plot", _plot, build_plot_parser().parse_args(argv))
