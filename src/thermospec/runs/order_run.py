@@ -29,7 +29,6 @@ import numpy as np
 from thermospec.core.statistics import context_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.contexts import ContextChunk, run_order_chain, run_order_reference
-from thermospec.engine.pairs import PairCounts
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
 from thermospec.runs.prepare import PreparedRun, order_of
@@ -60,10 +59,8 @@ class OrderMode(CountedMode):
         target = order_of(run)
         if target is None:
             raise ValueError("OrderMode: the run's target is not an order-N target with N > 2")
-        super().__init__(run, run_dir, telemetry)
+        super().__init__(run, run_dir, telemetry, target.V)
         self.target = target
-        self.emitted_counts = np.zeros(target.V, dtype=np.int64)
-        self.pairs = PairCounts(target.V)
         self._tails: dict[int, str] = {}
         self._metrics: dict[int, tuple[float, float, int, int]] = {}
         self._stats: dict[str, Any] | None = None
@@ -84,11 +81,7 @@ class OrderMode(CountedMode):
                 self._tails[c] = context_fields(draft).removesuffix("}\n") + f',"context":{text}}}\n'
         if self._file is not None:
             self._file.write(order_lines(chunk, self._tails))
-        self.steps += len(chunk)
-        self.accepted += int(np.count_nonzero(chunk.accepted))
-        self.emitted_counts += np.bincount(chunk.emitted, minlength=self.target.V)
-        self.pairs.add(chunk.context, chunk.emitted)
-        return len(chunk)
+        return self.count(chunk, chunk.context)
 
     def statistics(self, tests: bool = True) -> dict[str, Any]:
         """The run's aggregates; `tests` False leaves out the transition χ²."""

@@ -79,11 +79,9 @@ class TraceMode(CountedMode):
         trace = trace_of(run)
         if trace is None:
             raise ValueError("TraceMode: the run's target is not a trace")
-        super().__init__(run, run_dir, telemetry)
+        super().__init__(run, run_dir, telemetry, trace.V)
         self.trace = trace
-        T, V = trace.positions, trace.V
-        self.emitted_counts = np.zeros(V, dtype=np.int64)
-        self.pairs = PairCounts(V)
+        T = trace.positions
         self._learned = np.zeros(T, dtype=np.bool_)
         self._tails = [""] * T
         self._metrics: dict[int, tuple[float, float, int, int]] = {}
@@ -114,11 +112,7 @@ class TraceMode(CountedMode):
         self._learn(chunk.position)
         if self._file is not None:
             self._file.write(trace_lines(chunk, self._prev_text, self._tails))
-        self.steps += len(chunk)
-        self.accepted += int(np.count_nonzero(chunk.accepted))
-        self.emitted_counts += np.bincount(chunk.emitted, minlength=self.trace.V)
-        self.pairs.add(chunk.position, chunk.emitted)
-        return len(chunk)
+        return self.count(chunk, chunk.position)
 
     def statistics(self, tests: bool = True) -> dict[str, Any]:
         """The run's aggregates; `tests` False leaves out the two χ² (each a pass over the visited rows)."""
