@@ -10,7 +10,7 @@ Options: ``--quick`` (smaller sizes, for a smoke run), ``--repeats N``,
 temporary folder), ``--corpus PATH`` (text repeated to 100 MB for the counting
 figure; Tiny Shakespeare from data/ or ../shared/data/ by default), ``--only
 SECTION ...`` (run only those sections: sequential, naive, limit, identical,
-batch, telemetry, memory, vocab, corpus, startup).
+batch, telemetry, memory, vocab, corpus, startup, trace).
 
 The ``limit`` section compares thermospec with the same chain written as a
 minimal C loop compiled with ``-O3 -march=native`` (`benchmarks.limit`).
@@ -33,6 +33,7 @@ import numpy as np
 
 from benchmarks.limit import bench_limit
 from benchmarks.naive import naive_chain
+from benchmarks.trace import bench_trace
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.batch import run_batch
 from thermospec.engine.chain import run_chain, table_source
@@ -342,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(("vocab", lambda: bench_vocab((256, 4096, 65_536), repeats, quick)))
     sections.append(("corpus", lambda: bench_corpus(args.corpus, 10 if quick else 100)))
     sections.append(("startup", lambda: bench_startup(repeats)))
+    sections.append(("trace", lambda: bench_trace(64 if quick else 256, 200_000 if quick else 2_000_000)))
     if args.only is not None:
         unknown = set(args.only) - {name for name, _ in sections}
         if unknown:
