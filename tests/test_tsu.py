@@ -145,3 +145,19 @@ def test_chi2_catches_draws_from_a_slightly_different_law() -> None:
     tokens, _ = other.sample(np.random.default_rng(11), n)
     counts = np.bincount(tokens, minlength=V).astype(np.float64)
     assert pooled_chi2(counts, n * honest.q).p_value < ALPHA
+
+
+def test_every_tsu_that_reports_its_own_way_says_so() -> None:
+    """The host skips comparing reports only for TSUs whose `report_log_q` is SimTSU's own (log F(ψ))."""
+    import thermospec.tsu.bounded
+    import thermospec.tsu.faults
+    import thermospec.tsu.thrml  # noqa: F401 - every TSU class of the package is loaded
+
+    def subclasses(cls: type[SimTSU]) -> list[type[SimTSU]]:
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    found = subclasses(SimTSU)
+    assert found, "no SimTSU subclass found"
+    for cls in found:
+        overrides = any("report_log_q" in vars(c) for c in cls.__mro__[: cls.__mro__.index(SimTSU)])
+        assert cls.reports_exactly == (not overrides), cls.__name__

@@ -30,7 +30,6 @@ from thermospec.engine.step import vector_steps
 from thermospec.engine.tally import RunTally
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import ContextDraft, DraftSource
-from thermospec.tsu.sim import SimTSU
 
 __all__ = [
     "ContextTables",
@@ -132,7 +131,7 @@ class ReportVerifier:
 
     def _bad_tokens(self, x: int) -> NDArray[np.bool_]:
         found = self._bad.get(x)
-        if found is None and type(self._drafts(x).tsu).report_log_q is SimTSU.report_log_q:
+        if found is None and self._drafts(x).tsu.reports_exactly:
             # SimTSU's report is log F(ψ)[y] by construction (the expression below, evaluated by the
             # TSU itself): nothing to compare, and no O(V) work per context at large V.
             found = self._bad[x] = np.zeros(0, dtype=np.bool_)

@@ -7,7 +7,7 @@ reporting the exact float64 ``log q`` of each draw.  Nothing here sees the targe
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +51,14 @@ class SimTSU:
 
     samples_payload: ClassVar[bool] = True
     """Whether draws are exactly the inverse-CDF draws of F(ψ) (`draft_cdf`): table-driven paths rely on it."""
+    reports_exactly: ClassVar[bool] = True
+    """Whether `report_log_q` is SimTSU's own, log F(ψ) by construction, so the host need not compare it;
+    False, automatically, for every subclass that overrides `report_log_q` (`__init_subclass__`)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "report_log_q" in vars(cls):  # another report: the host compares it with log F(ψ)
+            cls.reports_exactly = False
 
     def __init__(self, payload: Payload | bytes) -> None:
         if isinstance(payload, bytes | bytearray | memoryview):
