@@ -79,7 +79,7 @@ def machine_class() -> str:
     """``avx512`` where NumPy dispatches its AVX-512F float64 loops, ``avx2`` on other x86-64, else the machine."""
     import platform
 
-    from numpy._core._multiarray_umath import __cpu_features__ as features
+    from numpy._core._multiarray_umath import __cpu_features__ as features  # type: ignore[import-not-found]
 
     if features.get("AVX512F") and features.get("AVX512_SKX"):
         return "avx512"
