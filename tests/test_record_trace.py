@@ -1,4 +1,4 @@
-"""scripts/record_trace.py on a tiny randomly initialised GPT-2 saved locally: rows are the model's log-softmax.
+"""``thermospec record-trace`` on a tiny random GPT-2 saved locally: rows are the model's log-softmax.
 
 Needs the optional ``hf`` extra (torch, transformers); nothing is downloaded: the
 tokenizer is trained here with ``tokenizers`` and the model built from a config.
@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from scripts import record_trace
-from thermospec.targets.trace import load_trace, softmax64
+from thermospec.cli import record_trace
+from thermospec.runs.interrupts import Terminated
+from thermospec.targets.trace import TraceWriter, load_trace, softmax64
 
 torch: Any = pytest.importorskip("torch", reason="the hf extra (torch) is not installed")
 transformers: Any = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
@@ -121,9 +122,101 @@ def test_float16_storage_and_refusals(tiny_model: tuple[Path, Path], tmp_path: P
         (["--model", str(folder), "--text", str(tmp_path / "none.txt"), "--positions", "5",
           "--out", str(tmp_path / "x.npz"), "--local-files-only"], "no such file"),
     ]:
-        with pytest.raises(SystemExit) as stop:
-            record_trace.main(argv)
-        assert stop.value.code != 0
+        assert exit_status(argv) == 2
         err = capsys.readouterr().err
         assert reason in err and err.count("\n") == 1, err
         assert not (tmp_path / "x.npz").exists() and not (tmp_path / "x.npz.part").exists()
+
+
+def exit_status(argv: list[str]) -> int:
+    """`record_trace.main`'s status, whether it returns it or argparse exits with it."""
+    try:
+        return record_trace.main(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    (["--window", "1000"], "context length is 64, got 1000"),  # was an IndexError traceback
+    (["--window", "1"], "--window: must be an integer >= 2"),  # was "the model states no context length"
+    (["--stride", "0"], "--stride: must be an integer >= 1"),  # was silently L // 2
+    (["--window", "16", "--stride", "17"], "--stride: must be in 1 .. 16"),
+])
+def test_window_and_stride_are_checked_against_the_model(
+    tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], reason: str
+) -> None:
+    folder, text = tiny_model
+    out = tmp_path / "t.npz"
+    argv = ["--model", str(folder), "--text", str(text), "--positions", "30", "--out", str(out), "--quiet", *extra]
+    assert exit_status(argv) == 2
+    err = capsys.readouterr().err
+    assert reason in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("model", "reason"), [
+    ("./no-such-model", "no such folder"),  # was transformers' "Repo id must be in the form ..."
+    ("nobody-here/no-such-model", "--download"),  # a Hub name not in the cache: never fetched unless asked
+])
+def test_a_missing_model_is_named_and_nothing_is_downloaded(
+    tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    model: str, reason: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download attempt would fail differently, not hang
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-cache"))
+    _, text = tiny_model
+    assert exit_status(["--model", model, "--text", str(text), "--positions", "5", "--out", "t.npz"]) == 2
+    err = capsys.readouterr().err
+    assert reason in err and f"--model {model}" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "t.npz").exists() and not (tmp_path / "t.npz.part").exists()
+
+
+def test_downloads_only_with_download(tiny_model: tuple[Path, Path], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, text = tiny_model
+    seen: list[dict[str, Any]] = []
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        original = auto.from_pretrained
+
+        def spy(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            seen.append(kwargs)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", spy)
+    base = ["--model", str(folder), "--text", str(text), "--positions", "8", "--quiet"]
+    assert record_trace.main([*base, "--out", str(tmp_path / "a.npz")]) == 0
+    assert len(seen) == 2 and all(kwargs.get("local_files_only") is True for kwargs in seen)
+    seen.clear()
+    assert record_trace.main([*base, "--out", str(tmp_path / "b.npz"), "--download"]) == 0
+    assert len(seen) == 2 and all("local_files_only" not in kwargs for kwargs in seen)
+
+
+@pytest.mark.parametrize(("stop", "status", "says"), [
+    (KeyboardInterrupt, 130, "interrupted"),  # was a KeyboardInterrupt traceback
+    (Terminated, 143, "terminated (SIGTERM)"),  # SIGTERM left the .part file
+    (OSError(28, "No space left on device"), 1, "No space left on device"),
+])
+def test_a_stop_mid_recording_is_one_line_and_leaves_nothing(
+    tiny_model: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, stop: BaseException, status: int, says: str,
+) -> None:
+    folder, text = tiny_model
+    write = TraceWriter.write
+    calls: list[int] = []
+
+    def write_then_stop(self: Any, rows: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the second window: the part file holds the first
+            assert self.path.with_name(self.path.name + ".part").exists()
+            raise stop
+        write(self, rows)
+
+    monkeypatch.setattr(TraceWriter, "write", write_then_stop)
+    out = tmp_path / "t.npz"
+    argv = ["--model", str(folder), "--text", str(text), "--positions", str(WINDOW + STRIDE), "--out", str(out),
+            "--stride", str(STRIDE), "--quiet"]
+    assert record_trace.main(argv) == status
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
