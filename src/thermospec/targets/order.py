@@ -35,12 +35,14 @@ from numpy.typing import NDArray
 from thermospec.targets.bigram import DenseTarget
 from thermospec.targets.corpus import corpus_target, read_corpus
 
-__all__ = ["MAX_ORDER", "ORDER_ROW_CACHE_BYTES", "OrderTarget", "order_target"]
+__all__ = ["MAX_ORDER", "ORDER_MOVES_BYTES", "ORDER_ROW_CACHE_BYTES", "ContextMoves", "OrderTarget", "order_target"]
 
 MAX_ORDER = 16
 """Largest N: the index holds N columns of the corpus length."""
 ORDER_ROW_CACHE_BYTES = 64 * 1024 * 1024
 """Memory bound of an order-N target's cache of float64 rows (129,000 rows at V = 65)."""
+ORDER_MOVES_BYTES = 256 * 1024 * 1024
+"""Memory bound of an order-N target's move table (`ContextMoves`: 4 bytes per context and token)."""
 
 
 class OrderTarget:
@@ -94,6 +96,7 @@ class OrderTarget:
         self._hi: list[int] = list(self._first_hi)
         self.row_capacity = max(1, row_cache_bytes // (8 * V))
         self._rows: _lru_cache_wrapper[NDArray[np.float64]] = lru_cache(maxsize=self.row_capacity)(self._build_row)
+        self._moves: dict[int, ContextMoves | None] = {}
 
     @property
     def V(self) -> int:
@@ -224,6 +227,63 @@ class OrderTarget:
         """How many rows the cache holds (at most `row_capacity`)."""
         return int(self._rows.cache_info().currsize)
 
+    def moves(self, max_bytes: int = ORDER_MOVES_BYTES) -> ContextMoves | None:
+        """The contexts as an automaton (`ContextMoves`), built once; None if its table exceeds `max_bytes`."""
+        if max_bytes not in self._moves:
+            self._moves[max_bytes] = self._build_moves(max_bytes)
+        return self._moves[max_bytes]
+
+    def _build_moves(self, max_bytes: int) -> ContextMoves | None:
+        V, depth = self.V, self.order - 1
+        ends = int(self._followers.shape[0])
+        change = np.zeros(ends, dtype=np.bool_)
+        change[0] = True
+        starts: list[NDArray[np.int64]] = []  # the groups of each length (index order), as index ranges
+        stops: list[NDArray[np.int64]] = []
+        for column in self._columns:
+            change[1:] |= column[1:] != column[:-1]
+            every = np.flatnonzero(change)
+            real = column[every] > 0  # no position before the corpus' start
+            starts.append(every[real])
+            stops.append(np.append(every[1:], ends)[real])
+        counts = [V] + [int(s.shape[0]) for s in starts[1:]]
+        states = sum(counts)
+        if states * V * 4 > max_bytes:
+            return None
+        offset = np.cumsum([0, *counts]).tolist()  # states of length L: offset[L - 1] ..
+        length = np.repeat(np.arange(1, depth + 1, dtype=np.int64), counts)
+        lo = np.concatenate([np.array(self._first_lo, dtype=np.int64), *starts[1:]])
+        hi = np.concatenate([np.array(self._first_hi, dtype=np.int64), *stops[1:]])
+        parent = np.full(states, -1, dtype=np.int64)  # the state of the newest L - 1 tokens
+        oldest = np.arange(states, dtype=np.int64)  # the oldest token (a one-token state's own)
+        keys: list[NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]  # by length - 1: parent * (V + 1) + code
+        for L in range(2, depth + 1):
+            at = starts[L - 1]
+            if L == 2:
+                up = self._columns[0][at].astype(np.int64) - 1
+            else:
+                up = offset[L - 2] + np.searchsorted(starts[L - 2], at, side="right") - 1
+            code = self._columns[L - 1][at].astype(np.int64)
+            parent[offset[L - 1]:offset[L]] = up
+            oldest[offset[L - 1]:offset[L]] = code - 1
+            keys.append(up * (V + 1) + code)
+        table = np.empty((states, V), dtype=np.int32)
+        block = max(1, (1 << 20) // V)
+        for L in range(1, depth + 1):
+            for a in range(offset[L - 1], offset[L], block):
+                b = min(a + block, offset[L])
+                rows = (np.broadcast_to(np.arange(V, dtype=np.int64), (b - a, V)) if L == 1
+                        else table[parent[a:b]].astype(np.int64))
+                if depth > L:  # a move that kept the newest L tokens may add this context's oldest one
+                    key = rows * (V + 1) + (oldest[a:b, None] + 1)
+                    found = np.searchsorted(keys[L], key)
+                    inside = np.minimum(found, keys[L].shape[0] - 1)
+                    longer = (length[rows] == L) & (found < keys[L].shape[0])
+                    longer &= keys[L][inside] == key if keys[L].shape[0] else False
+                    rows = np.where(longer, offset[L] + found, rows)
+                table[a:b] = rows
+        return ContextMoves(self, table.reshape(-1), length, lo, hi)
+
     def frequent_contexts(self, count: int = 4) -> list[int]:
         """Ids of the `count` most frequent full contexts (N - 1 tokens followed by a token) of the corpus.
 
@@ -244,6 +304,53 @@ class OrderTarget:
         if depth == 1:
             return [int(self._columns[0][starts[i]]) - 1 for i in best]
         return [self._intern(depth, int(starts[i]), int(starts[i] + sizes[i])) for i in best]
+
+
+class ContextMoves:
+    """An order-N target's contexts as a finite automaton: ``next[s * V + y]`` is the state after y in state s.
+
+    The context after emitting y depends only on the context and y: if ``w + y`` is a
+    seen suffix of ``h + y`` then w is a seen suffix of h no longer than h's effective
+    one.  So every context of the corpus (each distinct suffix of 1 .. N - 1 tokens it
+    holds followed by a token) is a state: states ``0 .. V-1`` are the one-token
+    contexts (the token), then the longer ones by length and index order.  A state's
+    target id (`context`) is interned on first use, so the ids keep the order in which a
+    chain meets its contexts, as `OrderTarget.next_context` step by step would.
+    Build it with `OrderTarget.moves`.
+
+    Attributes
+    ----------
+    next : ndarray of int32, shape (states * V,)
+        The move table.
+    states : int
+        Number of states.
+    """
+
+    def __init__(self, target: OrderTarget, table: NDArray[np.int32], length: NDArray[np.int64],
+                 lo: NDArray[np.int64], hi: NDArray[np.int64]) -> None:
+        self.target = target
+        self.next = table
+        self.states = int(length.shape[0])
+        self._length, self._lo, self._hi = length.tolist(), lo.tolist(), hi.tolist()
+        self._ids = np.full(self.states, -1, dtype=np.int64)
+        self._ids[:target.V] = np.arange(target.V)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the move table."""
+        return int(self.next.nbytes)
+
+    def context(self, state: int) -> int:
+        """The target's id of a state's context (interned on first use)."""
+        cid = int(self._ids[state])
+        if cid < 0:
+            cid = self._ids[state] = self.target._intern(self._length[state], self._lo[state], self._hi[state])
+        return cid
+
+    def contexts(self, states: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The target's ids of states whose contexts were interned (by `context`), as one gather."""
+        ids: NDArray[np.int64] = self._ids[states]
+        return ids
 
 
 def order_target(path: str | Path, order: int, *, row_cache_bytes: int = ORDER_ROW_CACHE_BYTES) -> OrderTarget:
