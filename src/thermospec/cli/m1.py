@@ -106,10 +106,10 @@ def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> Non
                         "k-sequential selection, or the optimal transport verifier (default: recursive)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "run_m1") -> argparse.ArgumentParser:
     """The ``run_m1`` parser with its ``run`` and ``check`` commands."""
     parser = OneLineParser(
-        prog="run_m1",
+        prog=prog,
         description="Thermo-Speculative Decoding, milestone M1: a bigram target drafted by a TSU.",
         epilog="examples:\n  python -m scripts.run_m1 run\n"
         "  python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --K 64\n"
@@ -280,7 +280,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if failed == 0 else EXIT_FAILED
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "run_m1") -> int:
     """Entry point of ``python -m scripts.run_m1``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return guarded(f"run_m1 {args.command}", _cmd_run if args.command == "run" else _cmd_check, args)
+    args = build_parser(prog).parse_args(argv)
+    return guarded(f"{prog} {args.command}", _cmd_run if args.command == "run" else _cmd_check, args)

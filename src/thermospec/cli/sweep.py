@@ -92,10 +92,10 @@ def _add_execution_options(parser: argparse.ArgumentParser) -> None:
                        help="no progress bar (none is drawn unless stderr is a terminal)")
 
 
-def build_seed_parser() -> argparse.ArgumentParser:
+def build_seed_parser(prog: str = "sweep_m1") -> argparse.ArgumentParser:
     """The ``sweep_m1`` parser: the run options of ``run_m1 run`` with several seeds."""
     parser = OneLineParser(
-        prog="sweep_m1",
+        prog=prog,
         description="One full M1 run per seed; print a per-seed table with mean ± std and write "
         "RUNS_DIR/<UTC timestamp>/m1_seeds.csv (each seed's telemetry and summary in seed_<S>/).",
         epilog=SEED_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -114,10 +114,10 @@ def build_seed_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_grid_parser() -> argparse.ArgumentParser:
+def build_grid_parser(prog: str = "sweep_m1_grid") -> argparse.ArgumentParser:
     """The ``sweep_m1_grid`` parser: a (K, τ, seed) grid on one fixed context."""
     parser = OneLineParser(
-        prog="sweep_m1_grid",
+        prog=prog,
         description="For each (K, τ, seed): STEPS fixed-context proposals and corrections. Print a table "
         "aggregated over seeds and write RUNS_DIR/<UTC timestamp>/m1_sweep.csv, one row per (K, τ, seed).",
         epilog=GRID_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -147,10 +147,10 @@ def build_grid_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_plot_parser() -> argparse.ArgumentParser:
+def build_plot_parser(prog: str = "plot") -> argparse.ArgumentParser:
     """The ``plot`` parser."""
     parser = OneLineParser(
-        prog="plot",
+        prog=prog,
         description="Write PNG figures beside the data of a folder: a run (m1_metrics.jsonl or .parquet), a "
         "--gamma run (m1_blocks.jsonl), a --chains run (chain_<b>/), a grid, seed or γ sweep (m1_sweep.csv, "
         "m1_seeds.csv, m1_gamma_sweep.csv). Each figure's title says what was run.",
@@ -247,14 +247,14 @@ def _grid_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def seed_main(argv: Sequence[str] | None = None) -> int:
+def seed_main(argv: Sequence[str] | None = None, prog: str = "sweep_m1") -> int:
     """Entry point of ``python -m scripts.sweep_m1``; returns the exit status."""
-    return guarded("sweep_m1", _seed_sweep, build_seed_parser().parse_args(argv))
+    return guarded(prog, _seed_sweep, build_seed_parser(prog).parse_args(argv))
 
 
-def grid_main(argv: Sequence[str] | None = None) -> int:
+def grid_main(argv: Sequence[str] | None = None, prog: str = "sweep_m1_grid") -> int:
     """Entry point of ``python -m scripts.sweep_m1_grid``; returns the exit status."""
-    return guarded("sweep_m1_grid", _grid_sweep, build_grid_parser().parse_args(argv))
+    return guarded(prog, _grid_sweep, build_grid_parser(prog).parse_args(argv))
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -272,6 +272,6 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def plot_main(argv: Sequence[str] | None = None) -> int:
+def plot_main(argv: Sequence[str] | None = None, prog: str = "plot") -> int:
     """Entry point of ``python -m scripts.plot``; returns the exit status."""
-    return guarded("plot", _plot, build_plot_parser().parse_args(argv))
+    return guarded(prog, _plot, build_plot_parser(prog).parse_args(argv))
