@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "thermospec"
-LEVEL = {"core": 0, "targets": 1, "tsu": 1, "engine": 2, "runs": 3, "analysis": 4, "experiments": 5, "api": 6, "cli": 7}
+LEVEL = {"core": 0, "targets": 1, "tsu": 1, "engine": 2, "runs": 3, "analysis": 4, "experiments": 5, "api": 6, "cli": 7,
+         "__main__": 8}  # python -m thermospec: the thermospec command, above every layer
 MAX_LINES = 450
 # The one function-local import of the package: the optional compiled kernel, loaded on first use.
 LOCAL_IMPORT_ALLOWED = {
