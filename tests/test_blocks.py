@@ -26,6 +26,7 @@ from thermospec.engine.blocks import (
 )
 from thermospec.engine.chain import dense_matrices
 from thermospec.engine.chunks import BlockChunk
+from thermospec.engine.keys import BigramSource
 from thermospec.engine.tally import BlockTally
 from thermospec.runs.block_run import batch_means_se, block_lines, summarise_blocks
 from thermospec.runs.config import RunConfig
@@ -42,13 +43,14 @@ def concat(chunks: list[BlockChunk]) -> BlockChunk:
         drafted=np.concatenate([c.drafted for c in chunks]),
         accepted_length=np.concatenate([c.accepted_length for c in chunks]),
         final=np.concatenate([c.final for c in chunks]),
+        draft_keys=np.concatenate([c.draft_keys for c in chunks]),
     )
 
 
 def blocks_of(run: PreparedRun, gamma: int, steps: int, seed: int, chunk: int = 1 << 13) -> BlockChunk:
     t = run.target
     rng = random_stream(seed, Stream.CHAIN)
-    return concat(list(run_blocks(t.row, t.pi, run.proposer.draft, gamma, steps, rng, chunk=chunk)))
+    return concat(list(run_blocks(BigramSource(t), run.proposer.draft, gamma, steps, rng, chunk=chunk)))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_fast_blocks_equal_the_reference_token_for_token(config: RunConfig, gamm
     t = run.target
     for seed in (0, 1):
         fast = blocks_of(run, gamma, 2_000, seed, chunk=97)  # chunk boundaries inside the run
-        ref = run_blocks_reference(t.row, t.pi, run.proposer.draft, gamma, 2_000,
+        ref = run_blocks_reference(BigramSource(t), run.proposer.draft, gamma, 2_000,
                                    random_stream(seed, Stream.CHAIN))
         assert np.array_equal(fast.context, ref.context)
         assert np.array_equal(fast.drafted, ref.drafted)
@@ -88,7 +90,7 @@ def test_fast_blocks_equal_the_reference_on_the_corpus(shakespeare: Path) -> Non
     run = prepare_run(RunConfig(corpus=str(shakespeare), K=4))
     t = run.target
     fast = blocks_of(run, 4, 3_000, 7)
-    ref = run_blocks_reference(t.row, t.pi, run.proposer.draft, 4, 3_000, random_stream(7, Stream.CHAIN))
+    ref = run_blocks_reference(BigramSource(t), run.proposer.draft, 4, 3_000, random_stream(7, Stream.CHAIN))
     assert np.array_equal(fast.emitted_tokens(), ref.emitted_tokens())
     assert np.array_equal(fast.drafted, ref.drafted)
 
@@ -116,7 +118,7 @@ def test_same_seed_same_blocks_and_gamma_is_checked(small_run: PreparedRun) -> N
     assert np.array_equal(a.emitted_tokens(), b.emitted_tokens())
     t = small_run.target
     with pytest.raises(ValueError, match="--gamma"):
-        next(run_blocks(t.row, t.pi, small_run.proposer.draft, 0, 10, random_stream(0, Stream.CHAIN)))
+        next(run_blocks(BigramSource(t), small_run.proposer.draft, 0, 10, random_stream(0, Stream.CHAIN)))
 
 
 # --- exactness: χ² of the emitted chain, and a negative control --------------------------------------
@@ -153,7 +155,7 @@ def test_negative_control_a_misreporting_tsu_is_detected() -> None:
         return dataclasses.replace(draft, tsu=TemperedTSU(draft.payload_bytes))
 
     rng = random_stream(12, Stream.CHAIN)
-    blocks = concat(list(run_blocks(t.row, t.pi, faulty, 3, 200_000, rng)))
+    blocks = concat(list(run_blocks(BigramSource(t), faulty, 3, 200_000, rng)))
     p = block_transition_chi2(blocks, t.row, t.V).p_value
     assert p < 1e-6
 
@@ -397,10 +399,10 @@ def test_blocks_on_compact_tables_are_the_dense_blocks_and_the_reference(config:
     sparse = sparse_rows(run)
     assert sparse is not None
     t = run.target
-    dense = concat(list(run_blocks(t.row, t.pi, run.proposer.draft, 3, 1500, random_stream(1, Stream.CHAIN))))
-    compact = concat(list(run_blocks(t.row, t.pi, run.proposer.draft, 3, 1500, random_stream(1, Stream.CHAIN),
+    dense = concat(list(run_blocks(BigramSource(t), run.proposer.draft, 3, 1500, random_stream(1, Stream.CHAIN))))
+    compact = concat(list(run_blocks(BigramSource(t), run.proposer.draft, 3, 1500, random_stream(1, Stream.CHAIN),
                                      sparse=sparse)))
-    reference = run_blocks_reference(t.row, t.pi, run.proposer.draft, 3, 300, random_stream(1, Stream.CHAIN))
+    reference = run_blocks_reference(BigramSource(t), run.proposer.draft, 3, 300, random_stream(1, Stream.CHAIN))
     for field_name in ("context", "drafted", "accepted_length", "final"):
         np.testing.assert_array_equal(getattr(dense, field_name), getattr(compact, field_name))
         n = len(getattr(reference, field_name))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,13 @@ CASES: dict[str, list[str]] = {
     "thrml": ["--tsu", "thrml", "--vocab", "16", "--K", "4", "--steps", "300"],
 }
 SWEEP_COMMANDS = {"grid": grid_main, "seeds": seed_main}
+ADDED_KEYS: dict[str, set[str]] = {
+    # Summary keys added on purpose since the digests were recorded (README: what changed); a summary may
+    # change only by added keys, and these are left out of its digest.
+    # 2026-12-06, issue 16: a --gamma summary carries the guide's acceptance over verified positions.
+    "gamma4": {"verified_positions", "accept_rate", "mean_overlap", "accept_overlap_gap"},
+    "corpus_gamma4": {"verified_positions", "accept_rate", "mean_overlap", "accept_overlap_gap"},
+}
 
 
 def machine_class() -> str:
@@ -98,13 +106,15 @@ def corpus_path() -> Path | None:
     return next((p for p in CORPUS_CANDIDATES if p.is_file()), None)
 
 
-def summary_digest(path: Path) -> str:
+def summary_digest(path: Path, added: Collection[str] = ()) -> str:
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: strip(v) for k, v in node.items() if k not in VOLATILE}
         return node
 
     document = strip(json.loads(path.read_text()))
+    for key in added:
+        document.pop(key, None)
     for part in ("target", "config"):  # the corpus' and trace's paths differ between machines
         for key in ("corpus", "trace"):
             document.get(part, {}).pop(key, None)
@@ -149,7 +159,8 @@ def run_case(name: str, tmp: Path) -> dict[str, str]:
         # Figures and a sweep's own record (sweep.json) are not pinned: issue 8 changes them on purpose.
         if path.is_file() and path.suffix != ".png" and path.name != "sweep.json":
             key = str(path.relative_to(run_dir))
-            digests[key] = summary_digest(path) if path.name == "summary.json" else file_digest(path)
+            digests[key] = (summary_digest(path, ADDED_KEYS.get(name, set())) if path.name == "summary.json"
+                            else file_digest(path))
     return digests
 
 

@@ -11,6 +11,7 @@ from thermospec.core.expectation import EXPECTATION_MAX_V, block_expectation
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.blocks import block_transition_chi2, fixed_context_blocks, run_blocks
 from thermospec.engine.chain import dense_matrices
+from thermospec.engine.keys import BigramSource
 from thermospec.engine.tally import BlockTally
 from thermospec.runs.block_run import batch_means_se, length_se_floor
 from thermospec.runs.checklist import CheckResult, psi_size_check
@@ -49,7 +50,7 @@ def run_block_checks(run: Any, check_steps: int) -> list[Any]:
         detail=f"{passing}/{len(contexts)} with p > 0.05 [{shown}]",
     )]
     tally = BlockTally(target.V, gamma)
-    for chunk in run_blocks(target.row, target.pi, run.proposer.draft, gamma, config.steps,
+    for chunk in run_blocks(BigramSource(target), run.proposer.draft, gamma, config.steps,
                             random_stream(config.seed, Stream.CHAIN), sparse=sparse_rows(run)):
         tally.update(chunk)
     lengths = tally.accepted_lengths()

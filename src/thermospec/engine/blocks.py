@@ -1,4 +1,9 @@
-"""γ-token speculative blocks (Leviathan et al. 2023, Algorithm 1) on the bigram chain.
+"""γ-token speculative blocks (Leviathan et al. 2023, Algorithm 1) over any context source.
+
+Written below for the bigram chain, where the key of a step is the previous
+token; on order-N contexts and on a trace's positions (`engine.keys`) the same
+block runs with "the context of the next draft" read as ``source.advance(key,
+drafted token)`` (on a trace: the next position, teacher-forced).
 
 A block starts at context ``x`` (the last emitted token).  The TSU drafts γ
 tokens autoregressively: draft ``y_1`` from ψ(x), ``y_2`` from ψ(y_1), ...,
@@ -36,9 +41,10 @@ from thermospec.core.acceptance import accept_correct_step
 from thermospec.core.expectation import EXPECTATION_MAX_V
 from thermospec.core.sampling import inverse_cdf
 from thermospec.core.statistics import Chi2Result, context_chi2
-from thermospec.engine.chain import context_tables, start_token
+from thermospec.engine.chain import context_tables
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.compact import CompactStepTables, CompactTables, SparseRows, compact_source
+from thermospec.engine.keys import ContextSource, memoised_advance
 from thermospec.engine.step import DenseStepTables, cdf_entry, correct_token, draw_token
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import ContextDraft, DraftSource
@@ -123,48 +129,66 @@ class _TableCache:
         return self._tables(x)
 
 
-def _block(table: Callable[[int], _BlockTable], x: int, u: list[float], gamma: int) -> tuple[list[int], int, int]:
-    """One block from context x with its ``2γ + 1`` uniforms: (drafts, accepted length, final token)."""
-    ys = []
+def _block(table: Callable[[int], _BlockTable], advance: Callable[[int, int], int], x: int, u: list[float],
+           gamma: int) -> tuple[list[int], list[int], int, int]:
+    """One block from key x with its ``2γ + 1`` uniforms: (drafts, their keys, accepted length, final token).
+
+    Draft i is drawn in key ``c_i`` (``c_0 = x``, ``c_{i+1} = advance(c_i, y_i)``) and verified there; the
+    bonus token is drawn in ``advance(c_{γ-1}, y_γ)``.
+    """
+    ys, keys = [], []
     c = x
     for i in range(gamma):
-        c = table(c).draft_token(u[i])
-        ys.append(c)
-    c = x
+        y = table(c).draft_token(u[i])
+        ys.append(y)
+        keys.append(c)
+        c = advance(c, y)
     for i in range(gamma):  # the step rule on each draft in turn: the first rejection ends the block
-        z, accepted = correct_token(table(c), ys[i], u[gamma + i], u[2 * gamma])
+        z, accepted = correct_token(table(keys[i]), ys[i], u[gamma + i], u[2 * gamma])
         if not accepted:
-            return ys, i, z
-        c = z
-    return ys, gamma, table(c).bonus_token(u[2 * gamma])
+            return ys, keys, i, z
+    return ys, keys, gamma, table(c).bonus_token(u[2 * gamma])
+
+
+def _chunk(start: int, first_step: list[int], context: list[int], drafted: list[list[int]], keys: list[list[int]],
+           accepted_length: list[int], final: list[int], gamma: int) -> BlockChunk:
+    n = len(context)
+    return BlockChunk(
+        start=start,
+        first_step=np.array(first_step, dtype=np.int64),
+        context=np.array(context, dtype=np.int64),
+        drafted=np.array(drafted, dtype=np.int64).reshape(n, gamma),
+        accepted_length=np.array(accepted_length, dtype=np.int64),
+        final=np.array(final, dtype=np.int64),
+        draft_keys=np.array(keys, dtype=np.int64).reshape(n, gamma),
+    )
 
 
 def fixed_context_blocks(
     row: RowSource, drafts: DraftSource, V: int, x: int, gamma: int, n: int, rng: np.random.Generator,
     sparse: SparseRows | None = None,
 ) -> BlockChunk:
-    """`n` independent blocks, each started at context `x` (same per-block layout as the chain)."""
+    """`n` independent blocks of a bigram chain, each started at context `x` (same per-block layout as the chain)."""
     table = _TableCache(row, drafts, V, TABLE_CACHE_BYTES, sparse)
-    drafted, accepted_length, final = [], [], []
+    drafted, keys, accepted_length, final = [], [], [], []
     for u in rng.random((n, 2 * gamma + 1)).tolist():
-        ys, n_acc, z = _block(table, x, u, gamma)
+        ys, cs, n_acc, z = _block(table, _token_is_key, x, u, gamma)
         drafted.append(ys)
+        keys.append(cs)
         accepted_length.append(n_acc)
         final.append(z)
     lengths = np.array(accepted_length, dtype=np.int64)
-    return BlockChunk(
-        start=0,
-        first_step=np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64),
-        context=np.full(n, x, dtype=np.int64),
-        drafted=np.array(drafted, dtype=np.int64).reshape(n, gamma),
-        accepted_length=lengths,
-        final=np.array(final, dtype=np.int64),
-    )
+    first_step = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64).tolist()
+    return _chunk(0, first_step, [x] * n, drafted, keys, accepted_length, final, gamma)
+
+
+def _token_is_key(key: int, token: int) -> int:
+    """The bigram chain's move: the emitted token is the next context."""
+    return token
 
 
 def run_blocks(
-    row: RowSource,
-    pi: NDArray[np.float64],
+    source: ContextSource,
     drafts: DraftSource,
     gamma: int,
     steps: int,
@@ -177,26 +201,24 @@ def run_blocks(
 
     Parameters
     ----------
-    row : callable
-        ``row(x)`` is the target ``p(. | x)``.
-    pi : ndarray of float64, shape (V,)
-        Start distribution.
+    source : ContextSource
+        The keys (`engine.keys`): the bigram chain, order-N contexts or a trace's positions.
     drafts : callable
-        ``drafts(x)`` gives the `ContextDraft` of context x.
+        ``drafts(key)`` gives the `ContextDraft` of a key.
     gamma : int
         Drafts per block, >= 1.
     steps : int
         Blocks run until the chain holds at least this many tokens; the last
         block is kept whole, so up to ``gamma`` more tokens may be emitted.
     rng : numpy.random.Generator
-        The chain's random stream (layout in the module docstring).
+        The chain's random stream (layout in the module docstring; a trace starts without a uniform).
     chunk : int
         Blocks per yielded chunk; memory stays flat in `steps`.
     table_bytes : int
-        Memory bound of the per-context table cache.
+        Memory bound of the per-key table cache.
     sparse : SparseRows, optional
         The target's rows by their supports (`thermospec.runs.sparse_rows`): compact tables,
-        O(K + s) per context instead of O(V), the same tokens.
+        O(K + s) per key instead of O(V), the same tokens.
 
     Yields
     ------
@@ -204,9 +226,9 @@ def run_blocks(
     """
     if not 1 <= gamma <= MAX_GAMMA:
         raise ValueError(f"--gamma: must be an integer in 1 .. {MAX_GAMMA}, got {gamma}")
-    V = int(pi.shape[0])
-    table = _TableCache(row, drafts, V, table_bytes, sparse)
-    x = start_token(pi, rng)
+    table = _TableCache(source.row, drafts, source.V, table_bytes, sparse)
+    advance = _token_is_key if source.keys_are_tokens else memoised_advance(source)
+    x = source.start(rng)
     emitted_total = 0
     blocks_done = 0
     width = 2 * gamma + 1
@@ -216,27 +238,23 @@ def run_blocks(
         first_step: list[int] = []
         context: list[int] = []
         drafted: list[list[int]] = []
+        keys: list[list[int]] = []
         accepted_length: list[int] = []
         final: list[int] = []
         for u in uniforms:
             if emitted_total >= steps:
                 break
-            ys, n_acc, z = _block(table, x, u, gamma)
+            ys, cs, n_acc, z = _block(table, advance, x, u, gamma)
             first_step.append(emitted_total)
             context.append(x)
             drafted.append(ys)
+            keys.append(cs)
             accepted_length.append(n_acc)
             final.append(z)
             emitted_total += n_acc + 1
-            x = z
-        yield BlockChunk(
-            start=blocks_done,
-            first_step=np.array(first_step, dtype=np.int64),
-            context=np.array(context, dtype=np.int64),
-            drafted=np.array(drafted, dtype=np.int64).reshape(len(context), gamma),
-            accepted_length=np.array(accepted_length, dtype=np.int64),
-            final=np.array(final, dtype=np.int64),
-        )
+            # the block emitted its accepted drafts, then z, from the key its last accepted draft led to
+            x = advance(cs[n_acc], z) if n_acc < gamma else advance(advance(cs[-1], ys[-1]), z)
+        yield _chunk(blocks_done, first_step, context, drafted, keys, accepted_length, final, gamma)
         blocks_done += len(context)
 
 
@@ -256,8 +274,7 @@ class _PresetUniforms:
 
 
 def run_blocks_reference(
-    row: RowSource,
-    pi: NDArray[np.float64],
+    source: ContextSource,
     drafts: DraftSource,
     gamma: int,
     steps: int,
@@ -265,18 +282,19 @@ def run_blocks_reference(
 ) -> BlockChunk:
     """Algorithm 1 written block by block with the public per-step API: the tests pin `run_blocks` to it.
 
-    Each draft is ``SimTSU.draw`` of its context's TSU (whose reported ``log q``
+    Each draft is ``SimTSU.draw`` of its key's TSU (whose reported ``log q``
     is checked against F(ψ)); the drafts are verified in order by
     `accept_correct_step` fed ``(u_accept_i, u_final)``, which on a rejection
     returns the residual draw that ends the block; if all are accepted the bonus
-    token is drawn from ``p(. | y_γ)`` with ``u_final``.
+    token is drawn from the row of the key after the last draft with ``u_final``.
     """
-    x = start_token(pi, rng)
-    first_step, context, drafted, accepted_length, final = [], [], [], [], []
+    x = source.start(rng)
+    first_step, context, drafted, keys, accepted_length, final = [], [], [], [], [], []
     emitted_total = 0
     while emitted_total < steps:
         u = rng.random(2 * gamma + 1)
         ys: list[int] = []
+        cs: list[int] = []
         qs: list[NDArray[np.float64]] = []
         c = x
         for i in range(gamma):
@@ -285,36 +303,29 @@ def run_blocks_reference(
             if log_q != float(np.log(tsu.q[y])):
                 raise ValueError(f"TSU reported log q = {log_q!r} for token {y}; F(ψ) says {np.log(tsu.q[y])!r}")
             ys.append(y)
+            cs.append(c)
             qs.append(tsu.q)
-            c = y
-        c = x
+            c = source.advance(c, y)
         n_acc = 0
         z = -1
         for i in range(gamma):
             feed = _PresetUniforms(np.array([u[gamma + i], u[2 * gamma]]))
-            e, accepted = accept_correct_step(row(c), qs[i], ys[i], cast(np.random.Generator, feed))
+            e, accepted = accept_correct_step(source.row(cs[i]), qs[i], ys[i], cast(np.random.Generator, feed))
             if not accepted:
                 z = e
                 break
             n_acc += 1
-            c = ys[i]
         if n_acc == gamma:
-            z = int(inverse_cdf(np.cumsum(row(c)), u[2 * gamma :])[0])
+            z = int(inverse_cdf(np.cumsum(source.row(c)), u[2 * gamma :])[0])
         first_step.append(emitted_total)
         context.append(x)
         drafted.append(ys)
+        keys.append(cs)
         accepted_length.append(n_acc)
         final.append(z)
         emitted_total += n_acc + 1
-        x = z
-    return BlockChunk(
-        start=0,
-        first_step=np.array(first_step, dtype=np.int64),
-        context=np.array(context, dtype=np.int64),
-        drafted=np.array(drafted, dtype=np.int64).reshape(len(context), gamma),
-        accepted_length=np.array(accepted_length, dtype=np.int64),
-        final=np.array(final, dtype=np.int64),
-    )
+        x = source.advance(cs[n_acc] if n_acc < gamma else c, z)
+    return _chunk(0, first_step, context, drafted, keys, accepted_length, final, gamma)
 
 
 def block_transitions(chunk: BlockChunk) -> tuple[NDArray[np.int64], NDArray[np.int64]]:

@@ -1,7 +1,7 @@
 """What the engine emits: chunks of consecutive steps as parallel arrays.
 
 A single chain emits `ChainChunk`, B chains in lock step `BatchChunk`, γ-token
-blocks `BlockChunk`.  Telemetry, tallies and summaries read nothing else.
+blocks `BlockChunk` (of any context source).  Telemetry, tallies and summaries read nothing else.
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ class BlockChunk:
         Number of drafts accepted, 0 .. γ; the block emits ``accepted_length + 1`` tokens.
     final : ndarray of int64, shape (n,)
         The residual token (rejection) or the bonus token (all accepted) that ends the block.
+    draft_keys : ndarray of int64, shape (n, γ)
+        The key each draft was drafted and verified in (`engine.keys`; on the bigram chain the
+        block's context, then its drafts but the last).
     """
 
     start: int
@@ -100,6 +103,11 @@ class BlockChunk:
     drafted: NDArray[np.int64]
     accepted_length: NDArray[np.int64]
     final: NDArray[np.int64]
+    draft_keys: NDArray[np.int64]
+
+    def verified(self) -> NDArray[np.bool_]:
+        """Which drafts were verified, shape (n, γ): those up to and including the first rejection."""
+        return np.arange(self.gamma)[None, :] <= np.minimum(self.accepted_length, self.gamma - 1)[:, None]
 
     def __len__(self) -> int:
         return int(self.context.shape[0])

@@ -198,7 +198,12 @@ class BlockTally:
         self.tokens += int(chunk.accepted_length.sum()) + len(chunk)
         self.emitted_counts += np.bincount(chunk.emitted_tokens(), minlength=self.vocab_size)
         self.length_counts += np.bincount(chunk.accepted_length, minlength=self.gamma + 1)
-        self.draft_context_counts += np.bincount(chunk.context, minlength=self.vocab_size)
+        starts = np.bincount(chunk.context, minlength=self.draft_context_counts.shape[0])
+        if starts.shape[0] > self.draft_context_counts.shape[0]:  # keys beyond V: order-N context ids
+            starts[: self.draft_context_counts.shape[0]] += self.draft_context_counts
+            self.draft_context_counts = starts
+        else:
+            self.draft_context_counts += starts
         self.lengths.append(chunk.accepted_length.astype(np.int16))  # γ <= MAX_GAMMA fits
 
     def accepted_lengths(self) -> NDArray[np.float64]:

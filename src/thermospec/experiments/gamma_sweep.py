@@ -26,6 +26,7 @@ from thermospec.core.expectation import EXPECTATION_MAX_V, block_expectation, mo
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.blocks import run_blocks
 from thermospec.engine.chain import dense_matrices
+from thermospec.engine.keys import BigramSource
 from thermospec.engine.tally import BlockTally
 from thermospec.runs.block_run import batch_means_se
 from thermospec.runs.config import RunConfig
@@ -87,7 +88,7 @@ def gamma_row(base: RunConfig, steps: int, cost_ratios: Sequence[float], point: 
     t, gamma = run.target, point.gamma
     tally = BlockTally(t.V, gamma)
     rng = random_stream(point.seed, Stream.CHAIN)
-    for chunk in run_blocks(t.row, t.pi, run.proposer.draft, gamma, steps, rng, sparse=sparse_rows(run)):
+    for chunk in run_blocks(BigramSource(t), run.proposer.draft, gamma, steps, rng, sparse=sparse_rows(run)):
         tally.update(chunk)
     lengths = tally.accepted_lengths()
     measured_tpc = tally.tokens / tally.blocks

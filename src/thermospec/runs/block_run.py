@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ from thermospec.engine.blocks import BLOCKS_FILE, run_blocks, run_blocks_referen
 from thermospec.engine.chain import dense_matrices
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.tally import BlockTally
-from thermospec.runs.prepare import PreparedRun, sparse_rows
+from thermospec.runs.prepare import PreparedRun, context_source, sparse_rows
+from thermospec.runs.storage import RecordFile
 
 __all__ = ["BlockMode", "block_lines", "summarise_blocks"]
 
@@ -53,7 +53,7 @@ def batch_means_se(values: NDArray[np.float64], batches: int = 50) -> float:
 
 def summarise_blocks(
     tally: BlockTally,
-    pi: NDArray[np.float64],
+    pi: NDArray[np.float64] | None,
     cost_ratio: float,
     expectation: BlockExpectation | None,
 ) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def summarise_blocks(
         float(reached[i + 1] / reached[i]) if reached[i] > 0 else None for i in range(g)
     ]
     tokens_per_call = tally.tokens / tally.blocks
-    chi2 = pooled_chi2(tally.emitted_counts.astype(np.float64), tally.tokens * pi)
+    chi2 = None if pi is None else pooled_chi2(tally.emitted_counts.astype(np.float64), tally.tokens * pi)
     summary: dict[str, Any] = {
         "gamma": g,
         "cost_ratio": cost_ratio,
@@ -77,9 +77,9 @@ def summarise_blocks(
         "tokens_per_target_call": tokens_per_call,
         "per_position_accept_rate": per_position,
         "speedup": modelled_speedup(tokens_per_call, g, cost_ratio),
-        "chi2_stat": chi2.stat,
-        "chi2_dof": chi2.dof,
-        "p_value": chi2.p_value,
+        "chi2_stat": None if chi2 is None else chi2.stat,  # N·π is the law of a bigram chain's tokens only
+        "chi2_dof": None if chi2 is None else chi2.dof,
+        "p_value": None if chi2 is None else chi2.p_value,
     }
     if expectation is None:
         summary["expected"] = None
@@ -95,10 +95,12 @@ def summarise_blocks(
     return summary
 
 
-def block_lines(chunk: BlockChunk) -> str:
+def block_lines(chunk: BlockChunk, key_json: Callable[[int], str] = str) -> str:
     """The block JSONL records of a chunk.
 
-    Fields: ``block, first_step, context, drafted, accepted_length, emitted``.
+    Fields: ``block, first_step, context, drafted, accepted_length, emitted``; ``context`` is the block's
+    first key as `key_json` writes it (a token id on a bigram chain, a context's text at order N, a position
+    on a trace).
     """
     lines = []
     for i, (b, s, x, ys, n) in enumerate(
@@ -113,45 +115,64 @@ def block_lines(chunk: BlockChunk) -> str:
     ):
         emitted = [*ys[:n], int(chunk.final[i])]
         lines.append(
-            f'{{"block":{b},"first_step":{s},"context":{x},"drafted":{json.dumps(ys, separators=(",", ":"))},'
+            f'{{"block":{b},"first_step":{s},"context":{key_json(x)},"drafted":{json.dumps(ys, separators=(",", ":"))},'
             f'"accepted_length":{n},"emitted":{json.dumps(emitted, separators=(",", ":"))}}}\n'
         )
     return "".join(lines)
 
 
 class BlockMode:
-    """``run --gamma G``: γ-token blocks (`engine.blocks`), one record per block in ``m1_blocks.jsonl``.
+    """``run --gamma G``: γ-token blocks (`engine.blocks`) over the run's context source.
 
-    With ``--tsu thrml`` the TSU must draw every token itself: the per-block
-    reference loop runs, in one chunk.
+    One record per block in ``m1_blocks.jsonl`` (``--telemetry jsonl``) or none
+    (``--telemetry none``).  With ``--tsu thrml`` the TSU must draw every token
+    itself: the per-block reference loop runs, in one chunk.
+
+    Besides the block statistics, the summary carries the guide's ``accept_rate``
+    and ``mean_overlap`` over the *verified* positions (each draft up to and
+    including a block's first rejection), a position's overlap being the exact
+    acceptance ``Σ min(p, F(ψ))`` of the key it was drafted in: so
+    ``accept_rate ≈ mean_overlap`` is the same check as M1's.
     """
 
-    telemetry = BLOCKS_FILE
-
-    def __init__(self, run: PreparedRun, run_dir: Path) -> None:
+    def __init__(self, run: PreparedRun, run_dir: Path, telemetry: str = "jsonl") -> None:
         assert run.config.gamma is not None, "BlockMode needs --gamma"
         self.run, self.gamma = run, run.config.gamma
+        self.source = context_source(run)
+        self.telemetry = BLOCKS_FILE if telemetry == "jsonl" else telemetry
         self.tally = BlockTally(run.target.V, self.gamma)
-        self._digest = hashlib.sha256()
-        self._out = (run_dir / BLOCKS_FILE).open("w", encoding="utf-8", newline="\n", buffering=1 << 20)
+        self._file = RecordFile(run_dir / BLOCKS_FILE) if telemetry == "jsonl" else None
+        self._overlap: dict[int, float] = {}
+        self.verified = self.accepted_drafts = 0
+        self._overlap_sum = 0.0
 
     def chunks(self) -> Iterator[BlockChunk]:
-        config, target, drafts = self.run.config, self.run.target, self.run.proposer.draft
+        config, drafts = self.run.config, self.run.proposer.draft
         rng = random_stream(config.seed, Stream.CHAIN)
         if config.tsu == "thrml":
-            return iter([run_blocks_reference(target.row, target.pi, drafts, self.gamma, config.steps, rng)])
-        return run_blocks(target.row, target.pi, drafts, self.gamma, config.steps, rng, sparse=sparse_rows(self.run))
+            return iter([run_blocks_reference(self.source, drafts, self.gamma, config.steps, rng)])
+        return run_blocks(self.source, drafts, self.gamma, config.steps, rng, sparse=sparse_rows(self.run))
 
     def record(self, chunk: BlockChunk) -> int:
-        text = block_lines(chunk)
-        self._out.write(text)
-        self._digest.update(text.encode("utf-8"))
+        if self._file is not None:
+            self._file.write(block_lines(chunk, self.source.key_json))
         self.tally.update(chunk)
+        verified = chunk.verified()
+        keys = chunk.draft_keys[verified]
+        for key in np.unique(keys).tolist():
+            if key not in self._overlap:
+                self._overlap[key] = self.run.proposer.draft(key).overlap_mass
+        overlaps = np.array([self._overlap[k] for k in keys.tolist()], dtype=np.float64)
+        self._overlap_sum += math.fsum(overlaps.tolist())
+        self.verified += int(keys.shape[0])
+        self.accepted_drafts += int(chunk.accepted_length.sum())
         return len(chunk) + int(chunk.accepted_length.sum())
 
     def close(self) -> str | None:
-        self._out.close()
-        return self._digest.hexdigest()
+        if self._file is None:
+            return None
+        self._file.close()
+        return self._file.hexdigest()
 
     def tokens(self) -> int:
         return self.tally.tokens
@@ -163,16 +184,22 @@ class BlockMode:
         if self.tally.blocks == 0:  # stopped before the first chunk: nothing to aggregate
             return {"blocks": 0, "tokens_emitted": 0, "steps": 0}
         target, drafts = self.run.target, self.run.proposer.draft
+        chain = self.source.keys_are_tokens  # the bigram chain: π is its law and the exact expectation applies
         expectation = (
             block_expectation(*dense_matrices(target.row, drafts, target.V), target.pi, self.gamma)
-            if target.V <= EXPECTATION_MAX_V
+            if chain and target.V <= EXPECTATION_MAX_V
             else None
         )
-        visited = np.flatnonzero(self.tally.draft_context_counts).tolist()
+        summary = summarise_blocks(self.tally, target.pi if chain else None, self.run.config.cost_ratio, expectation)
+        accept_rate, mean_overlap = self.accepted_drafts / self.verified, self._overlap_sum / self.verified
         return {
-            **summarise_blocks(self.tally, target.pi, self.run.config.cost_ratio, expectation),
+            **summary,
             "steps": self.tally.tokens,  # tokens emitted: what a replay of an interrupted run asks for again
-            "psi_bytes_max": max(drafts(x).psi_bytes for x in visited),
+            "psi_bytes_max": max(drafts(x).psi_bytes for x in self._overlap),
+            "verified_positions": self.verified,
+            "accept_rate": accept_rate,
+            "mean_overlap": mean_overlap,
+            "accept_overlap_gap": abs(accept_rate - mean_overlap),
         }
 
     def extras(self) -> dict[str, Any]:

@@ -131,8 +131,7 @@ class RunConfig:
             if self.tokenizer is not None:
                 raise ConfigError("--order: contexts of BPE tokens are not implemented (character contexts "
                                   "only); drop --tokenizer or --order")
-            for given, option in ((self.gamma is not None, "--gamma"), (self.drafts > 1, "--drafts"),
-                                  (self.tsu != "sim", "--tsu thrml")):
+            for given, option in ((self.drafts > 1, "--drafts"), (self.tsu != "sim", "--tsu thrml")):
                 if given:
                     raise ConfigError(f"--order: runs one draft per step on SimTSU; {option} is not implemented "
                                       "with it (drop one)")
@@ -144,8 +143,7 @@ class RunConfig:
                               (self.order > 2, "--order")):
             if given:
                 raise ConfigError(f"--trace: the trace is the target; drop {option}")
-        for given, option in ((self.gamma is not None, "--gamma"), (self.drafts > 1, "--drafts"),
-                              (self.tsu != "sim", "--tsu thrml")):
+        for given, option in ((self.drafts > 1, "--drafts"), (self.tsu != "sim", "--tsu thrml")):
             if given:
                 raise ConfigError(f"--trace: runs one draft per position on SimTSU; {option} is not implemented "
                                   "with it (drop one)")

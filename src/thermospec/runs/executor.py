@@ -96,8 +96,11 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
         raise ConfigError("--telemetry parquet: needs pyarrow (pip install 'thermospec[parquet]')")
     if chains > 1 and (config.gamma is not None or replay):
         raise ConfigError("--chains: runs M1 chains only; drop --gamma / --replay")
-    if telemetry != "jsonl" and (config.gamma is not None or replay):
-        raise ConfigError(f"--telemetry {telemetry}: --gamma and --replay write and compare JSONL only")
+    if telemetry == "parquet" and config.gamma is not None:
+        raise ConfigError("--telemetry parquet: a --gamma run writes one JSONL record per block (or none); "
+                          "its Parquet layout (list columns per block) is not defined yet")
+    if telemetry != "jsonl" and replay:
+        raise ConfigError(f"--telemetry {telemetry}: --replay compares the JSONL a run wrote")
     if config.drafts > 1 and (chains > 1 or telemetry == "parquet"):
         raise ConfigError("--drafts: runs one chain with JSONL telemetry (or none); "
                           "drop --chains / --telemetry parquet")
@@ -111,16 +114,16 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
 
 
 def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "jsonl", chains: int = 1) -> Mode:
-    """The mode a configuration asks for: ``--trace``, ``--order`` > 2, ``--chains`` > 1, ``--gamma``, ``--drafts``,
-    or the M1 chain (any TSU)."""
+    """The mode a configuration asks for: ``--gamma`` (on any context source), ``--trace``, ``--order`` > 2,
+    ``--chains`` > 1, ``--drafts``, or the M1 chain (any TSU)."""
+    if run.config.gamma is not None:  # blocks over any context source: bigram, order-N, trace
+        return BlockMode(run, run_dir, telemetry)
     if run.config.trace is not None:
         return TraceMode(run, run_dir, telemetry)
     if run.config.order > 2:
         return OrderMode(run, run_dir, telemetry)
     if chains > 1:
         return BatchMode(run, run_dir, chains, telemetry)
-    if run.config.gamma is not None:
-        return BlockMode(run, run_dir)
     if run.config.drafts > 1:
         return DraftsMode(run, run_dir, telemetry)
     return ChainMode(run, run_dir, telemetry)

@@ -27,6 +27,7 @@ from typing import Any
 
 from thermospec.engine.compact import SparseRows
 from thermospec.engine.contexts import ContextProposer
+from thermospec.engine.keys import BigramSource, ContextSource, OrderSource, PositionSource
 from thermospec.engine.positions import PositionProposer
 from thermospec.engine.sparse import SparseProposer
 from thermospec.runs.config import ConfigError, RunConfig, check_eps, load_target
@@ -38,7 +39,7 @@ from thermospec.tsu.drafts import Proposer
 from thermospec.tsu.faults import Fault, FaultyProposer
 from thermospec.tsu.thrml import ThrmlMissingError, thrml_proposer
 
-__all__ = ["PreparedRun", "inject_fault", "order_of", "prepare_run", "trace_of"]
+__all__ = ["PreparedRun", "context_source", "inject_fault", "order_of", "prepare_run", "trace_of"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +66,16 @@ def trace_of(run: PreparedRun) -> TraceTarget | None:
 def order_of(run: PreparedRun) -> OrderTarget | None:
     """The run's order-N target when N > 2 (``--order``), else None (N = 2 is M1's corpus target)."""
     return run.target if isinstance(run.target, OrderTarget) and run.target.order > 2 else None
+
+
+def context_source(run: PreparedRun) -> ContextSource:
+    """The run's context-source axis (`engine.keys`): a trace's positions, order-N contexts, or the bigram chain."""
+    trace, order = trace_of(run), order_of(run)
+    if trace is not None:
+        return PositionSource(trace)
+    if order is not None:
+        return OrderSource(order)
+    return BigramSource(run.target)
 
 
 def prepare_run(config: RunConfig) -> PreparedRun:
