@@ -224,12 +224,15 @@ typedef struct {
 /* Steps t0..n-1 of one chain from context *x; stops early at a context without a table (returns t).
  * `drawn`: the uniforms come from the PCG64 state at rng (else from u, three per step); `identity`:
  * context x's table is in slot x whenever it is loaded (slot_of only says whether it is), so the
- * next step's tables do not wait for a slot_of load; `counting`: add each step to the counts. */
+ * next step's tables do not wait for a slot_of load; `counting`: add each step to the counts.
+ * `moves` (with `moving`): the next context is moves[x * V + emitted] (a key in [0, keys); order-N
+ * contexts), not the emitted token; a move out of range stops the loop and sets *bad. */
 static inline int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const double *restrict u,
                                  uint64_t *restrict rng, int64_t *restrict prev, int64_t *restrict proposed,
                                  int64_t *restrict emitted, uint8_t *restrict accepted, Counts *restrict c,
                                  int64_t t0, int64_t n, int64_t *x, int64_t clock, const int drawn,
-                                 const int identity, const int counting)
+                                 const int identity, const int counting, const int32_t *restrict moves,
+                                 const int64_t keys, const int moving, int *bad)
 {
     const Tables tb = *tables;
     const int64_t *restrict slot_of = tb.slot_of;
@@ -278,7 +281,16 @@ static inline int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const d
             if (trans)
                 trans[cx * V + nx] += 1;
         }
-        cx = nx;
+        if (moving) {
+            int64_t key = moves[cx * V + nx];
+            if (!LIKELY(key >= 0 && key < keys)) {
+                *bad = 1;
+                ++t;
+                break;
+            }
+            cx = key;
+        } else
+            cx = nx;
     }
 #if HAVE_PCG64
     if (drawn) {
@@ -303,16 +315,27 @@ static PyObject *chain(PyObject *self, PyObject *args)
     Py_buffer tb, tot, la, so, gb, lu, ub, pb, yb, eb, ab;
     Py_buffer rb = {0}, acb = {0}, cb = {0}, emb = {0}, trb = {0};
     Py_ssize_t V, G, start, n, x, clock;
-    PyObject *rng = Py_None, *counts = Py_None;
+    Py_buffer mb = {0};
+    PyObject *rng = Py_None, *counts = Py_None, *moves = Py_None;
     int identity = 0;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*y*w*w*w*w*nnnnnn|OOp", &tb, &tot, &la, &so, &gb, &lu, &ub, &pb, &yb,
-                          &eb, &ab, &V, &G, &start, &n, &x, &clock, &rng, &counts, &identity))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*y*w*w*w*w*nnnnnn|OOpO", &tb, &tot, &la, &so, &gb, &lu, &ub, &pb, &yb,
+                          &eb, &ab, &V, &G, &start, &n, &x, &clock, &rng, &counts, &identity, &moves))
         return NULL;
     PyObject *result = NULL;
     PyObject *ca = Py_None, *cc = Py_None, *ce = Py_None, *ct = Py_None;
     Tables tables;
-    Py_ssize_t slots;
-    const int drawn = rng != Py_None, counting = counts != Py_None;
+    Py_ssize_t slots, keys = V;
+    const int drawn = rng != Py_None, counting = counts != Py_None, moving = moves != Py_None;
+    if (moving && (counting || PyObject_GetBuffer(moves, &mb, PyBUF_SIMPLE) < 0)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "chain: counts are over tokens; not with a move table");
+        goto done;
+    }
+    if (moving) {
+        keys = V > 0 ? mb.len / (Py_ssize_t)(4 * V) : 0;
+        if (!need(&so, keys, 8, "slot_of"))
+            goto done;
+    }
     if (drawn && !HAVE_PCG64) {
         PyErr_SetString(PyExc_NotImplementedError, "chain: built without 128-bit integers (no PCG64)");
         goto done;
@@ -334,34 +357,45 @@ static PyObject *chain(PyObject *self, PyObject *args)
             PyErr_SetString(PyExc_TypeError, "chain: the accepted, context and emitted counts are required");
         goto done;
     }
-    if (x < 0 || x >= V || start < 0 || start > n || (identity && slots < V)) {
+    if (x < 0 || x >= keys || start < 0 || start > n || (identity && slots < keys)) {
         PyErr_SetString(PyExc_ValueError, "chain: context or start out of range");
         goto done;
     }
     {
         int64_t cx = x, t;
+        int bad = 0;
         Counts c = {lu.buf, cb.buf, emb.buf, trb.buf, 0};
         const double *u = ub.buf;
         uint64_t *r = rb.buf;
         int64_t *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
         uint8_t *accepted = ab.buf;
+        const int32_t *mv = mb.buf;
         Py_BEGIN_ALLOW_THREADS
 #define CHAIN(d, i, k) chain_loop(&tables, slots, u, r, prev, proposed, emitted, accepted, &c, start, n, &cx, \
-                                  clock, d, i, k)
-        if (drawn)
+                                  clock, d, i, k, NULL, V, 0, &bad)
+#define MOVING(d, i) chain_loop(&tables, slots, u, r, prev, proposed, emitted, accepted, &c, start, n, &cx, \
+                                clock, d, i, 0, mv, keys, 1, &bad)
+        if (moving)
+            t = drawn ? (identity ? MOVING(1, 1) : MOVING(1, 0)) : (identity ? MOVING(0, 1) : MOVING(0, 0));
+        else if (drawn)
             t = identity ? (counting ? CHAIN(1, 1, 1) : CHAIN(1, 1, 0)) : (counting ? CHAIN(1, 0, 1) : CHAIN(1, 0, 0));
         else
             t = identity ? (counting ? CHAIN(0, 1, 1) : CHAIN(0, 1, 0)) : (counting ? CHAIN(0, 0, 1) : CHAIN(0, 0, 0));
 #undef CHAIN
+#undef MOVING
         Py_END_ALLOW_THREADS
         if (counting)
             *(int64_t *)acb.buf += c.accepted;
-        result = Py_BuildValue("nn", (Py_ssize_t)t, (Py_ssize_t)cx);
+        if (bad)
+            PyErr_SetString(PyExc_ValueError, "chain: a move leads out of the move table's contexts");
+        else
+            result = Py_BuildValue("nn", (Py_ssize_t)t, (Py_ssize_t)cx);
     }
 done:
     PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&so);
     PyBuffer_Release(&gb); PyBuffer_Release(&lu); PyBuffer_Release(&ub); PyBuffer_Release(&pb);
     PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
+    if (mb.obj) PyBuffer_Release(&mb);
     if (rb.obj) PyBuffer_Release(&rb);
     if (acb.obj) PyBuffer_Release(&acb);
     if (cb.obj) PyBuffer_Release(&cb);
@@ -378,13 +412,15 @@ done:
  * tokens but the last (the caller derives them).  Without `recording` the step arrays are not
  * written (a run without telemetry needs only the counts; the stores cost ~20 % of the kernel's
  * time).  With `trans` (V x V, shared by the group's chains), also counts each (context, emitted)
- * pair.  With `identity`, context x is in slot x.  The pointers do not alias (restrict). */
+ * pair.  With `identity`, context x is in slot x.  With `moves` (`moving`), a chain's next context is
+ * moves[x * V + emitted] (order-N contexts; checked in range by the caller), not the emitted token.
+ * The pointers do not alias (restrict). */
 static inline void batch_group(const Tables *tables, const double *restrict u, uint64_t *restrict rng,
                                int64_t *restrict xs, int64_t *restrict prev, int64_t *restrict proposed,
                                int64_t *restrict emitted, uint8_t *restrict accepted, int64_t *restrict acc,
                                int64_t *restrict emi, int64_t *restrict trans, Py_ssize_t b0, Py_ssize_t b1,
                                Py_ssize_t n, const int drawn, const int counting, const int recording,
-                               const int identity)
+                               const int identity, const int32_t *restrict moves, const int moving)
 {
     const Tables tb = *tables;
     const int64_t *restrict slot_of = tb.slot_of;
@@ -430,7 +466,7 @@ static inline void batch_group(const Tables *tables, const double *restrict u, u
                 emitted[i] = nx;
                 accepted[i] = (uint8_t)a;
             }
-            cx[b - b0] = nx;
+            cx[b - b0] = moving ? (int64_t)moves[x * V + nx] : nx;
             if (counting) {
                 ok[b - b0] += a;
                 if (emi)
@@ -465,17 +501,27 @@ static inline void batch_group(const Tables *tables, const double *restrict u, u
 static PyObject *batch(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, so, gb, ub, xb, pb, yb, eb, ab;
-    Py_buffer cab = {0}, ceb = {0}, trb = {0}, rb = {0};
-    PyObject *ca = Py_None, *ce = Py_None, *tr = Py_None, *rng = Py_None;
+    Py_buffer cab = {0}, ceb = {0}, trb = {0}, rb = {0}, mb = {0};
+    PyObject *ca = Py_None, *ce = Py_None, *tr = Py_None, *rng = Py_None, *moves = Py_None;
     Py_ssize_t V, G, B, n;
     int recording = 1;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OOiOO", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
-                          &eb, &ab, &V, &G, &B, &n, &ca, &ce, &recording, &tr, &rng))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*w*w*nnnn|OOiOOO", &tb, &tot, &la, &so, &gb, &ub, &xb, &pb, &yb,
+                          &eb, &ab, &V, &G, &B, &n, &ca, &ce, &recording, &tr, &rng, &moves))
         return NULL;
     PyObject *result = NULL;
     Tables tables;
-    Py_ssize_t slots;
-    const int counting = ca != Py_None, drawn = rng != Py_None;
+    Py_ssize_t slots, keys = V;
+    const int counting = ca != Py_None, drawn = rng != Py_None, moving = moves != Py_None;
+    if (moving && (tr != Py_None || PyObject_GetBuffer(moves, &mb, PyBUF_SIMPLE) < 0)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "batch: transitions are over tokens; not with a move table");
+        goto done;
+    }
+    if (moving) {
+        keys = V > 0 ? mb.len / (Py_ssize_t)(4 * V) : 0;
+        if (!need(&so, keys, 8, "slot_of"))
+            goto done;
+    }
     if ((ce != Py_None && !counting) || (counting && ce == Py_None && tr == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "batch: pass both count arrays or none (the emitted counts may be "
                                          "left out when the transitions are counted)");
@@ -508,15 +554,21 @@ static PyObject *batch(PyObject *self, PyObject *args)
     {
         const int64_t *slot_of = tables.slot_of;
         const int64_t *xs = xb.buf;
-        for (Py_ssize_t v = 0; v < V; ++v) {
+        for (Py_ssize_t v = 0; v < keys; ++v) {
             if (slot_of[v] < 0 || slot_of[v] >= slots) {
                 PyErr_SetString(PyExc_ValueError, "batch: every context needs a table");
                 goto done;
             }
             identity &= slot_of[v] == v;
         }
+        const int32_t *mv = mb.buf;
+        for (Py_ssize_t k = 0; moving && k < keys * V; ++k)
+            if (mv[k] < 0 || mv[k] >= keys) {
+                PyErr_SetString(PyExc_ValueError, "batch: a move leads out of the move table's contexts");
+                goto done;
+            }
         for (Py_ssize_t b = 0; b < B; ++b)
-            if (xs[b] < 0 || xs[b] >= V) {
+            if (xs[b] < 0 || xs[b] >= keys) {
                 PyErr_SetString(PyExc_ValueError, "batch: context out of range");
                 goto done;
             }
@@ -527,12 +579,17 @@ static PyObject *batch(PyObject *self, PyObject *args)
         int64_t *xs = xb.buf, *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf;
         uint8_t *accepted = ab.buf;
         int64_t *acc = cab.buf, *emi = ce != Py_None ? ceb.buf : NULL, *trans = tr != Py_None ? trb.buf : NULL;
+        const int32_t *mv = mb.buf;
         Py_BEGIN_ALLOW_THREADS
 #define GROUP_OF(d, k, w, i) batch_group(&tables, u, r, xs, prev, proposed, emitted, accepted, acc, emi, trans, \
-                                         b0, b1, n, d, k, w, i)
+                                         b0, b1, n, d, k, w, i, NULL, 0)
+#define MOVING_OF(d, i) batch_group(&tables, u, r, xs, prev, proposed, emitted, accepted, acc, emi, trans, \
+                                    b0, b1, n, d, counting, recording, i, mv, 1)
         for (Py_ssize_t b0 = 0; b0 < B; b0 += GROUP) {
             Py_ssize_t b1 = b0 + GROUP < B ? b0 + GROUP : B;
-            if (!recording && identity) /* what run --chains B --telemetry none runs */
+            if (moving) /* order-N contexts: one instance per (drawn, identity), the counts as asked */
+                drawn ? (identity ? MOVING_OF(1, 1) : MOVING_OF(1, 0)) : (identity ? MOVING_OF(0, 1) : MOVING_OF(0, 0));
+            else if (!recording && identity) /* what run --chains B --telemetry none runs */
                 drawn ? GROUP_OF(1, 1, 0, 1) : GROUP_OF(0, 1, 0, 1);
             else if (!recording)
                 drawn ? GROUP_OF(1, 1, 0, 0) : GROUP_OF(0, 1, 0, 0);
@@ -542,6 +599,7 @@ static PyObject *batch(PyObject *self, PyObject *args)
                 drawn ? GROUP_OF(1, 0, 1, 0) : GROUP_OF(0, 0, 1, 0);
         }
 #undef GROUP_OF
+#undef MOVING_OF
         Py_END_ALLOW_THREADS
         result = Py_None;
         Py_INCREF(result);
@@ -551,6 +609,7 @@ done:
     PyBuffer_Release(&gb); PyBuffer_Release(&ub); PyBuffer_Release(&xb); PyBuffer_Release(&pb);
     PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
     PyBuffer_Release(&cab); PyBuffer_Release(&ceb); PyBuffer_Release(&trb); PyBuffer_Release(&rb);
+    PyBuffer_Release(&mb);
     return result;
 }
 
