@@ -39,7 +39,7 @@ from thermospec.runs.counted import CountedMode
 from thermospec.runs.prepare import PreparedRun, trace_of
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
 from thermospec.runs.telemetry import context_fields
-from thermospec.targets.trace import TraceTarget
+from thermospec.targets.trace import TraceShrankError, TraceTarget
 
 __all__ = ["TraceMode", "position_visits", "trace_lines"]
 
@@ -89,13 +89,20 @@ class TraceMode(CountedMode):
         self._prev_text = (["null"] * T if tokens is None
                            else ["null", *(str(int(x)) for x in tokens[:-1].tolist())])
         self._stats: dict[str, Any] | None = None
+        self._shrank = False
 
     def chunks(self) -> Iterator[PositionChunk]:
+        """The engine's chunks; should the file shrink under the run, the χ² (which reread it) are then skipped."""
         config, drafts = self.run.config, self.run.proposer.draft
         rng = random_stream(config.seed, Stream.CHAIN)
-        if not self.run.proposer.samples_payload:  # a faulty TSU draws itself, step by step
-            return iter([run_positions_reference(self.trace, drafts, config.steps, rng)])
-        return run_positions(self.trace, drafts, config.steps, rng)
+        try:
+            if not self.run.proposer.samples_payload:  # a faulty TSU draws itself, step by step
+                yield run_positions_reference(self.trace, drafts, config.steps, rng)
+            else:
+                yield from run_positions(self.trace, drafts, config.steps, rng)
+        except TraceShrankError:
+            self._shrank = True
+            raise
 
     def _learn(self, positions: NDArray[np.int64]) -> None:
         """Note the metrics and the JSONL tail of the positions first met in a chunk."""
@@ -119,6 +126,7 @@ class TraceMode(CountedMode):
         if not self.steps:
             self._stats = {"steps": 0, "checklist": {}}
             return {**dict.fromkeys(_EMPTY), "steps": 0}
+        tests = tests and not self._shrank  # the file is no longer whole: no pass over its rows
         stats = trace_statistics(self.trace, self.steps, self.accepted, self._metrics, self.emitted_counts,
                                  self.pairs if tests else None)
         self._stats = stats

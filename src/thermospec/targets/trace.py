@@ -1,4 +1,4 @@
-"""Recorded next-token distributions (traces): T positions of V log-probabilities, memory-mapped (SPEC §8).
+"""Recorded next-token distributions (traces): T positions of V log-probabilities, read by rows (SPEC §8).
 
 A trace is a ``(T, V)`` float16 or float32 array of log-probabilities or logits,
 a ``.npy`` file or the ``logprobs`` member of a ``.npz`` (with optional ``tokens``,
@@ -6,47 +6,49 @@ a ``.npy`` file or the ``logprobs`` member of a ``.npz`` (with optional ``tokens
 ``softmax(row_t)`` in float64.  A run is teacher-forced (step s uses position
 ``s mod T`` whatever was emitted): a trace is no bigram chain and has no pi, and
 `TraceTarget` is indexed by position.  Files are data from elsewhere: read without
-unpickling, scanned once at load in bounded memory (bad rows are refused before a
-run writes anything), memory-mapped, rows built on demand into a byte-bounded
-cache.  `TraceWriter` (`targets.trace_writer`) streams a trace to disk.
+unpickling, its headers and members checked and bounded before their data is read
+(`targets.trace_file`), scanned once at load in bounded memory (bad rows are refused
+before a run writes anything), rows read with ``pread`` (no memory map) and built on
+demand into a byte-bounded cache.  `TraceWriter` (`targets.trace_writer`) streams a trace to disk.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import os
-import struct
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import _lru_cache_wrapper, lru_cache
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 
+from thermospec.targets.trace_file import (
+    MAX_VOCAB,
+    RowReader,
+    TraceError,
+    TraceShrankError,
+    array_header,
+    npz_layout,
+    npz_members,
+    open_regular,
+    scan_rows,
+    softmax64,
+)
 from thermospec.targets.trace_writer import TraceWriter
 
 __all__ = [
-    "ROW_CACHE_BYTES", "SCAN_CHUNK_BYTES", "PositionTarget", "TraceError", "TraceTarget", "TraceWriter",
-    "load_trace", "softmax64",
+    "MAX_VOCAB", "ROW_CACHE_BYTES", "SCAN_CHUNK_BYTES", "PositionTarget", "TraceError", "TraceShrankError",
+    "TraceTarget", "TraceWriter", "load_trace", "softmax64",
 ]
 
 ROW_CACHE_BYTES = 256 * 1024 * 1024
 """Memory bound of a trace's cache of float64 rows (256 rows at V = 131,072)."""
 SCAN_CHUNK_BYTES = 8 * 1024 * 1024
 """File bytes read at a time by the load-time scan (its working memory is about 6 times this)."""
-SURELY_POSITIVE = -700.0
-"""``x - max x`` above this: the softmax entry is > 0 for any V < 2**32 (exp(-700) / 2**32 > 4.9e-324)."""
-SURELY_ZERO = -750.0
-"""``x - max x`` below this: exp underflows to exactly 0 in float64."""
-_LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # a zip member's local file header (30 bytes)
-
-
-class TraceError(ValueError):
-    """A trace file that cannot be used; the one-line message names the file and the reason."""
 
 
 class PositionTarget(Protocol):
@@ -75,14 +77,6 @@ class PositionTarget(Protocol):
     def widest_support(self) -> int: ...
 
 
-def softmax64(logits: ArrayLike) -> NDArray[np.float64]:
-    """``exp(x - max x) / sum`` in float64: a trace row's target (SPEC §8)."""
-    x = np.asarray(logits, dtype=np.float64)
-    e = np.exp(x - x.max())
-    p: NDArray[np.float64] = e / e.sum()
-    return p
-
-
 @dataclass(frozen=True, eq=False)
 class TraceTarget:
     """A trace: position t's target is ``softmax64(logits[t])``; build it with `load_trace`.
@@ -91,8 +85,8 @@ class TraceTarget:
     ----------
     path, sha256 : Path, str
         The trace file and the SHA-256 of its bytes.
-    logits : ndarray, shape (T, V), float16 or float32
-        The file's array, memory-mapped read-only (never loaded whole).
+    reader : RowReader
+        The file's ``(T, V)`` float16 or float32 rows, read on demand with ``pread`` (never loaded whole).
     support_sizes : ndarray of int64, shape (T,)
         Number of positive entries of each position's target (found by the load-time scan).
     tokens : ndarray of int64, shape (T,), or None
@@ -106,7 +100,7 @@ class TraceTarget:
     """
 
     path: Path
-    logits: NDArray[Any]
+    reader: RowReader
     sha256: str
     support_sizes: NDArray[np.int64]
     tokens: NDArray[np.int64] | None = None
@@ -121,16 +115,16 @@ class TraceTarget:
     @property
     def V(self) -> int:
         """Vocabulary size."""
-        return int(self.logits.shape[1])
+        return int(self.reader.shape[1])
 
     @property
     def positions(self) -> int:
         """Number of positions T."""
-        return int(self.logits.shape[0])
+        return int(self.reader.shape[0])
 
     source = "trace"
     rows_stored = False
-    """Rows are built on demand from the memory-mapped file."""
+    """Rows are built on demand from the file."""
     stationary_unique = False
     corpus_sha256 = None
     """A trace is no corpus: its file's digest is `sha256`."""
@@ -143,10 +137,10 @@ class TraceTarget:
     @property
     def dtype(self) -> str:
         """``"float16"`` or ``"float32"``: how the file stores the rows."""
-        return str(self.logits.dtype.newbyteorder("="))
+        return str(self.reader.dtype.newbyteorder("="))
 
     def _build_row(self, t: int) -> NDArray[np.float64]:
-        p = softmax64(self.logits[t])
+        p = softmax64(self.reader.row(t))
         p.setflags(write=False)  # shared by the cache: nobody may change it
         return p
 
@@ -187,7 +181,7 @@ class TraceTarget:
         whole, part = divmod(int(steps), self.positions)
         cycle, head = np.zeros(self.V, dtype=np.float64), np.zeros(self.V, dtype=np.float64)
         for t in range(self.positions if whole else part):
-            p = softmax64(self.logits[t])
+            p = softmax64(self.reader.row(t))
             cycle += p
             head += p if t < part else 0.0
         return np.asarray(whole * cycle + head, dtype=np.float64)
@@ -196,107 +190,50 @@ class TraceTarget:
 def load_trace(
     path: str | Path, *, row_cache_bytes: int = ROW_CACHE_BYTES, scan_chunk_bytes: int = SCAN_CHUNK_BYTES
 ) -> TraceTarget:
-    """Open, check and memory-map a trace (``.npy`` or ``.npz``; docs/traces.md).
+    """Open and check a trace (``.npy`` or ``.npz``; docs/traces.md), then read its rows on demand.
 
     The file is read once, `scan_chunk_bytes` at a time, to hash it and check every
-    row (NaN, +inf, all -inf); nothing is unpickled.  Rows are then built on demand
-    into an LRU cache of at most `row_cache_bytes` (at least one row).
+    row (NaN, +inf, all -inf); nothing is unpickled.  Rows are then read with ``pread``
+    and built on demand into an LRU cache of at most `row_cache_bytes` (at least one row).
 
     Raises
     ------
     TraceError
-        Missing or unreadable file, not .npy/.npz, object or non-float16/32 dtype, not 2-D, T < 1,
-        V < 2, Fortran order, truncated, a compressed ``logprobs``, a bad row, or ``tokens``/``vocab``/
-        ``meta`` of the wrong shape, type or range.  One line naming the file and the reason.
+        Missing, unreadable or not a regular file, not .npy/.npz, a header that does not parse
+        or whose shape is not of integers >= 0, object or non-float16/32 dtype, not 2-D, T < 1,
+        V < 2 or V > `MAX_VOCAB`, Fortran order, truncated, a compressed ``logprobs``, a bad row,
+        or ``tokens``/``vocab``/``meta`` of the wrong shape, type, range or size (each inflated at
+        most to its cap).  One line naming the file and the reason.
     """
     path = Path(path)
-    if path.is_dir():
-        raise TraceError(f"{path}: is a folder, not a trace file")
+    fd = open_regular(path)
     try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-            size = os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
-        raise TraceError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    members: dict[str, NDArray[Any]] = {}
-    if magic == b"\x93NUMPY":
-        with open(path, "rb") as f:
-            shape, dtype, offset = _array_header(f, path, "the array")
-    elif magic[:4] == b"PK\x03\x04":
-        shape, dtype, offset, members = _open_npz(path)
-    else:
-        raise TraceError(f"{path}: is neither a .npy array nor a .npz archive")
-    T, V = _check_shape(path, shape, dtype)
-    if offset + T * V * dtype.itemsize > size:
-        raise TraceError(f"{path}: is truncated ({size} bytes, the header announces {offset + T * V * dtype.itemsize})")
-    tokens, vocabulary, metadata = _check_members(path, members, T, V)
-    sha256, sizes = _scan(path, offset, dtype, T, V, scan_chunk_bytes)
-    logits = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(T, V))
-    return TraceTarget(
-        path=path, logits=logits, sha256=sha256, support_sizes=sizes, tokens=tokens, vocabulary=vocabulary,
-        metadata=metadata, row_capacity=max(1, row_cache_bytes // (8 * V)),
-    )
-
-
-def _array_header(f: IO[bytes], path: Path, what: str) -> tuple[tuple[int, ...], np.dtype[Any], int]:
-    """Read a .npy header at f's position: (shape, dtype, offset of the data); never unpickles."""
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        magic = bytearray(6)
+        size = os.fstat(fd).st_size
+        os.preadv(fd, [magic], 0)
+        members: dict[str, NDArray[Any]] = {}
+        if magic == b"\x93NUMPY":
+            shape, dtype, offset = array_header(io.FileIO(fd, closefd=False), path, "the array")
+            end = size
+        elif magic[:4] == b"PK\x03\x04":
+            shape, dtype, offset, end = npz_layout(fd, path)
         else:
-            raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
-    except (ValueError, OSError, SyntaxError) as exc:
-        raise TraceError(f"{path}: {what} is not a valid .npy array ({str(exc).splitlines()[0]})") from None
-    if dtype.hasobject:
-        raise TraceError(f"{path}: {what} holds Python objects (reading it would unpickle), refused")
-    if fortran and len(shape) > 1 and min(shape) > 1:
-        raise TraceError(f"{path}: {what} is Fortran-ordered: save it C-ordered (np.ascontiguousarray)")
-    return tuple(int(n) for n in shape), dtype, f.tell()
-
-
-def _open_npz(path: Path) -> tuple[tuple[int, ...], np.dtype[Any], int, dict[str, NDArray[Any]]]:
-    """The ``logprobs`` member's header and file offset, and the small members, loaded without pickle."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if "logprobs.npy" not in names:
-                raise TraceError(f"{path}: has no 'logprobs' array (members: {', '.join(sorted(names)) or 'none'})")
-            info = zf.getinfo("logprobs.npy")
-            if info.flag_bits & 1:
-                raise TraceError(f"{path}: 'logprobs' is encrypted")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise TraceError(f"{path}: 'logprobs' is compressed (np.savez_compressed) and cannot be "
-                                 "memory-mapped: save it with np.savez or as .npy")
-            members = {}
-            for name in ("tokens", "vocab", "meta"):
-                if f"{name}.npy" in names:
-                    with zf.open(f"{name}.npy") as fm:
-                        _array_header(fm, path, f"'{name}'")
-                    with zf.open(f"{name}.npy") as fm:
-                        members[name] = np.lib.format.read_array(fm, allow_pickle=False)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-        raise TraceError(f"{path}: is not a readable .npz archive ({exc})") from None
-    except ValueError as exc:
-        if isinstance(exc, TraceError):
-            raise
-        raise TraceError(f"{path}: a member cannot be read ({str(exc).splitlines()[0]})") from None
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(_LOCAL_HEADER.size)
-        if len(local) < _LOCAL_HEADER.size or local[:4] != b"PK\x03\x04":
-            raise TraceError(f"{path}: the zip entry of 'logprobs' is damaged")
-        name_len, extra_len = _LOCAL_HEADER.unpack(local)[-2:]
-        start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-        f.seek(start)
-        shape, dtype, offset = _array_header(f, path, "'logprobs'")
-    if offset + int(np.prod(shape)) * dtype.itemsize > start + info.file_size:
-        raise TraceError(f"{path}: 'logprobs' is truncated (the zip entry is shorter than its header announces)")
-    return shape, dtype, offset, members
+            raise TraceError(f"{path}: is neither a .npy array nor a .npz archive")
+        T, V = _check_shape(path, shape, dtype)
+        announced = offset + T * V * dtype.itemsize
+        if announced > min(size, end):
+            raise TraceError(f"{path}: is truncated ({min(size, end)} bytes, the header announces {announced})")
+        if magic[:4] == b"PK\x03\x04":
+            members = npz_members(fd, path, T, V)
+        tokens, vocabulary, metadata = _check_members(path, members, T, V)
+        sha256, sizes = scan_rows(fd, path, offset, dtype, (T, V), scan_chunk_bytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    return TraceTarget(
+        path=path, reader=RowReader(path, fd, offset, dtype, (T, V)), sha256=sha256, support_sizes=sizes,
+        tokens=tokens, vocabulary=vocabulary, metadata=metadata, row_capacity=max(1, row_cache_bytes // (8 * V)),
+    )
 
 
 def _check_shape(path: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> tuple[int, int]:
@@ -309,46 +246,9 @@ def _check_shape(path: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> tu
         raise TraceError(f"{path}: has no positions (T = 0)")
     if V < 2:
         raise TraceError(f"{path}: has V = {V}: a target needs at least 2 tokens")
+    if V > MAX_VOCAB:
+        raise TraceError(f"{path}: has V = {V:,}: a trace holds at most {MAX_VOCAB:,} tokens per row")
     return T, V
-
-
-def _scan(
-    path: Path, offset: int, dtype: np.dtype[Any], T: int, V: int, chunk_bytes: int
-) -> tuple[str, NDArray[np.int64]]:
-    """Hash the file and check its rows in one bounded pass: (SHA-256, support size of each row)."""
-    digest = hashlib.sha256()
-    row_bytes = V * dtype.itemsize
-    rows_per_chunk = max(1, chunk_bytes // row_bytes)
-    buffer = bytearray(min(rows_per_chunk, T) * row_bytes)
-    sizes = np.empty(T, dtype=np.int64)
-    with open(path, "rb", buffering=0) as f:
-        digest.update(f.read(offset))
-        for start in range(0, T, rows_per_chunk):
-            rows = min(rows_per_chunk, T - start)
-            view = memoryview(buffer)[: rows * row_bytes]
-            if f.readinto(view) != len(view):  # a regular file reads in full but at its end
-                raise TraceError(f"{path}: is truncated (ends while its rows are read)")
-            digest.update(view)
-            sizes[start:start + rows] = _check_rows(path, np.frombuffer(view, dtype=dtype).reshape(rows, V), start)
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest(), sizes
-
-
-def _check_rows(path: Path, raw: NDArray[Any], start: int) -> NDArray[np.int64]:
-    """Refuse the first bad row of a block; return each row's number of positive softmax entries."""
-    x = raw.astype(np.float32)
-    top = x.max(axis=1)  # NaN if the row has one, +inf if it has +inf, -inf iff all -inf
-    bad = np.flatnonzero(~(top < np.inf) | (top == -np.inf))
-    if bad.size:
-        r = int(bad[0])
-        what = "NaN" if np.isnan(x[r]).any() else "+inf" if top[r] == np.inf else "only -inf (no token has p > 0)"
-        raise TraceError(f"{path}: row {start + r} holds {what}")
-    sure = np.asarray(np.count_nonzero(x > (top + np.float32(SURELY_POSITIVE))[:, None], axis=1), dtype=np.int64)
-    maybe = np.count_nonzero(x > (top + np.float32(SURELY_ZERO))[:, None], axis=1)
-    for near in np.flatnonzero(sure != maybe):  # entries near float64's underflow: count them exactly
-        sure[near] = np.count_nonzero(softmax64(raw[near]))
-    return sure
 
 
 def _check_members(
@@ -358,22 +258,19 @@ def _check_members(
     metadata: dict[str, Any] = {}
     if "tokens" in members:
         raw = members["tokens"]
-        if raw.dtype.kind not in "iu" or raw.shape != (T,):
-            raise TraceError(f"{path}: 'tokens' must be ({T},) integers, got shape {raw.shape} of {raw.dtype}")
         if T and (int(raw.min()) < 0 or int(raw.max()) >= V):
             raise TraceError(f"{path}: 'tokens' must lie in [0, {V}), got [{raw.min()}, {raw.max()}]")
         tokens = raw.astype(np.int64)
         tokens.setflags(write=False)
     if "vocab" in members:
-        words = members["vocab"]
-        if words.dtype.kind != "U" or words.shape != (V,):
-            raise TraceError(f"{path}: 'vocab' must be ({V},) strings, got shape {words.shape} of {words.dtype}")
-        vocabulary = tuple(str(w) for w in words.tolist())
+        vocabulary = tuple(str(w) for w in members["vocab"].tolist())
     if "meta" in members:
         try:
-            meta = json.loads(str(members["meta"].item())) if members["meta"].dtype.kind == "U" else None
+            meta = json.loads(str(members["meta"].item()))
         except (ValueError, TypeError):
             meta = None
+        except RecursionError:
+            raise TraceError(f"{path}: 'meta' is nested too deeply to be read") from None
         if not isinstance(meta, dict):
             raise TraceError(f"{path}: 'meta' must be a JSON object held in a 0-d string array")
         metadata = meta
