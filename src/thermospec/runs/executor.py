@@ -39,6 +39,7 @@ from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
 from thermospec.runs.summary import software_versions
 from thermospec.runs.telemetry import TELEMETRY_FORMATS, TelemetryFormat, parquet_available
 from thermospec.runs.trace_run import TraceMode
+from thermospec.targets.trace import TraceShrankError
 
 __all__ = ["Mode", "check_mode_options", "execute_run", "run_mode"]
 
@@ -165,7 +166,7 @@ def execute_run(
     """
     mode = run_mode(run, run_dir, telemetry, chains)
     started = time.perf_counter()
-    failure: OutputError | ReportError | None = None
+    failure: OutputError | ReportError | TraceShrankError | None = None
     with interruption_guard() as stop:  # a signal now only stops the loop between whole chunks
         try:
             for chunk in mode.chunks():
@@ -174,7 +175,7 @@ def execute_run(
                     on_progress(units)
                 if stop.requested:
                     break
-        except (OutputError, ReportError) as exc:
+        except (OutputError, ReportError, TraceShrankError) as exc:  # a trace truncated under the run: a failed read
             failure = exc
         finally:
             metrics_sha256 = mode.close()
