@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from thermospec import __version__
-from thermospec.cli import audit, m1, make_trace, record_trace, sweep
+from thermospec.cli import audit, drafts_sweep, m1, make_trace, record_trace, sweep
 from thermospec.cli.options import EXIT_USAGE
 
 __all__ = ["COMMANDS", "Command", "main", "overview"]
@@ -39,6 +39,8 @@ COMMANDS: dict[str, Command] = {
                      lambda argv, prog: sweep.seed_main(argv, prog=prog)),
     "grid": Command("the guide's grid sweep: (K, τ, seed) on a fixed context, m1_sweep.csv", "scripts.sweep_m1_grid",
                     lambda argv, prog: sweep.grid_main(argv, prog=prog)),
+    "drafts-sweep": Command("acceptance of N drafts per target call, per verifier, against the limit",
+                            "scripts.sweep_drafts", lambda argv, prog: drafts_sweep.main(argv, prog=prog)),
     "plot": Command("PNG figures beside the data of run and sweep folders", "scripts.plot",
                     lambda argv, prog: sweep.plot_main(argv, prog=prog)),
     "make-trace": Command("write a synthetic Zipf trace (.npy or .npz)", "scripts.make_trace",
