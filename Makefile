@@ -1,28 +1,38 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.11, make):
 #   make run    creates .venv, installs thermospec, runs the default M1 run
 #   make test   creates .venv, installs thermospec[dev], runs ruff, mypy --strict and pytest
+# make test EXTRAS=hf also installs the hf extra, so that the trace recorder is tested on a tiny model:
+# PyTorch's CPU build first (torch==2.13.0+cpu from TORCH_INDEX: a bare `torch` from PyPI is a CUDA build
+# of several GB), then transformers.  TORCH_INDEX= (empty) takes the wheel from pip's own configuration
+# (a local wheel folder or mirror, as on the CI machines: .ci/run).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SOURCES := pyproject.toml setup.py src/thermospec/engine/_kernels.c
+EXTRAS ?=
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+comma := ,
 RUN_STAMP := $(VENV)/.installed-run
-DEV_STAMP := $(VENV)/.installed-dev
+DEV_STAMP := $(VENV)/.installed-dev$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
+HF := $(filter hf,$(subst $(comma), ,$(EXTRAS)))
 
 .PHONY: run test lint types pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# make run needs only the runtime dependencies; make test adds the dev extra (which includes them) and the
-# hf extra, so that the trace recorder is tested on a tiny model: torch 2.13.0 first, the CPU wheel these
-# machines keep on disk (a bare `torch` would pull a CUDA build of several GB).
+# make run needs only the runtime dependencies; make test adds the dev extra (which includes them), and the
+# extras named in EXTRAS (one stamp per set, so that adding one installs it).
 $(RUN_STAMP): $(SOURCES) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
 $(DEV_STAMP): $(SOURCES) | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,hf]'
+ifneq ($(HF),)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'torch==2.13.0+cpu' \
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+endif
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev$(if $(EXTRAS),$(comma)$(EXTRAS))]'
 	touch $@ $(RUN_STAMP)
 
 run: $(RUN_STAMP)

@@ -16,8 +16,10 @@ from thermospec.cli import record_trace
 from thermospec.runs.interrupts import Terminated
 from thermospec.targets.trace import TraceWriter, load_trace, softmax64
 
-torch: Any = pytest.importorskip("torch", reason="the hf extra (torch) is not installed")
-transformers: Any = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+torch: Any = pytest.importorskip("torch", reason="the hf extra (torch) is not installed: make test EXTRAS=hf")
+transformers: Any = pytest.importorskip(
+    "transformers", reason="the hf extra (transformers) is not installed: make test EXTRAS=hf"
+)
 tokenizers: Any = pytest.importorskip("tokenizers", reason="tokenizers is not installed")
 
 WINDOW = 64
