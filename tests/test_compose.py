@@ -19,7 +19,7 @@ from scripts.make_trace import write_trace
 from tests.conftest import run_cli
 from thermospec.core.statistics import context_chi2
 from thermospec.core.streams import Stream, random_stream
-from thermospec.engine.blocks import run_blocks, run_blocks_reference
+from thermospec.engine.blocks import block_transitions, run_blocks, run_blocks_reference
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.keys import ContextSource, OrderSource, PositionSource
 from thermospec.engine.pairs import PairCounts
@@ -126,3 +126,22 @@ def test_gamma_with_parquet_or_chains_is_refused_in_one_line(
                                     "--runs-dir", str(tmp_path)], capsys)
         assert status == 2 and len(err.strip().splitlines()) == 1, err
         assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("which", ["order", "trace"])
+def test_check_gamma_runs_on_the_source_with_its_keys(which: str, request: pytest.FixtureRequest,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run: PreparedRun = request.getfixturevalue(f"{which}_run")
+    given = ["--corpus", str(run.config.corpus), "--order", "4"] if which == "order" else ["--trace",
+                                                                                         str(run.config.trace)]
+    status, out, err = run_cli(["check", *given, "--K", "3", "--gamma", "2", "--steps", "3000"], capsys)
+    assert status == 0, out + err
+    assert "PASS  fixed-context χ² of γ=2 blocks" in out and "SKIP  mean accepted length" in out
+
+
+def test_block_transitions_put_each_token_in_its_key(trace_run: PreparedRun) -> None:
+    source = context_source(trace_run)
+    chunk = concat(list(run_blocks(source, trace_run.proposer.draft, 3, 2000, random_stream(5, Stream.CHAIN))))
+    keys, tokens = block_transitions(chunk, source.advance)
+    walked_keys, walked_tokens = emitted_pairs(chunk, source)
+    assert np.array_equal(keys, walked_keys) and np.array_equal(tokens, walked_tokens)

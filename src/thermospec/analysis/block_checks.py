@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from thermospec.core.expectation import EXPECTATION_MAX_V, block_expectation
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.blocks import block_transition_chi2, fixed_context_blocks, run_blocks
 from thermospec.engine.chain import dense_matrices
-from thermospec.engine.keys import BigramSource
 from thermospec.engine.tally import BlockTally
 from thermospec.runs.block_run import batch_means_se, length_se_floor
-from thermospec.runs.checklist import CheckResult, psi_size_check
-from thermospec.runs.prepare import sparse_rows
+from thermospec.runs.checklist import CheckResult, likeliest_contexts, psi_size_check
+from thermospec.runs.prepare import context_source, sparse_rows
 
 __all__ = ["run_block_checks"]
 
@@ -35,13 +32,14 @@ def run_block_checks(run: Any, check_steps: int) -> list[Any]:
 
     config, target = run.config, run.target
     gamma = int(config.gamma)
-    contexts = np.argsort(-target.pi, kind="stable")[:4].tolist()
+    source = context_source(run)
+    contexts = likeliest_contexts(run, 4)
     p_values = []
     for i, x in enumerate(contexts):
         rng = random_stream(config.seed, Stream.CHECK, i, gamma)
-        chunk = fixed_context_blocks(target.row, run.proposer.draft, target.V, x, gamma, check_steps, rng,
-                                     sparse=sparse_rows(run))
-        p_values.append(block_transition_chi2(chunk, target.row, target.V).p_value)
+        chunk = fixed_context_blocks(source.row, run.proposer.draft, source.V, x, gamma, check_steps, rng,
+                                     sparse=sparse_rows(run), advance=source.advance)
+        p_values.append(block_transition_chi2(chunk, source.row, source.V, source.advance).p_value)
     passing = sum(p > 0.05 for p in p_values)
     shown = ", ".join(f"x={x}: p={p:.3f}" for x, p in zip(contexts, p_values, strict=True))
     results = [CheckResult(
@@ -50,13 +48,17 @@ def run_block_checks(run: Any, check_steps: int) -> list[Any]:
         detail=f"{passing}/{len(contexts)} with p > 0.05 [{shown}]",
     )]
     tally = BlockTally(target.V, gamma)
-    for chunk in run_blocks(BigramSource(target), run.proposer.draft, gamma, config.steps,
+    for chunk in run_blocks(source, run.proposer.draft, gamma, config.steps,
                             random_stream(config.seed, Stream.CHAIN), sparse=sparse_rows(run)):
         tally.update(chunk)
     lengths = tally.accepted_lengths()
     mean, se = float(lengths.mean()), batch_means_se(lengths)
     name = f"mean accepted length = exact expectation ± 4 SE ({tally.blocks} blocks)"
-    if target.V > EXPECTATION_MAX_V:
+    if not source.keys_are_tokens:
+        results.append(CheckResult(name=name, passed=True, skipped=True,
+                                   detail="skipped: the exact expectation is the bigram chain's (stationary law of "
+                                   "block starts); not derived for order-N contexts or trace positions"))
+    elif target.V > EXPECTATION_MAX_V:
         results.append(CheckResult(name=name, passed=True, skipped=True,
                                    detail=f"skipped: V = {target.V} above the dense limit {EXPECTATION_MAX_V}"))
     else:

@@ -129,6 +129,11 @@ class _TableCache:
         return self._tables(x)
 
 
+def _token_is_key(key: int, token: int) -> int:
+    """The bigram chain's move: the emitted token is the next context."""
+    return token
+
+
 def _block(table: Callable[[int], _BlockTable], advance: Callable[[int, int], int], x: int, u: list[float],
            gamma: int) -> tuple[list[int], list[int], int, int]:
     """One block from key x with its ``2γ + 1`` uniforms: (drafts, their keys, accepted length, final token).
@@ -166,13 +171,16 @@ def _chunk(start: int, first_step: list[int], context: list[int], drafted: list[
 
 def fixed_context_blocks(
     row: RowSource, drafts: DraftSource, V: int, x: int, gamma: int, n: int, rng: np.random.Generator,
-    sparse: SparseRows | None = None,
+    sparse: SparseRows | None = None, advance: Callable[[int, int], int] = _token_is_key,
 ) -> BlockChunk:
-    """`n` independent blocks of a bigram chain, each started at context `x` (same per-block layout as the chain)."""
+    """`n` independent blocks, each started at key `x` (same per-block layout as the chain).
+
+    `advance` is the context source's move (`engine.keys`); by default the bigram chain's (the token).
+    """
     table = _TableCache(row, drafts, V, TABLE_CACHE_BYTES, sparse)
     drafted, keys, accepted_length, final = [], [], [], []
     for u in rng.random((n, 2 * gamma + 1)).tolist():
-        ys, cs, n_acc, z = _block(table, _token_is_key, x, u, gamma)
+        ys, cs, n_acc, z = _block(table, advance, x, u, gamma)
         drafted.append(ys)
         keys.append(cs)
         accepted_length.append(n_acc)
@@ -180,11 +188,6 @@ def fixed_context_blocks(
     lengths = np.array(accepted_length, dtype=np.int64)
     first_step = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64).tolist()
     return _chunk(0, first_step, [x] * n, drafted, keys, accepted_length, final, gamma)
-
-
-def _token_is_key(key: int, token: int) -> int:
-    """The bigram chain's move: the emitted token is the next context."""
-    return token
 
 
 def run_blocks(
@@ -328,19 +331,23 @@ def run_blocks_reference(
     return _chunk(0, first_step, context, drafted, keys, accepted_length, final, gamma)
 
 
-def block_transitions(chunk: BlockChunk) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Every (previous token, emitted token) pair of the chunk's blocks, each block from its own context.
+def block_transitions(chunk: BlockChunk, advance: Callable[[int, int], int] = _token_is_key
+                      ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Every (key, emitted token) pair of the chunk's blocks, each block from its own first key.
 
+    An accepted draft and a residual token are emitted in the key their draft was verified in; a
+    bonus token in ``advance(last draft's key, last draft)`` (on the bigram chain: the last draft).
     Unlike `context_transition_counts` this does not assume the blocks are consecutive.
     """
-    lengths = chunk.accepted_length + 1
-    tokens = chunk.emitted_tokens()
-    prev = np.empty_like(tokens)
-    if tokens.size:
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        prev[1:] = tokens[:-1]
-        prev[starts] = chunk.context
-    return prev, tokens
+    g = chunk.gamma
+    full = np.flatnonzero(chunk.accepted_length == g)
+    bonus_key = np.array([advance(int(chunk.draft_keys[i, -1]), int(chunk.drafted[i, -1])) for i in full.tolist()],
+                         dtype=np.int64)
+    keys = np.concatenate([chunk.draft_keys, np.zeros((len(chunk), 1), dtype=np.int64)], axis=1)
+    keys[full, g] = bonus_key
+    keep = np.arange(g + 1)[None, :] <= chunk.accepted_length[:, None]
+    prev: NDArray[np.int64] = keys[keep]
+    return prev, chunk.emitted_tokens()
 
 
 def context_transition_counts(chunk: BlockChunk, contexts: list[int], V: int) -> NDArray[np.int64]:
@@ -361,9 +368,10 @@ def context_transition_counts(chunk: BlockChunk, contexts: list[int], V: int) ->
     return counts
 
 
-def block_transition_chi2(chunk: BlockChunk, row: RowSource, V: int) -> Chi2Result:
-    """χ² of all of a chunk's transitions against ``p(. | prev)``, summed over previous tokens (`context_chi2`)."""
-    prev, emitted = block_transitions(chunk)
+def block_transition_chi2(chunk: BlockChunk, row: RowSource, V: int,
+                          advance: Callable[[int, int], int] = _token_is_key) -> Chi2Result:
+    """χ² of every emitted token against its key's row ``p(. | key)``, summed over keys (`context_chi2`)."""
+    prev, emitted = block_transitions(chunk, advance)
     return context_chi2(
         ((c, np.bincount(emitted[prev == c], minlength=V).astype(np.float64)) for c in np.unique(prev).tolist()), row
     )
