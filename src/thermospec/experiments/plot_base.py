@@ -2,9 +2,10 @@
 
 Each figure is drawn on a fresh `matplotlib.figure.Figure` with the Agg canvas
 (matplotlib's object API: no display, no global pyplot state), saved at `DPI`
-(print resolution), and titled with what was run — target and V, K, τ, ε, seed(s)
-and steps, read from the folder's ``summary.json`` or ``sweep.json`` — so that
-figures of different runs never look alike.  Legends sit below the axes, where
+(print resolution), and titled with what was run — target and V (with its order
+N or trace), K, τ, ε, N drafts and their verifier, seed(s) and steps, read from
+the folder's ``summary.json`` or ``sweep.json`` — so that figures of different
+runs never look alike.  Legends sit below the axes, where
 they cover no data.
 """
 
@@ -24,8 +25,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DPI",
+    "OVERLAP",
+    "AcceptanceName",
     "Drawn",
     "PlotError",
+    "acceptance_name",
     "describe_config",
     "describe_run",
     "describe_sweep",
@@ -34,14 +38,43 @@ __all__ = [
     "read_json",
     "save_figure",
     "seeds_text",
+    "title_lines",
 ]
 
 
 DPI = 200  # print resolution: a 6.4 in wide figure is 1280 px
+TITLE_CHAR_POINTS = 4.9  # the mean width of a character of the 9 pt title line: longer lines are broken
 
 
 class PlotError(ValueError):
     """A folder or file that cannot be plotted; the message names it and says why."""
+
+
+class AcceptanceName(NamedTuple):
+    """How the figures name a step's exact acceptance probability (the telemetry's ``overlap_mass``).
+
+    Attributes
+    ----------
+    short : str
+        In running text: ``"overlap"``.
+    full : str
+        On an axis or in a legend: ``"overlap Σ min(p, q)"``.
+    """
+
+    short: str
+    full: str
+
+
+OVERLAP = AcceptanceName("overlap", "overlap Σ min(p, q)")
+
+
+def acceptance_name(config: Mapping[str, Any] | None) -> AcceptanceName:
+    """What a run's ``overlap_mass`` is: Σ min(p, q), or a ``--drafts N`` run's verifier's exact acceptance."""
+    drafts = (config or {}).get("drafts")
+    if isinstance(drafts, int) and drafts > 1:
+        verifier = (config or {}).get("verifier", "recursive")
+        return AcceptanceName("exact acceptance", f"{verifier} verifier's exact acceptance (N = {drafts})")
+    return OVERLAP
 
 
 class Drawn(NamedTuple):
@@ -58,8 +91,19 @@ def new_figure(width: float, height: float, description: str) -> Figure:
 
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
-    figure.suptitle(description, fontsize=9)
+    figure.suptitle(title_lines(description, int(width * 72 / TITLE_CHAR_POINTS)), fontsize=9)
     return figure
+
+
+def title_lines(description: str, width: int) -> str:
+    """`description` broken at its " · " separators into lines of at most `width` characters (if it can be)."""
+    lines = [""]
+    for part in description.split(" · "):
+        if lines[-1] and len(lines[-1]) + 3 + len(part) > width:
+            lines.append(part)
+        else:
+            lines[-1] = f"{lines[-1]} · {part}" if lines[-1] else part
+    return "\n".join(lines)
 
 
 def save_figure(figure: Figure, path: Path) -> Drawn:
@@ -118,11 +162,16 @@ def _number(value: Any) -> str:
 
 def _target_text(config: Mapping[str, Any], target: Mapping[str, Any] | None) -> str:
     V = (target or {}).get("V")
+    V_text = f", V = {V:,}" if V is not None else ""
+    if config.get("trace"):
+        return f"trace {Path(str(config['trace'])).name}{V_text} (teacher-forced positions)"
     corpus = config.get("corpus")
     if corpus:
         tokenizer = config.get("tokenizer")
         kind = str(tokenizer).replace("bpe:", "BPE-") if tokenizer else "chars"
-        return f"{Path(str(corpus)).name} {kind}" + (f", V = {V:,}" if V is not None else "")
+        order = config.get("order")
+        kind += f", order {order}" if isinstance(order, int) and order > 2 else ""
+        return f"{Path(str(corpus)).name} {kind}{V_text}"
     V = V if V is not None else config.get("vocab")
     c = config.get("c")
     return f"synthetic V = {V:,}" + (f" (c = {_number(c)})" if c is not None else "")
@@ -130,7 +179,7 @@ def _target_text(config: Mapping[str, Any], target: Mapping[str, Any] | None) ->
 
 def describe_config(config: Mapping[str, Any], target: Mapping[str, Any] | None = None,
                     seeds: Sequence[int] | None = None, steps: str = "steps") -> str:
-    """One line naming a run or a sweep: target and V, K, τ, ε, seed(s), steps (absent values left out).
+    """One line naming a run or a sweep: target and V, K, τ, ε, γ, drafts, seed(s), steps (absent ones left out).
 
     Parameters
     ----------
@@ -153,6 +202,9 @@ def describe_config(config: Mapping[str, Any], target: Mapping[str, Any] | None 
         parts.append(f"ε = {_number(config['eps'])}")
     if config.get("gamma") is not None:
         parts.append(f"γ = {config['gamma']}")
+    drafts = config.get("drafts")
+    if isinstance(drafts, int) and drafts > 1:
+        parts.append(f"N = {drafts} drafts, {config.get('verifier', 'recursive')} verifier")
     if config.get("tsu", "sim") != "sim":
         parts.append(f"TSU {config['tsu']}")
     if seeds:

@@ -5,7 +5,9 @@ What a folder holds (`folder_kinds`) and what is drawn for it (`draw_folder`):
 - ``"run"`` (``m1_metrics.jsonl`` or ``m1_metrics.parquet``): the running
   acceptance against the running mean overlap, per-context acceptance against
   overlap (binned above a few thousand contexts) and the CE-gap histogram
-  (`run_plots`);
+  (`run_plots`); an ``--order N`` run's contexts are its backed-off contexts, a
+  ``--trace`` run's are its positions, and a ``--drafts N`` run's overlap is the
+  verifier's exact acceptance (so named on the axes);
 - ``"blocks"`` (``run --gamma``: ``m1_blocks.jsonl``): the accepted-length
   histogram and the per-position acceptance, measured against exact (`mode_plots`);
 - ``"chains"`` (``run --chains B``): each chain's acceptance against the pooled
@@ -27,7 +29,15 @@ from pathlib import Path
 from thermospec.engine.blocks import BLOCKS_FILE
 from thermospec.experiments.gamma_sweep import GAMMA_CSV, SPEEDUP_PNG
 from thermospec.experiments.mode_plots import block_figures, chain_rates, chains_figure, read_block_lengths
-from thermospec.experiments.plot_base import DPI, Drawn, PlotError, describe_run, read_json, save_figure
+from thermospec.experiments.plot_base import (
+    DPI,
+    Drawn,
+    PlotError,
+    acceptance_name,
+    describe_run,
+    read_json,
+    save_figure,
+)
 from thermospec.experiments.run_plots import (
     RunTrace,
     ce_gap_figure,
@@ -135,9 +145,11 @@ def _read_trace(folder: Path) -> RunTrace:
 def _draw_run(folder: Path) -> list[Drawn]:
     trace = _read_trace(folder)
     description = describe_run(folder)
+    config = (read_json(folder / SUMMARY_FILE) or {}).get("config")
+    exact = acceptance_name(config if isinstance(config, dict) else None)
     return [
-        save_figure(running_figure(trace, description), folder / RUNNING_PNG),
-        save_figure(context_figure(trace, description), folder / CONTEXT_PNG),
+        save_figure(running_figure(trace, description, exact), folder / RUNNING_PNG),
+        save_figure(context_figure(trace, description, exact), folder / CONTEXT_PNG),
         save_figure(ce_gap_figure(trace, description), folder / CE_GAP_PNG),
     ]
 

@@ -1,4 +1,4 @@
-"""Figures of one M1 run: its telemetry (``m1_metrics.jsonl`` or ``m1_metrics.parquet``) as a `RunTrace`.
+"""Figures of one run: its telemetry (``m1_metrics.jsonl`` or ``m1_metrics.parquet``) as a `RunTrace`.
 
 - the running acceptance rate against the running mean overlap (±2 s.e. band);
 - per-context acceptance against the context's overlap, with y = x and ±2
@@ -6,6 +6,12 @@
   above that (V = 65,536 visits tens of thousands) the contexts binned by overlap
   into `CONTEXT_BINS` bins of about equal steps, one pooled point per bin;
 - the histogram of the CE gap of each step's context.
+
+A step's context is what its draft was made for: the previous token (M1, ``--drafts``),
+the text of the backed-off context (``--order N``: the record's ``context``) or the
+trace position (``--trace``: the record's ``position``, the figure says "position").
+The "overlap" is each step's exact acceptance probability: Σ min(p, q), or the
+verifier's for a ``--drafts`` run (`AcceptanceName` names it on the axes).
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.experiments.plot_base import PlotError, legend_below, new_figure
+from thermospec.experiments.plot_base import OVERLAP, AcceptanceName, PlotError, legend_below, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -27,9 +33,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTEXT_BINS",
     "MAX_CONTEXT_POINTS",
+    "OVERLAP",
+    "AcceptanceName",
     "RunTrace",
     "ce_gap_figure",
     "context_figure",
+    "context_points",
     "read_parquet_trace",
     "read_run_trace",
     "running_figure",
@@ -54,8 +63,12 @@ class RunTrace:
     ce_gap : ndarray of float64, shape (N,)
         CE gap of each step's context (``inf`` where the telemetry has null).
     context : ndarray of int64, shape (N,)
+        The context (or position) each step drafted in, as a small id: steps with
+        the same id share their row and their draft.
     chain : ndarray of int64, shape (N,), optional
         The chain of each step (a ``--chains`` Parquet file's ``chain`` column).
+    grouped_by : str
+        What `context` is, in the figures' words: ``"context"`` or ``"position"`` (a trace run).
     """
 
     accepted: NDArray[np.bool_]
@@ -63,10 +76,20 @@ class RunTrace:
     ce_gap: NDArray[np.float64]
     context: NDArray[np.int64]
     chain: NDArray[np.int64] | None = None
+    grouped_by: str = "context"
+
+
+def _context_key(record: dict[str, Any], ids: dict[Any, int]) -> int:
+    """The id of a record's context: its ``position`` (trace), its ``context`` text (order N), else ``prev_token``."""
+    if "position" in record:
+        return int(record["position"])
+    if "context" in record:
+        return ids.setdefault(str(record["context"]), len(ids))
+    return int(record["prev_token"])
 
 
 def read_run_trace(path: Path) -> RunTrace:
-    """Read the fields the figures use from ``m1_metrics.jsonl``.
+    """Read the fields the figures use from ``m1_metrics.jsonl`` (any mode's: module docstring for the context).
 
     Raises
     ------
@@ -77,22 +100,20 @@ def read_run_trace(path: Path) -> RunTrace:
     overlap: list[float] = []
     ce_gap: list[float] = []
     context: list[int] = []
+    ids: dict[Any, int] = {}
+    positions = False
     try:
         with path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
                 try:
                     record = json.loads(line)
-                    if "position" in record:
-                        raise PlotError(f"{path}: a --trace run (teacher-forced positions): plot draws runs of a "
-                                        "chain; a trace run's figures are not drawn yet")
                     accepted.append(bool(record["accepted"]))
                     overlap.append(float(record["overlap_mass"]))
                     gap = record["ce_gap_nats"]
                     ce_gap.append(math.inf if gap is None else float(gap))
-                    context.append(int(record["prev_token"]))
-                except PlotError:
-                    raise
-                except (ValueError, KeyError, TypeError) as exc:
+                    context.append(_context_key(record, ids))
+                    positions = positions or "position" in record
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     raise PlotError(f"{path}: line {number} is not a telemetry record ({exc})") from None
     except OSError as exc:
         raise PlotError(f"{path}: cannot be read ({exc.strerror or exc})") from None
@@ -103,6 +124,7 @@ def read_run_trace(path: Path) -> RunTrace:
         overlap=np.array(overlap, dtype=np.float64),
         ce_gap=np.array(ce_gap, dtype=np.float64),
         context=np.array(context, dtype=np.int64),
+        grouped_by="position" if positions else "context",
     )
 
 
@@ -147,8 +169,8 @@ def _trace_points(n: int) -> NDArray[np.int64]:
     return np.unique(np.geomspace(1, n, MAX_TRACE_POINTS).astype(np.int64) - 1)
 
 
-def running_figure(trace: RunTrace, description: str) -> Figure:
-    """Running acceptance rate against the running mean overlap, with a ±2 standard-error band."""
+def running_figure(trace: RunTrace, description: str, exact: AcceptanceName = OVERLAP) -> Figure:
+    """Running acceptance rate against the running mean overlap (`exact` names it), with a ±2 s.e. band."""
     n = trace.accepted.size
     t = np.arange(1, n + 1, dtype=np.float64)
     running_accept = np.cumsum(trace.accepted) / t
@@ -162,14 +184,14 @@ def running_figure(trace: RunTrace, description: str) -> Figure:
     fig = new_figure(6.4, 4.8, description)
     ax = fig.add_subplot()
     ax.fill_between(t[keep], (running_overlap - band)[keep], (running_overlap + band)[keep],
-                    color="tab:orange", alpha=0.25, linewidth=0, label="overlap ± 2 s.e.")
-    ax.plot(t[keep], running_overlap[keep], color="tab:orange", label="running mean overlap Σ min(p, q)")
+                    color="tab:orange", alpha=0.25, linewidth=0, label=f"{exact.short} ± 2 s.e.")
+    ax.plot(t[keep], running_overlap[keep], color="tab:orange", label=f"running mean {exact.full}")
     ax.plot(t[keep], running_accept[keep], color="tab:blue", label="running acceptance rate")
     ax.set_xscale("log")
     ax.set_ylim(max(0.0, low - margin), min(1.0, high + margin))
     ax.set_xlabel("step (emitted tokens, log scale)")
     ax.set_ylabel("fraction of drafts accepted")
-    ax.set_title(f"acceptance {running_accept[-1]:.4f} vs mean overlap {running_overlap[-1]:.4f} "
+    ax.set_title(f"acceptance {running_accept[-1]:.4f} vs mean {exact.short} {running_overlap[-1]:.4f} "
                  f"({n:,} steps)", fontsize=10)
     ax.grid(True, alpha=0.3)
     legend_below(ax, columns=2)
@@ -177,10 +199,10 @@ def running_figure(trace: RunTrace, description: str) -> Figure:
 
 
 def _binned(o: NDArray[np.float64], n: NDArray[np.float64], accepted: NDArray[np.float64],
-            bins: int) -> tuple[NDArray[np.float64], ...]:
+            spread: NDArray[np.float64], bins: int) -> tuple[NDArray[np.float64], ...]:
     """Contexts sorted by overlap in `bins` bins of about equal steps: x, its range, pooled rate, 2 s.e."""
     order = np.argsort(o, kind="stable")
-    o, n, accepted = o[order], n[order], accepted[order]
+    o, n, accepted, spread = o[order], n[order], accepted[order], spread[order]
     middle = np.cumsum(n) - n / 2  # a context goes to the bin its middle step falls in
     which = np.minimum((middle / n.sum() * bins).astype(np.int64), bins - 1)
     steps = np.bincount(which, weights=n, minlength=bins)
@@ -188,49 +210,62 @@ def _binned(o: NDArray[np.float64], n: NDArray[np.float64], accepted: NDArray[np
     steps = steps[used]
     x = np.bincount(which, weights=n * o, minlength=bins)[used] / steps
     rate = np.bincount(which, weights=accepted, minlength=bins)[used] / steps
-    err = 2 * np.sqrt(np.bincount(which, weights=n * o * (1 - o), minlength=bins)[used]) / steps
+    err = 2 * np.sqrt(np.bincount(which, weights=spread, minlength=bins)[used]) / steps
     starts = np.searchsorted(which, np.flatnonzero(used))
     ends = np.searchsorted(which, np.flatnonzero(used), side="right") - 1
     return x, x - o[starts], o[ends] - x, rate, err
 
 
-def context_figure(trace: RunTrace, description: str) -> Figure:
+def context_points(trace: RunTrace) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+                                             NDArray[np.float64]]:
+    """Per visited context: its mean overlap, its steps, its accepted steps, and Σ o(1 − o) over its steps.
+
+    The overlap is averaged over the context's own steps (it is the same at every
+    step of a context: the mean is that value, and stays right if it were not).
+    """
+    counts = np.bincount(trace.context)
+    visited = np.flatnonzero(counts)
+    n = counts[visited].astype(np.float64)
+    def total(weights: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.bincount(trace.context, weights=weights).astype(np.float64)[visited]
+
+    o = total(trace.overlap) / n
+    return o, n, total(trace.accepted.astype(np.float64)), total(trace.overlap * (1 - trace.overlap))
+
+
+def context_figure(trace: RunTrace, description: str, exact: AcceptanceName = OVERLAP) -> Figure:
     """Per-context acceptance rate against the context's overlap, ±2 standard errors, with y = x.
 
     Up to `MAX_CONTEXT_POINTS` visited contexts, one point each; above, `CONTEXT_BINS`
     bins of contexts of similar overlap (about equal steps each), one pooled point
-    per bin with its overlap range as a horizontal bar.
+    per bin with its overlap range as a horizontal bar.  A trace run's contexts are
+    its positions.
     """
-    counts = np.bincount(trace.context)
-    visited = np.flatnonzero(counts)
-    accepted = np.bincount(trace.context, weights=trace.accepted.astype(np.float64)).astype(np.float64)[visited]
-    overlap = np.zeros(counts.size)
-    overlap[trace.context] = trace.overlap  # constant per context
-    o = overlap[visited]
-    n = counts[visited].astype(np.float64)
+    o, n, accepted, spread = context_points(trace)
+    group = trace.grouped_by
     fig = new_figure(5.6, 5.4, description)
     ax = fig.add_subplot()
-    if visited.size > MAX_CONTEXT_POINTS:
+    if o.size > MAX_CONTEXT_POINTS:
         bins = int(min(CONTEXT_BINS, max(8, trace.accepted.size // STEPS_PER_BIN)))
-        x, left, right, rate, err = _binned(o, n, accepted, bins)
+        x, left, right, rate, err = _binned(o, n, accepted, spread, bins)
         ax.errorbar(x, rate, xerr=np.vstack([left, right]), yerr=err, fmt="o", markersize=4, elinewidth=1,
-                    capsize=2, color="tab:blue", label="contexts binned by overlap (±2 s.e.; bar: bin's range)")
-        title = f"per-context acceptance: {visited.size:,} contexts in {x.size} bins of ≈ equal steps"
+                    capsize=2, color="tab:blue", label=f"{group}s binned by {exact.short} (±2 s.e.; bar: bin's range)")
+        title = f"per-{group} acceptance: {o.size:,} {group}s in {x.size} bins of ≈ equal steps"
         low = float(min((x - left).min(), (rate - err).min()))
         high = float(max((x + right).max(), (rate + err).max()))
     else:
         rate = accepted / n
-        err = 2 * np.sqrt(o * (1 - o) / n)
+        err = 2 * np.sqrt(spread) / n
         ax.errorbar(o, rate, yerr=err, fmt="o", markersize=3, elinewidth=0.8, alpha=0.7, color="tab:blue",
-                    label="one context (±2 s.e.)")
-        title = f"per-context acceptance, {visited.size:,} contexts"
+                    label=f"one {group} (±2 s.e.)")
+        title = f"per-{group} acceptance, {o.size:,} {group}s"
         low, high = float(min(o.min(), rate.min())), 1.0
     span = np.array([max(0.0, low - 0.02), min(1.0, high + 0.02)])
     ax.plot(span, span, color="grey", linestyle="--", linewidth=1, label="y = x", zorder=1)
     ax.set_xlim(span[0], span[1] + 0.005)  # a little room for the points at 1
     ax.set_ylim(span[0], span[1] + 0.005)
-    ax.set_xlabel("overlap mass Σ min(p, q) of the context")
-    ax.set_ylabel("acceptance rate in the context")
+    ax.set_xlabel(f"{exact.full} of the {group}")
+    ax.set_ylabel(f"acceptance rate at the {group}" if group == "position" else "acceptance rate in the context")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     legend_below(ax, columns=1)
