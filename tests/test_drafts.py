@@ -80,7 +80,8 @@ def test_a_wrong_verifier_fails_the_same_test(small: PreparedRun) -> None:
     t = small.target
     wrong: VerifierPlan = FirstDraft(2)  # type: ignore[assignment]
     chunks = list(run_drafts(t.row, t.pi, small.proposer.draft, 2, "recursive", 25_000,
-                             random_stream(9, Stream.CHAIN), plans=lambda x: wrong))
+                             random_stream(9, Stream.CHAIN), plans=lambda x: wrong,
+                             backend="reference"))
     assert transition_p(small, chunks, t.V) < 1e-6
 
 

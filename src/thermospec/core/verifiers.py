@@ -69,11 +69,14 @@ __all__ = [
     "RecursivePlan",
     "SpecTrPlan",
     "VerifierPlan",
+    "VerifierTables",
     "make_plan",
     "recursive_targets",
     "spectr_rho",
+    "table_layout",
     "uniforms_per_step",
     "verifier_acceptance",
+    "verifier_tables",
     "verify_step",
 ]
 
@@ -141,6 +144,10 @@ class VerifierPlan:
     def _step(self, drafts: NDArray[np.int64], u: NDArray[np.float64]) -> Step:
         raise NotImplementedError
 
+    def tables(self) -> VerifierTables:
+        """The plan as flat per-context tables (`VerifierTables`), for the table-driven steps."""
+        raise NotImplementedError
+
 
 def recursive_targets(p: NDArray[np.float64], q: NDArray[np.float64], n: int) -> list[NDArray[np.float64]]:
     """``p_1 = p, …, p_n``: the distribution draft i is tested against by recursive rejection.
@@ -169,6 +176,10 @@ class RecursivePlan(VerifierPlan):
             if u[i] < self.ratios[i][y]:
                 return y, i
         return int(inverse_cdf(self.final_cdf, u[self.n : self.n + 1])[0]), None
+
+    def tables(self) -> VerifierTables:
+        """N levels ``p_i / q``, then the final residual."""
+        return _tables(np.stack(self.ratios), self.final_cdf, False)
 
 
 def _recursive_plan(p: NDArray[np.float64], q: NDArray[np.float64], n: int) -> RecursivePlan:
@@ -228,6 +239,10 @@ class SpecTrPlan(VerifierPlan):
                 return y, i
         return int(inverse_cdf(self.final_cdf, u[self.n : self.n + 1])[0]), None
 
+    def tables(self) -> VerifierTables:
+        """One level ``p / (ρ q)`` for every draft, then the final residual."""
+        return _tables(self.ratio[None, :], self.final_cdf, False)
+
 
 def _spectr_plan(p: NDArray[np.float64], q: NDArray[np.float64], n: int) -> SpecTrPlan:
     rho = spectr_rho(p, q, n)
@@ -269,6 +284,12 @@ class OptimalPlan(VerifierPlan):
         if u[0] < self.ratio[y]:
             return y, i
         return int(inverse_cdf(self.final_cdf, u[self.n : self.n + 1])[0]), None
+
+    def tables(self) -> VerifierTables:
+        """The selection's ratio ``p / x`` and residual, and the class walk of its mixture (none at N = 1)."""
+        if self.mixture is None:
+            return _tables(self.ratio[None, :], self.final_cdf, True)
+        return _tables(self.ratio[None, :], self.final_cdf, True, self.mixture.removal, self.mixture.rank)
 
 
 def _optimal_plan(p: NDArray[np.float64], q: NDArray[np.float64], n: int) -> OptimalPlan:
@@ -312,3 +333,99 @@ def verify_step(name: str, p: NDArray[np.float64], q: NDArray[np.float64],
 def verifier_acceptance(name: str, p: NDArray[np.float64], q: NDArray[np.float64], n: int) -> float:
     """Exact probability that verifier `name` emits an accepted draft, given (p, q, N): ``make_plan(…).acceptance``."""
     return make_plan(name, p, q, n).acceptance
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class VerifierTables:
+    """A plan as flat per-context tables: what a table-driven step (compiled or not) reads.
+
+    One step with drafts ``y_1 … y_N`` and verifier uniforms ``(u_1 … u_N, u_res)``:
+
+    - ``selection == False`` (``recursive``, ``spectr``): accept the first ``y_i``
+      with ``u_i < ratios[min(i, L − 1)][y_i]`` (recursive: ``L = N`` levels ``p_i/q``;
+      spectr: one level ``p/(ρ q)``);
+    - ``selection == True`` (``optimal``): select draft ``i`` (the first of the
+      smallest `class_start` at ``ω = u_2``; draft 0 when N = 1) and accept it iff
+      ``u_1 < ratios[0][y_i]``;
+    - otherwise emit ``inverse_cdf(final_cdf, u_res)``.
+
+    ``class_start(r, ω) = max{k ≤ r : removal[k] > ω}`` (`ClassMixture.class_start`)
+    is found without a search over all nodes: start at ``node_at[r]`` (the last node
+    ``≤ r`` that ever splits) and follow ``up[k]`` (the nearest node left of k with a
+    larger removal time) while ``removal[k] ≤ ω``; every skipped node has a removal
+    time ``≤ ω``, and node 0 (``removal = inf``) ends the walk.
+
+    Attributes
+    ----------
+    ratios : ndarray of float64, shape (L, V)
+    final_cdf : ndarray of float64, shape (V,)
+    selection : bool
+    rank : ndarray of int64, shape (V,)
+        Position of each token in the ratio order (−1 for q = 0); empty unless `selection`.
+    node_at : ndarray of int64, shape (M,)
+    up : ndarray of int64, shape (M + 1,)
+    removal : ndarray of float64, shape (M + 1,)
+        Empty unless `selection` with N > 1.
+    """
+
+    ratios: NDArray[np.float64]
+    final_cdf: NDArray[np.float64]
+    selection: bool
+    rank: NDArray[np.int64]
+    node_at: NDArray[np.int64]
+    up: NDArray[np.int64]
+    removal: NDArray[np.float64]
+
+    def class_start(self, r: int, omega: float) -> int:
+        """``max{k ≤ r : removal[k] > ω}`` by the walk of the class docstring."""
+        k = int(self.node_at[r])
+        while not self.removal[k] > omega:
+            k = int(self.up[k])
+        return k
+
+
+def _class_walk(removal: NDArray[np.float64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """``node_at[r]`` (last node ``k ≤ r`` with ``removal[k] > 0``) and ``up[k]`` (nearest left, strictly later)."""
+    M = removal.shape[0] - 1
+    splits = removal > 0
+    positions = np.where(splits, np.arange(M + 1), 0)
+    node_at = np.maximum.accumulate(positions)[:M].astype(np.int64)
+    up = np.zeros(M + 1, dtype=np.int64)
+    stack: list[int] = []
+    for k in np.flatnonzero(splits).tolist():
+        while stack and not removal[stack[-1]] > removal[k]:
+            stack.pop()
+        up[k] = stack[-1] if stack else 0
+        stack.append(k)
+    return node_at, up
+
+
+def table_layout(name: str, n: int) -> tuple[int, bool]:
+    """``(L, selection)`` of verifier `name`'s tables for N = n: the ratio levels, and whether it selects a draft.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or ``n < 1``.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"verifier: unknown name {name!r}; choose one of {', '.join(VERIFIERS)}")
+    if n < 1:
+        raise ValueError(f"drafts: the number of drafts must be >= 1, got {n}")
+    return (n if name == "recursive" else 1), name == "optimal"
+
+
+def verifier_tables(plan: VerifierPlan) -> VerifierTables:
+    """The flat tables of `plan` (its own arrays: a table-driven step emits the tokens `plan.step` emits)."""
+    return plan.tables()
+
+
+def _tables(ratios: NDArray[np.float64], final_cdf: NDArray[np.float64], selection: bool,
+            removal: NDArray[np.float64] | None = None, rank: NDArray[np.int64] | None = None) -> VerifierTables:
+    empty_i = np.zeros(0, dtype=np.int64)
+    if removal is None or rank is None:
+        return VerifierTables(ratios=ratios, final_cdf=final_cdf, selection=selection, rank=empty_i,
+                              node_at=empty_i, up=empty_i, removal=np.zeros(0, dtype=np.float64))
+    node_at, up = _class_walk(removal)
+    return VerifierTables(ratios=ratios, final_cdf=final_cdf, selection=selection, rank=rank, node_at=node_at,
+                          up=up, removal=removal)

@@ -931,12 +931,229 @@ done:
     return result;
 }
 
+/*
+ * N drafts per target call (thermospec.engine.draft_tables): drafts_chain.
+ *
+ * Exactly the step of thermospec.engine.drafts.draft_step on a verifier's per-context tables
+ * (thermospec.core.verifiers.VerifierTables), laid out per slot, with W = V + 1 when the step
+ * selects by classes (optimal, N > 1) and 0 otherwise:
+ *
+ *   floats[slot]  = [draft_cdf (V) | ratios (L x V) | final_cdf (V) | removal (W)]       float64
+ *   ints[slot]    = [draft guide (G + 1) | final guide (G + 1) | rank (V) | node_at (V) | up (W)]  int32
+ *   scalars[slot] = [draft total, final total]                                            float64
+ *   lasts[slot]   = [last positive index of each cdf]                                      int64
+ *   slot_of[key]  = slot holding the tables of key, or -1
+ *
+ * One step consumes 2N + 1 uniforms: y_i = draft(u_i) for i < N, then (v_1 .. v_N, v_res):
+ *   sequential (recursive, spectr): the first i with v_i < ratios[min(i, L - 1)][y_i] is accepted;
+ *   selection (optimal): i = the first draft of the smallest class start at omega = v_2 (0 at N = 1),
+ *     accepted iff v_1 < ratios[0][y_i];
+ *   else the final cdf is inverted at v_res.
+ * The next key is the emitted token, or next_keys[key * V + emitted] when a next-key table is given
+ * (order-N contexts: the same convention as the chain kernel's).
+ */
+
+#define DRAFTS_MAX 64
+
+typedef struct {
+    const double *floats, *scalars;
+    const int32_t *ints;
+    const int64_t *lasts;
+    int64_t V, G, N, L, walk, FS, IS;
+} DraftSlots;
+
+/* max{k <= r : removal[k] > w}: from the last splitting node at or below r, up while removal[k] <= w. */
+static inline int64_t class_start(const int32_t *node_at, const int32_t *up, const double *removal, int64_t r,
+                                  double w)
+{
+    int64_t k = node_at[r];
+    while (!(removal[k] > w))
+        k = up[k];
+    return k;
+}
+
+static inline int64_t drafts_step(const DraftSlots *d, int64_t s, const double *u, int64_t *first,
+                                  int64_t *index, const int selection)
+{
+    const int64_t V = d->V, G = d->G, N = d->N, L = d->L;
+    const double *f = d->floats + s * d->FS;
+    const int32_t *g = d->ints + s * d->IS;
+    const double *sc = d->scalars + 2 * s;
+    const int64_t *la = d->lasts + 2 * s;
+    const double *ratios = f + V, *v = u + N;
+    int64_t ys[DRAFTS_MAX];
+    ys[0] = 0; /* N >= 1 (checked by drafts_chain): overwritten below */
+    for (int64_t i = 0; i < N; ++i) {
+        int64_t y = guided(f, g, G, u[i], sc[0]);
+        ys[i] = y > la[0] ? la[0] : y;
+    }
+    *first = ys[0];
+    if (!selection) {
+        for (int64_t i = 0; i < N; ++i)
+            if (v[i] < ratios[(i < L ? i : L - 1) * V + ys[i]]) {
+                *index = i;
+                return ys[i];
+            }
+    } else {
+        int64_t chosen = 0;
+        if (d->walk) {
+            const int32_t *rank = g + 2 * (G + 1), *node_at = rank + V, *up = node_at + V;
+            const double *removal = f + (2 + L) * V;
+            int64_t best = class_start(node_at, up, removal, rank[ys[0]], v[1]);
+            for (int64_t i = 1; i < N; ++i) {
+                int64_t c = class_start(node_at, up, removal, rank[ys[i]], v[1]);
+                if (c < best) {
+                    best = c;
+                    chosen = i;
+                }
+            }
+        }
+        if (v[0] < ratios[ys[chosen]]) {
+            *index = chosen;
+            return ys[chosen];
+        }
+    }
+    *index = -1;
+    int64_t x = guided(f + (1 + L) * V, g + G + 1, G, v[N], sc[1]);
+    return x > la[1] ? la[1] : x;
+}
+
+/* Steps t0..n-1 from key *x; stops early (returns t) at a key without tables, or (sets *bad) at a next key
+ * outside [0, keys). */
+static inline int64_t drafts_loop(const DraftSlots *d, const int64_t *restrict slot_of, Py_ssize_t slots,
+                                  int64_t keys, int64_t *restrict last_used, const double *restrict u,
+                                  uint64_t *restrict rng, int64_t *restrict prev, int64_t *restrict proposed,
+                                  int64_t *restrict emitted, int64_t *restrict index,
+                                  const int64_t *restrict next_keys, int64_t t0, int64_t n, int64_t *x,
+                                  int64_t clock, int *bad, const int drawn, const int selection)
+{
+    const int64_t per = 2 * d->N + 1, V = d->V;
+    double uu[2 * DRAFTS_MAX + 1];
+    int64_t cx = *x, t = t0;
+#if HAVE_PCG64
+    pcg128 state = 0, inc = 0;
+    if (drawn) {
+        state = pcg_join(rng[0], rng[1]);
+        inc = pcg_join(rng[2], rng[3]);
+    }
+#else
+    (void)rng;
+#endif
+    for (; t < n; ++t) {
+        int64_t s = slot_of[cx];
+        if (!LIKELY(s >= 0 && s < slots))
+            break;
+        const double *us = u + per * t;
+#if HAVE_PCG64
+        if (drawn) {
+            for (int64_t j = 0; j < per; ++j)
+                uu[j] = pcg_uniform(&state, inc);
+            us = uu;
+        }
+#endif
+        last_used[s] = clock + t;
+        prev[t] = cx;
+        int64_t e = drafts_step(d, s, us, proposed + t, index + t, selection);
+        emitted[t] = e;
+        int64_t nx = next_keys ? next_keys[cx * V + e] : e;
+        if (!LIKELY(nx >= 0 && nx < keys)) {
+            *bad = 1;
+            ++t;
+            break;
+        }
+        cx = nx;
+    }
+#if HAVE_PCG64
+    if (drawn) {
+        rng[0] = (uint64_t)(state >> 64);
+        rng[1] = (uint64_t)state;
+    }
+#endif
+    *x = cx;
+    return t;
+}
+
+/* drafts_chain(floats, ints, scalars, lasts, slot_of, last_used, u, prev, proposed, emitted, index,
+ *              V, G, N, L, selection, start, n, x, clock [, rng, next_keys]) -> (t, x)
+ * Runs steps start..n-1 of a chunk of one chain; stops early (t < n) at a key without tables.
+ * u holds 2N + 1 uniforms per step, or rng (uint64[4], a PCG64 state advanced in place) draws them
+ * (u may then be empty).  next_keys: None (the next key is the emitted token; then slot_of has V
+ * entries at least) or int64 (keys x V).  Keys are slot_of's entries. */
+static PyObject *drafts_chain(PyObject *self, PyObject *args)
+{
+    Py_buffer fb, ib, sb, lb, so, lu, ub, pb, yb, eb, xb;
+    Py_buffer rb = {0}, nb = {0};
+    Py_ssize_t V, G, N, L, start, n, x, clock;
+    int selection;
+    PyObject *rng = Py_None, *next = Py_None;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*y*w*w*w*w*nnnnpnnnn|OO", &fb, &ib, &sb, &lb, &so, &lu, &ub, &pb, &yb,
+                          &eb, &xb, &V, &G, &N, &L, &selection, &start, &n, &x, &clock, &rng, &next))
+        return NULL;
+    PyObject *result = NULL;
+    const int drawn = rng != Py_None;
+    if (drawn && !HAVE_PCG64) {
+        PyErr_SetString(PyExc_NotImplementedError, "drafts_chain: built without 128-bit integers (no PCG64)");
+        goto done;
+    }
+    if (!(optional(rng, &rb) && (next == Py_None || PyObject_GetBuffer(next, &nb, 0) == 0)))
+        goto done;
+    if (V < 1 || G < 1 || (G & (G - 1)) != 0 || N < 1 || N > DRAFTS_MAX || L < 1 || L > N) {
+        PyErr_SetString(PyExc_ValueError, "drafts_chain: V >= 1, G a power of two, 1 <= L <= N <= 64 needed");
+        goto done;
+    }
+    {
+        const int64_t walk = selection && N > 1 ? V + 1 : 0;
+        const int64_t FS = (2 + L) * V + walk, IS = 2 * (G + 1) + (walk ? 2 * V + walk : 0);
+        const Py_ssize_t slots = sb.len / (Py_ssize_t)(2 * sizeof(double));
+        const int64_t keys = so.len / (Py_ssize_t)sizeof(int64_t);
+        if (!(need(&fb, slots * FS, 8, "floats") && need(&ib, slots * IS, 4, "ints") &&
+              need(&lb, slots * 2, 8, "lasts") && need(&lu, slots, 8, "last_used") &&
+              (drawn ? need(&rb, 4, 8, "rng") : need(&ub, n * (2 * N + 1), 8, "u")) && need(&pb, n, 8, "prev") &&
+              need(&yb, n, 8, "proposed") && need(&eb, n, 8, "emitted") && need(&xb, n, 8, "index") &&
+              (next == Py_None ? need(&so, V, 8, "slot_of") : need(&nb, keys * V, 8, "next_keys"))))
+            goto done;
+        if (x < 0 || x >= keys || start < 0 || start > n) {
+            PyErr_SetString(PyExc_ValueError, "drafts_chain: key or start out of range");
+            goto done;
+        }
+        DraftSlots d = {fb.buf, sb.buf, ib.buf, lb.buf, V, G, N, L, walk != 0, FS, IS};
+        int64_t cx = x, t;
+        int bad = 0;
+        const int64_t *slot_of = so.buf, *next_keys = next == Py_None ? NULL : nb.buf;
+        int64_t *last_used = lu.buf, *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf, *index = xb.buf;
+        const double *u = ub.buf;
+        uint64_t *r = rb.buf;
+        Py_BEGIN_ALLOW_THREADS
+#define DRAFTS(dr, se) drafts_loop(&d, slot_of, slots, keys, last_used, u, r, prev, proposed, emitted, index, \
+                                   next_keys, start, n, &cx, clock, &bad, dr, se)
+        if (drawn)
+            t = selection ? DRAFTS(1, 1) : DRAFTS(1, 0);
+        else
+            t = selection ? DRAFTS(0, 1) : DRAFTS(0, 0);
+#undef DRAFTS
+        Py_END_ALLOW_THREADS
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "drafts_chain: a next key outside the keys");
+            goto done;
+        }
+        result = Py_BuildValue("nn", (Py_ssize_t)t, (Py_ssize_t)cx);
+    }
+done:
+    PyBuffer_Release(&fb); PyBuffer_Release(&ib); PyBuffer_Release(&sb); PyBuffer_Release(&lb);
+    PyBuffer_Release(&so); PyBuffer_Release(&lu); PyBuffer_Release(&ub); PyBuffer_Release(&pb);
+    PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&xb);
+    if (rb.obj) PyBuffer_Release(&rb);
+    if (nb.obj) PyBuffer_Release(&nb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"chain", chain, METH_VARARGS, "Run one chain over a chunk of uniforms; stop at a context without a table."},
     {"batch", batch, METH_VARARGS, "Run B chains in lock step; every context must have a table."},
     {"finish", finish, METH_VARARGS, "Fill a table slot's totals, lasts and guides from its three rows."},
     {"jsonl", jsonl, METH_VARARGS, "Format a chunk of steps as the telemetry's JSONL lines."},
     {"compact_chain", compact_chain, METH_VARARGS, "Run one chain on compact tables; stop at a context without a slot."},
+    {"drafts_chain", drafts_chain, METH_VARARGS, "Run one chain with N drafts per step on a verifier's tables."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -12,25 +12,41 @@ float64 uniforms: N for the draws, then the verifier's ``N + 1``
 and every verifier is M1's step, so ``--drafts 1`` is the M1 chain token for
 token (tested); the run itself takes the M1 engine for N = 1.
 
-This is the per-step reference, plain Python over NumPy rows: about 10 to 100 µs
-a step.  A compiled multi-draft kernel is not written yet.
+`draft_step` and `run_drafts_reference` are the per-step reference, plain Python
+over NumPy rows (about 10 to 100 µs a step), and the path of every TSU whose draws
+are its own (THRML, fault-injected: `Proposer.samples_payload` False), each draw's
+report checked.  `run_drafts` steps on per-context tables
+(`engine.draft_tables`: the compiled kernel, or its Python fallback), built once
+per context from the plan (`VerifierPlan.tables`) and the TSU's draft CDF; the
+tests pin it to the reference token for token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.core.verifiers import VerifierPlan, make_plan
+from thermospec.core.verifiers import VerifierPlan, VerifierTables, make_plan, table_layout
 from thermospec.engine.chain import DEFAULT_CHUNK, ReportError, start_token
 from thermospec.engine.chunks import DraftsChunk
+from thermospec.engine.draft_tables import DraftsStepper, drafts_used
+from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import DraftSource
 
-__all__ = ["PlanSource", "fixed_context_drafts", "plan_source", "run_drafts"]
+__all__ = [
+    "PlanSource",
+    "draft_step",
+    "draft_table_source",
+    "fixed_context_drafts",
+    "plan_source",
+    "run_drafts",
+    "run_drafts_reference",
+]
 
 PlanSource = Callable[[int], VerifierPlan]
 PLAN_CACHE_CONTEXTS = 4096
@@ -64,6 +80,23 @@ def draft_step(
     return emitted, ys, index
 
 
+def draft_table_source(drafts: DraftSource, plans: PlanSource
+                       ) -> Callable[[int], tuple[NDArray[np.float64], VerifierTables]]:
+    """``key -> (draft CDF, verifier tables)`` for the table-driven steps (`engine.draft_tables`).
+
+    Only for TSUs whose draws invert their payload's CDF and report ``log F(ψ)`` by
+    construction (`SimTSU`): tables cannot reproduce another TSU's draws.
+    """
+
+    def source(x: int) -> tuple[NDArray[np.float64], VerifierTables]:
+        tsu = drafts(x).tsu
+        if not (tsu.samples_payload and tsu.reports_exactly):
+            raise ValueError(f"context {x}: its TSU's draws are its own; run it with backend='reference'")
+        return tsu.cdf, plans(x).tables()
+
+    return source
+
+
 def run_drafts(
     row: RowSource,
     pi: NDArray[np.float64],
@@ -74,8 +107,42 @@ def run_drafts(
     rng: np.random.Generator,
     plans: PlanSource | None = None,
     chunk: int = DEFAULT_CHUNK,
+    backend: Backend | Literal["reference"] = "auto",
+    max_table_bytes: int = DEFAULT_TABLE_BYTES,
 ) -> Iterator[DraftsChunk]:
-    """The chain with N drafts per step, in chunks of at most `chunk` steps (layout in the module docstring)."""
+    """The chain with N drafts per step, in chunks of at most `chunk` steps (layout in the module docstring).
+
+    `backend`: ``"auto"`` (the compiled kernel when built), ``"compiled"`` or ``"python"`` step on
+    per-context tables of at most `max_table_bytes`; ``"reference"`` is `run_drafts_reference`
+    (for TSUs whose draws are their own).  All give the same tokens.
+    """
+    plans = plans or plan_source(row, drafts, verifier, n)
+    if backend == "reference":
+        yield from run_drafts_reference(row, pi, drafts, n, verifier, steps, rng, plans, chunk)
+        return
+    _, selection = table_layout(verifier, n)
+    V = int(pi.shape[0])
+    stepper = DraftsStepper(V, V, n, verifier, draft_table_source(drafts, plans), backend, max_table_bytes)
+    x = start_token(pi, rng)
+    for start in range(0, steps, chunk):
+        m = min(chunk, steps - start)
+        (prev, proposed, emitted, index), x = stepper.draw_steps(rng, m, x)
+        yield DraftsChunk(start=start, prev=prev, proposed=proposed, emitted=emitted, accepted=index >= 0,
+                          drafts_used=drafts_used(index, n, selection), accepted_index=index)
+
+
+def run_drafts_reference(
+    row: RowSource,
+    pi: NDArray[np.float64],
+    drafts: DraftSource,
+    n: int,
+    verifier: str,
+    steps: int,
+    rng: np.random.Generator,
+    plans: PlanSource | None = None,
+    chunk: int = DEFAULT_CHUNK,
+) -> Iterator[DraftsChunk]:
+    """`run_drafts`, one `draft_step` at a time: each draw the TSU's own, its report checked."""
     plans = plans or plan_source(row, drafts, verifier, n)
     x = start_token(pi, rng)
     for start in range(0, steps, chunk):

@@ -82,7 +82,8 @@ class DraftsMode:
         config, target = self.run.config, self.run.target
         rng = random_stream(config.seed, Stream.CHAIN)
         return run_drafts(target.row, target.pi, self.run.proposer.draft, config.drafts, config.verifier,
-                          config.steps, rng, plans=self.plans)
+                          config.steps, rng, plans=self.plans,
+                          backend="auto" if self.run.proposer.samples_payload else "reference")
 
     def record(self, chunk: DraftsChunk) -> int:
         if self._file is not None:

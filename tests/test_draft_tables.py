@@ -1,0 +1,112 @@
+"""N drafts per step on per-context tables: the compiled kernel and its fallback are the per-step reference."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from thermospec.core.streams import Stream, random_stream
+from thermospec.core.verifiers import VERIFIERS, make_plan, verifier_tables
+from thermospec.engine.chunks import DraftsChunk
+from thermospec.engine.draft_tables import DraftsStepper
+from thermospec.engine.drafts import draft_table_source, plan_source, run_drafts
+from thermospec.engine.kernels import compiled_module
+from thermospec.runs.config import RunConfig
+from thermospec.runs.prepare import PreparedRun, prepare_run
+from thermospec.tsu.drafts import DraftSource
+
+BACKENDS = ("python", "compiled") if compiled_module() is not None else ("python",)
+FIELDS = ("prev", "proposed", "emitted", "accepted_index", "drafts_used")
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["K1", "K3"])
+def small(request: pytest.FixtureRequest) -> PreparedRun:
+    return prepare_run(RunConfig(vocab=12, c=2.0, K=request.param, tau=1.3, seed=4))
+
+
+def arrays(chunks: Iterator[DraftsChunk]) -> list[NDArray[np.int64]]:
+    got = list(chunks)
+    return [np.concatenate([getattr(c, f) for c in got]) for f in FIELDS]
+
+
+def run(run_: PreparedRun, drafts: DraftSource, row: object, n: int, verifier: str, backend: str,
+        steps: int = 800, **kw: object) -> tuple[list[NDArray[np.int64]], float]:
+    rng = random_stream(11, Stream.CHAIN)
+    t = run_.target
+    out = arrays(run_drafts(row, t.pi, drafts, n, verifier, steps, rng, chunk=401, backend=backend,  # type: ignore[arg-type]
+                            **kw))  # type: ignore[arg-type]
+    return out, float(rng.random())  # every path consumes the same uniforms: the streams end alike
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+@pytest.mark.parametrize("verifier", VERIFIERS)
+def test_tables_are_the_reference_token_for_token(small: PreparedRun, verifier: str, n: int) -> None:
+    t = small.target
+    reference, after = run(small, small.proposer.draft, t.row, n, verifier, "reference")
+    for backend in BACKENDS:
+        got, got_after = run(small, small.proposer.draft, t.row, n, verifier, backend)
+        assert all(np.array_equal(a, b) for a, b in zip(reference, got, strict=True)), backend
+        assert got_after == after
+    assert (reference[3] >= 0).any() and (reference[3] < 0).any()  # both branches were taken
+
+
+@pytest.mark.parametrize("verifier", VERIFIERS)
+def test_contexts_where_p_is_q(small: PreparedRun, verifier: str) -> None:
+    """Even contexts' rows are F(ψ) itself: every residual is all zeros (no division by zero, no NaN)."""
+    t, drafts = small.target, small.proposer.draft
+
+    def row(x: int) -> NDArray[np.float64]:
+        return drafts(x).tsu.q.copy() if x % 2 == 0 else t.row(x)
+
+    for x in range(0, t.V, 2):
+        tables = verifier_tables(make_plan(verifier, row(x), drafts(x).tsu.q, 3))
+        assert np.isfinite(tables.ratios).all() and np.isfinite(tables.final_cdf).all()
+    reference, after = run(small, drafts, row, 3, verifier, "reference")
+    for backend in BACKENDS:
+        got, got_after = run(small, drafts, row, 3, verifier, backend)
+        assert all(np.array_equal(a, b) for a, b in zip(reference, got, strict=True)), backend
+        assert got_after == after
+    even = reference[0] % 2 == 0
+    assert even.any() and (reference[3][even] >= 0).all()  # p = q: the first draft is always accepted
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_small_table_cache_evicts_and_gives_the_same_tokens(small: PreparedRun, backend: str) -> None:
+    t = small.target
+    full, _ = run(small, small.proposer.draft, t.row, 3, "optimal", backend)
+    tight, _ = run(small, small.proposer.draft, t.row, 3, "optimal", backend, max_table_bytes=1)  # one slot
+    assert all(np.array_equal(a, b) for a, b in zip(full, tight, strict=True))
+
+
+@pytest.mark.parametrize("verifier", VERIFIERS)
+def test_next_key_table(small: PreparedRun, verifier: str) -> None:
+    """Keys other than tokens: key k uses context k mod V's tables, next = table[k * V + emitted]."""
+    t = small.target
+    V, keys, n = t.V, 2 * t.V, 3
+    source = draft_table_source(small.proposer.draft, plan_source(t.row, small.proposer.draft, verifier, n))
+
+    def keyed(k: int) -> tuple[NDArray[np.float64], object]:
+        return source(k % V)
+
+    table = np.random.default_rng(2).integers(0, keys, size=keys * V).astype(np.int64)
+    u = random_stream(3, Stream.CHAIN).random((3000, 2 * n + 1))
+    python, _ = DraftsStepper(keys, V, n, verifier, keyed, "python", next_keys=table).steps(u, 5)  # type: ignore[arg-type]
+    prev, emitted = python[0], python[2]
+    assert np.array_equal(prev[1:], table[prev[:-1] * V + emitted[:-1]])
+    assert prev.max() >= V  # keys beyond the tokens were visited
+    if compiled_module() is not None:
+        compiled, _ = DraftsStepper(keys, V, n, verifier, keyed, "compiled", next_keys=table).steps(u, 5)  # type: ignore[arg-type]
+        assert all(np.array_equal(a, b) for a, b in zip(compiled, python, strict=True))
+
+
+def test_a_bad_next_key_is_refused(small: PreparedRun) -> None:
+    t = small.target
+    source = draft_table_source(small.proposer.draft, plan_source(t.row, small.proposer.draft, "recursive", 2))
+    table = np.full(t.V * t.V, t.V, dtype=np.int64)  # every next key is one past the last
+    u = np.full((4, 5), 0.5)
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="next"):
+            DraftsStepper(t.V, t.V, 2, "recursive", source, backend, next_keys=table).steps(u, 0)  # type: ignore[arg-type]
