@@ -22,11 +22,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.acceptance import accept_correct_step, acceptance_ratio, residual_cdf
-from thermospec.core.sampling import inverse_cdf, last_positive
+from thermospec.core.sampling import inverse_cdf
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.compact import COMPACT_TABLE_BYTES, CompactStepper, SparseRows, compact_source
 from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, StepCounts, TableSource
-from thermospec.engine.step import vector_steps
+from thermospec.engine.step import GuidedCdf, vector_context_steps
 from thermospec.engine.tally import RunTally
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import ContextDraft, DraftSource
@@ -36,6 +36,7 @@ __all__ = [
     "ReportError",
     "ReportVerifier",
     "context_tables",
+    "fixed_context_chunks",
     "fixed_context_draws",
     "run_chain",
     "run_chain_reference",
@@ -44,6 +45,7 @@ __all__ = [
 
 
 DEFAULT_CHUNK = 1 << 16
+FIXED_CONTEXT_CHUNK = 1 << 16  # steps per chunk of fixed-context draws: their uniforms stay in cache
 
 
 _Tables = TypeVar("_Tables")
@@ -173,25 +175,50 @@ def start_token(pi: NDArray[np.float64], rng: np.random.Generator) -> int:
     return int(inverse_cdf(np.cumsum(pi), rng.random(1))[0])
 
 
+def fixed_context_chunks(
+    p: NDArray[np.float64], draft: ContextDraft, n: int, rng: np.random.Generator, chunk: int = FIXED_CONTEXT_CHUNK
+) -> Iterator[ChainChunk]:
+    """`n` independent draft-and-correct steps from one fixed context, in chunks of at most `chunk` steps.
+
+    Three uniforms per step, drawn chunk by chunk in the order of one ``rng.random((n, 3))`` (the
+    chain's layout), so the steps are what `n` calls of ``SimTSU.draw`` + `accept_correct_step`
+    would give, whatever `chunk`.  Each chunk is checked against the TSU's reports before it is
+    yielded (`ReportError` names the step counted from 0 over all `n`); its `start` is its first step.
+    """
+    tables = context_tables(p, draft)
+    draft_cdf, residual = GuidedCdf(tables.draft_cdf), GuidedCdf(tables.residual_cdf)
+    verifier = ReportVerifier(lambda _: draft)
+    verifier.watched(lambda x: x)(draft.context)  # a TSU that reports exactly costs no check per chunk
+    buffer = np.empty((min(chunk, n), 3), dtype=np.float64)
+    for start in range(0, n, chunk):
+        u = buffer[: min(chunk, n - start)]
+        rng.random(out=u)
+        proposed, emitted, accepted = vector_context_steps(draft_cdf, tables.ratio, residual, u)
+        prev = np.full(u.shape[0], draft.context, dtype=np.int64)
+        produced = ChainChunk(start=start, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
+        verifier.verify(produced)
+        yield produced
+
+
 def fixed_context_draws(
     p: NDArray[np.float64], draft: ContextDraft, n: int, rng: np.random.Generator
 ) -> ChainChunk:
-    """`n` independent draft-and-correct steps from one fixed context, vectorised.
+    """`n` independent draft-and-correct steps from one fixed context, vectorised (`fixed_context_chunks` in one chunk).
 
     Uses the same three-uniforms-per-step layout as the chain, so it emits what
     `n` calls of ``SimTSU.draw`` + `accept_correct_step` would.
     """
-    tables = context_tables(p, draft)
-    u = rng.random((n, 3))
-    flat = np.concatenate([tables.draft_cdf, tables.ratio, tables.residual_cdf])
-    totals = np.array([[tables.draft_cdf[-1], tables.residual_cdf[-1]]], dtype=np.float64)
-    lasts = np.array([[last_positive(tables.draft_cdf), last_positive(tables.residual_cdf)]], dtype=np.int64)
-    at = np.zeros(n, dtype=np.int64)
-    proposed, emitted, accepted = vector_steps(flat, at, int(p.shape[0]), totals[at], lasts[at], u)
-    prev = np.full(n, draft.context, dtype=np.int64)
-    chunk = ChainChunk(start=0, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
-    ReportVerifier(lambda _: draft).verify(chunk)
-    return chunk
+    parts = list(fixed_context_chunks(p, draft, n, rng))
+    if len(parts) == 1:
+        return parts[0]
+    empty = np.zeros(0, dtype=np.int64)
+    return ChainChunk(
+        start=0,
+        prev=np.concatenate([c.prev for c in parts] or [empty]),
+        proposed=np.concatenate([c.proposed for c in parts] or [empty]),
+        emitted=np.concatenate([c.emitted for c in parts] or [empty]),
+        accepted=np.concatenate([c.accepted for c in parts] or [empty.astype(np.bool_)]),
+    )
 
 
 def table_source(row: RowSource, drafts: DraftSource) -> TableSource:

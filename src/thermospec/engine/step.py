@@ -12,12 +12,15 @@ Here it is `step_tokens` (one step, over any `StepTables`: dense ones,
 `DenseStepTables`, or the compact ones of `thermospec.engine.compact`) with its
 correction half `correct_token` (which the γ-block stepper also calls), and
 `vector_steps` (a step of many independent chains or draws at once, on arrays of dense tables) with
-`vector_compact_steps` (many steps on one context's compact tables: a trace position's).
+`vector_compact_steps` (many steps on one context's compact tables: a trace position's) and
+`vector_context_steps` (many steps on one context's dense tables, each CDF a `GuidedCdf`: the fixed-context
+draws of the checks and the grid sweep).
 The compiled kernel (``thermospec.engine._kernels``) is the third writing.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ from thermospec.core.sampling import last_positive
 __all__ = [
     "Cdf",
     "DenseStepTables",
+    "GuidedCdf",
     "StepArrays",
     "StepTables",
     "VectorCompactTables",
@@ -41,6 +45,7 @@ __all__ = [
     "step_tokens",
     "vector_bisect_right",
     "vector_compact_steps",
+    "vector_context_steps",
     "vector_correct",
     "vector_steps",
 ]
@@ -214,6 +219,83 @@ def vector_correct(
     if rejected.size:
         emitted[rejected] = residual_tokens(rejected)
     return emitted, accepted
+
+
+class GuidedCdf:
+    """One context's CDF prepared for many draws at once: `inverse_cdf` of a vector of uniforms in a few passes.
+
+    A guide table (Chen's: ``guide[g] = bisect_right(cdf, g * total / G)`` for G ≥ 2V buckets, a power of
+    two) starts every target at most a few entries from its answer, and a vectorised walk on both sides
+    finishes it, so the float rounding of a target's bucket never matters: the walk stops exactly where
+    ``cdf[i - 1] <= target < cdf[i]``.  About 20 ns a draw at V = 256, where `numpy.searchsorted` on
+    unsorted targets takes about 100 ns (a mispredicted branch at every level of its bisection).
+
+    Parameters
+    ----------
+    cdf : ndarray of float64, shape (V,)
+        Cumulative sums of non-negative weights with a positive total.
+    """
+
+    def __init__(self, cdf: NDArray[np.float64]) -> None:
+        self.total = float(cdf[-1])
+        self.last = last_positive(cdf)
+        buckets = 1 << max(1, 2 * int(cdf.shape[0]) - 1).bit_length()
+        self._buckets = buckets
+        scale = buckets / self.total
+        self._scale = scale if math.isfinite(scale) else 0.0  # a subnormal total: every target walks from 0
+        self._guide: NDArray[np.int64] = np.searchsorted(
+            cdf, np.arange(buckets, dtype=np.float64) * (self.total / buckets), side="right"
+        ).astype(np.int64)
+        self._at = np.append(cdf, np.inf)  # cdf[i], +inf past the end
+        self._before = np.append(-np.inf, cdf)  # cdf[i - 1], -inf before the start
+
+    def bisect_right(self, target: NDArray[np.float64]) -> NDArray[np.int64]:
+        """``bisect_right(cdf, target[i])`` for every i (``np.searchsorted(cdf, target, side="right")``)."""
+        g = (target * self._scale).astype(np.int64)
+        np.clip(g, 0, self._buckets - 1, out=g)
+        i = self._guide[g]
+        rows = np.flatnonzero(self._before[i] > target)
+        while rows.size:  # rare: a target rounded into the bucket after its own
+            i[rows] -= 1
+            rows = rows[self._before[i[rows]] > target[rows]]
+        rows = np.flatnonzero(self._at[i] <= target)
+        while rows.size:
+            i[rows] += 1
+            rows = rows[self._at[i[rows]] <= target[rows]]
+        return i
+
+    def tokens(self, u: NDArray[np.float64]) -> NDArray[np.int64]:
+        """The draws of uniforms `u`: ``min(bisect_right(cdf, u * total), last positive)``, as `inverse_cdf`."""
+        y = self.bisect_right(u * self.total)
+        np.minimum(y, self.last, out=y)
+        return y
+
+
+def vector_context_steps(
+    draft: GuidedCdf, ratio: NDArray[np.float64], residual: GuidedCdf, u: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
+    """Many independent steps on one context's dense tables: row i of `u` holds a step's three uniforms.
+
+    Parameters
+    ----------
+    draft, residual : GuidedCdf
+        The context's draft and residual CDFs (`thermospec.engine.chain.context_tables`).
+    ratio : ndarray of float64, shape (V,)
+        Its ``p / q``.
+    u : ndarray of float64, shape (n, 3)
+
+    Returns
+    -------
+    proposed, emitted : ndarray of int64, shape (n,)
+    accepted : ndarray of bool, shape (n,)
+    """
+    y = draft.tokens(u[:, 0])
+
+    def residual_tokens(rows: NDArray[np.int64]) -> NDArray[np.int64]:
+        return residual.tokens(u[rows, 2])
+
+    emitted, accepted = vector_correct(y, ratio[y], u[:, 1], residual_tokens)
+    return y, emitted, accepted
 
 
 @dataclass(frozen=True, eq=False)

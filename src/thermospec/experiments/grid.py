@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from thermospec.core.streams import Stream, random_stream
-from thermospec.engine.chain import fixed_context_draws
+from thermospec.engine.chain import fixed_context_chunks
 from thermospec.experiments.sweeps import (
     GRID_GROUP,
     describe_vocabulary,
@@ -86,14 +86,14 @@ def grid_row(sweep: GridSweep, point: GridPoint) -> dict[str, Any]:
     p = target.row(x)
     draft = draft_for_row(p, x, point.K, point.tau, sweep.base.eps)
     rng = random_stream(point.seed, Stream.SWEEP, *point.stream_key())
-    draws = fixed_context_draws(p, draft, sweep.steps, rng)
+    accepted = sum(int(np.count_nonzero(c.accepted)) for c in fixed_context_chunks(p, draft, sweep.steps, rng))
     return {
         "K": point.K,
         "tau": point.tau,
         "seed": point.seed,
         "context": x,
         "steps": sweep.steps,
-        "accept_rate": int(np.count_nonzero(draws.accepted)) / sweep.steps,
+        "accept_rate": accepted / sweep.steps,
         "overlap_mass": draft.overlap_mass,
         "ce_gap_nats": draft.ce_gap_nats,
         "topk_mass": draft.topk_mass,
