@@ -30,7 +30,9 @@ README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 CORPUS = "data/tinyshakespeare.txt"
 SMALL_STEPS = 2000
-WRITES_RUNS = {("scripts.run_m1", "run"), ("scripts.sweep_m1", None), ("scripts.sweep_m1_grid", None)}
+WRITES_RUNS = {("scripts.run_m1", "run"), ("scripts.sweep_m1", None), ("scripts.sweep_m1_grid", None),
+               ("thermospec", "run"), ("thermospec", "sweep"), ("thermospec", "grid")}
+RUN_COMMANDS = (["scripts.run_m1", "run"], ["thermospec", "run"])  # the checkout's and the installed package's
 
 
 def section(text: str, title: str) -> str:
@@ -91,7 +93,7 @@ def prepared(words: list[str], runs: Path, last_run: Path | None) -> list[str] |
         out.append(word)
     if (module, sub) in WRITES_RUNS:
         out += ["--runs-dir", str(runs), "--quiet"]
-        if "--steps" not in out and module == "scripts.run_m1":
+        if "--steps" not in out and sub == "run":
             out += ["--steps", str(SMALL_STEPS)]
     return [sys.executable, "-m", module, *out]
 
@@ -106,14 +108,18 @@ def test_quick_start_commands_run_as_written(tmp_path: Path) -> None:
     for block in fenced(quick, ("bash", "sh", "console")):
         for words in shell_commands(block):
             line = shlex.join(words)
+            if words[0] == "thermospec":  # the installed command; here the same package, as python -m thermospec
+                words = ["python", "-m", *words]
             if words[0] == "make":
                 assert re.search(rf"^{re.escape(words[1])}:", makefile, flags=re.M), f"{line}: no such target"
             elif words[:2] == ["mkdir", "-p"]:
                 assert words[2] == Path(CORPUS).parent.as_posix(), line
             elif words[0] == "curl":
                 assert words[words.index("-o") + 1] == CORPUS and words[-1].startswith("https://"), line
+            elif words[:3] == ["pip", "install", "."]:
+                assert len(words) == 3, f"{line}: the quick start installs this checkout and nothing else"
             elif words[:2] == ["python", "-m"]:
-                assert words[2].startswith("scripts."), f"{line}: not one of the project's scripts"
+                assert words[2].startswith("scripts.") or words[2] == "thermospec", f"{line}: not the project's"
                 runs = tmp_path / f"runs{len(ran)}"
                 argv = prepared(words, runs, last_run)
                 if argv is None:
@@ -124,7 +130,7 @@ def test_quick_start_commands_run_as_written(tmp_path: Path) -> None:
                 if runs.is_dir():
                     (folder,) = runs.iterdir()
                     check_outputs(words, folder, outputs)
-                    if words[2:4] == ["scripts.run_m1", "run"]:
+                    if words[2:4] in RUN_COMMANDS:
                         last_run = folder
             else:
                 pytest.fail(f"README quick start: '{line}' is a command this test does not know how to check")
@@ -133,7 +139,7 @@ def test_quick_start_commands_run_as_written(tmp_path: Path) -> None:
 
 def check_outputs(words: list[str], folder: Path, outputs: str) -> None:
     """The files a quick-start command wrote hold the fields the README's Outputs section lists."""
-    if words[2:4] == ["scripts.run_m1", "run"]:
+    if words[2:4] in RUN_COMMANDS:
         record = json.loads((folder / "m1_metrics.jsonl").open(encoding="utf-8").readline())
         fields = [name for cell in table_column(outputs, "| field |") for name in cell]
         assert fields == list(record), "README's m1_metrics.jsonl fields are not the file's, in order"
