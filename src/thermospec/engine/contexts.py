@@ -8,9 +8,14 @@ M1's: one uniform for ``x0``, then ``(u_draft, u_accept, u_residual)`` per step.
 At N = 2 every context is its last token and the chain is M1's, step for step.
 
 `run_order_reference` is the per-step loop (``SimTSU.draw``, then
-`accept_correct_step`); `run_order_chain` steps on per-context dense tables
-(``V`` is a corpus' characters: tens to thousands) held as Python lists in a
-bounded cache, with the context moves memoised; the tests pin one to the other.
+`accept_correct_step`).  `run_order_chain` runs M1's stepper (`ChainStepper`:
+the compiled kernel, or its fallback) over the states of the target's move
+table (`OrderTarget.moves`: the next context is ``next[state * V + token]``, one
+look-up), loading a state's tables when the chain first meets it; when the move
+table would exceed its memory bound it steps on per-context list tables with the
+moves memoised.  `run_order_chains` runs B chains in lock step, chain b on its own
+stream (`chain_stream`: chain 0 is the single-chain run).  The tests pin all of
+them to the reference.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ from numpy.typing import NDArray
 from thermospec.core.acceptance import accept_correct_step
 from thermospec.core.payload import EpsSpec
 from thermospec.core.sampling import last_positive
-from thermospec.engine.chain import ReportError, ReportVerifier, context_tables, start_token
+from thermospec.engine.batch import chain_stream
+from thermospec.engine.chain import ReportError, ReportVerifier, context_tables, start_token, table_source
 from thermospec.engine.chunks import ChainChunk
-from thermospec.targets.order import OrderTarget
+from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper
+from thermospec.targets.order import ORDER_MOVES_BYTES, ContextMoves, OrderTarget
 from thermospec.tsu.drafts import DraftSource, Proposer
 
-__all__ = ["ORDER_TABLE_BYTES", "ContextChunk", "ContextProposer", "run_order_chain", "run_order_reference"]
+__all__ = ["ORDER_TABLE_BYTES", "ContextChunk", "ContextProposer", "run_order_chain", "run_order_chains",
+           "run_order_reference"]
 
 DEFAULT_CHUNK = 1 << 16
 ORDER_DRAFT_BYTES = 128 * 1024 * 1024
@@ -74,21 +82,141 @@ def _list_tables(target: OrderTarget, drafts: DraftSource, c: int) -> _ListTable
             residual.tolist(), float(residual[-1]), last_positive(residual))
 
 
+class _MovingChain:
+    """One order-N chain on a shared `ChainStepper` over a move table's states: chunk by chunk."""
+
+    def __init__(self, moves: ContextMoves, stepper: ChainStepper, verifier: ReportVerifier,
+                 rng: np.random.Generator, x: int) -> None:
+        self.moves, self.stepper, self.verifier, self.rng = moves, stepper, verifier, rng
+        self.token = self.state = x  # one-token contexts are states 0 .. V-1
+
+    def chunk(self, start: int, n: int) -> ContextChunk:
+        """The next `n` steps (checked by the verifier)."""
+        last = self.token
+        (states, proposed, emitted, accepted), self.state = self.stepper.draw_steps(self.rng, n, self.state)
+        prev = np.empty(n, dtype=np.int64)
+        prev[0] = last
+        prev[1:] = emitted[:-1]
+        self.token = int(emitted[-1])
+        produced = ContextChunk(start=start, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted,
+                                context=self.moves.contexts(states))
+        self.verifier.verify(_by_context(produced))
+        return produced
+
+
+def _moving_stepper(target: OrderTarget, moves: ContextMoves, drafts: DraftSource, verifier: ReportVerifier,
+                    backend: Backend, max_table_bytes: int | None) -> ChainStepper:
+    """A stepper over the move table's states; a state's tables are its context's (interned when first met)."""
+    source = verifier.watched(table_source(target.row, drafts))
+
+    def state_tables(state: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        return source(moves.context(state))
+
+    return ChainStepper(target.V, state_tables, backend, max_table_bytes or DEFAULT_TABLE_BYTES, moves=moves.next)
+
+
 def run_order_chain(
     target: OrderTarget,
     drafts: DraftSource,
     steps: int,
     rng: np.random.Generator,
     chunk: int = DEFAULT_CHUNK,
-    max_table_bytes: int = ORDER_TABLE_BYTES,
+    max_table_bytes: int | None = None,
+    backend: Backend = "auto",
+    max_moves_bytes: int = ORDER_MOVES_BYTES,
 ) -> Iterator[ContextChunk]:
     """Run the order-N chain for `steps` steps, yielding chunks (the same tokens as `run_order_reference`).
+
+    Parameters
+    ----------
+    target, drafts, steps, rng
+        As `run_order_reference`.
+    chunk : int
+        Steps per chunk.
+    max_table_bytes : int, optional
+        Memory bound of the per-context tables (default: the stepper's, or `ORDER_TABLE_BYTES` for lists).
+    backend : {"auto", "compiled", "python"}
+        The stepper's backend (on the move table).
+    max_moves_bytes : int
+        Memory bound of the move table; above it, the per-step Python loop on list tables.
 
     Raises
     ------
     ReportError
         A draft whose reported ``log q`` is not ``log F(ψ)`` (checked before a chunk leaves).
     """
+    moves = target.moves(max_moves_bytes)
+    if moves is None:
+        return _list_chain(target, drafts, steps, rng, chunk, max_table_bytes or ORDER_TABLE_BYTES)
+    return _moving_chain(target, moves, drafts, steps, rng, chunk, backend, max_table_bytes)
+
+
+def _moving_chain(target: OrderTarget, moves: ContextMoves, drafts: DraftSource, steps: int,
+                  rng: np.random.Generator, chunk: int, backend: Backend,
+                  max_table_bytes: int | None) -> Iterator[ContextChunk]:
+    verifier = ReportVerifier(drafts)
+    stepper = _moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes)
+    chain = _MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng))
+    done = 0
+    while done < steps:
+        n = min(chunk, steps - done)
+        yield chain.chunk(done, n)
+        done += n
+
+
+def run_order_chains(
+    target: OrderTarget,
+    drafts: DraftSource,
+    steps: int,
+    seed: int,
+    chains: int,
+    chunk: int = DEFAULT_CHUNK,
+    max_table_bytes: int | None = None,
+    backend: Backend = "auto",
+    max_moves_bytes: int = ORDER_MOVES_BYTES,
+) -> Iterator[list[ContextChunk]]:
+    """Run `chains` order-N chains in lock step, chunk by chunk: one list of per-chain chunks per chunk.
+
+    Chain b draws from `chain_stream` (seed, b), its ``x0`` first, so chain 0 is the
+    single-chain run on ``random_stream(seed, CHAIN)`` step for step.  The chains share
+    one table cache and move table; each runs its chunk on the sequential stepper in turn
+    (its tables load as it meets new contexts).
+
+    Raises
+    ------
+    ValueError
+        `chains` < 1.
+    ReportError
+        As `run_order_chain`.
+    """
+    if chains < 1:
+        raise ValueError(f"--chains: must be an integer >= 1, got {chains}")
+    rngs = [chain_stream(seed, b) for b in range(chains)]
+    moves = target.moves(max_moves_bytes)
+    if moves is None:  # too many contexts for a move table: each chain on list tables
+        runs = [_list_chain(target, drafts, steps, rng, chunk, max_table_bytes or ORDER_TABLE_BYTES)
+                for rng in rngs]
+        yield from (list(chunks) for chunks in zip(*runs, strict=True))
+        return
+    verifier = ReportVerifier(drafts)
+    stepper = _moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes)
+    walkers = [_MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng)) for rng in rngs]
+    done = 0
+    while done < steps:
+        n = min(chunk, steps - done)
+        yield [walker.chunk(done, n) for walker in walkers]
+        done += n
+
+
+def _list_chain(
+    target: OrderTarget,
+    drafts: DraftSource,
+    steps: int,
+    rng: np.random.Generator,
+    chunk: int,
+    max_table_bytes: int,
+) -> Iterator[ContextChunk]:
+    """The chain on per-context Python list tables, the moves memoised (when the move table is too large)."""
     V = target.V
     capacity = max(16, max_table_bytes // (100 * 3 * V + 200))
     tables: OrderedDict[int, _ListTables] = OrderedDict()

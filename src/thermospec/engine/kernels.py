@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.sampling import last_positive
-from thermospec.engine.step import DenseStepTables, StepArrays, python_steps
+from thermospec.engine.step import DenseStepTables, StepArrays, python_steps, step_tokens
 
 __all__ = [
     "DEFAULT_TABLE_BYTES",
@@ -202,11 +202,13 @@ class TableCache:
     Parameters
     ----------
     V : int
-        Vocabulary size (number of contexts and table length).
+        Vocabulary size (the table length, and the number of contexts unless `contexts` says otherwise).
     source : callable
         ``source(x)`` gives context x's ``(draft_cdf, ratio, residual_cdf)``.
     max_bytes : int
         Upper bound of the table array; at least one slot is always kept.
+    contexts : int, optional
+        Number of contexts (keys ``0 .. contexts - 1``; default V): the states of a move table.
 
     Attributes
     ----------
@@ -218,29 +220,31 @@ class TableCache:
         Index of the last token of positive weight of each cdf.
     guides : ndarray of int32, shape (slots, 2, G + 1)
         `guide_table` of each cdf (G = `guide_size` (V)).
-    slot_of : ndarray of int64, shape (V,)
+    slot_of : ndarray of int64, shape (contexts,)
         Slot of each context, -1 when not loaded.
     last_used : ndarray of int64, shape (slots,)
         Step clock of each slot's last use (written by the steppers).
     identity : bool
-        Every context has a slot of its own (slots >= V): context x is loaded into slot x.
+        Every context has a slot of its own (slots >= contexts): context x is loaded into slot x.
     """
 
-    def __init__(self, V: int, source: TableSource, max_bytes: int = DEFAULT_TABLE_BYTES) -> None:
+    def __init__(self, V: int, source: TableSource, max_bytes: int = DEFAULT_TABLE_BYTES,
+                 contexts: int | None = None) -> None:
         self.V = V
+        self.contexts = V if contexts is None else contexts
         self.source = source
-        self.slots = max(1, min(V, max_bytes // slot_bytes(V)))
+        self.slots = max(1, min(self.contexts, max_bytes // slot_bytes(V)))
         self.tables = np.zeros((self.slots, 3, V), dtype=np.float64)
         self.totals = np.zeros((self.slots, 2), dtype=np.float64)
         self.lasts = np.zeros((self.slots, 2), dtype=np.int64)
         self.G = guide_size(V)
         self.guides = np.zeros((self.slots, 2, self.G + 1), dtype=np.int32)
-        self.slot_of = np.full(V, -1, dtype=np.int64)
+        self.slot_of = np.full(self.contexts, -1, dtype=np.int64)
         self.context_of = np.full(self.slots, -1, dtype=np.int64)
         self.last_used = np.full(self.slots, -1, dtype=np.int64)
         self.filled = 0
         self.builds = 0
-        self.identity = self.slots >= V
+        self.identity = self.slots >= self.contexts
         module = compiled_module()
         self._finish = getattr(module, "finish", None) if module is not None else None
 
@@ -283,9 +287,9 @@ class TableCache:
 
     def load_all(self) -> bool:
         """Load every context if they all fit; return whether they do."""
-        if self.slots < self.V:
+        if self.slots < self.contexts:
             return False
-        for x in range(self.V):
+        for x in range(self.contexts):
             self.load(x)
         return True
 
@@ -313,17 +317,27 @@ class ChainStepper:
         "auto" uses the compiled kernel when it is built.
     max_bytes : int
         Memory bound of the table cache.
+    moves : ndarray of int32, shape (contexts * V,), optional
+        A move table (order-N contexts, `thermospec.targets.order.ContextMoves`): after emitting y
+        in context x the chain moves to context ``moves[x * V + y]``, and the contexts (the keys of
+        `source`, the ``prev`` of each step) are ``0 .. contexts - 1``.  None: the next context is y.
     """
 
     def __init__(
-        self, V: int, source: TableSource, backend: Backend = "auto", max_bytes: int = DEFAULT_TABLE_BYTES
+        self, V: int, source: TableSource, backend: Backend = "auto", max_bytes: int = DEFAULT_TABLE_BYTES,
+        moves: NDArray[np.int32] | None = None,
     ) -> None:
         self.V = V
         self.module = resolve_backend(backend)
         self.clock = 0
         self.pool = OutputPool()
+        if moves is not None and (moves.dtype != np.int32 or moves.ndim != 1 or moves.shape[0] % V
+                                  or not moves.flags.c_contiguous):
+            raise ValueError(f"moves: need a contiguous int32 array of contexts x {V} entries")
+        self.moves = moves
+        self.contexts = V if moves is None else moves.shape[0] // V
         if self.module is not None:
-            self.cache: TableCache | None = TableCache(V, source, max_bytes)
+            self.cache: TableCache | None = TableCache(V, source, max_bytes, self.contexts)
             self.lists: Callable[[int], DenseStepTables] | None = None
         else:
             self.cache = None
@@ -363,6 +377,12 @@ class ChainStepper:
 
     def _run(self, u: NDArray[np.float64], n: int, x: int, rng: NDArray[np.uint64] | None,
              counts: StepCounts | None) -> tuple[StepArrays, int]:
+        if self.moves is not None and counts is not None:
+            raise ValueError("counts are over tokens: not with a move table (count the chunk's contexts)")
+        if self.lists is not None and self.moves is not None:
+            arrays, x = moving_steps(self.lists, u, x, self.moves, self.V)
+            self.clock += n
+            return arrays, x
         if self.lists is not None:
             arrays, x = python_steps(self.lists, u, x)
             if counts is not None:
@@ -375,7 +395,7 @@ class ChainStepper:
         def chain(u: NDArray[np.float64], out: StepArrays, t: int, x: int) -> tuple[int, int]:
             step: tuple[int, int] = module.chain(
                 cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, cache.last_used, u, *out,
-                self.V, cache.G, t, n, x, clock, rng, counts, cache.identity,
+                self.V, cache.G, t, n, x, clock, rng, counts, cache.identity, self.moves,
             )
             return step
 
@@ -385,6 +405,24 @@ class ChainStepper:
 
 
 _NO_UNIFORMS = np.empty((0, 3), dtype=np.float64)
+
+
+def moving_steps(tables: Callable[[int], DenseStepTables], u: NDArray[np.float64], x: int,
+                 moves: NDArray[np.int32], V: int) -> tuple[StepArrays, int]:
+    """`python_steps` with a move table: after emitting y in context x the next context is ``moves[x * V + y]``.
+
+    The fallback of the compiled kernels' move tables; ``prev`` holds each step's context.
+    """
+    n = u.shape[0]
+    prev, proposed, emitted, accepted = [0] * n, [0] * n, [0] * n, [False] * n
+    for t, (u_draft, u_accept, u_residual) in enumerate(u.tolist()):
+        prev[t] = x
+        proposed[t], y, accepted[t] = step_tokens(tables(x), u_draft, u_accept, u_residual)
+        emitted[t] = y
+        x = int(moves[x * V + y])
+    arrays = (np.array(prev, dtype=np.int64), np.array(proposed, dtype=np.int64),
+              np.array(emitted, dtype=np.int64), np.array(accepted, dtype=np.bool_))
+    return arrays, x
 
 
 def compiled_steps(
