@@ -14,6 +14,12 @@ setup(
             sources=["src/thermospec/engine/_kernels.c"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
             optional=True,
-        )
+        ),
+        Extension(  # a trace row's passes over V (targets.trace_rows; the NumPy fallback gives the same bytes)
+            "thermospec.targets._trace_rows",
+            sources=["src/thermospec/targets/_trace_rows.c"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
+            optional=True,
+        ),
     ]
 )

@@ -197,13 +197,12 @@ def test_bad_traces_are_one_line_exit_2_nothing_written(
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--gamma", "4"], "--trace: runs one draft per position on SimTSU; --gamma is not implemented"),
     (["--drafts", "2"], "--trace: runs one draft per position on SimTSU; --drafts is not implemented"),
     (["--tsu", "thrml"], "--trace: runs one draft per position on SimTSU; --tsu thrml is not implemented"),
     (["--chains", "2"], "--trace: runs one chain; --chains is not implemented"),
     (["--telemetry", "parquet"], "--trace: writes JSONL telemetry (or none)"),
     (["--corpus", "x.txt"], "--trace: the trace is the target; drop --corpus"),
-    (["--corpus", "x.txt", "--order", "3"], "--trace: the trace is the target; drop --corpus"),
+    (["--corpus", "x.txt", "--order", "3"], "--trace: the trace is the target"),
 ])
 def test_unsupported_combinations_are_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str

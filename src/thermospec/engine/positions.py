@@ -27,7 +27,9 @@ tokens (the tests pin it):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -35,14 +37,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.acceptance import accept_correct_step, residual
-from thermospec.core.metrics import ce_gap_nats, overlap_mass, topk_mass
+from thermospec.core.metrics import topk_mass
 from thermospec.core.payload import EpsSpec, Payload, PayloadError, craft_payload_from_support, encode_payload
-from thermospec.core.proposal import proposal_distribution
 from thermospec.engine.chain import ReportError, ReportVerifier
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.compact import compact_tables
 from thermospec.engine.step import VectorCompactTables, vector_compact_steps
 from thermospec.targets.trace import PositionTarget
+from thermospec.targets.trace_rows import position_metrics
 from thermospec.tsu.bounded import DRAFT_CACHE_BYTES, CompactTSU
 from thermospec.tsu.drafts import ContextDraft, DraftSource, Proposer
 
@@ -65,6 +67,10 @@ MAX_BLOCK = 1 << 20
 """Most steps computed at once (their uniforms and outputs: about 50 MB)."""
 STEPS_PER_POSITION = 1024
 """A block holds about this many steps of each position, so that building a position's tables is amortised."""
+CRAFT_THREADS = min(4, os.cpu_count() or 1)
+"""Threads crafting ψ of the positions ahead (`PositionProposer.craft_ahead`)."""
+CRAFT_AHEAD = 16
+"""Positions crafted at a time ahead of the steps that need them (few: their rows must stay in the row cache)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,6 +98,21 @@ class PositionProposer(Proposer):
         self.target = target
         self.capacity = max(16, max_bytes // (1024 + 20 * min(K, target.V)))
         self._drafts = lru_cache(maxsize=self.capacity)(self.craft)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def craft_ahead(self, positions: Sequence[int]) -> None:
+        """Craft the drafts of `positions` into the cache on `CRAFT_THREADS` threads (the passes over V free the GIL).
+
+        Each draft is the one `draft` would craft; only when they are made changes.
+        """
+        if len(positions) < 2 or CRAFT_THREADS < 2:
+            for t in positions:
+                self.draft(t)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(CRAFT_THREADS, thread_name_prefix="thermospec-craft")
+        for _ in self._pool.map(self.draft, positions):
+            pass
 
     def craft(self, context: int) -> ContextDraft:
         """Craft position `context`'s draft (no cache)."""
@@ -102,9 +123,10 @@ class PositionProposer(Proposer):
         except PayloadError as exc:
             raise PayloadError(f"ψ of position {context}: {exc}") from None
         tsu = CompactTSU(wire)
-        p, q = target.row(context), proposal_distribution(tsu.payload)
+        p = target.row(context)
+        overlap, ce_gap = position_metrics(p, target.stored_row(context), tsu.payload)
         return ContextDraft(context=context, payload_bytes=wire, tsu=tsu, topk_mass=topk_mass(p, tsu.payload.ids),
-                            overlap_mass=overlap_mass(p, q), ce_gap_nats=ce_gap_nats(p, q))
+                            overlap_mass=overlap, ce_gap_nats=ce_gap)
 
 
 def position_tables(p: NDArray[np.float64], payload: Payload) -> VectorCompactTables:
@@ -173,6 +195,7 @@ def run_positions(
     rng: np.random.Generator,
     chunk: int = DEFAULT_CHUNK,
     max_table_bytes: int = POSITION_TABLE_BYTES,
+    ahead: Callable[[Sequence[int]], None] | None = None,
 ) -> Iterator[PositionChunk]:
     """Run `steps` teacher-forced steps (step s at position ``s mod T``), yielding chunks of `chunk` steps.
 
@@ -190,6 +213,9 @@ def run_positions(
         Steps per yielded chunk.
     max_table_bytes : int
         Memory bound of the per-position table cache.
+    ahead : callable, optional
+        ``ahead(positions)``: craft these positions' drafts now, together (`PositionProposer.craft_ahead`);
+        the tokens are the same with or without it.
 
     Raises
     ------
@@ -210,6 +236,8 @@ def run_positions(
         accepted = np.empty(n, dtype=np.bool_)
         for i in range(min(T, n)):
             t = (done + i) % T
+            if ahead is not None and i % CRAFT_AHEAD == 0:
+                ahead([(t + j) % T for j in range(min(CRAFT_AHEAD, min(T, n) - i))])
             tables = cache.get(t)
             proposed[i::T], emitted[i::T], accepted[i::T] = vector_compact_steps(tables, target.row(t), u[i::T])
         for start in range(0, n, chunk):

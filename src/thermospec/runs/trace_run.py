@@ -99,7 +99,8 @@ class TraceMode(CountedMode):
             if not self.run.proposer.samples_payload:  # a faulty TSU draws itself, step by step
                 yield run_positions_reference(self.trace, drafts, config.steps, rng)
             else:
-                yield from run_positions(self.trace, drafts, config.steps, rng)
+                ahead = getattr(self.run.proposer, "craft_ahead", None)  # a trace's proposer crafts on threads
+                yield from run_positions(self.trace, drafts, config.steps, rng, ahead=ahead)
         except TraceShrankError:
             self._shrank = True
             raise

@@ -38,6 +38,7 @@ from thermospec.targets.trace_file import (
     scan_rows,
     softmax64,
 )
+from thermospec.targets.trace_rows import softmax_row, top_support_of
 from thermospec.targets.trace_writer import TraceWriter
 
 __all__ = [
@@ -58,7 +59,7 @@ class PositionTarget(Protocol):
     ``vocabulary`` as a `BigramTarget`'s, ``rows_stored`` False (rows built on demand),
     ``row(t)`` dense float64 summing to 1, ``support(t)`` its increasing positive tokens
     and their probabilities, ``top_support(t, K)`` the part of it a K-id ψ needs, and
-    ``widest_support()`` the most positive entries of any row.
+    ``widest_support()`` the most positive entries of any row, ``stored_row(t)`` the row as stored.
     """
 
     @property
@@ -75,6 +76,7 @@ class PositionTarget(Protocol):
     def support(self, t: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]: ...
     def top_support(self, t: int, K: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]: ...
     def widest_support(self) -> int: ...
+    def stored_row(self, t: int) -> NDArray[Any]: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +142,7 @@ class TraceTarget:
         return str(self.reader.dtype.newbyteorder("="))
 
     def _build_row(self, t: int) -> NDArray[np.float64]:
-        p = softmax64(self.reader.row(t))
+        p = softmax_row(self.reader.row(t))
         p.setflags(write=False)  # shared by the cache: nobody may change it
         return p
 
@@ -163,10 +165,14 @@ class TraceTarget:
         gives the same payload bytes as ``craft_payload(row(t), K, tau, eps)``.
         """
         p = self.row(t)
-        k = min(max(int(K), 1), self.V)
-        kth = np.partition(p, self.V - k)[self.V - k]
-        tokens = np.flatnonzero(p >= kth) if kth > 0 else np.flatnonzero(p)
-        return tokens.astype(np.int64), p[tokens]
+        tokens = top_support_of(p, K)
+        return tokens, p[tokens]
+
+    def stored_row(self, t: int) -> NDArray[Any]:
+        """Position t's row as the file stores it (float16 or float32), read from the file."""
+        if not 0 <= t < self.positions:
+            raise IndexError(f"position {t} is outside the trace's [0, {self.positions})")
+        return self.reader.row(int(t))
 
     def widest_support(self) -> int:
         """The largest number of positive entries of any position (V unless logits span > 700 nats or hold -inf)."""
@@ -181,7 +187,7 @@ class TraceTarget:
         whole, part = divmod(int(steps), self.positions)
         cycle, head = np.zeros(self.V, dtype=np.float64), np.zeros(self.V, dtype=np.float64)
         for t in range(self.positions if whole else part):
-            p = softmax64(self.reader.row(t))
+            p = softmax_row(self.reader.row(t))
             cycle += p
             head += p if t < part else 0.0
         return np.asarray(whole * cycle + head, dtype=np.float64)

@@ -1,0 +1,342 @@
+/* Trace rows at compiled speed: the passes over V of a float16 row's softmax, top-K and metrics.
+ *
+ * Every function computes the same IEEE operations on the same operands, in the same order,
+ * as the NumPy code of thermospec.targets.trace_rows that it replaces, so the bytes are the
+ * same: exp and log are never called here (the caller passes their values, computed by NumPy,
+ * per distinct float16 code), and every sum is NumPy's pairwise summation of a contiguous
+ * float64 array (numpy/_core/src/umath/loops_utils.h.src: blocks of 8 accumulators up to 128
+ * items, halves rounded to a multiple of 8 above).  Buffers come in through the buffer protocol;
+ * the GIL is released during each pass, so positions craft in parallel on threads.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CODES 65536
+
+static double pairwise_sum(const double *a, Py_ssize_t n)
+{
+    if (n < 8) {
+        double res = -0.0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            res += a[i];
+        }
+        return res;
+    }
+    if (n <= 128) {
+        double r[8];
+        Py_ssize_t i;
+        for (int j = 0; j < 8; j++) {
+            r[j] = a[j];
+        }
+        for (i = 8; i < n - (n % 8); i += 8) {
+            for (int j = 0; j < 8; j++) {
+                r[j] += a[i + j];
+            }
+        }
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) {
+            res += a[i];
+        }
+        return res;
+    }
+    Py_ssize_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+}
+
+static int check(Py_buffer *b, Py_ssize_t itemsize, const char *name)
+{
+    if (b->len % itemsize != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes is not a whole number of %zd-byte items", name, b->len,
+                     itemsize);
+        return -1;
+    }
+    return 0;
+}
+
+/* code_index(codes: uint16[V], index: int64[65536] (written)): index[c] = some i with codes[i] == c, else -1. */
+static PyObject *code_index(PyObject *self, PyObject *args)
+{
+    Py_buffer cb, ib;
+    if (!PyArg_ParseTuple(args, "y*w*", &cb, &ib)) {
+        return NULL;
+    }
+    if (check(&cb, 2, "codes") || ib.len != CODES * 8) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "index: need 65536 int64");
+        }
+        PyBuffer_Release(&cb);
+        PyBuffer_Release(&ib);
+        return NULL;
+    }
+    const uint16_t *codes = cb.buf;
+    int64_t *index = ib.buf;
+    Py_ssize_t V = cb.len / 2;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t c = 0; c < CODES; c++) {
+        index[c] = -1;
+    }
+    for (Py_ssize_t i = 0; i < V; i++) {
+        index[codes[i]] = i;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&ib);
+    Py_RETURN_NONE;
+}
+
+/* softmax16(codes: uint16[V], e_by_code: float64[65536], p: float64[V] (written)):
+ * e_i = e_by_code[codes[i]], S = sum(e) (pairwise), p_i = e_i / S: NumPy's ``e / e.sum()``. */
+static PyObject *softmax16(PyObject *self, PyObject *args)
+{
+    Py_buffer cb, eb, pb;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &cb, &eb, &pb)) {
+        return NULL;
+    }
+    if (check(&cb, 2, "codes") || eb.len != CODES * 8 || pb.len != (cb.len / 2) * 8) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "softmax16: need e_by_code of 65536 float64 and p of V float64");
+        }
+        PyBuffer_Release(&cb);
+        PyBuffer_Release(&eb);
+        PyBuffer_Release(&pb);
+        return NULL;
+    }
+    const uint16_t *codes = cb.buf;
+    const double *table = eb.buf;
+    double *p = pb.buf;
+    Py_ssize_t V = cb.len / 2;
+    double total;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < V; i++) {
+        p[i] = table[codes[i]];
+    }
+    total = pairwise_sum(p, V);
+    for (Py_ssize_t i = 0; i < V; i++) {
+        p[i] = p[i] / total;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&eb);
+    PyBuffer_Release(&pb);
+    return PyFloat_FromDouble(total);
+}
+
+static uint64_t bits_of(double x)
+{
+    uint64_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+/* kth_largest(p: float64[V], k): the k-th largest entry of p >= 0 (NumPy's np.partition(p, V - k)[V - k]).
+ * A radix select on the bits (for x >= 0 the bits order as the values): the 12 bits of sign and exponent
+ * over p, then 13 bits a round over the entries left, which are copied out once. */
+#define DIGIT_BUCKETS 8192
+
+static Py_ssize_t pick(const Py_ssize_t *count, Py_ssize_t buckets, Py_ssize_t *rank)
+{
+    Py_ssize_t bucket = buckets - 1;
+    while (count[bucket] < *rank) {
+        *rank -= count[bucket];
+        bucket--;
+    }
+    return bucket;
+}
+
+static PyObject *kth_largest(PyObject *self, PyObject *args)
+{
+    Py_buffer pb;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(args, "y*n", &pb, &k)) {
+        return NULL;
+    }
+    Py_ssize_t V = pb.len / 8;
+    if (check(&pb, 8, "p") || k < 1 || k > V) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "kth_largest: need 1 <= k <= V");
+        }
+        PyBuffer_Release(&pb);
+        return NULL;
+    }
+    const double *p = pb.buf;
+    Py_ssize_t *count = calloc(DIGIT_BUCKETS, sizeof *count);
+    if (count == NULL) {
+        PyBuffer_Release(&pb);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t rank = k; /* wanted: the rank-th largest of what is left */
+    Py_ssize_t top;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < V; i++) {
+        count[bits_of(p[i]) >> 52]++;
+    }
+    top = pick(count, 4096, &rank);
+    Py_END_ALLOW_THREADS
+    uint64_t *live = malloc((size_t)count[top] * sizeof *live);
+    if (live == NULL) {
+        free(count);
+        PyBuffer_Release(&pb);
+        return PyErr_NoMemory();
+    }
+    uint64_t found;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < V; i++) {
+        uint64_t u = bits_of(p[i]);
+        if ((Py_ssize_t)(u >> 52) == top) {
+            live[n++] = u;
+        }
+    }
+    for (int shift = 39; shift >= 0; shift -= 13) {
+        memset(count, 0, DIGIT_BUCKETS * sizeof *count);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            count[(live[i] >> shift) & (DIGIT_BUCKETS - 1)]++;
+        }
+        Py_ssize_t bucket = pick(count, DIGIT_BUCKETS, &rank);
+        Py_ssize_t m = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if ((Py_ssize_t)((live[i] >> shift) & (DIGIT_BUCKETS - 1)) == bucket) {
+                live[m++] = live[i];
+            }
+        }
+        n = m;
+    }
+    found = live[0];
+    Py_END_ALLOW_THREADS
+    double result;
+    memcpy(&result, &found, sizeof result);
+    free(live);
+    free(count);
+    PyBuffer_Release(&pb);
+    return PyFloat_FromDouble(result);
+}
+
+/* select_top(p: float64[V], kth, out: int64[V] (written)) -> n: the increasing i with p_i >= kth
+ * (p_i > 0 when kth is 0): NumPy's flatnonzero(p >= kth) / flatnonzero(p). */
+static PyObject *select_top(PyObject *self, PyObject *args)
+{
+    Py_buffer pb, ob;
+    double kth;
+    if (!PyArg_ParseTuple(args, "y*dw*", &pb, &kth, &ob)) {
+        return NULL;
+    }
+    if (check(&pb, 8, "p") || ob.len != pb.len) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "select_top: out needs V int64");
+        }
+        PyBuffer_Release(&pb);
+        PyBuffer_Release(&ob);
+        return NULL;
+    }
+    const double *p = pb.buf;
+    int64_t *out = ob.buf;
+    Py_ssize_t V = pb.len / 8, n = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (kth > 0) {
+        for (Py_ssize_t i = 0; i < V; i++) {
+            if (p[i] >= kth) {
+                out[n++] = i;
+            }
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < V; i++) {
+            if (p[i] != 0) {
+                out[n++] = i;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&ob);
+    return PyLong_FromSsize_t(n);
+}
+
+/* metrics(p, codes, logp_by_code, ids (int64, increasing), q_ids, log_q_ids, eps, log_eps, work: float64[V])
+ * -> (overlap, ce): sum(min(p, q)) and sum over p > 0 of p (log p - log q) (inf if q <= 0 there),
+ * q = eps off the ids, as core.metrics computes them on the dense q. */
+static PyObject *metrics(PyObject *self, PyObject *args)
+{
+    Py_buffer pb, cb, lb, ib, qb, lqb, wb;
+    double eps, log_eps;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*ddw*", &pb, &cb, &lb, &ib, &qb, &lqb, &eps, &log_eps, &wb)) {
+        return NULL;
+    }
+    Py_ssize_t V = pb.len / 8, K = ib.len / 8;
+    PyObject *result = NULL;
+    if (check(&pb, 8, "p") || cb.len != V * 2 || lb.len != CODES * 8 || qb.len != K * 8 || lqb.len != K * 8
+        || wb.len != V * 8) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "metrics: buffers of mismatched lengths");
+        }
+        goto done;
+    }
+    const double *p = pb.buf, *logp = lb.buf, *q_ids = qb.buf, *log_q_ids = lqb.buf;
+    const uint16_t *codes = cb.buf;
+    const int64_t *ids = ib.buf;
+    double *work = wb.buf;
+    double overlap, ce;
+    int infinite = 0;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t next = 0;
+    for (Py_ssize_t i = 0; i < V; i++) {
+        double q = eps;
+        if (next < K && ids[next] == i) {
+            q = q_ids[next++];
+        }
+        work[i] = p[i] < q ? p[i] : q;
+    }
+    overlap = pairwise_sum(work, V);
+    Py_ssize_t n = 0;
+    next = 0;
+    for (Py_ssize_t i = 0; i < V && !infinite; i++) {
+        double q = eps, log_q = log_eps;
+        if (next < K && ids[next] == i) {
+            q = q_ids[next];
+            log_q = log_q_ids[next++];
+        }
+        if (p[i] > 0) {
+            if (q <= 0) {
+                infinite = 1;
+            } else {
+                work[n++] = p[i] * (logp[codes[i]] - log_q);
+            }
+        }
+    }
+    ce = infinite ? 0.0 : pairwise_sum(work, n);
+    Py_END_ALLOW_THREADS
+    if (infinite) {
+        ce = Py_HUGE_VAL;
+    } else if (!(ce > 0)) {
+        ce = 0.0;
+    }
+    result = Py_BuildValue("dd", overlap, ce);
+done:
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&lb);
+    PyBuffer_Release(&ib);
+    PyBuffer_Release(&qb);
+    PyBuffer_Release(&lqb);
+    PyBuffer_Release(&wb);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"code_index", code_index, METH_VARARGS, "index[c] = some i with codes[i] == c, else -1"},
+    {"softmax16", softmax16, METH_VARARGS, "p = e_by_code[codes] / sum (NumPy's pairwise sum); returns the sum"},
+    {"kth_largest", kth_largest, METH_VARARGS, "the k-th largest entry of a non-negative float64 array"},
+    {"select_top", select_top, METH_VARARGS, "the increasing indices with p >= kth (p > 0 if kth is 0)"},
+    {"metrics", metrics, METH_VARARGS, "(overlap, ce gap) of p against q = eps off the ids"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trace_rows", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__trace_rows(void)
+{
+    return PyModule_Create(&module);
+}
