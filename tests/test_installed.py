@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from thermospec.cli.m1 import main as run_m1
-from thermospec.cli.sweep import grid_main
+from thermospec.cli.sweep import grid_main, plot_main, seed_main
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "src")
@@ -103,7 +103,7 @@ def test_python_m_thermospec_help_lists_every_command(installed: tuple[Path, dic
     assert every_help.stdout.splitlines() == [f"{c} 0 usage: thermospec {c}" for c in COMMANDS]
 
 
-def test_installed_run_check_and_grid_write_the_checkouts_bytes(
+def test_installed_commands_write_the_checkouts_bytes(
     installed: tuple[Path, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     outside, here = tmp_path / "outside", tmp_path / "checkout"
@@ -122,6 +122,21 @@ def test_installed_run_check_and_grid_write_the_checkouts_bytes(
     assert grid_main([*grid, "--runs-dir", str(here / "grid")]) == 0
     csv = "m1_sweep.csv"
     assert (only_folder(outside / "sweeps") / csv).read_bytes() == (only_folder(here / "grid") / csv).read_bytes()
+
+    seeds = ["--steps", "500", "--seeds", "7", "--jobs", "1", "--quiet"]
+    done = thermospec(installed, outside, "sweep", *seeds, "--runs-dir", "seeds")
+    assert done.returncode == 0, done.stderr
+    assert seed_main([*seeds, "--runs-dir", str(here / "seeds")]) == 0
+    for name in ("m1_seeds.csv", "seed_7/m1_metrics.jsonl"):
+        assert (only_folder(outside / "seeds") / name).read_bytes() == (only_folder(here / "seeds") / name).read_bytes()
+
+    done = thermospec(installed, outside, "plot", str(only_folder(outside / "runs")))
+    assert done.returncode == 0, done.stderr
+    assert plot_main([str(only_folder(here / "run"))]) == 0
+    pngs = sorted(p.name for p in only_folder(here / "run").glob("*.png"))
+    assert pngs and pngs == sorted(p.name for p in only_folder(outside / "runs").glob("*.png"))
+    for name in pngs:
+        assert (only_folder(outside / "runs") / name).read_bytes() == (only_folder(here / "run") / name).read_bytes()
 
     capsys.readouterr()
     done = thermospec(installed, outside, "check", "--steps", "2000")
