@@ -388,8 +388,8 @@ def test_nothing_to_plot_is_one_line_naming_the_folder(
     ("setup", "message"),
     [
         ("missing", "no such folder"),
-        ("empty", "no m1_metrics.jsonl, m1_metrics.parquet, m1_blocks.jsonl, m1_sweep.csv, m1_seeds.csv or "
-                  "m1_gamma_sweep.csv to plot"),
+        ("empty", "no m1_metrics.jsonl, m1_metrics.parquet, m1_blocks.jsonl, m1_sweep.csv, m1_seeds.csv, "
+                  "m1_gamma_sweep.csv or m1_drafts_sweep.csv to plot"),
         ("bad-jsonl", "m1_metrics.jsonl: line 2 is not a telemetry record"),
         ("bad-csv", "m1_sweep.csv: missing column(s)"),
         ("bad-blocks", "m1_blocks.jsonl: line 1 is not a block record"),

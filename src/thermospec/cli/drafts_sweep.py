@@ -32,7 +32,8 @@ from thermospec.cli.options import (
 )
 from thermospec.core.payload import PayloadError
 from thermospec.core.verifiers import VERIFIERS
-from thermospec.experiments.drafts_sweep import DRAFTS_CSV, DRAFTS_PNG, drafts_rows, drafts_table, plot_drafts
+from thermospec.experiments.drafts_plots import draw_drafts_sweep
+from thermospec.experiments.drafts_sweep import DRAFTS_CSV, DRAFTS_PNG, drafts_rows, drafts_table
 from thermospec.experiments.sweeps import CsvRows, check_values
 from thermospec.runs.config import MAX_DRAFTS, ConfigError, RunConfig
 from thermospec.runs.prepare import prepare_run
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "sweep_drafts") -> int:
     assert csv is not None
     csv.close()
     target = f"corpus {args.corpus}" if args.corpus else f"synthetic V = {args.vocab}"
-    plot_drafts(folder / DRAFTS_PNG, rows, f"{target} · seed {args.seed} · {args.steps:,} steps per point")
+    draw_drafts_sweep(folder, f"{target} · seed {args.seed} · {args.steps:,} steps per point")
     print(drafts_table(rows))
     print(f"\nwrote {folder / DRAFTS_CSV} and {folder / DRAFTS_PNG}")
     return 0

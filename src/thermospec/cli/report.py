@@ -82,7 +82,7 @@ def _chain_lines(summary: dict[str, Any]) -> list[str]:
         share = summary["gain_fraction"]
         lines.append(f"               optimum {summary['acceptance_optimum']:.5f}, "
                      f"bound {summary['acceptance_bound']:.5f}"
-                     + (f"; this run has {share:.2f} of the optimum's gain" if share is not None else ""))
+                     + (f"; measured gain share {share:.2f} (this run's acceptance)" if share is not None else ""))
     if summary.get("chains"):
         lines.append(f"chains         accept rate per chain {summary['chain_accept_rate_min']:.4f} … "
                      f"{summary['chain_accept_rate_max']:.4f}")

@@ -13,7 +13,9 @@ What a folder holds (`folder_kinds`) and what is drawn for it (`draw_folder`):
 - ``"chains"`` (``run --chains B``): each chain's acceptance against the pooled
   overlap ± 2 s.e. (`mode_plots`); each ``chain_<b>/`` with its own JSONL is a run folder;
 - ``"grid"`` (``m1_sweep.csv``), ``"seeds"`` (``m1_seeds.csv``) and
-  ``"gamma-sweep"`` (``m1_gamma_sweep.csv``): `sweep_plots`.
+  ``"gamma-sweep"`` (``m1_gamma_sweep.csv``): `sweep_plots`;
+- ``"drafts-sweep"`` (``m1_drafts_sweep.csv``): acceptance and modelled speed-up
+  against N per verifier (`drafts_plots`).
 
 Every figure is titled with what was run (from ``summary.json`` / ``sweep.json``),
 printed at `DPI` with its legend clear of the data, through matplotlib's object
@@ -27,6 +29,8 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from thermospec.engine.blocks import BLOCKS_FILE
+from thermospec.experiments.drafts_plots import draw_drafts_sweep
+from thermospec.experiments.drafts_sweep import DRAFTS_CSV, DRAFTS_PNG
 from thermospec.experiments.gamma_sweep import GAMMA_CSV, SPEEDUP_PNG
 from thermospec.experiments.mode_plots import block_figures, chain_rates, chains_figure, read_block_lengths
 from thermospec.experiments.plot_base import (
@@ -58,6 +62,7 @@ __all__ = [
     "CHAINS_PNG",
     "CONTEXT_PNG",
     "DPI",
+    "DRAFTS_PNG",
     "GRID_PNG",
     "RUNNING_PNG",
     "SEEDS_PNG",
@@ -81,7 +86,7 @@ CE_GAP_PNG = "m1_ce_gap_hist.png"
 BLOCK_HIST_PNG = "m1_accepted_length_hist.png"
 BLOCK_POSITION_PNG = "m1_position_acceptance.png"
 CHAINS_PNG = "m1_chains_acceptance.png"
-DATA_FILES = (METRICS_FILE, PARQUET_FILE, BLOCKS_FILE, GRID_CSV, SEEDS_CSV, GAMMA_CSV)
+DATA_FILES = (METRICS_FILE, PARQUET_FILE, BLOCKS_FILE, GRID_CSV, SEEDS_CSV, GAMMA_CSV, DRAFTS_CSV)
 
 
 def _chain_count(folder: Path) -> int:
@@ -110,7 +115,8 @@ def _nothing_to_plot(folder: Path) -> PlotError:
 
 
 def folder_kinds(folder: Path) -> list[str]:
-    """What a folder holds: ``"run"``, ``"blocks"``, ``"chains"``, ``"grid"``, ``"seeds"``, ``"gamma-sweep"``.
+    """What a folder holds: ``"run"``, ``"blocks"``, ``"chains"``, ``"grid"``, ``"seeds"``, ``"gamma-sweep"``,
+    ``"drafts-sweep"``.
 
     Raises
     ------
@@ -130,6 +136,7 @@ def folder_kinds(folder: Path) -> list[str]:
         ("grid", has[GRID_CSV]),
         ("seeds", has[SEEDS_CSV]),
         ("gamma-sweep", has[GAMMA_CSV]),
+        ("drafts-sweep", has[DRAFTS_CSV]),
     ) if present]
     if not kinds:
         raise _nothing_to_plot(folder)
@@ -176,7 +183,7 @@ def draw_folder(folder: Path) -> list[Drawn]:
         See `folder_kinds`; or a data file that cannot be read (the message names it).
     """
     drawers = {"run": _draw_run, "blocks": _draw_blocks, "chains": _draw_chains, "grid": draw_grid,
-               "seeds": draw_seeds, "gamma-sweep": draw_gamma_sweep}
+               "seeds": draw_seeds, "gamma-sweep": draw_gamma_sweep, "drafts-sweep": draw_drafts_sweep}
     drawn: list[Drawn] = []
     for kind in folder_kinds(folder):
         drawn.extend(drawers[kind](folder))
