@@ -10,10 +10,12 @@ Options: ``--quick`` (smaller sizes, for a smoke run), ``--repeats N``,
 temporary folder), ``--corpus PATH`` (text repeated to 100 MB for the counting
 figure; Tiny Shakespeare from data/ or ../shared/data/ by default), ``--only
 SECTION ...`` (run only those sections: sequential, naive, limit, identical,
-batch, telemetry, memory, vocab, corpus, startup, trace).
+batch, telemetry, memory, vocab, corpus, startup, trace, grid, check, sinks).
 
 The ``limit`` section compares thermospec with the same chain written as a
-minimal C loop compiled with ``-O3 -march=native`` (`benchmarks.limit`).
+minimal C loop compiled with ``-O3 -march=native`` (`benchmarks.limit`).  The ``grid``,
+``check`` and ``sinks`` sections compare commands with earlier commits checked out from
+the git history (`benchmarks.history`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.history import Checkouts, bench_check, bench_grid, bench_sinks
 from benchmarks.limit import bench_limit
 from benchmarks.naive import naive_chain
 from benchmarks.trace import bench_trace
@@ -270,11 +273,23 @@ def bench_vocab(sizes: tuple[int, ...], repeats: int, quick: bool) -> list[Row]:
     return rows
 
 
-def bench_corpus(path: Path | None, megabytes: int) -> list[Row]:
-    """Counting a corpus of `megabytes` MB (the given text repeated)."""
+def shakespeare(path: Path | None) -> Path | None:
+    """`path`, or Tiny Shakespeare from data/ or ../shared/data/ if there (None if not)."""
     if path is None:
         candidates = [REPO / "data" / "tinyshakespeare.txt", REPO.parent / "shared" / "data" / "tinyshakespeare.txt"]
         path = next((c for c in candidates if c.is_file()), None)
+    return path
+
+
+def limit_run(path: Path | None) -> PreparedRun:
+    """The C limit's run: Tiny Shakespeare at K = 8 (issue 16's figures), or the default synthetic target."""
+    corpus = shakespeare(path)
+    return prepare_run(RunConfig() if corpus is None else RunConfig(corpus=str(corpus), K=8))
+
+
+def bench_corpus(path: Path | None, megabytes: int) -> list[Row]:
+    """Counting a corpus of `megabytes` MB (the given text repeated)."""
+    path = shakespeare(path)
     text = path.read_bytes() if path is not None else b"the quick brown fox jumps over the lazy dog\n" * 2000
     with tempfile.TemporaryDirectory() as tmp:
         big = Path(tmp) / "corpus.txt"
@@ -333,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(("sequential", lambda: measured_sequential()[0]))
     sections.append(("naive", lambda: bench_naive(run, measured_sequential()[1], measured_sequential()[2],
                                                   2_000 if quick else 20_000)))
-    sections.append(("limit", lambda: bench_limit(run, 500_000 if quick else 5_000_000, 1024,
+    sections.append(("limit", lambda: bench_limit(limit_run(args.corpus), 500_000 if quick else 10_000_000, 1024,
                                                   1_000 if quick else 20_000, repeats)))
     sections.append(("identical", lambda: bench_identical(run, 20_000 if quick else 200_000)))
     sections.append(("batch", lambda: bench_batch(run, 1024, 1_000 if quick else 20_000, repeats)))
@@ -344,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(("corpus", lambda: bench_corpus(args.corpus, 10 if quick else 100)))
     sections.append(("startup", lambda: bench_startup(repeats)))
     sections.append(("trace", lambda: bench_trace(64 if quick else 256, 200_000 if quick else 2_000_000)))
+    checkouts = Checkouts()  # earlier commits, checked out when a section first asks
+    sections.append(("grid", lambda: bench_grid(checkouts, 2_000_000 if quick else 20_000_000, repeats)))
+    sections.append(("check", lambda: bench_check(checkouts, repeats)))
+    sections.append(("sinks", lambda: bench_sinks(checkouts, 200_000 if quick else 2_000_000, repeats)))
     if args.only is not None:
         unknown = set(args.only) - {name for name, _ in sections}
         if unknown:
@@ -352,9 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     width = 46
     print(f"\n{'figure':<{width}}  {'measured':>18}  target / note")
     print("-" * (width + 50))
-    for _, produce in sections:
-        for name, value, note in produce():
-            print(f"{name:<{width}}  {value:>18}  {note}", flush=True)
+    try:
+        for _, produce in sections:
+            for name, value, note in produce():
+                print(f"{name:<{width}}  {value:>18}  {note}", flush=True)
+    finally:
+        checkouts.close()
     return 0
 
 
