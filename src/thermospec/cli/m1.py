@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from thermospec.api import checks_of, config
+from thermospec.cli.examples import examples_for
 from thermospec.cli.options import (
     CORPUS_HELP,
     EXIT_FAILED,
@@ -111,9 +112,9 @@ def build_parser(prog: str = "run_m1") -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=prog,
         description="Thermo-Speculative Decoding, milestone M1: a bigram target drafted by a TSU.",
-        epilog="examples:\n  python -m scripts.run_m1 run\n"
+        epilog=examples_for("examples:\n  python -m scripts.run_m1 run\n"
         "  python -m scripts.run_m1 run --corpus data/tinyshakespeare.txt --K 64\n"
-        "  python -m scripts.run_m1 check\n\n'run --help' and 'check --help' list every option.",
+        "  python -m scripts.run_m1 check\n\n'run --help' and 'check --help' list every option.", "run_m1", prog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,check}",
@@ -122,7 +123,7 @@ def build_parser(prog: str = "run_m1") -> argparse.ArgumentParser:
         "run", help="run the chain, write m1_metrics.jsonl and summary.json",
         description="Run N steps of the bigram chain drafted by the TSU and corrected by the target; "
         "write RUNS_DIR/<UTC timestamp>/m1_metrics.jsonl and summary.json.",
-        epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples_for(RUN_EXAMPLES, "run_m1", prog), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_target_options(run, "number of emitted tokens (default: 50000)")
     run.add_argument("--runs-dir", metavar="DIR", default="runs", help="where run folders go (default: runs)")
@@ -145,7 +146,7 @@ def build_parser(prog: str = "run_m1") -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check", help="the guide's success checklist: PASS/FAIL, exit 0 only if all pass",
         description="Verify the M1 success checklist on this target; exit non-zero if any check fails.",
-        epilog=CHECK_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples_for(CHECK_EXAMPLES, "run_m1", prog), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_target_options(check, "steps of the run for |accept - overlap| (default: 50000)")
     check.add_argument("--check-steps", type=int_at_least(1), default=20_000, metavar="N",

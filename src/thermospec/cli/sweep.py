@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from thermospec.cli.examples import examples_for
 from thermospec.cli.options import (
     CORPUS_HELP,
     EXIT_INTERRUPTED,
@@ -98,7 +99,7 @@ def build_seed_parser(prog: str = "sweep_m1") -> argparse.ArgumentParser:
         prog=prog,
         description="One full M1 run per seed; print a per-seed table with mean ± std and write "
         "RUNS_DIR/<UTC timestamp>/m1_seeds.csv (each seed's telemetry and summary in seed_<S>/).",
-        epilog=SEED_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples_for(SEED_EXAMPLES, "sweep_m1", prog), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_target_options(parser)
     psi = parser.add_argument_group("ψ payload, per context")
@@ -120,7 +121,7 @@ def build_grid_parser(prog: str = "sweep_m1_grid") -> argparse.ArgumentParser:
         prog=prog,
         description="For each (K, τ, seed): STEPS fixed-context proposals and corrections. Print a table "
         "aggregated over seeds and write RUNS_DIR/<UTC timestamp>/m1_sweep.csv, one row per (K, τ, seed).",
-        epilog=GRID_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples_for(GRID_EXAMPLES, "sweep_m1_grid", prog), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_target_options(parser)
     grid = parser.add_argument_group("the grid (space-separated values, each distinct)")
@@ -154,7 +155,7 @@ def build_plot_parser(prog: str = "plot") -> argparse.ArgumentParser:
         description="Write PNG figures beside the data of a folder: a run (m1_metrics.jsonl or .parquet), a "
         "--gamma run (m1_blocks.jsonl), a --chains run (chain_<b>/), a grid, seed or γ sweep (m1_sweep.csv, "
         "m1_seeds.csv, m1_gamma_sweep.csv). Each figure's title says what was run.",
-        epilog=PLOT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples_for(PLOT_EXAMPLES, "plot", prog), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
     return parser
