@@ -136,7 +136,6 @@ def test_check_uses_the_most_frequent_contexts(shakespeare: Path, capsys: pytest
     (["--corpus", "{corpus}", "--order", "3", "--gamma", "2"], "--order: runs one draft per step on SimTSU; --gamma"),
     (["--corpus", "{corpus}", "--order", "3", "--drafts", "2"], "--order: runs one draft per step on SimTSU; --drafts"),
     (["--corpus", "{corpus}", "--order", "3", "--tsu", "thrml"], "--order: runs one draft per step on SimTSU; --tsu"),
-    (["--corpus", "{corpus}", "--order", "3", "--chains", "2"], "--order: runs one chain; --chains is not"),
     (["--corpus", "{corpus}", "--order", "3", "--telemetry", "parquet"], "--order: writes JSONL telemetry"),
     (["--corpus", "{corpus}", "--order", "1"], "--order: must be an integer in [2, 16], got '1'"),
     (["--corpus", "{corpus}", "--order", "17"], "--order: must be an integer in [2, 16], got '17'"),

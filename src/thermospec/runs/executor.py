@@ -108,7 +108,7 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
     if config.tsu == "thrml" and (chains > 1 or telemetry != "jsonl"):
         raise ConfigError("--tsu thrml: runs one chain with JSONL telemetry; drop --chains / --telemetry")
     for given, option in ((config.trace is not None, "--trace"), (config.order > 2, "--order")):
-        if given and chains > 1:
+        if given and chains > 1 and option != "--order":  # --order runs B chains in lock step (OrderMode)
             raise ConfigError(f"{option}: runs one chain; --chains is not implemented with it (drop one)")
         if given and telemetry == "parquet":
             raise ConfigError(f"{option}: writes JSONL telemetry (or none); drop --telemetry parquet")
@@ -122,7 +122,7 @@ def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "json
     if run.config.trace is not None:
         return TraceMode(run, run_dir, telemetry)
     if run.config.order > 2:
-        return OrderMode(run, run_dir, telemetry)
+        return OrderMode(run, run_dir, telemetry, chains)
     if chains > 1:
         return BatchMode(run, run_dir, chains, telemetry)
     if run.config.drafts > 1:

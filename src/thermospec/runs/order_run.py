@@ -14,6 +14,12 @@ transition χ² over the visited contexts (each context's emitted counts against
 ``n_c p(. | c)``, summed: calibrated whatever the chain's correlations).  M1's
 stationary χ² against ``N pi`` is left null: pi is the bigram chain's law, not
 the order-N chain's.
+
+``--chains B``: B chains in lock step (`run_order_chains`: chain b on its own
+stream, chain 0 the single-chain run step for step), laid out as ``--chains``
+lays out M1's: with JSONL, ``chain_<b>/m1_metrics.jsonl`` and
+``chain_<b>/summary.json`` per chain; ``summary.json`` pools every chain's counts
+(the transition χ² over all of them) and gives the spread of their acceptance.
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ import numpy as np
 
 from thermospec.core.statistics import context_chi2
 from thermospec.core.streams import Stream, random_stream
-from thermospec.engine.contexts import ContextChunk, run_order_chain, run_order_reference
+from thermospec.engine.contexts import ContextChunk, run_order_chain, run_order_chains, run_order_reference
+from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
 from thermospec.runs.prepare import PreparedRun, order_of
+from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, RecordFile, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
 from thermospec.runs.telemetry import context_fields
 
@@ -53,52 +61,99 @@ def order_lines(chunk: ContextChunk, tails: dict[int, str]) -> str:
 
 
 class OrderMode(CountedMode):
-    """``--order N`` (N > 2): one order-N chain, JSONL telemetry (or none); `run_dir` None runs in memory."""
+    """``--order N`` (N > 2): one order-N chain or `chains` in lock step, JSONL telemetry (or none).
 
-    def __init__(self, run: PreparedRun, run_dir: Path | None, telemetry: str) -> None:
+    `run_dir` None runs in memory (one chain).  The mode's own counts pool every chain.
+    """
+
+    def __init__(self, run: PreparedRun, run_dir: Path | None, telemetry: str, chains: int = 1) -> None:
         target = order_of(run)
         if target is None:
             raise ValueError("OrderMode: the run's target is not an order-N target with N > 2")
-        super().__init__(run, run_dir, telemetry, target.V)
-        self.target = target
+        if chains < 1 or (chains > 1 and run_dir is None):
+            raise ValueError(f"OrderMode: chains must be >= 1 (B > 1 writes into a run folder), got {chains}")
+        super().__init__(run, run_dir if chains == 1 else None, telemetry, target.V)
+        self.target, self.chains, self.run_dir = target, chains, run_dir
+        self._per_chain: list[CountedMode] = []  # each chain's counts (B > 1)
+        self._chain_files: list[RecordFile] = []
+        if chains > 1 and run_dir is not None:
+            self._per_chain = [CountedMode(run, None, telemetry, target.V) for _ in range(chains)]
+            for b in range(chains if telemetry != "none" else 0):
+                chain_dir(run_dir, b).mkdir()
+                if telemetry == "jsonl":
+                    self._chain_files.append(RecordFile(chain_dir(run_dir, b) / METRICS_FILE))
         self._tails: dict[int, str] = {}
         self._metrics: dict[int, tuple[float, float, int, int]] = {}
         self._stats: dict[str, Any] | None = None
 
-    def chunks(self) -> Iterator[ContextChunk]:
+    def chunks(self) -> Iterator[ContextChunk] | Iterator[list[ContextChunk]]:
         config, drafts = self.run.config, self.run.proposer.draft
+        if self.chains > 1:
+            return run_order_chains(self.target, drafts, config.steps, config.seed, self.chains)
         rng = random_stream(config.seed, Stream.CHAIN)
         if not self.run.proposer.samples_payload:  # a faulty TSU draws itself, step by step
             return iter([run_order_reference(self.target, drafts, config.steps, rng)])
         return run_order_chain(self.target, drafts, config.steps, rng)
 
-    def record(self, chunk: ContextChunk) -> int:
-        for c in np.unique(chunk.context).tolist():
-            if c not in self._metrics:
-                draft = self.run.proposer.draft(c)
-                self._metrics[c] = (draft.overlap_mass, draft.ce_gap_nats, draft.psi_bytes, draft.payload.K)
-                text = json.dumps(self.target.context_text(c))
-                self._tails[c] = context_fields(draft).removesuffix("}\n") + f',"context":{text}}}\n'
+    def record(self, chunk: ContextChunk | list[ContextChunk]) -> int:
+        chunks = chunk if isinstance(chunk, list) else [chunk]
+        for part in chunks:
+            for c in np.unique(part.context).tolist():
+                if c not in self._metrics:
+                    draft = self.run.proposer.draft(c)
+                    self._metrics[c] = (draft.overlap_mass, draft.ce_gap_nats, draft.psi_bytes, draft.payload.K)
+                    if self.telemetry == "jsonl":
+                        text = json.dumps(self.target.context_text(c))
+                        self._tails[c] = context_fields(draft).removesuffix("}\n") + f',"context":{text}}}\n'
         if self._file is not None:
-            self._file.write(order_lines(chunk, self._tails))
-        return self.count(chunk, chunk.context)
+            self._file.write(order_lines(chunks[0], self._tails))
+        for part, file in zip(chunks, self._chain_files, strict=False):
+            file.write(order_lines(part, self._tails))
+        for part, mine in zip(chunks, self._per_chain, strict=False):
+            mine.count(part, part.context)
+        return sum(self.count(part, part.context) for part in chunks)
+
+    def close(self) -> str | None:
+        for file in self._chain_files:
+            file.close()
+        return super().close()
+
+    def complete(self) -> bool:
+        return self.steps >= self.run.config.steps * self.chains
 
     def statistics(self, tests: bool = True) -> dict[str, Any]:
-        """The run's aggregates; `tests` False leaves out the transition χ²."""
-        if not self.steps:
+        """The run's aggregates (every chain's pooled); `tests` False leaves out the transition χ²."""
+        pooled = self._statistics(self, tests)
+        if self.chains == 1 or not self.steps:
+            return pooled | ({"chains": self.chains} if self.chains > 1 else {})
+        rates = np.array([mine.accepted / max(1, mine.steps) for mine in self._per_chain])
+        if self.telemetry != "none" and self.run_dir is not None:
+            kept = self._stats
+            for b, mine in enumerate(self._per_chain):
+                write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE,
+                                  self._statistics(mine, tests) | {"chain": b})
+            self._stats = kept
+        return pooled | {"chains": self.chains, "steps_per_chain": self._per_chain[0].steps,
+                         "chain_accept_rate_min": float(rates.min()),
+                         "chain_accept_rate_mean": float(rates.mean()),
+                         "chain_accept_rate_max": float(rates.max())}
+
+    def _statistics(self, counts: CountedMode, tests: bool) -> dict[str, Any]:
+        """The aggregates of one set of counts (one chain's, or the pooled ones)."""
+        if not counts.steps:
             self._stats = {"steps": 0, "checklist": {}}
             return {**dict.fromkeys(_EMPTY), "steps": 0}
-        context, _, count = self.pairs.pairs()
+        context, _, count = counts.pairs.pairs()
         visits = np.bincount(context, weights=count)
         visited = np.flatnonzero(visits).tolist()
         n = {c: int(visits[c]) for c in visited}
         per = {c: self._metrics[c] for c in visited}
-        steps = self.steps
-        accept_rate = self.accepted / steps
+        steps = counts.steps
+        accept_rate = counts.accepted / steps
         mean_overlap = math.fsum(n[c] * m[0] for c, m in per.items()) / steps
         infinite_steps = sum(n[c] for c, m in per.items() if not math.isfinite(m[1]))
         mean_gap = None if infinite_steps else math.fsum(n[c] * m[1] for c, m in per.items()) / steps
-        transition = context_chi2(self.pairs.contexts(), self.target.row) if tests else None
+        transition = context_chi2(counts.pairs.contexts(), self.target.row) if tests else None
         psi_max = max(m[2] for m in per.values())
         self._stats = {
             "steps": steps,
