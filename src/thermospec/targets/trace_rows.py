@@ -28,6 +28,8 @@ __all__ = ["compiled", "position_metrics", "softmax_row", "top_support_of"]
 
 CODES = 1 << 16
 """Distinct float16 bit patterns."""
+SCRATCH_ITEMS = 1 << 18
+"""Largest buffer a thread keeps between rows (2 MiB of float64; V = 262,144)."""
 
 
 def _load() -> ModuleType | None:
@@ -49,7 +51,12 @@ _SCRATCH = threading.local()
 
 
 def _scratch(name: str, size: int, dtype: type[np.generic]) -> NDArray[Any]:
-    """This thread's reusable buffer `name` of at least `size` items (a fresh large array costs its page faults)."""
+    """This thread's reusable buffer `name` of `size` items (a fresh array costs its page faults on every write).
+
+    Kept only up to `SCRATCH_ITEMS` items, so that a thread holds at most a few MiB however wide the rows.
+    """
+    if size > SCRATCH_ITEMS:
+        return np.empty(size, dtype=dtype)
     held: NDArray[Any] | None = getattr(_SCRATCH, name, None)
     if held is None or held.shape[0] < size:
         held = np.empty(size, dtype=dtype)
@@ -102,7 +109,7 @@ def top_support_of(p: NDArray[np.float64], K: int) -> NDArray[np.int64]:
         kth = np.partition(p, V - k)[V - k]
         return (np.flatnonzero(p >= kth) if kth > 0 else np.flatnonzero(p)).astype(np.int64)
     kth = _COMPILED.kth_largest(p, k)
-    out = _scratch("selected", V, np.int64)
+    out = np.empty(V, dtype=np.int64)  # only the pages of the selected tokens are written (faulted in)
     n = _COMPILED.select_top(p, kth, out)
     return out[:n].copy()
 
