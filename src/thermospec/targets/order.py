@@ -332,6 +332,7 @@ class ContextMoves:
         self.target = target
         self.next = table
         self.states = int(length.shape[0])
+        self.length, self.lo, self.hi = length, lo, hi
         self._length, self._lo, self._hi = length.tolist(), lo.tolist(), hi.tolist()
         self._ids = np.full(self.states, -1, dtype=np.int64)
         self._ids[:target.V] = np.arange(target.V)
@@ -347,6 +348,22 @@ class ContextMoves:
         if cid < 0:
             cid = self._ids[state] = self.target._intern(self._length[state], self._lo[state], self._hi[state])
         return cid
+
+    def rows(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
+        """The target rows of `states` (shape (m, V)), bit for bit `OrderTarget.row` of their contexts."""
+        target, V = self.target, self.target.V
+        states = np.asarray(states, dtype=np.int64)
+        out = np.empty((states.shape[0], V), dtype=np.float64)
+        short = self.length[states] == 1
+        out[short] = target.bigram.P[states[short]]
+        longer = states[~short]
+        lo, n = self.lo[longer], self.hi[longer] - self.lo[longer]
+        owner = np.repeat(np.arange(longer.shape[0], dtype=np.int64), n)
+        at = np.arange(int(n.sum()), dtype=np.int64) + np.repeat(lo - (np.cumsum(n) - n), n)
+        counts = np.bincount(owner * V + target._followers[at], minlength=longer.shape[0] * V)
+        smoothed = counts.reshape(-1, V).astype(np.float64) + 1.0
+        out[~short] = smoothed / smoothed.sum(axis=1, keepdims=True)
+        return out
 
     def contexts(self, states: NDArray[np.int64]) -> NDArray[np.int64]:
         """The target's ids of states whose contexts were interned (by `context`), as one gather."""
