@@ -12,6 +12,7 @@ from matplotlib.lines import Line2D
 from thermospec.cli.drafts_sweep import main as drafts_sweep_main
 from thermospec.cli.report import headline
 from thermospec.cli.sweep import plot_main
+from thermospec.core.verifiers import VERIFIERS
 from thermospec.experiments.drafts_plots import read_drafts_rows, speedup
 from thermospec.experiments.drafts_sweep import DRAFTS_CSV, DRAFTS_PNG, drafts_table
 from thermospec.experiments.plots import draw_folder, folder_kinds
@@ -59,6 +60,20 @@ def test_speedup_counts_the_draws_the_verifier_uses(sweep: Path) -> None:
             assert all(d > e for d, e, r in zip(drawn, every, mine, strict=True) if r["N"] > 1)
         else:
             np.testing.assert_allclose(drawn, every)  # all N drafts drawn: the two models agree
+
+
+@pytest.mark.parametrize("Ks", [["4"], ["4", "8"]])
+def test_legend_is_inside_the_figure_and_off_the_axes(Ks: list[str], tmp_path: Path) -> None:
+    assert drafts_sweep_main(["--vocab", "32", "--Ks", *Ks, "--Ns", "1", "2", "--verifiers", *VERIFIERS,
+                              "--steps", "100", "--quiet", "--runs-dir", str(tmp_path)]) == 0
+    (folder,) = tmp_path.iterdir()
+    ((drawn,),) = [draw_folder(folder)]
+    figure = drawn.figure
+    figure.draw_without_rendering()
+    (legend,) = figure.legends
+    box, frame = legend.get_window_extent(), figure.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0, (box, frame)
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in figure.axes)
 
 
 def test_speedup_model() -> None:

@@ -110,7 +110,7 @@ def drafts_figure(rows: Sequence[dict[str, Any]], description: str) -> Figure:
                 Line2D([], [], color="black", marker="o", label="speed-up, d = the TSU draws the verifier uses"),
                 Line2D([], [], color="black", marker=".", linestyle="--", alpha=0.6,
                        label="speed-up, d = N (every draft charged)")]
-    figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(3, 1 + len(Ks)), fontsize=8, frameon=False)
     return figure
 
 
