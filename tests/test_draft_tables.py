@@ -12,7 +12,7 @@ from thermospec.core.streams import Stream, random_stream
 from thermospec.core.verifiers import VERIFIERS, make_plan, verifier_tables
 from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.draft_tables import DraftsStepper
-from thermospec.engine.drafts import draft_table_source, plan_source, run_drafts
+from thermospec.engine.drafts import draft_step, draft_table_source, fixed_context_drafts, plan_source, run_drafts
 from thermospec.engine.kernels import compiled_module
 from thermospec.runs.config import RunConfig
 from thermospec.runs.prepare import PreparedRun, prepare_run
@@ -110,3 +110,15 @@ def test_a_bad_next_key_is_refused(small: PreparedRun) -> None:
     for backend in BACKENDS:
         with pytest.raises(ValueError, match="next"):
             DraftsStepper(t.V, t.V, 2, "recursive", source, backend, next_keys=table).steps(u, 0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("verifier", VERIFIERS)
+def test_fixed_context_draws_on_tables_are_the_reference(small: PreparedRun, verifier: str) -> None:
+    t, drafts = small.target, small.proposer.draft
+    plans = plan_source(t.row, drafts, verifier, 3)
+    fast = fixed_context_drafts(2, drafts, plans, 500, random_stream(1, Stream.CHECK))
+    rng = random_stream(1, Stream.CHECK)
+    steps = [draft_step(2, drafts, plans, rng, i) for i in range(500)]
+    assert fast.emitted.tolist() == [e for e, _, _ in steps]
+    assert fast.proposed.tolist() == [ys[0] for _, ys, _ in steps]
+    assert fast.accepted_index.tolist() == [-1 if i is None else i for _, _, i in steps]

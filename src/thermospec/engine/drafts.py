@@ -45,6 +45,7 @@ __all__ = [
     "fixed_context_drafts",
     "plan_source",
     "run_drafts",
+    "run_drafts_chains",
     "run_drafts_reference",
 ]
 
@@ -131,6 +132,44 @@ def run_drafts(
                           drafts_used=drafts_used(index, n, selection), accepted_index=index)
 
 
+def run_drafts_chains(
+    row: RowSource,
+    pi: NDArray[np.float64],
+    drafts: DraftSource,
+    n: int,
+    verifier: str,
+    steps: int,
+    rngs: list[np.random.Generator],
+    plans: PlanSource | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    backend: Backend | Literal["reference"] = "auto",
+    max_table_bytes: int = DEFAULT_TABLE_BYTES,
+) -> Iterator[list[DraftsChunk]]:
+    """B chains with N drafts per step in lock step: each yield is the same `chunk` steps of every chain.
+
+    Chain b runs on its own stream ``rngs[b]`` exactly as `run_drafts` runs one chain
+    (so a chain given the single-chain stream is that run, token for token); the
+    chains share one table cache (at most `max_table_bytes`) and the plans.
+    """
+    plans = plans or plan_source(row, drafts, verifier, n)
+    if backend == "reference":
+        runs = [run_drafts_reference(row, pi, drafts, n, verifier, steps, rng, plans, chunk) for rng in rngs]
+        yield from (list(chunks) for chunks in zip(*runs, strict=True))
+        return
+    _, selection = table_layout(verifier, n)
+    V = int(pi.shape[0])
+    stepper = DraftsStepper(V, V, n, verifier, draft_table_source(drafts, plans), backend, max_table_bytes)
+    xs = [start_token(pi, rng) for rng in rngs]
+    for start in range(0, steps, chunk):
+        m = min(chunk, steps - start)
+        out = []
+        for b, rng in enumerate(rngs):
+            (prev, proposed, emitted, index), xs[b] = stepper.draw_steps(rng, m, xs[b])
+            out.append(DraftsChunk(start=start, prev=prev, proposed=proposed, emitted=emitted, accepted=index >= 0,
+                                   drafts_used=drafts_used(index, n, selection), accepted_index=index))
+        yield out
+
+
 def run_drafts_reference(
     row: RowSource,
     pi: NDArray[np.float64],
@@ -164,16 +203,29 @@ def run_drafts_reference(
 
 def fixed_context_drafts(x: int, drafts: DraftSource, plans: PlanSource, n: int, rng: np.random.Generator
                          ) -> DraftsChunk:
-    """`n` independent N-draft steps from one fixed context x (the emitted token does not feed back)."""
-    emitted = np.empty(n, dtype=np.int64)
-    proposed = np.empty(n, dtype=np.int64)
-    index = np.empty(n, dtype=np.int64)
-    used = np.empty(n, dtype=np.int64)
+    """`n` independent N-draft steps from one fixed context x (the emitted token does not feed back).
+
+    On the tables (one key whose next key is always itself: the next-key rule) when x's TSU
+    samples its payload, else one `draft_step` at a time; the same ``2N + 1`` uniforms per step.
+    """
     plan = plans(x)
-    for i in range(n):
-        e, ys, accepted = draft_step(x, drafts, plans, rng, i)
-        emitted[i], proposed[i] = e, ys[0]
-        index[i] = -1 if accepted is None else accepted
-        used[i] = plan.draws_used(accepted)
+    tsu = drafts(x).tsu
+    if tsu.samples_payload and tsu.reports_exactly:
+        source = draft_table_source(drafts, plans)
+        V = int(tsu.q.shape[0])
+        stepper = DraftsStepper(1, V, plan.n, plan.name, lambda _: source(x), next_keys=np.zeros(V, dtype=np.int64))
+        (_, proposed, emitted, index), _ = stepper.draw_steps(rng, n, 0)
+        _, selection = table_layout(plan.name, plan.n)
+        used = drafts_used(index, plan.n, selection)
+    else:
+        emitted = np.empty(n, dtype=np.int64)
+        proposed = np.empty(n, dtype=np.int64)
+        index = np.empty(n, dtype=np.int64)
+        used = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            e, ys, accepted = draft_step(x, drafts, plans, rng, i)
+            emitted[i], proposed[i] = e, ys[0]
+            index[i] = -1 if accepted is None else accepted
+            used[i] = plan.draws_used(accepted)
     return DraftsChunk(start=0, prev=np.full(n, x, dtype=np.int64), proposed=proposed, emitted=emitted,
                        accepted=index >= 0, drafts_used=used, accepted_index=index)

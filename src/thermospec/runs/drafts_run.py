@@ -7,6 +7,14 @@ residual was drawn).  ``accepted`` means "some draft was accepted",
 exact acceptance probability under the verifier (`VerifierPlan.acceptance`), so
 ``|accept_rate - mean_overlap|`` stays the guide's check.
 
+With ``--telemetry parquet`` the same fields are columns of ``m1_metrics.parquet``
+(``accepted_index`` null where the residual was drawn).  With ``--chains B`` the B
+chains run in lock step, chain b on ``chain_stream(seed, b)`` (chain 0 is the
+single-chain run, token for token); telemetry as ``--chains`` writes it for M1
+(``chain_<b>/m1_metrics.jsonl``, or one Parquet file with a leading ``chain``
+column), per-chain summaries beside it, and pooled statistics in ``summary.json``.
+A TSU whose draws are its own (``--tsu thrml``) runs the per-step reference.
+
 Summary: the M1 statistics with that overlap, and, visit-weighted over the
 contexts the run drafted from: ``single_draft_acceptance`` (Σ min(p, q), one
 draft), ``acceptance_bound`` (Σ min(p, 1 − (1 − q)^N), which no verifier of N
@@ -27,16 +35,17 @@ from typing import Any
 import numpy as np
 
 from thermospec.core.metrics import overlap_mass
-from thermospec.core.streams import Stream, random_stream
 from thermospec.core.transport import acceptance_bound, acceptance_optimum
+from thermospec.engine.batch import chain_stream
 from thermospec.engine.chunks import DraftsChunk
-from thermospec.engine.drafts import PlanSource, plan_source, run_drafts
+from thermospec.engine.drafts import PlanSource, plan_source, run_drafts_chains
 from thermospec.engine.tally import RunTally
+from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.prepare import PreparedRun
-from thermospec.runs.storage import METRICS_FILE, RecordFile
+from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, RecordFile, write_json_atomic
 from thermospec.runs.summary import summarise_run
-from thermospec.runs.telemetry import context_fields
+from thermospec.runs.telemetry import PARQUET_FILE, ParquetWriter, context_fields
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 
 __all__ = ["DraftsMode", "drafts_lines", "verifier_drafts"]
@@ -68,41 +77,62 @@ def drafts_lines(chunk: DraftsChunk, drafts: DraftSource) -> str:
 
 
 class DraftsMode:
-    """``--drafts N``: the chain with N drafts per step, JSONL telemetry (or none)."""
+    """``--drafts N``: one chain or B in lock step, N drafts per step, JSONL, Parquet or no telemetry."""
 
-    def __init__(self, run: PreparedRun, run_dir: Path, telemetry: str) -> None:
-        self.run, self.telemetry = run, telemetry
+    def __init__(self, run: PreparedRun, run_dir: Path, telemetry: str, chains: int = 1) -> None:
+        self.run, self.run_dir, self.telemetry, self.chains = run, run_dir, telemetry, chains
         self.view, self.plans = verifier_drafts(run)
-        self.tally = RunTally(run.target.V, track_transitions=True)
+        V = run.target.V
+        self.tally = RunTally(V, track_transitions=True)  # pooled over the chains
+        self.chain_tallies = [RunTally(V) for _ in range(chains)] if chains > 1 and telemetry != "none" else []
         self.draws = 0
-        self._file = RecordFile(run_dir / METRICS_FILE) if telemetry == "jsonl" else None
+        self._files: list[RecordFile] = []
+        self._parquet: ParquetWriter | None = None
+        if telemetry == "jsonl":
+            if chains == 1:
+                self._files = [RecordFile(run_dir / METRICS_FILE)]
+            else:
+                for b in range(chains):
+                    chain_dir(run_dir, b).mkdir()
+                self._files = [RecordFile(chain_dir(run_dir, b) / METRICS_FILE) for b in range(chains)]
+        elif telemetry == "parquet":
+            if chains > 1:
+                for b in range(chains):
+                    chain_dir(run_dir, b).mkdir()
+            self._parquet = ParquetWriter(run_dir / PARQUET_FILE, chain_column=chains > 1, drafts_columns=True)
         self._stats: dict[str, Any] | None = None
 
-    def chunks(self) -> Iterator[DraftsChunk]:
+    def chunks(self) -> Iterator[list[DraftsChunk]]:
         config, target = self.run.config, self.run.target
-        rng = random_stream(config.seed, Stream.CHAIN)
-        return run_drafts(target.row, target.pi, self.run.proposer.draft, config.drafts, config.verifier,
-                          config.steps, rng, plans=self.plans,
-                          backend="auto" if self.run.proposer.samples_payload else "reference")
+        rngs = [chain_stream(config.seed, b) for b in range(self.chains)]
+        return run_drafts_chains(target.row, target.pi, self.run.proposer.draft, config.drafts, config.verifier,
+                                 config.steps, rngs, plans=self.plans,
+                                 backend="auto" if self.run.proposer.samples_payload else "reference")
 
-    def record(self, chunk: DraftsChunk) -> int:
-        if self._file is not None:
-            self._file.write(drafts_lines(chunk, self.view))
-        self.tally.update(chunk)
-        self.draws += int(chunk.drafts_used.sum())
-        return len(chunk)
+    def record(self, chunks: list[DraftsChunk]) -> int:
+        for b, chunk in enumerate(chunks):
+            if self._files:
+                self._files[b].write(drafts_lines(chunk, self.view))
+            if self._parquet is not None:
+                self._parquet.write(chunk, self.view, chain=b)
+            if self.chain_tallies:
+                self.chain_tallies[b].update(chunk)
+            self.tally.update(chunk)
+            self.draws += int(chunk.drafts_used.sum())
+        return sum(len(chunk) for chunk in chunks)
 
     def close(self) -> str | None:
-        if self._file is None:
-            return None
-        self._file.close()
-        return self._file.hexdigest()
+        for file in self._files:
+            file.close()
+        if self._parquet is not None:
+            self._parquet.close()
+        return self._files[0].hexdigest() if len(self._files) == 1 else None
 
     def tokens(self) -> int:
         return self.tally.steps
 
     def complete(self) -> bool:
-        return self.tally.steps >= self.run.config.steps
+        return self.tally.steps >= self.run.config.steps * self.chains
 
     def statistics(self) -> dict[str, Any]:
         config, target = self.run.config, self.run.target
@@ -127,6 +157,7 @@ class DraftsMode:
         stats = {k: v for k, v in self._stats.items() if k != "checklist"}
         return {
             **stats,
+            **self._chain_statistics(),
             "drafts": n,
             "verifier": config.verifier,
             "mean_drafts_used": self.draws / self.tally.steps,
@@ -136,6 +167,30 @@ class DraftsMode:
             "gain_fraction": (rate - single) / (optimum - single) if optimum - single > 1e-12 else None,
         }
 
+    def _chain_statistics(self) -> dict[str, Any]:
+        """With B > 1 chains: their count and acceptance spread; each chain's summary beside its telemetry."""
+        if self.chains == 1:
+            return {}
+        target = self.run.target
+        steps = self.tally.steps // self.chains
+        for b, tally in enumerate(self.chain_tallies):
+            chain_summary = summarise_run(tally, self.view, target.pi)
+            chain_summary["chain"] = b
+            write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE, chain_summary)
+        found: dict[str, Any] = {"chains": self.chains, "steps_per_chain": steps}
+        if self.chain_tallies:
+            rates = np.array([t.accepted / t.steps for t in self.chain_tallies if t.steps])
+            found |= {"chain_accept_rate_min": float(rates.min()), "chain_accept_rate_mean": float(rates.mean()),
+                      "chain_accept_rate_max": float(rates.max())}
+        return found
+
     def extras(self) -> dict[str, Any]:
         assert self._stats is not None, "extras() after statistics()"
-        return {"checklist": guide_checklist(self.run, self._stats["checklist"])}
+        found: dict[str, Any] = {"checklist": guide_checklist(self.run, self._stats["checklist"])}
+        backend = self.run.proposer.backend
+        if backend is not None:
+            found["tsu_backend"] = backend
+        if self.chains > 1:
+            found["streams"] = ("chain 0: random_stream(seed, CHAIN) (the single-chain run); "
+                                "chain b: random_stream(seed, CHAIN, b)")
+        return found

@@ -30,7 +30,7 @@ from typing import IO, Any, Literal, Protocol, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.chunks import ChainChunk, DraftsChunk
 from thermospec.engine.kernels import compiled_module
 from thermospec.runs.storage import RecordFile
 from thermospec.tsu.drafts import ContextDraft, DraftSource
@@ -236,6 +236,10 @@ class ParquetWriter:
         The ``.parquet`` file to create.
     chain_column : bool
         Prepend a ``chain`` column (``run --chains B``: all chains in one file).
+    drafts_columns : bool
+        Append ``run --drafts N``'s two fields, ``drafts_used`` and ``accepted_index``
+        (null where the residual was drawn), as its JSONL has them; `write` then takes
+        `DraftsChunk` s.
 
     Raises
     ------
@@ -243,7 +247,7 @@ class ParquetWriter:
         If pyarrow is not installed (``pip install 'thermospec[parquet]'``).
     """
 
-    def __init__(self, path: Path, chain_column: bool = False) -> None:
+    def __init__(self, path: Path, chain_column: bool = False, drafts_columns: bool = False) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -258,7 +262,9 @@ class ParquetWriter:
                 ("tau", pa.float64()), ("eps_used", pa.float64()), ("psi_bytes", pa.int64()),
                 ("topk_mass", pa.float64()), ("overlap_mass", pa.float64()), ("ce_gap_nats", pa.float64()),
             ]
+            + [("drafts_used", pa.int64()), ("accepted_index", pa.int64())] * drafts_columns
         )
+        self.drafts_columns = drafts_columns
         self._writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
         self._columns = ContextColumns()
 
@@ -280,6 +286,9 @@ class ParquetWriter:
         ]
         if self.chain_column:
             arrays.insert(0, pa.array(np.full(len(chunk), chain, dtype=np.int64)))
+        if self.drafts_columns:
+            steps = cast(DraftsChunk, chunk)
+            arrays += [pa.array(steps.drafts_used), pa.array(steps.accepted_index, mask=steps.accepted_index < 0)]
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
 
     def close(self) -> None:
