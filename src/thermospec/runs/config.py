@@ -98,8 +98,6 @@ class RunConfig:
         if self.drafts > 1 and self.gamma is not None:
             raise ConfigError("--drafts: γ-token blocks verify one draft per position; a tree of drafts per "
                               "position is not implemented (drop --gamma or --drafts)")
-        if self.drafts > 1 and self.tsu != "sim":
-            raise ConfigError("--drafts: runs with SimTSU only (drop --tsu thrml)")
         if self.tsu not in ("sim", "thrml"):
             raise ConfigError(f"--tsu: must be 'sim' or 'thrml', got {self.tsu!r}")
         self._check_trace_and_order()
@@ -118,8 +116,6 @@ class RunConfig:
             given = " ".join(o for o, v in (("--vocab", self.vocab != 256), ("--c", self.c != 50.0)) if v)
             source = "--corpus" if self.corpus is not None else "--trace"
             raise ConfigError(f"{given}: set the synthetic target; {source} gives the target (drop {given})")
-        if self.verifier != "recursive" and self.drafts == 1:
-            raise ConfigError(f"--verifier {self.verifier}: verifies N > 1 drafts; add --drafts N or drop it")
 
     def _check_trace_and_order(self) -> None:
         """``--trace`` and ``--order``: their ranges and the combinations that are not implemented."""

@@ -102,9 +102,6 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
                           "its Parquet layout (list columns per block) is not defined yet")
     if telemetry != "jsonl" and replay:
         raise ConfigError(f"--telemetry {telemetry}: --replay compares the JSONL a run wrote")
-    if config.drafts > 1 and (chains > 1 or telemetry == "parquet"):
-        raise ConfigError("--drafts: runs one chain with JSONL telemetry (or none); "
-                          "drop --chains / --telemetry parquet")
     if config.tsu == "thrml" and (chains > 1 or telemetry != "jsonl"):
         raise ConfigError("--tsu thrml: runs one chain with JSONL telemetry; drop --chains / --telemetry")
     for given, option in ((config.trace is not None, "--trace"), (config.order > 2, "--order")):
@@ -123,10 +120,10 @@ def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "json
         return TraceMode(run, run_dir, telemetry)
     if run.config.order > 2:
         return OrderMode(run, run_dir, telemetry, chains)
+    if run.config.drafts > 1:  # one chain or B in lock step, any sink
+        return DraftsMode(run, run_dir, telemetry, chains)
     if chains > 1:
         return BatchMode(run, run_dir, chains, telemetry)
-    if run.config.drafts > 1:
-        return DraftsMode(run, run_dir, telemetry)
     return ChainMode(run, run_dir, telemetry)
 
 
