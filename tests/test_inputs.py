@@ -157,7 +157,6 @@ def test_numba_probe_without_numba_is_one_line() -> None:
 @pytest.mark.parametrize(("args", "named"), [
     (["--corpus", "{corpus}", "--vocab", "100"], "--vocab"),
     (["--corpus", "{corpus}", "--c", "3"], "--c"),
-    (["--verifier", "optimal"], "--verifier"),
 ])
 def test_options_that_would_not_apply_are_refused(args: list[str], named: str, shakespeare: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
