@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from thermospec import __version__
@@ -52,3 +55,11 @@ def test_the_checkout_script_keeps_its_own_spelling(capsys: pytest.CaptureFixtur
 def test_errors_name_the_command_as_typed(capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = run(["grid", "--Ks", "0"], capsys)
     assert status == 2 and err.startswith("thermospec grid: error: argument --Ks")
+
+
+def test_the_commands_page_maps_every_command_to_its_script() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "commands.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([a-z-]+)` \| `python -m ([a-z0-9_.]+(?: run| check)?)` \|", page, flags=re.M)
+    assert dict(rows) == {name: command.script for name, command in COMMANDS.items()}
+    for script in {c.script.split()[0] for c in COMMANDS.values()}:  # each checkout script exists
+        assert (Path(__file__).resolve().parent.parent / (script.replace(".", "/") + ".py")).is_file(), script
