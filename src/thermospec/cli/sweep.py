@@ -153,8 +153,9 @@ def build_plot_parser(prog: str = "plot") -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=prog,
         description="Write PNG figures beside the data of a folder: a run (m1_metrics.jsonl or .parquet), a "
-        "--gamma run (m1_blocks.jsonl), a --chains run (chain_<b>/), a grid, seed or γ sweep (m1_sweep.csv, "
-        "m1_seeds.csv, m1_gamma_sweep.csv). Each figure's title says what was run.",
+        "--gamma run (m1_blocks.jsonl), a --chains run (chain_<b>/), a grid, seed, γ or drafts sweep "
+        "(m1_sweep.csv, m1_seeds.csv, m1_gamma_sweep.csv, m1_drafts_sweep.csv). Each figure's title says what "
+        "was run.",
         epilog=examples_for(PLOT_EXAMPLES, "plot", prog), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run or sweep folders")
