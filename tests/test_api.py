@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_docs_api_session_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), {"__name__": "docs_api"})
-    assert len(list((tmp_path / "runs").iterdir())) == 5  # 3 runs, 2 sweeps: the bad-input call wrote nothing
+    assert len(list((tmp_path / "runs").iterdir())) == 6  # 4 runs, 2 sweeps: the bad-input call wrote nothing
 
 
 def test_api_run_writes_the_cli_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,3 +54,64 @@ def test_api_refuses_bad_input_before_writing(tmp_path: Path) -> None:
 def test_unknown_attribute_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError):
         thermospec.no_such_name  # noqa: B018
+
+
+def test_sweep_result_is_exported() -> None:
+    assert "SweepResult" in thermospec.__all__
+    assert thermospec.SweepResult is thermospec.api.SweepResult
+
+
+@pytest.mark.parametrize(("kind", "options", "message"), [
+    ("grid", {"trace": "tiny.npz"}, "--trace: a grid sweep would record it without applying it"),
+    ("grid", {"corpus": "{corpus}", "order": 5}, "--order: a grid sweep would record it without applying it"),
+    ("grid", {"drafts": 2, "verifier": "optimal"}, "--drafts: a grid sweep would record it without applying it"),
+    ("grid", {"tsu": "thrml"}, "--tsu: a grid sweep would record it without applying it"),
+    ("seeds", {"gamma": 2}, "--gamma: a seed sweep would record it without applying it"),
+    ("seeds", {"seed": 3}, "seed: a seed sweep takes seeds=(...), not seed"),
+    ("grid", {"K": 8}, "K: a grid takes Ks=(...), not K"),
+    ("seeds", {"seeds": 7}, "--seeds: must be a sequence of values, got 7 (int)"),
+    ("grid", {"Ks": (8,), "taus": ("1.0",)}, "--taus: every tau must be a number, got '1.0' (str)"),
+    ("grid", {"seeds": (1, -1)}, "--seeds: every seed must be an integer in [0, "),
+    ("seeds", {"K": "8"}, "--K: must be an integer, got '8' (str)"),
+    ("seeds", {"bogus": 1}, "bogus: not an option of a seed sweep"),
+])
+def test_sweeps_refuse_what_they_would_not_apply_before_writing(
+    tmp_path: Path, kind: str, options: dict[str, object], message: str
+) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcab cab bca\n" * 20, encoding="utf-8")
+    options = {k: str(corpus) if v == "{corpus}" else v for k, v in options.items()}
+    with pytest.raises(thermospec.api.ConfigError) as error:
+        thermospec.sweep(kind, steps=100, jobs=1, runs_dir=tmp_path / "runs", **options)
+    assert str(error.value).startswith(message)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_seed_sweeps_apply_the_full_run_options(tmp_path: Path) -> None:
+    result = thermospec.sweep("seeds", vocab=16, K=4, drafts=2, verifier="optimal", seeds=(1,), steps=300, jobs=1,
+                              runs_dir=tmp_path)
+    summary = thermospec.Summary.read(result.folder / "seed_1")
+    assert summary.record["drafts"] == 2 and summary.record["verifier"] == "optimal"
+
+
+def test_wrong_types_through_the_api_are_config_errors(tmp_path: Path) -> None:
+    for options in ({"K": 8.0}, {"tau": "1.0"}, {"bogus": 1}):
+        with pytest.raises(thermospec.api.ConfigError):
+            thermospec.run(runs_dir=tmp_path, **options)
+    with pytest.raises(thermospec.api.ConfigError):
+        thermospec.check(drafts="2")
+    assert not os.listdir(tmp_path)
+
+
+def test_docs_session_runs_without_pyarrow_and_telemetry_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The environment `make run` builds has no pyarrow: docs/api.md's first session must run there.
+    for name in [m for m in sys.modules if m == "pyarrow" or m.startswith("pyarrow.")] + ["pyarrow"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.chdir(tmp_path)
+    first = python_blocks(DOC.read_text())[0]
+    exec(compile(first, str(DOC), "exec"), {"__name__": "docs_api"})
+    result = thermospec.run(vocab=16, K=4, steps=100, runs_dir=tmp_path / "more")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'thermospec\[parquet\]'"):
+        result.telemetry()

@@ -34,6 +34,7 @@ __all__ = [
     "RunResult",
     "SimTSU",
     "Summary",
+    "SweepResult",
     "__version__",
     "accept_correct_step",
     "ce_gap_nats",

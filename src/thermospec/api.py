@@ -15,7 +15,9 @@ Example
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,12 +107,19 @@ class RunResult:
 
         Raises
         ------
+        ModuleNotFoundError
+            pyarrow is not installed; the message names the extra (``thermospec[parquet]``).
         FileNotFoundError
             The run wrote no single records file (``telemetry="none"``, or ``chains > 1``:
             read ``chain_<b>/m1_metrics.jsonl`` or the shared Parquet file).
         """
-        import pyarrow.json as pa_json  # optional extra: only reading telemetry pays for it
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.json as pa_json  # optional extra: only reading telemetry pays for it
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ModuleNotFoundError("RunResult.telemetry() reads the records with pyarrow, which is not installed: "
+                                      "pip install 'thermospec[parquet]' (or read the JSONL at "
+                                      "RunResult.telemetry_path line by line with json)", name="pyarrow") from None
 
         path = self.telemetry_path
         if path is None:
@@ -170,11 +179,31 @@ def config(
     ConfigError
         One line naming the option and the reason.
     """
-    if cost_ratio and gamma is None:
+    settings = RunConfig(corpus=_path_text(corpus), vocab=vocab, c=c, K=K, tau=tau, eps=eps, steps=steps, seed=seed,
+                         gamma=gamma, cost_ratio=cost_ratio, tokenizer=tokenizer, tsu=tsu, drafts=drafts,
+                         verifier=verifier, trace=_path_text(trace), order=order)  # every type checked here
+    if settings.cost_ratio and settings.gamma is None:
         raise ConfigError("--cost-ratio: models the speed-up of γ-token blocks and needs --gamma")
-    return RunConfig(corpus=None if corpus is None else str(corpus), vocab=vocab, c=c, K=K, tau=tau, eps=eps,
-                     steps=steps, seed=seed, gamma=gamma, cost_ratio=cost_ratio, tokenizer=tokenizer, tsu=tsu,
-                     drafts=drafts, verifier=verifier, trace=None if trace is None else str(trace), order=order)
+    return settings
+
+
+def _path_text(path: Any) -> Any:
+    """A path as text (a `Path` too); anything else as given, for `RunConfig` to refuse by its type."""
+    return os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+
+
+OPTIONS = tuple(inspect.signature(config).parameters)
+"""The run options `config` takes (and `run`, `check` and `sweep` pass on to it)."""
+
+
+def _config(where: str, options: dict[str, Any], not_here: dict[str, str] | None = None, **defaults: Any) -> RunConfig:
+    """`config` of the options given to `where`, refusing a name that is not an option there (one line)."""
+    for name in options:
+        if name in (not_here or {}):
+            raise ConfigError(f"{name}: {(not_here or {})[name]}")
+        if name not in OPTIONS:
+            raise ConfigError(f"{name}: not an option of {where} (options: {', '.join(OPTIONS)})")
+    return config(**(defaults | options))
 
 
 def run(
@@ -208,7 +237,7 @@ def run(
     ConfigError, PayloadError, CorpusError
         Bad input, before anything is written.
     """
-    cfg = config(**options)
+    cfg = _config("thermospec.run", options)
     check_mode_options(cfg, telemetry, chains)
     prepared = prepare_run(cfg)
     run_dir = create_run_dir(runs_dir)
@@ -244,7 +273,7 @@ def check(
     """
     if options.get("tsu", "sim") == "thrml":
         raise ConfigError("--tsu thrml: check runs SimTSU's table-driven paths; check THRML with run --tsu thrml")
-    prepared = prepare_run(config(**options))
+    prepared = prepare_run(_config("thermospec.check", options))
     if fault is not None:
         fault = Fault.parse(fault) if isinstance(fault, str) else fault
         prepared = inject_fault(prepared, fault)
@@ -278,19 +307,27 @@ def sweep(
     steps : int, optional
         Steps per configuration (default: 20,000 for seeds, 15,000 for a grid, as the commands).
     **options
-        The target and ψ options, as `config` takes them (``K``, ``tau`` for a seed sweep).
+        The target and ψ options, as `config` takes them (``K``, ``tau`` for a seed sweep).  A seed
+        sweep makes full runs, so every option applies except ``gamma``; a grid draws on one fixed
+        context, so only the target (``corpus`` or ``vocab`` and ``c``) and ``eps`` apply.  An option
+        the sweep would not apply is refused rather than recorded.
 
     Returns
     -------
     SweepResult
         The folder, the CSV, its rows (`SweepResult.rows`) and the unfinished configurations.
+
+    Raises
+    ------
+    ConfigError
+        A value of the wrong type or range, an option the sweep would not apply, an unknown name.
     """
     if kind == "seeds":
-        base = config(steps=20_000 if steps is None else steps, seed=seeds[0] if seeds else 0, **options)
+        base = _config("a seed sweep", options, {"seed": "a seed sweep takes seeds=(...), not seed"},
+                       steps=20_000 if steps is None else steps)
         return seed_sweep(base, seeds, runs_dir, jobs, scheduler)
     if kind == "grid":
-        if {"K", "tau", "seed"} & options.keys():
-            raise ConfigError("sweep: a grid takes Ks, taus and seeds, not K, tau or seed")
-        base = config(steps=15_000 if steps is None else steps, seed=seeds[0] if seeds else 0, **options)
+        axes = {name: f"a grid takes {name}s=(...), not {name}" for name in ("K", "tau", "seed")}
+        base = _config("a grid sweep", options, axes, steps=15_000 if steps is None else steps)
         return grid_sweep(base, Ks, taus, seeds, base.steps, context, runs_dir, jobs, scheduler)
     raise ConfigError(f"sweep: kind must be 'seeds' or 'grid', got {kind!r}")

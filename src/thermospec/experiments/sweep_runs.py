@@ -80,6 +80,46 @@ class SweepResult:
         return self.outcome.interrupted
 
 
+GRID_REASON = "its draws are on one fixed context of the bigram target (synthetic or --corpus), one SimTSU draft each"
+SEED_SWEEP_REFUSES = {"--gamma": "its table needs per-step runs; sweep γ with sweep_m1_grid --gammas",
+                      "--cost-ratio": "it models γ-token blocks; sweep them with sweep_m1_grid --gammas"}
+"""Options a seed sweep cannot apply, and why; every other option applies to each seed's full run."""
+GAMMA_SWEEP_APPLIES = ("--tokenizer", "--tsu")
+"""Options beyond M1 that a γ sweep applies (its blocks run on the target and TSU they name)."""
+
+
+def refuse_unapplied(base: RunConfig, sweep: str, applies: Sequence[str], reasons: dict[str, str]) -> None:
+    """Refuse an option beyond M1 that `sweep` would record in ``sweep.json`` without applying it.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the first such option and why it does not apply.
+    """
+    for option in base.options_set():
+        if option not in applies:
+            raise ConfigError(f"{option}: {sweep} would record it without applying it "
+                              f"({reasons.get(option, 'not implemented there')}); drop {option}")
+
+
+def sweep_axis(base: RunConfig, option: str, field: str, values: Sequence[Any]) -> tuple[Any, ...]:
+    """The values of a sweep axis, each checked (type and range) as the run option `field` it sets.
+
+    Raises
+    ------
+    ConfigError
+        ``--Ks: every K must be an integer >= 1, got 0``, a value given twice, or no value.
+    """
+    checked = []
+    for value in check_values(option, values):
+        try:
+            checked.append(getattr(dataclasses.replace(base, **{field: value}), field))
+        except ConfigError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            raise ConfigError(f"{option}: every {field} {reason}") from None
+    return check_values(option, checked)  # 1 and 1.0 are one value
+
+
 def _sweep_dir(runs_dir: str | Path) -> Path:
     if Path(runs_dir).exists() and not Path(runs_dir).is_dir():
         raise ConfigError(f"--runs-dir {runs_dir}: is a file, not a folder")
@@ -115,7 +155,9 @@ def seed_sweep(
     notice : callable, optional
         Told of inputs that were adjusted (a K above V is clamped).
     """
-    seeds = check_values("--seeds", seeds)
+    refuse_unapplied(base, "a seed sweep", [o for o in base.options_set() if o not in SEED_SWEEP_REFUSES],
+                      SEED_SWEEP_REFUSES)
+    seeds = sweep_axis(base, "--seeds", "seed", seeds)
     sweep = SeedSweep(base=base, seeds=seeds)
     first = prepare_run(sweep.config(seeds[0]))  # every seed shares V and the ψ options: one check covers all
     if base.K > first.target.V and notice is not None:
@@ -164,9 +206,10 @@ def grid_sweep(
     runs_dir, jobs, scheduler, quiet, notice
         As for `seed_sweep`.
     """
-    Ks = check_values("--Ks", Ks)
-    taus = check_values("--taus", taus)
-    seeds = check_values("--seeds", seeds)
+    refuse_unapplied(base, "a grid sweep", (), {o: GRID_REASON for o in base.options_set()})
+    Ks = sweep_axis(base, "--Ks", "K", Ks)
+    taus = sweep_axis(base, "--taus", "tau", taus)
+    seeds = sweep_axis(base, "--seeds", "seed", seeds)
     first = target_of(base, seeds[0])
     token = None if context is None else resolve_context(context, first)
     sweep = GridSweep(base=base, steps=steps, Ks=Ks, taus=taus, seeds=seeds, context=token)
@@ -211,8 +254,12 @@ def gamma_grid_sweep(
     target call and the modelled speed-up for each cost ratio.  Rows are written as they
     finish, like the other sweeps, so an interrupt keeps every finished configuration.
     """
-    for option, values in (("--Ks", Ks), ("--taus", taus), ("--seeds", seeds), ("--gammas", gammas)):
-        check_values(option, values)
+    refuse_unapplied(base, "a γ sweep", GAMMA_SWEEP_APPLIES, {
+        "--gamma": "its --gammas set γ", "--cost-ratio": "its --cost-ratios set the cost ratios"})
+    Ks = sweep_axis(base, "--Ks", "K", Ks)
+    taus = sweep_axis(base, "--taus", "tau", taus)
+    seeds = sweep_axis(base, "--seeds", "seed", seeds)
+    gammas = sweep_axis(base, "--gammas", "gamma", gammas)
     bad = [c for c in cost_ratios if not (math.isfinite(c) and c >= 0)]
     if bad:
         raise ConfigError(f"--cost-ratios: each must be a finite number >= 0, got {bad[0]}")

@@ -101,14 +101,17 @@ SEED_FIELDS = (
 )
 
 
-def check_values(option: str, values: Sequence[Any]) -> tuple[Any, ...]:
+def check_values(option: str, values: Any) -> tuple[Any, ...]:
     """The values of a multi-value option, refused when empty or repeated.
 
     Raises
     ------
     ConfigError
-        Naming `option`: no value, or a value given twice.
+        Naming `option`: not a sequence of values (a lone number or a text), no value, or a value given twice.
     """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ConfigError(f"{option}: must be a sequence of values, got {values!r} ({type(values).__name__})")
+    values = tuple(values)
     if not values:
         raise ConfigError(f"{option}: needs at least one value")
     seen: set[Any] = set()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from thermospec.core.payload import EpsSpec
 from thermospec.core.streams import Stream, random_stream
 from thermospec.core.verifiers import VERIFIERS
+from thermospec.engine.trees import MAX_TREE_NODES, tree_nodes
 from thermospec.targets.bigram import BigramTarget
 from thermospec.targets.bpe import bpe_target, parse_tokenizer
 from thermospec.targets.corpus import corpus_target
@@ -17,7 +19,7 @@ from thermospec.targets.order import MAX_ORDER, order_target
 from thermospec.targets.synthetic import DENSE_VOCAB_MAX, lazy_synthetic_target, synthetic_target
 from thermospec.targets.trace import TraceError, load_trace
 
-__all__ = ["ConfigError", "RunConfig", "load_target"]
+__all__ = ["MAX_STEPS", "ConfigError", "RunConfig", "load_target", "option_name"]
 
 
 class ConfigError(ValueError):
@@ -40,6 +42,9 @@ exact in summary.json; larger seeds are refused rather than written as 20-digit 
 are exact only up to 2^53: keep seeds below that for a browser)."""
 MAX_DRAFTS = 64
 """Most drafts per step (``--drafts``)."""
+MAX_STEPS = 10**12
+"""Most steps of a run (``--steps``): about 8 hours at the fastest measured 36 M tokens/s, and about 250 TB of
+JSONL records (~250 bytes a step); larger counts are refused rather than left to fill a disk."""
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 """Smallest normal float32: a smaller τ would reach ψ as a subnormal, rounded to another value."""
 
@@ -67,6 +72,7 @@ class RunConfig:
     order: int = 2
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not 2 <= self.vocab <= MAX_SYNTHETIC_VOCAB:
             raise ConfigError(f"--vocab: must be an integer in [2, {MAX_SYNTHETIC_VOCAB}], got {self.vocab}")
         if not (np.isfinite(self.c) and self.c > 0):
@@ -83,8 +89,8 @@ class RunConfig:
             raise ConfigError(f"--eps: must be 'auto' or a finite number >= 0 that float32 can hold, got {self.eps}")
         if self.eps != "auto" and self.eps > 0 and _as_float32(self.eps) == 0:
             raise ConfigError(f"--eps: {self.eps} rounds to 0 in ψ's float32 field (use 0 to mean no tail)")
-        if self.steps < 1:
-            raise ConfigError(f"--steps: must be an integer >= 1, got {self.steps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"--steps: must be an integer in [1, {MAX_STEPS:,}], got {self.steps}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"--seed: must be an integer in [0, {MAX_SEED}], got {self.seed}")
         if self.gamma is not None and not 1 <= self.gamma <= 1024:
@@ -93,11 +99,12 @@ class RunConfig:
             raise ConfigError(f"--cost-ratio: must be a finite number >= 0, got {self.cost_ratio}")
         if not 1 <= self.drafts <= MAX_DRAFTS:
             raise ConfigError(f"--drafts: must be an integer in [1, {MAX_DRAFTS}], got {self.drafts}")
+        if self.gamma is not None and self.drafts > 1 and tree_nodes(self.gamma, self.drafts) > MAX_TREE_NODES:
+            raise ConfigError(f"--gamma {self.gamma} --drafts {self.drafts}: a token tree of "
+                              f"{tree_nodes(self.gamma, self.drafts):,} drafted nodes per target call; at most "
+                              f"{MAX_TREE_NODES:,} (N + N^2 + ... + N^γ: the chip drafts every node)")
         if self.verifier not in VERIFIERS:
             raise ConfigError(f"--verifier: must be one of {', '.join(VERIFIERS)}, got {self.verifier!r}")
-        if self.drafts > 1 and self.gamma is not None:
-            raise ConfigError("--drafts: γ-token blocks verify one draft per position; a tree of drafts per "
-                              "position is not implemented (drop --gamma or --drafts)")
         if self.tsu not in ("sim", "thrml"):
             raise ConfigError(f"--tsu: must be 'sim' or 'thrml', got {self.tsu!r}")
         self._check_trace_and_order()
@@ -110,6 +117,40 @@ class RunConfig:
             if self.corpus is None:
                 raise ConfigError("--tokenizer: needs --corpus (the tokenizer is trained on the corpus)")
 
+    def _check_types(self) -> None:
+        """Each option's type, checked in one place: integers, numbers or text (``bool`` is none of them).
+
+        An integer option takes any integer (``numpy.int64`` too) and a number option any real
+        number, stored as ``int`` and ``float``: the summary records the same values whether the
+        command line or Python gave them.  ``"8"``, ``8.0`` for an integer, ``"1.0"`` for a number
+        or ``None`` for a required option are refused.
+        """
+        for item in fields(self):
+            name, value = item.name, getattr(self, item.name)
+            kind = _OPTION_TYPES[name]
+            if value is None and name in _OPTIONAL:
+                continue
+            if name == "eps" and isinstance(value, str) and value == "auto":
+                continue
+            if kind == "text":
+                if not isinstance(value, str):
+                    raise ConfigError(f"{option_name(name)}: must be text, got {value!r} ({type(value).__name__})")
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind == "integer"
+                                                           else numbers.Real):
+                wanted = ("an integer" if kind == "integer"
+                          else "'auto' or a number" if name == "eps" else "a number")
+                raise ConfigError(f"{option_name(name)}: must be {wanted}, got {value!r} ({type(value).__name__})")
+            try:
+                normal = int(value) if isinstance(value, numbers.Integral) and kind == "integer" else float(value)
+            except OverflowError:  # an integer too large for a float64
+                raise ConfigError(f"{option_name(name)}: must be a finite number, got {value!r}") from None
+            object.__setattr__(self, name, normal)
+
+    def options_set(self) -> list[str]:
+        """The options beyond M1 set away from their defaults, as the command line spells them (``--drafts``...)."""
+        return [option_name(name) for name, default in _EXTENSION_DEFAULTS.items() if getattr(self, name) != default]
+
     def _check_options_apply(self) -> None:
         """Options that would be recorded in the summary without changing the run are refused."""
         if (self.corpus is not None or self.trace is not None) and (self.vocab != 256 or self.c != 50.0):
@@ -119,18 +160,21 @@ class RunConfig:
 
     def _check_trace_and_order(self) -> None:
         """``--trace`` and ``--order``: their ranges and the combinations that are not implemented."""
-        if isinstance(self.order, bool) or not isinstance(self.order, int) or not 2 <= self.order <= MAX_ORDER:
+        if not 2 <= self.order <= MAX_ORDER:
             raise ConfigError(f"--order: must be an integer in [2, {MAX_ORDER}], got {self.order!r}")
+        if self.order > 2 and self.trace is not None:
+            raise ConfigError("--trace: the trace is the target and has no character contexts; drop --order")
         if self.order > 2:
             if self.corpus is None:
                 raise ConfigError("--order: needs --corpus (contexts are the last N - 1 characters of a text)")
             if self.tokenizer is not None:
                 raise ConfigError("--order: contexts of BPE tokens are not implemented (character contexts "
                                   "only); drop --tokenizer or --order")
-            for given, option in ((self.drafts > 1, "--drafts"), (self.tsu != "sim", "--tsu thrml")):
+            for given, option in ((self.drafts > 1 and self.gamma is None, "--drafts"),
+                                  (self.tsu != "sim", "--tsu thrml")):
                 if given:
                     raise ConfigError(f"--order: runs one draft per step on SimTSU; {option} is not implemented "
-                                      "with it (drop one)")
+                                      "with it (drop one; --drafts N with --gamma G, a token tree, runs)")
         if self.trace is None:
             return
         if not self.trace.strip():
@@ -139,22 +183,35 @@ class RunConfig:
                               (self.order > 2, "--order")):
             if given:
                 raise ConfigError(f"--trace: the trace is the target; drop {option}")
-        for given, option in ((self.drafts > 1, "--drafts"), (self.tsu != "sim", "--tsu thrml")):
+        for given, option in ((self.drafts > 1 and self.gamma is None, "--drafts"), (self.tsu != "sim", "--tsu thrml")):
             if given:
                 raise ConfigError(f"--trace: runs one draft per position on SimTSU; {option} is not implemented "
-                                  "with it (drop one)")
+                                  "with it (drop one; --drafts N with --gamma G, a token tree, runs)")
 
     def as_dict(self) -> dict[str, Any]:
-        """The configuration as JSON-ready values (issue 6's options only when set)."""
+        """The configuration as JSON-ready values: issue 6's options only when set, and the synthetic
+        target's ``vocab`` and ``c`` only when the target is synthetic (a corpus or a trace ignores them)."""
         values = asdict(self)
         for name, default in _EXTENSION_DEFAULTS.items():
             if values[name] == default:
                 del values[name]
+        if self.corpus is not None or self.trace is not None:
+            del values["vocab"], values["c"]
         return values
 
 
 _EXTENSION_DEFAULTS: dict[str, Any] = {"gamma": None, "cost_ratio": 0.0, "tokenizer": None, "tsu": "sim",
                                        "drafts": 1, "verifier": "recursive", "trace": None, "order": 2}
+_OPTION_TYPES = {"corpus": "text", "vocab": "integer", "c": "number", "K": "integer", "tau": "number",
+                 "eps": "number", "steps": "integer", "seed": "integer", "gamma": "integer", "cost_ratio": "number",
+                 "tokenizer": "text", "tsu": "text", "drafts": "integer", "verifier": "text", "trace": "text",
+                 "order": "integer"}
+_OPTIONAL = {"corpus", "gamma", "tokenizer", "trace"}
+
+
+def option_name(field: str) -> str:
+    """The command line's spelling of a configuration field: ``cost_ratio`` is ``--cost-ratio``."""
+    return "--" + field.replace("_", "-")
 
 
 def load_target(config: RunConfig) -> BigramTarget:
