@@ -246,7 +246,7 @@ def test_load_scans_in_bounded_memory_and_maps_rows(tmp_path: Path) -> None:
         writer.finish()
     tracemalloc.start()
     try:
-        trace = load_trace(path, scan_chunk_bytes=1 << 20, row_cache_bytes=2 * 8 * V)
+        trace = load_trace(path, scan_chunk_bytes=1 << 20, row_cache_bytes=2 * 10 * V)  # p and a float16 row's codes
         for t in range(T):
             trace.row(t)
         peak = tracemalloc.get_traced_memory()[1]

@@ -68,10 +68,10 @@ def test_every_pass_gives_the_bytes_of_the_plain_code(backend: str, K: int, eps:
     for name, raw in rows():
         p, tokens, payload, overlap, ce = reference(raw, K, eps)
         gaps.append(ce)
-        fast = trace_rows.softmax_row(raw)
-        assert fast.tobytes() == p.tobytes(), (name, backend)
-        np.testing.assert_array_equal(trace_rows.top_support_of(p, K), tokens, err_msg=f"{name} {backend}")
-        got = trace_rows.position_metrics(p, raw, payload)
+        values = trace_rows.row_values(raw)
+        assert values.p.tobytes() == p.tobytes(), (name, backend)
+        np.testing.assert_array_equal(trace_rows.top_support_of(values, K), tokens, err_msg=f"{name} {backend}")
+        got = trace_rows.position_metrics(values, payload)
         assert got == (overlap, ce), (name, backend, got, (overlap, ce))
     assert (np.inf in gaps) == (eps == 0.0)  # q = 0 where p > 0: the infinite gap is covered too
 

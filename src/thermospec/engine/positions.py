@@ -123,8 +123,9 @@ class PositionProposer(Proposer):
         except PayloadError as exc:
             raise PayloadError(f"ψ of position {context}: {exc}") from None
         tsu = CompactTSU(wire)
-        p = target.row(context)
-        overlap, ce_gap = position_metrics(p, target.stored_row(context), tsu.payload)
+        values = target.row_values(context)
+        p = values.p
+        overlap, ce_gap = position_metrics(values, tsu.payload)
         return ContextDraft(context=context, payload_bytes=wire, tsu=tsu, topk_mass=topk_mass(p, tsu.payload.ids),
                             overlap_mass=overlap, ce_gap_nats=ce_gap)
 

@@ -38,7 +38,7 @@ from thermospec.targets.trace_file import (
     scan_rows,
     softmax64,
 )
-from thermospec.targets.trace_rows import softmax_row, top_support_of
+from thermospec.targets.trace_rows import RowValues, row_bytes_held, row_values, softmax_row, top_support_of
 from thermospec.targets.trace_writer import TraceWriter
 
 __all__ = [
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 ROW_CACHE_BYTES = 256 * 1024 * 1024
-"""Memory bound of a trace's cache of float64 rows (256 rows at V = 131,072)."""
+"""Memory bound of a trace's cache of rows (float64, and a float16 row's codes: 204 such rows at V = 131,072)."""
 SCAN_CHUNK_BYTES = 8 * 1024 * 1024
 """File bytes read at a time by the load-time scan (its working memory is about 6 times this)."""
 
@@ -59,7 +59,7 @@ class PositionTarget(Protocol):
     ``vocabulary`` as a `BigramTarget`'s, ``rows_stored`` False (rows built on demand),
     ``row(t)`` dense float64 summing to 1, ``support(t)`` its increasing positive tokens
     and their probabilities, ``top_support(t, K)`` the part of it a K-id ψ needs, and
-    ``widest_support()`` the most positive entries of any row, ``stored_row(t)`` the row as stored.
+    ``widest_support()`` the most positive entries of any row, ``row_values(t)`` the row with its float16 codes.
     """
 
     @property
@@ -76,7 +76,7 @@ class PositionTarget(Protocol):
     def support(self, t: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]: ...
     def top_support(self, t: int, K: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]: ...
     def widest_support(self) -> int: ...
-    def stored_row(self, t: int) -> NDArray[Any]: ...
+    def row_values(self, t: int) -> RowValues: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,10 +109,13 @@ class TraceTarget:
     vocabulary: tuple[str, ...] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     row_capacity: int = 1
-    _rows: _lru_cache_wrapper[NDArray[np.float64]] = field(init=False, repr=False, compare=False)
+    _rows: _lru_cache_wrapper[RowValues] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_rows", lru_cache(maxsize=self.row_capacity)(self._build_row))
+
+    def _build_row(self, t: int) -> RowValues:
+        return row_values(self.reader.row(t))  # read-only: shared by the cache
 
     @property
     def V(self) -> int:
@@ -141,16 +144,15 @@ class TraceTarget:
         """``"float16"`` or ``"float32"``: how the file stores the rows."""
         return str(self.reader.dtype.newbyteorder("="))
 
-    def _build_row(self, t: int) -> NDArray[np.float64]:
-        p = softmax_row(self.reader.row(t))
-        p.setflags(write=False)  # shared by the cache: nobody may change it
-        return p
-
-    def row(self, t: int) -> NDArray[np.float64]:
-        """Position t's target ``softmax(logits[t])``, float64, read-only, from the bounded cache (IndexError off T)."""
+    def row_values(self, t: int) -> RowValues:
+        """Position t's target and its float16 codes (`targets.trace_rows`), read-only, from the bounded cache."""
         if not 0 <= t < self.positions:
             raise IndexError(f"position {t} is outside the trace's [0, {self.positions})")
         return self._rows(int(t))
+
+    def row(self, t: int) -> NDArray[np.float64]:
+        """Position t's target ``softmax(logits[t])``, float64, read-only, from the bounded cache (IndexError off T)."""
+        return self.row_values(t).p
 
     def support(self, t: int) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         """Position t by its support: the increasing tokens of ``p > 0`` and their probabilities (``row(t)``'s)."""
@@ -164,15 +166,9 @@ class TraceTarget:
         O(V), no full sort: ``craft_payload_from_support(*top_support(t, K), V, K, tau, eps)``
         gives the same payload bytes as ``craft_payload(row(t), K, tau, eps)``.
         """
-        p = self.row(t)
-        tokens = top_support_of(p, K)
-        return tokens, p[tokens]
-
-    def stored_row(self, t: int) -> NDArray[Any]:
-        """Position t's row as the file stores it (float16 or float32), read from the file."""
-        if not 0 <= t < self.positions:
-            raise IndexError(f"position {t} is outside the trace's [0, {self.positions})")
-        return self.reader.row(int(t))
+        values = self.row_values(t)
+        tokens = top_support_of(values, K)
+        return tokens, values.p[tokens]
 
     def widest_support(self) -> int:
         """The largest number of positive entries of any position (V unless logits span > 700 nats or hold -inf)."""
@@ -238,7 +234,8 @@ def load_trace(
         raise
     return TraceTarget(
         path=path, reader=RowReader(path, fd, offset, dtype, (T, V)), sha256=sha256, support_sizes=sizes,
-        tokens=tokens, vocabulary=vocabulary, metadata=metadata, row_capacity=max(1, row_cache_bytes // (8 * V)),
+        tokens=tokens, vocabulary=vocabulary, metadata=metadata,
+        row_capacity=max(1, row_cache_bytes // (row_bytes_held(dtype) * V)),
     )
 
 
