@@ -982,19 +982,25 @@ static inline int64_t drafts_step(const DraftSlots *d, int64_t s, const double *
     const int64_t *la = d->lasts + 2 * s;
     const double *ratios = f + V, *v = u + N;
     int64_t ys[DRAFTS_MAX];
-    ys[0] = 0; /* N >= 1 (checked by drafts_chain): overwritten below */
-    for (int64_t i = 0; i < N; ++i) {
-        int64_t y = guided(f, g, G, u[i], sc[0]);
-        ys[i] = y > la[0] ? la[0] : y;
-    }
-    *first = ys[0];
     if (!selection) {
-        for (int64_t i = 0; i < N; ++i)
-            if (v[i] < ratios[(i < L ? i : L - 1) * V + ys[i]]) {
+        /* A draft is searched for only when it is tested: its uniform was drawn all the same (the stream
+         * layout), and the token of an untested draft is never seen (the chunk records the first). */
+        for (int64_t i = 0; i < N; ++i) {
+            int64_t y = guided(f, g, G, u[i], sc[0]);
+            y = y > la[0] ? la[0] : y;
+            if (i == 0)
+                *first = y;
+            if (v[i] < ratios[(i < L ? i : L - 1) * V + y]) {
                 *index = i;
-                return ys[i];
+                return y;
             }
+        }
     } else {
+        for (int64_t i = 0; i < N; ++i) {
+            int64_t y = guided(f, g, G, u[i], sc[0]);
+            ys[i] = y > la[0] ? la[0] : y;
+        }
+        *first = ys[0];
         int64_t chosen = 0;
         if (d->walk) {
             const int32_t *rank = g + 2 * (G + 1), *node_at = rank + V, *up = node_at + V;
