@@ -13,7 +13,8 @@ Formats (``run --telemetry``):
   kernel when it is built (``thermospec._kernels.jsonl``) or by the Python
   formatter `jsonl_lines`; both give the same bytes.
 * ``parquet``: ``m1_metrics.parquet``, one row per step with the same fields
-  (``ce_gap_nats`` null where infinite), one row group per chunk; needs the
+  (``ce_gap_nats`` null where infinite; ``--drafts N`` adds its two,
+  ``drafts_used`` and ``accepted_index``), one row group per chunk; needs the
   optional ``parquet`` extra (pyarrow), imported only when used.
 * ``none``: no per-step file; the summary is unchanged.
 
