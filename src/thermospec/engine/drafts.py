@@ -18,7 +18,12 @@ are its own (THRML, fault-injected: `Proposer.samples_payload` False), each draw
 report checked.  `run_drafts` steps on per-context tables
 (`engine.draft_tables`: the compiled kernel, or its Python fallback), built once
 per context from the plan (`VerifierPlan.tables`) and the TSU's draft CDF; the
-tests pin it to the reference token for token.
+tests pin it to the reference token for token.  `run_drafts_chains` runs B chains
+in lock step, chain b on its own stream, sharing plans and tables.
+
+Memory: plans of at most `PLAN_CACHE_CONTEXTS` contexts (a few V-sized arrays
+each) and tables of at most ``max_table_bytes`` (default `DEFAULT_TABLE_BYTES`),
+both least recently used first out.
 """
 
 from __future__ import annotations
