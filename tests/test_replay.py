@@ -120,3 +120,38 @@ def test_replay_refuses_options_that_change_the_run(tmp_path: Path, capsys: pyte
     assert "drop --K --steps" in err or "drop --steps --K" in err
     assert main(["run", "--replay", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_replay_compares_with_the_file_on_disk_and_says_which_differs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    original = _run(runs, "--vocab", "16", "--K", "4", "--steps", "500", "--quiet")
+    records = original / METRICS_FILE
+    pristine = records.read_bytes()
+    capsys.readouterr()
+    # One byte of the JSONL edited (a digit of a step index): the summary's hash still matches the replay.
+    edited = bytearray(pristine)
+    edited[pristine.index(b'"step":1,') + 7] = ord("7")
+    records.write_bytes(bytes(edited))
+    assert main(["run", "--runs-dir", str(runs), "--quiet", "--replay", str(original)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(records) in err and "changed after the run" in err
+    assert "identical" not in err
+    # The summary's hash edited instead: the file on disk matches, the summary does not.
+    records.write_bytes(pristine)
+    summary = _summary(original)
+    summary["metrics_sha256"] = "0" * 64
+    (original / SUMMARY_FILE).write_text(json.dumps(summary))
+    assert main(["run", "--runs-dir", str(runs), "--quiet", "--replay", str(original)]) == 1
+    err = capsys.readouterr().err
+    assert "the summary was changed after the run" in err and "metrics_sha256" in err
+    # Both as written: identical, and said to be compared with the file too.
+    summary["metrics_sha256"] = hashlib.sha256(pristine).hexdigest()
+    (original / SUMMARY_FILE).write_text(json.dumps(summary))
+    assert main(["run", "--runs-dir", str(runs), "--quiet", "--replay", str(original)]) == 0
+    assert "identical to the original, byte for byte" in capsys.readouterr().out
+    # The original's file gone: compared with the summary only, and said so.
+    records.unlink()
+    assert main(["run", "--runs-dir", str(runs), "--quiet", "--replay", str(original)]) == 0
+    assert "compared with the summary only" in capsys.readouterr().out

@@ -32,7 +32,7 @@ from thermospec.runs.config import MAX_DRAFTS, MAX_SEED, MAX_SYNTHETIC_VOCAB, Co
 from thermospec.runs.executor import check_mode_options, execute_run
 from thermospec.runs.prepare import inject_fault, prepare_run
 from thermospec.runs.progress import progress_bar
-from thermospec.runs.replay import ReplayError, load_replay, replay_matches
+from thermospec.runs.replay import ReplayError, compare_replay, load_replay
 from thermospec.runs.storage import METRICS_FILE, create_run_dir
 from thermospec.runs.telemetry import PARQUET_FILE
 from thermospec.targets.order import MAX_ORDER
@@ -245,13 +245,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"{held} exactly those steps", file=sys.stderr)
         return status
     if plan is not None:
-        same = replay_matches(plan, summary)
-        if same is False:
-            print(f"run_m1 run: error: --replay {plan.source}: the new {metrics_file} differs from the "
-                  "original (metrics_sha256 mismatch)", file=sys.stderr)
+        comparison = compare_replay(plan, summary)
+        if not comparison.identical:
+            print(f"run_m1 run: error: --replay {plan.source}: {comparison.describe()}", file=sys.stderr)
             return EXIT_FAILED
-        print("replay: identical to the original, byte for byte (metrics_sha256 "
-              f"{summary['metrics_sha256'][:16]}…)" if same else "replay: the original recorded no metrics_sha256")
+        print(comparison.describe())
     return 0
 
 

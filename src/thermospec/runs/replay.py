@@ -3,7 +3,9 @@
 ``python -m scripts.run_m1 run --replay RUN_DIR/summary.json`` reads the full
 configuration the summary recorded, refuses if the corpus the run read has
 changed since (its SHA-256 differs), runs again, and compares the SHA-256 of the
-new ``m1_metrics.jsonl`` with the ``metrics_sha256`` the original recorded.  The
+new ``m1_metrics.jsonl`` with the ``metrics_sha256`` the original recorded and with
+the original's records file as it is on disk (`compare_replay`: a file edited since
+the run is caught, and the verdict says which of the two differs).  The
 run is deterministic (seeded streams, shortest round-trip float text), so the
 two files are identical byte for byte.  An interrupted run is replayed for the
 steps it wrote, so the replay reproduces exactly the records that exist.
@@ -13,14 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from thermospec.runs.config import ConfigError, RunConfig
+from thermospec.runs.storage import METRICS_FILE
+from thermospec.runs.telemetry import PARQUET_FILE
 from thermospec.targets.corpus import CorpusError, read_corpus
 
-__all__ = ["ReplayError", "ReplayPlan", "load_replay", "replay_matches"]
+__all__ = ["ReplayComparison", "ReplayError", "ReplayPlan", "compare_replay", "load_replay"]
 
 
 class ReplayError(ValueError):
@@ -38,12 +42,16 @@ class ReplayPlan:
         SHA-256 of the original JSONL, when the summary recorded it.
     source : Path
         The summary replayed.
+    records : Path or None
+        The original's records file beside the summary (``m1_metrics.jsonl`` or ``.parquet``).
     """
 
-    def __init__(self, config: RunConfig, metrics_sha256: str | None, source: Path) -> None:
+    def __init__(self, config: RunConfig, metrics_sha256: str | None, source: Path,
+                 records: Path | None = None) -> None:
         self.config = config
         self.metrics_sha256 = metrics_sha256
         self.source = source
+        self.records = records
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
@@ -123,7 +131,8 @@ def load_replay(path: str | Path) -> ReplayPlan:
                 f"(SHA-256 {actual[:12]}… now, {str(wanted)[:12]}… recorded); refusing to replay"
             )
     sha = summary.get("metrics_sha256")
-    return ReplayPlan(config, sha if isinstance(sha, str) else None, path)
+    records = path.parent / (PARQUET_FILE if summary.get("telemetry") == "parquet" else METRICS_FILE)
+    return ReplayPlan(config, sha if isinstance(sha, str) else None, path, records)
 
 
 def file_sha256(path: Path) -> str:
@@ -135,8 +144,59 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def replay_matches(plan: ReplayPlan, summary: dict[str, Any]) -> bool | None:
-    """Whether the replayed JSONL has the original's SHA-256 (None if the original recorded none)."""
-    if plan.metrics_sha256 is None:
-        return None
-    return bool(summary.get("metrics_sha256") == plan.metrics_sha256)
+@dataclass(frozen=True)
+class ReplayComparison:
+    """The replay's records against the original's: its recorded SHA-256, and its file as it is now.
+
+    Attributes
+    ----------
+    new_sha256 : str or None
+        SHA-256 of the replay's records.
+    recorded : bool or None
+        Whether it equals the summary's ``metrics_sha256`` (None: the summary recorded none).
+    on_disk : bool or None
+        Whether it equals the SHA-256 of the original's records file now (None: the file is gone).
+    records : Path or None
+        The original's records file.
+    """
+
+    new_sha256: str | None
+    recorded: bool | None
+    on_disk: bool | None
+    records: Path | None
+
+    @property
+    def identical(self) -> bool:
+        """The replay reproduced both the recorded SHA-256 and the file on disk (or the one that exists)."""
+        return self.recorded is not False and self.on_disk is not False and (
+            self.recorded is not None or self.on_disk is not None)
+
+    def describe(self) -> str:
+        """One line: identical, or which of the summary's SHA-256 and the file on disk differs."""
+        short = (self.new_sha256 or "")[:16]
+        if self.identical:
+            also = ("the original's file on disk too" if self.on_disk
+                    else f"the original's {self.records} is gone: compared with the summary only")
+            return f"replay: identical to the original, byte for byte (metrics_sha256 {short}…; {also})"
+        if self.recorded and self.on_disk is False:
+            return (f"the new records match the summary's metrics_sha256, but the original's {self.records} "
+                    "differs from both: it was changed after the run")
+        if self.recorded is False and self.on_disk:
+            return (f"the new records match the original's {self.records} on disk but not the summary's "
+                    "metrics_sha256: the summary was changed after the run")
+        if self.recorded is None and self.on_disk is None:
+            return "the original recorded no metrics_sha256 and its records file is gone: nothing to compare"
+        where = "the summary's metrics_sha256" + ("" if self.on_disk is None else
+                                                  f" and the original's {self.records} on disk")
+        return f"the new records differ from {where} (metrics_sha256 mismatch)"
+
+
+def compare_replay(plan: ReplayPlan, summary: dict[str, Any]) -> ReplayComparison:
+    """Compare the replay's records (its summary's SHA-256) with the original's recorded SHA-256 and file on disk."""
+    sha = summary.get("metrics_sha256")
+    new = sha if isinstance(sha, str) else None
+    recorded = None if plan.metrics_sha256 is None else new == plan.metrics_sha256
+    on_disk: bool | None = None
+    if plan.records is not None and plan.records.is_file():
+        on_disk = new == file_sha256(plan.records)
+    return ReplayComparison(new_sha256=new, recorded=recorded, on_disk=on_disk, records=plan.records)
