@@ -129,3 +129,32 @@ def test_run_order_chains_writes_chain_0_as_the_single_run(shakespeare: Path, tm
     assert pooled["chains"] == 3 and pooled["steps_per_chain"] == 1000
     assert pooled["chain_accept_rate_min"] <= single["accept_rate"] <= pooled["chain_accept_rate_max"]
     assert json.loads((none / "summary.json").read_text())["accept_rate"] == pooled["accept_rate"]
+
+
+def test_crafting_every_state_at_once_keeps_tokens_contexts_and_metrics(shakespeare: Path) -> None:
+    target = order_target(shakespeare, 3)
+    proposer = ContextProposer(target, 8, 1.0, "auto")
+    reference = run_order_reference(target, proposer.draft, 2000, np.random.default_rng(5))
+    chunks = list(run_order_chain(target, proposer.draft, 2000, np.random.default_rng(5), chunk=700,
+                                  psi=(8, 1.0, "auto")))
+    if compiled_module() is not None:
+        assert all(c.metrics is not None and c.state is not None for c in chunks)  # every state crafted at once
+    for name in FIELDS:
+        np.testing.assert_array_equal(joined(chunks, name), getattr(reference, name))
+    for chunk in chunks:
+        if chunk.metrics is not None and chunk.state is not None:
+            for c, s in list(zip(chunk.context.tolist(), chunk.state.tolist(), strict=True))[:200]:
+                draft = proposer.draft(c)
+                assert chunk.metrics.of(s) == (draft.overlap_mass, draft.ce_gap_nats, draft.psi_bytes, draft.payload.K)
+
+
+def test_a_run_without_telemetry_summarises_as_one_with(shakespeare: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["run", "--corpus", str(shakespeare), "--order", "3", "--K", "8", "--steps", "1500"]
+    for name, extra in (("jsonl", []), ("none", ["--telemetry", "none"])):
+        status, _, err = run_cli([*base, *extra, "--runs-dir", str(tmp_path / name)], capsys)
+        assert status == 0, err
+    with_, without = (json.loads((only_run_dir(tmp_path / n) / "summary.json").read_text()) for n in ("jsonl", "none"))
+    for key in ("accept_rate", "mean_overlap", "mean_ce_gap", "transition_chi2_stat", "contexts_visited",
+                "psi_bytes_max"):
+        assert with_[key] == without[key], key

@@ -36,6 +36,7 @@ from thermospec.engine.batch import chain_stream
 from thermospec.engine.chain import ReportError, ReportVerifier, context_tables, start_token, table_source
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper
+from thermospec.engine.state_drafts import PsiSpec, StateMetrics, craft_states, worth_crafting
 from thermospec.targets.order import ORDER_MOVES_BYTES, ContextMoves, OrderTarget
 from thermospec.tsu.drafts import DraftSource, Proposer
 
@@ -55,9 +56,15 @@ _ListTables = tuple[list[float], float, int, list[float], list[float], float, in
 
 @dataclass(frozen=True, eq=False)
 class ContextChunk(ChainChunk):
-    """Steps of an order-N chain: `prev` is the last emitted token, `context` the context id each step drafted in."""
+    """Steps of an order-N chain: `prev` is the last emitted token, `context` the context id each step drafted in.
+
+    On a move table crafted at once (`craft_states`), `state` is each step's state and
+    `metrics` every state's draft metrics (else both None: ask the proposer).
+    """
 
     context: NDArray[np.int64]
+    state: NDArray[np.int64] | None = None
+    metrics: StateMetrics | None = None
 
 
 class ContextProposer(Proposer):
@@ -86,33 +93,51 @@ class _MovingChain:
     """One order-N chain on a shared `ChainStepper` over a move table's states: chunk by chunk."""
 
     def __init__(self, moves: ContextMoves, stepper: ChainStepper, verifier: ReportVerifier,
-                 rng: np.random.Generator, x: int) -> None:
+                 rng: np.random.Generator, x: int, metrics: StateMetrics | None) -> None:
         self.moves, self.stepper, self.verifier, self.rng = moves, stepper, verifier, rng
         self.token = self.state = x  # one-token contexts are states 0 .. V-1
+        self.metrics = metrics
 
     def chunk(self, start: int, n: int) -> ContextChunk:
-        """The next `n` steps (checked by the verifier)."""
+        """The next `n` steps (checked by the verifier unless every state was crafted at once)."""
         last = self.token
         (states, proposed, emitted, accepted), self.state = self.stepper.draw_steps(self.rng, n, self.state)
         prev = np.empty(n, dtype=np.int64)
         prev[0] = last
         prev[1:] = emitted[:-1]
         self.token = int(emitted[-1])
+        context = self.moves.contexts(states)
+        fresh = np.flatnonzero(context < 0) if self.metrics is not None else None
+        if fresh is not None and fresh.size:  # states met here first: intern them in the order met
+            met, first = np.unique(states[fresh], return_index=True)
+            for state in met[np.argsort(first)].tolist():
+                self.moves.context(state)
+            context = self.moves.contexts(states)
         produced = ContextChunk(start=start, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted,
-                                context=self.moves.contexts(states))
-        self.verifier.verify(_by_context(produced))
+                                context=context, state=states if self.metrics is not None else None,
+                                metrics=self.metrics)
+        if self.metrics is None:  # crafted at once only for the simulator, which reports log F(psi) itself
+            self.verifier.verify(_by_context(produced))
         return produced
 
 
 def _moving_stepper(target: OrderTarget, moves: ContextMoves, drafts: DraftSource, verifier: ReportVerifier,
-                    backend: Backend, max_table_bytes: int | None) -> ChainStepper:
-    """A stepper over the move table's states; a state's tables are its context's (interned when first met)."""
+                    backend: Backend, max_table_bytes: int | None, psi: PsiSpec | None,
+                    steps: int) -> tuple[ChainStepper, StateMetrics | None]:
+    """A stepper over the move table's states, and their metrics when every state was crafted at once.
+
+    A state's tables are its context's (interned when first met): loaded then, or all at
+    once (`craft_states`) given the proposer's `psi` when the run's `steps` make it worth it.
+    """
     source = verifier.watched(table_source(target.row, drafts))
 
     def state_tables(state: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         return source(moves.context(state))
 
-    return ChainStepper(target.V, state_tables, backend, max_table_bytes or DEFAULT_TABLE_BYTES, moves=moves.next)
+    stepper = ChainStepper(target.V, state_tables, backend, max_table_bytes or DEFAULT_TABLE_BYTES, moves=moves.next)
+    if psi is None or stepper.cache is None or not worth_crafting(moves, steps):
+        return stepper, None
+    return stepper, craft_states(moves, psi, drafts, stepper.cache)
 
 
 def run_order_chain(
@@ -124,6 +149,7 @@ def run_order_chain(
     max_table_bytes: int | None = None,
     backend: Backend = "auto",
     max_moves_bytes: int = ORDER_MOVES_BYTES,
+    psi: PsiSpec | None = None,
 ) -> Iterator[ContextChunk]:
     """Run the order-N chain for `steps` steps, yielding chunks (the same tokens as `run_order_reference`).
 
@@ -139,6 +165,9 @@ def run_order_chain(
         The stepper's backend (on the move table).
     max_moves_bytes : int
         Memory bound of the move table; above it, the per-step Python loop on list tables.
+    psi : (K, tau, eps), optional
+        The drafts' ψ parameters: given, every state may be crafted at once (`craft_states`;
+        the chunks then carry the states' metrics).
 
     Raises
     ------
@@ -148,15 +177,15 @@ def run_order_chain(
     moves = target.moves(max_moves_bytes)
     if moves is None:
         return _list_chain(target, drafts, steps, rng, chunk, max_table_bytes or ORDER_TABLE_BYTES)
-    return _moving_chain(target, moves, drafts, steps, rng, chunk, backend, max_table_bytes)
+    return _moving_chain(target, moves, drafts, steps, rng, chunk, backend, max_table_bytes, psi)
 
 
 def _moving_chain(target: OrderTarget, moves: ContextMoves, drafts: DraftSource, steps: int,
                   rng: np.random.Generator, chunk: int, backend: Backend,
-                  max_table_bytes: int | None) -> Iterator[ContextChunk]:
+                  max_table_bytes: int | None, psi: PsiSpec | None) -> Iterator[ContextChunk]:
     verifier = ReportVerifier(drafts)
-    stepper = _moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes)
-    chain = _MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng))
+    stepper, metrics = _moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes, psi, steps)
+    chain = _MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng), metrics)
     done = 0
     while done < steps:
         n = min(chunk, steps - done)
@@ -174,6 +203,7 @@ def run_order_chains(
     max_table_bytes: int | None = None,
     backend: Backend = "auto",
     max_moves_bytes: int = ORDER_MOVES_BYTES,
+    psi: PsiSpec | None = None,
 ) -> Iterator[list[ContextChunk]]:
     """Run `chains` order-N chains in lock step, chunk by chunk: one list of per-chain chunks per chunk.
 
@@ -199,8 +229,9 @@ def run_order_chains(
         yield from (list(chunks) for chunks in zip(*runs, strict=True))
         return
     verifier = ReportVerifier(drafts)
-    stepper = _moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes)
-    walkers = [_MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng)) for rng in rngs]
+    stepper, metrics = _moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes, psi,
+                                       steps * chains)
+    walkers = [_MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng), metrics) for rng in rngs]
     done = 0
     while done < steps:
         n = min(chunk, steps - done)

@@ -36,6 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.sampling import last_positive
+from thermospec.engine.pcg import draws_pcg64, pcg64_state, set_pcg64_state
 from thermospec.engine.step import DenseStepTables, StepArrays, python_steps, step_tokens
 
 __all__ = [
@@ -81,29 +82,6 @@ def add_counts(counts: StepCounts, arrays: StepArrays, V: int) -> None:
     emitted += np.bincount(tokens, minlength=V)
     if transitions is not None:
         transitions += np.bincount(prev * V + tokens, minlength=V * V)
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def pcg64_state(rng: np.random.Generator) -> NDArray[np.uint64]:
-    """The PCG64 state of `rng` as the kernel takes it: ``[state >> 64, state & mask, inc >> 64, inc & mask]``."""
-    state = rng.bit_generator.state["state"]
-    s, inc = int(state["state"]), int(state["inc"])
-    return np.array([s >> 64, s & _MASK64, inc >> 64, inc & _MASK64], dtype=np.uint64)
-
-
-def set_pcg64_state(rng: np.random.Generator, words: NDArray[np.uint64]) -> None:
-    """Give `rng` back the PCG64 state the kernel advanced (`pcg64_state`'s layout)."""
-    state = dict(rng.bit_generator.state)
-    hi, lo, inc_hi, inc_lo = (int(w) for w in words.tolist())
-    state["state"] = {"state": (hi << 64) | lo, "inc": (inc_hi << 64) | inc_lo}
-    rng.bit_generator.state = state
-
-
-def draws_pcg64(module: ModuleType | None, rng: np.random.Generator) -> bool:
-    """Whether the compiled `module` can draw `rng`'s uniforms itself (a plain PCG64 generator)."""
-    return module is not None and bool(getattr(module, "PCG64", 0)) and type(rng.bit_generator) is np.random.PCG64
 
 
 def compiled_module() -> ModuleType | None:
@@ -284,6 +262,26 @@ class TableCache:
         self.last_used[slot] = -1
         self.builds += 1
         return slot
+
+    def load_rows(self, keys: NDArray[np.int64], draft_cdf: NDArray[np.float64], ratio: NDArray[np.float64],
+                  residual_cdf: NDArray[np.float64]) -> None:
+        """Load many contexts' tables at once (rows of each array, one per key): what `load` does per key.
+
+        Raises
+        ------
+        ValueError
+            Without a slot per context (`identity`) or the compiled kernel's ``finish``.
+        """
+        if not self.identity or self._finish is None:
+            raise ValueError("load_rows: needs a slot per context and the compiled kernel")
+        self.tables[keys, 0], self.tables[keys, 1], self.tables[keys, 2] = draft_cdf, ratio, residual_cdf
+        self.filled += int(np.count_nonzero(self.slot_of[keys] < 0))
+        for slot in keys.tolist():
+            self._finish(self.tables, self.totals, self.lasts, self.guides, self.V, self.G, slot)
+        self.slot_of[keys] = keys
+        self.context_of[keys] = keys
+        self.last_used[keys] = -1
+        self.builds += keys.shape[0]
 
     def load_all(self) -> bool:
         """Load every context if they all fit; return whether they do."""

@@ -84,22 +84,31 @@ class OrderMode(CountedMode):
                     self._chain_files.append(RecordFile(chain_dir(run_dir, b) / METRICS_FILE))
         self._tails: dict[int, str] = {}
         self._metrics: dict[int, tuple[float, float, int, int]] = {}
+        self._known = np.zeros(0, dtype=np.bool_)  # by context id: whether its metrics (and text) are kept
         self._stats: dict[str, Any] | None = None
 
     def chunks(self) -> Iterator[ContextChunk] | Iterator[list[ContextChunk]]:
-        config, drafts = self.run.config, self.run.proposer.draft
+        config, proposer = self.run.config, self.run.proposer
+        drafts, psi = proposer.draft, (proposer.K, proposer.tau, proposer.eps)
         if self.chains > 1:
-            return run_order_chains(self.target, drafts, config.steps, config.seed, self.chains)
+            return run_order_chains(self.target, drafts, config.steps, config.seed, self.chains, psi=psi)
         rng = random_stream(config.seed, Stream.CHAIN)
-        if not self.run.proposer.samples_payload:  # a faulty TSU draws itself, step by step
+        if not proposer.samples_payload:  # a faulty TSU draws itself, step by step
             return iter([run_order_reference(self.target, drafts, config.steps, rng)])
-        return run_order_chain(self.target, drafts, config.steps, rng)
+        return run_order_chain(self.target, drafts, config.steps, rng, psi=psi)
 
     def record(self, chunk: ContextChunk | list[ContextChunk]) -> int:
         chunks = chunk if isinstance(chunk, list) else [chunk]
         for part in chunks:
-            for c in np.unique(part.context).tolist():
-                if c not in self._metrics:
+            if self._known.shape[0] <= int(part.context.max()):
+                self._known = np.append(self._known, np.zeros(int(part.context.max()) + 1, dtype=np.bool_))
+            fresh = np.flatnonzero(~self._known[part.context])  # steps in contexts not seen before
+            met, first = np.unique(part.context[fresh], return_index=True)
+            self._known[met] = True
+            for c, i in zip(met.tolist(), fresh[first].tolist(), strict=True):
+                if part.metrics is not None and part.state is not None and self.telemetry != "jsonl":
+                    self._metrics[c] = part.metrics.of(int(part.state[i]))  # crafted at once: no draft object
+                else:
                     draft = self.run.proposer.draft(c)
                     self._metrics[c] = (draft.overlap_mass, draft.ce_gap_nats, draft.psi_bytes, draft.payload.K)
                     if self.telemetry == "jsonl":
