@@ -184,3 +184,15 @@ def test_one_draft_runs_for_every_verifier(tmp_path: Path, capsys: pytest.Captur
 
 def test_streams_are_named(small: PreparedRun) -> None:
     assert chain_stream(5, 0).random() == random_stream(5, Stream.CHAIN).random()
+
+
+def test_chains_without_telemetry_keep_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run_cli(["run", "--drafts", "2", "--verifier", "optimal", "--vocab", "16", "--K", "2",
+                              "--steps", "1500", "--chains", "3", "--telemetry", "none", "--quiet",
+                              "--runs-dir", str(tmp_path)], capsys)
+    assert status == 0, err
+    (run_dir,) = tmp_path.iterdir()
+    assert [p.name for p in run_dir.iterdir()] == ["summary.json"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 4500 and summary["steps_per_chain"] == 1500
+    assert summary["chain_accept_rate_min"] <= summary["accept_rate"] <= summary["chain_accept_rate_max"]

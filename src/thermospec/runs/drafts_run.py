@@ -86,6 +86,7 @@ class DraftsMode:
         self.tally = RunTally(V, track_transitions=True)  # pooled over the chains
         self.chain_tallies = [RunTally(V) for _ in range(chains)] if chains > 1 and telemetry != "none" else []
         self.draws = 0
+        self.chain_accepted = np.zeros(chains, dtype=np.int64)
         self._files: list[RecordFile] = []
         self._parquet: ParquetWriter | None = None
         if telemetry == "jsonl":
@@ -118,6 +119,7 @@ class DraftsMode:
             if self.chain_tallies:
                 self.chain_tallies[b].update(chunk)
             self.tally.update(chunk)
+            self.chain_accepted[b] += int(np.count_nonzero(chunk.accepted))
             self.draws += int(chunk.drafts_used.sum())
         return sum(len(chunk) for chunk in chunks)
 
@@ -177,12 +179,9 @@ class DraftsMode:
             chain_summary = summarise_run(tally, self.view, target.pi)
             chain_summary["chain"] = b
             write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE, chain_summary)
-        found: dict[str, Any] = {"chains": self.chains, "steps_per_chain": steps}
-        if self.chain_tallies:
-            rates = np.array([t.accepted / t.steps for t in self.chain_tallies if t.steps])
-            found |= {"chain_accept_rate_min": float(rates.min()), "chain_accept_rate_mean": float(rates.mean()),
-                      "chain_accept_rate_max": float(rates.max())}
-        return found
+        rates = self.chain_accepted / steps
+        return {"chains": self.chains, "steps_per_chain": steps, "chain_accept_rate_min": float(rates.min()),
+                "chain_accept_rate_mean": float(rates.mean()), "chain_accept_rate_max": float(rates.max())}
 
     def extras(self) -> dict[str, Any]:
         assert self._stats is not None, "extras() after statistics()"
