@@ -127,11 +127,11 @@ def guarded(prog: str, command: Callable[[argparse.Namespace], int], args: argpa
         print(f"{prog}: error: --corpus {exc}", file=sys.stderr)
     except (ConfigError, PayloadError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"{prog}: interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Terminated:
-        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+    except Terminated as exc:
+        print(f"{prog}: terminated (SIGTERM)" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
         return EXIT_TERMINATED
     except ReportError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -33,6 +33,11 @@ class ChainMode:
         self._sink = TelemetrySink(run_dir, telemetry)
         self._stats: dict[str, Any] | None = None
 
+    @property
+    def counted_by_engine(self) -> bool:
+        """Whether the compiled kernel counts into the tally as it steps (no telemetry, a table-driven TSU)."""
+        return self.telemetry == "none" and self.run.proposer.samples_payload
+
     def chunks(self) -> Iterator[ChainChunk]:
         target, config = self.run.target, self.run.config
         rng = random_stream(config.seed, Stream.CHAIN)
@@ -41,7 +46,7 @@ class ChainMode:
             return iter([run_chain_reference(target.row, target.pi, drafts, config.steps, rng)])
         # With no telemetry the kernel counts as it steps (no chunk can then fail to be written); with
         # telemetry a chunk is counted only once its records are written.
-        counted = self.tally if self.telemetry == "none" else None
+        counted = self.tally if self.counted_by_engine else None
         return run_chain(target.row, target.pi, drafts, config.steps, rng, sparse=sparse_rows(self.run), tally=counted)
 
     def record(self, chunk: ChainChunk) -> int:

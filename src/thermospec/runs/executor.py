@@ -5,8 +5,13 @@ A run is a `Mode` (`ChainMode`: the M1 chain with any TSU; `BatchMode`: ``--chai
 the chunks the engine emits for it, what each chunk writes and counts, and the
 statistics of what was counted.  `execute_run` drives any mode the same way:
 
-* a SIGINT or SIGTERM (`runs.interrupts`) stops the loop after the chunk in
-  hand, so the telemetry holds whole records only;
+* a SIGINT or SIGTERM (`runs.interrupts`) stops the loop within moments: a
+  chunk the engine is still computing is dropped (`Interruption.cutting`; the
+  modes whose engine counts as it steps, `engine_counts`, finish theirs), a
+  chunk being written is finished, so the telemetry holds whole records only;
+  the summary then skips the checklist's extra draws and says so
+  (``checklist_skipped``); a second signal stops at once (`StoppedAtOnce`: the
+  records cut back to their last whole chunk, no summary);
 * a failed write (`OutputError`) or a misreporting TSU (`ReportError`) stops
   it too, and the summary of what was kept is still written;
 * ``summary.json`` is the mode's statistics inside one envelope, the same
@@ -20,6 +25,7 @@ crafting) is done by `prepare_run` before anything is written.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +38,14 @@ from thermospec.runs.block_run import BlockMode
 from thermospec.runs.chain_run import ChainMode
 from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.runs.drafts_run import DraftsMode
-from thermospec.runs.interrupts import interruption_guard, signal_name
+from thermospec.runs.interrupts import (
+    ChunkAbandoned,
+    Interruption,
+    StoppedAtOnce,
+    Terminated,
+    interruption_guard,
+    signal_name,
+)
 from thermospec.runs.order_run import OrderMode
 from thermospec.runs.prepare import PreparedRun, target_description
 from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
@@ -41,7 +54,10 @@ from thermospec.runs.telemetry import TELEMETRY_FORMATS, TelemetryFormat, parque
 from thermospec.runs.trace_run import TraceMode
 from thermospec.targets.trace import TraceShrankError
 
-__all__ = ["Mode", "check_mode_options", "execute_run", "run_mode"]
+__all__ = ["Mode", "check_mode_options", "engine_counts", "execute_run", "run_mode"]
+
+CHECKLIST_SKIPPED = ("fixed_context_chi2_3_of_4: not drawn (its 4 x 20,000 extra steps), "
+                     "the run was stopped by a signal")
 
 
 class Mode(Protocol):
@@ -127,6 +143,29 @@ def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "json
     return ChainMode(run, run_dir, telemetry)
 
 
+def engine_counts(mode: Mode) -> bool:
+    """Whether the engine counts into the mode's tally while it computes a chunk (`BatchMode`; `ChainMode`
+    without telemetry on the compiled kernel): such a chunk is finished, never cut, so the counts stay whole."""
+    return isinstance(mode, BatchMode) or (isinstance(mode, ChainMode) and mode.counted_by_engine)
+
+
+def _run_chunks(mode: Mode, cut: bool, on_progress: Callable[[int], None] | None, stop: Interruption) -> None:
+    """Record the mode's chunks until they end or a signal stops the loop (`cut`: a chunk in the making may be)."""
+    try:
+        with stop.cutting(cut):
+            chunks = iter(mode.chunks())  # some modes compute everything here (--tsu thrml)
+        while not stop.requested:
+            with stop.cutting(cut):
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            units = mode.record(chunk)
+            if on_progress is not None:
+                on_progress(units)
+    except ChunkAbandoned:
+        return
+
+
 def execute_run(
     run: PreparedRun,
     run_dir: Path,
@@ -160,18 +199,30 @@ def execute_run(
         A write failed (full disk...); the summary of the steps kept was written if it could be.
     ReportError
         The TSU misreported a draw; the summary of the steps before it was written.
+    KeyboardInterrupt, Terminated
+        A second SIGINT / SIGTERM stopped the run at once: whole records, no summary.
     """
+    try:
+        return _execute(run, run_dir, on_progress, telemetry, chains)
+    except StoppedAtOnce as exc:  # the records were cut back as the files closed; the shell's usual end
+        message = f"{exc}: {run_dir} keeps whole records only, and no {SUMMARY_FILE}"
+        raise (KeyboardInterrupt(message) if exc.signum == signal.SIGINT else Terminated(message)) from None
+
+
+def _execute(
+    run: PreparedRun,
+    run_dir: Path,
+    on_progress: Callable[[int], None] | None,
+    telemetry: TelemetryFormat,
+    chains: int,
+) -> dict[str, Any]:
+    """`execute_run`, up to a second signal."""
     mode = run_mode(run, run_dir, telemetry, chains)
     started = time.perf_counter()
     failure: OutputError | ReportError | TraceShrankError | None = None
-    with interruption_guard() as stop:  # a signal now only stops the loop between whole chunks
+    with interruption_guard() as stop:  # a signal now stops the loop with whole records (module docstring)
         try:
-            for chunk in mode.chunks():
-                units = mode.record(chunk)
-                if on_progress is not None:
-                    on_progress(units)
-                if stop.requested:
-                    break
+            _run_chunks(mode, not engine_counts(mode), on_progress, stop)
         except (OutputError, ReportError, TraceShrankError) as exc:  # a trace truncated under the run: a failed read
             failure = exc
         finally:
@@ -194,6 +245,8 @@ def execute_run(
             "metrics_sha256": metrics_sha256,
             **mode.extras(),
         }
+        if stop.requested and "checklist" in summary:  # guide_checklist drew nothing more
+            summary["checklist_skipped"] = CHECKLIST_SKIPPED
         try:
             write_json_atomic(run_dir / SUMMARY_FILE, summary)
         except OutputError:

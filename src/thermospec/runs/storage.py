@@ -20,7 +20,7 @@ import errno
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -92,16 +92,26 @@ class RecordFile:
             while view:
                 done = os.write(self._fd, view)
                 view = view[done:]
+            digest = hashed.result()
         except OSError as exc:
-            hashed.result()
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self.size)
+            self._cut_back(hashed)
             raise OutputError(
                 f"{self.path}: cannot write ({_reason(exc)}); kept the {self.size} bytes of whole records before"
             ) from None
-        self._hash = hashed.result()
+        except BaseException:  # a second signal stops the run at once: no part of this chunk stays
+            self._cut_back(hashed)
+            raise
+        self._hash = digest
         self.size += len(data)
         return len(text)
+
+    def _cut_back(self, hashed: Future[hashlib._Hash]) -> None:
+        """Cut the file back to its whole chunks after a failed or interrupted write."""
+        with contextlib.suppress(BaseException):
+            hashed.result()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.size)
 
     def hexdigest(self) -> str:
         """SHA-256 of everything written."""
@@ -152,6 +162,10 @@ def write_text_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise OutputError(f"{path}: cannot write ({_reason(exc)})") from None
+    except BaseException:  # a signal that stops at once: no temporary file stays behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
