@@ -217,9 +217,9 @@ def _gamma_sweep(args: argparse.Namespace, base: RunConfig) -> int:
           "(exact: stationary block starts, products of min(p, q) along the drafted chain)\n")
     if result.rows:
         print(format_gamma_table(result.rows, cost_ratios))
-        plot_speedup(result.folder / SPEEDUP_PNG, result.rows, cost_ratios)
-    if result.interrupted:
+    if result.interrupted:  # no figure: drawing it would delay the stop by seconds (`plot` draws the folder later)
         return _report_interrupt("sweep_m1_grid", result, "configuration")
+    plot_speedup(result.folder / SPEEDUP_PNG, result.rows, cost_ratios)
     print(f"\nwrote {result.csv} and {result.folder / SPEEDUP_PNG} in {result.outcome.elapsed_s:.2f} s "
           f"({result.where})")
     return 0

@@ -27,9 +27,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import re
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -40,8 +38,9 @@ from multiprocessing.connection import Connection, wait
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
+from thermospec.experiments.scheduler import connect_scheduler
 from thermospec.runs.config import ConfigError
-from thermospec.runs.interrupts import HANDLED_SIGNALS, Interruption, signal_name
+from thermospec.runs.interrupts import HANDLED_SIGNALS, Interruption, signal_name, tolerate_repeated_signals
 
 __all__ = [
     "CONNECT_TIMEOUT_S", "STOP_GRACE_S", "StopSignals", "SweepInterrupted", "TaskInterrupted", "TaskRunner",
@@ -51,10 +50,8 @@ __all__ = [
 T = TypeVar("T")
 R = TypeVar("R")
 CONNECT_TIMEOUT_S = 5.0
-DEFAULT_SCHEDULER_PORT = 8786
 STOP_GRACE_S = 3.0  # a busy worker still running this long after a stop is killed
 POLL_S = 0.05  # how often a waiting runner looks at the signals
-_ADDRESS = re.compile(r"^(?:(tcp|tls|ws|wss|inproc|ucx)://)?[^\s/:]+(?::\d{1,5})?$")
 
 
 def available_cores() -> int:
@@ -173,6 +170,7 @@ def _worker_main(conn: Connection, inherited: Sequence[Connection]) -> None:
         other.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a worker stops
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    tolerate_repeated_signals()  # the parent's stop signal and SIGTERM come together: a run still ends whole
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     single_threaded_blas()
     while True:
@@ -233,6 +231,19 @@ def _replies(busy: Sequence[_Worker], timeout: float) -> list[tuple[_Worker, tup
         elif worker.process.sentinel in ready:
             out.append((worker, None))
     return out
+
+
+def _stopped_by_signal(worker: _Worker, stop: StopSignals) -> bool:
+    """Whether a worker that ended without replying was stopped by SIGINT/SIGTERM (noted in `stop`).
+
+    ``timeout -s TERM`` or a terminal's Ctrl-C signals the whole process group: a worker may die
+    of it before this process's own handler has run.
+    """
+    worker.process.join(POLL_S)
+    code = worker.process.exitcode
+    if code is not None and -code in HANDLED_SIGNALS:
+        stop.record(-code)
+    return stop.requested
 
 
 def _stop_workers(workers: list[_Worker], signum: int) -> Iterator[tuple[int, Any]]:
@@ -344,6 +355,8 @@ class TaskRunner(AbstractContextManager["TaskRunner"]):
                     break
                 for worker, reply in _replies(busy, POLL_S):
                     lost, worker.task = worker.task, None
+                    if reply is None and _stopped_by_signal(worker, stop):
+                        break  # a signal to the process group reached the worker first: a stop, not a failure
                     if reply is None:
                         raise RuntimeError(f"a worker process ended (exit code {worker.process.exitcode}) "
                                            f"while computing configuration {lost}")
@@ -390,41 +403,6 @@ class TaskRunner(AbstractContextManager["TaskRunner"]):
             self.client.close()
 
 
-def _check_reachable(address: str, timeout_s: float) -> None:
-    """Fail fast, before a Dask `Client` exists, when a TCP scheduler address does not answer.
-
-    A `Client` whose connection fails is closed again when it is garbage-collected,
-    which waits 10 s more and prints a traceback; a plain socket connect avoids both.
-    """
-    scheme, _, rest = address.rpartition("://")
-    if scheme not in ("", "tcp", "tls"):
-        return
-    host, _, port = rest.partition(":")
-    try:
-        with socket.create_connection((host, int(port or DEFAULT_SCHEDULER_PORT)), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"--scheduler {address}: cannot connect within {timeout_s:g} s ({reason})") from None
-
-
-def _connect(address: str, timeout_s: float) -> Any:
-    if not _ADDRESS.match(address):
-        raise ConfigError(f"--scheduler {address}: not a scheduler address (expected e.g. tcp://HOST:8786)")
-    _check_reachable(address, timeout_s)
-    try:
-        from distributed import Client
-    except ImportError:
-        raise ConfigError(
-            f"--scheduler {address}: Dask distributed is not installed (pip install 'thermospec[dask]')"
-        ) from None
-    try:
-        return Client(address, timeout=timeout_s, set_as_default=False)  # type: ignore[no-untyped-call]
-    except (OSError, TimeoutError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"--scheduler {address}: cannot connect within {timeout_s:g} s ({reason})") from None
-
-
 def open_runner(
     jobs: int | None = None, scheduler: str | None = None, timeout_s: float | None = None
 ) -> TaskRunner:
@@ -442,6 +420,6 @@ def open_runner(
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs: must be an integer >= 1, got {jobs}")
     if scheduler is not None:
-        client = _connect(scheduler, CONNECT_TIMEOUT_S if timeout_s is None else timeout_s)
+        client = connect_scheduler(scheduler, CONNECT_TIMEOUT_S if timeout_s is None else timeout_s)
         return TaskRunner(jobs=jobs or 1, client=client, address=scheduler)
     return TaskRunner(jobs=jobs or available_cores())
