@@ -3,6 +3,7 @@ verifier uses (and with all N charged, dashed); the measured and the exact gain 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,11 @@ from matplotlib.lines import Line2D
 from thermospec.cli.drafts_sweep import main as drafts_sweep_main
 from thermospec.cli.report import headline
 from thermospec.cli.sweep import plot_main
-from thermospec.core.verifiers import VERIFIERS
-from thermospec.experiments.drafts_plots import read_drafts_rows, speedup
+from thermospec.experiments.drafts_plots import drafts_figure, read_drafts_rows, speedup
 from thermospec.experiments.drafts_sweep import DRAFTS_CSV, DRAFTS_PNG, drafts_table
 from thermospec.experiments.plots import draw_folder, folder_kinds
+from thermospec.experiments.sweeps import SWEEP_JSON
+from thermospec.runs.config import RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,21 @@ def test_a_drafts_sweep_folder_is_plotted(sweep: Path, capsys: pytest.CaptureFix
     assert (sweep / DRAFTS_PNG).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_title_comes_from_sweep_json_when_there_is_one(sweep: Path, tmp_path: Path) -> None:
+    """Titled from the folder's ``sweep.json`` (the swept K, N and verifier left out), else from the CSV."""
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    (folder / DRAFTS_CSV).write_bytes((sweep / DRAFTS_CSV).read_bytes())
+    ((drawn,),) = [draw_folder(folder)]
+    assert drawn.figure.get_suptitle() == f"drafts sweep · 400 steps per point (no {SWEEP_JSON})"
+    config = RunConfig(vocab=32, steps=400, seed=7, K=64).as_dict()
+    (folder / SWEEP_JSON).write_text(json.dumps({"kind": "drafts", "config": config}), encoding="utf-8")
+    ((drawn,),) = [draw_folder(folder)]
+    title = drawn.figure.get_suptitle()
+    assert "synthetic V = 32" in title and "seed 7" in title and "400 steps per point" in title
+    assert "K = 64" not in title
+
+
 def test_speedup_counts_the_draws_the_verifier_uses(sweep: Path) -> None:
     """Solid: (1 + a) / (d c + 1) with d the verifier's mean draws; dashed: d = N. Recursive rejection stops at
     the first acceptance, so its solid line is above its dashed one once N > 1; optimal draws all N."""
@@ -62,18 +79,17 @@ def test_speedup_counts_the_draws_the_verifier_uses(sweep: Path) -> None:
             np.testing.assert_allclose(drawn, every)  # all N drafts drawn: the two models agree
 
 
-@pytest.mark.parametrize("Ks", [["4"], ["4", "8"]])
-def test_legend_is_inside_the_figure_and_off_the_axes(Ks: list[str], tmp_path: Path) -> None:
-    assert drafts_sweep_main(["--vocab", "32", "--Ks", *Ks, "--Ns", "1", "2", "--verifiers", *VERIFIERS,
-                              "--steps", "100", "--quiet", "--runs-dir", str(tmp_path)]) == 0
-    (folder,) = tmp_path.iterdir()
-    ((drawn,),) = [draw_folder(folder)]
-    figure = drawn.figure
+@pytest.mark.parametrize("panels", [1, 2])
+def test_legend_is_inside_the_figure_and_off_the_axes(sweep: Path, panels: int) -> None:
+    """One K (the synthetic default's figure) or more: the legend below the panels, all of it on the page."""
+    rows = read_drafts_rows(sweep / DRAFTS_CSV)
+    figure = drafts_figure([r | {"K": r["K"] * 2 ** k} for k in range(panels) for r in rows], "a sweep")
     figure.draw_without_rendering()
     (legend,) = figure.legends
     box, frame = legend.get_window_extent(), figure.bbox
     assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0, (box, frame)
     assert not any(box.overlaps(ax.get_window_extent()) for ax in figure.axes)
+    assert len(figure.axes) == 2 * panels
 
 
 def test_speedup_model() -> None:
