@@ -14,7 +14,7 @@ from thermospec.core.verifiers import VERIFIERS
 from thermospec.engine.trees import MAX_TREE_NODES, tree_nodes
 from thermospec.targets.bigram import BigramTarget
 from thermospec.targets.bpe import bpe_target, parse_tokenizer
-from thermospec.targets.corpus import corpus_target
+from thermospec.targets.corpus import character_target
 from thermospec.targets.order import MAX_ORDER, order_target
 from thermospec.targets.synthetic import DENSE_VOCAB_MAX, lazy_synthetic_target, synthetic_target
 from thermospec.targets.trace import TraceError, load_trace
@@ -238,7 +238,7 @@ def load_target(config: RunConfig) -> BigramTarget:
     if config.corpus is not None and config.tokenizer is not None:
         return bpe_target(config.corpus, parse_tokenizer(config.tokenizer))
     if config.corpus is not None:
-        return corpus_target(config.corpus)
+        return character_target(config.corpus)
     rng = random_stream(config.seed, Stream.TARGET)
     if config.vocab > DENSE_VOCAB_MAX:  # no dense V x V table: rows on demand (see LazySyntheticTarget)
         return lazy_synthetic_target(config.vocab, config.c, rng)

@@ -1,4 +1,10 @@
 """The character bigram target of a UTF-8 corpus, Laplace (+1) smoothed (SPEC §5).
+
+Up to `DENSE_CORPUS_MAX_V` distinct characters the counts and the target are a
+dense ``V x V`` table (`corpus_target`, a `DenseTarget`); above it, up to
+`MAX_CORPUS_VOCAB`, `character_target` counts the pairs sparsely and builds the
+rows on demand, as the BPE token target does (memory grows with the distinct
+pairs, not with V^2: 12,000 distinct characters took 5.6 GB dense).
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.targets.bigram import DenseTarget, stationary_distribution
+from thermospec.targets.bigram import BigramTarget, DenseTarget, stationary_distribution
 
-__all__ = ["CorpusError", "bigram_counts", "corpus_target"]
+__all__ = ["DENSE_CORPUS_MAX_V", "MAX_CORPUS_VOCAB", "CorpusError", "bigram_counts", "character_target",
+           "corpus_target"]
 
 
 class CorpusError(ValueError):
@@ -55,14 +62,41 @@ def read_corpus(path: str | Path) -> tuple[str, str]:
 
 COUNT_CHUNK = 1 << 20
 """Code points counted at a time: memory stays flat in the corpus size."""
+DENSE_CORPUS_MAX_V = 4096
+"""Most distinct characters counted in a dense ``V x V`` table (about 40 bytes per cell at the peak: 650 MB);
+above it `character_target` counts sparsely."""
+MAX_CORPUS_VOCAB = 65_536
+"""Most distinct characters of a corpus target (the largest vocabulary of the synthetic and BPE targets)."""
+
+
+def _code_points(text: str) -> tuple[NDArray[np.integer[Any]], int]:
+    """The code points of `text` (one byte each for ASCII text, four otherwise) and the span of their values."""
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8), 128
+    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4"), 0x110000
+
+
+def _alphabet(codepoints: NDArray[np.integer[Any]], span: int) -> NDArray[np.int64]:
+    """The sorted distinct code points, counted `COUNT_CHUNK` at a time."""
+    present = np.zeros(span, dtype=np.bool_)
+    for start in range(0, codepoints.shape[0], COUNT_CHUNK):
+        present |= np.bincount(codepoints[start:start + COUNT_CHUNK], minlength=span).astype(np.bool_)
+    return np.flatnonzero(present).astype(np.int64)
+
+
+def _token_chunks(codepoints: NDArray[np.integer[Any]], span: int, alphabet: NDArray[np.int64]) -> Any:
+    """Token ids `COUNT_CHUNK` code points at a time, with one of overlap: every consecutive pair once."""
+    lut = np.zeros(span, dtype=np.int64)
+    lut[alphabet] = np.arange(alphabet.size, dtype=np.int64)
+    for start in range(0, max(codepoints.shape[0] - 1, 0), COUNT_CHUNK):
+        yield lut[codepoints[start:start + COUNT_CHUNK + 1]]
 
 
 def bigram_counts(text: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """The sorted distinct code points of `text` and the counts of consecutive pairs.
 
-    Two streaming passes over the code points (one byte each for ASCII text, four
-    otherwise), `COUNT_CHUNK` at a time: which code points occur, then a
-    `bincount` of pair ids through a code point -> token look-up table.
+    Two streaming passes over the code points, `COUNT_CHUNK` at a time: which code
+    points occur, then a `bincount` of pair ids through a code point -> token look-up table.
 
     Returns
     -------
@@ -71,37 +105,53 @@ def bigram_counts(text: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     counts : ndarray of int64, shape (V, V)
         ``counts[a, b]`` = occurrences of token a followed by token b.
     """
-    if text.isascii():
-        codepoints: NDArray[np.integer[Any]] = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-        span = 128
-    else:
-        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-        span = 0x110000
-    n = codepoints.shape[0]
-    present = np.zeros(span, dtype=np.bool_)
-    for start in range(0, n, COUNT_CHUNK):
-        present |= np.bincount(codepoints[start:start + COUNT_CHUNK], minlength=span).astype(np.bool_)
-    alphabet = np.flatnonzero(present).astype(np.int64)
+    codepoints, span = _code_points(text)
+    alphabet = _alphabet(codepoints, span)
+    return alphabet, _dense_counts(codepoints, span, alphabet)
+
+
+def _dense_counts(codepoints: NDArray[np.integer[Any]], span: int, alphabet: NDArray[np.int64]) -> NDArray[np.int64]:
     V = int(alphabet.size)
-    lut = np.zeros(span, dtype=np.int64)
-    lut[alphabet] = np.arange(V, dtype=np.int64)
     flat = np.zeros(V * V, dtype=np.int64)
-    for start in range(0, max(n - 1, 0), COUNT_CHUNK):
-        tokens = lut[codepoints[start:start + COUNT_CHUNK + 1]]  # one code point of overlap: every pair once
+    for tokens in _token_chunks(codepoints, span, alphabet):
         flat += np.bincount(tokens[:-1] * V + tokens[1:], minlength=V * V)
-    return alphabet, flat.reshape(V, V)
+    return flat.reshape(V, V)
 
 
-def corpus_target(path: str | Path) -> DenseTarget:
-    """Character bigram target of a UTF-8 corpus, Laplace-smoothed (+1 on every cell).
-
-    The vocabulary is the corpus' distinct characters (Unicode code points), sorted.
-    """
-    text, sha256 = read_corpus(path)
-    alphabet, counts = bigram_counts(text)
+def _checked_alphabet(path: str | Path, text: str, dense: bool) -> tuple[NDArray[np.integer[Any]], int,
+                                                                         NDArray[np.int64]]:
+    """Code points, span and alphabet of a corpus, refusing a vocabulary out of range before any table exists."""
+    codepoints, span = _code_points(text)
+    alphabet = _alphabet(codepoints, span)
     V = int(alphabet.size)
     if V < 2:
         raise CorpusError(f"{path}: has {V} distinct character, a bigram target needs at least 2")
+    if V > MAX_CORPUS_VOCAB:
+        raise CorpusError(f"{path}: has {V:,} distinct characters; a corpus target takes at most "
+                          f"{MAX_CORPUS_VOCAB:,} (the largest vocabulary of any target)")
+    if dense and V > DENSE_CORPUS_MAX_V:
+        raise CorpusError(f"{path}: has {V:,} distinct characters; a dense character table (--order N > 2) "
+                          f"holds at most {DENSE_CORPUS_MAX_V:,} (this one would take {40 * V * V / 1e9:.1f} GB)")
+    return codepoints, span, alphabet
+
+
+def corpus_target(path: str | Path) -> DenseTarget:
+    """Character bigram target of a UTF-8 corpus as a dense table, Laplace-smoothed (+1 on every cell).
+
+    The vocabulary is the corpus' distinct characters (Unicode code points), sorted.
+
+    Raises
+    ------
+    CorpusError
+        As `read_corpus`; fewer than 2 or more than `DENSE_CORPUS_MAX_V` distinct characters.
+    """
+    text, sha256 = read_corpus(path)
+    return _dense_target(sha256, *_checked_alphabet(path, text, dense=True))
+
+
+def _dense_target(sha256: str, codepoints: NDArray[np.integer[Any]], span: int,
+                  alphabet: NDArray[np.int64]) -> DenseTarget:
+    counts = _dense_counts(codepoints, span, alphabet)
     smoothed = counts.astype(np.float64) + 1.0
     P = smoothed / smoothed.sum(axis=1, keepdims=True)
     pi, unique = stationary_distribution(P)
@@ -109,4 +159,45 @@ def corpus_target(path: str | Path) -> DenseTarget:
     return DenseTarget(
         P=P, pi=pi, stationary_unique=unique, source="corpus",
         vocabulary=vocabulary, corpus_sha256=sha256,
+    )
+
+
+def character_target(path: str | Path) -> BigramTarget:
+    """The character bigram target of ``--corpus``: `corpus_target` up to `DENSE_CORPUS_MAX_V` characters, else sparse.
+
+    Above `DENSE_CORPUS_MAX_V` distinct characters the pairs are counted sparsely
+    (`COUNT_CHUNK` code points at a time) into a `targets.bpe.TokenBigramTarget`
+    whose rows, ``(C[x, .] + 1) / (n_x + V)``, are the same Laplace rows built on
+    demand, with π by power iteration; memory grows with the distinct pairs.
+
+    Raises
+    ------
+    CorpusError
+        As `read_corpus`; fewer than 2 or more than `MAX_CORPUS_VOCAB` distinct characters.
+    """
+    text, sha256 = read_corpus(path)
+    codepoints, span, alphabet = _checked_alphabet(path, text, dense=False)
+    V = int(alphabet.size)
+    if V <= DENSE_CORPUS_MAX_V:
+        return _dense_target(sha256, codepoints, span, alphabet)
+    from scipy.sparse import csr_matrix
+
+    # bpe reads its corpora through this module: imported here, not at the top, to avoid an import cycle
+    from thermospec.targets.bpe import TokenBigramTarget, sparse_stationary
+
+    codes: list[NDArray[np.int64]] = []
+    freqs: list[NDArray[np.int64]] = []
+    for tokens in _token_chunks(codepoints, span, alphabet):
+        chunk_codes, chunk_freq = np.unique(tokens[:-1] * V + tokens[1:], return_counts=True)
+        codes.append(chunk_codes)
+        freqs.append(chunk_freq.astype(np.int64))
+    all_codes, where = np.unique(np.concatenate(codes), return_inverse=True)
+    freq = np.bincount(where, weights=np.concatenate(freqs)).astype(np.int64)
+    counts = csr_matrix((freq, (all_codes // V, all_codes % V)), shape=(V, V))
+    row_totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    pi, iterations = sparse_stationary(counts, row_totals)
+    return TokenBigramTarget(
+        pi=pi, counts=counts, row_totals=row_totals, vocab_size=V, n_tokens=int(codepoints.shape[0]),
+        pi_iterations=iterations, tokenizer_json="", source="corpus", corpus_sha256=sha256,
+        vocabulary=tuple(chr(int(cp)) for cp in alphabet),
     )
