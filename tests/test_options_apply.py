@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,17 @@ def test_numbers_of_any_type_are_stored_as_the_command_line_stores_them() -> Non
     values = config.as_dict()
     assert [type(values[k]) for k in ("K", "tau", "c", "eps", "steps")] == [int, float, float, float, int]
     assert json.dumps(values)  # JSON-ready: no NumPy scalar left
+
+
+def test_the_headline_says_the_run_time_and_the_time_with_the_checklist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["run", "--vocab", "32", "--K", "4", "--drafts", "2", "--steps", "500", "--quiet",
+            "--runs-dir", str(tmp_path)]
+    status, out, _ = run_cli(args, capsys)
+    assert status == 0
+    summary = only_summary(tmp_path)
+    line = next(line for line in out.splitlines() if line.startswith("run "))
+    elapsed, wall = (float(t) for t in re.findall(r"(\d+\.\d\d) s", line))
+    assert elapsed == round(float(summary["elapsed_s"]), 2)  # type: ignore[arg-type]
+    assert wall >= elapsed and "with the summary and its checklist" in line

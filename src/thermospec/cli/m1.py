@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -223,14 +224,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a run folder ({exc.strerror or exc})") from None
     unit = "token" if run.config.gamma is not None else "step"
+    started = time.perf_counter()
     with progress_bar(run.config.steps, "run", unit, quiet=args.quiet or args.chains > 1) as bar:
         summary = execute_run(run, run_dir, on_progress=bar.update, telemetry=args.telemetry, chains=args.chains)
+    wall_s = time.perf_counter() - started
     metrics_file = {"jsonl": METRICS_FILE, "parquet": PARQUET_FILE, "none": ""}[args.telemetry]
     if args.chains > 1:
         metrics_file = "chain_*/"
     elif run.config.gamma is not None:
         metrics_file = BLOCKS_FILE
-    print(summary_table(summary) if args.full else headline(summary))
+    print(summary_table(summary) if args.full else headline(summary, wall_s))
     written = "" if args.telemetry == "none" else f"{run_dir / metrics_file} and "
     print(f"\nwrote {written}{run_dir / 'summary.json'}" + ("" if args.full else " (every field: --full)"))
     if summary.get("chi2_dof") == 0 and summary.get("steps"):
