@@ -9,16 +9,20 @@ sum taken in another order (NumPy's pairwise sum is what both must follow) diffe
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from scripts.make_trace import write_trace
 from thermospec.core.metrics import ce_gap_nats, overlap_mass
 from thermospec.core.payload import craft_payload_from_support, decode_payload, encode_payload
 from thermospec.core.proposal import proposal_distribution
+from thermospec.engine import positions
+from thermospec.engine.positions import PositionProposer
 from thermospec.targets import trace_rows
-from thermospec.targets.trace import softmax64
+from thermospec.targets.trace import load_trace, softmax64
 
 
 def rows() -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
@@ -82,3 +86,17 @@ def test_the_sum_order_matters_a_negative_control() -> None:
     e = np.exp(raw.astype(np.float64) - float(raw.max()))
     assert (e / e.sum()).tobytes() == p.tobytes()
     assert (e / float(np.cumsum(e)[-1])).tobytes() != p.tobytes()  # a sequential sum: other bytes
+
+
+def test_positions_crafted_on_threads_are_the_ones_crafted_in_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_trace(tmp_path / "t.npy", 24, 4096, 1.1, 4, progress=False)
+    monkeypatch.setattr(positions, "CRAFT_THREADS", 4)  # more threads than cores: interleaved passes
+    in_turn = PositionProposer(load_trace(path), 16, 1.0, "auto")
+    on_threads = PositionProposer(load_trace(path), 16, 1.0, "auto")
+    on_threads.craft_ahead(range(24))
+    for t in range(24):
+        a, b = in_turn.draft(t), on_threads.draft(t)
+        assert (a.payload_bytes, a.overlap_mass, a.ce_gap_nats, a.topk_mass) == (
+            b.payload_bytes, b.overlap_mass, b.ce_gap_nats, b.topk_mass), t
