@@ -95,3 +95,21 @@ def test_the_headline_says_the_run_time_and_the_time_with_the_checklist(
     elapsed, wall = (float(t) for t in re.findall(r"(\d+\.\d\d) s", line))
     assert elapsed == round(float(summary["elapsed_s"]), 2)  # type: ignore[arg-type]
     assert wall >= elapsed and "with the summary and its checklist" in line
+
+
+def test_a_run_whose_records_cannot_fit_is_refused_with_the_projected_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import thermospec
+    from thermospec.api import check_room
+
+    runs = tmp_path / "runs"
+    status, out, err = run_cli(["run", "--steps", str(MAX_STEPS), "--runs-dir", str(runs)], capsys)
+    assert status == 2 and not out and err.count("\n") == 1
+    assert "its JSONL records would take at least 200,000.0 GB" in err and "GB free" in err
+    assert "--telemetry none" in err
+    with pytest.raises(ConfigError, match="GB free"):
+        thermospec.run(steps=MAX_STEPS, runs_dir=runs)
+    assert not runs.exists()
+    check_room(RunConfig(steps=MAX_STEPS), "none", 1, runs)  # no records, nothing to project
+    check_room(RunConfig(steps=1000), "jsonl", 4, runs)  # 800 kB fits

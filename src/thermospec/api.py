@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,8 @@ from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, create_run_dir
 from thermospec.runs.telemetry import PARQUET_FILE, TelemetryFormat
 from thermospec.tsu.faults import Fault
 
-__all__ = ["CheckReport", "ConfigError", "RunResult", "Summary", "SweepResult", "check", "config", "run", "sweep"]
+__all__ = ["CheckReport", "ConfigError", "RunResult", "Summary", "SweepResult", "check", "check_room", "config", "run",
+           "sweep"]
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,37 @@ def _config(where: str, options: dict[str, Any], not_here: dict[str, str] | None
     return config(**(defaults | options))
 
 
+JSONL_STEP_BYTES = 200
+"""Fewest bytes a step's JSONL record takes (measured: about 250), for `check_room`'s projection."""
+
+
+def check_room(settings: RunConfig, telemetry: str, chains: int, runs_dir: str | Path) -> None:
+    """Refuse a run whose JSONL records could not fit in the free space where `runs_dir` is.
+
+    The projection is a lower bound (`JSONL_STEP_BYTES` a step, every chain): a refused run
+    would certainly have filled the disk (``--steps 1e12`` would write about 250 TB).
+
+    Raises
+    ------
+    ConfigError
+        One line: the projected size, the free space, and what to change.
+    """
+    if telemetry != "jsonl":
+        return
+    projected = settings.steps * chains * JSONL_STEP_BYTES
+    folder = Path(runs_dir).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # no answer: the run's own full-disk handling stays the guard
+    if projected > free:
+        raise ConfigError(f"--steps {settings.steps}: its JSONL records would take at least {projected / 1e9:,.1f} GB "
+                          f"({JSONL_STEP_BYTES} bytes a step) and {folder} has {free / 1e9:,.1f} GB free; "
+                          "use --telemetry none or fewer steps")
+
+
 def run(
     *,
     runs_dir: str | Path = "runs",
@@ -239,6 +272,7 @@ def run(
     """
     cfg = _config("thermospec.run", options)
     check_mode_options(cfg, telemetry, chains)
+    check_room(cfg, telemetry, chains, runs_dir)
     prepared = prepare_run(cfg)
     run_dir = create_run_dir(runs_dir)
     summary = execute_run(prepared, run_dir, telemetry=telemetry, chains=chains)

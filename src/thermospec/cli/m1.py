@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from thermospec.api import checks_of, config
+from thermospec.api import check_room, checks_of, config
 from thermospec.cli.examples import examples_for
 from thermospec.cli.options import (
     CORPUS_HELP,
@@ -219,6 +219,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--runs-dir: must name a folder, got an empty string")
     if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
         raise ConfigError(f"--runs-dir {args.runs_dir}: is a file, not a folder")
+    check_room(run.config, args.telemetry, args.chains, args.runs_dir)
     try:
         run_dir = create_run_dir(Path(args.runs_dir))
     except OSError as exc:
