@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from tests.conftest import run_cli
 from thermospec.core.statistics import context_chi2
 from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.batch import run_batch
 from thermospec.engine.chain import table_source
 from thermospec.engine.contexts import ContextProposer, run_order_chain, run_order_chains, run_order_reference
 from thermospec.engine.kernels import ChainStepper, compiled_module
@@ -158,3 +159,25 @@ def test_a_run_without_telemetry_summarises_as_one_with(shakespeare: Path, tmp_p
     for key in ("accept_rate", "mean_overlap", "mean_ce_gap", "transition_chi2_stat", "contexts_visited",
                 "psi_bytes_max"):
         assert with_[key] == without[key], key
+
+
+@pytest.mark.parametrize("backend", ["compiled", "python"])
+def test_the_batch_kernel_on_a_move_table_steps_as_the_chains_in_turn(tmp_path: Path, backend: str) -> None:
+    if backend == "compiled" and compiled_module() is None:
+        pytest.skip("the compiled kernel is not built")
+    rng = np.random.default_rng(1)
+    (tmp_path / "corpus.txt").write_text("".join(rng.choice(list("abcde "), size=400)), encoding="utf-8")
+    target = order_target(tmp_path / "corpus.txt", 4)
+    moves = target.moves()
+    assert moves is not None
+    proposer = ContextProposer(target, 8, 1.0, "auto")
+    in_turn = list(run_order_chains(target, proposer.draft, 600, 5, 4, chunk=250))
+    batch = list(run_batch(lambda s: target.row(moves.context(s)), target.pi,
+                           lambda s: proposer.draft(moves.context(s)), 600, 5, 4, chunk_tokens=1000,
+                           backend=backend, moves=moves.next))  # type: ignore[arg-type]
+    for b in range(4):
+        for name in ("proposed", "emitted", "accepted"):
+            np.testing.assert_array_equal(np.concatenate([getattr(c, name)[b] for c in batch]),
+                                          joined([chunks[b] for chunks in in_turn], name))
+        np.testing.assert_array_equal(moves.contexts(np.concatenate([c.prev[b] for c in batch])),
+                                      joined([chunks[b] for chunks in in_turn], "context"))

@@ -78,7 +78,7 @@ def chain_stream(seed: int, b: int) -> np.random.Generator:
 
 
 def numpy_batch_steps(
-    cache: TableCache, u: NDArray[np.float64], x: NDArray[np.int64]
+    cache: TableCache, u: NDArray[np.float64], x: NDArray[np.int64], moves: NDArray[np.int32] | None = None,
 ) -> tuple[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]], NDArray[np.int64]]:
     """Step B chains in lock step with NumPy (the fallback of the compiled batch kernel).
 
@@ -90,6 +90,8 @@ def numpy_batch_steps(
         Each chain's uniforms.
     x : ndarray of int64, shape (B,)
         Each chain's context before the first step.
+    moves : ndarray of int32, shape (contexts * V,), optional
+        A move table: the next context is ``moves[x * V + emitted]`` (else the emitted token).
 
     Returns
     -------
@@ -107,8 +109,9 @@ def numpy_batch_steps(
     for t in range(n):
         s = cache.slot_of[x]
         prev[:, t] = x
-        proposed[:, t], x, accepted[:, t] = vector_steps(flat, s * (3 * V), V, cache.totals[s], cache.lasts[s], u[:, t])
-        emitted[:, t] = x
+        proposed[:, t], y, accepted[:, t] = vector_steps(flat, s * (3 * V), V, cache.totals[s], cache.lasts[s], u[:, t])
+        emitted[:, t] = y
+        x = y if moves is None else moves[x * V + y].astype(np.int64)
     return (prev, proposed, emitted, accepted), x
 
 
@@ -138,6 +141,7 @@ def run_batch(
     reuse_outputs: bool = False,
     sparse: SparseRows | None = None,
     record: bool = True,
+    moves: NDArray[np.int32] | None = None,
 ) -> Iterator[BatchChunk]:
     """Run `chains` independent chains of `steps` steps each, yielding chunks of steps.
 
@@ -176,6 +180,11 @@ def run_batch(
         False (with a `tally`): the compiled kernel only counts, and the chunks carry no step
         arrays (shape (B, 0), `BatchChunk.steps` says how many steps): what a run without
         telemetry needs, ~20 % less kernel time.  Other paths record the arrays anyway.
+    moves : ndarray of int32, shape (contexts * V,), optional
+        A move table (order-N contexts, `thermospec.targets.order.ContextMoves`): a chain's next
+        context is ``moves[x * V + emitted]``; `row` and `drafts` are then keyed by those contexts
+        (the states; ``0 .. V-1`` are the one-token ones, where ``x0 ~ pi`` starts), and ``prev``
+        holds each step's state.  Not with `tally` or `sparse` (their counts are over tokens).
 
     Yields
     ------
@@ -188,6 +197,9 @@ def run_batch(
         raise ValueError("run_batch: record=False needs a tally (the counts are all that is kept)")
     if tally is not None and (tally.chains, tally.vocab_size) != (chains, V):
         raise ValueError(f"tally counts ({tally.chains}, {tally.vocab_size}) chains x tokens, need ({chains}, {V})")
+    if moves is not None and (tally is not None or sparse is not None):
+        raise ValueError("run_batch: a move table's contexts are not tokens: no tally or compact tables with it")
+    contexts = V if moves is None else moves.shape[0] // V
     rngs = [chain_stream(seed, b) for b in range(chains)]
     # x_0 of every chain: one uniform each, inverted on one cumulative pi (what `start_token` does per chain).
     x = inverse_cdf(np.cumsum(pi), np.array([rng.random() for rng in rngs], dtype=np.float64))
@@ -200,10 +212,10 @@ def run_batch(
         stepper = CompactStepper(V, sparse.tables or compact_source(sparse.support, drafts), sparse.max_ids,
                                  sparse.max_support, backend, max_table_bytes or COMPACT_TABLE_BYTES)
     else:
-        cache = TableCache(V, source, max_table_bytes or DEFAULT_TABLE_BYTES)
+        cache = TableCache(V, source, max_table_bytes or DEFAULT_TABLE_BYTES, contexts)
         resident = cache.load_all()
         if not resident:  # tables do not all fit: every chain in turn through one sequential, evicting stepper
-            stepper = ChainStepper(V, source, backend, max_table_bytes or DEFAULT_TABLE_BYTES)  # one shared cache
+            stepper = ChainStepper(V, source, backend, max_table_bytes or DEFAULT_TABLE_BYTES, moves)  # one cache
     compiled = module if resident else None  # the kernel, when every table is resident
     workers = max(1, min(threads or os.cpu_count() or 1, chains))
     parts = _slices(chains, max(workers, min(chains // BATCH_PART, 8 * workers)))
@@ -227,7 +239,7 @@ def run_batch(
                 outputs = _outputs_view(kept, chains, n if record else 0)
                 if tally is not None:
                     tally.begin(x)
-                _compiled_chunk(compiled, cache, rngs, scratch, x, outputs, parts, pool, tally, n, states)
+                _compiled_chunk(compiled, cache, rngs, scratch, x, outputs, parts, pool, tally, n, states, moves)
                 if tally is not None and tally.transitions is not None:
                     for counted in scratch.pairs:
                         tally.transitions += counted
@@ -237,7 +249,7 @@ def run_batch(
                 for b, rng in enumerate(rngs):
                     rng.random(out=uc[b])
                 if resident:
-                    outputs, x = numpy_batch_steps(cache, uc, x)
+                    outputs, x = numpy_batch_steps(cache, uc, x, moves)
                 else:
                     per_chain = []
                     for b in range(chains):
@@ -306,6 +318,7 @@ def _compiled_chunk(
     tally: BatchTally | None,
     n: int,
     states: NDArray[np.uint64] | None = None,
+    moves: NDArray[np.int32] | None = None,
 ) -> None:
     """One chunk of every chain on the compiled kernel, into `outputs`; updates `x` and `tally`'s counts.
 
@@ -332,7 +345,7 @@ def _compiled_chunk(
         module.batch(
             cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, u, x[g0:g1],
             prev[g0:g1], proposed[g0:g1], emitted[g0:g1], accepted[g0:g1], cache.V, cache.G, g1 - g0, n, *counts,
-            pairs, rng,
+            pairs, rng, moves,
         )
 
     def work(part: slice) -> None:
