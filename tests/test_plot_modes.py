@@ -169,3 +169,14 @@ def test_long_titles_are_broken_at_their_separators() -> None:
     broken = title_lines(line, 40)
     assert broken.replace("\n", " · ") == line
     assert all(len(part) <= 40 for part in broken.split("\n")) and broken.count("\n") >= 2
+
+
+def test_crafted_context_ids_cost_no_memory(tmp_path: Path) -> None:
+    """A record's id is data: 10^15 or −3 is a context like any other (a table indexed by it was 8 PB)."""
+    lines = [json.dumps({"step": s, "prev_token": token, "accepted": s % 2 == 0, "overlap_mass": 0.5,
+                         "ce_gap_nats": 0.1}) for s, token in enumerate([10 ** 15, -3] * 50)]
+    (tmp_path / "m1_metrics.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    overlap, steps, accepted, _ = context_points(read_run_trace(tmp_path / "m1_metrics.jsonl"))
+    np.testing.assert_array_equal(steps, [50, 50])  # −3 first: ids in their order
+    np.testing.assert_array_equal(accepted, [0, 50])
+    np.testing.assert_array_equal(overlap, [0.5, 0.5])

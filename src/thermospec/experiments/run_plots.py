@@ -222,12 +222,14 @@ def context_points(trace: RunTrace) -> tuple[NDArray[np.float64], NDArray[np.flo
 
     The overlap is averaged over the context's own steps (it is the same at every
     step of a context: the mean is that value, and stays right if it were not).
+    Contexts come in the order of their ids; any int64 id will do (they are
+    renumbered 0, 1, … first, so a crafted id costs no memory).
     """
-    counts = np.bincount(trace.context)
-    visited = np.flatnonzero(counts)
-    n = counts[visited].astype(np.float64)
+    _, dense = np.unique(trace.context, return_inverse=True)
+    n = np.bincount(dense).astype(np.float64)
+
     def total(weights: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.bincount(trace.context, weights=weights).astype(np.float64)[visited]
+        return np.bincount(dense, weights=weights).astype(np.float64)
 
     o = total(trace.overlap) / n
     return o, n, total(trace.accepted.astype(np.float64)), total(trace.overlap * (1 - trace.overlap))
