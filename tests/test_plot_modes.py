@@ -133,6 +133,7 @@ def test_trace_runs_are_drawn_per_position(trace_run: Path) -> None:
     assert not _off_the_diagonal(context)
     title = context.get_suptitle()
     assert "trace model.npy, V = 200" in title and "synthetic" not in title
+    assert drawn[2].figure.axes[0].get_xlabel() == "CE gap H(p, q) − H(p) of the step's position (nats)"
 
 
 @pytest.fixture(scope="module")

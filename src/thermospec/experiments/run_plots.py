@@ -285,7 +285,7 @@ def ce_gap_figure(trace: RunTrace, description: str) -> Figure:
         ax.axvline(float(finite.mean()), color="black", linestyle="--", linewidth=1,
                    label=f"mean {finite.mean():.4g} nats")
         legend_below(ax, columns=2)
-    ax.set_xlabel("CE gap H(p, q) − H(p) of the step's context (nats)")
+    ax.set_xlabel(f"CE gap H(p, q) − H(p) of the step's {trace.grouped_by} (nats)")
     ax.set_ylabel("steps")
     extra = f", {infinite:,} steps with an infinite gap not shown" if infinite else ""
     ax.set_title(f"CE gap over {trace.ce_gap.size:,} steps{extra}", fontsize=10)
