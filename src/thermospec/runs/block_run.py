@@ -19,10 +19,14 @@ from thermospec.engine.blocks import BLOCKS_FILE, run_blocks, run_blocks_referen
 from thermospec.engine.chain import dense_matrices
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.tally import BlockTally
+from thermospec.engine.trees import TreeChunk, plan_cache, run_trees, tree_accepted_length, tree_nodes
 from thermospec.runs.prepare import PreparedRun, context_source, sparse_rows
 from thermospec.runs.storage import RecordFile
 
-__all__ = ["BlockMode", "block_lines", "summarise_blocks"]
+__all__ = ["TREE_EXPECTATION_KEYS", "BlockMode", "block_lines", "summarise_blocks"]
+
+TREE_EXPECTATION_KEYS = 2000
+"""Distinct block starts for which a tree run's summary computes the exact expected accepted length."""
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -121,24 +125,40 @@ def block_lines(chunk: BlockChunk, key_json: Callable[[int], str] = str) -> str:
     return "".join(lines)
 
 
+def tree_lines(chunk: TreeChunk, key_json: Callable[[int], str] = str) -> str:
+    """A token-tree run's block records: `block_lines`' fields, then ``children`` (each verified level's N drafts)
+    and ``accepted_index`` (the child each accepted level took)."""
+    lines = block_lines(chunk, key_json).splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        levels = min(int(chunk.accepted_length[i]) + 1, chunk.gamma)
+        children = json.dumps(chunk.children[i, :levels].tolist(), separators=(",", ":"))
+        index = json.dumps(chunk.accepted_index[i, : int(chunk.accepted_length[i])].tolist(), separators=(",", ":"))
+        out.append(f'{line[:-1]},"children":{children},"accepted_index":{index}}}\n')
+    return "".join(out)
+
+
 class BlockMode:
-    """``run --gamma G``: γ-token blocks (`engine.blocks`) over the run's context source.
+    """``run --gamma G [--drafts N]``: γ-token blocks, or token trees with N > 1, over the run's context source.
 
     One record per block in ``m1_blocks.jsonl`` (``--telemetry jsonl``) or none
     (``--telemetry none``).  With ``--tsu thrml`` the TSU must draw every token
-    itself: the per-block reference loop runs, in one chunk.
+    itself: the per-block reference loop runs, in one chunk (trees always draw
+    with the TSU's own `draw`).
 
     Besides the block statistics, the summary carries the guide's ``accept_rate``
-    and ``mean_overlap`` over the *verified* positions (each draft up to and
+    and ``mean_overlap`` over the *verified* positions (each level up to and
     including a block's first rejection), a position's overlap being the exact
-    acceptance ``Σ min(p, F(ψ))`` of the key it was drafted in: so
-    ``accept_rate ≈ mean_overlap`` is the same check as M1's.
+    acceptance at the key it was verified in (``Σ min(p, F(ψ))`` for one draft,
+    the verifier's for N): so ``accept_rate ≈ mean_overlap`` is the same check as M1's.
     """
 
     def __init__(self, run: PreparedRun, run_dir: Path, telemetry: str = "jsonl") -> None:
-        assert run.config.gamma is not None, "BlockMode needs --gamma"
-        self.run, self.gamma = run, run.config.gamma
+        config = run.config
+        assert config.gamma is not None, "BlockMode needs --gamma"
+        self.run, self.gamma, self.n = run, config.gamma, config.drafts
         self.source = context_source(run)
+        self.plans = plan_cache(self.source, run.proposer.draft, config.verifier, self.n) if self.n > 1 else None
         self.telemetry = BLOCKS_FILE if telemetry == "jsonl" else telemetry
         self.tally = BlockTally(run.target.V, self.gamma)
         self._file = RecordFile(run_dir / BLOCKS_FILE) if telemetry == "jsonl" else None
@@ -149,21 +169,29 @@ class BlockMode:
     def chunks(self) -> Iterator[BlockChunk]:
         config, drafts = self.run.config, self.run.proposer.draft
         rng = random_stream(config.seed, Stream.CHAIN)
+        if self.n > 1:
+            return run_trees(self.source, drafts, config.verifier, self.n, self.gamma, config.steps, rng)
         if config.tsu == "thrml":
             return iter([run_blocks_reference(self.source, drafts, self.gamma, config.steps, rng)])
         return run_blocks(self.source, drafts, self.gamma, config.steps, rng, sparse=sparse_rows(self.run))
 
+    def _acceptance(self, key: int) -> float:
+        """The exact acceptance at a key: the verifier's with N drafts, else ``Σ min(p, F(ψ))``."""
+        if self.plans is not None:
+            return self.plans(key).acceptance
+        return self.run.proposer.draft(key).overlap_mass
+
     def record(self, chunk: BlockChunk) -> int:
         if self._file is not None:
-            self._file.write(block_lines(chunk, self.source.key_json))
+            lines = tree_lines(chunk, self.source.key_json) if isinstance(chunk, TreeChunk) else block_lines(
+                chunk, self.source.key_json)
+            self._file.write(lines)
         self.tally.update(chunk)
-        verified = chunk.verified()
-        keys = chunk.draft_keys[verified]
+        keys = chunk.draft_keys[chunk.verified()]
         for key in np.unique(keys).tolist():
             if key not in self._overlap:
-                self._overlap[key] = self.run.proposer.draft(key).overlap_mass
-        overlaps = np.array([self._overlap[k] for k in keys.tolist()], dtype=np.float64)
-        self._overlap_sum += math.fsum(overlaps.tolist())
+                self._overlap[key] = self._acceptance(key)
+        self._overlap_sum += math.fsum([self._overlap[k] for k in keys.tolist()])
         self.verified += int(keys.shape[0])
         self.accepted_drafts += int(chunk.accepted_length.sum())
         return len(chunk) + int(chunk.accepted_length.sum())
@@ -187,7 +215,7 @@ class BlockMode:
         chain = self.source.keys_are_tokens  # the bigram chain: π is its law and the exact expectation applies
         expectation = (
             block_expectation(*dense_matrices(target.row, drafts, target.V), target.pi, self.gamma)
-            if chain and target.V <= EXPECTATION_MAX_V
+            if chain and target.V <= EXPECTATION_MAX_V and self.n == 1
             else None
         )
         summary = summarise_blocks(self.tally, target.pi if chain else None, self.run.config.cost_ratio, expectation)
@@ -200,6 +228,28 @@ class BlockMode:
             "accept_rate": accept_rate,
             "mean_overlap": mean_overlap,
             "accept_overlap_gap": abs(accept_rate - mean_overlap),
+            **(self._tree_statistics() if self.plans is not None else {}),
+        }
+
+    def _tree_statistics(self) -> dict[str, Any]:
+        """What a token tree adds: its size, TSU draws per token, and the exact expected accepted length."""
+        assert self.plans is not None
+        nodes = tree_nodes(self.gamma, self.n)
+        starts = self.tally.draft_context_counts
+        visited = np.flatnonzero(starts).tolist()
+        expected = None
+        if len(visited) <= TREE_EXPECTATION_KEYS:
+            values = [tree_accepted_length(self.source, self.plans, key, self.gamma) for key in visited]
+            if all(v is not None for v in values):
+                expected = math.fsum(float(starts[k]) * float(v) for k, v in zip(visited, values, strict=True)
+                                     if v is not None) / self.tally.blocks
+        return {
+            "drafts": self.n,
+            "verifier": self.run.config.verifier,
+            "tree_nodes_per_block": nodes,
+            "psi_per_block": nodes // self.n,  # every internal node's key gets a ψ: 1 + N + ... + N^(γ-1)
+            "tsu_draws_per_token": nodes * self.tally.blocks / self.tally.tokens,
+            "expected_accepted_length_given_starts": expected,
         }
 
     def extras(self) -> dict[str, Any]:

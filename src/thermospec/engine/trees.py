@@ -1,0 +1,283 @@
+"""Token trees: γ-token blocks with N drafts per position (``run --gamma G --drafts N``, SPEC §8).
+
+A block starts at key ``x``.  Before the target call the TSU drafts a full tree
+of depth γ: every node's N children are drawn i.i.d. from ψ of the node's key
+(the root's key is x; a child's key is ``source.advance(parent key, child
+token)``), ``N + N² + … + N^γ`` draws in all.  One target call then verifies
+the tree top-down with the N-draft verifier (`core.verifiers`): at the current
+node (first the root) the verifier, given the node's N children, either accepts
+one of them — the block descends into that child — or emits a token from its
+residual and the block ends.  If all γ levels accept, a bonus token is drawn from
+the row of the key after the last accepted token.  This is SpecInfer's
+multi-step speculative sampling (Miao et al. 2023): the accepted child's
+children were drafted independently of everything the verifier looked at, so
+each level is an exact N-draft step at its key, and every emitted token follows
+``p(. | key)``.
+
+Random stream layout (per block): first one uniform per tree node in
+breadth-first order (``N + N² + … + N^γ``: node ``j ≥ 1``'s draw uses uniform
+``j − 1``; the children of node ``i`` are nodes ``N·i + 1 … N·i + N``, the root
+being node 0), then ``N`` verifier uniforms per level (``u_1 … u_N``), then one
+final uniform that draws the residual token of the rejecting level or the bonus
+token.  All are consumed whatever happens.  With N = 1 this is exactly the
+γ-block layout (``2γ + 1``), and every verifier is M1's step, so a tree of N = 1
+emits the γ-block run's tokens (tested).  Only the nodes on the verified path
+are actually drawn (the others' uniforms are skipped): the tokens are those of
+drawing every node, and the draws a chip makes are counted in full.
+
+`run_trees` is the per-block loop (plain Python over the verifier plans, cached
+per key); `tree_accepted_length` is the exact expected accepted length of a
+block from a key, by dynamic programming over the accepted-token law of each
+level's verifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import cast
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.core.sampling import inverse_cdf
+from thermospec.core.verifiers import VerifierPlan, make_plan, recursive_targets, spectr_rho
+from thermospec.engine.chain import ReportError
+from thermospec.engine.chunks import BlockChunk
+from thermospec.engine.keys import ContextSource, memoised_advance
+from thermospec.tsu.drafts import DraftSource
+
+__all__ = ["MAX_TREE_NODES", "TreeChunk", "accepted_law", "fixed_key_trees", "plan_cache", "run_trees",
+           "tree_accepted_length", "tree_nodes"]
+
+MAX_TREE_NODES = 4096
+"""Most drafted nodes in one block's tree (``N + N² + … + N^γ``): the chip drafts all of them per target call."""
+PLAN_CACHE_KEYS = 4096
+"""Keys whose verifier plans are kept (a plan holds a few V-sized arrays)."""
+DEFAULT_TREE_CHUNK = 1 << 12
+
+
+def tree_nodes(gamma: int, n: int) -> int:
+    """Drafted nodes of a full tree: ``N + N² + … + N^γ``."""
+    return sum(n**d for d in range(1, gamma + 1))
+
+
+@dataclass(frozen=True, eq=False)
+class TreeChunk(BlockChunk):
+    """Blocks of token trees: `drafted` holds the path (the accepted child of each level; at the rejecting level
+    its first child), `draft_keys` the path's keys.
+
+    Attributes
+    ----------
+    children : ndarray of int64, shape (n, γ, N)
+        The N children of each verified node (the path's nodes); -1 below the rejecting level.
+    accepted_index : ndarray of int64, shape (n, γ)
+        Which child each level accepted (0-based); -1 at the rejecting level and below.
+    """
+
+    children: NDArray[np.int64]
+    accepted_index: NDArray[np.int64]
+
+
+def accepted_law(plan: VerifierPlan) -> NDArray[np.float64]:
+    """``a(y)``: the probability that the verifier accepts a draft and it is y (sums to `plan.acceptance`).
+
+    recursive: ``Σ_i Π_{j<i}(1 − α_j) min(p_i, q)``; spectr: ``min(q, p/ρ) G``, ``G = φ_N(β)/β``;
+    optimal: ``min(p, x)``, x the selection's law (`core.verifiers`' docstring).
+    """
+    if plan.name == "recursive":
+        law = np.zeros_like(plan.p)
+        reach = 1.0
+        for p_i in recursive_targets(plan.p, plan.q, plan.n):
+            accepted = np.minimum(p_i, plan.q)
+            law += reach * accepted
+            reach *= 1.0 - min(float(accepted.sum()), 1.0)
+        return law
+    if plan.name == "spectr":
+        rho = spectr_rho(plan.p, plan.q, plan.n)
+        single = np.minimum(plan.q, plan.p / rho)
+        beta = float(single.sum())
+        geometric = plan.n if beta <= 0 else (1.0 - (1.0 - beta) ** plan.n) / beta
+        return single * geometric
+    law_of_selection: NDArray[np.float64] = getattr(plan, "law", plan.q)
+    return np.minimum(plan.p, law_of_selection)
+
+
+def plan_cache(source: ContextSource, drafts: DraftSource, verifier: str, n: int) -> Callable[[int], VerifierPlan]:
+    """Each key's verifier plan for N drafts from ψ of that key, built once (least recently used out)."""
+
+    def build(key: int) -> VerifierPlan:
+        return make_plan(verifier, source.row(key), drafts(key).tsu.q, n)
+
+    return lru_cache(maxsize=PLAN_CACHE_KEYS)(build)
+
+
+def _checked_draw(drafts: DraftSource, key: int, u: float, step: int) -> int:
+    """The TSU of `key` draws with uniform `u`; its reported ``log q`` is checked against F(ψ)."""
+    tsu = drafts(key).tsu
+    y, log_q = tsu.draw(cast(np.random.Generator, _Preset(u)))
+    with np.errstate(divide="ignore"):
+        expected = float(np.log(tsu.q[y]))
+    if log_q != expected or not tsu.q[y] > 0:
+        raise ReportError(step, key, y, log_q, expected)
+    return y
+
+
+class _Preset:
+    """One given uniform through ``random(1)``, so a TSU's own `draw` runs on the tree's layout."""
+
+    def __init__(self, u: float) -> None:
+        self.u = u
+
+    def random(self, n: int | None = None) -> NDArray[np.float64]:
+        return np.array([self.u], dtype=np.float64)
+
+
+def run_trees(
+    source: ContextSource,
+    drafts: DraftSource,
+    verifier: str,
+    n: int,
+    gamma: int,
+    steps: int,
+    rng: np.random.Generator,
+    chunk: int = DEFAULT_TREE_CHUNK,
+) -> Iterator[TreeChunk]:
+    """Token-tree blocks until at least `steps` tokens are emitted (layout in the module docstring).
+
+    Raises
+    ------
+    ValueError
+        A tree of more than `MAX_TREE_NODES` nodes.
+    ReportError
+        A draw whose reported ``log q`` is not ``log F(ψ)``.
+    """
+    nodes = tree_nodes(gamma, n)
+    if nodes > MAX_TREE_NODES:
+        raise ValueError(f"--gamma {gamma} --drafts {n}: a tree of {nodes:,} drafted nodes per block; at most "
+                         f"{MAX_TREE_NODES:,} (N + N^2 + ... + N^γ)")
+    plans = plan_cache(source, drafts, verifier, n)
+    advance = memoised_advance(source)
+    width = nodes + gamma * n + 1
+    x = source.start(rng)
+    emitted_total = blocks_done = 0
+    while emitted_total < steps:
+        m = min(chunk, steps - emitted_total)
+        uniforms = rng.random((m, width))
+        rows: list[tuple[int, int, list[int], list[int], int, int, list[list[int]], list[int]]] = []
+        for u in uniforms:
+            if emitted_total >= steps:
+                break
+            block = _tree_block(u.tolist(), x, source, drafts, plans, advance, n, gamma, nodes, emitted_total)
+            path, keys, accepted, final, children, index, x = block
+            rows.append((emitted_total, keys[0], path, keys, accepted, final, children, index))
+            emitted_total += accepted + 1
+        yield _tree_chunk(blocks_done, rows, gamma, n)
+        blocks_done += len(rows)
+
+
+def fixed_key_trees(source: ContextSource, drafts: DraftSource, verifier: str, n: int, gamma: int, x: int,
+                    count: int, rng: np.random.Generator) -> TreeChunk:
+    """`count` independent tree blocks, each started at key `x` (the same per-block layout as `run_trees`)."""
+    nodes = tree_nodes(gamma, n)
+    plans = plan_cache(source, drafts, verifier, n)
+    advance = memoised_advance(source)
+    rows = []
+    for i, u in enumerate(rng.random((count, nodes + gamma * n + 1)).tolist()):
+        path, keys, accepted, final, children, index, _ = _tree_block(u, x, source, drafts, plans, advance, n, gamma,
+                                                                      nodes, i)
+        rows.append((i, x, path, keys, accepted, final, children, index))
+    return _tree_chunk(0, rows, gamma, n)
+
+
+def _tree_block(u: list[float], x: int, source: ContextSource, drafts: DraftSource,
+                plans: Callable[[int], VerifierPlan], advance: Callable[[int, int], int], n: int, gamma: int,
+                nodes: int, step: int) -> tuple[list[int], list[int], int, int, list[list[int]], list[int], int]:
+    """One tree block from key x: (path, its keys, accepted length, final token, children, indexes, next key)."""
+    verify = u[nodes : nodes + gamma * n]
+    final_u = u[-1]
+    node, key = 0, x
+    path: list[int] = []
+    keys: list[int] = []
+    children: list[list[int]] = []
+    index: list[int] = []
+    for level in range(gamma):
+        first = n * node + 1  # the node's children, in breadth-first order
+        ys = [_checked_draw(drafts, key, u[first + i - 1], step) for i in range(n)]
+        emitted, accepted = plans(key).step(ys, np.array([*verify[level * n : (level + 1) * n], final_u]))
+        children.append(ys)
+        keys.append(key)
+        if accepted is None:
+            path.append(ys[0])
+            index.append(-1)
+            return path, keys, level, emitted, children, index, advance(key, emitted)
+        path.append(emitted)
+        index.append(accepted)
+        node, key = first + accepted, advance(key, emitted)
+    bonus = int(inverse_cdf(np.cumsum(source.row(key)), np.array([final_u]))[0])
+    return path, keys, gamma, bonus, children, index, advance(key, bonus)
+
+
+def _tree_chunk(start: int, rows: list[tuple[int, int, list[int], list[int], int, int, list[list[int]], list[int]]],
+                gamma: int, n: int) -> TreeChunk:
+    m = len(rows)
+    children = np.full((m, gamma, n), -1, dtype=np.int64)
+    index = np.full((m, gamma), -1, dtype=np.int64)
+    for b, row in enumerate(rows):
+        for level, ys in enumerate(row[6]):
+            children[b, level] = ys
+        index[b, : len(row[7])] = row[7]
+
+    def column(i: int) -> NDArray[np.int64]:
+        return np.array([r[i] for r in rows], dtype=np.int64)
+
+    def padded(i: int) -> NDArray[np.int64]:
+        grid = np.zeros((m, gamma), dtype=np.int64)
+        for b, r in enumerate(rows):
+            values = r[i]
+            assert isinstance(values, list)
+            grid[b, : len(values)] = values
+            grid[b, len(values):] = values[-1]  # below the rejecting level: never verified, never emitted
+        return grid
+
+    return TreeChunk(start=start, first_step=column(0), context=column(1), drafted=padded(2), draft_keys=padded(3),
+                     accepted_length=column(4), final=column(5), children=children, accepted_index=index)
+
+
+def tree_accepted_length(source: ContextSource, plans: Callable[[int], VerifierPlan], key: int, gamma: int,
+                         max_states: int = 20_000) -> float | None:
+    """Exact expected accepted length of a tree block from `key`: ``E_d(c) = Σ_y a_c(y) (1 + E_{d-1}(c·y))``.
+
+    ``a_c`` is the accepted-token law of c's verifier (`accepted_law`) and ``c·y`` the key after y.  None
+    when more than `max_states` (key, depth) states would be needed.
+    """
+    memo: dict[tuple[int, int], float] = {}
+    laws: dict[int, NDArray[np.float64]] = {}
+
+    def value(c: int, depth: int) -> float:
+        if depth == 0:
+            return 0.0
+        found = memo.get((c, depth))
+        if found is not None:
+            return found
+        if len(memo) >= max_states:
+            raise OverflowError
+        law = laws.get(c)
+        if law is None:
+            law = laws[c] = accepted_law(plans(c))
+        support = np.flatnonzero(law > 0)
+        nxt = [source.advance(c, int(y)) for y in support.tolist()]
+        total = float(law[support].sum())
+        if len(set(nxt)) == 1:  # every token leads to one key (a trace's next position)
+            result = total * (1.0 + value(nxt[0], depth - 1)) if nxt else 0.0
+        else:
+            result = total + float(sum(float(law[y]) * value(k, depth - 1)
+                                       for y, k in zip(support.tolist(), nxt, strict=True)))
+        memo[(c, depth)] = result
+        return result
+
+    try:
+        return value(key, gamma)
+    except OverflowError:
+        return None
