@@ -21,15 +21,15 @@ per context from the plan (`VerifierPlan.tables`) and the TSU's draft CDF; the
 tests pin it to the reference token for token.  `run_drafts_chains` runs B chains
 in lock step, chain b on its own stream, sharing plans and tables.
 
-Memory: plans of at most `PLAN_CACHE_CONTEXTS` contexts (a few V-sized arrays
-each) and tables of at most ``max_table_bytes`` (default `DEFAULT_TABLE_BYTES`),
-both least recently used first out.
+Memory: plans of at most `PLAN_CACHE_BYTES` (`plan_bytes` each) and tables of at
+most ``max_table_bytes`` (default `DEFAULT_TABLE_BYTES`), both least recently used
+first out.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -55,17 +55,32 @@ __all__ = [
 ]
 
 PlanSource = Callable[[int], VerifierPlan]
-PLAN_CACHE_CONTEXTS = 4096
-"""Contexts whose verifier plans are kept (a plan holds a few V-sized arrays)."""
+PLAN_CACHE_BYTES = 256 * 1024 * 1024
+"""Memory bound of the plans kept (`plan_bytes` each); at least 16 plans are kept."""
+
+
+def plan_bytes(V: int, n: int) -> int:
+    """Upper bound of one plan's arrays: p, q, N ratio levels, the residual CDF, and the selection's law, ratio,
+    ranks and removal times (optimal)."""
+    return 8 * (V + 1) * (n + 6)
 
 
 def plan_source(row: RowSource, drafts: DraftSource, verifier: str, n: int) -> PlanSource:
-    """Each context's verifier plan for N drafts, built on first use and kept (least recently used first out)."""
+    """Each context's verifier plan for N drafts, built on first use and kept within `PLAN_CACHE_BYTES`
+    (least recently used first out)."""
+    kept: OrderedDict[int, VerifierPlan] = OrderedDict()
 
-    def build(x: int) -> VerifierPlan:
-        return make_plan(verifier, row(x), drafts(x).tsu.q, n)
+    def plan(x: int) -> VerifierPlan:
+        found = kept.get(x)
+        if found is not None:
+            kept.move_to_end(x)
+            return found
+        found = kept[x] = make_plan(verifier, row(x), drafts(x).tsu.q, n)
+        if len(kept) > max(16, PLAN_CACHE_BYTES // plan_bytes(found.p.shape[0], n)):
+            kept.popitem(last=False)
+        return found
 
-    return lru_cache(maxsize=PLAN_CACHE_CONTEXTS)(build)
+    return plan
 
 
 def draft_step(
