@@ -113,3 +113,12 @@ def test_a_run_whose_records_cannot_fit_is_refused_with_the_projected_size(
     assert not runs.exists()
     check_room(RunConfig(steps=MAX_STEPS), "none", 1, runs)  # no records, nothing to project
     check_room(RunConfig(steps=1000), "jsonl", 4, runs)  # 800 kB fits
+
+
+def test_a_gamma_sweep_refuses_options_it_would_not_apply(tmp_path: Path) -> None:
+    from thermospec.experiments.sweep_runs import gamma_grid_sweep
+
+    for base, option in ((RunConfig(vocab=16, drafts=2), "--drafts"), (RunConfig(vocab=16, gamma=2), "--gamma")):
+        with pytest.raises(ConfigError, match=f"^{option}: a γ sweep would record it without applying it"):
+            gamma_grid_sweep(base, (1, 2), (4,), (1.0,), (7,), 100, (0.0,), runs_dir=tmp_path / "runs", jobs=1)
+    assert not (tmp_path / "runs").exists()
