@@ -7,6 +7,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,3 +116,19 @@ def test_docs_session_runs_without_pyarrow_and_telemetry_names_the_extra(
     result = thermospec.run(vocab=16, K=4, steps=100, runs_dir=tmp_path / "more")
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'thermospec\[parquet\]'"):
         result.telemetry()
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda d: thermospec.check(vocab=16, check_steps="5"), "check_steps: must be an integer >= 1, got '5'"),
+    (lambda d: thermospec.check(vocab=16, pooled_steps=None), "pooled_steps: must be an integer >= 1, got None"),
+    (lambda d: thermospec.check(vocab=16, fault=3), "fault: must be text such as 'bias:0.2' or a Fault, got 3"),
+    (lambda d: thermospec.check(vocab=16, fault="bogus:1"), "fault: "),
+    (lambda d: thermospec.run(vocab=16, runs_dir=5), "runs_dir: must be a folder (text or a path), got 5"),
+    (lambda d: thermospec.sweep("grid", vocab=16, jobs="1", runs_dir=d), "jobs: must be an integer >= 1, got '1'"),
+    (lambda d: thermospec.sweep("grid", vocab=16, context=3, runs_dir=d), "context: must be text, got 3"),
+])
+def test_the_apis_own_options_are_type_checked(tmp_path: Path, call: Any, message: str) -> None:
+    with pytest.raises(thermospec.api.ConfigError) as error:
+        call(tmp_path / "runs")
+    assert str(error.value).startswith(message)
+    assert not (tmp_path / "runs").exists()

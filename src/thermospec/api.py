@@ -34,7 +34,7 @@ from thermospec.runs.executor import check_mode_options, execute_run
 from thermospec.runs.prepare import PreparedRun, inject_fault, prepare_run
 from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, create_run_dir
 from thermospec.runs.telemetry import PARQUET_FILE, TelemetryFormat
-from thermospec.tsu.faults import Fault
+from thermospec.tsu.faults import Fault, FaultError
 
 __all__ = ["CheckReport", "ConfigError", "RunResult", "Summary", "SweepResult", "check", "check_room", "config", "run",
            "sweep"]
@@ -194,6 +194,18 @@ def _path_text(path: Any) -> Any:
     return os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
 
 
+def _count(option: str, value: Any, low: int = 1) -> None:
+    """Refuse a count of the API's own (``check_steps``, ``jobs``...) that is not an integer >= `low`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{option}: must be an integer >= {low}, got {value!r} ({type(value).__name__})")
+
+
+def _folder(option: str, value: Any) -> None:
+    """Refuse a folder given as anything but text or a path."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{option}: must be a folder (text or a path), got {value!r} ({type(value).__name__})")
+
+
 OPTIONS = tuple(inspect.signature(config).parameters)
 """The run options `config` takes (and `run`, `check` and `sweep` pass on to it)."""
 
@@ -270,6 +282,7 @@ def run(
     ConfigError, PayloadError, CorpusError
         Bad input, before anything is written.
     """
+    _folder("runs_dir", runs_dir)
     cfg = _config("thermospec.run", options)
     check_mode_options(cfg, telemetry, chains)
     check_room(cfg, telemetry, chains, runs_dir)
@@ -307,9 +320,16 @@ def check(
     """
     if options.get("tsu", "sim") == "thrml":
         raise ConfigError("--tsu thrml: check runs SimTSU's table-driven paths; check THRML with run --tsu thrml")
+    _count("check_steps", check_steps)
+    _count("pooled_steps", pooled_steps)
+    if fault is not None and not isinstance(fault, (str, Fault)):
+        raise ConfigError(f"fault: must be text such as 'bias:0.2' or a Fault, got {fault!r}")
     prepared = prepare_run(_config("thermospec.check", options))
     if fault is not None:
-        fault = Fault.parse(fault) if isinstance(fault, str) else fault
+        try:
+            fault = Fault.parse(fault) if isinstance(fault, str) else fault
+        except FaultError as exc:
+            raise ConfigError(f"fault: {exc}") from None
         prepared = inject_fault(prepared, fault)
     return CheckReport(checks_of(prepared, check_steps, pooled_steps))
 
@@ -356,6 +376,12 @@ def sweep(
     ConfigError
         A value of the wrong type or range, an option the sweep would not apply, an unknown name.
     """
+    _folder("runs_dir", runs_dir)
+    if jobs is not None:
+        _count("jobs", jobs)
+    for option, text in (("scheduler", scheduler), ("context", context)):
+        if text is not None and not isinstance(text, str):
+            raise ConfigError(f"{option}: must be text, got {text!r} ({type(text).__name__})")
     if kind == "seeds":
         base = _config("a seed sweep", options, {"seed": "a seed sweep takes seeds=(...), not seed"},
                        steps=20_000 if steps is None else steps)
