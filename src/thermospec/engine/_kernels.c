@@ -227,7 +227,8 @@ typedef struct {
  * next step's tables do not wait for a slot_of load; `counting`: add each step to the counts.
  * `moves` (with `moving`): the next context is moves[x * V + emitted] (a key in [0, keys); order-N
  * contexts), not the emitted token; a move out of range stops the loop and sets *bad. */
-static inline int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const double *restrict u,
+/* Always inlined: each caller passes constant flags, and every combination must be its own loop. */
+INLINE int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const double *restrict u,
                                  uint64_t *restrict rng, int64_t *restrict prev, int64_t *restrict proposed,
                                  int64_t *restrict emitted, uint8_t *restrict accepted, Counts *restrict c,
                                  int64_t t0, int64_t n, int64_t *x, int64_t clock, const int drawn,
@@ -268,6 +269,18 @@ static inline int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const d
             u1 = u[3 * t + 1];
             u2 = u[3 * t + 2];
         }
+#if defined(__GNUC__)
+        if (moving) {
+            /* Many contexts: their rows are far in memory.  The draft's search waits for its guide, the
+             * ratio and the move for the draft; fetching the rows now overlaps those misses. */
+            const double *draft_row = tb.tables + s * 3 * V;
+            const int32_t *move_row = moves + cx * V;
+            for (int64_t k = 0; k < 2 * V; k += 8)
+                __builtin_prefetch(draft_row + k);
+            for (int64_t k = 0; k < V; k += 16)
+                __builtin_prefetch(move_row + k);
+        }
+#endif
         last_used[s] = clock + t;
         prev[t] = cx;
         int64_t a;
@@ -415,7 +428,8 @@ done:
  * pair.  With `identity`, context x is in slot x.  With `moves` (`moving`), a chain's next context is
  * moves[x * V + emitted] (order-N contexts; checked in range by the caller), not the emitted token.
  * The pointers do not alias (restrict). */
-static inline void batch_group(const Tables *tables, const double *restrict u, uint64_t *restrict rng,
+/* Always inlined, as chain_loop. */
+INLINE void batch_group(const Tables *tables, const double *restrict u, uint64_t *restrict rng,
                                int64_t *restrict xs, int64_t *restrict prev, int64_t *restrict proposed,
                                int64_t *restrict emitted, uint8_t *restrict accepted, int64_t *restrict acc,
                                int64_t *restrict emi, int64_t *restrict trans, Py_ssize_t b0, Py_ssize_t b1,
