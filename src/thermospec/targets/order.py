@@ -283,7 +283,13 @@ class OrderTarget:
                     longer &= keys[L][inside] == key if keys[L].shape[0] else False
                     rows = np.where(longer, offset[L] + found, rows)
                 table[a:b] = rows
-        return ContextMoves(self, table.reshape(-1), length, lo, hi)
+        # Renumber the longer contexts by falling corpus frequency: a chain's frequent states (and so its
+        # tables, one slot per state) then share pages and cache lines.
+        order = np.concatenate([np.arange(V), V + np.argsort(-(hi[V:] - lo[V:]), kind="stable")])
+        renamed = np.empty(states, dtype=np.int32)
+        renamed[order] = np.arange(states, dtype=np.int32)
+        table = renamed[table[order]]
+        return ContextMoves(self, table.reshape(-1), length[order], lo[order], hi[order])
 
     def frequent_contexts(self, count: int = 4) -> list[int]:
         """Ids of the `count` most frequent full contexts (N - 1 tokens followed by a token) of the corpus.
@@ -314,7 +320,7 @@ class ContextMoves:
     seen suffix of ``h + y`` then w is a seen suffix of h no longer than h's effective
     one.  So every context of the corpus (each distinct suffix of 1 .. N - 1 tokens it
     holds followed by a token) is a state: states ``0 .. V-1`` are the one-token
-    contexts (the token), then the longer ones by length and index order.  A state's
+    contexts (the token), then the longer ones by falling corpus frequency.  A state's
     target id (`context`) is interned on first use, so the ids keep the order in which a
     chain meets its contexts, as `OrderTarget.next_context` step by step would.
     Build it with `OrderTarget.moves`.
