@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts.sweep_drafts import main as sweep_main
 from tests.conftest import REPO, run_cli
+from thermospec.cli.drafts_sweep import main as sweep_main
 from thermospec.core.statistics import context_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.core.verifiers import VERIFIERS, VerifierPlan
@@ -125,7 +125,8 @@ def test_check_drafts_4_passes(target: list[str], shakespeare: Path, capsys: pyt
     assert "4/4 checks passed" in out
 
 
-@pytest.mark.parametrize(("extra", "reason"), [(["--verifier", "best"], "--verifier"), (["--drafts", "65"], "--drafts")])
+@pytest.mark.parametrize(("extra", "reason"), [(["--verifier", "best"], "--verifier"),
+                                               (["--drafts", "65"], "--drafts")])
 def test_refusals_are_one_line(extra: list[str], reason: str, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = run_cli(["run", "--drafts", "2", *extra, "--runs-dir", str(tmp_path / "runs")], capsys)
