@@ -11,8 +11,9 @@ from typing import Any
 from thermospec.engine.batch import run_batch
 from thermospec.engine.chunks import BatchChunk
 from thermospec.engine.tally import BatchTally
+from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
 from thermospec.runs.prepare import PreparedRun, sparse_rows
-from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, write_json_atomic
+from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, OutputError, append_whole, cut_back, write_json_atomic
 from thermospec.runs.summary import summarise_run
 from thermospec.runs.telemetry import PARQUET_FILE, JsonlWriter, ParquetWriter, TelemetryFormat
 
@@ -35,6 +36,12 @@ class BatchMode:
     (χ² of the pooled emitted counts against ``B N pi``), the spread of the
     per-chain acceptance, and the throughput; its ``metrics_sha256`` is null
     (the records are spread over B files).
+
+    A chunk is counted only once every chain's records of it are written: a
+    failed write (a full disk) cuts every chain's file back to the same whole
+    chunks, and the summaries cover exactly those; a Parquet file that cannot be
+    finished is removed (`finish_parquet`).  Without telemetry the kernel counts
+    as it steps.  Per-chain summaries carry ``interrupted`` like the batch's.
     """
 
     def __init__(self, run: PreparedRun, run_dir: Path, chains: int, telemetry: TelemetryFormat,
@@ -44,6 +51,7 @@ class BatchMode:
         self.tally = BatchTally(chains, run.target.V, track_transitions=True, per_chain=telemetry != "none")
         self._formatter = JsonlWriter(io.StringIO())
         self._parquet: ParquetWriter | None = None
+        self._sizes = [0] * chains  # bytes of whole chunks in each chain's JSONL
         if telemetry != "none":
             for b in range(chains):
                 chain_dir(run_dir, b).mkdir()
@@ -53,27 +61,52 @@ class BatchMode:
         elif telemetry == "parquet":
             self._parquet = ParquetWriter(run_dir / PARQUET_FILE, chain_column=True)
 
+    @property
+    def counted_by_engine(self) -> bool:
+        """Whether the kernel counts as it steps (no telemetry: no write can fail after it)."""
+        return self.telemetry == "none"
+
     def chunks(self) -> Iterator[BatchChunk]:
         target, config = self.run.target, self.run.config
         # The writers keep no reference to a chunk's arrays, so the chunks can share them.
         return run_batch(target.row, target.pi, self.run.proposer.draft, config.steps, config.seed, self.chains,
-                         threads=self.threads, tally=self.tally, reuse_outputs=True, sparse=sparse_rows(self.run),
-                         record=self.telemetry != "none")
+                         threads=self.threads, tally=self.tally if self.counted_by_engine else None,
+                         reuse_outputs=True, sparse=sparse_rows(self.run), record=self.telemetry != "none")
 
     def record(self, chunk: BatchChunk) -> int:
         drafts = self.run.proposer.draft
         if self.telemetry == "jsonl":
-            for b in range(self.chains):
-                with (chain_dir(self.run_dir, b) / METRICS_FILE).open("a", encoding="utf-8", newline="\n") as out:
-                    out.write(self._formatter.format(chunk.chain(b), drafts))
+            self._append(chunk)
         elif self._parquet is not None:
-            for b in range(self.chains):
-                self._parquet.write(chunk.chain(b), drafts, chain=b)
+            try:
+                for b in range(self.chains):
+                    self._parquet.write(chunk.chain(b), drafts, chain=b)
+            except OSError as exc:
+                raise parquet_write_failed(self._parquet.path, exc) from None
+        if not self.counted_by_engine:
+            self.tally.update(chunk)
         return len(chunk) * self.chains
+
+    def _append(self, chunk: BatchChunk) -> None:
+        """Every chain's records of the chunk, or none of them (the files cut back on a failure)."""
+        drafts, sizes = self.run.proposer.draft, list(self._sizes)
+        try:
+            for b in range(self.chains):
+                path = chain_dir(self.run_dir, b) / METRICS_FILE
+                sizes[b] = append_whole(path, self._formatter.format(chunk.chain(b), drafts), self._sizes[b])
+        except OutputError as exc:
+            for b in range(self.chains):
+                cut_back(chain_dir(self.run_dir, b) / METRICS_FILE, self._sizes[b])
+            raise OutputError(f"{exc}; every chain's file kept its {self.tally.steps} steps of whole records") from None
+        except BaseException:  # a second signal: stop at once, every file cut back
+            for b in range(self.chains):
+                cut_back(chain_dir(self.run_dir, b) / METRICS_FILE, self._sizes[b])
+            raise
+        self._sizes = sizes
 
     def close(self) -> str | None:
         if self._parquet is not None:
-            self._parquet.close()
+            finish_parquet(self._parquet)
         return None
 
     def tokens(self) -> int:
@@ -90,6 +123,7 @@ class BatchMode:
             for b in range(self.chains):
                 chain_summary = summarise_run(tally.chain(b), drafts, target.pi)
                 chain_summary["chain"] = b
+                chain_summary["interrupted"] = not self.complete()
                 write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE, chain_summary)
         rates = tally.accepted / tally.steps
         return {

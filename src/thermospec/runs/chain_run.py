@@ -11,9 +11,11 @@ from thermospec.engine.chain import run_chain, run_chain_reference
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.tally import RunTally
 from thermospec.runs.checklist import guide_checklist
+from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
 from thermospec.runs.prepare import PreparedRun, sparse_rows
+from thermospec.runs.storage import OutputError
 from thermospec.runs.summary import summarise_run
-from thermospec.runs.telemetry import TelemetryFormat, TelemetrySink
+from thermospec.runs.telemetry import ParquetWriter, TelemetryFormat, TelemetrySink
 
 __all__ = ["ChainMode"]
 
@@ -50,12 +52,21 @@ class ChainMode:
         return run_chain(target.row, target.pi, drafts, config.steps, rng, sparse=sparse_rows(self.run), tally=counted)
 
     def record(self, chunk: ChainChunk) -> int:
-        self._sink.writer.write(chunk, self.run.proposer.draft)
+        writer = self._sink.writer
+        try:
+            writer.write(chunk, self.run.proposer.draft)
+        except OSError as exc:
+            if isinstance(exc, OutputError) or not isinstance(writer, ParquetWriter):
+                raise
+            raise parquet_write_failed(writer.path, exc) from None
         if self.telemetry != "none":
             self.tally.update(chunk)
         return len(chunk)
 
     def close(self) -> str | None:
+        """Close the telemetry; a Parquet file that cannot be finished is removed (`finish_parquet`)."""
+        if isinstance(self._sink.writer, ParquetWriter):
+            finish_parquet(self._sink.writer)
         self._sink.close()
         return self._sink.hexdigest()
 

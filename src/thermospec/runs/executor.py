@@ -144,9 +144,9 @@ def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "json
 
 
 def engine_counts(mode: Mode) -> bool:
-    """Whether the engine counts into the mode's tally while it computes a chunk (`BatchMode`; `ChainMode`
-    without telemetry on the compiled kernel): such a chunk is finished, never cut, so the counts stay whole."""
-    return isinstance(mode, BatchMode) or (isinstance(mode, ChainMode) and mode.counted_by_engine)
+    """Whether the engine counts into the mode's tally while it computes a chunk (`BatchMode` and `ChainMode`
+    without telemetry): such a chunk is finished, never cut, so the counts stay whole."""
+    return isinstance(mode, (BatchMode, ChainMode)) and mode.counted_by_engine
 
 
 def _run_chunks(mode: Mode, cut: bool, on_progress: Callable[[int], None] | None, stop: Interruption) -> None:
@@ -226,7 +226,10 @@ def _execute(
         except (OutputError, ReportError, TraceShrankError) as exc:  # a trace truncated under the run: a failed read
             failure = exc
         finally:
-            metrics_sha256 = mode.close()
+            try:
+                metrics_sha256 = mode.close()
+            except OutputError as exc:  # a file that cannot be finished (a Parquet footer on a full disk)
+                metrics_sha256, failure = None, exc if failure is None else OutputError(f"{failure}; then {exc}")
         elapsed = time.perf_counter() - started
         statistics = mode.statistics()
         config = run.config.as_dict() | {"K_used": run.K_used} | ({"chains": chains} if chains > 1 else {})
@@ -249,9 +252,10 @@ def _execute(
             summary["checklist_skipped"] = CHECKLIST_SKIPPED
         try:
             write_json_atomic(run_dir / SUMMARY_FILE, summary)
-        except OutputError:
+        except OutputError as exc:
             if failure is None:
                 raise
+            failure = OutputError(f"{failure}; no summary either: {exc}")
     if failure is not None:
         raise failure
     return summary

@@ -31,7 +31,10 @@ __all__ = [
     "SUMMARY_FILE",
     "OutputError",
     "RecordFile",
+    "append_whole",
     "create_run_dir",
+    "cut_back",
+    "failure_reason",
     "write_json_atomic",
     "write_text_atomic",
 ]
@@ -44,8 +47,12 @@ class OutputError(OSError):
     """A run's output could not be written; the message names the file and the reason."""
 
 
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
+def failure_reason(exc: OSError) -> str:
+    """Why a write failed, in a few words (``No space left on device``)."""
+    if exc.errno is not None:  # pyarrow's own text is "Error writing bytes to file. Detail: ..."
+        return os.strerror(exc.errno)
+    text = exc.strerror or str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _extended(digest: hashlib._Hash, data: bytes) -> hashlib._Hash:
@@ -74,7 +81,7 @@ class RecordFile:
         try:
             self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as exc:
-            raise OutputError(f"{path}: cannot create ({_reason(exc)})") from None
+            raise OutputError(f"{path}: cannot create ({failure_reason(exc)})") from None
         self.size = 0
         self._hash = hashlib.sha256()
         self._hasher: ThreadPoolExecutor | None = None
@@ -96,7 +103,7 @@ class RecordFile:
         except OSError as exc:
             self._cut_back(hashed)
             raise OutputError(
-                f"{self.path}: cannot write ({_reason(exc)}); kept the {self.size} bytes of whole records before"
+                f"{self.path}: cannot write ({failure_reason(exc)}); kept the {self.size} bytes of whole records before"
             ) from None
         except BaseException:  # a second signal stops the run at once: no part of this chunk stays
             self._cut_back(hashed)
@@ -129,7 +136,7 @@ class RecordFile:
             os.fsync(fd)
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a pipe or device has nothing to flush
-                raise OutputError(f"{self.path}: cannot flush to disk ({_reason(exc)})") from None
+                raise OutputError(f"{self.path}: cannot flush to disk ({failure_reason(exc)})") from None
         finally:
             os.close(fd)
 
@@ -140,6 +147,44 @@ class RecordFile:
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def append_whole(path: Path, text: str, size: int) -> int:
+    """Append one chunk of records to `path`, whose whole records end at byte `size`; return the new size.
+
+    For files written a chunk at a time without holding them open (``--chains``: one per
+    chain).  On a failed or interrupted write the file is cut back to `size`.
+
+    Raises
+    ------
+    OutputError
+        One line naming the file and the reason.
+    """
+    data = memoryview(text.encode("utf-8"))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot open ({failure_reason(exc)})") from None
+    try:
+        os.lseek(fd, size, os.SEEK_SET)
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+    except OSError as exc:
+        cut_back(path, size)
+        raise OutputError(f"{path}: cannot write ({failure_reason(exc)})") from None
+    except BaseException:  # a second signal: no part of this chunk stays
+        cut_back(path, size)
+        raise
+    finally:
+        os.close(fd)
+    return size + len(data)
+
+
+def cut_back(path: Path, size: int) -> None:
+    """Cut `path` back to its first `size` bytes (whole records), as far as the disk lets."""
+    with contextlib.suppress(OSError):
+        os.truncate(path, size)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -161,7 +206,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise OutputError(f"{path}: cannot write ({_reason(exc)})") from None
+        raise OutputError(f"{path}: cannot write ({failure_reason(exc)})") from None
     except BaseException:  # a signal that stops at once: no temporary file stays behind
         with contextlib.suppress(OSError):
             tmp.unlink()
