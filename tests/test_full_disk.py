@@ -91,3 +91,19 @@ def test_parquet_on_a_full_disk_leaves_no_unreadable_file(
         assert rows == summary["steps"] * int(chains)
     else:
         assert "removed it" in err and "removed it" in summary["interrupted_by"]
+
+
+def test_seed_sweep_on_a_full_disk_writes_its_sweep_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 18 item 17: the sweep stops at the failed write, as on a signal, and still says what is missing."""
+    from thermospec.cli.sweep import seed_main
+
+    with small_disk(1 << 20):
+        status = seed_main(["--vocab", "64", "--steps", "200000", "--seeds", "1", "2", "--jobs", "1", "--quiet",
+                            "--runs-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert err.count("\n") == 1 and "File too large" in err and "Traceback" not in err
+    (folder,) = tmp_path.iterdir()
+    record = json.loads((folder / "sweep.json").read_text())
+    assert record["finished"] == 0 and record["missing"] == [{"seed": 1}, {"seed": 2}]
+    assert "seed_1" in record["interrupted_by"] and "File too large" in record["interrupted_by"]

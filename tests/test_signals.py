@@ -243,6 +243,8 @@ def test_block_and_batch_runs_stop_on_sigterm_with_an_interrupted_summary(
     if "--chains" in extra:
         per_chain = [len((run_dir / f"chain_{b:04d}" / METRICS_FILE).read_text().splitlines()) for b in range(3)]
         assert per_chain[0] == per_chain[1] == per_chain[2] == summary["steps_per_chain"]
+        for b in range(3):  # each chain's summary says it was cut short too
+            assert json.loads((run_dir / f"chain_{b:04d}" / SUMMARY_FILE).read_text())["interrupted"] is True
     else:
         assert summary["blocks"] == len(lines)
 

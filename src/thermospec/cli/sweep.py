@@ -19,6 +19,7 @@ from typing import Any
 from thermospec.cli.examples import examples_for
 from thermospec.cli.options import (
     CORPUS_HELP,
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     OneLineParser,
@@ -187,6 +188,8 @@ def _report_interrupt(prog: str, result: SweepResult, what: str) -> int:
         f"{result.csv}; {len(outcome.missing)} missing (stopped by {outcome.interrupted_by}; listed in {SWEEP_JSON})",
         file=sys.stderr,
     )
+    if outcome.failure is not None:  # a failed write (a full disk): the error status, as for a run
+        return EXIT_FAILED
     return exit_status(outcome.signum) if outcome.signum is not None else EXIT_INTERRUPTED
 
 

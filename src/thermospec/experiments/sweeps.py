@@ -281,11 +281,12 @@ class SweepOutcome:
     interrupted: bool = False
     missing: list[int] = field(default_factory=list)
     signum: int | None = None
+    failure: str | None = None  # a task's failed write (a full disk) stopped the sweep: its one-line message
 
     @property
     def interrupted_by(self) -> str | None:
-        """``"SIGINT"`` or ``"SIGTERM"`` after an interrupt, else None."""
-        return None if self.signum is None else signal_name(self.signum)
+        """``"SIGINT"`` or ``"SIGTERM"`` after an interrupt, the failure's message after a failed write, else None."""
+        return self.failure if self.signum is None else signal_name(self.signum)
 
 
 def run_sweep(
@@ -314,6 +315,7 @@ def run_sweep(
     done: dict[int, dict[str, Any]] = {}
     sink = CsvRows(csv_path, fields, line_end)
     signum: int | None = None
+    failure: str | None = None
     with ExitStack() as stack:
         if stop is None:
             stop = stack.enter_context(stop_signals())
@@ -323,8 +325,11 @@ def run_sweep(
                 done[index] = row
                 if progress is not None:
                     progress.update(1)
-        except (SweepInterrupted, TaskInterrupted, KeyboardInterrupt) as exc:
-            signum = getattr(exc, "signum", None) or stop.signum or signal.SIGINT
+        except (SweepInterrupted, TaskInterrupted, KeyboardInterrupt, OSError) as exc:
+            if isinstance(exc, OSError):  # a full disk: stop as on a signal, keep what finished, say why
+                failure = str(exc)
+            else:
+                signum = getattr(exc, "signum", None) or stop.signum or signal.SIGINT
             settled = {} if settle is None else {i: settle(items[i]) for i in range(len(items)) if i not in done}
             done |= {i: found for i, found in settled.items() if found is not None}
         finally:
@@ -333,7 +338,7 @@ def run_sweep(
     missing = [i for i in range(len(items)) if i not in done]
     return SweepOutcome(
         rows=ordered, total=len(items), elapsed_s=time.perf_counter() - started,
-        interrupted=signum is not None, missing=missing, signum=signum,
+        interrupted=signum is not None or failure is not None, missing=missing, signum=signum, failure=failure,
     )
 
 
