@@ -196,3 +196,29 @@ def test_chains_without_telemetry_keep_the_summary(tmp_path: Path, capsys: pytes
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 4500 and summary["steps_per_chain"] == 1500
     assert summary["chain_accept_rate_min"] <= summary["accept_rate"] <= summary["chain_accept_rate_max"]
+
+
+def test_a_failed_write_keeps_every_chain_at_the_same_whole_chunks(small: PreparedRun, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import thermospec.runs.drafts_run as drafts_run
+    from thermospec.runs.storage import OutputError, append_whole
+
+    config = dataclasses.replace(small.config, drafts=2, verifier="recursive")
+    mode = DraftsMode(dataclasses.replace(small, config=config), tmp_path, "jsonl", chains=3)
+    t = small.target
+    groups = run_drafts_chains(t.row, t.pi, small.proposer.draft, 2, "recursive", 1000,
+                               [chain_stream(5, b) for b in range(3)], plans=mode.plans, chunk=500)
+    mode.record(next(groups))
+    sizes = [(tmp_path / f"chain_{b:04d}" / "m1_metrics.jsonl").stat().st_size for b in range(3)]
+    written = append_whole
+
+    def full_disk_at_chain_2(path: Path, text: str, size: int) -> int:
+        if "chain_0002" in str(path):
+            raise OutputError(f"{path}: cannot write (No space left on device)")
+        return written(path, text, size)
+
+    monkeypatch.setattr(drafts_run, "append_whole", full_disk_at_chain_2)
+    with pytest.raises(OutputError):
+        mode.record(next(groups))
+    assert [(tmp_path / f"chain_{b:04d}" / "m1_metrics.jsonl").stat().st_size for b in range(3)] == sizes
+    assert mode.tally.steps == 1500 and all(s > 0 for s in sizes)

@@ -37,13 +37,21 @@ import numpy as np
 from thermospec.core.metrics import overlap_mass
 from thermospec.core.transport import acceptance_bound, acceptance_optimum
 from thermospec.engine.batch import chain_stream
+from thermospec.engine.chain import DEFAULT_CHUNK
 from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.drafts import PlanSource, plan_source, run_drafts_chains
 from thermospec.engine.tally import RunTally
 from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.prepare import PreparedRun
-from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, RecordFile, write_json_atomic
+from thermospec.runs.storage import (
+    METRICS_FILE,
+    SUMMARY_FILE,
+    RecordFile,
+    append_whole,
+    cut_back,
+    write_json_atomic,
+)
 from thermospec.runs.summary import summarise_run
 from thermospec.runs.telemetry import PARQUET_FILE, ParquetWriter, context_fields
 from thermospec.tsu.drafts import ContextDraft, DraftSource
@@ -87,19 +95,19 @@ class DraftsMode:
         self.chain_tallies = [RunTally(V) for _ in range(chains)] if chains > 1 and telemetry != "none" else []
         self.draws = 0
         self.chain_accepted = np.zeros(chains, dtype=np.int64)
-        self._files: list[RecordFile] = []
+        self._file: RecordFile | None = None
+        self._sizes: list[int] = []  # with B > 1 chains: bytes of whole chunks in each chain's JSONL
         self._parquet: ParquetWriter | None = None
-        if telemetry == "jsonl":
-            if chains == 1:
-                self._files = [RecordFile(run_dir / METRICS_FILE)]
-            else:
-                for b in range(chains):
-                    chain_dir(run_dir, b).mkdir()
-                self._files = [RecordFile(chain_dir(run_dir, b) / METRICS_FILE) for b in range(chains)]
+        if telemetry != "none" and chains > 1:
+            for b in range(chains):
+                chain_dir(run_dir, b).mkdir()
+        if telemetry == "jsonl" and chains == 1:
+            self._file = RecordFile(run_dir / METRICS_FILE)
+        elif telemetry == "jsonl":  # B files written a chunk at a time, none held open (as --chains does)
+            for b in range(chains):
+                (chain_dir(run_dir, b) / METRICS_FILE).touch()
+            self._sizes = [0] * chains
         elif telemetry == "parquet":
-            if chains > 1:
-                for b in range(chains):
-                    chain_dir(run_dir, b).mkdir()
             self._parquet = ParquetWriter(run_dir / PARQUET_FILE, chain_column=chains > 1, drafts_columns=True)
         self._stats: dict[str, Any] | None = None
 
@@ -107,15 +115,19 @@ class DraftsMode:
         config, target = self.run.config, self.run.target
         rngs = [chain_stream(config.seed, b) for b in range(self.chains)]
         return run_drafts_chains(target.row, target.pi, self.run.proposer.draft, config.drafts, config.verifier,
-                                 config.steps, rngs, plans=self.plans,
+                                 config.steps, rngs, plans=self.plans, chunk=max(256, DEFAULT_CHUNK // self.chains),
                                  backend="auto" if self.run.proposer.samples_payload else "reference")
 
     def record(self, chunks: list[DraftsChunk]) -> int:
+        """Write every chain's records of the chunk, then count it (a failed write counts none of it)."""
+        if self._file is not None:
+            self._file.write(drafts_lines(chunks[0], self.view))
+        elif self._sizes:
+            self._append(chunks)
         for b, chunk in enumerate(chunks):
-            if self._files:
-                self._files[b].write(drafts_lines(chunk, self.view))
             if self._parquet is not None:
                 self._parquet.write(chunk, self.view, chain=b)
+        for b, chunk in enumerate(chunks):
             if self.chain_tallies:
                 self.chain_tallies[b].update(chunk)
             self.tally.update(chunk)
@@ -123,12 +135,25 @@ class DraftsMode:
             self.draws += int(chunk.drafts_used.sum())
         return sum(len(chunk) for chunk in chunks)
 
+    def _append(self, chunks: list[DraftsChunk]) -> None:
+        """Every chain's JSONL records of the chunk, or none of them (the files cut back on a failure)."""
+        sizes = list(self._sizes)
+        try:
+            for b, chunk in enumerate(chunks):
+                sizes[b] = append_whole(chain_dir(self.run_dir, b) / METRICS_FILE, drafts_lines(chunk, self.view),
+                                        self._sizes[b])
+        except BaseException:  # a failed write or a second signal: every file back to its whole chunks
+            for b in range(self.chains):
+                cut_back(chain_dir(self.run_dir, b) / METRICS_FILE, self._sizes[b])
+            raise
+        self._sizes = sizes
+
     def close(self) -> str | None:
-        for file in self._files:
-            file.close()
+        if self._file is not None:
+            self._file.close()
         if self._parquet is not None:
             self._parquet.close()
-        return self._files[0].hexdigest() if len(self._files) == 1 else None
+        return self._file.hexdigest() if self._file is not None else None
 
     def tokens(self) -> int:
         return self.tally.steps
