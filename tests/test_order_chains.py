@@ -181,3 +181,16 @@ def test_the_batch_kernel_on_a_move_table_steps_as_the_chains_in_turn(tmp_path: 
                                           joined([chunks[b] for chunks in in_turn], name))
         np.testing.assert_array_equal(moves.contexts(np.concatenate([c.prev[b] for c in batch])),
                                       joined([chunks[b] for chunks in in_turn], "context"))
+
+
+def test_chains_in_lock_step_on_crafted_tables_are_the_chains_in_turn(shakespeare: Path) -> None:
+    if compiled_module() is None:
+        pytest.skip("the compiled kernel is not built")
+    target = order_target(shakespeare, 3)
+    proposer = ContextProposer(target, 8, 1.0, "auto")
+    in_turn = list(run_order_chains(target, proposer.draft, 900, 2, 5, chunk=400))
+    locked = list(run_order_chains(target, proposer.draft, 900, 2, 5, chunk=400, psi=(8, 1.0, "auto")))
+    assert locked[0][0].metrics is not None and in_turn[0][0].metrics is None  # crafted at once: lock step
+    for b in range(5):
+        for name in FIELDS:
+            np.testing.assert_array_equal(joined([c[b] for c in locked], name), joined([c[b] for c in in_turn], name))

@@ -20,11 +20,16 @@ them to the reference.
 
 from __future__ import annotations
 
+import itertools
+import os
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,10 +37,11 @@ from numpy.typing import NDArray
 from thermospec.core.acceptance import accept_correct_step
 from thermospec.core.payload import EpsSpec
 from thermospec.core.sampling import last_positive
-from thermospec.engine.batch import chain_stream
+from thermospec.engine.batch import BATCH_CHUNK_TOKENS, chain_stream
 from thermospec.engine.chain import ReportError, ReportVerifier, context_tables, start_token, table_source
 from thermospec.engine.chunks import ChainChunk
-from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper
+from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, TableCache
+from thermospec.engine.pcg import draws_pcg64, pcg64_state
 from thermospec.engine.state_drafts import PsiSpec, StateMetrics, craft_states, worth_crafting
 from thermospec.targets.order import ORDER_MOVES_BYTES, ContextMoves, OrderTarget
 from thermospec.tsu.drafts import DraftSource, Proposer
@@ -44,6 +50,7 @@ __all__ = ["ORDER_TABLE_BYTES", "ContextChunk", "ContextProposer", "run_order_ch
            "run_order_reference"]
 
 DEFAULT_CHUNK = 1 << 16
+_NO_UNIFORMS = np.empty((0, 3), dtype=np.float64)
 ORDER_DRAFT_BYTES = 128 * 1024 * 1024
 """Memory bound of the drafts of an order-N run (each keeps F(ψ) and its CDF: 16 V bytes)."""
 ORDER_TABLE_BYTES = 128 * 1024 * 1024
@@ -100,8 +107,14 @@ class _MovingChain:
 
     def chunk(self, start: int, n: int) -> ContextChunk:
         """The next `n` steps (checked by the verifier unless every state was crafted at once)."""
-        last = self.token
         (states, proposed, emitted, accepted), self.state = self.stepper.draw_steps(self.rng, n, self.state)
+        return self.wrap(start, states, proposed, emitted, accepted)
+
+    def wrap(self, start: int, states: NDArray[np.int64], proposed: NDArray[np.int64], emitted: NDArray[np.int64],
+             accepted: NDArray[np.bool_]) -> ContextChunk:
+        """The chunk of these steps (`states`: each step's state), its contexts interned as met."""
+        n = states.shape[0]
+        last = self.token
         prev = np.empty(n, dtype=np.int64)
         prev[0] = last
         prev[1:] = emitted[:-1]
@@ -232,11 +245,46 @@ def run_order_chains(
     stepper, metrics = _moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes, psi,
                                        steps * chains)
     walkers = [_MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng), metrics) for rng in rngs]
+    module, cache = stepper.module, stepper.cache
+    if metrics is not None and module is not None and cache is not None and all(draws_pcg64(module, r) for r in rngs):
+        # Every state's tables are loaded: the batch kernel steps the chains in lock step, on worker threads.
+        yield from _lock_step(walkers, module, cache, metrics, steps, min(chunk, max(1, BATCH_CHUNK_TOKENS // chains)))
+        return
     done = 0
     while done < steps:
         n = min(chunk, steps - done)
         yield [walker.chunk(done, n) for walker in walkers]
         done += n
+
+
+def _lock_step(walkers: list[_MovingChain], module: ModuleType, cache: TableCache, metrics: StateMetrics,
+               steps: int, chunk: int) -> Iterator[list[ContextChunk]]:
+    """The chains of `walkers` (each at its start) on the batch kernel, each drawing from its own PCG64 state."""
+    moves, B = walkers[0].moves, len(walkers)
+    states = np.stack([pcg64_state(w.rng) for w in walkers])
+    x = np.array([w.state for w in walkers], dtype=np.int64)
+    workers = max(1, min(os.cpu_count() or 1, B))
+    edges = np.linspace(0, B, workers + 1).round().astype(int).tolist()
+    parts = [slice(a, b) for a, b in itertools.pairwise(edges) if b > a]
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        done = 0
+        while done < steps:
+            n = min(chunk, steps - done)
+            out = (np.empty((B, n), dtype=np.int64), np.empty((B, n), dtype=np.int64),
+                   np.empty((B, n), dtype=np.int64), np.empty((B, n), dtype=np.bool_))
+
+            def work(part: slice, n: int = n, out: tuple[NDArray[Any], ...] = out) -> None:
+                module.batch(cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides, _NO_UNIFORMS,
+                             x[part], *(a[part] for a in out), cache.V, cache.G, part.stop - part.start, n,
+                             None, None, 1, None, states[part], moves.next)
+
+            list(pool.map(work, parts))
+            produced = []
+            for b, walker in enumerate(walkers):  # in chain order: contexts are interned as the chains meet them
+                produced.append(walker.wrap(done, out[0][b], out[1][b], out[2][b], out[3][b]))
+                walker.state = int(x[b])
+            yield produced
+            done += n
 
 
 def _list_chain(
