@@ -14,7 +14,7 @@ from thermospec.core.verifiers import VERIFIERS
 from thermospec.engine.trees import MAX_TREE_NODES, tree_nodes
 from thermospec.targets.bigram import BigramTarget
 from thermospec.targets.bpe import bpe_target, parse_tokenizer
-from thermospec.targets.corpus import character_target
+from thermospec.targets.characters import character_target
 from thermospec.targets.order import MAX_ORDER, order_target
 from thermospec.targets.synthetic import DENSE_VOCAB_MAX, lazy_synthetic_target, synthetic_target
 from thermospec.targets.trace import TraceError, load_trace

@@ -2,24 +2,27 @@
 
 Up to `DENSE_CORPUS_MAX_V` distinct characters the counts and the target are a
 dense ``V x V`` table (`corpus_target`, a `DenseTarget`); above it, up to
-`MAX_CORPUS_VOCAB`, `character_target` counts the pairs sparsely and builds the
-rows on demand, as the BPE token target does (memory grows with the distinct
-pairs, not with V^2: 12,000 distinct characters took 5.6 GB dense).
+`MAX_CORPUS_VOCAB`, `targets.characters.character_target` counts the pairs
+sparsely and builds the rows on demand, as the BPE token target does (memory
+grows with the distinct pairs, not with V^2: 12,000 distinct characters took
+5.6 GB dense).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.targets.bigram import BigramTarget, DenseTarget, stationary_distribution
+from thermospec.targets.bigram import DenseTarget, stationary_distribution
 
-__all__ = ["DENSE_CORPUS_MAX_V", "MAX_CORPUS_VOCAB", "CorpusError", "bigram_counts", "character_target",
-           "corpus_target"]
+__all__ = ["DENSE_CORPUS_MAX_V", "MAX_CORPUS_VOCAB", "CorpusCharacters", "CorpusError", "bigram_counts",
+           "corpus_target", "read_characters"]
 
 
 class CorpusError(ValueError):
@@ -84,12 +87,59 @@ def _alphabet(codepoints: NDArray[np.integer[Any]], span: int) -> NDArray[np.int
     return np.flatnonzero(present).astype(np.int64)
 
 
-def _token_chunks(codepoints: NDArray[np.integer[Any]], span: int, alphabet: NDArray[np.int64]) -> Any:
-    """Token ids `COUNT_CHUNK` code points at a time, with one of overlap: every consecutive pair once."""
-    lut = np.zeros(span, dtype=np.int64)
-    lut[alphabet] = np.arange(alphabet.size, dtype=np.int64)
-    for start in range(0, max(codepoints.shape[0] - 1, 0), COUNT_CHUNK):
-        yield lut[codepoints[start:start + COUNT_CHUNK + 1]]
+@dataclass(frozen=True, eq=False)
+class CorpusCharacters:
+    """A corpus read as code points, with its sorted alphabet: what its character targets are counted from.
+
+    Attributes
+    ----------
+    sha256 : str
+        SHA-256 of the corpus bytes.
+    codepoints : ndarray
+        The text's code points (uint8 for ASCII text, uint32 otherwise).
+    span : int
+        128 for ASCII text, else 0x110000: the size of a code point -> token look-up table.
+    alphabet : ndarray of int64, shape (V,)
+        Sorted distinct code points; token i is ``chr(alphabet[i])``.
+    """
+
+    sha256: str
+    codepoints: NDArray[np.integer[Any]]
+    span: int
+    alphabet: NDArray[np.int64]
+
+    @property
+    def V(self) -> int:
+        """Distinct characters."""
+        return int(self.alphabet.size)
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The character of each token id."""
+        return tuple(chr(int(cp)) for cp in self.alphabet)
+
+    def token_chunks(self) -> Iterator[NDArray[np.int64]]:
+        """Token ids `COUNT_CHUNK` code points at a time, with one of overlap: every consecutive pair once."""
+        lut = np.zeros(self.span, dtype=np.int64)
+        lut[self.alphabet] = np.arange(self.V, dtype=np.int64)
+        for start in range(0, max(self.codepoints.shape[0] - 1, 0), COUNT_CHUNK):
+            yield lut[self.codepoints[start:start + COUNT_CHUNK + 1]]
+
+    def dense_counts(self) -> NDArray[np.int64]:
+        """``counts[a, b]`` = occurrences of token a followed by token b, a dense ``V x V`` table."""
+        V = self.V
+        flat = np.zeros(V * V, dtype=np.int64)
+        for tokens in self.token_chunks():
+            flat += np.bincount(tokens[:-1] * V + tokens[1:], minlength=V * V)
+        return flat.reshape(V, V)
+
+    def dense_target(self) -> DenseTarget:
+        """The Laplace-smoothed (+1 on every cell) bigram target as a dense table."""
+        smoothed = self.dense_counts().astype(np.float64) + 1.0
+        P = smoothed / smoothed.sum(axis=1, keepdims=True)
+        pi, unique = stationary_distribution(P)
+        return DenseTarget(P=P, pi=pi, stationary_unique=unique, source="corpus", vocabulary=self.vocabulary,
+                           corpus_sha256=self.sha256)
 
 
 def bigram_counts(text: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -106,24 +156,29 @@ def bigram_counts(text: str) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         ``counts[a, b]`` = occurrences of token a followed by token b.
     """
     codepoints, span = _code_points(text)
-    alphabet = _alphabet(codepoints, span)
-    return alphabet, _dense_counts(codepoints, span, alphabet)
+    characters = CorpusCharacters("", codepoints, span, _alphabet(codepoints, span))
+    return characters.alphabet, characters.dense_counts()
 
 
-def _dense_counts(codepoints: NDArray[np.integer[Any]], span: int, alphabet: NDArray[np.int64]) -> NDArray[np.int64]:
-    V = int(alphabet.size)
-    flat = np.zeros(V * V, dtype=np.int64)
-    for tokens in _token_chunks(codepoints, span, alphabet):
-        flat += np.bincount(tokens[:-1] * V + tokens[1:], minlength=V * V)
-    return flat.reshape(V, V)
+def read_characters(path: str | Path, dense: bool) -> CorpusCharacters:
+    """Read a corpus (`read_corpus`) as code points and alphabet, refusing a vocabulary out of range.
 
+    Parameters
+    ----------
+    path : str or Path
+    dense : bool
+        Whether a dense ``V x V`` table will be built (at most `DENSE_CORPUS_MAX_V` characters).
 
-def _checked_alphabet(path: str | Path, text: str, dense: bool) -> tuple[NDArray[np.integer[Any]], int,
-                                                                         NDArray[np.int64]]:
-    """Code points, span and alphabet of a corpus, refusing a vocabulary out of range before any table exists."""
+    Raises
+    ------
+    CorpusError
+        As `read_corpus`; fewer than 2 distinct characters, more than `MAX_CORPUS_VOCAB`, or more
+        than `DENSE_CORPUS_MAX_V` for a dense table: before any table exists.
+    """
+    text, sha256 = read_corpus(path)
     codepoints, span = _code_points(text)
-    alphabet = _alphabet(codepoints, span)
-    V = int(alphabet.size)
+    characters = CorpusCharacters(sha256, codepoints, span, _alphabet(codepoints, span))
+    V = characters.V
     if V < 2:
         raise CorpusError(f"{path}: has {V} distinct character, a bigram target needs at least 2")
     if V > MAX_CORPUS_VOCAB:
@@ -132,72 +187,19 @@ def _checked_alphabet(path: str | Path, text: str, dense: bool) -> tuple[NDArray
     if dense and V > DENSE_CORPUS_MAX_V:
         raise CorpusError(f"{path}: has {V:,} distinct characters; a dense character table (--order N > 2) "
                           f"holds at most {DENSE_CORPUS_MAX_V:,} (this one would take {40 * V * V / 1e9:.1f} GB)")
-    return codepoints, span, alphabet
+    return characters
 
 
 def corpus_target(path: str | Path) -> DenseTarget:
     """Character bigram target of a UTF-8 corpus as a dense table, Laplace-smoothed (+1 on every cell).
 
     The vocabulary is the corpus' distinct characters (Unicode code points), sorted.
+    ``--corpus`` loads `targets.characters.character_target`, which is this target up to
+    `DENSE_CORPUS_MAX_V` characters and a sparse one above.
 
     Raises
     ------
     CorpusError
         As `read_corpus`; fewer than 2 or more than `DENSE_CORPUS_MAX_V` distinct characters.
     """
-    text, sha256 = read_corpus(path)
-    return _dense_target(sha256, *_checked_alphabet(path, text, dense=True))
-
-
-def _dense_target(sha256: str, codepoints: NDArray[np.integer[Any]], span: int,
-                  alphabet: NDArray[np.int64]) -> DenseTarget:
-    counts = _dense_counts(codepoints, span, alphabet)
-    smoothed = counts.astype(np.float64) + 1.0
-    P = smoothed / smoothed.sum(axis=1, keepdims=True)
-    pi, unique = stationary_distribution(P)
-    vocabulary = tuple(chr(int(cp)) for cp in alphabet)
-    return DenseTarget(
-        P=P, pi=pi, stationary_unique=unique, source="corpus",
-        vocabulary=vocabulary, corpus_sha256=sha256,
-    )
-
-
-def character_target(path: str | Path) -> BigramTarget:
-    """The character bigram target of ``--corpus``: `corpus_target` up to `DENSE_CORPUS_MAX_V` characters, else sparse.
-
-    Above `DENSE_CORPUS_MAX_V` distinct characters the pairs are counted sparsely
-    (`COUNT_CHUNK` code points at a time) into a `targets.bpe.TokenBigramTarget`
-    whose rows, ``(C[x, .] + 1) / (n_x + V)``, are the same Laplace rows built on
-    demand, with π by power iteration; memory grows with the distinct pairs.
-
-    Raises
-    ------
-    CorpusError
-        As `read_corpus`; fewer than 2 or more than `MAX_CORPUS_VOCAB` distinct characters.
-    """
-    text, sha256 = read_corpus(path)
-    codepoints, span, alphabet = _checked_alphabet(path, text, dense=False)
-    V = int(alphabet.size)
-    if V <= DENSE_CORPUS_MAX_V:
-        return _dense_target(sha256, codepoints, span, alphabet)
-    from scipy.sparse import csr_matrix
-
-    # bpe reads its corpora through this module: imported here, not at the top, to avoid an import cycle
-    from thermospec.targets.bpe import TokenBigramTarget, sparse_stationary
-
-    codes: list[NDArray[np.int64]] = []
-    freqs: list[NDArray[np.int64]] = []
-    for tokens in _token_chunks(codepoints, span, alphabet):
-        chunk_codes, chunk_freq = np.unique(tokens[:-1] * V + tokens[1:], return_counts=True)
-        codes.append(chunk_codes)
-        freqs.append(chunk_freq.astype(np.int64))
-    all_codes, where = np.unique(np.concatenate(codes), return_inverse=True)
-    freq = np.bincount(where, weights=np.concatenate(freqs)).astype(np.int64)
-    counts = csr_matrix((freq, (all_codes // V, all_codes % V)), shape=(V, V))
-    row_totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    pi, iterations = sparse_stationary(counts, row_totals)
-    return TokenBigramTarget(
-        pi=pi, counts=counts, row_totals=row_totals, vocab_size=V, n_tokens=int(codepoints.shape[0]),
-        pi_iterations=iterations, tokenizer_json="", source="corpus", corpus_sha256=sha256,
-        vocabulary=tuple(chr(int(cp)) for cp in alphabet),
-    )
+    return read_characters(path, dense=True).dense_target()
