@@ -370,3 +370,34 @@ def test_a_signal_to_a_pool_ends_it_at_once_with_an_interruption() -> None:
     assert type(raised.value).__name__ == "SweepInterrupted", repr(raised.value)
     assert getattr(raised.value, "signum", None) == signal.SIGINT
     assert not _new_children(before) & workers
+
+
+# --------------------------------------------------------------------------- the drafts sweep (issue 18 item 17)
+
+
+def test_drafts_sweep_stops_on_sigterm_and_lists_what_is_missing(tmp_path: Path) -> None:
+    """SIGTERM killed it silently, with no ``sweep.json``; now: 143, the finished rows, the missing points named."""
+    argv = ["--vocab", "64", "--Ks", "8", "16", "--Ns", "1", "2", "4", "--steps", "20000", "--seed", "5"]
+    result = interrupt("scripts.sweep_drafts", argv, "m1_drafts_sweep.csv", tmp_path / "runs", signal.SIGTERM,
+                       workers=0)
+    assert result.status == 143, result.err
+    assert result.exit_s < EXIT_WITHIN_S, f"exited {result.exit_s:.2f} s after the signal"
+    rows = read_csv_rows(result.folder / "m1_drafts_sweep.csv")
+    record = result.record
+    assert record["kind"] == "drafts" and record["interrupted_by"] == "SIGTERM"
+    assert record["config"]["seed"] == 5 and record["config"]["corpus"] is None
+    assert record["finished"] == len(rows) >= 1 and len(rows) + len(record["missing"]) == 2 * 3 * 3
+    done = [{"K": int(r["K"]), "N": int(r["N"]), "verifier": r["verifier"]} for r in rows]
+    assert not [m for m in record["missing"] if m in done]
+    assert result.err.count("\n") == 1 and f"{len(record['missing'])} missing" in result.err
+
+
+def test_drafts_sweep_writes_its_sweep_json(tmp_path: Path) -> None:
+    from thermospec.cli.drafts_sweep import main
+
+    assert main(["--vocab", "32", "--Ks", "4", "--Ns", "1", "2", "--verifiers", "recursive", "--steps", "500",
+                 "--seed", "3", "--quiet", "--runs-dir", str(tmp_path)]) == 0
+    (folder,) = tmp_path.iterdir()
+    record = json.loads((folder / SWEEP_JSON).read_text())
+    assert record["config"]["seed"] == 3 and record["config"]["vocab"] == 32
+    assert record["finished"] == 2 and record["missing"] == [] and record["interrupted_by"] is None
