@@ -118,14 +118,13 @@ def test_cli_runs_blocks_on_the_source_and_acceptance_matches_overlap(
         assert (folder / "m1_blocks.jsonl").exists() == (telemetry == "jsonl")
 
 
-def test_gamma_with_parquet_or_chains_is_refused_in_one_line(
+def test_gamma_with_parquet_is_refused_in_one_line(
     trace_run: PreparedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for extra in (["--telemetry", "parquet"], ["--chains", "2"]):
-        status, _, err = run_cli(["run", "--trace", str(trace_run.config.trace), "--gamma", "2", *extra,
-                                    "--runs-dir", str(tmp_path)], capsys)
-        assert status == 2 and len(err.strip().splitlines()) == 1, err
-        assert not any(tmp_path.iterdir())
+    status, _, err = run_cli(["run", "--trace", str(trace_run.config.trace), "--gamma", "2", "--telemetry",
+                              "parquet", "--runs-dir", str(tmp_path)], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("which", ["order", "trace"])
@@ -145,3 +144,22 @@ def test_block_transitions_put_each_token_in_its_key(trace_run: PreparedRun) -> 
     keys, tokens = block_transitions(chunk, source.advance)
     walked_keys, walked_tokens = emitted_pairs(chunk, source)
     assert np.array_equal(keys, walked_keys) and np.array_equal(tokens, walked_tokens)
+
+
+@pytest.mark.parametrize("which", ["bigram", "trace"])
+def test_blocks_and_trees_with_chains_chain_0_is_the_single_run(
+    which: str, trace_run: PreparedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = ["--vocab", "24"] if which == "bigram" else ["--trace", str(trace_run.config.trace)]
+    for extra in (["--gamma", "3"], ["--gamma", "2", "--drafts", "2"]):
+        single, many = tmp_path / f"{which}{len(extra)}-1", tmp_path / f"{which}{len(extra)}-3"
+        base = ["run", *given, "--K", "4", *extra, "--steps", "3000", "--quiet"]
+        assert run_cli([*base, "--runs-dir", str(single)], capsys)[0] == 0
+        assert run_cli([*base, "--chains", "3", "--runs-dir", str(many)], capsys)[0] == 0
+        (one,), (three,) = single.iterdir(), many.iterdir()
+        assert (one / "m1_blocks.jsonl").read_bytes() == (three / "chain_0000" / "m1_blocks.jsonl").read_bytes()
+        assert (three / "chain_0001" / "m1_blocks.jsonl").read_bytes() != (one / "m1_blocks.jsonl").read_bytes()
+        pooled = json.loads((three / "summary.json").read_text())
+        chains = [json.loads((three / f"chain_{b:04d}" / "summary.json").read_text()) for b in range(3)]
+        assert pooled["chains"] == 3 and pooled["tokens_emitted"] == sum(c["tokens_emitted"] for c in chains)
+        assert pooled["accept_rate_min"] <= pooled["accept_rate"] <= pooled["accept_rate_max"]

@@ -129,6 +129,13 @@ def _block_lines(summary: dict[str, Any]) -> list[str]:
         f"tokens/call    {summary['tokens_per_target_call']:.4f}   modelled speed-up {summary['speedup']:.3f}"
         f" at cost ratio {format_value(summary['cost_ratio'])}",
     ]
+    if summary.get("tree_nodes_per_block") is not None:
+        lines.append(f"token tree     N = {summary['drafts']} drafts per node ({summary['verifier']}), "
+                     f"{summary['tree_nodes_per_block']:,} drafted nodes per block, "
+                     f"{summary['tsu_draws_per_token']:.2f} TSU draws per token")
+    if summary.get("accept_rate") is not None:
+        lines.append(f"accept rate    {summary['accept_rate']:.5f}   overlap {summary['mean_overlap']:.5f}   over "
+                     f"{summary['verified_positions']:,} verified positions (the exact acceptance at each)")
     if summary.get("chi2_dof") is not None:
         lines.append(f"χ² vs N·π      p = {_p(summary['p_value'])}   ({summary['chi2_stat']:.1f} on "
                      f"{summary['chi2_dof']} dof; emitted tokens vs π)")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -14,14 +15,15 @@ from numpy.typing import NDArray
 
 from thermospec.core.expectation import EXPECTATION_MAX_V, BlockExpectation, block_expectation, modelled_speedup
 from thermospec.core.statistics import pooled_chi2
-from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.batch import chain_stream
 from thermospec.engine.blocks import BLOCKS_FILE, run_blocks, run_blocks_reference
 from thermospec.engine.chain import dense_matrices
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.tally import BlockTally
 from thermospec.engine.trees import TreeChunk, plan_cache, run_trees, tree_accepted_length, tree_nodes
+from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.prepare import PreparedRun, context_source, sparse_rows
-from thermospec.runs.storage import RecordFile
+from thermospec.runs.storage import SUMMARY_FILE, RecordFile, write_json_atomic
 
 __all__ = ["TREE_EXPECTATION_KEYS", "BlockMode", "block_lines", "summarise_blocks"]
 
@@ -138,13 +140,32 @@ def tree_lines(chunk: TreeChunk, key_json: Callable[[int], str] = str) -> str:
     return "".join(out)
 
 
+class _BlockChain:
+    """One chain of a block run: its records file, tally and the acceptance over its verified positions."""
+
+    def __init__(self, gamma: int, V: int, folder: Path | None) -> None:
+        self.tally = BlockTally(V, gamma)
+        self.file = RecordFile(folder / BLOCKS_FILE) if folder is not None else None
+        self.verified = self.accepted_drafts = 0
+        self.overlap_sum = 0.0
+
+    def acceptance(self) -> dict[str, Any]:
+        """The guide's acceptance fields over verified positions."""
+        accept_rate, mean_overlap = self.accepted_drafts / self.verified, self.overlap_sum / self.verified
+        return {"verified_positions": self.verified, "accept_rate": accept_rate, "mean_overlap": mean_overlap,
+                "accept_overlap_gap": abs(accept_rate - mean_overlap)}
+
+
 class BlockMode:
-    """``run --gamma G [--drafts N]``: γ-token blocks, or token trees with N > 1, over the run's context source.
+    """``run --gamma G [--drafts N] [--chains B]``: γ-token blocks, or token trees with N > 1, over the run's
+    context source, in one chain or B chains in lock step.
 
     One record per block in ``m1_blocks.jsonl`` (``--telemetry jsonl``) or none
-    (``--telemetry none``).  With ``--tsu thrml`` the TSU must draw every token
-    itself: the per-block reference loop runs, in one chunk (trees always draw
-    with the TSU's own `draw`).
+    (``--telemetry none``); with B chains, chain b's records and summary are in
+    ``chain_<b>/`` (chain b on its own stream, chain 0 the single-chain run byte
+    for byte) and ``summary.json`` pools them.  With ``--tsu thrml`` the TSU must
+    draw every token itself: the per-block reference loop runs, in one chunk
+    (trees always draw with the TSU's own `draw`).
 
     Besides the block statistics, the summary carries the guide's ``accept_rate``
     and ``mean_overlap`` over the *verified* positions (each level up to and
@@ -153,22 +174,29 @@ class BlockMode:
     the verifier's for N): so ``accept_rate ≈ mean_overlap`` is the same check as M1's.
     """
 
-    def __init__(self, run: PreparedRun, run_dir: Path, telemetry: str = "jsonl") -> None:
+    def __init__(self, run: PreparedRun, run_dir: Path, telemetry: str = "jsonl", chains: int = 1) -> None:
         config = run.config
         assert config.gamma is not None, "BlockMode needs --gamma"
-        self.run, self.gamma, self.n = run, config.gamma, config.drafts
+        self.run, self.gamma, self.n, self.run_dir = run, config.gamma, config.drafts, run_dir
         self.source = context_source(run)
         self.plans = plan_cache(self.source, run.proposer.draft, config.verifier, self.n) if self.n > 1 else None
         self.telemetry = BLOCKS_FILE if telemetry == "jsonl" else telemetry
-        self.tally = BlockTally(run.target.V, self.gamma)
-        self._file = RecordFile(run_dir / BLOCKS_FILE) if telemetry == "jsonl" else None
+        folders: list[Path | None] = [None] * chains
+        if telemetry == "jsonl":
+            folders = [run_dir] if chains == 1 else [chain_dir(run_dir, b) for b in range(chains)]
+        for folder in folders:
+            if folder is not None:
+                folder.mkdir(exist_ok=True)
+        self.chains = [_BlockChain(self.gamma, run.target.V, folder) for folder in folders]
         self._overlap: dict[int, float] = {}
-        self.verified = self.accepted_drafts = 0
-        self._overlap_sum = 0.0
 
-    def chunks(self) -> Iterator[BlockChunk]:
+    def chunks(self) -> Iterator[tuple[BlockChunk | None, ...]]:
+        """Each chain's next chunk, in lock step (None for a chain that has finished)."""
+        return itertools.zip_longest(*[self._chain(b) for b in range(len(self.chains))])
+
+    def _chain(self, b: int) -> Iterator[BlockChunk]:
         config, drafts = self.run.config, self.run.proposer.draft
-        rng = random_stream(config.seed, Stream.CHAIN)
+        rng = chain_stream(config.seed, b)
         if self.n > 1:
             return run_trees(self.source, drafts, config.verifier, self.n, self.gamma, config.steps, rng)
         if config.tsu == "thrml":
@@ -181,74 +209,120 @@ class BlockMode:
             return self.plans(key).acceptance
         return self.run.proposer.draft(key).overlap_mass
 
-    def record(self, chunk: BlockChunk) -> int:
-        if self._file is not None:
+    def record(self, chunks: tuple[BlockChunk | None, ...]) -> int:
+        units = 0
+        for chain, chunk in zip(self.chains, chunks, strict=True):
+            if chunk is not None:
+                units += self._record(chain, chunk)
+        return units
+
+    def _record(self, chain: _BlockChain, chunk: BlockChunk) -> int:
+        if chain.file is not None:
             lines = tree_lines(chunk, self.source.key_json) if isinstance(chunk, TreeChunk) else block_lines(
                 chunk, self.source.key_json)
-            self._file.write(lines)
-        self.tally.update(chunk)
+            chain.file.write(lines)
+        chain.tally.update(chunk)
         keys = chunk.draft_keys[chunk.verified()]
         for key in np.unique(keys).tolist():
             if key not in self._overlap:
                 self._overlap[key] = self._acceptance(key)
-        self._overlap_sum += math.fsum([self._overlap[k] for k in keys.tolist()])
-        self.verified += int(keys.shape[0])
-        self.accepted_drafts += int(chunk.accepted_length.sum())
+        chain.overlap_sum += math.fsum([self._overlap[k] for k in keys.tolist()])
+        chain.verified += int(keys.shape[0])
+        chain.accepted_drafts += int(chunk.accepted_length.sum())
         return len(chunk) + int(chunk.accepted_length.sum())
 
     def close(self) -> str | None:
-        if self._file is None:
-            return None
-        self._file.close()
-        return self._file.hexdigest()
+        for chain in self.chains:
+            if chain.file is not None:
+                chain.file.close()
+        only = self.chains[0].file
+        return only.hexdigest() if len(self.chains) == 1 and only is not None else None
 
     def tokens(self) -> int:
-        return self.tally.tokens
+        return sum(chain.tally.tokens for chain in self.chains)
 
     def complete(self) -> bool:
-        return self.tally.tokens >= self.run.config.steps
+        return all(chain.tally.tokens >= self.run.config.steps for chain in self.chains)
 
     def statistics(self) -> dict[str, Any]:
-        if self.tally.blocks == 0:  # stopped before the first chunk: nothing to aggregate
-            return {"blocks": 0, "tokens_emitted": 0, "steps": 0}
-        target, drafts = self.run.target, self.run.proposer.draft
-        chain = self.source.keys_are_tokens  # the bigram chain: π is its law and the exact expectation applies
-        expectation = (
-            block_expectation(*dense_matrices(target.row, drafts, target.V), target.pi, self.gamma)
-            if chain and target.V <= EXPECTATION_MAX_V and self.n == 1
-            else None
-        )
-        summary = summarise_blocks(self.tally, target.pi if chain else None, self.run.config.cost_ratio, expectation)
-        accept_rate, mean_overlap = self.accepted_drafts / self.verified, self._overlap_sum / self.verified
+        if len(self.chains) == 1:
+            return self._chain_statistics(self.chains[0])
+        per_chain = [self._chain_statistics(chain) for chain in self.chains]
+        for b, stats in enumerate(per_chain):
+            if self.telemetry == BLOCKS_FILE:
+                write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE,
+                                  {**stats, "chain": b, "interrupted": not self.chains[b].tally.tokens
+                                   >= self.run.config.steps})
+        return self._pooled(per_chain)
+
+    def _pooled(self, per_chain: list[dict[str, Any]]) -> dict[str, Any]:
+        """The chains' counts added up, and the spread of their acceptance."""
+        blocks = sum(chain.tally.blocks for chain in self.chains)
+        tokens = self.tokens()
+        if not blocks:
+            return {"blocks": 0, "tokens_emitted": 0, "steps": 0, "chains": len(self.chains)}
+        pooled = _BlockChain(self.gamma, self.run.target.V, None)
+        pooled.verified = sum(c.verified for c in self.chains)
+        pooled.accepted_drafts = sum(c.accepted_drafts for c in self.chains)
+        pooled.overlap_sum = math.fsum(c.overlap_sum for c in self.chains)
+        rates = [s["accept_rate"] for s in per_chain if "accept_rate" in s]
+        lengths = np.concatenate([c.tally.accepted_lengths() for c in self.chains])
+        cost_ratio = self.run.config.cost_ratio
         return {
-            **summary,
-            "steps": self.tally.tokens,  # tokens emitted: what a replay of an interrupted run asks for again
-            "psi_bytes_max": max(drafts(x).psi_bytes for x in self._overlap),
-            "verified_positions": self.verified,
-            "accept_rate": accept_rate,
-            "mean_overlap": mean_overlap,
-            "accept_overlap_gap": abs(accept_rate - mean_overlap),
-            **(self._tree_statistics() if self.plans is not None else {}),
+            "gamma": self.gamma,
+            "cost_ratio": cost_ratio,
+            "chains": len(self.chains),
+            "blocks": blocks,
+            "tokens_emitted": tokens,
+            "mean_accepted_length": (tokens - blocks) / blocks,
+            "mean_accepted_length_se": _finite_or_none(batch_means_se(lengths)),
+            "tokens_per_target_call": tokens / blocks,
+            "speedup": modelled_speedup(tokens / blocks, self.gamma, cost_ratio),
+            **pooled.acceptance(),
+            "accept_rate_min": min(rates),
+            "accept_rate_max": max(rates),
+            "steps": tokens,
+            **({"drafts": self.n, "verifier": self.run.config.verifier} if self.n > 1 else {}),
         }
 
-    def _tree_statistics(self) -> dict[str, Any]:
+    def _chain_statistics(self, chain: _BlockChain) -> dict[str, Any]:
+        if chain.tally.blocks == 0:  # stopped before the first chunk: nothing to aggregate
+            return {"blocks": 0, "tokens_emitted": 0, "steps": 0}
+        target, drafts = self.run.target, self.run.proposer.draft
+        is_chain = self.source.keys_are_tokens  # the bigram chain: π is its law and the exact expectation applies
+        expectation = (
+            block_expectation(*dense_matrices(target.row, drafts, target.V), target.pi, self.gamma)
+            if is_chain and target.V <= EXPECTATION_MAX_V and self.n == 1
+            else None
+        )
+        summary = summarise_blocks(chain.tally, target.pi if is_chain else None, self.run.config.cost_ratio,
+                                   expectation)
+        return {
+            **summary,
+            "steps": chain.tally.tokens,  # tokens emitted: what a replay of an interrupted run asks for again
+            "psi_bytes_max": max(drafts(x).psi_bytes for x in self._overlap),
+            **chain.acceptance(),
+            **(self._tree_statistics(chain) if self.plans is not None else {}),
+        }
+
+    def _tree_statistics(self, chain: _BlockChain) -> dict[str, Any]:
         """What a token tree adds: its size, TSU draws per token, and the exact expected accepted length."""
         assert self.plans is not None
         nodes = tree_nodes(self.gamma, self.n)
-        starts = self.tally.draft_context_counts
+        starts = chain.tally.draft_context_counts
         visited = np.flatnonzero(starts).tolist()
         expected = None
         if len(visited) <= TREE_EXPECTATION_KEYS:
             values = [tree_accepted_length(self.source, self.plans, key, self.gamma) for key in visited]
             if all(v is not None for v in values):
                 expected = math.fsum(float(starts[k]) * float(v) for k, v in zip(visited, values, strict=True)
-                                     if v is not None) / self.tally.blocks
+                                     if v is not None) / chain.tally.blocks
         return {
             "drafts": self.n,
             "verifier": self.run.config.verifier,
             "tree_nodes_per_block": nodes,
             "psi_per_block": nodes // self.n,  # every internal node's key gets a ψ: 1 + N + ... + N^(γ-1)
-            "tsu_draws_per_token": nodes * self.tally.blocks / self.tally.tokens,
+            "tsu_draws_per_token": nodes * chain.tally.blocks / chain.tally.tokens,
             "expected_accepted_length_given_starts": expected,
         }
 

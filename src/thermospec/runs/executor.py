@@ -111,8 +111,8 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
         raise ConfigError(f"--chains: must be an integer >= 1, got {chains!r}")
     if telemetry == "parquet" and not parquet_available():
         raise ConfigError("--telemetry parquet: needs pyarrow (pip install 'thermospec[parquet]')")
-    if chains > 1 and (config.gamma is not None or replay):
-        raise ConfigError("--chains: runs M1 chains only; drop --gamma / --replay")
+    if chains > 1 and replay:
+        raise ConfigError("--chains: --replay reruns one recorded chain; drop --chains")
     if telemetry == "parquet" and config.gamma is not None:
         raise ConfigError("--telemetry parquet: a --gamma run writes one JSONL record per block (or none); "
                           "its Parquet layout (list columns per block) is not defined yet")
@@ -121,7 +121,8 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
     if config.tsu == "thrml" and (chains > 1 or telemetry != "jsonl"):
         raise ConfigError("--tsu thrml: runs one chain with JSONL telemetry; drop --chains / --telemetry")
     for given, option in ((config.trace is not None, "--trace"), (config.order > 2, "--order")):
-        if given and chains > 1 and option != "--order":  # --order runs B chains in lock step (OrderMode)
+        # --order runs B chains in lock step (OrderMode), and so does every --gamma run (BlockMode)
+        if given and chains > 1 and option != "--order" and config.gamma is None:
             raise ConfigError(f"{option}: runs one chain; --chains is not implemented with it (drop one)")
         if given and telemetry == "parquet":
             raise ConfigError(f"{option}: writes JSONL telemetry (or none); drop --telemetry parquet")
@@ -131,7 +132,7 @@ def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "json
     """The mode a configuration asks for: ``--gamma`` (on any context source), ``--trace``, ``--order`` > 2,
     ``--chains`` > 1, ``--drafts``, or the M1 chain (any TSU)."""
     if run.config.gamma is not None:  # blocks over any context source: bigram, order-N, trace
-        return BlockMode(run, run_dir, telemetry)
+        return BlockMode(run, run_dir, telemetry, chains)
     if run.config.trace is not None:
         return TraceMode(run, run_dir, telemetry)
     if run.config.order > 2:
