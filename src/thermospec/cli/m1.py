@@ -126,7 +126,8 @@ def build_parser(prog: str = "run_m1") -> argparse.ArgumentParser:
         "write RUNS_DIR/<UTC timestamp>/m1_metrics.jsonl and summary.json.",
         epilog=examples_for(RUN_EXAMPLES, "run_m1", prog), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_target_options(run, "number of emitted tokens (default: 50000)")
+    _add_target_options(run, "number of emitted tokens, at most 10^12; a run whose JSONL could not fit in the "
+                        "free space of --runs-dir is refused (default: 50000)")
     run.add_argument("--runs-dir", metavar="DIR", default="runs", help="where run folders go (default: runs)")
     run.add_argument("--replay", metavar="RUN_DIR", default=None,
                      help="rerun a recorded run (RUN_DIR or RUN_DIR/summary.json: its configuration, its corpus "
