@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from thermospec.core.sampling import inverse_cdf
 from thermospec.core.streams import Stream, random_stream
-from thermospec.core.verifiers import VERIFIERS, make_plan, verifier_tables
+from thermospec.core.verifiers import VERIFIERS, VerifierTables, make_plan, verifier_tables
 from thermospec.engine.chunks import DraftsChunk
-from thermospec.engine.draft_tables import DraftsStepper
+from thermospec.engine.draft_tables import DraftsStepper, DraftTableSource
 from thermospec.engine.drafts import draft_step, draft_table_source, fixed_context_drafts, plan_source, run_drafts
-from thermospec.engine.kernels import compiled_module
+from thermospec.engine.kernels import Backend, compiled_module
 from thermospec.runs.config import RunConfig
 from thermospec.runs.prepare import PreparedRun, prepare_run
 from thermospec.tsu.drafts import DraftSource
 
-BACKENDS = ("python", "compiled") if compiled_module() is not None else ("python",)
+BACKENDS: tuple[Backend, ...] = ("python", "compiled") if compiled_module() is not None else ("python",)
 FIELDS = ("prev", "proposed", "emitted", "accepted_index", "drafts_used")
 
 
@@ -109,7 +110,7 @@ def test_a_bad_next_key_is_refused(small: PreparedRun) -> None:
     u = np.full((4, 5), 0.5)
     for backend in BACKENDS:
         with pytest.raises(ValueError, match="next"):
-            DraftsStepper(t.V, t.V, 2, "recursive", source, backend, next_keys=table).steps(u, 0)  # type: ignore[arg-type]
+            DraftsStepper(t.V, t.V, 2, "recursive", source, backend, next_keys=table).steps(u, 0)
 
 
 @pytest.mark.parametrize("verifier", VERIFIERS)
@@ -122,3 +123,42 @@ def test_fixed_context_draws_on_tables_are_the_reference(small: PreparedRun, ver
     assert fast.emitted.tolist() == [e for e, _, _ in steps]
     assert fast.proposed.tolist() == [ys[0] for _, ys, _ in steps]
     assert fast.accepted_index.tolist() == [-1 if i is None else i for _, _, i in steps]
+
+
+def one_context(cdf: NDArray[np.float64], tables: VerifierTables) -> DraftTableSource:
+    """Every key's tables are these."""
+
+    def source(_: int) -> tuple[NDArray[np.float64], VerifierTables]:
+        return cdf, tables
+
+    return source
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_rows_step_as_their_plans(seed: int) -> None:
+    """Small V, N up to 6, rows with ties and zeros: each table-driven step is `plan.step` on the same uniforms."""
+    rng = np.random.default_rng(seed)
+    for _ in range(12):
+        V, n = int(rng.integers(2, 7)), int(rng.integers(1, 7))
+        p = rng.dirichlet(np.full(V, 0.4))
+        q = p.copy() if rng.random() < 0.2 else rng.dirichlet(np.full(V, 0.6))
+        p[rng.random(V) < 0.2] = 0.0
+        if p.sum() == 0:
+            p[0] = 1.0
+        p /= p.sum()
+        q = np.round(q, int(rng.integers(1, 4))) + 1e-3  # repeated ratios p/q: ties in the class order
+        q /= q.sum()
+        for verifier in VERIFIERS:
+            plan = make_plan(verifier, p, q, n)
+            cdf = np.cumsum(q)
+            u = rng.random((400, 2 * n + 1))
+            expected = []
+            for row in u:
+                drafts = inverse_cdf(cdf, row[:n])
+                emitted, index = plan.step(drafts, row[n:])
+                expected.append((emitted, -1 if index is None else index))
+            for backend in BACKENDS:
+                stepper = DraftsStepper(V, V, n, verifier, one_context(cdf, plan.tables()), backend,
+                                        next_keys=np.zeros(V * V, dtype=np.int64))
+                (_, _, emitted_, index_), _ = stepper.steps(u, 0)
+                assert list(zip(emitted_.tolist(), index_.tolist(), strict=True)) == expected, (verifier, backend)

@@ -976,16 +976,6 @@ typedef struct {
     int64_t V, G, N, L, walk, FS, IS;
 } DraftSlots;
 
-/* max{k <= r : removal[k] > w}: from the last splitting node at or below r, up while removal[k] <= w. */
-static inline int64_t class_start(const int32_t *node_at, const int32_t *up, const double *removal, int64_t r,
-                                  double w)
-{
-    int64_t k = node_at[r];
-    while (!(removal[k] > w))
-        k = up[k];
-    return k;
-}
-
 static inline int64_t drafts_step(const DraftSlots *d, int64_t s, const double *u, int64_t *first,
                                   int64_t *index, const int selection)
 {
@@ -1019,12 +1009,23 @@ static inline int64_t drafts_step(const DraftSlots *d, int64_t s, const double *
         if (d->walk) {
             const int32_t *rank = g + 2 * (G + 1), *node_at = rank + V, *up = node_at + V;
             const double *removal = f + (2 + L) * V;
-            int64_t best = class_start(node_at, up, removal, rank[ys[0]], v[1]);
-            for (int64_t i = 1; i < N; ++i) {
-                int64_t c = class_start(node_at, up, removal, rank[ys[i]], v[1]);
-                if (c < best) {
-                    best = c;
+            /* class_start(r, w) = max{k <= r : removal[k] > w} (core.verifiers.VerifierTables) does not
+             * decrease with r, so the first draft of least rank is in the highest class present; an earlier
+             * draft (of a larger rank) is in that class too iff its class starts at or below that least rank:
+             * its walk stops as soon as it passes below it. */
+            int64_t least = rank[ys[0]];
+            for (int64_t i = 1; i < N; ++i)
+                if (rank[ys[i]] < least) {
+                    least = rank[ys[i]];
                     chosen = i;
+                }
+            for (int64_t i = 0; i < chosen; ++i) {
+                int64_t k = node_at[rank[ys[i]]];
+                while (k > least && !(removal[k] > v[1]))
+                    k = up[k];
+                if (k <= least) {
+                    chosen = i;
+                    break;
                 }
             }
         }
