@@ -194,3 +194,13 @@ def test_chains_in_lock_step_on_crafted_tables_are_the_chains_in_turn(shakespear
     for b in range(5):
         for name in FIELDS:
             np.testing.assert_array_equal(joined([c[b] for c in locked], name), joined([c[b] for c in in_turn], name))
+
+
+def test_psi_that_is_not_the_proposers_crafts_nothing_at_once(shakespeare: Path) -> None:
+    target = order_target(shakespeare, 3)
+    proposer = ContextProposer(target, 8, 1.0, "auto")
+    reference = run_order_reference(target, proposer.draft, 500, np.random.default_rng(3))
+    chunks = list(run_order_chain(target, proposer.draft, 500, np.random.default_rng(3), psi=(16, 1.0, "auto")))
+    assert all(c.metrics is None for c in chunks)  # the check on state 0 refused the crafted tables
+    for name in FIELDS:
+        np.testing.assert_array_equal(joined(chunks, name), getattr(reference, name))

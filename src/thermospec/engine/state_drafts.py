@@ -13,6 +13,8 @@ simulator itself (`SimTSU`: it draws from F(ψ) of its payload and reports
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +24,8 @@ from thermospec.core.payload import EpsSpec
 from thermospec.engine.chain import context_tables
 from thermospec.engine.kernels import TableCache
 from thermospec.targets.order import ContextMoves
-from thermospec.tsu.drafts import DraftSource
-from thermospec.tsu.row_drafts import draft_rows
+from thermospec.tsu.drafts import ContextDraft, DraftSource
+from thermospec.tsu.row_drafts import RowDrafts, draft_rows
 
 __all__ = ["STATES_PER_BLOCK", "PsiSpec", "StateMetrics", "craft_states", "worth_crafting"]
 
@@ -78,25 +80,35 @@ def craft_states(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource, cache: 
     K, tau, eps = psi
     parts: list[tuple[NDArray[np.float64], ...]] = []
     shape: tuple[int, int, float] | None = None
-    for a in range(0, moves.states, STATES_PER_BLOCK):
-        keys = np.arange(a, min(a + STATES_PER_BLOCK, moves.states), dtype=np.int64)
-        crafted = draft_rows(moves.rows(keys), K, tau, eps)
-        if crafted is None:
-            return None
-        if a == 0:
-            own = context_tables(moves.rows(keys[:1])[0], first)
-            same = (np.array_equal(own.draft_cdf, crafted.draft_cdf[0]) and np.array_equal(own.ratio, crafted.ratio[0])
-                    and np.array_equal(own.residual_cdf, crafted.residual_cdf[0])
-                    and first.overlap_mass == crafted.overlap_mass[0])
-            if not same:
-                return None
-        cache.load_rows(keys, crafted.draft_cdf, crafted.ratio, crafted.residual_cdf)
-        parts.append((crafted.topk_mass, crafted.overlap_mass, crafted.ce_gap_nats, crafted.eps))
-        shape = (crafted.K, crafted.psi_bytes, crafted.tau)
+    blocks = [np.arange(a, min(a + STATES_PER_BLOCK, moves.states), dtype=np.int64)
+              for a in range(0, moves.states, STATES_PER_BLOCK)]
+    workers = max(1, min(os.cpu_count() or 1, len(blocks)))
+
+    def craft(keys: NDArray[np.int64]) -> RowDrafts | None:
+        return draft_rows(moves.rows(keys), K, tau, eps)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # NumPy's passes release the GIL
+        for w in range(0, len(blocks), workers):  # a few blocks in flight: bounded memory
+            for keys, crafted in zip(blocks[w:w + workers], pool.map(craft, blocks[w:w + workers]), strict=True):
+                if crafted is None:
+                    return None
+                if keys[0] == 0 and not _same_as(first, moves.rows(keys[:1])[0], crafted):
+                    return None
+                cache.load_rows(keys, crafted.draft_cdf, crafted.ratio, crafted.residual_cdf)
+                parts.append((crafted.topk_mass, crafted.overlap_mass, crafted.ce_gap_nats, crafted.eps))
+                shape = (crafted.K, crafted.psi_bytes, crafted.tau)
     assert shape is not None
     topk, overlap, gap, eps_used = (np.concatenate(column) for column in zip(*parts, strict=True))
     return StateMetrics(topk_mass=topk, overlap_mass=overlap, ce_gap_nats=gap, eps=eps_used, K=shape[0],
                         psi_bytes=shape[1], tau=shape[2])
+
+
+def _same_as(draft: ContextDraft, p: NDArray[np.float64], crafted: RowDrafts) -> bool:
+    """Whether row 0 of `crafted` is the proposer's own `draft` of the row `p` (tables and overlap)."""
+    own = context_tables(p, draft)
+    return (np.array_equal(own.draft_cdf, crafted.draft_cdf[0]) and np.array_equal(own.ratio, crafted.ratio[0])
+            and np.array_equal(own.residual_cdf, crafted.residual_cdf[0])
+            and draft.overlap_mass == crafted.overlap_mass[0])
 
 
 def _finishes(cache: TableCache) -> bool:
