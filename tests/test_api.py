@@ -46,7 +46,7 @@ def test_api_run_writes_the_cli_bytes(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_api_refuses_bad_input_before_writing(tmp_path: Path) -> None:
     with pytest.raises(thermospec.api.ConfigError, match="--chains"):
-        thermospec.run(vocab=32, gamma=2, chains=2, runs_dir=tmp_path)
+        thermospec.run(vocab=32, chains=0, runs_dir=tmp_path)  # (γ-blocks with chains compose since 3798a24)
     with pytest.raises(thermospec.api.ConfigError, match="--telemetry"):
         thermospec.run(vocab=32, telemetry="csv", runs_dir=tmp_path)
     assert not os.listdir(tmp_path)
