@@ -369,3 +369,17 @@ def test_the_first_signal_cuts_only_inside_cutting_and_a_second_stops_at_once() 
         pass
     with fresh.cutting(enabled=False):  # a chunk the engine counts as it goes is never cut
         pass
+
+
+def test_a_run_stopped_before_its_first_chunk_has_an_empty_summary_and_a_headline(tmp_path: Path) -> None:
+    """A signal in the first moments (now common: the first chunk is cut) leaves 0 steps, and the headline says so."""
+    from thermospec.cli.report import headline
+    from thermospec.runs.interrupts import interruption_guard
+
+    run = prepare_run(RunConfig(vocab=64, K=16, steps=300_000, seed=3))
+    with interruption_guard() as stop:  # the run's own guard is this one: the signal came before the loop
+        stop.signum = signal.SIGINT
+        summary = execute_run(run, tmp_path)
+    assert summary["steps"] == 0 and summary["interrupted"] is True and summary["interrupted_by"] == "SIGINT"
+    assert (tmp_path / METRICS_FILE).read_bytes() == b""
+    assert "interrupted by SIGINT" in headline(summary)

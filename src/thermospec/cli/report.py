@@ -95,7 +95,7 @@ def _chain_lines(summary: dict[str, Any]) -> list[str]:
     if summary.get("chains"):
         lines.append(f"chains         accept rate per chain {summary['chain_accept_rate_min']:.4f} … "
                      f"{summary['chain_accept_rate_max']:.4f}")
-    if "mean_ce_gap" in summary:
+    if "mean_ce_gap" in summary and summary.get("steps"):  # a run stopped before its first chunk has none
         ce = summary["mean_ce_gap"]
         ce_text = f"{ce:.4g} nats" if ce is not None else f"infinite on {summary['ce_gap_infinite_steps']} steps"
         lines.append(f"CE gap         {ce_text}   (KL(p ‖ F(ψ)) per step: what ψ loses of the row)")
