@@ -118,15 +118,6 @@ def test_cli_runs_blocks_on_the_source_and_acceptance_matches_overlap(
         assert (folder / "m1_blocks.jsonl").exists() == (telemetry == "jsonl")
 
 
-def test_gamma_with_parquet_is_refused_in_one_line(
-    trace_run: PreparedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    status, _, err = run_cli(["run", "--trace", str(trace_run.config.trace), "--gamma", "2", "--telemetry",
-                              "parquet", "--runs-dir", str(tmp_path)], capsys)
-    assert status == 2 and len(err.strip().splitlines()) == 1, err
-    assert not any(tmp_path.iterdir())
-
-
 @pytest.mark.parametrize("which", ["order", "trace"])
 def test_check_gamma_runs_on_the_source_with_its_keys(which: str, request: pytest.FixtureRequest,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,3 +154,22 @@ def test_blocks_and_trees_with_chains_chain_0_is_the_single_run(
         chains = [json.loads((three / f"chain_{b:04d}" / "summary.json").read_text()) for b in range(3)]
         assert pooled["chains"] == 3 and pooled["tokens_emitted"] == sum(c["tokens_emitted"] for c in chains)
         assert pooled["accept_rate_min"] <= pooled["accept_rate"] <= pooled["accept_rate_max"]
+
+
+@pytest.mark.parametrize("extra", [["--gamma", "3"], ["--gamma", "2", "--drafts", "2", "--chains", "2"]])
+def test_block_parquet_holds_the_jsonl_records(
+    extra: list[str], order_run: PreparedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    base = ["run", "--corpus", str(order_run.config.corpus), "--order", "4", "--K", "3", *extra, "--steps", "2000",
+            "--quiet"]
+    assert run_cli([*base, "--runs-dir", str(tmp_path / "j")], capsys)[0] == 0
+    assert run_cli([*base, "--telemetry", "parquet", "--runs-dir", str(tmp_path / "p")], capsys)[0] == 0
+    (j,), (p,) = (tmp_path / "j").iterdir(), (tmp_path / "p").iterdir()
+    rows = pq.read_table(p / "m1_blocks.parquet").to_pylist()
+    files = sorted(j.glob("**/m1_blocks.jsonl"))
+    records = [{"chain": b, **json.loads(line)} if len(files) > 1 else json.loads(line)
+               for b, path in enumerate(files) for line in path.read_text().splitlines()]
+    key = (lambda r: (r["chain"], r["block"])) if len(files) > 1 else (lambda r: r["block"])
+    assert sorted(rows, key=key) == sorted(records, key=key)
+    assert json.loads((p / "summary.json").read_text())["telemetry"] == "m1_blocks.parquet"

@@ -29,6 +29,7 @@ from thermospec.cli.options import (
 from thermospec.cli.report import headline, summary_table
 from thermospec.core.verifiers import VERIFIERS
 from thermospec.engine.blocks import BLOCKS_FILE
+from thermospec.runs.block_parquet import BLOCKS_PARQUET
 from thermospec.runs.config import MAX_DRAFTS, MAX_SEED, MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
 from thermospec.runs.executor import check_mode_options, execute_run
 from thermospec.runs.prepare import inject_fault, prepare_run
@@ -231,10 +232,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         summary = execute_run(run, run_dir, on_progress=bar.update, telemetry=args.telemetry, chains=args.chains)
     wall_s = time.perf_counter() - started
     metrics_file = {"jsonl": METRICS_FILE, "parquet": PARQUET_FILE, "none": ""}[args.telemetry]
-    if args.chains > 1:
+    if run.config.gamma is not None:
+        metrics_file = {"jsonl": BLOCKS_FILE, "parquet": BLOCKS_PARQUET, "none": ""}[args.telemetry]
+    if args.chains > 1 and args.telemetry == "jsonl":  # Parquet holds every chain in one file
         metrics_file = "chain_*/"
-    elif run.config.gamma is not None:
-        metrics_file = BLOCKS_FILE
     print(summary_table(summary) if args.full else headline(summary, wall_s))
     written = "" if args.telemetry == "none" else f"{run_dir / metrics_file} and "
     print(f"\nwrote {written}{run_dir / 'summary.json'}" + ("" if args.full else " (every field: --full)"))

@@ -22,6 +22,8 @@ from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.tally import BlockTally
 from thermospec.engine.trees import TreeChunk, plan_cache, run_trees, tree_accepted_length, tree_nodes
 from thermospec.runs.batch_run import chain_dir
+from thermospec.runs.block_parquet import BLOCKS_PARQUET, BlockParquetWriter
+from thermospec.runs.parquet_file import finish_parquet
 from thermospec.runs.prepare import PreparedRun, context_source, sparse_rows
 from thermospec.runs.storage import SUMMARY_FILE, RecordFile, write_json_atomic
 
@@ -180,14 +182,16 @@ class BlockMode:
         self.run, self.gamma, self.n, self.run_dir = run, config.gamma, config.drafts, run_dir
         self.source = context_source(run)
         self.plans = plan_cache(self.source, run.proposer.draft, config.verifier, self.n) if self.n > 1 else None
-        self.telemetry = BLOCKS_FILE if telemetry == "jsonl" else telemetry
+        self.telemetry = {"jsonl": BLOCKS_FILE, "parquet": BLOCKS_PARQUET}.get(telemetry, telemetry)
+        if chains > 1 and telemetry != "none":  # per-chain summaries (and JSONL records) in chain_<b>/
+            for b in range(chains):
+                chain_dir(run_dir, b).mkdir(exist_ok=True)
         folders: list[Path | None] = [None] * chains
         if telemetry == "jsonl":
             folders = [run_dir] if chains == 1 else [chain_dir(run_dir, b) for b in range(chains)]
-        for folder in folders:
-            if folder is not None:
-                folder.mkdir(exist_ok=True)
         self.chains = [_BlockChain(self.gamma, run.target.V, folder) for folder in folders]
+        self._parquet = (BlockParquetWriter(run_dir / BLOCKS_PARQUET, self.source.key_json, self.n > 1, chains > 1)
+                         if telemetry == "parquet" else None)
         self._overlap: dict[int, float] = {}
 
     def chunks(self) -> Iterator[tuple[BlockChunk | None, ...]]:
@@ -211,8 +215,10 @@ class BlockMode:
 
     def record(self, chunks: tuple[BlockChunk | None, ...]) -> int:
         units = 0
-        for chain, chunk in zip(self.chains, chunks, strict=True):
+        for b, (chain, chunk) in enumerate(zip(self.chains, chunks, strict=True)):
             if chunk is not None:
+                if self._parquet is not None:
+                    self._parquet.write(chunk, b)
                 units += self._record(chain, chunk)
         return units
 
@@ -235,6 +241,8 @@ class BlockMode:
         for chain in self.chains:
             if chain.file is not None:
                 chain.file.close()
+        if self._parquet is not None and self._parquet.started:
+            finish_parquet(self._parquet)
         only = self.chains[0].file
         return only.hexdigest() if len(self.chains) == 1 and only is not None else None
 
@@ -249,7 +257,7 @@ class BlockMode:
             return self._chain_statistics(self.chains[0])
         per_chain = [self._chain_statistics(chain) for chain in self.chains]
         for b, stats in enumerate(per_chain):
-            if self.telemetry == BLOCKS_FILE:
+            if self.telemetry != "none":
                 write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE,
                                   {**stats, "chain": b, "interrupted": not self.chains[b].tally.tokens
                                    >= self.run.config.steps})

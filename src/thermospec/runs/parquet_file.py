@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Protocol
 
 from thermospec.runs.storage import OutputError, failure_reason
-from thermospec.runs.telemetry import ParquetWriter
 
-__all__ = ["finish_parquet", "parquet_write_failed"]
+__all__ = ["ParquetFile", "finish_parquet", "parquet_write_failed"]
 
 
 def parquet_write_failed(path: Path, exc: OSError) -> OutputError:
@@ -36,7 +36,16 @@ def _readable(path: Path) -> str | None:
     return None
 
 
-def finish_parquet(writer: ParquetWriter) -> None:
+class ParquetFile(Protocol):
+    """A Parquet writer as `finish_parquet` finishes it: its path, and `close` writing the footer."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def close(self) -> None: ...
+
+
+def finish_parquet(writer: ParquetFile) -> None:
     """Close `writer`'s file and check it reads back; remove it if it does not.
 
     Raises
