@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from thermospec.core.statistics import context_chi2
 from thermospec.core.streams import Stream, random_stream
@@ -85,6 +86,7 @@ class OrderMode(CountedMode):
         self._tails: dict[int, str] = {}
         self._metrics: dict[int, tuple[float, float, int, int]] = {}
         self._known = np.zeros(0, dtype=np.bool_)  # by context id: whether its metrics (and text) are kept
+        self._crafted = False  # whether the engine crafted every context at once (rows at once too, then)
         self._stats: dict[str, Any] | None = None
 
     def chunks(self) -> Iterator[ContextChunk] | Iterator[list[ContextChunk]]:
@@ -106,6 +108,7 @@ class OrderMode(CountedMode):
             met, first = np.unique(part.context[fresh], return_index=True)
             self._known[met] = True
             for c, i in zip(met.tolist(), fresh[first].tolist(), strict=True):
+                self._crafted |= part.metrics is not None
                 if part.metrics is not None and part.state is not None and self.telemetry != "jsonl":
                     self._metrics[c] = part.metrics.of(int(part.state[i]))  # crafted at once: no draft object
                 else:
@@ -147,6 +150,23 @@ class OrderMode(CountedMode):
                          "chain_accept_rate_mean": float(rates.mean()),
                          "chain_accept_rate_max": float(rates.max())}
 
+    def _rows(self, contexts: list[int]) -> Callable[[int], NDArray[np.float64]]:
+        """The target's rows of `contexts`: built at once from the move table after a crafted run."""
+        moves = self.target.moves() if self._crafted else None
+        if moves is None or not contexts:
+            return self.target.row
+        ids = np.array(contexts, dtype=np.int64)
+        states = moves.states_of(ids)
+        known = states >= 0
+        rows = moves.rows(states[known])
+        at = {c: i for i, c in enumerate(ids[known].tolist())}
+
+        def row(context: int) -> NDArray[np.float64]:
+            i = at.get(context)
+            return self.target.row(context) if i is None else rows[i]
+
+        return row
+
     def _statistics(self, counts: CountedMode, tests: bool) -> dict[str, Any]:
         """The aggregates of one set of counts (one chain's, or the pooled ones)."""
         if not counts.steps:
@@ -162,7 +182,7 @@ class OrderMode(CountedMode):
         mean_overlap = math.fsum(n[c] * m[0] for c, m in per.items()) / steps
         infinite_steps = sum(n[c] for c, m in per.items() if not math.isfinite(m[1]))
         mean_gap = None if infinite_steps else math.fsum(n[c] * m[1] for c, m in per.items()) / steps
-        transition = context_chi2(counts.pairs.contexts(), self.target.row) if tests else None
+        transition = context_chi2(counts.pairs.contexts(), self._rows(visited)) if tests else None
         psi_max = max(m[2] for m in per.values())
         self._stats = {
             "steps": steps,

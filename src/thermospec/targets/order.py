@@ -371,6 +371,14 @@ class ContextMoves:
         out[~short] = smoothed / smoothed.sum(axis=1, keepdims=True)
         return out
 
+    def states_of(self, contexts: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The state of each target id (-1 for an id not interned through this table)."""
+        interned = np.flatnonzero(self._ids >= 0)
+        inverse = np.full(int(max(self._ids.max(), contexts.max(initial=0))) + 1, -1, dtype=np.int64)
+        inverse[self._ids[interned]] = interned
+        found: NDArray[np.int64] = inverse[contexts]
+        return found
+
     def contexts(self, states: NDArray[np.int64]) -> NDArray[np.int64]:
         """The target's ids of states whose contexts were interned (by `context`), as one gather."""
         ids: NDArray[np.int64] = self._ids[states]
