@@ -173,3 +173,20 @@ def test_block_parquet_holds_the_jsonl_records(
     key = (lambda r: (r["chain"], r["block"])) if len(files) > 1 else (lambda r: r["block"])
     assert sorted(rows, key=key) == sorted(records, key=key)
     assert json.loads((p / "summary.json").read_text())["telemetry"] == "m1_blocks.parquet"
+
+
+def test_thrml_with_parquet_and_none_and_blocks_of_chains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("thrml")
+    pq = pytest.importorskip("pyarrow.parquet")
+    base = ["run", "--tsu", "thrml", "--vocab", "12", "--K", "4", "--steps", "150", "--quiet"]
+    for name, extra in (("jsonl", []), ("parquet", ["--telemetry", "parquet"]), ("none", ["--telemetry", "none"]),
+                        ("blocks", ["--gamma", "2", "--chains", "2"])):
+        assert run_cli([*base, *extra, "--runs-dir", str(tmp_path / name)], capsys)[0] == 0
+    (j,), (p,), (n,) = ((tmp_path / name).iterdir() for name in ("jsonl", "parquet", "none"))
+    records = [json.loads(line) for line in (j / "m1_metrics.jsonl").read_text().splitlines()]
+    rows = pq.read_table(p / "m1_metrics.parquet").to_pylist()
+    assert [r["emitted_token"] for r in rows] == [r["emitted_token"] for r in records]
+    assert json.loads((n / "summary.json").read_text())["accept_rate"] == json.loads(
+        (j / "summary.json").read_text())["accept_rate"]
+    (b,) = (tmp_path / "blocks").iterdir()
+    assert json.loads((b / "summary.json").read_text())["chains"] == 2

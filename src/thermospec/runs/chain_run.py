@@ -59,7 +59,7 @@ class ChainMode:
             if isinstance(exc, OutputError) or not isinstance(writer, ParquetWriter):
                 raise
             raise parquet_write_failed(writer.path, exc) from None
-        if self.telemetry != "none":
+        if not self.counted_by_engine:  # (THRML with no telemetry: the reference loop's chunk is counted here)
             self.tally.update(chunk)
         return len(chunk)
 

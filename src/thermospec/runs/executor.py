@@ -115,8 +115,9 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
         raise ConfigError("--chains: --replay reruns one recorded chain; drop --chains")
     if telemetry != "jsonl" and replay:
         raise ConfigError(f"--telemetry {telemetry}: --replay compares the JSONL a run wrote")
-    if config.tsu == "thrml" and (chains > 1 or telemetry != "jsonl"):
-        raise ConfigError("--tsu thrml: runs one chain with JSONL telemetry; drop --chains / --telemetry")
+    if config.tsu == "thrml" and chains > 1 and config.gamma is None:
+        raise ConfigError("--tsu thrml: runs one chain (B chains step in lock step on tables of F(ψ), and a THRML "
+                          "TSU draws each token from its own sampler); drop --chains")
     for given, option in ((config.trace is not None, "--trace"), (config.order > 2, "--order")):
         # --order runs B chains in lock step (OrderMode), and so does every --gamma run (BlockMode)
         if given and chains > 1 and option != "--order" and config.gamma is None:
