@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from thermospec.core.sampling import inverse_cdf
 from thermospec.engine.chain import ReportError, fixed_context_chunks, fixed_context_draws
-from thermospec.engine.step import GuidedCdf
+from thermospec.engine.step import GuidedCdf, vector_bisect_right
 from thermospec.runs.config import RunConfig
 from thermospec.runs.prepare import inject_fault, prepare_run
 from thermospec.tsu.drafts import ContextDraft
@@ -96,3 +96,18 @@ def test_a_misreport_in_a_later_chunk_names_its_step_over_all_chunks() -> None:
     faulty = inject_fault(run, Fault.parse("misreport:1e-9"))
     with pytest.raises(ReportError, match="step 0"):
         fixed_context_draws(p, faulty.proposer.draft(x), 10, np.random.default_rng(8))
+
+
+@pytest.mark.parametrize("V", [1, 2, 3, 7, 64, 257])
+def test_vector_bisect_right_is_searchsorted_row_by_row(V: int) -> None:
+    """The batch fallback's search (scalar rounds over rows of one length) against `searchsorted` per row."""
+    rng = np.random.default_rng(V)
+    B = 2000
+    rows = np.cumsum(rng.random((B, V)) * (rng.random((B, V)) < 0.5), axis=1)
+    flat = rows.ravel()
+    base = np.arange(B, dtype=np.int64) * V
+    target = rng.random(B) * rows[:, -1] * 1.1
+    target[:200] = rows[np.arange(200), rng.integers(0, V, 200)]  # exact hits of an entry
+    expected = np.array([np.searchsorted(rows[i], target[i], side="right") for i in range(B)])
+    np.testing.assert_array_equal(vector_bisect_right(flat, base, V, target), expected)
+    assert not np.array_equal(vector_bisect_right(flat, base, V, target * 0.5), expected) or V == 1
