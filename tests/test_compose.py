@@ -190,3 +190,21 @@ def test_thrml_with_parquet_and_none_and_blocks_of_chains(tmp_path: Path, capsys
         (j / "summary.json").read_text())["accept_rate"]
     (b,) = (tmp_path / "blocks").iterdir()
     assert json.loads((b / "summary.json").read_text())["chains"] == 2
+
+
+@pytest.mark.parametrize("which", ["order", "trace"])
+def test_thrml_on_order_and_trace_keys(which: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("thrml")
+    run: PreparedRun = request.getfixturevalue(f"{which}_run")
+    given = ["--corpus", str(run.config.corpus), "--order", "4"] if which == "order" else ["--trace",
+                                                                                         str(run.config.trace)]
+    thrml = prepare_run(RunConfig(**{**run.config.__dict__, "tsu": "thrml"}))
+    assert not thrml.proposer.samples_payload  # the THRML proposer, not SimTSU's tables
+    for extra in ([], ["--gamma", "2", "--drafts", "2"]):
+        runs = tmp_path / str(len(extra))
+        status, _, err = run_cli(["run", *given, "--tsu", "thrml", "--K", "3", *extra, "--steps", "120", "--quiet",
+                                  "--runs-dir", str(runs)], capsys)
+        assert status == 0, err
+        (folder,) = runs.iterdir()
+        assert json.loads((folder / "summary.json").read_text())["config"]["tsu"] == "thrml"

@@ -197,8 +197,7 @@ def test_bad_traces_are_one_line_exit_2_nothing_written(
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--drafts", "2"], "--trace: runs one draft per position on SimTSU; --drafts is not implemented"),
-    (["--tsu", "thrml"], "--trace: runs one draft per position on SimTSU; --tsu thrml is not implemented"),
+    (["--drafts", "2"], "--drafts: the N-draft engine's next context is the emitted token; on a trace add --gamma"),
     (["--chains", "2"], "--trace: runs one chain; --chains is not implemented"),
     (["--telemetry", "parquet"], "--trace: writes JSONL telemetry (or none)"),
     (["--corpus", "x.txt"], "--trace: the trace is the target; drop --corpus"),

@@ -170,11 +170,9 @@ class RunConfig:
             if self.tokenizer is not None:
                 raise ConfigError("--order: contexts of BPE tokens are not implemented (character contexts "
                                   "only); drop --tokenizer or --order")
-            for given, option in ((self.drafts > 1 and self.gamma is None, "--drafts"),
-                                  (self.tsu != "sim", "--tsu thrml")):
-                if given:
-                    raise ConfigError(f"--order: runs one draft per step on SimTSU; {option} is not implemented "
-                                      "with it (drop one; --drafts N with --gamma G, a token tree, runs)")
+            if self.drafts > 1 and self.gamma is None:
+                raise ConfigError("--drafts: the N-draft engine's next context is the emitted token; on order-N "
+                                  "contexts add --gamma G (a token tree of N drafts per level) or drop --drafts")
         if self.trace is None:
             return
         if not self.trace.strip():
@@ -183,10 +181,9 @@ class RunConfig:
                               (self.order > 2, "--order")):
             if given:
                 raise ConfigError(f"--trace: the trace is the target; drop {option}")
-        for given, option in ((self.drafts > 1 and self.gamma is None, "--drafts"), (self.tsu != "sim", "--tsu thrml")):
-            if given:
-                raise ConfigError(f"--trace: runs one draft per position on SimTSU; {option} is not implemented "
-                                  "with it (drop one; --drafts N with --gamma G, a token tree, runs)")
+        if self.drafts > 1 and self.gamma is None:
+            raise ConfigError("--drafts: the N-draft engine's next context is the emitted token; on a trace add "
+                              "--gamma G (a token tree of N drafts per level) or drop --drafts")
 
     def as_dict(self) -> dict[str, Any]:
         """The configuration as JSON-ready values: issue 6's options only when set, and the synthetic

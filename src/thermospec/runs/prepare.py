@@ -113,11 +113,11 @@ def _drafts(config: RunConfig, target: BigramTarget) -> tuple[Proposer, SparseRo
     if isinstance(target, TraceTarget):  # teacher-forced: ψ per position, crafted when first visited
         positions = PositionProposer(target, K, tau, eps)
         positions.draft(0)
-        return positions, None
+        return _with_tsu(config, positions, V), None
     if isinstance(target, OrderTarget) and target.order > 2:
         contexts = ContextProposer(target, K, tau, eps)
         contexts.draft(int(target.pi.argmax()))
-        return contexts, None
+        return _with_tsu(config, contexts, V), None
     if target.rows_stored:
         proposer = Proposer(target.row, K, tau, eps)
         proposer.all_drafts(V)
@@ -134,11 +134,18 @@ def _drafts(config: RunConfig, target: BigramTarget) -> tuple[Proposer, SparseRo
         proposer = BoundedProposer(target.row, K, tau, eps, V)
         proposer.draft(int(target.pi.argmax()))
     if config.tsu == "thrml":
-        try:
-            return thrml_proposer(proposer, V, config.seed), None
-        except ThrmlMissingError as exc:
-            raise ConfigError(str(exc)) from None
+        return _with_tsu(config, proposer, V), None
     return proposer, sparse
+
+
+def _with_tsu(config: RunConfig, proposer: Proposer, V: int) -> Proposer:
+    """The proposer whose TSUs draw: SimTSU's own, or THRML's sampler on the same ψ (``--tsu thrml``)."""
+    if config.tsu != "thrml":
+        return proposer
+    try:
+        return thrml_proposer(proposer, V, config.seed)
+    except ThrmlMissingError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def target_description(run: PreparedRun) -> dict[str, Any]:
