@@ -96,6 +96,20 @@ def test_signal_leaves_whole_records_and_an_interrupted_summary(
     assert not list(run_dir.glob(".*.tmp"))
 
 
+def _wait_for_handler(pid: int, signum: int, timeout_s: float = 60.0) -> None:
+    """Wait until process `pid` catches `signum` (Linux: its /proc status), else 1.5 s."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        time.sleep(1.5)
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        caught = [line for line in status.read_text().splitlines() if line.startswith("SigCgt:")]
+        if caught and int(caught[0].split()[1], 16) >> (signum - 1) & 1:
+            return
+        time.sleep(0.01)
+
+
 def test_signal_before_the_run_starts_is_one_line(tmp_path: Path) -> None:
     """SIGTERM while ψ is being crafted (nothing written yet) ends with 143 and one line."""
     corpus = tmp_path / "big.txt"
@@ -104,7 +118,7 @@ def test_signal_before_the_run_starts_is_one_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "scripts.run_m1", "run", "--corpus", str(corpus), "--runs-dir", str(tmp_path / "r")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(1.5)
+    _wait_for_handler(proc.pid, signal.SIGTERM)  # a loaded machine may take seconds to start Python
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
