@@ -14,8 +14,8 @@ differs, which is why results come back tagged with the index of their task.
   same file system as this machine.
 
 Stopping: SIGINT and SIGTERM are recorded (`stop_signals`); no configuration starts
-any more; each busy worker gets that signal and a SIGTERM (a run stops after its
-chunk in hand and writes its summary; anything else ends at once; workers ignore
+any more; each busy worker gets that signal and a SIGTERM (a run stops within moments,
+as on a first signal, and writes its summary; anything else ends at once; workers ignore
 SIGINT otherwise) and is killed if still alive `STOP_GRACE_S` later; results that
 arrive meanwhile are kept; a Dask cluster's futures are cancelled (a task already
 running on a Dask worker runs on, its result dropped).  Then
@@ -256,7 +256,7 @@ def _stop_workers(workers: list[_Worker], signum: int) -> Iterator[tuple[int, An
         for worker in workers:
             if worker.task is None:
                 worker.release()
-            else:  # SIGINT reaches a run only (it stops after its chunk); SIGTERM ends anything else
+            else:  # SIGINT reaches a run only (it stops as on a first signal); SIGTERM ends anything else
                 for each in dict.fromkeys((signum, signal.SIGTERM)):
                     if worker.process.is_alive():  # not reaped yet: the pid is still this worker's
                         os.kill(worker.process.pid, each)
