@@ -18,20 +18,19 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thermospec.analysis.block_checks import run_block_checks
-from thermospec.analysis.checks import POOLED_STEPS, pooled_tsu_check, run_checks
-from thermospec.core.payload import EpsSpec
+from thermospec.analysis.block_checks import checks_of
+from thermospec.analysis.checks import POOLED_STEPS
 from thermospec.experiments.sweep_runs import SweepResult, grid_sweep, seed_sweep
 from thermospec.runs.checklist import DEFAULT_CHECK_STEPS, CheckResult
 from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.runs.executor import check_mode_options, execute_run
-from thermospec.runs.prepare import PreparedRun, inject_fault, prepare_run
+from thermospec.runs.prepare import inject_fault, prepare_run
+from thermospec.runs.settings import check_room, config
 from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, create_run_dir
 from thermospec.runs.telemetry import PARQUET_FILE, TelemetryFormat
 from thermospec.tsu.faults import Fault, FaultError
@@ -151,49 +150,6 @@ class CheckReport:
         return "\n".join(f"{r.verdict}  {r.name:<{width}}  {r.detail}" for r in self.results)
 
 
-def config(
-    *,
-    corpus: str | Path | None = None,
-    vocab: int = 256,
-    c: float = 50.0,
-    K: int = 64,
-    tau: float = 1.0,
-    eps: EpsSpec = "auto",
-    steps: int = 50_000,
-    seed: int = 7,
-    gamma: int | None = None,
-    cost_ratio: float = 0.0,
-    tokenizer: str | None = None,
-    tsu: str = "sim",
-    drafts: int = 1,
-    verifier: str = "recursive",
-    trace: str | Path | None = None,
-    order: int = 2,
-) -> RunConfig:
-    """A validated configuration, with the guide's defaults; the keywords are the CLI's options.
-
-    ``trace`` (a ``.npy``/``.npz`` of recorded next-token log-probabilities, docs/traces.md) makes
-    the run teacher-forced over its positions; ``order`` N > 2 (with ``corpus``) makes the context
-    the last N - 1 characters.
-
-    Raises
-    ------
-    ConfigError
-        One line naming the option and the reason.
-    """
-    settings = RunConfig(corpus=_path_text(corpus), vocab=vocab, c=c, K=K, tau=tau, eps=eps, steps=steps, seed=seed,
-                         gamma=gamma, cost_ratio=cost_ratio, tokenizer=tokenizer, tsu=tsu, drafts=drafts,
-                         verifier=verifier, trace=_path_text(trace), order=order)  # every type checked here
-    if settings.cost_ratio and settings.gamma is None:
-        raise ConfigError("--cost-ratio: models the speed-up of γ-token blocks and needs --gamma")
-    return settings
-
-
-def _path_text(path: Any) -> Any:
-    """A path as text (a `Path` too); anything else as given, for `RunConfig` to refuse by its type."""
-    return os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
-
-
 def _count(option: str, value: Any, low: int = 1) -> None:
     """Refuse a count of the API's own (``check_steps``, ``jobs``...) that is not an integer >= `low`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -218,37 +174,6 @@ def _config(where: str, options: dict[str, Any], not_here: dict[str, str] | None
         if name not in OPTIONS:
             raise ConfigError(f"{name}: not an option of {where} (options: {', '.join(OPTIONS)})")
     return config(**(defaults | options))
-
-
-JSONL_STEP_BYTES = 200
-"""Fewest bytes a step's JSONL record takes (measured: about 250), for `check_room`'s projection."""
-
-
-def check_room(settings: RunConfig, telemetry: str, chains: int, runs_dir: str | Path) -> None:
-    """Refuse a run whose JSONL records could not fit in the free space where `runs_dir` is.
-
-    The projection is a lower bound (`JSONL_STEP_BYTES` a step, every chain): a refused run
-    would certainly have filled the disk (``--steps 1e12`` would write about 250 TB).
-
-    Raises
-    ------
-    ConfigError
-        One line: the projected size, the free space, and what to change.
-    """
-    if telemetry != "jsonl":
-        return
-    projected = settings.steps * chains * JSONL_STEP_BYTES
-    folder = Path(runs_dir).absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return  # no answer: the run's own full-disk handling stays the guard
-    if projected > free:
-        raise ConfigError(f"--steps {settings.steps}: its JSONL records would take at least {projected / 1e9:,.1f} GB "
-                          f"({JSONL_STEP_BYTES} bytes a step) and {folder} has {free / 1e9:,.1f} GB free; "
-                          "use --telemetry none or fewer steps")
 
 
 def run(
@@ -290,14 +215,6 @@ def run(
     run_dir = create_run_dir(runs_dir)
     summary = execute_run(prepared, run_dir, telemetry=telemetry, chains=chains)
     return RunResult(run_dir=run_dir, summary=Summary.from_record(summary))
-
-
-def checks_of(prepared: PreparedRun, check_steps: int, pooled_steps: int) -> list[CheckResult]:
-    """The checks of a prepared run: the guide's (for γ-blocks, their block form), then the pooled TSU χ²."""
-    if prepared.config.gamma is None:
-        return run_checks(prepared, check_steps, pooled_steps)
-    # The pooled TSU χ² tests the drafts' law per context, whatever γ: it is what catches a faulty TSU.
-    return [*run_block_checks(prepared, check_steps), pooled_tsu_check(prepared, pooled_steps)]
 
 
 def check(

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from thermospec.analysis.checks import pooled_tsu_check, run_checks
 from thermospec.core.expectation import EXPECTATION_MAX_V, block_expectation
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.blocks import block_transition_chi2, fixed_context_blocks, run_blocks
@@ -15,9 +16,9 @@ from thermospec.engine.chain import dense_matrices
 from thermospec.engine.trees import fixed_key_trees, plan_cache, run_trees, tree_accepted_length
 from thermospec.runs.block_run import TREE_EXPECTATION_KEYS, batch_means_se, length_se_floor
 from thermospec.runs.checklist import CheckResult, likeliest_contexts, psi_size_check
-from thermospec.runs.prepare import context_source, sparse_rows
+from thermospec.runs.prepare import PreparedRun, context_source, sparse_rows
 
-__all__ = ["run_block_checks"]
+__all__ = ["checks_of", "run_block_checks"]
 
 
 def run_block_checks(run: Any, check_steps: int) -> list[Any]:
@@ -100,3 +101,11 @@ def _given_starts_check(name: str, source: Any, plans: Any, start: NDArray[np.in
     return CheckResult(name=name, passed=abs(float(diff.mean())) <= 4 * se,
                        detail=f"measured {float(lengths.mean()):.4f}, exact given the block starts "
                        f"{float(exact.mean()):.4f}, difference {float(diff.mean()):+.4f} ± {se:.4f}")
+
+
+def checks_of(prepared: PreparedRun, check_steps: int, pooled_steps: int) -> list[CheckResult]:
+    """The checks of a prepared run: the guide's (for γ-blocks, their block form), then the pooled TSU χ²."""
+    if prepared.config.gamma is None:
+        return run_checks(prepared, check_steps, pooled_steps)
+    # The pooled TSU χ² tests the drafts' law per context, whatever γ: it is what catches a faulty TSU.
+    return [*run_block_checks(prepared, check_steps), pooled_tsu_check(prepared, pooled_steps)]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from thermospec.api import check_room, checks_of, config
+from thermospec.analysis.block_checks import checks_of
 from thermospec.cli.examples import examples_for
 from thermospec.cli.options import (
     CORPUS_HELP,
@@ -35,6 +35,7 @@ from thermospec.runs.executor import check_mode_options, execute_run
 from thermospec.runs.prepare import inject_fault, prepare_run
 from thermospec.runs.progress import progress_bar
 from thermospec.runs.replay import ReplayError, compare_replay, load_replay
+from thermospec.runs.settings import check_room, config
 from thermospec.runs.storage import METRICS_FILE, create_run_dir
 from thermospec.runs.telemetry import PARQUET_FILE
 from thermospec.targets.order import MAX_ORDER
