@@ -121,9 +121,12 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
     for given, option in ((config.trace is not None, "--trace"), (config.order > 2, "--order")):
         # --order runs B chains in lock step (OrderMode), and so does every --gamma run (BlockMode)
         if given and chains > 1 and option != "--order" and config.gamma is None:
-            raise ConfigError(f"{option}: runs one chain; --chains is not implemented with it (drop one)")
+            raise ConfigError(f"{option}: single-draft steps over a trace's positions run one stream (the "
+                              "teacher-forced engine crafts and steps position by position); add --gamma G for "
+                              "chains of blocks, or drop --chains")
         if given and telemetry == "parquet" and config.gamma is None:  # a --gamma run writes blocks as Parquet
-            raise ConfigError(f"{option}: writes JSONL telemetry (or none); drop --telemetry parquet")
+            raise ConfigError(f"{option}: single-draft records carry a field M1's Parquet schema lacks (the "
+                              "context or position); use --telemetry jsonl or none, or --gamma G (blocks as Parquet)")
 
 
 def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "jsonl", chains: int = 1) -> Mode:
