@@ -137,19 +137,9 @@ def run_drafts(
     per-context tables of at most `max_table_bytes`; ``"reference"`` is `run_drafts_reference`
     (for TSUs whose draws are their own).  All give the same tokens.
     """
-    plans = plans or plan_source(row, drafts, verifier, n)
-    if backend == "reference":
-        yield from run_drafts_reference(row, pi, drafts, n, verifier, steps, rng, plans, chunk)
-        return
-    _, selection = table_layout(verifier, n)
-    V = int(pi.shape[0])
-    stepper = DraftsStepper(V, V, n, verifier, draft_table_source(drafts, plans), backend, max_table_bytes)
-    x = start_token(pi, rng)
-    for start in range(0, steps, chunk):
-        m = min(chunk, steps - start)
-        (prev, proposed, emitted, index), x = stepper.draw_steps(rng, m, x)
-        yield DraftsChunk(start=start, prev=prev, proposed=proposed, emitted=emitted, accepted=index >= 0,
-                          drafts_used=drafts_used(index, n, selection), accepted_index=index)
+    for (produced,) in run_drafts_chains(row, pi, drafts, n, verifier, steps, [rng], plans, chunk, backend,
+                                         max_table_bytes):
+        yield produced  # one chain is the lock step of one
 
 
 def run_drafts_chains(
