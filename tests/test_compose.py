@@ -208,3 +208,21 @@ def test_thrml_on_order_and_trace_keys(which: str, request: pytest.FixtureReques
         assert status == 0, err
         (folder,) = runs.iterdir()
         assert json.loads((folder / "summary.json").read_text())["config"]["tsu"] == "thrml"
+
+
+def test_trace_with_chains_each_from_position_0(trace_run: PreparedRun, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["run", "--trace", str(trace_run.config.trace), "--K", "4", "--steps", "6000", "--quiet"]
+    assert run_cli([*base, "--runs-dir", str(tmp_path / "one")], capsys)[0] == 0
+    assert run_cli([*base, "--chains", "3", "--runs-dir", str(tmp_path / "three")], capsys)[0] == 0
+    (one,), (three,) = (tmp_path / "one").iterdir(), (tmp_path / "three").iterdir()
+    assert (one / "m1_metrics.jsonl").read_bytes() == (three / "chain_0000" / "m1_metrics.jsonl").read_bytes()
+    first = [json.loads(line)["position"] for line in
+             (three / "chain_0002" / "m1_metrics.jsonl").read_text().splitlines()[:3]]
+    assert first == [0, 1, 2]
+    pooled = json.loads((three / "summary.json").read_text())
+    chains = [json.loads((three / f"chain_{b:04d}" / "summary.json").read_text()) for b in range(3)]
+    assert pooled["steps"] == 18_000 and pooled["chains"] == 3
+    assert pooled["accept_rate"] == pytest.approx(sum(c["accept_rate"] for c in chains) / 3)
+    assert pooled["position_p_value"] > 1e-3 and pooled["p_value"] > 1e-3
+    assert abs(pooled["accept_rate"] - pooled["mean_overlap"]) < 0.02

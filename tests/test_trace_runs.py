@@ -198,7 +198,6 @@ def test_bad_traces_are_one_line_exit_2_nothing_written(
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--drafts", "2"], "--drafts: the N-draft engine's next context is the emitted token; on a trace add --gamma"),
-    (["--chains", "2"], "--trace: single-draft steps over a trace's positions run one stream"),
     (["--telemetry", "parquet"], "--trace: single-draft records carry a field"),
     (["--corpus", "x.txt"], "--trace: the trace is the target; drop --corpus"),
     (["--corpus", "x.txt", "--order", "3"], "--trace: the trace is the target"),

@@ -119,11 +119,6 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
         raise ConfigError("--tsu thrml: runs one chain (B chains step in lock step on tables of F(ψ), and a THRML "
                           "TSU draws each token from its own sampler); drop --chains")
     for given, option in ((config.trace is not None, "--trace"), (config.order > 2, "--order")):
-        # --order runs B chains in lock step (OrderMode), and so does every --gamma run (BlockMode)
-        if given and chains > 1 and option != "--order" and config.gamma is None:
-            raise ConfigError(f"{option}: single-draft steps over a trace's positions run one stream (the "
-                              "teacher-forced engine crafts and steps position by position); add --gamma G for "
-                              "chains of blocks, or drop --chains")
         if given and telemetry == "parquet" and config.gamma is None:  # a --gamma run writes blocks as Parquet
             raise ConfigError(f"{option}: single-draft records carry a field M1's Parquet schema lacks (the "
                               "context or position); use --telemetry jsonl or none, or --gamma G (blocks as Parquet)")
@@ -135,7 +130,7 @@ def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "json
     if run.config.gamma is not None:  # blocks over any context source: bigram, order-N, trace
         return BlockMode(run, run_dir, telemetry, chains)
     if run.config.trace is not None:
-        return TraceMode(run, run_dir, telemetry)
+        return TraceMode(run, run_dir, telemetry, chains)
     if run.config.order > 2:
         return OrderMode(run, run_dir, telemetry, chains)
     if run.config.drafts > 1:  # one chain or B in lock step, any sink

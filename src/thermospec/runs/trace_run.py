@@ -32,11 +32,14 @@ from numpy.typing import NDArray
 
 from thermospec.core.statistics import context_chi2, pooled_chi2
 from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.batch import chain_stream
 from thermospec.engine.pairs import PairCounts
-from thermospec.engine.positions import PositionChunk, run_positions, run_positions_reference
+from thermospec.engine.positions import POSITION_TABLE_BYTES, PositionChunk, run_positions, run_positions_reference
+from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
 from thermospec.runs.prepare import PreparedRun, trace_of
+from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, RecordFile, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
 from thermospec.runs.telemetry import context_fields
 from thermospec.targets.trace import TraceShrankError, TraceTarget
@@ -75,12 +78,22 @@ class TraceMode(CountedMode):
     `run_dir` None runs in memory (``check``).
     """
 
-    def __init__(self, run: PreparedRun, run_dir: Path | None, telemetry: str) -> None:
+    def __init__(self, run: PreparedRun, run_dir: Path | None, telemetry: str, chains: int = 1) -> None:
         trace = trace_of(run)
         if trace is None:
             raise ValueError("TraceMode: the run's target is not a trace")
-        super().__init__(run, run_dir, telemetry, trace.V)
-        self.trace = trace
+        if chains < 1 or (chains > 1 and run_dir is None):
+            raise ValueError(f"TraceMode: chains must be >= 1 (B > 1 writes into a run folder), got {chains}")
+        super().__init__(run, run_dir if chains == 1 else None, telemetry, trace.V)
+        self.trace, self.chains, self.run_dir = trace, chains, run_dir
+        self._per_chain: list[CountedMode] = []  # each chain's counts (B > 1)
+        self._chain_files: list[RecordFile] = []
+        if chains > 1 and run_dir is not None:
+            self._per_chain = [CountedMode(run, None, telemetry, trace.V) for _ in range(chains)]
+            for b in range(chains if telemetry != "none" else 0):
+                chain_dir(run_dir, b).mkdir()
+                if telemetry == "jsonl":
+                    self._chain_files.append(RecordFile(chain_dir(run_dir, b) / METRICS_FILE))
         T = trace.positions
         self._learned = np.zeros(T, dtype=np.bool_)
         self._tails = [""] * T
@@ -91,19 +104,27 @@ class TraceMode(CountedMode):
         self._stats: dict[str, Any] | None = None
         self._shrank = False
 
-    def chunks(self) -> Iterator[PositionChunk]:
-        """The engine's chunks; should the file shrink under the run, the χ² (which reread it) are then skipped."""
-        config, drafts = self.run.config, self.run.proposer.draft
-        rng = random_stream(config.seed, Stream.CHAIN)
+    def chunks(self) -> Iterator[PositionChunk | tuple[PositionChunk, ...]]:
+        """The engine's chunks (with B chains, each chain's next chunk in lock step); should the file shrink
+        under the run, the χ² (which reread it) are then skipped."""
         try:
-            if not self.run.proposer.samples_payload:  # a faulty TSU draws itself, step by step
-                yield run_positions_reference(self.trace, drafts, config.steps, rng)
-            else:
-                ahead = getattr(self.run.proposer, "craft_ahead", None)  # a trace's proposer crafts on threads
-                yield from run_positions(self.trace, drafts, config.steps, rng, ahead=ahead)
+            if self.chains == 1:
+                yield from self._chain(random_stream(self.run.config.seed, Stream.CHAIN), POSITION_TABLE_BYTES)
+            else:  # chain b on its own stream, from position 0; the table caches share one bound
+                budget = POSITION_TABLE_BYTES // self.chains
+                yield from zip(*[self._chain(chain_stream(self.run.config.seed, b), budget)
+                                 for b in range(self.chains)], strict=True)
         except TraceShrankError:
             self._shrank = True
             raise
+
+    def _chain(self, rng: np.random.Generator, table_bytes: int) -> Iterator[PositionChunk]:
+        drafts, steps = self.run.proposer.draft, self.run.config.steps
+        if not self.run.proposer.samples_payload:  # a faulty TSU draws itself, step by step
+            yield run_positions_reference(self.trace, drafts, steps, rng)
+        else:
+            ahead = getattr(self.run.proposer, "craft_ahead", None)  # a trace's proposer crafts on threads
+            yield from run_positions(self.trace, drafts, steps, rng, max_table_bytes=table_bytes, ahead=ahead)
 
     def _learn(self, positions: NDArray[np.int64]) -> None:
         """Note the metrics and the JSONL tail of the positions first met in a chunk."""
@@ -116,11 +137,25 @@ class TraceMode(CountedMode):
             self._tails[t] = context_fields(draft).removesuffix("}\n") + f',"position":{t}}}\n'
             self._learned[t] = True
 
-    def record(self, chunk: PositionChunk) -> int:
-        self._learn(chunk.position)
+    def record(self, chunk: PositionChunk | tuple[PositionChunk, ...]) -> int:
+        chunks = chunk if isinstance(chunk, tuple) else (chunk,)
+        for part in chunks:
+            self._learn(part.position)
         if self._file is not None:
-            self._file.write(trace_lines(chunk, self._prev_text, self._tails))
-        return self.count(chunk, chunk.position)
+            self._file.write(trace_lines(chunks[0], self._prev_text, self._tails))
+        for part, file in zip(chunks, self._chain_files, strict=False):
+            file.write(trace_lines(part, self._prev_text, self._tails))
+        for part, mine in zip(chunks, self._per_chain, strict=False):
+            mine.count(part, part.position)
+        return sum(self.count(part, part.position) for part in chunks)
+
+    def close(self) -> str | None:
+        for file in self._chain_files:
+            file.close()
+        return super().close()
+
+    def complete(self) -> bool:
+        return self.steps >= self.run.config.steps * self.chains
 
     def statistics(self, tests: bool = True) -> dict[str, Any]:
         """The run's aggregates; `tests` False leaves out the two χ² (each a pass over the visited rows)."""
@@ -128,10 +163,27 @@ class TraceMode(CountedMode):
             self._stats = {"steps": 0, "checklist": {}}
             return {**dict.fromkeys(_EMPTY), "steps": 0}
         tests = tests and not self._shrank  # the file is no longer whole: no pass over its rows
-        stats = trace_statistics(self.trace, self.steps, self.accepted, self._metrics, self.emitted_counts,
-                                 self.pairs if tests else None)
+        if self.chains > 1 and self.telemetry != "none" and self.run_dir is not None:
+            for b, mine in enumerate(self._per_chain):
+                if mine.steps:
+                    chain_stats = trace_statistics(self.trace, mine.steps, mine.accepted, self._metrics,
+                                                   mine.emitted_counts, mine.pairs if tests else None)
+                    write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE,
+                                      {k: v for k, v in chain_stats.items() if k != "checklist"} | {"chain": b})
+        stats = self._pooled(tests) if self.chains > 1 else trace_statistics(
+            self.trace, self.steps, self.accepted, self._metrics, self.emitted_counts, self.pairs if tests else None)
         self._stats = stats
         return {k: v for k, v in stats.items() if k != "checklist"}
+
+    def _pooled(self, tests: bool) -> dict[str, Any]:
+        """Every chain's steps pooled (each chain visits the positions in the same order from 0), and the spread."""
+        per = [trace_statistics(self.trace, mine.steps, mine.accepted, self._metrics, mine.emitted_counts, None)
+               for mine in self._per_chain if mine.steps]
+        pooled = trace_statistics(self.trace, self._per_chain[0].steps, self.accepted, self._metrics,
+                                  self.emitted_counts, self.pairs if tests else None, chains=self.chains)
+        rates = [p["accept_rate"] for p in per]
+        return pooled | {"chains": self.chains, "steps_per_chain": self._per_chain[0].steps,
+                         "chain_accept_rate_min": min(rates), "chain_accept_rate_max": max(rates)}
 
     def extras(self) -> dict[str, Any]:
         assert self._stats is not None, "extras() after statistics()"
@@ -140,11 +192,13 @@ class TraceMode(CountedMode):
 
 def trace_statistics(
     trace: TraceTarget, steps: int, accepted: int, metrics: dict[int, tuple[float, float, int, int]],
-    emitted_counts: NDArray[np.int64], pairs: PairCounts | None,
+    emitted_counts: NDArray[np.int64], pairs: PairCounts | None, chains: int = 1,
 ) -> dict[str, Any]:
-    """Aggregates of `steps` teacher-forced steps (`metrics[t]`: overlap, CE gap, ψ bytes and K of position t)."""
-    visits = position_visits(steps, trace.positions).tolist()
+    """Aggregates of `chains` runs of `steps` teacher-forced steps each (`metrics[t]`: overlap, CE gap, ψ bytes
+    and K of position t; `accepted`, `emitted_counts` and `pairs` over every chain)."""
+    visits = (position_visits(steps, trace.positions) * chains).tolist()
     per = [metrics[t] for t in range(len(visits))]
+    per_chain, steps = steps, steps * chains
     accept_rate = accepted / steps
     mean_overlap = math.fsum(n * m[0] for n, m in zip(visits, per, strict=True)) / steps
     infinite_steps = sum(n for n, m in zip(visits, per, strict=True) if not math.isfinite(m[1]))
@@ -152,7 +206,7 @@ def trace_statistics(
                 else math.fsum(n * m[1] for n, m in zip(visits, per, strict=True)) / steps)
     marginal = position = None
     if pairs is not None:
-        marginal = pooled_chi2(emitted_counts.astype(np.float64), trace.expected_counts(steps))
+        marginal = pooled_chi2(emitted_counts.astype(np.float64), chains * trace.expected_counts(per_chain))
         position = context_chi2(pairs.contexts(), trace.row)
     psi_max = max(m[2] for m in per)
     return {
