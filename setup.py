@@ -1,7 +1,7 @@
 """Build the optional compiled kernel; every other setting lives in pyproject.toml.
 
 The extension is optional: if it cannot be built (no compiler, no Python
-headers), the install still succeeds and `thermospec.kernels` falls back to the
+headers), the install still succeeds and `thermospec.engine.kernels` falls back to the
 pure-Python/NumPy loops, which emit the same tokens.
 """
 

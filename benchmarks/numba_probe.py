@@ -1,7 +1,7 @@
 """``python -m benchmarks.numba_probe``: what Numba would cost for the chain's loop (needs ``pip install numba``).
 
 Prints the import time, the first call (JIT) and the per-step time of the same
-table-driven step as `thermospec.kernels`, written with Numba (plain binary
+table-driven step as `thermospec.engine.kernels`, written with Numba (plain binary
 search, no guide table). This is the measurement behind choosing a C extension:
 the default run's whole budget is well under a second.
 """

@@ -2,7 +2,7 @@
 
 Prints docs/trust.md's detection-power table (fault, size, test, samples, detection
 rate, false-alarm rate) measured over ``--seeds`` seeds; ``--csv PATH`` also
-writes it as CSV (atomically).  See `thermospec.detection` for what each test is.
+writes it as CSV (atomically).  See `thermospec.analysis.detection` for what each test is.
 
 Examples
 --------

@@ -1,7 +1,7 @@
 """The detection-power study: how often the checks catch a faulty TSU, and how often they cry wolf.
 
 For each seed (a fresh synthetic target and fresh random streams), each fault
-(`thermospec.faults`) and each number of samples, three tests are applied to
+(`thermospec.tsu.faults`) and each number of samples, three tests are applied to
 exactly what ``python -m scripts.run_m1 check --seed S --inject-fault KIND:SIZE``
 would draw:
 

@@ -13,7 +13,7 @@ counted rather than summed (`draft_cdf`)::
 
 where ``n_tail(v)`` is the number of tail tokens ``<= v``.  Each value is one
 product and one sum of exactly known terms, so a table over all V tokens and a
-compact one over the K ids (`thermospec.compact`) give the same doubles, and
+compact one over the K ids (`thermospec.engine.compact`) give the same doubles, and
 the same uniform draws the same token on both.
 """
 
@@ -69,7 +69,7 @@ def draft_cdf(payload: Payload) -> NDArray[np.float64]:
     the explicit probabilities of the ids ``<= v`` in token order (a running sum
     over V entries that are 0 off the ids, so the same partial sums as over the
     K ids alone).  Equal to ``cumsum(q)`` up to rounding; unlike it, the value at
-    any token is available in O(log K) from the ids (`thermospec.compact`).
+    any token is available in O(log K) from the ids (`thermospec.engine.compact`).
 
     Parameters
     ----------

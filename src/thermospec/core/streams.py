@@ -20,7 +20,7 @@ class Stream(IntEnum):
     TARGET = 0
     CHAIN = 1
     CHECK = 2
-    SWEEP = 3  # grid sweeps: one stream per (seed, K, tau bits), see thermospec.sweeps
+    SWEEP = 3  # grid sweeps: one stream per (seed, K, tau bits), see thermospec.experiments.sweeps
 
 
 def random_stream(seed: int, purpose: Stream, *index: int) -> np.random.Generator:

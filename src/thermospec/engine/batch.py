@@ -174,7 +174,7 @@ def run_batch(
         pages of) ~25 bytes per token every chunk; the default yields fresh arrays.
     sparse : SparseRows, optional
         The target's rows by their supports (large V, `thermospec.runs.sparse_rows`): the chains
-        then run in turn on one shared cache of compact tables (`thermospec.compact`), the same
+        then run in turn on one shared cache of compact tables (`thermospec.engine.compact`), the same
         tokens as the dense tables without their O(V) work per context.
     record : bool
         False (with a `tally`): the compiled kernel only counts, and the chunks carry no step

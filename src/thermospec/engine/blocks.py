@@ -86,7 +86,7 @@ class _DenseBlockTable(DenseStepTables):
 
 
 class _CompactBlockTable(CompactStepTables):
-    """The same draws on compact tables (`thermospec.compact`): the same tokens, O(K + s) per context."""
+    """The same draws on compact tables (`thermospec.engine.compact`): the same tokens, O(K + s) per context."""
 
     def __init__(self, tables: CompactTables, probs: NDArray[np.float64]) -> None:
         super().__init__(tables)

@@ -222,7 +222,7 @@ def fixed_context_draws(
 
 
 def table_source(row: RowSource, drafts: DraftSource) -> TableSource:
-    """``(draft_cdf, ratio, residual_cdf)`` of a context, as the steppers of `thermospec.kernels` take them."""
+    """``(draft_cdf, ratio, residual_cdf)`` of a context, as the steppers of `thermospec.engine.kernels` take them."""
 
     def source(x: int) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         tables = context_tables(row(x), drafts(x))
@@ -260,14 +260,14 @@ def run_chain(
     chunk : int
         Steps per yielded chunk; memory stays flat in `steps`.
     backend : {"auto", "compiled", "python"}
-        The stepper of `thermospec.kernels`: the compiled kernel when built
+        The stepper of `thermospec.engine.kernels`: the compiled kernel when built
         ("auto"), or the pure-Python fallback; both emit the same tokens.
     max_table_bytes : int, optional
         Memory bound of the per-context table cache (least recently used evicted);
         default `DEFAULT_TABLE_BYTES` for dense tables, `COMPACT_TABLE_BYTES` for compact ones.
     sparse : SparseRows, optional
         The target's rows by their supports: the steppers then run on compact
-        tables of O(K + s) entries per context (`thermospec.compact`), never
+        tables of O(K + s) entries per context (`thermospec.engine.compact`), never
         O(V), and emit the same tokens as the dense tables.  Only for TSUs that
         sample F(ψ) of their payload (not fault-injected ones).
     tally : RunTally, optional

@@ -315,7 +315,7 @@ class _SlotCache:
 class CompactStepper:
     """Runs one chain chunk by chunk on compact tables (compiled, or the pure-Python fallback).
 
-    The same interface as `thermospec.kernels.ChainStepper`, and the same tokens.
+    The same interface as `thermospec.engine.kernels.ChainStepper`, and the same tokens.
 
     Parameters
     ----------

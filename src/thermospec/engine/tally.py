@@ -141,7 +141,7 @@ class BatchTally:
             self.transitions += np.bincount((chunk.prev * V + chunk.emitted).ravel(), minlength=V * V)
 
     def chain(self, b: int) -> RunTally:
-        """Chain b's counts as a `thermospec.summary.RunTally`."""
+        """Chain b's counts as a `thermospec.engine.tally.RunTally`."""
         self._need_per_chain()
         tally = RunTally(self.vocab_size)
         tally.steps = self.steps

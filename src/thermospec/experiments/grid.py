@@ -107,7 +107,7 @@ def validate_grid(sweep: GridSweep) -> BigramTarget:
 
     Raises
     ------
-    ConfigError, thermospec.targets.CorpusError, thermospec.payload.PayloadError
+    ConfigError, thermospec.targets.CorpusError, thermospec.core.payload.PayloadError
     """
     for k in sweep.Ks:
         if k < 1:

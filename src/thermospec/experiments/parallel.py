@@ -414,7 +414,7 @@ def open_runner(
 
     Raises
     ------
-    thermospec.config.ConfigError
+    thermospec.runs.config.ConfigError
         `jobs` below 1, a malformed or unreachable scheduler address, or Dask not installed.
     """
     if jobs is not None and jobs < 1:

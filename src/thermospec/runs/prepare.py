@@ -83,7 +83,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
 
     Raises
     ------
-    thermospec.targets.CorpusError, thermospec.config.ConfigError, thermospec.payload.PayloadError
+    thermospec.targets.CorpusError, thermospec.runs.config.ConfigError, thermospec.core.payload.PayloadError
     """
     target = load_target(config)
     check_eps(config, target.V)

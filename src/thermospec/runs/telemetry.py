@@ -300,7 +300,7 @@ class ParquetWriter:
 class TelemetrySink:
     """The telemetry file of a run in one of `TELEMETRY_FORMATS`, as a context manager.
 
-    ``jsonl`` goes through `thermospec.storage.RecordFile` (whole chunks only,
+    ``jsonl`` goes through `thermospec.runs.storage.RecordFile` (whole chunks only,
     hashed for the summary's ``metrics_sha256``); ``parquet`` through
     `ParquetWriter`; ``none`` writes nothing.
 

@@ -76,7 +76,7 @@ class Proposer:
     row : callable
         ``row(x)`` is the target ``p(. | x)`` (for example `BigramTarget.row`).
     K, tau, eps
-        ψ hyperparameters, as in `thermospec.payload.craft_payload`.
+        ψ hyperparameters, as in `thermospec.core.payload.craft_payload`.
     """
 
     samples_payload = True

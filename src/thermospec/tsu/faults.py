@@ -17,7 +17,7 @@ kind            what the faulty TSU does                                     SIZ
 ==============  ===========================================================  =====================
 
 The first four *sample* from something else while reporting F(ψ): only
-statistics can catch them (`thermospec.checks`).  ``misreport`` is refused at
+statistics can catch them (`thermospec.analysis.checks`).  ``misreport`` is refused at
 its first draw by the host's consistency check (`thermospec.engine.ReportVerifier`).
 Every faulty TSU keeps the attribute ``q`` = F(ψ) (what it claims, what the host
 computes) and replaces ``cdf`` with the cumulative distribution it really samples,

@@ -37,7 +37,7 @@ class SimTSU:
     Notes
     -----
     Each draw consumes exactly one float64 uniform of the generator and inverts
-    the cumulative distribution of `q` (`draft_cdf`, `thermospec.sampling.inverse_cdf`).
+    the cumulative distribution of `q` (`draft_cdf`, `thermospec.core.sampling.inverse_cdf`).
 
     Examples
     --------
