@@ -78,8 +78,8 @@ ADDED_KEYS: dict[str, set[str]] = {
     # Summary keys added on purpose since the digests were recorded (README: what changed); a summary may
     # change only by added keys, and these are left out of its digest.
     # 2026-12-06, issue 16: a --gamma summary carries the guide's acceptance over verified positions.
-    "gamma4": {"verified_positions", "accept_rate", "mean_overlap", "accept_overlap_gap"},
-    "corpus_gamma4": {"verified_positions", "accept_rate", "mean_overlap", "accept_overlap_gap"},
+    "gamma4": {"verified_positions", "accept_rate", "mean_overlap", "accept_overlap_gap", "mean_ce_gap"},
+    "corpus_gamma4": {"verified_positions", "accept_rate", "mean_overlap", "accept_overlap_gap", "mean_ce_gap"},
 }
 
 

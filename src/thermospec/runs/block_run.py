@@ -149,13 +149,15 @@ class _BlockChain:
         self.tally = BlockTally(V, gamma)
         self.file = RecordFile(folder / BLOCKS_FILE) if folder is not None else None
         self.verified = self.accepted_drafts = 0
-        self.overlap_sum = 0.0
+        self.overlap_sum = self.ce_gap_sum = 0.0
 
     def acceptance(self) -> dict[str, Any]:
         """The guide's acceptance fields over verified positions."""
         accept_rate, mean_overlap = self.accepted_drafts / self.verified, self.overlap_sum / self.verified
+        gap = self.ce_gap_sum / self.verified
         return {"verified_positions": self.verified, "accept_rate": accept_rate, "mean_overlap": mean_overlap,
-                "accept_overlap_gap": abs(accept_rate - mean_overlap)}
+                "accept_overlap_gap": abs(accept_rate - mean_overlap),
+                "mean_ce_gap": gap if math.isfinite(gap) else None}
 
 
 class BlockMode:
@@ -193,6 +195,7 @@ class BlockMode:
         self._parquet = (BlockParquetWriter(run_dir / BLOCKS_PARQUET, self.source.key_json, self.n > 1, chains > 1)
                          if telemetry == "parquet" else None)
         self._overlap: dict[int, float] = {}
+        self._ce_gap: dict[int, float] = {}  # KL(p ‖ F(ψ)) at each key, as M1's ce_gap_nats
 
     def chunks(self) -> Iterator[tuple[BlockChunk | None, ...]]:
         """Each chain's next chunk, in lock step (None for a chain that has finished)."""
@@ -232,7 +235,9 @@ class BlockMode:
         for key in np.unique(keys).tolist():
             if key not in self._overlap:
                 self._overlap[key] = self._acceptance(key)
+                self._ce_gap[key] = self.run.proposer.draft(key).ce_gap_nats
         chain.overlap_sum += math.fsum([self._overlap[k] for k in keys.tolist()])
+        chain.ce_gap_sum += math.fsum([self._ce_gap[k] for k in keys.tolist()])
         chain.verified += int(keys.shape[0])
         chain.accepted_drafts += int(chunk.accepted_length.sum())
         return len(chunk) + int(chunk.accepted_length.sum())
@@ -273,6 +278,7 @@ class BlockMode:
         pooled.verified = sum(c.verified for c in self.chains)
         pooled.accepted_drafts = sum(c.accepted_drafts for c in self.chains)
         pooled.overlap_sum = math.fsum(c.overlap_sum for c in self.chains)
+        pooled.ce_gap_sum = math.fsum(c.ce_gap_sum for c in self.chains)
         rates = [s["accept_rate"] for s in per_chain if "accept_rate" in s]
         lengths = np.concatenate([c.tally.accepted_lengths() for c in self.chains])
         cost_ratio = self.run.config.cost_ratio
