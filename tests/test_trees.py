@@ -27,10 +27,10 @@ from thermospec.engine.pairs import PairCounts
 from thermospec.engine.trees import (
     MAX_TREE_NODES,
     TreeChunk,
+    TreeExpectation,
     accepted_law,
     plan_cache,
     run_trees,
-    tree_accepted_length,
     tree_nodes,
 )
 from thermospec.runs.config import RunConfig
@@ -67,7 +67,9 @@ def test_one_draft_per_node_is_the_block_run(small: PreparedRun, verifier: str) 
     source = BigramSource(small.target)
     blocks = list(run_blocks(source, small.proposer.draft, 3, 4000, random_stream(2, Stream.CHAIN)))
     trees = list(run_trees(source, small.proposer.draft, verifier, 1, 3, 4000, random_stream(2, Stream.CHAIN)))
-    b, t = blocks[0], joined(trees)
+    names = ("first_step", "context", "drafted", "accepted_length", "final", "draft_keys")
+    b = BlockChunk(start=0, **{n: np.concatenate([getattr(c, n) for c in blocks]) for n in names})
+    t = joined(trees)
     assert np.array_equal(b.accepted_length, t.accepted_length) and np.array_equal(b.final, t.final)
     assert np.array_equal(b.emitted_tokens(), t.emitted_tokens()) and np.array_equal(b.context, t.context)
 
@@ -114,7 +116,8 @@ def test_mean_accepted_length_matches_the_dynamic_program(small: PreparedRun, ve
     plans = plan_cache(source, small.proposer.draft, verifier, 2)
     chunk = joined(list(run_trees(source, small.proposer.draft, verifier, 2, 3, 30_000,
                                   random_stream(13, Stream.CHAIN))))
-    expected = {k: tree_accepted_length(source, plans, k, 3) for k in np.unique(chunk.context).tolist()}
+    expectation = TreeExpectation(source, plans, 3)
+    expected = {k: expectation(k) for k in np.unique(chunk.context).tolist()}
     exact = np.array([expected[k] for k in chunk.context.tolist()], dtype=np.float64)
     diff = chunk.accepted_length - exact  # a martingale difference per block: mean 0 given the starts
     se = diff.std(ddof=1) / np.sqrt(diff.size)

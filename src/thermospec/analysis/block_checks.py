@@ -13,7 +13,7 @@ from thermospec.core.expectation import EXPECTATION_MAX_V, block_expectation
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.blocks import block_transition_chi2, fixed_context_blocks, run_blocks
 from thermospec.engine.chain import dense_matrices
-from thermospec.engine.trees import fixed_key_trees, plan_cache, run_trees, tree_accepted_length
+from thermospec.engine.trees import TreeExpectation, fixed_key_trees, plan_cache, run_trees
 from thermospec.runs.block_run import TREE_EXPECTATION_KEYS, batch_means_se, length_se_floor
 from thermospec.runs.checklist import CheckResult, likeliest_contexts, psi_size_check
 from thermospec.runs.prepare import PreparedRun, context_source, sparse_rows
@@ -33,7 +33,7 @@ def run_block_checks(run: Any, check_steps: int) -> list[Any]:
        errors (batch means) of its exact expectation: on a bigram chain's blocks
        the stationary one (`core.expectation`); elsewhere (trees, order-N keys, a
        trace's positions) the expectation given each block's first key, by the
-       dynamic program of `engine.trees.tree_accepted_length`.
+       dynamic program of `engine.trees.TreeExpectation`.
     3. The guide's ψ size check, unchanged.
     """
 
@@ -91,7 +91,8 @@ def _given_starts_check(name: str, source: Any, plans: Any, start: NDArray[np.in
         return CheckResult(name=name, passed=True, skipped=True,
                            detail=f"skipped: {len(keys):,} distinct block starts (the exact expectation is computed "
                            f"for at most {TREE_EXPECTATION_KEYS:,})")
-    values = {k: tree_accepted_length(source, plans, k, gamma) for k in keys}
+    expectation = TreeExpectation(source, plans, gamma)
+    values = {k: expectation(k) for k in keys}
     if any(v is None for v in values.values()):
         return CheckResult(name=name, passed=True, skipped=True,
                            detail="skipped: the drafted paths from these keys reach too many keys to sum exactly")

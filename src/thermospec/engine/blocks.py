@@ -62,7 +62,8 @@ __all__ = [
 
 
 BLOCKS_FILE = "m1_blocks.jsonl"
-DEFAULT_BLOCK_CHUNK = 1 << 13
+DEFAULT_BLOCK_CHUNK = 1 << 10
+"""Blocks per chunk: the unit a signal keeps or drops, short at the loop's Python speed (about a second of work)."""
 TABLE_CACHE_BYTES = 256 * 1024 * 1024
 LIST_TABLE_MAX_V = 4096
 MAX_GAMMA = 1024
@@ -100,13 +101,14 @@ _BlockTable = _DenseBlockTable | _CompactBlockTable
 
 
 class _TableCache:
-    """Per-context block tables with a memory bound (least recently used entries go first).
+    """Per-context block tables with a memory bound (least recently used entries go first; with `cyclic`, the
+    first keys met are kept).
 
     With `sparse` (large V, `thermospec.runs.sparse_rows`) the tables are compact.
     """
 
     def __init__(self, row: RowSource, drafts: DraftSource, V: int, max_bytes: int,
-                 sparse: SparseRows | None = None) -> None:
+                 sparse: SparseRows | None = None, cyclic: bool = False) -> None:
         self.row = row
         self.drafts = drafts
         self.sparse = sparse
@@ -118,6 +120,7 @@ class _TableCache:
             per_entry = 4 * V * (32 if self.as_list else 8)
         self.capacity = max(8, max_bytes // per_entry)
         self._tables = lru_cache(maxsize=self.capacity)(self.build)
+        self._kept: dict[int, _BlockTable] | None = {} if cyclic else None
 
     def build(self, x: int) -> _BlockTable:
         """The block tables of context x (no cache)."""
@@ -126,7 +129,16 @@ class _TableCache:
         return _DenseBlockTable(self.row(x), self.drafts(x), self.as_list)
 
     def __call__(self, x: int) -> _BlockTable:
-        return self._tables(x)
+        if self._kept is None:
+            return self._tables(x)
+        # Keys visited in a cycle (a trace's positions) would evict each other from an LRU before their next
+        # visit: the cache keeps the first keys it meets instead, and builds the others each time.
+        found = self._kept.get(x)
+        if found is None:
+            found = self.build(x)
+            if len(self._kept) < self.capacity:
+                self._kept[x] = found
+        return found
 
 
 def _token_is_key(key: int, token: int) -> int:
@@ -229,7 +241,7 @@ def run_blocks(
     """
     if not 1 <= gamma <= MAX_GAMMA:
         raise ValueError(f"--gamma: must be an integer in 1 .. {MAX_GAMMA}, got {gamma}")
-    table = _TableCache(source.row, drafts, source.V, table_bytes, sparse)
+    table = _TableCache(source.row, drafts, source.V, table_bytes, sparse, cyclic=source.token_free)
     advance = _token_is_key if source.keys_are_tokens else memoised_advance(source)
     x = source.start(rng)
     emitted_total = 0

@@ -50,6 +50,11 @@ class ContextSource(Protocol):
         """Whether a key is the previous token (then ``pi`` is the chain's law and the N·π χ² applies)."""
         ...
 
+    @property
+    def token_free(self) -> bool:
+        """Whether the next key does not depend on the token (teacher-forced positions)."""
+        ...
+
     def start(self, rng: np.random.Generator) -> int:
         """The first key, drawn from `rng` where the source starts at random."""
         ...
@@ -71,6 +76,7 @@ class BigramSource:
     """Bigram chains (synthetic, corpus characters, BPE tokens): the key is the previous token."""
 
     keys_are_tokens = True
+    token_free = False
 
     def __init__(self, target: BigramTarget) -> None:
         self.target = target
@@ -96,6 +102,7 @@ class OrderSource:
     """Order-N contexts of a corpus: the key is the id of the longest seen suffix of the last N - 1 tokens."""
 
     keys_are_tokens = False
+    token_free = False
 
     def __init__(self, target: OrderTarget) -> None:
         self.target = target
@@ -125,6 +132,7 @@ class PositionSource:
     """The positions of a trace, teacher-forced: the key is the position; the next one is t + 1 (mod T)."""
 
     keys_are_tokens = False
+    token_free = True
 
     def __init__(self, target: PositionTarget) -> None:
         self.target = target

@@ -26,36 +26,36 @@ are actually drawn (the others' uniforms are skipped): the tokens are those of
 drawing every node, and the draws a chip makes are counted in full.
 
 `run_trees` is the per-block loop (plain Python over the verifier plans, cached
-per key); `tree_accepted_length` is the exact expected accepted length of a
+per key); `TreeExpectation` is the exact expected accepted length of a
 block from a key, by dynamic programming over the accepted-token law of each
 level's verifier.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.sampling import inverse_cdf
-from thermospec.core.verifiers import VerifierPlan, make_plan, recursive_targets, spectr_rho
+from thermospec.core.verifiers import VerifierPlan, recursive_targets, spectr_rho
 from thermospec.engine.chain import ReportError
 from thermospec.engine.chunks import BlockChunk
+from thermospec.engine.drafts import plan_source
 from thermospec.engine.keys import ContextSource, memoised_advance
 from thermospec.tsu.drafts import DraftSource
 
-__all__ = ["MAX_TREE_NODES", "TreeChunk", "accepted_law", "fixed_key_trees", "plan_cache", "run_trees",
-           "tree_accepted_length", "tree_nodes"]
+__all__ = ["MAX_TREE_NODES", "TreeChunk", "TreeExpectation", "accepted_law", "fixed_key_trees", "plan_cache",
+           "run_trees", "tree_nodes"]
 
 MAX_TREE_NODES = 4096
 """Most drafted nodes in one block's tree (``N + N² + … + N^γ``): the chip drafts all of them per target call."""
-PLAN_CACHE_KEYS = 4096
-"""Keys whose verifier plans are kept (a plan holds a few V-sized arrays)."""
-DEFAULT_TREE_CHUNK = 1 << 12
+DEFAULT_TREE_CHUNK = 1 << 8
+"""Blocks per chunk: a chunk is the unit a signal keeps or drops, so a Python-speed loop keeps it short."""
 
 
 def tree_nodes(gamma: int, n: int) -> int:
@@ -95,7 +95,7 @@ def accepted_law(plan: VerifierPlan) -> NDArray[np.float64]:
             reach *= 1.0 - min(float(accepted.sum()), 1.0)
         return law
     if plan.name == "spectr":
-        rho = spectr_rho(plan.p, plan.q, plan.n)
+        rho = float(getattr(plan, "rho", None) or spectr_rho(plan.p, plan.q, plan.n))
         single = np.minimum(plan.q, plan.p / rho)
         beta = float(single.sum())
         geometric = plan.n if beta <= 0 else (1.0 - (1.0 - beta) ** plan.n) / beta
@@ -105,12 +105,9 @@ def accepted_law(plan: VerifierPlan) -> NDArray[np.float64]:
 
 
 def plan_cache(source: ContextSource, drafts: DraftSource, verifier: str, n: int) -> Callable[[int], VerifierPlan]:
-    """Each key's verifier plan for N drafts from ψ of that key, built once (least recently used out)."""
-
-    def build(key: int) -> VerifierPlan:
-        return make_plan(verifier, source.row(key), drafts(key).tsu.q, n)
-
-    return lru_cache(maxsize=PLAN_CACHE_KEYS)(build)
+    """Each key's verifier plan for N drafts from ψ of that key (`engine.drafts.plan_source`: built once, kept
+    within its byte bound)."""
+    return plan_source(source.row, drafts, verifier, n)
 
 
 def _checked_draw(drafts: DraftSource, key: int, u: float, step: int) -> int:
@@ -245,39 +242,43 @@ def _tree_chunk(start: int, rows: list[tuple[int, int, list[int], list[int], int
                      accepted_length=column(4), final=column(5), children=children, accepted_index=index)
 
 
-def tree_accepted_length(source: ContextSource, plans: Callable[[int], VerifierPlan], key: int, gamma: int,
-                         max_states: int = 20_000) -> float | None:
-    """Exact expected accepted length of a tree block from `key`: ``E_d(c) = Σ_y a_c(y) (1 + E_{d-1}(c·y))``.
+class TreeExpectation:
+    """The exact expected accepted length of a tree block from a key, ``E_γ(key)``, memoised across keys.
 
-    ``a_c`` is the accepted-token law of c's verifier (`accepted_law`) and ``c·y`` the key after y.  None
-    when more than `max_states` (key, depth) states would be needed.
+    ``E_d(c) = Σ_y a_c(y) (1 + E_{d-1}(c·y))``, ``E_0 = 0``: ``a_c`` is the accepted-token law of c's
+    verifier (`accepted_law`) and ``c·y`` the key after y.  On a teacher-forced source (`token_free`) every
+    token leads to the same key, so ``E_d(c) = α_c (1 + E_{d-1}(c·y))`` with α the verifier's acceptance.
+    Calling it returns None once more than `max_states` (key, depth) values would be needed.
     """
-    memo: dict[tuple[int, int], float] = {}
-    laws: dict[int, NDArray[np.float64]] = {}
 
-    def value(c: int, depth: int) -> float:
+    def __init__(self, source: ContextSource, plans: Callable[[int], VerifierPlan], gamma: int,
+                 max_states: int = 20_000) -> None:
+        self.source, self.plans, self.gamma, self.max_states = source, plans, gamma, max_states
+        self._memo: dict[tuple[int, int], float] = {}
+
+    def __call__(self, key: int) -> float | None:
+        try:
+            return self._value(key, self.gamma)
+        except OverflowError:
+            return None
+
+    def _value(self, c: int, depth: int) -> float:
         if depth == 0:
             return 0.0
-        found = memo.get((c, depth))
+        found = self._memo.get((c, depth))
         if found is not None:
             return found
-        if len(memo) >= max_states:
+        if len(self._memo) >= self.max_states:
             raise OverflowError
-        law = laws.get(c)
-        if law is None:
-            law = laws[c] = accepted_law(plans(c))
-        support = np.flatnonzero(law > 0)
-        nxt = [source.advance(c, int(y)) for y in support.tolist()]
-        total = float(law[support].sum())
-        if len(set(nxt)) == 1:  # every token leads to one key (a trace's next position)
-            result = total * (1.0 + value(nxt[0], depth - 1)) if nxt else 0.0
+        source = self.source
+        if depth == 1:  # the last level: its expected accepted length is the verifier's acceptance
+            result = self.plans(c).acceptance
+        elif source.token_free:
+            result = self.plans(c).acceptance * (1.0 + self._value(source.advance(c, 0), depth - 1))
         else:
-            result = total + float(sum(float(law[y]) * value(k, depth - 1)
-                                       for y, k in zip(support.tolist(), nxt, strict=True)))
-        memo[(c, depth)] = result
+            law = accepted_law(self.plans(c))
+            support = np.flatnonzero(law > 0).tolist()
+            result = float(law[support].sum()) + math.fsum(
+                float(law[y]) * self._value(source.advance(c, y), depth - 1) for y in support)
+        self._memo[(c, depth)] = result
         return result
-
-    try:
-        return value(key, gamma)
-    except OverflowError:
-        return None

@@ -20,7 +20,7 @@ from thermospec.engine.blocks import BLOCKS_FILE, run_blocks, run_blocks_referen
 from thermospec.engine.chain import dense_matrices
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.tally import BlockTally
-from thermospec.engine.trees import TreeChunk, plan_cache, run_trees, tree_accepted_length, tree_nodes
+from thermospec.engine.trees import TreeChunk, TreeExpectation, plan_cache, run_trees, tree_nodes
 from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.block_parquet import BLOCKS_PARQUET, BlockParquetWriter
 from thermospec.runs.parquet_file import finish_parquet
@@ -195,6 +195,7 @@ class BlockMode:
         self._parquet = (BlockParquetWriter(run_dir / BLOCKS_PARQUET, self.source.key_json, self.n > 1, chains > 1)
                          if telemetry == "parquet" else None)
         self._overlap: dict[int, float] = {}
+        self._expectation = TreeExpectation(self.source, self.plans, self.gamma) if self.plans is not None else None
         self._ce_gap: dict[int, float] = {}  # KL(p ‖ F(ψ)) at each key, as M1's ce_gap_nats
 
     def chunks(self) -> Iterator[tuple[BlockChunk | None, ...]]:
@@ -326,8 +327,10 @@ class BlockMode:
         starts = chain.tally.draft_context_counts
         visited = np.flatnonzero(starts).tolist()
         expected = None
-        if len(visited) <= TREE_EXPECTATION_KEYS:
-            values = [tree_accepted_length(self.source, self.plans, key, self.gamma) for key in visited]
+        # An interrupted run stops at once: its summary leaves the exact expectation out (null).
+        if len(visited) <= TREE_EXPECTATION_KEYS and chain.tally.tokens >= self.run.config.steps:
+            assert self._expectation is not None
+            values = [self._expectation(key) for key in visited]
             if all(v is not None for v in values):
                 expected = math.fsum(float(starts[k]) * float(v) for k, v in zip(visited, values, strict=True)
                                      if v is not None) / chain.tally.blocks
