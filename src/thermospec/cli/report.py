@@ -120,7 +120,7 @@ def _block_lines(summary: dict[str, Any]) -> list[str]:
     if not summary.get("blocks"):
         return []
     expected = summary.get("expected") or {}
-    exact = expected.get("accepted_length")
+    exact = expected.get("accepted_length", summary.get("expected_accepted_length_given_starts"))
     se = summary.get("mean_accepted_length_se")
     lines = [
         f"blocks         {summary['blocks']:,} of γ = {summary['gamma']} drafts, one target call each",

@@ -81,6 +81,8 @@ def check_room(settings: RunConfig, telemetry: str, chains: int, runs_dir: str |
     folder = Path(runs_dir).absolute()
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--runs-dir {runs_dir}: cannot write in {folder}")
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
