@@ -117,7 +117,8 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
         raise ConfigError(f"--telemetry {telemetry}: --replay compares the JSONL a run wrote")
     if config.tsu == "thrml" and chains > 1 and config.gamma is None:
         raise ConfigError("--tsu thrml: runs one chain (B chains step in lock step on tables of F(ψ), and a THRML "
-                          "TSU draws each token from its own sampler); drop --chains")
+                          "TSU draws each token from its own sampler); drop --chains, or add --gamma G (blocks "
+                          "and trees of THRML run with --chains)")
     for given, option in ((config.trace is not None, "--trace"), (config.order > 2, "--order")):
         if given and telemetry == "parquet" and config.gamma is None:  # a --gamma run writes blocks as Parquet
             raise ConfigError(f"{option}: single-draft records carry a field M1's Parquet schema lacks (the "
