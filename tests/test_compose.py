@@ -226,3 +226,19 @@ def test_trace_with_chains_each_from_position_0(trace_run: PreparedRun, tmp_path
     assert pooled["accept_rate"] == pytest.approx(sum(c["accept_rate"] for c in chains) / 3)
     assert pooled["position_p_value"] > 1e-3 and pooled["p_value"] > 1e-3
     assert abs(pooled["accept_rate"] - pooled["mean_overlap"]) < 0.02
+
+
+def test_pooled_tree_summary_of_chains_carries_what_one_chain_does(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["run", "--vocab", "24", "--K", "4", "--gamma", "2", "--drafts", "2", "--steps", "2000", "--quiet"]
+    assert run_cli([*base, "--chains", "2", "--runs-dir", str(tmp_path)], capsys)[0] == 0
+    (folder,) = tmp_path.iterdir()
+    pooled = json.loads((folder / "summary.json").read_text())
+    chains = [json.loads((folder / f"chain_{b:04d}" / "summary.json").read_text()) for b in range(2)]
+    for key in ("tree_nodes_per_block", "tsu_draws_per_token", "expected_accepted_length_given_starts",
+                "psi_bytes_max", "mean_ce_gap"):
+        assert pooled[key] is not None and all(c[key] is not None for c in chains), key
+    weights = [c["blocks"] for c in chains]
+    assert pooled["expected_accepted_length_given_starts"] == pytest.approx(
+        sum(w * c["expected_accepted_length_given_starts"] for w, c in zip(weights, chains, strict=True))
+        / sum(weights))

@@ -297,8 +297,20 @@ class BlockMode:
             "accept_rate_min": min(rates),
             "accept_rate_max": max(rates),
             "steps": tokens,
-            **({"drafts": self.n, "verifier": self.run.config.verifier} if self.n > 1 else {}),
+            "psi_bytes_max": max(s["psi_bytes_max"] for s in per_chain if "psi_bytes_max" in s),
+            "expected": per_chain[0].get("expected"),  # the stationary expectation: the same for every chain
+            **(self._pooled_tree(per_chain, blocks, tokens) if self.n > 1 else {}),
         }
+
+    def _pooled_tree(self, per_chain: list[dict[str, Any]], blocks: int, tokens: int) -> dict[str, Any]:
+        """A tree's size and draws over every chain, and the chains' expectations weighted by their blocks."""
+        given = [(s["blocks"], s.get("expected_accepted_length_given_starts")) for s in per_chain if s["blocks"]]
+        expected = (math.fsum(b * float(v) for b, v in given if v is not None) / blocks
+                    if all(v is not None for _, v in given) else None)
+        nodes = tree_nodes(self.gamma, self.n)
+        return {"drafts": self.n, "verifier": self.run.config.verifier, "tree_nodes_per_block": nodes,
+                "psi_per_block": nodes // self.n, "tsu_draws_per_token": nodes * blocks / tokens,
+                "expected_accepted_length_given_starts": expected}
 
     def _chain_statistics(self, chain: _BlockChain) -> dict[str, Any]:
         if chain.tally.blocks == 0:  # stopped before the first chunk: nothing to aggregate
