@@ -28,19 +28,20 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.statistics import context_chi2
 from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.contexts import ContextChunk, run_order_chain, run_order_chains, run_order_reference
 from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
 from thermospec.runs.prepare import PreparedRun, order_of
-from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, RecordFile, write_json_atomic
+from thermospec.runs.storage import SUMMARY_FILE, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
 from thermospec.runs.telemetry import context_fields
 
@@ -61,6 +62,11 @@ def order_lines(chunk: ContextChunk, tails: dict[int, str]) -> str:
     ])
 
 
+def _contexts(chunk: ChainChunk) -> NDArray[np.int64]:
+    """The context id each step of an order-N chunk drafted in."""
+    return cast(ContextChunk, chunk).context
+
+
 class OrderMode(CountedMode):
     """``--order N`` (N > 2): one order-N chain or `chains` in lock step, JSONL telemetry (or none).
 
@@ -71,18 +77,8 @@ class OrderMode(CountedMode):
         target = order_of(run)
         if target is None:
             raise ValueError("OrderMode: the run's target is not an order-N target with N > 2")
-        if chains < 1 or (chains > 1 and run_dir is None):
-            raise ValueError(f"OrderMode: chains must be >= 1 (B > 1 writes into a run folder), got {chains}")
-        super().__init__(run, run_dir if chains == 1 else None, telemetry, target.V)
-        self.target, self.chains, self.run_dir = target, chains, run_dir
-        self._per_chain: list[CountedMode] = []  # each chain's counts (B > 1)
-        self._chain_files: list[RecordFile] = []
-        if chains > 1 and run_dir is not None:
-            self._per_chain = [CountedMode(run, None, telemetry, target.V) for _ in range(chains)]
-            for b in range(chains if telemetry != "none" else 0):
-                chain_dir(run_dir, b).mkdir()
-                if telemetry == "jsonl":
-                    self._chain_files.append(RecordFile(chain_dir(run_dir, b) / METRICS_FILE))
+        super().__init__(run, run_dir, telemetry, target.V, chains)
+        self.target = target
         self._tails: dict[int, str] = {}
         self._metrics: dict[int, tuple[float, float, int, int]] = {}
         self._known = np.zeros(0, dtype=np.bool_)  # by context id: whether its metrics (and text) are kept
@@ -117,35 +113,22 @@ class OrderMode(CountedMode):
                     if self.telemetry == "jsonl":
                         text = json.dumps(self.target.context_text(c))
                         self._tails[c] = context_fields(draft).removesuffix("}\n") + f',"context":{text}}}\n'
-        if self._file is not None:
-            self._file.write(order_lines(chunks[0], self._tails))
-        for part, file in zip(chunks, self._chain_files, strict=False):
-            file.write(order_lines(part, self._tails))
-        for part, mine in zip(chunks, self._per_chain, strict=False):
-            mine.count(part, part.context)
-        return sum(self.count(part, part.context) for part in chunks)
-
-    def close(self) -> str | None:
-        for file in self._chain_files:
-            file.close()
-        return super().close()
-
-    def complete(self) -> bool:
-        return self.steps >= self.run.config.steps * self.chains
+        return self.write_and_count(chunks, lambda part: order_lines(cast(ContextChunk, part), self._tails),
+                                    _contexts)
 
     def statistics(self, tests: bool = True) -> dict[str, Any]:
         """The run's aggregates (every chain's pooled); `tests` False leaves out the transition χ²."""
         pooled = self._statistics(self, tests)
         if self.chains == 1 or not self.steps:
             return pooled | ({"chains": self.chains} if self.chains > 1 else {})
-        rates = np.array([mine.accepted / max(1, mine.steps) for mine in self._per_chain])
+        rates = np.array([mine.accepted / max(1, mine.steps) for mine in self.per_chain])
         if self.telemetry != "none" and self.run_dir is not None:
             kept = self._stats
-            for b, mine in enumerate(self._per_chain):
+            for b, mine in enumerate(self.per_chain):
                 write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE,
                                   self._statistics(mine, tests) | {"chain": b})
             self._stats = kept
-        return pooled | {"chains": self.chains, "steps_per_chain": self._per_chain[0].steps,
+        return pooled | {"chains": self.chains, "steps_per_chain": self.per_chain[0].steps,
                          "chain_accept_rate_min": float(rates.min()),
                          "chain_accept_rate_mean": float(rates.mean()),
                          "chain_accept_rate_max": float(rates.max())}

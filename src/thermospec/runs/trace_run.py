@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,7 +39,7 @@ from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
 from thermospec.runs.prepare import PreparedRun, trace_of
-from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, RecordFile, write_json_atomic
+from thermospec.runs.storage import SUMMARY_FILE, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
 from thermospec.runs.telemetry import context_fields
 from thermospec.targets.trace import TraceShrankError, TraceTarget
@@ -82,18 +82,8 @@ class TraceMode(CountedMode):
         trace = trace_of(run)
         if trace is None:
             raise ValueError("TraceMode: the run's target is not a trace")
-        if chains < 1 or (chains > 1 and run_dir is None):
-            raise ValueError(f"TraceMode: chains must be >= 1 (B > 1 writes into a run folder), got {chains}")
-        super().__init__(run, run_dir if chains == 1 else None, telemetry, trace.V)
-        self.trace, self.chains, self.run_dir = trace, chains, run_dir
-        self._per_chain: list[CountedMode] = []  # each chain's counts (B > 1)
-        self._chain_files: list[RecordFile] = []
-        if chains > 1 and run_dir is not None:
-            self._per_chain = [CountedMode(run, None, telemetry, trace.V) for _ in range(chains)]
-            for b in range(chains if telemetry != "none" else 0):
-                chain_dir(run_dir, b).mkdir()
-                if telemetry == "jsonl":
-                    self._chain_files.append(RecordFile(chain_dir(run_dir, b) / METRICS_FILE))
+        super().__init__(run, run_dir, telemetry, trace.V, chains)
+        self.trace = trace
         T = trace.positions
         self._learned = np.zeros(T, dtype=np.bool_)
         self._tails = [""] * T
@@ -141,21 +131,8 @@ class TraceMode(CountedMode):
         chunks = chunk if isinstance(chunk, tuple) else (chunk,)
         for part in chunks:
             self._learn(part.position)
-        if self._file is not None:
-            self._file.write(trace_lines(chunks[0], self._prev_text, self._tails))
-        for part, file in zip(chunks, self._chain_files, strict=False):
-            file.write(trace_lines(part, self._prev_text, self._tails))
-        for part, mine in zip(chunks, self._per_chain, strict=False):
-            mine.count(part, part.position)
-        return sum(self.count(part, part.position) for part in chunks)
-
-    def close(self) -> str | None:
-        for file in self._chain_files:
-            file.close()
-        return super().close()
-
-    def complete(self) -> bool:
-        return self.steps >= self.run.config.steps * self.chains
+        return self.write_and_count(chunks, lambda part: trace_lines(cast(PositionChunk, part), self._prev_text,
+                                                                     self._tails), lambda part: part.prev)
 
     def statistics(self, tests: bool = True) -> dict[str, Any]:
         """The run's aggregates; `tests` False leaves out the two χ² (each a pass over the visited rows)."""
@@ -164,7 +141,7 @@ class TraceMode(CountedMode):
             return {**dict.fromkeys(_EMPTY), "steps": 0}
         tests = tests and not self._shrank  # the file is no longer whole: no pass over its rows
         if self.chains > 1 and self.telemetry != "none" and self.run_dir is not None:
-            for b, mine in enumerate(self._per_chain):
+            for b, mine in enumerate(self.per_chain):
                 if mine.steps:
                     chain_stats = trace_statistics(self.trace, mine.steps, mine.accepted, self._metrics,
                                                    mine.emitted_counts, mine.pairs if tests else None)
@@ -178,11 +155,11 @@ class TraceMode(CountedMode):
     def _pooled(self, tests: bool) -> dict[str, Any]:
         """Every chain's steps pooled (each chain visits the positions in the same order from 0), and the spread."""
         per = [trace_statistics(self.trace, mine.steps, mine.accepted, self._metrics, mine.emitted_counts, None)
-               for mine in self._per_chain if mine.steps]
-        pooled = trace_statistics(self.trace, self._per_chain[0].steps, self.accepted, self._metrics,
+               for mine in self.per_chain if mine.steps]
+        pooled = trace_statistics(self.trace, self.per_chain[0].steps, self.accepted, self._metrics,
                                   self.emitted_counts, self.pairs if tests else None, chains=self.chains)
         rates = [p["accept_rate"] for p in per]
-        return pooled | {"chains": self.chains, "steps_per_chain": self._per_chain[0].steps,
+        return pooled | {"chains": self.chains, "steps_per_chain": self.per_chain[0].steps,
                          "chain_accept_rate_min": min(rates), "chain_accept_rate_max": max(rates)}
 
     def extras(self) -> dict[str, Any]:
