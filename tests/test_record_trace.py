@@ -22,6 +22,8 @@ transformers: Any = pytest.importorskip(
 )
 tokenizers: Any = pytest.importorskip("tokenizers", reason="tokenizers is not installed")
 
+from tests.hf_pair import save_gpt2, train_tokenizer  # noqa: E402  (needs torch, transformers, tokenizers)
+
 WINDOW = 64
 STRIDE = 24
 
@@ -31,21 +33,7 @@ def tiny_model(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     """A 1-layer GPT-2 (n_embd 32) with a 300-token byte-level BPE, saved to a folder, and a text file."""
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     corpus = shakespeare.read_text(encoding="utf-8")
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
-    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    bpe.train_from_iterator([corpus[:20_000]], trainer=trainer)
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe)
-    tokenizer.save_pretrained(folder)
-    config = transformers.GPT2Config(
-        vocab_size=bpe.get_vocab_size(), n_positions=WINDOW, n_embd=32, n_layer=1, n_head=2,
-        bos_token_id=None, eos_token_id=None, initializer_range=0.5,  # peaked rows, unlike the default 0.02
-    )
-    torch.manual_seed(0)
-    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    save_gpt2(folder, train_tokenizer(corpus[:20_000], 300), seed=0, n_positions=WINDOW)  # peaked rows
     text = folder / "text.txt"
     text.write_text(corpus[:700], encoding="utf-8")
     return folder, text
