@@ -15,7 +15,6 @@ Example
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from thermospec.analysis.block_checks import checks_of
 from thermospec.analysis.checks import POOLED_STEPS
 from thermospec.experiments.sweep_runs import SweepResult, grid_sweep, seed_sweep
 from thermospec.runs.checklist import DEFAULT_CHECK_STEPS, CheckResult
+from thermospec.runs.config import OPTIONS as RUN_OPTIONS
 from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.runs.executor import check_mode_options, execute_run
 from thermospec.runs.prepare import inject_fault, prepare_run
@@ -162,8 +162,8 @@ def _folder(option: str, value: Any) -> None:
         raise ConfigError(f"{option}: must be a folder (text or a path), got {value!r} ({type(value).__name__})")
 
 
-OPTIONS = tuple(inspect.signature(config).parameters)
-"""The run options `config` takes (and `run`, `check` and `sweep` pass on to it)."""
+OPTIONS = tuple(RUN_OPTIONS)
+"""The run options `config` takes (and `run`, `check` and `sweep` pass on to it): `RunConfig` declares them."""
 
 
 def _config(where: str, options: dict[str, Any], not_here: dict[str, str] | None = None, **defaults: Any) -> RunConfig:

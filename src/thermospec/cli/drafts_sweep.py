@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from thermospec.cli.options import (
-    CORPUS_HELP,
     EXIT_FAILED,
     EXIT_USAGE,
     OneLineParser,
@@ -41,7 +40,7 @@ from thermospec.experiments.drafts_plots import draw_drafts_sweep
 from thermospec.experiments.drafts_sweep import DRAFTS_CSV, DRAFTS_PNG, drafts_rows, drafts_table
 from thermospec.experiments.parallel import SweepInterrupted, stop_signals
 from thermospec.experiments.sweeps import SWEEP_JSON, CsvRows, check_values
-from thermospec.runs.config import MAX_DRAFTS, ConfigError, RunConfig
+from thermospec.runs.config import CORPUS_HELP, MAX_DRAFTS, ConfigError, RunConfig
 from thermospec.runs.interrupts import exit_status, signal_name
 from thermospec.runs.prepare import prepare_run
 from thermospec.runs.progress import progress_bar

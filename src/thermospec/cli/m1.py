@@ -16,21 +16,18 @@ from typing import Any
 from thermospec.analysis.block_checks import checks_of
 from thermospec.cli.examples import examples_for
 from thermospec.cli.options import (
-    CORPUS_HELP,
     EXIT_FAILED,
     OneLineParser,
-    eps_option,
+    add_run_options,
     fault_option,
     guarded,
     int_at_least,
-    non_negative_float,
-    positive_float,
+    run_options,
 )
 from thermospec.cli.report import headline, summary_table
-from thermospec.core.verifiers import VERIFIERS
 from thermospec.engine.blocks import BLOCKS_FILE
 from thermospec.runs.block_parquet import BLOCKS_PARQUET
-from thermospec.runs.config import MAX_DRAFTS, MAX_SEED, MAX_SYNTHETIC_VOCAB, ConfigError, RunConfig
+from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.runs.executor import check_mode_options, execute_run
 from thermospec.runs.prepare import inject_fault, prepare_run
 from thermospec.runs.progress import progress_bar
@@ -38,7 +35,6 @@ from thermospec.runs.replay import ReplayError, compare_replay, load_replay
 from thermospec.runs.settings import check_room, config
 from thermospec.runs.storage import METRICS_FILE, create_run_dir
 from thermospec.runs.telemetry import PARQUET_FILE
-from thermospec.targets.order import MAX_ORDER
 
 __all__ = ["main"]
 
@@ -67,47 +63,9 @@ examples:
 
 
 def _add_target_options(parser: argparse.ArgumentParser, steps_help: str) -> None:
-    target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus or --trace)")
-    target.add_argument("--corpus", metavar="PATH", help=CORPUS_HELP)
-    target.add_argument("--vocab", type=int_at_least(2, MAX_SYNTHETIC_VOCAB), default=256, metavar="V",
-                        help="synthetic V, 2 to 65536 (default: 256); above 4096 each row is a lazily generated "
-                        "mixture of 256 Dirichlet atoms, not Dirichlet(c/V): README, Performance")
-    target.add_argument("--c", type=positive_float, default=50.0,
-                        help="synthetic Dirichlet concentration, alpha = c/V (default: 50)")
-    target.add_argument("--trace", metavar="PATH", default=None,
-                        help="recorded next-token log-probabilities, a (T, V) float16/float32 .npy or .npz "
-                        "(docs/traces.md; make one with scripts.make_trace or scripts.record_trace): step s "
-                        "drafts and corrects at position s mod T, teacher-forced (no x0, no π); e.g. "
-                        "--trace zipf.npy --K 64")
-    target.add_argument("--order", type=int_at_least(2, MAX_ORDER), default=2, metavar="N",
-                        help=f"with --corpus: the context is the last N - 1 characters, backed off to the longest "
-                        f"suffix the corpus has seen; 2 to {MAX_ORDER} (default: 2, M1's bigram); "
-                        "e.g. --corpus data/tinyshakespeare.txt --order 5")
-    psi = parser.add_argument_group("ψ payload, per context")
-    psi.add_argument("--K", type=int_at_least(1), default=64,
-                     help="top-K ids sent (default: 64; clamped to V)")
-    psi.add_argument("--tau", type=positive_float, default=1.0, help="temperature τ > 0 (default: 1.0)")
-    psi.add_argument("--eps", type=eps_option, default="auto",
-                     help="per-token tail probability, 'auto' to spread the target's tail mass, or a number "
-                     "with (V - K) * eps < 1 (default: auto)")
-    parser.add_argument("--steps", type=int_at_least(1), default=50_000, help=steps_help)
-    parser.add_argument("--seed", type=int_at_least(0, MAX_SEED), default=7,
-                        help="RNG seed, 0 to 2^63 - 1 (default: 7)")
-    beyond = parser.add_argument_group("beyond M1 (README: Beyond M1)")
-    beyond.add_argument("--gamma", type=int_at_least(1), default=None, metavar="G",
-                        help="γ-token speculative blocks: G drafts per target call, telemetry per block in "
-                        "m1_blocks.jsonl (default: M1, one draft and no bonus token)")
-    beyond.add_argument("--cost-ratio", type=non_negative_float, default=0.0, metavar="C",
-                        help="TSU draft time / target call time, for the modelled speed-up (default: 0)")
-    beyond.add_argument("--tokenizer", metavar="bpe:N", default=None,
-                        help="with --corpus: train a byte-level BPE of N tokens on it; token bigram target")
-    beyond.add_argument("--tsu", choices=("sim", "thrml"), default="sim",
-                        help="TSU backend: SimTSU, or Extropic's THRML sampler (extra 'thrml') (default: sim)")
-    beyond.add_argument("--drafts", type=int_at_least(1, MAX_DRAFTS), default=1, metavar="N",
-                        help="N i.i.d. TSU drafts per target call, verified exactly (default: 1, M1)")
-    beyond.add_argument("--verifier", choices=VERIFIERS, default="recursive",
-                        help="how N drafts are verified: recursive rejection (SpecInfer), SpecTr's "
-                        "k-sequential selection, or the optimal transport verifier (default: recursive)")
+    add_run_options(parser, {"target": "target (synthetic Dirichlet bigram unless --corpus or --trace)",
+                             "psi": "ψ payload, per context", "run": None, "beyond": "beyond M1 (README: Beyond M1)"},
+                    help={"steps": steps_help})
 
 
 def build_parser(prog: str = "run_m1") -> argparse.ArgumentParser:
@@ -164,10 +122,7 @@ def build_parser(prog: str = "run_m1") -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
-    return config(corpus=args.corpus, vocab=args.vocab, c=args.c, K=args.K, tau=args.tau, eps=args.eps,
-                  steps=args.steps, seed=args.seed, gamma=args.gamma, cost_ratio=args.cost_ratio,
-                  tokenizer=args.tokenizer, tsu=args.tsu, drafts=args.drafts, verifier=args.verifier,
-                  trace=args.trace, order=args.order)
+    return config(**run_options(args))
 
 
 def _notice_clamp(config: RunConfig, V: int) -> None:

@@ -8,12 +8,12 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from thermospec.core.payload import EpsSpec, PayloadError
 from thermospec.engine.chain import ReportError
-from thermospec.runs.config import ConfigError
+from thermospec.runs.config import DEFAULTS, OPTIONS, ConfigError, Option
 from thermospec.runs.interrupts import Terminated, install_termination_handler
 from thermospec.targets.corpus import CorpusError
 from thermospec.tsu.faults import Fault, FaultError
@@ -23,8 +23,6 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 EXIT_TERMINATED = 143
-CORPUS_HELP = ("UTF-8 text: char-level bigram counts, +1 Laplace (a leading byte-order mark is dropped; "
-               "line ends are kept as they are, so CRLF makes \\r a token)")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -143,3 +141,49 @@ def guarded(prog: str, command: Callable[[argparse.Namespace], int], args: argpa
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_USAGE
+
+
+def _parser_of(declared: Option) -> Any:
+    """The argparse type of a declared run option: its kind and range (`thermospec.runs.config.Option`)."""
+    if declared.eps:
+        return eps_option
+    if declared.kind == "integer":
+        return int_at_least(int(declared.low or 0), None if declared.high is None else int(declared.high))
+    if declared.kind == "number":
+        return positive_float if declared.strict else non_negative_float
+    return None
+
+
+def add_run_options(parser: Any, titles: dict[str, str | None], names: Sequence[str] | None = None,
+                    help: dict[str, str] | None = None, defaults: dict[str, Any] | None = None) -> None:
+    """Add the run options `names` (default: every one) as `RunConfig` declares them, in its order.
+
+    Parameters
+    ----------
+    titles : dict
+        The group title of each `Option.group` shown (``None``: the parser's own options); an option
+        whose group has no title is not added.
+    help, defaults : dict, optional
+        A command's own help text or default for an option (``--steps`` of a sweep).
+    """
+    groups: dict[str, Any] = {}
+    for name, declared in OPTIONS.items():
+        if (names is not None and name not in names) or declared.group not in titles:
+            continue
+        title = titles[declared.group]
+        if declared.group not in groups:
+            groups[declared.group] = parser if title is None else parser.add_argument_group(title)
+        kwargs: dict[str, Any] = {"default": (defaults or {}).get(name, DEFAULTS[name]),
+                                  "help": (help or {}).get(name, declared.help)}
+        if declared.choices:
+            kwargs["choices"] = declared.choices
+        elif _parser_of(declared) is not None:
+            kwargs["type"] = _parser_of(declared)
+        if declared.metavar is not None:
+            kwargs["metavar"] = declared.metavar
+        groups[declared.group].add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options a parsed command line holds, by name (those its parser has)."""
+    return {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}

@@ -18,15 +18,15 @@ from typing import Any
 
 from thermospec.cli.examples import examples_for
 from thermospec.cli.options import (
-    CORPUS_HELP,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     OneLineParser,
-    eps_option,
+    add_run_options,
     guarded,
     int_at_least,
     positive_float,
+    run_options,
 )
 from thermospec.experiments.gamma_sweep import SPEEDUP_PNG, format_gamma_table, plot_speedup
 from thermospec.experiments.grid import aggregate_grid, format_grid_table
@@ -39,8 +39,9 @@ from thermospec.experiments.sweeps import (
     context_label,
     target_of,
 )
-from thermospec.runs.config import MAX_SEED, MAX_SYNTHETIC_VOCAB, RunConfig
+from thermospec.runs.config import MAX_SEED, OPTIONS, RunConfig
 from thermospec.runs.interrupts import exit_status
+from thermospec.runs.settings import config
 
 __all__ = ["build_grid_parser", "build_plot_parser", "build_seed_parser", "grid_main", "plot_main", "seed_main"]
 
@@ -70,14 +71,7 @@ examples:
 """
 
 
-def _add_target_options(parser: argparse.ArgumentParser) -> None:
-    # The same target options as ``run_m1 run``.
-    target = parser.add_argument_group("target (synthetic Dirichlet bigram unless --corpus)")
-    target.add_argument("--corpus", metavar="PATH", help=CORPUS_HELP)
-    target.add_argument("--vocab", type=int_at_least(2, MAX_SYNTHETIC_VOCAB), default=256,
-                        help="synthetic V (default: 256)")
-    target.add_argument("--c", type=positive_float, default=50.0,
-                        help="synthetic Dirichlet concentration, alpha = c/V (default: 50)")
+TARGET_TITLE = "target (synthetic Dirichlet bigram unless --corpus)"
 
 
 def _add_execution_options(parser: argparse.ArgumentParser) -> None:
@@ -102,14 +96,11 @@ def build_seed_parser(prog: str = "sweep_m1") -> argparse.ArgumentParser:
         "RUNS_DIR/<UTC timestamp>/m1_seeds.csv (each seed's telemetry and summary in seed_<S>/).",
         epilog=examples_for(SEED_EXAMPLES, "sweep_m1", prog), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_target_options(parser)
-    psi = parser.add_argument_group("ψ payload, per context")
-    psi.add_argument("--K", type=int_at_least(1), default=64, help="top-K ids sent (default: 64; clamped to V)")
-    psi.add_argument("--tau", type=positive_float, default=1.0, help="temperature τ > 0 (default: 1.0)")
-    psi.add_argument("--eps", type=eps_option, default="auto",
-                     help="per-token tail probability, or 'auto' to spread the tail mass (default: auto)")
-    parser.add_argument("--steps", type=int_at_least(1), default=20_000,
-                        help="emitted tokens per run (default: 20000)")
+    # Every run option applies to each seed's full run, except those a seed sweep refuses (SEED_SWEEP_REFUSES).
+    add_run_options(parser, {"target": TARGET_TITLE, "psi": "ψ payload, per context", "run": None,
+                             "beyond": "beyond M1 (README: Beyond M1)"},
+                    names=[name for name in OPTIONS if name not in ("seed", "gamma", "cost_ratio")],
+                    help={"steps": "emitted tokens per run (default: 20000)"}, defaults={"steps": 20_000})
     parser.add_argument("--seeds", type=int_at_least(0, MAX_SEED), nargs="+", default=[7, 11, 13, 17], metavar="SEED",
                         help="RNG seeds, distinct (default: 7 11 13 17)")
     _add_execution_options(parser)
@@ -124,7 +115,7 @@ def build_grid_parser(prog: str = "sweep_m1_grid") -> argparse.ArgumentParser:
         "aggregated over seeds and write RUNS_DIR/<UTC timestamp>/m1_sweep.csv, one row per (K, τ, seed).",
         epilog=examples_for(GRID_EXAMPLES, "sweep_m1_grid", prog), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_target_options(parser)
+    add_run_options(parser, {"target": TARGET_TITLE}, names=[name for name in OPTIONS if OPTIONS[name].grid])
     grid = parser.add_argument_group("the grid (space-separated values, each distinct)")
     grid.add_argument("--Ks", type=int_at_least(1), nargs="+", default=[32, 64, 128], metavar="K",
                       help="top-K sizes (default: 32 64 128)")
@@ -132,8 +123,7 @@ def build_grid_parser(prog: str = "sweep_m1_grid") -> argparse.ArgumentParser:
                       help="temperatures (default: 0.9 1.0 1.1)")
     grid.add_argument("--seeds", type=int_at_least(0, MAX_SEED), nargs="+", default=[7, 11], metavar="SEED",
                       help="RNG seeds: each gives its own synthetic target (default: 7 11)")
-    grid.add_argument("--eps", type=eps_option, default="auto",
-                      help="per-token tail probability, or 'auto' (default: auto)")
+    add_run_options(grid, {"psi": None}, names=[name for name in OPTIONS if OPTIONS[name].grid])
     grid.add_argument("--context", metavar="X",
                       help="the fixed context: a token id, or a character for a corpus "
                       "(default: the most probable context under π)")
@@ -163,9 +153,8 @@ def build_plot_parser(prog: str = "plot") -> argparse.ArgumentParser:
     return parser
 
 
-def _base_config(args: argparse.Namespace, seed: int, **psi: Any) -> RunConfig:
-    return RunConfig(corpus=args.corpus, vocab=args.vocab, c=args.c, eps=args.eps, steps=args.steps,
-                     seed=seed, **psi)
+def _base_config(args: argparse.Namespace, seed: int) -> RunConfig:
+    return config(**run_options(args) | {"seed": seed})
 
 
 def _plural(count: int, noun: str) -> str:
@@ -198,7 +187,7 @@ def _notice(text: str) -> None:
 
 
 def _seed_sweep(args: argparse.Namespace) -> int:
-    base = _base_config(args, args.seeds[0], K=args.K, tau=args.tau)
+    base = _base_config(args, args.seeds[0])
     result = seed_sweep(base, args.seeds, args.runs_dir, args.jobs, args.scheduler, args.quiet, _notice)
     seeds = args.seeds
     print(f"seed sweep: {_plural(len(seeds), 'run')} of {args.steps} steps, K = {result.K_used}, τ = {args.tau:g}, "

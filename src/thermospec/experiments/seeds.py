@@ -132,11 +132,14 @@ def format_seed_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The per-seed table with a mean ± std (ddof = 1) row."""
     header = ("seed", "accept", "overlap", "|a-o|", "ce_gap", "chi2_p")
     columns = ("accept_rate", "mean_overlap", "accept_overlap_gap", "mean_ce_gap", "p_value")
-    body = [(str(r["seed"]), *(format_number(float(r[c])) for c in columns)) for r in rows]
+    body = [(str(r["seed"]), *("n/a" if r[c] is None else format_number(float(r[c])) for c in columns))
+            for r in rows]
     stats = []
-    for column in columns:
-        values = np.array([float(r[column]) for r in rows])
-        if not np.all(np.isfinite(values)):
+    for column in columns:  # a statistic a run's source does not define (null in its summary) reads n/a
+        values = np.array([float(r[column]) for r in rows if r[column] is not None])
+        if not values.size:
+            stats.append("n/a")
+        elif not np.all(np.isfinite(values)):
             stats.append("inf")
         elif len(values) < 2:
             stats.append(f"{values.mean():.4f} ± n/a")

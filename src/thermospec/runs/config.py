@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,8 @@ from thermospec.targets.order import MAX_ORDER, order_target
 from thermospec.targets.synthetic import DENSE_VOCAB_MAX, lazy_synthetic_target, synthetic_target
 from thermospec.targets.trace import TraceError, load_trace
 
-__all__ = ["MAX_STEPS", "ConfigError", "RunConfig", "load_target", "option_name"]
+__all__ = ["CORPUS_HELP", "DEFAULTS", "MAX_STEPS", "OPTIONS", "ConfigError", "Option", "RunConfig", "load_target",
+           "option_name"]
 
 
 class ConfigError(ValueError):
@@ -45,31 +46,89 @@ MAX_DRAFTS = 64
 MAX_STEPS = 10**12
 """Most steps of a run (``--steps``): about 8 hours at the fastest measured 36 M tokens/s, and about 250 TB of
 JSONL records (~250 bytes a step); larger counts are refused rather than left to fill a disk."""
+CORPUS_HELP = ("UTF-8 text: char-level bigram counts, +1 Laplace (a leading byte-order mark is dropped; "
+               "line ends are kept as they are, so CRLF makes \\r a token)")
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 """Smallest normal float32: a smaller τ would reach ψ as a subnormal, rounded to another value."""
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Options of an M1 run, with the guide's defaults."""
+class Option:
+    """How a run option is declared, once: its type, its range, its help, and where it applies.
 
-    corpus: str | None = None
-    vocab: int = 256
-    c: float = 50.0
-    K: int = 64
-    tau: float = 1.0
-    eps: EpsSpec = "auto"
-    steps: int = 50_000
-    seed: int = 7
-    # Beyond M1 (issue 6): left out of `as_dict` at their defaults, so M1 summaries are unchanged.
-    gamma: int | None = None
-    cost_ratio: float = 0.0
-    tokenizer: str | None = None
-    tsu: str = "sim"
-    drafts: int = 1
-    verifier: str = "recursive"
-    trace: str | None = None
-    order: int = 2
+    `RunConfig`'s fields carry one each (`option`); the command lines build their flags from them
+    (``cli/options.py``), the API's `config` takes their names as keywords, the sweeps offer those
+    that apply to them, and the summary records the options beyond M1 only when they are set.
+    """
+
+    kind: str
+    """``"integer"``, ``"number"`` or ``"text"`` (what `RunConfig` accepts; ``bool`` is none of them)."""
+    help: str
+    group: str = "beyond"
+    """Where the command lines list it: ``"target"``, ``"psi"``, ``"run"`` or ``"beyond"``."""
+    extension: bool = False
+    """Beyond M1 (issue 6 on): `RunConfig.as_dict` records it only when set, so M1 summaries stay as they were."""
+    low: float | None = None
+    high: float | None = None
+    strict: bool = False
+    """A number must be > `low` (else >= `low`)."""
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    eps: bool = False
+    """The ε spelling: ``auto`` or a number."""
+    path: bool = False
+    """Text that names a file (a `Path` is taken too)."""
+    grid: bool = False
+    """Whether a fixed-context grid sweep applies it (the target's options and ε)."""
+
+
+def option(default: Any, kind: str, help: str, **declared: Any) -> Any:
+    """A `RunConfig` field with its `Option` (the one place an option is declared); beyond M1 unless its
+    group is the target's, ψ's or the run's (`Option.extension`)."""
+    declared.setdefault("extension", declared.get("group", "beyond") == "beyond")
+    return field(default=default, metadata={"option": Option(kind, help, **declared)})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Options of a run, with the guide's defaults: each field declares its option once (`Option`)."""
+
+    corpus: str | None = option(None, "text", CORPUS_HELP, group="target", metavar="PATH", path=True, grid=True)
+    vocab: int = option(256, "integer", "synthetic V, 2 to 65536 (default: 256); above 4096 each row is a lazily "
+                        "generated mixture of 256 Dirichlet atoms, not Dirichlet(c/V): README, Performance",
+                        group="target", low=2, high=MAX_SYNTHETIC_VOCAB, metavar="V", grid=True)
+    c: float = option(50.0, "number", "synthetic Dirichlet concentration, alpha = c/V (default: 50)",
+                      group="target", low=0, strict=True, grid=True)
+    K: int = option(64, "integer", "top-K ids sent (default: 64; clamped to V)", group="psi", low=1)
+    tau: float = option(1.0, "number", "temperature τ > 0 (default: 1.0)", group="psi", low=0, strict=True)
+    eps: EpsSpec = option("auto", "number", "per-token tail probability, 'auto' to spread the target's tail mass, "
+                          "or a number with (V - K) * eps < 1 (default: auto)", group="psi", eps=True, grid=True)
+    steps: int = option(50_000, "integer", "number of emitted tokens (default: 50000)", group="run", low=1)
+    seed: int = option(7, "integer", "RNG seed, 0 to 2^63 - 1 (default: 7)", group="run", low=0, high=MAX_SEED)
+    # Beyond M1 (issue 6 on): left out of `as_dict` at their defaults, so M1 summaries are unchanged.
+    gamma: int | None = option(None, "integer", "γ-token speculative blocks: G drafts per target call, telemetry "
+                               "per block in m1_blocks.jsonl (default: M1, one draft and no bonus token)",
+                               low=1, metavar="G")
+    cost_ratio: float = option(0.0, "number", "TSU draft time / target call time, for the modelled speed-up "
+                               "(default: 0)", low=0, metavar="C")
+    tokenizer: str | None = option(None, "text", "with --corpus: train a byte-level BPE of N tokens on it; token "
+                                   "bigram target", metavar="bpe:N")
+    tsu: str = option("sim", "text", "TSU backend: SimTSU, or Extropic's THRML sampler (extra 'thrml') "
+                      "(default: sim)", choices=("sim", "thrml"))
+    drafts: int = option(1, "integer", "N i.i.d. TSU drafts per target call, verified exactly (default: 1, M1)",
+                         low=1, high=MAX_DRAFTS, metavar="N")
+    verifier: str = option("recursive", "text", "how N drafts are verified: recursive rejection (SpecInfer), "
+                           "SpecTr's k-sequential selection, or the optimal transport verifier (default: recursive)",
+                           choices=VERIFIERS)
+    trace: str | None = option(None, "text", "recorded next-token log-probabilities, a (T, V) float16/float32 .npy "
+                               "or .npz (docs/traces.md; make one with scripts.make_trace or scripts.record_trace): "
+                               "step s drafts and corrects at position s mod T, teacher-forced (no x0, no π); e.g. "
+                               "--trace zipf.npy --K 64", group="target", metavar="PATH", path=True,
+                               extension=True)
+    order: int = option(2, "integer", f"with --corpus: the context is the last N - 1 characters, backed off to the "
+                        f"longest suffix the corpus has seen; 2 to {MAX_ORDER} (default: 2, M1's bigram); "
+                        "e.g. --corpus data/tinyshakespeare.txt --order 5", group="target", low=2, high=MAX_ORDER,
+                        metavar="N", extension=True)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -197,13 +256,13 @@ class RunConfig:
         return values
 
 
-_EXTENSION_DEFAULTS: dict[str, Any] = {"gamma": None, "cost_ratio": 0.0, "tokenizer": None, "tsu": "sim",
-                                       "drafts": 1, "verifier": "recursive", "trace": None, "order": 2}
-_OPTION_TYPES = {"corpus": "text", "vocab": "integer", "c": "number", "K": "integer", "tau": "number",
-                 "eps": "number", "steps": "integer", "seed": "integer", "gamma": "integer", "cost_ratio": "number",
-                 "tokenizer": "text", "tsu": "text", "drafts": "integer", "verifier": "text", "trace": "text",
-                 "order": "integer"}
-_OPTIONAL = {"corpus", "gamma", "tokenizer", "trace"}
+OPTIONS: dict[str, Option] = {item.name: item.metadata["option"] for item in fields(RunConfig)}
+"""Every run option by its field name, as `RunConfig` declares it."""
+DEFAULTS: dict[str, Any] = {item.name: item.default for item in fields(RunConfig)}
+"""Each option's default."""
+_EXTENSION_DEFAULTS = {name: DEFAULTS[name] for name, declared in OPTIONS.items() if declared.extension}
+_OPTION_TYPES = {name: declared.kind for name, declared in OPTIONS.items()}
+_OPTIONAL = {name for name, default in DEFAULTS.items() if default is None}
 
 
 def option_name(field: str) -> str:

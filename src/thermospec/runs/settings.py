@@ -11,32 +11,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from thermospec.core.payload import EpsSpec
-from thermospec.runs.config import ConfigError, RunConfig
+from thermospec.runs.config import OPTIONS, ConfigError, RunConfig
 
 __all__ = ["JSONL_STEP_BYTES", "check_room", "config"]
 
 
-def config(
-    *,
-    corpus: str | Path | None = None,
-    vocab: int = 256,
-    c: float = 50.0,
-    K: int = 64,
-    tau: float = 1.0,
-    eps: EpsSpec = "auto",
-    steps: int = 50_000,
-    seed: int = 7,
-    gamma: int | None = None,
-    cost_ratio: float = 0.0,
-    tokenizer: str | None = None,
-    tsu: str = "sim",
-    drafts: int = 1,
-    verifier: str = "recursive",
-    trace: str | Path | None = None,
-    order: int = 2,
-) -> RunConfig:
-    """A validated configuration, with the guide's defaults; the keywords are the CLI's options.
+def config(**options: Any) -> RunConfig:
+    """A validated configuration, with the guide's defaults; the keywords are the run options that
+    `RunConfig` declares (`thermospec.runs.config.OPTIONS`: the command line's, ``cost_ratio`` for
+    ``--cost-ratio``), a path given as text or a `Path`.
 
     ``trace`` (a ``.npy``/``.npz`` of recorded next-token log-probabilities, docs/traces.md) makes
     the run teacher-forced over its positions; ``order`` N > 2 (with ``corpus``) makes the context
@@ -45,11 +28,13 @@ def config(
     Raises
     ------
     ConfigError
-        One line naming the option and the reason.
+        One line naming the option and the reason (an unknown name too).
     """
-    settings = RunConfig(corpus=_path_text(corpus), vocab=vocab, c=c, K=K, tau=tau, eps=eps, steps=steps, seed=seed,
-                         gamma=gamma, cost_ratio=cost_ratio, tokenizer=tokenizer, tsu=tsu, drafts=drafts,
-                         verifier=verifier, trace=_path_text(trace), order=order)  # every type checked here
+    for name in options:
+        if name not in OPTIONS:
+            raise ConfigError(f"{name}: not a run option (options: {', '.join(OPTIONS)})")
+    given = {name: _path_text(value) if OPTIONS[name].path else value for name, value in options.items()}
+    settings = RunConfig(**given)  # every type checked here
     if settings.cost_ratio and settings.gamma is None:
         raise ConfigError("--cost-ratio: models the speed-up of γ-token blocks and needs --gamma")
     return settings
