@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 from scipy import stats
 
-from thermospec.core.statistics import chi2_sf, pooled_bins, pooled_chi2
+from thermospec.core.statistics import (
+    chi2_sf,
+    context_chi2,
+    pairs_chi2,
+    pooled_bins,
+    pooled_chi2,
+    pooled_chi2_rows,
+)
 
 
 def test_no_small_bin_means_no_pooling() -> None:
@@ -105,3 +115,66 @@ def test_p_values_are_uniform_under_the_null_and_small_under_an_alternative() ->
     shifted = 0.9 * p + 0.1 / 40  # 10 % of the mass moved to uniform
     alt = [pooled_chi2(rng.multinomial(n, shifted).astype(np.float64), n * p).p_value for _ in range(50)]
     assert max(alt) < 1e-3
+
+
+def _old_context_chi2(counts: list[tuple[int, NDArray[np.float64]]], rows: NDArray[np.float64]) -> tuple[float, int]:
+    """`context_chi2` as it was, one `pooled_chi2` per context: the reference of the blocks."""
+    results = [pooled_chi2(observed, observed.sum() * rows[x]) for x, observed in counts]
+    return math.fsum(r.stat for r in results), sum(r.dof for r in results)
+
+
+def _random_tests(rng: np.random.Generator, m: int, V: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """m count vectors over V bins and their rows: sharp or flat rows, rounded (ties) or not, few or many counts."""
+    rows = rng.dirichlet(np.full(V, float(rng.choice([0.05, 0.5, 5.0]))), size=m)
+    if rng.random() < 0.3:  # ties between bins (the merge goes to the first smallest) and zero rows entries
+        rows = np.round(rows, 2)
+        rows[:, 0] += 1.0 - rows.sum(axis=1)
+        rows = np.abs(rows)
+    n = rng.integers(0, int(rng.choice([5, 50, 500, 5000, 500_000])), size=m)
+    observed = np.stack([rng.multinomial(int(n[i]), rows[i] / rows[i].sum()) for i in range(m)]).astype(np.float64)
+    if rng.random() < 0.2:  # counts that are not integers: the pooled sums' order then shows
+        observed += rng.random(observed.shape)
+    return observed, rows
+
+
+@pytest.mark.parametrize("V", [1, 2, 3, 8, 9, 65, 130, 300])
+def test_pooled_chi2_rows_is_pooled_chi2_bit_for_bit(V: int) -> None:
+    """Each row's statistic and dof are `pooled_chi2`'s exactly, over every branch of the pooling rule."""
+    rng = np.random.default_rng(V)
+    branches = {"unpooled": 0, "separate": 0, "merged": 0, "one bin": 0}
+    for _ in range(150):
+        observed, rows = _random_tests(rng, int(rng.integers(1, 30)), V)
+        expected = observed.sum(axis=1)[:, None] * rows
+        stat, dof = pooled_chi2_rows(observed, expected)
+        for i in range(observed.shape[0]):
+            result = pooled_chi2(observed[i], expected[i])
+            assert (float(stat[i]), int(dof[i])) == (result.stat, result.dof)
+            small = expected[i] < 5
+            pooled = expected[i][small].sum()
+            branch = ("one bin" if result.bins <= 1 else "unpooled" if not small.any()
+                      else "separate" if pooled >= 5 else "merged")
+            branches[branch] += 1
+    assert all(branches.values()) or V < 8, branches  # every branch met (small V: no room for all)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_context_chi2_and_pairs_chi2_are_the_per_context_loop_bit_for_bit(seed: int) -> None:
+    """The block-wise `context_chi2` and `pairs_chi2` give the old per-context loop's statistic and dof exactly."""
+    rng = np.random.default_rng(seed)
+    V = int(rng.choice([5, 65, 300]))
+    observed, rows = _random_tests(rng, 500, V)
+    observed = np.floor(observed)
+    visited = np.flatnonzero(observed.sum(axis=1))
+    counts = [(int(x), observed[x]) for x in visited]
+    stat, dof = _old_context_chi2(counts, rows)
+    result = context_chi2(counts, lambda x: rows[x])
+    assert (result.stat, result.dof, result.bins) == (stat, dof, dof + visited.shape[0])
+    assert result.p_value == (chi2_sf(stat, dof) if dof else 1.0)
+    context, token = np.nonzero(observed)
+    count = observed[context, token].astype(np.int64)
+    for block in (1 << 20, 7 * V):  # one block, and many (contexts cut across blocks)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("thermospec.core.statistics.BLOCK_ELEMENTS", block)
+            pairs = pairs_chi2(context.astype(np.int64), token.astype(np.int64), count, V, lambda xs: rows[xs])
+            assert pairs == result
+            assert context_chi2(counts, lambda x: rows[x]) == result

@@ -33,7 +33,7 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.core.statistics import context_chi2
+from thermospec.core.statistics import pairs_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.contexts import ContextChunk, run_order_chain, run_order_chains, run_order_reference
@@ -133,29 +133,29 @@ class OrderMode(CountedMode):
                          "chain_accept_rate_mean": float(rates.mean()),
                          "chain_accept_rate_max": float(rates.max())}
 
-    def _rows(self, contexts: list[int]) -> Callable[[int], NDArray[np.float64]]:
-        """The target's rows of `contexts`: built at once from the move table after a crafted run."""
+    def _rows(self) -> Callable[[NDArray[np.int64]], NDArray[np.float64]]:
+        """The target's rows of an array of contexts: from the move table after a crafted run, else one by one."""
         moves = self.target.moves() if self._crafted else None
-        if moves is None or not contexts:
-            return self.target.row
-        ids = np.array(contexts, dtype=np.int64)
-        states = moves.states_of(ids)
-        known = states >= 0
-        rows = moves.rows(states[known])
-        at = {c: i for i, c in enumerate(ids[known].tolist())}
 
-        def row(context: int) -> NDArray[np.float64]:
-            i = at.get(context)
-            return self.target.row(context) if i is None else rows[i]
+        def rows(contexts: NDArray[np.int64]) -> NDArray[np.float64]:
+            if moves is None:
+                return np.stack([self.target.row(c) for c in contexts.tolist()])
+            states = moves.states_of(contexts)
+            known = states >= 0
+            out = np.empty((contexts.shape[0], self.target.V), dtype=np.float64)
+            out[known] = moves.rows(states[known])
+            for i in np.flatnonzero(~known).tolist():
+                out[i] = self.target.row(int(contexts[i]))
+            return out
 
-        return row
+        return rows
 
     def _statistics(self, counts: CountedMode, tests: bool) -> dict[str, Any]:
         """The aggregates of one set of counts (one chain's, or the pooled ones)."""
         if not counts.steps:
             self._stats = {"steps": 0, "checklist": {}}
             return {**dict.fromkeys(_EMPTY), "steps": 0}
-        context, _, count = counts.pairs.pairs()
+        context, token, count = counts.pairs.pairs()
         visits = np.bincount(context, weights=count)
         visited = np.flatnonzero(visits).tolist()
         n = {c: int(visits[c]) for c in visited}
@@ -165,7 +165,7 @@ class OrderMode(CountedMode):
         mean_overlap = math.fsum(n[c] * m[0] for c, m in per.items()) / steps
         infinite_steps = sum(n[c] for c, m in per.items() if not math.isfinite(m[1]))
         mean_gap = None if infinite_steps else math.fsum(n[c] * m[1] for c, m in per.items()) / steps
-        transition = context_chi2(counts.pairs.contexts(), self._rows(visited)) if tests else None
+        transition = pairs_chi2(context, token, count, self.target.V, self._rows()) if tests else None
         psi_max = max(m[2] for m in per.values())
         self._stats = {
             "steps": steps,
