@@ -13,7 +13,9 @@ both to the per-step reference token for token.
 Keys: a step's key chooses its tables and is what the chunk records as ``prev``.
 By default the next key is the emitted token (the bigram chain, keys = tokens);
 with a next-key table ``next_keys`` (int64, keys × V) it is
-``next_keys[key * V + emitted]`` (order-N contexts), the chain kernel's convention.
+``next_keys[key * V + emitted]`` (order-N contexts), the chain kernel's convention;
+with a function ``advance(key, emitted)`` (keys met on demand, no table) the
+stepper runs the Python loop.
 
 Memory: each key's tables take `draft_slot_bytes` bytes; the cache holds at most
 `DEFAULT_TABLE_BYTES` of them (at least one slot), evicting the least recently used.
@@ -215,19 +217,26 @@ class DraftsStepper:
     backend : {"auto", "compiled", "python"}
     next_keys : ndarray of int64, shape (keys * V,), optional
         The next-key table (module docstring); None: the next key is the emitted token (keys = V).
+    advance : callable, optional
+        ``advance(key, emitted)``, the next key, in place of a table: the Python loop runs, on keys
+        ``0 .. keys - 1`` met on demand.
     """
 
     def __init__(self, keys: int, V: int, n: int, verifier: str, source: DraftTableSource,
                  backend: Backend = "auto", max_bytes: int = DEFAULT_TABLE_BYTES,
-                 next_keys: NDArray[np.int64] | None = None) -> None:
-        if next_keys is None and keys < V:
+                 next_keys: NDArray[np.int64] | None = None,
+                 advance: Callable[[int, int], int] | None = None) -> None:
+        if advance is not None and next_keys is not None:
+            raise ValueError("next_keys and advance: give at most one")
+        if next_keys is None and advance is None and keys < V:
             raise ValueError(f"keys: the next key is the emitted token, so keys ({keys}) must be >= V ({V})")
         if next_keys is not None and next_keys.shape != (keys * V,):
             raise ValueError(f"next_keys: must have keys * V = {keys * V} entries, got {next_keys.shape}")
         self.keys, self.V, self.n = keys, V, n
         self.levels, self.selection = table_layout(verifier, n)
         self.next_keys = None if next_keys is None else np.ascontiguousarray(next_keys, dtype=np.int64)
-        self.module = resolve_backend(backend)
+        self.advance = advance
+        self.module = None if advance is not None else resolve_backend(backend)
         self.cache = DraftTableCache(keys, V, n, verifier, source, max_bytes) if self.module is not None else None
         slots = max(1, max_bytes // draft_slot_bytes(V, n, verifier))
 
@@ -286,12 +295,12 @@ class DraftsStepper:
 
     def _python(self, u: NDArray[np.float64], out: tuple[NDArray[np.int64], ...], x: int) -> int:
         prev, proposed, emitted, index = out
-        n, V, nxt = self.n, self.V, self.next_keys
+        n, V, nxt, advance = self.n, self.V, self.next_keys, self.advance
         steps = u.tolist()
         for t, us in enumerate(steps):
             e, y, i = self._lists(x).step(us, n)
             prev[t], proposed[t], emitted[t], index[t] = x, y, e, i
-            x = e if nxt is None else int(nxt[x * V + e])
+            x = advance(x, e) if advance is not None else e if nxt is None else int(nxt[x * V + e])
             if not 0 <= x < self.keys:
                 raise ValueError(f"next_keys: key {x} is outside the {self.keys} keys")
         return x

@@ -154,16 +154,21 @@ def run_drafts_chains(
     chunk: int = DEFAULT_CHUNK,
     backend: Backend | Literal["reference"] = "auto",
     max_table_bytes: int = DEFAULT_TABLE_BYTES,
+    chain_drafts: list[DraftSource] | None = None,
 ) -> Iterator[list[DraftsChunk]]:
     """B chains with N drafts per step in lock step: each yield is the same `chunk` steps of every chain.
 
     Chain b runs on its own stream ``rngs[b]`` exactly as `run_drafts` runs one chain
     (so a chain given the single-chain stream is that run, token for token); the
-    chains share one table cache (at most `max_table_bytes`) and the plans.
+    chains share one table cache (at most `max_table_bytes`) and the plans.  With
+    ``backend="reference"`` and `chain_drafts`, chain b draws with its own TSUs
+    ``chain_drafts[b]`` (a THRML TSU's draws are its sampler's state: chains do not share it).
     """
     plans = plans or plan_source(row, drafts, verifier, n)
     if backend == "reference":
-        runs = [run_drafts_reference(row, pi, drafts, n, verifier, steps, rng, plans, chunk) for rng in rngs]
+        per_chain = chain_drafts or [drafts] * len(rngs)
+        runs = [run_drafts_reference(row, pi, d, n, verifier, steps, rng, plans, chunk)
+                for d, rng in zip(per_chain, rngs, strict=True)]
         yield from (list(chunks) for chunks in zip(*runs, strict=True))
         return
     _, selection = table_layout(verifier, n)
