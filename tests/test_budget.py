@@ -169,3 +169,14 @@ def test_tiny_shakespeare_gains_over_fixed_k_at_equal_mean_bytes(shakespeare: Pa
         )
         assert allocation.mean_overlap == pytest.approx(exact, abs=1e-12)
     check_budgets(curves, target.pi, np.arange(31.0, 224.0, 1.5))
+
+
+def test_a_fixed_eps_that_rules_out_small_k_starts_the_hull_at_the_first_valid_k() -> None:
+    rng = np.random.default_rng(41)
+    rows = rng.dirichlet(np.ones(10), size=4)
+    curves = overlap_curves(rows, 10, 5, 1.0, 0.12)  # (10 - 1) * 0.12 >= 1: K = 1 cannot be sent
+    assert np.all(curves.overlap[:, 0] == -np.inf) and np.all(np.isfinite(curves.overlap[:, 1:]))
+    with pytest.raises(ValueError, match="below the smallest mean ψ size, 34 bytes"):
+        allocate_budget(curves, np.ones(4), 31.0)
+    assert allocate_budget(curves, np.ones(4), 34.0).K.tolist() == [2, 2, 2, 2]
+    check_budgets(curves, np.full(4, 0.25), np.linspace(34.0, 40.0, 13))
