@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from thermospec import __version__
-from thermospec.cli import audit, drafts_sweep, m1, make_trace, record_trace, sweep
+from thermospec.cli import audit, drafts_sweep, generate, m1, make_trace, record_trace, sweep
 from thermospec.cli.options import EXIT_USAGE
 
 __all__ = ["COMMANDS", "Command", "main", "overview"]
@@ -47,6 +47,8 @@ COMMANDS: dict[str, Command] = {
                           lambda argv, prog: make_trace.main(argv, prog=prog)),
     "record-trace": Command("record a trace from a Hugging Face causal LM (extra: hf)", "scripts.record_trace",
                             lambda argv, prog: record_trace.main(argv, prog=prog)),
+    "generate": Command("decode text with a Hugging Face model pair and the TSU drafting (extra: hf)",
+                        "scripts.generate", lambda argv, prog: generate.main(argv, prog=prog)),
     "audit": Command("recompute a run's aggregates from its records and compare", "scripts.audit_run",
                      lambda argv, prog: audit.main(argv, prog=prog)),
 }
