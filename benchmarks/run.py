@@ -304,7 +304,7 @@ def bench_startup(repeats: int) -> list[Row]:
     bare = (
         "from thermospec.core.streams import Stream, random_stream\n"
         "from thermospec.engine.chain import run_chain\n"
-        "from thermospec.runs.config import RunConfig, load_target\n"
+        "from thermospec.runs.config import RunConfig\nfrom thermospec.runs.targets import load_target\n"
         "from thermospec.tsu.drafts import Proposer\n"
         "c = RunConfig(); t = load_target(c); p = Proposer(t.row, c.K, c.tau, c.eps)\n"
         "for chunk in run_chain(t.row, t.pi, p.draft, c.steps, random_stream(c.seed, Stream.CHAIN)): pass\n"

@@ -17,7 +17,8 @@ from thermospec.engine.chain import run_chain
 from thermospec.engine.chunks import BatchChunk
 from thermospec.engine.kernels import Backend, compiled_module, pcg64_state, slot_bytes
 from thermospec.engine.tally import BatchTally, RunTally
-from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.config import RunConfig
+from thermospec.runs.targets import load_target
 from thermospec.targets.bigram import BigramTarget
 from thermospec.tsu.drafts import Proposer
 

@@ -25,8 +25,9 @@ from thermospec.engine.compact import (
 from thermospec.engine.kernels import compiled_module
 from thermospec.engine.sparse import SparseProposer, draft_for_support
 from thermospec.engine.step import step_tokens
-from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.config import RunConfig
 from thermospec.runs.prepare import prepare_run, sparse_rows
+from thermospec.runs.targets import load_target
 from thermospec.targets.synthetic import DENSE_VOCAB_MAX, LazySyntheticTarget
 from thermospec.tsu.drafts import draft_for_row
 from thermospec.tsu.faults import Fault, FaultyProposer
@@ -268,7 +269,7 @@ def test_compact_chain_emits_the_target_with_a_negative_control() -> None:
 
 
 def test_large_dense_targets_step_on_compact_tables_with_the_same_tokens() -> None:
-    from thermospec.runs.prepare import COMPACT_ABOVE_V
+    from thermospec.runs.targets import COMPACT_ABOVE_V
 
     assert sparse_rows(prepare_run(RunConfig())) is None  # V = 256: dense tables
     run = prepare_run(RunConfig(vocab=COMPACT_ABOVE_V + 500, K=32, seed=5))

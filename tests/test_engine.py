@@ -26,8 +26,9 @@ from thermospec.engine.chain import ReportError, fixed_context_draws, run_chain,
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.kernels import Backend
 from thermospec.engine.tally import RunTally
-from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.config import RunConfig
 from thermospec.runs.prepare import prepare_run, sparse_rows
+from thermospec.runs.targets import load_target
 from thermospec.targets.bigram import BigramTarget
 from thermospec.tsu.drafts import ContextDraft, Proposer
 

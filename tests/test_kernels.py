@@ -29,7 +29,8 @@ from thermospec.engine.kernels import (
     slot_bytes,
 )
 from thermospec.engine.step import DenseStepTables, step_tokens, vector_steps
-from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.config import RunConfig
+from thermospec.runs.targets import load_target
 from thermospec.tsu.drafts import Proposer
 
 needs_compiled = pytest.mark.skipif(compiled_module() is None, reason="thermospec._kernels is not built")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.config import RunConfig
+from thermospec.runs.targets import load_target
 from thermospec.targets.corpus import DENSE_CORPUS_MAX_V, MAX_CORPUS_VOCAB
 
 

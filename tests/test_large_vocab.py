@@ -11,7 +11,8 @@ from thermospec.core.statistics import pooled_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import run_chain, run_chain_reference
 from thermospec.engine.kernels import TableCache, slot_bytes
-from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.config import RunConfig
+from thermospec.runs.targets import load_target
 from thermospec.targets.bigram import stationary_distribution
 from thermospec.targets.synthetic import (
     DENSE_VOCAB_MAX,

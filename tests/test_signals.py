@@ -25,10 +25,11 @@ import pytest
 from thermospec.analysis.audit import audit_jsonl
 from thermospec.cli.m1 import main
 from thermospec.core.statistics import pooled_chi2
-from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.config import RunConfig
 from thermospec.runs.executor import execute_run
 from thermospec.runs.prepare import prepare_run
 from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, OutputError, RecordFile, write_json_atomic
+from thermospec.runs.targets import load_target
 
 REPO = Path(__file__).resolve().parent.parent
 LONG_RUN = 20_000_000  # steps: minutes of JSONL, signalled long before; 4 GB at most, which the free-space check allows

@@ -12,7 +12,8 @@ import pytest
 from numpy.typing import NDArray
 
 from thermospec.core.streams import Stream, random_stream
-from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.config import RunConfig
+from thermospec.runs.targets import load_target
 from thermospec.targets.bigram import DenseTarget, stationary_distribution
 from thermospec.targets.corpus import CorpusError, corpus_target
 from thermospec.targets.synthetic import synthetic_target

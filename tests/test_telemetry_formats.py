@@ -16,7 +16,8 @@ from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import run_chain
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.kernels import compiled_module
-from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.config import RunConfig
+from thermospec.runs.targets import load_target
 from thermospec.runs.telemetry import FIELDS, JsonlWriter, NullWriter, TelemetrySink, jsonl_lines, parquet_available
 from thermospec.tsu.drafts import Proposer
 

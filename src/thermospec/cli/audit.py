@@ -22,8 +22,9 @@ import numpy as np
 from thermospec.analysis.audit import audit_jsonl, audit_parquet
 from thermospec.cli.options import OneLineParser
 from thermospec.core.statistics import pooled_chi2
-from thermospec.runs.config import RunConfig, load_target
+from thermospec.runs.config import RunConfig
 from thermospec.runs.replay import file_sha256
+from thermospec.runs.targets import load_target
 
 __all__ = ["MAX_Z", "main"]
 

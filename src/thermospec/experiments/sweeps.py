@@ -54,9 +54,10 @@ from thermospec.experiments.parallel import (
     single_threaded_blas,
     stop_signals,
 )
-from thermospec.runs.config import ConfigError, RunConfig, load_target
+from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.runs.interrupts import signal_name
 from thermospec.runs.progress import Progress
+from thermospec.runs.targets import load_target
 from thermospec.targets.bigram import BigramTarget
 
 __all__ = [

@@ -9,18 +9,12 @@ from typing import Any
 import numpy as np
 
 from thermospec.core.payload import EpsSpec
-from thermospec.core.streams import Stream, random_stream
 from thermospec.core.verifiers import VERIFIERS
 from thermospec.engine.trees import MAX_TREE_NODES, tree_nodes
-from thermospec.targets.bigram import BigramTarget
-from thermospec.targets.bpe import bpe_target, parse_tokenizer
-from thermospec.targets.characters import character_target
-from thermospec.targets.order import MAX_ORDER, order_target
-from thermospec.targets.synthetic import DENSE_VOCAB_MAX, lazy_synthetic_target, synthetic_target
-from thermospec.targets.trace import TraceError, load_trace
+from thermospec.targets.bpe import parse_tokenizer
+from thermospec.targets.order import MAX_ORDER
 
-__all__ = ["CORPUS_HELP", "DEFAULTS", "MAX_STEPS", "OPTIONS", "ConfigError", "Option", "RunConfig", "load_target",
-           "option_name"]
+__all__ = ["CORPUS_HELP", "DEFAULTS", "MAX_STEPS", "OPTIONS", "ConfigError", "Option", "RunConfig", "option_name"]
 
 
 class ConfigError(ValueError):
@@ -268,37 +262,6 @@ _OPTIONAL = {name for name, default in DEFAULTS.items() if default is None}
 def option_name(field: str) -> str:
     """The command line's spelling of a configuration field: ``cost_ratio`` is ``--cost-ratio``."""
     return "--" + field.replace("_", "-")
-
-
-def load_target(config: RunConfig) -> BigramTarget:
-    """The target a configuration names: a trace, the corpus' (order N), or the synthetic one.
-
-    A trace is position-indexed (`targets.trace.TraceTarget`, no pi): its runs are
-    teacher-forced and its summaries say so; it passes here as a `BigramTarget`
-    for what every run shares (V, rows, supports, where it came from).
-
-    Raises
-    ------
-    ConfigError
-        A trace that cannot be used (``--trace PATH: reason``, one line).
-    CorpusError
-        A corpus that cannot be used.
-    """
-    if config.trace is not None:
-        try:
-            return load_trace(config.trace)
-        except TraceError as exc:
-            raise ConfigError(f"--trace {exc}") from None
-    if config.corpus is not None and config.order > 2:
-        return order_target(config.corpus, config.order)
-    if config.corpus is not None and config.tokenizer is not None:
-        return bpe_target(config.corpus, parse_tokenizer(config.tokenizer))
-    if config.corpus is not None:
-        return character_target(config.corpus)
-    rng = random_stream(config.seed, Stream.TARGET)
-    if config.vocab > DENSE_VOCAB_MAX:  # no dense V x V table: rows on demand (see LazySyntheticTarget)
-        return lazy_synthetic_target(config.vocab, config.c, rng)
-    return synthetic_target(config.vocab, config.c, rng)
 
 
 def check_eps(config: RunConfig, V: int) -> None:

@@ -1,0 +1,176 @@
+"""The targets a run can name, one entry each: when a configuration names it, how it loads and drafts,
+its context source and its description.
+
+A new target is a module in ``targets/`` and one `TargetKind` in `TARGETS` (the first whose `chosen`
+holds is the run's).  Nothing else asks which class a target is: the run steps on the kind's context
+source (`engine.keys`) and its proposer; `PreparedRun.kind` names it for what is written.
+
+=============  ============================  ============================  ==============================
+kind           chosen by                     context source                ψ crafted
+=============  ============================  ============================  ==============================
+trace          ``--trace PATH``              positions, teacher-forced     per position, when first met
+order          ``--corpus --order N > 2``    order-N back-off contexts     per context, in a bounded cache
+bpe            ``--corpus --tokenizer``      bigram chain of BPE tokens    per token, bounded or from
+                                                                           the rows' supports
+characters     ``--corpus``                  bigram chain of characters    every context up front
+synthetic      neither                       bigram chain                  up front (V ≤ 4,096) or from
+                                                                           the lazy rows' supports
+=============  ============================  ============================  ==============================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.compact import SparseRows
+from thermospec.engine.contexts import ContextProposer
+from thermospec.engine.keys import BigramSource, ContextSource, OrderSource, PositionSource
+from thermospec.engine.positions import PositionProposer
+from thermospec.engine.sparse import SparseProposer
+from thermospec.runs.config import ConfigError, RunConfig
+from thermospec.targets.bigram import BigramTarget
+from thermospec.targets.bpe import bpe_target, parse_tokenizer
+from thermospec.targets.characters import character_target
+from thermospec.targets.order import OrderTarget, order_target
+from thermospec.targets.synthetic import DENSE_VOCAB_MAX, lazy_synthetic_target, synthetic_target
+from thermospec.targets.trace import TraceError, TraceTarget, load_trace
+from thermospec.tsu.bounded import BoundedProposer
+from thermospec.tsu.drafts import Proposer
+
+__all__ = ["COMPACT_ABOVE_V", "TARGETS", "Drafts", "TargetKind", "kind_of", "load_target"]
+
+T = TypeVar("T", bound=BigramTarget)
+Drafts = tuple[Proposer, SparseRows | None]
+"""A run's proposer and, where it steps on compact tables, its rows by their supports (else None)."""
+
+COMPACT_ABOVE_V = 1024
+"""Dense synthetic targets above this V step on compact tables (dense tables of every context exceed 256 MB)."""
+
+
+@dataclass(frozen=True)
+class TargetKind(Generic[T]):
+    """One kind of target (see the module docstring)."""
+
+    name: str
+    chosen: Callable[[RunConfig], bool]
+    load: Callable[[RunConfig], T]
+    """The target, or a one-line `ConfigError` / `CorpusError` on bad input."""
+    source: Callable[[T], ContextSource]
+    drafts: Callable[[RunConfig, T], Drafts]
+    """Its proposer (SimTSU's; `runs.prepare` puts THRML's sampler on it for ``--tsu thrml``)."""
+    describe: Callable[[RunConfig, T], dict[str, Any]]
+    """Where it came from, for the summary's ``target``."""
+
+
+def _load_trace(config: RunConfig) -> TraceTarget:
+    try:
+        return load_trace(config.trace or "")
+    except TraceError as exc:
+        raise ConfigError(f"--trace {exc}") from None
+
+
+def _trace_drafts(config: RunConfig, target: TraceTarget) -> Drafts:
+    positions = PositionProposer(target, config.K, config.tau, config.eps)  # ψ per position, crafted when met
+    positions.draft(0)
+    return positions, None
+
+
+def _describe_trace(config: RunConfig, trace: TraceTarget) -> dict[str, Any]:
+    return {"source": trace.source, "V": trace.V, "trace": config.trace, "trace_sha256": trace.sha256,
+            "dtype": trace.dtype, "positions": trace.positions, "tokens": trace.tokens is not None,
+            "metadata": dict(trace.metadata), "teacher_forced": True}
+
+
+def _order_drafts(config: RunConfig, target: OrderTarget) -> Drafts:
+    contexts = ContextProposer(target, config.K, config.tau, config.eps)
+    contexts.draft(int(target.pi.argmax()))
+    return contexts, None
+
+
+def _describe_corpus(config: RunConfig, target: BigramTarget) -> dict[str, Any]:
+    return {"source": target.source, "V": target.V, "corpus": config.corpus, "corpus_sha256": target.corpus_sha256,
+            "vocabulary": None if target.vocabulary is None else "".join(target.vocabulary),
+            "stationary": "unique" if target.stationary_unique
+            else "not unique: long-run average from a uniform start"}
+
+
+def _describe_order(config: RunConfig, target: OrderTarget) -> dict[str, Any]:
+    return _describe_corpus(config, target) | {"order": target.order}
+
+
+def _bigram_drafts(config: RunConfig, target: BigramTarget) -> Drafts:
+    """Drafts of a bigram chain, chosen by the target's capabilities (`BigramTarget.rows_stored`,
+    `BigramTarget.widest_support`), never by its class:
+
+    - rows stored in a table: every context's ψ crafted up front (`Proposer`); above
+      `COMPACT_ABOVE_V` tokens the chain steps on compact tables built from the rows' supports,
+      since dense tables of every context would not fit in memory;
+    - rows built on demand and much narrower than V (a lazy synthetic target): ψ crafted from
+      each row's support, drafts and compact tables in bounded caches (`SparseProposer`);
+    - rows built on demand and as wide as V (a BPE token target): drafts in a bounded cache
+      (`BoundedProposer`), dense tables.
+    """
+    K, tau, eps, V = config.K, config.tau, config.eps, target.V
+    if target.rows_stored:
+        proposer = Proposer(target.row, K, tau, eps)
+        proposer.all_drafts(V)
+        if V <= COMPACT_ABOVE_V:
+            return proposer, None
+        widest = target.widest_support()
+        return proposer, SparseRows(support=target.support, max_support=widest, max_ids=min(K, widest))
+    if target.widest_support() < V:
+        drafter = SparseProposer(target.row, target.support, V, K, tau, eps)
+        drafter.draft(int(target.pi.argmax()))
+        s = target.widest_support()
+        return drafter, SparseRows(support=drafter.support_of, max_support=s, max_ids=min(K, s),
+                                   tables=drafter.tables)
+    bounded = BoundedProposer(target.row, K, tau, eps, V)
+    bounded.draft(int(target.pi.argmax()))
+    return bounded, None
+
+
+def _synthetic(config: RunConfig) -> BigramTarget:
+    rng = random_stream(config.seed, Stream.TARGET)
+    if config.vocab > DENSE_VOCAB_MAX:  # no dense V x V table: rows on demand (see LazySyntheticTarget)
+        return lazy_synthetic_target(config.vocab, config.c, rng)
+    return synthetic_target(config.vocab, config.c, rng)
+
+
+TARGETS: tuple[TargetKind[Any], ...] = (
+    TargetKind("trace", lambda c: c.trace is not None, _load_trace, PositionSource, _trace_drafts, _describe_trace),
+    TargetKind("order", lambda c: c.corpus is not None and c.order > 2, lambda c: order_target(str(c.corpus), c.order),
+               OrderSource, _order_drafts, _describe_order),
+    TargetKind("bpe", lambda c: c.corpus is not None and c.tokenizer is not None,
+               lambda c: bpe_target(str(c.corpus), parse_tokenizer(str(c.tokenizer))), BigramSource, _bigram_drafts,
+               _describe_corpus),
+    TargetKind("characters", lambda c: c.corpus is not None, lambda c: character_target(str(c.corpus)), BigramSource,
+               _bigram_drafts, _describe_corpus),
+    TargetKind("synthetic", lambda c: True, _synthetic, BigramSource, _bigram_drafts, _describe_corpus),
+)
+"""Every kind of target, the first whose `chosen` holds being the run's."""
+
+
+def kind_of(config: RunConfig) -> TargetKind[Any]:
+    """The kind of target a configuration names."""
+    return next(kind for kind in TARGETS if kind.chosen(config))
+
+
+def load_target(config: RunConfig) -> BigramTarget:
+    """The target a configuration names.
+
+    A trace is position-indexed (`targets.trace.TraceTarget`, no pi): its runs are
+    teacher-forced and its summaries say so; it passes here as a `BigramTarget`
+    for what every run shares (V, rows, supports, where it came from).
+
+    Raises
+    ------
+    ConfigError
+        A trace that cannot be used (``--trace PATH: reason``, one line).
+    CorpusError
+        A corpus that cannot be used.
+    """
+    target: BigramTarget = kind_of(config).load(config)
+    return target
