@@ -123,8 +123,7 @@ class _MovingChain:
         fresh = np.flatnonzero(context < 0) if self.metrics is not None else None
         if fresh is not None and fresh.size:  # states met here first: intern them in the order met
             met, first = np.unique(states[fresh], return_index=True)
-            for state in met[np.argsort(first)].tolist():
-                self.moves.context(state)
+            self.moves.intern(met[np.argsort(first)])
             context = self.moves.contexts(states)
         produced = ContextChunk(start=start, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted,
                                 context=context, state=states if self.metrics is not None else None,

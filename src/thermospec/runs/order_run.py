@@ -67,6 +67,40 @@ def _contexts(chunk: ChainChunk) -> NDArray[np.int64]:
     return cast(ContextChunk, chunk).context
 
 
+class _ContextMetrics:
+    """What the summary needs of each context's draft, by context id: overlap, CE gap, ψ bytes and K sent."""
+
+    def __init__(self) -> None:
+        self.met = np.zeros(0, dtype=np.bool_)
+        self.overlap = np.zeros(0, dtype=np.float64)
+        self.gap = np.zeros(0, dtype=np.float64)
+        self.psi = np.zeros(0, dtype=np.int64)
+        self.K = np.zeros(0, dtype=np.int64)
+
+    def known(self, contexts: int) -> NDArray[np.bool_]:
+        """Whether each context id below `contexts` (at least) was kept; the arrays grow to hold them."""
+        if self.met.shape[0] < contexts:
+            size = max(contexts, 2 * self.met.shape[0])
+            for name in ("met", "overlap", "gap", "psi", "K"):
+                old = getattr(self, name)
+                grown = np.zeros(size, dtype=old.dtype)
+                grown[:old.shape[0]] = old
+                setattr(self, name, grown)
+        return self.met
+
+    def keep(self, contexts: NDArray[np.int64], overlap: NDArray[np.float64], gap: NDArray[np.float64],
+             psi_bytes: int | NDArray[np.int64], K: int | NDArray[np.int64]) -> None:
+        """Keep the metrics of `contexts` (ids below `known`'s bound)."""
+        self.met[contexts] = True
+        self.overlap[contexts], self.gap[contexts] = overlap, gap
+        self.psi[contexts], self.K[contexts] = psi_bytes, K
+
+    def of(self, contexts: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.float64],
+                                                        NDArray[np.int64], NDArray[np.int64]]:
+        """Overlap, CE gap, ψ bytes and K sent of `contexts`."""
+        return self.overlap[contexts], self.gap[contexts], self.psi[contexts], self.K[contexts]
+
+
 class OrderMode(CountedMode):
     """``--order N`` (N > 2): one order-N chain or `chains` in lock step, JSONL telemetry (or none).
 
@@ -80,14 +114,13 @@ class OrderMode(CountedMode):
         super().__init__(run, run_dir, telemetry, target.V, chains)
         self.target = target
         self._tails: dict[int, str] = {}
-        self._metrics: dict[int, tuple[float, float, int, int]] = {}
-        self._known = np.zeros(0, dtype=np.bool_)  # by context id: whether its metrics (and text) are kept
+        self._metrics = _ContextMetrics()  # by context id: its draft's metrics (and text) once met
         self._crafted = False  # whether the engine crafted every context at once (rows at once too, then)
         self._stats: dict[str, Any] | None = None
 
     def chunks(self) -> Iterator[ContextChunk] | Iterator[list[ContextChunk]]:
         config, proposer = self.run.config, self.run.proposer
-        drafts, psi = proposer.draft, (proposer.K, proposer.tau, proposer.eps)
+        drafts, psi = proposer.draft, proposer.psi_spec  # None: ψ not from the target's rows, crafted one by one
         if self.chains > 1:
             return run_order_chains(self.target, drafts, config.steps, config.seed, self.chains, psi=psi)
         rng = random_stream(config.seed, Stream.CHAIN)
@@ -98,21 +131,26 @@ class OrderMode(CountedMode):
     def record(self, chunk: ContextChunk | list[ContextChunk]) -> int:
         chunks = chunk if isinstance(chunk, list) else [chunk]
         for part in chunks:
-            if self._known.shape[0] <= int(part.context.max()):
-                self._known = np.append(self._known, np.zeros(int(part.context.max()) + 1, dtype=np.bool_))
-            fresh = np.flatnonzero(~self._known[part.context])  # steps in contexts not seen before
+            known = self._metrics.known(int(part.context.max()) + 1)
+            fresh = np.flatnonzero(~known[part.context])  # steps in contexts not seen before
             met, first = np.unique(part.context[fresh], return_index=True)
-            self._known[met] = True
-            for c, i in zip(met.tolist(), fresh[first].tolist(), strict=True):
-                self._crafted |= part.metrics is not None
-                if part.metrics is not None and part.state is not None and self.telemetry != "jsonl":
-                    self._metrics[c] = part.metrics.of(int(part.state[i]))  # crafted at once: no draft object
-                else:
-                    draft = self.run.proposer.draft(c)
-                    self._metrics[c] = (draft.overlap_mass, draft.ce_gap_nats, draft.psi_bytes, draft.payload.K)
-                    if self.telemetry == "jsonl":
-                        text = json.dumps(self.target.context_text(c))
-                        self._tails[c] = context_fields(draft).removesuffix("}\n") + f',"context":{text}}}\n'
+            if not met.shape[0]:
+                continue
+            self._crafted |= part.metrics is not None
+            if part.metrics is not None and part.state is not None and self.telemetry != "jsonl":
+                metrics = part.metrics  # crafted at once: no draft objects
+                states = part.state[fresh[first]]
+                self._metrics.keep(met, metrics.overlap_mass[states], metrics.ce_gap_nats[states],
+                                   metrics.psi_bytes, metrics.K)
+                continue
+            drafts = [self.run.proposer.draft(c) for c in met.tolist()]
+            self._metrics.keep(met, np.array([d.overlap_mass for d in drafts], dtype=np.float64),
+                               np.array([d.ce_gap_nats for d in drafts], dtype=np.float64),
+                               np.array([d.psi_bytes for d in drafts]), np.array([d.payload.K for d in drafts]))
+            if self.telemetry == "jsonl":
+                for c, draft in zip(met.tolist(), drafts, strict=True):
+                    text = json.dumps(self.target.context_text(c))
+                    self._tails[c] = context_fields(draft).removesuffix("}\n") + f',"context":{text}}}\n'
         return self.write_and_count(chunks, lambda part: order_lines(cast(ContextChunk, part), self._tails),
                                     _contexts)
 
@@ -157,16 +195,17 @@ class OrderMode(CountedMode):
             return {**dict.fromkeys(_EMPTY), "steps": 0}
         context, token, count = counts.pairs.pairs()
         visits = np.bincount(context, weights=count)
-        visited = np.flatnonzero(visits).tolist()
-        n = {c: int(visits[c]) for c in visited}
-        per = {c: self._metrics[c] for c in visited}
+        visited = np.flatnonzero(visits)
+        n = visits[visited]
+        overlap, gap, psi, K = self._metrics.of(visited)
         steps = counts.steps
         accept_rate = counts.accepted / steps
-        mean_overlap = math.fsum(n[c] * m[0] for c, m in per.items()) / steps
-        infinite_steps = sum(n[c] for c, m in per.items() if not math.isfinite(m[1]))
-        mean_gap = None if infinite_steps else math.fsum(n[c] * m[1] for c, m in per.items()) / steps
+        mean_overlap = math.fsum((n * overlap).tolist()) / steps
+        infinite = ~np.isfinite(gap)
+        infinite_steps = int(n[infinite].sum())
+        mean_gap = None if infinite_steps else math.fsum((n * gap).tolist()) / steps
         transition = pairs_chi2(context, token, count, self.target.V, self._rows()) if tests else None
-        psi_max = max(m[2] for m in per.values())
+        psi_max = int(psi.max())
         self._stats = {
             "steps": steps,
             "accept_rate": accept_rate,
@@ -181,9 +220,9 @@ class OrderMode(CountedMode):
             "transition_chi2_dof": None if transition is None else transition.dof,
             "transition_p_value": None if transition is None else transition.p_value,
             "psi_bytes_max": psi_max,
-            "K_sent_min": min(m[3] for m in per.values()),
-            "K_sent_max": max(m[3] for m in per.values()),
-            "contexts_visited": len(visited),
+            "K_sent_min": int(K.min()),
+            "K_sent_max": int(K.max()),
+            "contexts_visited": int(visited.shape[0]),
             "order": self.target.order,
             "checklist": {
                 "accept_overlap_within_0.03": abs(accept_rate - mean_overlap) < ACCEPT_OVERLAP_TOLERANCE,

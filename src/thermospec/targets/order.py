@@ -178,6 +178,20 @@ class OrderTarget:
             self._hi.append(hi)
         return cid
 
+    def _intern_all(self, length: list[int], lo: list[int], hi: list[int]) -> list[int]:
+        """`_intern` of each (length, lo, hi) in turn: their ids, the new ones given in this order."""
+        ids, lengths, los, his = self._ids, self._length, self._lo, self._hi
+        out = []
+        for key, end in zip(zip(length, lo, strict=True), hi, strict=True):
+            cid = ids.get(key)
+            if cid is None:
+                cid = ids[key] = len(lengths)
+                lengths.append(key[0])
+                los.append(key[1])
+                his.append(end)
+            out.append(cid)
+        return out
+
     def next_context(self, context: int, token: int) -> int:
         """The id of the context after `token` is emitted in `context`."""
         return self.context_id((*self.context_tokens(context), int(token)))
@@ -354,6 +368,13 @@ class ContextMoves:
         if cid < 0:
             cid = self._ids[state] = self.target._intern(self._length[state], self._lo[state], self._hi[state])
         return cid
+
+    def intern(self, states: NDArray[np.int64]) -> None:
+        """Intern the contexts of distinct `states` not interned yet, in this order (`context` of each in turn)."""
+        fresh = states[self._ids[states] < 0]
+        if fresh.shape[0]:
+            self._ids[fresh] = self.target._intern_all(self.length[fresh].tolist(), self.lo[fresh].tolist(),
+                                                       self.hi[fresh].tolist())
 
     def rows(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
         """The target rows of `states` (shape (m, V)), bit for bit `OrderTarget.row` of their contexts."""
