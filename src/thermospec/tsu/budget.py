@@ -127,13 +127,16 @@ def overlap_curve(probs: NDArray[np.float64], V: int, K_max: int, tau: float, ep
         up to rounding; past the support's size the curve is flat (ψ sends the support).
         ``-inf`` where a fixed ε makes that ψ invalid.
     """
-    s = np.sort(np.asarray(probs, dtype=np.float64))[::-1]
-    s = s[s > 0]
-    if s.size == 0 or K_max < 1 or not (np.isfinite(tau) and tau > 0):
+    positive = np.asarray(probs, dtype=np.float64)
+    positive = positive[positive > 0]
+    if positive.size == 0 or K_max < 1 or not (np.isfinite(tau) and tau > 0):
         raise ValueError("overlap_curve: need a row with positive mass, K_max >= 1 and a finite tau > 0")
-    k_top = min(K_max, s.size, V)
+    k_top = min(K_max, positive.size, V)
     ks = np.arange(1, k_top + 1)
-    top = s[:k_top]
+    # The K_max largest, sorted descending; the rest needs no order (a large V costs O(s)).
+    split = np.partition(positive, positive.size - k_top) if positive.size > k_top else positive
+    top = np.sort(split[positive.size - k_top:])[::-1]
+    rest = split[: positive.size - k_top]
     logp = np.log(top)
     ell = logp - logp[0]
     spread = -ell  # sorted descending: the spread of the first K ids is -ell[K - 1]
@@ -156,11 +159,13 @@ def overlap_curve(probs: NDArray[np.float64], V: int, K_max: int, tau: float, ep
     T = (V - ks) * eps32
     q = (1.0 - T)[:, None] * (w / w.sum(axis=1)[:, None])
     head = np.where(inside, np.minimum(top[None, :], q), 0.0).sum(axis=1)
-    # sum over i >= K of min(s_i, eps_K): the s_i above eps_K count eps_K each, the rest themselves.
-    suffix = np.concatenate([np.cumsum(s[::-1])[::-1], [0.0]])
-    above = np.searchsorted(-s, -eps32, side="left")
-    start = np.maximum(above, ks)
-    curve = head + eps32 * np.maximum(above - ks, 0) + suffix[start]
+    tail_top = np.where(inside, 0.0, np.minimum(top[None, :], eps32[:, None])).sum(axis=1)
+    # The rest, below every id: those above eps_K count eps_K each, the others themselves.
+    small = rest <= eps32.min()
+    big = np.sort(rest[~small])[::-1]
+    suffix = np.concatenate([np.cumsum(big[::-1])[::-1], [0.0]])
+    above = np.searchsorted(-big, -eps32, side="left")
+    curve = head + tail_top + (eps32 * above + suffix[above] + float(rest[small].sum()))
     curve[(T >= 1.0) | (eps32 < 0)] = -np.inf
     return np.concatenate([curve, np.full(K_max - k_top, curve[-1])])
 
