@@ -6,6 +6,7 @@ tokenizer is trained here with ``tokenizers`` and the model built from a config.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from thermospec.cli import record_trace
 from thermospec.runs.interrupts import Terminated
 from thermospec.targets.trace import TraceWriter, load_trace, softmax64
+from thermospec.targets.trace_pair import load_draft_trace
 
 torch: Any = pytest.importorskip("torch", reason="the hf extra (torch) is not installed: make test EXTRAS=hf")
 transformers: Any = pytest.importorskip(
@@ -22,7 +24,7 @@ transformers: Any = pytest.importorskip(
 )
 tokenizers: Any = pytest.importorskip("tokenizers", reason="tokenizers is not installed")
 
-from tests.hf_pair import save_gpt2, train_tokenizer  # noqa: E402  (needs torch, transformers, tokenizers)
+from tests.hf_pair import ModelPair, save_gpt2, save_pair, train_tokenizer  # noqa: E402  (needs the hf extra)
 
 WINDOW = 64
 STRIDE = 24
@@ -39,11 +41,11 @@ def tiny_model(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return folder, text
 
 
-def forward_logprobs(folder: Path, ids: list[int]) -> Any:
-    """The model's log-softmax over `ids` in one direct forward pass, float64."""
+def forward_logprobs(folder: Path, ids: list[int], V: int | None = None) -> Any:
+    """The model's log-softmax over `ids` (over its first `V` logits) in one direct forward pass, float64."""
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).float().eval()
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :, :V]
     return torch.log_softmax(logits.double(), dim=-1).numpy()
 
 
@@ -210,3 +212,133 @@ def test_a_stop_mid_recording_is_one_line_and_leaves_nothing(
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert len(calls) == 2 and list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def pair(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelPair, Path]:
+    """A target (2 layers) and a draft (1 layer) GPT-2 sharing one 300-token BPE (tests.hf_pair), and a text."""
+    root = tmp_path_factory.mktemp("tiny-pair")
+    corpus = shakespeare.read_text(encoding="utf-8")
+    models = save_pair(root, corpus[:20_000], vocab_size=300, n_positions=WINDOW)
+    text = root / "text.txt"
+    text.write_text(corpus[:700], encoding="utf-8")
+    return models, text
+
+
+def members(path: Path) -> dict[str, Any]:
+    """A .npz trace's members as arrays (``meta`` as a dict)."""
+    with np.load(path, allow_pickle=False) as archive:
+        found = {name: archive[name] for name in archive.files}
+    found["meta"] = json.loads(str(found["meta"]))
+    return found
+
+
+def test_a_pair_is_one_pass_over_the_same_ids(pair: tuple[ModelPair, Path], tmp_path: Path) -> None:
+    models, text = pair
+    positions = WINDOW + STRIDE + 7  # two windows
+    base = ["--text", str(text), "--positions", str(positions), "--dtype", "float32", "--stride", str(STRIDE),
+            "--quiet"]
+    target, draft, alone = tmp_path / "t.npz", tmp_path / "d.npz", tmp_path / "alone.npz"
+    assert record_trace.main(["--model", str(models.target), *base, "--out", str(alone)]) == 0
+    assert record_trace.main(["--model", str(models.target), "--draft-model", str(models.draft), *base,
+                              "--out", str(target), "--draft-out", str(draft)]) == 0
+    pairs, single = members(target), members(alone)
+    # the target's trace is the one the recorder writes alone (its meta also names the draft)
+    for name in ("logprobs", "tokens", "vocab"):
+        assert single[name].tobytes() == pairs[name].tobytes(), name
+    assert pairs["meta"].pop("draft_model") == str(models.draft) and pairs["meta"].pop("logits_width") == 300
+    assert pairs["meta"] == single["meta"]
+    loaded = load_draft_trace(draft, load_trace(target))
+    assert loaded.metadata["model"] == str(models.draft) and loaded.metadata["target_model"] == str(models.target)
+    assert (loaded.V, loaded.positions) == (300, positions)
+    assert loaded.tokens is not None and loaded.tokens.tolist() == pairs["tokens"].tolist()
+    ids = transformers.AutoTokenizer.from_pretrained(models.draft)(text.read_text(encoding="utf-8"))["input_ids"]
+    first = forward_logprobs(models.draft, ids[:WINDOW])
+    second = forward_logprobs(models.draft, ids[STRIDE:WINDOW + STRIDE])
+    np.testing.assert_allclose(np.log(loaded.row(3)), first[3], atol=1e-5)
+    np.testing.assert_allclose(np.log(loaded.row(WINDOW + 1)), second[WINDOW + 1 - STRIDE], atol=1e-5)
+    assert np.abs(np.log(load_trace(target).row(3)) - first[3]).max() > 0.1  # the draft's rows, not the target's
+
+
+def test_both_traces_are_cut_to_the_vocabulary_they_share(pair: tuple[ModelPair, Path], tmp_path: Path) -> None:
+    models, text = pair
+    padded = tmp_path / "padded"  # the draft with 20 more logits than its tokenizer has ids (as Qwen2.5 pads)
+    config = transformers.AutoConfig.from_pretrained(models.draft, local_files_only=True)
+    config.vocab_size = 320
+    torch.manual_seed(3)
+    transformers.GPT2LMHeadModel(config).save_pretrained(padded)
+    transformers.AutoTokenizer.from_pretrained(models.draft).save_pretrained(padded)
+    target, draft = tmp_path / "t.npz", tmp_path / "d.npz"
+    assert record_trace.main(["--model", str(models.target), "--draft-model", str(padded), "--text", str(text),
+                              "--positions", "20", "--out", str(target), "--draft-out", str(draft),
+                              "--dtype", "float32", "--quiet"]) == 0
+    trace, cut = load_trace(target), load_draft_trace(draft, load_trace(target))
+    assert trace.V == cut.V == 300 and cut.metadata["logits_width"] == 320 and trace.metadata["logits_width"] == 300
+    ids = transformers.AutoTokenizer.from_pretrained(padded)(text.read_text(encoding="utf-8"))["input_ids"]
+    exact = forward_logprobs(padded, ids[:21], V=300)  # the log-softmax over the first 300 logits
+    np.testing.assert_allclose(np.log(cut.row(5)), exact[5], atol=1e-5)
+    assert np.abs(np.log(cut.row(5)) - forward_logprobs(padded, ids[:21])[5, :300]).max() > 1e-3  # not renormalised
+
+
+def test_a_pair_refused_before_anything_is_written(
+    pair: tuple[ModelPair, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, text = pair
+    corpus = text.read_text(encoding="utf-8")
+    other = save_gpt2(tmp_path / "other", train_tokenizer(corpus * 3, 280), seed=1, n_positions=WINDOW)
+    short = save_gpt2(tmp_path / "short", transformers.AutoTokenizer.from_pretrained(models.draft), seed=1,
+                      n_positions=32)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download attempt would fail differently, not hang
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-cache"))
+    written = tmp_path / "out"
+    written.mkdir()
+    t, d = str(written / "t.npz"), str(written / "d.npz")
+    base = ["--model", str(models.target), "--text", str(text), "--positions", "20", "--quiet"]
+    for argv, reason in [
+        ([*base, "--draft-model", str(other), "--out", t, "--draft-out", d], "its tokenizer gives other ids"),
+        ([*base, "--draft-model", "nobody-here/no-such-draft", "--out", t, "--draft-out", d],
+         "--draft-model nobody-here/no-such-draft: not in the local Hugging Face cache; --download"),
+        ([*base, "--draft-model", str(tmp_path / "none"), "--out", t, "--draft-out", d], "no such folder"),
+        ([*base, "--draft-model", str(short), "--out", t, "--draft-out", d, "--window", "64"],
+         "--window: the draft model's context length is 32, got 64"),
+        ([*base, "--draft-model", str(models.draft), "--out", t], "--draft-model and --draft-out go together"),
+        ([*base, "--out", t, "--draft-out", d], "--draft-model and --draft-out go together"),
+        ([*base, "--draft-model", str(models.draft), "--out", t, "--draft-out", t], "the two traces need two files"),
+        ([*base, "--draft-model", str(models.draft), "--out", t, "--draft-out", d[:-1] + "y"], "--draft-out: a"),
+    ]:
+        assert exit_status(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert reason in err and err.count("\n") == 1 and "Traceback" not in err, err
+        assert list(written.iterdir()) == []
+    # the control: the short draft is recorded with the default window, the shorter context length
+    assert exit_status([*base, "--draft-model", str(short), "--out", t, "--draft-out", d]) == 0
+    assert load_trace(t).metadata["window"] == 32
+
+
+@pytest.mark.parametrize(("stop", "status", "says"), [
+    (KeyboardInterrupt, 130, "interrupted"),
+    (OSError(28, "No space left on device"), 1, "No space left on device"),
+])
+@pytest.mark.parametrize("where", ["write", "finish"])
+def test_a_pair_stopped_leaves_neither_trace(
+    pair: tuple[ModelPair, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, stop: BaseException, status: int, says: str, where: str,
+) -> None:
+    models, text = pair
+    original = getattr(TraceWriter, where)
+    calls: list[int] = []
+
+    def then_stop(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == (3 if where == "write" else 2):  # the target's second window, or the draft's finish
+            raise stop
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TraceWriter, where, then_stop)
+    argv = ["--model", str(models.target), "--draft-model", str(models.draft), "--text", str(text),
+            "--positions", str(WINDOW + STRIDE), "--stride", str(STRIDE), "--quiet",
+            "--out", str(tmp_path / "t.npz"), "--draft-out", str(tmp_path / "d.npz")]
+    assert record_trace.main(argv) == status
+    err = capsys.readouterr().err
+    assert says in err and "t.npz and " in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # the target, finished first, is removed with the draft's part

@@ -36,7 +36,7 @@ from thermospec.cli.options import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATE
 from thermospec.runs.interrupts import Terminated, install_termination_handler
 from thermospec.targets.trace import TraceWriter, softmax64
 
-__all__ = ["MAX_VOCAB", "abandon", "main", "trace_bytes", "write_trace", "zipf_row"]
+__all__ = ["MAX_VOCAB", "STOPS", "abandon", "main", "stopped", "trace_bytes", "write_trace", "zipf_row"]
 
 MAX_VOCAB = 1 << 24
 BLOCK_BYTES = 32 * 1024 * 1024
@@ -155,21 +155,40 @@ def main(argv: Sequence[str] | None = None, prog: str = "make_trace") -> int:
     try:
         path = write_trace(out, args.positions, args.vocab, args.exponent, args.seed, dtype=args.dtype,
                            jitter=args.jitter, tokens=args.tokens, progress=False if args.quiet else None)
-    except (OSError, MemoryError) as exc:
-        reason = "not enough memory" if isinstance(exc, MemoryError) else (exc.strerror or str(exc))
-        return abandon(prog, out, f"error: {out}: {reason}", EXIT_FAILED)
-    except KeyboardInterrupt:
-        return abandon(prog, out, f"interrupted; {out} was not written", EXIT_INTERRUPTED)
-    except Terminated:
-        return abandon(prog, out, f"terminated (SIGTERM); {out} was not written", EXIT_TERMINATED)
+    except STOPS as exc:
+        return stopped(prog, [out], exc)
     size = path.stat().st_size
     print(f"wrote {path}: {args.positions} x {args.vocab} {args.dtype}, {size / 2**20:.1f} MiB "
           f"in {time.perf_counter() - started:.1f} s")
     return 0
 
 
-def abandon(prog: str, out: Path, message: str, status: int) -> int:
-    """Remove what a failed write may have left (``OUT.part``), print ``PROG: MESSAGE``, return `status`."""
-    out.with_name(out.name + ".part").unlink(missing_ok=True)
+def abandon(prog: str, outs: Sequence[Path], message: str, status: int) -> int:
+    """Remove what a failed write may have left (each ``OUT.part``), print ``PROG: MESSAGE``, return `status`."""
+    for out in outs:
+        out.with_name(out.name + ".part").unlink(missing_ok=True)
     print(f"{prog}: {message}", file=sys.stderr)
     return status
+
+
+STOPS = (OSError, MemoryError, KeyboardInterrupt, Terminated)
+"""What stops a trace's write part-way; `stopped` reports each (``except STOPS as exc``)."""
+
+
+def stopped(prog: str, outs: Sequence[Path], exc: BaseException) -> int:
+    """Report a write of `outs` stopped by `exc` (one of `STOPS`) in one line, remove its part files; the status.
+
+    A failed write (a full disk) or too little memory: 1; Ctrl-C: 130; SIGTERM: 143.  The one
+    mapping of ``make-trace`` and ``record-trace`` (anything else is raised again).
+    """
+    names = " and ".join(str(out) for out in outs)
+    unwritten = f"{names} {'was' if len(outs) == 1 else 'were'} not written"
+    if isinstance(exc, KeyboardInterrupt):
+        return abandon(prog, outs, f"interrupted; {unwritten}", EXIT_INTERRUPTED)
+    if isinstance(exc, Terminated):
+        return abandon(prog, outs, f"terminated (SIGTERM); {unwritten}", EXIT_TERMINATED)
+    if isinstance(exc, MemoryError):
+        return abandon(prog, outs, f"error: {names}: not enough memory", EXIT_FAILED)
+    if isinstance(exc, OSError):
+        return abandon(prog, outs, f"error: {names}: {exc.strerror or exc}", EXIT_FAILED)
+    raise exc

@@ -8,6 +8,14 @@ teacher-forced over windows of its context length, and writes a .npz trace
 window).  The first window covers positions 0 .. L-1; each later one adds
 `--stride` new positions with the L - stride tokens before them as context.
 
+With ``--draft-model DIR --draft-out FILE`` the same pass over the same token ids
+(same windows) also records a draft model, for ``run --trace --draft-trace``.  Its
+tokenizer must give the same ids for the text and spell ids alike, else it is
+refused.  Both traces are cut to the V ids that the tokenizer and both models'
+logits share (models of one family often pad their output layer: Qwen2.5 0.5B has
+151,936 logits, 7B 152,064, for one tokenizer of 151,665 ids), each row the
+log-softmax over those V logits; alone, V is the width of the model's logits.
+
 Needs the optional extra: ``pip install torch==2.13.0`` (the CPU wheel), then
 ``pip install 'thermospec[hf]'``.  Nothing is downloaded unless ``--download``
 is given: the model is a local ``save_pretrained`` folder, or a Hub name already
@@ -24,11 +32,14 @@ Examples
 thermospec record-trace --model ./my-model --text notes.txt --positions 512 --out t.npz
 thermospec record-trace --model gpt2 --text data/tinyshakespeare.txt --positions 2048 --out gpt2.npz --download
 thermospec record-trace --model NAME --text a.txt --positions 4096 --out t.npz --device cuda --dtype float32
+thermospec record-trace --model Qwen/Qwen2.5-7B --draft-model Qwen/Qwen2.5-0.5B --text a.txt --positions 2048 \
+    --out q7b.npz --draft-out q05b.npz
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import shutil
 import sys
@@ -38,16 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from thermospec.cli.make_trace import abandon, trace_bytes
-from thermospec.cli.options import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
-    EXIT_USAGE,
-    OneLineParser,
-    int_at_least,
-)
-from thermospec.runs.interrupts import Terminated, install_termination_handler
+from thermospec.cli.make_trace import STOPS, abandon, stopped, trace_bytes
+from thermospec.cli.options import EXIT_USAGE, OneLineParser, int_at_least
+from thermospec.runs.interrupts import install_termination_handler
 from thermospec.targets.corpus import CorpusError, read_corpus
 from thermospec.targets.trace import TraceWriter
 
@@ -88,8 +92,8 @@ def vocabulary(tokenizer: Any, V: int) -> list[str]:
     return [w if isinstance(w, str) else "" for w in words] + [""] * (V - known)
 
 
-def model_folder_error(name: str) -> str | None:
-    """Why `name` cannot be a model, when it is (or is spelt as) a folder of this machine; None otherwise.
+def model_folder_error(name: str, flag: str = "--model") -> str | None:
+    """Why `name` (given as `flag`) cannot be a model, when it is (or is spelt as) a folder here; None otherwise.
 
     A Hub name is ``NAME`` or ``OWNER/NAME``; anything else (``./x``, ``/x``, ``~/x``, ``a/b/c``)
     is a folder, which must exist and hold a ``config.json``.
@@ -97,12 +101,12 @@ def model_folder_error(name: str) -> str | None:
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
-            return f"--model {name}: not a folder (a save_pretrained folder or a Hub name)"
+            return f"{flag} {name}: not a folder (a save_pretrained folder or a Hub name)"
         if not (path / "config.json").is_file():
-            return f"--model {name}: the folder has no config.json (not a save_pretrained folder)"
+            return f"{flag} {name}: the folder has no config.json (not a save_pretrained folder)"
         return None
     spelt_as_path = name.startswith((".", "/", "~", "\\")) or name.endswith("/") or name.count("/") > 1
-    return f"--model {name}: no such folder" if spelt_as_path else None
+    return f"{flag} {name}: no such folder" if spelt_as_path else None
 
 
 def _libraries() -> tuple[Any, Any]:
@@ -113,46 +117,90 @@ def _libraries() -> tuple[Any, Any]:
         raise RecordError(f"needs the hf extra ({exc.name} is missing): {INSTALL_HINT}") from None
 
 
-def _load(
-    args: argparse.Namespace, transformers: Any, options: dict[str, Any], text: str
-) -> tuple[Any, Any, list[int]]:
-    """The tokenizer, the model and the text's token ids, or a `RecordError` in one line."""
+def _pretrained(flag: str, name: str, auto: Any, options: dict[str, Any]) -> Any:
+    """``auto.from_pretrained(name)``, or a `RecordError` in one line naming `flag` (a model not in the cache...)."""
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(args.model, **options)
-        ids = list(tokenizer(text)["input_ids"])
-        if len(ids) < args.positions + 1:
-            raise RecordError(f"--positions: {args.text} has {len(ids)} tokens, so at most "
-                              f"{max(len(ids) - 1, 0)} positions")
-        model = transformers.AutoModelForCausalLM.from_pretrained(args.model, **options)
+        return auto.from_pretrained(name, **options)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if options.get("local_files_only") and model_folder_error(args.model) is None \
-                and not Path(args.model).expanduser().exists():
-            raise RecordError(f"--model {args.model}: not in the local Hugging Face cache; --download fetches it "
+        if options.get("local_files_only") and not Path(name).expanduser().exists():
+            raise RecordError(f"{flag} {name}: not in the local Hugging Face cache; --download fetches it "
                               f"from the Hub ({first})") from None
-        raise RecordError(f"--model {args.model}: {first}") from None
-    return tokenizer, model, ids
+        raise RecordError(f"{flag} {name}: {first}") from None
 
 
-def _window(args: argparse.Namespace, model: Any, tokenizer: Any) -> tuple[int, int]:
-    """(L, S): the window asked for, within the model's context length, and the stride."""
-    context = context_length(model, tokenizer)
-    window: int | None = args.window if args.window is not None else context
+def _ids(args: argparse.Namespace, tokenizer: Any, text: str) -> list[int]:
+    """The text's token ids, or a `RecordError` when they are fewer than T + 1."""
+    ids = [int(i) for i in tokenizer(text)["input_ids"]]
+    if len(ids) < args.positions + 1:
+        raise RecordError(f"--positions: {args.text} has {len(ids)} tokens, so at most "
+                          f"{max(len(ids) - 1, 0)} positions")
+    return ids
+
+
+def _same_tokenizer(args: argparse.Namespace, tokenizer: Any, draft: Any, ids: list[int], text: str) -> int:
+    """The ids both tokenizers have (`tokenizer_vocabulary`), once they give the same ids for the text and spell
+    each of those ids alike; else a `RecordError` in one line."""
+    draft_ids = [int(i) for i in draft(text)["input_ids"]]
+    if draft_ids != ids:
+        n = min(len(ids), len(draft_ids))
+        i = next((i for i in range(n) if ids[i] != draft_ids[i]), n)
+        a, b = (str(x[i]) if i < len(x) else "none" for x in (ids, draft_ids))
+        raise RecordError(f"--draft-model {args.draft_model}: its tokenizer gives other ids for {args.text} than "
+                          f"--model's (token {i}: {b}, not {a}); a draft trace needs the same token ids")
+    known = min(len(tokenizer), len(draft))
+    words, draft_words = vocabulary(tokenizer, known), vocabulary(draft, known)
+    if words != draft_words:
+        i = next(i for i in range(known) if words[i] != draft_words[i])
+        raise RecordError(f"--draft-model {args.draft_model}: its tokenizer spells id {i} {draft_words[i]!r}, "
+                          f"--model's {words[i]!r}; a draft trace needs the same vocabulary")
+    return known
+
+
+def _window(args: argparse.Namespace, models: Sequence[tuple[str, Any, Any]]) -> tuple[int, int]:
+    """(L, S): the window asked for, within every model's context length, and the stride.
+
+    `models` holds ``(what, model, tokenizer)``; L defaults to the shortest context length.
+    """
+    contexts = [(what, context_length(model, tokenizer)) for what, model, tokenizer in models]
+    known = [c for _, c in contexts if c is not None]
+    window: int | None = args.window if args.window is not None else min(known, default=None)
     if window is None:
         raise RecordError("--window: the model states no context length; give --window L")
-    if context is not None and window > context:
-        raise RecordError(f"--window: the model's context length is {context}, got {window}")
+    for what, context in contexts:
+        if context is not None and window > context:
+            raise RecordError(f"--window: {what}'s context length is {context}, got {window}")
     stride = args.stride if args.stride is not None else max(1, window // 2)
     if stride > window:
         raise RecordError(f"--stride: must be in 1 .. {window} (the window), got {stride}")
     return window, stride
 
 
-def record(args: argparse.Namespace) -> Path:
-    """Load the model and tokenizer, run the windows, write the trace; return its path."""
-    folder_error = model_folder_error(args.model)
-    if folder_error:
-        raise RecordError(folder_error)
+def _check_room(outs: Sequence[Path], size: int, T: int, V: int) -> None:
+    """Refuse (`RecordError`) traces of `size` bytes each that do not fit in the free space of their folders."""
+    need: dict[int, list[Path]] = {}
+    for out in outs:
+        need.setdefault(out.resolve().parent.stat().st_dev, []).append(out.parent)
+    for folders in need.values():
+        free = shutil.disk_usage(folders[0]).free
+        if size * len(folders) > free:
+            raise RecordError(f"--positions {T}: the trace{'s need' if len(folders) > 1 else ' needs'} "
+                              f"{size * len(folders) / 2**30:,.1f} GiB (V = {V}), more than the "
+                              f"{free / 2**30:,.1f} GiB free in {folders[0]}")
+
+
+def record(args: argparse.Namespace) -> list[Path]:
+    """Load the model(s) and tokenizer(s), run the windows, write the trace(s); return their paths.
+
+    With ``--draft-model`` one pass over the same token ids writes the target's trace (``--out``) and the
+    draft model's (``--draft-out``), both cut to the V ids their tokenizer and both models' logits share.
+    """
+    pair = args.draft_model is not None
+    flags, names = ["--model", "--draft-model"][:1 + pair], [args.model, args.draft_model][:1 + pair]
+    for flag, name in zip(flags, names, strict=True):
+        folder_error = model_folder_error(name, flag)
+        if folder_error:
+            raise RecordError(folder_error)
     text, text_sha256 = read_corpus(args.text)
     torch, transformers = _libraries()
     tqdm = importlib.import_module("tqdm").tqdm
@@ -164,38 +212,67 @@ def record(args: argparse.Namespace) -> Path:
         raise RecordError("--device cuda: no CUDA device is available")
     if args.quiet:
         transformers.utils.logging.disable_progress_bar()
-    tokenizer, model, ids = _load(args, transformers, options, text)
-    model = model.to(device=args.device, dtype=getattr(torch, args.model_dtype)).eval()
-    window, stride = _window(args, model, tokenizer)
+    tokenizer = _pretrained("--model", args.model, transformers.AutoTokenizer, options)
+    ids = _ids(args, tokenizer, text)
+    tokenizers, known = [tokenizer], None
+    if pair:
+        tokenizers.append(_pretrained("--draft-model", args.draft_model, transformers.AutoTokenizer, options))
+        known = _same_tokenizer(args, tokenizer, tokenizers[1], ids, text)
+    dtype = getattr(torch, args.model_dtype)
+    models = [_pretrained(flag, name, transformers.AutoModelForCausalLM, options).to(device=args.device, dtype=dtype)
+              .eval() for flag, name in zip(flags, names, strict=True)]
+    window, stride = _window(args, list(zip(("the model", "the draft model"), models, tokenizers, strict=False)))
     T = args.positions
     spans = windows(T, window, stride)
+    outs = [Path(args.out), Path(args.draft_out)] if pair else [Path(args.out)]
 
-    def run(span: tuple[int, int, int]) -> Any:
+    def run(model: Any, span: tuple[int, int, int]) -> Any:
         start, first, end = span
         with torch.inference_mode():
             inputs = torch.tensor([ids[start:end]], dtype=torch.long, device=args.device)
-            logits = model(input_ids=inputs).logits[0, first - start:]
-            return torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+            return model(input_ids=inputs).logits[0, first - start:].float()
 
-    meta = {
-        "recorder": "scripts.record_trace", "model": str(args.model), "text": Path(args.text).name,
+    def rows(logits: Any, V: int) -> Any:
+        return torch.log_softmax(logits[:, :V], dim=-1).cpu().numpy()
+
+    metas = [{
+        "recorder": "scripts.record_trace", "model": str(name), "text": Path(args.text).name,
         "text_sha256": text_sha256, "window": window, "stride": stride, "model_dtype": args.model_dtype,
         "device": args.device, "transformers": transformers.__version__, "torch": torch.__version__,
-    }
+    } for name in names]
     with tqdm(total=T, unit="pos", desc="record_trace", file=sys.stderr, disable=args.quiet) as bar:
-        rows = run(spans[0])
-        V = int(rows.shape[-1])  # the width of the model's logits
-        size, free = trace_bytes(T, V, args.dtype, True), shutil.disk_usage(Path(args.out).parent).free
-        if size > free:
-            raise RecordError(f"--positions {T}: the trace needs {size / 2**30:,.1f} GiB (V = {V}), more than the "
-                              f"{free / 2**30:,.1f} GiB free in {Path(args.out).parent}")
-        with TraceWriter(args.out, T, V, args.dtype) as writer:
+        firsts = [run(model, spans[0]) for model in models]
+        widths = [int(logits.shape[-1]) for logits in firsts]  # the width of each model's logits
+        V = min([*widths, known]) if known is not None else widths[0]
+        if pair:
+            _pair_meta(metas, names, widths)
+            if max(ids[:T + 1]) >= V:
+                raise RecordError(f"--model {args.model}: the text's token {max(ids[:T + 1])} is not among the "
+                                  f"V = {V} ids that both models score")
+        _check_room(outs, trace_bytes(T, V, args.dtype, True), T, V)
+        with contextlib.ExitStack() as stack:
+            writers = [stack.enter_context(TraceWriter(out, T, V, args.dtype)) for out in outs]
             for span in spans:
-                rows = rows if span is spans[0] else run(span)
-                writer.write(rows)
+                blocks = firsts if span is spans[0] else [run(model, span) for model in models]
+                for writer, logits in zip(writers, blocks, strict=True):
+                    writer.write(rows(logits, V))
                 bar.update(span[2] - span[1])
-            return writer.finish(tokens=np.asarray(ids[1:T + 1], dtype=np.int64),
-                                 vocabulary=vocabulary(tokenizer, writer.vocab_size), meta=meta)
+            tokens, words = np.asarray(ids[1:T + 1], dtype=np.int64), vocabulary(tokenizer, V)
+            done: list[Path] = []
+            try:
+                for writer, meta in zip(writers, metas, strict=True):
+                    done.append(writer.finish(tokens=tokens, vocabulary=words, meta=meta))
+            except BaseException:
+                for path in done:  # both traces or neither
+                    path.unlink(missing_ok=True)
+                raise
+            return done
+
+
+def _pair_meta(metas: list[dict[str, Any]], names: Sequence[str], widths: Sequence[int]) -> None:
+    """Add to a pair's ``meta`` the other model and the width of each model's logits before the cut to V."""
+    metas[0].update({"draft_model": str(names[1]), "logits_width": widths[0]})
+    metas[1].update({"target_model": str(names[0]), "logits_width": widths[1]})
 
 
 def build_parser(prog: str = "record_trace") -> argparse.ArgumentParser:
@@ -216,7 +293,7 @@ def build_parser(prog: str = "record_trace") -> argparse.ArgumentParser:
     parser.add_argument("--model-dtype", choices=MODEL_DTYPES, default="float32",
                         help="the model's weights while it runs (default: float32)")
     parser.add_argument("--window", type=int_at_least(2), metavar="L",
-                        help="tokens per window, at most the model's context length (default: that length)")
+                        help="tokens per window, at most each model's context length (default: the shortest of them)")
     parser.add_argument("--stride", type=int_at_least(1), metavar="S",
                         help="new positions per later window, 1 .. L (default: L // 2)")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
@@ -224,7 +301,10 @@ def build_parser(prog: str = "record_trace") -> argparse.ArgumentParser:
     network.add_argument("--download", action="store_true",
                          help="let transformers download a Hub model missing from the local cache (default: never)")
     network.add_argument("--local-files-only", action="store_true",
-                         help="never download: the default, kept so that earlier command lines still run")
+                         help="never download (the default now; accepted so that earlier command lines still run)")
+    parser.add_argument("--draft-model", metavar="NAME_OR_DIR",
+                        help="also record this model (same tokenizer) over the same token ids, to --draft-out")
+    parser.add_argument("--draft-out", metavar="FILE.npz", help="the draft model's trace (with --draft-model)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -233,25 +313,27 @@ def main(argv: Sequence[str] | None = None, prog: str = "record_trace") -> int:
     """Entry point of ``thermospec record-trace`` (and ``python -m scripts.record_trace``); returns the exit status."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        parser.error(f"--out: a recorded trace is a .npz (logprobs, tokens, vocab), got {args.out}")
-    if not out.parent.is_dir():
-        parser.error(f"--out: folder {out.parent} does not exist")
+    outs = [Path(args.out)]
+    if (args.draft_model is None) != (args.draft_out is None):
+        parser.error("--draft-model and --draft-out go together (the draft model's trace and where it goes)")
+    if args.draft_out is not None:
+        outs.append(Path(args.draft_out))
+        if outs[1].resolve() == outs[0].resolve():
+            parser.error(f"--draft-out: {args.draft_out} is --out; the two traces need two files")
+    for flag, out in zip(("--out", "--draft-out"), outs, strict=False):
+        if out.suffix != ".npz":
+            parser.error(f"{flag}: a recorded trace is a .npz (logprobs, tokens, vocab), got {out}")
+        if not out.parent.is_dir():
+            parser.error(f"{flag}: folder {out.parent} does not exist")
     install_termination_handler()
     try:
-        path = record(args)
+        paths = record(args)
     except RecordError as exc:
-        return abandon(prog, out, f"error: {exc}", EXIT_USAGE)
+        return abandon(prog, outs, f"error: {exc}", EXIT_USAGE)
     except CorpusError as exc:
-        return abandon(prog, out, f"error: --text {exc}", EXIT_USAGE)
-    except (OSError, MemoryError) as exc:
-        reason = "not enough memory" if isinstance(exc, MemoryError) else (exc.strerror or str(exc))
-        return abandon(prog, out, f"error: {out}: {reason}", EXIT_FAILED)
-    except KeyboardInterrupt:
-        return abandon(prog, out, f"interrupted; {out} was not written", EXIT_INTERRUPTED)
-    except Terminated:
-        return abandon(prog, out, f"terminated (SIGTERM); {out} was not written", EXIT_TERMINATED)
-    print(f"wrote {path}: {args.positions} positions, {path.stat().st_size / 2**20:.1f} MiB")
+        return abandon(prog, outs, f"error: --text {exc}", EXIT_USAGE)
+    except STOPS as exc:
+        return stopped(prog, outs, exc)
+    for path in paths:
+        print(f"wrote {path}: {args.positions} positions, {path.stat().st_size / 2**20:.1f} MiB")
     return 0
-
