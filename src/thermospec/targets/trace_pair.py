@@ -55,9 +55,9 @@ def mismatch(draft: TraceTarget, target: TraceTarget) -> str | None:
     """Why `draft` cannot be `target`'s draft trace (a reason without the file's name), or None when it can."""
     against = f"the target trace {target.path}"
     if draft.V != target.V:
-        return f"has V = {draft.V:,} tokens per row, {against} V = {target.V:,}: a draft trace needs the same V"
+        return f"has V = {draft.V:,} tokens per row where {against} has {target.V:,}: a draft trace needs the same V"
     if draft.positions != target.positions:
-        return (f"has T = {draft.positions:,} positions, {against} T = {target.positions:,}: "
+        return (f"has T = {draft.positions:,} positions where {against} has {target.positions:,}: "
                 "a draft trace needs the same T")
     if draft.tokens is not None and target.tokens is not None and not np.array_equal(draft.tokens, target.tokens):
         t = int(np.flatnonzero(draft.tokens != target.tokens)[0])
@@ -65,6 +65,6 @@ def mismatch(draft: TraceTarget, target: TraceTarget) -> str | None:
                 f"{target.tokens[t]}): a draft trace is recorded over the same text")
     if draft.vocabulary is not None and target.vocabulary is not None and draft.vocabulary != target.vocabulary:
         i = next(i for i, (a, b) in enumerate(zip(draft.vocabulary, target.vocabulary, strict=True)) if a != b)
-        return (f"spells token {i} {draft.vocabulary[i]!r}, {against} {target.vocabulary[i]!r}: "
+        return (f"spells token {i} {draft.vocabulary[i]!r} where {against} spells it {target.vocabulary[i]!r}: "
                 "a draft trace needs the same vocabulary")
     return None
