@@ -108,3 +108,21 @@ def save_pair(root: Path, text: str, *, target_seed: int = 0, draft_seed: int = 
                     tensor.mul_(blend).add_(reference[name], alpha=1.0 - blend)
         mixed.save_pretrained(draft)
     return ModelPair(target=target, draft=draft)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.hf_pair OUT TEXT``: save the tiny peaked pair (draft blended at 0.1) to OUT."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.hf_pair", description=main.__doc__)
+    parser.add_argument("out", type=Path, help="folder to create (gets target/ and draft/)")
+    parser.add_argument("text", type=Path, help="UTF-8 text the tokenizer is trained on (its first 50,000 chars)")
+    parser.add_argument("--blend", type=float, default=0.1, help="the draft's share of random weights (default 0.1)")
+    args = parser.parse_args(argv)
+    pair = save_pair(args.out, args.text.read_text(encoding="utf-8")[:50_000], blend=args.blend or None)
+    print(f"target: {pair.target}\ndraft: {pair.draft}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
