@@ -7,6 +7,7 @@ tokenizer is trained here with ``tokenizers`` and the model built from a config.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +343,28 @@ def test_a_pair_stopped_leaves_neither_trace(
     err = capsys.readouterr().err
     assert says in err and "t.npz and " in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []  # the target, finished first, is removed with the draft's part
+
+
+@pytest.mark.parametrize("with_draft", [True, False])
+def test_a_text_token_no_row_gives_is_refused(
+    pair: tuple[ModelPair, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], with_draft: bool
+) -> None:
+    models, text = pair
+    grown = transformers.AutoTokenizer.from_pretrained(models.target)
+    grown.add_tokens(["<odd>"])  # id 300: the tokenizer has it, neither model's 300 logits score it
+    target, draft = (Path(shutil.copytree(folder, tmp_path / folder.name)) for folder in (models.target, models.draft))
+    for folder in (target, draft):
+        grown.save_pretrained(folder)
+    corpus = text.read_text(encoding="utf-8")
+    odd = tmp_path / "odd.txt"
+    odd.write_text(corpus[:40] + "<odd>" + corpus[40:], encoding="utf-8")  # about token 30
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["--model", str(target), "--text", str(odd), "--positions", "60", "--out", str(out / "t.npz"), "--quiet"]
+    if with_draft:
+        argv += ["--draft-model", str(draft), "--draft-out", str(out / "d.npz")]
+    assert exit_status(argv) == 2  # was an IndexError traceback from the model's embedding
+    err = capsys.readouterr().err
+    assert "token id 300 is not among the 300 ids that --model" in err and err.count("\n") == 1, err
+    assert list(out.iterdir()) == []
+    assert exit_status([*argv[:3], str(text), *argv[4:]]) == 0  # the control: the text without the token

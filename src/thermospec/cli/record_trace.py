@@ -139,8 +139,13 @@ def _ids(args: argparse.Namespace, tokenizer: Any, text: str) -> list[int]:
 
 
 def _same_tokenizer(args: argparse.Namespace, tokenizer: Any, draft: Any, ids: list[int], text: str) -> int:
-    """The ids both tokenizers have (`tokenizer_vocabulary`), once they give the same ids for the text and spell
-    each of those ids alike; else a `RecordError` in one line."""
+    """How many ids both tokenizers have, once they give the same ids for the text and spell those ids alike.
+
+    Raises
+    ------
+    RecordError
+        The draft's tokenizer gives other ids for the text, or spells an id otherwise (one line, the first).
+    """
     draft_ids = [int(i) for i in draft(text)["input_ids"]]
     if draft_ids != ids:
         n = min(len(ids), len(draft_ids))
@@ -152,8 +157,8 @@ def _same_tokenizer(args: argparse.Namespace, tokenizer: Any, draft: Any, ids: l
     words, draft_words = vocabulary(tokenizer, known), vocabulary(draft, known)
     if words != draft_words:
         i = next(i for i in range(known) if words[i] != draft_words[i])
-        raise RecordError(f"--draft-model {args.draft_model}: its tokenizer spells id {i} {draft_words[i]!r}, "
-                          f"--model's {words[i]!r}; a draft trace needs the same vocabulary")
+        raise RecordError(f"--draft-model {args.draft_model}: its tokenizer spells id {i} {draft_words[i]!r} where "
+                          f"--model's spells it {words[i]!r}; a draft trace needs the same vocabulary")
     return known
 
 
@@ -222,6 +227,12 @@ def record(args: argparse.Namespace) -> list[Path]:
     models = [_pretrained(flag, name, transformers.AutoModelForCausalLM, options).to(device=args.device, dtype=dtype)
               .eval() for flag, name in zip(flags, names, strict=True)]
     window, stride = _window(args, list(zip(("the model", "the draft model"), models, tokenizers, strict=False)))
+    for flag, name, model in zip(flags, names, models, strict=True):
+        embedding = model.get_input_embeddings()
+        rows_in = getattr(embedding, "num_embeddings", None)
+        if isinstance(rows_in, int) and max(ids[:args.positions + 1]) >= rows_in:  # was an IndexError traceback
+            raise RecordError(f"--text {args.text}: token id {max(ids[:args.positions + 1])} is not among the "
+                              f"{rows_in} ids that {flag} {name} reads (its tokenizer is longer than its embedding)")
     T = args.positions
     spans = windows(T, window, stride)
     outs = [Path(args.out), Path(args.draft_out)] if pair else [Path(args.out)]
@@ -246,9 +257,9 @@ def record(args: argparse.Namespace) -> list[Path]:
         V = min([*widths, known]) if known is not None else widths[0]
         if pair:
             _pair_meta(metas, names, widths)
-            if max(ids[:T + 1]) >= V:
-                raise RecordError(f"--model {args.model}: the text's token {max(ids[:T + 1])} is not among the "
-                                  f"V = {V} ids that both models score")
+        if max(ids[1:T + 1]) >= V:  # an observed token no row gives (a tokenizer longer than the logits)
+            raise RecordError(f"--text {args.text}: token id {max(ids[1:T + 1])} is not among the V = {V} ids "
+                              f"that {'both models score' if pair else 'the model scores'}")
         _check_room(outs, trace_bytes(T, V, args.dtype, True), T, V)
         with contextlib.ExitStack() as stack:
             writers = [stack.enter_context(TraceWriter(out, T, V, args.dtype)) for out in outs]
