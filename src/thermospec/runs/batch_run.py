@@ -8,9 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from thermospec.engine.batch import run_batch
-from thermospec.engine.chunks import BatchChunk
+from thermospec.engine.chain import run_chain_reference
+from thermospec.engine.chunks import BatchChunk, ChainChunk
 from thermospec.engine.tally import BatchTally
+from thermospec.runs.chain_tsus import reference_chains
 from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
 from thermospec.runs.prepare import PreparedRun, sparse_rows
 from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, OutputError, append_whole, cut_back, write_json_atomic
@@ -42,6 +46,10 @@ class BatchMode:
     chunks, and the summaries cover exactly those; a Parquet file that cannot be
     finished is removed (`finish_parquet`).  Without telemetry the kernel counts
     as it steps.  Per-chain summaries carry ``interrupted`` like the batch's.
+
+    A TSU whose draws are its own (``--tsu thrml``): each chain runs the per-step
+    reference with its own TSUs (`runs.chain_tsus`), in one chunk, chain 0 being
+    the single-chain run token for token.
     """
 
     def __init__(self, run: PreparedRun, run_dir: Path, chains: int, telemetry: TelemetryFormat,
@@ -63,11 +71,15 @@ class BatchMode:
 
     @property
     def counted_by_engine(self) -> bool:
-        """Whether the kernel counts as it steps (no telemetry: no write can fail after it)."""
-        return self.telemetry == "none"
+        """Whether the kernel counts as it steps (no telemetry: no write can fail after it; tables of F(ψ))."""
+        return self.telemetry == "none" and self.run.proposer.samples_payload
 
     def chunks(self) -> Iterator[BatchChunk]:
         target, config = self.run.target, self.run.config
+        if not self.run.proposer.samples_payload:  # THRML: each chain's draws its own TSUs'
+            return iter([_stacked(reference_chains(
+                self.run, self.chains,
+                lambda drafts, rng: run_chain_reference(target.row, target.pi, drafts, config.steps, rng)))])
         # The writers keep no reference to a chunk's arrays, so the chunks can share them.
         return run_batch(target.row, target.pi, self.run.proposer.draft, config.steps, config.seed, self.chains,
                          threads=self.threads, tally=self.tally if self.counted_by_engine else None,
@@ -136,5 +148,14 @@ class BatchMode:
         }
 
     def extras(self) -> dict[str, Any]:
+        backend = self.run.proposer.backend
         return {"streams": "chain 0: random_stream(seed, CHAIN) (the single-chain run); "
-                           "chain b: random_stream(seed, CHAIN, b)"}
+                           "chain b: random_stream(seed, CHAIN, b)",
+                **({"tsu_backend": backend} if backend is not None else {})}
+
+
+def _stacked(chunks: list[ChainChunk]) -> BatchChunk:
+    """B chains' chunks of the same steps as one `BatchChunk`."""
+    return BatchChunk(start=chunks[0].start, prev=np.stack([c.prev for c in chunks]),
+                      proposed=np.stack([c.proposed for c in chunks]), emitted=np.stack([c.emitted for c in chunks]),
+                      accepted=np.stack([c.accepted for c in chunks]))

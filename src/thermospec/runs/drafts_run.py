@@ -13,7 +13,8 @@ chains run in lock step, chain b on ``chain_stream(seed, b)`` (chain 0 is the
 single-chain run, token for token); telemetry as ``--chains`` writes it for M1
 (``chain_<b>/m1_metrics.jsonl``, or one Parquet file with a leading ``chain``
 column), per-chain summaries beside it, and pooled statistics in ``summary.json``.
-A TSU whose draws are its own (``--tsu thrml``) runs the per-step reference.
+A TSU whose draws are its own (``--tsu thrml``) runs the per-step reference,
+each chain with its own TSUs (`runs.chain_tsus`).
 
 Summary: the M1 statistics with that overlap, and, visit-weighted over the
 contexts the run drafted from: ``single_draft_acceptance`` (Σ min(p, q), one
@@ -42,6 +43,7 @@ from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.drafts import PlanSource, plan_source, run_drafts_chains
 from thermospec.engine.tally import RunTally
 from thermospec.runs.batch_run import chain_dir
+from thermospec.runs.chain_tsus import chain_drafts
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.prepare import PreparedRun
 from thermospec.runs.storage import (
@@ -114,9 +116,11 @@ class DraftsMode:
     def chunks(self) -> Iterator[list[DraftsChunk]]:
         config, target = self.run.config, self.run.target
         rngs = [chain_stream(config.seed, b) for b in range(self.chains)]
+        own = chain_drafts(self.run, self.chains) if self.chains > 1 else None  # THRML: each chain its own TSUs
         return run_drafts_chains(target.row, target.pi, self.run.proposer.draft, config.drafts, config.verifier,
                                  config.steps, rngs, plans=self.plans, chunk=max(256, DEFAULT_CHUNK // self.chains),
-                                 backend="auto" if self.run.proposer.samples_payload else "reference")
+                                 backend="auto" if self.run.proposer.samples_payload else "reference",
+                                 chain_drafts=own)
 
     def record(self, chunks: list[DraftsChunk]) -> int:
         """Write every chain's records of the chunk, then count it (a failed write counts none of it)."""

@@ -1,7 +1,8 @@
 """The one executor of every run: chunks from the engine, telemetry and tally, then one summary envelope.
 
 A run is a `Mode` (`ChainMode`: the M1 chain with any TSU; `BatchMode`: ``--chains``;
-`BlockMode`: ``--gamma``; `DraftsMode`: ``--drafts N``):
+`BlockMode`: ``--gamma``; `DraftsMode`: ``--drafts N``; `OrderMode`, `TraceMode` and, with
+``--drafts N``, `KeyedDraftsMode`: order-N contexts and traces):
 the chunks the engine emits for it, what each chunk writes and counts, and the
 statistics of what was counted.  `execute_run` drives any mode the same way:
 
@@ -46,11 +47,13 @@ from thermospec.runs.interrupts import (
     interruption_guard,
     signal_name,
 )
+from thermospec.runs.keyed_drafts_run import KeyedDraftsMode
 from thermospec.runs.order_run import OrderMode
 from thermospec.runs.prepare import PreparedRun, target_description
 from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
 from thermospec.runs.summary import software_versions
 from thermospec.runs.telemetry import TELEMETRY_FORMATS, TelemetryFormat, parquet_available
+from thermospec.runs.thrml_chains import ThrmlOrderChains, ThrmlTraceChains
 from thermospec.runs.trace_run import TraceMode
 from thermospec.targets.trace import TraceShrankError
 
@@ -115,25 +118,27 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
         raise ConfigError("--chains: --replay reruns one recorded chain; drop --chains")
     if telemetry != "jsonl" and replay:
         raise ConfigError(f"--telemetry {telemetry}: --replay compares the JSONL a run wrote")
-    if config.tsu == "thrml" and chains > 1 and config.gamma is None:
-        raise ConfigError("--tsu thrml: runs one chain (B chains step in lock step on tables of F(ψ), and a THRML "
-                          "TSU draws each token from its own sampler); drop --chains, or add --gamma G (blocks "
-                          "and trees of THRML run with --chains)")
     for given, option in ((config.trace is not None, "--trace"), (config.order > 2, "--order")):
-        if given and telemetry == "parquet" and config.gamma is None:  # a --gamma run writes blocks as Parquet
+        if given and telemetry == "parquet" and config.gamma is None and config.drafts == 1:  # blocks, N drafts: own
             raise ConfigError(f"{option}: single-draft records carry a field M1's Parquet schema lacks (the "
-                              "context or position); use --telemetry jsonl or none, or --gamma G (blocks as Parquet)")
+                              "context or position); use --telemetry jsonl or none, --gamma G (blocks as Parquet) "
+                              "or --drafts N")
 
 
 def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "jsonl", chains: int = 1) -> Mode:
-    """The mode a configuration asks for: ``--gamma`` (on any context source), ``--trace``, ``--order`` > 2,
-    ``--chains`` > 1, ``--drafts``, or the M1 chain (any TSU)."""
-    if run.config.gamma is not None:  # blocks over any context source: bigram, order-N, trace
+    """The mode a configuration asks for: ``--gamma`` (on any context source), ``--trace`` or ``--order`` > 2
+    (with ``--drafts N`` or one draft), ``--drafts``, ``--chains`` > 1, or the M1 chain (any TSU)."""
+    config, own_draws = run.config, not run.proposer.samples_payload  # own draws: THRML, each chain its own TSUs
+    if config.gamma is not None:  # blocks over any context source: bigram, order-N, trace
         return BlockMode(run, run_dir, telemetry, chains)
-    if run.config.trace is not None:
-        return TraceMode(run, run_dir, telemetry, chains)
-    if run.config.order > 2:
-        return OrderMode(run, run_dir, telemetry, chains)
+    if config.trace is not None:
+        if config.drafts > 1:
+            return KeyedDraftsMode(run, run_dir, telemetry, chains)
+        return (ThrmlTraceChains if own_draws and chains > 1 else TraceMode)(run, run_dir, telemetry, chains)
+    if config.order > 2:
+        if config.drafts > 1:
+            return KeyedDraftsMode(run, run_dir, telemetry, chains)
+        return (ThrmlOrderChains if own_draws and chains > 1 else OrderMode)(run, run_dir, telemetry, chains)
     if run.config.drafts > 1:  # one chain or B in lock step, any sink
         return DraftsMode(run, run_dir, telemetry, chains)
     if chains > 1:
