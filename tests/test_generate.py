@@ -33,6 +33,7 @@ from tests.hf_pair import ModelPair, save_gpt2, save_pair, train_tokenizer  # no
 from thermospec.cli import generate as cli  # noqa: E402
 from thermospec.runs import decode  # noqa: E402
 from thermospec.runs import generate as api  # noqa: E402
+from thermospec.targets.hf_models import CausalLM  # noqa: E402
 
 PROMPT = "First Citizen:\nBefore we proceed"
 MODES = {  # name: (gamma, drafts, verifier)
@@ -103,6 +104,27 @@ def test_generated_tokens_follow_the_target(pair: api.Pair, mode: str) -> None:
     expected = np.full(20, u.size / 20)
     assert pooled_chi2(np.histogram(u, bins=20, range=(0, 1))[0], expected).p_value > 1e-3
     assert pooled_chi2(np.histogram(v, bins=20, range=(0, 1))[0], expected).p_value < 1e-6
+
+
+@pytest.mark.parametrize("croppable", [True, False])
+def test_cached_rows_are_the_direct_rows(pair: api.Pair, croppable: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not croppable:  # a cache that cannot be cut back: every call scores its text afresh, same rows
+        monkeypatch.setattr(transformers.DynamicCache, "crop", lambda self, n: (_ for _ in ()).throw(ValueError()))
+    model = CausalLM(pair.target, pair.V)
+    prompt = [int(i) for i in pair.tokenizer(PROMPT)["input_ids"]]
+
+    def direct(ids: list[int]) -> Any:
+        return direct_rows(pair.target, ids, pair.V)[-1]
+
+    tree = model.rows(prompt, [[5, 6], [7, 8], [7, 9]])  # three branches in one batch
+    assert tree.shape == (3, 3, pair.V) and model.calls == 1
+    for b, path in enumerate([[5, 6], [7, 8], [7, 9]]):
+        for j in range(3):
+            np.testing.assert_allclose(tree[b, j], direct(prompt + path[:j]), atol=1e-6)
+    for text in ([*prompt, 7, 9, 4], [*prompt, 5], [*prompt, 5, 6, 1, 2], [*prompt, 5, 6, 3], prompt[:4]):
+        np.testing.assert_allclose(model.row(text), direct(text), atol=1e-6)  # after acceptance and rejection
+    np.testing.assert_allclose(model.rows(prompt, [[1, 2]])[0, 2], direct([*prompt, 1, 2]), atol=1e-6)
+    assert model.calls == 7
 
 
 def test_same_seed_same_tokens_and_the_records_add_up(pair: api.Pair, tmp_path: Path) -> None:
@@ -197,6 +219,7 @@ REFUSALS = [  # (arguments replacing the defaults, what the one line says)
     ({"--max-new-tokens": "120"}, "exceed the model's context length 128"),
     ({"--max-new-tokens": "0"}, "--max-new-tokens"),
     ({"--draft-model": None, "--gamma": "3"}, "only --gamma 1 is possible"),
+    ({"--prompt": None, "--prompt-file": "./no-such-prompt.txt"}, "--prompt-file ./no-such-prompt.txt: No such"),
     ({"--psi-budget": "52"}, "--psi-budget: not with generate"),
     ({"--verifier": "spectr"}, "--verifier: applies to N drafts"),
     ({"--K": "301"}, "--K: must be in 1 .. 300"),

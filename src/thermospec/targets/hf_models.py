@@ -97,7 +97,11 @@ def context_length(model: Any, tokenizer: Any) -> int | None:
 
 def shared_vocabulary(tokenizer: Any, *models: Any) -> int:
     """V: the tokenizer's length, cut to the narrowest output layer (models of a family pad theirs differently)."""
-    return int(min([len(tokenizer), *(int(m.get_output_embeddings().weight.shape[0]) for m in models)]))
+    widths = [len(tokenizer)]
+    for model in models:
+        output = model.get_output_embeddings()
+        widths.append(int(output.weight.shape[0]) if output is not None else int(model.config.vocab_size))
+    return min(widths)
 
 
 def check_pair(target_tokenizer: Any, draft_tokenizer: Any, draft_name: str, probe: str) -> None:
@@ -154,17 +158,19 @@ class CausalLM:
         """Keep in the cache the longest prefix of `context` it holds, short of its last token; return its length."""
         if self.cache is None or not self.cached:
             return 0
-        if len(self.cached) > 1:  # a batch of branches: keep the one that shares most with the context
-            best = max(range(len(self.cached)), key=lambda b: _common_prefix(self.cached[b], context))
-            self.cache.batch_select_indices(self.torch.tensor([best], device=self.device))
-            self.cached = [self.cached[best]]
-        keep = min(_common_prefix(self.cached[0], context), len(context) - 1)
+        try:
+            if len(self.cached) > 1:  # a batch of branches: keep the one that shares most with the context
+                best = max(range(len(self.cached)), key=lambda b: _common_prefix(self.cached[b], context))
+                self.cache.batch_select_indices(self.torch.tensor([best], device=self.device))
+                self.cached = [self.cached[best]]
+            keep = min(_common_prefix(self.cached[0], context), len(context) - 1)
+            if 0 < keep < len(self.cached[0]):
+                self.cache.crop(keep - len(self.cached[0]))  # a negative count: tokens removed from the end
+                self.cached = [self.cached[0][:keep]]
+        except (AttributeError, NotImplementedError, ValueError):  # a cache that cannot be cut: score afresh
+            keep = 0
         if keep == 0:
             self.cache, self.cached = None, []
-            return 0
-        if keep < len(self.cached[0]):
-            self.cache.crop(keep - len(self.cached[0]))  # a negative count: tokens removed from the end
-            self.cached = [self.cached[0][:keep]]
         return keep
 
     def rows(self, context: Sequence[int], paths: Sequence[Sequence[int]] = ((),)) -> NDArray[np.float64]:
@@ -188,10 +194,13 @@ class CausalLM:
         width = {len(p) for p in paths}
         if len(width) != 1 or not context:
             raise ValueError("rows: needs a context and paths of one length")
-        fed = [list(context[keep:]) + list(p) for p in paths]
         cache, self.cache, self.cached = self.cache, None, []  # an interrupted forward leaves no stale cache
         if len(paths) > 1 and cache is not None:
-            cache.batch_repeat_interleave(len(paths))  # in place: the batch replaces it
+            try:
+                cache.batch_repeat_interleave(len(paths))  # in place: the batch replaces it
+            except (AttributeError, NotImplementedError, ValueError):  # a cache that cannot be copied per path
+                cache, keep = None, 0
+        fed = [list(context[keep:]) + list(p) for p in paths]
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor(fed, dtype=torch.long, device=self.device),
                              use_cache=True, **{self.cache_keyword: cache})
