@@ -289,6 +289,12 @@ def test_a_pair_refused_before_anything_is_written(
     other = save_gpt2(tmp_path / "other", train_tokenizer(corpus * 3, 280), seed=1, n_positions=WINDOW)
     short = save_gpt2(tmp_path / "short", transformers.AutoTokenizer.from_pretrained(models.draft), seed=1,
                       n_positions=32)
+    renamed = Path(shutil.copytree(models.draft, tmp_path / "renamed"))  # one id, absent from the text, respelt
+    spec = json.loads((renamed / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    vocab["<respelt>"] = vocab.pop(next(word for word, i in vocab.items() if i == 200))  # a byte in no merge
+    (renamed / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    capsys.readouterr()  # save_pretrained's progress bars
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download attempt would fail differently, not hang
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-cache"))
     written = tmp_path / "out"
@@ -297,6 +303,7 @@ def test_a_pair_refused_before_anything_is_written(
     base = ["--model", str(models.target), "--text", str(text), "--positions", "20", "--quiet"]
     for argv, reason in [
         ([*base, "--draft-model", str(other), "--out", t, "--draft-out", d], "its tokenizer gives other ids"),
+        ([*base, "--draft-model", str(renamed), "--out", t, "--draft-out", d], "spells id 200 '<respelt>' where"),
         ([*base, "--draft-model", "nobody-here/no-such-draft", "--out", t, "--draft-out", d],
          "--draft-model nobody-here/no-such-draft: not in the local Hugging Face cache; --download"),
         ([*base, "--draft-model", str(tmp_path / "none"), "--out", t, "--draft-out", d], "no such folder"),
