@@ -7,6 +7,7 @@ bin left there is nothing to test: the statistic is 0 and the p-value 1.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -207,11 +208,16 @@ def pooled_chi2_rows(
     k = small.sum(axis=1)
     pooled_obs = np.zeros(m, dtype=np.float64)
     pooled_exp = np.zeros(m, dtype=np.float64)
-    for j in np.unique(k[k > 0]).tolist():
-        at = np.flatnonzero(k == j)
-        mask = small[at]
-        pooled_obs[at] = seen[at][mask].reshape(-1, j).sum(axis=1)
-        pooled_exp[at] = want[at][mask].reshape(-1, j).sum(axis=1)
+    by = np.argsort(k, kind="stable")  # rows with equally many small bins: one slice of these
+    sizes = k[by]
+    edges = np.flatnonzero(np.diff(sizes, prepend=0, append=V + 1)).tolist()
+    for a, b in itertools.pairwise(edges):
+        j = int(sizes[a])
+        if j:
+            at = by[a:b]
+            mask = small[at]
+            pooled_obs[at] = seen[at][mask].reshape(-1, j).sum(axis=1)
+            pooled_exp[at] = want[at][mask].reshape(-1, j).sum(axis=1)
     big = ~small
     kept = V - k
     separate = (k > 0) & ((pooled_exp >= MIN_EXPECTED) | (kept == 0))
