@@ -36,6 +36,7 @@ __all__ = [
     "MAX_BPE_VOCAB",
     "MIN_BPE_VOCAB",
     "TokenBigramTarget",
+    "bpe_corpus",
     "bpe_target",
     "encode_corpus",
     "parse_tokenizer",
@@ -246,16 +247,28 @@ def bpe_target(path: str, vocab_size: int) -> TokenBigramTarget:
     CorpusError
         The corpus cannot be read (see `targets.read_corpus`) or encodes to fewer than 2 tokens.
     """
+    return bpe_corpus(path, vocab_size)[0]
+
+
+def bpe_corpus(path: str, vocab_size: int) -> tuple[TokenBigramTarget, NDArray[np.int64], Any]:
+    """`bpe_target`, with the corpus' token ids and the trained tokenizer (an order-N target indexes the ids).
+
+    Raises
+    ------
+    CorpusError
+        As `bpe_target`.
+    """
     text, sha256 = read_corpus(path)
     tokenizer = train_bpe(text, vocab_size)
     tokens = encode_corpus(tokenizer, text)
     if tokens.shape[0] < 2:
         raise CorpusError(f"{path}: encodes to {tokens.shape[0]} BPE token, a bigram target needs at least 2")
     V = int(tokenizer.get_vocab_size())
-    return token_bigram_target(
+    target = token_bigram_target(
         tokens, V, source=f"corpus, byte-level BPE ({V} tokens)", corpus_sha256=sha256,
         tokenizer_json=tokenizer.to_str(),
     )
+    return target, tokens, tokenizer
 
 
 def tokenizer_fingerprint(target: TokenBigramTarget) -> str:

@@ -1,4 +1,4 @@
-"""Order-N character corpus targets: ``p(. | last N - 1 tokens)``, backing off to the longest suffix seen (SPEC §8).
+"""Order-N corpus targets: ``p(. | last N - 1 tokens)``, backing off to the longest suffix seen (SPEC §8).
 
 The context of a step is the last N - 1 emitted tokens (fewer at the start: the
 chain starts from ``x0 ~ pi`` of the bigram chain).  Its row is Laplace (+1 over
@@ -20,11 +20,17 @@ a context are one contiguous range, narrowed one older token at a time by binary
 search, and the followers of a range give its counts.  It takes ``N`` small-int
 columns of the corpus length (8 x 1.1 MB for Tiny Shakespeare at N = 8); rows
 are built on demand into a byte-bounded LRU cache.
+
+Tokens are the corpus' characters, or the ids of a byte-level BPE tokenizer
+trained on it (``order_target(..., tokenizer="bpe:M")``): the index is the same
+over any token sequence; the one-token rows are then the BPE bigram target's
+(`thermospec.targets.bpe.TokenBigramTarget`) and a context's text is its tokens
+decoded together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import _lru_cache_wrapper, lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.targets.bigram import DenseTarget
+from thermospec.targets.bpe import TokenBigramTarget, bpe_corpus, parse_tokenizer
+from thermospec.targets.context_moves import ContextMoves
 from thermospec.targets.corpus import corpus_target, read_corpus
 
 __all__ = ["MAX_ORDER", "ORDER_MOVES_BYTES", "ORDER_ROW_CACHE_BYTES", "ContextMoves", "OrderTarget", "order_target"]
@@ -53,21 +61,27 @@ class OrderTarget:
     ----------
     order : int
         N >= 2: contexts are the last N - 1 tokens.
-    bigram : DenseTarget
-        The corpus' character bigram target (`corpus_target`): the rows of
-        one-token contexts, pi and the vocabulary.
+    bigram : DenseTarget or TokenBigramTarget
+        The corpus' bigram target over the same tokens: the rows of one-token
+        contexts, pi and the vocabulary (characters: `corpus_target`; BPE ids:
+        `thermospec.targets.bpe.TokenBigramTarget`).
     tokens : ndarray of int, shape (n,)
         The corpus as token ids.
     row_cache_bytes : int
         Memory bound of the row cache (at least one row).
+    decode : callable, optional
+        The text of a sequence of token ids (a tokenizer's decoder); needed when
+        `bigram` has no vocabulary (each id's character).
     """
 
-    def __init__(self, order: int, bigram: DenseTarget, tokens: NDArray[np.integer[Any]], row_cache_bytes: int) -> None:
-        if bigram.vocabulary is None:
-            raise ValueError("bigram: an order-N target needs the corpus' vocabulary")
+    def __init__(self, order: int, bigram: DenseTarget | TokenBigramTarget, tokens: NDArray[np.integer[Any]],
+                 row_cache_bytes: int, decode: Callable[[list[int]], str] | None = None) -> None:
+        if bigram.vocabulary is None and decode is None:
+            raise ValueError("bigram: an order-N target needs the corpus' vocabulary or a decoder of its tokens")
         self.order = int(order)
         self.bigram = bigram
         self._vocabulary = bigram.vocabulary
+        self._decode = decode
         V = self.V
         depth = self.order - 1
         n = int(tokens.shape[0])
@@ -116,13 +130,18 @@ class OrderTarget:
 
     @property
     def source(self) -> str:
-        """``"corpus"`` at N = 2 (SPEC §5's target), else ``"corpus (order N)"``."""
-        return "corpus" if self.order == 2 else f"corpus (order {self.order})"
+        """The bigram target's at N = 2 (``"corpus"``: SPEC §5's target), else ``"corpus (order N)"`` (characters)
+        or the BPE target's with ``", order N"``."""
+        if self.order == 2:
+            return str(self.bigram.source)
+        if self._vocabulary is None:
+            return f"{self.bigram.source}, order {self.order}"
+        return f"corpus (order {self.order})"
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
-        """The character of each token id."""
-        return self._vocabulary
+        """The character of each token id (empty for BPE tokens: `context_text` decodes them)."""
+        return self._vocabulary or ()
 
     @property
     def corpus_sha256(self) -> str:
@@ -178,8 +197,8 @@ class OrderTarget:
             self._hi.append(hi)
         return cid
 
-    def _intern_all(self, length: list[int], lo: list[int], hi: list[int]) -> list[int]:
-        """`_intern` of each (length, lo, hi) in turn: their ids, the new ones given in this order."""
+    def intern_contexts(self, length: list[int], lo: list[int], hi: list[int]) -> list[int]:
+        """The ids of contexts given by their length and index range, the new ones interned in this order."""
         ids, lengths, los, his = self._ids, self._length, self._lo, self._hi
         out = []
         for key, end in zip(zip(length, lo, strict=True), hi, strict=True):
@@ -206,8 +225,26 @@ class OrderTarget:
         return tuple(int(self._columns[j][lo]) - 1 for j in reversed(range(self._length[context])))
 
     def context_text(self, context: int) -> str:
-        """The characters of a context, oldest first (for telemetry)."""
-        return "".join(self.vocabulary[t] for t in self.context_tokens(context))
+        """The text of a context, oldest first (for telemetry): its characters, or its BPE tokens decoded together."""
+        if self._vocabulary is None:
+            assert self._decode is not None
+            return self._decode(list(self.context_tokens(context)))
+        return "".join(self._vocabulary[t] for t in self.context_tokens(context))
+
+    def token_rows(self, tokens: NDArray[np.int64]) -> NDArray[np.float64]:
+        """The bigram target's rows of one-token contexts, shape (len(tokens), V)."""
+        if isinstance(self.bigram, DenseTarget):
+            rows: NDArray[np.float64] = self.bigram.P[tokens]
+            return rows
+        out = np.empty((tokens.shape[0], self.V), dtype=np.float64)
+        for i, x in enumerate(tokens.tolist()):
+            out[i] = self.bigram.row(x)
+        return out
+
+    @property
+    def followers(self) -> NDArray[Any]:
+        """The token after each indexed corpus position, in index order (a context's are one range of it)."""
+        return self._followers
 
     def context_occurrences(self, context: int) -> int:
         """How often the context occurs in the corpus followed by a token (its row's count total)."""
@@ -216,7 +253,7 @@ class OrderTarget:
 
     def _build_row(self, context: int) -> NDArray[np.float64]:
         if context < self.V:
-            p: NDArray[np.float64] = self.bigram.P[context].copy()  # corpus_target's row, bit for bit
+            p: NDArray[np.float64] = self.token_rows(np.array([context]))[0]  # the bigram target's, bit for bit
         else:
             counts = np.bincount(self._followers[self._lo[context]:self._hi[context]], minlength=self.V)
             smoothed = counts.astype(np.float64) + 1.0
@@ -327,97 +364,36 @@ class OrderTarget:
         return [self._intern(depth, int(starts[i]), int(starts[i] + sizes[i])) for i in best]
 
 
-class ContextMoves:
-    """An order-N target's contexts as a finite automaton: ``next[s * V + y]`` is the state after y in state s.
+def order_target(path: str | Path, order: int, *, tokenizer: str | None = None,
+                 row_cache_bytes: int = ORDER_ROW_CACHE_BYTES) -> OrderTarget:
+    """The order-N target of a UTF-8 corpus over its characters, or over BPE tokens (see the module).
 
-    The context after emitting y depends only on the context and y: if ``w + y`` is a
-    seen suffix of ``h + y`` then w is a seen suffix of h no longer than h's effective
-    one.  So every context of the corpus (each distinct suffix of 1 .. N - 1 tokens it
-    holds followed by a token) is a state: states ``0 .. V-1`` are the one-token
-    contexts (the token), then the longer ones by falling corpus frequency.  A state's
-    target id (`context`) is interned on first use, so the ids keep the order in which a
-    chain meets its contexts, as `OrderTarget.next_context` step by step would.
-    Build it with `OrderTarget.moves`.
-
-    Attributes
+    Parameters
     ----------
-    next : ndarray of int32, shape (states * V,)
-        The move table.
-    states : int
-        Number of states.
-    """
-
-    def __init__(self, target: OrderTarget, table: NDArray[np.int32], length: NDArray[np.int64],
-                 lo: NDArray[np.int64], hi: NDArray[np.int64]) -> None:
-        self.target = target
-        self.next = table
-        self.states = int(length.shape[0])
-        self.length, self.lo, self.hi = length, lo, hi
-        self._length, self._lo, self._hi = length.tolist(), lo.tolist(), hi.tolist()
-        self._ids = np.full(self.states, -1, dtype=np.int64)
-        self._ids[:target.V] = np.arange(target.V)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the move table."""
-        return int(self.next.nbytes)
-
-    def context(self, state: int) -> int:
-        """The target's id of a state's context (interned on first use)."""
-        cid = int(self._ids[state])
-        if cid < 0:
-            cid = self._ids[state] = self.target._intern(self._length[state], self._lo[state], self._hi[state])
-        return cid
-
-    def intern(self, states: NDArray[np.int64]) -> None:
-        """Intern the contexts of distinct `states` not interned yet, in this order (`context` of each in turn)."""
-        fresh = states[self._ids[states] < 0]
-        if fresh.shape[0]:
-            self._ids[fresh] = self.target._intern_all(self.length[fresh].tolist(), self.lo[fresh].tolist(),
-                                                       self.hi[fresh].tolist())
-
-    def rows(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
-        """The target rows of `states` (shape (m, V)), bit for bit `OrderTarget.row` of their contexts."""
-        target, V = self.target, self.target.V
-        states = np.asarray(states, dtype=np.int64)
-        out = np.empty((states.shape[0], V), dtype=np.float64)
-        short = self.length[states] == 1
-        out[short] = target.bigram.P[states[short]]
-        longer = states[~short]
-        lo, n = self.lo[longer], self.hi[longer] - self.lo[longer]
-        owner = np.repeat(np.arange(longer.shape[0], dtype=np.int64), n)
-        at = np.arange(int(n.sum()), dtype=np.int64) + np.repeat(lo - (np.cumsum(n) - n), n)
-        counts = np.bincount(owner * V + target._followers[at], minlength=longer.shape[0] * V)
-        smoothed = counts.reshape(-1, V).astype(np.float64) + 1.0
-        out[~short] = smoothed / smoothed.sum(axis=1, keepdims=True)
-        return out
-
-    def states_of(self, contexts: NDArray[np.int64]) -> NDArray[np.int64]:
-        """The state of each target id (-1 for an id not interned through this table)."""
-        interned = np.flatnonzero(self._ids >= 0)
-        inverse = np.full(int(max(self._ids.max(), contexts.max(initial=0))) + 1, -1, dtype=np.int64)
-        inverse[self._ids[interned]] = interned
-        found: NDArray[np.int64] = inverse[contexts]
-        return found
-
-    def contexts(self, states: NDArray[np.int64]) -> NDArray[np.int64]:
-        """The target's ids of states whose contexts were interned (by `context`), as one gather."""
-        ids: NDArray[np.int64] = self._ids[states]
-        return ids
-
-
-def order_target(path: str | Path, order: int, *, row_cache_bytes: int = ORDER_ROW_CACHE_BYTES) -> OrderTarget:
-    """The order-N character target of a UTF-8 corpus (see the module).
+    path : str or Path
+        The corpus.
+    order : int
+        N: contexts are the last N - 1 tokens.
+    tokenizer : str, optional
+        ``"bpe:M"``: tokens are the ids of a byte-level BPE tokenizer of at most M
+        tokens trained on the corpus (`thermospec.targets.bpe.bpe_corpus`); None:
+        the corpus' characters.
+    row_cache_bytes : int
+        Memory bound of the row cache.
 
     Raises
     ------
     CorpusError
-        As `corpus_target` (missing, not UTF-8, fewer than 2 characters ...).
+        As `corpus_target` or `bpe_target` (missing, not UTF-8, too short ...).
     ValueError
-        `order` not an integer in ``[2, MAX_ORDER]``; the message names ``--order``.
+        `order` not an integer in ``[2, MAX_ORDER]`` (the message names ``--order``), or
+        a tokenizer spec `parse_tokenizer` refuses (it names ``--tokenizer``).
     """
     if isinstance(order, bool) or not isinstance(order, int | np.integer) or not 2 <= order <= MAX_ORDER:
         raise ValueError(f"--order: must be an integer in [2, {MAX_ORDER}], got {order!r}")
+    if tokenizer is not None:
+        bpe, ids, trained = bpe_corpus(str(path), parse_tokenizer(tokenizer))
+        return OrderTarget(int(order), bpe, ids, row_cache_bytes, decode=trained.decode)
     bigram = corpus_target(path)
     text, _ = read_corpus(path)
     alphabet = np.array([ord(c) for c in bigram.vocabulary or ()], dtype=np.int64)

@@ -1,0 +1,116 @@
+"""An order-N target's contexts as a finite automaton (`ContextMoves`), built by `OrderTarget.moves`.
+
+The chain steps on its move table (one look-up a step); its states' target ids are
+interned as a chain meets them, and their rows are built a block at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["ContextMoves", "MovesTarget"]
+
+
+class MovesTarget(Protocol):
+    """What a move table reads of its target (`thermospec.targets.order.OrderTarget`)."""
+
+    @property
+    def V(self) -> int:
+        """Tokens."""
+        ...
+
+    @property
+    def followers(self) -> NDArray[Any]:
+        """The token after each indexed corpus position, in index order."""
+        ...
+
+    def intern_contexts(self, length: list[int], lo: list[int], hi: list[int]) -> list[int]:
+        """The target ids of contexts (length and index range), new ones interned in this order."""
+        ...
+
+    def token_rows(self, tokens: NDArray[np.int64]) -> NDArray[np.float64]:
+        """The rows of one-token contexts."""
+        ...
+
+
+class ContextMoves:
+    """An order-N target's contexts as a finite automaton: ``next[s * V + y]`` is the state after y in state s.
+
+    The context after emitting y depends only on the context and y: if ``w + y`` is a
+    seen suffix of ``h + y`` then w is a seen suffix of h no longer than h's effective
+    one.  So every context of the corpus (each distinct suffix of 1 .. N - 1 tokens it
+    holds followed by a token) is a state: states ``0 .. V-1`` are the one-token
+    contexts (the token), then the longer ones by falling corpus frequency.  A state's
+    target id (`context`) is interned on first use, so the ids keep the order in which a
+    chain meets its contexts, as `OrderTarget.next_context` step by step would.
+    Build it with `OrderTarget.moves`.
+
+    Attributes
+    ----------
+    next : ndarray of int32, shape (states * V,)
+        The move table.
+    states : int
+        Number of states.
+    """
+
+    def __init__(self, target: MovesTarget, table: NDArray[np.int32], length: NDArray[np.int64],
+                 lo: NDArray[np.int64], hi: NDArray[np.int64]) -> None:
+        self.target = target
+        self.next = table
+        self.states = int(length.shape[0])
+        self.length, self.lo, self.hi = length, lo, hi
+        self._length, self._lo, self._hi = length.tolist(), lo.tolist(), hi.tolist()
+        self._ids = np.full(self.states, -1, dtype=np.int64)
+        self._ids[:target.V] = np.arange(target.V)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the move table."""
+        return int(self.next.nbytes)
+
+    def context(self, state: int) -> int:
+        """The target's id of a state's context (interned on first use)."""
+        cid = int(self._ids[state])
+        if cid < 0:
+            cid = self._ids[state] = self.target.intern_contexts([self._length[state]], [self._lo[state]],
+                                                                 [self._hi[state]])[0]
+        return cid
+
+    def intern(self, states: NDArray[np.int64]) -> None:
+        """Intern the contexts of distinct `states` not interned yet, in this order (`context` of each in turn)."""
+        fresh = states[self._ids[states] < 0]
+        if fresh.shape[0]:
+            self._ids[fresh] = self.target.intern_contexts(self.length[fresh].tolist(), self.lo[fresh].tolist(),
+                                                       self.hi[fresh].tolist())
+
+    def rows(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
+        """The target rows of `states` (shape (m, V)), bit for bit `OrderTarget.row` of their contexts."""
+        target, V = self.target, self.target.V
+        states = np.asarray(states, dtype=np.int64)
+        out = np.empty((states.shape[0], V), dtype=np.float64)
+        short = self.length[states] == 1
+        out[short] = target.token_rows(states[short])
+        longer = states[~short]
+        lo, n = self.lo[longer], self.hi[longer] - self.lo[longer]
+        owner = np.repeat(np.arange(longer.shape[0], dtype=np.int64), n)
+        at = np.arange(int(n.sum()), dtype=np.int64) + np.repeat(lo - (np.cumsum(n) - n), n)
+        counts = np.bincount(owner * V + target.followers[at], minlength=longer.shape[0] * V)
+        smoothed = counts.reshape(-1, V).astype(np.float64) + 1.0
+        out[~short] = smoothed / smoothed.sum(axis=1, keepdims=True)
+        return out
+
+    def states_of(self, contexts: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The state of each target id (-1 for an id not interned through this table)."""
+        interned = np.flatnonzero(self._ids >= 0)
+        inverse = np.full(int(max(self._ids.max(), contexts.max(initial=0))) + 1, -1, dtype=np.int64)
+        inverse[self._ids[interned]] = interned
+        found: NDArray[np.int64] = inverse[contexts]
+        return found
+
+    def contexts(self, states: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The target's ids of states whose contexts were interned (by `context`), as one gather."""
+        ids: NDArray[np.int64] = self._ids[states]
+        return ids
