@@ -223,6 +223,7 @@ REFUSALS = [  # (arguments replacing the defaults, what the one line says)
     ({"--psi-budget": "52"}, "--psi-budget: not with generate"),
     ({"--verifier": "spectr"}, "--verifier: applies to N drafts"),
     ({"--K": "301"}, "--K: must be in 1 .. 300"),
+    ({"--gamma": "6", "--drafts": "5"}, "drafted nodes per round; at most 4,096"),
 ]
 
 

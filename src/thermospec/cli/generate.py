@@ -30,11 +30,13 @@ thermospec generate --model ./target --draft-model ./draft --prompt "Hi" --max-n
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from thermospec.cli.options import (
+    EXIT_BROKEN_PIPE,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -153,6 +155,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "generate") -> int:
     except ModelError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # stdout closed early (piped into head): quietly, as a shell tool would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OutputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

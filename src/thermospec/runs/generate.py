@@ -30,6 +30,7 @@ import numpy as np
 from thermospec import __version__
 from thermospec.core.payload import EpsSpec
 from thermospec.core.verifiers import VERIFIERS
+from thermospec.engine.trees import MAX_TREE_NODES, tree_nodes
 from thermospec.runs.decode import Round, RoundSettings, decode_round, round_levels
 from thermospec.runs.interrupts import ChunkAbandoned, interruption_guard, signal_name
 from thermospec.runs.storage import SUMMARY_FILE, RecordFile, create_run_dir, write_json_atomic
@@ -145,6 +146,10 @@ def _check(pair: Pair, prompt_ids: list[int], max_new_tokens: int, K: int, gamma
                          "one token ahead, so only --gamma 1 is possible")
     if drafts < 1:
         raise ModelError(f"--drafts: must be >= 1, got {drafts}")
+    nodes = tree_nodes(gamma or 1, drafts)
+    if nodes > MAX_TREE_NODES:
+        raise ModelError(f"--gamma {gamma} --drafts {drafts}: a tree of {nodes:,} drafted nodes per round; at most "
+                         f"{MAX_TREE_NODES:,} (N + N^2 + ... + N^γ)")
     if verifier not in VERIFIERS:
         raise ModelError(f"--verifier: one of {', '.join(VERIFIERS)}, got {verifier}")
 
