@@ -10,7 +10,7 @@ Options: ``--quick`` (smaller sizes, for a smoke run), ``--repeats N``,
 temporary folder), ``--corpus PATH`` (text repeated to 100 MB for the counting
 figure; Tiny Shakespeare from data/ or ../shared/data/ by default), ``--only
 SECTION ...`` (run only those sections: sequential, naive, limit, identical,
-batch, telemetry, memory, vocab, corpus, startup, trace, grid, check, sinks).
+batch, telemetry, memory, vocab, corpus, startup, trace, modes, grid, check, sinks).
 
 The ``limit`` section compares thermospec with the same chain written as a
 minimal C loop compiled with ``-O3 -march=native`` (`benchmarks.limit`).  The ``grid``,
@@ -35,6 +35,7 @@ import numpy as np
 
 from benchmarks.history import Checkouts, bench_check, bench_grid, bench_sinks
 from benchmarks.limit import bench_limit
+from benchmarks.modes import bench_modes
 from benchmarks.naive import naive_chain
 from benchmarks.trace import bench_trace
 from thermospec.core.streams import Stream, random_stream
@@ -359,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(("corpus", lambda: bench_corpus(args.corpus, 10 if quick else 100)))
     sections.append(("startup", lambda: bench_startup(repeats)))
     sections.append(("trace", lambda: bench_trace(64 if quick else 256, 200_000 if quick else 2_000_000)))
+    sections.append(("modes", lambda: bench_modes(shakespeare(args.corpus), 200_000 if quick else 2_000_000, repeats)))
     checkouts = Checkouts()  # earlier commits, checked out when a section first asks
     sections.append(("grid", lambda: bench_grid(checkouts, 2_000_000 if quick else 20_000_000, repeats)))
     sections.append(("check", lambda: bench_check(checkouts, repeats)))
