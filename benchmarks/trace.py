@@ -21,16 +21,18 @@ Row = tuple[str, str, str]
 
 
 def bench_trace(positions: int, steps: int, vocab: int = 131_072, K: int = 64) -> list[Row]:
-    """Positions/s crafting ψ (top_support + payload + metrics), then tokens/s stepping a cached trace."""
+    """Positions/s crafting ψ (softmax, top-K, payload, metrics: `targets.trace_rows.craft_position`) and the CPU
+    time each takes (what a loaded machine leaves unchanged), then tokens/s stepping a cached trace."""
     with tempfile.TemporaryDirectory(prefix="thermospec-bench-trace-") as tmp:
         path = write_trace(Path(tmp) / "zipf.npy", positions=positions, vocab=vocab, exponent=1.0, seed=7,
                            progress=False)
         target = load_trace(path)
         proposer = PositionProposer(target, K, 1.0, "auto")
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for first in range(0, positions, CRAFT_AHEAD):  # as a run crafts them: CRAFT_AHEAD at a time, on threads
             proposer.craft_ahead(range(first, min(first + CRAFT_AHEAD, positions)))
         crafted = positions / (time.perf_counter() - started)
+        cpu_each = (time.process_time() - cpu) / positions  # CPU seconds a position (all threads): load-proof
         list(run_positions(target, proposer.draft, positions * 64, random_stream(7, Stream.CHAIN)))  # tables
         started = time.perf_counter()
         for _ in run_positions(target, proposer.draft, steps, random_stream(7, Stream.CHAIN)):
@@ -38,7 +40,8 @@ def bench_trace(positions: int, steps: int, vocab: int = 131_072, K: int = 64) -
         rate = steps / (time.perf_counter() - started)
     return [
         (f"trace V = {vocab:,}: ψ crafted per position", f"{crafted:,.0f} positions/s",
-         f">= 5,000 positions/s (K = {K}, {CRAFT_THREADS} threads; softmax, top-K, payload, metrics)"),
+         f">= 5,000 positions/s (K = {K}, {CRAFT_THREADS} threads, {cpu_each * 1e6:,.0f} µs CPU each; softmax, "
+         "top-K, payload, metrics)"),
         (f"trace V = {vocab:,}: teacher-forced steps, cached", f"{rate / 1e6:.2f} Mtokens/s",
          f">= 1 M tokens/s ({positions} positions, telemetry off)"),
     ]

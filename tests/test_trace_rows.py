@@ -1,9 +1,10 @@
-"""The passes over a trace row (softmax, top-K support, ψ's metrics): compiled, NumPy fallback and SPEC's code agree.
+"""A trace row's softmax, top-K support, ψ and ψ's metrics: the compiled path and SPEC's plain code agree.
 
-`targets.trace_rows` replaces `softmax64`, a partition and `core.metrics` on the dense q by
-passes that take exp and log once per distinct float16 value; every value must be the
-same float, bit for bit, with and without the compiled module.  A negative control: a
-sum taken in another order (NumPy's pairwise sum is what both must follow) differs.
+`targets.trace_rows` replaces `softmax64`, a partition, `core.payload`'s craft/encode/decode and
+`core.metrics` on the dense q by passes over the row's float16 codes that take exp and log once per
+distinct value; every value must be the same float, and every payload the same bytes, bit for bit,
+with and without the compiled module.  A negative control: a sum taken in another order (NumPy's
+pairwise sum is what both must follow) differs.  About 10 s.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def rows() -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
     ties = rng.standard_normal(V).astype(np.float16)
     ties[100:140] = ties.max() + 1  # 40 tied top tokens
     yield "ties", ties
+    wide_ties = rng.standard_normal(40_000).astype(np.float16)
+    wide_ties[::7] = wide_ties.max()  # thousands tied at the top: the sampled threshold keeps them all
+    yield "wide-ties", wide_ties
+    spread = (20 * rng.standard_normal(20_000)).astype(np.float16)  # values over > 4096 codes: marked, not listed
+    spread[::11] = -np.inf
+    yield "spread", spread
     gaps = (4 * rng.standard_normal(V)).astype(np.float16)
     gaps[::3] = -np.inf
     gaps[5:50] = gaps.max() - 760  # entries whose exp underflows to 0 (p = 0 where stored > -inf)
@@ -41,6 +48,8 @@ def rows() -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
     yield "big-endian", (3 * rng.standard_normal(V)).astype(">f2")
     yield "float32", (3 * rng.standard_normal(V)).astype(np.float32)
     yield "wide", (2 * rng.standard_normal(131_072)).astype(np.float16)
+    zipf_wide = -np.log(np.arange(1, 131_073)) + 0.1 * rng.standard_normal(131_072)
+    yield "zipf-wide", rng.permutation(zipf_wide).astype(np.float16)
 
 
 def reference(raw: np.ndarray[Any, Any], K: int, eps: Any) -> tuple[Any, ...]:
@@ -77,7 +86,42 @@ def test_every_pass_gives_the_bytes_of_the_plain_code(backend: str, K: int, eps:
         np.testing.assert_array_equal(trace_rows.top_support_of(values, K), tokens, err_msg=f"{name} {backend}")
         got = trace_rows.position_metrics(values, payload)
         assert got == (overlap, ce), (name, backend, got, (overlap, ce))
-    assert (np.inf in gaps) == (eps == 0.0)  # q = 0 where p > 0: the infinite gap is covered too
+    assert np.inf in gaps or eps != 0.0  # q = 0 where p > 0: the infinite gap is covered too
+
+
+@pytest.mark.parametrize("K", [1, 64, 5000])
+@pytest.mark.parametrize("eps", ["auto", 0.0, 1e-9])
+def test_a_crafted_position_is_the_plain_codes_payload_and_metrics(K: int, eps: Any) -> None:
+    if not trace_rows.compiled():
+        pytest.skip("the compiled module thermospec.targets._trace_rows is not built")
+    for name, raw in rows():
+        p, _, payload, overlap, ce = reference(raw, K, eps)
+        values = trace_rows.row_values(raw)
+        made = trace_rows.craft_position(values, K, 1.0, eps)
+        assert made.wire == encode_payload(payload), (name, K, eps)
+        decoded = decode_payload(made.wire)
+        for got, want in ((made.payload, decoded), (made.payload, payload)):
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_array_equal(got.codes, want.codes)
+            assert (got.vocab_size, got.tau, got.eps, got.delta) == (want.vocab_size, want.tau, want.eps, want.delta)
+        assert made.topk_mass == float(p[payload.ids].sum()), name
+        assert (made.overlap_mass, made.ce_gap_nats) == (overlap, ce), (name, K, eps)
+        if values.codes is not None and values.V > 100_000:  # no V-sized float64 array while crafting
+            assert values.nbytes < 8 * values.V, name
+
+
+@pytest.mark.parametrize("K", [1, 64, 5000])
+def test_position_tables_from_the_codes_are_those_of_the_dense_row(K: int) -> None:
+    for name, raw in rows():
+        values = trace_rows.row_values(raw)
+        payload = trace_rows.craft_position(values, K, 1.0, "auto").payload
+        dense = np.array(values.p)  # a plain array: the NumPy passes
+        got, want = positions.position_tables(values, payload), positions.position_tables(dense, payload)
+        for field in ("ids", "id_cdf", "explicit_cum", "q_ids", "residual_tokens", "residual_cum"):
+            assert getattr(got, field).tobytes() == getattr(want, field).tobytes(), (name, K, field)
+        for field in ("eps", "draft_total", "draft_last", "residual_last", "vocab_size"):
+            assert getattr(got, field) == getattr(want, field), (name, K, field)
+        np.testing.assert_array_equal(trace_rows.p_at(values, want.residual_tokens), dense[want.residual_tokens])
 
 
 def test_the_sum_order_matters_a_negative_control() -> None:

@@ -12,8 +12,8 @@ plain per-step loop (``SimTSU.draw``, then `accept_correct_step` with ``q = F``
 of the decoded payload); `run_positions` is the fast one and emits the same
 tokens (the tests pin it):
 
-- each position's ψ is crafted once, from ``top_support`` (O(V), no sort), and
-  kept with its metrics but no V-sized array (`PositionProposer`);
+- each position's ψ is crafted once (`targets.trace_rows.craft_position`: O(V), no sort,
+  no V-sized float64 array), and kept with its metrics but no V-sized array (`PositionProposer`);
 - since the position of every step is known in advance, a block of steps is
   processed position by position, vectorised: each position's step tables
   (`VectorCompactTables`: the draft CDF over the K ids, in closed form between them,
@@ -37,14 +37,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.acceptance import accept_correct_step, residual
-from thermospec.core.metrics import topk_mass
-from thermospec.core.payload import EpsSpec, Payload, PayloadError, craft_payload_from_support, encode_payload
+from thermospec.core.payload import EpsSpec, Payload, PayloadError
 from thermospec.engine.chain import ReportError, ReportVerifier
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.compact import compact_tables
 from thermospec.engine.step import VectorCompactTables, vector_compact_steps
 from thermospec.targets.trace import PositionTarget
-from thermospec.targets.trace_rows import position_metrics
+from thermospec.targets.trace_rows import RowValues, craft_position, p_at, residual_support, row_into
 from thermospec.tsu.bounded import DRAFT_CACHE_BYTES, CompactTSU
 from thermospec.tsu.drafts import ContextDraft, DraftSource, Proposer
 
@@ -84,7 +83,7 @@ class PositionChunk(ChainChunk):
 
 
 class PositionProposer(Proposer):
-    """ψ per position, crafted from ``top_support`` in O(V), kept with its metrics and no V-sized array.
+    """ψ per position, crafted in O(V) (`targets.trace_rows.craft_position`), kept with its metrics, no V-sized array.
 
     The payload bytes are those `craft_payload` would craft from the whole row;
     ``topk_mass``, ``overlap_mass`` and ``ce_gap_nats`` are `core.metrics` of the
@@ -103,7 +102,8 @@ class PositionProposer(Proposer):
     def craft_ahead(self, positions: Sequence[int]) -> None:
         """Craft the drafts of `positions` into the cache on `CRAFT_THREADS` threads (the passes over V free the GIL).
 
-        Each draft is the one `draft` would craft; only when they are made changes.
+        Each thread crafts every `CRAFT_THREADS`-th position of the list (one task per thread, not per
+        position).  Each draft is the one `draft` would craft; only when they are made changes.
         """
         if len(positions) < 2 or CRAFT_THREADS < 2:
             for t in positions:
@@ -111,28 +111,42 @@ class PositionProposer(Proposer):
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(CRAFT_THREADS, thread_name_prefix="thermospec-craft")
-        for _ in self._pool.map(self.draft, positions):
+        share = [positions[i::CRAFT_THREADS] for i in range(min(CRAFT_THREADS, len(positions)))]
+        for _ in self._pool.map(self._craft_all, share):
             pass
 
+    def _craft_all(self, positions: Sequence[int]) -> None:
+        for t in positions:
+            self.draft(t)
+
     def craft(self, context: int) -> ContextDraft:
-        """Craft position `context`'s draft (no cache)."""
-        target = self.target
-        tokens, probs = target.top_support(context, self.K)
+        """Craft position `context`'s draft (no cache): `targets.trace_rows.craft_position` on its row."""
         try:
-            wire = encode_payload(craft_payload_from_support(tokens, probs, target.V, self.K, self.tau, self.eps))
+            made = craft_position(self.target.row_values(context), self.K, self.tau, self.eps)
         except PayloadError as exc:
             raise PayloadError(f"ψ of position {context}: {exc}") from None
-        tsu = CompactTSU(wire)
-        values = target.row_values(context)
-        p = values.p
-        overlap, ce_gap = position_metrics(values, tsu.payload)
-        return ContextDraft(context=context, payload_bytes=wire, tsu=tsu, topk_mass=topk_mass(p, tsu.payload.ids),
-                            overlap_mass=overlap, ce_gap_nats=ce_gap)
+        return ContextDraft(context=context, payload_bytes=made.wire, tsu=CompactTSU(made.payload),
+                            topk_mass=made.topk_mass, overlap_mass=made.overlap_mass, ce_gap_nats=made.ce_gap_nats)
 
 
-def position_tables(p: NDArray[np.float64], payload: Payload) -> VectorCompactTables:
-    """Build one position's tables from its target row and the decoded payload its TSU runs on."""
+def position_tables(p: NDArray[np.float64] | RowValues, payload: Payload) -> VectorCompactTables:
+    """Build one position's tables from its target row and the decoded payload its TSU runs on.
+
+    A float16 trace row (`targets.trace_rows.RowValues`) is read by its codes, without its dense p:
+    the same tables (`targets.trace_rows.residual_support` is the pass below, in C).
+    """
     ids_sorted = np.sort(np.asarray(payload.ids, dtype=np.int64))
+    if isinstance(p, RowValues):
+        draft = compact_tables(ids_sorted, p_at(p, ids_sorted), payload)
+        found = residual_support(p, draft.eps, draft.ids, draft.q)
+        if found is None:
+            return position_tables(p.p, payload)
+        tokens, at = found
+        return VectorCompactTables(
+            vocab_size=payload.vocab_size, ids=draft.ids, id_cdf=draft.id_cdf, explicit_cum=draft.explicit_cum,
+            eps=draft.eps, draft_total=draft.draft_total, draft_last=draft.draft_last, q_ids=draft.q,
+            residual_tokens=tokens, residual_cum=at, residual_last=int(np.searchsorted(at, at[-1], side="left")),
+        )
     draft = compact_tables(ids_sorted, p[ids_sorted], payload)  # its draft half; ids have p > 0
     # The residual p - min(p, q) is exactly 0 where q >= p and positive where p > q, and np.cumsum
     # accumulates in order, so its running sum over the tokens of p > q is the dense one's there.
@@ -176,7 +190,7 @@ class _TableCache:
         draft = self.drafts(t)
         if not type(draft.tsu).samples_payload:
             raise TypeError(f"position {t}: {type(draft.tsu).__name__} does not sample F(ψ); use the reference")
-        found = position_tables(self.target.row(t), draft.tsu.payload)
+        found = position_tables(self.target.row_values(t), draft.tsu.payload)
         self.builds += 1
         if self.nbytes + found.nbytes <= self.max_bytes:
             self.tables[t] = found
@@ -227,6 +241,7 @@ def run_positions(
     cache = _TableCache(target, drafts, max_table_bytes)
     verifier = ReportVerifier(drafts)
     block = block_steps(T, chunk)
+    dense = np.empty(target.V, dtype=np.float64)  # each position's row, written in turn (no fresh V-sized array)
     done = 0
     while done < steps:
         n = min(block, steps - done)
@@ -240,7 +255,8 @@ def run_positions(
             if ahead is not None and i % CRAFT_AHEAD == 0:
                 ahead([(t + j) % T for j in range(min(CRAFT_AHEAD, min(T, n) - i))])
             tables = cache.get(t)
-            proposed[i::T], emitted[i::T], accepted[i::T] = vector_compact_steps(tables, target.row(t), u[i::T])
+            row = row_into(target.row_values(t), dense)
+            proposed[i::T], emitted[i::T], accepted[i::T] = vector_compact_steps(tables, row, u[i::T])
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
             produced = PositionChunk(start=done + start, prev=position[part], proposed=proposed[part],

@@ -1,18 +1,24 @@
-/* Trace rows at compiled speed: the passes over V of a float16 row's softmax, top-K and metrics.
+/* Trace rows at compiled speed: a float16 row's softmax, top-K, ψ and its metrics, by the row's codes.
  *
  * Every function computes the same IEEE operations on the same operands, in the same order,
- * as the NumPy code of thermospec.targets.trace_rows that it replaces, so the bytes are the
- * same: exp and log are never called here (the caller passes their values, computed by NumPy,
- * per distinct float16 code), and every sum is NumPy's pairwise summation of a contiguous
- * float64 array (numpy/_core/src/umath/loops_utils.h.src: blocks of 8 accumulators up to 128
- * items, halves rounded to a multiple of 8 above).  Buffers come in through the buffer protocol;
- * the GIL is released during each pass, so positions craft in parallel on threads.
+ * as the plain NumPy code it replaces (softmax64, a partition, core.payload's craft and encode,
+ * core.proposal, core.metrics on the dense q), so the bytes are the same: exp and log are never
+ * called here (the caller passes their values, computed by NumPy, per distinct float16 code or
+ * per id), and every sum is NumPy's pairwise summation of a contiguous float64 array
+ * (numpy/_core/src/umath/loops_utils.h.src: blocks of 8 accumulators up to 128 items, halves
+ * rounded to a multiple of 8 above).  No V-sized float64 array is written: the passes over V read
+ * the 2-byte codes and per-code tables.  Buffers come in through the buffer protocol; the GIL is
+ * released during each pass, so positions craft in parallel on threads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define CODES 65536
 
@@ -47,45 +53,6 @@ static double pairwise_sum(const double *a, Py_ssize_t n)
     return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
 }
 
-static int check(Py_buffer *b, Py_ssize_t itemsize, const char *name)
-{
-    if (b->len % itemsize != 0) {
-        PyErr_Format(PyExc_ValueError, "%s: %zd bytes is not a whole number of %zd-byte items", name, b->len,
-                     itemsize);
-        return -1;
-    }
-    return 0;
-}
-
-/* code_counts(codes: uint16[V], counts: int64[65536] (written)): how many entries hold each code. */
-static PyObject *code_counts(PyObject *self, PyObject *args)
-{
-    Py_buffer cb, nb;
-    if (!PyArg_ParseTuple(args, "y*w*", &cb, &nb)) {
-        return NULL;
-    }
-    if (check(&cb, 2, "codes") || nb.len != CODES * 8) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "counts: need 65536 int64");
-        }
-        PyBuffer_Release(&cb);
-        PyBuffer_Release(&nb);
-        return NULL;
-    }
-    const uint16_t *codes = cb.buf;
-    int64_t *counts = nb.buf;
-    Py_ssize_t V = cb.len / 2;
-    Py_BEGIN_ALLOW_THREADS
-    memset(counts, 0, CODES * sizeof *counts);
-    for (Py_ssize_t i = 0; i < V; i++) {
-        counts[codes[i]]++;
-    }
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&cb);
-    PyBuffer_Release(&nb);
-    Py_RETURN_NONE;
-}
-
 /* NumPy's pairwise sum of e_by_code[codes[i]], i < n, without writing the e_i down. */
 static double pairwise_gather(const uint16_t *codes, const double *table, Py_ssize_t n)
 {
@@ -118,224 +85,920 @@ static double pairwise_gather(const uint16_t *codes, const double *table, Py_ssi
     return pairwise_gather(codes, table, n2) + pairwise_gather(codes + n2, table, n - n2);
 }
 
-/* softmax16(codes: uint16[V], e_by_code: float64[65536], counts: int64[65536], p_by_code: float64[65536]
- * (written where counts > 0), p: float64[V] (written)): S = sum of e_i = e_by_code[codes[i]] (pairwise, in
- * order), p_by_code[c] = e_by_code[c] / S, p_i = p_by_code[codes[i]]: NumPy's ``e / e.sum()``. */
-static PyObject *softmax16(PyObject *self, PyObject *args)
+/* Release the buffers of a call (those a successful PyArg_ParseTuple filled). */
+static void release(Py_buffer *b, int n)
 {
-    Py_buffer cb, eb, nb, qb, pb;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &cb, &eb, &nb, &qb, &pb)) {
-        return NULL;
+    for (int i = 0; i < n; i++) {
+        PyBuffer_Release(&b[i]);
     }
-    PyObject *result = NULL;
-    if (check(&cb, 2, "codes") || eb.len != CODES * 8 || nb.len != CODES * 8 || qb.len != CODES * 8
-        || pb.len != (cb.len / 2) * 8) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "softmax16: need tables of 65536 items and p of V float64");
-        }
-        goto done;
-    }
-    const uint16_t *codes = cb.buf;
-    const double *e_by_code = eb.buf;
-    const int64_t *counts = nb.buf;
-    double *p_by_code = qb.buf, *p = pb.buf;
-    Py_ssize_t V = cb.len / 2;
-    double total;
-    Py_BEGIN_ALLOW_THREADS
-    total = pairwise_gather(codes, e_by_code, V);
-    for (Py_ssize_t c = 0; c < CODES; c++) {
-        if (counts[c]) {
-            p_by_code[c] = e_by_code[c] / total;
-        }
-    }
-    for (Py_ssize_t i = 0; i < V; i++) {
-        p[i] = p_by_code[codes[i]];
-    }
-    Py_END_ALLOW_THREADS
-    result = PyFloat_FromDouble(total);
-done:
-    PyBuffer_Release(&cb);
-    PyBuffer_Release(&eb);
-    PyBuffer_Release(&nb);
-    PyBuffer_Release(&qb);
-    PyBuffer_Release(&pb);
-    return result;
 }
 
-/* select_codes(codes: uint16[V], chosen: uint8[65536], out: int64[V] (written)) -> n: the increasing i whose
- * code is chosen. */
-static PyObject *select_codes(PyObject *self, PyObject *args)
+static PyObject *mismatch(const char *what)
 {
-    Py_buffer cb, mb, ob;
-    if (!PyArg_ParseTuple(args, "y*y*w*", &cb, &mb, &ob)) {
-        return NULL;
-    }
-    if (check(&cb, 2, "codes") || mb.len != CODES || ob.len != (cb.len / 2) * 8) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "select_codes: need chosen of 65536 uint8 and out of V int64");
-        }
-        PyBuffer_Release(&cb);
-        PyBuffer_Release(&mb);
-        PyBuffer_Release(&ob);
-        return NULL;
-    }
-    const uint16_t *codes = cb.buf;
-    const uint8_t *chosen = mb.buf;
-    int64_t *out = ob.buf;
-    Py_ssize_t V = cb.len / 2, n = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < V; i++) {
-        if (chosen[codes[i]]) {
-            out[n++] = i;
-        }
-    }
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&cb);
-    PyBuffer_Release(&mb);
-    PyBuffer_Release(&ob);
-    return PyLong_FromSsize_t(n);
+    PyErr_Format(PyExc_ValueError, "%s: buffers of mismatched lengths", what);
+    return NULL;
 }
 
-/* What the metrics read at token i, in increasing i (the ids' cursor only moves forward). */
-struct against {
-    const double *p, *logp, *q_ids, *log_q_ids;
-    const uint16_t *codes;
-    const int64_t *ids;
-    Py_ssize_t K, next;
-    double eps, log_eps;
-    int infinite;
-};
-
-static double overlap_at(struct against *a, Py_ssize_t i)
+/* A float16 code as an unsigned key of the same order as its value (+0 above -0; NaN excluded). */
+static inline unsigned key_of(unsigned c)
 {
-    double q = a->eps;
-    if (a->next < a->K && a->ids[a->next] == i) {
-        q = a->q_ids[a->next++];
-    }
-    return a->p[i] < q ? a->p[i] : q;
+    return (c & 0x8000u) ? 0xFFFFu - c : c | 0x8000u;
 }
 
-static double gap_at(struct against *a, Py_ssize_t i)
+/* The value of a float16 code, exactly (its bits widened; a subnormal's mantissa times 2^-24). */
+static double half_value(unsigned h)
 {
-    double q = a->eps, log_q = a->log_eps;
-    if (a->next < a->K && a->ids[a->next] == i) {
-        q = a->q_ids[a->next];
-        log_q = a->log_q_ids[a->next++];
+    unsigned e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+    uint64_t sign = (uint64_t)(h & 0x8000u) << 48, bits;
+    double v;
+    if (e == 0) {
+        v = (double)m * 0x1p-24;
+        return (h & 0x8000u) ? -v : v;
     }
-    if (q <= 0) {
-        a->infinite = 1;
-        return 0.0;
-    }
-    return a->p[i] * (a->logp[a->codes[i]] - log_q);
-}
-
-/* NumPy's pairwise sum of at(a, i), i in [lo, lo + n), visiting i in increasing order (operands sequenced). */
-#define PAIRWISE_OF(NAME, AT)                                                                       \
-    static double NAME(struct against *a, Py_ssize_t lo, Py_ssize_t n)                             \
-    {                                                                                               \
-        if (n < 8) {                                                                                \
-            double res = -0.0;                                                                      \
-            for (Py_ssize_t i = 0; i < n; i++) {                                                    \
-                res += AT(a, lo + i);                                                               \
-            }                                                                                       \
-            return res;                                                                             \
-        }                                                                                           \
-        if (n <= 128) {                                                                             \
-            double r[8];                                                                            \
-            Py_ssize_t i;                                                                           \
-            for (int j = 0; j < 8; j++) {                                                           \
-                r[j] = AT(a, lo + j);                                                               \
-            }                                                                                       \
-            for (i = 8; i < n - (n % 8); i += 8) {                                                  \
-                for (int j = 0; j < 8; j++) {                                                       \
-                    r[j] += AT(a, lo + i + j);                                                      \
-                }                                                                                   \
-            }                                                                                       \
-            double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));         \
-            for (; i < n; i++) {                                                                    \
-                res += AT(a, lo + i);                                                               \
-            }                                                                                       \
-            return res;                                                                             \
-        }                                                                                           \
-        Py_ssize_t n2 = n / 2;                                                                      \
-        n2 -= n2 % 8;                                                                               \
-        double left = NAME(a, lo, n2);                                                              \
-        double right = NAME(a, lo + n2, n - n2);                                                    \
-        return left + right;                                                                        \
-    }
-
-PAIRWISE_OF(overlap_sum, overlap_at)
-PAIRWISE_OF(gap_sum, gap_at)
-
-/* metrics(p, codes, logp_by_code, ids (int64, increasing), q_ids, log_q_ids, eps, log_eps, full_support,
- * work: float64[V]) -> (overlap, ce): sum(min(p, q)) and sum over p > 0 of p (log p - log q) (inf if q <= 0
- * there), q = eps off the ids, as core.metrics computes them on the dense q.  With full_support (every p > 0)
- * the gap's terms are summed as they are met; else they are first written down, in order, in work. */
-static PyObject *metrics(PyObject *self, PyObject *args)
-{
-    Py_buffer pb, cb, lb, ib, qb, lqb, wb;
-    double eps, log_eps;
-    int full;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*ddpw*", &pb, &cb, &lb, &ib, &qb, &lqb, &eps, &log_eps, &full, &wb)) {
-        return NULL;
-    }
-    Py_ssize_t V = pb.len / 8, K = ib.len / 8;
-    PyObject *result = NULL;
-    if (check(&pb, 8, "p") || cb.len != V * 2 || lb.len != CODES * 8 || qb.len != K * 8 || lqb.len != K * 8
-        || (!full && wb.len != V * 8)) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_ValueError, "metrics: buffers of mismatched lengths");
-        }
-        goto done;
-    }
-    struct against a = {pb.buf, lb.buf, qb.buf, lqb.buf, cb.buf, ib.buf, K, 0, eps, log_eps, 0};
-    double *work = wb.buf;
-    double overlap, ce;
-    Py_BEGIN_ALLOW_THREADS
-    overlap = overlap_sum(&a, 0, V);
-    a.next = 0;
-    if (full) {
-        ce = gap_sum(&a, 0, V);
+    if (e == 31) {
+        bits = sign | (uint64_t)0x7FF << 52 | (uint64_t)m << 42;
     } else {
-        Py_ssize_t n = 0;
-        for (Py_ssize_t i = 0; i < V && !a.infinite; i++) {
-            double q = eps, log_q = log_eps;
-            if (a.next < K && a.ids[a.next] == i) {
-                q = a.q_ids[a.next];
-                log_q = a.log_q_ids[a.next++];
-            }
-            if (a.p[i] > 0) {
-                if (q <= 0) {
-                    a.infinite = 1;
-                } else {
-                    work[n++] = a.p[i] * (a.logp[a.codes[i]] - log_q);
+        bits = sign | (uint64_t)(e + 1008) << 52 | (uint64_t)m << 42; /* exponent e - 15 + 1023 */
+    }
+    memcpy(&v, &bits, 8);
+    return v;
+}
+
+#define RANGE_CODES 4096 /* a row whose values span at most this many codes lists them all, unscanned */
+
+static inline unsigned code_of_key(unsigned key)
+{
+    return key & 0x8000u ? key & 0x7FFFu : 0xFFFFu - key;
+}
+
+/* The largest key, the smallest, the smallest but -inf's, and whether -inf is there: one vector pass. */
+static void key_range(const uint16_t *codes, Py_ssize_t V, unsigned *high, unsigned *low, unsigned *low_finite,
+                      int *minus_inf)
+{
+    int hi = -32768, lo = 32767, lof = 32767, ninf = 0; /* keys - 32768, as int16 */
+    Py_ssize_t i = 0;
+#ifdef __SSE2__
+    const __m128i flip = _mm_set1_epi16((short)0x8000), ninf_code = _mm_set1_epi16((short)0xFC00);
+    const __m128i top = _mm_set1_epi16(32767);
+    __m128i vhi = _mm_set1_epi16(-32768), vlo = top, vlof = top, vninf = _mm_setzero_si128();
+    for (; i + 8 <= V; i += 8) {
+        __m128i c = _mm_loadu_si128((const __m128i *)(codes + i));
+        __m128i s = _mm_xor_si128(_mm_xor_si128(c, _mm_or_si128(_mm_srai_epi16(c, 15), flip)), flip);
+        __m128i is_ninf = _mm_cmpeq_epi16(c, ninf_code);
+        vhi = _mm_max_epi16(vhi, s);
+        vlo = _mm_min_epi16(vlo, s);
+        vlof = _mm_min_epi16(vlof, _mm_or_si128(_mm_andnot_si128(is_ninf, s), _mm_and_si128(is_ninf, top)));
+        vninf = _mm_or_si128(vninf, is_ninf);
+    }
+    int16_t h[8], l[8], lf[8], n[8];
+    _mm_storeu_si128((__m128i *)h, vhi);
+    _mm_storeu_si128((__m128i *)l, vlo);
+    _mm_storeu_si128((__m128i *)lf, vlof);
+    _mm_storeu_si128((__m128i *)n, vninf);
+    for (int j = 0; j < 8; j++) {
+        hi = h[j] > hi ? h[j] : hi;
+        lo = l[j] < lo ? l[j] : lo;
+        lof = lf[j] < lof ? lf[j] : lof;
+        ninf |= n[j] != 0;
+    }
+#endif
+    for (; i < V; i++) {
+        int s = (int)key_of(codes[i]) - 32768;
+        hi = s > hi ? s : hi;
+        lo = s < lo ? s : lo;
+        if (codes[i] == 0xFC00u) {
+            ninf = 1;
+        } else {
+            lof = s < lof ? s : lof;
+        }
+    }
+    *high = (unsigned)(hi + 32768);
+    *low = (unsigned)(lo + 32768);
+    *low_finite = (unsigned)(lof + 32768);
+    *minus_inf = ninf;
+}
+
+/* scan_present(codes: uint16[V], seen: uint8[65536] (zero, left zero), present: uint16[65536] (written),
+ * d: float64[65536] (written)) -> n: the row's codes by decreasing value, and each value minus the largest
+ * (exact in float64: NumPy's ``x - x.max()``); -1 for a row holding NaN or +inf or only -inf.  A row whose
+ * values span at most RANGE_CODES codes lists every code of its span (some perhaps absent: harmless, as
+ * nothing is summed per code); another lists the codes it holds, found by a pass that marks them. */
+static PyObject *scan_present(PyObject *self, PyObject *args)
+{
+    Py_buffer b[4];
+    if (!PyArg_ParseTuple(args, "y*w*w*w*", &b[0], &b[1], &b[2], &b[3])) {
+        return NULL;
+    }
+    if (b[0].len % 2 || b[0].len == 0 || b[1].len != CODES || b[2].len != CODES * 2 || b[3].len != CODES * 8) {
+        release(b, 4);
+        return mismatch("scan_present");
+    }
+    const uint16_t *codes = b[0].buf;
+    uint8_t *seen = b[1].buf;
+    uint16_t *present = b[2].buf;
+    double *d = b[3].buf;
+    Py_ssize_t V = b[0].len / 2, n = 0;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    unsigned high, low, low_finite;
+    int minus_inf;
+    key_range(codes, V, &high, &low, &low_finite, &minus_inf);
+    bad = high >= 0xFC00u || low < 0x03FFu || high == 0x03FFu; /* +inf or NaN, or only -inf */
+    if (!bad && high - low_finite + 1 + (unsigned)minus_inf <= RANGE_CODES) {
+        for (unsigned key = high + 1; key-- > low_finite;) {
+            present[n++] = (uint16_t)code_of_key(key);
+        }
+        if (minus_inf) {
+            present[n++] = 0xFC00u;
+        }
+    } else if (!bad) {
+        for (Py_ssize_t i = 0; i < V; i++) {
+            seen[codes[i]] = 1;
+        }
+        for (Py_ssize_t w = 0x7FFF / 8; w >= 0; w--) { /* positive codes: larger code, larger value */
+            uint64_t word;
+            memcpy(&word, seen + 8 * w, 8);
+            if (word) {
+                for (int j = 7; j >= 0; j--) {
+                    if (seen[8 * w + j]) {
+                        seen[8 * w + j] = 0;
+                        present[n++] = (uint16_t)(8 * w + j);
+                    }
                 }
             }
         }
-        ce = a.infinite ? 0.0 : pairwise_sum(work, n);
+        for (Py_ssize_t w = 0x8000 / 8; w < CODES / 8; w++) { /* negative codes: larger code, smaller value */
+            uint64_t word;
+            memcpy(&word, seen + 8 * w, 8);
+            if (word) {
+                for (int j = 0; j < 8; j++) {
+                    if (seen[8 * w + j]) {
+                        seen[8 * w + j] = 0;
+                        present[n++] = (uint16_t)(8 * w + j);
+                    }
+                }
+            }
+        }
+    }
+    if (!bad) {
+        double top = half_value(present[0]);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            d[j] = half_value(present[j]) - top;
+        }
     }
     Py_END_ALLOW_THREADS
-    if (a.infinite) {
+    release(b, 4);
+    return PyLong_FromSsize_t(bad ? -1 : n);
+}
+
+/* softmax_present(codes: uint16[V], present: uint16[n], e: float64[n], e_by_code: float64[65536] (scratch),
+ * p: float64[n] (written), mark: uint8[65536] (zero, left zero)) -> (S, n_pos, positive_tokens): S the pairwise
+ * sum of e over the row in token order, p = e / S per code (NumPy's ``e / e.sum()``), n_pos the codes of
+ * p > 0 (a prefix: p decreases with the value) and positive_tokens the tokens of p > 0. */
+static PyObject *softmax_present(PyObject *self, PyObject *args)
+{
+    Py_buffer b[6];
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
+    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != CODES * 8 || b[4].len != n * 8 || b[5].len != CODES) {
+        release(b, 6);
+        return mismatch("softmax_present");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *e = b[2].buf;
+    double *e_by_code = b[3].buf, *p = b[4].buf, total;
+    uint8_t *mark = b[5].buf;
+    Py_ssize_t n_pos = 0, positive = V;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < n; j++) {
+        e_by_code[present[j]] = e[j];
+    }
+    total = pairwise_gather(codes, e_by_code, V);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        p[j] = e[j] / total;
+        n_pos += p[j] > 0;
+    }
+    if (n_pos < n) {
+        for (Py_ssize_t j = n_pos; j < n; j++) {
+            mark[present[j]] = 1;
+        }
+        for (Py_ssize_t i = 0; i < V; i++) {
+            positive -= mark[codes[i]];
+        }
+        for (Py_ssize_t j = n_pos; j < n; j++) {
+            mark[present[j]] = 0;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 6);
+    return Py_BuildValue("dnn", total, n_pos, positive);
+}
+
+/* dense(codes: uint16[V], present: uint16[n], p: float64[n], table: float64[65536] (scratch), out: float64[V]):
+ * the row's p token by token. */
+static PyObject *dense(PyObject *self, PyObject *args)
+{
+    Py_buffer b[5];
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
+    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != CODES * 8 || b[4].len != V * 8) {
+        release(b, 5);
+        return mismatch("dense");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *p = b[2].buf;
+    double *table = b[3].buf, *out = b[4].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < n; j++) {
+        table[present[j]] = p[j];
+    }
+    for (Py_ssize_t i = 0; i < V; i++) {
+        out[i] = table[codes[i]];
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 5);
+    Py_RETURN_NONE;
+}
+
+/* add_to(codes: uint16[V], present: uint16[n], p: float64[n], table: float64[65536] (scratch), out: float64[V]):
+ * out += the row's p token by token (NumPy's ``out += p``, without p). */
+static PyObject *add_to(PyObject *self, PyObject *args)
+{
+    Py_buffer b[5];
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
+    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != CODES * 8 || b[4].len != V * 8) {
+        release(b, 5);
+        return mismatch("add_to");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *p = b[2].buf;
+    double *table = b[3].buf, *out = b[4].buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < n; j++) {
+        table[present[j]] = p[j];
+    }
+    for (Py_ssize_t i = 0; i < V; i++) {
+        out[i] += table[codes[i]];
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 5);
+    Py_RETURN_NONE;
+}
+
+/* p_at(codes: uint16[V], present: uint16[n], p: float64[n], table: float64[65536] (scratch), tokens: int64[m],
+ * out: float64[m]): the row's p at the tokens (each < V). */
+static PyObject *p_at(PyObject *self, PyObject *args)
+{
+    Py_buffer b[6];
+    if (!PyArg_ParseTuple(args, "y*y*y*w*y*w*", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2, m = b[4].len / 8;
+    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != CODES * 8 || b[4].len % 8 || b[5].len != m * 8) {
+        release(b, 6);
+        return mismatch("p_at");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *p = b[2].buf;
+    const int64_t *tokens = b[4].buf;
+    double *table = b[3].buf, *out = b[5].buf;
+    int outside = 0;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        table[present[j]] = p[j];
+    }
+    for (Py_ssize_t t = 0; t < m; t++) {
+        if (tokens[t] < 0 || tokens[t] >= V) {
+            outside = 1;
+            break;
+        }
+        out[t] = table[codes[tokens[t]]];
+    }
+    release(b, 6);
+    if (outside) {
+        PyErr_SetString(PyExc_IndexError, "p_at: a token outside the row");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* residual(codes: uint16[V], present: uint16[n], p: float64[n], table: float64[65536] (scratch), eps,
+ * ids: int64[K] (increasing), q: float64[K], tokens: int64[V] (written), cum: float64[V] (written)) -> r:
+ * the increasing tokens where p > q (q = eps off the ids) and the running sum (NumPy's cumsum, in order) of
+ * the residual p - min(p, q) there; where that is empty or sums to 0, the tokens of p > 0 and the running
+ * sum of p (engine.positions.position_tables on the dense row). */
+static PyObject *residual(PyObject *self, PyObject *args)
+{
+    Py_buffer b[8];
+    double eps;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*dy*y*w*w*", &b[0], &b[1], &b[2], &b[3], &eps, &b[4], &b[5], &b[6],
+                          &b[7])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2, K = b[4].len / 8;
+    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != CODES * 8 || b[4].len % 8 || b[5].len != K * 8
+        || b[6].len != V * 8 || b[7].len != V * 8) {
+        release(b, 8);
+        return mismatch("residual");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *p = b[2].buf, *q = b[5].buf;
+    const int64_t *ids = b[4].buf;
+    double *table = b[3].buf, *cum = b[7].buf;
+    int64_t *tokens = b[6].buf;
+    Py_ssize_t r = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < n; j++) {
+        table[present[j]] = p[j];
+    }
+    /* Branch-free: every token is written at r, kept by moving r on when p > q; elsewhere its residual
+     * p - min(p, q) is p - p = 0, and the running sum (from 0.0: 0.0 + x is x) does not move. */
+    double at = 0.0;
+    Py_ssize_t next = 0;
+    for (Py_ssize_t i = 0; i < V; i++) {
+        double pi = table[codes[i]], qi = eps;
+        if (next < K && ids[next] == i) {
+            qi = q[next++];
+        }
+        at += pi - (pi < qi ? pi : qi);
+        tokens[r] = i;
+        cum[r] = at;
+        r += pi > qi;
+    }
+    if (!(r && at > 0)) { /* p = q to rounding: a rejection has probability ~0; draw from p */
+        r = 0;
+        at = 0.0;
+        for (Py_ssize_t i = 0; i < V; i++) {
+            double pi = table[codes[i]];
+            at += pi;
+            tokens[r] = i;
+            cum[r] = at;
+            r += pi != 0;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 8);
+    return PyLong_FromSsize_t(r);
+}
+
+/* The increasing tokens whose code's key is >= thr. */
+static Py_ssize_t keys_at_least(const uint16_t *codes, Py_ssize_t V, unsigned thr, uint32_t *out)
+{
+    Py_ssize_t m = 0, i = 0;
+    if (thr == 0) {
+        for (; i < V; i++) {
+            out[m++] = (uint32_t)i;
+        }
+        return m;
+    }
+#ifdef __SSE2__
+    const __m128i flip = _mm_set1_epi16((short)0x8000);
+    const __m128i lim = _mm_set1_epi16((short)((int)thr - 32768 - 1)); /* key - 32768 is the key as int16 */
+    for (; i + 8 <= V; i += 8) {
+        __m128i c = _mm_loadu_si128((const __m128i *)(codes + i));
+        __m128i key = _mm_xor_si128(c, _mm_or_si128(_mm_srai_epi16(c, 15), flip));
+        unsigned hits = (unsigned)_mm_movemask_epi8(_mm_cmpgt_epi16(_mm_xor_si128(key, flip), lim)) & 0x5555u;
+        while (hits) { /* two bits a lane: the even ones say which */
+            out[m++] = (uint32_t)(i + (__builtin_ctz(hits) >> 1));
+            hits &= hits - 1;
+        }
+    }
+#endif
+    for (; i < V; i++) {
+        if (key_of(codes[i]) >= thr) {
+            out[m++] = (uint32_t)i;
+        }
+    }
+    return m;
+}
+
+#define SAMPLE_BINS 4096 /* bins of 16 keys */
+
+/* A sample of about 4096 of the row's keys, binned by 16 keys; the number sampled (0: a small row). */
+static Py_ssize_t sample_keys(const uint16_t *codes, Py_ssize_t V, Py_ssize_t *hist)
+{
+    Py_ssize_t step = V / 4096, samples = 0;
+    if (step < 2) {
+        return 0;
+    }
+    memset(hist, 0, SAMPLE_BINS * sizeof *hist);
+    for (Py_ssize_t i = 0; i < V; i += step) {
+        hist[key_of(codes[i]) >> 4]++;
+        samples++;
+    }
+    return samples;
+}
+
+/* The lower edge of the bin where the sample's count from the top reaches `want` (0 if it never does). */
+static unsigned sampled_threshold(const Py_ssize_t *hist, Py_ssize_t want)
+{
+    Py_ssize_t above = 0;
+    for (int bin = SAMPLE_BINS - 1; bin >= 0; bin--) {
+        above += hist[bin];
+        if (above >= want) {
+            return (unsigned)bin << 4;
+        }
+    }
+    return 0;
+}
+
+/* The increasing tokens of p >= the k-th largest p counted with ties (1 <= k <= the tokens of p > 0), in
+ * chosen; returns their number.  The candidates are the tokens of keys >= a sampled threshold (all tokens if
+ * fewer than k are); jmap[c] is then the index in present of every candidate's code c, and count[j] the
+ * candidates of present[j] (j below the lowest candidate's). */
+static Py_ssize_t choose(const uint16_t *codes, Py_ssize_t V, const uint16_t *present, const double *p,
+                         Py_ssize_t n, Py_ssize_t k, int32_t *jmap, int64_t *count, uint32_t *chosen)
+{
+    /* Candidates: the tokens of keys >= a threshold under about 2 k + 4 x (V / samples) tokens by the sample;
+     * a threshold that keeps fewer than k tokens is lowered (16 times as many sampled), down to every token. */
+    Py_ssize_t hist[SAMPLE_BINS], samples = sample_keys(codes, V, hist), m = 0;
+    unsigned thr = 0;
+    for (Py_ssize_t want = samples ? 2 * ((k * samples + V - 1) / V) + 4 : 0;; want *= 16) {
+        thr = want && want < samples ? sampled_threshold(hist, want) : 0;
+        m = keys_at_least(codes, V, thr, chosen);
+        if (m >= k || thr == 0) {
+            break;
+        }
+    }
+    Py_ssize_t listed = 0; /* present is by decreasing key: the first `listed` codes hold every candidate */
+    while (listed < n && key_of(present[listed]) >= thr) {
+        jmap[present[listed]] = (int32_t)listed;
+        count[listed++] = 0;
+    }
+    for (Py_ssize_t t = 0; t < m; t++) {
+        count[jmap[codes[chosen[t]]]]++;
+    }
+    Py_ssize_t seen = 0, jk = listed - 1;
+    for (Py_ssize_t j = 0; j < listed; j++) {
+        seen += count[j];
+        if (seen >= k) {
+            jk = j;
+            break;
+        }
+    }
+    double kth = p[jk];
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t t = 0; t < m; t++) {
+        if (p[jmap[codes[chosen[t]]]] >= kth) {
+            chosen[kept++] = chosen[t];
+        }
+    }
+    return kept;
+}
+
+/* top_tokens(codes, present, p, n_pos, k, jmap: int32[65536], count: int64[2 * 65536], chosen: uint32[V], out: int64[V])
+ * -> m: the increasing tokens of the k largest p and all tied with the k-th (k <= the tokens of p > 0). */
+static PyObject *top_tokens(PyObject *self, PyObject *args)
+{
+    Py_buffer b[7];
+    Py_ssize_t n_pos, k;
+    if (!PyArg_ParseTuple(args, "y*y*y*nnw*w*w*w*", &b[0], &b[1], &b[2], &n_pos, &k, &b[3], &b[4], &b[5], &b[6])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
+    if (b[0].len % 2 || b[2].len != n * 8 || n_pos < 1 || n_pos > n || k < 1 || k > V || b[3].len != CODES * 4
+        || b[4].len != CODES * 16 || b[5].len != V * 4 || b[6].len != V * 8) {
+        release(b, 7);
+        return mismatch("top_tokens");
+    }
+    uint32_t *chosen = b[5].buf;
+    int64_t *out = b[6].buf;
+    Py_ssize_t m;
+    Py_BEGIN_ALLOW_THREADS
+    m = choose(b[0].buf, V, b[1].buf, b[2].buf, n, k, b[3].buf, b[4].buf, chosen);
+    for (Py_ssize_t t = 0; t < m; t++) {
+        out[t] = chosen[t];
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 7);
+    return PyLong_FromSsize_t(m);
+}
+
+static void put_u32(uint8_t *at, uint32_t v)
+{
+    at[0] = (uint8_t)v;
+    at[1] = (uint8_t)(v >> 8);
+    at[2] = (uint8_t)(v >> 16);
+    at[3] = (uint8_t)(v >> 24);
+}
+
+static void put_f32(uint8_t *at, double v)
+{
+    float f = (float)v;
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    put_u32(at, bits);
+}
+
+/* craft(codes, present, p, logp, n_pos, k, tau32, eps (NaN: auto), jmap, count, chosen: uint32[V],
+ * order: uint32[V], ids: int64[k] (written), top: float64[k] (written), body: uint8[payload size - 4]
+ * (written), d: float64[k] (written)) -> (eps32, delta, topk) or None.
+ *
+ * core.payload.craft_payload_from_support on the row's top support, then encode_payload without the CRC:
+ * the ids by decreasing p (ties: lower id first), their log p (logp, NumPy's, per code), delta, the codes,
+ * eps, the header.  d is -codes * delta / tau minus its largest, whose exp gives F(ψ)'s weights
+ * (core.proposal.explicit_probabilities).  None where the NumPy code would raise (it is then run). */
+static PyObject *craft(PyObject *self, PyObject *args)
+{
+    Py_buffer b[12];
+    Py_ssize_t n_pos, k;
+    double tau, eps_in;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*nnddw*w*w*w*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &n_pos, &k, &tau, &eps_in,
+                          &b[4], &b[5], &b[6], &b[7], &b[8], &b[9], &b[10], &b[11])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
+    int wide = V > 65536;
+    Py_ssize_t body_len = 24 + k * (wide ? 5 : 3);
+    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != n_pos * 8 || n_pos < 1 || n_pos > n || k < 1 || k > V
+        || b[4].len != CODES * 4 || b[5].len != CODES * 16 || b[6].len != V * 4 || b[7].len != V * 4
+        || b[8].len != k * 8 || b[9].len != k * 8 || b[10].len != body_len || b[11].len != k * 8) {
+        release(b, 12);
+        return mismatch("craft");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *p = b[2].buf, *logp = b[3].buf;
+    int32_t *jmap = b[4].buf;
+    int64_t *count = b[5].buf, *ids = b[8].buf;
+    uint32_t *chosen = b[6].buf, *order = b[7].buf;
+    double *top = b[9].buf, *d = b[11].buf;
+    uint8_t *body = b[10].buf;
+    double eps32 = 0.0, delta = 0.0, topk = 0.0;
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t m = choose(codes, V, present, p, n, k, jmap, count, chosen);
+    /* Decreasing p, ties by the lower token: a stable counting sort of the chosen tokens by their rank
+     * (the distinct p values, decreasing), reusing count. */
+    Py_ssize_t last = jmap[codes[chosen[m - 1]]], ranks = 0;
+    for (Py_ssize_t t = 0; t < m; t++) {
+        Py_ssize_t j = jmap[codes[chosen[t]]];
+        last = j > last ? j : last;
+    }
+    int64_t *rank_of = count, *start = count + (last + 1); /* count holds 2 x 65536 */
+    for (Py_ssize_t j = 0; j <= last; j++) {
+        ranks += j > 0 && p[j] != p[j - 1];
+        rank_of[j] = ranks;
+        start[ranks] = 0;
+    }
+    for (Py_ssize_t t = 0; t < m; t++) {
+        start[rank_of[jmap[codes[chosen[t]]]]]++;
+    }
+    int64_t at = 0;
+    for (Py_ssize_t r = 0; r <= ranks; r++) {
+        int64_t c = start[r];
+        start[r] = at;
+        at += c;
+    }
+    for (Py_ssize_t t = 0; t < m; t++) {
+        order[start[rank_of[jmap[codes[chosen[t]]]]]++] = chosen[t];
+    }
+    double low = 0.0;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        Py_ssize_t j = jmap[codes[order[i]]];
+        ids[i] = order[i];
+        top[i] = p[j];
+        d[i] = logp[j] - logp[jmap[codes[order[0]]]]; /* ell, then the codes' logits below */
+        if (i == 0 || d[i] < low) {
+            low = d[i];
+        }
+    }
+    double spread = -low;
+    if (spread > 0) {
+        delta = (double)(float)(spread / 255.0);
+    }
+    uint8_t *qcodes = body + 24 + k * (wide ? 4 : 2);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        double c = 0.0;
+        if (delta > 0) {
+            c = rint(-d[i] / delta);
+            c = c < 0 ? 0 : (c > 255 ? 255 : c);
+        }
+        qcodes[i] = (uint8_t)c;
+        ok &= i == 0 ? qcodes[0] == 0 : qcodes[i] >= qcodes[i - 1];
+    }
+    topk = pairwise_sum(top, k);
+    if (eps_in != eps_in) { /* auto: the target's tail mass spread over the V - k others */
+        double tail = 1.0 - topk;
+        tail = tail > 0.0 ? tail : 0.0;
+        if (k < V) {
+            eps32 = (double)(float)(tail / (double)(V - k));
+            while ((double)(V - k) * eps32 >= 1.0) {
+                eps32 = (double)nextafterf((float)eps32, 0.0f);
+            }
+        }
+    } else {
+        eps32 = eps_in;
+    }
+    ok &= V >= 2 && V <= 0xFFFFFFFFLL && k <= 0xFFFF && isfinite(tau) && tau > 0 && isfinite(eps32) && eps32 >= 0
+          && (double)(V - k) * eps32 < 1 && isfinite(delta) && delta >= 0;
+    memcpy(body, "PSI1", 4);
+    body[4] = 1;
+    body[5] = (uint8_t)wide;
+    body[6] = (uint8_t)k;
+    body[7] = (uint8_t)(k >> 8);
+    put_u32(body + 8, (uint32_t)V);
+    put_f32(body + 12, tau);
+    put_f32(body + 16, eps32);
+    put_f32(body + 20, delta);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        if (wide) {
+            put_u32(body + 24 + 4 * i, (uint32_t)ids[i]);
+        } else {
+            body[24 + 2 * i] = (uint8_t)ids[i];
+            body[25 + 2 * i] = (uint8_t)(ids[i] >> 8);
+        }
+    }
+    /* F(ψ)'s logits -codes * delta / tau, minus their largest (core.proposal.explicit_probabilities) */
+    double high = 0.0;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        d[i] = -(double)qcodes[i] * delta / tau;
+        if (i == 0 || d[i] > high) {
+            high = d[i];
+        }
+    }
+    for (Py_ssize_t i = 0; i < k; i++) {
+        d[i] = d[i] - high;
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 12);
+    if (!ok) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("ddd", eps32, delta, topk);
+}
+
+/* explicit_q(w: float64[k], V, eps32, q: float64[k + 1] (written)) -> any q <= 0: F(ψ) on the ids,
+ * ``(1 - (V - k) eps) * (w / sum w)``, then eps. */
+static PyObject *explicit_q(PyObject *self, PyObject *args)
+{
+    Py_buffer b[2];
+    Py_ssize_t V;
+    double eps;
+    if (!PyArg_ParseTuple(args, "y*ndw*", &b[0], &V, &eps, &b[1])) {
+        return NULL;
+    }
+    Py_ssize_t k = b[0].len / 8;
+    if (b[0].len % 8 || b[1].len != (k + 1) * 8 || k < 1) {
+        release(b, 2);
+        return mismatch("explicit_q");
+    }
+    const double *w = b[0].buf;
+    double *q = b[1].buf;
+    double total = pairwise_sum(w, k), keep = 1.0 - (double)(V - k) * eps;
+    int zero = !(eps > 0);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        q[i] = keep * (w[i] / total);
+        zero |= !(q[i] > 0);
+    }
+    q[k] = eps;
+    release(b, 2);
+    return PyBool_FromLong(zero);
+}
+
+
+/* NumPy's pairwise sum of pairs[i] (2 doubles each), i < n: both sums at once, each lane the scalar one. */
+#ifdef __SSE2__
+typedef __m128d pair_t;
+#define PAIR_LOAD(at) _mm_loadu_pd(at)
+#define PAIR_ADD(x, y) _mm_add_pd(x, y)
+#define PAIR_ZERO() _mm_set1_pd(-0.0)
+#define PAIR_STORE(at, x) _mm_storeu_pd(at, x)
+#else
+typedef struct {
+    double a, b;
+} pair_t;
+static inline pair_t pair_load(const double *at)
+{
+    pair_t x = {at[0], at[1]};
+    return x;
+}
+static inline pair_t pair_add(pair_t x, pair_t y)
+{
+    pair_t z = {x.a + y.a, x.b + y.b};
+    return z;
+}
+static inline pair_t pair_zero(void)
+{
+    pair_t z = {-0.0, -0.0};
+    return z;
+}
+static inline void pair_store(double *at, pair_t x)
+{
+    at[0] = x.a;
+    at[1] = x.b;
+}
+#define PAIR_LOAD(at) pair_load(at)
+#define PAIR_ADD(x, y) pair_add(x, y)
+#define PAIR_ZERO() pair_zero()
+#define PAIR_STORE(at, x) pair_store(at, x)
+#endif
+
+/* A leaf of NumPy's tree (n <= 128) over the pairs AT(i): 8 accumulators, then the rest in turn. */
+#define PAIR_LEAF(AT)                                                                                  \
+    do {                                                                                               \
+        if (n < 8) {                                                                                   \
+            pair_t res = PAIR_ZERO();                                                                  \
+            for (Py_ssize_t i = 0; i < n; i++) {                                                       \
+                res = PAIR_ADD(res, PAIR_LOAD(AT(i)));                                                 \
+            }                                                                                          \
+            return res;                                                                                \
+        }                                                                                              \
+        pair_t r0 = PAIR_LOAD(AT(0)), r1 = PAIR_LOAD(AT(1)), r2 = PAIR_LOAD(AT(2)), r3 = PAIR_LOAD(AT(3));  \
+        pair_t r4 = PAIR_LOAD(AT(4)), r5 = PAIR_LOAD(AT(5)), r6 = PAIR_LOAD(AT(6)), r7 = PAIR_LOAD(AT(7));  \
+        Py_ssize_t i;                                                                                  \
+        for (i = 8; i < n - (n % 8); i += 8) {                                                         \
+            r0 = PAIR_ADD(r0, PAIR_LOAD(AT(i)));                                                       \
+            r1 = PAIR_ADD(r1, PAIR_LOAD(AT(i + 1)));                                                   \
+            r2 = PAIR_ADD(r2, PAIR_LOAD(AT(i + 2)));                                                   \
+            r3 = PAIR_ADD(r3, PAIR_LOAD(AT(i + 3)));                                                   \
+            r4 = PAIR_ADD(r4, PAIR_LOAD(AT(i + 4)));                                                   \
+            r5 = PAIR_ADD(r5, PAIR_LOAD(AT(i + 5)));                                                   \
+            r6 = PAIR_ADD(r6, PAIR_LOAD(AT(i + 6)));                                                   \
+            r7 = PAIR_ADD(r7, PAIR_LOAD(AT(i + 7)));                                                   \
+        }                                                                                              \
+        pair_t res = PAIR_ADD(PAIR_ADD(PAIR_ADD(r0, r1), PAIR_ADD(r2, r3)),                            \
+                              PAIR_ADD(PAIR_ADD(r4, r5), PAIR_ADD(r6, r7)));                           \
+        for (; i < n; i++) {                                                                           \
+            res = PAIR_ADD(res, PAIR_LOAD(AT(i)));                                                     \
+        }                                                                                              \
+        return res;                                                                                    \
+    } while (0)
+
+#define BY_CODE(i) (table + 2 * codes[i])
+#define IN_BUFFER(i) (buffer + 2 * (i))
+
+static pair_t leaf_by_code(const uint16_t *codes, const double *table, Py_ssize_t n)
+{
+    PAIR_LEAF(BY_CODE);
+}
+
+static pair_t leaf_buffer(const double *buffer, Py_ssize_t n)
+{
+    PAIR_LEAF(IN_BUFFER);
+}
+
+/* What the metrics read: the row by its codes, F(ψ) on the ids (increasing) and eps elsewhere. */
+struct against {
+    const uint16_t *codes;
+    const double *table; /* per code: min(p, eps), p (log p - log eps) */
+    const int64_t *ids;
+    const double *on_ids; /* per id: min(p, q), p (log p - log q) */
+    Py_ssize_t K, next;
+};
+
+/* The pairwise sums of both terms over tokens [lo, lo + n), NumPy's tree, the ids' terms put in place. */
+static pair_t pairwise_terms(struct against *a, Py_ssize_t lo, Py_ssize_t n)
+{
+    if (n <= 128) {
+        if (a->next >= a->K || a->ids[a->next] >= lo + n) {
+            return leaf_by_code(a->codes + lo, a->table, n);
+        }
+        double buffer[256];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            memcpy(buffer + 2 * i, a->table + 2 * a->codes[lo + i], 16);
+        }
+        while (a->next < a->K && a->ids[a->next] < lo + n) {
+            memcpy(buffer + 2 * (a->ids[a->next] - lo), a->on_ids + 2 * a->next, 16);
+            a->next++;
+        }
+        return leaf_buffer(buffer, n);
+    }
+    Py_ssize_t n2 = n / 2;
+    n2 -= n2 % 8;
+    pair_t left = pairwise_terms(a, lo, n2);
+    pair_t right = pairwise_terms(a, lo + n2, n - n2);
+    return PAIR_ADD(left, right);
+}
+
+struct id_term {
+    int64_t id;
+    double min, term;
+};
+
+static int by_id(const void *x, const void *y)
+{
+    int64_t a = ((const struct id_term *)x)->id, b = ((const struct id_term *)y)->id;
+    return (a > b) - (a < b);
+}
+
+/* metrics(codes, present, p, logp, positive_tokens, ids (payload order), q: float64[k + 1] (eps last),
+ * log_q: float64[k + 1], jmap: int32[65536], table: float64[2 * 65536], on_ids: float64[2k], work: float64[V or 1])
+ * -> (overlap, ce): core.metrics' ``sum min(p, q)`` and ``sum over p > 0 of p (log p - log q)`` (inf where q <= 0
+ * there, clamped at 0) on the dense q, in NumPy's summation order. */
+static PyObject *metrics(PyObject *self, PyObject *args)
+{
+    Py_buffer b[11];
+    Py_ssize_t positive;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*ny*y*y*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &positive, &b[4], &b[5],
+                          &b[6], &b[7], &b[8], &b[9], &b[10])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2, n_pos = b[3].len / 8, K = b[4].len / 8;
+    int full = positive == V;
+    if (b[0].len % 2 || b[2].len != n * 8 || n_pos > n || b[5].len != (K + 1) * 8 || b[6].len != (K + 1) * 8
+        || b[7].len != CODES * 4 || b[8].len != CODES * 16 || b[9].len != K * 16 || b[10].len != (full ? 8 : V * 8)) {
+        release(b, 11);
+        return mismatch("metrics");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *p = b[2].buf, *logp = b[3].buf, *q = b[5].buf, *log_q = b[6].buf;
+    const int64_t *ids = b[4].buf;
+    int32_t *jmap = b[7].buf;
+    double *table = b[8].buf, *on_ids = b[9].buf, *work = b[10].buf;
+    double eps = q[K], log_eps = log_q[K], overlap = 0.0, ce = 0.0;
+    int infinite = 0, failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    struct id_term *sorted = malloc((size_t)(K ? K : 1) * sizeof *sorted);
+    if (sorted == NULL) {
+        failed = 1;
+    } else {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            jmap[present[j]] = (int32_t)j;
+            table[2 * present[j]] = p[j] < eps ? p[j] : eps;
+            table[2 * present[j] + 1] = j < n_pos ? p[j] * (logp[j] - log_eps) : 0.0;
+        }
+        for (Py_ssize_t i = 0; i < K; i++) {
+            Py_ssize_t j = jmap[codes[ids[i]]];
+            sorted[i].id = ids[i];
+            sorted[i].min = p[j] < q[i] ? p[j] : q[i];
+            sorted[i].term = j < n_pos ? p[j] * (logp[j] - log_q[i]) : 0.0;
+            infinite |= j < n_pos && !(q[i] > 0);
+        }
+        infinite |= !(eps > 0) && positive > K; /* a token off the ids with p > 0 (ids all have p > 0) */
+        if (K <= 256) { /* the few ids by token: an insertion sort */
+            for (Py_ssize_t i = 1; i < K; i++) {
+                struct id_term x = sorted[i];
+                Py_ssize_t j = i;
+                for (; j > 0 && sorted[j - 1].id > x.id; j--) {
+                    sorted[j] = sorted[j - 1];
+                }
+                sorted[j] = x;
+            }
+        } else {
+            qsort(sorted, (size_t)K, sizeof *sorted, by_id);
+        }
+        int64_t *id_list = malloc((size_t)(K ? K : 1) * sizeof *id_list);
+        if (id_list == NULL) {
+            failed = 1;
+        } else {
+            for (Py_ssize_t i = 0; i < K; i++) {
+                id_list[i] = sorted[i].id;
+                on_ids[2 * i] = sorted[i].min;
+                on_ids[2 * i + 1] = sorted[i].term;
+            }
+            struct against a = {codes, table, id_list, on_ids, K, 0};
+            double sums[2];
+            PAIR_STORE(sums, pairwise_terms(&a, 0, V));
+            overlap = sums[0];
+            ce = sums[1];
+            if (!full && !infinite) { /* the gap's terms over p > 0 only, written down in token order */
+                Py_ssize_t w = 0, next = 0;
+                for (Py_ssize_t i = 0; i < V; i++) {
+                    Py_ssize_t j = jmap[codes[i]];
+                    if (next < K && id_list[next] == i) {
+                        if (j < n_pos) {
+                            work[w++] = on_ids[2 * next + 1];
+                        }
+                        next++;
+                    } else if (j < n_pos) {
+                        work[w++] = table[2 * codes[i] + 1];
+                    }
+                }
+                ce = pairwise_sum(work, w);
+            }
+            free(id_list);
+        }
+        free(sorted);
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 11);
+    if (failed) {
+        return PyErr_NoMemory();
+    }
+    if (infinite) {
         ce = Py_HUGE_VAL;
     } else if (!(ce > 0)) {
         ce = 0.0;
     }
-    result = Py_BuildValue("dd", overlap, ce);
-done:
-    PyBuffer_Release(&pb);
-    PyBuffer_Release(&cb);
-    PyBuffer_Release(&lb);
-    PyBuffer_Release(&ib);
-    PyBuffer_Release(&qb);
-    PyBuffer_Release(&lqb);
-    PyBuffer_Release(&wb);
-    return result;
+    return Py_BuildValue("dd", overlap, ce);
 }
 
 static PyMethodDef methods[] = {
-    {"code_counts", code_counts, METH_VARARGS, "counts[c] = entries holding code c"},
-    {"softmax16", softmax16, METH_VARARGS, "p = e_by_code[codes] / sum (NumPy's pairwise sum); returns the sum"},
-    {"select_codes", select_codes, METH_VARARGS, "the increasing indices whose code is chosen"},
+    {"scan_present", scan_present, METH_VARARGS, "the row's distinct codes by decreasing value, and value - max"},
+    {"softmax_present", softmax_present, METH_VARARGS, "p per distinct code: e / (NumPy's pairwise sum of e)"},
+    {"dense", dense, METH_VARARGS, "the row's p token by token"},
+    {"add_to", add_to, METH_VARARGS, "out += the row's p token by token"},
+    {"p_at", p_at, METH_VARARGS, "the row's p at some tokens"},
+    {"residual", residual, METH_VARARGS, "the tokens of p > q and the running sum of the residual there"},
+    {"top_tokens", top_tokens, METH_VARARGS, "the increasing tokens of the k largest p and all tied with the k-th"},
+    {"craft", craft, METH_VARARGS, "ψ's ids, codes, eps, delta and wire body from the row's top support"},
+    {"explicit_q", explicit_q, METH_VARARGS, "F(ψ) on the ids from exp of the logits"},
     {"metrics", metrics, METH_VARARGS, "(overlap, ce gap) of p against q = eps off the ids"},
     {NULL, NULL, 0, NULL},
 };

@@ -38,7 +38,7 @@ from thermospec.targets.trace_file import (
     scan_rows,
     softmax64,
 )
-from thermospec.targets.trace_rows import RowValues, row_bytes_held, row_values, softmax_row, top_support_of
+from thermospec.targets.trace_rows import RowValues, add_row, row_bytes_held, row_values, top_support_of
 from thermospec.targets.trace_writer import TraceWriter
 
 __all__ = [
@@ -182,10 +182,12 @@ class TraceTarget:
         """``sum_{s < steps} row(s mod T)``, a run's expected token counts (O(T V), outside the row cache)."""
         whole, part = divmod(int(steps), self.positions)
         cycle, head = np.zeros(self.V, dtype=np.float64), np.zeros(self.V, dtype=np.float64)
-        for t in range(self.positions if whole else part):
-            p = softmax_row(self.reader.row(t))
-            cycle += p
-            head += p if t < part else 0.0
+        for t in range(self.positions if whole else part):  # `cycle += p` (and `head += p`), p never built
+            values = row_values(self.reader.row(t))
+            if t < part:
+                add_row(values, cycle, head)
+            else:
+                add_row(values, cycle)
         return np.asarray(whole * cycle + head, dtype=np.float64)
 
 

@@ -1,103 +1,172 @@
-"""A trace row's passes over V — softmax, top-K support, ψ's metrics — with the bytes of the plain NumPy code.
+"""A trace row's softmax, top-K support, ψ and ψ's metrics, with the bytes of the plain NumPy code.
 
 A float16 row has at most 65,536 distinct values, and usually a few thousand: its softmax
-and the logarithms the CE gap needs are computed by NumPy once per distinct value
-(``exp(x - max x)`` and ``log p``, the same function on the same operand as per entry), and
-the passes over V only gather, compare, divide and sum.  Those passes run in the optional
-compiled module ``thermospec.targets._trace_rows`` (the GIL released, so positions craft in
-parallel on threads); without it, the NumPy code below gives the same bytes (the tests pin
-both to `softmax64` and `core.metrics`).  float32 rows take the plain NumPy path.
+and the logarithms the payload and the CE gap need are computed by NumPy once per distinct
+value (``exp(x - max x)`` and ``log p``, the same function on the same operand as per entry),
+and everything else runs in the optional compiled module ``thermospec.targets._trace_rows``
+from the row's 2-byte codes and per-value tables: the sum of the softmax, the top-K support,
+the payload's ids, codes, ε and wire bytes, F(ψ) on the ids (from NumPy's exp of its logits)
+and the overlap and CE gap against the dense q, each sum in NumPy's pairwise order.  No
+V-sized float64 array is written while crafting (`craft_position`); the dense row is built
+only when a caller asks for it (`RowValues.p`).  The passes release the GIL, so positions
+craft in parallel on threads.
+
+The plain path — `softmax64`, a partition, `core.payload`'s craft, encode and decode,
+`core.metrics` on the dense q — is used for float32 rows and when the module is not built;
+the tests pin the compiled path to it (same payload bytes, same floats).
 """
 
 from __future__ import annotations
 
 import importlib
+import struct
 import threading
+import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.core.metrics import ce_gap_nats, overlap_mass
-from thermospec.core.payload import Payload
+from thermospec.core.metrics import ce_gap_nats, overlap_mass, topk_mass
+from thermospec.core.payload import (
+    HEADER_BYTES,
+    MAX_K,
+    UINT16_IDS_MAX_V,
+    EpsSpec,
+    Payload,
+    craft_payload_from_support,
+    decode_payload,
+    encode_payload,
+    payload_size,
+)
 from thermospec.core.proposal import explicit_probabilities, proposal_distribution
 from thermospec.targets.trace_file import softmax64
 
 __all__ = [
-    "RowValues", "compiled", "position_metrics", "row_bytes_held", "row_values", "softmax_row", "top_support_of",
+    "Crafted", "RowValues", "add_row", "compiled", "craft_position", "p_at", "position_metrics", "residual_support",
+    "row_bytes_held", "row_into", "row_values", "softmax_row", "top_support_of",
 ]
 
 CODES = 1 << 16
 """Distinct float16 bit patterns."""
 SCRATCH_ITEMS = 1 << 18
-"""Largest buffer a thread keeps between rows (2 MiB of float64; V = 262,144)."""
+"""Largest V-sized buffer a thread keeps between rows (2 MiB of float64; V = 262,144)."""
 
 
 def _load() -> ModuleType | None:
     try:
-        return importlib.import_module("thermospec.targets._trace_rows")
-    except ImportError:  # no compiler at install time: the NumPy code, same bytes
+        module = importlib.import_module("thermospec.targets._trace_rows")
+    except ImportError:  # no compiler at install time: the plain NumPy code, same bytes
         return None
+    return module if hasattr(module, "craft") else None  # a stale build of another layout: the plain code
 
 
 _COMPILED = _load()
 
 
 def compiled() -> bool:
-    """Whether the compiled passes are in use (else NumPy's, which give the same bytes)."""
+    """Whether the compiled passes are in use (else the plain NumPy code, which gives the same bytes)."""
     return _COMPILED is not None
 
 
-_SCRATCH = threading.local()
+class _Buffers:
+    """One thread's reusable buffers (a fresh array costs its page faults on every write): per-code tables,
+    kept, and V-sized ones, kept up to `SCRATCH_ITEMS` items so that a thread holds a few MiB however wide
+    the rows."""
+
+    def __init__(self) -> None:
+        self.present = np.empty(CODES, dtype=np.uint16)
+        self.d = np.empty(CODES, dtype=np.float64)
+        self.table = np.empty(CODES, dtype=np.float64)
+        self.seen = np.zeros(CODES, dtype=np.uint8)  # the compiled passes leave the marks 0
+        self.mark = np.zeros(CODES, dtype=np.uint8)
+        self.jmap = np.empty(CODES, dtype=np.int32)
+        self.count = np.empty(2 * CODES, dtype=np.int64)
+        self.pairs = np.empty(2 * CODES, dtype=np.float64)
+        self._wide: dict[str, NDArray[Any]] = {}
+
+    def wide(self, name: str, size: int, dtype: type[np.generic]) -> NDArray[Any]:
+        """A buffer of `size` items (kept if at most `SCRATCH_ITEMS`)."""
+        if size > SCRATCH_ITEMS:
+            return np.empty(size, dtype=dtype)
+        held = self._wide.get(name)
+        if held is None or held.shape[0] < size:
+            held = self._wide[name] = np.empty(size, dtype=dtype)
+        return held[:size]
 
 
-def _scratch(name: str, size: int, dtype: type[np.generic]) -> NDArray[Any]:
-    """This thread's reusable buffer `name` of `size` items (a fresh array costs its page faults on every write).
+_LOCAL = threading.local()
 
-    Kept only up to `SCRATCH_ITEMS` items, so that a thread holds at most a few MiB however wide the rows.
-    """
-    if size > SCRATCH_ITEMS:
-        return np.empty(size, dtype=dtype)
-    held: NDArray[Any] | None = getattr(_SCRATCH, name, None)
-    if held is None or held.shape[0] < size:
-        held = np.empty(size, dtype=dtype)
-        setattr(_SCRATCH, name, held)
-    return held[:size]
+
+def _buffers() -> _Buffers:
+    """This thread's buffers."""
+    held: _Buffers | None = getattr(_LOCAL, "buffers", None)
+    if held is None:
+        held = _LOCAL.buffers = _Buffers()
+    return held
+
+
+def _empty_codes() -> NDArray[np.uint16]:
+    return np.zeros(0, dtype=np.uint16)
+
+
+def _empty_floats() -> NDArray[np.float64]:
+    return np.zeros(0, dtype=np.float64)
 
 
 @dataclass(frozen=True, eq=False)
 class RowValues:
-    """A row's target and, for a float16 row, what its passes over V work from.
+    """A row's target by its distinct float16 values (compiled path), or dense (float32 rows, plain path).
 
     Attributes
     ----------
-    p : ndarray of float64, shape (V,)
-        ``softmax64`` of the stored row, read-only.
+    V : int
+        Tokens.
     codes : ndarray of uint16, shape (V,), or None
-        The stored float16 bit patterns (None: a float32 row).
-    present : ndarray of int64
-        The distinct codes, increasing (empty for a float32 row).
-    counts, p_present : ndarray
-        How many entries hold each present code, and their p.
+        The stored float16 bit patterns (None: the row is held dense, in `p`).
+    present : ndarray of uint16
+        The distinct codes by decreasing value.
+    p_present : ndarray of float64
+        ``softmax64`` of the row at each present code (non-increasing).
+    log_present : ndarray of float64
+        NumPy's ``log`` of the positive ones (a prefix of `p_present`).
+    positive : int
+        Tokens of ``p > 0``.
     """
 
-    p: NDArray[np.float64]
+    V: int
     codes: NDArray[np.uint16] | None = None
-    present: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    counts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    p_present: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+    present: NDArray[np.uint16] = field(default_factory=_empty_codes)
+    p_present: NDArray[np.float64] = field(default_factory=_empty_floats)
+    log_present: NDArray[np.float64] = field(default_factory=_empty_floats)
+    positive: int = 0
+    _dense: list[NDArray[np.float64]] = field(default_factory=list, repr=False)
+
+    @property
+    def p(self) -> NDArray[np.float64]:
+        """``softmax64`` of the stored row, byte for byte, read-only (built from the codes when first asked)."""
+        if not self._dense:
+            assert _COMPILED is not None and self.codes is not None
+            dense = np.empty(self.V, dtype=np.float64)
+            _COMPILED.dense(self.codes, self.present, self.p_present, _buffers().table, dense)
+            dense.setflags(write=False)
+            self._dense[:] = [dense]
+        return self._dense[0]
 
     @property
     def nbytes(self) -> int:
-        """Bytes held."""
-        extra = 0 if self.codes is None else self.codes.nbytes + 24 * self.present.shape[0]
-        return int(self.p.nbytes) + extra
+        """Bytes held (the dense row counted once built)."""
+        held = sum(int(a.nbytes) for a in self._dense)
+        if self.codes is not None:
+            held += self.codes.nbytes + self.present.nbytes + self.p_present.nbytes + self.log_present.nbytes
+        return held
 
 
 def row_bytes_held(dtype: np.dtype[Any]) -> int:
-    """Bytes per token a cached row holds: its float64 p, and a float16 row's codes (2)."""
+    """Bytes per token a cached row holds at most: its float64 p once asked for, and a float16 row's codes (2)."""
     return 10 if dtype.itemsize == 2 else 8
 
 
@@ -109,34 +178,72 @@ def _codes(raw: NDArray[Any]) -> NDArray[np.uint16] | None:
     return codes
 
 
-def row_values(raw: NDArray[Any]) -> RowValues:
-    """`softmax64` of a stored row, byte for byte, and its codes; a float16 row's exp is taken once per value."""
-    codes = _codes(raw)
-    if codes is None:
-        p = softmax64(raw)
-        p.setflags(write=False)
-        return RowValues(p=p)
-    if _COMPILED is not None:
-        all_counts = _scratch("counts", CODES, np.int64)
-        _COMPILED.code_counts(codes, all_counts)
-    else:
-        all_counts = np.bincount(codes, minlength=CODES)
-    present = np.flatnonzero(all_counts)
-    values = present.astype(np.uint16).view(np.float16).astype(np.float64)
-    e_by_code = _scratch("e_by_code", CODES, np.float64)
-    e_by_code[present] = np.exp(values - values.max())
-    if _COMPILED is not None:
-        p_by_code = _scratch("p_by_code", CODES, np.float64)
-        p = np.empty(codes.shape[0], dtype=np.float64)
-        _COMPILED.softmax16(codes, e_by_code, all_counts, p_by_code, p)
-        p_present = p_by_code[present]
-    else:
-        e = e_by_code[codes]
-        p = e / e.sum()
-        p_present = e_by_code[present] / e.sum()
+def _dense_values(raw: NDArray[Any]) -> RowValues:
+    p = softmax64(raw)
     p.setflags(write=False)
-    return RowValues(p=p, codes=codes, present=present, counts=all_counts[present].astype(np.int64),
-                     p_present=np.asarray(p_present, dtype=np.float64))
+    return RowValues(V=int(p.shape[0]), positive=int(np.count_nonzero(p)), _dense=[p])
+
+
+def row_values(raw: NDArray[Any]) -> RowValues:
+    """`softmax64` of a stored row, byte for byte; a float16 row by its distinct values (exp and log once each)."""
+    codes = _codes(raw)
+    if codes is None or _COMPILED is None:
+        return _dense_values(raw)
+    work = _buffers()
+    n = int(_COMPILED.scan_present(codes, work.seen, work.present, work.d))
+    if n < 0:  # NaN or +inf (a loaded trace has none): the plain code's NaNs
+        return _dense_values(raw)
+    present = work.present[:n].copy()
+    e = np.exp(work.d[:n])
+    p_present = np.empty(n, dtype=np.float64)
+    _, n_pos, positive = _COMPILED.softmax_present(codes, present, e, work.table, p_present, work.mark)
+    return RowValues(V=int(codes.shape[0]), codes=codes, present=present, p_present=p_present,
+                     log_present=np.log(p_present[:n_pos]), positive=int(positive))
+
+
+def add_row(values: RowValues, *totals: NDArray[np.float64]) -> None:
+    """``total += values.p`` for each total, without building p (the same float sums)."""
+    if _COMPILED is None or values.codes is None:
+        for total in totals:
+            total += values.p
+        return
+    work = _buffers()
+    for total in totals:
+        _COMPILED.add_to(values.codes, values.present, values.p_present, work.table, total)
+
+
+def row_into(values: RowValues, out: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The row's dense p: the one held if built (or a float32 row's), else written into `out` (shape (V,)),
+    a buffer the caller reuses (a fresh V-sized array costs its page faults)."""
+    if values._dense or _COMPILED is None or values.codes is None:
+        return values.p
+    _COMPILED.dense(values.codes, values.present, values.p_present, _buffers().table, out)
+    return out
+
+
+def p_at(values: RowValues, tokens: NDArray[np.int64]) -> NDArray[np.float64]:
+    """The row's p at `tokens` (``values.p[tokens]``, without building p)."""
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    if _COMPILED is None or values.codes is None:
+        return np.asarray(values.p[tokens], dtype=np.float64)
+    out = np.empty(tokens.shape[0], dtype=np.float64)
+    _COMPILED.p_at(values.codes, values.present, values.p_present, _buffers().table, tokens, out)
+    return out
+
+
+def residual_support(values: RowValues, eps: float, ids: NDArray[np.int64],
+                     q_ids: NDArray[np.float64]) -> tuple[NDArray[np.int64], NDArray[np.float64]] | None:
+    """The increasing tokens where ``p > q`` (q = `eps` off the increasing `ids`, `q_ids` on them) and the
+    running sum (``np.cumsum``) of the residual ``p - min(p, q)`` there, or where that is empty or sums to 0,
+    the tokens of ``p > 0`` and the running sum of p; None: no compiled pass for this row (use the dense p)."""
+    if _COMPILED is None or values.codes is None:
+        return None
+    work = _buffers()
+    tokens, cum = work.wide("residual_tokens", values.V, np.int64), work.wide("residual_cum", values.V, np.float64)
+    r = _COMPILED.residual(values.codes, values.present, values.p_present, work.table, float(eps),
+                           np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(q_ids, dtype=np.float64),
+                           tokens, cum)
+    return tokens[:r].copy(), cum[:r].copy()
 
 
 def softmax_row(raw: NDArray[Any]) -> NDArray[np.float64]:
@@ -146,39 +253,116 @@ def softmax_row(raw: NDArray[Any]) -> NDArray[np.float64]:
 
 def top_support_of(values: RowValues, K: int) -> NDArray[np.int64]:
     """The increasing tokens of the K largest entries of p and all tied with the K-th (those > 0 if it is 0)."""
-    p = values.p
-    V = p.shape[0]
+    V = values.V
     k = min(max(int(K), 1), V)
     if _COMPILED is None or values.codes is None:
+        p = values.p
         kth = np.partition(p, V - k)[V - k]
         return (np.flatnonzero(p >= kth) if kth > 0 else np.flatnonzero(p)).astype(np.int64)
-    order = np.argsort(-values.p_present, kind="stable")  # the distinct values, largest p first
-    ranked = np.cumsum(values.counts[order])
-    kth = values.p_present[order[int(np.searchsorted(ranked, k))]]  # the k-th largest, counted with ties
-    chosen = np.zeros(CODES, dtype=np.uint8)
-    chosen[values.present[values.p_present >= kth if kth > 0 else values.p_present > 0]] = 1
-    out = np.empty(V, dtype=np.int64)  # only the pages of the selected tokens are written (faulted in)
-    n = _COMPILED.select_codes(values.codes, chosen, out)
-    return out[:n].copy()
+    work = _buffers()
+    out = work.wide("tokens", V, np.int64)
+    m = _COMPILED.top_tokens(values.codes, values.present, values.p_present, values.log_present.shape[0],
+                             min(k, values.positive), work.jmap, work.count, work.wide("chosen", V, np.uint32), out)
+    return out[:m].copy()
+
+
+def _metrics16(values: RowValues, ids: NDArray[np.int64], q: NDArray[np.float64], zero: bool) -> tuple[float, float]:
+    """The compiled overlap and CE gap; q is F(ψ) on the ids (payload order) followed by ε."""
+    assert _COMPILED is not None
+    if zero:
+        with np.errstate(divide="ignore"):
+            log_q = np.log(q)
+    else:
+        log_q = np.log(q)
+    full = values.positive == values.V  # every p > 0: the gap's terms need no buffer
+    work = _buffers()
+    overlap, ce = _COMPILED.metrics(
+        values.codes, values.present, values.p_present, values.log_present, values.positive, ids, q, log_q,
+        work.jmap, work.pairs, np.empty(2 * ids.shape[0], dtype=np.float64),
+        work.wide("terms", 1 if full else values.V, np.float64),
+    )
+    return float(overlap), float(ce)
 
 
 def position_metrics(values: RowValues, payload: Payload) -> tuple[float, float]:
     """``(overlap_mass, ce_gap_nats)`` of the row against F(ψ), as `core.metrics` on the dense q."""
-    p, codes = values.p, values.codes
-    if _COMPILED is None or codes is None:
+    if _COMPILED is None or values.codes is None:
         q = proposal_distribution(payload)
-        return overlap_mass(p, q), ce_gap_nats(p, q)
-    log_p = _scratch("log_p", CODES, np.float64)
-    positive = values.p_present > 0
-    log_p[values.present[positive]] = np.log(values.p_present[positive])
+        return overlap_mass(values.p, q), ce_gap_nats(values.p, q)
     ids = np.asarray(payload.ids, dtype=np.int64)
-    order = np.argsort(ids)
-    q_ids = explicit_probabilities(payload)[order]
-    with np.errstate(divide="ignore"):
-        log_q_ids = np.log(q_ids)
-        log_eps = float(np.log(np.array([payload.eps], dtype=np.float64))[0])
-    full = int(values.counts[positive].sum()) == p.shape[0]  # every p > 0: the gap's terms need no buffer
-    work = _scratch("work", 1 if full else p.shape[0], np.float64)
-    overlap, ce = _COMPILED.metrics(p, codes, log_p, ids[order], q_ids, log_q_ids, float(payload.eps), log_eps,
-                                    full, work)
-    return float(overlap), float(ce)
+    q = np.append(explicit_probabilities(payload), payload.eps)
+    return _metrics16(values, ids, q, bool(np.any(q <= 0)))
+
+
+@dataclass(frozen=True, eq=False)
+class Crafted:
+    """ψ of one row and its metrics against the row (`craft_position`).
+
+    Attributes
+    ----------
+    wire : bytes
+        The encoded payload.
+    payload : Payload
+        The payload decoded from `wire`.
+    topk_mass, overlap_mass, ce_gap_nats : float
+        `core.metrics` of the row and F(ψ).
+    """
+
+    wire: bytes
+    payload: Payload
+    topk_mass: float
+    overlap_mass: float
+    ce_gap_nats: float
+
+
+def _craft_plain(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Crafted:
+    """SPEC's code: the top support, `craft_payload_from_support`, encode, decode, `core.metrics` on the dense q."""
+    p = values.p
+    tokens = top_support_of(values, K)
+    wire = encode_payload(craft_payload_from_support(tokens, p[tokens], values.V, K, tau, eps))
+    payload = decode_payload(wire)
+    q = proposal_distribution(payload)
+    return Crafted(wire=wire, payload=payload, topk_mass=topk_mass(p, payload.ids), overlap_mass=overlap_mass(p, q),
+                   ce_gap_nats=ce_gap_nats(p, q))
+
+
+@lru_cache(maxsize=64)
+def _float32(value: float) -> float:
+    """`core.payload`'s float32 rounding of a field (τ, a given ε), remembered: a run crafts with the same few."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
+def craft_position(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Crafted:
+    """ψ of a row (``craft_payload`` of the dense row, encoded) and its metrics, without a V-sized float64 array.
+
+    Raises
+    ------
+    PayloadError
+        As `core.payload.craft_payload_from_support` (the plain code is run to say why).
+    """
+    C, codes = _COMPILED, values.codes
+    V = values.V
+    k = min(int(K), V, values.positive)
+    if C is None or codes is None or not 1 <= k <= MAX_K:
+        return _craft_plain(values, K, tau, eps)
+    wide = V > UINT16_IDS_MAX_V
+    body = bytearray(payload_size(k, V) - 4)
+    work = _buffers()
+    d = np.empty(k, dtype=np.float64)
+    got = C.craft(codes, values.present, values.p_present, values.log_present, values.log_present.shape[0], k,
+                  _float32(tau), float("nan") if eps == "auto" else _float32(eps) + 0.0, work.jmap, work.count,
+                  work.wide("chosen", V, np.uint32), work.wide("order", V, np.uint32), np.empty(k, dtype=np.int64),
+                  np.empty(k, dtype=np.float64), body, d)
+    if got is None:  # the plain code raises the PayloadError that says why
+        return _craft_plain(values, K, tau, eps)
+    eps32, delta, topk = got
+    body += struct.pack("<I", zlib.crc32(body))
+    wire = bytes(body)
+    ids = np.frombuffer(wire, dtype="<u4" if wide else "<u2", count=k, offset=HEADER_BYTES).astype(np.int64)
+    psi_codes = np.frombuffer(wire, dtype=np.uint8, count=k, offset=HEADER_BYTES + k * (4 if wide else 2)).copy()
+    payload = Payload(ids=ids, codes=psi_codes, vocab_size=V, tau=_float32(tau), eps=eps32, delta=delta)
+    q = np.empty(k + 1, dtype=np.float64)
+    zero = bool(C.explicit_q(np.exp(d), V, eps32, q))
+    overlap, ce = _metrics16(values, ids, q, zero)
+    return Crafted(wire=wire, payload=payload, topk_mass=float(topk), overlap_mass=overlap, ce_gap_nats=ce)
