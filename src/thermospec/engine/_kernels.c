@@ -224,7 +224,8 @@ typedef struct {
 /* Steps t0..n-1 of one chain from context *x; stops early at a context without a table (returns t).
  * `drawn`: the uniforms come from the PCG64 state at rng (else from u, three per step); `identity`:
  * context x's table is in slot x whenever it is loaded (slot_of only says whether it is), so the
- * next step's tables do not wait for a slot_of load; `counting`: add each step to the counts.
+ * next step's tables do not wait for a slot_of load, and no slot is ever evicted, so last_used is not
+ * stamped (a store per step, 3-5 % of the loop); `counting`: add each step to the counts.
  * `moves` (with `moving`): the next context is moves[x * V + emitted] (a key in [0, keys); order-N
  * contexts), not the emitted token; a move out of range stops the loop and sets *bad. */
 /* Always inlined: each caller passes constant flags, and every combination must be its own loop. */
@@ -281,7 +282,8 @@ INLINE int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const double *
                 __builtin_prefetch(move_row + k);
         }
 #endif
-        last_used[s] = clock + t;
+        if (!identity) /* only an evicting cache reads the stamps (each context has its own slot otherwise) */
+            last_used[s] = clock + t;
         prev[t] = cx;
         int64_t a;
         int64_t nx = step(&tb, s, u0, u1, u2, proposed + t, &a);

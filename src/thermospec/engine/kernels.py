@@ -201,7 +201,8 @@ class TableCache:
     slot_of : ndarray of int64, shape (contexts,)
         Slot of each context, -1 when not loaded.
     last_used : ndarray of int64, shape (slots,)
-        Step clock of each slot's last use (written by the steppers).
+        Step clock of each slot's last use (written by the steppers when slots may be evicted, i.e.
+        not with `identity`).
     identity : bool
         Every context has a slot of its own (slots >= contexts): context x is loaded into slot x.
     """
