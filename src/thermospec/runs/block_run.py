@@ -195,6 +195,7 @@ class BlockMode:
         self._parquet = (BlockParquetWriter(run_dir / BLOCKS_PARQUET, self.source.key_json, self.n > 1, chains > 1)
                          if telemetry == "parquet" else None)
         self._overlap: dict[int, float] = {}
+        self._visits: dict[int, int] = {}  # verified positions per key, every chain
         self._expectation = TreeExpectation(self.source, self.plans, self.gamma) if self.plans is not None else None
         self._ce_gap: dict[int, float] = {}  # KL(p ‖ F(ψ)) at each key, as M1's ce_gap_nats
 
@@ -237,6 +238,9 @@ class BlockMode:
             if key not in self._overlap:
                 self._overlap[key] = self._acceptance(key)
                 self._ce_gap[key] = self.run.proposer.draft(key).ce_gap_nats
+        verified, times = np.unique(keys, return_counts=True)
+        for key, n in zip(verified.tolist(), times.tolist(), strict=True):
+            self._visits[key] = self._visits.get(key, 0) + n
         chain.overlap_sum += math.fsum([self._overlap[k] for k in keys.tolist()])
         chain.ce_gap_sum += math.fsum([self._ce_gap[k] for k in keys.tolist()])
         chain.verified += int(keys.shape[0])
@@ -254,6 +258,11 @@ class BlockMode:
 
     def tokens(self) -> int:
         return sum(chain.tally.tokens for chain in self.chains)
+
+    def key_visits(self) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """The keys the verifier ran at (every chain's verified positions) and how often."""
+        keys = np.array(sorted(self._visits), dtype=np.int64)
+        return keys, np.array([self._visits[k] for k in keys.tolist()], dtype=np.float64)
 
     def complete(self) -> bool:
         return all(chain.tally.tokens >= self.run.config.steps for chain in self.chains)

@@ -123,6 +123,20 @@ class RunConfig:
                         f"longest suffix the corpus has seen; 2 to {MAX_ORDER} (default: 2, M1's bigram); "
                         "e.g. --corpus data/tinyshakespeare.txt --order 5", group="target", low=2, high=MAX_ORDER,
                         metavar="N", extension=True)
+    # Issue 17: where the acceptance goes (a draft source) and a ψ byte budget.
+    draft_order: int | None = option(None, "integer", "with --corpus: craft ψ from the order-M back-off model of "
+                                     "the same corpus (Laplace +1; M = 1 is the unigram) and verify against the "
+                                     "target's rows; 1 <= M <= the target's order (2 for M1's bigram); the summary "
+                                     "splits the loss (docs/draft-models.md)", group="target", low=1,
+                                     high=MAX_ORDER, metavar="M", extension=True)
+    draft_trace: str | None = option(None, "text", "with --trace: craft ψ at position t from this draft model's "
+                                     "trace, row t (same V, positions and tokens; scripts.record_trace "
+                                     "--draft-model writes one)", group="target", metavar="PATH", path=True,
+                                     extension=True)
+    psi_budget: float | None = option(None, "number", "mean ψ bytes: K per context (at most --K) chosen to "
+                                      "maximise the weighted mean one-draft overlap under this mean size "
+                                      "(docs/draft-models.md)", group="psi", low=0, strict=True, metavar="BYTES",
+                                      extension=True)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -161,6 +175,7 @@ class RunConfig:
         if self.tsu not in ("sim", "thrml"):
             raise ConfigError(f"--tsu: must be 'sim' or 'thrml', got {self.tsu!r}")
         self._check_trace_and_order()
+        self._check_draft_source()
         self._check_options_apply()
         if self.tokenizer is not None:
             try:
@@ -237,6 +252,26 @@ class RunConfig:
         if self.drafts > 1 and self.gamma is None:
             raise ConfigError("--drafts: the N-draft engine's next context is the emitted token; on a trace add "
                               "--gamma G (a token tree of N drafts per level) or drop --drafts")
+
+    def _check_draft_source(self) -> None:
+        """``--draft-order``, ``--draft-trace`` and ``--psi-budget``: their ranges and what they need."""
+        if self.draft_order is not None:
+            if self.corpus is None:
+                raise ConfigError("--draft-order: needs --corpus (the draft model is an order-M model of its text)")
+            if self.tokenizer is not None:
+                raise ConfigError("--draft-order: order-M draft models are of a corpus' characters, and --tokenizer "
+                                  "makes the target's tokens BPE tokens; drop one")
+            if not 1 <= self.draft_order <= self.order:
+                raise ConfigError(f"--draft-order: must be an integer in [1, {self.order}] (the target's order: a "
+                                  f"larger M needs more history than the target's key), got {self.draft_order}")
+        if self.draft_trace is not None:
+            if not self.draft_trace.strip():
+                raise ConfigError("--draft-trace: must name a .npy or .npz file, got an empty string")
+            if self.trace is None:
+                raise ConfigError("--draft-trace: needs --trace (the draft trace's row t drafts the target "
+                                  "trace's position t)")
+        if self.psi_budget is not None and not (np.isfinite(self.psi_budget) and self.psi_budget > 0):
+            raise ConfigError(f"--psi-budget: must be a finite number of bytes > 0, got {self.psi_budget}")
 
     def as_dict(self) -> dict[str, Any]:
         """The configuration as JSON-ready values: issue 6's options only when set, and the synthetic

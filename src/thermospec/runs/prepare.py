@@ -8,8 +8,11 @@ configuration names, how it loads, drafts and walks its contexts is its entry in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
+
+import numpy as np
+from numpy.typing import NDArray
 
 from thermospec.engine.compact import SparseRows
 from thermospec.engine.keys import ContextSource
@@ -18,6 +21,7 @@ from thermospec.runs.targets import TargetKind, kind_of
 from thermospec.targets.bigram import BigramTarget
 from thermospec.targets.order import OrderTarget
 from thermospec.targets.trace import TraceTarget
+from thermospec.tsu.budget import BudgetAllocation, BudgetPlan, overlap_curves
 from thermospec.tsu.drafts import Proposer
 from thermospec.tsu.faults import Fault, FaultyProposer
 from thermospec.tsu.thrml import ThrmlMissingError, thrml_proposer
@@ -34,6 +38,8 @@ class PreparedRun:
     proposer: Proposer
     sparse: SparseRows | None = None
     """The rows by their supports when the run steps on compact tables, else None (dense tables)."""
+    budget: KeyedAllocation | None = None
+    """The ``--psi-budget`` allocation (K per key, its design means), or None: ``--K`` everywhere."""
 
     @property
     def K_used(self) -> int:
@@ -44,6 +50,13 @@ class PreparedRun:
     def kind(self) -> TargetKind[Any]:
         """The kind of target the configuration names (`runs.targets`)."""
         return kind_of(self.config)
+
+
+@dataclass(frozen=True)
+class KeyedAllocation(BudgetAllocation):
+    """A `BudgetAllocation` with the keys its ``K`` are of."""
+
+    keys: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def trace_of(run: PreparedRun) -> TraceTarget | None:
@@ -71,10 +84,36 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     kind = kind_of(config)
     target = kind.load(config)
     check_eps(config, target.V)
-    proposer, sparse = kind.drafts(config, target)
+    budget = None if config.psi_budget is None else _allocate(config, kind, target)
+    K_of = None if budget is None else dict(zip(budget.keys.tolist(), budget.K.tolist(), strict=True)).__getitem__
+    proposer, sparse = kind.drafts(config, target, K_of)
     if config.tsu == "thrml":
-        return PreparedRun(config=config, target=target, proposer=_with_tsu(config, proposer, target.V))
-    return PreparedRun(config=config, target=target, proposer=proposer, sparse=sparse)
+        return PreparedRun(config=config, target=target, proposer=_with_tsu(config, proposer, target.V),
+                           budget=budget)
+    return PreparedRun(config=config, target=target, proposer=proposer, sparse=sparse, budget=budget)
+
+
+BUDGET_REFUSED = {
+    "order": "order-N contexts are met as the run goes, and the allocation needs every context's row and weight first",
+    "trace": "a trace's ψ is crafted per position by the compact trace path with one K",
+    "bpe": "a BPE target's rows are built on demand, and the allocation needs every context's row first",
+}
+
+
+def _allocate(config: RunConfig, kind: TargetKind[Any], target: BigramTarget) -> KeyedAllocation:
+    """``--psi-budget``: K per key by the convex-hull allocation over the kind's keys (`tsu.budget`)."""
+    if kind.budget_rows is None:
+        raise ConfigError(f"--psi-budget: not with this target ({BUDGET_REFUSED.get(kind.name, kind.name)})")
+    keys, rows, weights = kind.budget_rows(config, target)
+    K_max = min(config.K, target.V)
+    plan = BudgetPlan(overlap_curves(rows, target.V, K_max, config.tau, config.eps), weights)
+    budget = float(config.psi_budget or 0)
+    try:
+        allocation = plan.allocate(budget)
+    except ValueError as exc:
+        raise ConfigError(f"--psi-budget {budget:g}: {str(exc).split(': ', 1)[-1]}") from None
+    return KeyedAllocation(keys=keys, K=allocation.K, mean_bytes=allocation.mean_bytes,
+                           mean_overlap=allocation.mean_overlap, multiplier=allocation.multiplier)
 
 
 def sparse_rows(run: PreparedRun) -> SparseRows | None:

@@ -24,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+from numpy.typing import NDArray
+
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.compact import SparseRows
 from thermospec.engine.contexts import ContextProposer
@@ -34,16 +37,22 @@ from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.targets.bigram import BigramTarget
 from thermospec.targets.bpe import bpe_target, parse_tokenizer
 from thermospec.targets.characters import character_target
+from thermospec.targets.draft_models import OrderDraftModel
 from thermospec.targets.order import OrderTarget, order_target
 from thermospec.targets.synthetic import DENSE_VOCAB_MAX, lazy_synthetic_target, synthetic_target
 from thermospec.targets.trace import TraceError, TraceTarget, load_trace
+from thermospec.targets.trace_pair import load_draft_trace
 from thermospec.tsu.bounded import BoundedProposer
-from thermospec.tsu.drafts import Proposer
+from thermospec.tsu.drafts import MeasuredProposer, Proposer
 
 __all__ = ["COMPACT_ABOVE_V", "TARGETS", "Drafts", "TargetKind", "kind_of", "load_target"]
 
 T = TypeVar("T", bound=BigramTarget)
 Drafts = tuple[Proposer, SparseRows | None]
+BudgetRows = tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]
+"""Keys, the rows ψ is crafted from (one per key) and the keys' weights (summing to 1)."""
+KOf = Callable[[int], int] | None
+"""K per key (``--psi-budget``), or None: ``--K`` everywhere."""
 """A run's proposer and, where it steps on compact tables, its rows by their supports (else None)."""
 
 COMPACT_ABOVE_V = 1024
@@ -59,10 +68,13 @@ class TargetKind(Generic[T]):
     load: Callable[[RunConfig], T]
     """The target, or a one-line `ConfigError` / `CorpusError` on bad input."""
     source: Callable[[T], ContextSource]
-    drafts: Callable[[RunConfig, T], Drafts]
+    drafts: Callable[[RunConfig, T, KOf], Drafts]
     """Its proposer (SimTSU's; `runs.prepare` puts THRML's sampler on it for ``--tsu thrml``)."""
     describe: Callable[[RunConfig, T], dict[str, Any]]
     """Where it came from, for the summary's ``target``."""
+    budget_rows: Callable[[RunConfig, T], BudgetRows] | None = None
+    """For ``--psi-budget``: every key ψ may be crafted for, the row it is crafted from, and the key's
+    weight (None: the kind cannot list its keys before the run, and the budget is refused)."""
 
 
 def _load_trace(config: RunConfig) -> TraceTarget:
@@ -72,7 +84,16 @@ def _load_trace(config: RunConfig) -> TraceTarget:
         raise ConfigError(f"--trace {exc}") from None
 
 
-def _trace_drafts(config: RunConfig, target: TraceTarget) -> Drafts:
+def _trace_drafts(config: RunConfig, target: TraceTarget, K_of: KOf = None) -> Drafts:
+    if config.draft_trace is not None:  # ψ of position t from the draft trace's row t, measured against t's row
+        try:
+            draft = load_draft_trace(config.draft_trace, target)
+        except TraceError as exc:
+            raise ConfigError(f"--draft-trace {exc}") from None
+        drafted = PositionProposer(draft, config.K, config.tau, config.eps)
+        measured = MeasuredProposer(drafted, target.row, drafted.capacity)
+        measured.draft(0)
+        return measured, None
     positions = PositionProposer(target, config.K, config.tau, config.eps)  # ψ per position, crafted when met
     positions.draft(0)
     return positions, None
@@ -84,8 +105,24 @@ def _describe_trace(config: RunConfig, trace: TraceTarget) -> dict[str, Any]:
             "metadata": dict(trace.metadata), "teacher_forced": True}
 
 
-def _order_drafts(config: RunConfig, target: OrderTarget) -> Drafts:
-    contexts = ContextProposer(target, config.K, config.tau, config.eps)
+def _draft_model(config: RunConfig, target: BigramTarget) -> OrderDraftModel | None:
+    """The order-M draft model of ``--draft-order M`` below the target's order (M = N: ψ from the target's rows)."""
+    if config.draft_order is None or config.draft_order >= config.order:
+        return None
+    try:
+        return OrderDraftModel(str(config.corpus), config.draft_order, target.vocabulary or ())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _order_drafts(config: RunConfig, target: OrderTarget, K_of: KOf = None) -> Drafts:
+    model = _draft_model(config, target)
+    if model is None:
+        contexts: Proposer = ContextProposer(target, config.K, config.tau, config.eps)
+    else:  # ψ of a context from the draft model's row after the context's characters, in the same bounded cache
+        capacity = ContextProposer(target, config.K, config.tau, config.eps).capacity
+        contexts = Proposer(target.row, config.K, config.tau, config.eps,
+                            draft_row=lambda c: model.row_after(target.context_tokens(c)), max_cached=capacity)
     contexts.draft(int(target.pi.argmax()))
     return contexts, None
 
@@ -101,7 +138,17 @@ def _describe_order(config: RunConfig, target: OrderTarget) -> dict[str, Any]:
     return _describe_corpus(config, target) | {"order": target.order}
 
 
-def _bigram_drafts(config: RunConfig, target: BigramTarget) -> Drafts:
+def _bigram_budget_rows(config: RunConfig, target: BigramTarget) -> BudgetRows:
+    """Every token's row (the draft model's with ``--draft-order 1``), weighted by π (the chain's law)."""
+    if not target.rows_stored:
+        raise ConfigError(f"--psi-budget: the allocation needs every context's row up front, and this target's "
+                          f"{target.V:,} rows are built on demand (a synthetic V above 4,096 or a BPE target)")
+    model = _draft_model(config, target)
+    rows = np.stack([target.row(x) if model is None else model.row_after((x,)) for x in range(target.V)])
+    return np.arange(target.V, dtype=np.int64), rows, np.asarray(target.pi, dtype=np.float64)
+
+
+def _bigram_drafts(config: RunConfig, target: BigramTarget, K_of: KOf = None) -> Drafts:
     """Drafts of a bigram chain, chosen by the target's capabilities (`BigramTarget.rows_stored`,
     `BigramTarget.widest_support`), never by its class:
 
@@ -114,6 +161,12 @@ def _bigram_drafts(config: RunConfig, target: BigramTarget) -> Drafts:
       (`BoundedProposer`), dense tables.
     """
     K, tau, eps, V = config.K, config.tau, config.eps, target.V
+    model = _draft_model(config, target)
+    if model is not None or K_of is not None:  # ψ of x from the draft model's row after x, or K per x
+        drafted = Proposer(target.row, K, tau, eps, K_of=K_of,
+                           draft_row=None if model is None else lambda x: model.row_after((x,)))
+        drafted.draft(int(target.pi.argmax()))
+        return drafted, None
     if target.rows_stored:
         proposer = Proposer(target.row, K, tau, eps)
         proposer.all_drafts(V)
@@ -147,8 +200,9 @@ TARGETS: tuple[TargetKind[Any], ...] = (
                lambda c: bpe_target(str(c.corpus), parse_tokenizer(str(c.tokenizer))), BigramSource, _bigram_drafts,
                _describe_corpus),
     TargetKind("characters", lambda c: c.corpus is not None, lambda c: character_target(str(c.corpus)), BigramSource,
-               _bigram_drafts, _describe_corpus),
-    TargetKind("synthetic", lambda c: True, _synthetic, BigramSource, _bigram_drafts, _describe_corpus),
+               _bigram_drafts, _describe_corpus, _bigram_budget_rows),
+    TargetKind("synthetic", lambda c: True, _synthetic, BigramSource, _bigram_drafts, _describe_corpus,
+               _bigram_budget_rows),
 )
 """Every kind of target, the first whose `chosen` holds being the run's."""
 

@@ -152,6 +152,12 @@ class TraceMode(CountedMode):
         self._stats = stats
         return {k: v for k, v in stats.items() if k != "checklist"}
 
+    def key_visits(self) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """The positions the run stepped at (every chain from position 0) and how often."""
+        steps = self.per_chain[0].steps if self.chains > 1 else self.steps
+        visits = position_visits(steps, self.trace.positions) * self.chains
+        return np.arange(visits.shape[0], dtype=np.int64), visits.astype(np.float64)
+
     def _pooled(self, tests: bool) -> dict[str, Any]:
         """Every chain's steps pooled (each chain visits the positions in the same order from 0), and the spread."""
         per = [trace_statistics(self.trace, mine.steps, mine.accepted, self._metrics, mine.emitted_counts, None)

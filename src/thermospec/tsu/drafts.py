@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from thermospec.core.losses import draft_overlap
 from thermospec.core.metrics import ce_gap_nats, overlap_mass, topk_mass
 from thermospec.core.payload import EpsSpec, Payload, PayloadError, craft_payload, encode_payload
+from thermospec.core.proposal import proposal_distribution
 from thermospec.tsu.sim import SimTSU
 
-__all__ = ["ContextDraft", "Proposer"]
+__all__ = ["ContextDraft", "MeasuredProposer", "Proposer"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,6 +33,9 @@ class ContextDraft:
         The TSU programmed with those bytes (F is computed from the decoded bytes).
     topk_mass, overlap_mass, ce_gap_nats : float
         Metrics of F(ψ) against ``p(. | x)``; `ce_gap_nats` is ``inf`` when q misses p's support.
+    draft_overlap : float
+        ``sum min(p, d)`` of the row ``d`` ψ was crafted from: 1 when it is the target's own row
+        (``--draft-order``, ``--draft-trace``: a draft model's).
     """
 
     context: int
@@ -39,6 +44,7 @@ class ContextDraft:
     topk_mass: float
     overlap_mass: float
     ce_gap_nats: float
+    draft_overlap: float = 1.0
 
     @property
     def payload(self) -> Payload:
@@ -51,10 +57,15 @@ class ContextDraft:
         return len(self.payload_bytes)
 
 
-def draft_for_row(p: NDArray[np.float64], context: int, K: int, tau: float, eps: EpsSpec) -> ContextDraft:
-    """Craft, encode and load ψ for one target row, and measure it against the row."""
+def draft_for_row(p: NDArray[np.float64], context: int, K: int, tau: float, eps: EpsSpec,
+                  d: NDArray[np.float64] | None = None) -> ContextDraft:
+    """Craft, encode and load ψ for one target row, and measure it against the row.
+
+    With `d` (a draft model's row for the same context) ψ is crafted from `d` and still measured
+    against the target's `p`, which the drafts are verified against.
+    """
     try:
-        wire = encode_payload(craft_payload(p, K, tau, eps))
+        wire = encode_payload(craft_payload(p if d is None else d, K, tau, eps))
     except PayloadError as exc:
         raise PayloadError(f"ψ of context {context}: {exc}") from None
     tsu = SimTSU(wire)  # q comes from the bytes, exactly as a chip would see them
@@ -65,6 +76,7 @@ def draft_for_row(p: NDArray[np.float64], context: int, K: int, tau: float, eps:
         topk_mass=topk_mass(p, tsu.payload.ids),
         overlap_mass=overlap_mass(p, tsu.q),
         ce_gap_nats=ce_gap_nats(p, tsu.q),
+        draft_overlap=1.0 if d is None else draft_overlap(p, d),
     )
 
 
@@ -85,16 +97,28 @@ class Proposer:
     backend: dict[str, Any] | None = None
     """The TSU backend, as the summary records it (``tsu_backend``); None for `SimTSU`."""
 
-    def __init__(self, row: Callable[[int], NDArray[np.float64]], K: int, tau: float, eps: EpsSpec) -> None:
+    def __init__(self, row: Callable[[int], NDArray[np.float64]], K: int, tau: float, eps: EpsSpec,
+                 draft_row: Callable[[int], NDArray[np.float64]] | None = None,
+                 K_of: Callable[[int], int] | None = None, max_cached: int | None = None) -> None:
         self.row = row
         self.K = K
         self.tau = tau
         self.eps = eps
-        self._drafts = lru_cache(maxsize=None)(self.craft)
+        self.draft_row = draft_row
+        self.K_of = K_of
+        self._drafts = lru_cache(maxsize=max_cached)(self.craft)
+
+    @property
+    def psi_spec(self) -> tuple[int, float, EpsSpec] | None:
+        """``(K, tau, eps)`` when every context's ψ is crafted from the target's own row with them (then
+        engines may craft many contexts at once from the rows); None with a draft model or K per context."""
+        return (self.K, self.tau, self.eps) if self.draft_row is None and self.K_of is None else None
 
     def craft(self, context: int) -> ContextDraft:
-        """Craft the draft of one context from its row (no cache)."""
-        return draft_for_row(self.row(context), context, self.K, self.tau, self.eps)
+        """Craft the draft of one context from its row, or its draft model's row (no cache)."""
+        K = self.K if self.K_of is None else self.K_of(context)
+        d = None if self.draft_row is None else self.draft_row(context)
+        return draft_for_row(self.row(context), context, K, self.tau, self.eps, d)
 
     def draft(self, context: int) -> ContextDraft:
         """The (cached) draft of one context."""
@@ -107,6 +131,27 @@ class Proposer:
     def all_drafts(self, V: int) -> list[ContextDraft]:
         """Drafts of contexts 0 .. V-1 (crafting those not yet cached)."""
         return [self.draft(x) for x in range(V)]
+
+
+class MeasuredProposer(Proposer):
+    """Another proposer's ψ, crafted from a draft model's rows, measured against the target's rows.
+
+    For proposers that craft their own way (a trace's positions: `drafted` crafts ψ of
+    position t from the draft trace's row t); each draft's metrics are recomputed
+    against the target's row ``p`` (O(V) once per context, kept in a bounded cache).
+    """
+
+    def __init__(self, drafted: Proposer, row: Callable[[int], NDArray[np.float64]], max_cached: int) -> None:
+        super().__init__(row, drafted.K, drafted.tau, drafted.eps, draft_row=drafted.row, max_cached=max_cached)
+        self.drafted = drafted
+
+    def craft(self, context: int) -> ContextDraft:
+        """`drafted`'s draft of `context`, its metrics against the target's row."""
+        made = self.drafted.craft(context)
+        p, q = self.row(context), proposal_distribution(made.payload)
+        return ContextDraft(context=context, payload_bytes=made.payload_bytes, tsu=made.tsu,
+                            topk_mass=topk_mass(p, made.payload.ids), overlap_mass=overlap_mass(p, q),
+                            ce_gap_nats=ce_gap_nats(p, q), draft_overlap=draft_overlap(p, self.drafted.row(context)))
 
 
 DraftSource = Callable[[int], ContextDraft]

@@ -242,7 +242,7 @@ class FaultyProposer(Proposer):
     samples_payload = False
 
     def __init__(self, base: Proposer, fault: Fault, vocab_size: int) -> None:
-        super().__init__(base.row, base.K, base.tau, base.eps)
+        super().__init__(base.row, base.K, base.tau, base.eps, draft_row=base.draft_row, K_of=base.K_of)
         self.base = base
         self.fault = fault
         self.vocab_size = vocab_size

@@ -178,7 +178,7 @@ class ThrmlProposer(Proposer):
         return {"name": "thrml", "node_dtype": node_dtype_name(self.sampler.V), "nodes_per_call": self.sampler.nodes}
 
     def __init__(self, base: Proposer, V: int, seed: int) -> None:
-        super().__init__(base.row, base.K, base.tau, base.eps)
+        super().__init__(base.row, base.K, base.tau, base.eps, draft_row=base.draft_row, K_of=base.K_of)
         self.base = base
         self.sampler = ThrmlSampler(V)
         self._root = self.sampler.key(seed)
@@ -203,7 +203,7 @@ class ThrmlProposer(Proposer):
                            self._next_refill(context))
             found = ContextDraft(context=context, payload_bytes=base.payload_bytes, tsu=tsu,
                                  topk_mass=base.topk_mass, overlap_mass=base.overlap_mass,
-                                 ce_gap_nats=base.ce_gap_nats)
+                                 ce_gap_nats=base.ce_gap_nats, draft_overlap=base.draft_overlap)
             if len(self._tsus) >= self.max_cached:
                 self._tsus.pop(next(iter(self._tsus)))
             self._tsus[context] = found
