@@ -9,6 +9,7 @@ pairwise sum is what both must follow) differs.  About 10 s.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 
 from scripts.make_trace import write_trace
 from thermospec.core.metrics import ce_gap_nats, overlap_mass
-from thermospec.core.payload import craft_payload_from_support, decode_payload, encode_payload
+from thermospec.core.payload import PayloadError, craft_payload_from_support, decode_payload, encode_payload
 from thermospec.core.proposal import proposal_distribution
 from thermospec.engine import positions
 from thermospec.engine.positions import PositionProposer
@@ -122,6 +123,16 @@ def test_position_tables_from_the_codes_are_those_of_the_dense_row(K: int) -> No
         for field in ("eps", "draft_total", "draft_last", "residual_last", "vocab_size"):
             assert getattr(got, field) == getattr(want, field), (name, K, field)
         np.testing.assert_array_equal(trace_rows.p_at(values, want.residual_tokens), dense[want.residual_tokens])
+
+
+@pytest.mark.parametrize(("tau", "eps"), [(1.0, float("nan")), (1.0, -1.0), (1.0, 1.0), (0.0, "auto"),
+                                          (float("nan"), "auto"), (1e300, 0.0)])
+def test_a_payload_the_plain_code_refuses_is_refused_with_its_message(tau: float, eps: Any) -> None:
+    raw = next(rows())[1]
+    with pytest.raises(PayloadError) as plain:
+        craft_payload_from_support(np.arange(raw.shape[0]), softmax64(raw), raw.shape[0], 16, tau, eps)
+    with pytest.raises(PayloadError, match=re.escape(str(plain.value))):
+        trace_rows.craft_position(trace_rows.row_values(raw), 16, tau, eps)
 
 
 def test_the_sum_order_matters_a_negative_control() -> None:

@@ -19,6 +19,7 @@ the tests pin the compiled path to it (same payload bytes, same floats).
 from __future__ import annotations
 
 import importlib
+import math
 import struct
 import threading
 import zlib
@@ -344,8 +345,8 @@ def craft_position(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Craft
     C, codes = _COMPILED, values.codes
     V = values.V
     k = min(int(K), V, values.positive)
-    if C is None or codes is None or not 1 <= k <= MAX_K:
-        return _craft_plain(values, K, tau, eps)
+    if C is None or codes is None or not 1 <= k <= MAX_K or (eps != "auto" and not math.isfinite(eps)):
+        return _craft_plain(values, K, tau, eps)  # (NaN is the compiled pass's "auto": a given one is refused here)
     wide = V > UINT16_IDS_MAX_V
     body = bytearray(payload_size(k, V) - 4)
     work = _buffers()
