@@ -1,0 +1,130 @@
+"""ψ from a draft source (``--draft-order``, ``--draft-trace``) and ``--psi-budget`` (issue 17).
+
+Drafts are crafted from the draft model's row d and verified against the target's
+p: the telemetry's ``overlap_mass`` must be ``sum min(p, F(ψ(d)))``, the emitted
+tokens must still follow p (a χ² per context, with the draft model's rows as the
+negative control, which must fail), and the acceptance must match the per-step
+expectation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from thermospec import api
+from thermospec.cli.make_trace import write_trace
+from thermospec.core.payload import craft_payload, decode_payload, encode_payload
+from thermospec.core.proposal import proposal_distribution
+from thermospec.core.statistics import context_chi2
+from thermospec.runs.config import ConfigError
+from thermospec.targets.draft_models import OrderDraftModel
+from thermospec.targets.order import order_target
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def corpus(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 100 KB of Tiny Shakespeare (enough contexts, quick to load)."""
+    path = tmp_path_factory.mktemp("draft-sources") / "tiny.txt"
+    path.write_text(shakespeare.read_text(encoding="utf-8")[:100_000], encoding="utf-8")
+    return path
+
+
+def _records(run_dir: Path) -> list[dict[str, object]]:
+    with open(run_dir / "m1_metrics.jsonl", encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines]
+
+
+def test_order_five_drafted_by_order_two(corpus: Path, tmp_path: Path) -> None:
+    """overlap_mass is sum min(p5, F(ψ(p2))) at every step; tokens follow p5, not p2; accept ≈ overlap."""
+    result = api.run(corpus=corpus, order=5, draft_order=2, K=K, steps=20_000, seed=3, runs_dir=tmp_path)
+    records = _records(result.run_dir)
+    target, draft = order_target(corpus, 5), OrderDraftModel(corpus, 2, order_target(corpus, 5).vocabulary)
+    index = {ch: i for i, ch in enumerate(target.vocabulary)}
+    counts: dict[int, np.ndarray] = {}
+    worst, expected = 0.0, 0.0
+    for record in records:
+        tokens = [index[ch] for ch in str(record["context"])]
+        key = target.context_id(tokens)
+        p, d = target.row(key), draft.row_after(tokens)
+        q = proposal_distribution(decode_payload(encode_payload(craft_payload(d, K, 1.0, "auto"))))
+        overlap = float(np.minimum(p, q).sum())
+        worst = max(worst, abs(overlap - float(record["overlap_mass"])))  # type: ignore[arg-type]
+        expected += overlap
+        counts.setdefault(key, np.zeros(target.V))[int(record["emitted_token"])] += 1  # type: ignore[call-overload]
+    assert worst < 1e-9
+    accepted = sum(bool(r["accepted"]) for r in records)
+    n = len(records)
+    se = math.sqrt(expected / n * (1 - expected / n) / n)
+    assert abs(accepted / n - expected / n) < 5 * se
+    assert abs(result.summary.mean_overlap - expected / n) < 1e-9  # type: ignore[operator]
+    exact = context_chi2(counts.items(), target.row)
+    assert exact.p_value > 1e-4
+    wrong = context_chi2(counts.items(), lambda c: draft.row_after(target.context_tokens(c)))
+    assert wrong.p_value < 1e-6  # the negative control: the draft model's rows are not what is emitted
+
+
+def test_draft_order_equal_to_the_target_order_is_the_target(corpus: Path, tmp_path: Path) -> None:
+    """--draft-order N on an order-N target crafts from the target's own rows: the same records."""
+    plain = api.run(corpus=corpus, order=3, K=K, steps=3_000, runs_dir=tmp_path / "a")
+    itself = api.run(corpus=corpus, order=3, draft_order=3, K=K, steps=3_000, runs_dir=tmp_path / "b")
+    assert (plain.run_dir / "m1_metrics.jsonl").read_bytes() == (itself.run_dir / "m1_metrics.jsonl").read_bytes()
+
+
+def test_unigram_draft_of_the_bigram(corpus: Path, tmp_path: Path) -> None:
+    """--draft-order 1 on M1's bigram: ψ from one unigram row; acceptance drops, tokens still follow p."""
+    plain = api.run(corpus=corpus, K=K, steps=20_000, telemetry="none", runs_dir=tmp_path / "a")
+    unigram = api.run(corpus=corpus, K=K, steps=20_000, draft_order=1, runs_dir=tmp_path / "b")
+    assert unigram.summary.mean_overlap < plain.summary.mean_overlap - 0.2  # type: ignore[operator]
+    assert unigram.summary.p_value is not None and unigram.summary.p_value > 1e-4
+    records = _records(unigram.run_dir)
+    ids = {int(r["psi_bytes"]) for r in records}  # type: ignore[call-overload]
+    assert ids == {24 + 3 * K + 4}
+
+
+def test_draft_trace(tmp_path: Path) -> None:
+    """--draft-trace: ψ of position t from the draft's row t, measured against the target's row t."""
+    target = write_trace(tmp_path / "target.npy", positions=40, vocab=300, exponent=1.1, seed=1, progress=False)
+    draft = write_trace(tmp_path / "draft.npy", positions=40, vocab=300, exponent=0.9, seed=2, progress=False)
+    plain = api.run(trace=target, K=16, steps=4_000, runs_dir=tmp_path / "a")
+    drafted = api.run(trace=target, draft_trace=draft, K=16, steps=4_000, runs_dir=tmp_path / "b")
+    assert drafted.summary.mean_overlap < plain.summary.mean_overlap  # type: ignore[operator]
+    from thermospec.targets.trace import load_trace
+
+    p_trace, d_trace = load_trace(target), load_trace(draft)
+    for record in _records(drafted.run_dir)[:80]:
+        t = int(record["position"])  # type: ignore[call-overload]
+        q = proposal_distribution(decode_payload(encode_payload(craft_payload(d_trace.row(t), 16, 1.0, "auto"))))
+        assert abs(float(np.minimum(p_trace.row(t), q).sum()) - float(record["overlap_mass"])) < 1e-9  # type: ignore[arg-type]
+    other = write_trace(tmp_path / "other.npy", positions=41, vocab=300, exponent=1.0, seed=3, progress=False)
+    with pytest.raises(ConfigError, match="--draft-trace"):
+        api.run(trace=target, draft_trace=other, runs_dir=tmp_path / "c")
+
+
+def test_psi_budget_beats_fixed_K_at_equal_mean_bytes(corpus: Path, tmp_path: Path) -> None:
+    """--psi-budget 52 with K up to 32 overlaps more than K = 8 everywhere (52 B), exactly by the design."""
+    fixed = api.run(corpus=corpus, K=8, steps=50_000, telemetry="none", runs_dir=tmp_path)
+    budget = api.run(corpus=corpus, K=32, psi_budget=52, steps=50_000, telemetry="none", runs_dir=tmp_path)
+    design = budget.summary.record["psi_budget"]
+    assert design["design_mean_bytes"] <= 52 + 1e-9
+    assert abs(design["realised_mean_bytes"] - design["design_mean_bytes"]) < 1.0  # the chain's law is π
+    assert sum(design["K_steps"].values()) == 50_000
+    assert budget.summary.mean_overlap > fixed.summary.mean_overlap + 0.005  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"draft_order": 1}, "--draft-order: needs --corpus"),
+    ({"draft_order": 3, "corpus": "x.txt"}, r"--draft-order: must be an integer in \[1, 2\]"),
+    ({"draft_trace": "d.npy"}, "--draft-trace: needs --trace"),
+    ({"psi_budget": -1.0}, "--psi-budget: must be"),
+])
+def test_refusals(options: dict[str, Any], message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        api.run(runs_dir=tmp_path, **options)
