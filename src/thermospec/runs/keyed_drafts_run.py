@@ -20,7 +20,8 @@ transition χ² per context; trace: `trace_statistics`' two χ²), the overlap b
 the verifier's exact acceptance at each key, and the N-draft fields of the bigram
 run, visit-weighted over the keys drafted in: ``single_draft_acceptance``,
 ``acceptance_bound``, ``acceptance_optimum``, ``gain_fraction``,
-``mean_drafts_used``.  With B chains, each chain's summary is beside its records.
+``mean_drafts_used`` (the optimum null beyond `OPTIMUM_MAX_ENTRIES`).  With B
+chains, each chain's summary is beside its records.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ from thermospec.tsu.drafts import ContextDraft, DraftSource
 __all__ = ["KeyedDraftsMode", "keyed_drafts_lines"]
 
 _VERDICT = ("false", "true")
+OPTIMUM_MAX_ENTRIES = 1 << 24
+"""The summary's ``acceptance_optimum`` (O(V log V) a key) is computed while visited keys x V stay within this;
+above it (a long trace at a large V: ~50 ms a position at V = 50,257) it and ``gain_fraction`` are null."""
 
 
 def keyed_drafts_lines(chunk: KeyedDraftsChunk, prev_text: Callable[[int, int], str], tails: dict[int, str]) -> str:
@@ -239,16 +243,22 @@ class KeyedDraftsMode(CountedMode):
             return math.fsum(float(visits[k]) * value(k) for k in visited) / self.steps
 
         single = mean(lambda k: drafts(k).overlap_mass)
-        optimum = mean(lambda k: acceptance_optimum(row(k), drafts(k).tsu.q, n))
+        solve = len(visited) * self.source.V <= OPTIMUM_MAX_ENTRIES
+        bounds, optima = [], []
+        for k in visited:  # F(ψ) of a key built once for both
+            p, q = row(k), drafts(k).tsu.q
+            bounds.append(float(visits[k]) * acceptance_bound(p, q, n))
+            optima.append(float(visits[k]) * acceptance_optimum(p, q, n) if solve else 0.0)
+        bound, optimum = math.fsum(bounds) / self.steps, math.fsum(optima) / self.steps
         rate = stats["accept_rate"]
         return {
             "drafts": n,
             "verifier": self.verifier,
             "mean_drafts_used": self.draws / self.steps,
             "single_draft_acceptance": single,
-            "acceptance_bound": mean(lambda k: acceptance_bound(row(k), drafts(k).tsu.q, n)),
-            "acceptance_optimum": optimum,
-            "gain_fraction": (rate - single) / (optimum - single) if optimum - single > 1e-12 else None,
+            "acceptance_bound": bound,
+            "acceptance_optimum": optimum if solve else None,
+            "gain_fraction": (rate - single) / (optimum - single) if solve and optimum - single > 1e-12 else None,
         }
 
     def extras(self) -> dict[str, Any]:
