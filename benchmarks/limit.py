@@ -11,7 +11,10 @@ branch-free bisection (``i += half & -(cdf[i + half - 1] <= t)``) per draw, and 
 count per step.  It is given each chain's NumPy PCG64 state after its start token,
 so it emits the same tokens, which the bench checks (a prefix of every token, and
 the counts of all) before it quotes a ratio.  Contenders alternate in one process
-(A B A B ...); medians are quoted.
+(A B A B ...); medians are quoted, of wall time and, for the engine's
+one chain, of CPU time too (the C loop's CPU time is its loop's, thermospec's the
+whole `run_chain`'s): on a machine whose cores other work shares, the CPU-time ratio
+is the steadier one.
 
 So the ratio is what the package costs against a C programmer's loop.  One chain is
 compared as the engine runs it with its counts (``run_chain(..., tally=)``) and as
@@ -23,6 +26,7 @@ loop's).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import statistics
@@ -111,34 +115,41 @@ def run_limit(exe: Path, folder: Path, steps: int, threads: int, dump: bool = Fa
                     transitions=raw[1:1 + V * V], emitted=emitted)
 
 
-def alternate(contenders: list[Callable[[], float]], repeats: int) -> list[float]:
-    """Median of each contender's rate, the contenders run in turn (A B A B ...)."""
-    rates: list[list[float]] = [[] for _ in contenders]
+Rates = tuple[float, float]
+"""A contender's tokens per second of wall time and per second of CPU time (all its threads)."""
+
+
+def alternate(contenders: list[Callable[[], Rates]], repeats: int) -> list[Rates]:
+    """Median of each contender's rates (wall, CPU), the contenders run in turn (A B A B ...)."""
+    rates: list[list[Rates]] = [[] for _ in contenders]
     for _ in range(repeats):
         for rates_of, contender in zip(rates, contenders, strict=True):
             rates_of.append(contender())
-    return [statistics.median(r) for r in rates]
+    return [(statistics.median(w for w, _ in r), statistics.median(c for _, c in r)) for r in rates]
 
 
-def sequential_counts(run: PreparedRun, steps: int) -> tuple[RunTally, float]:
-    """Thermospec's sequential chain keeping the counts of ``run --telemetry none`` (a `RunTally`), and its seconds.
+def sequential_counts(run: PreparedRun, steps: int) -> tuple[RunTally, float, float]:
+    """The sequential chain keeping the counts of ``run --telemetry none``: its `RunTally`, seconds, CPU seconds.
 
     The engine adds each chunk to the tally as it steps (``run_chain(..., tally=)``).
     """
     target = run.target
     tally = RunTally(target.V, track_transitions=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in run_chain(target.row, target.pi, run.proposer.draft, steps, random_stream(run.config.seed, Stream.CHAIN),
                        tally=tally):
         pass
-    return tally, time.perf_counter() - start
+    return tally, time.perf_counter() - start, time.process_time() - cpu
 
 
-def command_rate(run: PreparedRun, chains: int) -> float:
-    """The summary's tokens/s of ``run [--chains B] --telemetry none`` (`execute_run`, as the command runs it)."""
+def command_rate(run: PreparedRun, chains: int) -> Rates:
+    """The summary's tokens/s of ``run [--chains B] --telemetry none`` (`execute_run`, as the command runs it).
+
+    No CPU rate (NaN): the call's CPU time includes the summary's statistics, which its tokens/s leaves out.
+    """
     with tempfile.TemporaryDirectory() as out:
         summary: dict[str, Any] = execute_run(run, Path(out), telemetry="none", chains=chains)
-    return float(summary["tokens_per_s"])
+    return float(summary["tokens_per_s"]), math.nan
 
 
 def _same(tally_accepted: int, tally_transitions: NDArray[np.int64] | None, limit: LimitRun) -> bool:
@@ -174,32 +185,32 @@ def bench_limit(run: PreparedRun, steps: int, chains: int, batch_steps: int, rep
         same_head = limit_head.emitted is not None and bool(np.array_equal(limit_head.emitted, tokens))
         checked: dict[str, LimitRun] = {}
 
-        def c_sequential() -> float:
+        def c_sequential() -> Rates:
             result = run_limit(exe, folder, steps, 1)
             checked.setdefault("sequential", result)
-            return steps / result.seconds
+            return steps / result.seconds, steps / result.cpu_seconds
 
         tallies: list[RunTally] = []
 
-        def ours_sequential() -> float:
-            tally, seconds = sequential_counts(run, steps)
+        def ours_sequential() -> Rates:
+            tally, seconds, cpu = sequential_counts(run, steps)
             tallies.append(tally)
-            return steps / seconds
+            return steps / seconds, steps / cpu
 
         one = PreparedRun(config=dataclasses.replace(run.config, steps=steps), target=target, proposer=run.proposer)
 
-        def ours_command() -> float:
+        def ours_command() -> Rates:
             return command_rate(one, 1)
 
         ours, command, limit = alternate([ours_sequential, ours_command, c_sequential], repeats)
         same_all = _same(tallies[0].accepted, tallies[0].transitions, checked["sequential"])
-        rows.append(("C limit: one chain, counted", _fmt(limit),
+        rows.append(("C limit: one chain, counted", _fmt(limit[0]),
                      f"{_target(run)}; {' '.join(FLAGS)}; same tokens: {_yes(same_head)} ({head:,}-step prefix), "
                      f"same counts: {_yes(same_all)} ({steps:,} steps)"))
-        rows.append(("  thermospec one chain, counted, telemetry off", _fmt(ours),
-                     f"ratio to the C limit {ours / limit:.2f} (aim >= 0.9); run_chain(tally=): the kernel counts"))
-        rows.append(("  run --telemetry none (the command)", _fmt(command),
-                     f"ratio {command / limit:.2f}; the one executor around the engine (telemetry off)"))
+        rows.append(("  thermospec one chain, counted, telemetry off", _fmt(ours[0]),
+                     f"ratio to the C limit {_ratios(ours, limit)} (aim >= 0.9); run_chain(tally=): the kernel counts"))
+        rows.append(("  run --telemetry none (the command)", _fmt(command[0]),
+                     f"ratio {_ratios(command, limit)}; the one executor around the engine (telemetry off)"))
 
         # B chains: chain b's stream after its start token, as `run_batch` draws them.
         rngs = [chain_stream(seed, b) for b in range(chains)]
@@ -216,30 +227,36 @@ def bench_limit(run: PreparedRun, steps: int, chains: int, batch_steps: int, rep
                            reuse_outputs=True, record=False):
             pass
 
-        def c_batch() -> float:
+        def c_batch() -> Rates:
             result = run_limit(exe, folder, batch_steps, threads)
             checked.setdefault("batch", result)
-            return chains * batch_steps / result.seconds
+            return chains * batch_steps / result.seconds, chains * batch_steps / result.cpu_seconds
 
         prepared = PreparedRun(config=dataclasses.replace(run.config, steps=batch_steps), target=target,
                                proposer=run.proposer)
 
-        def ours_batch() -> float:
+        def ours_batch() -> Rates:
             return command_rate(prepared, chains)
 
         ours, limit = alternate([ours_batch, c_batch], repeats)
         same_all = _same(int(counted.accepted.sum()), counted.transitions, checked["batch"])
-        rows.append((f"C limit: B = {chains}, {threads} threads, counted", _fmt(limit),
+        rows.append((f"C limit: B = {chains}, {threads} threads, counted", _fmt(limit[0]),
                      f"same tokens: {_yes(same_few)} ({few} steps of every chain), "
                      f"same counts: {_yes(same_all)} ({batch_steps:,} steps)"))
-        rows.append((f"  thermospec run --chains {chains} --telemetry none", _fmt(ours),
-                     f"ratio to the C limit {ours / limit:.2f} (aim >= 0.9)"))
+        rows.append((f"  thermospec run --chains {chains} --telemetry none", _fmt(ours[0]),
+                     f"ratio to the C limit {_ratios(ours, limit)} (aim >= 0.9)"))
     return rows
 
 
 def _target(run: PreparedRun) -> str:
     source = "synthetic" if run.config.corpus is None else Path(run.config.corpus).name
     return f"{source}, V = {run.target.V}, K = {run.config.K}"
+
+
+def _ratios(ours: Rates, limit: Rates) -> str:
+    """Wall-time ratio, and the CPU-time one when `ours` has a CPU rate (steadier when other work shares the cores)."""
+    cpu = "" if math.isnan(ours[1]) else f" (CPU time: {ours[1] / limit[1]:.2f})"
+    return f"{ours[0] / limit[0]:.2f}{cpu}"
 
 
 def _fmt(rate: float) -> str:
