@@ -24,7 +24,7 @@ from thermospec.cli.sweep import grid_main, plot_main, seed_main
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "src")
-COMMANDS = ("run", "check", "sweep", "grid", "drafts-sweep", "plot", "make-trace", "record-trace", "audit")
+COMMANDS = ("run", "check", "sweep", "grid", "drafts-sweep", "plot", "make-trace", "record-trace", "generate", "audit")
 HELP_OF_EACH = """
 import contextlib, io, sys
 from thermospec.cli.commands import main
