@@ -198,8 +198,16 @@ class OrderTarget:
         return cid
 
     def intern_contexts(self, length: list[int], lo: list[int], hi: list[int]) -> list[int]:
-        """The ids of contexts given by their length and index range, the new ones interned in this order."""
+        """The ids of distinct contexts given by their length and index range, the new ones interned in this order."""
         ids, lengths, los, his = self._ids, self._length, self._lo, self._hi
+        keys = list(zip(length, lo, strict=True))
+        if ids.keys().isdisjoint(keys):  # all new (a chain's contexts met on its move table): at once
+            first = len(lengths)
+            ids.update(zip(keys, range(first, first + len(keys)), strict=True))
+            lengths.extend(length)
+            los.extend(lo)
+            his.extend(hi)
+            return list(range(first, first + len(keys)))
         out = []
         for key, end in zip(zip(length, lo, strict=True), hi, strict=True):
             cid = ids.get(key)
