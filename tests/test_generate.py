@@ -213,6 +213,7 @@ def odd_models(folders: ModelPair, tmp_path_factory: pytest.TempPathFactory) -> 
 
 REFUSALS = [  # (arguments replacing the defaults, what the one line says)
     ({"--model": "./no-such-model"}, "--model ./no-such-model: no such folder"),
+    ({"--model": "nobody-here/no-such-model"}, "not in the local Hugging Face cache; --download fetches it"),
     ({"--model": "{vision}"}, "not a causal LM"),
     ({"--draft-model": "{other}"}, "vocabulary differs from the target's"),
     ({"--prompt": ""}, "--prompt: empty"),
@@ -229,8 +230,9 @@ REFUSALS = [  # (arguments replacing the defaults, what the one line says)
 
 @pytest.mark.parametrize(("change", "says"), REFUSALS)
 def test_bad_input_is_one_line_and_exit_2(folders: ModelPair, odd_models: dict[str, Path], tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str], change: dict[str, str | None],
-                                          says: str) -> None:
+                                          capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                          change: dict[str, str | None], says: str) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a download attempt would fail differently, not hang
     options: dict[str, str | None] = {"--model": str(folders.target), "--draft-model": str(folders.draft),
                                       "--prompt": PROMPT, "--max-new-tokens": "8", "--K": "16", "--seed": "0",
                                       "--runs-dir": str(tmp_path / "runs")}

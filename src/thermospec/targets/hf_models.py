@@ -75,7 +75,9 @@ def load_model(name: str, flag: str, *, device: str = "cpu", dtype: str = "float
         options["local_files_only"] = True
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name, **options)
-        model = transformers.AutoModelForCausalLM.from_pretrained(name, use_safetensors=True, **options)
+        weights = "dtype" if int(str(transformers.__version__).split(".")[0]) >= 5 else "torch_dtype"
+        model = transformers.AutoModelForCausalLM.from_pretrained(  # loaded in `dtype`: a 7 B model in bfloat16
+            name, use_safetensors=True, **{weights: getattr(torch, dtype)}, **options)  # never holds float32
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if not download and not Path(name).expanduser().exists():
