@@ -13,7 +13,9 @@ simulator itself (`SimTSU`: it draws from F(ψ) of its payload and reports
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -88,15 +90,21 @@ def craft_states(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource, cache: 
         return draft_rows(moves.rows(keys), K, tau, eps)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:  # NumPy's passes release the GIL
-        for w in range(0, len(blocks), workers):  # a few blocks in flight: bounded memory
-            for keys, crafted in zip(blocks[w:w + workers], pool.map(craft, blocks[w:w + workers]), strict=True):
-                if crafted is None:
-                    return None
-                if keys[0] == 0 and not _same_as(first, moves.rows(keys[:1])[0], crafted):
-                    return None
-                cache.load_rows(keys, crafted.draft_cdf, crafted.ratio, crafted.residual_cdf)
-                parts.append((crafted.topk_mass, crafted.overlap_mass, crafted.ce_gap_nats, crafted.eps))
-                shape = (crafted.K, crafted.psi_bytes, crafted.tau)
+        waiting = iter(blocks)
+        in_flight = deque((keys, pool.submit(craft, keys)) for keys in itertools.islice(waiting, workers))
+        while in_flight:  # a block loads while the next ones are crafted (`workers` in flight: bounded memory)
+            keys, future = in_flight.popleft()
+            crafted = future.result()
+            following = next(waiting, None)
+            if following is not None:
+                in_flight.append((following, pool.submit(craft, following)))
+            if crafted is None or (keys[0] == 0 and not _same_as(first, moves.rows(keys[:1])[0], crafted)):
+                for _, pending in in_flight:
+                    pending.cancel()
+                return None
+            cache.load_rows(keys, crafted.draft_cdf, crafted.ratio, crafted.residual_cdf)
+            parts.append((crafted.topk_mass, crafted.overlap_mass, crafted.ce_gap_nats, crafted.eps))
+            shape = (crafted.K, crafted.psi_bytes, crafted.tau)
     assert shape is not None
     topk, overlap, gap, eps_used = (np.concatenate(column) for column in zip(*parts, strict=True))
     return StateMetrics(topk_mass=topk, overlap_mass=overlap, ce_gap_nats=gap, eps=eps_used, K=shape[0],
