@@ -301,6 +301,24 @@ def test_a_cache_that_holds_every_context_puts_context_x_in_slot_x() -> None:
 
 
 @needs_compiled
+def test_the_compiled_stepper_stamps_last_use_only_when_slots_can_be_evicted() -> None:
+    """An evicting cache gets each step's clock in its slots; a slot per context is never stamped (nor evicted)."""
+    V, n = 16, 500
+    _, source = _stepper_source(V, 6)
+    for budget, identity in ((DEFAULT_TABLE_BYTES, True), (4 * slot_bytes(V), False)):
+        stepper = ChainStepper(V, source, "compiled", budget)
+        assert stepper.cache is not None and stepper.cache.identity == identity
+        (prev, _, _, _), _ = stepper.draw_steps(np.random.default_rng(2), n, 0)
+        used = stepper.cache.last_used
+        if identity:
+            assert (used == -1).all()
+        else:  # a slot's stamp is the last step from its context
+            last = {int(x): t for t, x in enumerate(prev.tolist())}
+            for slot, x in enumerate(stepper.cache.context_of.tolist()):
+                assert used[slot] == last.get(x, -1)
+
+
+@needs_compiled
 @pytest.mark.parametrize("V", [2, 7, 64, 100])
 def test_compiled_table_finish_is_the_python_one(V: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Totals, lasts and guides filled by the kernel's `finish` are those of `guide_table` and `last_positive`."""
