@@ -65,6 +65,8 @@ class ContextMoves:
         self._length, self._lo, self._hi = length.tolist(), lo.tolist(), hi.tolist()
         self._ids = np.full(self.states, -1, dtype=np.int64)
         self._ids[:target.V] = np.arange(target.V)
+        self._interned = target.V  # states interned so far (ids >= 0): `states_of` rebuilds its map when it grows
+        self._inverse: tuple[int, NDArray[np.int64]] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -77,6 +79,7 @@ class ContextMoves:
         if cid < 0:
             cid = self._ids[state] = self.target.intern_contexts([self._length[state]], [self._lo[state]],
                                                                  [self._hi[state]])[0]
+            self._interned += 1
         return cid
 
     def intern(self, states: NDArray[np.int64]) -> None:
@@ -85,6 +88,7 @@ class ContextMoves:
         if fresh.shape[0]:
             self._ids[fresh] = self.target.intern_contexts(self.length[fresh].tolist(), self.lo[fresh].tolist(),
                                                        self.hi[fresh].tolist())
+            self._interned += int(fresh.shape[0])
 
     def rows(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
         """The target rows of `states` (shape (m, V)), bit for bit `OrderTarget.row` of their contexts."""
@@ -104,10 +108,15 @@ class ContextMoves:
 
     def states_of(self, contexts: NDArray[np.int64]) -> NDArray[np.int64]:
         """The state of each target id (-1 for an id not interned through this table)."""
-        interned = np.flatnonzero(self._ids >= 0)
-        inverse = np.full(int(max(self._ids.max(), contexts.max(initial=0))) + 1, -1, dtype=np.int64)
-        inverse[self._ids[interned]] = interned
-        found: NDArray[np.int64] = inverse[contexts]
+        if self._inverse is None or self._inverse[0] != self._interned:  # the map of ids to states, kept
+            interned = np.flatnonzero(self._ids >= 0)
+            inverse = np.full(int(self._ids.max()) + 1, -1, dtype=np.int64)
+            inverse[self._ids[interned]] = interned
+            self._inverse = (self._interned, inverse)
+        inverse = self._inverse[1]
+        found: NDArray[np.int64] = np.full(contexts.shape[0], -1, dtype=np.int64)
+        inside = contexts < inverse.shape[0]
+        found[inside] = inverse[contexts[inside]]
         return found
 
     def contexts(self, states: NDArray[np.int64]) -> NDArray[np.int64]:
