@@ -81,6 +81,8 @@ ADDED_KEYS: dict[str, set[str]] = {
     "gamma4": {"verified_positions", "accept_rate", "mean_overlap", "accept_overlap_gap", "mean_ce_gap"},
     "corpus_gamma4": {"verified_positions", "accept_rate", "mean_overlap", "accept_overlap_gap", "mean_ce_gap"},
 }
+ADDED_EVERYWHERE = {"loss_draft_model", "loss_top_k", "loss_quantisation", "gain_drafts"}
+"""2026-12-07, issue 17: every summary says where the acceptance goes (and with N drafts, what they gain)."""
 
 
 def machine_class() -> str:
@@ -159,7 +161,7 @@ def run_case(name: str, tmp: Path) -> dict[str, str]:
         # Figures and a sweep's own record (sweep.json) are not pinned: issue 8 changes them on purpose.
         if path.is_file() and path.suffix != ".png" and path.name != "sweep.json":
             key = str(path.relative_to(run_dir))
-            digests[key] = (summary_digest(path, ADDED_KEYS.get(name, set())) if path.name == "summary.json"
+            digests[key] = (summary_digest(path, ADDED_KEYS.get(name, set()) | ADDED_EVERYWHERE) if path.name == "summary.json"
                             else file_digest(path))
     return digests
 

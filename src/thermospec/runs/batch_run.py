@@ -15,6 +15,7 @@ from thermospec.engine.chain import run_chain_reference
 from thermospec.engine.chunks import BatchChunk, ChainChunk
 from thermospec.engine.tally import BatchTally
 from thermospec.runs.chain_tsus import reference_chains
+from thermospec.runs.losses import Visits, visits_of
 from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
 from thermospec.runs.prepare import PreparedRun, sparse_rows
 from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, OutputError, append_whole, cut_back, write_json_atomic
@@ -123,6 +124,10 @@ class BatchMode:
 
     def tokens(self) -> int:
         return self.tally.steps * self.chains
+
+    def key_visits(self) -> Visits:
+        """The contexts the verifier ran at (every chain's steps) and how often."""
+        return visits_of(self.tally.pooled().context_counts if self.tally.steps else np.zeros(0, dtype=np.int64))
 
     def complete(self) -> bool:
         return self.tally.steps >= self.run.config.steps

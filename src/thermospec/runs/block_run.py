@@ -23,6 +23,7 @@ from thermospec.engine.tally import BlockTally
 from thermospec.engine.trees import TreeChunk, TreeExpectation, plan_cache, run_trees, tree_nodes
 from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.block_parquet import BLOCKS_PARQUET, BlockParquetWriter
+from thermospec.runs.losses import Visits
 from thermospec.runs.parquet_file import finish_parquet
 from thermospec.runs.prepare import PreparedRun, context_source, sparse_rows
 from thermospec.runs.storage import SUMMARY_FILE, RecordFile, write_json_atomic
@@ -259,10 +260,10 @@ class BlockMode:
     def tokens(self) -> int:
         return sum(chain.tally.tokens for chain in self.chains)
 
-    def key_visits(self) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    def key_visits(self) -> Visits:
         """The keys the verifier ran at (every chain's verified positions) and how often."""
         keys = np.array(sorted(self._visits), dtype=np.int64)
-        return keys, np.array([self._visits[k] for k in keys.tolist()], dtype=np.float64)
+        return Visits(keys, np.array([self._visits[k] for k in keys.tolist()], dtype=np.float64))
 
     def complete(self) -> bool:
         return all(chain.tally.tokens >= self.run.config.steps for chain in self.chains)

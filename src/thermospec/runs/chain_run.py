@@ -11,6 +11,7 @@ from thermospec.engine.chain import run_chain, run_chain_reference
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.tally import RunTally
 from thermospec.runs.checklist import guide_checklist
+from thermospec.runs.losses import Visits, visits_of
 from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
 from thermospec.runs.prepare import PreparedRun, sparse_rows
 from thermospec.runs.storage import OutputError
@@ -72,6 +73,10 @@ class ChainMode:
 
     def tokens(self) -> int:
         return self.tally.steps
+
+    def key_visits(self) -> Visits:
+        """The contexts the verifier ran at (every chain's steps) and how often."""
+        return visits_of(self.tally.context_counts)
 
     def complete(self) -> bool:
         return self.tally.steps >= self.run.config.steps

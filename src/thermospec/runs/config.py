@@ -227,7 +227,7 @@ class RunConfig:
             raise ConfigError(f"{given}: set the synthetic target; {source} gives the target (drop {given})")
 
     def _check_trace_and_order(self) -> None:
-        """``--trace`` and ``--order``: their ranges and the combinations that are not implemented."""
+        """``--trace`` and ``--order``: their ranges and what they need."""
         if not 2 <= self.order <= MAX_ORDER:
             raise ConfigError(f"--order: must be an integer in [2, {MAX_ORDER}], got {self.order!r}")
         if self.order > 2 and self.trace is not None:
@@ -235,12 +235,6 @@ class RunConfig:
         if self.order > 2:
             if self.corpus is None:
                 raise ConfigError("--order: needs --corpus (contexts are the last N - 1 characters of a text)")
-            if self.tokenizer is not None:
-                raise ConfigError("--order: contexts of BPE tokens are not implemented (character contexts "
-                                  "only); drop --tokenizer or --order")
-            if self.drafts > 1 and self.gamma is None:
-                raise ConfigError("--drafts: the N-draft engine's next context is the emitted token; on order-N "
-                                  "contexts add --gamma G (a token tree of N drafts per level) or drop --drafts")
         if self.trace is None:
             return
         if not self.trace.strip():
@@ -249,9 +243,6 @@ class RunConfig:
                               (self.order > 2, "--order")):
             if given:
                 raise ConfigError(f"--trace: the trace is the target; drop {option}")
-        if self.drafts > 1 and self.gamma is None:
-            raise ConfigError("--drafts: the N-draft engine's next context is the emitted token; on a trace add "
-                              "--gamma G (a token tree of N drafts per level) or drop --drafts")
 
     def _check_draft_source(self) -> None:
         """``--draft-order``, ``--draft-trace`` and ``--psi-budget``: their ranges and what they need."""

@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.pairs import PairCounts
 from thermospec.runs.batch_run import chain_dir
+from thermospec.runs.losses import Visits, visits_of
 from thermospec.runs.prepare import PreparedRun
 from thermospec.runs.storage import METRICS_FILE, RecordFile
 
@@ -74,6 +75,12 @@ class CountedMode:
     def tokens(self) -> int:
         """Steps recorded so far."""
         return self.steps
+
+    def key_visits(self) -> Visits:
+        """The keys the steps were counted by (every chain's) and how often."""
+        context, _, count = self.pairs.pairs()
+        visits = np.bincount(context, weights=count) if context.size else np.zeros(0)
+        return visits_of(visits)
 
     def complete(self) -> bool:
         """Whether every asked-for step was run, in every chain."""

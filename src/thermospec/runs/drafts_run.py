@@ -45,6 +45,7 @@ from thermospec.engine.tally import RunTally
 from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.chain_tsus import chain_drafts
 from thermospec.runs.checklist import guide_checklist
+from thermospec.runs.losses import Visits, visits_of
 from thermospec.runs.prepare import PreparedRun
 from thermospec.runs.storage import (
     METRICS_FILE,
@@ -161,6 +162,10 @@ class DraftsMode:
 
     def tokens(self) -> int:
         return self.tally.steps
+
+    def key_visits(self) -> Visits:
+        """The contexts the verifier ran at (every chain's steps) and how often."""
+        return visits_of(self.tally.context_counts)
 
     def complete(self) -> bool:
         return self.tally.steps >= self.run.config.steps * self.chains

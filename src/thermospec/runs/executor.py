@@ -26,6 +26,7 @@ crafting) is done by `prepare_run` before anything is written.
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -48,8 +49,9 @@ from thermospec.runs.interrupts import (
     signal_name,
 )
 from thermospec.runs.keyed_drafts_run import KeyedDraftsMode
+from thermospec.runs.losses import Visits, acceptance_losses_of
 from thermospec.runs.order_run import OrderMode
-from thermospec.runs.prepare import PreparedRun, target_description
+from thermospec.runs.prepare import BUDGET_WEIGHTS, PreparedRun, target_description
 from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
 from thermospec.runs.summary import software_versions
 from thermospec.runs.telemetry import TELEMETRY_FORMATS, TelemetryFormat, parquet_available
@@ -93,6 +95,10 @@ class Mode(Protocol):
 
     def statistics(self) -> dict[str, Any]:
         """The mode's statistics of what was counted (``{"steps": 0}`` and nulls when nothing was)."""
+        ...
+
+    def key_visits(self) -> Visits:
+        """The keys the verifier ran at and how often (for the loss split every summary carries)."""
         ...
 
     def extras(self) -> dict[str, Any]:
@@ -169,6 +175,27 @@ def _run_chunks(mode: Mode, cut: bool, on_progress: Callable[[int], None] | None
         return
 
 
+def _where_acceptance_goes(run: PreparedRun, mode: Mode, mean_overlap: float | None) -> dict[str, Any]:
+    """The loss split (`runs.losses`) over the verified keys, and what ``--psi-budget`` designed and realised."""
+    visits = mode.key_visits()
+    out = acceptance_losses_of(run.proposer, visits, mean_overlap, run.config.drafts)
+    budget = run.budget
+    if budget is None:
+        return out
+    total = float(visits.counts.sum())
+    drafts = [run.proposer.draft(k) for k in visits.keys.tolist()]
+    K_steps: dict[int, int] = {}
+    for draft, n in zip(drafts, visits.counts.tolist(), strict=True):
+        K_steps[draft.payload.K] = K_steps.get(draft.payload.K, 0) + int(n)
+    sizes = math.fsum(d.psi_bytes * n for d, n in zip(drafts, visits.counts.tolist(), strict=True))
+    realised = sizes / total if total else None
+    out["psi_budget"] = {"budget_bytes": run.config.psi_budget, "K_max": min(run.config.K, run.target.V),
+                         "design_mean_bytes": budget.mean_bytes, "design_mean_overlap": budget.mean_overlap,
+                         "design_weights": BUDGET_WEIGHTS[run.kind.name], "realised_mean_bytes": realised,
+                         "K_steps": {str(k): K_steps[k] for k in sorted(K_steps)}}
+    return out
+
+
 def execute_run(
     run: PreparedRun,
     run_dir: Path,
@@ -235,6 +262,7 @@ def _execute(
                 metrics_sha256, failure = None, exc if failure is None else OutputError(f"{failure}; then {exc}")
         elapsed = time.perf_counter() - started
         statistics = mode.statistics()
+        statistics |= _where_acceptance_goes(run, mode, statistics.get("mean_overlap"))
         config = run.config.as_dict() | {"K_used": run.K_used} | ({"chains": chains} if chains > 1 else {})
         summary: dict[str, Any] = {
             **statistics,

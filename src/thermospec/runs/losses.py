@@ -21,18 +21,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.losses import exact_codes_explicit
+from thermospec.core.payload import EpsSpec
 from thermospec.core.proposal import explicit_probabilities
 from thermospec.tsu.drafts import Proposer
 
-__all__ = ["LOSS_KEYS", "acceptance_losses_of"]
+__all__ = ["LOSS_KEYS", "Visits", "acceptance_losses_of", "block_losses", "visits_of"]
 
 LOSS_KEYS = ("loss_draft_model", "loss_top_k", "loss_quantisation")
+
+
+@dataclass(frozen=True)
+class Visits:
+    """The keys a run's verifier ran at and how often (every chain's), as a mode reports them.
+
+    Attributes
+    ----------
+    keys : ndarray of int64
+    counts : ndarray of float64
+    rows : callable, optional
+        The target's rows of an array of keys, when the mode has them faster than one by one.
+    """
+
+    keys: NDArray[np.int64]
+    counts: NDArray[np.float64]
+    rows: Callable[[NDArray[np.int64]], NDArray[np.float64]] | None = None
+
+
+def visits_of(counts: NDArray[Any]) -> Visits:
+    """The visits of a per-key count array (keys 0 .. len - 1, unvisited ones left out)."""
+    keys = np.flatnonzero(counts)
+    return Visits(keys, counts[keys].astype(np.float64))
 
 Row = Callable[[int], NDArray[np.float64]]
 
@@ -51,16 +76,73 @@ def _key_losses(proposer: Proposer, key: int) -> tuple[float, float, float]:
     return draft_model, (1.0 - draft.overlap_mass) - draft_model - quantisation, quantisation
 
 
-def acceptance_losses_of(proposer: Proposer, keys: NDArray[np.int64], visits: NDArray[np.float64],
-                         mean_overlap: float | None, drafts: int) -> dict[str, Any]:
-    """The summary keys of the loss split over the verified positions (`keys` visited `visits` times each).
+BLOCK_ROWS = 64
+"""Keys whose rows are taken at once (64 rows of V = 262,144 are 128 MiB of float64)."""
+
+
+def _float32(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    with np.errstate(over="ignore"):
+        rounded: NDArray[np.float64] = values.astype(np.float32).astype(np.float64)
+    return rounded
+
+
+def block_losses(P: NDArray[np.float64], D: NDArray[np.float64] | None, K: int, tau: float, eps: EpsSpec
+                 ) -> NDArray[np.float64] | None:
+    """The three losses of m keys at once, shape (m, 3), with ψ crafted from `D` (None: from `P`) as
+    `thermospec.core.payload.craft_payload` crafts it (`thermospec.tsu.row_drafts` is pinned to it);
+    None when a row has a zero among its top K or a field out of range (then key by key)."""
+    m, V = P.shape
+    rows_d = P if D is None else D
+    k = min(K, V)
+    order = np.argsort(-rows_d, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(rows_d, order, axis=1)
+    if not np.all(top > 0):
+        return None
+    ell = np.log(top)
+    ell -= ell[:, :1]
+    spread = -ell.min(axis=1)
+    delta = np.where(spread > 0, _float32(spread / 255.0), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        codes = np.where(delta[:, None] > 0, np.clip(np.rint(-ell / delta[:, None]), 0, 255), 0.0)
+    codes = codes.astype(np.uint8).astype(np.float64)
+    tau32 = float(_float32(np.array([tau]))[0])
+    if eps == "auto":
+        eps32 = _float32(np.maximum(0.0, 1.0 - top.sum(axis=1)) / (V - k)) if k < V else np.zeros(m)
+        while np.any((V - k) * eps32 >= 1.0):  # float32 rounding up can only cross 1 by an ulp
+            over = (V - k) * eps32 >= 1.0
+            eps32[over] = np.nextafter(eps32[over].astype(np.float32), np.float32(0)).astype(np.float64)
+    else:
+        eps32 = np.full(m, float(_float32(np.array([eps]))[0]))
+    if not (np.all(np.isfinite(eps32)) and np.all((V - k) * eps32 < 1) and np.all(np.isfinite(delta))):
+        return None
+    explicit_mass = (1.0 - (V - k) * eps32)[:, None]
+    logits = -codes * delta[:, None] / tau32
+    quantised = np.exp(logits - logits.max(axis=1, keepdims=True))
+    quantised *= explicit_mass / quantised.sum(axis=1, keepdims=True)
+    exact = np.exp(ell / tau32 - (ell / tau32).max(axis=1, keepdims=True))
+    exact *= explicit_mass / exact.sum(axis=1, keepdims=True)
+    p_ids = np.take_along_axis(P, order, axis=1)
+    quantisation = np.minimum(p_ids, exact).sum(axis=1) - np.minimum(p_ids, quantised).sum(axis=1)
+    overlap = (np.minimum(P, eps32[:, None]).sum(axis=1) - np.minimum(p_ids, eps32[:, None]).sum(axis=1)
+               + np.minimum(p_ids, quantised).sum(axis=1))
+    draft_model = np.zeros(m) if D is None else 1.0 - np.minimum(P, D).sum(axis=1)
+    out: NDArray[np.float64] = np.stack([draft_model, 1.0 - overlap - draft_model - quantisation, quantisation],
+                                        axis=1)
+    return out
+
+
+def acceptance_losses_of(proposer: Proposer, visits: Visits, mean_overlap: float | None, drafts: int
+                         ) -> dict[str, Any]:
+    """The summary keys of the loss split over the verified positions.
 
     Parameters
     ----------
     proposer : Proposer
         The run's drafts (their one-draft metrics, the rows ψ was crafted from).
-    keys, visits
-        The keys the verifier ran at and how often.
+    visits : Visits
+        The keys the verifier ran at and how often; with one K for every key, the losses are
+        computed `BLOCK_ROWS` keys at a time (`block_losses`) on their rows (``visits.rows``, or
+        ``proposer.row`` of each).
     mean_overlap : float or None
         The summary's ``mean_overlap`` (the N-draft verifier's acceptance with ``drafts`` > 1).
     drafts : int
@@ -72,11 +154,24 @@ def acceptance_losses_of(proposer: Proposer, keys: NDArray[np.int64], visits: ND
         ``loss_draft_model``, ``loss_top_k``, ``loss_quantisation`` (null without a verified
         position) and, with N drafts, ``gain_drafts``.
     """
-    total = float(np.sum(visits))
+    keys, rows = visits.keys, visits.rows
+    total = float(np.sum(visits.counts))
     if total <= 0:
         return dict.fromkeys(LOSS_KEYS) | ({"gain_drafts": None} if drafts > 1 else {})
-    per = [_key_losses(proposer, int(k)) for k in keys.tolist()]
-    weights = [float(n) for n in visits.tolist()]
+    per: list[tuple[float, float, float]] = []
+    for first in range(0, keys.shape[0], BLOCK_ROWS):
+        block = keys[first:first + BLOCK_ROWS]
+        found = None
+        if proposer.K_of is None:
+            P = rows(block) if rows is not None else np.stack([proposer.row(k) for k in block.tolist()])
+            draft_row = proposer.draft_row
+            D = None if draft_row is None else np.stack([draft_row(k) for k in block.tolist()])
+            found = block_losses(P, D, proposer.K, proposer.tau, proposer.eps)
+        if found is None:
+            per.extend(_key_losses(proposer, int(k)) for k in block.tolist())
+        else:
+            per.extend((float(a), float(b), float(c)) for a, b, c in found.tolist())
+    weights = [float(n) for n in visits.counts.tolist()]
     means = [math.fsum(w * losses[i] for w, losses in zip(weights, per, strict=True)) / total for i in range(3)]
     out: dict[str, Any] = dict(zip(LOSS_KEYS, means, strict=True))
     if drafts > 1:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,6 +41,7 @@ from thermospec.engine.contexts import ContextChunk, run_order_chain, run_order_
 from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
+from thermospec.runs.losses import Visits
 from thermospec.runs.prepare import PreparedRun, order_of
 from thermospec.runs.storage import SUMMARY_FILE, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
@@ -170,6 +172,10 @@ class OrderMode(CountedMode):
                          "chain_accept_rate_min": float(rates.min()),
                          "chain_accept_rate_mean": float(rates.mean()),
                          "chain_accept_rate_max": float(rates.max())}
+
+    def key_visits(self) -> Visits:
+        """The contexts the steps were in (every chain's), with their rows from the move table."""
+        return replace(super().key_visits(), rows=self._rows())
 
     def _rows(self) -> Callable[[NDArray[np.int64]], NDArray[np.float64]]:
         """The target's rows of an array of contexts: from the move table after a crafted run, else one by one."""

@@ -194,7 +194,8 @@ def _synthetic(config: RunConfig) -> BigramTarget:
 
 TARGETS: tuple[TargetKind[Any], ...] = (
     TargetKind("trace", lambda c: c.trace is not None, _load_trace, PositionSource, _trace_drafts, _describe_trace),
-    TargetKind("order", lambda c: c.corpus is not None and c.order > 2, lambda c: order_target(str(c.corpus), c.order),
+    TargetKind("order", lambda c: c.corpus is not None and c.order > 2,
+               lambda c: order_target(str(c.corpus), c.order, tokenizer=c.tokenizer),
                OrderSource, _order_drafts, _describe_order),
     TargetKind("bpe", lambda c: c.corpus is not None and c.tokenizer is not None,
                lambda c: bpe_target(str(c.corpus), parse_tokenizer(str(c.tokenizer))), BigramSource, _bigram_drafts,

@@ -38,6 +38,7 @@ from thermospec.engine.positions import POSITION_TABLE_BYTES, PositionChunk, run
 from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
+from thermospec.runs.losses import Visits
 from thermospec.runs.prepare import PreparedRun, trace_of
 from thermospec.runs.storage import SUMMARY_FILE, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
@@ -152,11 +153,11 @@ class TraceMode(CountedMode):
         self._stats = stats
         return {k: v for k, v in stats.items() if k != "checklist"}
 
-    def key_visits(self) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    def key_visits(self) -> Visits:
         """The positions the run stepped at (every chain from position 0) and how often."""
         steps = self.per_chain[0].steps if self.chains > 1 else self.steps
         visits = position_visits(steps, self.trace.positions) * self.chains
-        return np.arange(visits.shape[0], dtype=np.int64), visits.astype(np.float64)
+        return Visits(np.arange(visits.shape[0], dtype=np.int64), visits.astype(np.float64))
 
     def _pooled(self, tests: bool) -> dict[str, Any]:
         """Every chain's steps pooled (each chain visits the positions in the same order from 0), and the spread."""
