@@ -174,3 +174,16 @@ def test_chains_share_nothing_but_tables(order4: tuple[OrderTarget, DraftSource]
         for b, seed in enumerate((4, 5, 6)):
             alone = steps_of(source, drafts, 2, "recursive", 1500, seed, chunk=400)
             np.testing.assert_array_equal(np.concatenate([c[b].emitted for c in chunks]), alone.emitted)
+
+
+@pytest.mark.parametrize(("n", "verifier"), [(2, "recursive"), (2, "optimal")])
+def test_a_position_with_few_steps_steps_on_its_plan(trace: tuple[TraceTarget, DraftSource], n: int,
+                                                     verifier: str) -> None:
+    target, drafts = trace
+    source = PositionSource(target)
+    reference = steps_of(source, drafts, n, verifier, 803, 4, "reference", chunk=100)
+    for few in (10**6, 161):  # every position on its plan; positions 3, 4 (160 steps) on it, 0-2 (161) on tables
+        (chunks,) = zip(*run_keyed_drafts_chains(source, drafts, n, verifier, 803, [np.random.default_rng(4)],
+                                                 chunk=100, few_steps=few), strict=True)
+        np.testing.assert_array_equal(np.concatenate([c.emitted for c in chunks]), reference.emitted)
+        np.testing.assert_array_equal(np.concatenate([c.accepted_index for c in chunks]), reference.accepted_index)

@@ -14,7 +14,9 @@ plan, its ``2N + 1`` uniforms), and the next key is the source's move:
   (teacher-forced).  Since every step's position is known in advance, a block of
   steps is stepped position by position (as `engine.positions` does): each
   position's tables are built once per block and its steps run on a one-key
-  stepper, so a large V is paid once per position and block, not per step;
+  stepper, so a large V is paid once per position and block, not per step (a
+  position with few steps in a block steps on its plan with the TSU's own draws,
+  on the same uniforms: the tables' setup would cost more);
 - a TSU whose draws are its own (THRML, fault-injected): `run_keyed_drafts_reference`,
   one `draft_step` at a time, each draw's report checked.
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -103,12 +105,14 @@ def run_keyed_drafts_chains(
     backend: Backend | Literal["reference"] = "auto",
     max_table_bytes: int = DEFAULT_TABLE_BYTES,
     chain_drafts: list[DraftSource] | None = None,
+    few_steps: int | None = None,
 ) -> Iterator[list[KeyedDraftsChunk]]:
     """B chains with N drafts per step on `source`, in lock step: each yield is the same steps of every chain.
 
     Chain b draws from ``rngs[b]`` (and, with `chain_drafts`, from its own TSUs ``chain_drafts[b]``: a
     THRML chain's sampler); `backend` as `engine.drafts.run_drafts` (``"reference"``: every draw the TSU's
-    own).  A trace's chunks are its blocks (module docstring), at least `chunk` steps.
+    own).  A trace's chunks are its blocks (module docstring), at least `chunk` steps; a position with fewer
+    than `few_steps` steps in a block (default ``max(16, V // 256)``) steps on its plan, not on tables.
     """
     plans = plans or plan_source(source.row, drafts, verifier, n)
     if backend == "reference":
@@ -118,7 +122,8 @@ def run_keyed_drafts_chains(
         yield from (list(chunks) for chunks in zip(*runs, strict=True))
         return
     if isinstance(source, PositionSource):
-        runs = [_position_drafts(source, drafts, plans, n, verifier, steps, rng, chunk, backend) for rng in rngs]
+        runs = [_position_drafts(source, drafts, plans, n, verifier, steps, rng, chunk, backend, few_steps)
+                for rng in rngs]
         yield from (list(chunks) for chunks in zip(*runs, strict=True))
         return
     yield from _moving_drafts(source, drafts, plans, n, verifier, steps, rngs, chunk, backend, max_table_bytes)
@@ -157,11 +162,13 @@ def _moving_drafts(source: ContextSource, drafts: DraftSource, plans: PlanSource
 
 
 def _position_drafts(source: PositionSource, drafts: DraftSource, plans: PlanSource, n: int, verifier: str,
-                     steps: int, rng: np.random.Generator, chunk: int, backend: Backend) -> Iterator[KeyedDraftsChunk]:
+                     steps: int, rng: np.random.Generator, chunk: int, backend: Backend,
+                     few_steps: int | None) -> Iterator[KeyedDraftsChunk]:
     """One teacher-forced chain, block by block, each block position by position (module docstring)."""
     tables = draft_table_source(drafts, plans)
     _, selection = table_layout(verifier, n)
     T, V, width = source.target.positions, source.V, 2 * n + 1
+    few = max(16, V // 256) if few_steps is None else few_steps
     block = max(1, min(max(chunk, T * STEPS_PER_POSITION), BLOCK_UNIFORMS // width))
     self_loop = np.zeros(V, dtype=np.int64)  # a one-key stepper: its next key is itself
     for start in range(0, steps, block):
@@ -173,12 +180,30 @@ def _position_drafts(source: PositionSource, drafts: DraftSource, plans: PlanSou
         for i in range(min(m, T)):
             t = int(keys[i])
             at = np.arange(i, m, T)
+            if at.shape[0] < few:  # too few steps to pay for the position's tables: plan steps on these uniforms
+                for j in at.tolist():
+                    e, ys, accepted = draft_step(t, drafts, plans, cast(np.random.Generator, _Preset(u[j])),
+                                                 start + j)
+                    proposed[j], emitted[j], index[j] = ys[0], e, -1 if accepted is None else accepted
+                continue
             found = tables(t)
             stepper = DraftsStepper(1, V, n, verifier, lambda _, found=found: found,  # type: ignore[misc]
                                     backend, next_keys=self_loop)
             (_, proposed[at], emitted[at], index[at]), _ = stepper.steps(u[at], 0)
         yield _chunk(start, keys, proposed, emitted, index, drafts_used(index, n, selection),
                      _last_tokens(-1, emitted, True))
+
+
+class _Preset:
+    """A step's given uniforms through ``random(n)``, so `draft_step` runs on a block's uniforms."""
+
+    def __init__(self, values: NDArray[np.float64]) -> None:
+        self.values, self.at = values, 0
+
+    def random(self, n: int) -> NDArray[np.float64]:
+        out = self.values[self.at : self.at + n]
+        self.at += n
+        return out
 
 
 def run_keyed_drafts_reference(
