@@ -16,7 +16,8 @@ from thermospec.tsu.sim import SimTSU
 
 __version__ = "0.1.0"
 
-_API = ("CheckReport", "RunResult", "Summary", "SweepResult", "check", "config", "run", "sweep")
+_API = ("CheckReport", "GenerateResult", "RunResult", "Summary", "SweepResult", "check", "config", "generate", "run",
+        "sweep")
 
 
 def __getattr__(name: str) -> Any:
@@ -29,6 +30,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CheckReport",
+    "GenerateResult",
     "Payload",
     "PayloadError",
     "RunResult",
@@ -43,6 +45,7 @@ __all__ = [
     "craft_payload",
     "decode_payload",
     "encode_payload",
+    "generate",
     "overlap_mass",
     "payload_size",
     "proposal_distribution",

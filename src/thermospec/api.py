@@ -29,14 +29,15 @@ from thermospec.runs.checklist import DEFAULT_CHECK_STEPS, CheckResult
 from thermospec.runs.config import OPTIONS as RUN_OPTIONS
 from thermospec.runs.config import ConfigError, RunConfig
 from thermospec.runs.executor import check_mode_options, execute_run
+from thermospec.runs.generate import GenerateResult, generate
 from thermospec.runs.prepare import inject_fault, prepare_run
 from thermospec.runs.settings import check_room, config
 from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, create_run_dir
 from thermospec.runs.telemetry import PARQUET_FILE, TelemetryFormat
 from thermospec.tsu.faults import Fault, FaultError
 
-__all__ = ["CheckReport", "ConfigError", "RunResult", "Summary", "SweepResult", "check", "check_room", "config", "run",
-           "sweep"]
+__all__ = ["CheckReport", "ConfigError", "GenerateResult", "RunResult", "Summary", "SweepResult", "check", "check_room",
+           "config", "generate", "run", "sweep"]
 
 
 @dataclass(frozen=True)
