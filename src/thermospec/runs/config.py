@@ -119,10 +119,10 @@ class RunConfig:
                                "step s drafts and corrects at position s mod T, teacher-forced (no x0, no π); e.g. "
                                "--trace zipf.npy --K 64", group="target", metavar="PATH", path=True,
                                extension=True)
-    order: int = option(2, "integer", f"with --corpus: the context is the last N - 1 characters, backed off to the "
-                        f"longest suffix the corpus has seen; 2 to {MAX_ORDER} (default: 2, M1's bigram); "
-                        "e.g. --corpus data/tinyshakespeare.txt --order 5", group="target", low=2, high=MAX_ORDER,
-                        metavar="N", extension=True)
+    order: int = option(2, "integer", f"with --corpus: the context is the last N - 1 characters (BPE tokens with "
+                        f"--tokenizer), backed off to the longest suffix the corpus has seen; 2 to {MAX_ORDER} "
+                        "(default: 2, M1's bigram); e.g. --corpus data/tinyshakespeare.txt --order 5",
+                        group="target", low=2, high=MAX_ORDER, metavar="N", extension=True)
     # Issue 17: where the acceptance goes (a draft source) and a ψ byte budget.
     draft_order: int | None = option(None, "integer", "with --corpus: craft ψ from the order-M back-off model of "
                                      "the same corpus (Laplace +1; M = 1 is the unigram) and verify against the "
@@ -232,9 +232,8 @@ class RunConfig:
             raise ConfigError(f"--order: must be an integer in [2, {MAX_ORDER}], got {self.order!r}")
         if self.order > 2 and self.trace is not None:
             raise ConfigError("--trace: the trace is the target and has no character contexts; drop --order")
-        if self.order > 2:
-            if self.corpus is None:
-                raise ConfigError("--order: needs --corpus (contexts are the last N - 1 characters of a text)")
+        if self.order > 2 and self.corpus is None:
+            raise ConfigError("--order: needs --corpus (contexts are the last N - 1 characters of a text)")
         if self.trace is None:
             return
         if not self.trace.strip():

@@ -76,8 +76,8 @@ def _key_losses(proposer: Proposer, key: int) -> tuple[float, float, float]:
     return draft_model, (1.0 - draft.overlap_mass) - draft_model - quantisation, quantisation
 
 
-BLOCK_ROWS = 64
-"""Keys whose rows are taken at once (64 rows of V = 262,144 are 128 MiB of float64)."""
+BLOCK_BYTES = 1 << 25
+"""About how many bytes of rows are taken at once (32 MiB: 16 rows of V = 262,144, 64,000 of V = 65)."""
 
 
 def _float32(values: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -141,7 +141,7 @@ def acceptance_losses_of(proposer: Proposer, visits: Visits, mean_overlap: float
         The run's drafts (their one-draft metrics, the rows ψ was crafted from).
     visits : Visits
         The keys the verifier ran at and how often; with one K for every key, the losses are
-        computed `BLOCK_ROWS` keys at a time (`block_losses`) on their rows (``visits.rows``, or
+        computed `BLOCK_BYTES` of rows at a time (`block_losses`) on their rows (``visits.rows``, or
         ``proposer.row`` of each).
     mean_overlap : float or None
         The summary's ``mean_overlap`` (the N-draft verifier's acceptance with ``drafts`` > 1).
@@ -159,8 +159,9 @@ def acceptance_losses_of(proposer: Proposer, visits: Visits, mean_overlap: float
     if total <= 0:
         return dict.fromkeys(LOSS_KEYS) | ({"gain_drafts": None} if drafts > 1 else {})
     per: list[tuple[float, float, float]] = []
-    for first in range(0, keys.shape[0], BLOCK_ROWS):
-        block = keys[first:first + BLOCK_ROWS]
+    block_rows = max(1, BLOCK_BYTES // (8 * proposer.draft(int(keys[0])).payload.vocab_size)) if keys.size else 1
+    for first in range(0, keys.shape[0], block_rows):
+        block = keys[first:first + block_rows]
         found = None
         if proposer.K_of is None:
             P = rows(block) if rows is not None else np.stack([proposer.row(k) for k in block.tolist()])

@@ -129,7 +129,7 @@ def _order_drafts(config: RunConfig, target: OrderTarget, K_of: KOf = None) -> D
 
 def _describe_corpus(config: RunConfig, target: BigramTarget) -> dict[str, Any]:
     return {"source": target.source, "V": target.V, "corpus": config.corpus, "corpus_sha256": target.corpus_sha256,
-            "vocabulary": None if target.vocabulary is None else "".join(target.vocabulary),
+            "vocabulary": "".join(target.vocabulary) if target.vocabulary else None,
             "stationary": "unique" if target.stationary_unique
             else "not unique: long-run average from a uniform start"}
 
