@@ -45,6 +45,7 @@ GAMMA_SWEEP = ("scripts.sweep_m1_grid", "--gammas", "1", "2", "4", "8", "--Ks", 
 DRAFTS_SWEEP = ("scripts.sweep_drafts", "--corpus", "data/tinyshakespeare.txt", "--Ks", "8", "32",
                 "--steps", "20000")
 DRAFTS_SWEEP_SYNTHETIC = ("scripts.sweep_drafts", "--steps", "20000")
+DRAFT_MODELS = ("scripts.draft_models_table", "--steps", "20000", "--figure")
 PLOT = ("scripts.plot", FOLDER)
 
 RECIPES = (
@@ -55,6 +56,7 @@ RECIPES = (
     Recipe((GAMMA_SWEEP,), {"m1_speedup_vs_gamma.png": "speedup_vs_gamma.png"}),
     Recipe((DRAFTS_SWEEP,), {"m1_acceptance_vs_drafts.png": "drafts_acceptance.png"}),
     Recipe((DRAFTS_SWEEP_SYNTHETIC,), {"m1_acceptance_vs_drafts.png": "drafts_acceptance_synthetic.png"}),
+    Recipe((DRAFT_MODELS,), {"losses_vs_K.png": "losses_vs_K.png"}),
 )
 
 

@@ -150,6 +150,23 @@ CHECK_NAMES = {
 }
 
 
+def _loss_lines(summary: dict[str, Any]) -> list[str]:
+    """Where the one-draft acceptance goes (docs/draft-models.md), and the ψ budget's design."""
+    if summary.get("loss_top_k") is None:
+        return []
+    lines = [f"lost to        draft model {summary['loss_draft_model']:+.5f}   top-K {summary['loss_top_k']:+.5f}   "
+             f"8-bit codes {summary['loss_quantisation']:+.5f}"
+             + (f"   ({summary['drafts']} drafts gain {summary['gain_drafts']:+.5f})"
+                if summary.get("gain_drafts") is not None else "")]
+    budget = summary.get("psi_budget")
+    if budget:
+        Ks = [int(k) for k in budget["K_steps"]]
+        lines.append(f"ψ budget       {format_value(budget['budget_bytes'])} B: design mean "
+                     f"{budget['design_mean_bytes']:.2f} B (weights {budget['design_weights']}), realised "
+                     f"{budget['realised_mean_bytes']:.2f} B; K {min(Ks)} … {max(Ks)}")
+    return lines
+
+
 def _checklist_lines(summary: dict[str, Any]) -> list[str]:
     checklist = summary.get("checklist") or {}
     if not checklist:
@@ -175,6 +192,7 @@ def headline(summary: dict[str, Any], wall_s: float | None = None) -> str:
     """
     lines = [_target_line(summary, wall_s), ""]
     lines += _block_lines(summary) if summary.get("gamma") else _chain_lines(summary)
+    lines += _loss_lines(summary)
     lines += _checklist_lines(summary)
     if summary.get("interrupted"):
         lines += ["", f"interrupted by {summary['interrupted_by']}: the summary covers the {summary['steps']:,} "
