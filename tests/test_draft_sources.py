@@ -128,3 +128,45 @@ def test_psi_budget_beats_fixed_K_at_equal_mean_bytes(corpus: Path, tmp_path: Pa
 def test_refusals(options: dict[str, Any], message: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=message):
         api.run(runs_dir=tmp_path, **options)
+
+
+@pytest.mark.parametrize("options", [{}, {"drafts": 2}, {"gamma": 3}, {"order": 4}, {"order": 4, "draft_order": 2},
+                                     {"gamma": 2, "drafts": 2, "verifier": "spectr"}, {"draft_order": 1, "drafts": 3}])
+def test_losses_add_up_to_the_one_draft_loss(corpus: Path, tmp_path: Path, options: dict[str, Any]) -> None:
+    """The three losses add up to 1 - the one-draft overlap; without a draft source the draft model loses 0."""
+    record = api.run(corpus=corpus, K=8, steps=3_000, telemetry="none", runs_dir=tmp_path, **options).summary.record
+    total = record["loss_draft_model"] + record["loss_top_k"] + record["loss_quantisation"]
+    if "draft_order" not in options:
+        assert record["loss_draft_model"] == 0.0
+    else:
+        assert record["loss_draft_model"] > 0.05
+    if options.get("drafts", 1) == 1:
+        assert abs((1.0 - total) - record["mean_overlap"]) < 1e-9
+        assert "gain_drafts" not in record
+    else:
+        assert abs(record["gain_drafts"] - (record["mean_overlap"] - (1.0 - total))) < 1e-12
+        assert record["gain_drafts"] > 0
+
+
+@pytest.mark.parametrize("draft", [None, 1, 2])
+def test_block_losses_are_the_core_split_row_by_row(corpus: Path, draft: int | None) -> None:
+    """The summary's blocked computation (`runs.losses.block_losses`) is `core.losses.acceptance_losses` per row."""
+    from thermospec.core.losses import acceptance_losses
+    from thermospec.runs.losses import block_losses
+    from thermospec.targets.characters import character_target
+
+    target = character_target(str(corpus))
+    P = np.stack([target.row(x) for x in range(target.V)])
+    model = None if draft is None else OrderDraftModel(corpus, draft, target.vocabulary or ())
+    D = None if model is None else np.stack([model.row_after((x,)) for x in range(target.V)])
+    for K, tau in ((4, 1.0), (8, 0.7), (16, 1.3)):
+        got = block_losses(P, D, K, tau, "auto")
+        assert got is not None
+        for x in range(target.V):
+            d = P[x] if D is None else D[x]
+            want = acceptance_losses(P[x], d, decode_payload(encode_payload(craft_payload(d, K, tau, "auto"))))
+            assert np.allclose(got[x], (want.loss_draft_model, want.loss_top_k, want.loss_quantisation),
+                               rtol=0, atol=1e-12)
+    wrong = block_losses(P, D, 8, 2.0, "auto")  # the negative control: another τ is another split
+    right = block_losses(P, D, 8, 1.0, "auto")
+    assert wrong is not None and right is not None and np.abs(wrong - right).max() > 1e-3
