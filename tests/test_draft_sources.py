@@ -170,3 +170,18 @@ def test_block_losses_are_the_core_split_row_by_row(corpus: Path, draft: int | N
     wrong = block_losses(P, D, 8, 2.0, "auto")  # the negative control: another τ is another split
     right = block_losses(P, D, 8, 1.0, "auto")
     assert wrong is not None and right is not None and np.abs(wrong - right).max() > 1e-3
+
+
+def test_psi_budget_on_order_contexts_and_traces(corpus: Path, tmp_path: Path) -> None:
+    """Order N: weights are the corpus' context frequencies; a trace: uniform, so design = realised exactly."""
+    order = api.run(corpus=corpus, order=3, K=16, psi_budget=52, steps=2_000, telemetry="none", runs_dir=tmp_path)
+    plan = order.summary.record["psi_budget"]
+    assert plan["design_weights"] == "corpus context frequencies" and plan["design_mean_bytes"] <= 52 + 1e-9
+    path = write_trace(tmp_path / "t.npy", positions=50, vocab=2000, exponent=1.0, seed=5, progress=False)
+    trace = api.run(trace=path, K=64, psi_budget=100, steps=500, telemetry="none", runs_dir=tmp_path)
+    plan = trace.summary.record["psi_budget"]
+    assert plan["design_mean_bytes"] <= 100 + 1e-9
+    assert abs(plan["realised_mean_bytes"] - plan["design_mean_bytes"]) < 1e-9  # every position 10 times
+    assert abs(trace.summary.mean_overlap - plan["design_mean_overlap"]) < 1e-9
+    fixed = api.run(trace=path, K=24, steps=500, telemetry="none", runs_dir=tmp_path)  # 100 bytes each
+    assert trace.summary.mean_overlap >= fixed.summary.mean_overlap - 1e-12  # type: ignore[operator]

@@ -102,7 +102,7 @@ def test_cli_run_with_thrml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 @pytest.mark.parametrize(
     "args",
-    [["check", "--tsu", "thrml"], ["run", "--tsu", "thrml", "--chains", "2"]],  # --telemetry none runs now
+    [["check", "--tsu", "thrml"]],  # --telemetry none and --chains B run now
 )
 def test_cli_refuses_thrml_where_it_would_not_be_used(
     args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]

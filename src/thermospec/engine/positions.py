@@ -92,8 +92,8 @@ class PositionProposer(Proposer):
     """
 
     def __init__(self, target: PositionTarget, K: int, tau: float, eps: EpsSpec,
-                 max_bytes: int = DRAFT_CACHE_BYTES) -> None:
-        super().__init__(target.row, K, tau, eps)
+                 max_bytes: int = DRAFT_CACHE_BYTES, K_of: Callable[[int], int] | None = None) -> None:
+        super().__init__(target.row, K, tau, eps, K_of=K_of)
         self.target = target
         self.capacity = max(16, max_bytes // (1024 + 20 * min(K, target.V)))
         self._drafts = lru_cache(maxsize=self.capacity)(self.craft)
@@ -122,7 +122,8 @@ class PositionProposer(Proposer):
     def craft(self, context: int) -> ContextDraft:
         """Craft position `context`'s draft (no cache): `targets.trace_rows.craft_position` on its row."""
         try:
-            made = craft_position(self.target.row_values(context), self.K, self.tau, self.eps)
+            K = self.K if self.K_of is None else self.K_of(context)  # --psi-budget: K per position
+            made = craft_position(self.target.row_values(context), K, self.tau, self.eps)
         except PayloadError as exc:
             raise PayloadError(f"ψ of position {context}: {exc}") from None
         return ContextDraft(context=context, payload_bytes=made.wire, tsu=CompactTSU(made.payload),

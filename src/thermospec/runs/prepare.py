@@ -93,11 +93,10 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     return PreparedRun(config=config, target=target, proposer=proposer, sparse=sparse, budget=budget)
 
 
-BUDGET_WEIGHTS = {"characters": "pi", "synthetic": "pi"}
+BUDGET_WEIGHTS = {"characters": "pi", "synthetic": "pi", "order": "corpus context frequencies",
+                  "trace": "uniform over positions"}
 """What weights the ``--psi-budget`` allocation's keys (the summary's ``design_weights``), by target kind."""
 BUDGET_REFUSED = {
-    "order": "order-N contexts are met as the run goes, and the allocation needs every context's row and weight first",
-    "trace": "a trace's ψ is crafted per position by the compact trace path with one K",
     "bpe": "a BPE target's rows are built on demand, and the allocation needs every context's row first",
 }
 

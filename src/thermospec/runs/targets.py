@@ -20,9 +20,9 @@ synthetic      neither                       bigram chain                  up fr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -49,7 +49,7 @@ __all__ = ["COMPACT_ABOVE_V", "TARGETS", "Drafts", "TargetKind", "kind_of", "loa
 
 T = TypeVar("T", bound=BigramTarget)
 Drafts = tuple[Proposer, SparseRows | None]
-BudgetRows = tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]
+BudgetRows = tuple[NDArray[np.int64], NDArray[np.float64] | Sequence[NDArray[np.float64]], NDArray[np.float64]]
 """Keys, the rows ψ is crafted from (one per key) and the keys' weights (summing to 1)."""
 KOf = Callable[[int], int] | None
 """K per key (``--psi-budget``), or None: ``--K`` everywhere."""
@@ -90,11 +90,11 @@ def _trace_drafts(config: RunConfig, target: TraceTarget, K_of: KOf = None) -> D
             draft = load_draft_trace(config.draft_trace, target)
         except TraceError as exc:
             raise ConfigError(f"--draft-trace {exc}") from None
-        drafted = PositionProposer(draft, config.K, config.tau, config.eps)
+        drafted = PositionProposer(draft, config.K, config.tau, config.eps, K_of=K_of)
         measured = MeasuredProposer(drafted, target.row, drafted.capacity)
         measured.draft(0)
         return measured, None
-    positions = PositionProposer(target, config.K, config.tau, config.eps)  # ψ per position, crafted when met
+    positions = PositionProposer(target, config.K, config.tau, config.eps, K_of=K_of)  # ψ per position, when met
     positions.draft(0)
     return positions, None
 
@@ -117,12 +117,12 @@ def _draft_model(config: RunConfig, target: BigramTarget) -> OrderDraftModel | N
 
 def _order_drafts(config: RunConfig, target: OrderTarget, K_of: KOf = None) -> Drafts:
     model = _draft_model(config, target)
-    if model is None:
+    if model is None and K_of is None:
         contexts: Proposer = ContextProposer(target, config.K, config.tau, config.eps)
-    else:  # ψ of a context from the draft model's row after the context's characters, in the same bounded cache
+    else:  # ψ of a context from the draft model's row after its characters, or with its K; one bounded cache
         capacity = ContextProposer(target, config.K, config.tau, config.eps).capacity
-        contexts = Proposer(target.row, config.K, config.tau, config.eps,
-                            draft_row=lambda c: model.row_after(target.context_tokens(c)), max_cached=capacity)
+        contexts = Proposer(target.row, config.K, config.tau, config.eps, K_of=K_of, max_cached=capacity,
+                            draft_row=None if model is None else lambda c: model.row_after(target.context_tokens(c)))
     contexts.draft(int(target.pi.argmax()))
     return contexts, None
 
@@ -146,6 +146,51 @@ def _bigram_budget_rows(config: RunConfig, target: BigramTarget) -> BudgetRows:
     model = _draft_model(config, target)
     rows = np.stack([target.row(x) if model is None else model.row_after((x,)) for x in range(target.V)])
     return np.arange(target.V, dtype=np.int64), rows, np.asarray(target.pi, dtype=np.float64)
+
+
+class _Rows:
+    """Rows of many keys, one at a time as they are read (a trace's T rows would not fit at once)."""
+
+    def __init__(self, keys: NDArray[np.int64], row: Callable[[int], NDArray[np.float64]]) -> None:
+        self.keys, self.row = keys, row
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    def __getitem__(self, i: int) -> NDArray[np.float64]:
+        return self.row(int(self.keys[i]))  # IndexError past the end ends an iteration
+
+    def sequence(self) -> Sequence[NDArray[np.float64]]:
+        """This, as `tsu.budget.overlap_curves` reads its rows (a length, then each row by its index)."""
+        return cast(Sequence[NDArray[np.float64]], self)
+
+
+def _trace_budget_rows(config: RunConfig, target: TraceTarget) -> BudgetRows:
+    """Every position, weighted alike (a run visits them in turn), with the row ψ is crafted from."""
+    rows: Callable[[int], NDArray[np.float64]] = target.row
+    if config.draft_trace is not None:
+        try:
+            rows = load_draft_trace(config.draft_trace, target).row
+        except TraceError as exc:
+            raise ConfigError(f"--draft-trace {exc}") from None
+    keys = np.arange(target.positions, dtype=np.int64)
+    return keys, _Rows(keys, rows).sequence(), np.full(target.positions, 1.0 / target.positions)
+
+
+def _order_budget_rows(config: RunConfig, target: OrderTarget) -> BudgetRows:
+    """Every context of the corpus (the move table's states), weighted by how often the corpus has it."""
+    moves = target.moves()
+    if moves is None:
+        raise ConfigError("--psi-budget: this order-N target's contexts do not fit the move table's memory bound, "
+                          "and the allocation needs every context's row first")
+    states = np.arange(moves.states, dtype=np.int64)
+    moves.intern(states)
+    keys = moves.contexts(states)
+    weights = np.array([target.context_occurrences(int(c)) for c in keys.tolist()], dtype=np.float64)
+    model = _draft_model(config, target)
+    if model is None:
+        return keys, moves.rows(states), weights / weights.sum()
+    return keys, _Rows(keys, lambda c: model.row_after(target.context_tokens(c))).sequence(), weights / weights.sum()
 
 
 def _bigram_drafts(config: RunConfig, target: BigramTarget, K_of: KOf = None) -> Drafts:
@@ -193,10 +238,11 @@ def _synthetic(config: RunConfig) -> BigramTarget:
 
 
 TARGETS: tuple[TargetKind[Any], ...] = (
-    TargetKind("trace", lambda c: c.trace is not None, _load_trace, PositionSource, _trace_drafts, _describe_trace),
+    TargetKind("trace", lambda c: c.trace is not None, _load_trace, PositionSource, _trace_drafts, _describe_trace,
+               _trace_budget_rows),
     TargetKind("order", lambda c: c.corpus is not None and c.order > 2,
                lambda c: order_target(str(c.corpus), c.order, tokenizer=c.tokenizer),
-               OrderSource, _order_drafts, _describe_order),
+               OrderSource, _order_drafts, _describe_order, _order_budget_rows),
     TargetKind("bpe", lambda c: c.corpus is not None and c.tokenizer is not None,
                lambda c: bpe_target(str(c.corpus), parse_tokenizer(str(c.tokenizer))), BigramSource, _bigram_drafts,
                _describe_corpus),
