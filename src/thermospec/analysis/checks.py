@@ -51,6 +51,7 @@ from thermospec.runs.checklist import (
     refused_result,
 )
 from thermospec.runs.drafts_run import verifier_drafts
+from thermospec.runs.keyed_drafts_run import KeyedDraftsMode
 from thermospec.runs.order_run import OrderMode
 from thermospec.runs.prepare import PreparedRun, order_of, sparse_rows, trace_of
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, summarise_run
@@ -77,6 +78,11 @@ POOLED_STREAM_BASE = 1000  # CHECK streams 0..3 are the guide's contexts; the po
 def run_statistics(run: PreparedRun) -> dict[str, Any]:
     """Run the chain of the configured length in memory; return its summary statistics."""
     target, config = run.target, run.config
+    if (trace_of(run) is not None or order_of(run) is not None) and config.drafts > 1:  # N drafts on keys
+        drafted = KeyedDraftsMode(run, None, "none")  # overlap: the verifier's exact acceptance
+        for drafts_chunk in drafted.chunks():
+            drafted.record(drafts_chunk)
+        return drafted.statistics(tests=False)
     if trace_of(run) is not None:  # teacher-forced positions
         positions = TraceMode(run, None, "none")
         for position_chunk in positions.chunks():
