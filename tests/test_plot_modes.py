@@ -17,7 +17,7 @@ from scipy.stats import chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.drafts import run_drafts
 from thermospec.experiments.plot_base import describe_run, title_lines
-from thermospec.experiments.plots import CE_GAP_PNG, CONTEXT_PNG, RUNNING_PNG, draw_folder, folder_kinds
+from thermospec.experiments.plots import CE_GAP_PNG, CONTEXT_PNG, LOSSES_PNG, RUNNING_PNG, draw_folder, folder_kinds
 from thermospec.experiments.run_plots import RunTrace, context_figure, context_points, read_run_trace
 from thermospec.runs.config import RunConfig
 from thermospec.runs.drafts_run import drafts_lines, verifier_drafts
@@ -120,7 +120,7 @@ def test_trace_runs_are_drawn_per_position(trace_run: Path) -> None:
     """A trace run was refused ("not drawn yet"); it is drawn, one point per position."""
     assert folder_kinds(trace_run) == ["run"]
     drawn = draw_folder(trace_run)
-    assert [d.path.name for d in drawn] == [RUNNING_PNG, CONTEXT_PNG, CE_GAP_PNG]
+    assert [d.path.name for d in drawn] == [RUNNING_PNG, CONTEXT_PNG, CE_GAP_PNG, LOSSES_PNG]
     trace = read_run_trace(trace_run / "m1_metrics.jsonl")
     assert trace.grouped_by == "position"
     np.testing.assert_array_equal(np.unique(trace.context), np.arange(24))

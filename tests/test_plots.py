@@ -25,6 +25,7 @@ from thermospec.experiments.plots import (
     CHAINS_PNG,
     CONTEXT_PNG,
     GRID_PNG,
+    LOSSES_PNG,
     RUNNING_PNG,
     SEEDS_PNG,
     SPEEDUP_PNG,
@@ -124,9 +125,9 @@ def test_blank_check_has_power(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kind", "kinds", "names"),
     [
-        ("run", ["run"], [RUNNING_PNG, CONTEXT_PNG, CE_GAP_PNG]),
-        ("parquet", ["run"], [RUNNING_PNG, CONTEXT_PNG, CE_GAP_PNG]),
-        ("gamma", ["blocks"], [BLOCK_HIST_PNG, BLOCK_POSITION_PNG]),
+        ("run", ["run"], [RUNNING_PNG, CONTEXT_PNG, CE_GAP_PNG, LOSSES_PNG]),
+        ("parquet", ["run"], [RUNNING_PNG, CONTEXT_PNG, CE_GAP_PNG, LOSSES_PNG]),
+        ("gamma", ["blocks"], [BLOCK_HIST_PNG, BLOCK_POSITION_PNG, LOSSES_PNG]),
         ("chains", ["chains"], [CHAINS_PNG]),
         ("chains-parquet", ["chains"], [CHAINS_PNG]),
         ("chains-none", ["chains"], [CHAINS_PNG]),
@@ -302,7 +303,7 @@ def test_gamma_run_figures_hold_the_measured_and_exact_values(
     import json
 
     summary = json.loads((folders["gamma"] / "summary.json").read_text())
-    (_, hist), (_, per_position) = drawn["gamma"]
+    (_, hist), (_, per_position), _ = drawn["gamma"]  # then the loss split
     exact = [line for line in hist.axes[0].lines if line.get_label() == "exact P(L = j)"]
     (line,) = exact
     probabilities = _ydata(line)

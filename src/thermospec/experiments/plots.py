@@ -46,6 +46,7 @@ from thermospec.experiments.run_plots import (
     RunTrace,
     ce_gap_figure,
     context_figure,
+    losses_figure,
     read_parquet_trace,
     read_run_trace,
     running_figure,
@@ -64,6 +65,7 @@ __all__ = [
     "DPI",
     "DRAFTS_PNG",
     "GRID_PNG",
+    "LOSSES_PNG",
     "RUNNING_PNG",
     "SEEDS_PNG",
     "SPEEDUP_PNG",
@@ -83,6 +85,7 @@ __all__ = [
 RUNNING_PNG = "m1_acceptance.png"
 CONTEXT_PNG = "m1_context_acceptance.png"
 CE_GAP_PNG = "m1_ce_gap_hist.png"
+LOSSES_PNG = "m1_losses.png"
 BLOCK_HIST_PNG = "m1_accepted_length_hist.png"
 BLOCK_POSITION_PNG = "m1_position_acceptance.png"
 CHAINS_PNG = "m1_chains_acceptance.png"
@@ -158,13 +161,21 @@ def _draw_run(folder: Path) -> list[Drawn]:
         save_figure(running_figure(trace, description, exact), folder / RUNNING_PNG),
         save_figure(context_figure(trace, description, exact), folder / CONTEXT_PNG),
         save_figure(ce_gap_figure(trace, description), folder / CE_GAP_PNG),
+        *_draw_losses(folder, description),
     ]
+
+
+def _draw_losses(folder: Path, description: str) -> list[Drawn]:
+    """The loss split of a run's summary (every summary since 2026-12-07 has one)."""
+    figure = losses_figure(read_json(folder / SUMMARY_FILE) or {}, description)
+    return [] if figure is None else [save_figure(figure, folder / LOSSES_PNG)]
 
 
 def _draw_blocks(folder: Path) -> list[Drawn]:
     lengths, gamma = read_block_lengths(folder / BLOCKS_FILE)
     hist, per_position = block_figures(lengths, gamma, read_json(folder / SUMMARY_FILE), describe_run(folder))
-    return [save_figure(hist, folder / BLOCK_HIST_PNG), save_figure(per_position, folder / BLOCK_POSITION_PNG)]
+    return [save_figure(hist, folder / BLOCK_HIST_PNG), save_figure(per_position, folder / BLOCK_POSITION_PNG),
+            *_draw_losses(folder, describe_run(folder))]
 
 
 def _draw_chains(folder: Path) -> list[Drawn]:

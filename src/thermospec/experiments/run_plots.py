@@ -291,3 +291,29 @@ def ce_gap_figure(trace: RunTrace, description: str) -> Figure:
     ax.set_title(f"CE gap over {trace.ce_gap.size:,} steps{extra}", fontsize=10)
     ax.grid(True, alpha=0.3)
     return fig
+
+
+LOSS_BARS = (("loss_draft_model", "draft model"), ("loss_top_k", "top-K, tail, τ"),
+             ("loss_quantisation", "8-bit codes"), ("gain_drafts", "N drafts gain"))
+
+
+def losses_figure(summary: dict[str, Any], description: str) -> Figure | None:
+    """Signed bars: where the one-draft acceptance goes (docs/draft-models.md); None without the split."""
+    shown = [(label, float(summary[key])) for key, label in LOSS_BARS if summary.get(key) is not None]
+    if not shown:
+        return None
+    fig = new_figure(6.4, 4.0, description)
+    ax = fig.add_subplot()
+    labels, values = zip(*shown, strict=True)
+    colors = ["tab:red" if v >= 0 else "tab:green" for v in values]
+    colors[-1] = "tab:blue" if labels[-1] == "N drafts gain" else colors[-1]
+    ax.bar(range(len(values)), values, color=colors, alpha=0.85)
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:+.4f}", (i, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=9)
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(values)), labels)
+    ax.set_ylabel("acceptance (mean over verified positions)")
+    total = sum(v for label, v in shown if label != "N drafts gain")
+    ax.set_title(f"losses add up to 1 − one-draft acceptance = {total:.4f} (signed)", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig
