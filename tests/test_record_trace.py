@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+import thermospec
 from thermospec.cli import record_trace
+from thermospec.core.payload import craft_payload, decode_payload, encode_payload
+from thermospec.core.proposal import proposal_distribution
 from thermospec.runs.interrupts import Terminated
 from thermospec.targets.trace import TraceWriter, load_trace, softmax64
 from thermospec.targets.trace_pair import load_draft_trace
@@ -259,6 +262,17 @@ def test_a_pair_is_one_pass_over_the_same_ids(pair: tuple[ModelPair, Path], tmp_
     np.testing.assert_allclose(np.log(loaded.row(3)), first[3], atol=1e-5)
     np.testing.assert_allclose(np.log(loaded.row(WINDOW + 1)), second[WINDOW + 1 - STRIDE], atol=1e-5)
     assert np.abs(np.log(load_trace(target).row(3)) - first[3]).max() > 0.1  # the draft's rows, not the target's
+    # the pair drives a run: ψ from the draft model's row t, verified against the target's row t (issue 17)
+    plain = thermospec.run(trace=target, K=16, steps=2 * positions, runs_dir=tmp_path / "runs")
+    drafted = thermospec.run(trace=target, draft_trace=draft, K=16, steps=2 * positions, runs_dir=tmp_path / "runs")
+    record = drafted.summary.record
+    assert plain.summary.record["loss_draft_model"] == 0.0 < record["loss_draft_model"]
+    one_draft = 1.0 - record["loss_draft_model"] - record["loss_top_k"] - record["loss_quantisation"]
+    assert abs(one_draft - record["mean_overlap"]) < 1e-9
+    q = proposal_distribution(decode_payload(encode_payload(craft_payload(loaded.row(3), 16, 1.0, "auto"))))
+    with open(drafted.run_dir / "m1_metrics.jsonl", encoding="utf-8") as lines:
+        third = [json.loads(line) for line in lines][3]
+    assert abs(float(np.minimum(load_trace(target).row(3), q).sum()) - third["overlap_mass"]) < 1e-9
 
 
 def test_both_traces_are_cut_to_the_vocabulary_they_share(pair: tuple[ModelPair, Path], tmp_path: Path) -> None:
