@@ -73,11 +73,7 @@ CASES: tuple[Case, ...] = tuple(
 # The combinations refused today (docs/composition.md, "Refusals left").  When a refusal is lifted, its
 # cases run, `pytest.raises` reports "DID NOT RAISE", and this set must be updated: the combination is then
 # checked like every other (exactness, acceptance, chains and sinks).
-EXPECTED_REFUSALS: frozenset[Case] = frozenset(
-    # order-N contexts or a trace with single-draft Parquet: the records carry `context` / `position`,
-    # which M1's Parquet schema does not have
-    {(s, "m1", b, "parquet", "sim") for s in ("order", "trace") for b in CHAINS}
-)
+EXPECTED_REFUSALS: frozenset[Case] = frozenset()
 
 
 @dataclass

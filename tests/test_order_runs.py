@@ -133,7 +133,6 @@ def test_check_uses_the_most_frequent_contexts(shakespeare: Path, capsys: pytest
 @pytest.mark.parametrize(("args", "message"), [
     (["--order", "3"], "--order: needs --corpus"),
     (["--corpus", "{corpus}", "--order", "3", "--draft-order", "4"], "--draft-order: must be an integer in [1, 3]"),
-    (["--corpus", "{corpus}", "--order", "3", "--telemetry", "parquet"], "--order: single-draft records carry a field"),
     (["--corpus", "{corpus}", "--order", "1"], "--order: must be an integer in [2, 16], got '1'"),
     (["--corpus", "{corpus}", "--order", "17"], "--order: must be an integer in [2, 16], got '17'"),
 ])

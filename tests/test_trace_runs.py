@@ -198,7 +198,6 @@ def test_bad_traces_are_one_line_exit_2_nothing_written(
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--draft-order", "2"], "--draft-order: needs --corpus"),
-    (["--telemetry", "parquet"], "--trace: single-draft records carry a field"),
     (["--corpus", "x.txt"], "--trace: the trace is the target; drop --corpus"),
     (["--corpus", "x.txt", "--order", "3"], "--trace: the trace is the target"),
 ])

@@ -47,6 +47,7 @@ from thermospec.runs.chain_tsus import chain_drafts
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.losses import Visits, visits_of
 from thermospec.runs.prepare import PreparedRun
+from thermospec.runs.schema import layout
 from thermospec.runs.storage import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -56,10 +57,13 @@ from thermospec.runs.storage import (
     write_json_atomic,
 )
 from thermospec.runs.summary import summarise_run
-from thermospec.runs.telemetry import PARQUET_FILE, ParquetWriter, context_fields
+from thermospec.runs.telemetry import PARQUET_FILE, ParquetWriter, step_columns
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 
-__all__ = ["DraftsMode", "drafts_lines", "verifier_drafts"]
+__all__ = ["DRAFTS", "DraftsMode", "drafts_lines", "verifier_drafts"]
+
+DRAFTS = layout(drafts=True)
+"""The records of ``--drafts N`` steps: the guide's 12 fields, then ``drafts_used`` and ``accepted_index``."""
 
 
 def verifier_drafts(run: PreparedRun) -> tuple[DraftSource, PlanSource]:
@@ -75,16 +79,13 @@ def verifier_drafts(run: PreparedRun) -> tuple[DraftSource, PlanSource]:
 
 def drafts_lines(chunk: DraftsChunk, drafts: DraftSource) -> str:
     """The JSONL records of a chunk: M1's 12 fields, then ``drafts_used`` and ``accepted_index``."""
-    verdict = ("false", "true")
-    lines = []
-    for i, (x, y, e, used, index) in enumerate(zip(chunk.prev.tolist(), chunk.proposed.tolist(),
-                                                   chunk.emitted.tolist(), chunk.drafts_used.tolist(),
-                                                   chunk.accepted_index.tolist(), strict=True)):
-        fields = context_fields(drafts(x)).removesuffix("}\n")
-        lines.append(f'{{"step":{chunk.start + i},"prev_token":{x},"proposed_token":{y},"emitted_token":{e},'
-                     f'"accepted":{verdict[index >= 0]},{fields},"drafts_used":{used},'
-                     f'"accepted_index":{"null" if index < 0 else index}}}\n')
-    return "".join(lines)
+    keys = chunk.prev.tolist()
+    tails = {x: DRAFTS.key_tail(drafts(x), x) for x in set(keys)}
+    chosen = chunk.accepted_index >= 0
+    columns = step_columns(chunk) | {"accepted": DRAFTS.field["accepted"].json_column(chosen),
+                                     "drafts_used": chunk.drafts_used.tolist(),
+                                     "accepted_index": DRAFTS.field["accepted_index"].json_column(chunk.accepted_index)}
+    return DRAFTS.lines(chunk.start, columns, list(map(tails.__getitem__, keys)))
 
 
 class DraftsMode:

@@ -124,11 +124,6 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
         raise ConfigError("--chains: --replay reruns one recorded chain; drop --chains")
     if telemetry != "jsonl" and replay:
         raise ConfigError(f"--telemetry {telemetry}: --replay compares the JSONL a run wrote")
-    for given, option in ((config.trace is not None, "--trace"), (config.order > 2, "--order")):
-        if given and telemetry == "parquet" and config.gamma is None and config.drafts == 1:  # blocks, N drafts: own
-            raise ConfigError(f"{option}: single-draft records carry a field M1's Parquet schema lacks (the "
-                              "context or position); use --telemetry jsonl or none, --gamma G (blocks as Parquet) "
-                              "or --drafts N")
 
 
 def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "jsonl", chains: int = 1) -> Mode:

@@ -10,7 +10,7 @@ single-draft records have them, then its key as those records carry it
 ``accepted_index`` as ``--drafts N`` writes them on the bigram chain;
 ``overlap_mass`` is the key's exact acceptance under the verifier.  With
 ``--telemetry parquet`` the same fields are the columns of ``m1_metrics.parquet``
-(`runs.keyed_parquet`); ``--chains B`` lays the chains out as on the bigram chain
+(`runs.schema.RecordParquet`); ``--chains B`` lays the chains out as on the bigram chain
 (chain b on ``chain_stream(seed, b)``; chain 0 is the single-chain run).  A TSU
 whose draws are its own (``--tsu thrml``) runs the per-step reference, each
 chain with its own TSUs (`runs.chain_tsus`).
@@ -27,7 +27,6 @@ chains, each chain's summary is beside its records.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
 from thermospec.core.statistics import context_chi2
 from thermospec.core.transport import acceptance_bound, acceptance_optimum
@@ -48,37 +48,41 @@ from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.chain_tsus import chain_drafts
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
-from thermospec.runs.keyed_parquet import KeyedParquetWriter
 from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
 from thermospec.runs.prepare import PreparedRun, context_source, order_of, trace_of
+from thermospec.runs.schema import Layout, RecordParquet, layout
 from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
-from thermospec.runs.telemetry import PARQUET_FILE, context_fields
+from thermospec.runs.telemetry import PARQUET_FILE
 from thermospec.runs.trace_run import trace_statistics
 from thermospec.targets.trace import TraceShrankError
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 
-__all__ = ["KeyedDraftsMode", "keyed_drafts_lines"]
+__all__ = ["KEYED", "KeyedDraftsMode", "keyed_drafts_lines"]
 
-_VERDICT = ("false", "true")
+KEYED = {"context": layout("context", drafts=True), "position": layout("position", drafts=True)}
+"""The records of N-draft steps on order-N contexts and on a trace: the guide's 12 fields, the key,
+``drafts_used`` and ``accepted_index``."""
 OPTIMUM_MAX_ENTRIES = 1 << 24
 """The summary's ``acceptance_optimum`` (O(V log V) a key) is computed while visited keys x V stay within this;
 above it (a long trace at a large V: ~50 ms a position at V = 50,257) it and ``gain_fraction`` are null."""
 
 
-def keyed_drafts_lines(chunk: KeyedDraftsChunk, prev_text: Callable[[int, int], str], tails: dict[int, str]) -> str:
+def keyed_drafts_lines(chunk: KeyedDraftsChunk, fields: Layout, prev_token: NDArray[np.int64],
+                       tails: dict[int, str]) -> str:
     """The JSONL records of a chunk: the 12 fields, the key (in `tails`), ``drafts_used``, ``accepted_index``.
 
-    `prev_text(key, last_token)` writes ``prev_token``; ``tails[key]`` holds the key's fields from ``"K"``
-    to its key field (no closing brace).
+    `fields` is the source's layout (`KEYED`), `prev_token` each step's (-1: null); ``tails[key]`` is the
+    key's `Layout.key_tail`, from ``"K"`` to its key field.
     """
-    return "".join([
-        f'{{"step":{s},"prev_token":{prev_text(k, x)},"proposed_token":{y},"emitted_token":{e},'
-        f'"accepted":{_VERDICT[i >= 0]},{tails[k]},"drafts_used":{u},"accepted_index":{"null" if i < 0 else i}}}\n'
-        for s, k, x, y, e, u, i in zip(range(chunk.start, chunk.start + len(chunk)), chunk.prev.tolist(),
-                                       chunk.last_token.tolist(), chunk.proposed.tolist(), chunk.emitted.tolist(),
-                                       chunk.drafts_used.tolist(), chunk.accepted_index.tolist(), strict=True)
-    ])
+    field = fields.field
+    columns = {
+        "prev_token": field["prev_token"].json_column(prev_token), "proposed_token": chunk.proposed.tolist(),
+        "emitted_token": chunk.emitted.tolist(), "accepted": field["accepted"].json_column(chunk.accepted_index >= 0),
+        "drafts_used": chunk.drafts_used.tolist(), "accepted_index": field["accepted_index"].json_column(
+            chunk.accepted_index),
+    }
+    return fields.lines(chunk.start, columns, list(map(tails.__getitem__, chunk.prev.tolist())))
 
 
 class KeyedDraftsMode(CountedMode):
@@ -118,17 +122,16 @@ class KeyedDraftsMode(CountedMode):
                                        overlap_mass=self.plans(key).acceptance if found is None else found)
 
         self.view: DraftSource = lru_cache(maxsize=1 << 16)(view)
-        self._parquet = (KeyedParquetWriter(run_dir / PARQUET_FILE, self.key_name, self._key_text, chains > 1)
+        self.layout = KEYED[self.key_name]
+        self._parquet = (RecordParquet(run_dir / PARQUET_FILE, self.layout, self._key_text, chains > 1)
                          if telemetry == "parquet" and run_dir is not None else None)
 
     def _key_text(self, key: int) -> str:
         return str(key) if self.order is None else self.order.context_text(key)
 
-    def _prev_json(self, key: int, last_token: int) -> str:
-        if self._observed is None:
-            return str(last_token)
-        before = int(self._observed[key])
-        return "null" if before < 0 else str(before)
+    def _prev_token(self, chunk: KeyedDraftsChunk) -> NDArray[np.int64]:
+        """Each step's ``prev_token`` (-1: null): the last token emitted, or on a trace the position's observed one."""
+        return chunk.last_token if self._observed is None else self._observed[chunk.prev]
 
     def chunks(self) -> Iterator[list[KeyedDraftsChunk]]:
         config, proposer = self.run.config, self.run.proposer
@@ -150,8 +153,7 @@ class KeyedDraftsMode(CountedMode):
                 draft = self.view(key)
                 self._metrics[key] = (draft.overlap_mass, draft.ce_gap_nats, draft.psi_bytes, draft.payload.K)
                 if self.telemetry == "jsonl":
-                    key_json = str(key) if self.order is None else json.dumps(self.order.context_text(key))
-                    self._tails[key] = context_fields(draft).removesuffix("}\n") + f',"{self.key_name}":{key_json}'
+                    self._tails[key] = self.layout.key_tail(draft, key, self._key_text)
 
     def record(self, chunks: list[KeyedDraftsChunk]) -> int:
         """Write every chain's records of the chunk, then count it (a failed write counts none of it)."""
@@ -160,14 +162,17 @@ class KeyedDraftsMode(CountedMode):
         if self._parquet is not None:
             try:
                 for b, part in enumerate(chunks):
-                    before = part.last_token if self._observed is None else self._observed[part.prev]
-                    self._parquet.write(part, self.view, before, chain=b)
+                    columns = {"prev_token": self._prev_token(part), "proposed_token": part.proposed,
+                               "emitted_token": part.emitted, "accepted": part.accepted,
+                               "drafts_used": part.drafts_used, "accepted_index": part.accepted_index}
+                    self._parquet.write(part.start, part.prev, columns, self.view, chain=b)
             except OSError as exc:
                 if isinstance(exc, OutputError):
                     raise
                 raise parquet_write_failed(self._parquet.path, exc) from None
         units = self.write_and_count(
-            chunks, lambda part: keyed_drafts_lines(cast(KeyedDraftsChunk, part), self._prev_json, self._tails),
+            chunks, lambda part: keyed_drafts_lines(cast(KeyedDraftsChunk, part), self.layout,
+                                            self._prev_token(cast(KeyedDraftsChunk, part)), self._tails),
             lambda part: part.prev)
         self.draws += sum(int(part.drafts_used.sum()) for part in chunks)
         return units

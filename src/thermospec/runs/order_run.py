@@ -24,7 +24,6 @@ lays out M1's: with JSONL, ``chain_<b>/m1_metrics.jsonl`` and
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -42,26 +41,25 @@ from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
 from thermospec.runs.losses import Visits
+from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
 from thermospec.runs.prepare import PreparedRun, order_of
-from thermospec.runs.storage import SUMMARY_FILE, write_json_atomic
+from thermospec.runs.schema import RecordParquet, layout
+from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
-from thermospec.runs.telemetry import context_fields
+from thermospec.runs.telemetry import PARQUET_FILE, step_arrays, step_columns
 
-__all__ = ["OrderMode", "order_lines"]
+__all__ = ["ORDER", "OrderMode", "order_lines"]
+
+ORDER = layout("context")
+"""The records of order-N single-draft steps: the guide's 12 fields, then ``context``."""
 
 _EMPTY = ("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof", "p_value",
           "transition_chi2_stat", "transition_chi2_dof", "transition_p_value")
 
 
 def order_lines(chunk: ContextChunk, tails: dict[int, str]) -> str:
-    """The JSONL records of a chunk: the 12 fields, then ``context`` (`tails`: each context's text from ``"K"``)."""
-    verdict = ("false", "true")
-    return "".join([
-        f'{{"step":{s},"prev_token":{x},"proposed_token":{y},"emitted_token":{e},"accepted":{verdict[a]},{tails[c]}'
-        for s, x, c, y, e, a in zip(range(chunk.start, chunk.start + len(chunk)), chunk.prev.tolist(),
-                                    chunk.context.tolist(), chunk.proposed.tolist(), chunk.emitted.tolist(),
-                                    chunk.accepted.tolist(), strict=True)
-    ])
+    """The JSONL records of a chunk: the 12 fields, then ``context`` (`tails`: each context's `ORDER.key_tail`)."""
+    return ORDER.lines(chunk.start, step_columns(chunk), list(map(tails.__getitem__, chunk.context.tolist())))
 
 
 def _contexts(chunk: ChainChunk) -> NDArray[np.int64]:
@@ -119,6 +117,8 @@ class OrderMode(CountedMode):
         self._metrics = _ContextMetrics()  # by context id: its draft's metrics (and text) once met
         self._crafted = False  # whether the engine crafted every context at once (rows at once too, then)
         self._stats: dict[str, Any] | None = None
+        self._parquet = (RecordParquet(run_dir / PARQUET_FILE, ORDER, target.context_text, chains > 1)
+                         if telemetry == "parquet" and run_dir is not None else None)
 
     def chunks(self) -> Iterator[ContextChunk] | Iterator[list[ContextChunk]]:
         config, proposer = self.run.config, self.run.proposer
@@ -151,10 +151,31 @@ class OrderMode(CountedMode):
                                np.array([d.psi_bytes for d in drafts]), np.array([d.payload.K for d in drafts]))
             if self.telemetry == "jsonl":
                 for c, draft in zip(met.tolist(), drafts, strict=True):
-                    text = json.dumps(self.target.context_text(c))
-                    self._tails[c] = context_fields(draft).removesuffix("}\n") + f',"context":{text}}}\n'
+                    self._tails[c] = ORDER.key_tail(draft, c, self.target.context_text)
+        if self._parquet is not None:
+            self._write_parquet(chunks)
         return self.write_and_count(chunks, lambda part: order_lines(cast(ContextChunk, part), self._tails),
                                     _contexts)
+
+    def _write_parquet(self, chunks: list[ContextChunk]) -> None:
+        """Every chain's rows of the chunk (a failed write: one line naming the file)."""
+        assert self._parquet is not None
+        try:
+            for b, part in enumerate(chunks):
+                self._parquet.write(part.start, part.context, step_arrays(part), self.run.proposer.draft, b)
+        except OSError as exc:
+            if isinstance(exc, OutputError):
+                raise
+            raise parquet_write_failed(self._parquet.path, exc) from None
+
+    def close(self) -> str | None:
+        """Finish the Parquet file (removed, saying so, if it cannot be read back), then the JSONL files."""
+        try:
+            if self._parquet is not None:
+                finish_parquet(self._parquet)
+        finally:
+            digest = super().close()
+        return digest
 
     def statistics(self, tests: bool = True) -> dict[str, Any]:
         """The run's aggregates (every chain's pooled); `tests` False leaves out the transition χ²."""

@@ -23,7 +23,6 @@ Every writer streams chunk by chunk: memory does not grow with the run length.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, Protocol, cast
@@ -33,6 +32,7 @@ from numpy.typing import NDArray
 
 from thermospec.engine.chunks import ChainChunk, DraftsChunk
 from thermospec.engine.kernels import compiled_module
+from thermospec.runs.schema import M1, M1_FIELDS, RecordParquet, layout
 from thermospec.runs.storage import RecordFile
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 
@@ -41,7 +41,6 @@ __all__ = [
     "JSONL_FILE",
     "PARQUET_FILE",
     "TELEMETRY_FORMATS",
-    "ContextColumns",
     "JsonlWriter",
     "NullWriter",
     "ParquetWriter",
@@ -51,13 +50,13 @@ __all__ = [
     "context_fields",
     "jsonl_lines",
     "parquet_available",
+    "step_arrays",
+    "step_columns",
 ]
 
 
-FIELDS = (
-    "step", "prev_token", "proposed_token", "emitted_token", "accepted",
-    "K", "tau", "eps_used", "psi_bytes", "topk_mass", "overlap_mass", "ce_gap_nats",
-)
+FIELDS = M1.names
+"""The guide's 12 fields of a record, in its order (`runs.schema.M1_FIELDS`)."""
 
 
 TelemetryFormat = Literal["jsonl", "parquet", "none"]
@@ -73,19 +72,21 @@ class TelemetryWriter(Protocol):
         """Record one chunk of steps."""
 
 
-def _json_float(value: float) -> str:
-    return repr(value) if math.isfinite(value) else "null"
-
-
 def context_fields(draft: ContextDraft) -> str:
-    """The JSON text of a context's fields, from ``"K"`` to the closing brace and newline."""
-    payload = draft.payload
-    return (
-        f'"K":{payload.K},"tau":{_json_float(payload.tau)},"eps_used":{_json_float(payload.eps)},'
-        f'"psi_bytes":{draft.psi_bytes},"topk_mass":{_json_float(draft.topk_mass)},'
-        f'"overlap_mass":{_json_float(draft.overlap_mass)},'
-        f'"ce_gap_nats":{_json_float(draft.ce_gap_nats)}}}\n'
-    )
+    """The JSON text of a context's fields, from ``"K"`` to the closing brace and newline (`Layout.key_tail`)."""
+    return M1.key_tail(draft, 0)
+
+
+def step_columns(chunk: ChainChunk) -> dict[str, list[Any]]:
+    """The JSON items of a chunk's step fields (`runs.schema.Layout.lines`)."""
+    return {"prev_token": chunk.prev.tolist(), "proposed_token": chunk.proposed.tolist(),
+            "emitted_token": chunk.emitted.tolist(), "accepted": M1_FIELDS[4].json_column(chunk.accepted)}
+
+
+def step_arrays(chunk: ChainChunk) -> dict[str, NDArray[Any]]:
+    """A chunk's step fields as arrays (`runs.schema.RecordParquet.write`)."""
+    return {"prev_token": chunk.prev, "proposed_token": chunk.proposed, "emitted_token": chunk.emitted,
+            "accepted": chunk.accepted}
 
 
 def jsonl_lines(chunk: ChainChunk, context_text: dict[int, str]) -> str:
@@ -97,21 +98,7 @@ def jsonl_lines(chunk: ChainChunk, context_text: dict[int, str]) -> str:
     context_text : dict
         `context_fields` of every context in the chunk.
     """
-    verdict = ("false", "true")
-    return "".join(
-        [
-            f'{{"step":{step},"prev_token":{x},"proposed_token":{y},"emitted_token":{e},'
-            f'"accepted":{verdict[a]},{context_text[x]}'
-            for step, x, y, e, a in zip(
-                range(chunk.start, chunk.start + len(chunk)),
-                chunk.prev.tolist(),
-                chunk.proposed.tolist(),
-                chunk.emitted.tolist(),
-                chunk.accepted.tolist(),
-                strict=True,
-            )
-        ]
-    )
+    return M1.lines(chunk.start, step_columns(chunk), list(map(context_text.__getitem__, chunk.prev.tolist())))
 
 
 def _new_contexts(chunk: ChainChunk, known: NDArray[np.bool_]) -> list[int]:
@@ -187,40 +174,6 @@ class NullWriter:
         """Ignore one chunk of steps."""
 
 
-class ContextColumns:
-    """Per-context values of the seven context fields, as arrays indexed by context (grown on demand)."""
-
-    INT_FIELDS = ("K", "psi_bytes")
-    FLOAT_FIELDS = ("tau", "eps_used", "topk_mass", "overlap_mass", "ce_gap_nats")
-
-    def __init__(self) -> None:
-        self.known = np.zeros(0, dtype=np.bool_)
-        self.values: dict[str, NDArray[Any]] = {
-            **{f: np.zeros(0, dtype=np.int64) for f in self.INT_FIELDS},
-            **{f: np.zeros(0, dtype=np.float64) for f in self.FLOAT_FIELDS},
-        }
-
-    def learn(self, chunk: ChainChunk, drafts: DraftSource) -> None:
-        """Record the fields of the contexts first seen in `chunk`."""
-        top = int(chunk.prev.max()) + 1 if len(chunk) else 0
-        if top > self.known.shape[0]:
-            grow = top - self.known.shape[0]
-            self.known = np.concatenate([self.known, np.zeros(grow, dtype=np.bool_)])
-            for name, column in self.values.items():
-                self.values[name] = np.concatenate([column, np.zeros(grow, dtype=column.dtype)])
-        for x in _new_contexts(chunk, self.known):
-            draft = drafts(x)
-            payload = draft.payload
-            self.values["K"][x] = payload.K
-            self.values["psi_bytes"][x] = draft.psi_bytes
-            self.values["tau"][x] = payload.tau
-            self.values["eps_used"][x] = payload.eps
-            self.values["topk_mass"][x] = draft.topk_mass
-            self.values["overlap_mass"][x] = draft.overlap_mass
-            self.values["ce_gap_nats"][x] = draft.ce_gap_nats
-            self.known[x] = True
-
-
 def parquet_available() -> bool:
     """Whether pyarrow (the ``parquet`` extra) is installed, without importing it."""
     from importlib.util import find_spec
@@ -249,52 +202,22 @@ class ParquetWriter:
     """
 
     def __init__(self, path: Path, chain_column: bool = False, drafts_columns: bool = False) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._pa = pa
         self.path = path
-        self.chain_column = chain_column
-        self.schema = pa.schema(
-            [("chain", pa.int64())] * chain_column
-            + [
-                ("step", pa.int64()), ("prev_token", pa.int64()), ("proposed_token", pa.int64()),
-                ("emitted_token", pa.int64()), ("accepted", pa.bool_()), ("K", pa.int64()),
-                ("tau", pa.float64()), ("eps_used", pa.float64()), ("psi_bytes", pa.int64()),
-                ("topk_mass", pa.float64()), ("overlap_mass", pa.float64()), ("ce_gap_nats", pa.float64()),
-            ]
-            + [("drafts_used", pa.int64()), ("accepted_index", pa.int64())] * drafts_columns
-        )
-        self.drafts_columns = drafts_columns
-        self._writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
-        self._columns = ContextColumns()
+        self.chain_column, self.drafts_columns = chain_column, drafts_columns
+        self._file = RecordParquet(path, layout(drafts=drafts_columns), chain_column=chain_column)
+        self.schema = self._file.schema
 
     def write(self, chunk: ChainChunk, drafts: DraftSource, chain: int = 0) -> None:
         """Append one chunk (of chain `chain`) as a row group."""
-        if not len(chunk):
-            return
-        pa = self._pa
-        self._columns.learn(chunk, drafts)
-        x = chunk.prev
-        values = {name: column[x] for name, column in self._columns.values.items()}
-        gap = values["ce_gap_nats"]
-        arrays = [
-            pa.array(np.arange(chunk.start, chunk.start + len(chunk), dtype=np.int64)),
-            pa.array(chunk.prev), pa.array(chunk.proposed), pa.array(chunk.emitted), pa.array(chunk.accepted),
-            pa.array(values["K"]), pa.array(values["tau"]), pa.array(values["eps_used"]),
-            pa.array(values["psi_bytes"]), pa.array(values["topk_mass"]), pa.array(values["overlap_mass"]),
-            pa.array(gap, mask=~np.isfinite(gap)),
-        ]
-        if self.chain_column:
-            arrays.insert(0, pa.array(np.full(len(chunk), chain, dtype=np.int64)))
+        columns = step_arrays(chunk)
         if self.drafts_columns:
             steps = cast(DraftsChunk, chunk)
-            arrays += [pa.array(steps.drafts_used), pa.array(steps.accepted_index, mask=steps.accepted_index < 0)]
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+            columns |= {"drafts_used": steps.drafts_used, "accepted_index": steps.accepted_index}
+        self._file.write(chunk.start, chunk.prev, columns, drafts, chain)
 
     def close(self) -> None:
         """Finish the file (its footer); the file is only readable after this."""
-        self._writer.close()
+        self._file.close()
 
 
 class TelemetrySink:

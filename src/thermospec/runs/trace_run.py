@@ -39,13 +39,18 @@ from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
 from thermospec.runs.losses import Visits
+from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
 from thermospec.runs.prepare import PreparedRun, trace_of
-from thermospec.runs.storage import SUMMARY_FILE, write_json_atomic
+from thermospec.runs.schema import RecordParquet, layout
+from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
-from thermospec.runs.telemetry import context_fields
+from thermospec.runs.telemetry import PARQUET_FILE, step_arrays, step_columns
 from thermospec.targets.trace import TraceShrankError, TraceTarget
 
-__all__ = ["TraceMode", "position_visits", "trace_lines"]
+__all__ = ["TRACE", "TraceMode", "position_visits", "trace_lines"]
+
+TRACE = layout("position")
+"""The records of single-draft steps on a trace: the guide's 12 fields, then ``position``."""
 
 _EMPTY = ("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof", "p_value",
           "position_chi2_stat", "position_chi2_dof", "position_p_value")
@@ -60,15 +65,11 @@ def position_visits(steps: int, positions: int) -> NDArray[np.int64]:
 
 
 def trace_lines(chunk: PositionChunk, prev_text: list[str], tails: list[str]) -> str:
-    """The JSONL records of a chunk: the 12 fields (``prev_token`` of the position), then ``position``."""
-    verdict = ("false", "true")
-    return "".join([
-        f'{{"step":{s},"prev_token":{prev_text[t]},"proposed_token":{y},"emitted_token":{e},'
-        f'"accepted":{verdict[a]},{tails[t]}'
-        for s, t, y, e, a in zip(range(chunk.start, chunk.start + len(chunk)), chunk.position.tolist(),
-                                 chunk.proposed.tolist(), chunk.emitted.tolist(), chunk.accepted.tolist(),
-                                 strict=True)
-    ])
+    """The JSONL records of a chunk: the 12 fields (``prev_token`` of the position), then ``position``
+    (`prev_text`: each position's ``prev_token`` as JSON; `tails`: its `TRACE.key_tail`)."""
+    positions = chunk.position.tolist()
+    columns = step_columns(chunk) | {"prev_token": list(map(prev_text.__getitem__, positions))}
+    return TRACE.lines(chunk.start, columns, list(map(tails.__getitem__, positions)))
 
 
 class TraceMode(CountedMode):
@@ -94,6 +95,10 @@ class TraceMode(CountedMode):
                            else ["null", *(str(int(x)) for x in tokens[:-1].tolist())])
         self._stats: dict[str, Any] | None = None
         self._shrank = False
+        self._parquet = (RecordParquet(run_dir / PARQUET_FILE, TRACE, chain_column=chains > 1)
+                         if telemetry == "parquet" and run_dir is not None else None)
+        self._observed = (np.full(T, -1, dtype=np.int64) if tokens is None  # prev_token of each position; -1: null
+                          else np.concatenate([[-1], np.asarray(tokens[:-1], dtype=np.int64)]))
 
     def chunks(self) -> Iterator[PositionChunk | tuple[PositionChunk, ...]]:
         """The engine's chunks (with B chains, each chain's next chunk in lock step); should the file shrink
@@ -125,15 +130,38 @@ class TraceMode(CountedMode):
         for t in seen[~self._learned[seen]].tolist():
             draft = self.run.proposer.draft(t)
             self._metrics[t] = (draft.overlap_mass, draft.ce_gap_nats, draft.psi_bytes, draft.payload.K)
-            self._tails[t] = context_fields(draft).removesuffix("}\n") + f',"position":{t}}}\n'
+            self._tails[t] = TRACE.key_tail(draft, t)
             self._learned[t] = True
 
     def record(self, chunk: PositionChunk | tuple[PositionChunk, ...]) -> int:
         chunks = chunk if isinstance(chunk, tuple) else (chunk,)
         for part in chunks:
             self._learn(part.position)
+        if self._parquet is not None:
+            self._write_parquet(chunks)
         return self.write_and_count(chunks, lambda part: trace_lines(cast(PositionChunk, part), self._prev_text,
                                                                      self._tails), lambda part: part.prev)
+
+    def _write_parquet(self, chunks: tuple[PositionChunk, ...]) -> None:
+        """Every chain's rows of the chunk (a failed write: one line naming the file)."""
+        assert self._parquet is not None
+        try:
+            for b, part in enumerate(chunks):
+                columns = step_arrays(part) | {"prev_token": self._observed[part.position]}
+                self._parquet.write(part.start, part.position, columns, self.run.proposer.draft, b)
+        except OSError as exc:
+            if isinstance(exc, OutputError):
+                raise
+            raise parquet_write_failed(self._parquet.path, exc) from None
+
+    def close(self) -> str | None:
+        """Finish the Parquet file (removed, saying so, if it cannot be read back), then the JSONL files."""
+        try:
+            if self._parquet is not None:
+                finish_parquet(self._parquet)
+        finally:
+            digest = super().close()
+        return digest
 
     def statistics(self, tests: bool = True) -> dict[str, Any]:
         """The run's aggregates; `tests` False leaves out the two χ² (each a pass over the visited rows)."""
