@@ -53,7 +53,7 @@ from thermospec.runs.prepare import PreparedRun, context_source, order_of, trace
 from thermospec.runs.schema import Layout, RecordParquet, layout
 from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
-from thermospec.runs.telemetry import PARQUET_FILE
+from thermospec.runs.telemetry import PARQUET_FILE, step_arrays, step_columns
 from thermospec.runs.trace_run import trace_statistics
 from thermospec.targets.trace import TraceShrankError
 from thermospec.tsu.drafts import ContextDraft, DraftSource
@@ -76,11 +76,11 @@ def keyed_drafts_lines(chunk: KeyedDraftsChunk, fields: Layout, prev_token: NDAr
     key's `Layout.key_tail`, from ``"K"`` to its key field.
     """
     field = fields.field
-    columns = {
-        "prev_token": field["prev_token"].json_column(prev_token), "proposed_token": chunk.proposed.tolist(),
-        "emitted_token": chunk.emitted.tolist(), "accepted": field["accepted"].json_column(chunk.accepted_index >= 0),
-        "drafts_used": chunk.drafts_used.tolist(), "accepted_index": field["accepted_index"].json_column(
-            chunk.accepted_index),
+    columns = step_columns(chunk) | {
+        "prev_token": field["prev_token"].json_column(prev_token),
+        "accepted": field["accepted"].json_column(chunk.accepted_index >= 0),
+        "drafts_used": chunk.drafts_used.tolist(),
+        "accepted_index": field["accepted_index"].json_column(chunk.accepted_index),
     }
     return fields.lines(chunk.start, columns, list(map(tails.__getitem__, chunk.prev.tolist())))
 
@@ -162,9 +162,9 @@ class KeyedDraftsMode(CountedMode):
         if self._parquet is not None:
             try:
                 for b, part in enumerate(chunks):
-                    columns = {"prev_token": self._prev_token(part), "proposed_token": part.proposed,
-                               "emitted_token": part.emitted, "accepted": part.accepted,
-                               "drafts_used": part.drafts_used, "accepted_index": part.accepted_index}
+                    columns = step_arrays(part) | {"prev_token": self._prev_token(part),
+                                                   "drafts_used": part.drafts_used,
+                                                   "accepted_index": part.accepted_index}
                     self._parquet.write(part.start, part.prev, columns, self.view, chain=b)
             except OSError as exc:
                 if isinstance(exc, OutputError):
