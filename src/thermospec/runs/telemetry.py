@@ -13,9 +13,13 @@ Formats (``run --telemetry``):
   kernel when it is built (``thermospec._kernels.jsonl``) or by the Python
   formatter `jsonl_lines`; both give the same bytes.
 * ``parquet``: ``m1_metrics.parquet``, one row per step with the same fields
-  (``ce_gap_nats`` null where infinite; ``--drafts N`` adds its two,
+  (null where the JSONL has ``null``; ``--drafts N`` adds its two,
   ``drafts_used`` and ``accepted_index``), one row group per chunk; needs the
   optional ``parquet`` extra (pyarrow), imported only when used.
+
+The fields, their JSON text and Arrow types are declared once in `runs.schema`;
+`FIELDS` is `runs.schema.M1`'s names, and the formatters and `ParquetWriter` are
+built from that layout (order-N, trace and N-draft runs from theirs).
 * ``none``: no per-step file; the summary is unchanged.
 
 Every writer streams chunk by chunk: memory does not grow with the run length.
