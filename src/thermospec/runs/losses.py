@@ -131,6 +131,54 @@ def block_losses(P: NDArray[np.float64], D: NDArray[np.float64] | None, K: int, 
     return out
 
 
+def _kept(proposer: Proposer, keys: NDArray[np.int64]) -> list[tuple[float, float, float]]:
+    """The losses of `keys` from their kept drafts: payload fields gathered, then the K ids of all at once."""
+    drafts = [proposer.draft(k) for k in keys.tolist()]
+    out: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * len(drafts)
+    by_K: dict[int, list[int]] = {}
+    for i, draft in enumerate(drafts):
+        by_K.setdefault(draft.payload.K, []).append(i)
+    for members in by_K.values():
+        payloads = [drafts[i].payload for i in members]
+        ids = np.stack([payload.ids for payload in payloads])
+        p_ids = np.stack([proposer.row(int(keys[i]))[ids[j]] for j, i in enumerate(members)])
+        draft_row = proposer.draft_row
+        d_ids = p_ids if draft_row is None else np.stack([draft_row(int(keys[i]))[ids[j]]
+                                                          for j, i in enumerate(members)])
+        explicit_mass = np.array([1.0 - payload.tail_mass for payload in payloads])[:, None]
+        tau = np.array([payload.tau for payload in payloads])[:, None]
+        logits = -np.stack([payload.codes for payload in payloads]).astype(np.float64) * np.array(
+            [payload.delta for payload in payloads])[:, None] / tau  # widened before negating (uint8 codes)
+        quantised = np.exp(logits - logits.max(axis=1, keepdims=True))
+        quantised *= explicit_mass / quantised.sum(axis=1, keepdims=True)
+        ell = np.log(d_ids)
+        ell = (ell - ell[:, :1]) / tau
+        exact = np.exp(ell - ell.max(axis=1, keepdims=True))
+        exact *= explicit_mass / exact.sum(axis=1, keepdims=True)
+        quantisation = (np.minimum(p_ids, exact).sum(axis=1) - np.minimum(p_ids, quantised).sum(axis=1)).tolist()
+        for j, i in enumerate(members):
+            draft_model = 1.0 - drafts[i].draft_overlap
+            out[i] = (draft_model, (1.0 - drafts[i].overlap_mass) - draft_model - quantisation[j], quantisation[j])
+    return out
+
+
+def _blocked(proposer: Proposer, keys: NDArray[np.int64], rows: Callable[[NDArray[np.int64]], NDArray[np.float64]]
+             ) -> list[tuple[float, float, float]]:
+    """The losses of `keys` on their rows, `BLOCK_BYTES` at a time (key by key where a block cannot be)."""
+    per: list[tuple[float, float, float]] = []
+    block_rows = max(1, BLOCK_BYTES // (8 * proposer.draft(int(keys[0])).payload.vocab_size)) if keys.size else 1
+    for first in range(0, keys.shape[0], block_rows):
+        block = keys[first:first + block_rows]
+        draft_row = proposer.draft_row
+        D = None if draft_row is None else np.stack([draft_row(k) for k in block.tolist()])
+        found = block_losses(rows(block), D, proposer.K, proposer.tau, proposer.eps)
+        if found is None:
+            per.extend(_key_losses(proposer, int(k)) for k in block.tolist())
+        else:
+            per.extend((float(a), float(b), float(c)) for a, b, c in found.tolist())
+    return per
+
+
 def acceptance_losses_of(proposer: Proposer, visits: Visits, mean_overlap: float | None, drafts: int
                          ) -> dict[str, Any]:
     """The summary keys of the loss split over the verified positions.
@@ -140,9 +188,10 @@ def acceptance_losses_of(proposer: Proposer, visits: Visits, mean_overlap: float
     proposer : Proposer
         The run's drafts (their one-draft metrics, the rows ψ was crafted from).
     visits : Visits
-        The keys the verifier ran at and how often; with one K for every key, the losses are
-        computed `BLOCK_BYTES` of rows at a time (`block_losses`) on their rows (``visits.rows``, or
-        ``proposer.row`` of each).
+        The keys the verifier ran at and how often.  Key by key on the run's drafts (O(K) a key
+        once its row is read); where the mode gives the rows at once (``visits.rows``: order-N
+        contexts, whose drafts were crafted in blocks and not kept), `BLOCK_BYTES` of rows at a
+        time (`block_losses`, crafting ψ again).
     mean_overlap : float or None
         The summary's ``mean_overlap`` (the N-draft verifier's acceptance with ``drafts`` > 1).
     drafts : int
@@ -158,20 +207,10 @@ def acceptance_losses_of(proposer: Proposer, visits: Visits, mean_overlap: float
     total = float(np.sum(visits.counts))
     if total <= 0:
         return dict.fromkeys(LOSS_KEYS) | ({"gain_drafts": None} if drafts > 1 else {})
-    per: list[tuple[float, float, float]] = []
-    block_rows = max(1, BLOCK_BYTES // (8 * proposer.draft(int(keys[0])).payload.vocab_size)) if keys.size else 1
-    for first in range(0, keys.shape[0], block_rows):
-        block = keys[first:first + block_rows]
-        found = None
-        if proposer.K_of is None:
-            P = rows(block) if rows is not None else np.stack([proposer.row(k) for k in block.tolist()])
-            draft_row = proposer.draft_row
-            D = None if draft_row is None else np.stack([draft_row(k) for k in block.tolist()])
-            found = block_losses(P, D, proposer.K, proposer.tau, proposer.eps)
-        if found is None:
-            per.extend(_key_losses(proposer, int(k)) for k in block.tolist())
-        else:
-            per.extend((float(a), float(b), float(c)) for a, b, c in found.tolist())
+    if rows is None or proposer.K_of is not None:  # on the drafts the run kept: O(K) a key, once its row is read
+        per = _kept(proposer, keys)
+    else:
+        per = _blocked(proposer, keys, rows)
     weights = [float(n) for n in visits.counts.tolist()]
     means = [math.fsum(w * losses[i] for w, losses in zip(weights, per, strict=True)) / total for i in range(3)]
     out: dict[str, Any] = dict(zip(LOSS_KEYS, means, strict=True))
