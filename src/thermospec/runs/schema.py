@@ -121,14 +121,20 @@ class Field:
         return {"int": pa.int64(), "optional_int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
                 "text": pa.string()}[self.kind]
 
+    def nulls(self, values: NDArray[Any]) -> NDArray[np.bool_] | None:
+        """Where `values` are null (JSON ``null``), or None if none can be."""
+        if self.kind == "optional_int":
+            found: NDArray[np.bool_] = values < 0
+        elif self.kind == "float":
+            found = ~np.isfinite(values)
+        else:
+            return None
+        return found if found.any() else None
+
     def arrow_array(self, pa: Any, values: NDArray[Any]) -> Any:
         """Its Arrow array of `values` (nulls where its JSON text is ``null``)."""
-        if self.kind == "optional_int":
-            return pa.array(values, mask=values < 0)
-        if self.kind == "float":
-            finite = np.isfinite(values)
-            return pa.array(values) if finite.all() else pa.array(values, mask=~finite)
-        return pa.array(values)
+        null = self.nulls(values)
+        return pa.array(values) if null is None else pa.array(values, mask=null)
 
 
 def _draft_key(get: Callable[[ContextDraft], Any]) -> KeyValue:
@@ -317,8 +323,10 @@ class RecordParquet:
                 met, inverse = np.unique(keys, return_inverse=True)
                 arrays.append(pa.array(self._keys.values[f.name][met].tolist(), type=pa.string())
                               .take(pa.array(inverse)))
-            else:
-                arrays.append(f.arrow_array(pa, self._keys.values[f.name][keys]))
+            else:  # nulls found among the keys' values (a few), then taken per step
+                table = self._keys.values[f.name]
+                null = f.nulls(table)
+                arrays.append(pa.array(table[keys]) if null is None else pa.array(table[keys], mask=null[keys]))
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
 
     def close(self) -> None:
