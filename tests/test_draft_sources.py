@@ -185,3 +185,15 @@ def test_psi_budget_on_order_contexts_and_traces(corpus: Path, tmp_path: Path) -
     assert abs(trace.summary.mean_overlap - plan["design_mean_overlap"]) < 1e-9
     fixed = api.run(trace=path, K=24, steps=500, telemetry="none", runs_dir=tmp_path)  # 100 bytes each
     assert trace.summary.mean_overlap >= fixed.summary.mean_overlap - 1e-12  # type: ignore[operator]
+
+
+def test_budget_with_a_draft_trace_splits_the_loss_it_ran(tmp_path: Path) -> None:
+    """--draft-trace with --psi-budget: K per position from the draft's rows; the split is of the ψ the run sent."""
+    target = write_trace(tmp_path / "target.npy", positions=30, vocab=400, exponent=1.1, seed=1, progress=False)
+    draft = write_trace(tmp_path / "draft.npy", positions=30, vocab=400, exponent=0.9, seed=2, progress=False)
+    for gamma in (None, 3):
+        record = api.run(trace=target, draft_trace=draft, K=48, psi_budget=90, gamma=gamma, steps=600,
+                         telemetry="none", runs_dir=tmp_path).summary.record
+        total = record["loss_draft_model"] + record["loss_top_k"] + record["loss_quantisation"]
+        assert abs((1.0 - total) - record["mean_overlap"]) < 1e-9
+        assert record["loss_draft_model"] > 0 and record["psi_budget"]["design_mean_bytes"] <= 90 + 1e-9

@@ -225,6 +225,7 @@ REFUSALS = [  # (arguments replacing the defaults, what the one line says)
     ({"--verifier": "spectr"}, "--verifier: applies to N drafts"),
     ({"--K": "301"}, "--K: must be in 1 .. 300"),
     ({"--gamma": "6", "--drafts": "5"}, "drafted nodes per round; at most 4,096"),
+    ({"--eps": "0.5"}, "--eps: (V - K) * eps must be < 1"),
 ]
 
 

@@ -128,8 +128,11 @@ def load_pair(model: str, draft_model: str | None, *, device: str = "cpu", dtype
 
 
 def _check(pair: Pair, prompt_ids: list[int], max_new_tokens: int, K: int, gamma: int | None, drafts: int,
-           verifier: str) -> None:
+           verifier: str, eps: EpsSpec = "auto") -> None:
     """One `ModelError` line for options that cannot apply to this pair and prompt."""
+    if eps != "auto" and not (pair.V - min(K, pair.V)) * float(np.float32(eps)) < 1:
+        raise ModelError(f"--eps: (V - K) * eps must be < 1, got ({pair.V} - {min(K, pair.V)}) * {eps} = "
+                         f"{(pair.V - min(K, pair.V)) * float(np.float32(eps)):.6g} (V: the models' vocabulary)")
     if max_new_tokens < 1:
         raise ModelError(f"--max-new-tokens: must be >= 1, got {max_new_tokens}")
     if not prompt_ids:
@@ -219,7 +222,7 @@ def generate(model: str | Pair, draft_model: str | None = None, prompt: str = ""
                                                            download=download, probe=prompt)
     tokenizer = pair.tokenizer
     prompt_ids = [int(i) for i in tokenizer(prompt)["input_ids"]] if prompt else []
-    _check(pair, prompt_ids, max_new_tokens, K, gamma, drafts, verifier)
+    _check(pair, prompt_ids, max_new_tokens, K, gamma, drafts, verifier, eps)
     settings = RoundSettings(K, tau, eps, gamma, drafts, verifier, seed)
     target = CausalLM(pair.target, pair.V)
     draft = CausalLM(pair.draft, pair.V) if pair.draft is not None else None
@@ -228,7 +231,7 @@ def generate(model: str | Pair, draft_model: str | None = None, prompt: str = ""
     records = RecordFile(run_dir / ROUNDS_FILE) if run_dir is not None else None
     text = TextStream(tokenizer, stream)
     committed, new_ids, rounds = list(prompt_ids), list[int](), list[Round]()
-    stopped_by, interrupted, tsu = "max_new_tokens", None, 0.0
+    stopped_by, interrupted, tsu, closed = "max_new_tokens", None, 0.0, False
     try:
         with interruption_guard() as stop:
             while len(new_ids) < max_new_tokens:
@@ -248,14 +251,21 @@ def generate(model: str | Pair, draft_model: str | None = None, prompt: str = ""
                     records.write(json.dumps(done.record(), separators=(",", ":")) + "\n")
                 committed += emitted
                 new_ids += emitted
-                text.update(new_ids)
-                if stopped_by == "eos" or stop.requested:
+                try:
+                    text.update(new_ids)
+                except BrokenPipeError:  # the reader of the text went away (piped into head): stop, keep the run
+                    stopped_by, closed = "output closed", True
+                if stopped_by != "max_new_tokens" or stop.requested:
                     break
             interrupted = stop.signum
     finally:
         if records is not None:
             records.close()
-    text.update(new_ids, final=True)
+    if not closed:
+        try:
+            text.update(new_ids, final=True)
+        except BrokenPipeError:
+            stopped_by, closed = "output closed", True
     total = time.perf_counter() - started
     seconds = {"total": total, "target": target.seconds, "draft": draft.seconds if draft else 0.0, "tsu": tsu}
     seconds["host"] = total - seconds["target"] - seconds["draft"] - tsu
@@ -268,5 +278,7 @@ def generate(model: str | Pair, draft_model: str | None = None, prompt: str = ""
     }
     if run_dir is not None:
         write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    if closed:  # the summary says "output closed"; the command exits as a shell tool on a closed pipe does
+        raise BrokenPipeError("the generated text's reader closed its end")
     return GenerateResult(new_ids, text.text(new_ids), prompt_ids, summary, run_dir, interrupted,
                           [r.record() for r in rounds])

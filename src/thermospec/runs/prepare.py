@@ -14,6 +14,7 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
+from thermospec.core.payload import payload_size
 from thermospec.engine.compact import SparseRows
 from thermospec.engine.keys import ContextSource
 from thermospec.runs.config import ConfigError, RunConfig, check_eps
@@ -105,10 +106,13 @@ def _allocate(config: RunConfig, kind: TargetKind[Any], target: BigramTarget) ->
     """``--psi-budget``: K per key by the convex-hull allocation over the kind's keys (`tsu.budget`)."""
     if kind.budget_rows is None:
         raise ConfigError(f"--psi-budget: not with this target ({BUDGET_REFUSED.get(kind.name, kind.name)})")
+    budget = float(config.psi_budget or 0)
+    if budget < payload_size(1, target.V):  # before every context's curve is computed (seconds on order N)
+        raise ConfigError(f"--psi-budget {budget:g}: {budget:g} bytes is below the smallest mean ψ size, "
+                          f"{payload_size(1, target.V)} bytes (K = 1)")
     keys, rows, weights = kind.budget_rows(config, target)
     K_max = min(config.K, target.V)
     plan = BudgetPlan(overlap_curves(rows, target.V, K_max, config.tau, config.eps), weights)
-    budget = float(config.psi_budget or 0)
     try:
         allocation = plan.allocate(budget)
     except ValueError as exc:
