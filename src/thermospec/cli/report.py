@@ -68,8 +68,14 @@ def _target_line(summary: dict[str, Any], wall_s: float | None = None) -> str:
     eps = config["eps"] if config["eps"] == "auto" else format_value(config["eps"])
     psi = summary.get("psi_bytes_max")
     psi_text = f", {psi} bytes" if psi is not None else ""
+    K_text = f"K = {config['K_used']}"
+    if summary.get("psi_budget"):  # K per context: the budget line below gives the sizes
+        K_text, psi_text = f"K ≤ {config['K_used']} per context (--psi-budget)", f", at most {psi} bytes"
+    for option, name in (("draft_order", "--draft-order"), ("draft_trace", "--draft-trace")):
+        if config.get(option) is not None:
+            psi_text += f", crafted from the draft model ({name} {config[option]})"
     return (f"target  {source}, V = {target['V']}\n"
-            f"ψ       K = {config['K_used']}, τ = {format_value(config['tau'])}, ε = {eps}{psi_text}\n"
+            f"ψ       {K_text}, τ = {format_value(config['tau'])}, ε = {eps}{psi_text}\n"
             f"run     {summary['steps']:,} {'tokens' if config.get('gamma') else 'steps'}, seed {config['seed']}"
             + (f", {config['chains']} chains" if config.get("chains") else "")
             + (f", γ = {config['gamma']}" if config.get("gamma") else "")
