@@ -31,6 +31,7 @@ from thermospec.core.losses import exact_codes_explicit
 from thermospec.core.payload import EpsSpec
 from thermospec.core.proposal import explicit_probabilities
 from thermospec.tsu.drafts import Proposer
+from thermospec.tsu.row_drafts import top_k
 
 __all__ = ["LOSS_KEYS", "Visits", "acceptance_losses_of", "block_losses", "visits_of"]
 
@@ -80,41 +81,17 @@ BLOCK_BYTES = 1 << 25
 """About how many bytes of rows are taken at once (32 MiB: 16 rows of V = 262,144, 64,000 of V = 65)."""
 
 
-def _float32(values: NDArray[np.float64]) -> NDArray[np.float64]:
-    with np.errstate(over="ignore"):
-        rounded: NDArray[np.float64] = values.astype(np.float32).astype(np.float64)
-    return rounded
-
-
 def block_losses(P: NDArray[np.float64], D: NDArray[np.float64] | None, K: int, tau: float, eps: EpsSpec
                  ) -> NDArray[np.float64] | None:
     """The three losses of m keys at once, shape (m, 3), with ψ crafted from `D` (None: from `P`) as
     `thermospec.core.payload.craft_payload` crafts it (`thermospec.tsu.row_drafts` is pinned to it);
-    None when a row has a zero among its top K or a field out of range (then key by key)."""
+    None when a row has a zero or a field is out of range (then key by key)."""
     m, V = P.shape
-    rows_d = P if D is None else D
-    k = min(K, V)
-    order = np.argsort(-rows_d, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(rows_d, order, axis=1)
-    if not np.all(top > 0):
+    fields = top_k(P if D is None else D, K, tau, eps)
+    if fields is None:
         return None
-    ell = np.log(top)
-    ell -= ell[:, :1]
-    spread = -ell.min(axis=1)
-    delta = np.where(spread > 0, _float32(spread / 255.0), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        codes = np.where(delta[:, None] > 0, np.clip(np.rint(-ell / delta[:, None]), 0, 255), 0.0)
-    codes = codes.astype(np.uint8).astype(np.float64)
-    tau32 = float(_float32(np.array([tau]))[0])
-    if eps == "auto":
-        eps32 = _float32(np.maximum(0.0, 1.0 - top.sum(axis=1)) / (V - k)) if k < V else np.zeros(m)
-        while np.any((V - k) * eps32 >= 1.0):  # float32 rounding up can only cross 1 by an ulp
-            over = (V - k) * eps32 >= 1.0
-            eps32[over] = np.nextafter(eps32[over].astype(np.float32), np.float32(0)).astype(np.float64)
-    else:
-        eps32 = np.full(m, float(_float32(np.array([eps]))[0]))
-    if not (np.all(np.isfinite(eps32)) and np.all((V - k) * eps32 < 1) and np.all(np.isfinite(delta))):
-        return None
+    k, order, ell, delta, codes, tau32, eps32 = (fields.k, fields.order, fields.ell, fields.delta, fields.codes,
+                                                 fields.tau, fields.eps)
     explicit_mass = (1.0 - (V - k) * eps32)[:, None]
     logits = -codes * delta[:, None] / tau32
     quantised = np.exp(logits - logits.max(axis=1, keepdims=True))

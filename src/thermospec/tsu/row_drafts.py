@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from thermospec.core.payload import EpsSpec, payload_size
 
-__all__ = ["RowDrafts", "draft_rows"]
+__all__ = ["RowDrafts", "TopK", "draft_rows", "top_k"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,8 +63,23 @@ def _float32(values: NDArray[np.float64]) -> NDArray[np.float64]:
     return rounded
 
 
-def draft_rows(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> RowDrafts | None:
-    """Craft ψ of every row of `P` (shape (m, V), rows > 0 summing to 1), or None to craft them one by one."""
+@dataclass(frozen=True, eq=False)
+class TopK:
+    """ψ's fields of m rows as `craft_payload` crafts them: the ids (in order), the rows there, the codes."""
+
+    k: int
+    order: NDArray[np.int64]
+    top: NDArray[np.float64]
+    ell: NDArray[np.float64]
+    """``log d_i - log d_top`` on the ids (the codes' exact values)."""
+    delta: NDArray[np.float64]
+    codes: NDArray[np.float64]
+    tau: float
+    eps: NDArray[np.float64]
+
+
+def top_k(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> TopK | None:
+    """ψ's fields of every row of `P` (rows > 0), or None where the per-row path must name an error."""
     P = np.ascontiguousarray(P, dtype=np.float64)
     m, V = P.shape
     if m == 0 or V < 2 or K < 1 or not np.all(P > 0) or not np.all(np.isfinite(P)):
@@ -92,6 +107,18 @@ def draft_rows(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> RowD
                  and np.all((V - k) * eps32 < 1) and np.all(np.isfinite(delta)))
     if not fields_ok:
         return None
+    return TopK(k=k, order=order, top=top, ell=ell, delta=delta, codes=codes, tau=tau32, eps=eps32)
+
+
+def draft_rows(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> RowDrafts | None:
+    """Craft ψ of every row of `P` (shape (m, V), rows > 0 summing to 1), or None to craft them one by one."""
+    P = np.ascontiguousarray(P, dtype=np.float64)
+    fields = top_k(P, K, tau, eps)
+    if fields is None:
+        return None
+    m, V = P.shape
+    k, order, top, delta, codes, tau32, eps32 = (fields.k, fields.order, fields.top, fields.delta, fields.codes,
+                                                 fields.tau, fields.eps)
     # F(psi) (thermospec.core.proposal): explicit probabilities on the ids, eps elsewhere.
     logits = -codes * delta[:, None] / tau32
     w = np.exp(logits - logits.max(axis=1, keepdims=True))
