@@ -105,9 +105,10 @@ def test_one_draft_is_the_single_draft_run(order4: tuple[OrderTarget, DraftSourc
         np.testing.assert_array_equal(getattr(mine, name), np.concatenate([getattr(c, theirs) for c in single]))
     positions, position_drafts = trace
     mine = steps_of(PositionSource(positions), position_drafts, 1, verifier, 2000, 8)
-    single = list(run_positions(positions, position_drafts, 2000, np.random.default_rng(8)))
+    single_positions = list(run_positions(positions, position_drafts, 2000, np.random.default_rng(8)))
     for name in ("prev", "proposed", "emitted", "accepted"):
-        np.testing.assert_array_equal(getattr(mine, name), np.concatenate([getattr(c, name) for c in single]))
+        np.testing.assert_array_equal(getattr(mine, name),
+                                      np.concatenate([getattr(c, name) for c in single_positions]))
 
 
 def chi2_p(chunk: KeyedDraftsChunk, row: Any, V: int) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -21,6 +21,7 @@ from thermospec.runs.executor import check_mode_options, execute_run, run_mode
 from thermospec.runs.keyed_drafts_run import KeyedDraftsMode
 from thermospec.runs.prepare import PreparedRun, prepare_run
 from thermospec.runs.telemetry import FIELDS, parquet_available
+from thermospec.targets.order import OrderTarget
 from thermospec.tsu.thrml import thrml_available
 
 
@@ -64,8 +65,8 @@ def test_records_carry_the_key_and_the_drafts_fields(name: str, key: str, tmp_pa
     assert list(lines[0]) == [*FIELDS, key, "drafts_used", "accepted_index"]
     plans = plan_source(run.target.row, run.proposer.draft, run.config.verifier, run.config.drafts)
     for line in lines[:50]:
-        k = line[key] if key == "position" else run.target.context_id(
-            [run.target.vocabulary.index(c) for c in line["context"]])  # type: ignore[union-attr]
+        order = cast(OrderTarget, run.target)
+        k = line[key] if key == "position" else order.context_id([order.vocabulary.index(c) for c in line["context"]])
         assert line["overlap_mass"] == plans(k).acceptance  # the verifier's exact acceptance at the key
         assert line["accepted"] == (line["accepted_index"] is not None)
     if key == "position":

@@ -161,8 +161,8 @@ def run_case(name: str, tmp: Path) -> dict[str, str]:
         # Figures and a sweep's own record (sweep.json) are not pinned: issue 8 changes them on purpose.
         if path.is_file() and path.suffix != ".png" and path.name != "sweep.json":
             key = str(path.relative_to(run_dir))
-            digests[key] = (summary_digest(path, ADDED_KEYS.get(name, set()) | ADDED_EVERYWHERE) if path.name == "summary.json"
-                            else file_digest(path))
+            added = ADDED_KEYS.get(name, set()) | ADDED_EVERYWHERE
+            digests[key] = summary_digest(path, added) if path.name == "summary.json" else file_digest(path)
     return digests
 
 
