@@ -53,9 +53,10 @@ from thermospec.cli.make_trace import STOPS, abandon, stopped, trace_bytes
 from thermospec.cli.options import EXIT_USAGE, OneLineParser, int_at_least
 from thermospec.runs.interrupts import install_termination_handler
 from thermospec.targets.corpus import CorpusError, read_corpus
+from thermospec.targets.hf_models import model_source_error
 from thermospec.targets.trace import TraceWriter
 
-__all__ = ["RecordError", "context_length", "main", "model_folder_error", "vocabulary", "windows"]
+__all__ = ["RecordError", "context_length", "main", "vocabulary", "windows"]
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 INSTALL_HINT = "pip install torch==2.13.0 && pip install 'thermospec[hf]'"
@@ -90,23 +91,6 @@ def vocabulary(tokenizer: Any, V: int) -> list[str]:
     known = min(V, len(tokenizer))
     words = tokenizer.convert_ids_to_tokens(list(range(known)))
     return [w if isinstance(w, str) else "" for w in words] + [""] * (V - known)
-
-
-def model_folder_error(name: str, flag: str = "--model") -> str | None:
-    """Why `name` (given as `flag`) cannot be a model, when it is (or is spelt as) a folder here; None otherwise.
-
-    A Hub name is ``NAME`` or ``OWNER/NAME``; anything else (``./x``, ``/x``, ``~/x``, ``a/b/c``)
-    is a folder, which must exist and hold a ``config.json``.
-    """
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            return f"{flag} {name}: not a folder (a save_pretrained folder or a Hub name)"
-        if not (path / "config.json").is_file():
-            return f"{flag} {name}: the folder has no config.json (not a save_pretrained folder)"
-        return None
-    spelt_as_path = name.startswith((".", "/", "~", "\\")) or name.endswith("/") or name.count("/") > 1
-    return f"{flag} {name}: no such folder" if spelt_as_path else None
 
 
 def _libraries() -> tuple[Any, Any]:
@@ -203,7 +187,7 @@ def record(args: argparse.Namespace) -> list[Path]:
     pair = args.draft_model is not None
     flags, names = ["--model", "--draft-model"][:1 + pair], [args.model, args.draft_model][:1 + pair]
     for flag, name in zip(flags, names, strict=True):
-        folder_error = model_folder_error(name, flag)
+        folder_error = model_source_error(name, flag)
         if folder_error:
             raise RecordError(folder_error)
     text, text_sha256 = read_corpus(args.text)
