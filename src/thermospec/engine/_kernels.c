@@ -657,24 +657,25 @@ static void guide_of(const double *cdf, int64_t V, int64_t G, double total, int3
     }
 }
 
-/* finish(tables, totals, lasts, guides, V, G, slot)
- * Fills slot's totals, lasts and guides from its tables (TableCache.load, once it has written
- * the slot's three rows): what guide_table and last_positive give, without a NumPy call each. */
+/* finish(tables, totals, lasts, guides, V, G, slot[, count])
+ * Fills the totals, lasts and guides of slots slot .. slot + count - 1 (count 1 if not given) from
+ * their tables (TableCache.load and load_rows, once they have written the slots' three rows): what
+ * guide_table and last_positive give, without a NumPy call each. */
 static PyObject *finish(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, gb;
-    Py_ssize_t V, G, slot;
-    if (!PyArg_ParseTuple(args, "y*w*w*w*nnn", &tb, &tot, &la, &gb, &V, &G, &slot))
+    Py_ssize_t V, G, first, count = 1;
+    if (!PyArg_ParseTuple(args, "y*w*w*w*nnn|n", &tb, &tot, &la, &gb, &V, &G, &first, &count))
         return NULL;
     PyObject *result = NULL;
-    if (V < 1 || G < 1 || (G & (G - 1)) != 0 || G + 1 > INT32_MAX || V > INT32_MAX || slot < 0) {
-        PyErr_SetString(PyExc_ValueError, "finish: V >= 1, G a power of two and slot >= 0 needed");
+    if (V < 1 || G < 1 || (G & (G - 1)) != 0 || G + 1 > INT32_MAX || V > INT32_MAX || first < 0 || count < 0) {
+        PyErr_SetString(PyExc_ValueError, "finish: V >= 1, G a power of two, slot >= 0 and count >= 0 needed");
         goto done;
     }
-    if (!(need(&tb, (slot + 1) * 3 * V, 8, "tables") && need(&tot, (slot + 1) * 2, 8, "totals") &&
-          need(&la, (slot + 1) * 2, 8, "lasts") && need(&gb, (slot + 1) * 2 * (G + 1), 4, "guides")))
+    if (!(need(&tb, (first + count) * 3 * V, 8, "tables") && need(&tot, (first + count) * 2, 8, "totals") &&
+          need(&la, (first + count) * 2, 8, "lasts") && need(&gb, (first + count) * 2 * (G + 1), 4, "guides")))
         goto done;
-    {
+    for (Py_ssize_t slot = first; slot < first + count; ++slot) {
         const double *row = (const double *)tb.buf + slot * 3 * V;
         double *totals = (double *)tot.buf + 2 * slot;
         int64_t *lasts = (int64_t *)la.buf + 2 * slot;
@@ -685,9 +686,9 @@ static PyObject *finish(PyObject *self, PyObject *args)
             lasts[j] = last_positive(cdf, V);
             guide_of(cdf, V, G, cdf[V - 1], guides + j * (G + 1));
         }
-        result = Py_None;
-        Py_INCREF(result);
     }
+    result = Py_None;
+    Py_INCREF(result);
 done:
     PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&gb);
     return result;
@@ -1173,7 +1174,7 @@ done:
 static PyMethodDef methods[] = {
     {"chain", chain, METH_VARARGS, "Run one chain over a chunk of uniforms; stop at a context without a table."},
     {"batch", batch, METH_VARARGS, "Run B chains in lock step; every context must have a table."},
-    {"finish", finish, METH_VARARGS, "Fill a table slot's totals, lasts and guides from its three rows."},
+    {"finish", finish, METH_VARARGS, "Fill consecutive table slots' totals, lasts and guides from their three rows."},
     {"jsonl", jsonl, METH_VARARGS, "Format a chunk of steps as the telemetry's JSONL lines."},
     {"compact_chain", compact_chain, METH_VARARGS, "Run one chain on compact tables; stop at a context without a slot."},
     {"drafts_chain", drafts_chain, METH_VARARGS, "Run one chain with N drafts per step on a verifier's tables."},

@@ -277,8 +277,12 @@ class TableCache:
             raise ValueError("load_rows: needs a slot per context and the compiled kernel")
         self.tables[keys, 0], self.tables[keys, 1], self.tables[keys, 2] = draft_cdf, ratio, residual_cdf
         self.filled += int(np.count_nonzero(self.slot_of[keys] < 0))
-        for slot in keys.tolist():
-            self._finish(self.tables, self.totals, self.lasts, self.guides, self.V, self.G, slot)
+        if keys.shape[0] and np.array_equal(keys, np.arange(keys[0], keys[0] + keys.shape[0])):
+            self._finish(self.tables, self.totals, self.lasts, self.guides, self.V, self.G, int(keys[0]),
+                         keys.shape[0])  # consecutive slots (every block `craft_states` loads): one call
+        else:
+            for slot in keys.tolist():
+                self._finish(self.tables, self.totals, self.lasts, self.guides, self.V, self.G, slot)
         self.slot_of[keys] = keys
         self.context_of[keys] = keys
         self.last_used[keys] = -1
