@@ -276,6 +276,50 @@ static PyObject *scan_present(PyObject *self, PyObject *args)
     return PyLong_FromSsize_t(bad ? -1 : n);
 }
 
+/* holds(codes: uint16[V], present: uint16[n] (scan_present's), seen: uint8[65536] (zero, left zero)) -> whether
+ * every code is one of present's: a row read again must be the row its per-code tables were made from (the
+ * passes index those tables by the codes).  A present listing a whole span of values takes one vector pass. */
+static PyObject *holds(PyObject *self, PyObject *args)
+{
+    Py_buffer b[3];
+    if (!PyArg_ParseTuple(args, "y*y*w*", &b[0], &b[1], &b[2])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
+    if (b[0].len % 2 || V == 0 || n == 0 || b[2].len != CODES) {
+        release(b, 3);
+        return mismatch("holds");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    uint8_t *seen = b[2].buf;
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    int listed_ninf = n > 1 && present[n - 1] == 0xFC00u;
+    Py_ssize_t n_fin = n - listed_ninf;
+    unsigned top = key_of(present[0]), bottom = key_of(present[n_fin - 1]);
+    if (top >= bottom && (Py_ssize_t)(top - bottom) + 1 == n_fin) { /* every code of the span [bottom, top] */
+        unsigned high, low, low_finite;
+        int minus_inf;
+        key_range(codes, V, &high, &low, &low_finite, &minus_inf);
+        ok = high <= top && low_finite >= bottom && (!minus_inf || listed_ninf);
+    } else {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            seen[present[j]] = 1;
+        }
+        unsigned missing = 0;
+        for (Py_ssize_t i = 0; i < V; i++) {
+            missing |= seen[codes[i]] ^ 1u;
+        }
+        for (Py_ssize_t j = 0; j < n; j++) {
+            seen[present[j]] = 0;
+        }
+        ok = !missing;
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 3);
+    return PyBool_FromLong(ok);
+}
+
 /* softmax_present(codes: uint16[V], present: uint16[n], e: float64[n], e_by_code: float64[65536] (scratch),
  * p: float64[n] (written), mark: uint8[65536] (zero, left zero)) -> (S, n_pos, positive_tokens): S the pairwise
  * sum of e over the row in token order, p = e / S per code (NumPy's ``e / e.sum()``), n_pos the codes of
@@ -1040,6 +1084,7 @@ static PyObject *metrics(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"scan_present", scan_present, METH_VARARGS, "the row's distinct codes by decreasing value, and value - max"},
+    {"holds", holds, METH_VARARGS, "whether every code of a row is one of its present codes"},
     {"softmax_present", softmax_present, METH_VARARGS, "p per distinct code: e / (NumPy's pairwise sum of e)"},
     {"dense", dense, METH_VARARGS, "the row's p token by token"},
     {"add_to", add_to, METH_VARARGS, "out += the row's p token by token"},

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import _lru_cache_wrapper, lru_cache
+from functools import _lru_cache_wrapper, lru_cache, partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,16 +38,26 @@ from thermospec.targets.trace_file import (
     scan_rows,
     softmax64,
 )
-from thermospec.targets.trace_rows import RowValues, add_row, row_bytes_held, row_values, top_support_of
+from thermospec.targets.trace_rows import (
+    RowValues,
+    add_row,
+    row_bytes_held,
+    row_values,
+    top_support_of,
+)
 from thermospec.targets.trace_writer import TraceWriter
 
 __all__ = [
-    "MAX_VOCAB", "ROW_CACHE_BYTES", "SCAN_CHUNK_BYTES", "PositionTarget", "TraceError", "TraceShrankError",
-    "TraceTarget", "TraceWriter", "load_trace", "softmax64",
+    "MAX_VOCAB", "REREAD_BYTES", "ROW_CACHE_BYTES", "SCAN_CHUNK_BYTES", "PositionTarget", "TraceError",
+    "TraceShrankError", "TraceTarget", "TraceWriter", "load_trace", "softmax64",
 ]
 
 ROW_CACHE_BYTES = 256 * 1024 * 1024
 """Memory bound of a trace's cache of rows (float64, and a float16 row's codes: 204 such rows at V = 131,072)."""
+REREAD_BYTES = 128 * 1024
+"""A float16 row of at least this many bytes keeps no codes in the cache: they are read again when needed.  So
+large an array is a fresh memory map for malloc, whose page faults cost about as much as crafting the row,
+for each row the cache holds; a smaller one is carved from memory already in use."""
 SCAN_CHUNK_BYTES = 8 * 1024 * 1024
 """File bytes read at a time by the load-time scan (its working memory is about 6 times this)."""
 
@@ -115,7 +125,10 @@ class TraceTarget:
         object.__setattr__(self, "_rows", lru_cache(maxsize=self.row_capacity)(self._build_row))
 
     def _build_row(self, t: int) -> RowValues:
-        return row_values(self.reader.row(t))  # read-only: shared by the cache
+        raw = self.reader.row(t)  # read-only: shared by the cache
+        if raw.dtype.itemsize == 2 and raw.nbytes >= REREAD_BYTES:  # its codes read again when needed, not kept
+            return row_values(raw, partial(self.reader.read_codes, t))
+        return row_values(raw)
 
     @property
     def V(self) -> int:

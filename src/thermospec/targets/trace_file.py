@@ -249,6 +249,24 @@ class RowReader:
         row: NDArray[Any] = self.rows(t, 1)[0]
         return row
 
+    def read_codes(self, t: int, out: NDArray[np.uint16]) -> None:
+        """A float16 file's row t into `out` (``(V,)``, contiguous, reused by the caller): its bit patterns in
+        native order (a fresh array per row costs its page faults: about as much as crafting the row).
+
+        Raises
+        ------
+        TraceShrankError
+            The file ends before this row.
+        """
+        V = self.shape[1]
+        view = memoryview(out.data).cast("B")
+        if self.dtype.itemsize != 2 or len(view) != 2 * V:
+            raise ValueError(f"read_codes: a float16 row of {V} codes, not {len(view)} bytes of a {self.dtype} file")
+        if read_exact(self.fd, view, self.offset + t * 2 * V) < len(view):
+            raise TraceShrankError(f"{self.path}: shrank while in use (row {t} is gone)")
+        if not self.dtype.isnative:
+            out.byteswap(inplace=True)
+
     def close(self) -> None:
         """Close the file now."""
         self._closer()

@@ -8,8 +8,11 @@ from the row's 2-byte codes and per-value tables: the sum of the softmax, the to
 the payload's ids, codes, ε and wire bytes, F(ψ) on the ids (from NumPy's exp of its logits)
 and the overlap and CE gap against the dense q, each sum in NumPy's pairwise order.  No
 V-sized float64 array is written while crafting (`craft_position`); the dense row is built
-only when a caller asks for it (`RowValues.p`).  The passes release the GIL, so positions
-craft in parallel on threads.
+only when a caller asks for it (`RowValues.p`).  A trace's rows (`read_row_values`) do not even
+keep their codes (`row_values` with ``reread``): they are read again when needed, into a buffer
+each thread reuses, since a cache of V-sized arrays costs the page faults of fresh memory for
+each row it holds, about as much as crafting the row.
+The passes release the GIL, so positions craft in parallel on threads.
 
 The plain path — `softmax64`, a partition, `core.payload`'s craft, encode and decode,
 `core.metrics` on the dense q — is used for float32 rows and when the module is not built;
@@ -23,6 +26,7 @@ import math
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import ModuleType
@@ -44,7 +48,7 @@ from thermospec.core.payload import (
     payload_size,
 )
 from thermospec.core.proposal import explicit_probabilities, proposal_distribution
-from thermospec.targets.trace_file import softmax64
+from thermospec.targets.trace_file import TraceShrankError, softmax64
 
 __all__ = [
     "Crafted", "RowValues", "add_row", "compiled", "craft_position", "p_at", "position_metrics", "residual_support",
@@ -88,6 +92,8 @@ class _Buffers:
         self.count = np.empty(2 * CODES, dtype=np.int64)
         self.pairs = np.empty(2 * CODES, dtype=np.float64)
         self._wide: dict[str, NDArray[Any]] = {}
+        self.held_for: RowValues | None = None  # the row whose codes `held` holds (a row that does not keep them)
+        self.held: NDArray[np.uint16] = _empty_codes()
 
     def wide(self, name: str, size: int, dtype: type[np.generic]) -> NDArray[Any]:
         """A buffer of `size` items (kept if at most `SCRATCH_ITEMS`)."""
@@ -127,7 +133,7 @@ class RowValues:
     V : int
         Tokens.
     codes : ndarray of uint16, shape (V,), or None
-        The stored float16 bit patterns (None: the row is held dense, in `p`).
+        The stored float16 bit patterns (None: the row is held dense, in `p`, or read again by `reread`).
     present : ndarray of uint16
         The distinct codes by decreasing value.
     p_present : ndarray of float64
@@ -136,6 +142,8 @@ class RowValues:
         NumPy's ``log`` of the positive ones (a prefix of `p_present`).
     positive : int
         Tokens of ``p > 0``.
+    reread : callable or None
+        ``reread(out)`` writes the codes into `out` (uint16, shape (V,)): a row that does not keep them.
     """
 
     V: int
@@ -144,15 +152,17 @@ class RowValues:
     p_present: NDArray[np.float64] = field(default_factory=_empty_floats)
     log_present: NDArray[np.float64] = field(default_factory=_empty_floats)
     positive: int = 0
+    reread: Callable[[NDArray[np.uint16]], None] | None = field(default=None, repr=False)
     _dense: list[NDArray[np.float64]] = field(default_factory=list, repr=False)
 
     @property
     def p(self) -> NDArray[np.float64]:
         """``softmax64`` of the stored row, byte for byte, read-only (built from the codes when first asked)."""
         if not self._dense:
-            assert _COMPILED is not None and self.codes is not None
+            codes = _row_codes(self)
+            assert _COMPILED is not None and codes is not None
             dense = np.empty(self.V, dtype=np.float64)
-            _COMPILED.dense(self.codes, self.present, self.p_present, _buffers().table, dense)
+            _COMPILED.dense(codes, self.present, self.p_present, _buffers().table, dense)
             dense.setflags(write=False)
             self._dense[:] = [dense]
         return self._dense[0]
@@ -160,10 +170,31 @@ class RowValues:
     @property
     def nbytes(self) -> int:
         """Bytes held (the dense row counted once built)."""
-        held = sum(int(a.nbytes) for a in self._dense)
-        if self.codes is not None:
-            held += self.codes.nbytes + self.present.nbytes + self.p_present.nbytes + self.log_present.nbytes
-        return held
+        held = sum(int(a.nbytes) for a in self._dense) + self.present.nbytes + self.p_present.nbytes
+        return held + self.log_present.nbytes + (0 if self.codes is None else self.codes.nbytes)
+
+
+def _row_codes(values: RowValues) -> NDArray[np.uint16] | None:
+    """The row's codes (None: a dense row), those it keeps or else read again into this thread's buffer, valid
+    until this thread reads another row's.
+
+    Raises
+    ------
+    TraceShrankError
+        Read again, the row holds a value it did not hold (the file changed under the run).
+    """
+    if values.codes is not None or values.reread is None:
+        return values.codes
+    work = _buffers()
+    if work.held_for is values:
+        return work.held
+    work.held_for = None
+    codes = work.held = work.wide("codes", values.V, np.uint16)
+    values.reread(codes)
+    if _COMPILED is not None and not _COMPILED.holds(codes, values.present, work.seen):
+        raise TraceShrankError("a trace row read again holds other values (the file changed while in use)")
+    work.held_for = values
+    return codes
 
 
 def row_bytes_held(dtype: np.dtype[Any]) -> int:
@@ -185,50 +216,68 @@ def _dense_values(raw: NDArray[Any]) -> RowValues:
     return RowValues(V=int(p.shape[0]), positive=int(np.count_nonzero(p)), _dense=[p])
 
 
-def row_values(raw: NDArray[Any]) -> RowValues:
-    """`softmax64` of a stored row, byte for byte; a float16 row by its distinct values (exp and log once each)."""
+def row_values(raw: NDArray[Any], reread: Callable[[NDArray[np.uint16]], None] | None = None) -> RowValues:
+    """`softmax64` of a stored row, byte for byte; a float16 row by its distinct values (exp and log once each).
+
+    With `reread` (``reread(out)`` writes the row's codes into `out`, uint16 of shape (V,)), a float16 row
+    keeps no V-sized array: the passes read its codes again, into a buffer each thread reuses.
+    """
     codes = _codes(raw)
     if codes is None or _COMPILED is None:
         return _dense_values(raw)
+    values = _values16(codes, reread)
+    if values.reread is not None:  # this thread holds the codes until it reads another row's
+        work = _buffers()
+        work.held, work.held_for = codes, values
+    return values
+
+
+def _values16(codes: NDArray[np.uint16], reread: Callable[[NDArray[np.uint16]], None] | None) -> RowValues:
+    """A float16 row by its distinct values: `codes` kept if `reread` is None."""
+    assert _COMPILED is not None
     work = _buffers()
     n = int(_COMPILED.scan_present(codes, work.seen, work.present, work.d))
     if n < 0:  # NaN or +inf (a loaded trace has none): the plain code's NaNs
-        return _dense_values(raw)
+        return _dense_values(codes.view(np.float16))
     present = work.present[:n].copy()
     e = np.exp(work.d[:n])
     p_present = np.empty(n, dtype=np.float64)
     _, n_pos, positive = _COMPILED.softmax_present(codes, present, e, work.table, p_present, work.mark)
-    return RowValues(V=int(codes.shape[0]), codes=codes, present=present, p_present=p_present,
-                     log_present=np.log(p_present[:n_pos]), positive=int(positive))
+    return RowValues(V=int(codes.shape[0]), codes=codes if reread is None else None, present=present,
+                     p_present=p_present, log_present=np.log(p_present[:n_pos]), positive=int(positive),
+                     reread=reread)
 
 
 def add_row(values: RowValues, *totals: NDArray[np.float64]) -> None:
     """``total += values.p`` for each total, without building p (the same float sums)."""
-    if _COMPILED is None or values.codes is None:
+    codes = _row_codes(values)
+    if _COMPILED is None or codes is None:
         for total in totals:
             total += values.p
         return
     work = _buffers()
     for total in totals:
-        _COMPILED.add_to(values.codes, values.present, values.p_present, work.table, total)
+        _COMPILED.add_to(codes, values.present, values.p_present, work.table, total)
 
 
 def row_into(values: RowValues, out: NDArray[np.float64]) -> NDArray[np.float64]:
     """The row's dense p: the one held if built (or a float32 row's), else written into `out` (shape (V,)),
     a buffer the caller reuses (a fresh V-sized array costs its page faults)."""
-    if values._dense or _COMPILED is None or values.codes is None:
+    codes = None if values._dense else _row_codes(values)
+    if _COMPILED is None or codes is None:
         return values.p
-    _COMPILED.dense(values.codes, values.present, values.p_present, _buffers().table, out)
+    _COMPILED.dense(codes, values.present, values.p_present, _buffers().table, out)
     return out
 
 
 def p_at(values: RowValues, tokens: NDArray[np.int64]) -> NDArray[np.float64]:
     """The row's p at `tokens` (``values.p[tokens]``, without building p)."""
     tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-    if _COMPILED is None or values.codes is None:
+    codes = _row_codes(values)
+    if _COMPILED is None or codes is None:
         return np.asarray(values.p[tokens], dtype=np.float64)
     out = np.empty(tokens.shape[0], dtype=np.float64)
-    _COMPILED.p_at(values.codes, values.present, values.p_present, _buffers().table, tokens, out)
+    _COMPILED.p_at(codes, values.present, values.p_present, _buffers().table, tokens, out)
     return out
 
 
@@ -237,11 +286,12 @@ def residual_support(values: RowValues, eps: float, ids: NDArray[np.int64],
     """The increasing tokens where ``p > q`` (q = `eps` off the increasing `ids`, `q_ids` on them) and the
     running sum (``np.cumsum``) of the residual ``p - min(p, q)`` there, or where that is empty or sums to 0,
     the tokens of ``p > 0`` and the running sum of p; None: no compiled pass for this row (use the dense p)."""
-    if _COMPILED is None or values.codes is None:
+    codes = _row_codes(values)
+    if _COMPILED is None or codes is None:
         return None
     work = _buffers()
     tokens, cum = work.wide("residual_tokens", values.V, np.int64), work.wide("residual_cum", values.V, np.float64)
-    r = _COMPILED.residual(values.codes, values.present, values.p_present, work.table, float(eps),
+    r = _COMPILED.residual(codes, values.present, values.p_present, work.table, float(eps),
                            np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(q_ids, dtype=np.float64),
                            tokens, cum)
     return tokens[:r].copy(), cum[:r].copy()
@@ -256,18 +306,20 @@ def top_support_of(values: RowValues, K: int) -> NDArray[np.int64]:
     """The increasing tokens of the K largest entries of p and all tied with the K-th (those > 0 if it is 0)."""
     V = values.V
     k = min(max(int(K), 1), V)
-    if _COMPILED is None or values.codes is None:
+    codes = _row_codes(values)
+    if _COMPILED is None or codes is None:
         p = values.p
         kth = np.partition(p, V - k)[V - k]
         return (np.flatnonzero(p >= kth) if kth > 0 else np.flatnonzero(p)).astype(np.int64)
     work = _buffers()
     out = work.wide("tokens", V, np.int64)
-    m = _COMPILED.top_tokens(values.codes, values.present, values.p_present, values.log_present.shape[0],
+    m = _COMPILED.top_tokens(codes, values.present, values.p_present, values.log_present.shape[0],
                              min(k, values.positive), work.jmap, work.count, work.wide("chosen", V, np.uint32), out)
     return out[:m].copy()
 
 
-def _metrics16(values: RowValues, ids: NDArray[np.int64], q: NDArray[np.float64], zero: bool) -> tuple[float, float]:
+def _metrics16(values: RowValues, codes: NDArray[np.uint16], ids: NDArray[np.int64], q: NDArray[np.float64],
+               zero: bool) -> tuple[float, float]:
     """The compiled overlap and CE gap; q is F(ψ) on the ids (payload order) followed by ε."""
     assert _COMPILED is not None
     if zero:
@@ -278,7 +330,7 @@ def _metrics16(values: RowValues, ids: NDArray[np.int64], q: NDArray[np.float64]
     full = values.positive == values.V  # every p > 0: the gap's terms need no buffer
     work = _buffers()
     overlap, ce = _COMPILED.metrics(
-        values.codes, values.present, values.p_present, values.log_present, values.positive, ids, q, log_q,
+        codes, values.present, values.p_present, values.log_present, values.positive, ids, q, log_q,
         work.jmap, work.pairs, np.empty(2 * ids.shape[0], dtype=np.float64),
         work.wide("terms", 1 if full else values.V, np.float64),
     )
@@ -287,12 +339,13 @@ def _metrics16(values: RowValues, ids: NDArray[np.int64], q: NDArray[np.float64]
 
 def position_metrics(values: RowValues, payload: Payload) -> tuple[float, float]:
     """``(overlap_mass, ce_gap_nats)`` of the row against F(ψ), as `core.metrics` on the dense q."""
-    if _COMPILED is None or values.codes is None:
+    codes = _row_codes(values)
+    if _COMPILED is None or codes is None:
         q = proposal_distribution(payload)
         return overlap_mass(values.p, q), ce_gap_nats(values.p, q)
     ids = np.asarray(payload.ids, dtype=np.int64)
     q = np.append(explicit_probabilities(payload), payload.eps)
-    return _metrics16(values, ids, q, bool(np.any(q <= 0)))
+    return _metrics16(values, codes, ids, q, bool(np.any(q <= 0)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -342,7 +395,7 @@ def craft_position(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Craft
     PayloadError
         As `core.payload.craft_payload_from_support` (the plain code is run to say why).
     """
-    C, codes = _COMPILED, values.codes
+    C, codes = _COMPILED, _row_codes(values)
     V = values.V
     k = min(int(K), V, values.positive)
     if C is None or codes is None or not 1 <= k <= MAX_K or (eps != "auto" and not math.isfinite(eps)):
@@ -365,5 +418,5 @@ def craft_position(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Craft
     payload = Payload(ids=ids, codes=psi_codes, vocab_size=V, tau=_float32(tau), eps=eps32, delta=delta)
     q = np.empty(k + 1, dtype=np.float64)
     zero = bool(C.explicit_q(np.exp(d), V, eps32, q))
-    overlap, ce = _metrics16(values, ids, q, zero)
+    overlap, ce = _metrics16(values, codes, ids, q, zero)
     return Crafted(wire=wire, payload=payload, topk_mass=float(topk), overlap_mass=overlap, ce_gap_nats=ce)
