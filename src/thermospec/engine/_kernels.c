@@ -18,7 +18,9 @@
  *   x = min(bisect_right(residual_cdf, u_residual * total), last)
  *
  * The uniforms are read from an array, or drawn here from a NumPy PCG64 state
- * (pcg_uniform: the same doubles as Generator.random, in the same order).
+ * (pcg_uniform: the same doubles as Generator.random, in the same order).  A run that keeps
+ * only counts (no telemetry) with every context's tables loaded steps in plain_loop: no step
+ * array, no slot look-up, fewer counts per step (the rest follow from them).
  * bisect_right and the products are the same IEEE double operations as the
  * Python path (built without FMA contraction), so both emit the same tokens.
  * No NumPy headers: arrays arrive through the buffer protocol, shapes are
@@ -35,8 +37,23 @@
 
 #if defined(__GNUC__)
 #define LIKELY(c) __builtin_expect(!!(c), 1)
+#define INLINE static inline __attribute__((always_inline))
+#define NOINLINE static __attribute__((noinline))
 #else
 #define LIKELY(c) (c)
+#define INLINE static inline
+#define NOINLINE static
+#endif
+
+/* The wheel runs on any x86-64, so the extension is built for the baseline ISA; the hottest loop also
+ * gets a copy compiled for AVX2 + BMI2 (VEX encodings, mulx/rorx: ~5 % of the M1 loop), chosen at run
+ * time when the CPU has them (__builtin_cpu_supports).  Same operations, same rounding (no FMA: the
+ * build's -ffp-contract=off holds for every copy). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define X86_CLONES 1
+#define AVX2_BMI2 __attribute__((target("avx2,bmi2")))
+#else
+#define X86_CLONES 0
 #endif
 
 /* NumPy's PCG64 (PCG XSL RR 128/64) and Generator.random's double: (next64 >> 11) * 2^-53.
@@ -46,7 +63,7 @@
 typedef unsigned __int128 pcg128;
 #define PCG_MULT (((pcg128)0x2360ED051FC65DA4ULL << 64) | 0x4385DF649FCCF645ULL)
 
-static inline double pcg_uniform(pcg128 *state, pcg128 inc)
+INLINE double pcg_uniform(pcg128 *state, pcg128 inc)
 {
     pcg128 s = *state * PCG_MULT + inc;
     *state = s;
@@ -61,7 +78,7 @@ static inline pcg128 pcg_join(uint64_t hi, uint64_t lo) { return ((pcg128)hi << 
 #define HAVE_PCG64 0
 #endif
 
-static inline int64_t bisect_right(const double *cdf, int64_t n, double target)
+INLINE int64_t bisect_right(const double *cdf, int64_t n, double target)
 {
     /* First index i with cdf[i] > target (n if none): the answer stays in [i, i + n]; each round
      * keeps the half that holds it, by a mask rather than a branch (the compilers keep it so):
@@ -75,7 +92,7 @@ static inline int64_t bisect_right(const double *cdf, int64_t n, double target)
     return i + (n == 1 && cdf[i] <= target);
 }
 
-static inline int64_t bisect_right_far(const double *cdf, int64_t n, double target)
+INLINE int64_t bisect_right_far(const double *cdf, int64_t n, double target)
 {
     /* The same index, with a branch per round (the compilers emit one for this select): for tables
      * far in memory (compact tables at large V), a predicted branch lets the CPU issue the next
@@ -94,7 +111,7 @@ static inline int64_t bisect_right_far(const double *cdf, int64_t n, double targ
  * With k = floor(u G), k / G <= u < (k + 1) / G holds exactly, and rounding is
  * monotone, so the answer lies in [guide[k], guide[k + 1]]: the same index as a
  * full search, in O(1) expected probes. */
-static inline int64_t guided(const double *cdf, const int32_t *guide, int64_t G, double u, double total)
+INLINE int64_t guided(const double *cdf, const int32_t *guide, int64_t G, double u, double total)
 {
     int64_t k = (int64_t)(u * (double)G);
     int64_t lo = guide[k];
@@ -110,12 +127,6 @@ typedef struct {
     double (*ratio)(void *view, int64_t y);
     int64_t (*residual)(void *view, double u);
 } Layout;
-
-#if defined(__GNUC__)
-#define INLINE static inline __attribute__((always_inline))
-#else
-#define INLINE static inline
-#endif
 
 INLINE int64_t step_rule(const Layout layout, void *view, double u0, double u1, double u2, int64_t *proposed,
                          int64_t *accepted)
@@ -318,13 +329,154 @@ INLINE int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const double *
     return t;
 }
 
+/* Whether every context 0..keys-1 is loaded in its own slot (slot_of[x] == x). */
+static int all_in_place(const int64_t *slot_of, int64_t keys)
+{
+    int64_t x = 0;
+    while (x < keys && slot_of[x] == x)
+        ++x;
+    return x == keys;
+}
+
+/* How the plain loop counts: the emitted tokens (the contexts follow from them); the emitted tokens and
+ * the (context, emitted) pairs; or the pairs alone (both others follow from them). */
+enum { COUNT_EMITTED, COUNT_BOTH, COUNT_PAIRS };
+
+/* Steps 0..n-1 of one chain from context *x when only the counts are kept (run --telemetry none): every
+ * context in its own slot (all_in_place, so no look-up or stop per step), the uniforms drawn from the
+ * PCG64 state rng, no step array written.  Each step adds to the accepted count and, by `how`, to
+ * emitted[y] and/or transitions[x * V + y].  The counts not kept per step follow from the kept ones over
+ * the call: a chain's contexts are its start and its emitted tokens but the last, and the pairs' row and
+ * column sums are the contexts and the emitted tokens.  So contexts - emitted changes only at the start and
+ * the end (two passes over V), and with the pairs alone the sums are taken before and after (two passes
+ * over V x V, for small V only). */
+INLINE void plain_body(const Tables *tables, uint64_t *restrict rng, Counts *restrict c, int64_t n, int64_t *x,
+                       const int how)
+{
+#if HAVE_PCG64
+    const Tables tb = *tables;
+    const int64_t V = tb.V;
+    int64_t *restrict ctx = c->contexts, *restrict emi = c->emitted, *restrict trans = c->transitions;
+    const int64_t x0 = *x;
+    int64_t cx = x0, ok = 0;
+    pcg128 state = pcg_join(rng[0], rng[1]);
+    const pcg128 inc = pcg_join(rng[2], rng[3]);
+    if (how == COUNT_PAIRS)
+        for (int64_t a = 0; a < V; ++a)
+            for (int64_t b = 0; b < V; ++b) {
+                ctx[a] -= trans[a * V + b];
+                emi[b] -= trans[a * V + b];
+            }
+    else
+        for (int64_t v = 0; v < V; ++v)
+            ctx[v] -= emi[v];
+    for (int64_t t = 0; t < n; ++t) {
+        const double u0 = pcg_uniform(&state, inc), u1 = pcg_uniform(&state, inc), u2 = pcg_uniform(&state, inc);
+        int64_t y, a;
+        const int64_t nx = step(&tb, cx, u0, u1, u2, &y, &a);
+        ok += a;
+        if (how != COUNT_PAIRS)
+            emi[nx] += 1;
+        if (how != COUNT_EMITTED)
+            trans[cx * V + nx] += 1;
+        cx = nx;
+    }
+    if (how == COUNT_PAIRS)
+        for (int64_t a = 0; a < V; ++a)
+            for (int64_t b = 0; b < V; ++b) {
+                ctx[a] += trans[a * V + b];
+                emi[b] += trans[a * V + b];
+            }
+    else {
+        for (int64_t v = 0; v < V; ++v)
+            ctx[v] += emi[v];
+        ctx[x0] += 1;
+        ctx[cx] -= 1;
+    }
+    rng[0] = (uint64_t)(state >> 64);
+    rng[1] = (uint64_t)state;
+    c->accepted += ok;
+    *x = cx;
+#else
+    (void)tables; (void)rng; (void)c; (void)n; (void)x; (void)how;
+#endif
+}
+
+/* One function per ISA, out of line: the loop gets the registers to itself. */
+#define PLAIN_LOOP(name, attributes)                                                                     \
+    NOINLINE attributes void name(const Tables *tables, uint64_t *rng, Counts *c, int64_t n, int64_t *x, int how) \
+    {                                                                                                    \
+        if (how == COUNT_PAIRS)                                                                          \
+            plain_body(tables, rng, c, n, x, COUNT_PAIRS);                                               \
+        else if (how == COUNT_BOTH)                                                                      \
+            plain_body(tables, rng, c, n, x, COUNT_BOTH);                                                \
+        else                                                                                             \
+            plain_body(tables, rng, c, n, x, COUNT_EMITTED);                                             \
+    }
+PLAIN_LOOP(plain_loop, )
+#if X86_CLONES
+PLAIN_LOOP(plain_loop_avx2, AVX2_BMI2)
+#endif
+#undef PLAIN_LOOP
+
+static int baseline_only = 0; /* set by isa("baseline"): the tests run both copies */
+
+static int has_avx2_bmi2(void)
+{
+#if X86_CLONES
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
+    }
+    return known && !baseline_only;
+#else
+    return 0;
+#endif
+}
+
+/* isa([choice]) -> str: the instruction set the plain loop runs on ("avx2,bmi2" or "baseline"); choice
+ * "baseline" keeps it on the baseline copy, "auto" (the default) lets the CPU choose. */
+static PyObject *isa(PyObject *self, PyObject *args)
+{
+    const char *choice = NULL;
+    if (!PyArg_ParseTuple(args, "|s", &choice))
+        return NULL;
+    if (choice != NULL) {
+        if (strcmp(choice, "baseline") != 0 && strcmp(choice, "auto") != 0) {
+            PyErr_SetString(PyExc_ValueError, "isa: 'baseline' or 'auto'");
+            return NULL;
+        }
+        baseline_only = strcmp(choice, "baseline") == 0;
+    }
+    return PyUnicode_FromString(has_avx2_bmi2() ? "avx2,bmi2" : "baseline");
+}
+
+/* The plain loop for n steps (see plain_body); the contexts' pairs alone are counted when the two passes
+ * over V x V cost less than a quarter of a count per step. */
+static void plain_chain(const Tables *tables, uint64_t *rng, Counts *c, int64_t n, int64_t *x)
+{
+    const int64_t V = tables->V;
+    const int how = !c->transitions ? COUNT_EMITTED : (4 * V * V <= n ? COUNT_PAIRS : COUNT_BOTH);
+#if X86_CLONES
+    if (has_avx2_bmi2()) {
+        plain_loop_avx2(tables, rng, c, n, x, how);
+        return;
+    }
+#endif
+    plain_loop(tables, rng, c, n, x, how);
+}
+
 /* chain(tables, totals, lasts, slot_of, guides, last_used, u, prev, proposed, emitted, accepted,
- *       V, G, start, n, x, clock [, rng, counts, identity]) -> (t, x)
+ *       V, G, start, n, x, clock [, rng, counts, identity, moves, record]) -> (t, x)
  * Runs steps start..n-1 of a chunk; stops early (t < n) at a context without a table.
  * rng (uint64[4], a PCG64 state, advanced in place) or None: the uniforms are drawn from it and
  * u may be empty; else u holds three per step.  counts: None, or (accepted (int64[1]), contexts (V),
  * emitted (V), transitions (V x V, or None)), distinct int64 arrays each step is added to (none of
- * them an output: the loop's pointers are restrict).  identity: every loaded context x is in slot x. */
+ * them an output: the loop's pointers are restrict).  identity: every loaded context x is in slot x.
+ * moves: None, or an int32 move table (keys x V): the next context is moves[x * V + emitted].
+ * record (default True): False writes no step array (prev .. accepted may then be empty) and needs rng,
+ * counts, no move table and every context in its own slot; then the plain loop runs (plain_chain). */
 static PyObject *chain(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, so, gb, lu, ub, pb, yb, eb, ab;
@@ -332,9 +484,9 @@ static PyObject *chain(PyObject *self, PyObject *args)
     Py_ssize_t V, G, start, n, x, clock;
     Py_buffer mb = {0};
     PyObject *rng = Py_None, *counts = Py_None, *moves = Py_None;
-    int identity = 0;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*y*w*w*w*w*nnnnnn|OOpO", &tb, &tot, &la, &so, &gb, &lu, &ub, &pb, &yb,
-                          &eb, &ab, &V, &G, &start, &n, &x, &clock, &rng, &counts, &identity, &moves))
+    int identity = 0, record = 1;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*y*w*w*w*w*nnnnnn|OOpOp", &tb, &tot, &la, &so, &gb, &lu, &ub, &pb, &yb,
+                          &eb, &ab, &V, &G, &start, &n, &x, &clock, &rng, &counts, &identity, &moves, &record))
         return NULL;
     PyObject *result = NULL;
     PyObject *ca = Py_None, *cc = Py_None, *ce = Py_None, *ct = Py_None;
@@ -362,8 +514,9 @@ static PyObject *chain(PyObject *self, PyObject *args)
                                                optional(ct, &trb)))))
         goto done;
     if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) && need(&lu, slots, 8, "last_used") &&
-          (drawn ? need(&rb, 4, 8, "rng") : need(&ub, n * 3, 8, "u")) && need(&pb, n, 8, "prev") &&
-          need(&yb, n, 8, "proposed") && need(&eb, n, 8, "emitted") && need(&ab, n, 1, "accepted")))
+          (drawn ? need(&rb, 4, 8, "rng") : need(&ub, n * 3, 8, "u")) && need(&pb, record ? n : 0, 8, "prev") &&
+          need(&yb, record ? n : 0, 8, "proposed") && need(&eb, record ? n : 0, 8, "emitted") &&
+          need(&ab, record ? n : 0, 1, "accepted")))
         goto done;
     if (counting && !(acb.buf && cb.buf && emb.buf && need(&acb, 1, 8, "accepted count") &&
                       need(&cb, V, 8, "contexts") && need(&emb, V, 8, "emitted counts") &&
@@ -376,6 +529,10 @@ static PyObject *chain(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "chain: context or start out of range");
         goto done;
     }
+    if (!record && !(drawn && counting && !moving && identity && all_in_place(tables.slot_of, keys))) {
+        PyErr_SetString(PyExc_ValueError, "chain: record=False needs rng, counts and every context in its own slot");
+        goto done;
+    }
     {
         int64_t cx = x, t;
         int bad = 0;
@@ -386,6 +543,10 @@ static PyObject *chain(PyObject *self, PyObject *args)
         uint8_t *accepted = ab.buf;
         const int32_t *mv = mb.buf;
         Py_BEGIN_ALLOW_THREADS
+        if (!record) { /* nothing but the counts: the plain loop, never stopped */
+            plain_chain(&tables, r, &c, n - start, &cx);
+            t = n;
+        } else
 #define CHAIN(d, i, k) chain_loop(&tables, slots, u, r, prev, proposed, emitted, accepted, &c, start, n, &cx, \
                                   clock, d, i, k, NULL, V, 0, &bad)
 #define MOVING(d, i) chain_loop(&tables, slots, u, r, prev, proposed, emitted, accepted, &c, start, n, &cx, \
@@ -1173,6 +1334,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"chain", chain, METH_VARARGS, "Run one chain over a chunk of uniforms; stop at a context without a table."},
+    {"isa", isa, METH_VARARGS, "The instruction set of the plain loop ('avx2,bmi2' or 'baseline'); set with 'baseline'/'auto'."},
     {"batch", batch, METH_VARARGS, "Run B chains in lock step; every context must have a table."},
     {"finish", finish, METH_VARARGS, "Fill consecutive table slots' totals, lasts and guides from their three rows."},
     {"jsonl", jsonl, METH_VARARGS, "Format a chunk of steps as the telemetry's JSONL lines."},

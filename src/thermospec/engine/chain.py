@@ -131,6 +131,11 @@ class ReportVerifier:
 
         return noted
 
+    @property
+    def quiet(self) -> bool:
+        """Whether no chunk can need a check: every context built so far is noted (`watched`) and none is suspect."""
+        return self._watching and not self._suspects
+
     def _bad_tokens(self, x: int) -> NDArray[np.bool_]:
         found = self._bad.get(x)
         if found is None and self._drafts(x).tsu.reports_exactly:
@@ -149,7 +154,7 @@ class ReportVerifier:
 
     def verify(self, chunk: ChainChunk) -> None:
         """Raise `ReportError` at the first step of `chunk` whose draft was misreported."""
-        if self._watching and not self._suspects:
+        if self.quiet:
             return
         contexts = np.flatnonzero(np.bincount(chunk.prev)).tolist() if len(chunk) else []
         suspects = [x for x in contexts if self._bad_tokens(x).any()]
@@ -242,6 +247,7 @@ def run_chain(
     max_table_bytes: int | None = None,
     sparse: SparseRows | None = None,
     tally: RunTally | None = None,
+    record: bool = True,
 ) -> Iterator[ChainChunk]:
     """Run the speculative bigram chain for `steps` steps, yielding chunks of steps.
 
@@ -274,6 +280,13 @@ def run_chain(
         Counts to which every chunk is added before it is yielded (by the compiled
         kernel as it steps, or with `RunTally.update`): the caller must not add the
         chunks again.  A chunk refused by the report check is not counted.
+    record : bool
+        False (with `tally`): the caller reads only the counts and each chunk's length (a run
+        without telemetry).  When the compiled kernel can hold every context's tables and the run
+        is long enough to pay for building them all (`PRELOAD_STEPS` per context) and no TSU needs
+        its reports checked, it builds them first and then keeps nothing but the counts (its plain
+        loop, ~10 % faster): the chunks' arrays are then `unrecorded` (every entry -1).  Otherwise
+        the chunks are recorded as usual.
 
     Yields
     ------
@@ -293,12 +306,13 @@ def run_chain(
     counts: StepCounts | None = None
     if tally is not None and isinstance(stepper, ChainStepper):  # the kernel counts as it steps
         counts = (np.zeros(1, dtype=np.int64), tally.context_counts, tally.emitted_counts, tally.transitions)
+    keep = record or counts is None or not _counts_only(stepper, steps, verifier)
     done = 0
     buffer = np.empty((min(chunk, steps), 3), dtype=np.float64)
     while done < steps:
         n = min(chunk, steps - done)
         if isinstance(stepper, ChainStepper):  # the same uniforms, in the same order, as rng.random((n, 3))
-            (prev, proposed, emitted, accepted), x = stepper.draw_steps(rng, n, x, counts)
+            (prev, proposed, emitted, accepted), x = stepper.draw_steps(rng, n, x, counts, record=keep)
         else:
             uniforms = buffer[:n]
             rng.random(out=uniforms)
@@ -319,6 +333,25 @@ def run_chain(
             raise
         yield produced
         done += n
+
+
+PRELOAD_STEPS = 1024
+"""Steps per context a run must have for `run_chain` (``record=False``) to build every context's tables
+first: a table costs about a thousand steps' time, so the unvisited contexts' ones then cost little."""
+
+
+def _counts_only(stepper: ChainStepper | CompactStepper, steps: int, verifier: ReportVerifier) -> bool:
+    """Load every context's tables when they fit and `steps` pays for it; whether the kernel may then keep only counts.
+
+    Every table is built (and its TSU noted by `verifier`) before the first step, so no later
+    chunk can meet a TSU whose reports need checking: the chunks need no arrays.
+    """
+    if not isinstance(stepper, ChainStepper) or stepper.cache is None or stepper.moves is not None:
+        return False
+    cache = stepper.cache
+    if not cache.identity or steps < PRELOAD_STEPS * cache.contexts or not cache.load_all():
+        return False
+    return stepper.counts_only() and verifier.quiet
 
 
 def _uncount(tally: RunTally, chunk: ChainChunk) -> None:
