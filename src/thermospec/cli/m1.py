@@ -1,19 +1,19 @@
-"""Command line of M1: ``python -m scripts.run_m1 run|check``.
+"""Command line of M1: ``python -m scripts.run_m1 run|check``, a thin layer over `thermospec.run` and ``.check``.
 
-Errors on the user's input print one line naming the option or file and the
-reason, exit with status 2 and write nothing.
+Each command parses its options (`cli.options` derives them from `RunConfig`),
+calls the API function (a progress bar, the notices and the injected fault come
+through its hooks) and prints what it returns.  Errors on the user's input print
+one line naming the option or file and the reason, exit with status 2 and write
+nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from thermospec.analysis.block_checks import checks_of
 from thermospec.cli.examples import examples_for
 from thermospec.cli.options import (
     EXIT_FAILED,
@@ -24,16 +24,12 @@ from thermospec.cli.options import (
     int_at_least,
     run_options,
 )
-from thermospec.cli.report import headline, summary_table
+from thermospec.cli.report import check_report, headline, summary_table
 from thermospec.engine.blocks import BLOCKS_FILE
+from thermospec.experiments.single_runs import check, run
 from thermospec.runs.block_parquet import BLOCKS_PARQUET
-from thermospec.runs.config import ConfigError, RunConfig
-from thermospec.runs.executor import check_mode_options, execute_run
-from thermospec.runs.prepare import inject_fault, prepare_run
-from thermospec.runs.progress import progress_bar
-from thermospec.runs.replay import ReplayError, compare_replay, load_replay
-from thermospec.runs.settings import check_room, config
-from thermospec.runs.storage import METRICS_FILE, create_run_dir
+from thermospec.runs.interrupts import exit_status, signal_named
+from thermospec.runs.storage import METRICS_FILE
 from thermospec.runs.telemetry import PARQUET_FILE
 
 __all__ = ["main"]
@@ -121,124 +117,50 @@ def build_parser(prog: str = "run_m1") -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace) -> RunConfig:
-    return config(**run_options(args))
+def _notice(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
-def _notice_clamp(config: RunConfig, V: int) -> None:
-    if config.tokenizer is not None and config.tokenizer.startswith("bpe:") and config.tokenizer[4:].isdigit():
-        asked = int(config.tokenizer[4:])
-        if asked > V:
-            print(f"notice: --tokenizer {config.tokenizer}: this corpus supports only {V} BPE tokens; "
-                  f"using V = {V}", file=sys.stderr)
-    if config.K > V:
-        print(f"notice: --K {config.K} is above the vocabulary size V = {V}; using K = {V}", file=sys.stderr)
-
-
-def _replay_config(args: argparse.Namespace) -> Any:
-    """The replay plan of ``--replay``, refusing options that would change the recorded run."""
-    from dataclasses import fields
-
-
-    recorded = {f.name for f in fields(RunConfig)}
-    given = [f"--{name.replace('_', '-')}" for name, value in vars(_config_defaults()).items()
-             if name in recorded and getattr(args, name, value) != value]
-    if given:
-        raise ConfigError(f"--replay: takes every option from the summary; drop {' '.join(given)}")
-    try:
-        return load_replay(args.replay)
-    except ReplayError as exc:
-        raise ConfigError(f"--replay {exc}") from None
-
-
-def _config_defaults() -> argparse.Namespace:
-    defaults = build_parser().parse_args(["run"])
-    del defaults.command, defaults.runs_dir, defaults.replay
-    return defaults
-
-
-def _exit_status(summary: dict[str, Any]) -> int:
-    """130 / 143 when a SIGINT / SIGTERM stopped the run, else 0."""
-    import signal
-
-    by = summary.get("interrupted_by")
-    if by in ("SIGINT", "SIGTERM"):
-        return 128 + int(signal.Signals[by])
-    return 0
+def _written(summary: dict[str, Any], telemetry: str, chains: int) -> str:
+    """The records file (or folders) a run wrote, as the last line names it."""
+    if chains > 1 and telemetry == "jsonl":  # Parquet holds every chain in one file
+        return "chain_*/"
+    if summary["config"].get("gamma") is not None:
+        return {"jsonl": BLOCKS_FILE, "parquet": BLOCKS_PARQUET}[telemetry]
+    return {"jsonl": METRICS_FILE, "parquet": PARQUET_FILE}[telemetry]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    plan = _replay_config(args) if args.replay is not None else None
-    config = plan.config if plan is not None else _config(args)
-    check_mode_options(config, args.telemetry, args.chains, replay=plan is not None)
-    run = prepare_run(config)
-    _notice_clamp(run.config, run.target.V)
-    if not args.runs_dir.strip():
-        raise ConfigError("--runs-dir: must name a folder, got an empty string")
-    if Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
-        raise ConfigError(f"--runs-dir {args.runs_dir}: is a file, not a folder")
-    check_room(run.config, args.telemetry, args.chains, args.runs_dir)
-    try:
-        run_dir = create_run_dir(Path(args.runs_dir))
-    except OSError as exc:
-        raise ConfigError(f"--runs-dir {args.runs_dir}: cannot create a run folder ({exc.strerror or exc})") from None
-    unit = "token" if run.config.gamma is not None else "step"
-    started = time.perf_counter()
-    with progress_bar(run.config.steps, "run", unit, quiet=args.quiet or args.chains > 1) as bar:
-        summary = execute_run(run, run_dir, on_progress=bar.update, telemetry=args.telemetry, chains=args.chains)
-    wall_s = time.perf_counter() - started
-    metrics_file = {"jsonl": METRICS_FILE, "parquet": PARQUET_FILE, "none": ""}[args.telemetry]
-    if run.config.gamma is not None:
-        metrics_file = {"jsonl": BLOCKS_FILE, "parquet": BLOCKS_PARQUET, "none": ""}[args.telemetry]
-    if args.chains > 1 and args.telemetry == "jsonl":  # Parquet holds every chain in one file
-        metrics_file = "chain_*/"
-    print(summary_table(summary) if args.full else headline(summary, wall_s))
-    written = "" if args.telemetry == "none" else f"{run_dir / metrics_file} and "
+    result = run(runs_dir=args.runs_dir, telemetry=args.telemetry, chains=args.chains, replay=args.replay,
+                 progress=not args.quiet, notify=_notice, **run_options(args))
+    summary, run_dir = result.summary.record, result.run_dir
+    print(summary_table(summary) if args.full else headline(summary, result.wall_s))
+    written = "" if args.telemetry == "none" else f"{run_dir / _written(summary, args.telemetry, args.chains)} and "
     print(f"\nwrote {written}{run_dir / 'summary.json'}" + ("" if args.full else " (every field: --full)"))
     if summary.get("chi2_dof") == 0 and summary.get("steps"):
-        expected = "Σ n_t·p_t" if run.config.trace is not None else "N·pi"
+        expected = "Σ n_t·p_t" if summary["config"].get("trace") is not None else "N·pi"
         print(f"run_m1 run: note: every token's expected count {expected} is below 5, so the run's χ² has one bin "
               "and tests nothing (p_value 1 by SPEC §6); run more steps, or use `check` for exactness",
               file=sys.stderr)
-    status = _exit_status(summary)
-    if status:
+    signum = signal_named(summary.get("interrupted_by"))
+    if signum is not None:
         held = "the summary covers" if args.telemetry == "none" else "the files hold"
         print(f"run_m1 run: interrupted by {summary['interrupted_by']} after {summary['steps']} steps; "
               f"{held} exactly those steps", file=sys.stderr)
-        return status
-    if plan is not None:
-        comparison = compare_replay(plan, summary)
-        if not comparison.identical:
-            print(f"run_m1 run: error: --replay {plan.source}: {comparison.describe()}", file=sys.stderr)
+        return exit_status(signum)
+    if result.replay is not None:
+        if not result.replay.identical:
+            print(f"run_m1 run: error: --replay {result.replay.source}: {result.replay.describe()}", file=sys.stderr)
             return EXIT_FAILED
-        print(comparison.describe())
+        print(result.replay.describe())
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    if args.tsu == "thrml":
-        raise ConfigError("--tsu thrml: check runs SimTSU's table-driven paths; "
-                          "check THRML with run --tsu thrml (χ² in summary.json) or tests/test_thrml_backend.py")
-    run = prepare_run(_config(args))
-    _notice_clamp(run.config, run.target.V)
-    if args.inject_fault is not None:
-        print(f"injected fault: {args.inject_fault} (every context's TSU)")
-        run = inject_fault(run, args.inject_fault)
-    results = checks_of(run, args.check_steps, args.pooled_steps)
-    width = max(len(r.name) for r in results)
-    guide_rule = [r for r in results if getattr(r, "guide", True)]
-    stronger = [r for r in results if not getattr(r, "guide", True)]
-    for r in guide_rule:
-        print(f"{r.verdict}  {r.name:<{width}}  {r.detail}")
-    if stronger:
-        print("\nstronger test (beside the guide's checklist):")
-    for r in stronger:
-        print(f"{r.verdict}  {r.name:<{width}}  {r.detail}")
-    skipped = sum(r.skipped for r in results)
-    failed = sum(not r.passed and not r.skipped for r in results)
-    tested = len(results) - skipped
-    print(f"\n{tested - failed}/{tested} checks passed" + (f", {skipped} skipped (nothing to test)" if skipped else ""))
-    return 0 if failed == 0 else EXIT_FAILED
+    report = check(check_steps=args.check_steps, pooled_steps=args.pooled_steps, fault=args.inject_fault,
+                   notify=_notice, announce=print, **run_options(args))
+    print(check_report(report.results))
+    return 0 if report.passed else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "run_m1") -> int:

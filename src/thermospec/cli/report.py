@@ -1,4 +1,4 @@
-"""What ``run_m1 run`` prints: a short headline of the summary (``--full``: every field).
+"""What ``run_m1 run`` prints: a short headline of the summary (``--full``: every field); what ``check`` prints.
 
 ``summary.json`` stays the complete record; the headline says, in at most ~25
 lines, what was run, how far acceptance is from overlap, what each χ² tests and
@@ -8,9 +8,12 @@ them, and the files written.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["headline", "summary_table"]
+from thermospec.runs.checklist import CheckResult
+
+__all__ = ["check_report", "headline", "summary_table"]
 
 
 def format_value(value: Any) -> str:
@@ -203,4 +206,21 @@ def headline(summary: dict[str, Any], wall_s: float | None = None) -> str:
     if summary.get("interrupted"):
         lines += ["", f"interrupted by {summary['interrupted_by']}: the summary covers the {summary['steps']:,} "
                       "steps written"]
+    return "\n".join(lines)
+
+
+def check_report(results: Sequence[CheckResult]) -> str:
+    """``run_m1 check``'s verdicts: the guide's checklist, the stronger tests beside it, and the count passed."""
+    width = max(len(r.name) for r in results)
+    guide_rule = [r for r in results if getattr(r, "guide", True)]
+    stronger = [r for r in results if not getattr(r, "guide", True)]
+    lines = [f"{r.verdict}  {r.name:<{width}}  {r.detail}" for r in guide_rule]
+    if stronger:
+        lines += ["", "stronger test (beside the guide's checklist):"]
+    lines += [f"{r.verdict}  {r.name:<{width}}  {r.detail}" for r in stronger]
+    skipped = sum(r.skipped for r in results)
+    failed = sum(not r.passed and not r.skipped for r in results)
+    tested = len(results) - skipped
+    lines += ["", f"{tested - failed}/{tested} checks passed"
+              + (f", {skipped} skipped (nothing to test)" if skipped else "")]
     return "\n".join(lines)

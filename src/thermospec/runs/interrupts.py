@@ -43,6 +43,7 @@ __all__ = [
     "install_termination_handler",
     "interruption_guard",
     "signal_name",
+    "signal_named",
     "stop_requested",
     "tolerate_repeated_signals",
 ]
@@ -119,6 +120,14 @@ class Interruption:
 def signal_name(signum: int) -> str:
     """``"SIGINT"``, ``"SIGTERM"``, ..."""
     return signal.Signals(signum).name
+
+
+def signal_named(name: object) -> int | None:
+    """The SIGINT or SIGTERM a summary's ``interrupted_by`` names, or None (a run not stopped by a signal)."""
+    for signum in HANDLED_SIGNALS:
+        if name == signal_name(signum):
+            return int(signum)
+    return None
 
 
 def exit_status(signum: int) -> int:

@@ -19,12 +19,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from thermospec.runs.config import ConfigError, RunConfig
+from thermospec.runs.config import DEFAULTS, ConfigError, RunConfig, option_name
 from thermospec.runs.storage import METRICS_FILE
 from thermospec.runs.telemetry import PARQUET_FILE
 from thermospec.targets.corpus import CorpusError, read_corpus
 
-__all__ = ["ReplayComparison", "ReplayError", "ReplayPlan", "compare_replay", "load_replay"]
+__all__ = ["ReplayComparison", "ReplayError", "ReplayPlan", "compare_replay", "load_replay", "replay_plan"]
 
 
 class ReplayError(ValueError):
@@ -135,6 +135,30 @@ def load_replay(path: str | Path) -> ReplayPlan:
     return ReplayPlan(config, sha if isinstance(sha, str) else None, path, records)
 
 
+def replay_plan(path: str | Path, options: dict[str, Any]) -> ReplayPlan:
+    """The plan of ``--replay PATH``, refusing run options that would change the recorded run.
+
+    Parameters
+    ----------
+    path : str or Path
+        The run folder or its ``summary.json``.
+    options : dict
+        The run options given beside it; any whose value is not its default is refused.
+
+    Raises
+    ------
+    ConfigError
+        One line: the options to drop, or why the summary cannot be replayed (`load_replay`).
+    """
+    given = [option_name(name) for name, value in options.items() if name in DEFAULTS and value != DEFAULTS[name]]
+    if given:
+        raise ConfigError(f"--replay: takes every option from the summary; drop {' '.join(given)}")
+    try:
+        return load_replay(path)
+    except ReplayError as exc:
+        raise ConfigError(f"--replay {exc}") from None
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, read 16 MB at a time."""
     digest = hashlib.sha256()
@@ -158,12 +182,15 @@ class ReplayComparison:
         Whether it equals the SHA-256 of the original's records file now (None: the file is gone).
     records : Path or None
         The original's records file.
+    source : Path or None
+        The summary replayed.
     """
 
     new_sha256: str | None
     recorded: bool | None
     on_disk: bool | None
     records: Path | None
+    source: Path | None = None
 
     @property
     def identical(self) -> bool:
@@ -199,4 +226,5 @@ def compare_replay(plan: ReplayPlan, summary: dict[str, Any]) -> ReplayCompariso
     on_disk: bool | None = None
     if plan.records is not None and plan.records.is_file():
         on_disk = new == file_sha256(plan.records)
-    return ReplayComparison(new_sha256=new, recorded=recorded, on_disk=on_disk, records=plan.records)
+    return ReplayComparison(new_sha256=new, recorded=recorded, on_disk=on_disk, records=plan.records,
+                            source=plan.source)
