@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,6 +19,7 @@ from thermospec.engine.batch import chain_stream
 from thermospec.engine.blocks import BLOCKS_FILE, run_blocks, run_blocks_reference
 from thermospec.engine.chain import dense_matrices
 from thermospec.engine.chunks import BlockChunk
+from thermospec.engine.keys import ContextSource, OrderSource
 from thermospec.engine.tally import BlockTally
 from thermospec.engine.trees import TreeChunk, TreeExpectation, plan_cache, run_trees, tree_nodes
 from thermospec.runs.batch_run import chain_dir
@@ -26,9 +27,10 @@ from thermospec.runs.block_parquet import BLOCKS_PARQUET, BlockParquetWriter
 from thermospec.runs.losses import Visits
 from thermospec.runs.parquet_file import finish_parquet
 from thermospec.runs.prepare import PreparedRun, context_source, sparse_rows
+from thermospec.runs.schema import block_layout
 from thermospec.runs.storage import SUMMARY_FILE, RecordFile, write_json_atomic
 
-__all__ = ["TREE_EXPECTATION_KEYS", "BlockMode", "block_lines", "summarise_blocks"]
+__all__ = ["TREE_EXPECTATION_KEYS", "BlockMode", "block_lines", "block_values", "key_kind", "summarise_blocks"]
 
 TREE_EXPECTATION_KEYS = 2000
 """Distinct block starts for which a tree run's summary computes the exact expected accepted length."""
@@ -104,43 +106,41 @@ def summarise_blocks(
     return summary
 
 
-def block_lines(chunk: BlockChunk, key_json: Callable[[int], str] = str) -> str:
-    """The block JSONL records of a chunk.
+def key_kind(source: ContextSource) -> Literal["int", "text"]:
+    """How a block record writes its first key (`runs.schema.block_layout`): an order-N context as its text, every
+    other key (a token id, a trace position) as an integer."""
+    return "text" if isinstance(source, OrderSource) else "int"
 
-    Fields: ``block, first_step, context, drafted, accepted_length, emitted``; ``context`` is the block's
-    first key as `key_json` writes it (a token id on a bigram chain, a context's text at order N, a position
-    on a trace).
+
+def block_values(chunk: BlockChunk, key_json: Callable[[int], str] = str) -> dict[str, list[Any]]:
+    """Each block field's values in a chunk (`runs.schema.BLOCK_FIELDS`, and a tree's `TREE_FIELDS`), for both
+    the JSONL and the Parquet records; ``context`` is the block's first key as `key_json` writes it, read back."""
+    lengths = chunk.accepted_length.tolist()
+    drafted = chunk.drafted.tolist()
+    values: dict[str, list[Any]] = {
+        "first_step": chunk.first_step.tolist(),
+        "context": [json.loads(key_json(k)) for k in chunk.context.tolist()],
+        "drafted": drafted,
+        "accepted_length": lengths,
+        "emitted": [[*ys[:n], y] for ys, n, y in zip(drafted, lengths, chunk.final.tolist(), strict=True)],
+    }
+    if isinstance(chunk, TreeChunk):  # the verified levels' children, the accepted levels' child indices
+        g = chunk.gamma
+        values["children"] = [level[: min(n + 1, g)] for level, n in zip(chunk.children.tolist(), lengths,
+                                                                          strict=True)]
+        values["accepted_index"] = [index[:n] for index, n in zip(chunk.accepted_index.tolist(), lengths,
+                                                                   strict=True)]
+    return values
+
+
+def block_lines(chunk: BlockChunk, key_json: Callable[[int], str] = str, key: Literal["int", "text"] = "int") -> str:
+    """The block JSONL records of a chunk (`runs.schema.block_layout`'s fields: a block's, and a token tree's).
+
+    ``context`` is the block's first key as `key_json` writes it: a token id on a bigram chain or a position on a
+    trace (`key` ``"int"``), an order-N context's text (``"text"``).
     """
-    lines = []
-    for i, (b, s, x, ys, n) in enumerate(
-        zip(
-            range(chunk.start, chunk.start + len(chunk)),
-            chunk.first_step.tolist(),
-            chunk.context.tolist(),
-            chunk.drafted.tolist(),
-            chunk.accepted_length.tolist(),
-            strict=True,
-        )
-    ):
-        emitted = [*ys[:n], int(chunk.final[i])]
-        lines.append(
-            f'{{"block":{b},"first_step":{s},"context":{key_json(x)},"drafted":{json.dumps(ys, separators=(",", ":"))},'
-            f'"accepted_length":{n},"emitted":{json.dumps(emitted, separators=(",", ":"))}}}\n'
-        )
-    return "".join(lines)
-
-
-def tree_lines(chunk: TreeChunk, key_json: Callable[[int], str] = str) -> str:
-    """A token-tree run's block records: `block_lines`' fields, then ``children`` (each verified level's N drafts)
-    and ``accepted_index`` (the child each accepted level took)."""
-    lines = block_lines(chunk, key_json).splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        levels = min(int(chunk.accepted_length[i]) + 1, chunk.gamma)
-        children = json.dumps(chunk.children[i, :levels].tolist(), separators=(",", ":"))
-        index = json.dumps(chunk.accepted_index[i, : int(chunk.accepted_length[i])].tolist(), separators=(",", ":"))
-        out.append(f'{line[:-1]},"children":{children},"accepted_index":{index}}}\n')
-    return "".join(out)
+    layout = block_layout(key, isinstance(chunk, TreeChunk))
+    return layout.json_lines(chunk.start, block_values(chunk, key_json))
 
 
 class _BlockChain:
@@ -193,7 +193,8 @@ class BlockMode:
         if telemetry == "jsonl":
             folders = [run_dir] if chains == 1 else [chain_dir(run_dir, b) for b in range(chains)]
         self.chains = [_BlockChain(self.gamma, run.target.V, folder) for folder in folders]
-        self._parquet = (BlockParquetWriter(run_dir / BLOCKS_PARQUET, self.source.key_json, self.n > 1, chains > 1)
+        self.layout = block_layout(key_kind(self.source), self.n > 1)
+        self._parquet = (BlockParquetWriter(run_dir / BLOCKS_PARQUET, self.layout, chains > 1)
                          if telemetry == "parquet" else None)
         self._overlap: dict[int, float] = {}
         self._visits: dict[int, int] = {}  # verified positions per key, every chain
@@ -223,16 +224,16 @@ class BlockMode:
         units = 0
         for b, (chain, chunk) in enumerate(zip(self.chains, chunks, strict=True)):
             if chunk is not None:
-                if self._parquet is not None:
-                    self._parquet.write(chunk, b)
-                units += self._record(chain, chunk)
+                values = (block_values(chunk, self.source.key_json)
+                          if self._parquet is not None or chain.file is not None else None)
+                if self._parquet is not None and values is not None:
+                    self._parquet.write(chunk.start, values, b)
+                units += self._record(chain, chunk, values)
         return units
 
-    def _record(self, chain: _BlockChain, chunk: BlockChunk) -> int:
-        if chain.file is not None:
-            lines = tree_lines(chunk, self.source.key_json) if isinstance(chunk, TreeChunk) else block_lines(
-                chunk, self.source.key_json)
-            chain.file.write(lines)
+    def _record(self, chain: _BlockChain, chunk: BlockChunk, values: dict[str, list[Any]] | None) -> int:
+        if chain.file is not None and values is not None:
+            chain.file.write(self.layout.json_lines(chunk.start, values))
         chain.tally.update(chunk)
         keys = chunk.draft_keys[chunk.verified()]
         for key in np.unique(keys).tolist():

@@ -1,6 +1,6 @@
-"""The one schema of the per-step telemetry records: each field once, and the writers built from it.
+"""The one schema of the telemetry records: each field once, and the writers built from it.
 
-A record's fields come in layers, each added by an axis of the run:
+A per-step record's fields come in layers, each added by an axis of the run:
 
 * ``m1``: the guide's 12 fields, in its order (SPEC §6): ``step``, ``prev_token``,
   ``proposed_token``, ``emitted_token``, ``accepted`` (per step), then ``K``, ``tau``,
@@ -10,131 +10,57 @@ A record's fields come in layers, each added by an axis of the run:
 * ``position`` (``--trace``): the position, per key;
 * ``drafts`` (``--drafts N``): ``drafts_used`` and ``accepted_index``, per step.
 
+A block record (``--gamma G``: one per block, `block_layout`) holds block fields only:
+
+* ``gamma``: ``block``, ``first_step``, ``context`` (the block's first key: a token id or a
+  position as an integer, an order-N context as its text), ``drafted`` (the γ drafted tokens),
+  ``accepted_length``, ``emitted`` (the accepted drafts, then the residual or bonus token);
+* ``tree`` (``--gamma G --drafts N``): ``children`` (each verified level's N drafts) and
+  ``accepted_index`` (the child each accepted level took).
+
 A `Field` says its name, its kind (which fixes its JSON text and its Arrow type),
 its level and its axis; a `Layout` is the fields of one kind of run, from which
 come its JSONL formatter (`Layout.lines`, with each key's fields formatted once,
 `Layout.key_tail`), its Parquet schema (`Layout.arrow_schema`) and its Parquet
 writer (`RecordParquet`, whose rows equal the JSONL records field for field, a
-leading ``chain`` column holding every chain with ``--chains B``).  A new
-per-step field is one `Field` here plus the array its run hands the writers.
+leading ``chain`` column holding every chain with ``--chains B``; block records'
+`Layout.arrow_arrays`, which `runs.block_parquet` writes).  A new per-step field is
+one `Field` here plus the array its run hands the writers; a new per-block field is
+one `Field` here plus its values in `runs.block_run.block_values`.  The compiled
+formatter of M1's lines takes the texts around its step values from
+`Layout.compiled_format`.
 
-JSON text: integers as decimals, booleans as ``true``/``false``, floats as the
-shortest text reading back to the same float64 (``null`` where not finite),
-optional integers ``null`` where negative, text as a JSON string.  Parquet: the
-same values, nulls where JSON has ``null``.
+A field's JSON text and Arrow type follow from its kind (`runs.fields`).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
+from thermospec.runs.fields import Field, KeyValue, json_float
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 
 __all__ = [
+    "BLOCK_FIELDS",
     "DRAFTS_FIELDS",
     "M1",
     "M1_FIELDS",
+    "TREE_FIELDS",
+    "CompiledFormat",
     "Field",
     "KeyTable",
     "Layout",
     "RecordParquet",
+    "block_layout",
     "json_float",
     "layout",
 ]
-
-Kind = Literal["int", "optional_int", "float", "bool", "text"]
-Level = Literal["step", "key"]
-Axis = Literal["m1", "context", "position", "drafts"]
-KeyValue = Callable[[ContextDraft, int, Callable[[int], str] | None], Any]
-
-_BOOL_TEXT = np.array(["false", "true"], dtype=object)
-
-
-def json_float(value: float) -> str:
-    """A float64 as JSON: the shortest text reading back to it, ``null`` where not finite."""
-    return repr(value) if math.isfinite(value) else "null"
-
-
-def _json(kind: Kind, value: Any) -> str:
-    if kind == "float":
-        return json_float(value)
-    if kind == "bool":
-        return "true" if value else "false"
-    if kind == "text":
-        return json.dumps(value)
-    if kind == "optional_int" and value < 0:
-        return "null"
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Field:
-    """One field of the records.
-
-    Attributes
-    ----------
-    name : str
-    kind : {"int", "optional_int", "float", "bool", "text"}
-        Its values: ``optional_int`` is null where negative, ``float`` null where not finite.
-    level : {"step", "key"}
-        Per step (the run hands an array), or per key (the same for every step drafting at the key:
-        formatted once, looked up per step).
-    axis : {"m1", "context", "position", "drafts"}
-        What adds it to the records.
-    of_key : callable, optional
-        A key field's value: ``of_key(draft, key, key_text)``.
-    """
-
-    name: str
-    kind: Kind
-    level: Level
-    axis: Axis
-    of_key: KeyValue | None = None
-
-    def json(self, value: Any) -> str:
-        """One value's JSON text."""
-        return _json(self.kind, value)
-
-    def json_column(self, values: NDArray[Any]) -> list[Any]:
-        """A step field's values as items whose ``str`` is their JSON text."""
-        if self.kind == "bool":
-            texts: list[str] = _BOOL_TEXT[values.astype(np.intp)].tolist()
-            return texts
-        if self.kind == "optional_int":
-            found: NDArray[Any] = values.astype(object)
-            found[values < 0] = "null"
-            return list(found)
-        if self.kind == "float":
-            return [json_float(v) for v in values.tolist()]
-        return list(values.tolist())
-
-    def arrow_type(self, pa: Any) -> Any:
-        """Its Arrow type (``pa``: the pyarrow module)."""
-        return {"int": pa.int64(), "optional_int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
-                "text": pa.string()}[self.kind]
-
-    def nulls(self, values: NDArray[Any]) -> NDArray[np.bool_] | None:
-        """Where `values` are null (JSON ``null``), or None if none can be."""
-        if self.kind == "optional_int":
-            found: NDArray[np.bool_] = values < 0
-        elif self.kind == "float":
-            found = ~np.isfinite(values)
-        else:
-            return None
-        return found if found.any() else None
-
-    def arrow_array(self, pa: Any, values: NDArray[Any]) -> Any:
-        """Its Arrow array of `values` (nulls where its JSON text is ``null``)."""
-        null = self.nulls(values)
-        return pa.array(values) if null is None else pa.array(values, mask=null)
 
 
 def _draft_key(get: Callable[[ContextDraft], Any]) -> KeyValue:
@@ -147,7 +73,7 @@ def _context_text(draft: ContextDraft, key: int, text: Callable[[int], str] | No
 
 
 M1_FIELDS: tuple[Field, ...] = (
-    Field("step", "int", "step", "m1"),
+    Field("step", "index", "step", "m1"),
     Field("prev_token", "optional_int", "step", "m1"),
     Field("proposed_token", "int", "step", "m1"),
     Field("emitted_token", "int", "step", "m1"),
@@ -175,27 +101,48 @@ DRAFTS_FIELDS: tuple[Field, ...] = (
 """``--drafts N``'s two: TSU draws the step needed, the accepted draft's index (null: the residual)."""
 
 
+class CompiledFormat(NamedTuple):
+    """The texts a compiled formatter writes around a record's step values (`Layout.compiled_format`).
+
+    A record is, in order: for each integer field of the head, ``int_prefixes[i]`` then its
+    decimal (``null`` instead where ``nullable[i]`` and the value is negative; the first is the
+    index, counted from the chunk's start); then ``bool_texts[value]`` of the head's last field
+    (its prefix, its value and the comma before the key's fields, whole); then the key's
+    `Layout.key_tail`, which ends the record.
+    """
+
+    int_prefixes: tuple[bytes, ...]
+    nullable: tuple[bool, ...]
+    bool_texts: tuple[bytes, bytes]
+
+
 class Layout:
     """The fields of one kind of record, in order, and their JSONL formatter.
 
-    The key fields must be consecutive (after the first step fields): a record is
-    ``{`` + the head's step fields + the key's fields (`key_tail`, formatted once per key)
-    + the rest's step fields + ``}`` and a newline.
+    Per-step records: the key fields must be consecutive (after the first step fields): a record
+    is ``{`` + the head's step fields + the key's fields (`key_tail`, formatted once per key) + the
+    rest's step fields + ``}`` and a newline.  Block records hold block fields only: ``{`` + every
+    field + ``}`` and a newline.
     """
 
     def __init__(self, fields: Sequence[Field]) -> None:
         self.fields = tuple(fields)
         self.names = tuple(f.name for f in self.fields)
         self.field = {f.name: f for f in self.fields}
-        levels = "".join("k" if f.level == "key" else "s" for f in self.fields)
-        first, last = levels.index("k"), levels.rindex("k")
-        if "s" in levels[first:last] or first == 0:
-            raise ValueError(f"the key fields must be consecutive, after a step field: {self.names}")
-        self.head, self.keyed, self.rest = self.fields[:first], self.fields[first:last + 1], self.fields[last + 1:]
+        levels = "".join({"key": "k", "step": "s", "block": "b"}[f.level] for f in self.fields)
+        if "b" in levels:
+            if levels.strip("b"):
+                raise ValueError(f"a block record holds block fields only: {self.names}")
+            first = last = len(levels)
+        else:
+            first, last = levels.find("k"), levels.rfind("k") + 1
+            if first <= 0 or "s" in levels[first:last]:
+                raise ValueError(f"the key fields must be consecutive, after a step field: {self.names}")
+        self.head, self.keyed, self.rest = self.fields[:first], self.fields[first:last], self.fields[last:]
         self.step_fields = self.head + self.rest
         self.template = (
-            "{" + ",".join(f'"{f.name}":%s' for f in self.head) + ",%s"
-            + "".join(f',"{f.name}":%s' for f in self.rest) + ("}\n" if self.rest else "")
+            "{" + ",".join(f'"{f.name}":%s' for f in self.head) + (",%s" if self.keyed else "")
+            + "".join(f',"{f.name}":%s' for f in self.rest) + ("" if self.keyed and not self.rest else "}\n")
         )
 
     def key_tail(self, draft: ContextDraft, key: int, key_text: Callable[[int], str] | None = None) -> str:
@@ -209,30 +156,63 @@ class Layout:
         assert field.of_key is not None, f"{field.name} is not a key field"
         return field.of_key(draft, key, key_text)
 
-    def lines(self, start: int, columns: Mapping[str, Sequence[Any]], tails: Sequence[str]) -> str:
-        """The JSONL text of consecutive steps from `start`.
+    def lines(self, start: int, columns: Mapping[str, Sequence[Any]], tails: Sequence[str] | None = None) -> str:
+        """The JSONL text of consecutive records (steps or blocks) from `start`.
 
         Parameters
         ----------
         start : int
-            The first step's index.
+            The first record's index (``step``, ``block``).
         columns : mapping
-            Each step field but ``step``: a sequence whose items' ``str`` is their JSON text
-            (`Field.json_column`, or plain ints).
-        tails : sequence of str
-            Each step's `key_tail`.
+            Each field but the index and the key's: a sequence whose items' ``str`` is their JSON
+            text (`Field.json_column`, or plain ints).
+        tails : sequence of str, optional
+            Each step's `key_tail` (a layout with key fields only).
         """
-        n = len(tails)
-        parts: list[Sequence[Any]] = [range(start, start + n) if f.name == "step" else columns[f.name]
+        n = len(tails) if tails is not None else len(columns[self.names[1]])
+        parts: list[Sequence[Any]] = [range(start, start + n) if f.kind == "index" else columns[f.name]
                                       for f in self.head]
-        parts.append(tails)
+        if self.keyed:
+            assert tails is not None, "a layout with key fields needs each step's key_tail"
+            parts.append(tails)
         parts += [columns[f.name] for f in self.rest]
         template = self.template
         return "".join([template % row for row in zip(*parts, strict=True)])
 
+    def json_lines(self, start: int, values: Mapping[str, Sequence[Any]]) -> str:
+        """The JSONL text of consecutive block records from `start` (`values`: each field's but the index)."""
+        return self.lines(start, {f.name: f.json_column(values[f.name]) for f in self.fields if f.kind != "index"})
+
     def arrow_schema(self, pa: Any, chain_column: bool = False) -> Any:
         """The Parquet schema: the fields in order, after a ``chain`` column if asked for."""
         return pa.schema([("chain", pa.int64())] * chain_column + [(f.name, f.arrow_type(pa)) for f in self.fields])
+
+    def arrow_arrays(self, pa: Any, start: int, n: int, values: Mapping[str, Any],
+                     chain: int | None = None) -> list[Any]:
+        """The Arrow arrays of `n` records from `start` of a layout without key fields (`values`: each field's
+        but the index), after a ``chain`` column holding `chain` unless it is None."""
+        assert not self.keyed, "key fields are looked up per key: RecordParquet"
+        index = np.arange(start, start + n, dtype=np.int64)
+        arrays = [] if chain is None else [pa.array(np.full(n, chain, dtype=np.int64))]
+        return arrays + [pa.array(index) if f.kind == "index" else f.arrow_array(pa, values[f.name])
+                         for f in self.fields]
+
+    def compiled_format(self) -> CompiledFormat:
+        """What a compiled formatter of these records writes around the step values (`CompiledFormat`).
+
+        Raises
+        ------
+        ValueError
+            Unless the record is integer step fields (the index first), one boolean, then the key's
+            fields ending it: M1's layout.
+        """
+        *ints, flag = self.head
+        if (self.rest or not self.keyed or flag.kind != "bool" or not ints or ints[0].kind != "index"
+                or any(f.kind not in ("index", "int", "optional_int") for f in ints)):
+            raise ValueError(f"no compiled format: {self.names}")
+        prefixes = tuple(("{" if i == 0 else ",").encode() + f'"{f.name}":'.encode() for i, f in enumerate(ints))
+        return CompiledFormat(prefixes, tuple(f.kind == "optional_int" for f in ints),
+                              (f',"{flag.name}":false,'.encode(), f',"{flag.name}":true,'.encode()))
 
 
 def layout(key: Literal["context", "position"] | None = None, drafts: bool = False) -> Layout:
@@ -242,6 +222,29 @@ def layout(key: Literal["context", "position"] | None = None, drafts: bool = Fal
 
 M1 = layout()
 """M1's records: the guide's 12 fields."""
+
+BLOCK_FIELDS: tuple[Field, ...] = (
+    Field("block", "index", "block", "gamma"),
+    Field("first_step", "int", "block", "gamma"),
+    Field("context", "int", "block", "gamma"),
+    Field("drafted", "int_list", "block", "gamma"),
+    Field("accepted_length", "int", "block", "gamma"),
+    Field("emitted", "int_list", "block", "gamma"),
+)
+"""A block's record (``--gamma G``); ``context``, its first key, is text on order-N contexts (`block_layout`)."""
+
+TREE_FIELDS: tuple[Field, ...] = (
+    Field("children", "int_lists", "block", "tree"),
+    Field("accepted_index", "int_list", "block", "tree"),
+)
+"""What a token tree's block adds (``--gamma G --drafts N``): each verified level's N drafts, the accepted child."""
+
+
+def block_layout(key: Literal["int", "text"] = "int", tree: bool = False) -> Layout:
+    """The layout of block records: a block's fields (its first key an integer, or an order-N context's text),
+    then a tree's."""
+    fields = tuple(replace(f, kind=key) if f.name == "context" else f for f in BLOCK_FIELDS)
+    return Layout(fields + (TREE_FIELDS if tree else ()))
 
 
 class KeyTable:
@@ -315,7 +318,7 @@ class RecordParquet:
         self._keys.learn(keys, drafts)
         arrays = [pa.array(np.full(n, chain, dtype=np.int64))] if self.chain_column else []
         for f in self.layout.fields:
-            if f.name == "step":
+            if f.kind == "index":
                 arrays.append(pa.array(np.arange(start, start + n, dtype=np.int64)))
             elif f.level == "step":
                 arrays.append(f.arrow_array(pa, columns[f.name]))
