@@ -50,3 +50,18 @@ def test_states_are_interned_in_the_order_they_are_met(tmp_path: Path) -> None:
     first = moves.context(last)
     assert first == target.V  # the first longer context met gets the next free id
     assert moves.context(last - 1) == target.V + 1 and moves.context(last) == first
+
+
+@pytest.mark.parametrize(("text", "order"), [("abcabdbca", 3), ("the cat sat on the mat; that hat", 4),
+                                             ("the cat sat on the mat; that hat", 8)])
+def test_rows_of_every_state_are_the_targets(tmp_path: Path, text: str, order: int) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    target = order_target(path, order)
+    moves = target.moves()
+    assert moves is not None
+    states = np.arange(moves.states, dtype=np.int64)
+    for chosen in (states, states[target.V:], states[::-3]):  # with and without the one-token states
+        rows = moves.rows(chosen)
+        for i, s in enumerate(chosen.tolist()):
+            np.testing.assert_array_equal(rows[i], target.row(moves.context(s)))

@@ -17,6 +17,8 @@ __all__ = ["PairCounts"]
 
 MERGE_AT = 1 << 20
 """Pending codes merged once they exceed this (or twice the merged ones)."""
+DENSE_SPAN = 4
+"""Codes are counted in a dense array (`np.bincount`, no sort) when their span is at most this many times theirs."""
 
 
 class PairCounts:
@@ -32,27 +34,36 @@ class PairCounts:
         self.vocab_size = vocab_size
         self._codes = np.zeros(0, dtype=np.int64)
         self._counts = np.zeros(0, dtype=np.int64)
-        self._pending: list[tuple[NDArray[np.int64], NDArray[np.int64]]] = []
+        self._pending: list[NDArray[np.int64]] = []  # each step's code, merged in bulk
         self._pending_size = 0
 
     def add(self, context: NDArray[np.int64], token: NDArray[np.int64]) -> None:
         """Count one pair per step: ``(context[i], token[i])``."""
         if not context.shape[0]:
             return
-        codes, counts = np.unique(context * self.vocab_size + token, return_counts=True)
-        self._pending.append((codes.astype(np.int64), counts.astype(np.int64)))
-        self._pending_size += codes.shape[0]
+        self._pending.append((context * self.vocab_size + token).astype(np.int64, copy=False))
+        self._pending_size += context.shape[0]
         if self._pending_size > max(MERGE_AT, 2 * self._codes.shape[0]):
             self._merge()
 
     def _merge(self) -> None:
+        """Fold the pending codes into the sorted distinct codes and their counts."""
         if not self._pending:
             return
-        codes = np.concatenate([self._codes, *(c for c, _ in self._pending)])
-        counts = np.concatenate([self._counts, *(n for _, n in self._pending)])
+        pending = np.concatenate(self._pending)
+        self._pending, self._pending_size = [], 0
+        span = int(max(int(pending.max()), int(self._codes[-1]) if self._codes.shape[0] else 0)) + 1
+        if span <= DENSE_SPAN * (pending.shape[0] + self._codes.shape[0]):  # dense enough: count without a sort
+            dense = np.bincount(pending, minlength=span)
+            dense[self._codes] += self._counts
+            self._codes = np.flatnonzero(dense)
+            self._counts = dense[self._codes]
+            return
+        codes, counts = np.unique(pending, return_counts=True)
+        codes = np.concatenate([self._codes, codes])
+        counts = np.concatenate([self._counts, counts.astype(np.int64)])
         self._codes, inverse = np.unique(codes, return_inverse=True)
         self._counts = np.bincount(inverse, weights=counts, minlength=self._codes.shape[0]).astype(np.int64)
-        self._pending, self._pending_size = [], 0
 
     def pairs(self) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
         """(context, token, count) of every pair seen, sorted by context then token."""

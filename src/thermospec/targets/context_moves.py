@@ -67,6 +67,7 @@ class ContextMoves:
         self._ids[:target.V] = np.arange(target.V)
         self._interned = target.V  # states interned so far (ids >= 0): `states_of` rebuilds its map when it grows
         self._inverse: tuple[int, NDArray[np.int64]] | None = None
+        self._counts: NDArray[np.integer[Any]] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -91,20 +92,52 @@ class ContextMoves:
             self._interned += int(fresh.shape[0])
 
     def rows(self, states: NDArray[np.int64]) -> NDArray[np.float64]:
-        """The target rows of `states` (shape (m, V)), bit for bit `OrderTarget.row` of their contexts."""
+        """The target rows of `states` (shape (m, V)), bit for bit `OrderTarget.row` of their contexts.
+
+        A longer context's row is Laplace on its followers' counts: ``(counts + 1) / (n + V)``,
+        ``n + V`` being the exact float64 sum of the smoothed counts `OrderTarget.row` divides by.
+        """
         target, V = self.target, self.target.V
         states = np.asarray(states, dtype=np.int64)
         out = np.empty((states.shape[0], V), dtype=np.float64)
         short = self.length[states] == 1
-        out[short] = target.token_rows(states[short])
         longer = states[~short]
-        lo, n = self.lo[longer], self.hi[longer] - self.lo[longer]
-        owner = np.repeat(np.arange(longer.shape[0], dtype=np.int64), n)
-        at = np.arange(int(n.sum()), dtype=np.int64) + np.repeat(lo - (np.cumsum(n) - n), n)
-        counts = np.bincount(owner * V + target.followers[at], minlength=longer.shape[0] * V)
-        smoothed = counts.reshape(-1, V).astype(np.float64) + 1.0
-        out[~short] = smoothed / smoothed.sum(axis=1, keepdims=True)
+        if longer.shape[0] == states.shape[0]:  # no one-token state (every block but the first): in place
+            np.add(self._follower_counts()[longer - V], 1.0, out=out)
+            out /= (self.hi[longer] - self.lo[longer] + V).astype(np.float64)[:, None]
+            return out
+        out[short] = target.token_rows(states[short])
+        smoothed = self._follower_counts()[longer - V] + 1.0
+        out[~short] = smoothed / (self.hi[longer] - self.lo[longer] + V).astype(np.float64)[:, None]
         return out
+
+    def _follower_counts(self) -> NDArray[np.integer[Any]]:
+        """How often each token follows each longer state's context in the corpus, shape (states - V, V), built once.
+
+        The states of one length own disjoint ranges of the index: the followers of each
+        length are counted at once, in one `np.bincount` of ``state * V + follower``.
+        """
+        if self._counts is None:
+            V, followers = self.target.V, self.target.followers
+            ends = followers.shape[0]
+            lengths = np.unique(self.length[V:]).tolist()
+            codes = np.empty(len(lengths) * ends, dtype=np.int64)  # per length: (state - V + 1) * V + follower
+            for i, L in enumerate(lengths):
+                own = V + np.flatnonzero(self.length[V:] == L)
+                owner = np.zeros(ends + 1, dtype=np.int64)  # state - V + 1 on the state's range, 0 elsewhere
+                owner[self.lo[own]] = own - V + 1
+                stop = np.zeros(ends + 1, dtype=np.int64)
+                stop[self.hi[own]] = own - V + 1
+                owner -= stop
+                np.cumsum(owner, out=owner)
+                part = codes[i * ends:(i + 1) * ends]
+                np.multiply(owner[:ends], V, out=part)
+                part += followers
+            counts = np.bincount(codes, minlength=(self.states - V + 1) * V)[V:]  # row 0: positions owned by none
+            top = int(counts.max()) if counts.shape[0] else 0
+            table: NDArray[np.integer[Any]] = counts.astype(np.min_scalar_type(top) if top < 2**31 else np.int64)
+            self._counts = table.reshape(self.states - V, V)
+        return self._counts
 
     def states_of(self, contexts: NDArray[np.int64]) -> NDArray[np.int64]:
         """The state of each target id (-1 for an id not interned through this table)."""

@@ -76,6 +76,8 @@ class TopK:
     codes: NDArray[np.float64]
     tau: float
     eps: NDArray[np.float64]
+    at: NDArray[np.int64]
+    """Each id's position in the rows' flat (C-order) layout, row by row: ``row * V + id``."""
 
 
 def top_k(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> TopK | None:
@@ -86,7 +88,8 @@ def top_k(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> TopK | No
         return None
     k = min(K, V)
     order = np.argsort(-P, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(P, order, axis=1)
+    at = (np.arange(m)[:, None] * V + order).reshape(-1)  # each id's position in P's flat layout
+    top = P.reshape(-1)[at].reshape(m, k)
     logp = np.log(top)
     ell = logp - logp[:, :1]
     spread = -ell.min(axis=1)
@@ -107,7 +110,7 @@ def top_k(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> TopK | No
                  and np.all((V - k) * eps32 < 1) and np.all(np.isfinite(delta)))
     if not fields_ok:
         return None
-    return TopK(k=k, order=order, top=top, ell=ell, delta=delta, codes=codes, tau=tau32, eps=eps32)
+    return TopK(k=k, order=order, top=top, ell=ell, delta=delta, codes=codes, tau=tau32, eps=eps32, at=at)
 
 
 def draft_rows(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> RowDrafts | None:
@@ -116,33 +119,74 @@ def draft_rows(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> RowD
     fields = top_k(P, K, tau, eps)
     if fields is None:
         return None
-    m, V = P.shape
-    k, order, top, delta, codes, tau32, eps32 = (fields.k, fields.order, fields.top, fields.delta, fields.codes,
-                                                 fields.tau, fields.eps)
+    V = P.shape[1]
+    k, top, delta, codes, tau32, eps32, at = (fields.k, fields.top, fields.delta, fields.codes, fields.tau,
+                                              fields.eps, fields.at)
     # F(psi) (thermospec.core.proposal): explicit probabilities on the ids, eps elsewhere.
     logits = -codes * delta[:, None] / tau32
     w = np.exp(logits - logits.max(axis=1, keepdims=True))
     explicit = (1.0 - (V - k) * eps32)[:, None] * (w / w.sum(axis=1, keepdims=True))
-    rows = np.arange(m)[:, None]
     q = np.repeat(eps32[:, None], V, axis=1)
-    q[rows, order] = explicit
-    is_id = np.zeros((m, V), dtype=np.bool_)
-    is_id[rows, order] = True
-    spread_explicit = np.zeros((m, V), dtype=np.float64)
-    spread_explicit[rows, order] = explicit
-    n_tail = np.cumsum(~is_id, axis=1, dtype=np.int64).astype(np.float64)
-    draft_cdf = n_tail * eps32[:, None] + np.cumsum(spread_explicit, axis=1)
+    q.reshape(-1)[at] = explicit.reshape(-1)
+    draft_cdf = _draft_cdf(q, at, eps32, k)
     # Tables (thermospec.core.acceptance) and metrics (thermospec.core.metrics).
     ratio = np.zeros_like(P)
     with np.errstate(over="ignore"):
-        np.divide(P, q, out=ratio, where=q > 0)
-    residual_cdf = np.cumsum(P - np.minimum(P, q), axis=1)
+        if np.all(explicit > 0) and (k == V or np.all(eps32 > 0)):
+            np.divide(P, q, out=ratio)
+        else:
+            np.divide(P, q, out=ratio, where=q > 0)
+    kept = np.minimum(P, q)
+    residual_cdf = np.cumsum(P - kept, axis=1)
     flat = ~(residual_cdf[:, -1] > 0)
     residual_cdf[flat] = np.cumsum(P[flat], axis=1)
-    overlap = np.minimum(P, q).sum(axis=1)
-    missing = np.any(q <= 0, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gap = np.sum(P * (np.log(P) - np.log(q)), axis=1)
+    overlap = kept.sum(axis=1)
+    missing = np.any(explicit <= 0, axis=1) | ((k < V) & (eps32 <= 0))
+    gap = _gap_sums(P, q, at, eps32)
     gap = np.where(missing, np.inf, np.where(gap > 0, gap, 0.0))
     return RowDrafts(draft_cdf=draft_cdf, ratio=ratio, residual_cdf=residual_cdf, K=k, tau=tau32, eps=eps32,
                      psi_bytes=payload_size(k, V), topk_mass=top.sum(axis=1), overlap_mass=overlap, ce_gap_nats=gap)
+
+
+def _draft_cdf(q: NDArray[np.float64], at: NDArray[np.int64], eps32: NDArray[np.float64], k: int
+               ) -> NDArray[np.float64]:
+    """`thermospec.core.proposal.draft_cdf` of each row of F(ψ) `q`, ``n_tail * eps + cumsum(explicit)``, with no
+    running sum over V.
+
+    Between two ids the running sum of the explicit probabilities (0 off the ids) does not
+    change, so at token v it is the sum over the ids <= v (in token order, the same partial
+    sums), and ``n_tail(v) = v + 1 - (ids <= v)``: both are runs of one value per gap between ids.
+    """
+    m, V = q.shape
+    is_id = np.zeros(m * V, dtype=np.bool_)
+    is_id[at] = True
+    by_token = np.flatnonzero(is_id).reshape(m, k)  # each row's ids in token order (flat positions)
+    sums = np.zeros((m, k + 1), dtype=np.float64)
+    np.cumsum(q.reshape(-1)[by_token], axis=1, out=sums[:, 1:])
+    by_token -= np.arange(0, m * V, V)[:, None]
+    runs = np.diff(by_token, axis=1, prepend=0, append=V).reshape(-1)  # how many tokens have 0 .. k ids at or before
+    ids_before = np.repeat(np.tile(np.arange(k + 1, dtype=np.float64), m), runs).reshape(m, V)
+    n_tail = np.arange(1, V + 1, dtype=np.float64) - ids_before
+    cdf: NDArray[np.float64] = n_tail * eps32[:, None] + np.repeat(sums.reshape(-1), runs).reshape(m, V)
+    return cdf
+
+
+def _gap_sums(P: NDArray[np.float64], q: NDArray[np.float64], at: NDArray[np.int64], eps32: NDArray[np.float64]
+              ) -> NDArray[np.float64]:
+    """``sum(P * (log P - log q))`` of each row (`thermospec.core.metrics.ce_gap_nats`), bit for bit.
+
+    Off the ids q is the row's ε; where P is also the row's smallest value the term is one
+    value a row, computed once (the same operations on the same values): only the other
+    terms need their own logarithms.  The sum is NumPy's, over the row's V terms.
+    """
+    V = P.shape[1]
+    low = P.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.repeat((low * (np.log(low) - np.log(eps32)))[:, None], V, axis=1)
+        own = np.not_equal(P, low[:, None])
+        flat = own.reshape(-1)
+        flat[at] = True
+        p, qv = P.reshape(-1)[flat], q.reshape(-1)[flat]
+        terms.reshape(-1)[flat] = p * (np.log(p) - np.log(qv))
+        sums: NDArray[np.float64] = np.sum(terms, axis=1)
+    return sums
