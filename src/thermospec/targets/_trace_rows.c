@@ -203,28 +203,11 @@ static void key_range(const uint16_t *codes, Py_ssize_t V, unsigned *high, unsig
     *minus_inf = ninf;
 }
 
-/* scan_present(codes: uint16[V], seen: uint8[65536] (zero, left zero), present: uint16[65536] (written),
- * d: float64[65536] (written)) -> n: the row's codes by decreasing value, and each value minus the largest
- * (exact in float64: NumPy's ``x - x.max()``); -1 for a row holding NaN or +inf or only -inf.  A row whose
- * values span at most RANGE_CODES codes lists every code of its span (some perhaps absent: harmless, as
- * nothing is summed per code); another lists the codes it holds, found by a pass that marks them. */
-static PyObject *scan_present(PyObject *self, PyObject *args)
+/* scan_present's passes (below), the GIL released: n, or -1 for a bad row. */
+static Py_ssize_t scan_core(const uint16_t *codes, Py_ssize_t V, uint8_t *seen, uint16_t *present, double *d)
 {
-    Py_buffer b[4];
-    if (!PyArg_ParseTuple(args, "y*w*w*w*", &b[0], &b[1], &b[2], &b[3])) {
-        return NULL;
-    }
-    if (b[0].len % 2 || b[0].len == 0 || b[1].len != CODES || b[2].len != CODES * 2 || b[3].len != CODES * 8) {
-        release(b, 4);
-        return mismatch("scan_present");
-    }
-    const uint16_t *codes = b[0].buf;
-    uint8_t *seen = b[1].buf;
-    uint16_t *present = b[2].buf;
-    double *d = b[3].buf;
-    Py_ssize_t V = b[0].len / 2, n = 0;
+    Py_ssize_t n = 0;
     int bad = 0;
-    Py_BEGIN_ALLOW_THREADS
     unsigned high, low, low_finite;
     int minus_inf;
     key_range(codes, V, &high, &low, &low_finite, &minus_inf);
@@ -271,9 +254,34 @@ static PyObject *scan_present(PyObject *self, PyObject *args)
             d[j] = half_value(present[j]) - top;
         }
     }
+    return bad ? -1 : n;
+}
+
+/* scan_present(codes: uint16[V], seen: uint8[65536] (zero, left zero), present: uint16[65536] (written),
+ * d: float64[65536] (written)) -> n: the row's codes by decreasing value, and each value minus the largest
+ * (exact in float64: NumPy's ``x - x.max()``); -1 for a row holding NaN or +inf or only -inf.  A row whose
+ * values span at most RANGE_CODES codes lists every code of its span (some perhaps absent: harmless, as
+ * nothing is summed per code); another lists the codes it holds, found by a pass that marks them. */
+static PyObject *scan_present(PyObject *self, PyObject *args)
+{
+    Py_buffer b[4];
+    if (!PyArg_ParseTuple(args, "y*w*w*w*", &b[0], &b[1], &b[2], &b[3])) {
+        return NULL;
+    }
+    if (b[0].len % 2 || b[0].len == 0 || b[1].len != CODES || b[2].len != CODES * 2 || b[3].len != CODES * 8) {
+        release(b, 4);
+        return mismatch("scan_present");
+    }
+    const uint16_t *codes = b[0].buf;
+    uint8_t *seen = b[1].buf;
+    uint16_t *present = b[2].buf;
+    double *d = b[3].buf;
+    Py_ssize_t V = b[0].len / 2, n;
+    Py_BEGIN_ALLOW_THREADS
+    n = scan_core(codes, V, seen, present, d);
     Py_END_ALLOW_THREADS
     release(b, 4);
-    return PyLong_FromSsize_t(bad ? -1 : n);
+    return PyLong_FromSsize_t(n);
 }
 
 /* holds(codes: uint16[V], present: uint16[n] (scan_present's), seen: uint8[65536] (zero, left zero)) -> whether
@@ -320,27 +328,13 @@ static PyObject *holds(PyObject *self, PyObject *args)
     return PyBool_FromLong(ok);
 }
 
-/* softmax_present(codes: uint16[V], present: uint16[n], e: float64[n], e_by_code: float64[65536] (scratch),
- * p: float64[n] (written), mark: uint8[65536] (zero, left zero)) -> (S, n_pos, positive_tokens): S the pairwise
- * sum of e over the row in token order, p = e / S per code (NumPy's ``e / e.sum()``), n_pos the codes of
- * p > 0 (a prefix: p decreases with the value) and positive_tokens the tokens of p > 0. */
-static PyObject *softmax_present(PyObject *self, PyObject *args)
+/* softmax_present's passes (below), the GIL released: S, and n_pos and positive. */
+static double softmax_core(const uint16_t *codes, Py_ssize_t V, const uint16_t *present, const double *e, Py_ssize_t n,
+                           double *e_by_code, double *p, uint8_t *mark, Py_ssize_t *n_pos_out,
+                           Py_ssize_t *positive_out)
 {
-    Py_buffer b[6];
-    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5])) {
-        return NULL;
-    }
-    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
-    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != CODES * 8 || b[4].len != n * 8 || b[5].len != CODES) {
-        release(b, 6);
-        return mismatch("softmax_present");
-    }
-    const uint16_t *codes = b[0].buf, *present = b[1].buf;
-    const double *e = b[2].buf;
-    double *e_by_code = b[3].buf, *p = b[4].buf, total;
-    uint8_t *mark = b[5].buf;
+    double total;
     Py_ssize_t n_pos = 0, positive = V;
-    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t j = 0; j < n; j++) {
         e_by_code[present[j]] = e[j];
     }
@@ -360,6 +354,33 @@ static PyObject *softmax_present(PyObject *self, PyObject *args)
             mark[present[j]] = 0;
         }
     }
+    *n_pos_out = n_pos;
+    *positive_out = positive;
+    return total;
+}
+
+/* softmax_present(codes: uint16[V], present: uint16[n], e: float64[n], e_by_code: float64[65536] (scratch),
+ * p: float64[n] (written), mark: uint8[65536] (zero, left zero)) -> (S, n_pos, positive_tokens): S the pairwise
+ * sum of e over the row in token order, p = e / S per code (NumPy's ``e / e.sum()``), n_pos the codes of
+ * p > 0 (a prefix: p decreases with the value) and positive_tokens the tokens of p > 0. */
+static PyObject *softmax_present(PyObject *self, PyObject *args)
+{
+    Py_buffer b[6];
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
+    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != CODES * 8 || b[4].len != n * 8 || b[5].len != CODES) {
+        release(b, 6);
+        return mismatch("softmax_present");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *e = b[2].buf;
+    double *e_by_code = b[3].buf, *p = b[4].buf, total;
+    uint8_t *mark = b[5].buf;
+    Py_ssize_t n_pos, positive;
+    Py_BEGIN_ALLOW_THREADS
+    total = softmax_core(codes, V, present, e, n, e_by_code, p, mark, &n_pos, &positive);
     Py_END_ALLOW_THREADS
     release(b, 6);
     return Py_BuildValue("dnn", total, n_pos, positive);
@@ -665,42 +686,15 @@ static void put_f32(uint8_t *at, double v)
     put_u32(at, bits);
 }
 
-/* craft(codes, present, p, logp, n_pos, k, tau32, eps (NaN: auto), jmap, count, chosen: uint32[V],
- * order: uint32[V], ids: int64[k] (written), top: float64[k] (written), body: uint8[payload size - 4]
- * (written), d: float64[k] (written)) -> (eps32, delta, topk) or None.
- *
- * core.payload.craft_payload_from_support on the row's top support, then encode_payload without the CRC:
- * the ids by decreasing p (ties: lower id first), their log p (logp, NumPy's, per code), delta, the codes,
- * eps, the header.  d is -codes * delta / tau minus its largest, whose exp gives F(ψ)'s weights
- * (core.proposal.explicit_probabilities).  None where the NumPy code would raise (it is then run). */
-static PyObject *craft(PyObject *self, PyObject *args)
+/* craft's passes (below), the GIL released: whether the payload is valid (else the NumPy code is run). */
+static int craft_core(const uint16_t *codes, Py_ssize_t V, const uint16_t *present, const double *p, Py_ssize_t n,
+                      const double *logp, Py_ssize_t k, double tau, double eps_in, int32_t *jmap, int64_t *count,
+                      uint32_t *chosen, uint32_t *order, int64_t *ids, double *top, uint8_t *body, double *d,
+                      double *eps_out, double *delta_out, double *topk_out)
 {
-    Py_buffer b[12];
-    Py_ssize_t n_pos, k;
-    double tau, eps_in;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*nnddw*w*w*w*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &n_pos, &k, &tau, &eps_in,
-                          &b[4], &b[5], &b[6], &b[7], &b[8], &b[9], &b[10], &b[11])) {
-        return NULL;
-    }
-    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
     int wide = V > 65536;
-    Py_ssize_t body_len = 24 + k * (wide ? 5 : 3);
-    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != n_pos * 8 || n_pos < 1 || n_pos > n || k < 1 || k > V
-        || b[4].len != CODES * 4 || b[5].len != CODES * 16 || b[6].len != V * 4 || b[7].len != V * 4
-        || b[8].len != k * 8 || b[9].len != k * 8 || b[10].len != body_len || b[11].len != k * 8) {
-        release(b, 12);
-        return mismatch("craft");
-    }
-    const uint16_t *codes = b[0].buf, *present = b[1].buf;
-    const double *p = b[2].buf, *logp = b[3].buf;
-    int32_t *jmap = b[4].buf;
-    int64_t *count = b[5].buf, *ids = b[8].buf;
-    uint32_t *chosen = b[6].buf, *order = b[7].buf;
-    double *top = b[9].buf, *d = b[11].buf;
-    uint8_t *body = b[10].buf;
     double eps32 = 0.0, delta = 0.0, topk = 0.0;
     int ok = 1;
-    Py_BEGIN_ALLOW_THREADS
     Py_ssize_t m = choose(codes, V, present, p, n, k, jmap, count, chosen);
     /* Decreasing p, ties by the lower token: a stable counting sort of the chosen tokens by their rank
      * (the distinct p values, decreasing), reusing count. */
@@ -794,12 +788,68 @@ static PyObject *craft(PyObject *self, PyObject *args)
     for (Py_ssize_t i = 0; i < k; i++) {
         d[i] = d[i] - high;
     }
+    *eps_out = eps32;
+    *delta_out = delta;
+    *topk_out = topk;
+    return ok;
+}
+
+/* craft(codes, present, p, logp, n_pos, k, tau32, eps (NaN: auto), jmap, count, chosen: uint32[V],
+ * order: uint32[V], ids: int64[k] (written), top: float64[k] (written), body: uint8[payload size - 4]
+ * (written), d: float64[k] (written)) -> (eps32, delta, topk) or None.
+ *
+ * core.payload.craft_payload_from_support on the row's top support, then encode_payload without the CRC:
+ * the ids by decreasing p (ties: lower id first), their log p (logp, NumPy's, per code), delta, the codes,
+ * eps, the header.  d is -codes * delta / tau minus its largest, whose exp gives F(ψ)'s weights
+ * (core.proposal.explicit_probabilities).  None where the NumPy code would raise (it is then run). */
+static PyObject *craft(PyObject *self, PyObject *args)
+{
+    Py_buffer b[12];
+    Py_ssize_t n_pos, k;
+    double tau, eps_in;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*nnddw*w*w*w*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &n_pos, &k, &tau, &eps_in,
+                          &b[4], &b[5], &b[6], &b[7], &b[8], &b[9], &b[10], &b[11])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
+    Py_ssize_t body_len = 24 + k * (V > 65536 ? 5 : 3);
+    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != n_pos * 8 || n_pos < 1 || n_pos > n || k < 1 || k > V
+        || b[4].len != CODES * 4 || b[5].len != CODES * 16 || b[6].len != V * 4 || b[7].len != V * 4
+        || b[8].len != k * 8 || b[9].len != k * 8 || b[10].len != body_len || b[11].len != k * 8) {
+        release(b, 12);
+        return mismatch("craft");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *p = b[2].buf, *logp = b[3].buf;
+    int32_t *jmap = b[4].buf;
+    int64_t *count = b[5].buf, *ids = b[8].buf;
+    uint32_t *chosen = b[6].buf, *order = b[7].buf;
+    double *top = b[9].buf, *d = b[11].buf;
+    uint8_t *body = b[10].buf;
+    double eps32 = 0.0, delta = 0.0, topk = 0.0;
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = craft_core(codes, V, present, p, n, logp, k, tau, eps_in, jmap, count, chosen, order, ids, top, body, d, &eps32,
+                    &delta, &topk);
     Py_END_ALLOW_THREADS
     release(b, 12);
     if (!ok) {
         Py_RETURN_NONE;
     }
     return Py_BuildValue("ddd", eps32, delta, topk);
+}
+
+/* F(ψ) on the ids, ``(1 - (V - k) eps) * (w / sum w)``, then eps: whether any q <= 0. */
+static int explicit_core(const double *w, Py_ssize_t k, Py_ssize_t V, double eps, double *q)
+{
+    double total = pairwise_sum(w, k), keep = 1.0 - (double)(V - k) * eps;
+    int zero = !(eps > 0);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        q[i] = keep * (w[i] / total);
+        zero |= !(q[i] > 0);
+    }
+    q[k] = eps;
+    return zero;
 }
 
 /* explicit_q(w: float64[k], V, eps32, q: float64[k + 1] (written)) -> any q <= 0: F(ψ) on the ids,
@@ -817,15 +867,7 @@ static PyObject *explicit_q(PyObject *self, PyObject *args)
         release(b, 2);
         return mismatch("explicit_q");
     }
-    const double *w = b[0].buf;
-    double *q = b[1].buf;
-    double total = pairwise_sum(w, k), keep = 1.0 - (double)(V - k) * eps;
-    int zero = !(eps > 0);
-    for (Py_ssize_t i = 0; i < k; i++) {
-        q[i] = keep * (w[i] / total);
-        zero |= !(q[i] > 0);
-    }
-    q[k] = eps;
+    int zero = explicit_core(b[0].buf, k, V, eps, b[1].buf);
     release(b, 2);
     return PyBool_FromLong(zero);
 }
@@ -980,33 +1022,15 @@ static int by_id(const void *x, const void *y)
     return (a > b) - (a < b);
 }
 
-/* metrics(codes, present, p, logp, positive_tokens, ids (payload order), q: float64[k + 1] (eps last),
- * log_q: float64[k + 1], jmap: int32[65536], table: float64[2 * 65536], on_ids: float64[2k], work: float64[V or 1])
- * -> (overlap, ce): core.metrics' ``sum min(p, q)`` and ``sum over p > 0 of p (log p - log q)`` (inf where q <= 0
- * there, clamped at 0) on the dense q, in NumPy's summation order. */
-static PyObject *metrics(PyObject *self, PyObject *args)
+/* metrics' passes (below), the GIL released: 0, or -1 out of memory. */
+static int metrics_core(const uint16_t *codes, Py_ssize_t V, const uint16_t *present, const double *p, Py_ssize_t n,
+                        const double *logp, Py_ssize_t n_pos, Py_ssize_t positive, const int64_t *ids, Py_ssize_t K,
+                        const double *q, const double *log_q, int32_t *jmap, double *table, double *on_ids,
+                        double *work, double *overlap_out, double *ce_out)
 {
-    Py_buffer b[11];
-    Py_ssize_t positive;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*ny*y*y*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &positive, &b[4], &b[5],
-                          &b[6], &b[7], &b[8], &b[9], &b[10])) {
-        return NULL;
-    }
-    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2, n_pos = b[3].len / 8, K = b[4].len / 8;
     int full = positive == V;
-    if (b[0].len % 2 || b[2].len != n * 8 || n_pos > n || b[5].len != (K + 1) * 8 || b[6].len != (K + 1) * 8
-        || b[7].len != CODES * 4 || b[8].len != CODES * 16 || b[9].len != K * 16 || b[10].len != (full ? 8 : V * 8)) {
-        release(b, 11);
-        return mismatch("metrics");
-    }
-    const uint16_t *codes = b[0].buf, *present = b[1].buf;
-    const double *p = b[2].buf, *logp = b[3].buf, *q = b[5].buf, *log_q = b[6].buf;
-    const int64_t *ids = b[4].buf;
-    int32_t *jmap = b[7].buf;
-    double *table = b[8].buf, *on_ids = b[9].buf, *work = b[10].buf;
     double eps = q[K], log_eps = log_q[K], overlap = 0.0, ce = 0.0;
     int infinite = 0, failed = 0;
-    Py_BEGIN_ALLOW_THREADS
     struct id_term *sorted = malloc((size_t)(K ? K : 1) * sizeof *sorted);
     if (sorted == NULL) {
         failed = 1;
@@ -1069,20 +1093,175 @@ static PyObject *metrics(PyObject *self, PyObject *args)
         }
         free(sorted);
     }
+    if (infinite) {
+        ce = HUGE_VAL;
+    } else if (!(ce > 0)) {
+        ce = 0.0;
+    }
+    *overlap_out = overlap;
+    *ce_out = ce;
+    return failed ? -1 : 0;
+}
+
+/* metrics(codes, present, p, logp, positive_tokens, ids (payload order), q: float64[k + 1] (eps last),
+ * log_q: float64[k + 1], jmap: int32[65536], table: float64[2 * 65536], on_ids: float64[2k], work: float64[V or 1])
+ * -> (overlap, ce): core.metrics' ``sum min(p, q)`` and ``sum over p > 0 of p (log p - log q)`` (inf where q <= 0
+ * there, clamped at 0) on the dense q, in NumPy's summation order. */
+static PyObject *metrics(PyObject *self, PyObject *args)
+{
+    Py_buffer b[11];
+    Py_ssize_t positive;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*ny*y*y*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &positive, &b[4], &b[5],
+                          &b[6], &b[7], &b[8], &b[9], &b[10])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2, n_pos = b[3].len / 8, K = b[4].len / 8;
+    int full = positive == V;
+    if (b[0].len % 2 || b[2].len != n * 8 || n_pos > n || b[5].len != (K + 1) * 8 || b[6].len != (K + 1) * 8
+        || b[7].len != CODES * 4 || b[8].len != CODES * 16 || b[9].len != K * 16 || b[10].len != (full ? 8 : V * 8)) {
+        release(b, 11);
+        return mismatch("metrics");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *p = b[2].buf, *logp = b[3].buf, *q = b[5].buf, *log_q = b[6].buf;
+    const int64_t *ids = b[4].buf;
+    int32_t *jmap = b[7].buf;
+    double *table = b[8].buf, *on_ids = b[9].buf, *work = b[10].buf;
+    double overlap = 0.0, ce = 0.0;
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = metrics_core(codes, V, present, p, n, logp, n_pos, positive, ids, K, q, log_q, jmap, table, on_ids, work,
+                          &overlap, &ce);
     Py_END_ALLOW_THREADS
     release(b, 11);
     if (failed) {
         return PyErr_NoMemory();
     }
-    if (infinite) {
-        ce = Py_HUGE_VAL;
-    } else if (!(ce > 0)) {
-        ce = 0.0;
-    }
     return Py_BuildValue("dd", overlap, ce);
 }
 
+/* libm(x: float64[n], out: float64[n] (written), log: bool): the C library's exp (or log) of each x, which
+ * values_all and craft_all take where NumPy takes its own; the caller uses them only where NumPy's ufunc gives
+ * these very bits (NumPy calls the C library's unless it has a vector loop for the machine). */
+static PyObject *libm(PyObject *self, PyObject *args)
+{
+    Py_buffer b[2];
+    int take_log;
+    if (!PyArg_ParseTuple(args, "y*w*p", &b[0], &b[1], &take_log)) {
+        return NULL;
+    }
+    Py_ssize_t n = b[0].len / 8;
+    if (b[0].len % 8 || b[1].len != n * 8) {
+        release(b, 2);
+        return mismatch("libm");
+    }
+    const double *x = b[0].buf;
+    double *out = b[1].buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = take_log ? log(x[i]) : exp(x[i]);
+    }
+    release(b, 2);
+    Py_RETURN_NONE;
+}
+
+/* values_all(codes: uint16[V], seen: uint8[65536], present: uint16[65536], p: float64[65536], logp: float64[65536]
+ * (written), table: float64[65536] (scratch), mark: uint8[65536]) -> (n, n_pos, positive) or None for a row
+ * holding NaN or +inf or only -inf: scan_present, the C library's exp of d, softmax_present and its log of the
+ * positive p, in one call (where they are NumPy's: `libm`). */
+static PyObject *values_all(PyObject *self, PyObject *args)
+{
+    Py_buffer b[7];
+    if (!PyArg_ParseTuple(args, "y*w*w*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &b[6])) {
+        return NULL;
+    }
+    if (b[0].len % 2 || b[0].len == 0 || b[1].len != CODES || b[2].len != CODES * 2 || b[3].len != CODES * 8
+        || b[4].len != CODES * 8 || b[5].len != CODES * 8 || b[6].len != CODES) {
+        release(b, 7);
+        return mismatch("values_all");
+    }
+    const uint16_t *codes = b[0].buf;
+    uint16_t *present = b[2].buf;
+    double *p = b[3].buf, *logp = b[4].buf, *table = b[5].buf;
+    Py_ssize_t V = b[0].len / 2, n, n_pos = 0, positive = 0;
+    Py_BEGIN_ALLOW_THREADS
+    n = scan_core(codes, V, b[1].buf, present, logp); /* d, in logp for now */
+    if (n >= 0) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            logp[j] = exp(logp[j]);
+        }
+        softmax_core(codes, V, present, logp, n, table, p, b[6].buf, &n_pos, &positive);
+        for (Py_ssize_t j = 0; j < n_pos; j++) {
+            logp[j] = log(p[j]);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 7);
+    if (n < 0) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("nnn", n, n_pos, positive);
+}
+
+/* craft_all(codes, present, p, logp, positive, k, tau32, eps (NaN: auto), jmap, count, chosen, order, ids, top,
+ * body, d: as craft's; q: float64[k + 1], log_q: float64[k + 1], table: float64[2 * 65536], on_ids: float64[2k],
+ * work: float64[V or 1]: as metrics') -> (eps32, delta, topk, overlap, ce) or None: craft, then F(ψ) from the
+ * C library's exp of d (explicit_q) and the metrics against it with its log of q, in one call (where they are
+ * NumPy's: `libm`). */
+static PyObject *craft_all(PyObject *self, PyObject *args)
+{
+    Py_buffer b[17];
+    Py_ssize_t positive, k;
+    double tau, eps_in;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*nnddw*w*w*w*w*w*w*w*w*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &positive, &k,
+                          &tau, &eps_in, &b[4], &b[5], &b[6], &b[7], &b[8], &b[9], &b[10], &b[11], &b[12], &b[13],
+                          &b[14], &b[15], &b[16])) {
+        return NULL;
+    }
+    Py_ssize_t V = b[0].len / 2, n = b[1].len / 2, n_pos = b[3].len / 8;
+    Py_ssize_t body_len = 24 + k * (V > 65536 ? 5 : 3);
+    if (b[0].len % 2 || b[2].len != n * 8 || b[3].len % 8 || n_pos < 1 || n_pos > n || k < 1 || k > V
+        || b[4].len != CODES * 4 || b[5].len != CODES * 16 || b[6].len != V * 4 || b[7].len != V * 4
+        || b[8].len != k * 8 || b[9].len != k * 8 || b[10].len != body_len || b[11].len != k * 8
+        || b[12].len != (k + 1) * 8 || b[13].len != (k + 1) * 8 || b[14].len != CODES * 16 || b[15].len != k * 16
+        || b[16].len != (positive == V ? 8 : V * 8)) {
+        release(b, 17);
+        return mismatch("craft_all");
+    }
+    const uint16_t *codes = b[0].buf, *present = b[1].buf;
+    const double *p = b[2].buf, *logp = b[3].buf;
+    int64_t *ids = b[8].buf;
+    double *d = b[11].buf, *q = b[12].buf, *log_q = b[13].buf;
+    double eps32 = 0.0, delta = 0.0, topk = 0.0, overlap = 0.0, ce = 0.0;
+    int ok, failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    ok = craft_core(codes, V, present, p, n, logp, k, tau, eps_in, b[4].buf, b[5].buf, b[6].buf, b[7].buf, ids,
+                    b[9].buf, b[10].buf, d, &eps32, &delta, &topk);
+    if (ok) {
+        for (Py_ssize_t i = 0; i < k; i++) {
+            d[i] = exp(d[i]);
+        }
+        explicit_core(d, k, V, eps32, q);
+        for (Py_ssize_t i = 0; i <= k; i++) {
+            log_q[i] = log(q[i]);
+        }
+        failed = metrics_core(codes, V, present, p, n, logp, n_pos, positive, ids, k, q, log_q, b[4].buf, b[14].buf,
+                              b[15].buf, b[16].buf, &overlap, &ce);
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 17);
+    if (failed) {
+        return PyErr_NoMemory();
+    }
+    if (!ok) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("ddddd", eps32, delta, topk, overlap, ce);
+}
+
 static PyMethodDef methods[] = {
+    {"libm", libm, METH_VARARGS, "the C library's exp or log of each value"},
+    {"values_all", values_all, METH_VARARGS, "scan_present, exp, softmax_present and log in one call"},
+    {"craft_all", craft_all, METH_VARARGS, "craft, explicit_q with exp, and metrics with log in one call"},
     {"scan_present", scan_present, METH_VARARGS, "the row's distinct codes by decreasing value, and value - max"},
     {"holds", holds, METH_VARARGS, "whether every code of a row is one of its present codes"},
     {"softmax_present", softmax_present, METH_VARARGS, "p per distinct code: e / (NumPy's pairwise sum of e)"},

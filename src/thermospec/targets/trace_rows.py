@@ -49,6 +49,7 @@ from thermospec.core.payload import (
 )
 from thermospec.core.proposal import explicit_probabilities, proposal_distribution
 from thermospec.targets.trace_file import TraceShrankError, softmax64
+from thermospec.targets.trace_libm import libm_is_numpys
 
 __all__ = [
     "Crafted", "RowValues", "add_row", "compiled", "craft_position", "p_at", "position_metrics", "residual_support",
@@ -85,6 +86,7 @@ class _Buffers:
     def __init__(self) -> None:
         self.present = np.empty(CODES, dtype=np.uint16)
         self.d = np.empty(CODES, dtype=np.float64)
+        self.logp = np.empty(CODES, dtype=np.float64)
         self.table = np.empty(CODES, dtype=np.float64)
         self.seen = np.zeros(CODES, dtype=np.uint8)  # the compiled passes leave the marks 0
         self.mark = np.zeros(CODES, dtype=np.uint8)
@@ -236,16 +238,23 @@ def _values16(codes: NDArray[np.uint16], reread: Callable[[NDArray[np.uint16]], 
     """A float16 row by its distinct values: `codes` kept if `reread` is None."""
     assert _COMPILED is not None
     work = _buffers()
-    n = int(_COMPILED.scan_present(codes, work.seen, work.present, work.d))
-    if n < 0:  # NaN or +inf (a loaded trace has none): the plain code's NaNs
-        return _dense_values(codes.view(np.float16))
-    present = work.present[:n].copy()
-    e = np.exp(work.d[:n])
-    p_present = np.empty(n, dtype=np.float64)
-    _, n_pos, positive = _COMPILED.softmax_present(codes, present, e, work.table, p_present, work.mark)
+    if libm_is_numpys(_COMPILED):  # one call: NumPy's exp and log are the C library's
+        got = _COMPILED.values_all(codes, work.seen, work.present, work.d, work.logp, work.table, work.mark)
+        if got is None:  # NaN or +inf (a loaded trace has none): the plain code's NaNs
+            return _dense_values(codes.view(np.float16))
+        n, n_pos, positive = got
+        present, p_present, log_present = work.present[:n].copy(), work.d[:n].copy(), work.logp[:n_pos].copy()
+    else:
+        n = int(_COMPILED.scan_present(codes, work.seen, work.present, work.d))
+        if n < 0:
+            return _dense_values(codes.view(np.float16))
+        present = work.present[:n].copy()
+        e = np.exp(work.d[:n])
+        p_present = np.empty(n, dtype=np.float64)
+        _, n_pos, positive = _COMPILED.softmax_present(codes, present, e, work.table, p_present, work.mark)
+        log_present = np.log(p_present[:n_pos])
     return RowValues(V=int(codes.shape[0]), codes=codes if reread is None else None, present=present,
-                     p_present=p_present, log_present=np.log(p_present[:n_pos]), positive=int(positive),
-                     reread=reread)
+                     p_present=p_present, log_present=log_present, positive=int(positive), reread=reread)
 
 
 def add_row(values: RowValues, *totals: NDArray[np.float64]) -> None:
@@ -380,6 +389,14 @@ def _craft_plain(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Crafted
                    ce_gap_nats=ce_gap_nats(p, q))
 
 
+def _payload_of(wire: bytes, k: int, V: int, tau32: float, eps32: float, delta: float) -> Payload:
+    """The payload whose encoding is `wire` (crafted here: its fields are known, nothing to check)."""
+    wide = V > UINT16_IDS_MAX_V
+    ids = np.frombuffer(wire, dtype="<u4" if wide else "<u2", count=k, offset=HEADER_BYTES).astype(np.int64)
+    psi_codes = np.frombuffer(wire, dtype=np.uint8, count=k, offset=HEADER_BYTES + k * (4 if wide else 2)).copy()
+    return Payload(ids=ids, codes=psi_codes, vocab_size=V, tau=tau32, eps=eps32, delta=delta)
+
+
 @lru_cache(maxsize=64)
 def _float32(value: float) -> float:
     """`core.payload`'s float32 rounding of a field (τ, a given ε), remembered: a run crafts with the same few."""
@@ -400,22 +417,33 @@ def craft_position(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Craft
     k = min(int(K), V, values.positive)
     if C is None or codes is None or not 1 <= k <= MAX_K or (eps != "auto" and not math.isfinite(eps)):
         return _craft_plain(values, K, tau, eps)  # (NaN is the compiled pass's "auto": a given one is refused here)
-    wide = V > UINT16_IDS_MAX_V
     body = bytearray(payload_size(k, V) - 4)
     work = _buffers()
     d = np.empty(k, dtype=np.float64)
+    eps_in = float("nan") if eps == "auto" else _float32(eps) + 0.0
+    if libm_is_numpys(C):  # one call: craft, F(ψ) and the metrics (NumPy's exp and log are the C library's)
+        got = C.craft_all(codes, values.present, values.p_present, values.log_present, values.positive, k,
+                          _float32(tau), eps_in, work.jmap, work.count, work.wide("chosen", V, np.uint32),
+                          work.wide("order", V, np.uint32), work.wide("ids", k, np.int64),
+                          work.wide("top", k, np.float64), body, d, work.wide("q", k + 1, np.float64),
+                          work.wide("log_q", k + 1, np.float64), work.pairs, work.wide("on_ids", 2 * k, np.float64),
+                          work.wide("terms", 1 if values.positive == V else V, np.float64))
+        if got is None:  # the plain code raises the PayloadError that says why
+            return _craft_plain(values, K, tau, eps)
+        eps32, delta, topk, overlap, ce = got
+        wire = bytes(body + struct.pack("<I", zlib.crc32(body)))
+        return Crafted(wire=wire, payload=_payload_of(wire, k, V, _float32(tau), eps32, delta), topk_mass=topk,
+                       overlap_mass=overlap, ce_gap_nats=ce)
     got = C.craft(codes, values.present, values.p_present, values.log_present, values.log_present.shape[0], k,
-                  _float32(tau), float("nan") if eps == "auto" else _float32(eps) + 0.0, work.jmap, work.count,
-                  work.wide("chosen", V, np.uint32), work.wide("order", V, np.uint32), np.empty(k, dtype=np.int64),
-                  np.empty(k, dtype=np.float64), body, d)
-    if got is None:  # the plain code raises the PayloadError that says why
+                  _float32(tau), eps_in, work.jmap, work.count, work.wide("chosen", V, np.uint32),
+                  work.wide("order", V, np.uint32), np.empty(k, dtype=np.int64), np.empty(k, dtype=np.float64), body, d)
+    if got is None:
         return _craft_plain(values, K, tau, eps)
     eps32, delta, topk = got
     body += struct.pack("<I", zlib.crc32(body))
     wire = bytes(body)
-    ids = np.frombuffer(wire, dtype="<u4" if wide else "<u2", count=k, offset=HEADER_BYTES).astype(np.int64)
-    psi_codes = np.frombuffer(wire, dtype=np.uint8, count=k, offset=HEADER_BYTES + k * (4 if wide else 2)).copy()
-    payload = Payload(ids=ids, codes=psi_codes, vocab_size=V, tau=_float32(tau), eps=eps32, delta=delta)
+    payload = _payload_of(wire, k, V, _float32(tau), eps32, delta)
+    ids = payload.ids
     q = np.empty(k + 1, dtype=np.float64)
     zero = bool(C.explicit_q(np.exp(d), V, eps32, q))
     overlap, ce = _metrics16(values, codes, ids, q, zero)
