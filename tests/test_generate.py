@@ -33,7 +33,7 @@ from tests.hf_pair import ModelPair, save_gpt2, save_pair, train_tokenizer  # no
 from thermospec.cli import generate as cli  # noqa: E402
 from thermospec.runs import decode  # noqa: E402
 from thermospec.runs import generate as api  # noqa: E402
-from thermospec.targets.hf_models import CausalLM  # noqa: E402
+from thermospec.targets.hf_models import CausalLM, ModelError  # noqa: E402
 
 PROMPT = "First Citizen:\nBefore we proceed"
 MODES = {  # name: (gamma, drafts, verifier)
@@ -226,6 +226,7 @@ REFUSALS = [  # (arguments replacing the defaults, what the one line says)
     ({"--K": "301"}, "--K: must be in 1 .. 300"),
     ({"--gamma": "6", "--drafts": "5"}, "drafted nodes per round; at most 4,096"),
     ({"--eps": "0.5"}, "--eps: (V - K) * eps must be < 1"),
+    ({"--runs-dir": "{file}"}, "is a file, not a folder"),
 ]
 
 
@@ -237,7 +238,8 @@ def test_bad_input_is_one_line_and_exit_2(folders: ModelPair, odd_models: dict[s
     options: dict[str, str | None] = {"--model": str(folders.target), "--draft-model": str(folders.draft),
                                       "--prompt": PROMPT, "--max-new-tokens": "8", "--K": "16", "--seed": "0",
                                       "--runs-dir": str(tmp_path / "runs")}
-    options.update({k: v.format(**odd_models) if v else v for k, v in change.items()})
+    (tmp_path / "a_file").write_text("")
+    options.update({k: v.format(**odd_models, file=tmp_path / "a_file") if v else v for k, v in change.items()})
     argv = [text for key, value in options.items() if value is not None for text in (key, value)]
     try:
         status = cli.main(argv)
@@ -246,3 +248,29 @@ def test_bad_input_is_one_line_and_exit_2(folders: ModelPair, odd_models: dict[s
     out, err = capsys.readouterr()
     assert status == 2 and says in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert out == "" and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (["--draft-model", None, "--gamma", "3"], "only --gamma 1 is possible"),
+    (["--gamma", "6", "--drafts", "5"], "drafted nodes per round; at most 4,096"),
+    (["--runs-dir", "{file}"], "is a file, not a folder"),
+])
+def test_options_the_models_do_not_decide_are_refused_before_loading_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, change: list[str | None],
+    says: str
+) -> None:
+    def no_loading(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("loaded a model before checking the options")
+
+    monkeypatch.setattr(api, "load_model", no_loading)
+    (tmp_path / "a_file").write_text("")
+    options: dict[str, str | None] = {"--model": "./target", "--draft-model": "./draft", "--prompt": PROMPT,
+                                      "--max-new-tokens": "8", "--K": "16", "--seed": "0",
+                                      "--runs-dir": str(tmp_path / "runs")}
+    options.update({key: value.format(file=tmp_path / "a_file") if value else value
+                    for key, value in zip(change[::2], change[1::2], strict=True) if key is not None})
+    argv = [text for key, value in options.items() if value is not None for text in (key, value)]
+    assert cli.main(argv) == 2
+    assert says in capsys.readouterr().err
+    with pytest.raises(ModelError, match="only --gamma 1"):
+        api.generate("./target", prompt=PROMPT, gamma=2, runs_dir=None)

@@ -47,7 +47,7 @@ from thermospec.cli.options import (
     positive_float,
 )
 from thermospec.core.verifiers import VERIFIERS
-from thermospec.runs.generate import GenerateResult, generate, load_pair
+from thermospec.runs.generate import GenerateResult, check_generate_options, generate, load_pair
 from thermospec.runs.generate_compare import compare_table, plain_and_assisted
 from thermospec.runs.interrupts import Terminated, exit_status, install_termination_handler
 from thermospec.runs.storage import OutputError
@@ -128,6 +128,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
     prompt = _prompt(args)
     if not prompt:
         raise ModelError("--prompt: empty (the prompt gives no tokens)")
+    check_generate_options(args.max_new_tokens, args.K, args.gamma, args.drafts or 1, args.verifier or "recursive",
+                           args.draft_model is not None, args.runs_dir)  # before the models' seconds of loading
     _, transformers = libraries()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

@@ -31,9 +31,11 @@ from thermospec import __version__
 from thermospec.core.payload import EpsSpec
 from thermospec.core.verifiers import VERIFIERS
 from thermospec.engine.trees import MAX_TREE_NODES, tree_nodes
+from thermospec.runs.config import ConfigError
 from thermospec.runs.decode import Round, RoundSettings, decode_round, round_levels
 from thermospec.runs.interrupts import ChunkAbandoned, interruption_guard, signal_name
-from thermospec.runs.storage import SUMMARY_FILE, RecordFile, create_run_dir, write_json_atomic
+from thermospec.runs.settings import check_runs_dir, open_run_dir
+from thermospec.runs.storage import SUMMARY_FILE, RecordFile, write_json_atomic
 from thermospec.targets.hf_models import (
     MODEL_DTYPES,
     CausalLM,
@@ -45,7 +47,7 @@ from thermospec.targets.hf_models import (
     shared_vocabulary,
 )
 
-__all__ = ["ROUNDS_FILE", "GenerateResult", "Pair", "TextStream", "generate", "load_pair"]
+__all__ = ["ROUNDS_FILE", "GenerateResult", "Pair", "TextStream", "check_generate_options", "generate", "load_pair"]
 
 ROUNDS_FILE = "rounds.jsonl"
 
@@ -127,24 +129,27 @@ def load_pair(model: str, draft_model: str | None, *, device: str = "cpu", dtype
                 (model, draft_model))
 
 
-def _check(pair: Pair, prompt_ids: list[int], max_new_tokens: int, K: int, gamma: int | None, drafts: int,
-           verifier: str, eps: EpsSpec = "auto") -> None:
-    """One `ModelError` line for options that cannot apply to this pair and prompt."""
-    if eps != "auto" and not (pair.V - min(K, pair.V)) * float(np.float32(eps)) < 1:
-        raise ModelError(f"--eps: (V - K) * eps must be < 1, got ({pair.V} - {min(K, pair.V)}) * {eps} = "
-                         f"{(pair.V - min(K, pair.V)) * float(np.float32(eps)):.6g} (V: the models' vocabulary)")
+def check_generate_options(max_new_tokens: int, K: int, gamma: int | None, drafts: int, verifier: str,
+                           has_draft: bool, runs_dir: str | Path | None) -> None:
+    """One `ModelError` line for an option that is wrong whatever the models are: checked before loading them.
+
+    Loading a pair takes seconds (about 10 for GPT-2 sized models); what needs the models (the
+    vocabulary, the context length, the prompt's tokens) is checked after, by `generate`.
+
+    Parameters
+    ----------
+    has_draft : bool
+        Whether a draft model gives ψ (without one, γ ≤ 1).
+    runs_dir : str, Path or None
+        Where the run's folder will go (None: nothing is written).
+    """
     if max_new_tokens < 1:
         raise ModelError(f"--max-new-tokens: must be >= 1, got {max_new_tokens}")
-    if not prompt_ids:
-        raise ModelError("--prompt: empty (the prompt gives no tokens)")
-    if pair.context is not None and len(prompt_ids) + max_new_tokens > pair.context:
-        raise ModelError(f"--max-new-tokens {max_new_tokens}: the prompt's {len(prompt_ids)} tokens plus "
-                         f"{max_new_tokens} new ones exceed the model's context length {pair.context}")
-    if not 1 <= K <= pair.V:
-        raise ModelError(f"--K: must be in 1 .. {pair.V} (the vocabulary), got {K}")
+    if K < 1:
+        raise ModelError(f"--K: must be >= 1, got {K}")
     if gamma is not None and gamma < 1:
         raise ModelError(f"--gamma: must be >= 1, got {gamma}")
-    if pair.draft is None and (gamma or 1) > 1:
+    if not has_draft and (gamma or 1) > 1:
         raise ModelError(f"--gamma {gamma}: without --draft-model ψ comes from the target's own row, known only "
                          "one token ahead, so only --gamma 1 is possible")
     if drafts < 1:
@@ -155,6 +160,35 @@ def _check(pair: Pair, prompt_ids: list[int], max_new_tokens: int, K: int, gamma
                          f"{MAX_TREE_NODES:,} (N + N^2 + ... + N^γ)")
     if verifier not in VERIFIERS:
         raise ModelError(f"--verifier: one of {', '.join(VERIFIERS)}, got {verifier}")
+    if runs_dir is not None:
+        try:
+            check_runs_dir(runs_dir)
+        except ConfigError as exc:
+            raise ModelError(str(exc)) from None
+
+
+def _check_pair(pair: Pair, prompt_ids: list[int], max_new_tokens: int, K: int, eps: EpsSpec = "auto") -> None:
+    """One `ModelError` line for options that cannot apply to this pair and prompt."""
+    if eps != "auto" and not (pair.V - min(K, pair.V)) * float(np.float32(eps)) < 1:
+        raise ModelError(f"--eps: (V - K) * eps must be < 1, got ({pair.V} - {min(K, pair.V)}) * {eps} = "
+                         f"{(pair.V - min(K, pair.V)) * float(np.float32(eps)):.6g} (V: the models' vocabulary)")
+    if not prompt_ids:
+        raise ModelError("--prompt: empty (the prompt gives no tokens)")
+    if pair.context is not None and len(prompt_ids) + max_new_tokens > pair.context:
+        raise ModelError(f"--max-new-tokens {max_new_tokens}: the prompt's {len(prompt_ids)} tokens plus "
+                         f"{max_new_tokens} new ones exceed the model's context length {pair.context}")
+    if not 1 <= K <= pair.V:
+        raise ModelError(f"--K: must be in 1 .. {pair.V} (the vocabulary), got {K}")
+
+
+def _open_run_dir(runs_dir: str | Path | None) -> Path | None:
+    """The run's fresh folder (None: write nothing); one that cannot be made is a `ModelError` line."""
+    if runs_dir is None:
+        return None
+    try:
+        return open_run_dir(runs_dir)
+    except ConfigError as exc:
+        raise ModelError(str(exc)) from None
 
 
 def _versions() -> dict[str, str]:
@@ -218,16 +252,18 @@ def generate(model: str | Pair, draft_model: str | None = None, prompt: str = ""
         an option out of range.
     """
     started = time.perf_counter()
+    has_draft = model.draft is not None if isinstance(model, Pair) else draft_model is not None
+    check_generate_options(max_new_tokens, K, gamma, drafts, verifier, has_draft, runs_dir)
     pair = model if isinstance(model, Pair) else load_pair(model, draft_model, device=device, dtype=dtype,
                                                            download=download, probe=prompt)
     tokenizer = pair.tokenizer
     prompt_ids = [int(i) for i in tokenizer(prompt)["input_ids"]] if prompt else []
-    _check(pair, prompt_ids, max_new_tokens, K, gamma, drafts, verifier, eps)
+    _check_pair(pair, prompt_ids, max_new_tokens, K, eps)
     settings = RoundSettings(K, tau, eps, gamma, drafts, verifier, seed)
     target = CausalLM(pair.target, pair.V)
     draft = CausalLM(pair.draft, pair.V) if pair.draft is not None else None
     eos = tokenizer.eos_token_id
-    run_dir = create_run_dir(runs_dir) if runs_dir is not None else None
+    run_dir = _open_run_dir(runs_dir)
     records = RecordFile(run_dir / ROUNDS_FILE) if run_dir is not None else None
     text = TextStream(tokenizer, stream)
     committed, new_ids, rounds = list(prompt_ids), list[int](), list[Round]()
