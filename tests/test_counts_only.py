@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 
 from thermospec import SimTSU
 from thermospec.core.streams import Stream, random_stream
+from thermospec.engine.batch import run_batch
 from thermospec.engine.chain import PRELOAD_STEPS, ReportError, run_chain, table_source
 from thermospec.engine.kernels import (
     FINE_GUIDE,
@@ -21,7 +22,7 @@ from thermospec.engine.kernels import (
     guide_size,
     slot_bytes,
 )
-from thermospec.engine.tally import RunTally
+from thermospec.engine.tally import BatchTally, RunTally
 from thermospec.runs.config import RunConfig
 from thermospec.runs.targets import load_target
 from thermospec.targets.bigram import BigramTarget
@@ -95,6 +96,29 @@ def test_the_plain_loop_adds_to_counts_already_there_and_leaves_the_stream_as_nu
         assert a is not None and b is not None
         np.testing.assert_array_equal(a, b)
     assert rng_plain.random() == rng_recorded.random()
+
+
+@pytest.mark.parametrize(("transitions", "per_chain"), [(True, False), (True, True), (False, True)])
+def test_batch_chains_counted_in_the_plain_loop_count_what_recorded_ones_do(isa: str, transitions: bool,
+                                                                             per_chain: bool) -> None:
+    """``run --chains B --telemetry none``: each chain in turn in the plain loop, counting pairs, tokens or both."""
+    V, B = 16, 5
+    target, proposer = _setup(V, 4)
+    tallies = []
+    for record in (True, False):
+        tally = BatchTally(B, V, track_transitions=transitions, per_chain=per_chain)
+        for _ in run_batch(target.row, target.pi, proposer.draft, 900, 4, B, chunk_tokens=B * 400, threads=2,
+                           tally=tally, record=record):
+            pass
+        tallies.append(tally)
+    recorded, counted = (t.pooled() for t in tallies)
+    np.testing.assert_array_equal(tallies[0].accepted, tallies[1].accepted)
+    for field in ("emitted_counts", "context_counts", "transitions"):
+        np.testing.assert_array_equal(getattr(recorded, field), getattr(counted, field), err_msg=field)
+    if per_chain:
+        for b in range(B):
+            np.testing.assert_array_equal(tallies[0].chain(b).emitted_counts, tallies[1].chain(b).emitted_counts)
+            np.testing.assert_array_equal(tallies[0].chain(b).context_counts, tallies[1].chain(b).context_counts)
 
 
 def test_a_short_run_is_recorded() -> None:

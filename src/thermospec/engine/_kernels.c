@@ -342,6 +342,32 @@ static int all_in_place(const int64_t *slot_of, int64_t keys)
  * the (context, emitted) pairs; or the pairs alone (both others follow from them). */
 enum { COUNT_EMITTED, COUNT_BOTH, COUNT_PAIRS };
 
+#if HAVE_PCG64
+/* n steps of one chain from context *x, its uniforms drawn from *state (advanced), nothing recorded: returns
+ * the accepted drafts; by `how`, each step adds to emi[y] and/or trans[x * V + y]. */
+INLINE int64_t plain_steps(const Tables *tb, pcg128 *state, const pcg128 inc, int64_t *x, int64_t n,
+                           int64_t *restrict emi, int64_t *restrict trans, const int how)
+{
+    const int64_t V = tb->V;
+    pcg128 s = *state;
+    int64_t cx = *x, ok = 0;
+    for (int64_t t = 0; t < n; ++t) {
+        const double u0 = pcg_uniform(&s, inc), u1 = pcg_uniform(&s, inc), u2 = pcg_uniform(&s, inc);
+        int64_t y, a;
+        const int64_t nx = step(tb, cx, u0, u1, u2, &y, &a);
+        ok += a;
+        if (how != COUNT_PAIRS)
+            emi[nx] += 1;
+        if (how != COUNT_EMITTED)
+            trans[cx * V + nx] += 1;
+        cx = nx;
+    }
+    *state = s;
+    *x = cx;
+    return ok;
+}
+#endif
+
 /* Steps 0..n-1 of one chain from context *x when only the counts are kept (run --telemetry none): every
  * context in its own slot (all_in_place, so no look-up or stop per step), the uniforms drawn from the
  * PCG64 state rng, no step array written.  Each step adds to the accepted count and, by `how`, to
@@ -358,7 +384,7 @@ INLINE void plain_body(const Tables *tables, uint64_t *restrict rng, Counts *res
     const int64_t V = tb.V;
     int64_t *restrict ctx = c->contexts, *restrict emi = c->emitted, *restrict trans = c->transitions;
     const int64_t x0 = *x;
-    int64_t cx = x0, ok = 0;
+    int64_t cx = x0;
     pcg128 state = pcg_join(rng[0], rng[1]);
     const pcg128 inc = pcg_join(rng[2], rng[3]);
     if (how == COUNT_PAIRS)
@@ -370,17 +396,7 @@ INLINE void plain_body(const Tables *tables, uint64_t *restrict rng, Counts *res
     else
         for (int64_t v = 0; v < V; ++v)
             ctx[v] -= emi[v];
-    for (int64_t t = 0; t < n; ++t) {
-        const double u0 = pcg_uniform(&state, inc), u1 = pcg_uniform(&state, inc), u2 = pcg_uniform(&state, inc);
-        int64_t y, a;
-        const int64_t nx = step(&tb, cx, u0, u1, u2, &y, &a);
-        ok += a;
-        if (how != COUNT_PAIRS)
-            emi[nx] += 1;
-        if (how != COUNT_EMITTED)
-            trans[cx * V + nx] += 1;
-        cx = nx;
-    }
+    c->accepted += plain_steps(&tb, &state, inc, &cx, n, emi, trans, how);
     if (how == COUNT_PAIRS)
         for (int64_t a = 0; a < V; ++a)
             for (int64_t b = 0; b < V; ++b) {
@@ -395,29 +411,62 @@ INLINE void plain_body(const Tables *tables, uint64_t *restrict rng, Counts *res
     }
     rng[0] = (uint64_t)(state >> 64);
     rng[1] = (uint64_t)state;
-    c->accepted += ok;
     *x = cx;
 #else
     (void)tables; (void)rng; (void)c; (void)n; (void)x; (void)how;
 #endif
 }
 
-/* One function per ISA, out of line: the loop gets the registers to itself. */
-#define PLAIN_LOOP(name, attributes)                                                                     \
-    NOINLINE attributes void name(const Tables *tables, uint64_t *rng, Counts *c, int64_t n, int64_t *x, int how) \
-    {                                                                                                    \
-        if (how == COUNT_PAIRS)                                                                          \
-            plain_body(tables, rng, c, n, x, COUNT_PAIRS);                                               \
-        else if (how == COUNT_BOTH)                                                                      \
-            plain_body(tables, rng, c, n, x, COUNT_BOTH);                                                \
-        else                                                                                             \
-            plain_body(tables, rng, c, n, x, COUNT_EMITTED);                                             \
+/* Chains b0..b1-1 of a batch, one after the other, n steps each, nothing recorded (run --chains B
+ * --telemetry none): chain b from context xs[b] with the PCG64 state rng[4 b .. 4 b + 3] (both advanced),
+ * adding its accepted drafts to acc[b] and, by `how`, its tokens to emi[b * V + y] and/or the pairs to
+ * trans (shared by the caller's chains). */
+INLINE void plain_batch_body(const Tables *tables, uint64_t *restrict rng, int64_t *restrict xs,
+                             int64_t *restrict acc, int64_t *restrict emi, int64_t *restrict trans, int64_t b0,
+                             int64_t b1, int64_t n, const int how)
+{
+#if HAVE_PCG64
+    const Tables tb = *tables;
+    for (int64_t b = b0; b < b1; ++b) {
+        pcg128 state = pcg_join(rng[4 * b], rng[4 * b + 1]);
+        const pcg128 inc = pcg_join(rng[4 * b + 2], rng[4 * b + 3]);
+        acc[b] += plain_steps(&tb, &state, inc, xs + b, n, how == COUNT_PAIRS ? NULL : emi + b * tb.V, trans, how);
+        rng[4 * b] = (uint64_t)(state >> 64);
+        rng[4 * b + 1] = (uint64_t)state;
     }
-PLAIN_LOOP(plain_loop, )
-#if X86_CLONES
-PLAIN_LOOP(plain_loop_avx2, AVX2_BMI2)
+#else
+    (void)tables; (void)rng; (void)xs; (void)acc; (void)emi; (void)trans; (void)b0; (void)b1; (void)n; (void)how;
 #endif
-#undef PLAIN_LOOP
+}
+
+/* One function per ISA, out of line: the loops get the registers to themselves. */
+#define PLAIN_LOOPS(suffix, attributes)                                                                   \
+    NOINLINE attributes void plain_loop##suffix(const Tables *tables, uint64_t *rng, Counts *c, int64_t n,  \
+                                                int64_t *x, int how)                                      \
+    {                                                                                                     \
+        if (how == COUNT_PAIRS)                                                                           \
+            plain_body(tables, rng, c, n, x, COUNT_PAIRS);                                                \
+        else if (how == COUNT_BOTH)                                                                       \
+            plain_body(tables, rng, c, n, x, COUNT_BOTH);                                                 \
+        else                                                                                              \
+            plain_body(tables, rng, c, n, x, COUNT_EMITTED);                                              \
+    }                                                                                                     \
+    NOINLINE attributes void plain_batch##suffix(const Tables *tables, uint64_t *rng, int64_t *xs, int64_t *acc, \
+                                                 int64_t *emi, int64_t *trans, int64_t b0, int64_t b1,        \
+                                                 int64_t n, int how)                                          \
+    {                                                                                                     \
+        if (how == COUNT_PAIRS)                                                                           \
+            plain_batch_body(tables, rng, xs, acc, emi, trans, b0, b1, n, COUNT_PAIRS);                   \
+        else if (how == COUNT_BOTH)                                                                       \
+            plain_batch_body(tables, rng, xs, acc, emi, trans, b0, b1, n, COUNT_BOTH);                    \
+        else                                                                                              \
+            plain_batch_body(tables, rng, xs, acc, emi, trans, b0, b1, n, COUNT_EMITTED);                 \
+    }
+PLAIN_LOOPS(, )
+#if X86_CLONES
+PLAIN_LOOPS(_avx2, AVX2_BMI2)
+#endif
+#undef PLAIN_LOOPS
 
 static int baseline_only = 0; /* set by isa("baseline"): the tests run both copies */
 
@@ -465,6 +514,20 @@ static void plain_chain(const Tables *tables, uint64_t *rng, Counts *c, int64_t 
     }
 #endif
     plain_loop(tables, rng, c, n, x, how);
+}
+
+/* plain_batch_body on the copy the CPU runs best (the batch's `emi` per chain, or NULL; `trans` or NULL). */
+static void plain_batch_chains(const Tables *tables, uint64_t *rng, int64_t *xs, int64_t *acc, int64_t *emi,
+                               int64_t *trans, int64_t b0, int64_t b1, int64_t n)
+{
+    const int how = !trans ? COUNT_EMITTED : (emi ? COUNT_BOTH : COUNT_PAIRS);
+#if X86_CLONES
+    if (has_avx2_bmi2()) {
+        plain_batch_avx2(tables, rng, xs, acc, emi, trans, b0, b1, n, how);
+        return;
+    }
+#endif
+    plain_batch(tables, rng, xs, acc, emi, trans, b0, b1, n, how);
 }
 
 /* chain(tables, totals, lasts, slot_of, guides, last_used, u, prev, proposed, emitted, accepted,
@@ -674,7 +737,8 @@ INLINE void batch_group(const Tables *tables, const double *restrict u, uint64_t
  * outputs are not written and may be empty.  `transitions` (int64, V x V, or None) gets each
  * step's (context, emitted token) pair added; one such array per calling thread.  `rng` (uint64,
  * (B, 4), each chain's PCG64 state, advanced in place) or None: the uniforms are drawn from it
- * and u may be empty. */
+ * and u may be empty.  With record = False, rng and every context x in slot x (run --chains B
+ * --telemetry none), the chains run one after the other in the plain loop (plain_batch_chains). */
 static PyObject *batch(PyObject *self, PyObject *args)
 {
     Py_buffer tb, tot, la, so, gb, ub, xb, pb, yb, eb, ab;
@@ -762,12 +826,15 @@ static PyObject *batch(PyObject *self, PyObject *args)
                                          b0, b1, n, d, k, w, i, NULL, 0)
 #define MOVING_OF(d, i) batch_group(&tables, u, r, xs, prev, proposed, emitted, accepted, acc, emi, trans, \
                                     b0, b1, n, d, counting, recording, i, mv, 1)
+        if (!recording && identity && drawn && !moving) /* run --chains B --telemetry none: the plain loop */
+            plain_batch_chains(&tables, r, xs, acc, emi, trans, 0, B, n);
+        else
         for (Py_ssize_t b0 = 0; b0 < B; b0 += GROUP) {
             Py_ssize_t b1 = b0 + GROUP < B ? b0 + GROUP : B;
             if (moving) /* order-N contexts: one instance per (drawn, identity), the counts as asked */
                 drawn ? (identity ? MOVING_OF(1, 1) : MOVING_OF(1, 0)) : (identity ? MOVING_OF(0, 1) : MOVING_OF(0, 0));
-            else if (!recording && identity) /* what run --chains B --telemetry none runs */
-                drawn ? GROUP_OF(1, 1, 0, 1) : GROUP_OF(0, 1, 0, 1);
+            else if (!recording && identity)
+                GROUP_OF(0, 1, 0, 1);
             else if (!recording)
                 drawn ? GROUP_OF(1, 1, 0, 0) : GROUP_OF(0, 1, 0, 0);
             else if (counting)
