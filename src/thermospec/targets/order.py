@@ -93,7 +93,7 @@ class OrderTarget:
             col = np.zeros(ends, dtype=small)
             col[j:] = shifted[: ends - j]
             columns.append(col)
-        sort = np.lexsort(columns[::-1])  # newest token first
+        sort = _sorted_positions(columns, V)  # newest token first
         self._columns: list[NDArray[Any]] = []
         for j in range(depth):
             self._columns.append(columns[j][sort])
@@ -316,7 +316,9 @@ class OrderTarget:
         hi = np.concatenate([np.array(self._first_hi, dtype=np.int64), *stops[1:]])
         parent = np.full(states, -1, dtype=np.int64)  # the state of the newest L - 1 tokens
         oldest = np.arange(states, dtype=np.int64)  # the oldest token (a one-token state's own)
-        keys: list[NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]  # by length - 1: parent * (V + 1) + code
+        # child[L][(s - offset[L - 1]) * (V + 1) + code]: the state of length L + 1 that adds the token code - 1
+        # before the tokens of state s (of length L), or -1.
+        child: list[NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]
         for L in range(2, depth + 1):
             at = starts[L - 1]
             if L == 2:
@@ -326,21 +328,22 @@ class OrderTarget:
             code = self._columns[L - 1][at].astype(np.int64)
             parent[offset[L - 1]:offset[L]] = up
             oldest[offset[L - 1]:offset[L]] = code - 1
-            keys.append(up * (V + 1) + code)
+            found = np.full(counts[L - 2] * (V + 1), -1, dtype=np.int64)
+            found[(up - offset[L - 2]) * (V + 1) + code] = np.arange(offset[L - 1], offset[L], dtype=np.int64)
+            child.append(found)
         table = np.empty((states, V), dtype=np.int32)
         block = max(1, (1 << 20) // V)
         for L in range(1, depth + 1):
             for a in range(offset[L - 1], offset[L], block):
                 b = min(a + block, offset[L])
-                rows = (np.broadcast_to(np.arange(V, dtype=np.int64), (b - a, V)) if L == 1
+                rows = (np.tile(np.arange(V, dtype=np.int64), (b - a, 1)) if L == 1
                         else table[parent[a:b]].astype(np.int64))
                 if depth > L:  # a move that kept the newest L tokens may add this context's oldest one
-                    key = rows * (V + 1) + (oldest[a:b, None] + 1)
-                    found = np.searchsorted(keys[L], key)
-                    inside = np.minimum(found, keys[L].shape[0] - 1)
-                    longer = (length[rows] == L) & (found < keys[L].shape[0])
-                    longer &= keys[L][inside] == key if keys[L].shape[0] else False
-                    rows = np.where(longer, offset[L] + found, rows)
+                    kept = (rows >= offset[L - 1]) & (rows < offset[L])
+                    same = rows[kept]
+                    adds = np.broadcast_to(oldest[a:b, None] + 1, rows.shape)[kept]
+                    longer = child[L][(same - offset[L - 1]) * (V + 1) + adds]
+                    rows[kept] = np.where(longer >= 0, longer, same)
                 table[a:b] = rows
         # Renumber the longer contexts by falling corpus frequency: a chain's frequent states (and so its
         # tables, one slot per state) then share pages and cache lines.
@@ -370,6 +373,24 @@ class OrderTarget:
         if depth == 1:
             return [int(self._columns[0][starts[i]]) - 1 for i in best]
         return [self._intern(depth, int(starts[i]), int(starts[i] + sizes[i])) for i in best]
+
+
+def _sorted_positions(columns: list[NDArray[Any]], V: int) -> NDArray[np.int64]:
+    """``np.lexsort(columns[::-1])``: the positions sorted by column 0, then 1 ... (stable), each column in ``[0, V]``.
+
+    When the columns and a position fit 64 bits together, one sort of those keys (distinct, so
+    any sort is the stable one) instead of a sort per column.
+    """
+    ends = int(columns[0].shape[0]) if columns else 0
+    bits, position_bits = V.bit_length(), max(1, (ends - 1).bit_length())
+    if not columns or bits * len(columns) + position_bits > 64:
+        return np.lexsort(columns[::-1])
+    key = np.arange(ends, dtype=np.uint64)
+    for j, column in enumerate(columns):
+        key |= column.astype(np.uint64) << np.uint64(position_bits + bits * (len(columns) - 1 - j))
+    key.sort()
+    key &= np.uint64((1 << position_bits) - 1)
+    return key.astype(np.int64)
 
 
 def order_target(path: str | Path, order: int, *, tokenizer: str | None = None,
@@ -409,7 +430,12 @@ def order_target(path: str | Path, order: int, *, tokenizer: str | None = None,
         codepoints: NDArray[Any] = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
     else:
         codepoints = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-    tokens = np.empty(codepoints.shape[0], dtype=np.uint32)
-    for start in range(0, tokens.shape[0], 1 << 20):  # bounded temporaries
-        tokens[start:start + (1 << 20)] = np.searchsorted(alphabet, codepoints[start:start + (1 << 20)])
+    if codepoints.dtype == np.uint8:  # ASCII: each character's token from a table of the 128 codes
+        lookup = np.zeros(256, dtype=np.uint32)
+        lookup[alphabet] = np.arange(alphabet.shape[0], dtype=np.uint32)
+        tokens = lookup[codepoints]
+    else:
+        tokens = np.empty(codepoints.shape[0], dtype=np.uint32)
+        for start in range(0, tokens.shape[0], 1 << 20):  # bounded temporaries
+            tokens[start:start + (1 << 20)] = np.searchsorted(alphabet, codepoints[start:start + (1 << 20)])
     return OrderTarget(int(order), bigram, tokens, row_cache_bytes)
