@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from scripts.make_trace import write_trace
+from thermospec.core.payload import encode_payload
 from thermospec.engine import positions
-from thermospec.targets import trace_rows
+from thermospec.targets import trace_libm, trace_rows
 from thermospec.targets.trace import REREAD_BYTES, TraceShrankError, load_trace
 
 
@@ -80,3 +81,38 @@ def test_a_row_holds_its_codes_and_no_other() -> None:
                 changed[len(changed) // 2] = other
                 assert not C.holds(changed, values.present, seen), (name, hex(other))
         assert not seen.any(), name
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_fused_calls_and_the_numpy_ufuncs_between_passes_give_the_same_bytes(
+    fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where NumPy's exp and log are not the C library's, the passes run apart with NumPy's between them."""
+    if not trace_rows.compiled():
+        pytest.skip("the compiled module thermospec.targets._trace_rows is not built")
+    from tests.test_trace_rows import test_a_crafted_position_is_the_plain_codes_payload_and_metrics as crafted
+    from tests.test_trace_rows import test_every_pass_gives_the_bytes_of_the_plain_code as every_pass
+
+    assert trace_rows._COMPILED is not None
+    if not fused:
+        monkeypatch.setitem(trace_libm._DECIDED, "same", False)
+    assert trace_libm.libm_is_numpys(trace_rows._COMPILED) or not fused  # (this machine: NumPy calls the C library)
+    for K in (1, 64, 5000):
+        for eps in ("auto", 0.0):
+            every_pass("compiled", K, eps)
+            crafted(K, eps)
+
+
+def test_a_row_crafted_again_with_other_budgets_gives_the_plain_codes_bytes() -> None:
+    """A row's per-code tables serve any number of crafts (--psi-budget: K per position)."""
+    if not trace_rows.compiled():
+        pytest.skip("the compiled module thermospec.targets._trace_rows is not built")
+    from tests.test_trace_rows import reference, rows
+
+    for name, raw in rows():
+        values = trace_rows.row_values(raw)
+        for K in (64, 1000, 3, 64):
+            _, _, payload, overlap, ce = reference(raw, K, "auto")
+            made = trace_rows.craft_position(values, K, 1.0, "auto")
+            assert made.wire == encode_payload(payload), (name, K)
+            assert (made.overlap_mass, made.ce_gap_nats) == (overlap, ce), (name, K)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib
 import math
 import struct
-import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from thermospec.core.payload import (
     payload_size,
 )
 from thermospec.core.proposal import explicit_probabilities, proposal_distribution
+from thermospec.targets.trace_buffers import buffers
 from thermospec.targets.trace_file import TraceShrankError, softmax64
 from thermospec.targets.trace_libm import libm_is_numpys
 
@@ -56,18 +56,12 @@ __all__ = [
     "row_bytes_held", "row_into", "row_values", "softmax_row", "top_support_of",
 ]
 
-CODES = 1 << 16
-"""Distinct float16 bit patterns."""
-SCRATCH_ITEMS = 1 << 18
-"""Largest V-sized buffer a thread keeps between rows (2 MiB of float64; V = 262,144)."""
-
-
 def _load() -> ModuleType | None:
     try:
         module = importlib.import_module("thermospec.targets._trace_rows")
     except ImportError:  # no compiler at install time: the plain NumPy code, same bytes
         return None
-    return module if hasattr(module, "craft") else None  # a stale build of another layout: the plain code
+    return module if hasattr(module, "craft_all") else None  # a stale build of another layout: the plain code
 
 
 _COMPILED = _load()
@@ -76,46 +70,6 @@ _COMPILED = _load()
 def compiled() -> bool:
     """Whether the compiled passes are in use (else the plain NumPy code, which gives the same bytes)."""
     return _COMPILED is not None
-
-
-class _Buffers:
-    """One thread's reusable buffers (a fresh array costs its page faults on every write): per-code tables,
-    kept, and V-sized ones, kept up to `SCRATCH_ITEMS` items so that a thread holds a few MiB however wide
-    the rows."""
-
-    def __init__(self) -> None:
-        self.present = np.empty(CODES, dtype=np.uint16)
-        self.d = np.empty(CODES, dtype=np.float64)
-        self.logp = np.empty(CODES, dtype=np.float64)
-        self.table = np.empty(CODES, dtype=np.float64)
-        self.seen = np.zeros(CODES, dtype=np.uint8)  # the compiled passes leave the marks 0
-        self.mark = np.zeros(CODES, dtype=np.uint8)
-        self.jmap = np.empty(CODES, dtype=np.int32)
-        self.count = np.empty(2 * CODES, dtype=np.int64)
-        self.pairs = np.empty(2 * CODES, dtype=np.float64)
-        self._wide: dict[str, NDArray[Any]] = {}
-        self.held_for: RowValues | None = None  # the row whose codes `held` holds (a row that does not keep them)
-        self.held: NDArray[np.uint16] = _empty_codes()
-
-    def wide(self, name: str, size: int, dtype: type[np.generic]) -> NDArray[Any]:
-        """A buffer of `size` items (kept if at most `SCRATCH_ITEMS`)."""
-        if size > SCRATCH_ITEMS:
-            return np.empty(size, dtype=dtype)
-        held = self._wide.get(name)
-        if held is None or held.shape[0] < size:
-            held = self._wide[name] = np.empty(size, dtype=dtype)
-        return held[:size]
-
-
-_LOCAL = threading.local()
-
-
-def _buffers() -> _Buffers:
-    """This thread's buffers."""
-    held: _Buffers | None = getattr(_LOCAL, "buffers", None)
-    if held is None:
-        held = _LOCAL.buffers = _Buffers()
-    return held
 
 
 def _empty_codes() -> NDArray[np.uint16]:
@@ -164,7 +118,7 @@ class RowValues:
             codes = _row_codes(self)
             assert _COMPILED is not None and codes is not None
             dense = np.empty(self.V, dtype=np.float64)
-            _COMPILED.dense(codes, self.present, self.p_present, _buffers().table, dense)
+            _COMPILED.dense(codes, self.present, self.p_present, buffers().table, dense)
             dense.setflags(write=False)
             self._dense[:] = [dense]
         return self._dense[0]
@@ -187,7 +141,7 @@ def _row_codes(values: RowValues) -> NDArray[np.uint16] | None:
     """
     if values.codes is not None or values.reread is None:
         return values.codes
-    work = _buffers()
+    work = buffers()
     if work.held_for is values:
         return work.held
     work.held_for = None
@@ -229,7 +183,7 @@ def row_values(raw: NDArray[Any], reread: Callable[[NDArray[np.uint16]], None] |
         return _dense_values(raw)
     values = _values16(codes, reread)
     if values.reread is not None:  # this thread holds the codes until it reads another row's
-        work = _buffers()
+        work = buffers()
         work.held, work.held_for = codes, values
     return values
 
@@ -237,7 +191,7 @@ def row_values(raw: NDArray[Any], reread: Callable[[NDArray[np.uint16]], None] |
 def _values16(codes: NDArray[np.uint16], reread: Callable[[NDArray[np.uint16]], None] | None) -> RowValues:
     """A float16 row by its distinct values: `codes` kept if `reread` is None."""
     assert _COMPILED is not None
-    work = _buffers()
+    work = buffers()
     if libm_is_numpys(_COMPILED):  # one call: NumPy's exp and log are the C library's
         got = _COMPILED.values_all(codes, work.seen, work.present, work.d, work.logp, work.table, work.mark)
         if got is None:  # NaN or +inf (a loaded trace has none): the plain code's NaNs
@@ -264,7 +218,7 @@ def add_row(values: RowValues, *totals: NDArray[np.float64]) -> None:
         for total in totals:
             total += values.p
         return
-    work = _buffers()
+    work = buffers()
     for total in totals:
         _COMPILED.add_to(codes, values.present, values.p_present, work.table, total)
 
@@ -275,7 +229,7 @@ def row_into(values: RowValues, out: NDArray[np.float64]) -> NDArray[np.float64]
     codes = None if values._dense else _row_codes(values)
     if _COMPILED is None or codes is None:
         return values.p
-    _COMPILED.dense(codes, values.present, values.p_present, _buffers().table, out)
+    _COMPILED.dense(codes, values.present, values.p_present, buffers().table, out)
     return out
 
 
@@ -286,7 +240,7 @@ def p_at(values: RowValues, tokens: NDArray[np.int64]) -> NDArray[np.float64]:
     if _COMPILED is None or codes is None:
         return np.asarray(values.p[tokens], dtype=np.float64)
     out = np.empty(tokens.shape[0], dtype=np.float64)
-    _COMPILED.p_at(codes, values.present, values.p_present, _buffers().table, tokens, out)
+    _COMPILED.p_at(codes, values.present, values.p_present, buffers().table, tokens, out)
     return out
 
 
@@ -298,7 +252,7 @@ def residual_support(values: RowValues, eps: float, ids: NDArray[np.int64],
     codes = _row_codes(values)
     if _COMPILED is None or codes is None:
         return None
-    work = _buffers()
+    work = buffers()
     tokens, cum = work.wide("residual_tokens", values.V, np.int64), work.wide("residual_cum", values.V, np.float64)
     r = _COMPILED.residual(codes, values.present, values.p_present, work.table, float(eps),
                            np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(q_ids, dtype=np.float64),
@@ -320,7 +274,7 @@ def top_support_of(values: RowValues, K: int) -> NDArray[np.int64]:
         p = values.p
         kth = np.partition(p, V - k)[V - k]
         return (np.flatnonzero(p >= kth) if kth > 0 else np.flatnonzero(p)).astype(np.int64)
-    work = _buffers()
+    work = buffers()
     out = work.wide("tokens", V, np.int64)
     m = _COMPILED.top_tokens(codes, values.present, values.p_present, values.log_present.shape[0],
                              min(k, values.positive), work.jmap, work.count, work.wide("chosen", V, np.uint32), out)
@@ -337,7 +291,7 @@ def _metrics16(values: RowValues, codes: NDArray[np.uint16], ids: NDArray[np.int
     else:
         log_q = np.log(q)
     full = values.positive == values.V  # every p > 0: the gap's terms need no buffer
-    work = _buffers()
+    work = buffers()
     overlap, ce = _COMPILED.metrics(
         codes, values.present, values.p_present, values.log_present, values.positive, ids, q, log_q,
         work.jmap, work.pairs, np.empty(2 * ids.shape[0], dtype=np.float64),
@@ -418,7 +372,7 @@ def craft_position(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Craft
     if C is None or codes is None or not 1 <= k <= MAX_K or (eps != "auto" and not math.isfinite(eps)):
         return _craft_plain(values, K, tau, eps)  # (NaN is the compiled pass's "auto": a given one is refused here)
     body = bytearray(payload_size(k, V) - 4)
-    work = _buffers()
+    work = buffers()
     d = np.empty(k, dtype=np.float64)
     eps_in = float("nan") if eps == "auto" else _float32(eps) + 0.0
     if libm_is_numpys(C):  # one call: craft, F(ψ) and the metrics (NumPy's exp and log are the C library's)
