@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 from thermospec.core.sampling import inverse_cdf
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chain import table_source
+from thermospec.engine.chain_seeds import chain_starts
 from thermospec.engine.chunks import BatchChunk
 from thermospec.engine.compact import COMPACT_TABLE_BYTES, CompactStepper, SparseRows, compact_source
 from thermospec.engine.kernels import (
@@ -200,9 +201,6 @@ def run_batch(
     if moves is not None and (tally is not None or sparse is not None):
         raise ValueError("run_batch: a move table's contexts are not tokens: no tally or compact tables with it")
     contexts = V if moves is None else moves.shape[0] // V
-    rngs = [chain_stream(seed, b) for b in range(chains)]
-    # x_0 of every chain: one uniform each, inverted on one cumulative pi (what `start_token` does per chain).
-    x = inverse_cdf(np.cumsum(pi), np.array([rng.random() for rng in rngs], dtype=np.float64))
     source = table_source(row, drafts)
     module = resolve_backend(backend)
     n_chunk = max(1, min(steps, chunk_tokens // chains))
@@ -219,9 +217,18 @@ def run_batch(
     compiled = module if resident else None  # the kernel, when every table is resident
     workers = max(1, min(threads or os.cpu_count() or 1, chains))
     parts = _slices(chains, max(workers, min(chains // BATCH_PART, 8 * workers)))
-    states = None
+    # The kernel draws each chain's uniforms from its PCG64 state, found without building the streams.
+    starts = chain_starts(seed, chains, pi) if compiled is not None and getattr(compiled, "PCG64", False) else None
+    rngs: list[np.random.Generator] = []
+    if starts is not None:
+        x, states = starts
+    else:
+        rngs = [chain_stream(seed, b) for b in range(chains)]
+        # x_0 of every chain: one uniform each, inverted on one cumulative pi (what `start_token` does per chain).
+        x = inverse_cdf(np.cumsum(pi), np.array([rng.random() for rng in rngs], dtype=np.float64))
+        states = None
     if compiled is not None:
-        if all(draws_pcg64(compiled, rng) for rng in rngs):
+        if states is None and all(draws_pcg64(compiled, rng) for rng in rngs):
             # The kernel draws each chain's uniforms from its PCG64 state (the rngs are not used again).
             states = np.stack([pcg64_state(rng) for rng in rngs])
         tracked = tally is not None and tally.transitions is not None
