@@ -213,6 +213,19 @@ def test_seed_table_has_a_mean_and_std_row() -> None:
     assert table.splitlines()[-1].split()[:4] == ["mean±std", "0.8500", "±", f"{np.std([0.9, 0.8], ddof=1):.4f}"]
 
 
+def test_seed_rows_append_the_loss_split_and_the_table_says_where_acceptance_goes() -> None:
+    # The CSV's columns before the loss split keep their order: readers of m1_seeds.csv by position still work.
+    assert SEED_FIELDS[:10] == ("seed", "steps", "accept_rate", "mean_overlap", "accept_overlap_gap", "mean_ce_gap",
+                                "chi2_stat", "chi2_dof", "p_value", "psi_bytes_max")
+    assert SEED_FIELDS[10:] == ("loss_draft_model", "loss_top_k", "loss_quantisation")
+    rows = [{"seed": s, "accept_rate": 0.9, "mean_overlap": 0.9, "accept_overlap_gap": 0.0, "mean_ce_gap": 0.1,
+             "p_value": 0.5, "loss_draft_model": 0.0, "loss_top_k": top_k, "loss_quantisation": 0.001}
+            for s, top_k in ((1, 0.06), (2, 0.08))]
+    last = format_seed_table(rows).splitlines()[-1]
+    assert last == (f"lost to   draft model 0.0000 ± 0.0000   top-K 0.0700 ± {np.std([0.06, 0.08], ddof=1):.4f}   "
+                    "8-bit codes 0.0010 ± 0.0000")
+
+
 # --------------------------------------------------------------------------- CSV and interruption
 
 

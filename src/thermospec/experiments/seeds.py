@@ -78,6 +78,10 @@ def seed_row(summary: Mapping[str, Any]) -> dict[str, Any]:
         "chi2_dof": summary["chi2_dof"],
         "p_value": summary["p_value"],
         "psi_bytes_max": summary["psi_bytes_max"],
+        # appended (the columns before keep their order): where the one-draft acceptance goes (runs.losses)
+        "loss_draft_model": summary.get("loss_draft_model"),
+        "loss_top_k": summary.get("loss_top_k"),
+        "loss_quantisation": summary.get("loss_quantisation"),
     }
 
 
@@ -128,25 +132,39 @@ def settle_seed(sweep: SeedSweep, sweep_dir: str, seed: int) -> dict[str, Any] |
     return None
 
 
+LOSS_COLUMNS = (("draft model", "loss_draft_model"), ("top-K", "loss_top_k"), ("8-bit codes", "loss_quantisation"))
+"""The loss split's columns as the seed table's last line names them, in the run headline's words."""
+
+
+def _mean_std(rows: Sequence[Mapping[str, Any]], column: str) -> str:
+    """``mean ± std`` (ddof = 1) of a column; a statistic a run's source does not define (null) reads n/a."""
+    values = np.array([float(r[column]) for r in rows if r.get(column) is not None])
+    if not values.size:
+        return "n/a"
+    if not np.all(np.isfinite(values)):
+        return "inf"
+    if len(values) < 2:
+        return f"{values.mean():.4f} ± n/a"
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}"
+
+
 def format_seed_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The per-seed table with a mean ± std (ddof = 1) row."""
+    """The per-seed table with a mean ± std (ddof = 1) row, then where the acceptance goes (mean ± std).
+
+    The loss split is a line under the table rather than three more columns of it (the table would
+    be about 150 characters wide): the draft model, the top-K cut and the 8-bit codes, as a run's
+    headline names them; each seed's values are in the CSV.
+    """
     header = ("seed", "accept", "overlap", "|a-o|", "ce_gap", "chi2_p")
     columns = ("accept_rate", "mean_overlap", "accept_overlap_gap", "mean_ce_gap", "p_value")
     body = [(str(r["seed"]), *("n/a" if r[c] is None else format_number(float(r[c])) for c in columns))
             for r in rows]
-    stats = []
-    for column in columns:  # a statistic a run's source does not define (null in its summary) reads n/a
-        values = np.array([float(r[column]) for r in rows if r[column] is not None])
-        if not values.size:
-            stats.append("n/a")
-        elif not np.all(np.isfinite(values)):
-            stats.append("inf")
-        elif len(values) < 2:
-            stats.append(f"{values.mean():.4f} ± n/a")
-        else:
-            stats.append(f"{values.mean():.4f} ± {values.std(ddof=1):.4f}")
-    body.append(("mean±std", *stats))
-    return format_table(header, body)
+    body.append(("mean±std", *(_mean_std(rows, column) for column in columns)))
+    table = format_table(header, body)
+    if not any(r.get(column) is not None for r in rows for _, column in LOSS_COLUMNS):
+        return table
+    losses = "   ".join(f"{name} {_mean_std(rows, column)}" for name, column in LOSS_COLUMNS)
+    return f"{table}\nlost to   {losses}"
 
 
 def seed_task(sweep: SeedSweep, sweep_dir: Path) -> Callable[[int], dict[str, Any]]:

@@ -99,6 +99,7 @@ GRID_GROUP = ("K", "tau")
 SEED_FIELDS = (
     "seed", "steps", "accept_rate", "mean_overlap", "accept_overlap_gap", "mean_ce_gap",
     "chi2_stat", "chi2_dof", "p_value", "psi_bytes_max",
+    "loss_draft_model", "loss_top_k", "loss_quantisation",  # appended: the columns before keep their order
 )
 
 
