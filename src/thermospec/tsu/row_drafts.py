@@ -130,11 +130,11 @@ def draft_rows(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> RowD
     q.reshape(-1)[at] = explicit.reshape(-1)
     draft_cdf = _draft_cdf(q, at, eps32, k)
     # Tables (thermospec.core.acceptance) and metrics (thermospec.core.metrics).
-    ratio = np.zeros_like(P)
     with np.errstate(over="ignore"):
-        if np.all(explicit > 0) and (k == V or np.all(eps32 > 0)):
-            np.divide(P, q, out=ratio)
+        if np.all(explicit > 0) and (k == V or np.all(eps32 > 0)):  # q > 0 everywhere
+            ratio = np.divide(P, q)
         else:
+            ratio = np.zeros_like(P)
             np.divide(P, q, out=ratio, where=q > 0)
     kept = np.minimum(P, q)
     residual_cdf = np.cumsum(P - kept, axis=1)
@@ -183,10 +183,10 @@ def _gap_sums(P: NDArray[np.float64], q: NDArray[np.float64], at: NDArray[np.int
     low = P.min(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.repeat((low * (np.log(low) - np.log(eps32)))[:, None], V, axis=1)
-        own = np.not_equal(P, low[:, None])
-        flat = own.reshape(-1)
-        flat[at] = True
-        p, qv = P.reshape(-1)[flat], q.reshape(-1)[flat]
-        terms.reshape(-1)[flat] = p * (np.log(p) - np.log(qv))
+        own = np.not_equal(P, low[:, None]).reshape(-1)
+        own[at] = True
+        where = np.flatnonzero(own)
+        p, qv = P.reshape(-1)[where], q.reshape(-1)[where]
+        terms.reshape(-1)[where] = p * (np.log(p) - np.log(qv))
         sums: NDArray[np.float64] = np.sum(terms, axis=1)
     return sums
