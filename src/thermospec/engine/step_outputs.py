@@ -7,6 +7,7 @@ nothing and say so (every entry -1).
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -21,6 +22,7 @@ def new_outputs(n: int) -> StepArrays:
     return np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n, bool)
 
 
+@functools.lru_cache(maxsize=4)
 def unrecorded(n: int) -> StepArrays:
     """The step arrays of n steps that were not recorded: read-only, every entry -1 (False for ``accepted``)."""
     none = np.broadcast_to(np.int64(-1), (n,))
