@@ -19,6 +19,12 @@
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
+#if defined(__SSE2__) && defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define HAVE_AVX2_PATH 1 /* AVX2 loops compiled for their functions only, taken if the CPU has AVX2 */
+static int cpu_avx2 = 0;
+#define AVX2 __attribute__((target("avx2")))
+#endif
 
 #define CODES 65536
 
@@ -156,12 +162,48 @@ static inline unsigned code_of_key(unsigned key)
     return key & 0x8000u ? key & 0x7FFFu : 0xFFFFu - key;
 }
 
+#ifdef HAVE_AVX2_PATH
+/* key_range's vector loop, 16 codes at a time: the tokens it covered; hi, lo, lof, ninf merged in (keys - 32768). */
+AVX2 static Py_ssize_t key_range_avx2(const uint16_t *codes, Py_ssize_t V, int *hi, int *lo, int *lof, int *ninf)
+{
+    const __m256i ninf_code = _mm256_set1_epi16((short)0xFC00), top = _mm256_set1_epi16(32767);
+    __m256i vhi = _mm256_set1_epi16(-32768), vlo = top, vlof = top, vninf = _mm256_setzero_si256();
+    Py_ssize_t i = 0;
+    for (; i + 16 <= V; i += 16) {
+        __m256i c = _mm256_loadu_si256((const __m256i *)(codes + i));
+        __m256i s = _mm256_xor_si256(c, _mm256_srli_epi16(_mm256_srai_epi16(c, 15), 1)); /* key - 32768 */
+        __m256i is_ninf = _mm256_cmpeq_epi16(c, ninf_code);
+        vhi = _mm256_max_epi16(vhi, s);
+        vlo = _mm256_min_epi16(vlo, s);
+        vlof = _mm256_min_epi16(vlof, _mm256_blendv_epi8(s, top, is_ninf));
+        vninf = _mm256_or_si256(vninf, is_ninf);
+    }
+    int16_t h[16], l[16], lf[16], n[16];
+    _mm256_storeu_si256((__m256i *)h, vhi);
+    _mm256_storeu_si256((__m256i *)l, vlo);
+    _mm256_storeu_si256((__m256i *)lf, vlof);
+    _mm256_storeu_si256((__m256i *)n, vninf);
+    for (int j = 0; j < 16; j++) {
+        *hi = h[j] > *hi ? h[j] : *hi;
+        *lo = l[j] < *lo ? l[j] : *lo;
+        *lof = lf[j] < *lof ? lf[j] : *lof;
+        *ninf |= n[j] != 0;
+    }
+    return i;
+}
+#endif
+
 /* The largest key, the smallest, the smallest but -inf's, and whether -inf is there: one vector pass. */
 static void key_range(const uint16_t *codes, Py_ssize_t V, unsigned *high, unsigned *low, unsigned *low_finite,
                       int *minus_inf)
 {
     int hi = -32768, lo = 32767, lof = 32767, ninf = 0; /* keys - 32768, as int16 */
     Py_ssize_t i = 0;
+#ifdef HAVE_AVX2_PATH
+    if (cpu_avx2) {
+        i = key_range_avx2(codes, V, &hi, &lo, &lof, &ninf);
+    }
+#endif
 #ifdef __SSE2__
     const __m128i flip = _mm_set1_epi16((short)0x8000), ninf_code = _mm_set1_epi16((short)0xFC00);
     const __m128i top = _mm_set1_epi16(32767);
@@ -537,7 +579,29 @@ static PyObject *residual(PyObject *self, PyObject *args)
     return PyLong_FromSsize_t(r);
 }
 
-/* The increasing tokens whose code's key is >= thr. */
+#ifdef HAVE_AVX2_PATH
+/* keys_at_least's vector loop, 16 codes at a time (see there): the tokens it covered; their hits in out. */
+AVX2 static Py_ssize_t keys_at_least_avx2(const uint16_t *codes, Py_ssize_t V, short x, short lim, unsigned invert,
+                                          uint32_t *out, Py_ssize_t *m)
+{
+    const __m256i vx = _mm256_set1_epi16(x), vlim = _mm256_set1_epi16(lim);
+    Py_ssize_t i = 0, got = *m;
+    for (; i + 16 <= V; i += 16) {
+        __m256i c = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(codes + i)), vx);
+        unsigned hits = ((unsigned)_mm256_movemask_epi8(_mm256_cmpgt_epi16(c, vlim)) ^ invert) & 0x55555555u;
+        while (hits) { /* two bits a lane: the even ones say which */
+            out[got++] = (uint32_t)(i + (__builtin_ctz(hits) >> 1));
+            hits &= hits - 1;
+        }
+    }
+    *m = got;
+    return i;
+}
+#endif
+
+/* The increasing tokens whose code's key is >= thr.  On the codes themselves: thr >= 0x8000 keeps the positive
+ * codes >= thr - 0x8000 (as int16: code > thr - 0x8001, negative codes below), a lower thr every positive code
+ * and the negative ones <= 0xFFFF - thr (unsigned: code ^ 0x8000 <= 0xFFFF - thr - 0x8000 as int16). */
 static Py_ssize_t keys_at_least(const uint16_t *codes, Py_ssize_t V, unsigned thr, uint32_t *out)
 {
     Py_ssize_t m = 0, i = 0;
@@ -548,12 +612,18 @@ static Py_ssize_t keys_at_least(const uint16_t *codes, Py_ssize_t V, unsigned th
         return m;
     }
 #ifdef __SSE2__
-    const __m128i flip = _mm_set1_epi16((short)0x8000);
-    const __m128i lim = _mm_set1_epi16((short)((int)thr - 32768 - 1)); /* key - 32768 is the key as int16 */
+    int high = thr >= 0x8000u;
+    short x = high ? 0 : (short)0x8000, lim = (short)(high ? (int)thr - 0x8001 : (int)(0xFFFFu - thr) - 0x8000);
+    unsigned invert = high ? 0u : 0xFFFFFFFFu; /* keep code ^ x > lim, or its contrary */
+#ifdef HAVE_AVX2_PATH
+    if (cpu_avx2) {
+        i = keys_at_least_avx2(codes, V, x, lim, invert, out, &m);
+    }
+#endif
+    const __m128i vx = _mm_set1_epi16(x), vlim = _mm_set1_epi16(lim);
     for (; i + 8 <= V; i += 8) {
-        __m128i c = _mm_loadu_si128((const __m128i *)(codes + i));
-        __m128i key = _mm_xor_si128(c, _mm_or_si128(_mm_srai_epi16(c, 15), flip));
-        unsigned hits = (unsigned)_mm_movemask_epi8(_mm_cmpgt_epi16(_mm_xor_si128(key, flip), lim)) & 0x5555u;
+        __m128i c = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(codes + i)), vx);
+        unsigned hits = ((unsigned)_mm_movemask_epi8(_mm_cmpgt_epi16(c, vlim)) ^ invert) & 0x5555u;
         while (hits) { /* two bits a lane: the even ones say which */
             out[m++] = (uint32_t)(i + (__builtin_ctz(hits) >> 1));
             hits &= hits - 1;
@@ -1280,5 +1350,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trace_rows", NULL, 
 
 PyMODINIT_FUNC PyInit__trace_rows(void)
 {
+#ifdef HAVE_AVX2_PATH
+    __builtin_cpu_init();
+    cpu_avx2 = __builtin_cpu_supports("avx2") && getenv("THERMOSPEC_NO_AVX2") == NULL;
+#endif
     return PyModule_Create(&module);
 }
