@@ -17,10 +17,15 @@ whole `run_chain`'s): on a machine whose cores other work shares, the CPU-time r
 is the steadier one.
 
 So the ratio is what the package costs against a C programmer's loop.  One chain is
-compared as the engine runs it with its counts (``run_chain(..., tally=)``) and as
-the command ``run --telemetry none`` runs it; B chains as ``run --chains B
---telemetry none`` (the summary's tokens/s, set-up included: the C loop's time is its
-loop's).
+compared as the engine runs it keeping only its counts (``run_chain(..., tally=,
+record=False)``, what a run without telemetry needs) and as the command ``run
+--telemetry none`` runs it; B chains as ``run --chains B --telemetry none`` (the
+summary's tokens/s, set-up included: the C loop's time is its loop's).
+
+Instruction sets: the C loop is built with ``-march=native``; the package's extension
+is built for baseline x86-64 (its wheel runs on any), and its counting loops also carry
+a copy compiled for AVX2 + BMI2 that it picks at run time when the CPU has them
+(``_kernels.isa()``, reported in the rows): the same operations and rounding (no FMA).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from thermospec.core.sampling import inverse_cdf
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.batch import chain_stream, run_batch
 from thermospec.engine.chain import dense_matrices, run_chain, start_token
+from thermospec.engine.kernels import compiled_module
 from thermospec.engine.tally import BatchTally, RunTally
 from thermospec.runs.executor import execute_run
 from thermospec.runs.prepare import PreparedRun
@@ -131,13 +137,14 @@ def alternate(contenders: list[Callable[[], Rates]], repeats: int) -> list[Rates
 def sequential_counts(run: PreparedRun, steps: int) -> tuple[RunTally, float, float]:
     """The sequential chain keeping the counts of ``run --telemetry none``: its `RunTally`, seconds, CPU seconds.
 
-    The engine adds each chunk to the tally as it steps (``run_chain(..., tally=)``).
+    The engine adds each step to the tally as it steps and records nothing else (``run_chain(..., tally=,
+    record=False)``).
     """
     target = run.target
     tally = RunTally(target.V, track_transitions=True)
     start, cpu = time.perf_counter(), time.process_time()
     for _ in run_chain(target.row, target.pi, run.proposer.draft, steps, random_stream(run.config.seed, Stream.CHAIN),
-                       tally=tally):
+                       tally=tally, record=False):
         pass
     return tally, time.perf_counter() - start, time.process_time() - cpu
 
@@ -208,7 +215,8 @@ def bench_limit(run: PreparedRun, steps: int, chains: int, batch_steps: int, rep
                      f"{_target(run)}; {' '.join(FLAGS)}; same tokens: {_yes(same_head)} ({head:,}-step prefix), "
                      f"same counts: {_yes(same_all)} ({steps:,} steps)"))
         rows.append(("  thermospec one chain, counted, telemetry off", _fmt(ours[0]),
-                     f"ratio to the C limit {_ratios(ours, limit)} (aim >= 0.9); run_chain(tally=): the kernel counts"))
+                     f"ratio to the C limit {_ratios(ours, limit)} (aim >= 0.9); run_chain(tally=, record=False): "
+                     f"the kernel counts ({_isa()})"))
         rows.append(("  run --telemetry none (the command)", _fmt(command[0]),
                      f"ratio {_ratios(command, limit)}; the one executor around the engine (telemetry off)"))
 
@@ -244,8 +252,15 @@ def bench_limit(run: PreparedRun, steps: int, chains: int, batch_steps: int, rep
                      f"same tokens: {_yes(same_few)} ({few} steps of every chain), "
                      f"same counts: {_yes(same_all)} ({batch_steps:,} steps)"))
         rows.append((f"  thermospec run --chains {chains} --telemetry none", _fmt(ours[0]),
-                     f"ratio to the C limit {_ratios(ours, limit)} (aim >= 0.9)"))
+                     f"ratio to the C limit {_ratios(ours, limit)} (aim >= 0.9); {_isa()}"))
     return rows
+
+
+def _isa() -> str:
+    """The instruction set the package's counting loops run on here."""
+    module = compiled_module()
+    isa = getattr(module, "isa", None)
+    return "no compiled kernel" if isa is None else f"its loops: {isa()}, baseline x86-64 build"
 
 
 def _target(run: PreparedRun) -> str:
