@@ -2,13 +2,16 @@
  *
  * Every function computes the same IEEE operations on the same operands, in the same order,
  * as the plain NumPy code it replaces (softmax64, a partition, core.payload's craft and encode,
- * core.proposal, core.metrics on the dense q), so the bytes are the same: exp and log are never
- * called here (the caller passes their values, computed by NumPy, per distinct float16 code or
- * per id), and every sum is NumPy's pairwise summation of a contiguous float64 array
- * (numpy/_core/src/umath/loops_utils.h.src: blocks of 8 accumulators up to 128 items, halves
- * rounded to a multiple of 8 above).  No V-sized float64 array is written: the passes over V read
- * the 2-byte codes and per-code tables.  Buffers come in through the buffer protocol; the GIL is
- * released during each pass, so positions craft in parallel on threads.
+ * core.proposal, core.metrics on the dense q), so the bytes are the same: exp and log are taken
+ * per distinct float16 code or per id, either by NumPy between the passes (the caller passes their
+ * values) or, in the fused calls values_all and craft_all, from the C library, which the caller
+ * uses only where NumPy's ufuncs give those very bits (targets.trace_libm); every sum is NumPy's
+ * pairwise summation of a contiguous float64 array (numpy/_core/src/umath/loops_utils.h.src:
+ * blocks of 8 accumulators up to 128 items, halves rounded to a multiple of 8 above).  No V-sized
+ * float64 array is written: the passes over V read the 2-byte codes and per-code tables.  Buffers
+ * come in through the buffer protocol; the GIL is released during each pass, so positions craft in
+ * parallel on threads.  The integer passes over the codes take AVX2 where the CPU has it (compiled
+ * for those functions only); the float operations are the same scalar (or SSE2 lane) ones anyway.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -1,18 +1,20 @@
 """A trace row's softmax, top-K support, ψ and ψ's metrics, with the bytes of the plain NumPy code.
 
 A float16 row has at most 65,536 distinct values, and usually a few thousand: its softmax
-and the logarithms the payload and the CE gap need are computed by NumPy once per distinct
-value (``exp(x - max x)`` and ``log p``, the same function on the same operand as per entry),
-and everything else runs in the optional compiled module ``thermospec.targets._trace_rows``
-from the row's 2-byte codes and per-value tables: the sum of the softmax, the top-K support,
-the payload's ids, codes, ε and wire bytes, F(ψ) on the ids (from NumPy's exp of its logits)
-and the overlap and CE gap against the dense q, each sum in NumPy's pairwise order.  No
-V-sized float64 array is written while crafting (`craft_position`); the dense row is built
-only when a caller asks for it (`RowValues.p`).  A trace's rows (`read_row_values`) do not even
-keep their codes (`row_values` with ``reread``): they are read again when needed, into a buffer
-each thread reuses, since a cache of V-sized arrays costs the page faults of fresh memory for
-each row it holds, about as much as crafting the row.
-The passes release the GIL, so positions craft in parallel on threads.
+and the logarithms the payload and the CE gap need are taken once per distinct value
+(``exp(x - max x)`` and ``log p``, the same function on the same operand as per entry), and
+everything else runs in the optional compiled module ``thermospec.targets._trace_rows`` from
+the row's 2-byte codes and per-value tables: the sum of the softmax, the top-K support, the
+payload's ids, codes, ε and wire bytes, F(ψ) on the ids and the overlap and CE gap against the
+dense q, each sum in NumPy's pairwise order.  One call does a row (`row_values`), one a ψ
+(`craft_position`), taking the C library's exp and log where those are NumPy's bits
+(`targets.trace_libm`; elsewhere NumPy's ufuncs run between the passes).  No V-sized float64
+array is written while crafting; the dense row is built only when a caller asks for it
+(`RowValues.p`).  A trace's wide rows do not even keep their codes (`row_values` with
+``reread``): they are read again when needed, into a buffer each thread reuses
+(`targets.trace_buffers`), since a cache of V-sized arrays costs the page faults of fresh
+memory for each row it holds, about as much as crafting the row.  The passes release the
+GIL, so positions craft in parallel on threads.
 
 The plain path — `softmax64`, a partition, `core.payload`'s craft, encode and decode,
 `core.metrics` on the dense q — is used for float32 rows and when the module is not built;
