@@ -19,6 +19,7 @@ from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.batch import chain_stream
 from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.drafts import run_drafts_chains
+from thermospec.engine.keys import BigramSource
 from thermospec.engine.tally import RunTally
 from thermospec.runs.config import RunConfig
 from thermospec.runs.drafts_run import DraftsMode
@@ -63,14 +64,14 @@ class FirstDraft:
 def test_chains_are_exact(small: PreparedRun, verifier: str) -> None:
     t = small.target
     rngs = [chain_stream(5, b) for b in range(3)]
-    chunks = list(run_drafts_chains(t.row, t.pi, small.proposer.draft, 2, verifier, 8000, rngs, chunk=3000))
+    chunks = list(run_drafts_chains(BigramSource(t), small.proposer.draft, 2, verifier, 8000, rngs, chunk=3000))
     assert len(chunks) == 3 and all(len(group) == 3 for group in chunks)
     assert pooled_p(small, chunks) > 0.001
 
 
 def test_a_wrong_verifier_fails_the_chains_test(small: PreparedRun) -> None:
     t = small.target
-    wrong = list(run_drafts_chains(t.row, t.pi, small.proposer.draft, 2, "recursive", 3000,
+    wrong = list(run_drafts_chains(BigramSource(t), small.proposer.draft, 2, "recursive", 3000,
                                    [chain_stream(5, b) for b in range(3)], plans=lambda x: FirstDraft(),  # type: ignore[arg-type, return-value]
                                    backend="reference"))
     assert pooled_p(small, wrong) < 1e-6
@@ -79,9 +80,9 @@ def test_a_wrong_verifier_fails_the_chains_test(small: PreparedRun) -> None:
 def test_chain_b_is_its_own_stream_and_chain_0_the_single_run(small: PreparedRun) -> None:
     t = small.target
     rngs = [chain_stream(5, b) for b in range(3)]
-    both = list(run_drafts_chains(t.row, t.pi, small.proposer.draft, 3, "optimal", 2000, rngs, chunk=700))
+    both = list(run_drafts_chains(BigramSource(t), small.proposer.draft, 3, "optimal", 2000, rngs, chunk=700))
     for b in range(3):
-        alone = list(run_drafts_chains(t.row, t.pi, small.proposer.draft, 3, "optimal", 2000, [chain_stream(5, b)],
+        alone = list(run_drafts_chains(BigramSource(t), small.proposer.draft, 3, "optimal", 2000, [chain_stream(5, b)],
                                        chunk=700))
         assert all(np.array_equal(g[b].emitted, a[0].emitted) for g, a in zip(both, alone, strict=True))
     assert not np.array_equal(both[0][0].emitted, both[0][1].emitted)
@@ -206,7 +207,7 @@ def test_a_failed_write_keeps_every_chain_at_the_same_whole_chunks(small: Prepar
     config = dataclasses.replace(small.config, drafts=2, verifier="recursive")
     mode = DraftsMode(dataclasses.replace(small, config=config), tmp_path, "jsonl", chains=3)
     t = small.target
-    groups = run_drafts_chains(t.row, t.pi, small.proposer.draft, 2, "recursive", 1000,
+    groups = run_drafts_chains(BigramSource(t), small.proposer.draft, 2, "recursive", 1000,
                                [chain_stream(5, b) for b in range(3)], plans=mode.plans, chunk=500)
     mode.record(next(groups))
     sizes = [(tmp_path / f"chain_{b:04d}" / "m1_metrics.jsonl").stat().st_size for b in range(3)]

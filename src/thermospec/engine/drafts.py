@@ -3,8 +3,11 @@
 Step t at context ``x``: the TSU programmed with ψ(x) draws ``x_1 … x_N`` (each
 draw reports its ``log q``, checked against F(ψ) as in M1), and the context's
 verifier plan (`core.verifiers.make_plan`, built once per context and cached)
-emits one token distributed exactly as ``p(. | x)``.  The emitted token is the
-next context.
+emits one token distributed exactly as ``p(. | x)``.  On the bigram chain the
+emitted token is the next context; on any context source (`engine.keys`) whose
+next key follows the emitted token (order-N contexts) the source says which key
+comes next: `run_drafts_chains` is the one loop over a source, `run_drafts` the
+bigram chain's.
 
 Random stream layout: one uniform for ``x_0 ~ pi``, then per step ``2N + 1``
 float64 uniforms: N for the draws, then the verifier's ``N + 1``
@@ -19,7 +22,8 @@ report checked.  `run_drafts` steps on per-context tables
 (`engine.draft_tables`: the compiled kernel, or its Python fallback), built once
 per context from the plan (`VerifierPlan.tables`) and the TSU's draft CDF; the
 tests pin it to the reference token for token.  `run_drafts_chains` runs B chains
-in lock step, chain b on its own stream, sharing plans and tables.
+in lock step, chain b on its own stream, sharing plans and tables (`source_stepper`:
+keys that are tokens, an order-N move table's states, or moves met on demand).
 
 Memory: plans of at most `PLAN_CACHE_BYTES` (`plan_bytes` each) and tables of at
 most ``max_table_bytes`` (default `DEFAULT_TABLE_BYTES`), both least recently used
@@ -36,10 +40,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.verifiers import VerifierPlan, VerifierTables, make_plan, table_layout
-from thermospec.engine.chain import DEFAULT_CHUNK, ReportError, start_token
+from thermospec.engine.chain import DEFAULT_CHUNK, ReportError
 from thermospec.engine.chunks import DraftsChunk
-from thermospec.engine.draft_tables import DraftsStepper, drafts_used
+from thermospec.engine.draft_tables import DraftsStepper, DraftTableSource, drafts_used
 from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend
+from thermospec.engine.keys import BigramSource, ChainRows, ContextSource, memoised_advance
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import DraftSource
 
@@ -52,6 +57,7 @@ __all__ = [
     "run_drafts",
     "run_drafts_chains",
     "run_drafts_reference",
+    "source_stepper",
 ]
 
 PlanSource = Callable[[int], VerifierPlan]
@@ -101,8 +107,7 @@ def draft_step(
     return emitted, ys, index
 
 
-def draft_table_source(drafts: DraftSource, plans: PlanSource
-                       ) -> Callable[[int], tuple[NDArray[np.float64], VerifierTables]]:
+def draft_table_source(drafts: DraftSource, plans: PlanSource) -> DraftTableSource:
     """``key -> (draft CDF, verifier tables)`` for the table-driven steps (`engine.draft_tables`).
 
     Only for TSUs whose draws invert their payload's CDF and report ``log F(ψ)`` by
@@ -137,14 +142,13 @@ def run_drafts(
     per-context tables of at most `max_table_bytes`; ``"reference"`` is `run_drafts_reference`
     (for TSUs whose draws are their own).  All give the same tokens.
     """
-    for (produced,) in run_drafts_chains(row, pi, drafts, n, verifier, steps, [rng], plans, chunk, backend,
-                                         max_table_bytes):
+    for (produced,) in run_drafts_chains(BigramSource(ChainRows(row, pi)), drafts, n, verifier, steps, [rng], plans,
+                                         chunk, backend, max_table_bytes):
         yield produced  # one chain is the lock step of one
 
 
 def run_drafts_chains(
-    row: RowSource,
-    pi: NDArray[np.float64],
+    source: ContextSource,
     drafts: DraftSource,
     n: int,
     verifier: str,
@@ -156,38 +160,67 @@ def run_drafts_chains(
     max_table_bytes: int = DEFAULT_TABLE_BYTES,
     chain_drafts: list[DraftSource] | None = None,
 ) -> Iterator[list[DraftsChunk]]:
-    """B chains with N drafts per step in lock step: each yield is the same `chunk` steps of every chain.
+    """B chains with N drafts per step on `source` in lock step: each yield is the same `chunk` steps of every chain.
 
-    Chain b runs on its own stream ``rngs[b]`` exactly as `run_drafts` runs one chain
-    (so a chain given the single-chain stream is that run, token for token); the
-    chains share one table cache (at most `max_table_bytes`) and the plans.  With
-    ``backend="reference"`` and `chain_drafts`, chain b draws with its own TSUs
-    ``chain_drafts[b]`` (a THRML TSU's draws are its sampler's state: chains do not share it).
+    Chain b starts at ``source.start(rngs[b])`` on its own stream ``rngs[b]``; a step at key x is
+    `draft_step` at x (its ``2N + 1`` uniforms), then the key is the source's move (on the bigram chain,
+    the emitted token).  A chain given the single-chain stream is that run, token for token; the chains
+    share one table cache (at most `max_table_bytes`, `source_stepper`) and the plans.  With
+    ``backend="reference"``, one `draft_step` at a time (`run_drafts_reference`), chain b with its own
+    TSUs ``chain_drafts[b]`` when given (a THRML TSU's draws are its sampler's state: chains do not share it).
     """
-    plans = plans or plan_source(row, drafts, verifier, n)
+    plans = plans or plan_source(source.row, drafts, verifier, n)
     if backend == "reference":
         per_chain = chain_drafts or [drafts] * len(rngs)
-        runs = [run_drafts_reference(row, pi, d, n, verifier, steps, rng, plans, chunk)
+        runs = [run_drafts_reference(source, d, n, verifier, steps, rng, plans, chunk)
                 for d, rng in zip(per_chain, rngs, strict=True)]
         yield from (list(chunks) for chunks in zip(*runs, strict=True))
         return
     _, selection = table_layout(verifier, n)
-    V = int(pi.shape[0])
-    stepper = DraftsStepper(V, V, n, verifier, draft_table_source(drafts, plans), backend, max_table_bytes)
-    xs = [start_token(pi, rng) for rng in rngs]
+    stepper, key_of = source_stepper(source, draft_table_source(drafts, plans), n, verifier, backend,
+                                     max_table_bytes)
+    keys = [source.start(rng) for rng in rngs]  # order N: a one-token context is its token and its state
     for start in range(0, steps, chunk):
         m = min(chunk, steps - start)
         out = []
         for b, rng in enumerate(rngs):
-            (prev, proposed, emitted, index), xs[b] = stepper.draw_steps(rng, m, xs[b])
-            out.append(DraftsChunk(start=start, prev=prev, proposed=proposed, emitted=emitted, accepted=index >= 0,
-                                   drafts_used=drafts_used(index, n, selection), accepted_index=index))
+            (prev, proposed, emitted, index), keys[b] = stepper.draw_steps(rng, m, keys[b])
+            out.append(DraftsChunk(start=start, prev=key_of(prev), proposed=proposed, emitted=emitted,
+                                   accepted=index >= 0, drafts_used=drafts_used(index, n, selection),
+                                   accepted_index=index))
         yield out
 
 
+def source_stepper(source: ContextSource, tables: DraftTableSource, n: int, verifier: str, backend: Backend,
+                   max_table_bytes: int = DEFAULT_TABLE_BYTES
+                   ) -> tuple[DraftsStepper, Callable[[NDArray[np.int64]], NDArray[np.int64]]]:
+    """The stepper of a source's chain and the map from its keys to the source's keys.
+
+    Keys that are tokens: the compiled chain's own next key, the emitted token.  A move table
+    (`ContextSource.moves`, order N): the stepper walks its states, each state's tables its key's
+    (interned when first met, so a state met maps back to its key).  Otherwise the source's moves,
+    memoised, on the Python loop.
+    """
+    V = source.V
+    if source.keys_are_tokens:
+        return DraftsStepper(V, V, n, verifier, tables, backend, max_table_bytes), _same
+    moves = source.moves()
+    if moves is not None:
+        def state_tables(state: int) -> tuple[NDArray[np.float64], VerifierTables]:
+            return tables(moves.context(state))
+
+        return (DraftsStepper(moves.states, V, n, verifier, state_tables, backend, max_table_bytes,
+                              next_keys=moves.next.astype(np.int64)), moves.contexts)
+    return (DraftsStepper(1 << 62, V, n, verifier, tables, backend, max_table_bytes, advance=memoised_advance(source)),
+            _same)
+
+
+def _same(keys: NDArray[np.int64]) -> NDArray[np.int64]:
+    return keys
+
+
 def run_drafts_reference(
-    row: RowSource,
-    pi: NDArray[np.float64],
+    source: ContextSource,
     drafts: DraftSource,
     n: int,
     verifier: str,
@@ -196,22 +229,19 @@ def run_drafts_reference(
     plans: PlanSource | None = None,
     chunk: int = DEFAULT_CHUNK,
 ) -> Iterator[DraftsChunk]:
-    """`run_drafts`, one `draft_step` at a time: each draw the TSU's own, its report checked."""
-    plans = plans or plan_source(row, drafts, verifier, n)
-    x = start_token(pi, rng)
+    """The N-draft run on `source`, one `draft_step` at a time: each draw the TSU's own, its report checked."""
+    plans = plans or plan_source(source.row, drafts, verifier, n)
+    advance = memoised_advance(source)
+    x = source.start(rng)
     for start in range(0, steps, chunk):
         m = min(chunk, steps - start)
-        prev = np.empty(m, dtype=np.int64)
-        proposed = np.empty(m, dtype=np.int64)
-        emitted = np.empty(m, dtype=np.int64)
-        index = np.empty(m, dtype=np.int64)
-        used = np.empty(m, dtype=np.int64)
+        prev, proposed, emitted, index, used = (np.empty(m, dtype=np.int64) for _ in range(5))
         for i in range(m):
             e, ys, accepted = draft_step(x, drafts, plans, rng, start + i)
             prev[i], proposed[i], emitted[i] = x, ys[0], e
             index[i] = -1 if accepted is None else accepted
             used[i] = plans(x).draws_used(accepted)
-            x = e
+            x = advance(x, e)
         yield DraftsChunk(start=start, prev=prev, proposed=proposed, emitted=emitted, accepted=index >= 0,
                           drafts_used=used, accepted_index=index)
 

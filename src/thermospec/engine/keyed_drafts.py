@@ -5,11 +5,12 @@ the key of a step is the source's (an order-N context id, a trace position), the
 step at a key is the very N-draft step of `engine.drafts` (the key's verifier
 plan, its ``2N + 1`` uniforms), and the next key is the source's move:
 
-- order N: ``x0 ~ pi`` (one uniform), then ``next_context(key, emitted)``.  On the
-  target's move table (`OrderTarget.moves`) the compiled stepper runs over its
-  states with the table as next-key table (a state's tables are its context's,
-  loaded when first met); without one (too many contexts), the Python loop with
-  the moves memoised;
+- order N: ``x0 ~ pi`` (one uniform), then ``next_context(key, emitted)``: the
+  loop of `engine.drafts.run_drafts_chains` over the source (on the target's move
+  table, `ContextSource.moves`, the compiled stepper runs over its states with the
+  table as next-key table, a state's tables its context's, loaded when first met;
+  without one, too many contexts, the Python loop with the moves memoised), each
+  chunk given the tokens emitted before its steps;
 - trace: position 0 (no uniform), then ``t + 1`` mod T, whatever was emitted
   (teacher-forced).  Since every step's position is known in advance, a block of
   steps is stepped position by position (as `engine.positions` does): each
@@ -35,13 +36,13 @@ from typing import Literal, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.core.verifiers import VerifierTables, table_layout
+from thermospec.core.verifiers import table_layout
 from thermospec.engine.chain import DEFAULT_CHUNK
 from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.draft_tables import DraftsStepper, drafts_used
-from thermospec.engine.drafts import PlanSource, draft_step, draft_table_source, plan_source
+from thermospec.engine.drafts import PlanSource, draft_step, draft_table_source, plan_source, run_drafts_chains
 from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend
-from thermospec.engine.keys import ContextSource, OrderSource, PositionSource, memoised_advance
+from thermospec.engine.keys import ContextSource, PositionSource
 from thermospec.tsu.drafts import DraftSource
 
 __all__ = ["KeyedDraftsChunk", "run_keyed_drafts_chains", "run_keyed_drafts_reference"]
@@ -113,51 +114,23 @@ def run_keyed_drafts_chains(
     THRML chain's sampler); `backend` as `engine.drafts.run_drafts` (``"reference"``: every draw the TSU's
     own).  A trace's chunks are its blocks (module docstring), at least `chunk` steps; a position with fewer
     than `few_steps` steps in a block (default ``max(16, V // 256)``) steps on its plan, not on tables.
+    Every other path is `engine.drafts.run_drafts_chains`, each chunk with the tokens before its steps.
     """
     plans = plans or plan_source(source.row, drafts, verifier, n)
-    if backend == "reference":
-        per_chain = chain_drafts or [drafts] * len(rngs)
-        runs = [run_keyed_drafts_reference(source, d, n, verifier, steps, rng, plans, chunk)
-                for d, rng in zip(per_chain, rngs, strict=True)]
-        yield from (list(chunks) for chunks in zip(*runs, strict=True))
-        return
-    if isinstance(source, PositionSource):
+    if backend != "reference" and isinstance(source, PositionSource):
         runs = [_position_drafts(source, drafts, plans, n, verifier, steps, rng, chunk, backend, few_steps)
                 for rng in rngs]
         yield from (list(chunks) for chunks in zip(*runs, strict=True))
         return
-    yield from _moving_drafts(source, drafts, plans, n, verifier, steps, rngs, chunk, backend, max_table_bytes)
-
-
-def _moving_drafts(source: ContextSource, drafts: DraftSource, plans: PlanSource, n: int, verifier: str,
-                   steps: int, rngs: list[np.random.Generator], chunk: int, backend: Backend,
-                   max_table_bytes: int) -> Iterator[list[KeyedDraftsChunk]]:
-    """Chains whose next key follows the emitted token: on the order-N move table's states, or memoised moves."""
-    tables = draft_table_source(drafts, plans)
-    _, selection = table_layout(verifier, n)
-    V = source.V
-    moves = source.target.moves() if isinstance(source, OrderSource) else None
-    if moves is not None:
-        def state_tables(state: int) -> tuple[NDArray[np.float64], VerifierTables]:
-            return tables(moves.context(state))
-
-        stepper = DraftsStepper(moves.states, V, n, verifier, state_tables, backend, max_table_bytes,
-                                next_keys=moves.next.astype(np.int64))
-    else:
-        stepper = DraftsStepper(1 << 62, V, n, verifier, tables, backend, max_table_bytes,
-                                advance=memoised_advance(source))
-    keys = [source.start(rng) for rng in rngs]  # order N: a one-token context is its token and its state
-    last = list(keys)
-    for start in range(0, steps, chunk):
-        m = min(chunk, steps - start)
+    last = [0] * len(rngs)  # each chain's last emitted token; before its first step, its start key (x0)
+    for chunks in run_drafts_chains(source, drafts, n, verifier, steps, rngs, plans, chunk, backend,
+                                    max_table_bytes, chain_drafts):
         out = []
-        for b, rng in enumerate(rngs):
-            (prev, proposed, emitted, index), keys[b] = stepper.draw_steps(rng, m, keys[b])
-            if moves is not None:
-                prev = moves.contexts(prev)  # every state met was loaded, so its context interned
-            out.append(_chunk(start, prev, proposed, emitted, index, drafts_used(index, n, selection),
-                              _last_tokens(last[b], emitted, False)))
-            last[b] = int(emitted[-1])
+        for b, part in enumerate(chunks):
+            first = int(part.prev[0]) if part.start == 0 else last[b]
+            out.append(_chunk(part.start, part.prev, part.proposed, part.emitted, part.accepted_index,
+                              part.drafts_used, _last_tokens(first, part.emitted, source.token_free)))
+            last[b] = int(part.emitted[-1])
         yield out
 
 
@@ -217,18 +190,5 @@ def run_keyed_drafts_reference(
     chunk: int = DEFAULT_CHUNK,
 ) -> Iterator[KeyedDraftsChunk]:
     """The N-draft run on `source`, one `draft_step` at a time: each draw the TSU's own, its report checked."""
-    plans = plans or plan_source(source.row, drafts, verifier, n)
-    advance = memoised_advance(source)
-    x = source.start(rng)
-    token = x
-    for start in range(0, steps, chunk):
-        m = min(chunk, steps - start)
-        keys, proposed, emitted, index, used = (np.empty(m, dtype=np.int64) for _ in range(5))
-        for i in range(m):
-            e, ys, accepted = draft_step(x, drafts, plans, rng, start + i)
-            keys[i], proposed[i], emitted[i] = x, ys[0], e
-            index[i] = -1 if accepted is None else accepted
-            used[i] = plans(x).draws_used(accepted)
-            x = advance(x, e)
-        yield _chunk(start, keys, proposed, emitted, index, used, _last_tokens(token, emitted, source.token_free))
-        token = int(emitted[-1])
+    for (part,) in run_keyed_drafts_chains(source, drafts, n, verifier, steps, [rng], plans, chunk, "reference"):
+        yield part

@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.engine.chain import start_token
-from thermospec.targets.bigram import BigramTarget
-from thermospec.targets.order import OrderTarget
+from thermospec.targets.bigram import RowSource
+from thermospec.targets.order import ContextMoves, OrderTarget
 from thermospec.targets.trace import PositionTarget
 
-__all__ = ["BigramSource", "ContextSource", "OrderSource", "PositionSource"]
+__all__ = ["BigramSource", "ChainLaw", "ChainRows", "ContextSource", "OrderSource", "PositionSource",
+           "memoised_advance"]
 
 
 class ContextSource(Protocol):
@@ -71,6 +73,38 @@ class ContextSource(Protocol):
         """The key as a JSON value for telemetry (a token id, a context's text, a position)."""
         ...
 
+    def moves(self) -> ContextMoves | None:
+        """The keys' move table when the source has one (order N: its states, each state's next state
+        after every token, and each state's key), else None (the keys are tokens, or met on demand)."""
+        ...
+
+
+class ChainLaw(Protocol):
+    """What a bigram chain's source reads of its target: V, the rows and the start law pi."""
+
+    @property
+    def V(self) -> int: ...
+
+    @property
+    def pi(self) -> NDArray[np.float64]: ...
+
+    def row(self, x: int) -> NDArray[np.float64]: ...
+
+
+@dataclass(frozen=True)
+class ChainRows:
+    """A bigram chain given by its rows and start law alone (a `ChainLaw`, e.g. for `BigramSource`)."""
+
+    rows: RowSource
+    pi: NDArray[np.float64]
+
+    @property
+    def V(self) -> int:
+        return int(self.pi.shape[0])
+
+    def row(self, x: int) -> NDArray[np.float64]:
+        return self.rows(x)
+
 
 class BigramSource:
     """Bigram chains (synthetic, corpus characters, BPE tokens): the key is the previous token."""
@@ -78,7 +112,7 @@ class BigramSource:
     keys_are_tokens = True
     token_free = False
 
-    def __init__(self, target: BigramTarget) -> None:
+    def __init__(self, target: ChainLaw) -> None:
         self.target = target
 
     @property
@@ -96,6 +130,9 @@ class BigramSource:
 
     def key_json(self, key: int) -> str:
         return str(key)
+
+    def moves(self) -> ContextMoves | None:
+        return None
 
 
 class OrderSource:
@@ -127,6 +164,9 @@ class OrderSource:
             text = self._text[key] = json.dumps(self.target.context_text(key))
         return text
 
+    def moves(self) -> ContextMoves | None:
+        return self.target.moves()
+
 
 class PositionSource:
     """The positions of a trace, teacher-forced: the key is the position; the next one is t + 1 (mod T)."""
@@ -153,9 +193,15 @@ class PositionSource:
     def key_json(self, key: int) -> str:
         return str(key)
 
+    def moves(self) -> ContextMoves | None:
+        return None
+
 
 def memoised_advance(source: ContextSource, max_entries: int = 1 << 21) -> Callable[[int, int], int]:
-    """`source.advance`, remembered for up to `max_entries` (key, token) pairs (cleared beyond)."""
+    """`source.advance`, remembered for up to `max_entries` (key, token) pairs (cleared beyond); a source whose
+    next key is the token or the next position (O(1), nothing to remember) advances as it is."""
+    if source.keys_are_tokens or source.token_free:
+        return source.advance
     moves: dict[tuple[int, int], int] = {}
 
     def advance(key: int, token: int) -> int:

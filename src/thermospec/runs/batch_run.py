@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from thermospec.engine.batch import run_batch
 from thermospec.engine.chain import run_chain_reference
@@ -22,12 +23,24 @@ from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, OutputError, app
 from thermospec.runs.summary import summarise_run
 from thermospec.runs.telemetry import PARQUET_FILE, JsonlWriter, ParquetWriter, TelemetryFormat
 
-__all__ = ["BatchMode", "chain_dir"]
+__all__ = ["STREAMS", "BatchMode", "chain_dir", "chain_spread"]
+
+STREAMS = "chain 0: random_stream(seed, CHAIN) (the single-chain run); chain b: random_stream(seed, CHAIN, b)"
+"""The summary's ``streams`` of B chains in lock step."""
 
 
 def chain_dir(run_dir: Path, b: int) -> Path:
     """Folder of chain b's telemetry and summary."""
     return run_dir / f"chain_{b:04d}"
+
+
+def chain_spread(steps_per_chain: int, rates: NDArray[np.float64], mean: bool = True) -> dict[str, Any]:
+    """The pooled summary's fields of B chains: their count, steps each, and the spread of their acceptance
+    `rates` (min, `mean` if asked, max)."""
+    return {"chains": int(rates.shape[0]), "steps_per_chain": steps_per_chain,
+            "chain_accept_rate_min": float(rates.min()),
+            **({"chain_accept_rate_mean": float(rates.mean())} if mean else {}),
+            "chain_accept_rate_max": float(rates.max())}
 
 
 class BatchMode:
@@ -142,21 +155,12 @@ class BatchMode:
                 chain_summary["chain"] = b
                 chain_summary["interrupted"] = not self.complete()
                 write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE, chain_summary)
-        rates = tally.accepted / tally.steps
-        return {
-            **summarise_run(tally.pooled(), drafts, target.pi, row=target.row),
-            "chains": self.chains,
-            "steps_per_chain": tally.steps,
-            "chain_accept_rate_min": float(rates.min()),
-            "chain_accept_rate_mean": float(rates.mean()),
-            "chain_accept_rate_max": float(rates.max()),
-        }
+        return summarise_run(tally.pooled(), drafts, target.pi, row=target.row) | chain_spread(
+            tally.steps, tally.accepted / tally.steps)
 
     def extras(self) -> dict[str, Any]:
         backend = self.run.proposer.backend
-        return {"streams": "chain 0: random_stream(seed, CHAIN) (the single-chain run); "
-                           "chain b: random_stream(seed, CHAIN, b)",
-                **({"tsu_backend": backend} if backend is not None else {})}
+        return {"streams": STREAMS, **({"tsu_backend": backend} if backend is not None else {})}
 
 
 def _stacked(chunks: list[ChainChunk]) -> BatchChunk:

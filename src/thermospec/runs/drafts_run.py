@@ -42,11 +42,11 @@ from thermospec.engine.chain import DEFAULT_CHUNK
 from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.drafts import PlanSource, plan_source, run_drafts_chains
 from thermospec.engine.tally import RunTally
-from thermospec.runs.batch_run import chain_dir
+from thermospec.runs.batch_run import STREAMS, chain_dir, chain_spread
 from thermospec.runs.chain_tsus import chain_drafts
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.losses import Visits, visits_of
-from thermospec.runs.prepare import PreparedRun
+from thermospec.runs.prepare import PreparedRun, context_source
 from thermospec.runs.schema import layout
 from thermospec.runs.storage import (
     METRICS_FILE,
@@ -60,7 +60,7 @@ from thermospec.runs.summary import summarise_run
 from thermospec.runs.telemetry import PARQUET_FILE, ParquetWriter, step_columns
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 
-__all__ = ["DRAFTS", "DraftsMode", "drafts_lines", "verifier_drafts"]
+__all__ = ["DRAFTS", "DraftsMode", "drafts_extras", "drafts_lines", "verifier_drafts"]
 
 DRAFTS = layout(drafts=True)
 """The records of ``--drafts N`` steps: the guide's 12 fields, then ``drafts_used`` and ``accepted_index``."""
@@ -116,10 +116,10 @@ class DraftsMode:
         self._stats: dict[str, Any] | None = None
 
     def chunks(self) -> Iterator[list[DraftsChunk]]:
-        config, target = self.run.config, self.run.target
+        config = self.run.config
         rngs = [chain_stream(config.seed, b) for b in range(self.chains)]
         own = chain_drafts(self.run, self.chains) if self.chains > 1 else None  # THRML: each chain its own TSUs
-        return run_drafts_chains(target.row, target.pi, self.run.proposer.draft, config.drafts, config.verifier,
+        return run_drafts_chains(context_source(self.run), self.run.proposer.draft, config.drafts, config.verifier,
                                  config.steps, rngs, plans=self.plans, chunk=max(256, DEFAULT_CHUNK // self.chains),
                                  backend="auto" if self.run.proposer.samples_payload else "reference",
                                  chain_drafts=own)
@@ -214,17 +214,15 @@ class DraftsMode:
             chain_summary = summarise_run(tally, self.view, target.pi)
             chain_summary["chain"] = b
             write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE, chain_summary)
-        rates = self.chain_accepted / steps
-        return {"chains": self.chains, "steps_per_chain": steps, "chain_accept_rate_min": float(rates.min()),
-                "chain_accept_rate_mean": float(rates.mean()), "chain_accept_rate_max": float(rates.max())}
+        return chain_spread(steps, self.chain_accepted / steps)
 
     def extras(self) -> dict[str, Any]:
         assert self._stats is not None, "extras() after statistics()"
-        found: dict[str, Any] = {"checklist": guide_checklist(self.run, self._stats["checklist"])}
-        backend = self.run.proposer.backend
-        if backend is not None:
-            found["tsu_backend"] = backend
-        if self.chains > 1:
-            found["streams"] = ("chain 0: random_stream(seed, CHAIN) (the single-chain run); "
-                                "chain b: random_stream(seed, CHAIN, b)")
-        return found
+        return drafts_extras(self.run, {"checklist": guide_checklist(self.run, self._stats["checklist"])}, self.chains)
+
+
+def drafts_extras(run: PreparedRun, found: dict[str, Any], chains: int) -> dict[str, Any]:
+    """An N-draft run's extras: `found` (its checklist), the TSU's backend, and with B chains their streams."""
+    backend = run.proposer.backend
+    return found | ({"tsu_backend": backend} if backend is not None else {}) | ({"streams": STREAMS} if chains > 1
+                                                                                else {})
