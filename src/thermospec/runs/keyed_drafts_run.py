@@ -36,25 +36,22 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.core.statistics import context_chi2
 from thermospec.core.transport import acceptance_bound, acceptance_optimum
 from thermospec.core.verifiers import VerifierPlan
 from thermospec.engine.batch import chain_stream
 from thermospec.engine.chain import DEFAULT_CHUNK
+from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.drafts import plan_source
 from thermospec.engine.keyed_drafts import KeyedDraftsChunk, run_keyed_drafts_chains
 from thermospec.engine.keys import ContextSource
-from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.chain_tsus import chain_drafts
-from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.counted import CountedMode
-from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
+from thermospec.runs.drafts_run import drafts_extras
+from thermospec.runs.order_run import context_rows, order_statistics
 from thermospec.runs.prepare import PreparedRun, context_source, order_of, trace_of
-from thermospec.runs.schema import Layout, RecordParquet, layout
-from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
-from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
-from thermospec.runs.telemetry import PARQUET_FILE, step_arrays, step_columns
-from thermospec.runs.trace_run import trace_statistics
+from thermospec.runs.schema import Layout, layout
+from thermospec.runs.telemetry import step_arrays, step_columns
+from thermospec.runs.trace_run import observed_before, trace_statistics
 from thermospec.targets.trace import TraceShrankError
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 
@@ -92,10 +89,12 @@ class KeyedDraftsMode(CountedMode):
     """
 
     def __init__(self, run: PreparedRun, run_dir: Path | None, telemetry: str, chains: int = 1) -> None:
-        super().__init__(run, run_dir, telemetry, run.target.V, chains)
+        order, trace = order_of(run), trace_of(run)
+        super().__init__(run, run_dir, telemetry, run.target.V, chains,
+                         KEYED["position" if trace is not None else "context"],
+                         None if order is None else order.context_text)
         self.source: ContextSource = context_source(run)
-        self.order, self.trace = order_of(run), trace_of(run)
-        self.key_name = "position" if self.trace is not None else "context"
+        self.order, self.trace = order, trace
         self.n, self.verifier = run.config.drafts, run.config.verifier
         plans = plan_source(self.source.row, run.proposer.draft, self.verifier, self.n)
         self._acceptance: dict[int, float] = {}  # kept when the engine builds a plan (plans are evicted)
@@ -107,14 +106,7 @@ class KeyedDraftsMode(CountedMode):
 
         self.plans = kept
         self.draws = 0
-        self._metrics: dict[int, tuple[float, float, int, int]] = {}  # overlap (the verifier's), CE gap, ψ bytes, K
-        self._tails: dict[int, str] = {}
-        self._stats: dict[str, Any] | None = None
-        self._shrank = False
-        tokens = None if self.trace is None else self.trace.tokens
-        self._observed = None if self.trace is None else (
-            np.full(self.trace.positions, -1, dtype=np.int64) if tokens is None
-            else np.concatenate([[-1], np.asarray(tokens[:-1], dtype=np.int64)]))
+        self._observed = None if trace is None else observed_before(trace)
 
         def view(key: int) -> ContextDraft:
             found = self._acceptance.get(key)
@@ -122,16 +114,21 @@ class KeyedDraftsMode(CountedMode):
                                        overlap_mass=self.plans(key).acceptance if found is None else found)
 
         self.view: DraftSource = lru_cache(maxsize=1 << 16)(view)
-        self.layout = KEYED[self.key_name]
-        self._parquet = (RecordParquet(run_dir / PARQUET_FILE, self.layout, self._key_text, chains > 1)
-                         if telemetry == "parquet" and run_dir is not None else None)
-
-    def _key_text(self, key: int) -> str:
-        return str(key) if self.order is None else self.order.context_text(key)
 
     def _prev_token(self, chunk: KeyedDraftsChunk) -> NDArray[np.int64]:
         """Each step's ``prev_token`` (-1: null): the last token emitted, or on a trace the position's observed one."""
         return chunk.last_token if self._observed is None else self._observed[chunk.prev]
+
+    def _columns(self, chunk: ChainChunk) -> dict[str, NDArray[Any]]:
+        """A chunk's Parquet step columns."""
+        part = cast(KeyedDraftsChunk, chunk)
+        return step_arrays(part) | {"prev_token": self._prev_token(part), "drafts_used": part.drafts_used,
+                                    "accepted_index": part.accepted_index}
+
+    def _lines(self, chunk: ChainChunk) -> str:
+        part = cast(KeyedDraftsChunk, chunk)
+        assert self.layout is not None
+        return keyed_drafts_lines(part, self.layout, self._prev_token(part), self.tails)
 
     def chunks(self) -> Iterator[list[KeyedDraftsChunk]]:
         config, proposer = self.run.config, self.run.proposer
@@ -146,99 +143,25 @@ class KeyedDraftsMode(CountedMode):
             self._shrank = True
             raise
 
-    def _learn(self, keys: list[int]) -> None:
-        """Each new key's metrics (its overlap: the verifier's acceptance) and its JSONL tail."""
-        for key in keys:
-            if key not in self._metrics:
-                draft = self.view(key)
-                self._metrics[key] = (draft.overlap_mass, draft.ce_gap_nats, draft.psi_bytes, draft.payload.K)
-                if self.telemetry == "jsonl":
-                    self._tails[key] = self.layout.key_tail(draft, key, self._key_text)
-
     def record(self, chunks: list[KeyedDraftsChunk]) -> int:
-        """Write every chain's records of the chunk, then count it (a failed write counts none of it)."""
+        """Write every chain's records of the chunk, then count it (a failed write counts none of it);
+        each key's metrics are its view's (the overlap: the verifier's acceptance)."""
         for part in chunks:
-            self._learn(np.unique(part.prev).tolist())
-        if self._parquet is not None:
-            try:
-                for b, part in enumerate(chunks):
-                    columns = step_arrays(part) | {"prev_token": self._prev_token(part),
-                                                   "drafts_used": part.drafts_used,
-                                                   "accepted_index": part.accepted_index}
-                    self._parquet.write(part.start, part.prev, columns, self.view, chain=b)
-            except OSError as exc:
-                if isinstance(exc, OutputError):
-                    raise
-                raise parquet_write_failed(self._parquet.path, exc) from None
-        units = self.write_and_count(
-            chunks, lambda part: keyed_drafts_lines(cast(KeyedDraftsChunk, part), self.layout,
-                                            self._prev_token(cast(KeyedDraftsChunk, part)), self._tails),
-            lambda part: part.prev)
+            self.learn(part.prev, self.view)
+        units = self.write_and_count(chunks, self._lines, lambda part: part.prev, self._columns, self.view)
         self.draws += sum(int(part.drafts_used.sum()) for part in chunks)
         return units
 
-    def close(self) -> str | None:
-        try:
-            if self._parquet is not None:
-                finish_parquet(self._parquet)
-        finally:
-            digest = super().close()
-        return digest
-
-    def statistics(self, tests: bool = True) -> dict[str, Any]:
-        """The pooled statistics (every chain's), each chain's beside its records; `tests` False: no χ²."""
-        if not self.steps:
-            self._stats = {"steps": 0, "checklist": {}}
-            return {"steps": 0}
-        tests = tests and not self._shrank
-        if self.chains > 1 and self.telemetry != "none" and self.run_dir is not None:
-            for b, mine in enumerate(self.per_chain):
-                write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE,
-                                  {k: v for k, v in self._statistics(mine, tests).items() if k != "checklist"}
-                                  | {"chain": b})
-        stats = self._statistics(self, tests)
-        self._stats = stats
-        pooled = {k: v for k, v in stats.items() if k != "checklist"} | self._drafts_statistics(stats)
-        if self.chains == 1:
-            return pooled
-        rates = np.array([mine.accepted / max(1, mine.steps) for mine in self.per_chain])
-        return pooled | {"chains": self.chains, "steps_per_chain": self.per_chain[0].steps,
-                         "chain_accept_rate_min": float(rates.min()), "chain_accept_rate_mean": float(rates.mean()),
-                         "chain_accept_rate_max": float(rates.max())}
-
-    def _statistics(self, counts: CountedMode, tests: bool) -> dict[str, Any]:
+    def counted_statistics(self, counts: CountedMode, tests: bool) -> dict[str, Any]:
         """The source's single-draft aggregates of one set of counts, the overlap being the verifier's."""
         if self.trace is not None:
-            per_chain = counts.steps // (self.chains if counts is self else 1)
-            return trace_statistics(self.trace, per_chain, counts.accepted, self._metrics, counts.emitted_counts,
-                                    counts.pairs if tests else None, chains=self.chains if counts is self else 1)
-        context, _, count = counts.pairs.pairs()
-        visits = np.bincount(context, weights=count)
-        visited = np.flatnonzero(visits).tolist()
-        per = [(float(visits[c]), self._metrics[c]) for c in visited]
-        steps = counts.steps
-        accept_rate = counts.accepted / steps
-        mean_overlap = math.fsum(n * m[0] for n, m in per) / steps
-        infinite = int(sum(n for n, m in per if not math.isfinite(m[1])))
-        transition = context_chi2(counts.pairs.contexts(), self.source.row) if tests else None
-        psi_max = max(m[2] for _, m in per)
+            return trace_statistics(self.trace, counts, self.metrics, self.chains if counts is self else 1, tests)
         assert self.order is not None
-        return {
-            "steps": steps, "accept_rate": accept_rate, "mean_overlap": mean_overlap,
-            "accept_overlap_gap": abs(accept_rate - mean_overlap),
-            "mean_ce_gap": None if infinite else math.fsum(n * m[1] for n, m in per) / steps,
-            "ce_gap_infinite_steps": infinite, "chi2_stat": None, "chi2_dof": None, "p_value": None,
-            "transition_chi2_stat": None if transition is None else transition.stat,
-            "transition_chi2_dof": None if transition is None else transition.dof,
-            "transition_p_value": None if transition is None else transition.p_value,
-            "psi_bytes_max": psi_max, "K_sent_min": min(m[3] for _, m in per),
-            "K_sent_max": max(m[3] for _, m in per), "contexts_visited": len(visited), "order": self.order.order,
-            "checklist": {"accept_overlap_within_0.03": abs(accept_rate - mean_overlap) < ACCEPT_OVERLAP_TOLERANCE,
-                          "psi_bytes_le_1024": psi_max <= PSI_BYTES_LIMIT},
-        }
+        return order_statistics(self.order, counts, self.metrics, context_rows(self.order), tests)
 
-    def _drafts_statistics(self, stats: dict[str, Any]) -> dict[str, Any]:
+    def mode_statistics(self) -> dict[str, Any]:
         """The N-draft fields, visit-weighted over the keys drafted in (every chain's)."""
+        assert self._stats is not None
         context, _, count = self.pairs.pairs()
         visits = np.bincount(context, weights=count)
         visited = np.flatnonzero(visits).tolist()
@@ -255,7 +178,7 @@ class KeyedDraftsMode(CountedMode):
             bounds.append(float(visits[k]) * acceptance_bound(p, q, n))
             optima.append(float(visits[k]) * acceptance_optimum(p, q, n) if solve else 0.0)
         bound, optimum = math.fsum(bounds) / self.steps, math.fsum(optima) / self.steps
-        rate = stats["accept_rate"]
+        rate = self._stats["accept_rate"]
         return {
             "drafts": n,
             "verifier": self.verifier,
@@ -267,12 +190,4 @@ class KeyedDraftsMode(CountedMode):
         }
 
     def extras(self) -> dict[str, Any]:
-        assert self._stats is not None, "extras() after statistics()"
-        found: dict[str, Any] = {"checklist": guide_checklist(self.run, self._stats["checklist"])}
-        backend = self.run.proposer.backend
-        if backend is not None:
-            found["tsu_backend"] = backend
-        if self.chains > 1:
-            found["streams"] = ("chain 0: random_stream(seed, CHAIN) (the single-chain run); "
-                                "chain b: random_stream(seed, CHAIN, b)")
-        return found
+        return drafts_extras(self.run, super().extras(), self.chains)
