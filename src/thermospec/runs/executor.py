@@ -126,21 +126,26 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
         raise ConfigError(f"--telemetry {telemetry}: --replay compares the JSONL a run wrote")
 
 
+_KEYED_MODES: dict[str, tuple[Callable[[PreparedRun, Path, str, int], Mode],
+                              Callable[[PreparedRun, Path, str, int], Mode]]] = {
+    "trace": (TraceMode, ThrmlTraceChains), "order": (OrderMode, ThrmlOrderChains)}
+"""The single-draft modes of the target kinds whose keys are not tokens (`runs.targets`): the table-driven one,
+and B chains of a TSU that draws for itself."""
+
+
 def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "jsonl", chains: int = 1) -> Mode:
     """The mode a configuration asks for: ``--gamma`` (on any context source), ``--trace`` or ``--order`` > 2
     (with ``--drafts N`` or one draft), ``--drafts``, ``--chains`` > 1, or the M1 chain (any TSU)."""
     config, own_draws = run.config, not run.proposer.samples_payload  # own draws: THRML, each chain its own TSUs
     if config.gamma is not None:  # blocks over any context source: bigram, order-N, trace
         return BlockMode(run, run_dir, telemetry, chains)
-    if config.trace is not None:
+    keyed = _KEYED_MODES.get(run.kind.name)  # keys that are not tokens: a trace's positions, order-N contexts
+    if keyed is not None:
         if config.drafts > 1:
             return KeyedDraftsMode(run, run_dir, telemetry, chains)
-        return (ThrmlTraceChains if own_draws and chains > 1 else TraceMode)(run, run_dir, telemetry, chains)
-    if config.order > 2:
-        if config.drafts > 1:
-            return KeyedDraftsMode(run, run_dir, telemetry, chains)
-        return (ThrmlOrderChains if own_draws and chains > 1 else OrderMode)(run, run_dir, telemetry, chains)
-    if run.config.drafts > 1:  # one chain or B in lock step, any sink
+        tables, own = keyed
+        return (own if own_draws and chains > 1 else tables)(run, run_dir, telemetry, chains)
+    if config.drafts > 1:  # one chain or B in lock step, any sink
         return DraftsMode(run, run_dir, telemetry, chains)
     if chains > 1:
         return BatchMode(run, run_dir, chains, telemetry)
