@@ -643,29 +643,34 @@ static Py_ssize_t keys_at_least(const uint16_t *codes, Py_ssize_t V, unsigned th
 
 #define SAMPLE_BINS 4096 /* bins of 16 keys */
 
-/* A sample of about 4096 of the row's keys, binned by 16 keys; the number sampled (0: a small row). */
-static Py_ssize_t sample_keys(const uint16_t *codes, Py_ssize_t V, Py_ssize_t *hist)
+/* A sample of about 4096 of the row's keys, binned by 16 keys from bin `low` (nbins bins, those of the row's
+ * keys); the number sampled (0: a small row).  Runs of 8 adjacent tokens, spread over the row: a run is a
+ * cache line's part, so the sample reads an eighth of the row's lines. */
+static Py_ssize_t sample_keys(const uint16_t *codes, Py_ssize_t V, Py_ssize_t *hist, unsigned low, unsigned nbins)
 {
     Py_ssize_t step = V / 4096, samples = 0;
     if (step < 2) {
         return 0;
     }
-    memset(hist, 0, SAMPLE_BINS * sizeof *hist);
-    for (Py_ssize_t i = 0; i < V; i += step) {
-        hist[key_of(codes[i]) >> 4]++;
-        samples++;
+    memset(hist, 0, nbins * sizeof *hist);
+    for (Py_ssize_t i = 0; i + 8 <= V; i += 8 * step) {
+        for (int j = 0; j < 8; j++) {
+            unsigned bin = (key_of(codes[i + j]) >> 4) - low; /* (wraps above nbins below low: clamped) */
+            hist[bin < nbins ? bin : 0]++;
+        }
+        samples += 8;
     }
     return samples;
 }
 
 /* The lower edge of the bin where the sample's count from the top reaches `want` (0 if it never does). */
-static unsigned sampled_threshold(const Py_ssize_t *hist, Py_ssize_t want)
+static unsigned sampled_threshold(const Py_ssize_t *hist, unsigned low, unsigned nbins, Py_ssize_t want)
 {
     Py_ssize_t above = 0;
-    for (int bin = SAMPLE_BINS - 1; bin >= 0; bin--) {
+    for (unsigned bin = nbins; bin-- > 0;) {
         above += hist[bin];
         if (above >= want) {
-            return (unsigned)bin << 4;
+            return (low + bin) << 4;
         }
     }
     return 0;
@@ -680,10 +685,11 @@ static Py_ssize_t choose(const uint16_t *codes, Py_ssize_t V, const uint16_t *pr
 {
     /* Candidates: the tokens of keys >= a threshold under about 2 k + 4 x (V / samples) tokens by the sample;
      * a threshold that keeps fewer than k tokens is lowered (16 times as many sampled), down to every token. */
-    Py_ssize_t hist[SAMPLE_BINS], samples = sample_keys(codes, V, hist), m = 0;
+    unsigned low = key_of(present[n - 1]) >> 4, nbins = (key_of(present[0]) >> 4) - low + 1; /* the row's keys */
+    Py_ssize_t hist[SAMPLE_BINS], samples = sample_keys(codes, V, hist, low, nbins), m = 0;
     unsigned thr = 0;
     for (Py_ssize_t want = samples ? 2 * ((k * samples + V - 1) / V) + 4 : 0;; want *= 16) {
-        thr = want && want < samples ? sampled_threshold(hist, want) : 0;
+        thr = want && want < samples ? sampled_threshold(hist, low, nbins, want) : 0;
         m = keys_at_least(codes, V, thr, chosen);
         if (m >= k || thr == 0) {
             break;
