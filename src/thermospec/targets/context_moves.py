@@ -6,6 +6,7 @@ interned as a chain meets them, and their rows are built a block at a time.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol
 
 import numpy as np
@@ -68,6 +69,7 @@ class ContextMoves:
         self._interned = target.V  # states interned so far (ids >= 0): `states_of` rebuilds its map when it grows
         self._inverse: tuple[int, NDArray[np.int64]] | None = None
         self._counts: NDArray[np.integer[Any]] | None = None
+        self._counting = threading.Lock()
 
     @property
     def nbytes(self) -> int:
@@ -112,32 +114,35 @@ class ContextMoves:
         return out
 
     def _follower_counts(self) -> NDArray[np.integer[Any]]:
-        """How often each token follows each longer state's context in the corpus, shape (states - V, V), built once.
+        """How often each token follows each longer state's context in the corpus, shape (states - V, V), built once
+        (under a lock: `craft_states` asks for rows from several threads)."""
+        with self._counting:
+            if self._counts is None:
+                self._counts = self._count_followers()
+            return self._counts
 
-        The states of one length own disjoint ranges of the index: the followers of each
-        length are counted at once, in one `np.bincount` of ``state * V + follower``.
-        """
-        if self._counts is None:
-            V, followers = self.target.V, self.target.followers
-            ends = followers.shape[0]
-            lengths = np.unique(self.length[V:]).tolist()
-            codes = np.empty(len(lengths) * ends, dtype=np.int64)  # per length: (state - V + 1) * V + follower
-            for i, L in enumerate(lengths):
-                own = V + np.flatnonzero(self.length[V:] == L)
-                owner = np.zeros(ends + 1, dtype=np.int64)  # state - V + 1 on the state's range, 0 elsewhere
-                owner[self.lo[own]] = own - V + 1
-                stop = np.zeros(ends + 1, dtype=np.int64)
-                stop[self.hi[own]] = own - V + 1
-                owner -= stop
-                np.cumsum(owner, out=owner)
-                part = codes[i * ends:(i + 1) * ends]
-                np.multiply(owner[:ends], V, out=part)
-                part += followers
-            counts = np.bincount(codes, minlength=(self.states - V + 1) * V)[V:]  # row 0: positions owned by none
-            top = int(counts.max()) if counts.shape[0] else 0
-            table: NDArray[np.integer[Any]] = counts.astype(np.min_scalar_type(top) if top < 2**31 else np.int64)
-            self._counts = table.reshape(self.states - V, V)
-        return self._counts
+    def _count_followers(self) -> NDArray[np.integer[Any]]:
+        """`_follower_counts`' table: the states of one length own disjoint ranges of the index, so the followers
+        of every length are counted in one `np.bincount` of ``state * V + follower``."""
+        V, followers = self.target.V, self.target.followers
+        ends = followers.shape[0]
+        lengths = np.unique(self.length[V:]).tolist()
+        codes = np.empty(len(lengths) * ends, dtype=np.int64)  # per length: (state - V + 1) * V + follower
+        for i, L in enumerate(lengths):
+            own = V + np.flatnonzero(self.length[V:] == L)
+            owner = np.zeros(ends + 1, dtype=np.int64)  # state - V + 1 on the state's range, 0 elsewhere
+            owner[self.lo[own]] = own - V + 1
+            stop = np.zeros(ends + 1, dtype=np.int64)
+            stop[self.hi[own]] = own - V + 1
+            owner -= stop
+            np.cumsum(owner, out=owner)
+            part = codes[i * ends:(i + 1) * ends]
+            np.multiply(owner[:ends], V, out=part)
+            part += followers
+        counts = np.bincount(codes, minlength=(self.states - V + 1) * V)[V:]  # row 0: positions owned by none
+        top = int(counts.max()) if counts.shape[0] else 0
+        table: NDArray[np.integer[Any]] = counts.astype(np.min_scalar_type(top) if top < 2**31 else np.int64)
+        return table.reshape(self.states - V, V)
 
     def states_of(self, contexts: NDArray[np.int64]) -> NDArray[np.int64]:
         """The state of each target id (-1 for an id not interned through this table)."""
