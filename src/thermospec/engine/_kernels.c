@@ -118,6 +118,21 @@ INLINE int64_t guided(const double *cdf, const int32_t *guide, int64_t G, double
     return lo + bisect_right(cdf + lo, (int64_t)guide[k + 1] - lo, u * total);
 }
 
+/* guided, clamped to `last` (the last token of positive weight, which a draw at u * total rounded up to
+ * the total would pass): the same index.  When the bucket brackets no search (guide[k + 1] == guide[k],
+ * most draws at the finer guides), its guide entry is the answer; the branch is predicted, so the
+ * draw waits for the guide alone, not for a search and a clamp. */
+INLINE int64_t guided_last(const double *cdf, const int32_t *guide, int64_t G, double u, double total,
+                           int64_t last)
+{
+    const int64_t k = (int64_t)(u * (double)G);
+    const int64_t lo = guide[k], n = (int64_t)guide[k + 1] - lo;
+    if (LIKELY(n == 0 && lo <= last))
+        return lo;
+    const int64_t y = lo + bisect_right(cdf + lo, n, u * total);
+    return y > last ? last : y;
+}
+
 /* The step rule, written once for every table layout (thermospec.engine.step.step_tokens):
  *   y = draft(u_draft); accept iff u_accept < ratio(y) (strict), else emit residual(u_residual).
  * A layout is a view of one context's tables and its three draws; each caller passes constant
@@ -159,8 +174,7 @@ typedef struct {
 INLINE int64_t dense_draft(void *view, double u)
 {
     const DenseView *d = view;
-    int64_t y = guided(d->row, d->guide, d->G, u, d->total[0]);
-    return y > d->last[0] ? d->last[0] : y;
+    return guided_last(d->row, d->guide, d->G, u, d->total[0], d->last[0]);
 }
 
 INLINE double dense_ratio(void *view, int64_t y)
@@ -172,8 +186,7 @@ INLINE double dense_ratio(void *view, int64_t y)
 INLINE int64_t dense_residual(void *view, double u)
 {
     const DenseView *d = view;
-    int64_t x = guided(d->row + 2 * d->V, d->guide + d->G + 1, d->G, u, d->total[1]);
-    return x > d->last[1] ? d->last[1] : x;
+    return guided_last(d->row + 2 * d->V, d->guide + d->G + 1, d->G, u, d->total[1], d->last[1]);
 }
 
 /* One step from the context in slot s with uniforms (u0, u1, u2); returns the emitted token. */
