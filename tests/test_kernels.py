@@ -155,11 +155,14 @@ def test_compiled_edge_uniforms_match_python() -> None:
         ratio = np.divide(p, q, out=np.zeros(V), where=q > 0)
         return np.cumsum(q), ratio, np.cumsum(p - np.minimum(p, q))
 
-    G = guide_size(V)
+    compiled = ChainStepper(V, source, "compiled")
+    assert compiled.cache is not None
+    G = compiled.cache.G  # the finer guides of a cache holding every context (the edges of guide_size(V)'s too)
+    assert guide_size(V) < G
     edges = np.r_[np.arange(G) / G, np.nextafter(np.arange(1, G + 1) / G, 0.0), np.nextafter(1.0, 0.0), 0.0]
     u: NDArray[np.float64] = np.stack([rng.permutation(edges) for _ in range(3)], axis=1).astype(np.float64)
     u = np.concatenate([u, rng.random((5000, 3))]).astype(np.float64)
-    got_c, x_c = ChainStepper(V, source, "compiled").steps(u, 3)
+    got_c, x_c = compiled.steps(u, 3)
     got_p, x_p = ChainStepper(V, source, "python").steps(u, 3)
     assert x_c == x_p
     for a, b in zip(got_c, got_p, strict=True):
