@@ -105,7 +105,7 @@ class OrderTarget:
         self._codes = list(np.arange(1, V + 1, dtype=small))  # token + 1 as the columns' scalar type (fast search)
         self._first_lo = np.searchsorted(first, np.arange(1, V + 1), side="left").tolist()
         self._first_hi = np.searchsorted(first, np.arange(1, V + 1), side="right").tolist()
-        self._ids: dict[tuple[int, int], int] = {}
+        self._ids: dict[int, int] = {}  # by lo * MAX_ORDER + length (a context: its index range's start and length)
         self._length: list[int] = [1] * V
         self._lo: list[int] = list(self._first_lo)
         self._hi: list[int] = list(self._first_hi)
@@ -189,9 +189,9 @@ class OrderTarget:
         return self._intern(length, lo, hi)
 
     def _intern(self, length: int, lo: int, hi: int) -> int:
-        cid = self._ids.get((length, lo))
+        cid = self._ids.get(lo * MAX_ORDER + length)
         if cid is None:
-            cid = self._ids[(length, lo)] = len(self._length)
+            cid = self._ids[lo * MAX_ORDER + length] = len(self._length)
             self._length.append(length)
             self._lo.append(lo)
             self._hi.append(hi)
@@ -200,7 +200,7 @@ class OrderTarget:
     def intern_contexts(self, length: list[int], lo: list[int], hi: list[int]) -> list[int]:
         """The ids of distinct contexts given by their length and index range, the new ones interned in this order."""
         ids, lengths, los, his = self._ids, self._length, self._lo, self._hi
-        keys = list(zip(length, lo, strict=True))
+        keys = [start * MAX_ORDER + n for n, start in zip(length, lo, strict=True)]
         if ids.keys().isdisjoint(keys):  # all new (a chain's contexts met on its move table): at once
             first = len(lengths)
             ids.update(zip(keys, range(first, first + len(keys)), strict=True))
@@ -209,12 +209,12 @@ class OrderTarget:
             his.extend(hi)
             return list(range(first, first + len(keys)))
         out = []
-        for key, end in zip(zip(length, lo, strict=True), hi, strict=True):
+        for key, n, start, end in zip(keys, length, lo, hi, strict=True):
             cid = ids.get(key)
             if cid is None:
                 cid = ids[key] = len(lengths)
-                lengths.append(key[0])
-                los.append(key[1])
+                lengths.append(n)
+                los.append(start)
                 his.append(end)
             out.append(cid)
         return out
