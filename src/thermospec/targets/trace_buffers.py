@@ -44,6 +44,21 @@ class Buffers:
         self._wide: dict[str, NDArray[Any]] = {}
         self.held_for: object | None = None
         self.held: NDArray[np.uint16] = np.zeros(0, dtype=np.uint16)
+        self._crafting_for: tuple[int, int, bool] | None = None
+        self._crafting: tuple[NDArray[Any], ...] = ()
+
+    def crafting(self, k: int, V: int, full: bool) -> tuple[NDArray[Any], ...]:
+        """The buffers ``_trace_rows.craft_all`` writes for ψ of k ids on a row of V tokens (``full``: every p > 0):
+        chosen, order, ids, top, d, q, log_q, on_ids, terms (the set last asked for is kept)."""
+        if self._crafting_for != (k, V, full):
+            self._crafting = (
+                self.wide("chosen", V, np.uint32), self.wide("order", V, np.uint32), self.wide("ids", k, np.int64),
+                self.wide("top", k, np.float64), self.wide("d", k, np.float64), self.wide("q", k + 1, np.float64),
+                self.wide("log_q", k + 1, np.float64), self.wide("on_ids", 2 * k, np.float64),
+                self.wide("terms", 1 if full else V, np.float64),
+            )
+            self._crafting_for = (k, V, full)
+        return self._crafting
 
     def wide(self, name: str, size: int, dtype: type[np.generic]) -> NDArray[Any]:
         """A buffer of `size` items (kept if at most `SCRATCH_ITEMS`)."""

@@ -375,21 +375,19 @@ def craft_position(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Craft
         return _craft_plain(values, K, tau, eps)  # (NaN is the compiled pass's "auto": a given one is refused here)
     body = bytearray(payload_size(k, V) - 4)
     work = buffers()
-    d = np.empty(k, dtype=np.float64)
     eps_in = float("nan") if eps == "auto" else _float32(eps) + 0.0
     if libm_is_numpys(C):  # one call: craft, F(ψ) and the metrics (NumPy's exp and log are the C library's)
+        chosen, order, ids, top, d, q, log_q, on_ids, terms = work.crafting(k, V, values.positive == V)
         got = C.craft_all(codes, values.present, values.p_present, values.log_present, values.positive, k,
-                          _float32(tau), eps_in, work.jmap, work.count, work.wide("chosen", V, np.uint32),
-                          work.wide("order", V, np.uint32), work.wide("ids", k, np.int64),
-                          work.wide("top", k, np.float64), body, d, work.wide("q", k + 1, np.float64),
-                          work.wide("log_q", k + 1, np.float64), work.pairs, work.wide("on_ids", 2 * k, np.float64),
-                          work.wide("terms", 1 if values.positive == V else V, np.float64))
+                          _float32(tau), eps_in, work.jmap, work.count, chosen, order, ids, top, body, d, q, log_q,
+                          work.pairs, on_ids, terms)
         if got is None:  # the plain code raises the PayloadError that says why
             return _craft_plain(values, K, tau, eps)
         eps32, delta, topk, overlap, ce = got
         wire = bytes(body + struct.pack("<I", zlib.crc32(body)))
         return Crafted(wire=wire, payload=_payload_of(wire, k, V, _float32(tau), eps32, delta), topk_mass=topk,
                        overlap_mass=overlap, ce_gap_nats=ce)
+    d = np.empty(k, dtype=np.float64)
     got = C.craft(codes, values.present, values.p_present, values.log_present, values.log_present.shape[0], k,
                   _float32(tau), eps_in, work.jmap, work.count, work.wide("chosen", V, np.uint32),
                   work.wide("order", V, np.uint32), np.empty(k, dtype=np.int64), np.empty(k, dtype=np.float64), body, d)
