@@ -29,12 +29,12 @@ def libm_is_numpys(compiled: ModuleType) -> bool:
     same = _DECIDED.get("same")
     if same is None:
         rng = np.random.default_rng(0)
-        halves = np.arange(0x7C00, dtype=np.uint16).view(np.float16).astype(np.float64)  # every finite float16 >= 0
-        spread = [-40 * rng.random(8_000), -800 * rng.random(1_000), -1e-6 * rng.random(2_000), [0.0, -np.inf]]
+        halves = np.arange(0, 0x7C00, 7, dtype=np.uint16).view(np.float16).astype(np.float64)  # float16s >= 0
+        spread = [-40 * rng.random(2_000), -800 * rng.random(300), -1e-6 * rng.random(500), [0.0, -np.inf]]
         x = np.concatenate([-halves, *spread])
         with np.errstate(all="ignore"):
             e = np.exp(x)
-            y = np.concatenate([e[e > 0], rng.random(20_000), 2.0 ** -rng.uniform(0, 1074, 4_000), [0.0, 1.0]])
+            y = np.concatenate([e[e > 0], rng.random(2_000), 2.0 ** -rng.uniform(0, 1074, 1_000), [0.0, 1.0]])
             same = True
             for args, want, take_log in ((x, e, False), (y, np.log(y), True)):
                 got = np.empty_like(args)
