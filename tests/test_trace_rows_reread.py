@@ -8,6 +8,9 @@ those of the row that keeps its codes; a file whose row changed under the run is
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +119,28 @@ def test_a_row_crafted_again_with_other_budgets_gives_the_plain_codes_bytes() ->
             made = trace_rows.craft_position(values, K, 1.0, "auto")
             assert made.wire == encode_payload(payload), (name, K)
             assert (made.overlap_mass, made.ce_gap_nats) == (overlap, ce), (name, K)
+
+
+def test_the_avx2_and_sse2_passes_choose_the_same_tokens() -> None:
+    """THERMOSPEC_NO_AVX2 (read when the module loads) keeps the SSE2 loops: the same payloads."""
+    if not trace_rows.compiled():
+        pytest.skip("the compiled module thermospec.targets._trace_rows is not built")
+    script = (
+        "import numpy as np, hashlib\n"
+        "from thermospec.targets import trace_rows\n"
+        "rng = np.random.default_rng(3)\n"
+        "h = hashlib.sha256()\n"
+        "for scale, shift in ((0.3, -5.0), (3.0, 0.0), (30.0, 40.0), (1.0, 5.0)):\n"
+        "    raw = (shift + scale * rng.standard_normal(50_000)).astype(np.float16)\n"
+        "    values = trace_rows.row_values(raw)\n"
+        "    for K in (1, 64, 700):\n"
+        "        h.update(trace_rows.craft_position(values, K, 1.0, 'auto').wire)\n"
+        "        h.update(trace_rows.top_support_of(values, K).tobytes())\n"
+        "print(h.hexdigest())\n"
+    )
+    digests = []
+    for env in ({}, {"THERMOSPEC_NO_AVX2": "1"}):
+        done = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env}, capture_output=True,
+                              text=True, check=True)
+        digests.append(done.stdout.strip())
+    assert digests[0] == digests[1] and len(digests[0]) == 64
