@@ -39,6 +39,7 @@ from thermospec.targets.trace_file import (
     softmax64,
 )
 from thermospec.targets.trace_rows import (
+    REREAD_BYTES,
     RowValues,
     add_row,
     row_bytes_held,
@@ -53,11 +54,8 @@ __all__ = [
 ]
 
 ROW_CACHE_BYTES = 256 * 1024 * 1024
-"""Memory bound of a trace's cache of rows (float64, and a float16 row's codes: 204 such rows at V = 131,072)."""
-REREAD_BYTES = 128 * 1024
-"""A float16 row of at least this many bytes keeps no codes in the cache: they are read again when needed.  So
-large an array is a fresh memory map for malloc, whose page faults cost about as much as crafting the row,
-for each row the cache holds; a smaller one is carved from memory already in use."""
+"""Memory bound of a trace's cache of rows (float64 once asked for, and a narrow float16 row's codes: 256 rows at
+V = 131,072, whose codes are read again when needed)."""
 SCAN_CHUNK_BYTES = 8 * 1024 * 1024
 """File bytes read at a time by the load-time scan (its working memory is about 6 times this)."""
 
@@ -250,7 +248,7 @@ def load_trace(
     return TraceTarget(
         path=path, reader=RowReader(path, fd, offset, dtype, (T, V)), sha256=sha256, support_sizes=sizes,
         tokens=tokens, vocabulary=vocabulary, metadata=metadata,
-        row_capacity=max(1, row_cache_bytes // (row_bytes_held(dtype) * V)),
+        row_capacity=max(1, row_cache_bytes // (row_bytes_held(dtype, V) * V)),
     )
 
 

@@ -54,9 +54,15 @@ from thermospec.targets.trace_file import TraceShrankError, softmax64
 from thermospec.targets.trace_libm import libm_is_numpys
 
 __all__ = [
-    "Crafted", "RowValues", "add_row", "compiled", "craft_position", "p_at", "position_metrics", "residual_support",
-    "row_bytes_held", "row_into", "row_values", "softmax_row", "top_support_of",
+    "REREAD_BYTES", "Crafted", "RowValues", "add_row", "compiled", "craft_position", "p_at", "position_metrics",
+    "residual_support", "row_bytes_held", "row_into", "row_values", "softmax_row", "top_support_of",
 ]
+
+REREAD_BYTES = 128 * 1024
+"""A float16 row of at least this many bytes keeps no codes in a trace's cache: they are read again when needed.
+So large an array is a fresh memory map for malloc, whose page faults cost about as much as crafting the row,
+for each row the cache holds; a smaller one is carved from memory already in use."""
+
 
 def _load() -> ModuleType | None:
     try:
@@ -155,9 +161,11 @@ def _row_codes(values: RowValues) -> NDArray[np.uint16] | None:
     return codes
 
 
-def row_bytes_held(dtype: np.dtype[Any]) -> int:
-    """Bytes per token a cached row holds at most: its float64 p once asked for, and a float16 row's codes (2)."""
-    return 10 if dtype.itemsize == 2 else 8
+def row_bytes_held(dtype: np.dtype[Any], V: int) -> int:
+    """Bytes per token a cached row holds at most: its float64 p once asked for, and the codes (2) of a float16
+    row narrower than `REREAD_BYTES` (a wider one reads them again when needed).  (Besides its per-value tables,
+    18 bytes a distinct value.)"""
+    return 10 if dtype.itemsize == 2 and 2 * V < REREAD_BYTES else 8
 
 
 def _codes(raw: NDArray[Any]) -> NDArray[np.uint16] | None:
