@@ -957,25 +957,58 @@ static inline char *put_int(char *out, int64_t v)
     return out;
 }
 
-#define LIT(s) s, sizeof(s) - 1
-
-/* jsonl(start, prev, proposed, emitted, accepted, context_text, offsets, V, n) -> str
- * The chunk's JSONL lines, byte for byte what thermospec.telemetry.jsonl_lines writes:
- * context_text[offsets[x]:offsets[x + 1]] is context x's tail from "K" to the newline. */
+/* jsonl(start, columns, flags, keys, context_text, offsets, V, n, prefixes, nullable, flag_texts) -> str
+ * A chunk's JSONL lines as the one telemetry schema lays them out (thermospec.runs.schema's
+ * Layout.compiled_format gives the texts; byte for byte what its Python formatter writes): per row t,
+ * prefixes[0] and start + t, then for each i prefixes[i + 1] and columns[i][t] (null where nullable[i + 1]
+ * and the value is negative), then flag_texts[flags[t] != 0] whole, then the key's tail:
+ * context_text[offsets[x]:offsets[x + 1]] with x = keys[t]. No field name is written here. */
+#define JSONL_MAX_COLUMNS 8
 static PyObject *jsonl(PyObject *self, PyObject *args)
 {
-    Py_buffer pb, yb, eb, ab, cb, ob;
-    Py_ssize_t start, V, n;
-    if (!PyArg_ParseTuple(args, "ny*y*y*y*y*y*nn", &start, &pb, &yb, &eb, &ab, &cb, &ob, &V, &n))
+    Py_buffer col[JSONL_MAX_COLUMNS], fb, kb, cb, ob;
+    PyObject *columns, *prefixes, *nullable, *flag_texts;
+    Py_ssize_t start, V, n, m = 0;
+    if (!PyArg_ParseTuple(args, "nO!y*y*y*y*nnO!O!O!", &start, &PyTuple_Type, &columns, &fb, &kb, &cb, &ob, &V,
+                          &n, &PyTuple_Type, &prefixes, &PyTuple_Type, &nullable, &PyTuple_Type, &flag_texts))
         return NULL;
     PyObject *result = NULL;
     char *buffer = NULL;
-    if (!(need(&pb, n, 8, "prev") && need(&yb, n, 8, "proposed") && need(&eb, n, 8, "emitted") &&
-          need(&ab, n, 1, "accepted") && need(&ob, V + 1, 8, "offsets")))
+    const char *prefix[JSONL_MAX_COLUMNS + 1], *flag_text[2];
+    Py_ssize_t prefix_len[JSONL_MAX_COLUMNS + 1], flag_len[2];
+    int null_ok[JSONL_MAX_COLUMNS + 1];
+    const int64_t *value[JSONL_MAX_COLUMNS];
+    Py_ssize_t width = PyTuple_GET_SIZE(columns);
+    if (width > JSONL_MAX_COLUMNS || PyTuple_GET_SIZE(prefixes) != width + 1 ||
+        PyTuple_GET_SIZE(nullable) != width + 1 || PyTuple_GET_SIZE(flag_texts) != 2 || n < 0 || V < 0) {
+        PyErr_SetString(PyExc_ValueError, "jsonl: a prefix and a nullable flag per field, two flag texts");
+        goto done;
+    }
+    size_t per_row = 0;
+    for (Py_ssize_t i = 0; i <= width; ++i) {
+        if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(prefixes, i), (char **)&prefix[i], &prefix_len[i]) < 0)
+            goto done;
+        null_ok[i] = PyObject_IsTrue(PyTuple_GET_ITEM(nullable, i));
+        if (null_ok[i] < 0)
+            goto done;
+        per_row += (size_t)prefix_len[i] + 21;
+    }
+    for (int j = 0; j < 2; ++j)
+        if (PyBytes_AsStringAndSize(PyTuple_GET_ITEM(flag_texts, j), (char **)&flag_text[j], &flag_len[j]) < 0)
+            goto done;
+    per_row += (size_t)(flag_len[0] > flag_len[1] ? flag_len[0] : flag_len[1]);
+    while (m < width) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(columns, m), &col[m], PyBUF_SIMPLE) < 0)
+            goto done;
+        value[m] = col[m].buf;
+        if (!need(&col[m++], n, 8, "column"))
+            goto done;
+    }
+    if (!(need(&fb, n, 1, "flags") && need(&kb, n, 8, "keys") && need(&ob, V + 1, 8, "offsets")))
         goto done;
     {
-        const int64_t *prev = pb.buf, *proposed = yb.buf, *emitted = eb.buf, *offsets = ob.buf;
-        const uint8_t *accepted = ab.buf;
+        const int64_t *keys = kb.buf, *offsets = ob.buf;
+        const uint8_t *flags = fb.buf;
         const char *text = cb.buf;
         size_t longest = 0;
         for (Py_ssize_t v = 0; v < V; ++v) {
@@ -987,11 +1020,11 @@ static PyObject *jsonl(PyObject *self, PyObject *args)
                 longest = (size_t)(offsets[v + 1] - offsets[v]);
         }
         for (Py_ssize_t t = 0; t < n; ++t)
-            if (prev[t] < 0 || prev[t] >= V) {
+            if (keys[t] < 0 || keys[t] >= V) {
                 PyErr_SetString(PyExc_ValueError, "jsonl: context out of range");
                 goto done;
             }
-        size_t per_row = 100 + 4 * 21 + longest;
+        per_row += longest;
         buffer = PyMem_Malloc(per_row * (size_t)(n > 0 ? n : 1));
         if (buffer == NULL) {
             PyErr_NoMemory();
@@ -999,27 +1032,27 @@ static PyObject *jsonl(PyObject *self, PyObject *args)
         }
         char *out = buffer;
         for (Py_ssize_t t = 0; t < n; ++t) {
-            int64_t x = prev[t];
-            out = put(out, LIT("{\"step\":"));
+            out = put(out, prefix[0], (size_t)prefix_len[0]);
             out = put_int(out, (int64_t)(start + t));
-            out = put(out, LIT(",\"prev_token\":"));
-            out = put_int(out, x);
-            out = put(out, LIT(",\"proposed_token\":"));
-            out = put_int(out, proposed[t]);
-            out = put(out, LIT(",\"emitted_token\":"));
-            out = put_int(out, emitted[t]);
-            if (accepted[t])
-                out = put(out, LIT(",\"accepted\":true,"));
-            else
-                out = put(out, LIT(",\"accepted\":false,"));
+            for (Py_ssize_t i = 0; i < width; ++i) {
+                out = put(out, prefix[i + 1], (size_t)prefix_len[i + 1]);
+                if (null_ok[i + 1] && value[i][t] < 0)
+                    out = put(out, "null", 4);
+                else
+                    out = put_int(out, value[i][t]);
+            }
+            int f = flags[t] != 0;
+            out = put(out, flag_text[f], (size_t)flag_len[f]);
+            int64_t x = keys[t];
             out = put(out, text + offsets[x], (size_t)(offsets[x + 1] - offsets[x]));
         }
         result = PyUnicode_DecodeASCII(buffer, out - buffer, "strict");
     }
 done:
     PyMem_Free(buffer);
-    PyBuffer_Release(&pb); PyBuffer_Release(&yb); PyBuffer_Release(&eb); PyBuffer_Release(&ab);
-    PyBuffer_Release(&cb); PyBuffer_Release(&ob);
+    for (Py_ssize_t i = 0; i < m; ++i)
+        PyBuffer_Release(&col[i]);
+    PyBuffer_Release(&fb); PyBuffer_Release(&kb); PyBuffer_Release(&cb); PyBuffer_Release(&ob);
     return result;
 }
 
@@ -1417,7 +1450,7 @@ static PyMethodDef methods[] = {
     {"isa", isa, METH_VARARGS, "The instruction set of the plain loop ('avx2,bmi2' or 'baseline'); set with 'baseline'/'auto'."},
     {"batch", batch, METH_VARARGS, "Run B chains in lock step; every context must have a table."},
     {"finish", finish, METH_VARARGS, "Fill consecutive table slots' totals, lasts and guides from their three rows."},
-    {"jsonl", jsonl, METH_VARARGS, "Format a chunk of steps as the telemetry's JSONL lines."},
+    {"jsonl", jsonl, METH_VARARGS, "Format a chunk of steps as JSONL lines laid out by the telemetry schema's texts."},
     {"compact_chain", compact_chain, METH_VARARGS, "Run one chain on compact tables; stop at a context without a slot."},
     {"drafts_chain", drafts_chain, METH_VARARGS, "Run one chain with N drafts per step on a verifier's tables."},
     {NULL, NULL, 0, NULL},

@@ -10,7 +10,8 @@ float64, and an infinite CE gap as ``null``.
 Formats (``run --telemetry``):
 
 * ``jsonl`` (default): whole chunks are formatted at once, by the compiled
-  kernel when it is built (``thermospec._kernels.jsonl``) or by the Python
+  kernel when it is built (``thermospec.engine._kernels.jsonl``, given the
+  schema's texts) or by the Python
   formatter `jsonl_lines`; both give the same bytes.
 * ``parquet``: ``m1_metrics.parquet``, one row per step with the same fields
   (null where the JSONL has ``null``; ``--drafts N`` adds its two,
@@ -66,6 +67,8 @@ FIELDS = M1.names
 TelemetryFormat = Literal["jsonl", "parquet", "none"]
 TELEMETRY_FORMATS: tuple[TelemetryFormat, ...] = ("jsonl", "parquet", "none")
 JSONL_FILE = "m1_metrics.jsonl"
+_M1_FORMAT = M1.compiled_format()
+"""The texts the compiled formatter writes around M1's step values: its field names come from the schema."""
 PARQUET_FILE = "m1_metrics.parquet"
 
 
@@ -156,13 +159,12 @@ class JsonlWriter:
             self._pack()
         if self._module is None or not len(chunk):
             return jsonl_lines(chunk, self._text)
+        prev = np.ascontiguousarray(chunk.prev, dtype=np.int64)
+        columns = (prev, np.ascontiguousarray(chunk.proposed, dtype=np.int64),
+                   np.ascontiguousarray(chunk.emitted, dtype=np.int64))  # M1's step fields after the index
         text: str = self._module.jsonl(
-            chunk.start,
-            np.ascontiguousarray(chunk.prev, dtype=np.int64),
-            np.ascontiguousarray(chunk.proposed, dtype=np.int64),
-            np.ascontiguousarray(chunk.emitted, dtype=np.int64),
-            np.ascontiguousarray(chunk.accepted, dtype=np.bool_),
-            self._blob, self._offsets, self._known.shape[0], len(chunk),
+            chunk.start, columns, np.ascontiguousarray(chunk.accepted, dtype=np.bool_), prev,
+            self._blob, self._offsets, self._known.shape[0], len(chunk), *_M1_FORMAT,
         )
         return text
 
