@@ -90,15 +90,14 @@ def block_losses(P: NDArray[np.float64], D: NDArray[np.float64] | None, K: int, 
     fields = top_k(P if D is None else D, K, tau, eps)
     if fields is None:
         return None
-    k, order, ell, delta, codes, tau32, eps32 = (fields.k, fields.order, fields.ell, fields.delta, fields.codes,
-                                                 fields.tau, fields.eps)
+    k, ell, delta, codes, tau32, eps32 = fields.k, fields.ell, fields.delta, fields.codes, fields.tau, fields.eps
     explicit_mass = (1.0 - (V - k) * eps32)[:, None]
     logits = -codes * delta[:, None] / tau32
     quantised = np.exp(logits - logits.max(axis=1, keepdims=True))
     quantised *= explicit_mass / quantised.sum(axis=1, keepdims=True)
     exact = np.exp(ell / tau32 - (ell / tau32).max(axis=1, keepdims=True))
     exact *= explicit_mass / exact.sum(axis=1, keepdims=True)
-    p_ids = np.take_along_axis(P, order, axis=1)
+    p_ids = fields.top if D is None else P.reshape(-1)[fields.at].reshape(m, k)  # P at ψ's ids
     quantisation = np.minimum(p_ids, exact).sum(axis=1) - np.minimum(p_ids, quantised).sum(axis=1)
     overlap = (np.minimum(P, eps32[:, None]).sum(axis=1) - np.minimum(p_ids, eps32[:, None]).sum(axis=1)
                + np.minimum(p_ids, quantised).sum(axis=1))
@@ -140,9 +139,10 @@ def _kept(proposer: Proposer, keys: NDArray[np.int64]) -> list[tuple[float, floa
 
 
 def _blocked(proposer: Proposer, keys: NDArray[np.int64], rows: Callable[[NDArray[np.int64]], NDArray[np.float64]]
-             ) -> list[tuple[float, float, float]]:
-    """The losses of `keys` on their rows, `BLOCK_BYTES` at a time (key by key where a block cannot be)."""
-    per: list[tuple[float, float, float]] = []
+             ) -> NDArray[np.float64]:
+    """The losses of `keys` on their rows, shape (keys, 3), `BLOCK_BYTES` at a time (key by key where a block
+    cannot be)."""
+    parts: list[NDArray[np.float64]] = []
     block_rows = max(1, BLOCK_BYTES // (8 * proposer.draft(int(keys[0])).payload.vocab_size)) if keys.size else 1
     for first in range(0, keys.shape[0], block_rows):
         block = keys[first:first + block_rows]
@@ -150,10 +150,9 @@ def _blocked(proposer: Proposer, keys: NDArray[np.int64], rows: Callable[[NDArra
         D = None if draft_row is None else np.stack([draft_row(k) for k in block.tolist()])
         found = block_losses(rows(block), D, proposer.K, proposer.tau, proposer.eps)
         if found is None:
-            per.extend(_key_losses(proposer, int(k)) for k in block.tolist())
-        else:
-            per.extend((float(a), float(b), float(c)) for a, b, c in found.tolist())
-    return per
+            found = np.array([_key_losses(proposer, int(k)) for k in block.tolist()], dtype=np.float64).reshape(-1, 3)
+        parts.append(found)
+    return np.concatenate(parts) if parts else np.zeros((0, 3))
 
 
 def acceptance_losses_of(proposer: Proposer, visits: Visits, mean_overlap: float | None, drafts: int
@@ -185,11 +184,11 @@ def acceptance_losses_of(proposer: Proposer, visits: Visits, mean_overlap: float
     if total <= 0:
         return dict.fromkeys(LOSS_KEYS) | ({"gain_drafts": None} if drafts > 1 else {})
     if rows is None or proposer.K_of is not None:  # on the drafts the run kept: O(K) a key, once its row is read
-        per = _kept(proposer, keys)
+        per = np.array(_kept(proposer, keys), dtype=np.float64).reshape(-1, 3)
     else:
         per = _blocked(proposer, keys, rows)
-    weights = [float(n) for n in visits.counts.tolist()]
-    means = [math.fsum(w * losses[i] for w, losses in zip(weights, per, strict=True)) / total for i in range(3)]
+    weights = visits.counts.astype(np.float64)  # each product rounds as a Python float's would; fsum is exact
+    means = [math.fsum((weights * per[:, i]).tolist()) / total for i in range(3)]
     out: dict[str, Any] = dict(zip(LOSS_KEYS, means, strict=True))
     if drafts > 1:
         one_draft = 1.0 - math.fsum(means)
