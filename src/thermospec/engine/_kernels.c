@@ -916,6 +916,7 @@ static PyObject *finish(PyObject *self, PyObject *args)
     if (!(need(&tb, (first + count) * 3 * V, 8, "tables") && need(&tot, (first + count) * 2, 8, "totals") &&
           need(&la, (first + count) * 2, 8, "lasts") && need(&gb, (first + count) * 2 * (G + 1), 4, "guides")))
         goto done;
+    Py_BEGIN_ALLOW_THREADS /* only the buffers: craft_states' threads finish their blocks side by side */
     for (Py_ssize_t slot = first; slot < first + count; ++slot) {
         const double *row = (const double *)tb.buf + slot * 3 * V;
         double *totals = (double *)tot.buf + 2 * slot;
@@ -928,6 +929,7 @@ static PyObject *finish(PyObject *self, PyObject *args)
             guide_of(cdf, V, G, cdf[V - 1], guides + j * (G + 1));
         }
     }
+    Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:

@@ -248,9 +248,11 @@ class TableCache:
         """
         if not self.identity or self._finish is None:
             raise ValueError("load_rows: needs a slot per context and the compiled kernel")
-        self.tables[keys, 0], self.tables[keys, 1], self.tables[keys, 2] = draft_cdf, ratio, residual_cdf
+        consecutive = bool(keys.shape[0]) and np.array_equal(keys, np.arange(keys[0], keys[0] + keys.shape[0]))
+        at: slice | NDArray[np.int64] = slice(int(keys[0]), int(keys[0]) + keys.shape[0]) if consecutive else keys
+        self.tables[at, 0], self.tables[at, 1], self.tables[at, 2] = draft_cdf, ratio, residual_cdf  # slices: no gather
         self.filled += int(np.count_nonzero(self.slot_of[keys] < 0))
-        if keys.shape[0] and np.array_equal(keys, np.arange(keys[0], keys[0] + keys.shape[0])):
+        if consecutive:
             self._finish(self.tables, self.totals, self.lasts, self.guides, self.V, self.G, int(keys[0]),
                          keys.shape[0])  # consecutive slots (every block `craft_states` loads): one call
         else:
