@@ -299,7 +299,11 @@ INLINE int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const double *
             /* Many contexts: their rows are far in memory.  The draft's search waits for its guide, the
              * ratio and the move for the draft; fetching the rows now overlaps those misses. */
             const double *draft_row = tb.tables + s * 3 * V;
-            const int32_t *move_row = moves + cx * V;
+            const int32_t *move_row = moves + cx * V, *guide = tb.guides + s * 2 * (tb.G + 1);
+            __builtin_prefetch(guide + (int64_t)(u0 * (double)tb.G)); /* the guide entries the uniforms pick */
+            __builtin_prefetch(guide + tb.G + 1 + (int64_t)(u2 * (double)tb.G));
+            __builtin_prefetch(tb.lasts + 2 * s);
+            __builtin_prefetch(tb.totals + 2 * s);
             for (int64_t k = 0; k < 2 * V; k += 8)
                 __builtin_prefetch(draft_row + k);
             for (int64_t k = 0; k < V; k += 16)
@@ -452,6 +456,60 @@ INLINE void plain_batch_body(const Tables *tables, uint64_t *restrict rng, int64
 #endif
 }
 
+/* n steps of one order-N chain from state *x over the move table `moves` (keys x V), nothing recorded (run
+ * --order N --telemetry none): every state in its own slot, the uniforms drawn from the PCG64 state rng
+ * (advanced); each step adds one to the accepted count *acc when its draft is accepted and one to
+ * pairs[state * V + emitted].  Returns the steps run: fewer than n when a move leads out of [0, keys)
+ * (then *bad is set). */
+INLINE int64_t moving_body(const Tables *tables, uint64_t *restrict rng, const int32_t *restrict moves,
+                           int64_t keys, int64_t *restrict pairs, int64_t *restrict acc, int64_t n, int64_t *x,
+                           int *bad)
+{
+    int64_t t = 0;
+#if HAVE_PCG64
+    const Tables tb = *tables;
+    const int64_t V = tb.V;
+    int64_t cx = *x, ok = 0;
+    pcg128 state = pcg_join(rng[0], rng[1]);
+    const pcg128 inc = pcg_join(rng[2], rng[3]);
+    for (; t < n; ++t) {
+        const double u0 = pcg_uniform(&state, inc), u1 = pcg_uniform(&state, inc), u2 = pcg_uniform(&state, inc);
+#if defined(__GNUC__)
+        /* The state's lines this step may read, all asked for at once (the rows are far apart): the two
+         * guide entries its uniforms pick, the totals and lasts, the draft and ratio rows, the move row. */
+        const double *draft_row = tb.tables + cx * 3 * V;
+        const int32_t *move_row = moves + cx * V, *guide = tb.guides + cx * 2 * (tb.G + 1);
+        __builtin_prefetch(guide + (int64_t)(u0 * (double)tb.G));
+        __builtin_prefetch(guide + tb.G + 1 + (int64_t)(u2 * (double)tb.G));
+        __builtin_prefetch(tb.lasts + 2 * cx);
+        __builtin_prefetch(tb.totals + 2 * cx);
+        for (int64_t k = 0; k < 2 * V; k += 8)
+            __builtin_prefetch(draft_row + k);
+        for (int64_t k = 0; k < V; k += 16)
+            __builtin_prefetch(move_row + k);
+#endif
+        int64_t y, a;
+        const int64_t nx = step(&tb, cx, u0, u1, u2, &y, &a);
+        ok += a;
+        pairs[cx * V + nx] += 1;
+        const int64_t key = moves[cx * V + nx];
+        if (!LIKELY(key >= 0 && key < keys)) {
+            *bad = 1;
+            ++t;
+            break;
+        }
+        cx = key;
+    }
+    rng[0] = (uint64_t)(state >> 64);
+    rng[1] = (uint64_t)state;
+    *acc += ok;
+    *x = cx;
+#else
+    (void)tables; (void)rng; (void)moves; (void)keys; (void)pairs; (void)acc; (void)n; (void)x; (void)bad;
+#endif
+    return t;
+}
+
 /* One function per ISA, out of line: the loops get the registers to themselves. */
 #define PLAIN_LOOPS(suffix, attributes)                                                                   \
     NOINLINE attributes void plain_loop##suffix(const Tables *tables, uint64_t *rng, Counts *c, int64_t n,  \
@@ -474,6 +532,12 @@ INLINE void plain_batch_body(const Tables *tables, uint64_t *restrict rng, int64
             plain_batch_body(tables, rng, xs, acc, emi, trans, b0, b1, n, COUNT_BOTH);                    \
         else                                                                                              \
             plain_batch_body(tables, rng, xs, acc, emi, trans, b0, b1, n, COUNT_EMITTED);                 \
+    }                                                                                                     \
+    NOINLINE attributes int64_t plain_moving##suffix(const Tables *tables, uint64_t *rng, const int32_t *moves, \
+                                                     int64_t keys, int64_t *pairs, int64_t *acc, int64_t n,  \
+                                                     int64_t *x, int *bad)                                   \
+    {                                                                                                     \
+        return moving_body(tables, rng, moves, keys, pairs, acc, n, x, bad);                              \
     }
 PLAIN_LOOPS(, )
 #if X86_CLONES
@@ -541,6 +605,17 @@ static void plain_batch_chains(const Tables *tables, uint64_t *rng, int64_t *xs,
     }
 #endif
     plain_batch(tables, rng, xs, acc, emi, trans, b0, b1, n, how);
+}
+
+/* moving_body on the copy the CPU runs best. */
+static int64_t plain_moving_chain(const Tables *tables, uint64_t *rng, const int32_t *moves, int64_t keys,
+                                  int64_t *pairs, int64_t *acc, int64_t n, int64_t *x, int *bad)
+{
+#if X86_CLONES
+    if (has_avx2_bmi2())
+        return plain_moving_avx2(tables, rng, moves, keys, pairs, acc, n, x, bad);
+#endif
+    return plain_moving(tables, rng, moves, keys, pairs, acc, n, x, bad);
 }
 
 /* chain(tables, totals, lasts, slot_of, guides, last_used, u, prev, proposed, emitted, accepted,
@@ -653,6 +728,49 @@ done:
     if (cb.obj) PyBuffer_Release(&cb);
     if (emb.obj) PyBuffer_Release(&emb);
     if (trb.obj) PyBuffer_Release(&trb);
+    return result;
+}
+
+/* moving_counts(tables, totals, lasts, slot_of, guides, moves, rng, accepted, pairs, V, G, n, x) -> (t, x)
+ * n steps of one order-N chain from state x on the move table moves (int32, keys x V), nothing recorded:
+ * each step adds to accepted (int64[1]) and pairs (int64, keys x V, [state * V + emitted]), the
+ * uniforms drawn from rng (a PCG64 state, advanced).  Every state must be loaded in its own slot. */
+static PyObject *moving_counts(PyObject *self, PyObject *args)
+{
+    Py_buffer tb, tot, la, so, gb, mb, rb, ab, pb;
+    Py_ssize_t V, G, n, x, slots;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*w*w*nnnn", &tb, &tot, &la, &so, &gb, &mb, &rb, &ab, &pb, &V, &G, &n,
+                          &x))
+        return NULL;
+    PyObject *result = NULL;
+    Tables tables;
+    const Py_ssize_t keys = V > 0 ? mb.len / (Py_ssize_t)(4 * V) : 0;
+    if (!HAVE_PCG64) {
+        PyErr_SetString(PyExc_NotImplementedError, "moving_counts: built without 128-bit integers (no PCG64)");
+        goto done;
+    }
+    if (!(parse_tables(&tb, &tot, &la, &so, &gb, V, G, &tables, &slots) && need(&so, keys, 8, "slot_of") &&
+          need(&rb, 4, 8, "rng") && need(&ab, 1, 8, "accepted") && need(&pb, keys * V, 8, "pairs")))
+        goto done;
+    if (x < 0 || x >= keys || n < 0 || slots < keys || !all_in_place(tables.slot_of, keys)) {
+        PyErr_SetString(PyExc_ValueError, "moving_counts: needs every state in its own slot and x in range");
+        goto done;
+    }
+    {
+        int64_t cx = x, t;
+        int bad = 0;
+        Py_BEGIN_ALLOW_THREADS
+        t = plain_moving_chain(&tables, rb.buf, mb.buf, keys, pb.buf, ab.buf, n, &cx, &bad);
+        Py_END_ALLOW_THREADS
+        if (bad)
+            PyErr_SetString(PyExc_ValueError, "moving_counts: a move leads out of the move table's states");
+        else
+            result = Py_BuildValue("nn", (Py_ssize_t)t, (Py_ssize_t)cx);
+    }
+done:
+    PyBuffer_Release(&tb); PyBuffer_Release(&tot); PyBuffer_Release(&la); PyBuffer_Release(&so);
+    PyBuffer_Release(&gb); PyBuffer_Release(&mb); PyBuffer_Release(&rb); PyBuffer_Release(&ab);
+    PyBuffer_Release(&pb);
     return result;
 }
 
@@ -1451,6 +1569,7 @@ static PyMethodDef methods[] = {
     {"chain", chain, METH_VARARGS, "Run one chain over a chunk of uniforms; stop at a context without a table."},
     {"isa", isa, METH_VARARGS, "The instruction set of the plain loop ('avx2,bmi2' or 'baseline'); set with 'baseline'/'auto'."},
     {"batch", batch, METH_VARARGS, "Run B chains in lock step; every context must have a table."},
+    {"moving_counts", moving_counts, METH_VARARGS, "Run one order-N chain on a move table, counting its (state, emitted) pairs only."},
     {"finish", finish, METH_VARARGS, "Fill consecutive table slots' totals, lasts and guides from their three rows."},
     {"jsonl", jsonl, METH_VARARGS, "Format a chunk of steps as JSONL lines laid out by the telemetry schema's texts."},
     {"compact_chain", compact_chain, METH_VARARGS, "Run one chain on compact tables; stop at a context without a slot."},

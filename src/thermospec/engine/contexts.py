@@ -46,8 +46,8 @@ from thermospec.engine.state_drafts import PsiSpec, StateMetrics, craft_states, 
 from thermospec.targets.order import ORDER_MOVES_BYTES, ContextMoves, OrderTarget
 from thermospec.tsu.drafts import DraftSource, Proposer
 
-__all__ = ["ORDER_TABLE_BYTES", "ContextChunk", "ContextProposer", "run_order_chain", "run_order_chains",
-           "run_order_reference"]
+__all__ = ["ORDER_TABLE_BYTES", "ContextChunk", "ContextProposer", "MovingChain", "moving_stepper", "run_order_chain",
+           "run_order_chains", "run_order_reference"]
 
 DEFAULT_CHUNK = 1 << 16
 _NO_UNIFORMS = np.empty((0, 3), dtype=np.float64)
@@ -96,7 +96,7 @@ def _list_tables(target: OrderTarget, drafts: DraftSource, c: int) -> _ListTable
             residual.tolist(), float(residual[-1]), last_positive(residual))
 
 
-class _MovingChain:
+class MovingChain:
     """One order-N chain on a shared `ChainStepper` over a move table's states: chunk by chunk."""
 
     def __init__(self, moves: ContextMoves, stepper: ChainStepper, verifier: ReportVerifier,
@@ -133,7 +133,7 @@ class _MovingChain:
         return produced
 
 
-def _moving_stepper(target: OrderTarget, moves: ContextMoves, drafts: DraftSource, verifier: ReportVerifier,
+def moving_stepper(target: OrderTarget, moves: ContextMoves, drafts: DraftSource, verifier: ReportVerifier,
                     backend: Backend, max_table_bytes: int | None, psi: PsiSpec | None,
                     steps: int) -> tuple[ChainStepper, StateMetrics | None]:
     """A stepper over the move table's states, and their metrics when every state was crafted at once.
@@ -196,8 +196,8 @@ def _moving_chain(target: OrderTarget, moves: ContextMoves, drafts: DraftSource,
                   rng: np.random.Generator, chunk: int, backend: Backend,
                   max_table_bytes: int | None, psi: PsiSpec | None) -> Iterator[ContextChunk]:
     verifier = ReportVerifier(drafts)
-    stepper, metrics = _moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes, psi, steps)
-    chain = _MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng), metrics)
+    stepper, metrics = moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes, psi, steps)
+    chain = MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng), metrics)
     done = 0
     while done < steps:
         n = min(chunk, steps - done)
@@ -241,9 +241,9 @@ def run_order_chains(
         yield from (list(chunks) for chunks in zip(*runs, strict=True))
         return
     verifier = ReportVerifier(drafts)
-    stepper, metrics = _moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes, psi,
+    stepper, metrics = moving_stepper(target, moves, drafts, verifier, backend, max_table_bytes, psi,
                                        steps * chains)
-    walkers = [_MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng), metrics) for rng in rngs]
+    walkers = [MovingChain(moves, stepper, verifier, rng, start_token(target.pi, rng), metrics) for rng in rngs]
     module, cache = stepper.module, stepper.cache
     if metrics is not None and module is not None and cache is not None and all(draws_pcg64(module, r) for r in rngs):
         # Every state's tables are loaded: the batch kernel steps the chains in lock step, on worker threads.
@@ -256,7 +256,7 @@ def run_order_chains(
         done += n
 
 
-def _lock_step(walkers: list[_MovingChain], module: ModuleType, cache: TableCache, metrics: StateMetrics,
+def _lock_step(walkers: list[MovingChain], module: ModuleType, cache: TableCache, metrics: StateMetrics,
                steps: int, chunk: int) -> Iterator[list[ContextChunk]]:
     """The chains of `walkers` (each at its start) on the batch kernel, each drawing from its own PCG64 state."""
     moves, B = walkers[0].moves, len(walkers)

@@ -37,6 +37,15 @@ class PairCounts:
         self._pending: list[NDArray[np.int64]] = []  # each step's code, merged in bulk
         self._pending_size = 0
 
+    @classmethod
+    def of_pairs(cls, vocab_size: int, context: NDArray[np.int64], token: NDArray[np.int64],
+                 count: NDArray[np.int64]) -> PairCounts:
+        """The counts of distinct pairs already counted, sorted by context then token (as `pairs` gives them)."""
+        counts = cls(vocab_size)
+        counts._codes = (context * vocab_size + token).astype(np.int64, copy=False)
+        counts._counts = count.astype(np.int64, copy=False)
+        return counts
+
     def add(self, context: NDArray[np.int64], token: NDArray[np.int64]) -> None:
         """Count one pair per step: ``(context[i], token[i])``."""
         if not context.shape[0]:

@@ -1,0 +1,166 @@
+"""The order-N chain counted, not recorded (``run --order N --telemetry none``): no step array at all.
+
+A run without telemetry needs only its counts: steps, accepted drafts and the
+(context, emitted token) pairs.  `count_order_chain` steps the chain of
+`thermospec.engine.contexts.run_order_chain` (same stream, same tokens) on the
+compiled kernel's plain loop over the move table (``moving_counts``): each step
+adds one to a dense ``states x V`` table of (state, emitted) pairs and nothing
+else is written, so there are no per-step arrays, no interning per chunk and no
+pair merging.  `OrderCounts.pairs` turns the table into the (context, token,
+count) triples `thermospec.engine.pairs.PairCounts.pairs` would give, the contexts
+interned by increasing state (their ids differ from a recorded run's, which
+interns them as met; every summary value is keyed by context, in exact sums).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.engine.chain import ReportVerifier, start_token
+from thermospec.engine.contexts import DEFAULT_CHUNK, MovingChain, moving_stepper
+from thermospec.engine.kernels import ChainStepper, compiled_module, draws_pcg64, pcg64_state, set_pcg64_state
+from thermospec.engine.state_drafts import PsiSpec, StateMetrics, worth_crafting
+from thermospec.targets.order import ORDER_MOVES_BYTES, ContextMoves, OrderTarget
+from thermospec.tsu.drafts import DraftSource
+
+__all__ = ["COUNT_CHUNK", "ContextTally", "OrderCounts", "count_order_chain"]
+
+COUNT_CHUNK = 1 << 20
+"""Steps per tally (the kernel runs them in one call, the GIL released)."""
+
+
+class OrderCounts:
+    """The counts of an order-N run stepped without records: every step's (state, emitted) pair, and the totals.
+
+    Attributes
+    ----------
+    steps, accepted : int
+        Steps counted and drafts accepted so far.
+    metrics : StateMetrics or None
+        Every state's draft metrics when they were all crafted at once (else ask the proposer).
+    """
+
+    def __init__(self, moves: ContextMoves, metrics: StateMetrics | None) -> None:
+        self.moves, self.metrics = moves, metrics
+        self.V = int(moves.next.shape[0] // moves.states)
+        self.table = np.zeros(moves.states * self.V, dtype=np.int64)  # [state * V + emitted]
+        self.accepted_count = np.zeros(1, dtype=np.int64)
+        self.steps = 0
+
+    @property
+    def accepted(self) -> int:
+        """Drafts accepted so far."""
+        return int(self.accepted_count[0])
+
+    def add(self, states: NDArray[np.int64], emitted: NDArray[np.int64], accepted: NDArray[np.bool_]) -> None:
+        """Count recorded steps (the fallback when the states were not all crafted at once)."""
+        self.table += np.bincount(states * self.V + emitted, minlength=self.table.shape[0])
+        self.accepted_count[0] += int(np.count_nonzero(accepted))
+        self.steps += int(states.shape[0])
+
+    def pairs(self) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """(context, token, count) of every pair counted, sorted by context then token (as `PairCounts.pairs`).
+
+        The states met and not interned yet are interned now, by increasing state.
+        """
+        codes = np.flatnonzero(self.table)
+        states = codes // self.V
+        met = np.unique(states)
+        self.moves.intern(met)
+        context = self.moves.contexts(states)
+        token = codes % self.V
+        order = np.argsort(context * self.V + token, kind="stable")
+        return context[order], token[order], self.table[codes][order]
+
+    def states_of(self, contexts: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The state of each context id (interned through the move table)."""
+        return self.moves.states_of(contexts)
+
+
+@dataclass(frozen=True, eq=False)
+class ContextTally:
+    """Steps ``start .. start + steps - 1`` of an order-N chain, counted into `counts` (which holds the run's so far).
+
+    Attributes
+    ----------
+    start, steps : int
+        The first step and how many.
+    accepted : int
+        Drafts accepted among them.
+    counts : OrderCounts
+        The run's counts, these steps included.
+    """
+
+    start: int
+    steps: int
+    accepted: int
+    counts: OrderCounts
+
+    def __len__(self) -> int:
+        return self.steps
+
+
+def count_order_chain(target: OrderTarget, drafts: DraftSource, steps: int, rng: np.random.Generator,
+                      psi: PsiSpec | None, chunk: int = COUNT_CHUNK, max_table_bytes: int | None = None,
+                      max_moves_bytes: int = ORDER_MOVES_BYTES) -> Iterator[ContextTally] | None:
+    """The order-N chain of `run_order_chain` (same arguments, same stream), counted only: one tally per `chunk`.
+
+    None, with `rng` untouched, when it does not apply (then run `run_order_chain`): no move
+    table within `max_moves_bytes`, no `psi`, no compiled kernel drawing `rng` itself (a plain
+    PCG64 generator), or a run too short for crafting every state at once to pay.  When the
+    states cannot be crafted at once after all (another TSU), the steps are recorded, checked
+    against the drafts' reports and counted chunk by chunk instead.
+
+    Raises
+    ------
+    ReportError
+        As `run_order_chain` (a draft whose reported ``log q`` is not ``log F(ψ)``).
+    """
+    moves = target.moves(max_moves_bytes)
+    module = compiled_module()
+    if (moves is None or psi is None or not draws_pcg64(module, rng) or not hasattr(module, "moving_counts")
+            or not worth_crafting(moves, steps)):
+        return None
+    verifier = ReportVerifier(drafts)
+    stepper, metrics = moving_stepper(target, moves, drafts, verifier, "auto", max_table_bytes, psi, steps)
+    counts = OrderCounts(moves, metrics)
+    x = start_token(target.pi, rng)
+    if metrics is None:
+        return _recorded(MovingChain(moves, stepper, verifier, rng, x, None), counts, steps, min(chunk, DEFAULT_CHUNK))
+    return _counted(stepper, moves, counts, rng, x, steps, chunk)
+
+
+def _counted(stepper: ChainStepper, moves: ContextMoves, counts: OrderCounts, rng: np.random.Generator, x: int,
+             steps: int, chunk: int) -> Iterator[ContextTally]:
+    """Tallies of the kernel's plain loop over the move table (every state crafted and loaded)."""
+    cache = stepper.cache
+    assert stepper.module is not None and cache is not None
+    done = 0
+    while done < steps:
+        n = min(chunk, steps - done)
+        before = counts.accepted
+        with rng.bit_generator.lock:
+            state = pcg64_state(rng)
+            _, x = stepper.module.moving_counts(cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides,
+                                                moves.next, state, counts.accepted_count, counts.table, cache.V,
+                                                cache.G, n, x)
+            set_pcg64_state(rng, state)
+        counts.steps += n
+        yield ContextTally(start=done, steps=n, accepted=counts.accepted - before, counts=counts)
+        done += n
+
+
+def _recorded(chain: MovingChain, counts: OrderCounts, steps: int, chunk: int) -> Iterator[ContextTally]:
+    """Tallies of recorded chunks (each checked by the verifier), counted by state."""
+    done = 0
+    while done < steps:
+        n = min(chunk, steps - done)
+        (states, proposed, emitted, accepted), chain.state = chain.stepper.draw_steps(chain.rng, n, chain.state)
+        chain.wrap(done, states, proposed, emitted, accepted)  # checks the reports, interns the contexts as met
+        counts.add(states, emitted, accepted)
+        yield ContextTally(start=done, steps=n, accepted=int(np.count_nonzero(accepted)), counts=counts)
+        done += n
