@@ -39,25 +39,9 @@ from thermospec.engine.pcg import draws_pcg64, pcg64_state, set_pcg64_state
 from thermospec.engine.step import DenseStepTables, StepArrays, python_steps, step_tokens
 from thermospec.engine.step_outputs import OutputPool, new_outputs, unrecorded
 
-__all__ = [
-    "DEFAULT_TABLE_BYTES",
-    "FINE_GUIDE",
-    "Backend",
-    "ChainStepper",
-    "OutputPool",
-    "StepArrays",
-    "StepCounts",
-    "TableCache",
-    "TableSource",
-    "add_counts",
-    "compiled_module",
-    "compiled_steps",
-    "draws_pcg64",
-    "pcg64_state",
-    "resolve_backend",
-    "set_pcg64_state",
-    "unrecorded",
-]
+__all__ = ["DEFAULT_TABLE_BYTES", "FINE_GUIDE", "Backend", "ChainStepper", "OutputPool", "StepArrays", "StepCounts",
+           "TableCache", "TableSource", "add_counts", "compiled_module", "compiled_steps", "draws_pcg64",
+           "pcg64_state", "resolve_backend", "set_pcg64_state", "unrecorded"]
 
 
 DEFAULT_TABLE_BYTES = 256 * 1024 * 1024
@@ -166,8 +150,9 @@ class TableCache:
         Index of the last token of positive weight of each cdf.
     G : int
         Guide buckets: ``guide_size(V, FINE_GUIDE)`` for a bigram cache (V contexts) holding every
-        context with them in an eighth of `max_bytes`, else ``guide_size(V)`` (a draw's answer does not
-        depend on G, only its search).
+        context with them in an eighth of `max_bytes`, a quarter of ``guide_size(V)`` for a move table's states
+        (their rows far apart: filling and fetching the bytes bound a step, not its search), else
+        ``guide_size(V)`` (a draw's answer does not depend on G, only its search).
     guides : ndarray of int32, shape (slots, 2, G + 1)
         `guide_table` of each cdf.
     slot_of : ndarray of int64, shape (contexts,)
@@ -185,7 +170,8 @@ class TableCache:
         self.contexts = V if contexts is None else contexts
         self.source = source
         fine = guide_size(V, FINE_GUIDE)
-        self.G = fine if self.contexts == V and V * slot_bytes(V, fine) <= max_bytes // 8 else guide_size(V)
+        coarse = guide_size(V) if self.contexts == V else max(2, guide_size(V) // 4)
+        self.G = fine if self.contexts == V and V * slot_bytes(V, fine) <= max_bytes // 8 else coarse
         self.slots = max(1, min(self.contexts, max_bytes // slot_bytes(V, self.G)))
         self.tables = np.zeros((self.slots, 3, V), dtype=np.float64)
         self.totals = np.zeros((self.slots, 2), dtype=np.float64)
