@@ -30,7 +30,7 @@ from thermospec.runs.schema import Layout, RecordParquet
 from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, OutputError, RecordFile, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
 from thermospec.runs.telemetry import PARQUET_FILE
-from thermospec.tsu.drafts import ContextDraft, DraftSource
+from thermospec.tsu.drafts import DraftRecord, RecordSource
 
 __all__ = ["CountedMode", "KeyMetrics", "chi2_fields", "visit_aggregates"]
 
@@ -68,12 +68,12 @@ class KeyMetrics:
         self.overlap[keys], self.gap[keys] = overlap, gap
         self.psi[keys], self.K[keys] = psi_bytes, K
 
-    def keep_drafts(self, keys: NDArray[np.int64], drafts: Sequence[ContextDraft]) -> None:
+    def keep_drafts(self, keys: NDArray[np.int64], drafts: Sequence[DraftRecord]) -> None:
         """Keep the metrics of each key's draft."""
         self.keep(keys, np.array([d.overlap_mass for d in drafts], dtype=np.float64),
                   np.array([d.ce_gap_nats for d in drafts], dtype=np.float64),
                   np.array([d.psi_bytes for d in drafts], dtype=np.int64),
-                  np.array([d.payload.K for d in drafts], dtype=np.int64))
+                  np.array([d.K for d in drafts], dtype=np.int64))
 
     def of(self, keys: NDArray[np.int64]) -> MetricArrays:
         """Overlap, CE gap, ψ bytes and K sent of `keys`."""
@@ -163,7 +163,7 @@ class CountedMode:
                 if telemetry == "jsonl":
                     self._chain_files.append(RecordFile(chain_dir(run_dir, b) / METRICS_FILE))
 
-    def learn(self, keys: NDArray[np.int64], drafts: DraftSource) -> None:
+    def learn(self, keys: NDArray[np.int64], drafts: RecordSource) -> None:
         """Keep the metrics (and, with JSONL, the key fields' text) of the keys in `keys` not met before."""
         if not keys.shape[0]:
             return
@@ -171,15 +171,18 @@ class CountedMode:
         met = np.unique(keys[~known[keys]])
         if not met.shape[0]:
             return
-        found = [drafts(k) for k in met.tolist()]
-        self.metrics.keep_drafts(met, found)
+        self.keep_records(met, [drafts(k) for k in met.tolist()])
+
+    def keep_records(self, keys: NDArray[np.int64], records: Sequence[DraftRecord]) -> None:
+        """Keep the metrics (and, with JSONL, the key fields' text) of `keys` from their drafts' `records`."""
+        self.metrics.keep_drafts(keys, records)
         if self.telemetry == "jsonl" and self.layout is not None:
-            for key, draft in zip(met.tolist(), found, strict=True):
-                self.tails[key] = self.layout.key_tail(draft, key, self.key_text)
+            for key, record in zip(keys.tolist(), records, strict=True):
+                self.tails[key] = self.layout.key_tail(record, key, self.key_text)
 
     def write_and_count(self, chunks: Sequence[ChainChunk], lines: Callable[[ChainChunk], str], keys: ChunkArrays,
                         columns: Callable[[ChainChunk], Mapping[str, NDArray[Any]]] | None = None,
-                        drafts: DraftSource | None = None) -> int:
+                        drafts: RecordSource | None = None) -> int:
         """Write each chain's chunk (`lines` formats its JSONL; `columns` are its Parquet step columns, `drafts`
         its keys' drafts) and count it by its `keys`; the steps added.  A failed write counts none of it."""
         if self._parquet is not None:

@@ -21,14 +21,14 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.tsu.drafts import ContextDraft
+from thermospec.tsu.drafts import DraftRecord
 
 __all__ = ["Axis", "Field", "KeyValue", "Kind", "Level", "json_float"]
 
 Kind = Literal["index", "int", "optional_int", "float", "bool", "text", "int_list", "int_lists"]
 Level = Literal["step", "key", "block"]
 Axis = Literal["m1", "context", "position", "drafts", "gamma", "tree"]
-KeyValue = Callable[[ContextDraft, int, Callable[[int], str] | None], Any]
+KeyValue = Callable[[DraftRecord, int, Callable[[int], str] | None], Any]
 
 _BOOL_TEXT = np.array(["false", "true"], dtype=object)
 

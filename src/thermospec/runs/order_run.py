@@ -36,12 +36,14 @@ from thermospec.core.statistics import pairs_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.contexts import ContextChunk, run_order_chain, run_order_chains, run_order_reference
+from thermospec.engine.state_drafts import StateMetrics
 from thermospec.runs.counted import CountedMode, KeyMetrics, chi2_fields, visit_aggregates
 from thermospec.runs.losses import Visits
 from thermospec.runs.prepare import PreparedRun, order_of
 from thermospec.runs.schema import layout
 from thermospec.runs.telemetry import step_arrays, step_columns
 from thermospec.targets.order import OrderTarget
+from thermospec.tsu.drafts import CraftedRecord, DraftRecord
 
 __all__ = ["ORDER", "OrderMode", "order_lines", "order_statistics"]
 
@@ -58,6 +60,15 @@ Rows = Callable[[NDArray[np.int64]], NDArray[np.float64]]
 def order_lines(chunk: ContextChunk, tails: dict[int, str]) -> str:
     """The JSONL records of a chunk: the 12 fields, then ``context`` (`tails`: each context's `ORDER.key_tail`)."""
     return ORDER.lines(chunk.start, step_columns(chunk), list(map(tails.__getitem__, chunk.context.tolist())))
+
+
+def _crafted_records(metrics: StateMetrics, states: NDArray[np.int64]) -> list[DraftRecord]:
+    """The records of `states` crafted at once: what each one's `ContextDraft` says, bit for bit."""
+    columns = (metrics.eps[states].tolist(), metrics.topk_mass[states].tolist(),
+               metrics.overlap_mass[states].tolist(), metrics.ce_gap_nats[states].tolist())
+    return [CraftedRecord(K=metrics.K, tau=metrics.tau, eps_used=eps, psi_bytes=metrics.psi_bytes, topk_mass=topk,
+                          overlap_mass=overlap, ce_gap_nats=gap)
+            for eps, topk, overlap, gap in zip(*columns, strict=True)]
 
 
 def _contexts(chunk: ChainChunk) -> NDArray[np.int64]:
@@ -109,6 +120,7 @@ class OrderMode(CountedMode):
         super().__init__(run, run_dir, telemetry, target.V, chains, ORDER, target.context_text)
         self.target = target
         self._crafted = False  # whether the engine crafted every context at once (rows at once too, then)
+        self._records: dict[int, DraftRecord] = {}  # contexts met, crafted at once: what their records say
 
     def chunks(self) -> Iterator[list[ContextChunk]]:
         """Each chain's next chunk, in lock step (one chain: a list of one)."""
@@ -125,17 +137,27 @@ class OrderMode(CountedMode):
         """Keep the metrics of the contexts met first, then write and count every chain's chunk."""
         for part in chunks:
             self._crafted |= part.metrics is not None
-            if part.metrics is not None and part.state is not None and self.telemetry != "jsonl":
+            if part.metrics is not None and part.state is not None:  # crafted at once: no draft objects
                 known = self.metrics.known(int(part.context.max()) + 1)
                 fresh = np.flatnonzero(~known[part.context])  # steps in contexts not seen before
                 met, first = np.unique(part.context[fresh], return_index=True)
-                metrics, states = part.metrics, part.state[fresh[first]]  # crafted at once: no draft objects
-                self.metrics.keep(met, metrics.overlap_mass[states], metrics.ce_gap_nats[states],
-                                  metrics.psi_bytes, metrics.K)
+                metrics, states = part.metrics, part.state[fresh[first]]
+                if self.telemetry == "none":
+                    self.metrics.keep(met, metrics.overlap_mass[states], metrics.ce_gap_nats[states],
+                                      metrics.psi_bytes, metrics.K)
+                else:  # the records' key fields too, from the crafted metrics
+                    records = _crafted_records(metrics, states)
+                    self._records.update(zip(met.tolist(), records, strict=True))
+                    self.keep_records(met, records)
             else:
                 self.learn(part.context, self.run.proposer.draft)
         return self.write_and_count(chunks, lambda part: order_lines(cast(ContextChunk, part), self.tails),
-                                    _contexts, step_arrays, self.run.proposer.draft)
+                                    _contexts, step_arrays, self._record_of)
+
+    def _record_of(self, context: int) -> DraftRecord:
+        """What the records say of a context's draft: its crafted metrics, or the proposer's draft."""
+        crafted = self._records.get(context)
+        return crafted if crafted is not None else self.run.proposer.draft(context)
 
     def nothing_counted(self) -> dict[str, Any]:
         return {**dict.fromkeys(_EMPTY), "steps": 0} | ({"chains": self.chains} if self.chains > 1 else {})

@@ -44,7 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.runs.fields import Field, KeyValue, json_float
-from thermospec.tsu.drafts import ContextDraft, DraftSource
+from thermospec.tsu.drafts import DraftRecord, RecordSource
 
 __all__ = [
     "BLOCK_FIELDS",
@@ -63,11 +63,11 @@ __all__ = [
 ]
 
 
-def _draft_key(get: Callable[[ContextDraft], Any]) -> KeyValue:
+def _draft_key(get: Callable[[DraftRecord], Any]) -> KeyValue:
     return lambda draft, key, text: get(draft)
 
 
-def _context_text(draft: ContextDraft, key: int, text: Callable[[int], str] | None) -> str:
+def _context_text(draft: DraftRecord, key: int, text: Callable[[int], str] | None) -> str:
     assert text is not None, "the context field needs the contexts' text"
     return text(key)
 
@@ -78,9 +78,9 @@ M1_FIELDS: tuple[Field, ...] = (
     Field("proposed_token", "int", "step", "m1"),
     Field("emitted_token", "int", "step", "m1"),
     Field("accepted", "bool", "step", "m1"),
-    Field("K", "int", "key", "m1", _draft_key(lambda d: d.payload.K)),
-    Field("tau", "float", "key", "m1", _draft_key(lambda d: d.payload.tau)),
-    Field("eps_used", "float", "key", "m1", _draft_key(lambda d: d.payload.eps)),
+    Field("K", "int", "key", "m1", _draft_key(lambda d: d.K)),
+    Field("tau", "float", "key", "m1", _draft_key(lambda d: d.tau)),
+    Field("eps_used", "float", "key", "m1", _draft_key(lambda d: d.eps_used)),
     Field("psi_bytes", "int", "key", "m1", _draft_key(lambda d: d.psi_bytes)),
     Field("topk_mass", "float", "key", "m1", _draft_key(lambda d: d.topk_mass)),
     Field("overlap_mass", "float", "key", "m1", _draft_key(lambda d: d.overlap_mass)),
@@ -145,13 +145,13 @@ class Layout:
             + "".join(f',"{f.name}":%s' for f in self.rest) + ("" if self.keyed and not self.rest else "}\n")
         )
 
-    def key_tail(self, draft: ContextDraft, key: int, key_text: Callable[[int], str] | None = None) -> str:
+    def key_tail(self, draft: DraftRecord, key: int, key_text: Callable[[int], str] | None = None) -> str:
         """The JSON text of a key's fields (and, when they end the record, its closing brace and newline)."""
         text = ",".join(f'"{f.name}":{f.json(self.key_value(f, draft, key, key_text))}' for f in self.keyed)
         return text if self.rest else text + "}\n"
 
     @staticmethod
-    def key_value(field: Field, draft: ContextDraft, key: int, key_text: Callable[[int], str] | None) -> Any:
+    def key_value(field: Field, draft: DraftRecord, key: int, key_text: Callable[[int], str] | None) -> Any:
         """A key field's value at `key`."""
         assert field.of_key is not None, f"{field.name} is not a key field"
         return field.of_key(draft, key, key_text)
@@ -260,7 +260,7 @@ class KeyTable:
     def _dtype(field: Field) -> type:
         return {"float": np.float64, "bool": np.bool_, "text": object}.get(field.kind, np.int64)
 
-    def learn(self, keys: NDArray[np.int64], drafts: DraftSource) -> None:
+    def learn(self, keys: NDArray[np.int64], drafts: RecordSource) -> None:
         """Record the fields of the keys in `keys` not met before."""
         top = int(keys.max()) + 1 if keys.shape[0] else 0
         if top > self.known.shape[0]:
@@ -307,7 +307,7 @@ class RecordParquet:
         self._keys = KeyTable(layout.fields, key_text)
         self._writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
 
-    def write(self, start: int, keys: NDArray[np.int64], columns: Mapping[str, NDArray[Any]], drafts: DraftSource,
+    def write(self, start: int, keys: NDArray[np.int64], columns: Mapping[str, NDArray[Any]], drafts: RecordSource,
               chain: int = 0) -> None:
         """Append consecutive steps from `start` (each drafting at `keys`; `columns`: each step field but
         ``step``; `drafts`: each key's draft) as a row group."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,7 +16,43 @@ from thermospec.core.payload import EpsSpec, Payload, PayloadError, craft_payloa
 from thermospec.core.proposal import proposal_distribution
 from thermospec.tsu.sim import SimTSU
 
-__all__ = ["ContextDraft", "MeasuredProposer", "Proposer"]
+__all__ = ["ContextDraft", "CraftedRecord", "DraftRecord", "MeasuredProposer", "Proposer", "RecordSource"]
+
+
+class DraftRecord(Protocol):
+    """What a telemetry record and a summary say of a key's draft (a `ContextDraft`, or a `CraftedRecord`)."""
+
+    @property
+    def K(self) -> int: ...
+    @property
+    def tau(self) -> float: ...
+    @property
+    def eps_used(self) -> float: ...
+    @property
+    def psi_bytes(self) -> int: ...
+    @property
+    def topk_mass(self) -> float: ...
+    @property
+    def overlap_mass(self) -> float: ...
+    @property
+    def ce_gap_nats(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class CraftedRecord:
+    """A `DraftRecord` of a draft crafted in a block of keys at once (no payload bytes, no TSU object kept).
+
+    Its fields are those the `ContextDraft` of the same key reports, bit for bit: K and the float32
+    τ and ε its payload carries, its length, and the metrics of F(ψ) against the key's row.
+    """
+
+    K: int
+    tau: float
+    eps_used: float
+    psi_bytes: int
+    topk_mass: float
+    overlap_mass: float
+    ce_gap_nats: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +91,21 @@ class ContextDraft:
     def psi_bytes(self) -> int:
         """Length of the encoded payload."""
         return len(self.payload_bytes)
+
+    @property
+    def K(self) -> int:
+        """Ids the payload carries."""
+        return self.payload.K
+
+    @property
+    def tau(self) -> float:
+        """The payload's temperature (float32, as sent)."""
+        return self.payload.tau
+
+    @property
+    def eps_used(self) -> float:
+        """The payload's ε (float32, as sent)."""
+        return self.payload.eps
 
 
 def draft_for_row(p: NDArray[np.float64], context: int, K: int, tau: float, eps: EpsSpec,
@@ -155,3 +206,5 @@ class MeasuredProposer(Proposer):
 
 
 DraftSource = Callable[[int], ContextDraft]
+RecordSource = Callable[[int], DraftRecord]
+"""What records and summaries read of each key's draft: a `DraftSource`, or crafted records."""
