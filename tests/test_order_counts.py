@@ -103,3 +103,19 @@ def test_pair_counts_of_pairs() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(again.pairs(), counts.pairs(), strict=True))
     again.add(np.array([1]), np.array([2]))
     assert again.pairs()[2].tolist() == [1, 2, 2]
+
+
+@needs_kernel
+def test_pairs_sorted_when_ids_were_interned_out_of_state_order(tmp_path: Path) -> None:
+    steps, seed = 20_000, 9
+    expected, accepted, _ = _recorded(tmp_path, 5, steps, seed)
+    target = _target(tmp_path, 5)
+    moves = target.moves()
+    assert moves is not None
+    moves.intern(np.arange(moves.states - 1, target.V - 1, -1))  # every longer state, the last first
+    tallies = count_order_chain(target, ContextProposer(target, *PSI).draft, steps, np.random.default_rng(seed), PSI)
+    assert tallies is not None
+    counts = list(tallies)[-1].counts
+    context, token, count = counts.pairs()
+    assert np.all(np.diff(context * target.V + token) > 0)
+    assert _by_text(target, context, token, count) == expected and counts.accepted == accepted

@@ -67,14 +67,18 @@ class OrderCounts:
 
         The states met and not interned yet are interned now, by increasing state.
         """
-        codes = np.flatnonzero(self.table)
-        states = codes // self.V
-        met = np.unique(states)
+        codes = np.flatnonzero(self.table)  # increasing: by state, then token
+        states, token, count = codes // self.V, codes % self.V, self.table[codes]
+        first = np.ones(states.shape[0], dtype=np.bool_)
+        np.not_equal(states[1:], states[:-1], out=first[1:])
+        met = states[first]
         self.moves.intern(met)
-        context = self.moves.contexts(states)
-        token = codes % self.V
+        ids = self.moves.contexts(met)
+        context = np.repeat(ids, np.diff(np.flatnonzero(np.append(first, True))))
+        if np.all(ids[1:] > ids[:-1]):  # ids increase with the states (interned here, or met in that order)
+            return context, token, count
         order = np.argsort(context * self.V + token, kind="stable")
-        return context[order], token[order], self.table[codes][order]
+        return context[order], token[order], count[order]
 
     def states_of(self, contexts: NDArray[np.int64]) -> NDArray[np.int64]:
         """The state of each context id (interned through the move table)."""
