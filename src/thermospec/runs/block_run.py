@@ -179,6 +179,9 @@ class BlockMode:
     the verifier's for N): so ``accept_rate ≈ mean_overlap`` is the same check as M1's.
     """
 
+    counted_by_engine = False
+    """The blocks are counted as they are recorded (`Mode.counted_by_engine`)."""
+
     def __init__(self, run: PreparedRun, run_dir: Path, telemetry: str = "jsonl", chains: int = 1) -> None:
         config = run.config
         assert config.gamma is not None, "BlockMode needs --gamma"

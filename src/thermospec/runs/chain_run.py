@@ -50,7 +50,8 @@ class ChainMode:
         # With no telemetry the kernel counts as it steps (no chunk can then fail to be written); with
         # telemetry a chunk is counted only once its records are written.
         counted = self.tally if self.counted_by_engine else None
-        return run_chain(target.row, target.pi, drafts, config.steps, rng, sparse=sparse_rows(self.run), tally=counted)
+        return run_chain(target.row, target.pi, drafts, config.steps, rng, sparse=sparse_rows(self.run), tally=counted,
+                         record=counted is None)  # nothing reads the step arrays of a run the kernel counts
 
     def record(self, chunk: ChainChunk) -> int:
         writer = self._sink.writer

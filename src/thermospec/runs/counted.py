@@ -134,6 +134,9 @@ class CountedMode:
     `key_text` is a key's text, for a ``context`` field.
     """
 
+    counted_by_engine = False
+    """Each chunk is counted as it is recorded (`Mode.counted_by_engine`)."""
+
     SPREAD_MEAN: ClassVar[bool] = True
     """Whether the pooled summary of B chains gives their mean acceptance beside its min and max."""
 

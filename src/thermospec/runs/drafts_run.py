@@ -91,6 +91,9 @@ def drafts_lines(chunk: DraftsChunk, drafts: DraftSource) -> str:
 class DraftsMode:
     """``--drafts N``: one chain or B in lock step, N drafts per step, JSONL, Parquet or no telemetry."""
 
+    counted_by_engine = False
+    """Each chunk is counted as it is recorded (`Mode.counted_by_engine`)."""
+
     def __init__(self, run: PreparedRun, run_dir: Path, telemetry: str, chains: int = 1) -> None:
         self.run, self.run_dir, self.telemetry, self.chains = run, run_dir, telemetry, chains
         self.view, self.plans = verifier_drafts(run)

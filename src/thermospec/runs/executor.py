@@ -49,7 +49,7 @@ from thermospec.runs.interrupts import (
     signal_name,
 )
 from thermospec.runs.keyed_drafts_run import KeyedDraftsMode
-from thermospec.runs.losses import Visits, acceptance_losses_of
+from thermospec.runs.losses import LOSS_KEYS, Visits, acceptance_losses_of
 from thermospec.runs.order_run import OrderMode
 from thermospec.runs.prepare import BUDGET_WEIGHTS, PreparedRun, target_description
 from thermospec.runs.storage import SUMMARY_FILE, OutputError, write_json_atomic
@@ -105,6 +105,12 @@ class Mode(Protocol):
         """Fields of this mode only, after the envelope (``checklist``, ``streams``, ``tsu_backend`` ...)."""
         ...
 
+    @property
+    def counted_by_engine(self) -> bool:
+        """Whether the engine counts into the mode's tally while it computes a chunk (such a chunk is
+        finished, never cut, so the counts stay whole)."""
+        ...
+
 
 def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: bool = False) -> None:
     """Refuse ``--telemetry`` / ``--chains`` combinations that cannot run, before anything is written.
@@ -153,9 +159,9 @@ def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "json
 
 
 def engine_counts(mode: Mode) -> bool:
-    """Whether the engine counts into the mode's tally while it computes a chunk (`BatchMode` and `ChainMode`
-    without telemetry): such a chunk is finished, never cut, so the counts stay whole."""
-    return isinstance(mode, (BatchMode, ChainMode)) and mode.counted_by_engine
+    """Whether the engine counts into the mode's tally while it computes a chunk (`Mode.counted_by_engine`:
+    `BatchMode` and `ChainMode` without telemetry): such a chunk is finished, never cut, so the counts stay whole."""
+    return mode.counted_by_engine
 
 
 def _run_chunks(mode: Mode, cut: bool, on_progress: Callable[[int], None] | None, stop: Interruption) -> None:
@@ -194,6 +200,23 @@ def _where_acceptance_goes(run: PreparedRun, mode: Mode, mean_overlap: float | N
                          "design_weights": BUDGET_WEIGHTS[run.kind.name], "realised_mean_bytes": realised,
                          "K_steps": {str(k): K_steps[k] for k in sorted(K_steps)}}
     return out
+
+
+GUIDE_FIELDS = ("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof", "p_value")
+"""The guide's aggregates every summary carries (null where nothing could be aggregated)."""
+
+
+def _unless_shrunk(failure: BaseException | None, compute: Callable[[], dict[str, Any]],
+                   instead: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`compute()`, or `instead()` when the run already stopped on a shrunk trace and `compute` reads it again
+    (a wide trace row is read again for the statistics, the loss split and the checklist): the summary of
+    what was kept is still written, its ``interrupted_by`` naming the file."""
+    try:
+        return compute()
+    except TraceShrankError:
+        if not isinstance(failure, TraceShrankError):
+            raise
+        return instead()
 
 
 def execute_run(
@@ -261,8 +284,9 @@ def _execute(
             except OutputError as exc:  # a file that cannot be finished (a Parquet footer on a full disk)
                 metrics_sha256, failure = None, exc if failure is None else OutputError(f"{failure}; then {exc}")
         elapsed = time.perf_counter() - started
-        statistics = mode.statistics()
-        statistics |= _where_acceptance_goes(run, mode, statistics.get("mean_overlap"))
+        statistics = _unless_shrunk(failure, mode.statistics, lambda: dict.fromkeys((*GUIDE_FIELDS, "steps")))
+        statistics |= _unless_shrunk(failure, lambda: _where_acceptance_goes(run, mode, statistics.get("mean_overlap")),
+                                     lambda: dict.fromkeys(LOSS_KEYS))
         config = run.config.as_dict() | {"K_used": run.K_used} | ({"chains": chains} if chains > 1 else {})
         summary: dict[str, Any] = {
             **statistics,
@@ -277,7 +301,7 @@ def _execute(
             "interrupted_by": signal_name(stop.signum) if stop.signum is not None
             else (str(failure) if failure is not None else None),
             "metrics_sha256": metrics_sha256,
-            **mode.extras(),
+            **_unless_shrunk(failure, mode.extras, dict),
         }
         if stop.requested and "checklist" in summary:  # guide_checklist drew nothing more
             summary["checklist_skipped"] = CHECKLIST_SKIPPED
