@@ -57,6 +57,11 @@ class ContextSource(Protocol):
         """Whether the next key does not depend on the token (teacher-forced positions)."""
         ...
 
+    @property
+    def keys_are_text(self) -> bool:
+        """Whether `key_json` writes a key as text (an order-N context), not as an integer."""
+        ...
+
     def start(self, rng: np.random.Generator) -> int:
         """The first key, drawn from `rng` where the source starts at random."""
         ...
@@ -111,6 +116,7 @@ class BigramSource:
 
     keys_are_tokens = True
     token_free = False
+    keys_are_text = False
 
     def __init__(self, target: ChainLaw) -> None:
         self.target = target
@@ -140,6 +146,7 @@ class OrderSource:
 
     keys_are_tokens = False
     token_free = False
+    keys_are_text = True
 
     def __init__(self, target: OrderTarget) -> None:
         self.target = target
@@ -173,6 +180,7 @@ class PositionSource:
 
     keys_are_tokens = False
     token_free = True
+    keys_are_text = False
 
     def __init__(self, target: PositionTarget) -> None:
         self.target = target

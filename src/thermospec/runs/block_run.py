@@ -19,7 +19,7 @@ from thermospec.engine.batch import chain_stream
 from thermospec.engine.blocks import BLOCKS_FILE, run_blocks, run_blocks_reference
 from thermospec.engine.chain import dense_matrices
 from thermospec.engine.chunks import BlockChunk
-from thermospec.engine.keys import ContextSource, OrderSource
+from thermospec.engine.keys import ContextSource
 from thermospec.engine.tally import BlockTally
 from thermospec.engine.trees import TreeChunk, TreeExpectation, plan_cache, run_trees, tree_nodes
 from thermospec.runs.batch_run import chain_dir
@@ -109,7 +109,7 @@ def summarise_blocks(
 def key_kind(source: ContextSource) -> Literal["int", "text"]:
     """How a block record writes its first key (`runs.schema.block_layout`): an order-N context as its text, every
     other key (a token id, a trace position) as an integer."""
-    return "text" if isinstance(source, OrderSource) else "int"
+    return "text" if source.keys_are_text else "int"
 
 
 def block_values(chunk: BlockChunk, key_json: Callable[[int], str] = str) -> dict[str, list[Any]]:
