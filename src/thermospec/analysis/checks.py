@@ -51,11 +51,9 @@ from thermospec.runs.checklist import (
     refused_result,
 )
 from thermospec.runs.drafts_run import verifier_drafts
-from thermospec.runs.keyed_drafts_run import KeyedDraftsMode
-from thermospec.runs.order_run import OrderMode
-from thermospec.runs.prepare import PreparedRun, order_of, sparse_rows, trace_of
+from thermospec.runs.executor import keyed_mode
+from thermospec.runs.prepare import PreparedRun, sparse_rows, trace_of
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, summarise_run
-from thermospec.runs.trace_run import TraceMode
 
 __all__ = [
     "accept_overlap_check",
@@ -78,21 +76,11 @@ POOLED_STREAM_BASE = 1000  # CHECK streams 0..3 are the guide's contexts; the po
 def run_statistics(run: PreparedRun) -> dict[str, Any]:
     """Run the chain of the configured length in memory; return its summary statistics."""
     target, config = run.target, run.config
-    if (trace_of(run) is not None or order_of(run) is not None) and config.drafts > 1:  # N drafts on keys
-        drafted = KeyedDraftsMode(run, None, "none")  # overlap: the verifier's exact acceptance
-        for drafts_chunk in drafted.chunks():
-            drafted.record(drafts_chunk)
-        return drafted.statistics(tests=False)
-    if trace_of(run) is not None:  # teacher-forced positions
-        positions = TraceMode(run, None, "none")
-        for position_chunk in positions.chunks():
-            positions.record(position_chunk)
-        return positions.statistics(tests=False)
-    if order_of(run) is not None:  # order-N contexts
-        contexts = OrderMode(run, None, "none")
-        for context_chunk in contexts.chunks():
-            contexts.record(context_chunk)
-        return contexts.statistics(tests=False)
+    keyed = keyed_mode(run)  # a trace's positions or order-N contexts, one draft or N (overlap: the exact acceptance)
+    if keyed is not None:
+        for keyed_chunk in keyed.chunks():
+            keyed.record(keyed_chunk)
+        return keyed.statistics(tests=False)
     tally = RunTally(target.V)
     rng = random_stream(config.seed, Stream.CHAIN)
     if config.drafts > 1:  # overlap = the verifier's exact acceptance

@@ -59,7 +59,7 @@ from thermospec.runs.thrml_chains import ThrmlOrderChains, ThrmlTraceChains
 from thermospec.runs.trace_run import TraceMode
 from thermospec.targets.trace import TraceShrankError
 
-__all__ = ["Mode", "check_mode_options", "engine_counts", "execute_run", "run_mode"]
+__all__ = ["KeyedMode", "Mode", "check_mode_options", "engine_counts", "execute_run", "keyed_mode", "run_mode"]
 
 CHECKLIST_SKIPPED = ("fixed_context_chi2_3_of_4: not drawn (its 4 x 20,000 extra steps), "
                      "the run was stopped by a signal")
@@ -112,6 +112,14 @@ class Mode(Protocol):
         ...
 
 
+class KeyedMode(Mode, Protocol):
+    """A mode over keys that are not tokens, which can also run in memory (no folder) for a check."""
+
+    def statistics(self, tests: bool = True) -> dict[str, Any]:
+        """The mode's statistics; `tests` False leaves out its χ² tests (a check runs its own)."""
+        ...
+
+
 def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: bool = False) -> None:
     """Refuse ``--telemetry`` / ``--chains`` combinations that cannot run, before anything is written.
 
@@ -132,7 +140,7 @@ def check_mode_options(config: RunConfig, telemetry: str, chains: int, replay: b
         raise ConfigError(f"--telemetry {telemetry}: --replay compares the JSONL a run wrote")
 
 
-_KEYED_MODES: dict[str, tuple[Callable[[PreparedRun, Path, str, int], Mode],
+_KEYED_MODES: dict[str, tuple[Callable[[PreparedRun, Path | None, str, int], KeyedMode],
                               Callable[[PreparedRun, Path, str, int], Mode]]] = {
     "trace": (TraceMode, ThrmlTraceChains), "order": (OrderMode, ThrmlOrderChains)}
 """The single-draft modes of the target kinds whose keys are not tokens (`runs.targets`): the table-driven one,
@@ -156,6 +164,15 @@ def run_mode(run: PreparedRun, run_dir: Path, telemetry: TelemetryFormat = "json
     if chains > 1:
         return BatchMode(run, run_dir, chains, telemetry)
     return ChainMode(run, run_dir, telemetry)
+
+
+def keyed_mode(run: PreparedRun) -> KeyedMode | None:
+    """The in-memory single-chain mode of a target whose keys are not tokens (a trace's positions, order-N
+    contexts), one draft or N, for a statistic run without files (`check`); None for a token chain."""
+    keyed = _KEYED_MODES.get(run.kind.name)
+    if keyed is None:
+        return None
+    return KeyedDraftsMode(run, None, "none") if run.config.drafts > 1 else keyed[0](run, None, "none", 1)
 
 
 def engine_counts(mode: Mode) -> bool:
