@@ -163,6 +163,28 @@ typedef struct {
     int64_t V, G;
 } Tables;
 
+/* The lines a step in slot s of an order-N chain may read, all asked for at once (the rows of many
+ * contexts are far apart in memory; the draft's search waits for its guide, the ratio and the move for
+ * the draft, so fetching them now overlaps those misses): the two guide entries the step's uniforms
+ * pick, the totals and lasts, the draft and ratio rows, and the state's move row. */
+INLINE void prefetch_state(const Tables *tb, int64_t s, const int32_t *move_row, double u0, double u2)
+{
+#if defined(__GNUC__)
+    const double *draft_row = tb->tables + s * 3 * tb->V;
+    const int32_t *guide = tb->guides + s * 2 * (tb->G + 1);
+    __builtin_prefetch(guide + (int64_t)(u0 * (double)tb->G));
+    __builtin_prefetch(guide + tb->G + 1 + (int64_t)(u2 * (double)tb->G));
+    __builtin_prefetch(tb->lasts + 2 * s);
+    __builtin_prefetch(tb->totals + 2 * s);
+    for (int64_t k = 0; k < 2 * tb->V; k += 8)
+        __builtin_prefetch(draft_row + k);
+    for (int64_t k = 0; k < tb->V; k += 16)
+        __builtin_prefetch(move_row + k);
+#else
+    (void)tb; (void)s; (void)move_row; (void)u0; (void)u2;
+#endif
+}
+
 /* The dense layout: one context's row of Tables. */
 typedef struct {
     const double *row, *total;
@@ -294,22 +316,8 @@ INLINE int64_t chain_loop(const Tables *tables, Py_ssize_t slots, const double *
             u1 = u[3 * t + 1];
             u2 = u[3 * t + 2];
         }
-#if defined(__GNUC__)
-        if (moving) {
-            /* Many contexts: their rows are far in memory.  The draft's search waits for its guide, the
-             * ratio and the move for the draft; fetching the rows now overlaps those misses. */
-            const double *draft_row = tb.tables + s * 3 * V;
-            const int32_t *move_row = moves + cx * V, *guide = tb.guides + s * 2 * (tb.G + 1);
-            __builtin_prefetch(guide + (int64_t)(u0 * (double)tb.G)); /* the guide entries the uniforms pick */
-            __builtin_prefetch(guide + tb.G + 1 + (int64_t)(u2 * (double)tb.G));
-            __builtin_prefetch(tb.lasts + 2 * s);
-            __builtin_prefetch(tb.totals + 2 * s);
-            for (int64_t k = 0; k < 2 * V; k += 8)
-                __builtin_prefetch(draft_row + k);
-            for (int64_t k = 0; k < V; k += 16)
-                __builtin_prefetch(move_row + k);
-        }
-#endif
+        if (moving) /* many contexts: their rows are far in memory (prefetch_state) */
+            prefetch_state(&tb, s, moves + cx * V, u0, u2);
         if (!identity) /* only an evicting cache reads the stamps (each context has its own slot otherwise) */
             last_used[s] = clock + t;
         prev[t] = cx;
@@ -474,20 +482,7 @@ INLINE int64_t moving_body(const Tables *tables, uint64_t *restrict rng, const i
     const pcg128 inc = pcg_join(rng[2], rng[3]);
     for (; t < n; ++t) {
         const double u0 = pcg_uniform(&state, inc), u1 = pcg_uniform(&state, inc), u2 = pcg_uniform(&state, inc);
-#if defined(__GNUC__)
-        /* The state's lines this step may read, all asked for at once (the rows are far apart): the two
-         * guide entries its uniforms pick, the totals and lasts, the draft and ratio rows, the move row. */
-        const double *draft_row = tb.tables + cx * 3 * V;
-        const int32_t *move_row = moves + cx * V, *guide = tb.guides + cx * 2 * (tb.G + 1);
-        __builtin_prefetch(guide + (int64_t)(u0 * (double)tb.G));
-        __builtin_prefetch(guide + tb.G + 1 + (int64_t)(u2 * (double)tb.G));
-        __builtin_prefetch(tb.lasts + 2 * cx);
-        __builtin_prefetch(tb.totals + 2 * cx);
-        for (int64_t k = 0; k < 2 * V; k += 8)
-            __builtin_prefetch(draft_row + k);
-        for (int64_t k = 0; k < V; k += 16)
-            __builtin_prefetch(move_row + k);
-#endif
+        prefetch_state(&tb, cx, moves + cx * V, u0, u2);
         int64_t y, a;
         const int64_t nx = step(&tb, cx, u0, u1, u2, &y, &a);
         ok += a;
