@@ -35,7 +35,9 @@ from numpy.typing import NDArray
 from thermospec.core.statistics import pairs_chi2
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.context_counts import ContextTally, OrderCounts, count_order_chain
 from thermospec.engine.contexts import ContextChunk, run_order_chain, run_order_chains, run_order_reference
+from thermospec.engine.pairs import PairCounts
 from thermospec.engine.state_drafts import StateMetrics
 from thermospec.runs.counted import CountedMode, KeyMetrics, chi2_fields, visit_aggregates
 from thermospec.runs.losses import Visits
@@ -120,9 +122,11 @@ class OrderMode(CountedMode):
         super().__init__(run, run_dir, telemetry, target.V, chains, ORDER, target.context_text)
         self.target = target
         self._crafted = False  # whether the engine crafted every context at once (rows at once too, then)
+        self._counting = False  # whether the engine counts (telemetry none): `chunks` then yields tallies
+        self._tallied: OrderCounts | None = None  # counts the engine kept, not yet taken
         self._records: dict[int, DraftRecord] = {}  # contexts met, crafted at once: what their records say
 
-    def chunks(self) -> Iterator[list[ContextChunk]]:
+    def chunks(self) -> Iterator[list[ContextChunk]] | Iterator[list[ContextTally]]:
         """Each chain's next chunk, in lock step (one chain: a list of one)."""
         config, proposer = self.run.config, self.run.proposer
         drafts, psi = proposer.draft, proposer.psi_spec  # None: ψ not from the target's rows, crafted one by one
@@ -131,10 +135,23 @@ class OrderMode(CountedMode):
         rng = random_stream(config.seed, Stream.CHAIN)
         if not proposer.samples_payload:  # a faulty TSU draws itself, step by step
             return iter([[run_order_reference(self.target, drafts, config.steps, rng)]])
+        if self.telemetry == "none":  # counts only: the kernel counts the pairs, no step array
+            tallies = count_order_chain(self.target, drafts, config.steps, rng, psi)
+            if tallies is not None:
+                self._counting = True
+                return ([tally] for tally in tallies)
         return ([chunk] for chunk in run_order_chain(self.target, drafts, config.steps, rng, psi=psi))
 
-    def record(self, chunks: Sequence[ContextChunk]) -> int:
-        """Keep the metrics of the contexts met first, then write and count every chain's chunk."""
+    def record(self, chunks: Sequence[ContextChunk] | Sequence[ContextTally]) -> int:
+        """Keep the metrics of the contexts met first, then write and count every chain's chunk (a tally: its
+        steps; its pairs are taken once, when the statistics are asked for)."""
+        if self._counting:  # the engine's tallies (`chunks`), not chunks of steps
+            tally = cast(ContextTally, chunks[0])
+            self._tallied = tally.counts
+            self.steps += tally.steps
+            self.accepted += tally.accepted
+            return tally.steps
+        chunks = cast(Sequence[ContextChunk], chunks)
         for part in chunks:
             self._crafted |= part.metrics is not None
             if part.metrics is not None and part.state is not None:  # crafted at once: no draft objects
@@ -162,10 +179,31 @@ class OrderMode(CountedMode):
     def nothing_counted(self) -> dict[str, Any]:
         return {**dict.fromkeys(_EMPTY), "steps": 0} | ({"chains": self.chains} if self.chains > 1 else {})
 
+    def _take_tallied(self) -> None:
+        """Make the engine's counts (telemetry none) the mode's pairs, emitted counts and context metrics."""
+        counts, self._tallied = self._tallied, None
+        if counts is None:
+            return
+        context, token, count = counts.pairs()
+        self.pairs = PairCounts.of_pairs(self.target.V, context, token, count)
+        self.emitted_counts = np.bincount(token, weights=count, minlength=self.target.V).astype(np.int64)
+        visited = np.unique(context)
+        metrics = counts.metrics
+        if metrics is None:
+            self.learn(visited, self.run.proposer.draft)
+            return
+        self._crafted = True
+        states = counts.states_of(visited)
+        self.metrics.known(int(visited[-1]) + 1 if visited.shape[0] else 0)
+        self.metrics.keep(visited, metrics.overlap_mass[states], metrics.ce_gap_nats[states], metrics.psi_bytes,
+                          metrics.K)
+
     def counted_statistics(self, counts: CountedMode, tests: bool) -> dict[str, Any]:
         """The aggregates of one set of counts (one chain's, or the pooled ones)."""
+        self._take_tallied()
         return order_statistics(self.target, counts, self.metrics, context_rows(self.target, self._crafted), tests)
 
     def key_visits(self) -> Visits:
         """The contexts the steps were in (every chain's), with their rows from the move table."""
+        self._take_tallied()
         return replace(super().key_visits(), rows=context_rows(self.target, self._crafted))
