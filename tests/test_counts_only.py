@@ -12,9 +12,10 @@ from numpy.typing import NDArray
 from thermospec import SimTSU
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.batch import run_batch
-from thermospec.engine.chain import PRELOAD_STEPS, ReportError, run_chain, table_source
+from thermospec.engine.chain import ReportError, run_chain, table_source
 from thermospec.engine.kernels import (
     FINE_GUIDE,
+    PRELOAD_STEPS,
     ChainStepper,
     StepCounts,
     TableCache,

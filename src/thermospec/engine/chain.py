@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,8 +25,14 @@ from thermospec.core.acceptance import accept_correct_step, acceptance_ratio, re
 from thermospec.core.sampling import inverse_cdf
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.compact import COMPACT_TABLE_BYTES, CompactStepper, SparseRows, compact_source
-from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, ChainStepper, StepCounts, TableSource
-from thermospec.engine.step import GuidedCdf, vector_context_steps
+from thermospec.engine.kernels import (
+    DEFAULT_TABLE_BYTES,
+    Backend,
+    ChainStepper,
+    StepCounts,
+    TableSource,
+)
+from thermospec.engine.step import GuidedCdf, StepArrays, vector_context_steps
 from thermospec.engine.tally import RunTally
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import ContextDraft, DraftSource
@@ -236,6 +242,24 @@ def table_source(row: RowSource, drafts: DraftSource) -> TableSource:
     return source
 
 
+class Stepper(Protocol):
+    """What `run_chain` steps on: the compiled or fallback dense stepper (`ChainStepper`), or the compact one."""
+
+    @property
+    def counts_in_kernel(self) -> bool:
+        """Whether `draw_steps` adds each step to the counts it is given (else the run counts each chunk)."""
+        ...
+
+    def preload_for(self, steps: int) -> bool:
+        """Build every context's tables first when `steps` pays for it; whether it may then keep counts only."""
+        ...
+
+    def draw_steps(self, rng: np.random.Generator, n: int, x: int, counts: StepCounts | None = None,
+                   record: bool = True) -> tuple[StepArrays, int]:
+        """Run `n` steps from context `x` on the uniforms ``rng.random((n, 3))``; the arrays and the last context."""
+        ...
+
+
 def run_chain(
     row: RowSource,
     pi: NDArray[np.float64],
@@ -296,7 +320,7 @@ def run_chain(
     x = start_token(pi, rng)
     V = int(pi.shape[0])
     verifier = ReportVerifier(drafts)
-    stepper: ChainStepper | CompactStepper
+    stepper: Stepper
     if sparse is None:
         stepper = ChainStepper(V, verifier.watched(table_source(row, drafts)), backend,
                                max_table_bytes or DEFAULT_TABLE_BYTES)
@@ -305,21 +329,17 @@ def run_chain(
         stepper = CompactStepper(V, source, sparse.max_ids, sparse.max_support, backend,
                                  max_table_bytes or COMPACT_TABLE_BYTES)
     counts: StepCounts | None = None
-    if tally is not None and isinstance(stepper, ChainStepper):  # the kernel counts as it steps
+    if tally is not None and stepper.counts_in_kernel:  # the kernel counts as it steps
         counts = (np.zeros(1, dtype=np.int64), tally.context_counts, tally.emitted_counts, tally.transitions)
-    keep = record or counts is None or not _counts_only(stepper, steps, verifier)
+    # Counts only: every table built first (its TSU noted by `verifier`), so no later chunk can meet a TSU
+    # whose reports need checking and the chunks need no arrays.
+    keep = record or counts is None or not (stepper.preload_for(steps) and verifier.quiet)
     if not keep:
         chunk = max(chunk, UNRECORDED_CHUNK)
     done = 0
-    buffer = np.empty((min(chunk, steps) if keep else 0, 3), dtype=np.float64)  # (the compact stepper's)
     while done < steps:
-        n = min(chunk, steps - done)
-        if isinstance(stepper, ChainStepper):  # the same uniforms, in the same order, as rng.random((n, 3))
-            (prev, proposed, emitted, accepted), x = stepper.draw_steps(rng, n, x, counts, record=keep)
-        else:
-            uniforms = buffer[:n]
-            rng.random(out=uniforms)
-            (prev, proposed, emitted, accepted), x = stepper.steps(uniforms, x)
+        n = min(chunk, steps - done)  # the same uniforms, in the same order, as rng.random((n, 3))
+        (prev, proposed, emitted, accepted), x = stepper.draw_steps(rng, n, x, counts, record=keep)
         produced = ChainChunk(start=done, prev=prev, proposed=proposed, emitted=emitted, accepted=accepted)
         if tally is not None:
             if counts is None:
@@ -343,23 +363,6 @@ UNRECORDED_CHUNK = 1 << 20
 stepping, and a run still stops within ~20 ms of a signal."""
 
 
-PRELOAD_STEPS = 1024
-"""Steps per context a run must have for `run_chain` (``record=False``) to build every context's tables
-first: a table costs about a thousand steps' time, so the unvisited contexts' ones then cost little."""
-
-
-def _counts_only(stepper: ChainStepper | CompactStepper, steps: int, verifier: ReportVerifier) -> bool:
-    """Load every context's tables when they fit and `steps` pays for it; whether the kernel may then keep only counts.
-
-    Every table is built (and its TSU noted by `verifier`) before the first step, so no later
-    chunk can meet a TSU whose reports need checking: the chunks need no arrays.
-    """
-    if not isinstance(stepper, ChainStepper) or stepper.cache is None or stepper.moves is not None:
-        return False
-    cache = stepper.cache
-    if not cache.identity or steps < PRELOAD_STEPS * cache.contexts or not cache.load_all():
-        return False
-    return stepper.counts_only() and verifier.quiet
 
 
 def _uncount(tally: RunTally, chunk: ChainChunk) -> None:

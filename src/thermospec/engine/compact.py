@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 
 from thermospec.core.payload import Payload
 from thermospec.core.proposal import explicit_probabilities
-from thermospec.engine.kernels import Backend, OutputPool, compiled_steps, resolve_backend
+from thermospec.engine.kernels import Backend, OutputPool, StepCounts, compiled_steps, resolve_backend
 from thermospec.engine.step import StepArrays, python_steps
 from thermospec.targets.bigram import SupportSource
 from thermospec.tsu.drafts import ContextDraft
@@ -340,6 +340,7 @@ class CompactStepper:
         self.source = source
         self.lists: OrderedDict[int, CompactStepTables] = OrderedDict()
         self.max_lists = max(1, max_bytes // (64 * (2 * max_k + 3 * max_s) + 1024))
+        self._uniforms = np.empty((0, 3), dtype=np.float64)
 
     @property
     def backend(self) -> str:
@@ -355,6 +356,30 @@ class CompactStepper:
         if len(self.lists) > self.max_lists:
             self.lists.popitem(last=False)
         return found
+
+    counts_in_kernel = False
+    """The compact kernel keeps no counts: the run counts each chunk (`engine.chain.Stepper`)."""
+
+    def preload_for(self, steps: int) -> bool:
+        """Never: the compact tables are built as contexts are met, and every chunk is recorded."""
+        return False
+
+    def draw_steps(self, rng: np.random.Generator, n: int, x: int, counts: StepCounts | None = None,
+                   record: bool = True) -> tuple[StepArrays, int]:
+        """Run `n` steps on the uniforms ``rng.random((n, 3))`` (drawn into a buffer kept between chunks).
+
+        Raises
+        ------
+        ValueError
+            Given `counts`: this stepper keeps none (`counts_in_kernel` is False).
+        """
+        if counts is not None:
+            raise ValueError("draw_steps: the compact stepper keeps no counts (counts_in_kernel is False)")
+        if self._uniforms.shape[0] < n:
+            self._uniforms = np.empty((n, 3), dtype=np.float64)
+        uniforms = self._uniforms[:n]
+        rng.random(out=uniforms)
+        return self.steps(uniforms, x)
 
     def steps(self, u: NDArray[np.float64], x: int) -> tuple[StepArrays, int]:
         """Run one chunk: row t of `u` holds step t's three uniforms; start from context `x`."""

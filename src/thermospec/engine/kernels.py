@@ -273,6 +273,11 @@ def _list_tables(source: TableSource, max_entries: int) -> Callable[[int], Dense
     return get
 
 
+PRELOAD_STEPS = 1024
+"""Steps per context a run must have for `run_chain` (``record=False``) to build every context's tables
+first: a table costs about a thousand steps' time, so the unvisited contexts' ones then cost little."""
+
+
 class ChainStepper:
     """Runs one chain chunk by chunk on the compiled kernel or the Python fallback.
 
@@ -354,6 +359,15 @@ class ChainStepper:
                 result = self._run(_NO_UNIFORMS, n, x, state, counts)
             set_pcg64_state(rng, state)
         return result
+
+    counts_in_kernel = True
+    """`draw_steps` adds each step to the counts it is given (the compiled kernel as it steps)."""
+
+    def preload_for(self, steps: int) -> bool:
+        """Build every context's tables first if they fit and `steps` pays (`PRELOAD_STEPS` each): `counts_only`."""
+        cache = self.cache
+        return (cache is not None and self.moves is None and cache.identity and steps >= PRELOAD_STEPS * cache.contexts
+                and cache.load_all() and self.counts_only())
 
     def counts_only(self) -> bool:
         """Whether the compiled kernel can step keeping counts only: every context loaded (`TableCache.resident`).
