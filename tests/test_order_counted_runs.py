@@ -8,6 +8,8 @@ same run recorded as JSONL; a run too short for it must still be the recorded on
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +49,31 @@ def test_the_counted_order_run_summarises_as_the_recorded_one(order: int, steps:
 def test_a_run_too_short_to_count_is_recorded_and_summarised_alike(tmp_path: Path, shakespeare: Path) -> None:
     none = _summary(tmp_path, "none", shakespeare, order=5, steps=500, seed=2)
     assert none == _summary(tmp_path, "jsonl", shakespeare, order=5, steps=500, seed=2)
+
+
+def test_a_signal_while_the_kernel_counts_leaves_a_summary_of_exactly_the_steps_counted(
+    tmp_path: Path, shakespeare: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT arrives just after the kernel has counted a chunk into its tally (the worst moment): that chunk
+    must be finished and summarised, not dropped with its counts left in the tally (overlap came out > 1)."""
+    real = context_counts.count_order_chain
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        tallies = real(*args, **{**kwargs, "chunk": 4096})
+        assert tallies is not None
+
+        def signalled() -> Any:
+            for i, tally in enumerate(tallies):
+                if i == 3:
+                    os.kill(os.getpid(), signal.SIGINT)  # handled at once: inside the chunk's computation
+                yield tally
+
+        return signalled()
+
+    monkeypatch.setattr("thermospec.runs.order_run.count_order_chain", interrupted)
+    result = thermospec.run(corpus=str(shakespeare), K=8, order=5, steps=40_000, seed=5, telemetry="none",
+                            runs_dir=str(tmp_path))
+    record = result.summary.record
+    assert record["interrupted"] is True and record["interrupted_by"] == "SIGINT"
+    assert record["steps"] == 4 * 4096, record["steps"]  # the chunk being computed was finished
+    assert record["mean_overlap"] <= 1 and record["accept_overlap_gap"] < 0.03, record

@@ -134,8 +134,11 @@ class CountedMode:
     `key_text` is a key's text, for a ``context`` field.
     """
 
-    counted_by_engine = False
-    """Each chunk is counted as it is recorded (`Mode.counted_by_engine`)."""
+    @property
+    def counted_by_engine(self) -> bool:
+        """Whether the engine counts a chunk as it computes it (`Mode.counted_by_engine`); here each chunk is
+        counted as it is recorded."""
+        return False
 
     SPREAD_MEAN: ClassVar[bool] = True
     """Whether the pooled summary of B chains gives their mean acceptance beside its min and max."""

@@ -126,6 +126,12 @@ class OrderMode(CountedMode):
         self._tallied: OrderCounts | None = None  # counts the engine kept, not yet taken
         self._records: dict[int, DraftRecord] = {}  # contexts met, crafted at once: what their records say
 
+    @property
+    def counted_by_engine(self) -> bool:
+        """With no telemetry one chain may be counted by the kernel into a tally it keeps (`chunks`): a chunk in
+        the making is then finished, never cut, or the tally would hold steps the summary does not."""
+        return self.telemetry == "none" and self.chains == 1 and self.run.proposer.samples_payload
+
     def chunks(self) -> Iterator[list[ContextChunk]] | Iterator[list[ContextTally]]:
         """Each chain's next chunk, in lock step (one chain: a list of one)."""
         config, proposer = self.run.config, self.run.proposer
