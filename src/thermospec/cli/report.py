@@ -16,6 +16,11 @@ from thermospec.runs.checklist import CheckResult
 __all__ = ["check_report", "headline", "summary_table"]
 
 
+def _or_na(value: float | None) -> str:
+    """A figure a summary may leave null (not computed for its source, e.g. the optimum on a trace), or n/a."""
+    return "n/a" if value is None else f"{value:.5f}"
+
+
 def format_value(value: Any) -> str:
     """One summary value as the full table prints it."""
     if isinstance(value, bool) or value is None:
@@ -98,8 +103,8 @@ def _chain_lines(summary: dict[str, Any]) -> list[str]:
                      f"{summary['mean_drafts_used']:.2f} TSU draws/step; one draft accepts "
                      f"{summary['single_draft_acceptance']:.5f}")
         share = summary["gain_fraction"]
-        lines.append(f"               optimum {summary['acceptance_optimum']:.5f}, "
-                     f"bound {summary['acceptance_bound']:.5f}"
+        lines.append(f"               optimum {_or_na(summary['acceptance_optimum'])}, "
+                     f"bound {_or_na(summary['acceptance_bound'])}"
                      + (f"; measured gain share {share:.2f} (this run's acceptance)" if share is not None else ""))
     if summary.get("chains"):
         lines.append(f"chains         accept rate per chain {summary['chain_accept_rate_min']:.4f} … "
