@@ -75,6 +75,9 @@ def test_sweep_result_is_exported() -> None:
     ("grid", {"seeds": (1, -1)}, "--seeds: every seed must be an integer in [0, "),
     ("seeds", {"K": "8"}, "--K: must be an integer, got '8' (str)"),
     ("seeds", {"bogus": 1}, "bogus: not an option of a seed sweep"),
+    ("seeds", {"Ks": (4, 8)}, "Ks: a grid sweep's axis; a seed sweep runs one configuration"),
+    ("seeds", {"taus": (0.5,)}, "taus: a grid sweep's axis"),
+    ("seeds", {"context": "a"}, "context: a grid sweep's axis"),
 ])
 def test_sweeps_refuse_what_they_would_not_apply_before_writing(
     tmp_path: Path, kind: str, options: dict[str, object], message: str

@@ -43,8 +43,8 @@ def sweep(
     jobs: int | None = None,
     scheduler: str | None = None,
     seeds: Sequence[int] = (7, 11),
-    Ks: Sequence[int] = (32, 64, 128),
-    taus: Sequence[float] = (0.9, 1.0, 1.1),
+    Ks: Sequence[int] | None = None,
+    taus: Sequence[float] | None = None,
     context: str | None = None,
     steps: int | None = None,
     **options: Any,
@@ -59,7 +59,8 @@ def sweep(
     runs_dir, jobs, scheduler
         Where the sweep folder goes; local worker processes (default: all cores) or a Dask scheduler.
     seeds, Ks, taus, context
-        The axes (``Ks``, ``taus`` and ``context`` for a grid only).
+        The axes (``Ks``, ``taus`` and ``context`` for a grid only, which refuses them given to a seed
+        sweep; a grid's default ``Ks`` are (32, 64, 128) and ``taus`` (0.9, 1.0, 1.1), as the command's).
     steps : int, optional
         Steps per configuration (default: 20,000 for seeds, 15,000 for a grid, as the commands).
     **options
@@ -85,11 +86,16 @@ def sweep(
         if text is not None and not isinstance(text, str):
             raise ConfigError(f"{option}: must be text, got {text!r} ({type(text).__name__})")
     if kind == "seeds":
+        for name, value in (("Ks", Ks), ("taus", taus), ("context", context)):
+            if value is not None:  # applied or refused: a seed sweep runs one configuration
+                raise ConfigError(f"{name}: a grid sweep's axis; a seed sweep runs one configuration "
+                                  f"(give K=..., tau=... for it)")
         base = config_of("a seed sweep", options, {"seed": "a seed sweep takes seeds=(...), not seed"},
                          steps=20_000 if steps is None else steps)
         return seed_sweep(base, seeds, runs_dir, jobs, scheduler)
     if kind == "grid":
         axes = {name: f"a grid takes {name}s=(...), not {name}" for name in ("K", "tau", "seed")}
         base = config_of("a grid sweep", options, axes, steps=15_000 if steps is None else steps)
-        return grid_sweep(base, Ks, taus, seeds, base.steps, context, runs_dir, jobs, scheduler)
+        return grid_sweep(base, (32, 64, 128) if Ks is None else Ks, (0.9, 1.0, 1.1) if taus is None else taus, seeds,
+                          base.steps, context, runs_dir, jobs, scheduler)
     raise ConfigError(f"sweep: kind must be 'seeds' or 'grid', got {kind!r}")
