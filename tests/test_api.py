@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import thermospec
+import thermospec.api
 from tests.conftest import REPO
 from thermospec.cli.m1 import main
 
