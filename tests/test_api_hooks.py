@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import thermospec
+import thermospec.api
 from tests.conftest import REPO
 from thermospec.cli import m1
 from thermospec.experiments import single_runs

@@ -155,3 +155,14 @@ def test_replay_compares_with_the_file_on_disk_and_says_which_differs(
     records.unlink()
     assert main(["run", "--runs-dir", str(runs), "--quiet", "--replay", str(original)]) == 0
     assert "compared with the summary only" in capsys.readouterr().out
+
+
+def test_replay_of_a_block_run_compares_its_blocks_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ``--gamma`` run's records are ``m1_blocks.jsonl``: the replay compares with that file, which is there."""
+    runs = tmp_path / "runs"
+    original = _run(runs, "--vocab", "32", "--K", "4", "--gamma", "3", "--drafts", "2", "--steps", "3000")
+    capsys.readouterr()
+    replayed = _run(runs, "--replay", str(original / SUMMARY_FILE))
+    out = capsys.readouterr().out
+    assert (replayed / "m1_blocks.jsonl").read_bytes() == (original / "m1_blocks.jsonl").read_bytes()
+    assert "identical to the original" in out and "is gone" not in out and "on disk too" in out, out

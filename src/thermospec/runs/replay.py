@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from thermospec.engine.blocks import BLOCKS_FILE
 from thermospec.runs.config import DEFAULTS, ConfigError, RunConfig, option_name
 from thermospec.runs.storage import METRICS_FILE
 from thermospec.runs.telemetry import PARQUET_FILE
@@ -131,7 +132,9 @@ def load_replay(path: str | Path) -> ReplayPlan:
                 f"(SHA-256 {actual[:12]}… now, {str(wanted)[:12]}… recorded); refusing to replay"
             )
     sha = summary.get("metrics_sha256")
-    records = path.parent / (PARQUET_FILE if summary.get("telemetry") == "parquet" else METRICS_FILE)
+    told = summary.get("telemetry")  # a format, or (γ-blocks and trees) the records file's name
+    name = BLOCKS_FILE if told == BLOCKS_FILE else PARQUET_FILE if told == "parquet" else METRICS_FILE
+    records = path.parent / name
     return ReplayPlan(config, sha if isinstance(sha, str) else None, path, records)
 
 
