@@ -136,3 +136,16 @@ def test_the_apis_own_options_are_type_checked(tmp_path: Path, call: Any, messag
         call(tmp_path / "runs")
     assert str(error.value).startswith(message)
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("call", "own"), [
+    (lambda **kw: thermospec.run(**kw), ("runs_dir", "telemetry", "chains", "replay", "progress", "notify")),
+    (lambda **kw: thermospec.check(**kw), ("check_steps", "pooled_steps", "fault", "notify", "announce")),
+    (lambda **kw: thermospec.sweep("grid", **kw), ("runs_dir", "jobs", "scheduler", "seeds", "Ks", "taus", "context")),
+])
+def test_an_unknown_keyword_is_refused_naming_the_calls_own_keywords_too(call: Any, own: tuple[str, ...]) -> None:
+    with pytest.raises(thermospec.api.ConfigError) as error:
+        call(vocab=16, bogus=1)
+    listed = str(error.value).split("(options: ")[1].rstrip(")").split(", ")
+    assert set(own) <= set(listed) and "vocab" in listed
+    assert len(listed) == len(set(listed))

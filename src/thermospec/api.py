@@ -26,7 +26,7 @@ from thermospec.experiments.sweep_runs import SweepResult, grid_sweep, seed_swee
 from thermospec.runs.config import OPTIONS as RUN_OPTIONS
 from thermospec.runs.config import ConfigError
 from thermospec.runs.generate import GenerateResult, generate
-from thermospec.runs.settings import check_count, check_folder, check_room, config, config_of
+from thermospec.runs.settings import check_count, check_folder, check_room, config, config_of, keywords_of
 
 __all__ = ["CheckReport", "ConfigError", "GenerateResult", "RunResult", "Summary", "SweepResult", "check", "check_room",
            "config", "generate", "run", "sweep"]
@@ -91,11 +91,12 @@ def sweep(
                 raise ConfigError(f"{name}: a grid sweep's axis; a seed sweep runs one configuration "
                                   f"(give K=..., tau=... for it)")
         base = config_of("a seed sweep", options, {"seed": "a seed sweep takes seeds=(...), not seed"},
-                         steps=20_000 if steps is None else steps)
+                         own=keywords_of(sweep), steps=20_000 if steps is None else steps)
         return seed_sweep(base, seeds, runs_dir, jobs, scheduler)
     if kind == "grid":
         axes = {name: f"a grid takes {name}s=(...), not {name}" for name in ("K", "tau", "seed")}
-        base = config_of("a grid sweep", options, axes, steps=15_000 if steps is None else steps)
+        base = config_of("a grid sweep", options, axes, own=keywords_of(sweep),
+                         steps=15_000 if steps is None else steps)
         return grid_sweep(base, (32, 64, 128) if Ks is None else Ks, (0.9, 1.0, 1.1) if taus is None else taus, seeds,
                           base.steps, context, runs_dir, jobs, scheduler)
     raise ConfigError(f"sweep: kind must be 'seeds' or 'grid', got {kind!r}")

@@ -34,7 +34,9 @@ from thermospec.runs.settings import (
     check_room,
     check_runs_dir,
     clamp_notices,
+    config,
     config_of,
+    keywords_of,
     open_run_dir,
 )
 from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE
@@ -232,9 +234,9 @@ def run(
         A second signal stopped the run at once (whole records, no summary).
     """
     check_folder("runs_dir", runs_dir)
-    check_options("thermospec.run", options)
+    check_options("thermospec.run", options, own=keywords_of(run))
     plan = replay_plan(replay, options) if replay is not None else None
-    settings = plan.config if plan is not None else config_of("thermospec.run", options)
+    settings = plan.config if plan is not None else config(**options)
     check_mode_options(settings, telemetry, chains, replay=plan is not None)
     prepared = prepare_run(settings)
     _notify(notify, prepared)
@@ -281,7 +283,7 @@ def check(
     check_count("pooled_steps", pooled_steps)
     if fault is not None and not isinstance(fault, (str, Fault)):
         raise ConfigError(f"fault: must be text such as 'bias:0.2' or a Fault, got {fault!r}")
-    prepared = prepare_run(config_of("thermospec.check", options))
+    prepared = prepare_run(config_of("thermospec.check", options, own=keywords_of(check)))
     _notify(notify, prepared)
     if fault is not None:
         try:

@@ -9,8 +9,10 @@ clamps (`clamp_notices`).
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from thermospec.runs.config import OPTIONS, ConfigError, RunConfig
 from thermospec.runs.storage import create_run_dir
 
 __all__ = ["JSONL_STEP_BYTES", "check_count", "check_folder", "check_options", "check_room", "check_runs_dir",
-           "clamp_notices", "config", "config_of", "open_run_dir"]
+           "clamp_notices", "config", "config_of", "keywords_of", "open_run_dir"]
 
 
 def config(**options: Any) -> RunConfig:
@@ -45,8 +47,15 @@ def config(**options: Any) -> RunConfig:
     return settings
 
 
-def check_options(where: str, options: dict[str, Any], not_here: dict[str, str] | None = None) -> None:
-    """Refuse a keyword that is not a run option of `where` (one line naming the options).
+def keywords_of(call: Callable[..., Any]) -> tuple[str, ...]:
+    """The keyword-only parameters `call` takes itself (not its ``**options``)."""
+    return tuple(name for name, parameter in inspect.signature(call).parameters.items()
+                 if parameter.kind is parameter.KEYWORD_ONLY)
+
+
+def check_options(where: str, options: dict[str, Any], not_here: dict[str, str] | None = None,
+                  own: Sequence[str] = ()) -> None:
+    """Refuse a keyword that is not a run option of `where` (one line naming the options it takes).
 
     Parameters
     ----------
@@ -56,18 +65,22 @@ def check_options(where: str, options: dict[str, Any], not_here: dict[str, str] 
         The keywords given.
     not_here : dict, optional
         Run options `where` does not take, each with the line that says why.
+    own : sequence of str
+        The keywords `where` takes itself (`keywords_of`), listed first in the message.
     """
+    refused = not_here or {}
     for name in options:
-        if name in (not_here or {}):
-            raise ConfigError(f"{name}: {(not_here or {})[name]}")
+        if name in refused:
+            raise ConfigError(f"{name}: {refused[name]}")
         if name not in OPTIONS:
-            raise ConfigError(f"{name}: not an option of {where} (options: {', '.join(OPTIONS)})")
+            taken = dict.fromkeys([*own, *(option for option in OPTIONS if option not in refused)])
+            raise ConfigError(f"{name}: not an option of {where} (options: {', '.join(taken)})")
 
 
 def config_of(where: str, options: dict[str, Any], not_here: dict[str, str] | None = None,
-              **defaults: Any) -> RunConfig:
+              own: Sequence[str] = (), **defaults: Any) -> RunConfig:
     """`config` of the options given to `where` over its own `defaults`, refusing a name that is not an option there."""
-    check_options(where, options, not_here)
+    check_options(where, options, not_here, own)
     return config(**(defaults | options))
 
 
