@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.expectation import EXPECTATION_MAX_V, BlockExpectation, block_expectation, modelled_speedup
-from thermospec.core.statistics import pooled_chi2
+from thermospec.core.statistics import Chi2Result, pooled_chi2
 from thermospec.engine.batch import chain_stream
 from thermospec.engine.blocks import BLOCKS_FILE, run_blocks, run_blocks_reference
 from thermospec.engine.chain import dense_matrices
@@ -297,6 +297,7 @@ class BlockMode:
         rates = [s["accept_rate"] for s in per_chain if "accept_rate" in s]
         lengths = np.concatenate([c.tally.accepted_lengths() for c in self.chains])
         cost_ratio = self.run.config.cost_ratio
+        chi2 = self._pooled_chi2()
         return {
             "gamma": self.gamma,
             "cost_ratio": cost_ratio,
@@ -307,6 +308,9 @@ class BlockMode:
             "mean_accepted_length_se": _finite_or_none(batch_means_se(lengths)),
             "tokens_per_target_call": tokens / blocks,
             "speedup": modelled_speedup(tokens / blocks, self.gamma, cost_ratio),
+            "chi2_stat": None if chi2 is None else chi2.stat,
+            "chi2_dof": None if chi2 is None else chi2.dof,
+            "p_value": None if chi2 is None else chi2.p_value,
             **pooled.acceptance(),
             "accept_rate_min": min(rates),
             "accept_rate_max": max(rates),
@@ -315,6 +319,14 @@ class BlockMode:
             "expected": per_chain[0].get("expected"),  # the stationary expectation: the same for every chain
             **(self._pooled_tree(per_chain, blocks, tokens) if self.n > 1 else {}),
         }
+
+    def _pooled_chi2(self) -> Chi2Result | None:
+        """χ² of every chain's emitted tokens together against ``N·π`` (M1's pooled test, `runs.counted`), on a
+        bigram chain's keys only (None elsewhere, as each chain's own summary)."""
+        if not self.source.keys_are_tokens:
+            return None
+        counts = np.sum([chain.tally.emitted_counts for chain in self.chains], axis=0).astype(np.float64)
+        return pooled_chi2(counts, self.tokens() * self.run.target.pi)
 
     def _pooled_tree(self, per_chain: list[dict[str, Any]], blocks: int, tokens: int) -> dict[str, Any]:
         """A tree's size and draws over every chain, and the chains' expectations weighted by their blocks."""
