@@ -25,9 +25,9 @@ from thermospec.engine.chunks import BlockChunk, ChainChunk
 from thermospec.engine.kernels import compiled_module
 from thermospec.engine.keys import BigramSource
 from thermospec.engine.trees import TreeChunk, run_trees
-from thermospec.runs.block_parquet import BlockParquetWriter
 from thermospec.runs.block_run import block_lines, block_values, key_kind
 from thermospec.runs.config import RunConfig
+from thermospec.runs.parquet_file import RecordParquet
 from thermospec.runs.prepare import PreparedRun, context_source, prepare_run
 from thermospec.runs.schema import (
     BLOCK_FIELDS,
@@ -104,7 +104,7 @@ def test_block_parquet_rows_are_the_records_with_the_declared_types(drafts: int,
     pq = pytest.importorskip("pyarrow.parquet")
     source = context_source(order_run)
     shape = block_layout(key_kind(source), drafts > 1)
-    writer = BlockParquetWriter(tmp_path / "b.parquet", shape, chain_column=True)
+    writer = RecordParquet(tmp_path / "b.parquet", shape, chain_column=True, empty_file=False)
     records = []
     for chain in (0, 1):
         for chunk in chunks_of(order_run, 2, drafts, 600):
@@ -124,7 +124,7 @@ def test_block_parquet_rows_are_the_records_with_the_declared_types(drafts: int,
 
 def test_an_empty_block_run_writes_no_parquet_file(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
-    writer = BlockParquetWriter(tmp_path / "b.parquet", block_layout(), chain_column=False)
+    writer = RecordParquet(tmp_path / "b.parquet", block_layout(), empty_file=False)
     writer.write(0, {name: [] for name in block_layout().names})
     writer.close()
     assert not writer.started and not (tmp_path / "b.parquet").exists()
@@ -140,7 +140,7 @@ def test_a_new_block_field_is_one_declaration_and_its_values(small_run: Prepared
     values["final_ok"] = (chunk.accepted_length == 3).tolist()
     records = [json.loads(line) for line in shape.json_lines(chunk.start, values).splitlines()]
     assert [r["verified"] for r in records] == values["verified"] and tuple(records[0]) == shape.names
-    writer = BlockParquetWriter(tmp_path / "x.parquet", shape, chain_column=False)
+    writer = RecordParquet(tmp_path / "x.parquet", shape)
     writer.write(chunk.start, values)
     writer.close()
     assert pq.read_table(tmp_path / "x.parquet").to_pylist() == records

@@ -116,13 +116,14 @@ def test_drafts_parquet_rows_equal_the_jsonl_records(source: str, shakespeare: P
 def test_a_failed_parquet_write_is_one_line_naming_the_file(source: str, shakespeare: Path, trace_file: Path,
                                                             tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow.parquet as pq
+
     from tests.conftest import run_cli
-    from thermospec.runs.schema import RecordParquet
 
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(RecordParquet, "write", full)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
     options = (["--corpus", str(shakespeare), "--order", "3"] if source == "order" else ["--trace", str(trace_file)])
     status, _, err = run_cli(["run", *options, "--K", "4", "--steps", "300", "--telemetry", "parquet", "--quiet",
                               "--runs-dir", str(tmp_path)], capsys)

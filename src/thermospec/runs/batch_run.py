@@ -17,7 +17,7 @@ from thermospec.engine.chunks import BatchChunk, ChainChunk
 from thermospec.engine.tally import BatchTally
 from thermospec.runs.chain_tsus import reference_chains
 from thermospec.runs.losses import Visits, visits_of
-from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
+from thermospec.runs.parquet_file import finish_parquet
 from thermospec.runs.prepare import PreparedRun, sparse_rows
 from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, OutputError, append_whole, cut_back, write_json_atomic
 from thermospec.runs.summary import summarise_run
@@ -104,11 +104,8 @@ class BatchMode:
         if self.telemetry == "jsonl":
             self._append(chunk)
         elif self._parquet is not None:
-            try:
-                for b in range(self.chains):
-                    self._parquet.write(chunk.chain(b), drafts, chain=b)
-            except OSError as exc:
-                raise parquet_write_failed(self._parquet.path, exc) from None
+            for b in range(self.chains):  # a failed write: one line naming the file
+                self._parquet.write(chunk.chain(b), drafts, chain=b)
         if not self.counted_by_engine:
             self.tally.update(chunk)
         return len(chunk) * self.chains

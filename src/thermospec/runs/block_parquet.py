@@ -5,17 +5,16 @@ values of both are `runs.block_run.block_values`): ``block``, ``first_step``, ``
 first key: a token id or a trace position, an order-N context's text), ``drafted`` (a list of token ids),
 ``accepted_length``, ``emitted`` (a list); a token tree adds ``children`` (a list per verified level of
 its N drafts) and ``accepted_index`` (a list); with ``--chains B`` a leading ``chain`` column holds every
-chain in one file.  One row group per chunk; the file is created with the first row group (an empty run
-writes none) and finished (and read back) by `runs.parquet_file.finish_parquet`.
+chain in one file.  The writer is the one of every record, `runs.parquet_file.RecordParquet`: one row
+group per chunk; the file is created with the first row group (an empty run writes none) and finished (and
+read back) by `runs.parquet_file.finish_parquet`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from thermospec.runs.parquet_file import parquet_write_failed
+from thermospec.runs.parquet_file import RecordParquet
 from thermospec.runs.schema import Layout
 
 __all__ = ["BLOCKS_PARQUET", "BlockParquetWriter"]
@@ -23,53 +22,9 @@ __all__ = ["BLOCKS_PARQUET", "BlockParquetWriter"]
 BLOCKS_PARQUET = "m1_blocks.parquet"
 
 
-class BlockParquetWriter:
-    """One Parquet file of block records (see the module docstring).
+def BlockParquetWriter(path: Path, layout: Layout, chain_column: bool) -> RecordParquet:
+    """The Parquet file of block records (`RecordParquet` over `layout`, created with its first row group).
 
-    Parameters
-    ----------
-    path : Path
-        The ``.parquet`` file to create.
-    layout : Layout
-        The block records' fields (`runs.schema.block_layout`).
-    chain_column : bool
-        Prepend a ``chain`` column (``--chains B``: all chains in one file).
-
-    Raises
-    ------
-    ImportError
-        If pyarrow is not installed (``pip install 'thermospec[parquet]'``).
+    The name `runs.block_run` builds it by; ``RecordParquet(path, layout, chain_column, empty_file=False)``.
     """
-
-    def __init__(self, path: Path, layout: Layout, chain_column: bool) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._pa, self._pq, self.path, self.layout, self.chain_column = pa, pq, path, layout, chain_column
-        self.schema = layout.arrow_schema(pa, chain_column)
-        self._writer: Any = None
-
-    def write(self, start: int, values: Mapping[str, Sequence[Any]], chain: int = 0) -> None:
-        """Append blocks from `start` (of chain `chain`; `values`: each field's but ``block``,
-        `runs.block_run.block_values`) as a row group."""
-        n = len(values[self.layout.names[1]])
-        if not n:
-            return
-        arrays = self.layout.arrow_arrays(self._pa, start, n, values, chain if self.chain_column else None)
-        table = self._pa.Table.from_arrays(arrays, schema=self.schema)
-        try:
-            if self._writer is None:
-                self._writer = self._pq.ParquetWriter(str(self.path), self.schema, compression="zstd")
-            self._writer.write_table(table)
-        except OSError as exc:
-            raise parquet_write_failed(self.path, exc) from None
-
-    @property
-    def started(self) -> bool:
-        """Whether a row group was written (an empty run writes no file)."""
-        return self._writer is not None
-
-    def close(self) -> None:
-        """Finish the file (an empty run writes no file)."""
-        if self._writer is not None:
-            self._writer.close()
+    return RecordParquet(path, layout, chain_column, empty_file=False)

@@ -24,10 +24,10 @@ from thermospec.engine.pairs import PairCounts
 from thermospec.runs.batch_run import chain_dir, chain_spread
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.losses import Visits, visits_of
-from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
+from thermospec.runs.parquet_file import RecordParquet, finish_parquet
 from thermospec.runs.prepare import PreparedRun
-from thermospec.runs.schema import Layout, RecordParquet
-from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, OutputError, RecordFile, write_json_atomic
+from thermospec.runs.schema import Layout
+from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, RecordFile, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
 from thermospec.runs.telemetry import PARQUET_FILE
 from thermospec.tsu.drafts import DraftRecord, RecordSource
@@ -160,7 +160,7 @@ class CountedMode:
         self._shrank = False  # whether the source's file shrank under the run (its χ² are then skipped)
         self.per_chain: list[CountedMode] = []
         self._chain_files: list[RecordFile] = []
-        self._parquet = (RecordParquet(run_dir / PARQUET_FILE, records, key_text, chains > 1)
+        self._parquet = (RecordParquet(run_dir / PARQUET_FILE, records, chains > 1, key_text)
                          if telemetry == "parquet" and run_dir is not None and records is not None else None)
         if chains > 1 and run_dir is not None:
             self.per_chain = [CountedMode(run, None, telemetry, V) for _ in range(chains)]
@@ -193,13 +193,8 @@ class CountedMode:
         its keys' drafts) and count it by its `keys`; the steps added.  A failed write counts none of it."""
         if self._parquet is not None:
             assert columns is not None and drafts is not None, "Parquet records need the step columns and drafts"
-            try:
-                for b, part in enumerate(chunks):
-                    self._parquet.write(part.start, keys(part), columns(part), drafts, b)
-            except OSError as exc:  # one line naming the file
-                if isinstance(exc, OutputError):
-                    raise
-                raise parquet_write_failed(self._parquet.path, exc) from None
+            for b, part in enumerate(chunks):  # a failed write: one line naming the file
+                self._parquet.write(part.start, columns(part), b, keys(part), drafts)
         if self._file is not None:
             self._file.write(lines(chunks[0]))
         for part, file in zip(chunks, self._chain_files, strict=False):

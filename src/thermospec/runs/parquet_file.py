@@ -1,4 +1,8 @@
-"""A Parquet telemetry file is finished and readable, or removed with one line saying so.
+"""The Parquet telemetry files: records of any `runs.schema.Layout` (`RecordParquet`), finished and readable, or
+removed with one line saying so.
+
+`RecordParquet` is the one Parquet writer of every kind of record (steps with their key fields, blocks, trees),
+its columns the layout's fields (`runs.schema.Layout.arrow_arrays`).
 
 A Parquet file is readable only through its footer, written when the file is
 closed.  On a full disk a row group can be cut half-way, and pyarrow then
@@ -12,12 +16,18 @@ unreadable telemetry file behind.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.runs.schema import KeyTable, Layout
 from thermospec.runs.storage import OutputError, failure_reason
+from thermospec.tsu.drafts import RecordSource
 
-__all__ = ["ParquetFile", "finish_parquet", "parquet_write_failed"]
+__all__ = ["ParquetFile", "RecordParquet", "finish_parquet", "parquet_write_failed"]
 
 
 def parquet_write_failed(path: Path, exc: OSError) -> OutputError:
@@ -64,3 +74,79 @@ def finish_parquet(writer: ParquetFile) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
     raise OutputError(f"{path}: cannot finish the Parquet file ({problem}); removed it, unreadable")
+
+
+class RecordParquet:
+    """A Parquet file of records of one `Layout` (steps or blocks): one row per record, one row group per chunk
+    (and chain), the rows equal to the JSONL records field for field.
+
+    Parameters
+    ----------
+    path : Path
+        The ``.parquet`` file to create.
+    layout : Layout
+    chain_column : bool
+        Prepend a ``chain`` column (``--chains B``: all chains in one file).
+    key_text : callable, optional
+        A key's text (the ``context`` key field).
+    empty_file : bool
+        Create the file at once, so that a run that writes no record still leaves one (without row groups);
+        False creates it with the first row group (a block run's file).
+
+    Raises
+    ------
+    ImportError
+        If pyarrow is not installed (``pip install 'thermospec[parquet]'``).
+    """
+
+    def __init__(self, path: Path, layout: Layout, chain_column: bool = False,
+                 key_text: Callable[[int], str] | None = None, empty_file: bool = True) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pa, self._pq, self.path, self.layout, self.chain_column = pa, pq, path, layout, chain_column
+        self.schema = layout.arrow_schema(pa, chain_column)
+        self._keys = KeyTable(layout.fields, key_text) if layout.keyed else None
+        self._writer: Any = self._open() if empty_file else None
+
+    def _open(self) -> Any:
+        return self._pq.ParquetWriter(str(self.path), self.schema, compression="zstd")
+
+    def write(self, start: int, values: Mapping[str, Any], chain: int = 0, keys: NDArray[np.int64] | None = None,
+              drafts: RecordSource | None = None) -> None:
+        """Append consecutive records from `start` (of chain `chain`) as a row group.
+
+        `values` holds each step or block field's values but the index; a layout with key fields takes each
+        step's key (`keys`) and each key's draft (`drafts`).
+
+        Raises
+        ------
+        OutputError
+            A failed write (a full disk), in one line naming the file.
+        """
+        n = self.layout.count(values, keys)
+        if not n:
+            return
+        if self._keys is not None:
+            assert keys is not None and drafts is not None, "key fields need each step's key and the keys' drafts"
+            self._keys.learn(keys, drafts)
+        pa = self._pa
+        arrays = self.layout.arrow_arrays(pa, start, values, chain if self.chain_column else None, keys, self._keys)
+        try:
+            if self._writer is None:
+                self._writer = self._open()
+            self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        except OSError as exc:
+            if isinstance(exc, OutputError):
+                raise
+            raise parquet_write_failed(self.path, exc) from None
+
+    @property
+    def started(self) -> bool:
+        """Whether the file was created (always, unless `empty_file` is False and no record was written)."""
+        return self._writer is not None
+
+    def close(self) -> None:
+        """Finish the file (its footer); the file is only readable after this."""
+        if self._writer is not None:
+            self._writer.close()

@@ -22,9 +22,10 @@ A `Field` says its name, its kind (which fixes its JSON text and its Arrow type)
 its level and its axis; a `Layout` is the fields of one kind of run, from which
 come its JSONL formatter (`Layout.lines`, with each key's fields formatted once,
 `Layout.key_tail`), its Parquet schema (`Layout.arrow_schema`) and its Parquet
-writer (`RecordParquet`, whose rows equal the JSONL records field for field, a
-leading ``chain`` column holding every chain with ``--chains B``; block records'
-`Layout.arrow_arrays`, which `runs.block_parquet` writes).  A new per-step field is
+columns (`Layout.arrow_arrays`, every level's: steps, their keys' fields through a
+`KeyTable`, blocks), which the one Parquet writer, `runs.parquet_file.RecordParquet`,
+writes (its rows equal the JSONL records field for field, a leading ``chain``
+column holding every chain with ``--chains B``).  A new per-step field is
 one `Field` here plus the array its run hands the writers; a new per-block field is
 one `Field` here plus its values in `runs.block_run.block_values`.  The compiled
 formatter of M1's lines takes the texts around its step values from
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -56,7 +56,6 @@ __all__ = [
     "Field",
     "KeyTable",
     "Layout",
-    "RecordParquet",
     "block_layout",
     "json_float",
     "layout",
@@ -187,15 +186,40 @@ class Layout:
         """The Parquet schema: the fields in order, after a ``chain`` column if asked for."""
         return pa.schema([("chain", pa.int64())] * chain_column + [(f.name, f.arrow_type(pa)) for f in self.fields])
 
-    def arrow_arrays(self, pa: Any, start: int, n: int, values: Mapping[str, Any],
-                     chain: int | None = None) -> list[Any]:
-        """The Arrow arrays of `n` records from `start` of a layout without key fields (`values`: each field's
-        but the index), after a ``chain`` column holding `chain` unless it is None."""
-        assert not self.keyed, "key fields are looked up per key: RecordParquet"
-        index = np.arange(start, start + n, dtype=np.int64)
+    def arrow_arrays(self, pa: Any, start: int, values: Mapping[str, Any], chain: int | None = None,
+                     keys: NDArray[np.int64] | None = None, table: KeyTable | None = None) -> list[Any]:
+        """The Arrow arrays of consecutive records from `start`, one per field, after a ``chain`` column
+        holding `chain` unless it is None.
+
+        Parameters
+        ----------
+        pa : module
+            pyarrow.
+        start : int
+            The first record's index (``step``, ``block``).
+        values : mapping
+            Each step or block field's values (arrays, or sequences of lists or text).
+        chain : int, optional
+        keys, table : optional
+            With key fields: each step's key, and the keys' values (`KeyTable`, knowing every key in `keys`).
+        """
+        n = self.count(values, keys)
         arrays = [] if chain is None else [pa.array(np.full(n, chain, dtype=np.int64))]
-        return arrays + [pa.array(index) if f.kind == "index" else f.arrow_array(pa, values[f.name])
-                         for f in self.fields]
+        for f in self.fields:
+            if f.kind == "index":
+                arrays.append(pa.array(np.arange(start, start + n, dtype=np.int64)))
+            elif f.level != "key":
+                arrays.append(f.arrow_array(pa, values[f.name]))
+            else:
+                assert keys is not None and table is not None, f"{f.name}: a key field needs the keys and their table"
+                arrays.append(table.arrow_array(pa, f, keys))
+        return arrays
+
+    def count(self, values: Mapping[str, Any], keys: NDArray[np.int64] | None = None) -> int:
+        """How many records `values` (and `keys`, with key fields) hold."""
+        if keys is not None:
+            return int(keys.shape[0])
+        return len(values[next(f.name for f in self.fields if f.kind != "index")])
 
     def compiled_format(self) -> CompiledFormat:
         """What a compiled formatter of these records writes around the step values (`CompiledFormat`).
@@ -277,61 +301,11 @@ class KeyTable:
                 self.values[f.name][key] = Layout.key_value(f, draft, key, self.key_text)
         self.known[fresh] = True
 
-
-class RecordParquet:
-    """A Parquet file of records of one `Layout`: one row per step, one row group per chunk (and chain).
-
-    Parameters
-    ----------
-    path : Path
-        The ``.parquet`` file to create.
-    layout : Layout
-    key_text : callable, optional
-        A key's text (the ``context`` field).
-    chain_column : bool
-        Prepend a ``chain`` column (``--chains B``: all chains in one file).
-
-    Raises
-    ------
-    ImportError
-        If pyarrow is not installed (``pip install 'thermospec[parquet]'``).
-    """
-
-    def __init__(self, path: Path, layout: Layout, key_text: Callable[[int], str] | None = None,
-                 chain_column: bool = False) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self._pa, self.path, self.layout, self.chain_column = pa, path, layout, chain_column
-        self.schema = layout.arrow_schema(pa, chain_column)
-        self._keys = KeyTable(layout.fields, key_text)
-        self._writer = pq.ParquetWriter(str(path), self.schema, compression="zstd")
-
-    def write(self, start: int, keys: NDArray[np.int64], columns: Mapping[str, NDArray[Any]], drafts: RecordSource,
-              chain: int = 0) -> None:
-        """Append consecutive steps from `start` (each drafting at `keys`; `columns`: each step field but
-        ``step``; `drafts`: each key's draft) as a row group."""
-        n = keys.shape[0]
-        if not n:
-            return
-        pa = self._pa
-        self._keys.learn(keys, drafts)
-        arrays = [pa.array(np.full(n, chain, dtype=np.int64))] if self.chain_column else []
-        for f in self.layout.fields:
-            if f.kind == "index":
-                arrays.append(pa.array(np.arange(start, start + n, dtype=np.int64)))
-            elif f.level == "step":
-                arrays.append(f.arrow_array(pa, columns[f.name]))
-            elif f.kind == "text":  # each key's text once, then taken per step
-                met, inverse = np.unique(keys, return_inverse=True)
-                arrays.append(pa.array(self._keys.values[f.name][met].tolist(), type=pa.string())
-                              .take(pa.array(inverse)))
-            else:  # nulls found among the keys' values (a few), then taken per step
-                table = self._keys.values[f.name]
-                null = f.nulls(table)
-                arrays.append(pa.array(table[keys]) if null is None else pa.array(table[keys], mask=null[keys]))
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
-
-    def close(self) -> None:
-        """Finish the file (its footer); the file is only readable after this."""
-        self._writer.close()
+    def arrow_array(self, pa: Any, field: Field, keys: NDArray[np.int64]) -> Any:
+        """A key field's Arrow array at each step's key in `keys` (all learned)."""
+        column = self.values[field.name]
+        if field.kind == "text":  # each key's text once, then taken per step
+            met, inverse = np.unique(keys, return_inverse=True)
+            return pa.array(column[met].tolist(), type=pa.string()).take(pa.array(inverse))
+        null = field.nulls(column)  # nulls found among the keys' values (a few), then taken per step
+        return pa.array(column[keys]) if null is None else pa.array(column[keys], mask=null[keys])

@@ -37,7 +37,8 @@ from numpy.typing import NDArray
 
 from thermospec.engine.chunks import ChainChunk, DraftsChunk
 from thermospec.engine.kernels import compiled_module
-from thermospec.runs.schema import M1, M1_FIELDS, RecordParquet, layout
+from thermospec.runs.parquet_file import RecordParquet
+from thermospec.runs.schema import M1, M1_FIELDS, layout
 from thermospec.runs.storage import RecordFile
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 
@@ -91,7 +92,7 @@ def step_columns(chunk: ChainChunk) -> dict[str, list[Any]]:
 
 
 def step_arrays(chunk: ChainChunk) -> dict[str, NDArray[Any]]:
-    """A chunk's step fields as arrays (`runs.schema.RecordParquet.write`)."""
+    """A chunk's step fields as arrays (`runs.parquet_file.RecordParquet.write`)."""
     return {"prev_token": chunk.prev, "proposed_token": chunk.proposed, "emitted_token": chunk.emitted,
             "accepted": chunk.accepted}
 
@@ -210,7 +211,7 @@ class ParquetWriter:
     def __init__(self, path: Path, chain_column: bool = False, drafts_columns: bool = False) -> None:
         self.path = path
         self.chain_column, self.drafts_columns = chain_column, drafts_columns
-        self._file = RecordParquet(path, layout(drafts=drafts_columns), chain_column=chain_column)
+        self._file = RecordParquet(path, layout(drafts=drafts_columns), chain_column)
         self.schema = self._file.schema
 
     def write(self, chunk: ChainChunk, drafts: DraftSource, chain: int = 0) -> None:
@@ -219,7 +220,7 @@ class ParquetWriter:
         if self.drafts_columns:
             steps = cast(DraftsChunk, chunk)
             columns |= {"drafts_used": steps.drafts_used, "accepted_index": steps.accepted_index}
-        self._file.write(chunk.start, chunk.prev, columns, drafts, chain)
+        self._file.write(chunk.start, columns, chain, chunk.prev, drafts)
 
     def close(self) -> None:
         """Finish the file (its footer); the file is only readable after this."""
