@@ -14,7 +14,7 @@ interns them as met; every summary value is keyed by context, in exact sums).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,13 +62,18 @@ class OrderCounts:
         self.accepted_count[0] += int(np.count_nonzero(accepted))
         self.steps += int(states.shape[0])
 
+    def state_codes(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The codes ``state * V + token`` of every pair counted, increasing, and their counts (nothing interned)."""
+        codes = np.flatnonzero(self.table)  # increasing: by state, then token
+        return codes, self.table[codes]
+
     def pairs(self) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
         """(context, token, count) of every pair counted, sorted by context then token (as `PairCounts.pairs`).
 
         The states met and not interned yet are interned now, by increasing state.
         """
-        codes = np.flatnonzero(self.table)  # increasing: by state, then token
-        states, token, count = codes // self.V, codes % self.V, self.table[codes]
+        codes, count = self.state_codes()
+        states, token = codes // self.V, codes % self.V
         first = np.ones(states.shape[0], dtype=np.bool_)
         np.not_equal(states[1:], states[:-1], out=first[1:])
         met = states[first]
@@ -110,14 +115,18 @@ class ContextTally:
 
 def count_order_chain(target: OrderTarget, drafts: DraftSource, steps: int, rng: np.random.Generator,
                       psi: PsiSpec | None, chunk: int = COUNT_CHUNK, max_table_bytes: int | None = None,
-                      max_moves_bytes: int = ORDER_MOVES_BYTES) -> Iterator[ContextTally] | None:
+                      max_moves_bytes: int = ORDER_MOVES_BYTES,
+                      on_crafted: Callable[[ContextMoves, PsiSpec], None] | None = None
+                      ) -> Iterator[ContextTally] | None:
     """The order-N chain of `run_order_chain` (same arguments, same stream), counted only: one tally per `chunk`.
 
     None, with `rng` untouched, when it does not apply (then run `run_order_chain`): no move
     table within `max_moves_bytes`, no `psi`, no compiled kernel drawing `rng` itself (a plain
     PCG64 generator), or a run too short for crafting every state at once to pay.  When the
     states cannot be crafted at once after all (another TSU), the steps are recorded, checked
-    against the drafts' reports and counted chunk by chunk instead.
+    against the drafts' reports and counted chunk by chunk instead.  `on_crafted` (moves, psi)
+    is called once every state was crafted, before the kernel's first step (the tallies' counts
+    are then keyed by the move table's states: ``counts.metrics`` is not None).
 
     Raises
     ------
@@ -135,6 +144,8 @@ def count_order_chain(target: OrderTarget, drafts: DraftSource, steps: int, rng:
     x = start_token(target.pi, rng)
     if metrics is None:
         return _recorded(MovingChain(moves, stepper, verifier, rng, x, None), counts, steps, min(chunk, DEFAULT_CHUNK))
+    if on_crafted is not None:
+        on_crafted(moves, psi)
     return _counted(stepper, moves, counts, rng, x, steps, chunk)
 
 

@@ -33,7 +33,7 @@ from thermospec.core.proposal import explicit_probabilities
 from thermospec.tsu.drafts import Proposer
 from thermospec.tsu.row_drafts import top_k
 
-__all__ = ["LOSS_KEYS", "Visits", "acceptance_losses_of", "block_losses", "visits_of"]
+__all__ = ["LOSS_KEYS", "Visits", "acceptance_losses_of", "block_losses", "row_losses", "visits_of"]
 
 LOSS_KEYS = ("loss_draft_model", "loss_top_k", "loss_quantisation")
 
@@ -48,11 +48,15 @@ class Visits:
     counts : ndarray of float64
     rows : callable, optional
         The target's rows of an array of keys, when the mode has them faster than one by one.
+    losses : callable, optional
+        The three losses of an array of keys, shape (keys, 3), when the mode has them already
+        (`row_losses` of their rows, ψ crafted from the target's rows): then neither rows nor drafts are read.
     """
 
     keys: NDArray[np.int64]
     counts: NDArray[np.float64]
     rows: Callable[[NDArray[np.int64]], NDArray[np.float64]] | None = None
+    losses: Callable[[NDArray[np.int64]], NDArray[np.float64]] | None = None
 
 
 def visits_of(counts: NDArray[Any]) -> Visits:
@@ -105,6 +109,24 @@ def block_losses(P: NDArray[np.float64], D: NDArray[np.float64] | None, K: int, 
     out: NDArray[np.float64] = np.stack([draft_model, 1.0 - overlap - draft_model - quantisation, quantisation],
                                         axis=1)
     return out
+
+
+BLOCK_ROWS = 1 << 12
+"""Rows per `row_losses` block (4,096: its temporaries stay in cache at small V)."""
+
+
+def row_losses(rows: Callable[[NDArray[np.int64]], NDArray[np.float64]], keys: NDArray[np.int64], K: int, tau: float,
+               eps: EpsSpec) -> NDArray[np.float64] | None:
+    """The losses of `keys` (shape (keys, 3)) with ψ crafted from their own `rows` (no draft model, one K),
+    `BLOCK_ROWS` rows at a time: bit for bit `_blocked`'s, each row's losses being its own whatever its
+    block; None where a block has a row `block_losses` leaves to the per-key path."""
+    parts: list[NDArray[np.float64]] = []
+    for first in range(0, keys.shape[0], BLOCK_ROWS):
+        block = block_losses(rows(keys[first:first + BLOCK_ROWS]), None, K, tau, eps)
+        if block is None:
+            return None
+        parts.append(block)
+    return np.concatenate(parts) if parts else np.zeros((0, 3))
 
 
 def _kept(proposer: Proposer, keys: NDArray[np.int64]) -> list[tuple[float, float, float]]:
@@ -183,7 +205,9 @@ def acceptance_losses_of(proposer: Proposer, visits: Visits, mean_overlap: float
     total = float(np.sum(visits.counts))
     if total <= 0:
         return dict.fromkeys(LOSS_KEYS) | ({"gain_drafts": None} if drafts > 1 else {})
-    if rows is None or proposer.K_of is not None:  # on the drafts the run kept: O(K) a key, once its row is read
+    if visits.losses is not None:  # the mode's own, ψ crafted from the target's rows
+        per = visits.losses(keys)
+    elif rows is None or proposer.K_of is not None:  # on the drafts the run kept: O(K) a key, once its row is read
         per = np.array(_kept(proposer, keys), dtype=np.float64).reshape(-1, 3)
     else:
         per = _blocked(proposer, keys, rows)

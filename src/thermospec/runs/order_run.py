@@ -25,6 +25,7 @@ lays out M1's: with JSONL, ``chain_<b>/m1_metrics.jsonl`` and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -38,13 +39,13 @@ from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.context_counts import ContextTally, OrderCounts, count_order_chain
 from thermospec.engine.contexts import ContextChunk, run_order_chain, run_order_chains, run_order_reference
 from thermospec.engine.pairs import PairCounts
-from thermospec.engine.state_drafts import StateMetrics
+from thermospec.engine.state_drafts import PsiSpec, StateMetrics
 from thermospec.runs.counted import CountedMode, KeyMetrics, chi2_fields, visit_aggregates
-from thermospec.runs.losses import Visits
+from thermospec.runs.losses import Visits, row_losses
 from thermospec.runs.prepare import PreparedRun, order_of
 from thermospec.runs.schema import layout
 from thermospec.runs.telemetry import step_arrays, step_columns
-from thermospec.targets.order import OrderTarget
+from thermospec.targets.order import ContextMoves, OrderTarget
 from thermospec.tsu.drafts import CraftedRecord, DraftRecord
 
 __all__ = ["ORDER", "OrderMode", "order_lines", "order_statistics"]
@@ -125,6 +126,8 @@ class OrderMode(CountedMode):
         self._counting = False  # whether the engine counts (telemetry none): `chunks` then yields tallies
         self._tallied: OrderCounts | None = None  # counts the engine kept, not yet taken
         self._records: dict[int, DraftRecord] = {}  # contexts met, crafted at once: what their records say
+        self._states: ContextMoves | None = None  # the move table whose states are the keys (counted by the kernel)
+        self._state_losses: Future[NDArray[np.float64] | None] | None = None  # every state's loss split, if computed
 
     @property
     def counted_by_engine(self) -> bool:
@@ -142,11 +145,19 @@ class OrderMode(CountedMode):
         if not proposer.samples_payload:  # a faulty TSU draws itself, step by step
             return iter([[run_order_reference(self.target, drafts, config.steps, rng)]])
         if self.telemetry == "none":  # counts only: the kernel counts the pairs, no step array
-            tallies = count_order_chain(self.target, drafts, config.steps, rng, psi)
+            tallies = count_order_chain(self.target, drafts, config.steps, rng, psi, on_crafted=self._while_counting)
             if tallies is not None:
                 self._counting = True
                 return ([tally] for tally in tallies)
         return ([chunk] for chunk in run_order_chain(self.target, drafts, config.steps, rng, psi=psi))
+
+    def _while_counting(self, moves: ContextMoves, psi: PsiSpec) -> None:
+        """Every state crafted, the kernel about to count (the GIL released): the states' loss split meanwhile,
+        on another thread (`row_losses`; a run's visited states are most of them)."""
+        K, tau, eps = psi
+        pool = ThreadPoolExecutor(max_workers=1)
+        self._state_losses = pool.submit(row_losses, moves.rows, np.arange(moves.states), K, tau, eps)
+        pool.shutdown(wait=False)  # its thread ends with its one task
 
     def record(self, chunks: Sequence[ContextChunk] | Sequence[ContextTally]) -> int:
         """Keep the metrics of the contexts met first, then write and count every chain's chunk (a tally: its
@@ -186,30 +197,52 @@ class OrderMode(CountedMode):
         return {**dict.fromkeys(_EMPTY), "steps": 0} | ({"chains": self.chains} if self.chains > 1 else {})
 
     def _take_tallied(self) -> None:
-        """Make the engine's counts (telemetry none) the mode's pairs, emitted counts and context metrics."""
+        """Make the engine's counts (telemetry none) the mode's pairs, emitted counts and key metrics.
+
+        When every state was crafted at once the keys are the move table's states (no context is interned:
+        every summary value is a sum over the keys, exact whatever their ids), else context ids.
+        """
         counts, self._tallied = self._tallied, None
         if counts is None:
             return
-        context, token, count = counts.pairs()
+        if counts.metrics is not None:
+            codes, count = counts.state_codes()
+            V, metrics = self.target.V, counts.metrics
+            states, token = codes // V, codes % V
+            self.pairs = PairCounts.of_pairs(V, states, token, count)
+            self.emitted_counts = np.bincount(token, weights=count, minlength=V).astype(np.int64)
+            first = np.ones(states.shape[0], dtype=np.bool_)
+            np.not_equal(states[1:], states[:-1], out=first[1:])
+            visited = states[first]
+            self._crafted, self._states = True, counts.moves
+            self.metrics.known(counts.moves.states)
+            self.metrics.keep(visited, metrics.overlap_mass[visited], metrics.ce_gap_nats[visited],
+                              metrics.psi_bytes, metrics.K)
+            return
+        context, token, count = counts.pairs()  # recorded chunks, their contexts interned as met
         self.pairs = PairCounts.of_pairs(self.target.V, context, token, count)
         self.emitted_counts = np.bincount(token, weights=count, minlength=self.target.V).astype(np.int64)
-        visited = np.unique(context)
-        metrics = counts.metrics
-        if metrics is None:
-            self.learn(visited, self.run.proposer.draft)
-            return
-        self._crafted = True
-        states = counts.states_of(visited)
-        self.metrics.known(int(visited[-1]) + 1 if visited.shape[0] else 0)
-        self.metrics.keep(visited, metrics.overlap_mass[states], metrics.ce_gap_nats[states], metrics.psi_bytes,
-                          metrics.K)
+        self.learn(np.unique(context), self.run.proposer.draft)
 
     def counted_statistics(self, counts: CountedMode, tests: bool) -> dict[str, Any]:
         """The aggregates of one set of counts (one chain's, or the pooled ones)."""
         self._take_tallied()
-        return order_statistics(self.target, counts, self.metrics, context_rows(self.target, self._crafted), tests)
+        return order_statistics(self.target, counts, self.metrics, self._rows(), tests)
+
+    def _rows(self) -> Rows:
+        """The target rows of the mode's keys: states' from the move table, else contexts'."""
+        return self._states.rows if self._states is not None else context_rows(self.target, self._crafted)
 
     def key_visits(self) -> Visits:
-        """The contexts the steps were in (every chain's), with their rows from the move table."""
+        """The keys the steps were in (every chain's), with their rows from the move table, and their losses
+        when computed while the kernel counted; states turned into contexts when those are not at hand."""
         self._take_tallied()
-        return replace(super().key_visits(), rows=context_rows(self.target, self._crafted))
+        visits = replace(super().key_visits(), rows=self._rows())
+        if self._states is None:
+            return visits
+        losses = self._state_losses.result() if self._state_losses is not None else None
+        if losses is not None:
+            return replace(visits, losses=lambda keys: losses[keys])
+        moves = self._states  # the per-key path reads drafts, by context id: intern the states met
+        moves.intern(visits.keys)
+        return replace(visits, keys=moves.contexts(visits.keys), rows=context_rows(self.target, True))
