@@ -15,6 +15,12 @@ setup(
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
             optional=True,
         ),
+        Extension(  # γ-token blocks (engine.block_kernel; the Python loop of engine.blocks gives the same blocks)
+            "thermospec.engine._blocks",
+            sources=["src/thermospec/engine/_blocks.c"],
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
+            optional=True,
+        ),
         Extension(  # a trace row's passes over V (targets.trace_rows; the NumPy fallback gives the same bytes)
             "thermospec.targets._trace_rows",
             sources=["src/thermospec/targets/_trace_rows.c"],

@@ -41,10 +41,11 @@ from thermospec.core.acceptance import accept_correct_step
 from thermospec.core.expectation import EXPECTATION_MAX_V
 from thermospec.core.sampling import inverse_cdf
 from thermospec.core.statistics import Chi2Result, context_chi2
+from thermospec.engine.block_kernel import compiled_blocks, compiled_fixed_blocks
 from thermospec.engine.chain import context_tables
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.compact import CompactStepTables, CompactTables, SparseRows, compact_source
-from thermospec.engine.keys import ContextSource, memoised_advance
+from thermospec.engine.keys import BigramSource, ContextSource, memoised_advance
 from thermospec.engine.step import DenseStepTables, cdf_entry, correct_token, draw_token
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import ContextDraft, DraftSource
@@ -189,6 +190,10 @@ def fixed_context_blocks(
 
     `advance` is the context source's move (`engine.keys`); by default the bigram chain's (the token).
     """
+    if sparse is None and (advance is _token_is_key or isinstance(getattr(advance, "__self__", None), BigramSource)):
+        compiled = compiled_fixed_blocks(row, drafts, V, x, gamma, n, rng, TABLE_CACHE_BYTES)
+        if compiled is not None:
+            return compiled
     table = _TableCache(row, drafts, V, TABLE_CACHE_BYTES, sparse)
     drafted, keys, accepted_length, final = [], [], [], []
     for u in rng.random((n, 2 * gamma + 1)).tolist():
@@ -241,9 +246,13 @@ def run_blocks(
     """
     if not 1 <= gamma <= MAX_GAMMA:
         raise ValueError(f"--gamma: must be an integer in 1 .. {MAX_GAMMA}, got {gamma}")
+    x = source.start(rng)
+    compiled = None if sparse is not None else compiled_blocks(source, drafts, gamma, steps, x, rng, chunk, table_bytes)
+    if compiled is not None:
+        yield from compiled
+        return
     table = _TableCache(source.row, drafts, source.V, table_bytes, sparse, cyclic=source.token_free)
     advance = _token_is_key if source.keys_are_tokens else memoised_advance(source)
-    x = source.start(rng)
     emitted_total = 0
     blocks_done = 0
     width = 2 * gamma + 1

@@ -1,0 +1,213 @@
+"""γ-token blocks on the compiled kernel (``thermospec.engine._blocks``): the same blocks as `engine.blocks`' loop.
+
+The kernel runs a chunk's blocks on per-key dense tables held in slots (`BlockTables`:
+draft CDF, ``p / q``, residual CDF and the target's CDF for the bonus token, as
+`engine.blocks`' per-key tables), with the source's move written in C: the token
+(bigram chain), the next position (a trace, teacher-forced) or the target's move table
+(order N, `ContextSource.moves`; its states are the kernel's keys).  At a key without
+tables it stops and says which; its tables are loaded here (the key's row and draft,
+as the Python loop builds them) and the chunk resumes at the same block, which starts over.
+The uniforms are the Python loop's (``rng.random((n, 2γ + 1))`` per chunk, the unused
+rows of the last chunk discarded), so the blocks are the same, field for field (tested).
+
+On a move table the contexts are interned in the order the blocks first reach their
+states (the kernel lists them), which is the order in which `OrderTarget.next_context`
+interns them on the Python loop: the context ids, hence the draft keys, are the same.
+
+Slots are cleared all at once when full (a block needs at most γ + 1 keys, and there
+are always γ + 2 slots).  Compact tables (large V, `SparseRows`) stay on the Python loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from types import ModuleType
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.core.sampling import last_positive
+from thermospec.engine.chain import context_tables
+from thermospec.engine.chunks import BlockChunk
+from thermospec.engine.keys import ContextSource, PositionSource
+from thermospec.targets.bigram import RowSource
+from thermospec.targets.order import ContextMoves
+from thermospec.tsu.drafts import DraftSource
+
+__all__ = ["BlockTables", "blocks_module", "compiled_blocks", "compiled_fixed_blocks"]
+
+MOVE_TOKEN, MOVE_POSITION, MOVE_TABLE = 0, 1, 2
+"""The kernel's moves: the token is the next key; the next position; the move table."""
+
+
+def blocks_module() -> ModuleType | None:
+    """The compiled block kernel, or None when it is not built or disabled by ``THERMOSPEC_KERNEL=python``."""
+    if os.environ.get("THERMOSPEC_KERNEL", "").lower() == "python":
+        return None
+    try:
+        return importlib.import_module("thermospec.engine._blocks")
+    except ImportError:
+        return None
+
+
+class BlockTables:
+    """Per-key dense block tables in slots, as the kernel reads them (layout in ``_blocks.c``).
+
+    Parameters
+    ----------
+    row, drafts : callable
+        A key's target row and draft (by the source's key: a token, a position, a context id).
+    V : int
+        Tokens.
+    keys : int
+        The kernel's keys are ``0 .. keys - 1`` (tokens, positions or move-table states).
+    gamma : int
+        Drafts per block: at least ``γ + 2`` slots are kept.
+    max_bytes : int
+        Memory bound of the slots (raised to γ + 2 slots).
+    """
+
+    def __init__(self, row: RowSource, drafts: DraftSource, V: int, keys: int, gamma: int, max_bytes: int) -> None:
+        self.row, self.drafts, self.V = row, drafts, V
+        self.capacity = max(gamma + 2, min(keys, max_bytes // (32 * V)))
+        self.tables = np.empty((self.capacity, 4, V), dtype=np.float64)
+        self.totals = np.empty((self.capacity, 3), dtype=np.float64)
+        self.lasts = np.empty((self.capacity, 3), dtype=np.int64)
+        self.slot_of = np.full(keys, -1, dtype=np.int64)
+        self.used = 0
+
+    def load(self, key: int, name: int) -> None:
+        """Load kernel key `key`'s tables, built from the row and draft of source key `name`."""
+        if self.used == self.capacity:  # full: every slot is free again
+            self.slot_of.fill(-1)
+            self.used = 0
+        slot = self.used
+        p = self.row(name)
+        built = context_tables(p, self.drafts(name))
+        tables = self.tables[slot]
+        tables[0], tables[1], tables[2] = built.draft_cdf, built.ratio, built.residual_cdf
+        tables[3] = np.cumsum(p)
+        for at, which in enumerate((0, 2, 3)):
+            self.totals[slot, at] = tables[which, -1]
+            self.lasts[slot, at] = last_positive(tables[which])
+        self.slot_of[key] = slot
+        self.used += 1
+
+
+def fits(V: int, gamma: int, max_bytes: int) -> bool:
+    """Whether γ + 2 slots of dense tables stay within `max_bytes` (else the Python loop's caches run)."""
+    return (gamma + 2) * 32 * V <= max(max_bytes, 1 << 26)
+
+
+class _Moves:
+    """A move table's states as the kernel's keys: the states reached first, interned in that order."""
+
+    def __init__(self, moves: ContextMoves, chunk: int, gamma: int) -> None:
+        self.moves = moves
+        self.seen = (moves.contexts(np.arange(moves.states, dtype=np.int64)) >= 0).astype(np.uint8)
+        self.fresh = np.empty(chunk * (gamma + 1) + 1, dtype=np.int64)
+
+    def intern(self, count: int) -> None:
+        """Intern the first `count` fresh states, in the order the blocks reached them."""
+        if count:
+            self.moves.intern(self.fresh[:count].copy())
+
+
+def compiled_blocks(source: ContextSource, drafts: DraftSource, gamma: int, steps: int, x: int,
+                    rng: np.random.Generator, chunk: int, table_bytes: int) -> Iterator[BlockChunk] | None:
+    """`engine.blocks.run_blocks`' chunks from first key `x` (drawn already), on the kernel; None when it does not
+    apply (no kernel, tables too large, a source without a move the kernel knows), `rng` then untouched."""
+    module = blocks_module()
+    if module is None or not fits(source.V, gamma, table_bytes):
+        return None
+    V = source.V
+    moves = None if source.keys_are_tokens or source.token_free else source.moves()
+    if source.keys_are_tokens:
+        mode, keys, positions = MOVE_TOKEN, V, 0
+    elif isinstance(source, PositionSource):
+        mode, keys, positions = MOVE_POSITION, source.target.positions, source.target.positions
+    elif moves is not None and moves.next.dtype == np.int32 and moves.next.flags.c_contiguous:
+        mode, keys, positions = MOVE_TABLE, moves.states, 0
+        state = int(moves.states_of(np.array([x], dtype=np.int64))[0])
+        if state < 0:
+            return None
+        x = state
+    else:
+        return None
+    tables = BlockTables(source.row, drafts, V, keys, gamma, table_bytes)
+    walk = _Moves(moves, chunk, gamma) if mode == MOVE_TABLE and moves is not None else None
+    return _chunks(module, tables, walk, (gamma, mode, positions), steps, x, rng, chunk)
+
+
+def _chunks(module: ModuleType, tables: BlockTables, walk: _Moves | None, shape: tuple[int, int, int], steps: int,
+            x: int, rng: np.random.Generator, chunk: int) -> Iterator[BlockChunk]:
+    gamma, mode, positions = shape
+    emitted = blocks_done = 0
+    width = 2 * gamma + 1
+    while emitted < steps:
+        n = min(chunk, steps - emitted)  # each block emits at least one token
+        u = rng.random((n, width))
+        out = _Outputs(n, gamma)
+        i, x, emitted = _resume(module, tables, walk, u, out, (gamma, mode, positions, False), x, emitted, steps)
+        yield out.chunk(blocks_done, i, walk.moves.contexts if walk is not None else None)
+        blocks_done += i
+
+
+class _Outputs:
+    """A chunk's block arrays, written by the kernel."""
+
+    def __init__(self, n: int, gamma: int) -> None:
+        self.first_step = np.empty(n, dtype=np.int64)
+        self.context = np.empty(n, dtype=np.int64)
+        self.drafted = np.empty((n, gamma), dtype=np.int64)
+        self.draft_keys = np.empty((n, gamma), dtype=np.int64)
+        self.accepted_length = np.empty(n, dtype=np.int64)
+        self.final = np.empty(n, dtype=np.int64)
+
+    def arrays(self) -> tuple[NDArray[np.int64], ...]:
+        return (self.first_step, self.context, self.drafted, self.draft_keys, self.accepted_length, self.final)
+
+    def chunk(self, start: int, n: int, names: Callable[[NDArray[np.int64]], NDArray[np.int64]] | None
+              ) -> BlockChunk:
+        """The first `n` blocks, keys named by `names` (a move table's states: their context ids)."""
+        context, keys = self.context[:n], self.draft_keys[:n]
+        if names is not None:
+            context, keys = names(context), names(keys.reshape(-1)).reshape(n, -1)
+        return BlockChunk(start=start, first_step=self.first_step[:n], context=context, drafted=self.drafted[:n],
+                          accepted_length=self.accepted_length[:n], final=self.final[:n], draft_keys=keys)
+
+
+def _resume(module: ModuleType, tables: BlockTables, walk: _Moves | None, u: NDArray[np.float64], out: _Outputs,
+            how: tuple[int, int, int, bool], x: int, emitted: int, steps: int) -> tuple[int, int, int]:
+    """Run the kernel over `u` from block 0, loading each key it stops at: (blocks run, next key, tokens emitted)."""
+    gamma, mode, positions, fixed = how
+    n = u.shape[0]
+    i = fresh = 0
+    while True:
+        i, x, emitted, missing, fresh = module.run(
+            u, tables.tables, tables.totals, tables.lasts, tables.slot_of,
+            None if walk is None else walk.moves.next, None if walk is None else walk.seen,
+            None if walk is None else walk.fresh, *out.arrays(),
+            gamma, tables.V, n, i, x, emitted, steps, mode, positions, fresh, fixed)
+        if walk is not None:
+            walk.intern(fresh)
+            fresh = 0
+        if missing < 0:
+            return i, x, emitted
+        tables.load(missing, missing if walk is None else walk.moves.context(missing))
+
+
+def compiled_fixed_blocks(row: RowSource, drafts: DraftSource, V: int, x: int, gamma: int, n: int,
+                          rng: np.random.Generator, table_bytes: int) -> BlockChunk | None:
+    """`engine.blocks.fixed_context_blocks` on the bigram chain's keys, on the kernel (None: no kernel, `rng`
+    untouched)."""
+    module = blocks_module()
+    if module is None or not fits(V, gamma, table_bytes):
+        return None
+    tables = BlockTables(row, drafts, V, V, gamma, table_bytes)
+    u = rng.random((n, 2 * gamma + 1))
+    out = _Outputs(n, gamma)
+    _resume(module, tables, None, u, out, (gamma, MOVE_TOKEN, 0, True), x, 0, 0)  # first_step: the lengths' sums
+    return out.chunk(0, n, None)
