@@ -201,7 +201,7 @@ def test_chains_without_telemetry_keep_the_summary(tmp_path: Path, capsys: pytes
 
 def test_a_failed_write_keeps_every_chain_at_the_same_whole_chunks(small: PreparedRun, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import thermospec.runs.drafts_run as drafts_run
+    import thermospec.runs.telemetry as telemetry
     from thermospec.runs.storage import OutputError, append_whole
 
     config = dataclasses.replace(small.config, drafts=2, verifier="recursive")
@@ -218,7 +218,7 @@ def test_a_failed_write_keeps_every_chain_at_the_same_whole_chunks(small: Prepar
             raise OutputError(f"{path}: cannot write (No space left on device)")
         return written(path, text, size)
 
-    monkeypatch.setattr(drafts_run, "append_whole", full_disk_at_chain_2)
+    monkeypatch.setattr(telemetry, "append_whole", full_disk_at_chain_2)
     with pytest.raises(OutputError):
         mode.record(next(groups))
     assert [(tmp_path / f"chain_{b:04d}" / "m1_metrics.jsonl").stat().st_size for b in range(3)] == sizes

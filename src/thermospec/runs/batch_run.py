@@ -17,21 +17,16 @@ from thermospec.engine.chunks import BatchChunk, ChainChunk
 from thermospec.engine.tally import BatchTally
 from thermospec.runs.chain_tsus import reference_chains
 from thermospec.runs.losses import Visits, visits_of
-from thermospec.runs.parquet_file import finish_parquet
 from thermospec.runs.prepare import PreparedRun, sparse_rows
-from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, OutputError, append_whole, cut_back, write_json_atomic
+from thermospec.runs.schema import M1
+from thermospec.runs.storage import SUMMARY_FILE, chain_dir, write_json_atomic
 from thermospec.runs.summary import summarise_run
-from thermospec.runs.telemetry import PARQUET_FILE, JsonlWriter, ParquetWriter, TelemetryFormat
+from thermospec.runs.telemetry import ChainRecords, JsonlWriter, TelemetryFormat, step_arrays
 
 __all__ = ["STREAMS", "BatchMode", "chain_dir", "chain_spread"]
 
 STREAMS = "chain 0: random_stream(seed, CHAIN) (the single-chain run); chain b: random_stream(seed, CHAIN, b)"
 """The summary's ``streams`` of B chains in lock step."""
-
-
-def chain_dir(run_dir: Path, b: int) -> Path:
-    """Folder of chain b's telemetry and summary."""
-    return run_dir / f"chain_{b:04d}"
 
 
 def chain_spread(steps_per_chain: int, rates: NDArray[np.float64], mean: bool = True) -> dict[str, Any]:
@@ -72,16 +67,7 @@ class BatchMode:
         self.threads = threads
         self.tally = BatchTally(chains, run.target.V, track_transitions=True, per_chain=telemetry != "none")
         self._formatter = JsonlWriter(io.StringIO())
-        self._parquet: ParquetWriter | None = None
-        self._sizes = [0] * chains  # bytes of whole chunks in each chain's JSONL
-        if telemetry != "none":
-            for b in range(chains):
-                chain_dir(run_dir, b).mkdir()
-        if telemetry == "jsonl":
-            for b in range(chains):
-                (chain_dir(run_dir, b) / METRICS_FILE).touch()
-        elif telemetry == "parquet":
-            self._parquet = ParquetWriter(run_dir / PARQUET_FILE, chain_column=True)
+        self.records: ChainRecords[ChainChunk] = ChainRecords(run_dir, telemetry, chains, M1)
 
     @property
     def counted_by_engine(self) -> bool:
@@ -101,36 +87,16 @@ class BatchMode:
 
     def record(self, chunk: BatchChunk) -> int:
         drafts = self.run.proposer.draft
-        if self.telemetry == "jsonl":
-            self._append(chunk)
-        elif self._parquet is not None:
-            for b in range(self.chains):  # a failed write: one line naming the file
-                self._parquet.write(chunk.chain(b), drafts, chain=b)
+        if self.telemetry != "none":
+            self.records.write([chunk.chain(b) for b in range(self.chains)],
+                               lambda part: self._formatter.format(part, drafts), step_arrays, lambda part: part.prev,
+                               drafts)
         if not self.counted_by_engine:
             self.tally.update(chunk)
         return len(chunk) * self.chains
 
-    def _append(self, chunk: BatchChunk) -> None:
-        """Every chain's records of the chunk, or none of them (the files cut back on a failure)."""
-        drafts, sizes = self.run.proposer.draft, list(self._sizes)
-        try:
-            for b in range(self.chains):
-                path = chain_dir(self.run_dir, b) / METRICS_FILE
-                sizes[b] = append_whole(path, self._formatter.format(chunk.chain(b), drafts), self._sizes[b])
-        except OutputError as exc:
-            for b in range(self.chains):
-                cut_back(chain_dir(self.run_dir, b) / METRICS_FILE, self._sizes[b])
-            raise OutputError(f"{exc}; every chain's file kept its {self.tally.steps} steps of whole records") from None
-        except BaseException:  # a second signal: stop at once, every file cut back
-            for b in range(self.chains):
-                cut_back(chain_dir(self.run_dir, b) / METRICS_FILE, self._sizes[b])
-            raise
-        self._sizes = sizes
-
     def close(self) -> str | None:
-        if self._parquet is not None:
-            finish_parquet(self._parquet)
-        return None
+        return self.records.close()
 
     def tokens(self) -> int:
         return self.tally.steps * self.chains

@@ -4,8 +4,9 @@
 A mode (`OrderMode`, `TraceMode`, `KeyedDraftsMode`) says only what is its own: its engine's chunks, its
 records' `Layout` and each chunk's keys and step columns, and the single-draft aggregates of one set of counts
 (`CountedMode.counted_statistics`, mostly `visit_aggregates` with the source's χ²).  `CountedMode` writes the
-JSONL or Parquet records of every chain, counts each chain and all of them, keeps each key's draft metrics once,
-and, with B chains, writes each chain's ``chain_<b>/summary.json`` and pools the chains in ``summary.json``.
+JSONL or Parquet records of every chain (`runs.telemetry.ChainRecords`, as the bigram chain's ``--chains B`` and
+``--drafts N`` do), counts each chain and all of them, keeps each key's draft metrics once, and, with B chains,
+writes each chain's ``chain_<b>/summary.json`` and pools the chains in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from numpy.typing import NDArray
 from thermospec.core.statistics import Chi2Result
 from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.pairs import PairCounts
-from thermospec.runs.batch_run import chain_dir, chain_spread
+from thermospec.runs.batch_run import chain_spread
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.losses import Visits, visits_of
-from thermospec.runs.parquet_file import RecordParquet, finish_parquet
 from thermospec.runs.prepare import PreparedRun
 from thermospec.runs.schema import Layout
-from thermospec.runs.storage import METRICS_FILE, SUMMARY_FILE, RecordFile, write_json_atomic
+from thermospec.runs.storage import SUMMARY_FILE, chain_dir, write_json_atomic
 from thermospec.runs.summary import ACCEPT_OVERLAP_TOLERANCE, PSI_BYTES_LIMIT
-from thermospec.runs.telemetry import PARQUET_FILE
+from thermospec.runs.telemetry import ChainRecords
 from thermospec.tsu.drafts import DraftRecord, RecordSource
 
 __all__ = ["CountedMode", "KeyMetrics", "chi2_fields", "visit_aggregates"]
@@ -149,8 +149,7 @@ class CountedMode:
             raise ValueError(f"chains must be >= 1 (B > 1 writes into a run folder), got {chains}")
         self.run, self.telemetry, self.chains, self.run_dir = run, telemetry, chains, run_dir
         self.layout, self.key_text = records, key_text
-        single = telemetry == "jsonl" and run_dir is not None and chains == 1
-        self._file = RecordFile(run_dir / METRICS_FILE) if single and run_dir is not None else None
+        self.records: ChainRecords[ChainChunk] = ChainRecords(run_dir, telemetry, chains, records, key_text)
         self.steps = self.accepted = 0
         self.emitted_counts: NDArray[np.int64] = np.zeros(V, dtype=np.int64)
         self.pairs = PairCounts(V)
@@ -159,15 +158,8 @@ class CountedMode:
         self._stats: dict[str, Any] | None = None
         self._shrank = False  # whether the source's file shrank under the run (its χ² are then skipped)
         self.per_chain: list[CountedMode] = []
-        self._chain_files: list[RecordFile] = []
-        self._parquet = (RecordParquet(run_dir / PARQUET_FILE, records, chains > 1, key_text)
-                         if telemetry == "parquet" and run_dir is not None and records is not None else None)
         if chains > 1 and run_dir is not None:
             self.per_chain = [CountedMode(run, None, telemetry, V) for _ in range(chains)]
-            for b in range(chains if telemetry != "none" else 0):
-                chain_dir(run_dir, b).mkdir()
-                if telemetry == "jsonl":
-                    self._chain_files.append(RecordFile(chain_dir(run_dir, b) / METRICS_FILE))
 
     def learn(self, keys: NDArray[np.int64], drafts: RecordSource) -> None:
         """Keep the metrics (and, with JSONL, the key fields' text) of the keys in `keys` not met before."""
@@ -191,14 +183,7 @@ class CountedMode:
                         drafts: RecordSource | None = None) -> int:
         """Write each chain's chunk (`lines` formats its JSONL; `columns` are its Parquet step columns, `drafts`
         its keys' drafts) and count it by its `keys`; the steps added.  A failed write counts none of it."""
-        if self._parquet is not None:
-            assert columns is not None and drafts is not None, "Parquet records need the step columns and drafts"
-            for b, part in enumerate(chunks):  # a failed write: one line naming the file
-                self._parquet.write(part.start, columns(part), b, keys(part), drafts)
-        if self._file is not None:
-            self._file.write(lines(chunks[0]))
-        for part, file in zip(chunks, self._chain_files, strict=False):
-            file.write(lines(part))
+        self.records.write(chunks, lines, columns, keys, drafts)
         for part, mine in zip(chunks, self.per_chain, strict=False):
             mine.count(part, keys(part))
         return sum(self.count(part, keys(part)) for part in chunks)
@@ -214,15 +199,7 @@ class CountedMode:
     def close(self) -> str | None:
         """Finish the Parquet file (removed, saying so, if it cannot be read back), then close the JSONL files;
         the single chain's SHA-256 (None without JSONL or with B chains)."""
-        try:
-            if self._parquet is not None:
-                finish_parquet(self._parquet)
-        finally:
-            for file in self._chain_files:
-                file.close()
-            if self._file is not None:
-                self._file.close()
-        return None if self._file is None else self._file.hexdigest()
+        return self.records.close()
 
     def tokens(self) -> int:
         """Steps recorded so far."""

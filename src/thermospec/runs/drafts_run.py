@@ -42,22 +42,15 @@ from thermospec.engine.chain import DEFAULT_CHUNK
 from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.drafts import PlanSource, plan_source, run_drafts_chains
 from thermospec.engine.tally import RunTally
-from thermospec.runs.batch_run import STREAMS, chain_dir, chain_spread
+from thermospec.runs.batch_run import STREAMS, chain_spread
 from thermospec.runs.chain_tsus import chain_drafts
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.losses import Visits, visits_of
 from thermospec.runs.prepare import PreparedRun, context_source
 from thermospec.runs.schema import layout
-from thermospec.runs.storage import (
-    METRICS_FILE,
-    SUMMARY_FILE,
-    RecordFile,
-    append_whole,
-    cut_back,
-    write_json_atomic,
-)
+from thermospec.runs.storage import SUMMARY_FILE, chain_dir, write_json_atomic
 from thermospec.runs.summary import summarise_run
-from thermospec.runs.telemetry import PARQUET_FILE, ParquetWriter, step_columns
+from thermospec.runs.telemetry import ChainRecords, drafts_arrays, step_columns
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 
 __all__ = ["DRAFTS", "DraftsMode", "drafts_extras", "drafts_lines", "verifier_drafts"]
@@ -102,20 +95,7 @@ class DraftsMode:
         self.chain_tallies = [RunTally(V) for _ in range(chains)] if chains > 1 and telemetry != "none" else []
         self.draws = 0
         self.chain_accepted = np.zeros(chains, dtype=np.int64)
-        self._file: RecordFile | None = None
-        self._sizes: list[int] = []  # with B > 1 chains: bytes of whole chunks in each chain's JSONL
-        self._parquet: ParquetWriter | None = None
-        if telemetry != "none" and chains > 1:
-            for b in range(chains):
-                chain_dir(run_dir, b).mkdir()
-        if telemetry == "jsonl" and chains == 1:
-            self._file = RecordFile(run_dir / METRICS_FILE)
-        elif telemetry == "jsonl":  # B files written a chunk at a time, none held open (as --chains does)
-            for b in range(chains):
-                (chain_dir(run_dir, b) / METRICS_FILE).touch()
-            self._sizes = [0] * chains
-        elif telemetry == "parquet":
-            self._parquet = ParquetWriter(run_dir / PARQUET_FILE, chain_column=chains > 1, drafts_columns=True)
+        self.records: ChainRecords[DraftsChunk] = ChainRecords(run_dir, telemetry, chains, DRAFTS)
         self._stats: dict[str, Any] | None = None
 
     def chunks(self) -> Iterator[list[DraftsChunk]]:
@@ -129,13 +109,8 @@ class DraftsMode:
 
     def record(self, chunks: list[DraftsChunk]) -> int:
         """Write every chain's records of the chunk, then count it (a failed write counts none of it)."""
-        if self._file is not None:
-            self._file.write(drafts_lines(chunks[0], self.view))
-        elif self._sizes:
-            self._append(chunks)
-        for b, chunk in enumerate(chunks):
-            if self._parquet is not None:
-                self._parquet.write(chunk, self.view, chain=b)
+        self.records.write(chunks, lambda part: drafts_lines(part, self.view), drafts_arrays, lambda part: part.prev,
+                           self.view)
         for b, chunk in enumerate(chunks):
             if self.chain_tallies:
                 self.chain_tallies[b].update(chunk)
@@ -144,25 +119,8 @@ class DraftsMode:
             self.draws += int(chunk.drafts_used.sum())
         return sum(len(chunk) for chunk in chunks)
 
-    def _append(self, chunks: list[DraftsChunk]) -> None:
-        """Every chain's JSONL records of the chunk, or none of them (the files cut back on a failure)."""
-        sizes = list(self._sizes)
-        try:
-            for b, chunk in enumerate(chunks):
-                sizes[b] = append_whole(chain_dir(self.run_dir, b) / METRICS_FILE, drafts_lines(chunk, self.view),
-                                        self._sizes[b])
-        except BaseException:  # a failed write or a second signal: every file back to its whole chunks
-            for b in range(self.chains):
-                cut_back(chain_dir(self.run_dir, b) / METRICS_FILE, self._sizes[b])
-            raise
-        self._sizes = sizes
-
     def close(self) -> str | None:
-        if self._file is not None:
-            self._file.close()
-        if self._parquet is not None:
-            self._parquet.close()
-        return self._file.hexdigest() if self._file is not None else None
+        return self.records.close()
 
     def tokens(self) -> int:
         return self.tally.steps

@@ -32,6 +32,7 @@ __all__ = [
     "OutputError",
     "RecordFile",
     "append_whole",
+    "chain_dir",
     "create_run_dir",
     "cut_back",
     "failure_reason",
@@ -222,6 +223,11 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
         One line naming the file and the reason (full disk, unwritable folder).
     """
     write_text_atomic(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+
+
+def chain_dir(run_dir: Path, b: int) -> Path:
+    """Folder of chain b's telemetry and summary (``--chains B``)."""
+    return run_dir / f"chain_{b:04d}"
 
 
 def create_run_dir(runs_dir: str | Path) -> Path:

@@ -18,35 +18,41 @@ Formats (``run --telemetry``):
   ``drafts_used`` and ``accepted_index``), one row group per chunk; needs the
   optional ``parquet`` extra (pyarrow), imported only when used.
 
+* ``none``: no per-step file; the summary is unchanged.
+
 The fields, their JSON text and Arrow types are declared once in `runs.schema`;
 `FIELDS` is `runs.schema.M1`'s names, and the formatters and `ParquetWriter` are
-built from that layout (order-N, trace and N-draft runs from theirs).
-* ``none``: no per-step file; the summary is unchanged.
+built from that layout (order-N, trace and N-draft runs from theirs).  The
+records of one chain or of B in lock step (``--chains B``, ``--drafts N``,
+``--order N``, ``--trace``) are written by `ChainRecords`, once for every mode:
+each chain's chunk of records, or none of them.
 
 Every writer streams chunk by chunk: memory does not grow with the run length.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, Protocol, cast
+from typing import IO, Any, Generic, Literal, Protocol, TypeVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.engine.chunks import ChainChunk, DraftsChunk
 from thermospec.engine.kernels import compiled_module
-from thermospec.runs.parquet_file import RecordParquet
-from thermospec.runs.schema import M1, M1_FIELDS, layout
-from thermospec.runs.storage import RecordFile
-from thermospec.tsu.drafts import ContextDraft, DraftSource
+from thermospec.runs.parquet_file import RecordParquet, finish_parquet
+from thermospec.runs.schema import M1, M1_FIELDS, Layout
+from thermospec.runs.storage import METRICS_FILE, OutputError, RecordFile, append_whole, chain_dir, cut_back
+from thermospec.tsu.drafts import ContextDraft, DraftSource, RecordSource
 
 __all__ = [
     "FIELDS",
     "JSONL_FILE",
     "PARQUET_FILE",
     "TELEMETRY_FORMATS",
+    "ChainRecords",
     "JsonlWriter",
     "NullWriter",
     "ParquetWriter",
@@ -54,6 +60,7 @@ __all__ = [
     "TelemetrySink",
     "TelemetryWriter",
     "context_fields",
+    "drafts_arrays",
     "jsonl_lines",
     "parquet_available",
     "step_arrays",
@@ -71,6 +78,8 @@ JSONL_FILE = "m1_metrics.jsonl"
 _M1_FORMAT = M1.compiled_format()
 """The texts the compiled formatter writes around M1's step values: its field names come from the schema."""
 PARQUET_FILE = "m1_metrics.parquet"
+Chunk = TypeVar("Chunk", bound=ChainChunk)
+"""A chunk of steps of one chain (`ChainRecords`)."""
 
 
 class TelemetryWriter(Protocol):
@@ -95,6 +104,11 @@ def step_arrays(chunk: ChainChunk) -> dict[str, NDArray[Any]]:
     """A chunk's step fields as arrays (`runs.parquet_file.RecordParquet.write`)."""
     return {"prev_token": chunk.prev, "proposed_token": chunk.proposed, "emitted_token": chunk.emitted,
             "accepted": chunk.accepted}
+
+
+def drafts_arrays(chunk: DraftsChunk) -> dict[str, NDArray[Any]]:
+    """An N-draft chunk's step fields as arrays: M1's, then ``drafts_used`` and ``accepted_index``."""
+    return step_arrays(chunk) | {"drafts_used": chunk.drafts_used, "accepted_index": chunk.accepted_index}
 
 
 def jsonl_lines(chunk: ChainChunk, context_text: dict[int, str]) -> str:
@@ -189,18 +203,13 @@ def parquet_available() -> bool:
 
 
 class ParquetWriter:
-    """``--telemetry parquet``: one row per step, the JSONL's fields as columns, one row group per chunk.
+    """``--telemetry parquet`` of the M1 chain: one row per step, the JSONL's fields as columns, one row group per
+    chunk (`ChainRecords` writes those of the other bigram runs: ``--drafts N``, ``--chains B``).
 
     Parameters
     ----------
     path : Path
         The ``.parquet`` file to create.
-    chain_column : bool
-        Prepend a ``chain`` column (``run --chains B``: all chains in one file).
-    drafts_columns : bool
-        Append ``run --drafts N``'s two fields, ``drafts_used`` and ``accepted_index``
-        (null where the residual was drawn), as its JSONL has them; `write` then takes
-        `DraftsChunk` s.
 
     Raises
     ------
@@ -208,23 +217,114 @@ class ParquetWriter:
         If pyarrow is not installed (``pip install 'thermospec[parquet]'``).
     """
 
-    def __init__(self, path: Path, chain_column: bool = False, drafts_columns: bool = False) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.chain_column, self.drafts_columns = chain_column, drafts_columns
-        self._file = RecordParquet(path, layout(drafts=drafts_columns), chain_column)
+        self._file = RecordParquet(path, M1)
         self.schema = self._file.schema
 
-    def write(self, chunk: ChainChunk, drafts: DraftSource, chain: int = 0) -> None:
-        """Append one chunk (of chain `chain`) as a row group."""
-        columns = step_arrays(chunk)
-        if self.drafts_columns:
-            steps = cast(DraftsChunk, chunk)
-            columns |= {"drafts_used": steps.drafts_used, "accepted_index": steps.accepted_index}
-        self._file.write(chunk.start, columns, chain, chunk.prev, drafts)
+    def write(self, chunk: ChainChunk, drafts: DraftSource) -> None:
+        """Append one chunk as a row group."""
+        self._file.write(chunk.start, step_arrays(chunk), 0, chunk.prev, drafts)
 
     def close(self) -> None:
         """Finish the file (its footer); the file is only readable after this."""
         self._file.close()
+
+
+class ChainRecords(Generic[Chunk]):
+    """The records of one chain or of B in lock step, written a chunk at a time: every chain's of it, or none.
+
+    ``jsonl``: one chain's ``m1_metrics.jsonl`` in `run_dir` (a `RecordFile`, hashed for the summary's
+    ``metrics_sha256``), or each chain's ``chain_<b>/m1_metrics.jsonl``, appended without holding B files open
+    and, on a failed write (a full disk) or a second signal, all cut back to the same whole chunks.
+    ``parquet``: one ``m1_metrics.parquet`` of `records` (a leading ``chain`` column with B chains), finished
+    and read back on `close` (removed, saying so, if it cannot be read).  ``none``, or `run_dir` None: nothing.
+    With B chains and telemetry, the chains' folders are created (their summaries go there too).
+
+    Parameters
+    ----------
+    run_dir : Path or None
+    telemetry : {"jsonl", "parquet", "none"}
+    chains : int
+    records : Layout, optional
+        The records' fields, for Parquet (without it ``parquet`` writes nothing).
+    key_text : callable, optional
+        A key's text (the ``context`` key field).
+    """
+
+    def __init__(self, run_dir: Path | None, telemetry: str, chains: int = 1, records: Layout | None = None,
+                 key_text: Callable[[int], str] | None = None) -> None:
+        self.run_dir, self.chains = run_dir, chains
+        self.steps = 0  # each chain's steps of whole records
+        self._file: RecordFile | None = None
+        self._paths: list[Path] = []  # with B chains: each chain's JSONL
+        self._sizes: list[int] = []  # and its bytes of whole chunks
+        self._parquet: RecordParquet | None = None
+        if run_dir is None or telemetry == "none":
+            return
+        if chains > 1:
+            for b in range(chains):
+                chain_dir(run_dir, b).mkdir()
+        if telemetry == "jsonl" and chains == 1:
+            self._file = RecordFile(run_dir / METRICS_FILE)
+        elif telemetry == "jsonl":
+            self._paths = [chain_dir(run_dir, b) / METRICS_FILE for b in range(chains)]
+            for path in self._paths:
+                path.touch()
+            self._sizes = [0] * chains
+        elif telemetry == "parquet" and records is not None:
+            self._parquet = RecordParquet(run_dir / PARQUET_FILE, records, chains > 1, key_text)
+
+    def write(self, chunks: Sequence[Chunk], lines: Callable[[Chunk], str],
+              columns: Callable[[Chunk], Mapping[str, NDArray[Any]]] | None = None,
+              keys: Callable[[Chunk], NDArray[np.int64]] | None = None, drafts: RecordSource | None = None) -> None:
+        """Write chain b's records of the same steps, ``chunks[b]``, for every b: `lines` formats a chunk's JSONL;
+        `columns` are its Parquet step columns, `keys` each step's key and `drafts` the keys' drafts.
+
+        Raises
+        ------
+        OutputError
+            A failed write, in one line naming the file; every file keeps the whole chunks before it.
+        """
+        if self._parquet is not None:
+            assert columns is not None and keys is not None and drafts is not None, "Parquet needs the columns"
+            for b, part in enumerate(chunks):
+                self._parquet.write(part.start, columns(part), b, keys(part), drafts)
+        if self._file is not None:
+            self._file.write(lines(chunks[0]))
+        elif self._paths:
+            self._append(chunks, lines)
+        self.steps += len(chunks[0])
+
+    def _append(self, chunks: Sequence[Chunk], lines: Callable[[Chunk], str]) -> None:
+        """Every chain's records, formatted one chain at a time, or none of them (the files cut back to their
+        whole chunks on a failure)."""
+        sizes = list(self._sizes)
+        try:
+            for b, (path, part) in enumerate(zip(self._paths, chunks, strict=True)):
+                sizes[b] = append_whole(path, lines(part), self._sizes[b])
+        except OutputError as exc:
+            self._cut_back()
+            raise OutputError(f"{exc}; every chain's file kept its {self.steps} steps of whole records") from None
+        except BaseException:  # a second signal: stop at once, every file cut back
+            self._cut_back()
+            raise
+        self._sizes = sizes
+
+    def _cut_back(self) -> None:
+        for path, size in zip(self._paths, self._sizes, strict=True):
+            cut_back(path, size)
+
+    def close(self) -> str | None:
+        """Finish the Parquet file (removed, saying so, if it cannot be read back), then close the JSONL; the one
+        chain's JSONL SHA-256 (None with B chains or another format)."""
+        try:
+            if self._parquet is not None:
+                finish_parquet(self._parquet)
+        finally:
+            if self._file is not None:
+                self._file.close()
+        return None if self._file is None else self._file.hexdigest()
 
 
 class TelemetrySink:
