@@ -201,7 +201,7 @@ def test_compiled_and_python_steppers_agree_with_evictions() -> None:
     sparse = sparse_rows(run)
     assert sparse is not None
     source = compact_source(sparse.support, run.proposer.draft)
-    u = np.random.default_rng(5).random((20_000, 3))
+    u = np.random.default_rng(5).random((5_000, 3))
     small = 12 * (8 * (2 * 16 + 1 + 2 * 256) + 4 * (16 + 256) + 72)  # about a dozen slots
     compiled = CompactStepper(V_LAZY, source, 16, 256, "compiled", max_bytes=small)
     python = CompactStepper(V_LAZY, source, 16, 256, "python", max_bytes=small)
