@@ -76,6 +76,7 @@ def test_recorded_fallback_counts_the_same(tmp_path: Path, monkeypatch: pytest.M
         return stepper, None
 
     monkeypatch.setattr(context_counts, "moving_stepper", uncrafted)
+    monkeypatch.setattr(context_counts, "packed_states", lambda *args: None)  # nor packed
     rng = np.random.default_rng(seed)
     tallies = count_order_chain(target, ContextProposer(target, *PSI).draft, steps, rng, PSI)
     assert tallies is not None

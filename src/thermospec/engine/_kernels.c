@@ -1560,12 +1560,276 @@ done:
     return result;
 }
 
+/* ---- Order-N states packed one record a state (run --order N --telemetry none, thermospec.engine.packed_states).
+ *
+ * A counted order-N step in state s reads its draft's total, last token and guide, the draft cdf around the
+ * draw, ratio[y], the move after the emitted token and that pair's count: in TableCache's arrays these are
+ * six lines of six arrays (the rows of 64k states are far apart, so each is a miss).  Here a state is one
+ * record, 64-byte aligned, of R = record_layout(V, G).size bytes:
+ *
+ *   [0, head)            draft total (double), last positive token (int32), guide (G + 1 uint8: V < 256)
+ *   [head, head + 24 V)  per token: draft cdf (double), ratio (double), next state (int32), count (uint32)
+ *   then, 8-aligned      residual total (double), last (int32), guide (G + 1 uint8)
+ *   then, 8-aligned      residual cdf (V doubles)
+ *
+ * so an accepted draft (most steps) reads the head line and the lines of a few entries, all prefetched at the
+ * step's start.  The same doubles are compared in the same order as `step` on TableCache's arrays (the cdf
+ * entries are strided, not changed), so the tokens are the same.  The counts are uint32: the caller adds them
+ * to its int64 pairs (state_flush) before any could pass 2^32 - 1. */
+typedef struct {
+    int64_t V, G, head, residual, residual_cdf, size;
+} RecordLayout;
+
+static RecordLayout record_layout(int64_t V, int64_t G)
+{
+    RecordLayout l;
+    l.V = V;
+    l.G = G;
+    l.head = (12 + G + 1 + 63) / 64 * 64;
+    l.residual = (l.head + 24 * V + 7) / 8 * 8;
+    l.residual_cdf = (l.residual + 12 + G + 1 + 7) / 8 * 8;
+    l.size = (l.residual_cdf + 8 * V + 63) / 64 * 64;
+    return l;
+}
+
+/* bisect_right over n strided cdf entries (`stride` doubles apart): the same comparisons as bisect_right. */
+INLINE int64_t bisect_right_strided(const double *cdf, int64_t n, double target, int64_t stride)
+{
+    int64_t i = 0;
+    while (n > 1) {
+        int64_t half = n >> 1;
+        i += half & -(int64_t)(cdf[(i + half - 1) * stride] <= target);
+        n -= half;
+    }
+    return i + (n == 1 && cdf[i * stride] <= target);
+}
+
+/* guided_last on a record's cdf (strided) and uint8 guide, total and last at `head`. */
+INLINE int64_t record_draw(const char *head, const double *cdf, int64_t stride, int64_t G, double u)
+{
+    const double total = *(const double *)head;
+    const int64_t last = *(const int32_t *)(head + 8);
+    const uint8_t *guide = (const uint8_t *)(head + 12);
+    const int64_t k = (int64_t)(u * (double)G);
+    const int64_t lo = guide[k], n = (int64_t)guide[k + 1] - lo;
+    if (LIKELY(n == 0 && lo <= last))
+        return lo;
+    const int64_t y = lo + bisect_right_strided(cdf + lo * stride, n, u * total, stride);
+    return y > last ? last : y;
+}
+
+/* n steps from state *x over `records` (`keys` states), counting into the records; returns the steps run
+ * (fewer when a move leads out of [0, keys): *bad set). */
+INLINE int64_t record_body(char *restrict records, const RecordLayout l, uint64_t *restrict rng, int64_t keys,
+                           int64_t *restrict acc, int64_t n, int64_t *x, int *bad)
+{
+    int64_t t = 0;
+#if HAVE_PCG64
+    int64_t cx = *x, ok = 0;
+    pcg128 state = pcg_join(rng[0], rng[1]);
+    const pcg128 inc = pcg_join(rng[2], rng[3]);
+    const int64_t hot = l.head + 24 * l.V; /* the lines an accepted draft may read */
+    for (; t < n; ++t) {
+        const double u0 = pcg_uniform(&state, inc), u1 = pcg_uniform(&state, inc), u2 = pcg_uniform(&state, inc);
+        char *rec = records + cx * l.size;
+#if defined(__GNUC__)
+        for (int64_t k = 0; k < hot; k += 64)
+            __builtin_prefetch(rec + k);
+#endif
+        double *entries = (double *)(rec + l.head);
+        const int64_t y = record_draw(rec, entries, 3, l.G, u0);
+        int64_t nx = y;
+        if (u1 < entries[3 * y + 1])
+            ++ok;
+        else
+            nx = record_draw(rec + l.residual, (const double *)(rec + l.residual_cdf), 1, l.G, u2);
+        int32_t *tail = (int32_t *)(entries + 3 * nx + 2);
+        ((uint32_t *)tail)[1] += 1;
+        const int64_t key = tail[0];
+        if (!LIKELY(key >= 0 && key < keys)) {
+            *bad = 1;
+            ++t;
+            break;
+        }
+        cx = key;
+    }
+    rng[0] = (uint64_t)(state >> 64);
+    rng[1] = (uint64_t)state;
+    *acc += ok;
+    *x = cx;
+#else
+    (void)records; (void)l; (void)rng; (void)keys; (void)acc; (void)n; (void)x; (void)bad;
+#endif
+    return t;
+}
+
+NOINLINE int64_t record_loop(char *records, const RecordLayout l, uint64_t *rng, int64_t keys, int64_t *acc,
+                             int64_t n, int64_t *x, int *bad)
+{
+    return record_body(records, l, rng, keys, acc, n, x, bad);
+}
+#if X86_CLONES
+NOINLINE AVX2_BMI2 int64_t record_loop_avx2(char *records, const RecordLayout l, uint64_t *rng, int64_t keys,
+                                            int64_t *acc, int64_t n, int64_t *x, int *bad)
+{
+    return record_body(records, l, rng, keys, acc, n, x, bad);
+}
+#endif
+
+/* Checks of a records buffer of `keys` states (V, G); returns 0 with an exception set. */
+static int records_of(Py_buffer *rb, Py_ssize_t V, Py_ssize_t G, Py_ssize_t keys, RecordLayout *l, const char *name)
+{
+    if (V < 1 || V > 255 || G < 1 || (G & (G - 1)) != 0 || G > 255 || keys < 0) {
+        PyErr_Format(PyExc_ValueError, "%s: 1 <= V <= 255 and G a power of two below 256 needed", name);
+        return 0;
+    }
+    *l = record_layout(V, G);
+    if (((uintptr_t)rb->buf & 63) != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: the records must be 64-byte aligned", name);
+        return 0;
+    }
+    return need(rb, keys * l->size, 1, "records");
+}
+
+/* state_pack(records, draft_cdf, ratio, residual_cdf, moves, V, G, first, count)
+ * Writes the records of states first .. first + count - 1 from their rows (count x V doubles each) and the
+ * move table (int32, states x V): the totals, lasts and guides `finish` gives, the counts zero. */
+static PyObject *state_pack(PyObject *self, PyObject *args)
+{
+    Py_buffer rb, db, qb, sb, mb;
+    Py_ssize_t V, G, first, count;
+    if (!PyArg_ParseTuple(args, "w*y*y*y*y*nnnn", &rb, &db, &qb, &sb, &mb, &V, &G, &first, &count))
+        return NULL;
+    PyObject *result = NULL;
+    RecordLayout l;
+    if (first < 0 || count < 0) {
+        PyErr_SetString(PyExc_ValueError, "state_pack: first >= 0 and count >= 0 needed");
+        goto done;
+    }
+    if (!(records_of(&rb, V, G, first + count, &l, "state_pack") && need(&db, count * V, 8, "draft_cdf") &&
+          need(&qb, count * V, 8, "ratio") && need(&sb, count * V, 8, "residual_cdf") &&
+          need(&mb, (first + count) * V, 4, "moves")))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS /* only the buffers: craft_states' threads craft their blocks meanwhile */
+    int32_t guide[256 + 1];
+    for (Py_ssize_t i = 0; i < count; ++i) {
+        const int64_t s = first + i;
+        char *rec = (char *)rb.buf + s * l.size;
+        const double *rows[2] = {(const double *)db.buf + i * V, (const double *)sb.buf + i * V};
+        const double *ratio = (const double *)qb.buf + i * V;
+        const int32_t *moves = (const int32_t *)mb.buf + s * V;
+        memset(rec, 0, (size_t)l.size);
+        for (int j = 0; j < 2; ++j) {
+            char *head = rec + (j == 0 ? 0 : l.residual);
+            const double *cdf = rows[j];
+            *(double *)head = cdf[V - 1];
+            *(int32_t *)(head + 8) = (int32_t)last_positive(cdf, V);
+            guide_of(cdf, V, G, cdf[V - 1], guide);
+            for (int64_t k = 0; k <= G; ++k)
+                ((uint8_t *)(head + 12))[k] = (uint8_t)guide[k];
+        }
+        double *entries = (double *)(rec + l.head);
+        for (int64_t y = 0; y < V; ++y) {
+            entries[3 * y] = rows[0][y];
+            entries[3 * y + 1] = ratio[y];
+            ((int32_t *)(entries + 3 * y + 2))[0] = moves[y];
+        }
+        memcpy(rec + l.residual_cdf, rows[1], (size_t)V * sizeof(double));
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&rb); PyBuffer_Release(&db); PyBuffer_Release(&qb); PyBuffer_Release(&sb);
+    PyBuffer_Release(&mb);
+    return result;
+}
+
+/* state_counts(records, rng, accepted, V, G, keys, n, x) -> (t, x)
+ * n steps of one order-N chain from state x over the records of `keys` states (every state packed by
+ * state_pack), nothing recorded: each step adds to accepted (int64[1]) and its (state, emitted) count in the
+ * records (n <= 2^32 - 1 minus the steps counted since the last state_flush), the uniforms drawn from rng (a
+ * PCG64 state, advanced): the steps of moving_counts. */
+static PyObject *state_counts(PyObject *self, PyObject *args)
+{
+    Py_buffer rb, gb, ab;
+    Py_ssize_t V, G, keys, n, x;
+    if (!PyArg_ParseTuple(args, "w*w*w*nnnnn", &rb, &gb, &ab, &V, &G, &keys, &n, &x))
+        return NULL;
+    PyObject *result = NULL;
+    RecordLayout l;
+    if (!HAVE_PCG64) {
+        PyErr_SetString(PyExc_NotImplementedError, "state_counts: built without 128-bit integers (no PCG64)");
+        goto done;
+    }
+    if (!(records_of(&rb, V, G, keys, &l, "state_counts") && need(&gb, 4, 8, "rng") && need(&ab, 1, 8, "accepted")))
+        goto done;
+    if (x < 0 || x >= keys || n < 0 || n > (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "state_counts: x in range and 0 <= n < 2^32 needed");
+        goto done;
+    }
+    {
+        int64_t cx = x, t;
+        int bad = 0;
+        Py_BEGIN_ALLOW_THREADS
+#if X86_CLONES
+        if (has_avx2_bmi2())
+            t = record_loop_avx2(rb.buf, l, gb.buf, keys, ab.buf, n, &cx, &bad);
+        else
+#endif
+            t = record_loop(rb.buf, l, gb.buf, keys, ab.buf, n, &cx, &bad);
+        Py_END_ALLOW_THREADS
+        if (bad)
+            PyErr_SetString(PyExc_ValueError, "state_counts: a move leads out of the move table's states");
+        else
+            result = Py_BuildValue("nn", (Py_ssize_t)t, (Py_ssize_t)cx);
+    }
+done:
+    PyBuffer_Release(&rb); PyBuffer_Release(&gb); PyBuffer_Release(&ab);
+    return result;
+}
+
+/* state_flush(records, pairs, V, G, keys): adds every record's counts to pairs (int64, keys x V,
+ * [state * V + emitted]) and zeroes them. */
+static PyObject *state_flush(PyObject *self, PyObject *args)
+{
+    Py_buffer rb, pb;
+    Py_ssize_t V, G, keys;
+    if (!PyArg_ParseTuple(args, "w*w*nnn", &rb, &pb, &V, &G, &keys))
+        return NULL;
+    PyObject *result = NULL;
+    RecordLayout l;
+    if (!(records_of(&rb, V, G, keys, &l, "state_flush") && need(&pb, keys * V, 8, "pairs")))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t s = 0; s < keys; ++s) {
+        double *entries = (double *)((char *)rb.buf + s * l.size + l.head);
+        int64_t *pairs = (int64_t *)pb.buf + s * V;
+        for (int64_t y = 0; y < V; ++y) {
+            uint32_t *count = (uint32_t *)(entries + 3 * y + 2) + 1;
+            if (*count) { /* most pairs are never met: their lines are only read */
+                pairs[y] += *count;
+                *count = 0;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&rb); PyBuffer_Release(&pb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"chain", chain, METH_VARARGS, "Run one chain over a chunk of uniforms; stop at a context without a table."},
     {"isa", isa, METH_VARARGS, "The instruction set of the plain loop ('avx2,bmi2' or 'baseline'); set with 'baseline'/'auto'."},
     {"batch", batch, METH_VARARGS, "Run B chains in lock step; every context must have a table."},
     {"moving_counts", moving_counts, METH_VARARGS, "Run one order-N chain on a move table, counting its (state, emitted) pairs only."},
     {"finish", finish, METH_VARARGS, "Fill consecutive table slots' totals, lasts and guides from their three rows."},
+    {"state_pack", state_pack, METH_VARARGS, "Pack consecutive order-N states' tables and moves into their records."},
+    {"state_counts", state_counts, METH_VARARGS, "Run one order-N chain on packed state records, counting in them."},
+    {"state_flush", state_flush, METH_VARARGS, "Add the packed state records' counts to int64 pairs and zero them."},
     {"jsonl", jsonl, METH_VARARGS, "Format a chunk of steps as JSONL lines laid out by the telemetry schema's texts."},
     {"compact_chain", compact_chain, METH_VARARGS, "Run one chain on compact tables; stop at a context without a slot."},
     {"drafts_chain", drafts_chain, METH_VARARGS, "Run one chain with N drafts per step on a verifier's tables."},

@@ -3,10 +3,12 @@
 A run without telemetry needs only its counts: steps, accepted drafts and the
 (context, emitted token) pairs.  `count_order_chain` steps the chain of
 `thermospec.engine.contexts.run_order_chain` (same stream, same tokens) on the
-compiled kernel's plain loop over the move table (``moving_counts``): each step
-adds one to a dense ``states x V`` table of (state, emitted) pairs and nothing
-else is written, so there are no per-step arrays, no interning per chunk and no
-pair merging.  `OrderCounts.pairs` turns the table into the (context, token,
+compiled kernel's plain loop: over the states packed one record a state
+(`thermospec.engine.packed_states`, ``state_counts``: each step counts into its
+record) where they fit, else over the move table and table cache (``moving_counts``:
+each step adds one to a dense ``states x V`` table of (state, emitted) pairs).
+Nothing else is written, so there are no per-step arrays, no interning per chunk and
+no pair merging.  `OrderCounts.pairs` turns the table into the (context, token,
 count) triples `thermospec.engine.pairs.PairCounts.pairs` would give, the contexts
 interned by increasing state (their ids differ from a recorded run's, which
 interns them as met; every summary value is keyed by context, in exact sums).
@@ -22,8 +24,16 @@ from numpy.typing import NDArray
 
 from thermospec.engine.chain import ReportVerifier, start_token
 from thermospec.engine.contexts import DEFAULT_CHUNK, MovingChain, moving_stepper
-from thermospec.engine.kernels import ChainStepper, compiled_module, draws_pcg64, pcg64_state, set_pcg64_state
-from thermospec.engine.state_drafts import PsiSpec, StateMetrics, worth_crafting
+from thermospec.engine.kernels import (
+    DEFAULT_TABLE_BYTES,
+    ChainStepper,
+    compiled_module,
+    draws_pcg64,
+    pcg64_state,
+    set_pcg64_state,
+)
+from thermospec.engine.packed_states import PackedStates, packed_states
+from thermospec.engine.state_drafts import PsiSpec, StateMetrics, craft_states, worth_crafting
 from thermospec.targets.order import ORDER_MOVES_BYTES, ContextMoves, OrderTarget
 from thermospec.tsu.drafts import DraftSource
 
@@ -44,8 +54,8 @@ class OrderCounts:
         Every state's draft metrics when they were all crafted at once (else ask the proposer).
     """
 
-    def __init__(self, moves: ContextMoves, metrics: StateMetrics | None) -> None:
-        self.moves, self.metrics = moves, metrics
+    def __init__(self, moves: ContextMoves, metrics: StateMetrics | None, packed: PackedStates | None = None) -> None:
+        self.moves, self.metrics, self.packed = moves, metrics, packed
         self.V = int(moves.next.shape[0] // moves.states)
         self.table = np.zeros(moves.states * self.V, dtype=np.int64)  # [state * V + emitted]
         self.accepted_count = np.zeros(1, dtype=np.int64)
@@ -64,6 +74,8 @@ class OrderCounts:
 
     def state_codes(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """The codes ``state * V + token`` of every pair counted, increasing, and their counts (nothing interned)."""
+        if self.packed is not None:  # the kernel counted into the packed states' records
+            self.packed.flush(self.table)
         codes = np.flatnonzero(self.table)  # increasing: by state, then token
         return codes, self.table[codes]
 
@@ -138,6 +150,14 @@ def count_order_chain(target: OrderTarget, drafts: DraftSource, steps: int, rng:
     if (moves is None or psi is None or not draws_pcg64(module, rng) or not hasattr(module, "moving_counts")
             or not worth_crafting(moves, steps)):
         return None
+    packed = packed_states(target.V, moves, max_table_bytes or DEFAULT_TABLE_BYTES)
+    crafted = craft_states(moves, psi, drafts, packed) if packed is not None else None
+    if packed is not None and crafted is not None:  # every state packed: the kernel counts in their records
+        counts = OrderCounts(moves, crafted, packed)
+        x = start_token(target.pi, rng)
+        if on_crafted is not None:
+            on_crafted(moves, psi)
+        return _packed(packed, counts, rng, x, steps, chunk)
     verifier = ReportVerifier(drafts)
     stepper, metrics = moving_stepper(target, moves, drafts, verifier, "auto", max_table_bytes, psi, steps)
     counts = OrderCounts(moves, metrics)
@@ -163,6 +183,22 @@ def _counted(stepper: ChainStepper, moves: ContextMoves, counts: OrderCounts, rn
             _, x = stepper.module.moving_counts(cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides,
                                                 moves.next, state, counts.accepted_count, counts.table, cache.V,
                                                 cache.G, n, x)
+            set_pcg64_state(rng, state)
+        counts.steps += n
+        yield ContextTally(start=done, steps=n, accepted=counts.accepted - before, counts=counts)
+        done += n
+
+
+def _packed(states: PackedStates, counts: OrderCounts, rng: np.random.Generator, x: int, steps: int,
+            chunk: int) -> Iterator[ContextTally]:
+    """Tallies of the kernel's loop over the packed states (`PackedStates.counts`)."""
+    done = 0
+    while done < steps:
+        n = min(chunk, steps - done)
+        before = counts.accepted
+        with rng.bit_generator.lock:
+            state = pcg64_state(rng)
+            x = states.counts(state, counts.accepted_count, counts.table, n, x)
             set_pcg64_state(rng, state)
         counts.steps += n
         yield ContextTally(start=done, steps=n, accepted=counts.accepted - before, counts=counts)
