@@ -165,13 +165,29 @@ static inline unsigned code_of_key(unsigned key)
     return key & 0x8000u ? key & 0x7FFFu : 0xFFFFu - key;
 }
 
+#define NO_KEY 0x10000u /* a threshold no key reaches */
+#define SAMPLE_BINS 4096 /* bins of 16 keys */
+
+/* The hits of a block of 16 (or 8) codes, two mask bits a lane (the even ones say which), as tokens from i. */
+static inline Py_ssize_t put_hits(unsigned hits, Py_ssize_t i, uint32_t *out, Py_ssize_t got)
+{
+    while (hits) {
+        out[got++] = (uint32_t)(i + (__builtin_ctz(hits) >> 1));
+        hits &= hits - 1;
+    }
+    return got;
+}
+
 #ifdef HAVE_AVX2_PATH
-/* key_range's vector loop, 16 codes at a time: the tokens it covered; hi, lo, lof, ninf merged in (keys - 32768). */
-AVX2 static Py_ssize_t key_range_avx2(const uint16_t *codes, Py_ssize_t V, int *hi, int *lo, int *lof, int *ninf)
+/* key_range's vector loop, 16 codes at a time: the tokens it covered; hi, lo, lof, ninf merged in (keys - 32768),
+ * and the tokens whose key - 32768 is above lim appended to out (from *m). */
+AVX2 static Py_ssize_t key_range_avx2(const uint16_t *codes, Py_ssize_t V, int *hi, int *lo, int *lof, int *ninf,
+                                      short lim, uint32_t *out, Py_ssize_t *m)
 {
     const __m256i ninf_code = _mm256_set1_epi16((short)0xFC00), top = _mm256_set1_epi16(32767);
+    const __m256i vlim = _mm256_set1_epi16(lim);
     __m256i vhi = _mm256_set1_epi16(-32768), vlo = top, vlof = top, vninf = _mm256_setzero_si256();
-    Py_ssize_t i = 0;
+    Py_ssize_t i = 0, got = *m;
     for (; i + 16 <= V; i += 16) {
         __m256i c = _mm256_loadu_si256((const __m256i *)(codes + i));
         __m256i s = _mm256_xor_si256(c, _mm256_srli_epi16(_mm256_srai_epi16(c, 15), 1)); /* key - 32768 */
@@ -180,6 +196,10 @@ AVX2 static Py_ssize_t key_range_avx2(const uint16_t *codes, Py_ssize_t V, int *
         vlo = _mm256_min_epi16(vlo, s);
         vlof = _mm256_min_epi16(vlof, _mm256_blendv_epi8(s, top, is_ninf));
         vninf = _mm256_or_si256(vninf, is_ninf);
+        unsigned hits = (unsigned)_mm256_movemask_epi8(_mm256_cmpgt_epi16(s, vlim)) & 0x55555555u;
+        if (hits) {
+            got = put_hits(hits, i, out, got);
+        }
     }
     int16_t h[16], l[16], lf[16], n[16];
     _mm256_storeu_si256((__m256i *)h, vhi);
@@ -192,24 +212,27 @@ AVX2 static Py_ssize_t key_range_avx2(const uint16_t *codes, Py_ssize_t V, int *
         *lof = lf[j] < *lof ? lf[j] : *lof;
         *ninf |= n[j] != 0;
     }
+    *m = got;
     return i;
 }
 #endif
 
-/* The largest key, the smallest, the smallest but -inf's, and whether -inf is there: one vector pass. */
-static void key_range(const uint16_t *codes, Py_ssize_t V, unsigned *high, unsigned *low, unsigned *low_finite,
-                      int *minus_inf)
+/* One vector pass: the largest key, the smallest, the smallest but -inf's, whether -inf is there, and the
+ * increasing tokens of keys >= above (NO_KEY: none), appended to out from *m (out may be NULL then). */
+static void key_range_above(const uint16_t *codes, Py_ssize_t V, unsigned above, uint32_t *out, Py_ssize_t *m,
+                            unsigned *high, unsigned *low, unsigned *low_finite, int *minus_inf)
 {
     int hi = -32768, lo = 32767, lof = 32767, ninf = 0; /* keys - 32768, as int16 */
-    Py_ssize_t i = 0;
+    short lim = (short)(above >= 1 && above < NO_KEY ? (int)above - 32769 : 32767); /* key >= above: s > lim */
+    Py_ssize_t i = 0, got = *m;
 #ifdef HAVE_AVX2_PATH
     if (cpu_avx2) {
-        i = key_range_avx2(codes, V, &hi, &lo, &lof, &ninf);
+        i = key_range_avx2(codes, V, &hi, &lo, &lof, &ninf, lim, out, &got);
     }
 #endif
 #ifdef __SSE2__
     const __m128i flip = _mm_set1_epi16((short)0x8000), ninf_code = _mm_set1_epi16((short)0xFC00);
-    const __m128i top = _mm_set1_epi16(32767);
+    const __m128i top = _mm_set1_epi16(32767), vlim = _mm_set1_epi16(lim);
     __m128i vhi = _mm_set1_epi16(-32768), vlo = top, vlof = top, vninf = _mm_setzero_si128();
     for (; i + 8 <= V; i += 8) {
         __m128i c = _mm_loadu_si128((const __m128i *)(codes + i));
@@ -219,6 +242,10 @@ static void key_range(const uint16_t *codes, Py_ssize_t V, unsigned *high, unsig
         vlo = _mm_min_epi16(vlo, s);
         vlof = _mm_min_epi16(vlof, _mm_or_si128(_mm_andnot_si128(is_ninf, s), _mm_and_si128(is_ninf, top)));
         vninf = _mm_or_si128(vninf, is_ninf);
+        unsigned hits = (unsigned)_mm_movemask_epi8(_mm_cmpgt_epi16(s, vlim)) & 0x5555u;
+        if (hits) {
+            got = put_hits(hits, i, out, got);
+        }
     }
     int16_t h[8], l[8], lf[8], n[8];
     _mm_storeu_si128((__m128i *)h, vhi);
@@ -241,97 +268,201 @@ static void key_range(const uint16_t *codes, Py_ssize_t V, unsigned *high, unsig
         } else {
             lof = s < lof ? s : lof;
         }
+        if (s > lim) {
+            out[got++] = (uint32_t)i;
+        }
     }
     *high = (unsigned)(hi + 32768);
     *low = (unsigned)(lo + 32768);
     *low_finite = (unsigned)(lof + 32768);
     *minus_inf = ninf;
+    *m = got;
 }
 
-/* scan_present's passes (below), the GIL released: n, or -1 for a bad row. */
-static Py_ssize_t scan_core(const uint16_t *codes, Py_ssize_t V, uint8_t *seen, uint16_t *present, double *d)
+/* key_range_above without the tokens. */
+static void key_range(const uint16_t *codes, Py_ssize_t V, unsigned *high, unsigned *low, unsigned *low_finite,
+                      int *minus_inf)
+{
+    Py_ssize_t none = 0;
+    key_range_above(codes, V, NO_KEY, NULL, &none, high, low, low_finite, minus_inf);
+}
+
+#define EDGE_SAMPLES 2048 /* keys sampled for the sparse top (sampled_edge) */
+#define SAMPLE_MOST (2 * EDGE_SAMPLES + 8) /* V / (V / 2048) <= 4096 tokens, in runs of 8 */
+#define SPARSE_SAMPLES 6 /* the sparse top: the keys above about V / 341 tokens by the sample... */
+#define SPARSE_MOST 24 /* ...if the sample puts at most about V / 85 there (else no sparse top) */
+
+/* The lower edge (a multiple of 16) of the key bin where a sample of about 2048 of the row's keys, counted from
+ * the top, reaches `want`; NO_KEY if the row is small, the count never reaches want, or it passes `most` there.
+ * Runs of 8 adjacent tokens spread over the row: a run is a cache line's part, so the sample reads a sixteenth
+ * of the row's lines. */
+static unsigned sampled_edge(const uint16_t *codes, Py_ssize_t V, Py_ssize_t want, Py_ssize_t most)
+{
+    Py_ssize_t step = V / EDGE_SAMPLES, samples = 0, hist[SAMPLE_BINS], above = 0;
+    uint16_t keys[SAMPLE_MOST];
+    unsigned lo = 0xFFFFu, hi = 0;
+    if (step < 2) {
+        return NO_KEY;
+    }
+    for (Py_ssize_t i = 0; i + 8 <= V && samples + 8 <= SAMPLE_MOST; i += 8 * step) {
+        for (int j = 0; j < 8; j++) {
+            unsigned key = key_of(codes[i + j]);
+            keys[samples++] = (uint16_t)key;
+            lo = key < lo ? key : lo;
+            hi = key > hi ? key : hi;
+        }
+    }
+    unsigned low = lo >> 4, nbins = (hi >> 4) - low + 1;
+    memset(hist, 0, nbins * sizeof *hist);
+    for (Py_ssize_t t = 0; t < samples; t++) {
+        hist[(keys[t] >> 4) - low]++;
+    }
+    for (unsigned bin = nbins; bin-- > 0;) {
+        above += hist[bin];
+        if (above >= want) {
+            return above <= most && (low + bin) > 0 ? (low + bin) << 4 : NO_KEY;
+        }
+    }
+    return NO_KEY;
+}
+
+/* Move the marked codes c_hi, c_hi - 1, ..., c_lo (step -1) or c_lo, ..., c_hi (step 1) to present, unmarking. */
+static void list_marked(uint8_t *seen, long from, long to, int step, uint16_t *present, Py_ssize_t *n)
+{
+    for (long c = from; step < 0 ? c >= to : c <= to;) {
+        long word = step < 0 ? c - 7 : c;
+        if ((word & 7) == 0 && (step < 0 ? word >= to : c + 7 <= to)) {
+            uint64_t w;
+            memcpy(&w, seen + word, 8);
+            if (!w) {
+                c += 8 * step;
+                continue;
+            }
+        }
+        if (seen[c]) {
+            seen[c] = 0;
+            present[(*n)++] = (uint16_t)c;
+        }
+        c += step;
+    }
+}
+
+/* The marked codes of keys key_hi down to key_lo (decreasing value) to present, unmarking them. */
+static void list_marked_keys(uint8_t *seen, unsigned key_hi, unsigned key_lo, uint16_t *present, Py_ssize_t *n)
+{
+    if (key_hi >= 0x8000u) { /* positive codes: code = key - 0x8000, larger code, larger value */
+        unsigned lo = key_lo > 0x8000u ? key_lo : 0x8000u;
+        list_marked(seen, (long)(key_hi - 0x8000u), (long)(lo - 0x8000u), -1, present, n);
+    }
+    if (key_lo < 0x8000u) { /* negative codes: code = 0xFFFF - key, larger code, smaller value */
+        unsigned hi = key_hi < 0x7FFFu ? key_hi : 0x7FFFu;
+        list_marked(seen, (long)(0xFFFFu - hi), (long)(0xFFFFu - key_lo), 1, present, n);
+    }
+}
+
+/* scan_present's passes (below), the GIL released: n, or -1 for a bad row; the sparse top's tokens in above
+ * (*m of them, increasing: those of keys >= *edge, a sampled key; NO_KEY: none). */
+static Py_ssize_t scan_core(const uint16_t *codes, Py_ssize_t V, uint8_t *seen, uint16_t *present, double *d,
+                           uint32_t *above, Py_ssize_t *m, unsigned *edge)
 {
     Py_ssize_t n = 0;
-    int bad = 0;
-    unsigned high, low, low_finite;
+    unsigned high, low, low_finite, top = sampled_edge(codes, V, SPARSE_SAMPLES, SPARSE_MOST);
     int minus_inf;
-    key_range(codes, V, &high, &low, &low_finite, &minus_inf);
-    bad = high >= 0xFC00u || low < 0x03FFu || high == 0x03FFu; /* +inf or NaN, or only -inf */
-    if (!bad && high - low_finite + 1 + (unsigned)minus_inf <= RANGE_CODES) {
-        for (unsigned key = high + 1; key-- > low_finite;) {
+    *m = 0;
+    key_range_above(codes, V, top, above, m, &high, &low, &low_finite, &minus_inf);
+    *edge = top;
+    if (high >= 0xFC00u || low < 0x03FFu || high == 0x03FFu) { /* +inf or NaN, or only -inf */
+        return -1;
+    }
+    /* The listed span: keys [low_finite, dense] (all of them), the sparse top above it as marked. */
+    unsigned dense = top <= high ? top - 1 : high;
+    Py_ssize_t span = dense >= low_finite ? (Py_ssize_t)(dense - low_finite) + 1 : 0;
+    if (span + minus_inf <= RANGE_CODES) {
+        if (top <= high) {
+            for (Py_ssize_t t = 0; t < *m; t++) {
+                seen[codes[above[t]]] = 1;
+            }
+            list_marked_keys(seen, high, top, present, &n); /* (-inf among them if top <= its key) */
+        }
+        for (unsigned key = dense + 1; span && key-- > low_finite;) {
             present[n++] = (uint16_t)code_of_key(key);
         }
-        if (minus_inf) {
+        if (minus_inf && top > 0x03FFu) {
             present[n++] = 0xFC00u;
         }
-    } else if (!bad) {
+    } else {
         for (Py_ssize_t i = 0; i < V; i++) {
             seen[codes[i]] = 1;
         }
-        for (Py_ssize_t w = 0x7FFF / 8; w >= 0; w--) { /* positive codes: larger code, larger value */
-            uint64_t word;
-            memcpy(&word, seen + 8 * w, 8);
-            if (word) {
-                for (int j = 7; j >= 0; j--) {
-                    if (seen[8 * w + j]) {
-                        seen[8 * w + j] = 0;
-                        present[n++] = (uint16_t)(8 * w + j);
-                    }
-                }
-            }
-        }
-        for (Py_ssize_t w = 0x8000 / 8; w < CODES / 8; w++) { /* negative codes: larger code, smaller value */
-            uint64_t word;
-            memcpy(&word, seen + 8 * w, 8);
-            if (word) {
-                for (int j = 0; j < 8; j++) {
-                    if (seen[8 * w + j]) {
-                        seen[8 * w + j] = 0;
-                        present[n++] = (uint16_t)(8 * w + j);
-                    }
-                }
-            }
-        }
+        list_marked_keys(seen, high, low, present, &n);
     }
-    if (!bad) {
-        double top = half_value(present[0]);
-        for (Py_ssize_t j = 0; j < n; j++) {
-            d[j] = half_value(present[j]) - top;
-        }
+    double first = half_value(present[0]);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        d[j] = half_value(present[j]) - first;
     }
-    return bad ? -1 : n;
+    return n;
 }
 
 /* scan_present(codes: uint16[V], seen: uint8[65536] (zero, left zero), present: uint16[65536] (written),
- * d: float64[65536] (written)) -> n: the row's codes by decreasing value, and each value minus the largest
- * (exact in float64: NumPy's ``x - x.max()``); -1 for a row holding NaN or +inf or only -inf.  A row whose
- * values span at most RANGE_CODES codes lists every code of its span (some perhaps absent: harmless, as
- * nothing is summed per code); another lists the codes it holds, found by a pass that marks them. */
+ * d: float64[65536] (written), above: uint32[V] (written)) -> (n, m, edge): the row's codes by decreasing value,
+ * and each value minus the largest (exact in float64: NumPy's ``x - x.max()``), n = -1 for a row holding NaN or
+ * +inf or only -inf; the m increasing tokens of keys >= edge (a key above about V / 128 tokens by a sample;
+ * NO_KEY: none), the candidates of a top-K support.  The codes of keys >= edge are listed as held (marked from
+ * those tokens); below, a row whose values span at most RANGE_CODES codes lists every code of its span (some
+ * perhaps absent: harmless, as nothing is summed per code); another lists the codes it holds, found by a pass
+ * that marks them. */
 static PyObject *scan_present(PyObject *self, PyObject *args)
 {
-    Py_buffer b[4];
-    if (!PyArg_ParseTuple(args, "y*w*w*w*", &b[0], &b[1], &b[2], &b[3])) {
+    Py_buffer b[5];
+    if (!PyArg_ParseTuple(args, "y*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4])) {
         return NULL;
     }
-    if (b[0].len % 2 || b[0].len == 0 || b[1].len != CODES || b[2].len != CODES * 2 || b[3].len != CODES * 8) {
-        release(b, 4);
+    if (b[0].len % 2 || b[0].len == 0 || b[1].len != CODES || b[2].len != CODES * 2 || b[3].len != CODES * 8
+        || b[4].len != b[0].len * 2) {
+        release(b, 5);
         return mismatch("scan_present");
     }
     const uint16_t *codes = b[0].buf;
     uint8_t *seen = b[1].buf;
     uint16_t *present = b[2].buf;
     double *d = b[3].buf;
-    Py_ssize_t V = b[0].len / 2, n;
+    Py_ssize_t V = b[0].len / 2, n, m;
+    unsigned edge;
     Py_BEGIN_ALLOW_THREADS
-    n = scan_core(codes, V, seen, present, d);
+    n = scan_core(codes, V, seen, present, d, b[4].buf, &m, &edge);
     Py_END_ALLOW_THREADS
-    release(b, 4);
-    return PyLong_FromSsize_t(n);
+    release(b, 5);
+    return Py_BuildValue("nnI", n, m, edge);
+}
+
+#define HOLDS_BLOCK 4096 /* tokens a block of holds' pass checks at a time */
+
+/* Whether every token of a key above span_top has a marked code, and every other one a key in [bottom, span_top]
+ * or -inf where ninf_ok: blocks of the vector pass, their tokens above span_top looked up. */
+static int holds_marked(const uint16_t *codes, Py_ssize_t V, const uint8_t *seen, unsigned span_top, unsigned bottom,
+                        int ninf_ok)
+{
+    uint32_t hits[HOLDS_BLOCK];
+    unsigned missing = 0, lowest = 0xFFFFu;
+    int any_ninf = 0;
+    for (Py_ssize_t i = 0; i < V; i += HOLDS_BLOCK) {
+        Py_ssize_t len = V - i < HOLDS_BLOCK ? V - i : HOLDS_BLOCK, m = 0;
+        unsigned high, low, low_finite;
+        int minus_inf;
+        key_range_above(codes + i, len, span_top + 1, hits, &m, &high, &low, &low_finite, &minus_inf);
+        for (Py_ssize_t t = 0; t < m; t++) {
+            missing |= seen[codes[i + hits[t]]] ^ 1u;
+        }
+        lowest = low_finite < lowest ? low_finite : lowest;
+        any_ninf |= minus_inf;
+    }
+    return !missing && lowest >= bottom && (!any_ninf || ninf_ok);
 }
 
 /* holds(codes: uint16[V], present: uint16[n] (scan_present's), seen: uint8[65536] (zero, left zero)) -> whether
  * every code is one of present's: a row read again must be the row its per-code tables were made from (the
- * passes index those tables by the codes).  A present listing a whole span of values takes one vector pass. */
+ * passes index those tables by the codes).  A present listing a whole span of values, perhaps below a sparse top
+ * of a few codes (scan_present's), takes one vector pass. */
 static PyObject *holds(PyObject *self, PyObject *args)
 {
     Py_buffer b[3];
@@ -348,13 +479,24 @@ static PyObject *holds(PyObject *self, PyObject *args)
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
     int listed_ninf = n > 1 && present[n - 1] == 0xFC00u;
-    Py_ssize_t n_fin = n - listed_ninf;
-    unsigned top = key_of(present[0]), bottom = key_of(present[n_fin - 1]);
-    if (top >= bottom && (Py_ssize_t)(top - bottom) + 1 == n_fin) { /* every code of the span [bottom, top] */
+    Py_ssize_t n_fin = n - listed_ninf, s = n_fin - 1; /* present[s..n_fin): a run of consecutive keys */
+    while (s > 0 && key_of(present[s - 1]) == key_of(present[s]) + 1) {
+        s--;
+    }
+    unsigned span_top = key_of(present[s]), bottom = key_of(present[n_fin - 1]);
+    if (s == 0) { /* every code of the span [bottom, top] */
         unsigned high, low, low_finite;
         int minus_inf;
         key_range(codes, V, &high, &low, &low_finite, &minus_inf);
-        ok = high <= top && low_finite >= bottom && (!minus_inf || listed_ninf);
+        ok = high <= span_top && low_finite >= bottom && (!minus_inf || listed_ninf);
+    } else if (s <= RANGE_CODES) { /* a sparse top, then a span: the tokens above the span looked up */
+        for (Py_ssize_t j = 0; j < s; j++) {
+            seen[present[j]] = 1;
+        }
+        ok = holds_marked(codes, V, seen, span_top, bottom, listed_ninf);
+        for (Py_ssize_t j = 0; j < s; j++) {
+            seen[present[j]] = 0;
+        }
     } else {
         for (Py_ssize_t j = 0; j < n; j++) {
             seen[present[j]] = 1;
@@ -641,8 +783,6 @@ static Py_ssize_t keys_at_least(const uint16_t *codes, Py_ssize_t V, unsigned th
     return m;
 }
 
-#define SAMPLE_BINS 4096 /* bins of 16 keys */
-
 /* A sample of about 4096 of the row's keys, binned by 16 keys from bin `low` (nbins bins, those of the row's
  * keys); the number sampled (0: a small row).  Runs of 8 adjacent tokens, spread over the row: a run is a
  * cache line's part, so the sample reads an eighth of the row's lines. */
@@ -676,29 +816,22 @@ static unsigned sampled_threshold(const Py_ssize_t *hist, unsigned low, unsigned
     return 0;
 }
 
-/* The increasing tokens of p >= the k-th largest p counted with ties (1 <= k <= the tokens of p > 0), in
- * chosen; returns their number.  The candidates are the tokens of keys >= a sampled threshold (all tokens if
- * fewer than k are); jmap[c] is then the index in present of every candidate's code c, and count[j] the
- * candidates of present[j] (j below the lowest candidate's). */
-static Py_ssize_t choose(const uint16_t *codes, Py_ssize_t V, const uint16_t *present, const double *p,
-                         Py_ssize_t n, Py_ssize_t k, int32_t *jmap, int64_t *count, uint32_t *chosen)
+/* The tokens of keys >= thr among the chosen m (all that hold them): the increasing tokens of p >= the k-th largest
+ * p counted with ties, kept in chosen; returns their number, or -1 if there are fewer than k or, where `strict`,
+ * the lowest p of a listed code ties with the next code's (a token below thr might then be needed).  jmap[c] is
+ * then the index in present of every candidate's code c, and count[j] the candidates of present[j] (j below the
+ * lowest candidate's). */
+static Py_ssize_t keep_top(const uint16_t *codes, const uint16_t *present, const double *p, Py_ssize_t n,
+                           Py_ssize_t k, int32_t *jmap, int64_t *count, uint32_t *chosen, Py_ssize_t m, unsigned thr,
+                           int strict)
 {
-    /* Candidates: the tokens of keys >= a threshold under about 2 k + 4 x (V / samples) tokens by the sample;
-     * a threshold that keeps fewer than k tokens is lowered (16 times as many sampled), down to every token. */
-    unsigned low = key_of(present[n - 1]) >> 4, nbins = (key_of(present[0]) >> 4) - low + 1; /* the row's keys */
-    Py_ssize_t hist[SAMPLE_BINS], samples = sample_keys(codes, V, hist, low, nbins), m = 0;
-    unsigned thr = 0;
-    for (Py_ssize_t want = samples ? 2 * ((k * samples + V - 1) / V) + 4 : 0;; want *= 16) {
-        thr = want && want < samples ? sampled_threshold(hist, low, nbins, want) : 0;
-        m = keys_at_least(codes, V, thr, chosen);
-        if (m >= k || thr == 0) {
-            break;
-        }
-    }
     Py_ssize_t listed = 0; /* present is by decreasing key: the first `listed` codes hold every candidate */
     while (listed < n && key_of(present[listed]) >= thr) {
         jmap[present[listed]] = (int32_t)listed;
         count[listed++] = 0;
+    }
+    if (strict && (m < k || (listed > 0 && listed < n && p[listed] == p[listed - 1]))) {
+        return -1;
     }
     for (Py_ssize_t t = 0; t < m; t++) {
         count[jmap[codes[chosen[t]]]]++;
@@ -721,31 +854,91 @@ static Py_ssize_t choose(const uint16_t *codes, Py_ssize_t V, const uint16_t *pr
     return kept;
 }
 
+/* The tokens of a row's sparse top (scan_present's above: every token of a key >= edge, increasing), if any. */
+struct sparse_top {
+    const uint32_t *tokens;
+    Py_ssize_t m;
+    unsigned edge;
+};
+
+/* The increasing tokens of p >= the k-th largest p counted with ties (1 <= k <= the tokens of p > 0), in
+ * chosen; returns their number.  The candidates are the row's sparse top if it holds k tokens (found by
+ * scan_present's pass), else the tokens of keys >= a sampled threshold (all tokens if fewer than k are); jmap
+ * and count as keep_top leaves them. */
+static Py_ssize_t choose(const uint16_t *codes, Py_ssize_t V, const uint16_t *present, const double *p,
+                         Py_ssize_t n, Py_ssize_t k, int32_t *jmap, int64_t *count, uint32_t *chosen,
+                         struct sparse_top sparse)
+{
+    if (sparse.m >= k && sparse.edge < NO_KEY) {
+        memcpy(chosen, sparse.tokens, (size_t)sparse.m * sizeof *chosen);
+        Py_ssize_t kept = keep_top(codes, present, p, n, k, jmap, count, chosen, sparse.m, sparse.edge, 1);
+        if (kept >= 0) {
+            return kept;
+        }
+    }
+    /* Candidates: the tokens of keys >= a threshold under about 2 k + 4 x (V / samples) tokens by the sample;
+     * a threshold that keeps fewer than k tokens is lowered (16 times as many sampled), down to every token. */
+    unsigned low = key_of(present[n - 1]) >> 4, nbins = (key_of(present[0]) >> 4) - low + 1; /* the row's keys */
+    Py_ssize_t hist[SAMPLE_BINS], samples = sample_keys(codes, V, hist, low, nbins), m = 0;
+    unsigned thr = 0;
+    for (Py_ssize_t want = samples ? 2 * ((k * samples + V - 1) / V) + 4 : 0;; want *= 16) {
+        thr = want && want < samples ? sampled_threshold(hist, low, nbins, want) : 0;
+        m = keys_at_least(codes, V, thr, chosen);
+        if (m >= k || thr == 0) {
+            break;
+        }
+    }
+    return keep_top(codes, present, p, n, k, jmap, count, chosen, m, thr, 0);
+}
+
+/* The sparse top passed in (tokens: uint32[m], each < V; edge): NULL if a token is out of the row. */
+static int sparse_of(const Py_buffer *tokens, unsigned edge, Py_ssize_t V, struct sparse_top *out)
+{
+    const uint32_t *t = tokens->buf;
+    Py_ssize_t m = tokens->len / 4;
+    if (tokens->len % 4) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < m; i++) {
+        if ((Py_ssize_t)t[i] >= V) {
+            return 0;
+        }
+    }
+    out->tokens = t;
+    out->m = m;
+    out->edge = edge;
+    return 1;
+}
+
 /* top_tokens(codes, present, p, n_pos, k, jmap: int32[65536], count: int64[2 * 65536], chosen: uint32[V], out: int64[V])
- * -> m: the increasing tokens of the k largest p and all tied with the k-th (k <= the tokens of p > 0). */
+ * sparse: uint32[m], edge (scan_present's above) -> m: the increasing tokens of the k largest p and all tied with
+ * the k-th (k <= the tokens of p > 0). */
 static PyObject *top_tokens(PyObject *self, PyObject *args)
 {
-    Py_buffer b[7];
+    Py_buffer b[8];
     Py_ssize_t n_pos, k;
-    if (!PyArg_ParseTuple(args, "y*y*y*nnw*w*w*w*", &b[0], &b[1], &b[2], &n_pos, &k, &b[3], &b[4], &b[5], &b[6])) {
+    unsigned edge;
+    struct sparse_top sparse;
+    if (!PyArg_ParseTuple(args, "y*y*y*nnw*w*w*w*y*I", &b[0], &b[1], &b[2], &n_pos, &k, &b[3], &b[4], &b[5], &b[6],
+                          &b[7], &edge)) {
         return NULL;
     }
     Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
     if (b[0].len % 2 || b[2].len != n * 8 || n_pos < 1 || n_pos > n || k < 1 || k > V || b[3].len != CODES * 4
-        || b[4].len != CODES * 16 || b[5].len != V * 4 || b[6].len != V * 8) {
-        release(b, 7);
+        || b[4].len != CODES * 16 || b[5].len != V * 4 || b[6].len != V * 8 || !sparse_of(&b[7], edge, V, &sparse)) {
+        release(b, 8);
         return mismatch("top_tokens");
     }
     uint32_t *chosen = b[5].buf;
     int64_t *out = b[6].buf;
     Py_ssize_t m;
     Py_BEGIN_ALLOW_THREADS
-    m = choose(b[0].buf, V, b[1].buf, b[2].buf, n, k, b[3].buf, b[4].buf, chosen);
+    m = choose(b[0].buf, V, b[1].buf, b[2].buf, n, k, b[3].buf, b[4].buf, chosen, sparse);
     for (Py_ssize_t t = 0; t < m; t++) {
         out[t] = chosen[t];
     }
     Py_END_ALLOW_THREADS
-    release(b, 7);
+    release(b, 8);
     return PyLong_FromSsize_t(m);
 }
 
@@ -769,12 +962,12 @@ static void put_f32(uint8_t *at, double v)
 static int craft_core(const uint16_t *codes, Py_ssize_t V, const uint16_t *present, const double *p, Py_ssize_t n,
                       const double *logp, Py_ssize_t k, double tau, double eps_in, int32_t *jmap, int64_t *count,
                       uint32_t *chosen, uint32_t *order, int64_t *ids, double *top, uint8_t *body, double *d,
-                      double *eps_out, double *delta_out, double *topk_out)
+                      struct sparse_top sparse, double *eps_out, double *delta_out, double *topk_out)
 {
     int wide = V > 65536;
     double eps32 = 0.0, delta = 0.0, topk = 0.0;
     int ok = 1;
-    Py_ssize_t m = choose(codes, V, present, p, n, k, jmap, count, chosen);
+    Py_ssize_t m = choose(codes, V, present, p, n, k, jmap, count, chosen, sparse);
     /* Decreasing p, ties by the lower token: a stable counting sort of the chosen tokens by their rank
      * (the distinct p values, decreasing), reusing count. */
     Py_ssize_t last = jmap[codes[chosen[m - 1]]], ranks = 0;
@@ -875,7 +1068,8 @@ static int craft_core(const uint16_t *codes, Py_ssize_t V, const uint16_t *prese
 
 /* craft(codes, present, p, logp, n_pos, k, tau32, eps (NaN: auto), jmap, count, chosen: uint32[V],
  * order: uint32[V], ids: int64[k] (written), top: float64[k] (written), body: uint8[payload size - 4]
- * (written), d: float64[k] (written)) -> (eps32, delta, topk) or None.
+ * (written), d: float64[k] (written), sparse: uint32[m], edge (scan_present's above; edge NO_KEY: none))
+ * -> (eps32, delta, topk) or None.
  *
  * core.payload.craft_payload_from_support on the row's top support, then encode_payload without the CRC:
  * the ids by decreasing p (ties: lower id first), their log p (logp, NumPy's, per code), delta, the codes,
@@ -883,19 +1077,22 @@ static int craft_core(const uint16_t *codes, Py_ssize_t V, const uint16_t *prese
  * (core.proposal.explicit_probabilities).  None where the NumPy code would raise (it is then run). */
 static PyObject *craft(PyObject *self, PyObject *args)
 {
-    Py_buffer b[12];
+    Py_buffer b[13];
     Py_ssize_t n_pos, k;
     double tau, eps_in;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*nnddw*w*w*w*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &n_pos, &k, &tau, &eps_in,
-                          &b[4], &b[5], &b[6], &b[7], &b[8], &b[9], &b[10], &b[11])) {
+    unsigned edge;
+    struct sparse_top sparse;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*nnddw*w*w*w*w*w*w*w*y*I", &b[0], &b[1], &b[2], &b[3], &n_pos, &k, &tau,
+                          &eps_in, &b[4], &b[5], &b[6], &b[7], &b[8], &b[9], &b[10], &b[11], &b[12], &edge)) {
         return NULL;
     }
     Py_ssize_t V = b[0].len / 2, n = b[1].len / 2;
     Py_ssize_t body_len = 24 + k * (V > 65536 ? 5 : 3);
     if (b[0].len % 2 || b[2].len != n * 8 || b[3].len != n_pos * 8 || n_pos < 1 || n_pos > n || k < 1 || k > V
         || b[4].len != CODES * 4 || b[5].len != CODES * 16 || b[6].len != V * 4 || b[7].len != V * 4
-        || b[8].len != k * 8 || b[9].len != k * 8 || b[10].len != body_len || b[11].len != k * 8) {
-        release(b, 12);
+        || b[8].len != k * 8 || b[9].len != k * 8 || b[10].len != body_len || b[11].len != k * 8
+        || !sparse_of(&b[12], edge, V, &sparse)) {
+        release(b, 13);
         return mismatch("craft");
     }
     const uint16_t *codes = b[0].buf, *present = b[1].buf;
@@ -908,10 +1105,10 @@ static PyObject *craft(PyObject *self, PyObject *args)
     double eps32 = 0.0, delta = 0.0, topk = 0.0;
     int ok;
     Py_BEGIN_ALLOW_THREADS
-    ok = craft_core(codes, V, present, p, n, logp, k, tau, eps_in, jmap, count, chosen, order, ids, top, body, d, &eps32,
-                    &delta, &topk);
+    ok = craft_core(codes, V, present, p, n, logp, k, tau, eps_in, jmap, count, chosen, order, ids, top, body, d, sparse,
+                    &eps32, &delta, &topk);
     Py_END_ALLOW_THREADS
-    release(b, 12);
+    release(b, 13);
     if (!ok) {
         Py_RETURN_NONE;
     }
@@ -1244,26 +1441,27 @@ static PyObject *libm(PyObject *self, PyObject *args)
 }
 
 /* values_all(codes: uint16[V], seen: uint8[65536], present: uint16[65536], p: float64[65536], logp: float64[65536]
- * (written), table: float64[65536] (scratch), mark: uint8[65536]) -> (n, n_pos, positive) or None for a row
- * holding NaN or +inf or only -inf: scan_present, the C library's exp of d, softmax_present and its log of the
- * positive p, in one call (where they are NumPy's: `libm`). */
+ * (written), table: float64[65536] (scratch), mark: uint8[65536], above: uint32[V] (written)) -> (n, n_pos,
+ * positive, m, edge), or None for a row holding NaN or +inf or only -inf: scan_present, the C library's exp of d,
+ * softmax_present and its log of the positive p, in one call (where they are NumPy's: `libm`). */
 static PyObject *values_all(PyObject *self, PyObject *args)
 {
-    Py_buffer b[7];
-    if (!PyArg_ParseTuple(args, "y*w*w*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &b[6])) {
+    Py_buffer b[8];
+    if (!PyArg_ParseTuple(args, "y*w*w*w*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &b[6], &b[7])) {
         return NULL;
     }
     if (b[0].len % 2 || b[0].len == 0 || b[1].len != CODES || b[2].len != CODES * 2 || b[3].len != CODES * 8
-        || b[4].len != CODES * 8 || b[5].len != CODES * 8 || b[6].len != CODES) {
-        release(b, 7);
+        || b[4].len != CODES * 8 || b[5].len != CODES * 8 || b[6].len != CODES || b[7].len != b[0].len * 2) {
+        release(b, 8);
         return mismatch("values_all");
     }
     const uint16_t *codes = b[0].buf;
     uint16_t *present = b[2].buf;
     double *p = b[3].buf, *logp = b[4].buf, *table = b[5].buf;
-    Py_ssize_t V = b[0].len / 2, n, n_pos = 0, positive = 0;
+    Py_ssize_t V = b[0].len / 2, n, n_pos = 0, positive = 0, m;
+    unsigned edge;
     Py_BEGIN_ALLOW_THREADS
-    n = scan_core(codes, V, b[1].buf, present, logp); /* d, in logp for now */
+    n = scan_core(codes, V, b[1].buf, present, logp, b[7].buf, &m, &edge); /* d, in logp for now */
     if (n >= 0) {
         for (Py_ssize_t j = 0; j < n; j++) {
             logp[j] = exp(logp[j]);
@@ -1274,26 +1472,29 @@ static PyObject *values_all(PyObject *self, PyObject *args)
         }
     }
     Py_END_ALLOW_THREADS
-    release(b, 7);
+    release(b, 8);
     if (n < 0) {
         Py_RETURN_NONE;
     }
-    return Py_BuildValue("nnn", n, n_pos, positive);
+    return Py_BuildValue("nnnnI", n, n_pos, positive, m, edge);
 }
 
 /* craft_all(codes, present, p, logp, positive, k, tau32, eps (NaN: auto), jmap, count, chosen, order, ids, top,
  * body, d: as craft's; q: float64[k + 1], log_q: float64[k + 1], table: float64[2 * 65536], on_ids: float64[2k],
- * work: float64[V or 1]: as metrics') -> (eps32, delta, topk, overlap, ce) or None: craft, then F(ψ) from the
+ * work: float64[V or 1]: as metrics'; sparse, edge: as craft's) -> (eps32, delta, topk, overlap, ce) or None:
+ * craft, then F(ψ) from the
  * C library's exp of d (explicit_q) and the metrics against it with its log of q, in one call (where they are
  * NumPy's: `libm`). */
 static PyObject *craft_all(PyObject *self, PyObject *args)
 {
-    Py_buffer b[17];
+    Py_buffer b[18];
     Py_ssize_t positive, k;
     double tau, eps_in;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*nnddw*w*w*w*w*w*w*w*w*w*w*w*w*", &b[0], &b[1], &b[2], &b[3], &positive, &k,
+    unsigned edge;
+    struct sparse_top sparse;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*nnddw*w*w*w*w*w*w*w*w*w*w*w*w*y*I", &b[0], &b[1], &b[2], &b[3], &positive, &k,
                           &tau, &eps_in, &b[4], &b[5], &b[6], &b[7], &b[8], &b[9], &b[10], &b[11], &b[12], &b[13],
-                          &b[14], &b[15], &b[16])) {
+                          &b[14], &b[15], &b[16], &b[17], &edge)) {
         return NULL;
     }
     Py_ssize_t V = b[0].len / 2, n = b[1].len / 2, n_pos = b[3].len / 8;
@@ -1302,8 +1503,8 @@ static PyObject *craft_all(PyObject *self, PyObject *args)
         || b[4].len != CODES * 4 || b[5].len != CODES * 16 || b[6].len != V * 4 || b[7].len != V * 4
         || b[8].len != k * 8 || b[9].len != k * 8 || b[10].len != body_len || b[11].len != k * 8
         || b[12].len != (k + 1) * 8 || b[13].len != (k + 1) * 8 || b[14].len != CODES * 16 || b[15].len != k * 16
-        || b[16].len != (positive == V ? 8 : V * 8)) {
-        release(b, 17);
+        || b[16].len != (positive == V ? 8 : V * 8) || !sparse_of(&b[17], edge, V, &sparse)) {
+        release(b, 18);
         return mismatch("craft_all");
     }
     const uint16_t *codes = b[0].buf, *present = b[1].buf;
@@ -1314,7 +1515,7 @@ static PyObject *craft_all(PyObject *self, PyObject *args)
     int ok, failed = 0;
     Py_BEGIN_ALLOW_THREADS
     ok = craft_core(codes, V, present, p, n, logp, k, tau, eps_in, b[4].buf, b[5].buf, b[6].buf, b[7].buf, ids,
-                    b[9].buf, b[10].buf, d, &eps32, &delta, &topk);
+                    b[9].buf, b[10].buf, d, sparse, &eps32, &delta, &topk);
     if (ok) {
         for (Py_ssize_t i = 0; i < k; i++) {
             d[i] = exp(d[i]);
@@ -1327,7 +1528,7 @@ static PyObject *craft_all(PyObject *self, PyObject *args)
                               b[15].buf, b[16].buf, &overlap, &ce);
     }
     Py_END_ALLOW_THREADS
-    release(b, 17);
+    release(b, 18);
     if (failed) {
         return PyErr_NoMemory();
     }

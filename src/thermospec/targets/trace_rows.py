@@ -58,6 +58,10 @@ __all__ = [
     "residual_support", "row_bytes_held", "row_into", "row_values", "softmax_row", "top_support_of",
 ]
 
+NO_KEY = 1 << 16
+"""A float16 key (the code's bits ordered as its value) no code reaches: no sparse top kept."""
+ABOVE_KEPT = 8192
+"""Most tokens of a row's sparse top kept (`RowValues.above`; about V / 128 are found)."""
 REREAD_BYTES = 128 * 1024
 """A float16 row of at least this many bytes keeps no codes in a trace's cache: they are read again when needed.
 So large an array is a fresh memory map for malloc, whose page faults cost about as much as crafting the row,
@@ -88,6 +92,10 @@ def _empty_floats() -> NDArray[np.float64]:
     return np.zeros(0, dtype=np.float64)
 
 
+def _empty_tokens() -> NDArray[np.uint32]:
+    return np.zeros(0, dtype=np.uint32)
+
+
 @dataclass(frozen=True, eq=False)
 class RowValues:
     """A row's target by its distinct float16 values (compiled path), or dense (float32 rows, plain path).
@@ -106,6 +114,9 @@ class RowValues:
         NumPy's ``log`` of the positive ones (a prefix of `p_present`).
     positive : int
         Tokens of ``p > 0``.
+    above, above_key : ndarray of uint32, int
+        The increasing tokens of the sparse top (every token whose code's key is >= `above_key`, found by the
+        row's first pass; `NO_KEY`: none kept), the candidates of a top-K support that holds at most as many.
     reread : callable or None
         ``reread(out)`` writes the codes into `out` (uint16, shape (V,)): a row that does not keep them.
     """
@@ -116,6 +127,8 @@ class RowValues:
     p_present: NDArray[np.float64] = field(default_factory=_empty_floats)
     log_present: NDArray[np.float64] = field(default_factory=_empty_floats)
     positive: int = 0
+    above: NDArray[np.uint32] = field(default_factory=_empty_tokens)
+    above_key: int = NO_KEY
     reread: Callable[[NDArray[np.uint16]], None] | None = field(default=None, repr=False)
     _dense: list[NDArray[np.float64]] = field(default_factory=list, repr=False)
 
@@ -134,7 +147,7 @@ class RowValues:
     @property
     def nbytes(self) -> int:
         """Bytes held (the dense row counted once built)."""
-        held = sum(int(a.nbytes) for a in self._dense) + self.present.nbytes + self.p_present.nbytes
+        held = sum(int(a.nbytes) for a in self._dense) + self.present.nbytes + self.p_present.nbytes + self.above.nbytes
         return held + self.log_present.nbytes + (0 if self.codes is None else self.codes.nbytes)
 
 
@@ -202,14 +215,15 @@ def _values16(codes: NDArray[np.uint16], reread: Callable[[NDArray[np.uint16]], 
     """A float16 row by its distinct values: `codes` kept if `reread` is None."""
     assert _COMPILED is not None
     work = buffers()
+    above = work.wide("above", codes.shape[0], np.uint32)
     if libm_is_numpys(_COMPILED):  # one call: NumPy's exp and log are the C library's
-        got = _COMPILED.values_all(codes, work.seen, work.present, work.d, work.logp, work.table, work.mark)
+        got = _COMPILED.values_all(codes, work.seen, work.present, work.d, work.logp, work.table, work.mark, above)
         if got is None:  # NaN or +inf (a loaded trace has none): the plain code's NaNs
             return _dense_values(codes.view(np.float16))
-        n, n_pos, positive = got
+        n, n_pos, positive, m, edge = got
         present, p_present, log_present = work.present[:n].copy(), work.d[:n].copy(), work.logp[:n_pos].copy()
     else:
-        n = int(_COMPILED.scan_present(codes, work.seen, work.present, work.d))
+        n, m, edge = _COMPILED.scan_present(codes, work.seen, work.present, work.d, above)
         if n < 0:
             return _dense_values(codes.view(np.float16))
         present = work.present[:n].copy()
@@ -217,8 +231,11 @@ def _values16(codes: NDArray[np.uint16], reread: Callable[[NDArray[np.uint16]], 
         p_present = np.empty(n, dtype=np.float64)
         _, n_pos, positive = _COMPILED.softmax_present(codes, present, e, work.table, p_present, work.mark)
         log_present = np.log(p_present[:n_pos])
+    kept = m <= ABOVE_KEPT
     return RowValues(V=int(codes.shape[0]), codes=codes if reread is None else None, present=present,
-                     p_present=p_present, log_present=log_present, positive=int(positive), reread=reread)
+                     p_present=p_present, log_present=log_present, positive=int(positive),
+                     above=above[:m].copy() if kept else _empty_tokens(), above_key=edge if kept else NO_KEY,
+                     reread=reread)
 
 
 def add_row(values: RowValues, *totals: NDArray[np.float64]) -> None:
@@ -287,7 +304,8 @@ def top_support_of(values: RowValues, K: int) -> NDArray[np.int64]:
     work = buffers()
     out = work.wide("tokens", V, np.int64)
     m = _COMPILED.top_tokens(codes, values.present, values.p_present, values.log_present.shape[0],
-                             min(k, values.positive), work.jmap, work.count, work.wide("chosen", V, np.uint32), out)
+                             min(k, values.positive), work.jmap, work.count, work.wide("chosen", V, np.uint32), out,
+                             values.above, values.above_key)
     return out[:m].copy()
 
 
@@ -353,12 +371,13 @@ def _craft_plain(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Crafted
                    ce_gap_nats=ce_gap_nats(p, q))
 
 
-def _payload_of(wire: bytes, k: int, V: int, tau32: float, eps32: float, delta: float) -> Payload:
-    """The payload whose encoding is `wire` (crafted here: its fields are known, nothing to check)."""
-    wide = V > UINT16_IDS_MAX_V
-    ids = np.frombuffer(wire, dtype="<u4" if wide else "<u2", count=k, offset=HEADER_BYTES).astype(np.int64)
-    psi_codes = np.frombuffer(wire, dtype=np.uint8, count=k, offset=HEADER_BYTES + k * (4 if wide else 2)).copy()
-    return Payload(ids=ids, codes=psi_codes, vocab_size=V, tau=tau32, eps=eps32, delta=delta)
+def _payload_of(wire: bytes, ids: NDArray[np.int64], V: int, tau32: float, eps32: float, delta: float) -> Payload:
+    """The payload whose encoding is `wire`, whose ids (payload order) the compiled pass wrote into `ids` (crafted
+    here: its fields are known, nothing to check)."""
+    k = ids.shape[0]
+    at = HEADER_BYTES + k * (4 if V > UINT16_IDS_MAX_V else 2)
+    psi_codes = np.frombuffer(wire, dtype=np.uint8, count=k, offset=at)
+    return Payload(ids=ids.copy(), codes=psi_codes.copy(), vocab_size=V, tau=tau32, eps=eps32, delta=delta)
 
 
 @lru_cache(maxsize=64)
@@ -388,23 +407,24 @@ def craft_position(values: RowValues, K: int, tau: float, eps: EpsSpec) -> Craft
         chosen, order, ids, top, d, q, log_q, on_ids, terms = work.crafting(k, V, values.positive == V)
         got = C.craft_all(codes, values.present, values.p_present, values.log_present, values.positive, k,
                           _float32(tau), eps_in, work.jmap, work.count, chosen, order, ids, top, body, d, q, log_q,
-                          work.pairs, on_ids, terms)
+                          work.pairs, on_ids, terms, values.above, values.above_key)
         if got is None:  # the plain code raises the PayloadError that says why
             return _craft_plain(values, K, tau, eps)
         eps32, delta, topk, overlap, ce = got
         wire = bytes(body + struct.pack("<I", zlib.crc32(body)))
-        return Crafted(wire=wire, payload=_payload_of(wire, k, V, _float32(tau), eps32, delta), topk_mass=topk,
+        return Crafted(wire=wire, payload=_payload_of(wire, ids, V, _float32(tau), eps32, delta), topk_mass=topk,
                        overlap_mass=overlap, ce_gap_nats=ce)
-    d = np.empty(k, dtype=np.float64)
+    d, ids = np.empty(k, dtype=np.float64), np.empty(k, dtype=np.int64)
     got = C.craft(codes, values.present, values.p_present, values.log_present, values.log_present.shape[0], k,
                   _float32(tau), eps_in, work.jmap, work.count, work.wide("chosen", V, np.uint32),
-                  work.wide("order", V, np.uint32), np.empty(k, dtype=np.int64), np.empty(k, dtype=np.float64), body, d)
+                  work.wide("order", V, np.uint32), ids, np.empty(k, dtype=np.float64), body, d,
+                  values.above, values.above_key)
     if got is None:
         return _craft_plain(values, K, tau, eps)
     eps32, delta, topk = got
     body += struct.pack("<I", zlib.crc32(body))
     wire = bytes(body)
-    payload = _payload_of(wire, k, V, _float32(tau), eps32, delta)
+    payload = _payload_of(wire, ids, V, _float32(tau), eps32, delta)
     ids = payload.ids
     q = np.empty(k + 1, dtype=np.float64)
     zero = bool(C.explicit_q(np.exp(d), V, eps32, q))
