@@ -7,13 +7,14 @@ cleared when full, and the fixed-context blocks of the checks.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from scripts.make_trace import write_trace
-from tests.conftest import CORPUS_CANDIDATES
+from tests.conftest import CORPUS_CANDIDATES, run_cli
 from thermospec.core.streams import Stream, random_stream
 from thermospec.engine.block_kernel import blocks_module
 from thermospec.engine.blocks import fixed_context_blocks, run_blocks, run_blocks_reference
@@ -97,3 +98,32 @@ def test_fixed_context_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
         made.append(fixed_context_blocks(t.row, run.proposer.draft, t.V, x, 4, 3000, np.random.default_rng(3),
                                          advance=source.advance))
     assert_same([made[1]], [made[0]])
+
+
+VOLATILE = {"elapsed_s", "tokens_per_s", "versions", "thermospec_version", "metrics_sha256", "telemetry"}
+
+
+def summary_and_records(folder: Path) -> tuple[dict[str, object], dict[str, bytes]]:
+    (run,) = folder.iterdir()
+    summary = {k: v for k, v in json.loads((run / "summary.json").read_text()).items() if k not in VOLATILE}
+    return summary, {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.glob("**/*.jsonl"))}
+
+
+@pytest.mark.parametrize("extra", [[], ["--telemetry", "none"], ["--chains", "2"], ["--K", "8"]])
+def test_order_run_with_every_state_crafted_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str], extra: list[str]) -> None:
+    """Order 3 (1,468 states, all crafted at once for 1,000 steps): the records and the summary (acceptance,
+    overlaps, ψ size, the loss split) of the per-key path, byte for byte."""
+    corpus = next((p for p in CORPUS_CANDIDATES if p.is_file()), None)
+    if corpus is None:
+        pytest.skip("no corpus")
+    base = ["run", "--corpus", str(corpus), "--order", "3", "--gamma", "3", "--steps", "1000", "--quiet", *extra]
+    made = []
+    for kernel in ("python", ""):
+        monkeypatch.setenv("THERMOSPEC_KERNEL", kernel)
+        folder = tmp_path / (kernel or "compiled")
+        status, _, err = run_cli([*base, "--runs-dir", str(folder)], capsys)
+        assert status == 0, err
+        made.append(summary_and_records(folder))
+    assert made[1] == made[0]
+    assert made[1][0]["loss_quantisation"] is not None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -32,11 +33,13 @@ from thermospec.core.sampling import last_positive
 from thermospec.engine.chain import context_tables
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.keys import ContextSource, PositionSource
+from thermospec.engine.state_drafts import STATES_PER_BLOCK, PsiSpec, StateMetrics, worth_crafting
 from thermospec.targets.bigram import RowSource
 from thermospec.targets.order import ContextMoves
 from thermospec.tsu.drafts import DraftSource
+from thermospec.tsu.row_drafts import draft_rows
 
-__all__ = ["BlockTables", "blocks_module", "compiled_blocks", "compiled_fixed_blocks"]
+__all__ = ["BlockTables", "CraftedBlockChunk", "blocks_module", "compiled_blocks", "compiled_fixed_blocks", "craft_all"]
 
 MOVE_TOKEN, MOVE_POSITION, MOVE_TABLE = 0, 1, 2
 """The kernel's moves: the token is the next key; the next position; the move table."""
@@ -108,6 +111,7 @@ class _Moves:
         self.moves = moves
         self.seen = (moves.contexts(np.arange(moves.states, dtype=np.int64)) >= 0).astype(np.uint8)
         self.fresh = np.empty(chunk * (gamma + 1) + 1, dtype=np.int64)
+        self.metrics: StateMetrics | None = None  # every state's, when all were crafted at once
 
     def intern(self, count: int) -> None:
         """Intern the first `count` fresh states, in the order the blocks reached them."""
@@ -115,10 +119,72 @@ class _Moves:
             self.moves.intern(self.fresh[:count].copy())
 
 
+@dataclass(frozen=True, eq=False)
+class CraftedBlockChunk(BlockChunk):
+    """Blocks on an order-N move table whose states were all crafted at once: what their drafts say, by state.
+
+    Attributes
+    ----------
+    metrics : StateMetrics
+        Every state's draft metrics (bit for bit its context's `ContextDraft`'s).
+    moves : ContextMoves
+        The move table (`ContextMoves.states_of` gives a context id's state).
+    """
+
+    metrics: StateMetrics
+    moves: ContextMoves
+
+
+def craft_all(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource, tables: BlockTables) -> StateMetrics | None:
+    """Craft every state's ψ in blocks (`draft_rows`, bit for bit the per-context drafts) into slot = state.
+
+    None, with no slot filled, when that does not apply: the drafts' TSU is not the simulator drawing
+    from F(ψ) of its payload, a row is not positive, or state 0's tables differ from its own draft's.
+    """
+    first = drafts(moves.context(0))
+    if not (first.tsu.samples_payload and first.tsu.reports_exactly):
+        return None
+    K, tau, eps = psi
+    parts: list[tuple[NDArray[np.float64], ...]] = []
+    shape: tuple[int, int, float] | None = None
+    for a in range(0, moves.states, STATES_PER_BLOCK):
+        keys = np.arange(a, min(a + STATES_PER_BLOCK, moves.states), dtype=np.int64)
+        rows = moves.rows(keys)
+        crafted = draft_rows(rows, K, tau, eps)
+        if crafted is None:
+            return None
+        if a == 0:
+            own = context_tables(rows[0], first)
+            if not (np.array_equal(own.draft_cdf, crafted.draft_cdf[0]) and np.array_equal(own.ratio, crafted.ratio[0])
+                    and np.array_equal(own.residual_cdf, crafted.residual_cdf[0])
+                    and first.overlap_mass == crafted.overlap_mass[0]):
+                return None
+        block = tables.tables[a:a + keys.shape[0]]
+        block[:, 0], block[:, 1], block[:, 2] = crafted.draft_cdf, crafted.ratio, crafted.residual_cdf
+        np.cumsum(rows, axis=1, out=block[:, 3])
+        for at, which in enumerate((0, 2, 3)):
+            cdf = block[:, which]
+            tables.totals[a:a + keys.shape[0], at] = cdf[:, -1]
+            tables.lasts[a:a + keys.shape[0], at] = np.argmax(cdf >= cdf[:, -1:], axis=1)  # `last_positive`
+        parts.append((crafted.topk_mass, crafted.overlap_mass, crafted.ce_gap_nats, crafted.eps))
+        shape = (crafted.K, crafted.psi_bytes, crafted.tau)
+    assert shape is not None
+    tables.slot_of[:] = np.arange(moves.states, dtype=np.int64)
+    tables.used = tables.capacity
+    topk, overlap, gap, eps_used = (np.concatenate(column) for column in zip(*parts, strict=True))
+    return StateMetrics(topk_mass=topk, overlap_mass=overlap, ce_gap_nats=gap, eps=eps_used, K=shape[0],
+                        psi_bytes=shape[1], tau=shape[2])
+
+
 def compiled_blocks(source: ContextSource, drafts: DraftSource, gamma: int, steps: int, x: int,
-                    rng: np.random.Generator, chunk: int, table_bytes: int) -> Iterator[BlockChunk] | None:
+                    rng: np.random.Generator, chunk: int, table_bytes: int, psi: PsiSpec | None = None
+                    ) -> Iterator[BlockChunk] | None:
     """`engine.blocks.run_blocks`' chunks from first key `x` (drawn already), on the kernel; None when it does not
-    apply (no kernel, tables too large, a source without a move the kernel knows), `rng` then untouched."""
+    apply (no kernel, tables too large, a source without a move the kernel knows), `rng` then untouched.
+
+    On a move table, with `psi` (the proposer's ψ from the target's rows) and a run that meets a good share of
+    the states, every state is crafted at once (`craft_all`) and the chunks are `CraftedBlockChunk`s.
+    """
     module = blocks_module()
     if module is None or not fits(source.V, gamma, table_bytes):
         return None
@@ -138,6 +204,8 @@ def compiled_blocks(source: ContextSource, drafts: DraftSource, gamma: int, step
         return None
     tables = BlockTables(source.row, drafts, V, keys, gamma, table_bytes)
     walk = _Moves(moves, chunk, gamma) if mode == MOVE_TABLE and moves is not None else None
+    if walk is not None and psi is not None and worth_crafting(walk.moves, steps) and tables.capacity == keys:
+        walk.metrics = craft_all(walk.moves, psi, drafts, tables)
     return _chunks(module, tables, walk, (gamma, mode, positions), steps, x, rng, chunk)
 
 
@@ -151,7 +219,10 @@ def _chunks(module: ModuleType, tables: BlockTables, walk: _Moves | None, shape:
         u = rng.random((n, width))
         out = _Outputs(n, gamma)
         i, x, emitted = _resume(module, tables, walk, u, out, (gamma, mode, positions, False), x, emitted, steps)
-        yield out.chunk(blocks_done, i, walk.moves.contexts if walk is not None else None)
+        made = out.chunk(blocks_done, i, walk.moves.contexts if walk is not None else None)
+        if walk is not None and walk.metrics is not None:
+            made = CraftedBlockChunk(**vars(made), metrics=walk.metrics, moves=walk.moves)
+        yield made
         blocks_done += i
 
 

@@ -46,6 +46,7 @@ from thermospec.engine.chain import context_tables
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.compact import CompactStepTables, CompactTables, SparseRows, compact_source
 from thermospec.engine.keys import BigramSource, ContextSource, memoised_advance
+from thermospec.engine.state_drafts import PsiSpec
 from thermospec.engine.step import DenseStepTables, cdf_entry, correct_token, draw_token
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import ContextDraft, DraftSource
@@ -216,6 +217,7 @@ def run_blocks(
     chunk: int = DEFAULT_BLOCK_CHUNK,
     table_bytes: int = TABLE_CACHE_BYTES,
     sparse: SparseRows | None = None,
+    psi: PsiSpec | None = None,
 ) -> Iterator[BlockChunk]:
     """Run γ-token speculative blocks until at least `steps` tokens are emitted.
 
@@ -239,6 +241,9 @@ def run_blocks(
     sparse : SparseRows, optional
         The target's rows by their supports (`thermospec.runs.sparse_rows`): compact tables,
         O(K + s) per key instead of O(V), the same tokens.
+    psi : (K, tau, eps), optional
+        The proposer's ψ parameters when ψ is crafted from the target's rows (`Proposer.psi_spec`): on an
+        order-N move table every state may then be crafted at once (`engine.block_kernel.craft_all`).
 
     Yields
     ------
@@ -247,7 +252,8 @@ def run_blocks(
     if not 1 <= gamma <= MAX_GAMMA:
         raise ValueError(f"--gamma: must be an integer in 1 .. {MAX_GAMMA}, got {gamma}")
     x = source.start(rng)
-    compiled = None if sparse is not None else compiled_blocks(source, drafts, gamma, steps, x, rng, chunk, table_bytes)
+    compiled = (None if sparse is not None
+                else compiled_blocks(source, drafts, gamma, steps, x, rng, chunk, table_bytes, psi))
     if compiled is not None:
         yield from compiled
         return

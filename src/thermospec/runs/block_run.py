@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from thermospec.core.expectation import EXPECTATION_MAX_V, BlockExpectation, block_expectation, modelled_speedup
 from thermospec.core.statistics import Chi2Result, pooled_chi2
 from thermospec.engine.batch import chain_stream
+from thermospec.engine.block_kernel import CraftedBlockChunk
 from thermospec.engine.blocks import BLOCKS_FILE, run_blocks, run_blocks_reference
 from thermospec.engine.chain import dense_matrices
 from thermospec.engine.chunks import BlockChunk
@@ -24,6 +25,7 @@ from thermospec.engine.tally import BlockTally
 from thermospec.engine.trees import TreeChunk, TreeExpectation, plan_cache, run_trees, tree_nodes
 from thermospec.runs.batch_run import chain_dir
 from thermospec.runs.block_parquet import BLOCKS_PARQUET, BlockParquetWriter
+from thermospec.runs.crafted_losses import crafted_losses
 from thermospec.runs.losses import Visits
 from thermospec.runs.parquet_file import finish_parquet
 from thermospec.runs.prepare import PreparedRun, context_source, sparse_rows
@@ -203,6 +205,8 @@ class BlockMode:
         self._visits: dict[int, int] = {}  # verified positions per key, every chain
         self._expectation = TreeExpectation(self.source, self.plans, self.gamma) if self.plans is not None else None
         self._ce_gap: dict[int, float] = {}  # KL(p ‖ F(ψ)) at each key, as M1's ce_gap_nats
+        self._psi_bytes = 0  # the largest ψ of the keys met
+        self._crafted: CraftedBlockChunk | None = None  # a chunk of states crafted at once: their metrics, by state
 
     def chunks(self) -> Iterator[tuple[BlockChunk | None, ...]]:
         """Each chain's next chunk, in lock step (None for a chain that has finished)."""
@@ -215,7 +219,8 @@ class BlockMode:
             return run_trees(self.source, drafts, config.verifier, self.n, self.gamma, config.steps, rng)
         if config.tsu == "thrml":
             return iter([run_blocks_reference(self.source, drafts, self.gamma, config.steps, rng)])
-        return run_blocks(self.source, drafts, self.gamma, config.steps, rng, sparse=sparse_rows(self.run))
+        return run_blocks(self.source, drafts, self.gamma, config.steps, rng, sparse=sparse_rows(self.run),
+                          psi=self.run.proposer.psi_spec)
 
     def _acceptance(self, key: int) -> float:
         """The exact acceptance at a key: the verifier's with N drafts, else ``Σ min(p, F(ψ))``."""
@@ -239,10 +244,7 @@ class BlockMode:
             chain.file.write(self.layout.json_lines(chunk.start, values))
         chain.tally.update(chunk)
         keys = chunk.draft_keys[chunk.verified()]
-        for key in np.unique(keys).tolist():
-            if key not in self._overlap:
-                self._overlap[key] = self._acceptance(key)
-                self._ce_gap[key] = self.run.proposer.draft(key).ce_gap_nats
+        self._learn([key for key in np.unique(keys).tolist() if key not in self._overlap], chunk)
         verified, times = np.unique(keys, return_counts=True)
         for key, n in zip(verified.tolist(), times.tolist(), strict=True):
             self._visits[key] = self._visits.get(key, 0) + n
@@ -251,6 +253,26 @@ class BlockMode:
         chain.verified += int(keys.shape[0])
         chain.accepted_drafts += int(chunk.accepted_length.sum())
         return len(chunk) + int(chunk.accepted_length.sum())
+
+    def _learn(self, keys: list[int], chunk: BlockChunk) -> None:
+        """Keep the acceptance, KL gap and ψ size of keys met for the first time: from the chunk's states crafted
+        at once (bit for bit their drafts'), else from each key's draft."""
+        if not keys:
+            return
+        if isinstance(chunk, CraftedBlockChunk) and self.plans is None:
+            metrics = chunk.metrics
+            states = chunk.moves.states_of(np.array(keys, dtype=np.int64))
+            if bool(np.all(states >= 0)):
+                self._overlap.update(zip(keys, metrics.overlap_mass[states].tolist(), strict=True))
+                self._ce_gap.update(zip(keys, metrics.ce_gap_nats[states].tolist(), strict=True))
+                self._psi_bytes = max(self._psi_bytes, metrics.psi_bytes)
+                self._crafted = chunk
+                return
+        for key in keys:
+            draft = self.run.proposer.draft(key)
+            self._overlap[key] = self._acceptance(key)
+            self._ce_gap[key] = draft.ce_gap_nats
+            self._psi_bytes = max(self._psi_bytes, draft.psi_bytes)
 
     def close(self) -> str | None:
         for chain in self.chains:
@@ -267,7 +289,12 @@ class BlockMode:
     def key_visits(self) -> Visits:
         """The keys the verifier ran at (every chain's verified positions) and how often."""
         keys = np.array(sorted(self._visits), dtype=np.int64)
-        return Visits(keys, np.array([self._visits[k] for k in keys.tolist()], dtype=np.float64))
+        counts = np.array([self._visits[k] for k in keys.tolist()], dtype=np.float64)
+        crafted, psi = self._crafted, self.run.proposer.psi_spec
+        if crafted is None or psi is None:
+            return Visits(keys, counts)
+        losses = crafted_losses(crafted.moves, crafted.metrics, psi, keys)  # no draft kept: none crafted again
+        return Visits(keys, counts) if losses is None else Visits(keys, counts, losses=lambda _: losses)
 
     def complete(self) -> bool:
         return all(chain.tally.tokens >= self.run.config.steps for chain in self.chains)
@@ -353,7 +380,7 @@ class BlockMode:
         return {
             **summary,
             "steps": chain.tally.tokens,  # tokens emitted: what a replay of an interrupted run asks for again
-            "psi_bytes_max": max(drafts(x).psi_bytes for x in self._overlap),
+            "psi_bytes_max": self._psi_bytes,
             **chain.acceptance(),
             **(self._tree_statistics(chain) if self.plans is not None else {}),
         }
