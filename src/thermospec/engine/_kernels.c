@@ -1821,6 +1821,51 @@ done:
     return result;
 }
 
+/* state_codes(records, codes, counts, V, G, keys) -> m
+ * Writes the code state * V + emitted and the count of every pair the records counted, by increasing code, into
+ * codes and counts (int64, room for every pair counted), zeroes the records' counts and returns how many: the
+ * non-zero entries of a flushed pairs table, without the table. */
+static PyObject *state_codes(PyObject *self, PyObject *args)
+{
+    Py_buffer rb, cb, nb;
+    Py_ssize_t V, G, keys;
+    if (!PyArg_ParseTuple(args, "w*w*w*nnn", &rb, &cb, &nb, &V, &G, &keys))
+        return NULL;
+    PyObject *result = NULL;
+    RecordLayout l;
+    if (!records_of(&rb, V, G, keys, &l, "state_codes"))
+        goto done;
+    {
+        const Py_ssize_t room = cb.len / 8 < nb.len / 8 ? cb.len / 8 : nb.len / 8;
+        Py_ssize_t m = 0;
+        int full = 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t s = 0; s < keys && !full; ++s) {
+            double *entries = (double *)((char *)rb.buf + s * l.size + l.head);
+            for (int64_t y = 0; y < V; ++y) {
+                uint32_t *count = (uint32_t *)(entries + 3 * y + 2) + 1;
+                if (*count) {
+                    if (m == room) {
+                        full = 1;
+                        break;
+                    }
+                    ((int64_t *)cb.buf)[m] = s * V + y;
+                    ((int64_t *)nb.buf)[m++] = *count;
+                    *count = 0;
+                }
+            }
+        }
+        Py_END_ALLOW_THREADS
+        if (full)
+            PyErr_SetString(PyExc_ValueError, "state_codes: more pairs counted than codes has room for");
+        else
+            result = PyLong_FromSsize_t(m);
+    }
+done:
+    PyBuffer_Release(&rb); PyBuffer_Release(&cb); PyBuffer_Release(&nb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"chain", chain, METH_VARARGS, "Run one chain over a chunk of uniforms; stop at a context without a table."},
     {"isa", isa, METH_VARARGS, "The instruction set of the plain loop ('avx2,bmi2' or 'baseline'); set with 'baseline'/'auto'."},
@@ -1830,6 +1875,7 @@ static PyMethodDef methods[] = {
     {"state_pack", state_pack, METH_VARARGS, "Pack consecutive order-N states' tables and moves into their records."},
     {"state_counts", state_counts, METH_VARARGS, "Run one order-N chain on packed state records, counting in them."},
     {"state_flush", state_flush, METH_VARARGS, "Add the packed state records' counts to int64 pairs and zero them."},
+    {"state_codes", state_codes, METH_VARARGS, "The packed state records' counted pairs as increasing codes and counts."},
     {"jsonl", jsonl, METH_VARARGS, "Format a chunk of steps as JSONL lines laid out by the telemetry schema's texts."},
     {"compact_chain", compact_chain, METH_VARARGS, "Run one chain on compact tables; stop at a context without a slot."},
     {"drafts_chain", drafts_chain, METH_VARARGS, "Run one chain with N drafts per step on a verifier's tables."},

@@ -56,6 +56,7 @@ class OrderCounts:
 
     def __init__(self, moves: ContextMoves, metrics: StateMetrics | None, packed: PackedStates | None = None) -> None:
         self.moves, self.metrics, self.packed = moves, metrics, packed
+        self._taken: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None  # codes taken from the records
         self.V = int(moves.next.shape[0] // moves.states)
         self.table = np.zeros(moves.states * self.V, dtype=np.int64)  # [state * V + emitted]
         self.accepted_count = np.zeros(1, dtype=np.int64)
@@ -74,8 +75,17 @@ class OrderCounts:
 
     def state_codes(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """The codes ``state * V + token`` of every pair counted, increasing, and their counts (nothing interned)."""
-        if self.packed is not None:  # the kernel counted into the packed states' records
-            self.packed.flush(self.table)
+        packed = self.packed
+        if packed is not None and packed.unflushed:
+            if self._taken is None and not packed.flushed:  # every count in the records: take them, no table
+                self._taken = packed.take_codes()
+            else:  # counts in the table too (a flush before an overflow, or taken before more steps): add up there
+                if self._taken is not None:
+                    self.table[self._taken[0]] += self._taken[1]
+                    self._taken = None
+                packed.flush(self.table)
+        if self._taken is not None:
+            return self._taken
         codes = np.flatnonzero(self.table)  # increasing: by state, then token
         return codes, self.table[codes]
 

@@ -58,7 +58,9 @@ class PackedStates(TableCache):
     size : int
         Bytes of a record (`record_bytes`).
     unflushed : int
-        Steps counted into the records since the last `flush`.
+        Steps counted into the records since the last `flush` or `take_codes`.
+    flushed : bool
+        Whether counts were ever flushed into a pairs table.
     """
 
     def __init__(self, V: int, moves: ContextMoves, module: Any, max_bytes: int = DEFAULT_TABLE_BYTES) -> None:
@@ -69,6 +71,7 @@ class PackedStates(TableCache):
         skip = -raw.ctypes.data % 64
         self.records: NDArray[np.uint8] = raw[skip:skip + moves.states * self.size]
         self.unflushed = 0
+        self.flushed = False  # whether counts were ever flushed into a pairs table
 
     @property
     def nbytes(self) -> int:
@@ -109,11 +112,20 @@ class PackedStates(TableCache):
         self.unflushed += n
         return int(x)
 
+    def take_codes(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """The codes ``state * V + emitted`` of the pairs counted since the last flush, increasing, and their
+        counts (the non-zero entries `flush` would add); the records' counts are zeroed."""
+        room = min(self.unflushed, self.contexts * self.V)
+        codes, counts = np.empty(room, dtype=np.int64), np.empty(room, dtype=np.int64)
+        m = self.module.state_codes(self.records, codes, counts, self.V, self.G, self.contexts)
+        self.unflushed = 0
+        return codes[:m], counts[:m]
+
     def flush(self, pairs: NDArray[np.int64]) -> None:
         """Add the records' counts to `pairs` (int64, ``[state * V + emitted]``) and zero them."""
         if self.unflushed:
             self.module.state_flush(self.records, pairs, self.V, self.G, self.contexts)
-            self.unflushed = 0
+            self.unflushed, self.flushed = 0, True
 
 
 def packed_states(V: int, moves: ContextMoves, max_bytes: int = DEFAULT_TABLE_BYTES) -> PackedStates | None:
