@@ -9,6 +9,9 @@ metrics are those of the row without it, and a row read again must hold no code 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -72,3 +75,49 @@ def test_a_row_read_again_with_a_code_the_sparse_top_lacks_is_refused() -> None:
         changed[12_345] = code
         assert not C.holds(changed, values.present, seen), hex(code)
     assert not seen.any()
+
+
+_SCAN_SCRIPT = """
+import hashlib
+import numpy as np
+from thermospec.targets import trace_rows
+C, rng, h = trace_rows._COMPILED, np.random.default_rng(11), hashlib.sha256()
+seen, present, d = np.zeros(1 << 16, np.uint8), np.empty(1 << 16, np.uint16), np.empty(1 << 16)
+specials = np.array([0x0000, 0x8000, 0xFC00, 0x7C00, 0x7E00, 0xFE00, 0x0001, 0x8001, 0x7BFF, 0xFBFF], np.uint16)
+for trial in range(600):
+    V, kind = int(rng.choice([16, 17, 100, 5000, 40000, 131072])), trial % 5
+    if kind == 0:
+        codes = (rng.standard_normal(V) * rng.choice([0.01, 1, 30])).astype(np.float16).view(np.uint16)
+    elif kind == 1:
+        codes = rng.integers(0, 1 << 16, V).astype(np.uint16)
+    else:
+        codes = (rng.standard_normal(V) * 3).astype(np.float16).view(np.uint16)
+        at = rng.integers(0, V, size=int(rng.integers(1, 20)))
+        codes[at] = rng.choice(specials[:3] if kind == 2 else specials, size=at.size)
+        if kind == 4:
+            codes[:] = 0xFC00
+            codes[rng.integers(0, V, 3)] = rng.choice(specials, 3)
+    codes = np.ascontiguousarray(codes)
+    above = np.empty(V, np.uint32)
+    n, m, edge = C.scan_present(codes, seen, present, d, above)
+    h.update(repr((n, m, edge)).encode())
+    if n > 0:
+        listed = present[:n].copy()
+        h.update(listed.tobytes() + d[:n].tobytes() + above[:m].tobytes())
+        changed = codes.copy()
+        changed[V // 2] = specials[trial % 10]
+        h.update(bytes([C.holds(codes, listed, seen), C.holds(changed, listed, seen)]))
+print(h.hexdigest())
+"""
+
+
+def test_the_avx2_and_sse2_first_passes_find_the_same_codes() -> None:
+    """The AVX2 first pass reads the extremes off the codes as int16 and uint16 (a second pass for a row with
+    -inf); the SSE2 one off their keys: the same listing, sparse top and holds on rows of every kind (NaN, ±inf,
+    ±0, only -inf, random bits)."""
+    digests = []
+    for env in ({}, {"THERMOSPEC_NO_AVX2": "1"}):
+        done = subprocess.run([sys.executable, "-c", _SCAN_SCRIPT], env={**os.environ, **env}, capture_output=True,
+                              text=True, check=True)
+        digests.append(done.stdout.strip())
+    assert digests[0] == digests[1] and len(digests[0]) == 64

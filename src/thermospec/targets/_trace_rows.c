@@ -179,40 +179,81 @@ static inline Py_ssize_t put_hits(unsigned hits, Py_ssize_t i, uint32_t *out, Py
 }
 
 #ifdef HAVE_AVX2_PATH
-/* key_range's vector loop, 16 codes at a time: the tokens it covered; hi, lo, lof, ninf merged in (keys - 32768),
- * and the tokens whose key - 32768 is above lim appended to out (from *m). */
-AVX2 static Py_ssize_t key_range_avx2(const uint16_t *codes, Py_ssize_t V, int *hi, int *lo, int *lof, int *ninf,
-                                      short lim, uint32_t *out, Py_ssize_t *m)
+/* The largest code other than -inf's (0xFC00) as unsigned, of codes[0..V): key_range_avx2's second pass. */
+AVX2 static unsigned largest_but_minus_inf(const uint16_t *codes, Py_ssize_t V)
 {
-    const __m256i ninf_code = _mm256_set1_epi16((short)0xFC00), top = _mm256_set1_epi16(32767);
-    const __m256i vlim = _mm256_set1_epi16(lim);
-    __m256i vhi = _mm256_set1_epi16(-32768), vlo = top, vlof = top, vninf = _mm256_setzero_si256();
-    Py_ssize_t i = 0, got = *m;
-    for (; i + 16 <= V; i += 16) {
+    const __m256i ninf_code = _mm256_set1_epi16((short)0xFC00);
+    __m256i vmax = _mm256_setzero_si256();
+    for (Py_ssize_t i = 0; i + 16 <= V; i += 16) {
         __m256i c = _mm256_loadu_si256((const __m256i *)(codes + i));
-        __m256i s = _mm256_xor_si256(c, _mm256_srli_epi16(_mm256_srai_epi16(c, 15), 1)); /* key - 32768 */
-        __m256i is_ninf = _mm256_cmpeq_epi16(c, ninf_code);
-        vhi = _mm256_max_epi16(vhi, s);
-        vlo = _mm256_min_epi16(vlo, s);
-        vlof = _mm256_min_epi16(vlof, _mm256_blendv_epi8(s, top, is_ninf));
-        vninf = _mm256_or_si256(vninf, is_ninf);
-        unsigned hits = (unsigned)_mm256_movemask_epi8(_mm256_cmpgt_epi16(s, vlim)) & 0x55555555u;
-        if (hits) {
-            got = put_hits(hits, i, out, got);
+        vmax = _mm256_max_epu16(vmax, _mm256_andnot_si256(_mm256_cmpeq_epi16(c, ninf_code), c));
+    }
+    uint16_t h[16];
+    unsigned most = 0;
+    _mm256_storeu_si256((__m256i *)h, vmax);
+    for (int j = 0; j < 16; j++) {
+        most = h[j] > most ? h[j] : most;
+    }
+    return most;
+}
+
+/* key_range's vector loop, 16 codes at a time: the tokens it covered; hi, lo, lof, ninf merged in (keys - 32768),
+ * and the tokens of keys >= above appended to out (from *m).  On the codes themselves: the largest as int16 (a
+ * positive one if any), the smallest and largest as uint16 give the extreme keys; a row whose largest uint16 is
+ * -inf's takes a second pass for the smallest key but -inf's.  Keys >= above: as keys_at_least (x, lim, invert). */
+AVX2 static Py_ssize_t key_range_avx2(const uint16_t *codes, Py_ssize_t V, int *hi, int *lo, int *lof, int *ninf,
+                                      short x, short lim, unsigned invert, uint32_t *out, Py_ssize_t *m)
+{
+    const __m256i vx = _mm256_set1_epi16(x), vlim = _mm256_set1_epi16(lim);
+    __m256i smax = _mm256_set1_epi16(-32768), umin = _mm256_set1_epi16(-1), umax = _mm256_setzero_si256();
+    Py_ssize_t i = 0, got = *m;
+    uint32_t masks[256], blocks[256]; /* a chunk's blocks with hits, noted without a branch, then expanded */
+    while (i + 16 <= V) {
+        Py_ssize_t end = V - i < 256 * 16 ? i + (V - i) / 16 * 16 : i + 256 * 16, noted = 0;
+        for (; i < end; i += 16) {
+            __m256i c = _mm256_loadu_si256((const __m256i *)(codes + i));
+            smax = _mm256_max_epi16(smax, c);
+            umin = _mm256_min_epu16(umin, c);
+            umax = _mm256_max_epu16(umax, c);
+            unsigned hits = (unsigned)_mm256_movemask_epi8(_mm256_cmpgt_epi16(_mm256_xor_si256(c, vx), vlim));
+            masks[noted] = (hits ^ invert) & 0x55555555u;
+            blocks[noted] = (uint32_t)i;
+            noted += masks[noted] != 0;
+        }
+        for (Py_ssize_t b = 0; b < noted; b++) {
+            got = put_hits(masks[b], blocks[b], out, got);
         }
     }
-    int16_t h[16], l[16], lf[16], n[16];
-    _mm256_storeu_si256((__m256i *)h, vhi);
-    _mm256_storeu_si256((__m256i *)l, vlo);
-    _mm256_storeu_si256((__m256i *)lf, vlof);
-    _mm256_storeu_si256((__m256i *)n, vninf);
-    for (int j = 0; j < 16; j++) {
-        *hi = h[j] > *hi ? h[j] : *hi;
-        *lo = l[j] < *lo ? l[j] : *lo;
-        *lof = lf[j] < *lof ? lf[j] : *lof;
-        *ninf |= n[j] != 0;
-    }
     *m = got;
+    if (i == 0) {
+        return 0;
+    }
+    int16_t sm[16];
+    uint16_t un[16], ux[16];
+    _mm256_storeu_si256((__m256i *)sm, smax);
+    _mm256_storeu_si256((__m256i *)un, umin);
+    _mm256_storeu_si256((__m256i *)ux, umax);
+    int most_s = -32768;
+    unsigned least_u = 0xFFFFu, most_u = 0;
+    for (int j = 0; j < 16; j++) {
+        most_s = sm[j] > most_s ? sm[j] : most_s;
+        least_u = un[j] < least_u ? un[j] : least_u;
+        most_u = ux[j] > most_u ? ux[j] : most_u;
+    }
+    /* A positive code: the largest key is the largest such; else the negative code of least magnitude.  A negative
+     * code: the smallest key is the one of most magnitude; else the least positive code. */
+    unsigned high = most_s >= 0 ? (unsigned)most_s | 0x8000u : key_of(least_u);
+    unsigned low = most_u >= 0x8000u ? key_of(most_u) : least_u | 0x8000u, low_finite = low;
+    int minus_inf = most_u == 0xFC00u;
+    if (minus_inf) {
+        unsigned most_finite = largest_but_minus_inf(codes, i);
+        low_finite = most_finite >= 0x8000u ? key_of(most_finite) : (least_u == 0xFC00u ? 0xFFFFu : least_u | 0x8000u);
+    }
+    int h = (int)high - 32768, l = (int)low - 32768, lf = (int)low_finite - 32768;
+    *hi = h > *hi ? h : *hi;
+    *lo = l < *lo ? l : *lo;
+    *lof = lf < *lof ? lf : *lof;
+    *ninf |= minus_inf;
     return i;
 }
 #endif
@@ -227,7 +268,11 @@ static void key_range_above(const uint16_t *codes, Py_ssize_t V, unsigned above,
     Py_ssize_t i = 0, got = *m;
 #ifdef HAVE_AVX2_PATH
     if (cpu_avx2) {
-        i = key_range_avx2(codes, V, &hi, &lo, &lof, &ninf, lim, out, &got);
+        int high_half = above >= 0x8000u || above == 0;
+        short x = high_half ? 0 : (short)0x8000;
+        short code_lim = (short)(above >= NO_KEY || above == 0 ? 32767
+                                 : high_half ? (int)above - 0x8001 : (int)(0xFFFFu - above) - 0x8000);
+        i = key_range_avx2(codes, V, &hi, &lo, &lof, &ninf, x, code_lim, high_half ? 0u : 0xFFFFFFFFu, out, &got);
     }
 #endif
 #ifdef __SSE2__
