@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -202,11 +204,40 @@ def compiled_blocks(source: ContextSource, drafts: DraftSource, gamma: int, step
         x = state
     else:
         return None
-    tables = BlockTables(source.row, drafts, V, keys, gamma, table_bytes)
     walk = _Moves(moves, chunk, gamma) if mode == MOVE_TABLE and moves is not None else None
+    tables = BlockTables(source.row, drafts, V, keys, gamma, table_bytes)
     if walk is not None and psi is not None and worth_crafting(walk.moves, steps) and tables.capacity == keys:
-        walk.metrics = craft_all(walk.moves, psi, drafts, tables)
+        walk.metrics = _crafted(walk.moves, psi, drafts, tables)
     return _chunks(module, tables, walk, (gamma, mode, positions), steps, x, rng, chunk)
+
+
+_CRAFTED: weakref.WeakKeyDictionary[ContextMoves, tuple[PsiSpec, tuple[NDArray[Any], ...], StateMetrics]] = (
+    weakref.WeakKeyDictionary())
+"""Each move table's states crafted at once (ψ, the slots' arrays, the metrics), kept while the table lives: B
+chains of a run share one copy (the slots are never written again once every state has one)."""
+
+
+def _crafted(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource, tables: BlockTables) -> StateMetrics | None:
+    """`craft_all` into `tables`, or the arrays another chain crafted with the same ψ (the drafts checked alike)."""
+    found = _CRAFTED.get(moves)
+    if found is not None and found[0] == psi and _same_draft(moves, drafts, found[1][0][0]):
+        tables.tables, tables.totals, tables.lasts, tables.slot_of = found[1]
+        tables.used = tables.capacity
+        return found[2]
+    metrics = craft_all(moves, psi, drafts, tables)
+    if metrics is not None:
+        _CRAFTED[moves] = (psi, (tables.tables, tables.totals, tables.lasts, tables.slot_of), metrics)
+    return metrics
+
+
+def _same_draft(moves: ContextMoves, drafts: DraftSource, crafted: NDArray[np.float64]) -> bool:
+    """Whether state 0's draft is the simulator's and its tables are `crafted`'s (draft CDF, ratio, residual CDF)."""
+    first = drafts(moves.context(0))
+    if not (first.tsu.samples_payload and first.tsu.reports_exactly):
+        return False
+    own = context_tables(moves.rows(np.zeros(1, dtype=np.int64))[0], first)
+    return (np.array_equal(own.draft_cdf, crafted[0]) and np.array_equal(own.ratio, crafted[1])
+            and np.array_equal(own.residual_cdf, crafted[2]))
 
 
 def _chunks(module: ModuleType, tables: BlockTables, walk: _Moves | None, shape: tuple[int, int, int], steps: int,
