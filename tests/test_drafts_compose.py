@@ -222,4 +222,4 @@ def test_a_failed_write_keeps_every_chain_at_the_same_whole_chunks(small: Prepar
     with pytest.raises(OutputError):
         mode.record(next(groups))
     assert [(tmp_path / f"chain_{b:04d}" / "m1_metrics.jsonl").stat().st_size for b in range(3)] == sizes
-    assert mode.tally.steps == 1500 and all(s > 0 for s in sizes)
+    assert mode.tokens() == 1500 and all(s > 0 for s in sizes)

@@ -7,6 +7,7 @@ transition counts), whatever the run length.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,8 +50,16 @@ class RunTally:
             self.transitions += np.bincount(pairs, minlength=self.transitions.shape[0])
 
 
+def batch_of(chunks: Sequence[ChainChunk]) -> BatchChunk:
+    """B chains' chunks of the same steps as one `BatchChunk` (``chunks[b]``: chain b's)."""
+    return BatchChunk(start=chunks[0].start, prev=np.stack([c.prev for c in chunks]),
+                      proposed=np.stack([c.proposed for c in chunks]), emitted=np.stack([c.emitted for c in chunks]),
+                      accepted=np.stack([c.accepted for c in chunks]))
+
+
 class BatchTally:
-    """Per-chain counts of a batch, updated chunk by chunk with one `bincount` per array.
+    """Per-chain counts of B chains in lock step (``--chains B``, ``--drafts N``), pooled on demand (`pooled`),
+    updated chunk by chunk with one `bincount` per array.
 
     Only the accepted drafts and the emitted tokens are counted; the contexts are derived.  A
     chain's context at step t is its emitted token at step t - 1, and at step 0 its start token,
@@ -139,6 +148,10 @@ class BatchTally:
         if self.transitions is not None:
             V = self.vocab_size
             self.transitions += np.bincount((chunk.prev * V + chunk.emitted).ravel(), minlength=V * V)
+
+    def update_chains(self, chunks: Sequence[ChainChunk]) -> None:
+        """Add the same steps of every chain, given chain by chain (``chunks[b]``: chain b's)."""
+        self.update(batch_of(chunks))
 
     def chain(self, b: int) -> RunTally:
         """Chain b's counts as a `thermospec.engine.tally.RunTally`."""

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 from thermospec.engine.batch import run_batch
 from thermospec.engine.chain import run_chain_reference
 from thermospec.engine.chunks import BatchChunk, ChainChunk
-from thermospec.engine.tally import BatchTally
+from thermospec.engine.tally import BatchTally, batch_of
 from thermospec.runs.chain_tsus import reference_chains
 from thermospec.runs.losses import Visits, visits_of
 from thermospec.runs.prepare import PreparedRun, sparse_rows
@@ -22,8 +22,9 @@ from thermospec.runs.schema import M1
 from thermospec.runs.storage import SUMMARY_FILE, chain_dir, write_json_atomic
 from thermospec.runs.summary import summarise_run
 from thermospec.runs.telemetry import ChainRecords, JsonlWriter, TelemetryFormat, step_arrays
+from thermospec.tsu.drafts import DraftSource
 
-__all__ = ["STREAMS", "BatchMode", "chain_dir", "chain_spread"]
+__all__ = ["STREAMS", "BatchMode", "chain_dir", "chain_spread", "chain_statistics"]
 
 STREAMS = "chain 0: random_stream(seed, CHAIN) (the single-chain run); chain b: random_stream(seed, CHAIN, b)"
 """The summary's ``streams`` of B chains in lock step."""
@@ -36,6 +37,17 @@ def chain_spread(steps_per_chain: int, rates: NDArray[np.float64], mean: bool = 
             "chain_accept_rate_min": float(rates.min()),
             **({"chain_accept_rate_mean": float(rates.mean())} if mean else {}),
             "chain_accept_rate_max": float(rates.max())}
+
+
+def chain_statistics(tally: BatchTally, drafts: DraftSource, pi: NDArray[np.float64], run_dir: Path | None,
+                     **extra: Any) -> dict[str, Any]:
+    """The pooled summary's fields of B chains (`chain_spread`); with `run_dir`, each chain's own summary beside its
+    records, ``chain_<b>/summary.json`` (its `summarise_run`, its ``chain`` and the `extra` fields)."""
+    if run_dir is not None:
+        for b in range(tally.chains):
+            write_json_atomic(chain_dir(run_dir, b) / SUMMARY_FILE,
+                              summarise_run(tally.chain(b), drafts, pi) | {"chain": b} | extra)
+    return chain_spread(tally.steps, tally.accepted / tally.steps)
 
 
 class BatchMode:
@@ -77,7 +89,7 @@ class BatchMode:
     def chunks(self) -> Iterator[BatchChunk]:
         target, config = self.run.target, self.run.config
         if not self.run.proposer.samples_payload:  # THRML: each chain's draws its own TSUs'
-            return iter([_stacked(reference_chains(
+            return iter([batch_of(reference_chains(
                 self.run, self.chains,
                 lambda drafts, rng: run_chain_reference(target.row, target.pi, drafts, config.steps, rng)))])
         # The writers keep no reference to a chunk's arrays, so the chunks can share them.
@@ -111,23 +123,11 @@ class BatchMode:
     def statistics(self) -> dict[str, Any]:
         if self.tally.steps == 0:  # stopped before the first chunk: nothing to aggregate
             return {"steps": 0, "chains": self.chains}
-        drafts, target, tally = self.run.proposer.draft, self.run.target, self.tally
-        if self.telemetry != "none":
-            for b in range(self.chains):
-                chain_summary = summarise_run(tally.chain(b), drafts, target.pi)
-                chain_summary["chain"] = b
-                chain_summary["interrupted"] = not self.complete()
-                write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE, chain_summary)
-        return summarise_run(tally.pooled(), drafts, target.pi, row=target.row) | chain_spread(
-            tally.steps, tally.accepted / tally.steps)
+        drafts, target = self.run.proposer.draft, self.run.target
+        pooled = summarise_run(self.tally.pooled(), drafts, target.pi, row=target.row)
+        beside = self.run_dir if self.telemetry != "none" else None  # each chain's summary beside its records
+        return pooled | chain_statistics(self.tally, drafts, target.pi, beside, interrupted=not self.complete())
 
     def extras(self) -> dict[str, Any]:
         backend = self.run.proposer.backend
         return {"streams": STREAMS, **({"tsu_backend": backend} if backend is not None else {})}
-
-
-def _stacked(chunks: list[ChainChunk]) -> BatchChunk:
-    """B chains' chunks of the same steps as one `BatchChunk`."""
-    return BatchChunk(start=chunks[0].start, prev=np.stack([c.prev for c in chunks]),
-                      proposed=np.stack([c.proposed for c in chunks]), emitted=np.stack([c.emitted for c in chunks]),
-                      accepted=np.stack([c.accepted for c in chunks]))

@@ -41,14 +41,13 @@ from thermospec.engine.batch import chain_stream
 from thermospec.engine.chain import DEFAULT_CHUNK
 from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.drafts import PlanSource, plan_source, run_drafts_chains
-from thermospec.engine.tally import RunTally
-from thermospec.runs.batch_run import STREAMS, chain_spread
+from thermospec.engine.tally import BatchTally
+from thermospec.runs.batch_run import STREAMS, chain_statistics
 from thermospec.runs.chain_tsus import chain_drafts
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.losses import Visits, visits_of
 from thermospec.runs.prepare import PreparedRun, context_source
 from thermospec.runs.schema import layout
-from thermospec.runs.storage import SUMMARY_FILE, chain_dir, write_json_atomic
 from thermospec.runs.summary import summarise_run
 from thermospec.runs.telemetry import ChainRecords, drafts_arrays, step_columns
 from thermospec.tsu.drafts import ContextDraft, DraftSource
@@ -91,10 +90,8 @@ class DraftsMode:
         self.run, self.run_dir, self.telemetry, self.chains = run, run_dir, telemetry, chains
         self.view, self.plans = verifier_drafts(run)
         V = run.target.V
-        self.tally = RunTally(V, track_transitions=True)  # pooled over the chains
-        self.chain_tallies = [RunTally(V) for _ in range(chains)] if chains > 1 and telemetry != "none" else []
+        self.tally = BatchTally(chains, V, track_transitions=True, per_chain=chains > 1 and telemetry != "none")
         self.draws = 0
-        self.chain_accepted = np.zeros(chains, dtype=np.int64)
         self.records: ChainRecords[DraftsChunk] = ChainRecords(run_dir, telemetry, chains, DRAFTS)
         self._stats: dict[str, Any] | None = None
 
@@ -111,39 +108,36 @@ class DraftsMode:
         """Write every chain's records of the chunk, then count it (a failed write counts none of it)."""
         self.records.write(chunks, lambda part: drafts_lines(part, self.view), drafts_arrays, lambda part: part.prev,
                            self.view)
-        for b, chunk in enumerate(chunks):
-            if self.chain_tallies:
-                self.chain_tallies[b].update(chunk)
-            self.tally.update(chunk)
-            self.chain_accepted[b] += int(np.count_nonzero(chunk.accepted))
-            self.draws += int(chunk.drafts_used.sum())
-        return sum(len(chunk) for chunk in chunks)
+        self.tally.update_chains(chunks)
+        self.draws += sum(int(chunk.drafts_used.sum()) for chunk in chunks)
+        return len(chunks[0]) * self.chains
 
     def close(self) -> str | None:
         return self.records.close()
 
     def tokens(self) -> int:
-        return self.tally.steps
+        return self.tally.steps * self.chains
 
     def key_visits(self) -> Visits:
         """The contexts the verifier ran at (every chain's steps) and how often."""
-        return visits_of(self.tally.context_counts)
+        return visits_of(self.tally.pooled().context_counts if self.tally.steps else np.zeros(0, dtype=np.int64))
 
     def complete(self) -> bool:
-        return self.tally.steps >= self.run.config.steps * self.chains
+        return self.tally.steps >= self.run.config.steps
 
     def statistics(self) -> dict[str, Any]:
         config, target = self.run.config, self.run.target
         if not self.tally.steps:
             self._stats = {"steps": 0, "checklist": {}}
             return {"steps": 0}
-        self._stats = summarise_run(self.tally, self.view, target.pi, target.row)
-        counts = self.tally.context_counts
+        pooled = self.tally.pooled()
+        self._stats = summarise_run(pooled, self.view, target.pi, target.row)
+        counts = pooled.context_counts
         visited = np.flatnonzero(counts).tolist()
         weights = [int(counts[x]) for x in visited]
 
         def visit_mean(value: Any) -> float:
-            return math.fsum(w * float(value(x)) for x, w in zip(visited, weights, strict=True)) / self.tally.steps
+            return math.fsum(w * float(value(x)) for x, w in zip(visited, weights, strict=True)) / pooled.steps
 
         def q(x: int) -> Any:
             return self.run.proposer.draft(x).tsu.q
@@ -158,7 +152,7 @@ class DraftsMode:
             **self._chain_statistics(),
             "drafts": n,
             "verifier": config.verifier,
-            "mean_drafts_used": self.draws / self.tally.steps,
+            "mean_drafts_used": self.draws / pooled.steps,
             "single_draft_acceptance": single,
             "acceptance_bound": visit_mean(lambda x: acceptance_bound(target.row(x), q(x), n)),
             "acceptance_optimum": optimum,
@@ -169,13 +163,8 @@ class DraftsMode:
         """With B > 1 chains: their count and acceptance spread; each chain's summary beside its telemetry."""
         if self.chains == 1:
             return {}
-        target = self.run.target
-        steps = self.tally.steps // self.chains
-        for b, tally in enumerate(self.chain_tallies):
-            chain_summary = summarise_run(tally, self.view, target.pi)
-            chain_summary["chain"] = b
-            write_json_atomic(chain_dir(self.run_dir, b) / SUMMARY_FILE, chain_summary)
-        return chain_spread(steps, self.chain_accepted / steps)
+        beside = self.run_dir if self.telemetry != "none" else None
+        return chain_statistics(self.tally, self.view, self.run.target.pi, beside)
 
     def extras(self) -> dict[str, Any]:
         assert self._stats is not None, "extras() after statistics()"
