@@ -1302,11 +1302,15 @@ static pair_t leaf_buffer(const double *buffer, Py_ssize_t n)
 /* What the metrics read: the row by its codes, F(ψ) on the ids (increasing) and eps elsewhere. */
 struct against {
     const uint16_t *codes;
-    const double *table; /* per code: min(p, eps), p (log p - log eps) */
+    const double *table; /* per code: min(p, eps), p (log p - log eps); the ids' terms at SPARE_CODE on if spare */
     const int64_t *ids;
     const double *on_ids; /* per id: min(p, q), p (log p - log q) */
     Py_ssize_t K, next;
+    int spare;
 };
+
+#define SPARE_CODE 0x7C01u /* positive NaN codes (a row holding one is refused): table slots for the ids' terms */
+#define SPARE_CODES 1023
 
 /* The pairwise sums of both terms over tokens [lo, lo + n), NumPy's tree, the ids' terms put in place. */
 static pair_t pairwise_terms(struct against *a, Py_ssize_t lo, Py_ssize_t n)
@@ -1314,6 +1318,15 @@ static pair_t pairwise_terms(struct against *a, Py_ssize_t lo, Py_ssize_t n)
     if (n <= 128) {
         if (a->next >= a->K || a->ids[a->next] >= lo + n) {
             return leaf_by_code(a->codes + lo, a->table, n);
+        }
+        if (a->spare) { /* the leaf's codes, an id's swapped for its slot: the same sums of the same terms */
+            uint16_t local[128];
+            memcpy(local, a->codes + lo, (size_t)n * sizeof *local);
+            while (a->next < a->K && a->ids[a->next] < lo + n) {
+                local[a->ids[a->next] - lo] = (uint16_t)(SPARE_CODE + a->next);
+                a->next++;
+            }
+            return leaf_by_code(local, a->table, n);
         }
         double buffer[256];
         for (Py_ssize_t i = 0; i < n; i++) {
@@ -1390,7 +1403,10 @@ static int metrics_core(const uint16_t *codes, Py_ssize_t V, const uint16_t *pre
                 on_ids[2 * i] = sorted[i].min;
                 on_ids[2 * i + 1] = sorted[i].term;
             }
-            struct against a = {codes, table, id_list, on_ids, K, 0};
+            struct against a = {codes, table, id_list, on_ids, K, 0, K <= SPARE_CODES};
+            if (a.spare) {
+                memcpy(table + 2 * SPARE_CODE, on_ids, (size_t)K * 16);
+            }
             double sums[2];
             PAIR_STORE(sums, pairwise_terms(&a, 0, V));
             overlap = sums[0];
