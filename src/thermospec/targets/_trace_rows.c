@@ -1307,6 +1307,9 @@ struct against {
     const double *on_ids; /* per id: min(p, q), p (log p - log q) */
     Py_ssize_t K, next;
     int spare;
+    const int32_t *jmap; /* with work: each code's index in present (the spare slots' 0), p > 0 below n_pos */
+    Py_ssize_t n_pos, w;
+    double *work; /* NULL, or where the terms of p > 0 are written down in token order (w of them) */
 };
 
 #define SPARE_CODE 0x7C01u /* positive NaN codes (a row holding one is refused): table slots for the ids' terms */
@@ -1316,17 +1319,27 @@ struct against {
 static pair_t pairwise_terms(struct against *a, Py_ssize_t lo, Py_ssize_t n)
 {
     if (n <= 128) {
-        if (a->next >= a->K || a->ids[a->next] >= lo + n) {
-            return leaf_by_code(a->codes + lo, a->table, n);
-        }
-        if (a->spare) { /* the leaf's codes, an id's swapped for its slot: the same sums of the same terms */
-            uint16_t local[128];
-            memcpy(local, a->codes + lo, (size_t)n * sizeof *local);
+        const uint16_t *leaf = a->codes + lo;
+        uint16_t local[128];
+        if (a->next < a->K && a->ids[a->next] < lo + n && a->spare) {
+            /* the leaf's codes, an id's swapped for its slot: the same sums of the same terms */
+            memcpy(local, leaf, (size_t)n * sizeof *local);
             while (a->next < a->K && a->ids[a->next] < lo + n) {
                 local[a->ids[a->next] - lo] = (uint16_t)(SPARE_CODE + a->next);
                 a->next++;
             }
-            return leaf_by_code(local, a->table, n);
+            leaf = local;
+        }
+        if (a->next >= a->K || a->ids[a->next] >= lo + n) {
+            if (a->work != NULL) { /* (the leaf's codes read again from L1) */
+                Py_ssize_t w = a->w;
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    a->work[w] = a->table[2 * leaf[i] + 1];
+                    w += a->jmap[leaf[i]] < a->n_pos;
+                }
+                a->w = w;
+            }
+            return leaf_by_code(leaf, a->table, n);
         }
         double buffer[256];
         for (Py_ssize_t i = 0; i < n; i++) {
@@ -1403,15 +1416,21 @@ static int metrics_core(const uint16_t *codes, Py_ssize_t V, const uint16_t *pre
                 on_ids[2 * i] = sorted[i].min;
                 on_ids[2 * i + 1] = sorted[i].term;
             }
-            struct against a = {codes, table, id_list, on_ids, K, 0, K <= SPARE_CODES};
-            if (a.spare) {
+            int spare = K <= SPARE_CODES, gap = !full && !infinite; /* gap: the terms over p > 0 only */
+            struct against a = {codes, table, id_list, on_ids, K, 0, spare, jmap, n_pos, 0, spare && gap ? work : NULL};
+            if (spare) {
                 memcpy(table + 2 * SPARE_CODE, on_ids, (size_t)K * 16);
+                for (Py_ssize_t i = 0; i < K; i++) {
+                    jmap[SPARE_CODE + i] = 0; /* an id has p > 0 */
+                }
             }
             double sums[2];
             PAIR_STORE(sums, pairwise_terms(&a, 0, V));
             overlap = sums[0];
             ce = sums[1];
-            if (!full && !infinite) { /* the gap's terms over p > 0 only, written down in token order */
+            if (gap && spare) { /* written down in token order by the same pass */
+                ce = pairwise_sum(work, a.w);
+            } else if (gap) { /* written down in token order by a pass of their own */
                 Py_ssize_t w = 0, next = 0;
                 for (Py_ssize_t i = 0; i < V; i++) {
                     Py_ssize_t j = jmap[codes[i]];
