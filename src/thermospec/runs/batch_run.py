@@ -24,7 +24,7 @@ from thermospec.runs.summary import summarise_run
 from thermospec.runs.telemetry import ChainRecords, JsonlWriter, TelemetryFormat, step_arrays
 from thermospec.tsu.drafts import DraftSource
 
-__all__ = ["STREAMS", "BatchMode", "chain_dir", "chain_spread", "chain_statistics"]
+__all__ = ["STREAMS", "BatchMode", "TokenChains", "chain_dir", "chain_spread", "chain_statistics"]
 
 STREAMS = "chain 0: random_stream(seed, CHAIN) (the single-chain run); chain b: random_stream(seed, CHAIN, b)"
 """The summary's ``streams`` of B chains in lock step."""
@@ -50,7 +50,30 @@ def chain_statistics(tally: BatchTally, drafts: DraftSource, pi: NDArray[np.floa
     return chain_spread(tally.steps, tally.accepted / tally.steps)
 
 
-class BatchMode:
+class TokenChains:
+    """What the bigram chain's modes of B chains in lock step share (``--chains B``, ``--drafts N``): every
+    chain's records (`runs.telemetry.ChainRecords`) and counts (a `BatchTally`, pooled on demand)."""
+
+    run: PreparedRun
+    chains: int
+    tally: BatchTally
+    records: ChainRecords[Any]
+
+    def close(self) -> str | None:
+        return self.records.close()
+
+    def tokens(self) -> int:
+        return self.tally.steps * self.chains
+
+    def key_visits(self) -> Visits:
+        """The contexts the verifier ran at (every chain's steps) and how often."""
+        return visits_of(self.tally.pooled().context_counts if self.tally.steps else np.zeros(0, dtype=np.int64))
+
+    def complete(self) -> bool:
+        return self.tally.steps >= self.run.config.steps
+
+
+class BatchMode(TokenChains):
     """``run --chains B``: `chains` chains of ``run.config.steps`` steps each, in lock step (`engine.batch`).
 
     Files: with ``--telemetry jsonl``, ``chain_<b>/m1_metrics.jsonl`` and
@@ -106,19 +129,6 @@ class BatchMode:
         if not self.counted_by_engine:
             self.tally.update(chunk)
         return len(chunk) * self.chains
-
-    def close(self) -> str | None:
-        return self.records.close()
-
-    def tokens(self) -> int:
-        return self.tally.steps * self.chains
-
-    def key_visits(self) -> Visits:
-        """The contexts the verifier ran at (every chain's steps) and how often."""
-        return visits_of(self.tally.pooled().context_counts if self.tally.steps else np.zeros(0, dtype=np.int64))
-
-    def complete(self) -> bool:
-        return self.tally.steps >= self.run.config.steps
 
     def statistics(self) -> dict[str, Any]:
         if self.tally.steps == 0:  # stopped before the first chunk: nothing to aggregate

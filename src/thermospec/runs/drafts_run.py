@@ -42,10 +42,9 @@ from thermospec.engine.chain import DEFAULT_CHUNK
 from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.drafts import PlanSource, plan_source, run_drafts_chains
 from thermospec.engine.tally import BatchTally
-from thermospec.runs.batch_run import STREAMS, chain_statistics
+from thermospec.runs.batch_run import STREAMS, TokenChains, chain_statistics
 from thermospec.runs.chain_tsus import chain_drafts
 from thermospec.runs.checklist import guide_checklist
-from thermospec.runs.losses import Visits, visits_of
 from thermospec.runs.prepare import PreparedRun, context_source
 from thermospec.runs.schema import layout
 from thermospec.runs.summary import summarise_run
@@ -80,7 +79,7 @@ def drafts_lines(chunk: DraftsChunk, drafts: DraftSource) -> str:
     return DRAFTS.lines(chunk.start, columns, list(map(tails.__getitem__, keys)))
 
 
-class DraftsMode:
+class DraftsMode(TokenChains):
     """``--drafts N``: one chain or B in lock step, N drafts per step, JSONL, Parquet or no telemetry."""
 
     counted_by_engine = False
@@ -111,19 +110,6 @@ class DraftsMode:
         self.tally.update_chains(chunks)
         self.draws += sum(int(chunk.drafts_used.sum()) for chunk in chunks)
         return len(chunks[0]) * self.chains
-
-    def close(self) -> str | None:
-        return self.records.close()
-
-    def tokens(self) -> int:
-        return self.tally.steps * self.chains
-
-    def key_visits(self) -> Visits:
-        """The contexts the verifier ran at (every chain's steps) and how often."""
-        return visits_of(self.tally.pooled().context_counts if self.tally.steps else np.zeros(0, dtype=np.int64))
-
-    def complete(self) -> bool:
-        return self.tally.steps >= self.run.config.steps
 
     def statistics(self) -> dict[str, Any]:
         config, target = self.run.config, self.run.target
