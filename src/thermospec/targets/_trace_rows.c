@@ -12,6 +12,13 @@
  * come in through the buffer protocol; the GIL is released during each pass, so positions craft in
  * parallel on threads.  The integer passes over the codes take AVX2 where the CPU has it (compiled
  * for those functions only); the float operations are the same scalar (or SSE2 lane) ones anyway.
+ *
+ * A row's codes are read three times, as the maths needs: once for the largest value (and the
+ * smallest, and the sparse top: the tokens of the few largest values, whose codes are then listed
+ * as held and which are ψ's top-K candidates), once for the softmax's sum (its terms need the
+ * largest), and once per ψ for the metrics (theirs need the sum), the CE gap's terms over p > 0
+ * written down in that same pass.  No value is ever converted from float16: every term is read
+ * from a per-code table.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -6,7 +6,8 @@ and the logarithms the payload and the CE gap need are taken once per distinct v
 everything else runs in the optional compiled module ``thermospec.targets._trace_rows`` from
 the row's 2-byte codes and per-value tables: the sum of the softmax, the top-K support, the
 payload's ids, codes, ε and wire bytes, F(ψ) on the ids and the overlap and CE gap against the
-dense q, each sum in NumPy's pairwise order.  One call does a row (`row_values`), one a ψ
+dense q, each sum in NumPy's pairwise order, in three passes over the codes (the largest value and the
+sparse top, `RowValues.above`; the softmax's sum; the metrics).  One call does a row (`row_values`), one a ψ
 (`craft_position`), taking the C library's exp and log where those are NumPy's bits
 (`targets.trace_libm`; elsewhere NumPy's ufuncs run between the passes).  No V-sized float64
 array is written while crafting; the dense row is built only when a caller asks for it
