@@ -56,6 +56,10 @@ ORDER = layout("context")
 _EMPTY = ("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2_dof", "p_value",
           "transition_chi2_stat", "transition_chi2_dof", "transition_p_value")
 
+LOSSES_ON_THE_SIDE = 16
+"""Steps per state from which every state's loss split is computed while the kernel counts (a step takes
+~0.1 us there, a state's split ~2 us): below it, only the visited states', afterwards."""
+
 Rows = Callable[[NDArray[np.int64]], NDArray[np.float64]]
 """The target rows of an array of contexts, shape ``(contexts, V)``."""
 
@@ -128,6 +132,7 @@ class OrderMode(CountedMode):
         self._records: dict[int, DraftRecord] = {}  # contexts met, crafted at once: what their records say
         self._states: ContextMoves | None = None  # the move table whose states are the keys (counted by the kernel)
         self._state_losses: Future[NDArray[np.float64] | None] | None = None  # every state's loss split, if computed
+        self._psi: PsiSpec | None = None  # the drafts' ψ parameters, when the kernel counts crafted states
 
     @property
     def counted_by_engine(self) -> bool:
@@ -152,8 +157,12 @@ class OrderMode(CountedMode):
         return ([chunk] for chunk in run_order_chain(self.target, drafts, config.steps, rng, psi=psi))
 
     def _while_counting(self, moves: ContextMoves, psi: PsiSpec) -> None:
-        """Every state crafted, the kernel about to count (the GIL released): the states' loss split meanwhile,
-        on another thread (`row_losses`; a run's visited states are most of them)."""
+        """Every state crafted, the kernel about to count (the GIL released): when its steps take longer than
+        every state's loss split (`LOSSES_ON_THE_SIDE`), that split meanwhile on another thread (a long run's
+        visited states are most of them); else the visited states' split once they are known."""
+        self._psi = psi
+        if self.run.config.steps < LOSSES_ON_THE_SIDE * moves.states:
+            return
         K, tau, eps = psi
         pool = ThreadPoolExecutor(max_workers=1)
         self._state_losses = pool.submit(row_losses, moves.rows, np.arange(moves.states), K, tau, eps)
@@ -240,9 +249,15 @@ class OrderMode(CountedMode):
         visits = replace(super().key_visits(), rows=self._rows())
         if self._states is None:
             return visits
-        losses = self._state_losses.result() if self._state_losses is not None else None
-        if losses is not None:
-            return replace(visits, losses=lambda keys: losses[keys])
+        if self._state_losses is not None:  # every state's, computed while the kernel counted
+            every = self._state_losses.result()
+            if every is not None:
+                return replace(visits, losses=lambda keys: every[keys])
+        elif self._psi is not None:  # the visited states' now
+            K, tau, eps = self._psi
+            visited = row_losses(self._states.rows, visits.keys, K, tau, eps)
+            if visited is not None:
+                return replace(visits, losses=lambda keys: visited[np.searchsorted(visits.keys, keys)])
         moves = self._states  # the per-key path reads drafts, by context id: intern the states met
         moves.intern(visits.keys)
         return replace(visits, keys=moves.contexts(visits.keys), rows=context_rows(self.target, True))
