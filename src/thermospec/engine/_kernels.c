@@ -1567,7 +1567,8 @@ done:
  * six lines of six arrays (the rows of 64k states are far apart, so each is a miss).  Here a state is one
  * record, 64-byte aligned, of R = record_layout(V, G).size bytes:
  *
- *   [0, head)            draft total (double), last positive token (int32), guide (G + 1 uint8: V < 256)
+ *   [0, head)            draft total (double), last positive token (int32), guide (G + 1 uint8: V < 256),
+ *                        then, 8-aligned, a bit per token: the pairs counted since the last flush
  *   [head, head + 24 V)  per token: draft cdf (double), ratio (double), next state (int32), count (uint32)
  *   then, 8-aligned      residual total (double), last (int32), guide (G + 1 uint8)
  *   then, 8-aligned      residual cdf (V doubles)
@@ -1575,9 +1576,10 @@ done:
  * so an accepted draft (most steps) reads the head line and the lines of a few entries, all prefetched at the
  * step's start.  The same doubles are compared in the same order as `step` on TableCache's arrays (the cdf
  * entries are strided, not changed), so the tokens are the same.  The counts are uint32: the caller adds them
- * to its int64 pairs (state_flush) before any could pass 2^32 - 1. */
+ * to its int64 pairs (state_flush) before any could pass 2^32 - 1; the head's bits of the tokens counted let
+ * state_codes and state_flush read only the entries met (a few lines a state, not all of them). */
 typedef struct {
-    int64_t V, G, head, residual, residual_cdf, size;
+    int64_t V, G, mask, head, residual, residual_cdf, size;
 } RecordLayout;
 
 static RecordLayout record_layout(int64_t V, int64_t G)
@@ -1585,11 +1587,27 @@ static RecordLayout record_layout(int64_t V, int64_t G)
     RecordLayout l;
     l.V = V;
     l.G = G;
-    l.head = (12 + G + 1 + 63) / 64 * 64;
+    l.mask = (12 + G + 1 + 7) / 8 * 8; /* bit y: the pair (state, y) was counted since the last flush */
+    l.head = (l.mask + 8 * ((V + 63) / 64) + 63) / 64 * 64;
     l.residual = (l.head + 24 * V + 7) / 8 * 8;
     l.residual_cdf = (l.residual + 12 + G + 1 + 7) / 8 * 8;
     l.size = (l.residual_cdf + 8 * V + 63) / 64 * 64;
     return l;
+}
+
+/* The index of the lowest set bit of a non-zero word. */
+INLINE int64_t lowest_bit(uint64_t bits)
+{
+#if defined(__GNUC__)
+    return __builtin_ctzll(bits);
+#else
+    int64_t i = 0;
+    while (!(bits & 1)) {
+        bits >>= 1;
+        ++i;
+    }
+    return i;
+#endif
 }
 
 /* bisect_right over n strided cdf entries (`stride` doubles apart): the same comparisons as bisect_right. */
@@ -1645,6 +1663,7 @@ INLINE int64_t record_body(char *restrict records, const RecordLayout l, uint64_
             nx = record_draw(rec + l.residual, (const double *)(rec + l.residual_cdf), 1, l.G, u2);
         int32_t *tail = (int32_t *)(entries + 3 * nx + 2);
         ((uint32_t *)tail)[1] += 1;
+        ((uint64_t *)(rec + l.mask))[nx >> 6] |= (uint64_t)1 << (nx & 63); /* the head line: in cache */
         const int64_t key = tail[0];
         if (!LIKELY(key >= 0 && key < keys)) {
             *bad = 1;
@@ -1803,14 +1822,18 @@ static PyObject *state_flush(PyObject *self, PyObject *args)
         goto done;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t s = 0; s < keys; ++s) {
-        double *entries = (double *)((char *)rb.buf + s * l.size + l.head);
+        char *rec = (char *)rb.buf + s * l.size;
+        double *entries = (double *)(rec + l.head);
+        uint64_t *mask = (uint64_t *)(rec + l.mask);
         int64_t *pairs = (int64_t *)pb.buf + s * V;
-        for (int64_t y = 0; y < V; ++y) {
-            uint32_t *count = (uint32_t *)(entries + 3 * y + 2) + 1;
-            if (*count) { /* most pairs are never met: their lines are only read */
+        for (int64_t w = 0; w < (V + 63) / 64; ++w) {
+            for (uint64_t bits = mask[w]; bits; bits &= bits - 1) {
+                const int64_t y = 64 * w + lowest_bit(bits);
+                uint32_t *count = (uint32_t *)(entries + 3 * y + 2) + 1;
                 pairs[y] += *count;
                 *count = 0;
             }
+            mask[w] = 0;
         }
     }
     Py_END_ALLOW_THREADS
@@ -1841,10 +1864,13 @@ static PyObject *state_codes(PyObject *self, PyObject *args)
         int full = 0;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t s = 0; s < keys && !full; ++s) {
-            double *entries = (double *)((char *)rb.buf + s * l.size + l.head);
-            for (int64_t y = 0; y < V; ++y) {
-                uint32_t *count = (uint32_t *)(entries + 3 * y + 2) + 1;
-                if (*count) {
+            char *rec = (char *)rb.buf + s * l.size;
+            double *entries = (double *)(rec + l.head);
+            uint64_t *mask = (uint64_t *)(rec + l.mask);
+            for (int64_t w = 0; w < (V + 63) / 64 && !full; ++w) {
+                for (uint64_t bits = mask[w]; bits; bits &= bits - 1) { /* the tokens met, increasing */
+                    const int64_t y = 64 * w + lowest_bit(bits);
+                    uint32_t *count = (uint32_t *)(entries + 3 * y + 2) + 1;
                     if (m == room) {
                         full = 1;
                         break;
@@ -1853,6 +1879,8 @@ static PyObject *state_codes(PyObject *self, PyObject *args)
                     ((int64_t *)nb.buf)[m++] = *count;
                     *count = 0;
                 }
+                if (!full)
+                    mask[w] = 0;
             }
         }
         Py_END_ALLOW_THREADS

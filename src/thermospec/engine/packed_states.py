@@ -36,8 +36,10 @@ _FLUSH_AT = (1 << 32) - 1
 
 
 def record_bytes(V: int, G: int) -> int:
-    """Bytes of one state's record (the compiled ``record_layout``): head, V entries of 24 bytes, residual."""
-    head = (12 + G + 1 + 63) // 64 * 64
+    """Bytes of one state's record (the compiled ``record_layout``): head (with a bit per token counted), V entries
+    of 24 bytes, residual."""
+    mask = (12 + G + 1 + 7) // 8 * 8  # the bits of the tokens counted since the last flush
+    head = (mask + 8 * ((V + 63) // 64) + 63) // 64 * 64
     residual = (head + 24 * V + 7) // 8 * 8
     residual_cdf = (residual + 12 + G + 1 + 7) // 8 * 8
     return (residual_cdf + 8 * V + 63) // 64 * 64
