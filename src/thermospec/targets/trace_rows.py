@@ -62,7 +62,7 @@ __all__ = [
 NO_KEY = 1 << 16
 """A float16 key (the code's bits ordered as its value) no code reaches: no sparse top kept."""
 ABOVE_KEPT = 8192
-"""Most tokens of a row's sparse top kept (`RowValues.above`; about V / 128 are found)."""
+"""Most tokens of a row's sparse top kept (`RowValues.above`; about V / 341 are found, a sampled estimate)."""
 REREAD_BYTES = 128 * 1024
 """A float16 row of at least this many bytes keeps no codes in a trace's cache: they are read again when needed.
 So large an array is a fresh memory map for malloc, whose page faults cost about as much as crafting the row,
