@@ -253,8 +253,269 @@ done:
     return result;
 }
 
+/*
+ * Token trees (thermospec.engine.trees.run_trees; layout of the uniforms in its docstring): at each
+ * level the node's N children are drawn from its key's draft cdf, then the level is one N-draft
+ * verifier step (thermospec.engine.drafts.draft_step) on the key's tables, laid out by
+ * thermospec.engine.draft_tables.DraftTableCache (W = V + 1 with a class walk, else 0):
+ *
+ *   floats[slot] = [draft_cdf (V) | ratios (L x V) | final_cdf (V) | removal (W)]               float64
+ *   ints[slot]   = [draft guide (G + 1) | final guide (G + 1) | rank (V) | node_at (V) | up (W)]  int32
+ *   scalars[slot] = [draft total, final total];  lasts[slot] = [their last positive indices]
+ *
+ * (the guides are not read: every draw bisects the whole cdf, as inverse_cdf does).  The step:
+ *   sequential (recursive, spectr): the first i with v_i < ratios[min(i, L - 1)][y_i] is accepted;
+ *   selection (optimal): i = the first draft of the smallest class start at omega = v_2 (0 at N = 1),
+ *     accepted iff v_1 < ratios[0][y_i];
+ *   else the final cdf is inverted at the block's final uniform, and the block ends.
+ * After γ accepted levels the bonus token inverts the target's cdf of the key after the last one
+ * (bonus[bonus_of[key]], its total and last positive index in bonus_totals, bonus_lasts).
+ */
+#define TREE_MAX_DRAFTS 64
+
+typedef struct {
+    const double *floats, *scalars;
+    const int32_t *ints;
+    const int64_t *lasts;
+    int64_t V, G, N, L, walk, FS, IS;
+} TreeSlots;
+
+/* One verifier step at slot s on the drafts ys, the level's N verifier uniforms v and the block's final
+ * uniform: the emitted token, and the accepted draft's index in *index (-1: none). */
+INLINE int64_t tree_step(const TreeSlots *d, int64_t s, const int64_t *ys, const double *v, double final_u,
+                         int64_t *index, int selection)
+{
+    const int64_t V = d->V, G = d->G, N = d->N, L = d->L;
+    const double *f = d->floats + s * d->FS;
+    const int32_t *g = d->ints + s * d->IS;
+    const double *ratios = f + V;
+    if (!selection) {
+        for (int64_t i = 0; i < N; ++i)
+            if (v[i] < ratios[(i < L ? i : L - 1) * V + ys[i]]) {
+                *index = i;
+                return ys[i];
+            }
+    } else {
+        int64_t chosen = 0;
+        if (d->walk) {
+            const int32_t *rank = g + 2 * (G + 1), *node_at = rank + V, *up = node_at + V;
+            const double *removal = f + (2 + L) * V;
+            int64_t least = rank[ys[0]];
+            for (int64_t i = 1; i < N; ++i)
+                if (rank[ys[i]] < least) {
+                    least = rank[ys[i]];
+                    chosen = i;
+                }
+            for (int64_t i = 0; i < chosen; ++i) {
+                int64_t k = node_at[rank[ys[i]]];
+                while (k > least && !(removal[k] > v[1]))
+                    k = up[k];
+                if (k <= least) {
+                    chosen = i;
+                    break;
+                }
+            }
+        }
+        if (v[0] < ratios[ys[chosen]]) {
+            *index = chosen;
+            return ys[chosen];
+        }
+    }
+    *index = -1;
+    int64_t x = bisect_right(f + (1 + L) * V, V, final_u * d->scalars[2 * s + 1]);
+    const int64_t last = d->lasts[2 * s + 1];
+    return x > last ? last : x;
+}
+
+/*
+ * trees(u, floats, ints, scalars, lasts, slot_of, last_used, bonus, bonus_totals, bonus_lasts, bonus_of,
+ *       moves, seen, fresh, first_step, context, drafted, draft_keys, accepted_length, final, children,
+ *       accepted_index, gamma, N, V, G, L, selection, m, i, x, emitted, steps, mode, positions, fresh_count,
+ *       clock)
+ *   -> (i, x, emitted, missing key or -1, 0 for its verifier tables / 1 for its bonus cdf, fresh_count)
+ *
+ * Runs tree blocks i .. m - 1 (row i of u: block i's uniforms) from key x, as `run` runs γ-blocks
+ * (the same moves, the same early break, resumable at a key without tables).  A slot used by block i
+ * gets last_used = clock + i (the cache evicts the least recently used).
+ */
+static PyObject *trees(PyObject *self, PyObject *args)
+{
+    Py_buffer ub, fb, ib, scb, lb, sb, lub, bb, btb, blb, bob, fsb, cb, db, kb, ab, zb, chb, axb;
+    Py_buffer mb = {0}, seb = {0}, frb = {0};
+    PyObject *mo, *seo, *fro;
+    Py_ssize_t gamma, N, V, G, L, selection, m, i, x, emitted, steps, mode, positions, fresh_count, clock;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*y*y*y*y*OOOw*w*w*w*w*w*w*w*nnnnnnnnnnnnnnn", &ub, &fb, &ib, &scb,
+                          &lb, &sb, &lub, &bb, &btb, &blb, &bob, &mo, &seo, &fro, &fsb, &cb, &db, &kb, &ab, &zb,
+                          &chb, &axb, &gamma, &N, &V, &G, &L, &selection, &m, &i, &x, &emitted, &steps, &mode,
+                          &positions, &fresh_count, &clock))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t *keys = NULL;
+    if (mode == MOVE_TABLE) {
+        if (PyObject_GetBuffer(mo, &mb, PyBUF_SIMPLE) < 0 || PyObject_GetBuffer(seo, &seb, PyBUF_WRITABLE) < 0 ||
+            PyObject_GetBuffer(fro, &frb, PyBUF_WRITABLE) < 0)
+            goto done;
+    }
+    const Py_ssize_t walk = (selection && N > 1) ? V + 1 : 0;
+    const Py_ssize_t FS = (2 + L) * V + walk, IS = 2 * (G + 1) + (walk ? 2 * V + walk : 0);
+    const Py_ssize_t nkeys = sb.len / 8, slots = scb.len / 16, bonus_slots = btb.len / 8;
+    Py_ssize_t nodes = 0, level_width = 1;
+    for (Py_ssize_t d = 0; d < gamma && gamma <= 64 && N <= TREE_MAX_DRAFTS; d++) {
+        level_width *= N;
+        nodes += level_width;
+        if (nodes > (Py_ssize_t)1 << 20)
+            break;
+    }
+    const Py_ssize_t width = nodes + gamma * N + 1;
+    if (gamma < 1 || gamma > 64 || N < 1 || N > TREE_MAX_DRAFTS || V < 1 || L < 1 || L > N || m < 0 || i < 0 ||
+        i > m || mode < 0 || mode > 2 || nkeys < 1 || (mode == MOVE_TOKEN && nkeys < V) || nodes > (1 << 20) ||
+        (mode == MOVE_POSITION && (positions < 1 || positions > nkeys)) || x < 0 || x >= nkeys) {
+        PyErr_SetString(PyExc_ValueError, "trees: bad gamma, N, V, L, m, i, key or mode");
+        goto done;
+    }
+    if (!(need(&ub, m * width, 8, "u") && need(&fb, slots * FS, 8, "floats") && need(&ib, slots * IS, 4, "ints") &&
+          need(&lb, slots * 2, 8, "lasts") && need(&lub, slots, 8, "last_used") &&
+          need(&bb, bonus_slots * V, 8, "bonus") && need(&blb, bonus_slots, 8, "bonus_lasts") &&
+          need(&bob, nkeys, 8, "bonus_of") && need(&fsb, m, 8, "first_step") && need(&cb, m, 8, "context") &&
+          need(&db, m * gamma, 8, "drafted") && need(&kb, m * gamma, 8, "draft_keys") &&
+          need(&ab, m, 8, "accepted_length") && need(&zb, m, 8, "final") &&
+          need(&chb, m * gamma * N, 8, "children") && need(&axb, m * gamma, 8, "accepted_index")))
+        goto done;
+    if (mode == MOVE_TABLE && !(need(&mb, nkeys * V, 4, "moves") && need(&seb, nkeys, 1, "seen") &&
+                                need(&frb, fresh_count + (m - i) * (gamma + 1), 8, "fresh")))
+        goto done;
+    keys = malloc((size_t)(gamma + N) * sizeof(int64_t));
+    if (keys == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t *ys = keys + gamma;
+    const TreeSlots d = {fb.buf, scb.buf, ib.buf, lb.buf, V, G, N, L, walk, FS, IS};
+    Blocks b = {NULL, NULL, NULL, sb.buf, V, nkeys, slots, (int)mode, positions, mb.buf, seb.buf, frb.buf,
+                fresh_count, frb.len / 8};
+    const int64_t *slot_of = sb.buf, *bonus_of = bob.buf, *bonus_lasts = blb.buf;
+    const double *bonus = bb.buf, *bonus_totals = btb.buf, *u = ub.buf;
+    int64_t *last_used = lub.buf;
+    int64_t *first_step = fsb.buf, *context = cb.buf, *drafted = db.buf, *draft_keys = kb.buf;
+    int64_t *accepted_length = ab.buf, *final = zb.buf, *children = chb.buf, *accepted_index = axb.buf;
+    int64_t missing = -1, kind = 0;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (; i < m; i++) {
+        if (emitted >= steps)
+            break;
+        const double *ui = u + i * width, *verify = ui + nodes;
+        const double final_u = ui[width - 1];
+        int64_t *path = drafted + i * gamma, *index = accepted_index + i * gamma, *kids = children + i * gamma * N;
+        int64_t node = 0, key = x, level, z = -1, next = -1;
+        for (level = 0; level < gamma; level++) {
+            const int64_t s = slot_of[key];
+            if ((uint64_t)s >= (uint64_t)slots) {
+                missing = key;
+                break;
+            }
+            last_used[s] = clock + i;
+            const int64_t first = N * node + 1;
+            const double *f = d.floats + s * FS;
+            const double total = d.scalars[2 * s];
+            const int64_t last = d.lasts[2 * s];
+            for (int64_t j = 0; j < N; j++) {
+                int64_t y = bisect_right(f, V, ui[first + j - 1] * total);
+                ys[j] = y > last ? last : y;
+                kids[level * N + j] = ys[j];
+            }
+            keys[level] = key;
+            int64_t accepted;
+            const int64_t e = tree_step(&d, s, ys, verify + level * N, final_u, &accepted, (int)selection);
+            if (accepted < 0) {  /* the level's residual token ends the block */
+                path[level] = ys[0];
+                index[level] = -1;
+                z = e;
+                next = advance(&b, key, e);
+                break;
+            }
+            path[level] = e;
+            index[level] = accepted;
+            node = first + accepted;
+            key = advance(&b, key, e);
+            if (key < 0) {
+                bad = 1;
+                break;
+            }
+        }
+        if (missing != -1 || bad)
+            break;
+        if (level == gamma) {  /* every level accepted: the bonus token from the row of the key after the path */
+            const int64_t s = bonus_of[key];
+            if ((uint64_t)s >= (uint64_t)bonus_slots) {
+                missing = key;
+                kind = 1;
+                break;
+            }
+            int64_t y = bisect_right(bonus + s * V, V, final_u * bonus_totals[s]);
+            z = y > bonus_lasts[s] ? bonus_lasts[s] : y;
+            next = advance(&b, key, z);
+        }
+        if (next < 0) {
+            bad = 1;
+            break;
+        }
+        for (int64_t k = level + (level < gamma); k < gamma; k++) {  /* below the rejecting level */
+            path[k] = path[level < gamma ? level : gamma - 1];
+            keys[k] = keys[level < gamma ? level : gamma - 1];
+            index[k] = -1;
+            for (int64_t j = 0; j < N; j++)
+                kids[k * N + j] = -1;
+        }
+        for (int64_t k = 0; k < gamma; k++)
+            draft_keys[i * gamma + k] = keys[k];
+        first_step[i] = emitted;
+        context[i] = x;
+        accepted_length[i] = level;
+        final[i] = z;
+        emitted += level + 1;
+        x = next;
+    }
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "trees: a move left the table");
+        goto done;
+    }
+    result = Py_BuildValue("nnnLnn", i, x, emitted, (long long)missing, (Py_ssize_t)kind, (Py_ssize_t)b.fresh_count);
+done:
+    free(keys);
+    PyBuffer_Release(&ub);
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&ib);
+    PyBuffer_Release(&scb);
+    PyBuffer_Release(&lb);
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&lub);
+    PyBuffer_Release(&bb);
+    PyBuffer_Release(&btb);
+    PyBuffer_Release(&blb);
+    PyBuffer_Release(&bob);
+    PyBuffer_Release(&fsb);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&db);
+    PyBuffer_Release(&kb);
+    PyBuffer_Release(&ab);
+    PyBuffer_Release(&zb);
+    PyBuffer_Release(&chb);
+    PyBuffer_Release(&axb);
+    if (mb.buf != NULL)
+        PyBuffer_Release(&mb);
+    if (seb.buf != NULL)
+        PyBuffer_Release(&seb);
+    if (frb.buf != NULL)
+        PyBuffer_Release(&frb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"run", run, METH_VARARGS, "Run a chunk's γ-token blocks; stop at a key without tables (resumable)."},
+    {"trees", trees, METH_VARARGS, "Run a chunk's token-tree blocks; stop at a key without tables (resumable)."},
     {NULL, NULL, 0, NULL},
 };
 

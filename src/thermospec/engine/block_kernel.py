@@ -41,7 +41,8 @@ from thermospec.targets.order import ContextMoves
 from thermospec.tsu.drafts import DraftSource
 from thermospec.tsu.row_drafts import draft_rows
 
-__all__ = ["BlockTables", "CraftedBlockChunk", "blocks_module", "compiled_blocks", "compiled_fixed_blocks", "craft_all"]
+__all__ = ["MOVE_POSITION", "MOVE_TABLE", "MOVE_TOKEN", "BlockTables", "CraftedBlockChunk", "MoveWalk",
+           "blocks_module", "compiled_blocks", "compiled_fixed_blocks", "craft_all"]
 
 MOVE_TOKEN, MOVE_POSITION, MOVE_TABLE = 0, 1, 2
 """The kernel's moves: the token is the next key; the next position; the move table."""
@@ -106,7 +107,7 @@ def fits(V: int, gamma: int, max_bytes: int) -> bool:
     return (gamma + 2) * 32 * V <= max(max_bytes, 1 << 26)
 
 
-class _Moves:
+class MoveWalk:
     """A move table's states as the kernel's keys: the states reached first, interned in that order."""
 
     def __init__(self, moves: ContextMoves, chunk: int, gamma: int) -> None:
@@ -204,7 +205,7 @@ def compiled_blocks(source: ContextSource, drafts: DraftSource, gamma: int, step
         x = state
     else:
         return None
-    walk = _Moves(moves, chunk, gamma) if mode == MOVE_TABLE and moves is not None else None
+    walk = MoveWalk(moves, chunk, gamma) if mode == MOVE_TABLE and moves is not None else None
     tables = BlockTables(source.row, drafts, V, keys, gamma, table_bytes)
     if walk is not None and psi is not None and worth_crafting(walk.moves, steps) and tables.capacity == keys:
         walk.metrics = _crafted(walk.moves, psi, drafts, tables)
@@ -240,7 +241,7 @@ def _same_draft(moves: ContextMoves, drafts: DraftSource, crafted: NDArray[np.fl
             and np.array_equal(own.residual_cdf, crafted[2]))
 
 
-def _chunks(module: ModuleType, tables: BlockTables, walk: _Moves | None, shape: tuple[int, int, int], steps: int,
+def _chunks(module: ModuleType, tables: BlockTables, walk: MoveWalk | None, shape: tuple[int, int, int], steps: int,
             x: int, rng: np.random.Generator, chunk: int) -> Iterator[BlockChunk]:
     gamma, mode, positions = shape
     emitted = blocks_done = 0
@@ -281,7 +282,7 @@ class _Outputs:
                           accepted_length=self.accepted_length[:n], final=self.final[:n], draft_keys=keys)
 
 
-def _resume(module: ModuleType, tables: BlockTables, walk: _Moves | None, u: NDArray[np.float64], out: _Outputs,
+def _resume(module: ModuleType, tables: BlockTables, walk: MoveWalk | None, u: NDArray[np.float64], out: _Outputs,
             how: tuple[int, int, int, bool], x: int, emitted: int, steps: int) -> tuple[int, int, int]:
     """Run the kernel over `u` from block 0, loading each key it stops at: (blocks run, next key, tokens emitted)."""
     gamma, mode, positions, fixed = how

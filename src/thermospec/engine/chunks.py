@@ -146,3 +146,20 @@ class DraftsChunk(ChainChunk):
 
     drafts_used: NDArray[np.int64]
     accepted_index: NDArray[np.int64]
+
+
+@dataclass(frozen=True, eq=False)
+class TreeChunk(BlockChunk):
+    """Blocks of token trees: `drafted` holds the path (the accepted child of each level; at the rejecting level
+    its first child), `draft_keys` the path's keys.
+
+    Attributes
+    ----------
+    children : ndarray of int64, shape (n, γ, N)
+        The N children of each verified node (the path's nodes); -1 below the rejecting level.
+    accepted_index : ndarray of int64, shape (n, γ)
+        Which child each level accepted (0-based); -1 at the rejecting level and below.
+    """
+
+    children: NDArray[np.int64]
+    accepted_index: NDArray[np.int64]

@@ -25,8 +25,9 @@ emits the γ-block run's tokens (tested).  Only the nodes on the verified path
 are actually drawn (the others' uniforms are skipped): the tokens are those of
 drawing every node, and the draws a chip makes are counted in full.
 
-`run_trees` is the per-block loop (plain Python over the verifier plans, cached
-per key); `TreeExpectation` is the exact expected accepted length of a
+`run_trees` runs the blocks on the compiled kernel (`engine.tree_kernel`) when the TSU is the
+simulator, else the per-block loop (plain Python over the verifier plans, cached per key, each
+draw the TSU's own with its report checked); `TreeExpectation` is the exact expected accepted length of a
 block from a key, by dynamic programming over the accepted-token law of each
 level's verifier.
 """
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
@@ -44,9 +44,10 @@ from numpy.typing import NDArray
 from thermospec.core.sampling import inverse_cdf
 from thermospec.core.verifiers import VerifierPlan, recursive_targets, spectr_rho
 from thermospec.engine.chain import ReportError
-from thermospec.engine.chunks import BlockChunk
+from thermospec.engine.chunks import TreeChunk
 from thermospec.engine.drafts import plan_source
 from thermospec.engine.keys import ContextSource, memoised_advance
+from thermospec.engine.tree_kernel import compiled_trees
 from thermospec.tsu.drafts import DraftSource
 
 __all__ = ["MAX_TREE_NODES", "TreeChunk", "TreeExpectation", "accepted_law", "fixed_key_trees", "plan_cache",
@@ -61,23 +62,6 @@ DEFAULT_TREE_CHUNK = 1 << 8
 def tree_nodes(gamma: int, n: int) -> int:
     """Drafted nodes of a full tree: ``N + N² + … + N^γ``."""
     return sum(n**d for d in range(1, gamma + 1))
-
-
-@dataclass(frozen=True, eq=False)
-class TreeChunk(BlockChunk):
-    """Blocks of token trees: `drafted` holds the path (the accepted child of each level; at the rejecting level
-    its first child), `draft_keys` the path's keys.
-
-    Attributes
-    ----------
-    children : ndarray of int64, shape (n, γ, N)
-        The N children of each verified node (the path's nodes); -1 below the rejecting level.
-    accepted_index : ndarray of int64, shape (n, γ)
-        Which child each level accepted (0-based); -1 at the rejecting level and below.
-    """
-
-    children: NDArray[np.int64]
-    accepted_index: NDArray[np.int64]
 
 
 def accepted_law(plan: VerifierPlan) -> NDArray[np.float64]:
@@ -155,9 +139,13 @@ def run_trees(
         raise ValueError(f"--gamma {gamma} --drafts {n}: a tree of {nodes:,} drafted nodes per block; at most "
                          f"{MAX_TREE_NODES:,} (N + N^2 + ... + N^γ)")
     plans = plan_cache(source, drafts, verifier, n)
+    x = source.start(rng)
+    compiled = compiled_trees(source, drafts, plans, verifier, n, gamma, steps, x, rng, chunk)
+    if compiled is not None:
+        yield from compiled
+        return
     advance = memoised_advance(source)
     width = nodes + gamma * n + 1
-    x = source.start(rng)
     emitted_total = blocks_done = 0
     while emitted_total < steps:
         m = min(chunk, steps - emitted_total)
