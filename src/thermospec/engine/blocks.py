@@ -24,6 +24,11 @@ residual token on a rejection or the bonus token otherwise.  Tokens are drawn by
 `sampling.inverse_cdf`, and a draft is accepted iff ``u_accept < p/q``
 (strict), exactly as in the single-draft engine.
 
+`run_blocks` runs a chunk's blocks on the compiled kernel (`engine.block_kernel`: the bigram chain,
+a trace's positions, an order-N target's move table) on dense tables, and on the Python loop here
+otherwise (compact tables at large V, a source without a move table, no compiler, or
+``THERMOSPEC_KERNEL=python``): both consume the chunk's uniforms as above and give the same blocks.
+
 The exact expected accepted length along the chain, and the modelled speed-up,
 are `core.expectation`'s; the block run's telemetry and summary are `runs.block_run`'s.
 """
