@@ -102,8 +102,9 @@ class PositionProposer(Proposer):
     def craft_ahead(self, positions: Sequence[int]) -> None:
         """Craft the drafts of `positions` into the cache on `CRAFT_THREADS` threads (the passes over V free the GIL).
 
-        Each thread crafts every `CRAFT_THREADS`-th position of the list (one task per thread, not per
-        position).  Each draft is the one `draft` would craft; only when they are made changes.
+        The threads take the positions from one shared iterator, each the next one left when it is done
+        with its last (a thread the system holds back does not hold the others up).  Each draft is the
+        one `draft` would craft; only when they are made changes.
         """
         if len(positions) < 2 or CRAFT_THREADS < 2:
             for t in positions:
@@ -111,12 +112,12 @@ class PositionProposer(Proposer):
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(CRAFT_THREADS, thread_name_prefix="thermospec-craft")
-        share = [positions[i::CRAFT_THREADS] for i in range(min(CRAFT_THREADS, len(positions)))]
-        for _ in self._pool.map(self._craft_all, share):
+        pending = iter(positions)  # next() on it is one step under the GIL: each position is taken once
+        for _ in self._pool.map(self._craft_from, [pending] * min(CRAFT_THREADS, len(positions))):
             pass
 
-    def _craft_all(self, positions: Sequence[int]) -> None:
-        for t in positions:
+    def _craft_from(self, pending: Iterator[int]) -> None:
+        for t in pending:
             self.draft(t)
 
     def craft(self, context: int) -> ContextDraft:
