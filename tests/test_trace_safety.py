@@ -237,3 +237,27 @@ def test_a_run_whose_trace_shrinks_stops_as_interrupted_with_one_line(
     assert summary["interrupted"] is True and "shrank" in summary["interrupted_by"]
     records = (run_dir / "m1_metrics.jsonl").read_text()
     assert records.count("\n") == summary["steps"] and (not records or records.endswith("\n"))
+
+
+def test_a_trace_that_shrinks_after_the_steps_still_gets_a_summary_and_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every step ran, then the file shrank before the summary's statistics read its wide rows again."""
+    from thermospec.runs.trace_run import TraceMode
+
+    path = write_trace(tmp_path / "t.npz", 24, 65_536, 1.1, 3, tokens=True, progress=False)
+    real = TraceMode.statistics
+
+    def truncated_first(self: TraceMode) -> Any:
+        os.truncate(path, 2048)
+        return real(self)
+
+    monkeypatch.setattr(TraceMode, "statistics", truncated_first)
+    runs = tmp_path / "runs"
+    status, _, err = run_cli(["run", "--trace", str(path), "--steps", "500", "--quiet", "--runs-dir", str(runs)],
+                             capsys)
+    assert status == 1 and err.count("\n") == 1 and f"{path}: shrank while in use" in err, err
+    (run_dir,) = runs.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["interrupted"] is True and "shrank" in summary["interrupted_by"]
+    assert summary["steps"] is None and summary["p_value"] is None

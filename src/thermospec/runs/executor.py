@@ -223,17 +223,25 @@ GUIDE_FIELDS = ("accept_rate", "mean_overlap", "mean_ce_gap", "chi2_stat", "chi2
 """The guide's aggregates every summary carries (null where nothing could be aggregated)."""
 
 
-def _unless_shrunk(failure: BaseException | None, compute: Callable[[], dict[str, Any]],
-                   instead: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """`compute()`, or `instead()` when the run already stopped on a shrunk trace and `compute` reads it again
-    (a wide trace row is read again for the statistics, the loss split and the checklist): the summary of
-    what was kept is still written, its ``interrupted_by`` naming the file."""
-    try:
-        return compute()
-    except TraceShrankError:
-        if not isinstance(failure, TraceShrankError):
-            raise
-        return instead()
+class _ShrunkTrace:
+    """The summary's passes that read a trace again (a wide row is read again for the statistics, the loss
+    split and the checklist) when the file may have shrunk: the summary of what was kept is still written,
+    its ``interrupted_by`` naming the file, whether the loop or a summary pass met the shrink first."""
+
+    def __init__(self, failure: BaseException | None) -> None:
+        self.met: TraceShrankError | None = failure if isinstance(failure, TraceShrankError) else None
+        self.in_summary = False
+
+    def unless(self, compute: Callable[[], dict[str, Any]], instead: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """`compute()`, or `instead()` when it meets the shrunk file or an earlier pass did (the later passes
+        read what the earlier ones computed)."""
+        if self.in_summary:
+            return instead()
+        try:
+            return compute()
+        except TraceShrankError as exc:
+            self.met, self.in_summary = self.met or exc, True
+            return instead()
 
 
 def execute_run(
@@ -301,9 +309,12 @@ def _execute(
             except OutputError as exc:  # a file that cannot be finished (a Parquet footer on a full disk)
                 metrics_sha256, failure = None, exc if failure is None else OutputError(f"{failure}; then {exc}")
         elapsed = time.perf_counter() - started
-        statistics = _unless_shrunk(failure, mode.statistics, lambda: dict.fromkeys((*GUIDE_FIELDS, "steps")))
-        statistics |= _unless_shrunk(failure, lambda: _where_acceptance_goes(run, mode, statistics.get("mean_overlap")),
-                                     lambda: dict.fromkeys(LOSS_KEYS))
+        shrunk = _ShrunkTrace(failure)
+        statistics = shrunk.unless(mode.statistics, lambda: dict.fromkeys((*GUIDE_FIELDS, "steps")))
+        statistics |= shrunk.unless(lambda: _where_acceptance_goes(run, mode, statistics.get("mean_overlap")),
+                                    lambda: dict.fromkeys(LOSS_KEYS))
+        extras = shrunk.unless(mode.extras, dict)
+        failure = failure if failure is not None else shrunk.met
         config = run.config.as_dict() | {"K_used": run.K_used} | ({"chains": chains} if chains > 1 else {})
         summary: dict[str, Any] = {
             **statistics,
@@ -314,11 +325,11 @@ def _execute(
             "telemetry": mode.telemetry,
             "thermospec_version": __version__,
             "versions": software_versions(),
-            "interrupted": not mode.complete(),
+            "interrupted": not mode.complete() or shrunk.met is not None,
             "interrupted_by": signal_name(stop.signum) if stop.signum is not None
             else (str(failure) if failure is not None else None),
             "metrics_sha256": metrics_sha256,
-            **_unless_shrunk(failure, mode.extras, dict),
+            **extras,
         }
         if stop.requested and "checklist" in summary:  # guide_checklist drew nothing more
             summary["checklist_skipped"] = CHECKLIST_SKIPPED
