@@ -43,6 +43,8 @@ class RowDrafts:
         Bytes of each encoded payload.
     topk_mass, overlap_mass, ce_gap_nats : ndarray of float64, shape (m,)
         The metrics of `thermospec.tsu.drafts.ContextDraft`.
+    q : ndarray of float64, shape (m, V)
+        F(ψ) of each row (``SimTSU(wire).q``), what the draft CDF sums.
     """
 
     draft_cdf: NDArray[np.float64]
@@ -55,6 +57,7 @@ class RowDrafts:
     topk_mass: NDArray[np.float64]
     overlap_mass: NDArray[np.float64]
     ce_gap_nats: NDArray[np.float64]
+    q: NDArray[np.float64]
 
 
 def _float32(values: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -145,7 +148,8 @@ def draft_rows(P: NDArray[np.float64], K: int, tau: float, eps: EpsSpec) -> RowD
     gap = _gap_sums(P, q, at, eps32)
     gap = np.where(missing, np.inf, np.where(gap > 0, gap, 0.0))
     return RowDrafts(draft_cdf=draft_cdf, ratio=ratio, residual_cdf=residual_cdf, K=k, tau=tau32, eps=eps32,
-                     psi_bytes=payload_size(k, V), topk_mass=top.sum(axis=1), overlap_mass=overlap, ce_gap_nats=gap)
+                     psi_bytes=payload_size(k, V), topk_mass=top.sum(axis=1), overlap_mass=overlap, ce_gap_nats=gap,
+                     q=q)
 
 
 def _draft_cdf(q: NDArray[np.float64], at: NDArray[np.int64], eps32: NDArray[np.float64], k: int
