@@ -7,12 +7,13 @@ interned as a chain meets them, and their rows are built a block at a time.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["ContextMoves", "MovesTarget"]
+__all__ = ["ContextMoves", "MovesTarget", "count_followers"]
 
 
 class MovesTarget(Protocol):
@@ -58,7 +59,8 @@ class ContextMoves:
     """
 
     def __init__(self, target: MovesTarget, table: NDArray[np.int32], length: NDArray[np.int64],
-                 lo: NDArray[np.int64], hi: NDArray[np.int64]) -> None:
+                 lo: NDArray[np.int64], hi: NDArray[np.int64],
+                 followers: Future[NDArray[np.integer[Any]]] | None = None) -> None:
         self.target = target
         self.next = table
         self.states = int(length.shape[0])
@@ -69,6 +71,7 @@ class ContextMoves:
         self._interned = target.V  # states interned so far (ids >= 0): `states_of` rebuilds its map when it grows
         self._inverse: tuple[int, NDArray[np.int64]] | None = None
         self._counts: NDArray[np.integer[Any]] | None = None
+        self._aside = followers  # `count_followers` of these states, counted on another thread
         self._counting = threading.Lock()
 
     @property
@@ -115,34 +118,14 @@ class ContextMoves:
 
     def _follower_counts(self) -> NDArray[np.integer[Any]]:
         """How often each token follows each longer state's context in the corpus, shape (states - V, V), built once
-        (under a lock: `craft_states` asks for rows from several threads)."""
+        (under a lock: `craft_states` asks for rows from several threads), or counted aside as the table was built."""
         with self._counting:
             if self._counts is None:
-                self._counts = self._count_followers()
+                self._counts = (self._aside.result() if self._aside is not None
+                                else count_followers(self.target.V, self.target.followers, self.length, self.lo,
+                                                     self.hi))
+                self._aside = None
             return self._counts
-
-    def _count_followers(self) -> NDArray[np.integer[Any]]:
-        """`_follower_counts`' table: the states of one length own disjoint ranges of the index, so the followers
-        of every length are counted in one `np.bincount` of ``state * V + follower``."""
-        V, followers = self.target.V, self.target.followers
-        ends = followers.shape[0]
-        lengths = np.unique(self.length[V:]).tolist()
-        codes = np.empty(len(lengths) * ends, dtype=np.int64)  # per length: (state - V + 1) * V + follower
-        for i, L in enumerate(lengths):
-            own = V + np.flatnonzero(self.length[V:] == L)
-            owner = np.zeros(ends + 1, dtype=np.int64)  # state - V + 1 on the state's range, 0 elsewhere
-            owner[self.lo[own]] = own - V + 1
-            stop = np.zeros(ends + 1, dtype=np.int64)
-            stop[self.hi[own]] = own - V + 1
-            owner -= stop
-            np.cumsum(owner, out=owner)
-            part = codes[i * ends:(i + 1) * ends]
-            np.multiply(owner[:ends], V, out=part)
-            part += followers
-        counts = np.bincount(codes, minlength=(self.states - V + 1) * V)[V:]  # row 0: positions owned by none
-        top = int(counts.max()) if counts.shape[0] else 0
-        table: NDArray[np.integer[Any]] = counts.astype(np.min_scalar_type(top) if top < 2**31 else np.int64)
-        return table.reshape(self.states - V, V)
 
     def states_of(self, contexts: NDArray[np.int64]) -> NDArray[np.int64]:
         """The state of each target id (-1 for an id not interned through this table)."""
@@ -161,3 +144,28 @@ class ContextMoves:
         """The target's ids of states whose contexts were interned (by `context`), as one gather."""
         ids: NDArray[np.int64] = self._ids[states]
         return ids
+
+
+def count_followers(V: int, followers: NDArray[Any], length: NDArray[np.int64], lo: NDArray[np.int64],
+                    hi: NDArray[np.int64]) -> NDArray[np.integer[Any]]:
+    """How often each token follows each longer state's context (`ContextMoves` of these states' lengths and index
+    ranges), shape (states - V, V): the states of one length own disjoint ranges of the index, so the followers of
+    every length are counted in one `np.bincount` of ``state * V + follower``."""
+    ends, states = followers.shape[0], length.shape[0]
+    lengths = np.unique(length[V:]).tolist()
+    codes = np.empty(len(lengths) * ends, dtype=np.int64)  # per length: (state - V + 1) * V + follower
+    for i, L in enumerate(lengths):
+        own = V + np.flatnonzero(length[V:] == L)
+        owner = np.zeros(ends + 1, dtype=np.int64)  # state - V + 1 on the state's range, 0 elsewhere
+        owner[lo[own]] = own - V + 1
+        stop = np.zeros(ends + 1, dtype=np.int64)
+        stop[hi[own]] = own - V + 1
+        owner -= stop
+        np.cumsum(owner, out=owner)
+        part = codes[i * ends:(i + 1) * ends]
+        np.multiply(owner[:ends], V, out=part)
+        part += followers
+    counts = np.bincount(codes, minlength=(states - V + 1) * V)[V:]  # row 0: positions owned by none
+    top = int(counts.max()) if counts.shape[0] else 0
+    table: NDArray[np.integer[Any]] = counts.astype(np.min_scalar_type(top) if top < 2**31 else np.int64)
+    return table.reshape(states - V, V)

@@ -31,6 +31,7 @@ decoded together.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import _lru_cache_wrapper, lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from numpy.typing import NDArray
 
 from thermospec.targets.bigram import DenseTarget
 from thermospec.targets.bpe import TokenBigramTarget, bpe_corpus, parse_tokenizer
-from thermospec.targets.context_moves import ContextMoves
+from thermospec.targets.context_moves import ContextMoves, count_followers
 from thermospec.targets.corpus import corpus_target, read_corpus
 
 __all__ = ["MAX_ORDER", "ORDER_MOVES_BYTES", "ORDER_ROW_CACHE_BYTES", "ContextMoves", "OrderTarget", "order_target"]
@@ -331,6 +332,13 @@ class OrderTarget:
             found = np.full(counts[L - 2] * (V + 1), -1, dtype=np.int64)
             found[(up - offset[L - 2]) * (V + 1) + code] = np.arange(offset[L - 1], offset[L], dtype=np.int64)
             child.append(found)
+        # Renumber the longer contexts by falling corpus frequency: a chain's frequent states (and so its
+        # tables, one slot per state) then share pages and cache lines.
+        order = np.concatenate([np.arange(V), V + np.argsort(-(hi[V:] - lo[V:]), kind="stable")])
+        length, lo, hi = length[order], lo[order], hi[order]
+        pool = ThreadPoolExecutor(max_workers=1)  # the rows' follower counts while the table is built (one core)
+        followers = pool.submit(count_followers, V, self._followers, length, lo, hi)
+        pool.shutdown(wait=False)  # its thread ends with its one task
         table = np.empty((states, V), dtype=np.int32)
         block = max(1, (1 << 20) // V)
         for L in range(1, depth + 1):
@@ -345,13 +353,10 @@ class OrderTarget:
                     longer = child[L][(same - offset[L - 1]) * (V + 1) + adds]
                     rows[kept] = np.where(longer >= 0, longer, same)
                 table[a:b] = rows
-        # Renumber the longer contexts by falling corpus frequency: a chain's frequent states (and so its
-        # tables, one slot per state) then share pages and cache lines.
-        order = np.concatenate([np.arange(V), V + np.argsort(-(hi[V:] - lo[V:]), kind="stable")])
         renamed = np.empty(states, dtype=np.int32)
         renamed[order] = np.arange(states, dtype=np.int32)
         table = renamed[table[order]]
-        return ContextMoves(self, table.reshape(-1), length[order], lo[order], hi[order])
+        return ContextMoves(self, table.reshape(-1), length, lo, hi, followers)
 
     def frequent_contexts(self, count: int = 4) -> list[int]:
         """Ids of the `count` most frequent full contexts (N - 1 tokens followed by a token) of the corpus.
