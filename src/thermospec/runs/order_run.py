@@ -15,6 +15,11 @@ transition χ² over the visited contexts (each context's emitted counts against
 stationary χ² against ``N pi`` is left null: pi is the bigram chain's law, not
 the order-N chain's.
 
+Without telemetry one chain is counted by the kernel (`engine.context_counts`): its keys are then the move
+table's states, no context is interned, and when its steps outlast it every state's loss split is computed
+on another thread while the kernel counts (`LOSSES_ON_THE_SIDE`); every summary value is an exact sum over
+the keys, so it is the recorded run's whatever their ids.
+
 ``--chains B``: B chains in lock step (`run_order_chains`: chain b on its own
 stream, chain 0 the single-chain run step for step), laid out as ``--chains``
 lays out M1's: with JSONL, ``chain_<b>/m1_metrics.jsonl`` and
