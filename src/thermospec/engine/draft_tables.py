@@ -51,6 +51,7 @@ __all__ = [
     "DraftsStepper",
     "draft_slot_bytes",
     "drafts_used",
+    "guide_rows",
 ]
 
 DraftTableSource = Callable[[int], tuple[NDArray[np.float64], VerifierTables]]
@@ -98,6 +99,42 @@ def drafts_used(index: NDArray[np.int64], n: int, selection: bool) -> NDArray[np
     return np.where(index < 0, n, index + 1).astype(np.int64)
 
 
+def guide_rows(cdf: NDArray[np.float64], G: int) -> NDArray[np.int32]:
+    """`guide_table` of each row of `cdf` (shape (m, V), each row nondecreasing), the same entries.
+
+    ``guide[k]`` counts the entries ``<= (k / G) * total``: each entry's count of the points below it
+    (estimated from its ratio to the total, then corrected against the very points `guide_table`
+    computes) says from which bucket on it is counted.
+    """
+    m = cdf.shape[0]
+    points = (np.arange(G + 1, dtype=np.float64) / G)[None, :] * cdf[:, -1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        guess = np.floor(cdf / cdf[:, -1:] * G)
+    below = np.clip(np.nan_to_num(guess, nan=0.0, posinf=G + 1, neginf=0.0), 0, G + 1).astype(np.int64)
+    rows = np.arange(m)[:, None]
+    while True:  # points[below] < entry: one more point below it
+        low = below <= G
+        low[low] = points[np.broadcast_to(rows, below.shape)[low], below[low]] < cdf[low]
+        if not low.any():
+            break
+        below[low] += 1
+    while True:  # points[below - 1] >= entry: that point is not below it
+        high = below > 0
+        high[high] = points[np.broadcast_to(rows, below.shape)[high], below[high] - 1] >= cdf[high]
+        if not high.any():
+            break
+        below[high] -= 1
+    counts = np.bincount((rows * (G + 2) + below).reshape(-1), minlength=m * (G + 2)).reshape(m, G + 2)
+    guide: NDArray[np.int32] = np.cumsum(counts, axis=1)[:, : G + 1].astype(np.int32)
+    return guide
+
+
+def last_positives(cdf: NDArray[np.float64]) -> NDArray[np.int64]:
+    """`last_positive` of each row of `cdf` (nondecreasing rows): how many entries lie below the row's last."""
+    found: NDArray[np.int64] = np.count_nonzero(cdf < cdf[:, -1:], axis=1).astype(np.int64)
+    return found
+
+
 class DraftTableCache:
     """The keys' tables in fixed slots (the kernel's layout), at most `max_bytes`, least recently used evicted.
 
@@ -139,7 +176,10 @@ class DraftTableCache:
         if tables.ratios.shape != (lay.levels, V) or tables.selection != lay.selection:
             raise ValueError(f"tables of key {key}: {tables.ratios.shape[0]} ratio levels, selection "
                              f"{tables.selection}; the layout needs {lay.levels} and {lay.selection}")
-        if self.filled < self.slots:
+        if self.identity:  # a slot per key: key k's is slot k (`load_rows` loads them so too)
+            slot = key
+            self.filled += 1
+        elif self.filled < self.slots:
             slot = self.filled
             self.filled += 1
         else:
@@ -165,6 +205,39 @@ class DraftTableCache:
         self.key_of[slot] = key
         self.last_used[slot] = -1
         return slot
+
+    @property
+    def identity(self) -> bool:
+        """Every key has a slot of its own (`load_rows` may load key k into slot k)."""
+        return self.slots >= self.keys
+
+    def load_rows(self, keys: NDArray[np.int64], draft_cdf: NDArray[np.float64], ratios: NDArray[np.float64],
+                  final_cdf: NDArray[np.float64]) -> None:
+        """Load many keys' tables at once, key k into slot k: what `load` writes for each (no class walk).
+
+        `draft_cdf` and `final_cdf` have shape (m, V), `ratios` (m, levels, V).
+
+        Raises
+        ------
+        ValueError
+            Without a slot per key, or for a layout with a class walk.
+        """
+        lay = self.layout
+        V, G, m = lay.V, lay.G, keys.shape[0]
+        if not self.identity or lay.walk or ratios.shape != (m, lay.levels, V):
+            raise ValueError("load_rows: needs a slot per key, no class walk and (m, levels, V) ratios")
+        self.filled += int(np.count_nonzero(self.slot_of[keys] < 0))
+        f, g = self.floats, self.ints
+        f[keys, :V] = draft_cdf
+        f[keys, V : (1 + lay.levels) * V] = ratios.reshape(m, -1)
+        f[keys, (1 + lay.levels) * V : (2 + lay.levels) * V] = final_cdf
+        g[keys, : G + 1] = guide_rows(draft_cdf, G)
+        g[keys, G + 1 : 2 * (G + 1)] = guide_rows(final_cdf, G)
+        self.totals[keys, 0], self.totals[keys, 1] = draft_cdf[:, -1], final_cdf[:, -1]
+        self.lasts[keys, 0], self.lasts[keys, 1] = last_positives(draft_cdf), last_positives(final_cdf)
+        self.slot_of[keys] = keys
+        self.key_of[keys] = keys
+        self.last_used[keys] = -1
 
 
 @dataclass(frozen=True, eq=False)

@@ -42,9 +42,11 @@ from numpy.typing import NDArray
 from thermospec.core.verifiers import VerifierPlan, VerifierTables, make_plan, table_layout
 from thermospec.engine.chain import DEFAULT_CHUNK, ReportError
 from thermospec.engine.chunks import DraftsChunk
+from thermospec.engine.crafted_drafts import CraftedDrafts, craft_drafts, first_met
 from thermospec.engine.draft_tables import DraftsStepper, DraftTableSource, drafts_used
 from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend
 from thermospec.engine.keys import BigramSource, ChainRows, ContextSource, memoised_advance
+from thermospec.engine.state_drafts import PsiSpec
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import DraftSource
 
@@ -159,6 +161,8 @@ def run_drafts_chains(
     backend: Backend | Literal["reference"] = "auto",
     max_table_bytes: int = DEFAULT_TABLE_BYTES,
     chain_drafts: list[DraftSource] | None = None,
+    psi: PsiSpec | None = None,
+    on_crafted: Callable[[CraftedDrafts], None] | None = None,
 ) -> Iterator[list[DraftsChunk]]:
     """B chains with N drafts per step on `source` in lock step: each yield is the same `chunk` steps of every chain.
 
@@ -168,6 +172,10 @@ def run_drafts_chains(
     share one table cache (at most `max_table_bytes`, `source_stepper`) and the plans.  With
     ``backend="reference"``, one `draft_step` at a time (`run_drafts_reference`), chain b with its own
     TSUs ``chain_drafts[b]`` when given (a THRML TSU's draws are its sampler's state: chains do not share it).
+
+    On a move table, with the proposer's ψ parameters `psi` (`Proposer.psi_spec`), every state's draft may be
+    crafted at once (`engine.crafted_drafts.craft_drafts`): each state's tables then come from it (not from
+    `drafts` and `plans`), and `on_crafted` is given it before the first chunk.
     """
     plans = plans or plan_source(source.row, drafts, verifier, n)
     if backend == "reference":
@@ -177,8 +185,13 @@ def run_drafts_chains(
         yield from (list(chunks) for chunks in zip(*runs, strict=True))
         return
     _, selection = table_layout(verifier, n)
+    moves = source.moves() if psi is not None and not source.keys_are_tokens else None
+    crafted = None if moves is None or psi is None else craft_drafts(moves, psi, drafts, verifier, n,
+                                                                      steps * len(rngs))
+    if crafted is not None and on_crafted is not None:
+        on_crafted(crafted)
     stepper, key_of = source_stepper(source, draft_table_source(drafts, plans), n, verifier, backend,
-                                     max_table_bytes)
+                                     max_table_bytes, crafted, steps * len(rngs))
     keys = [source.start(rng) for rng in rngs]  # order N: a one-token context is its token and its state
     for start in range(0, steps, chunk):
         m = min(chunk, steps - start)
@@ -192,19 +205,31 @@ def run_drafts_chains(
 
 
 def source_stepper(source: ContextSource, tables: DraftTableSource, n: int, verifier: str, backend: Backend,
-                   max_table_bytes: int = DEFAULT_TABLE_BYTES
-                   ) -> tuple[DraftsStepper, Callable[[NDArray[np.int64]], NDArray[np.int64]]]:
+                   max_table_bytes: int = DEFAULT_TABLE_BYTES, crafted: CraftedDrafts | None = None,
+                   steps: int = 0) -> tuple[DraftsStepper, Callable[[NDArray[np.int64]], NDArray[np.int64]]]:
     """The stepper of a source's chain and the map from its keys to the source's keys.
 
     Keys that are tokens: the compiled chain's own next key, the emitted token.  A move table
     (`ContextSource.moves`, order N): the stepper walks its states, each state's tables its key's
-    (interned when first met, so a state met maps back to its key).  Otherwise the source's moves,
-    memoised, on the Python loop.
+    (interned when first met, so a state met maps back to its key), or, with every state `crafted` at once,
+    built from the crafted draft (the states a chunk met interned in the order met, as loading them would), all
+    at once when the run's `steps` make it worth it (`CraftedDrafts.load_all`).
+    Otherwise the source's moves, memoised, on the Python loop.
     """
     V = source.V
     if source.keys_are_tokens:
         return DraftsStepper(V, V, n, verifier, tables, backend, max_table_bytes), _same
     moves = source.moves()
+    if moves is not None and crafted is not None:
+        def contexts(states: NDArray[np.int64]) -> NDArray[np.int64]:
+            moves.intern(first_met(states))
+            return moves.contexts(states)
+
+        stepper = DraftsStepper(moves.states, V, n, verifier, crafted.tables, backend, max_table_bytes,
+                                next_keys=moves.next.astype(np.int64))
+        if stepper.cache is not None:
+            crafted.load_all(stepper.cache, steps)
+        return stepper, contexts
     if moves is not None:
         def state_tables(state: int) -> tuple[NDArray[np.float64], VerifierTables]:
             return tables(moves.context(state))

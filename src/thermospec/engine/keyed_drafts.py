@@ -29,7 +29,7 @@ token for token (tested).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -39,10 +39,12 @@ from numpy.typing import NDArray
 from thermospec.core.verifiers import table_layout
 from thermospec.engine.chain import DEFAULT_CHUNK
 from thermospec.engine.chunks import DraftsChunk
+from thermospec.engine.crafted_drafts import CraftedDrafts
 from thermospec.engine.draft_tables import DraftsStepper, drafts_used
 from thermospec.engine.drafts import PlanSource, draft_step, draft_table_source, plan_source, run_drafts_chains
 from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend
 from thermospec.engine.keys import ContextSource, PositionSource
+from thermospec.engine.state_drafts import PsiSpec
 from thermospec.tsu.drafts import DraftSource
 
 __all__ = ["KeyedDraftsChunk", "run_keyed_drafts_chains", "run_keyed_drafts_reference"]
@@ -107,6 +109,8 @@ def run_keyed_drafts_chains(
     max_table_bytes: int = DEFAULT_TABLE_BYTES,
     chain_drafts: list[DraftSource] | None = None,
     few_steps: int | None = None,
+    psi: PsiSpec | None = None,
+    on_crafted: Callable[[CraftedDrafts], None] | None = None,
 ) -> Iterator[list[KeyedDraftsChunk]]:
     """B chains with N drafts per step on `source`, in lock step: each yield is the same steps of every chain.
 
@@ -114,7 +118,8 @@ def run_keyed_drafts_chains(
     THRML chain's sampler); `backend` as `engine.drafts.run_drafts` (``"reference"``: every draw the TSU's
     own).  A trace's chunks are its blocks (module docstring), at least `chunk` steps; a position with fewer
     than `few_steps` steps in a block (default ``max(16, V // 256)``) steps on its plan, not on tables.
-    Every other path is `engine.drafts.run_drafts_chains`, each chunk with the tokens before its steps.
+    Every other path is `engine.drafts.run_drafts_chains`, each chunk with the tokens before its steps (with
+    `psi` and `on_crafted` as there: every state of a move table crafted at once).
     """
     plans = plans or plan_source(source.row, drafts, verifier, n)
     if backend != "reference" and isinstance(source, PositionSource):
@@ -124,7 +129,7 @@ def run_keyed_drafts_chains(
         return
     last = [0] * len(rngs)  # each chain's last emitted token; before its first step, its start key (x0)
     for chunks in run_drafts_chains(source, drafts, n, verifier, steps, rngs, plans, chunk, backend,
-                                    max_table_bytes, chain_drafts):
+                                    max_table_bytes, chain_drafts, psi, on_crafted):
         out = []
         for b, part in enumerate(chunks):
             first = int(part.prev[0]) if part.start == 0 else last[b]

@@ -36,30 +36,36 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
+from thermospec.core.row_transport import acceptance_bounds, acceptance_optima
 from thermospec.core.transport import acceptance_bound, acceptance_optimum
 from thermospec.core.verifiers import VerifierPlan
 from thermospec.engine.batch import chain_stream
 from thermospec.engine.chain import DEFAULT_CHUNK
 from thermospec.engine.chunks import ChainChunk
+from thermospec.engine.crafted_drafts import CraftedDrafts
 from thermospec.engine.drafts import plan_source
 from thermospec.engine.keyed_drafts import KeyedDraftsChunk, run_keyed_drafts_chains
 from thermospec.engine.keys import ContextSource
 from thermospec.runs.chain_tsus import chain_drafts
 from thermospec.runs.counted import CountedMode
+from thermospec.runs.crafted_losses import crafted_losses
 from thermospec.runs.drafts_run import drafts_extras
+from thermospec.runs.losses import Visits
 from thermospec.runs.order_run import context_rows, order_statistics
 from thermospec.runs.prepare import PreparedRun, context_source, order_of, trace_of
 from thermospec.runs.schema import Layout, layout
 from thermospec.runs.telemetry import step_arrays, step_columns
 from thermospec.runs.trace_run import observed_before, trace_statistics
 from thermospec.targets.trace import TraceShrankError
-from thermospec.tsu.drafts import ContextDraft, DraftSource
+from thermospec.tsu.drafts import ContextDraft, CraftedRecord, DraftRecord, DraftSource
 
 __all__ = ["KEYED", "KeyedDraftsMode", "keyed_drafts_lines"]
 
 KEYED = {"context": layout("context", drafts=True), "position": layout("position", drafts=True)}
 """The records of N-draft steps on order-N contexts and on a trace: the guide's 12 fields, the key,
 ``drafts_used`` and ``accepted_index``."""
+ROWS_PER_BLOCK = 4096
+"""Visited states whose rows the summary reads at once (every state crafted at once)."""
 OPTIMUM_MAX_ENTRIES = 1 << 24
 """The summary's ``acceptance_optimum`` (O(V log V) a key) is computed while visited keys x V stay within this;
 above it (a long trace at a large V: ~50 ms a position at V = 50,257) it and ``gain_fraction`` are null."""
@@ -114,6 +120,31 @@ class KeyedDraftsMode(CountedMode):
                                        overlap_mass=self.plans(key).acceptance if found is None else found)
 
         self.view: DraftSource = lru_cache(maxsize=1 << 16)(view)
+        self._crafted: CraftedDrafts | None = None  # every state's draft, when the engine crafted them at once
+        self._records: dict[int, CraftedRecord] = {}  # contexts met, crafted at once: what their records say
+
+    def _take_crafted(self, crafted: CraftedDrafts) -> None:
+        """The engine crafted every state at once: records and summary read it (no draft crafted again)."""
+        self._crafted = crafted
+
+    def _record_of(self, key: int) -> DraftRecord:
+        """What the records say of a key's draft: its crafted record, or its view."""
+        crafted = self._records.get(key)
+        return crafted if crafted is not None else self.view(key)
+
+    def _learn(self, keys: NDArray[np.int64]) -> None:
+        """Keep the metrics of the keys not met before: crafted records when every state was crafted at once."""
+        crafted = self._crafted
+        if crafted is None or not keys.shape[0]:
+            self.learn(keys, self.view)
+            return
+        known = self.metrics.known(int(keys.max()) + 1)
+        met = np.unique(keys[~known[keys]])
+        if not met.shape[0]:
+            return
+        records = [crafted.record(state) for state in crafted.moves.states_of(met).tolist()]
+        self._records.update(zip(met.tolist(), records, strict=True))
+        self.keep_records(met, records)
 
     def _prev_token(self, chunk: KeyedDraftsChunk) -> NDArray[np.int64]:
         """Each step's ``prev_token`` (-1: null): the last token emitted, or on a trace the position's observed one."""
@@ -138,7 +169,8 @@ class KeyedDraftsMode(CountedMode):
             yield from run_keyed_drafts_chains(
                 self.source, proposer.draft, self.n, self.verifier, config.steps, rngs, plans=self.plans,
                 chunk=max(256, DEFAULT_CHUNK // self.chains),
-                backend="auto" if proposer.samples_payload else "reference", chain_drafts=own)
+                backend="auto" if proposer.samples_payload else "reference", chain_drafts=own,
+                psi=proposer.psi_spec if self.order is not None else None, on_crafted=self._take_crafted)
         except TraceShrankError:  # the χ² (which reread the file) are then skipped
             self._shrank = True
             raise
@@ -147,8 +179,8 @@ class KeyedDraftsMode(CountedMode):
         """Write every chain's records of the chunk, then count it (a failed write counts none of it);
         each key's metrics are its view's (the overlap: the verifier's acceptance)."""
         for part in chunks:
-            self.learn(part.prev, self.view)
-        units = self.write_and_count(chunks, self._lines, lambda part: part.prev, self._columns, self.view)
+            self._learn(part.prev)
+        units = self.write_and_count(chunks, self._lines, lambda part: part.prev, self._columns, self._record_of)
         self.draws += sum(int(part.drafts_used.sum()) for part in chunks)
         return units
 
@@ -157,30 +189,22 @@ class KeyedDraftsMode(CountedMode):
         if self.trace is not None:
             return trace_statistics(self.trace, counts, self.metrics, self.chains if counts is self else 1, tests)
         assert self.order is not None
-        return order_statistics(self.order, counts, self.metrics, context_rows(self.order), tests)
+        return order_statistics(self.order, counts, self.metrics, context_rows(self.order, self._crafted is not None),
+                                tests)
 
     def mode_statistics(self) -> dict[str, Any]:
         """The N-draft fields, visit-weighted over the keys drafted in (every chain's)."""
         assert self._stats is not None
         context, _, count = self.pairs.pairs()
-        visits = np.bincount(context, weights=count)
-        visited = np.flatnonzero(visits).tolist()
-        drafts, row, n = self.run.proposer.draft, self.source.row, self.n
-
-        def mean(value: Callable[[int], float]) -> float:
-            return math.fsum(float(visits[k]) * value(k) for k in visited) / self.steps
-
-        single = mean(lambda k: drafts(k).overlap_mass)
-        solve = len(visited) * self.source.V <= OPTIMUM_MAX_ENTRIES
-        bounds, optima = [], []
-        for k in visited:  # F(ψ) of a key built once for both
-            p, q = row(k), drafts(k).tsu.q
-            bounds.append(float(visits[k]) * acceptance_bound(p, q, n))
-            optima.append(float(visits[k]) * acceptance_optimum(p, q, n) if solve else 0.0)
-        bound, optimum = math.fsum(bounds) / self.steps, math.fsum(optima) / self.steps
+        visits = np.bincount(context, weights=count).astype(np.float64)  # float64 already (weights): no copy's rounding
+        solve = int(np.count_nonzero(visits)) * self.source.V <= OPTIMUM_MAX_ENTRIES
+        if self._crafted is not None:
+            single, bound, optimum = self._crafted_means(visits, solve)
+        else:
+            single, bound, optimum = self._draft_means(visits, solve)
         rate = self._stats["accept_rate"]
         return {
-            "drafts": n,
+            "drafts": self.n,
             "verifier": self.verifier,
             "mean_drafts_used": self.draws / self.steps,
             "single_draft_acceptance": single,
@@ -188,6 +212,59 @@ class KeyedDraftsMode(CountedMode):
             "acceptance_optimum": optimum if solve else None,
             "gain_fraction": (rate - single) / (optimum - single) if solve and optimum - single > 1e-12 else None,
         }
+
+    def _draft_means(self, visits: NDArray[np.float64], solve: bool) -> tuple[float, float, float]:
+        """The visit-weighted single-draft acceptance, bound and optimum (0 unless `solve`), key by key."""
+        visited = np.flatnonzero(visits).tolist()
+        drafts, row, n = self.run.proposer.draft, self.source.row, self.n
+
+        def mean(value: Callable[[int], float]) -> float:
+            return math.fsum(float(visits[k]) * value(k) for k in visited) / self.steps
+
+        single = mean(lambda k: drafts(k).overlap_mass)
+        bounds, optima = [], []
+        for k in visited:  # F(ψ) of a key built once for both
+            p, q = row(k), drafts(k).tsu.q
+            bounds.append(float(visits[k]) * acceptance_bound(p, q, n))
+            optima.append(float(visits[k]) * acceptance_optimum(p, q, n) if solve else 0.0)
+        return single, math.fsum(bounds) / self.steps, math.fsum(optima) / self.steps
+
+    def _crafted_means(self, visits: NDArray[np.float64], solve: bool) -> tuple[float, float, float]:
+        """`_draft_means` from the states crafted at once, a block of visited states at a time (the same
+        products, summed exactly: the same values)."""
+        crafted = self._crafted
+        assert crafted is not None
+        visited = np.flatnonzero(visits)
+        states, weights = crafted.moves.states_of(visited), visits[visited]
+        singles = weights * crafted.metrics.overlap_mass[states]
+        bounds, optima = np.empty_like(weights), np.zeros_like(weights)
+        for a in range(0, states.shape[0], ROWS_PER_BLOCK):
+            at = slice(a, a + ROWS_PER_BLOCK)
+            P, Q = crafted.moves.rows(states[at]), crafted.q[states[at]]
+            bounds[at] = weights[at] * acceptance_bounds(P, Q, self.n)
+            if solve:
+                optima[at] = weights[at] * acceptance_optima(P, Q, self.n)
+        single, bound, optimum = (math.fsum(part.tolist()) / self.steps for part in (singles, bounds, optima))
+        return single, bound, optimum
+
+    def key_visits(self) -> Visits:
+        """The keys the steps were in (every chain's); when every state was crafted at once, their loss split from
+        the crafted states (`runs.crafted_losses`: the per-key arithmetic, no draft crafted again)."""
+        visits = super().key_visits()
+        crafted, psi = self._crafted, self.run.proposer.psi_spec
+        if crafted is None or psi is None:
+            return visits
+        losses = crafted_losses(crafted.moves, crafted.metrics, psi, visits.keys)
+        if losses is None:
+            return visits
+
+        def of(keys: NDArray[np.int64]) -> NDArray[np.float64]:
+            found = losses if np.array_equal(keys, visits.keys) else crafted_losses(crafted.moves, crafted.metrics,
+                                                                                    psi, keys)
+            assert found is not None
+            return found
+
+        return dataclasses.replace(visits, losses=of)
 
     def extras(self) -> dict[str, Any]:
         return drafts_extras(self.run, super().extras(), self.chains)

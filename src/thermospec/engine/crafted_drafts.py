@@ -1,0 +1,137 @@
+"""N drafts on a move table's states: every state's ψ crafted at once, each state's verifier built when met.
+
+Crafting ψ one context at a time (`Proposer.draft`: a few dozen NumPy calls, ~1 ms)
+costs more than the rest of an order-N ``--drafts N`` run.  `craft_drafts` crafts
+every state of a `ContextMoves` in blocks (`draft_rows`: the bytes' F(ψ) and draft
+CDF, bit for bit the per-context drafts', checked on state 0 against the proposer's
+own draft) and keeps F(ψ), the draft CDF and the per-state metrics (`CraftedDrafts`).
+A state's verifier plan is built from its row and that F(ψ) when the chain first
+meets it (`CraftedDrafts.tables`, the stepper's table source): the plan needs only
+``(p, q)``, so it is the plan the per-context path builds.  The records and the
+summary read the crafted metrics and each met state's verifier acceptance
+(`CraftedDrafts.record`), not drafts crafted again.
+
+It applies when the proposer crafts ψ from the target's own rows with one K
+(`Proposer.psi_spec`), its TSU is the simulator (draws from F(ψ), reports ``log F(ψ)``),
+the run visits a good share of the states (`worth_crafting`), and F(ψ) and the draft
+CDF of every state fit in `CRAFTED_BYTES`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from thermospec.core.row_verifiers import recursive_rows
+from thermospec.core.verifiers import VerifierTables, make_plan
+from thermospec.engine.draft_tables import DraftTableCache
+from thermospec.engine.state_drafts import STATES_PER_BLOCK, PsiSpec, StateMetrics, worth_crafting
+from thermospec.targets.order import ContextMoves
+from thermospec.tsu.drafts import ContextDraft, CraftedRecord, DraftSource
+from thermospec.tsu.row_drafts import RowDrafts, draft_rows
+
+__all__ = ["CRAFTED_BYTES", "LOAD_ALL_STEPS", "CraftedDrafts", "craft_drafts", "first_met"]
+
+CRAFTED_BYTES = 512 * 1024 * 1024
+"""Memory bound of every state's F(ψ) and draft CDF (two float64 arrays of states x V)."""
+
+LOAD_ALL_STEPS = 4
+"""Every state's tables are built at once when states <= LOAD_ALL_STEPS x steps (a state's tables cost ~10 times
+less in a block than alone, and a run meets at most one new state a step, most often far fewer)."""
+
+
+class CraftedDrafts:
+    """Every state's crafted draft (F(ψ), its CDF, its metrics) and, once met, its verifier's acceptance.
+
+    Parameters
+    ----------
+    moves : ContextMoves
+    q, draft_cdf : ndarray of float64, shape (states, V)
+    metrics : StateMetrics
+    verifier : str
+    n : int
+        Drafts per step.
+    """
+
+    def __init__(self, moves: ContextMoves, q: NDArray[np.float64], draft_cdf: NDArray[np.float64],
+                 metrics: StateMetrics, verifier: str, n: int) -> None:
+        self.moves, self.q, self.draft_cdf, self.metrics = moves, q, draft_cdf, metrics
+        self.verifier, self.n = verifier, n
+        self.acceptance = np.full(moves.states, np.nan, dtype=np.float64)
+        """The verifier's exact acceptance of each state whose plan was built (NaN before)."""
+
+    def tables(self, state: int) -> tuple[NDArray[np.float64], VerifierTables]:
+        """A state's draft CDF and verifier tables (`engine.draft_tables.DraftTableSource`), its plan built from
+        its row and F(ψ) as `engine.drafts.plan_source` builds it; keeps the plan's acceptance."""
+        plan = make_plan(self.verifier, self.moves.rows(np.array([state], dtype=np.int64))[0], self.q[state], self.n)
+        self.acceptance[state] = plan.acceptance
+        return self.draft_cdf[state], plan.tables()
+
+    def load_all(self, cache: DraftTableCache, steps: int) -> bool:
+        """Build every state's recursive tables in blocks (`recursive_rows`) straight into `cache` (a slot per
+        state), when the verifier is ``recursive``, `cache` has a slot per state and the run's `steps` meet a good
+        share of them (`LOAD_ALL_STEPS`); whether it did (else the stepper loads each state when met)."""
+        states = self.moves.states
+        if (self.verifier != "recursive" or cache.keys != states or not cache.identity
+                or cache.layout.walk or cache.filled or states > LOAD_ALL_STEPS * steps):
+            return False
+        for a in range(0, states, STATES_PER_BLOCK):
+            keys = np.arange(a, min(a + STATES_PER_BLOCK, states), dtype=np.int64)
+            built = recursive_rows(self.moves.rows(keys), self.q[keys], self.n)
+            cache.load_rows(keys, self.draft_cdf[keys], built.ratios, built.final_cdf)
+            self.acceptance[keys] = built.acceptance
+        return True
+
+    def record(self, state: int) -> CraftedRecord:
+        """What a state's records say of its draft: the crafted metrics, the overlap being the verifier's
+        acceptance (the state's plan must have been built)."""
+        m = self.metrics
+        return CraftedRecord(K=m.K, tau=m.tau, eps_used=float(m.eps[state]), psi_bytes=m.psi_bytes,
+                             topk_mass=float(m.topk_mass[state]), overlap_mass=float(self.acceptance[state]),
+                             ce_gap_nats=float(m.ce_gap_nats[state]))
+
+
+def first_met(states: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The distinct `states` in the order they first appear."""
+    _, first = np.unique(states, return_index=True)
+    ordered: NDArray[np.int64] = states[np.sort(first)]
+    return ordered
+
+
+def craft_drafts(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource, verifier: str, n: int,
+                 steps: int) -> CraftedDrafts | None:
+    """Every state's draft crafted at once, or None when that does not apply (module docstring): another TSU, rows
+    `draft_rows` leaves to the per-row path, a state 0 that is not the proposer's own draft, too few steps for
+    the states, or too many states for `CRAFTED_BYTES`."""
+    V = moves.target.V
+    if not worth_crafting(moves, steps) or 16 * moves.states * V > CRAFTED_BYTES:
+        return None
+    first = drafts(moves.context(0))
+    if not (first.tsu.samples_payload and first.tsu.reports_exactly):
+        return None
+    K, tau, eps = psi
+    q = np.empty((moves.states, V), dtype=np.float64)
+    cdf = np.empty((moves.states, V), dtype=np.float64)
+    columns: list[tuple[NDArray[np.float64], ...]] = []
+    crafted: RowDrafts | None = None
+    for a in range(0, moves.states, STATES_PER_BLOCK):
+        keys = np.arange(a, min(a + STATES_PER_BLOCK, moves.states), dtype=np.int64)
+        crafted = draft_rows(moves.rows(keys), K, tau, eps)
+        if crafted is None or (a == 0 and not _same_as(first, crafted)):
+            return None
+        q[keys[0] : keys[-1] + 1], cdf[keys[0] : keys[-1] + 1] = crafted.q, crafted.draft_cdf
+        columns.append((crafted.topk_mass, crafted.overlap_mass, crafted.ce_gap_nats, crafted.eps))
+    assert crafted is not None
+    topk, overlap, gap, eps_used = (np.concatenate(column) for column in zip(*columns, strict=True))
+    metrics = StateMetrics(topk_mass=topk, overlap_mass=overlap, ce_gap_nats=gap, eps=eps_used, K=crafted.K,
+                           psi_bytes=crafted.psi_bytes, tau=crafted.tau)
+    return CraftedDrafts(moves, q, cdf, metrics, verifier, n)
+
+
+def _same_as(draft: ContextDraft, crafted: RowDrafts) -> bool:
+    """Whether row 0 of `crafted` is the proposer's own `draft`: F(ψ), the draft CDF and every recorded field."""
+    return (np.array_equal(draft.tsu.q, crafted.q[0]) and np.array_equal(draft.tsu.cdf, crafted.draft_cdf[0])
+            and draft.K == crafted.K and draft.tau == crafted.tau and draft.eps_used == float(crafted.eps[0])
+            and draft.psi_bytes == crafted.psi_bytes and draft.topk_mass == float(crafted.topk_mass[0])
+            and draft.overlap_mass == float(crafted.overlap_mass[0])
+            and draft.ce_gap_nats == float(crafted.ce_gap_nats[0]))
