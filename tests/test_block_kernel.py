@@ -16,7 +16,7 @@ import pytest
 from scripts.make_trace import write_trace
 from tests.conftest import CORPUS_CANDIDATES, run_cli
 from thermospec.core.streams import Stream, random_stream
-from thermospec.engine.block_kernel import blocks_module
+from thermospec.engine.block_kernel import blocks_module, compiled_fixed_blocks
 from thermospec.engine.blocks import fixed_context_blocks, run_blocks, run_blocks_reference
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.keys import BigramSource
@@ -127,3 +127,31 @@ def test_order_run_with_every_state_crafted_at_once(monkeypatch: pytest.MonkeyPa
         made.append(summary_and_records(folder))
     assert made[1] == made[0]
     assert made[1][0]["loss_quantisation"] is not None
+
+
+@pytest.mark.parametrize("which", ["trace", "order"])
+def test_fixed_context_blocks_on_other_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, which: str) -> None:
+    """The checks' fixed-key blocks on a trace's positions and on order-N contexts (crafted at once with ψ)."""
+    if which == "trace":
+        config = RunConfig(trace=str(write_trace(tmp_path / "t.npz", 12, 40, 1.2, 5, tokens=True, progress=False)),
+                           K=4)
+    else:
+        corpus = next((p for p in CORPUS_CANDIDATES if p.is_file()), None)
+        if corpus is None:
+            pytest.skip("no corpus")
+        config = RunConfig(corpus=str(corpus), K=8, order=4)
+    for psi in (False, True):
+        made = []
+        for kernel in ("python", ""):
+            monkeypatch.setenv("THERMOSPEC_KERNEL", kernel)
+            run = prepare_run(config)
+            source = context_source(run)
+            x = source.advance(source.advance(source.start(np.random.default_rng(1)), 3), 5)
+            made.append(fixed_context_blocks(source.row, run.proposer.draft, source.V, x, 3, 2000,
+                                             np.random.default_rng(3), advance=source.advance,
+                                             psi=run.proposer.psi_spec if psi else None))
+            if kernel == "":  # it ran on the kernel, from x's own key
+                probe = compiled_fixed_blocks(source.row, run.proposer.draft, source.V, x, 3, 1,
+                                              np.random.default_rng(0), 1 << 28, source)
+                assert probe is not None and probe.context[0] == x
+        assert_same([made[1]], [made[0]])

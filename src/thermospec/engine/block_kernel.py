@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from thermospec.core.sampling import last_positive
 from thermospec.engine.chain import context_tables
 from thermospec.engine.chunks import BlockChunk
-from thermospec.engine.keys import ContextSource, PositionSource
+from thermospec.engine.keys import ContextSource, OrderSource, PositionSource
 from thermospec.engine.state_drafts import STATES_PER_BLOCK, PsiSpec, StateMetrics, worth_crafting
 from thermospec.targets.bigram import RowSource
 from thermospec.targets.order import ContextMoves
@@ -188,28 +188,55 @@ def compiled_blocks(source: ContextSource, drafts: DraftSource, gamma: int, step
     On a move table, with `psi` (the proposer's ψ from the target's rows) and a run that meets a good share of
     the states, every state is crafted at once (`craft_all`) and the chunks are `CraftedBlockChunk`s.
     """
-    module = blocks_module()
-    if module is None or not fits(source.V, gamma, table_bytes):
+    setup = _setup(source, source.row, drafts, source.V, gamma, steps, x, chunk, table_bytes, psi)
+    if setup is None:
         return None
-    V = source.V
-    moves = None if source.keys_are_tokens or source.token_free else source.moves()
-    if source.keys_are_tokens:
+    module, tables, walk, mode, positions, x = setup
+    return _chunks(module, tables, walk, (gamma, mode, positions), steps, x, rng, chunk)
+
+
+_Setup = tuple[ModuleType, BlockTables, "MoveWalk | None", int, int, int]
+"""The kernel, the tables, the move table's walk (or None), the move, the positions and the first key."""
+
+
+def _setup(source: ContextSource | None, row: RowSource, drafts: DraftSource, V: int, gamma: int, steps: int, x: int,
+           chunk: int, table_bytes: int, psi: PsiSpec | None) -> _Setup | None:
+    """What the kernel runs on for `source`'s keys (None: the bigram chain's keys, rows `row`); None where it
+    does not apply."""
+    module = blocks_module()
+    if module is None or not fits(V, gamma, table_bytes):
+        return None
+    moves = None if source is None or source.keys_are_tokens or source.token_free else source.moves()
+    if source is None or source.keys_are_tokens:
         mode, keys, positions = MOVE_TOKEN, V, 0
     elif isinstance(source, PositionSource):
         mode, keys, positions = MOVE_POSITION, source.target.positions, source.target.positions
     elif moves is not None and moves.next.dtype == np.int32 and moves.next.flags.c_contiguous:
         mode, keys, positions = MOVE_TABLE, moves.states, 0
-        state = int(moves.states_of(np.array([x], dtype=np.int64))[0])
+        state = _state_of(moves, source, x)
         if state < 0:
             return None
         x = state
     else:
         return None
     walk = MoveWalk(moves, chunk, gamma) if mode == MOVE_TABLE and moves is not None else None
-    tables = BlockTables(source.row, drafts, V, keys, gamma, table_bytes)
+    tables = BlockTables(row, drafts, V, keys, gamma, table_bytes)
     if walk is not None and psi is not None and worth_crafting(walk.moves, steps) and tables.capacity == keys:
         walk.metrics = _crafted(walk.moves, psi, drafts, tables)
-    return _chunks(module, tables, walk, (gamma, mode, positions), steps, x, rng, chunk)
+    return module, tables, walk, mode, positions, x
+
+
+def _state_of(moves: ContextMoves, source: ContextSource, key: int) -> int:
+    """The move table's state of context id `key` (-1 if none): known to the table, or walked to from its tokens
+    (a context interned by the target itself, `OrderTarget.next_context`)."""
+    state = int(moves.states_of(np.array([key], dtype=np.int64))[0])
+    if state >= 0 or not isinstance(source, OrderSource):
+        return state
+    tokens = source.target.context_tokens(key)
+    state = tokens[0]  # the one-token context, then the longest seen suffix after each token: the context itself
+    for token in tokens[1:]:
+        state = int(moves.next[state * source.V + token])
+    return state if 0 <= state < moves.states and moves.context(state) == key else -1
 
 
 _CRAFTED: weakref.WeakKeyDictionary[ContextMoves, tuple[PsiSpec, tuple[NDArray[Any], ...], StateMetrics]] = (
@@ -303,14 +330,15 @@ def _resume(module: ModuleType, tables: BlockTables, walk: MoveWalk | None, u: N
 
 
 def compiled_fixed_blocks(row: RowSource, drafts: DraftSource, V: int, x: int, gamma: int, n: int,
-                          rng: np.random.Generator, table_bytes: int) -> BlockChunk | None:
-    """`engine.blocks.fixed_context_blocks` on the bigram chain's keys, on the kernel (None: no kernel, `rng`
-    untouched)."""
-    module = blocks_module()
-    if module is None or not fits(V, gamma, table_bytes):
+                          rng: np.random.Generator, table_bytes: int, source: ContextSource | None = None,
+                          psi: PsiSpec | None = None) -> BlockChunk | None:
+    """`engine.blocks.fixed_context_blocks` on the kernel: `n` blocks from key `x` of `source` (None: the bigram
+    chain's keys, rows `row`); None (`rng` untouched) where the kernel does not apply."""
+    setup = _setup(source, row, drafts, V, gamma, n, x, n, table_bytes, psi)
+    if setup is None:
         return None
-    tables = BlockTables(row, drafts, V, V, gamma, table_bytes)
+    module, tables, walk, mode, positions, start = setup
     u = rng.random((n, 2 * gamma + 1))
     out = _Outputs(n, gamma)
-    _resume(module, tables, None, u, out, (gamma, MOVE_TOKEN, 0, True), x, 0, 0)  # first_step: the lengths' sums
-    return out.chunk(0, n, None)
+    _resume(module, tables, walk, u, out, (gamma, mode, positions, True), start, 0, 0)  # first_step: the sums
+    return out.chunk(0, n, walk.moves.contexts if walk is not None else None)
