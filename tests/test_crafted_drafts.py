@@ -18,7 +18,7 @@ from thermospec.core.sampling import last_positive
 from thermospec.core.transport import acceptance_bound, acceptance_optimum
 from thermospec.core.verifiers import make_plan
 from thermospec.engine.crafted_drafts import CraftedDrafts, craft_drafts, first_met
-from thermospec.engine.draft_tables import guide_rows, last_positives
+from thermospec.engine.draft_tables import DraftTableCache, guide_rows, last_positives
 from thermospec.engine.kernels import compiled_module, guide_table
 from thermospec.engine.keyed_drafts import run_keyed_drafts_chains
 from thermospec.engine.keys import OrderSource
@@ -108,6 +108,28 @@ def test_row_bounds_and_optima(order4: OrderTarget, n: int) -> None:
     Q = crafted_of(order4, 8, 1.0, "auto", "recursive", n).q[keys]
     optima = acceptance_optima(P, Q, n)
     assert all(optima[i] == acceptance_optimum(P[i], Q[i], n) for i in range(keys.shape[0]))
+
+
+def test_block_loads_are_the_per_state_loads(order4: OrderTarget) -> None:
+    crafted = crafted_of(order4, 8, 1.0, "auto", "recursive", 2)
+    states, V = crafted.moves.states, order4.V
+    one = DraftTableCache(states, V, 2, "recursive", crafted.tables)
+    blocks = DraftTableCache(states, V, 2, "recursive", crafted.tables)
+    scattered = DraftTableCache(states, V, 2, "recursive", crafted.tables)
+    assert crafted.load_blocks(blocks)
+    keys = np.array([5, 700, 701, states - 1, 9, 3], dtype=np.int64)
+    scattered.load_rows(keys, *crafted.recursive_tables(keys))  # not consecutive
+    for key in keys.tolist():
+        slot = one.load(key)
+        assert blocks.load(key) == key
+        for cache in (blocks, scattered):
+            assert np.array_equal(cache.floats[key], one.floats[slot])
+            assert np.array_equal(cache.ints[key], one.ints[slot])
+            assert np.array_equal(cache.totals[key], one.totals[slot])
+            assert np.array_equal(cache.lasts[key], one.lasts[slot])
+    assert np.all(blocks.slot_of[:512] == np.arange(512))  # state 5's block, loaded with it
+    assert not crafted_of(order4, 8, 1.0, "auto", "optimal", 2).load_blocks(
+        DraftTableCache(states, V, 2, "optimal", crafted.tables))
 
 
 def test_first_met() -> None:

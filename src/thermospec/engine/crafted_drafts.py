@@ -30,14 +30,15 @@ from thermospec.targets.order import ContextMoves
 from thermospec.tsu.drafts import ContextDraft, CraftedRecord, DraftSource
 from thermospec.tsu.row_drafts import RowDrafts, draft_rows
 
-__all__ = ["CRAFTED_BYTES", "LOAD_ALL_STEPS", "CraftedDrafts", "craft_drafts", "first_met"]
+__all__ = ["CRAFTED_BYTES", "STATES_PER_LOAD", "CraftedDrafts", "craft_drafts", "first_met"]
 
 CRAFTED_BYTES = 512 * 1024 * 1024
 """Memory bound of every state's F(ψ) and draft CDF (two float64 arrays of states x V)."""
 
-LOAD_ALL_STEPS = 4
-"""Every state's tables are built at once when states <= LOAD_ALL_STEPS x steps (a state's tables cost ~10 times
-less in a block than alone, and a run meets at most one new state a step, most often far fewer)."""
+STATES_PER_LOAD = 512
+"""States whose recursive tables are built at once, the block of a state met (a state's tables cost ~10 times
+less in a block than alone; the states are numbered by falling corpus frequency, so a run meets most of the
+first blocks' states and few of the last ones')."""
 
 
 class CraftedDrafts:
@@ -67,20 +68,20 @@ class CraftedDrafts:
         self.acceptance[state] = plan.acceptance
         return self.draft_cdf[state], plan.tables()
 
-    def load_all(self, cache: DraftTableCache, steps: int) -> bool:
-        """Build every state's recursive tables in blocks (`recursive_rows`) straight into `cache` (a slot per
-        state), when the verifier is ``recursive``, `cache` has a slot per state and the run's `steps` meet a good
-        share of them (`LOAD_ALL_STEPS`); whether it did (else the stepper loads each state when met)."""
-        states = self.moves.states
-        if (self.verifier != "recursive" or cache.keys != states or not cache.identity
-                or cache.layout.walk or cache.filled or states > LOAD_ALL_STEPS * steps):
-            return False
-        for a in range(0, states, STATES_PER_BLOCK):
-            keys = np.arange(a, min(a + STATES_PER_BLOCK, states), dtype=np.int64)
-            built = recursive_rows(self.moves.rows(keys), self.q[keys], self.n)
-            cache.load_rows(keys, self.draft_cdf[keys], built.ratios, built.final_cdf)
-            self.acceptance[keys] = built.acceptance
-        return True
+    def load_blocks(self, cache: DraftTableCache) -> bool:
+        """Have `cache` build the recursive tables of `STATES_PER_LOAD` states at once (`recursive_rows`), the
+        block of each state met first, when the verifier is ``recursive`` and `cache` has a slot per state;
+        whether it will (else each state's plan is built when met)."""
+        return (self.verifier == "recursive" and cache.keys == self.moves.states
+                and cache.load_blocks(self.recursive_tables, STATES_PER_LOAD))
+
+    def recursive_tables(self, states: NDArray[np.int64]
+                         ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Draft CDFs, recursive ratio levels and final CDFs of `states` (`draft_tables.RowTablesSource`); keeps
+        their acceptance."""
+        built = recursive_rows(self.moves.rows(states), self.q[states], self.n)
+        self.acceptance[states] = built.acceptance
+        return self.draft_cdf[states], built.ratios, built.final_cdf
 
     def record(self, state: int) -> CraftedRecord:
         """What a state's records say of its draft: the crafted metrics, the overlap being the verifier's

@@ -57,6 +57,9 @@ __all__ = [
 DraftTableSource = Callable[[int], tuple[NDArray[np.float64], VerifierTables]]
 """``source(key)``: the key's draft CDF (what its TSU inverts) and its verifier's tables."""
 
+RowTablesSource = Callable[[NDArray[np.int64]], tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]]
+"""``rows(keys)``: consecutive keys' draft CDFs (m, V), ratio levels (m, levels, V) and final CDFs (m, V)."""
+
 DraftArrays = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
 """``(prev, proposed, emitted, index)`` of a chunk: key, first draft, emitted token, accepted draft (−1: none)."""
 
@@ -107,25 +110,23 @@ def guide_rows(cdf: NDArray[np.float64], G: int) -> NDArray[np.int32]:
     computes) says from which bucket on it is counted.
     """
     m = cdf.shape[0]
-    points = (np.arange(G + 1, dtype=np.float64) / G)[None, :] * cdf[:, -1:]
+    points = ((np.arange(G + 1, dtype=np.float64) / G)[None, :] * cdf[:, -1:]).reshape(-1)
+    base = np.arange(0, m * (G + 1), G + 1, dtype=np.int64)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        guess = np.floor(cdf / cdf[:, -1:] * G)
+        guess = np.floor(cdf * (G / cdf[:, -1:]))
     below = np.clip(np.nan_to_num(guess, nan=0.0, posinf=G + 1, neginf=0.0), 0, G + 1).astype(np.int64)
-    rows = np.arange(m)[:, None]
-    while True:  # points[below] < entry: one more point below it
-        low = below <= G
-        low[low] = points[np.broadcast_to(rows, below.shape)[low], below[low]] < cdf[low]
-        if not low.any():
+    while True:  # the point at `below` is below the entry: count it
+        up = (below <= G) & (points[base + np.minimum(below, G)] < cdf)
+        if not up.any():
             break
-        below[low] += 1
-    while True:  # points[below - 1] >= entry: that point is not below it
-        high = below > 0
-        high[high] = points[np.broadcast_to(rows, below.shape)[high], below[high] - 1] >= cdf[high]
-        if not high.any():
+        below += up
+    while True:  # the point before `below` is not below the entry: do not count it
+        down = (below > 0) & (points[base + np.maximum(below - 1, 0)] >= cdf)
+        if not down.any():
             break
-        below[high] -= 1
-    counts = np.bincount((rows * (G + 2) + below).reshape(-1), minlength=m * (G + 2)).reshape(m, G + 2)
-    guide: NDArray[np.int32] = np.cumsum(counts, axis=1)[:, : G + 1].astype(np.int32)
+        below -= down
+    counts = np.bincount((below + np.arange(0, m * (G + 2), G + 2)[:, None]).reshape(-1), minlength=m * (G + 2))
+    guide: NDArray[np.int32] = np.cumsum(counts.reshape(m, G + 2), axis=1)[:, : G + 1].astype(np.int32)
     return guide
 
 
@@ -164,12 +165,28 @@ class DraftTableCache:
         self.key_of = np.full(self.slots, -1, dtype=np.int64)
         self.last_used = np.full(self.slots, -1, dtype=np.int64)
         self.filled = 0
+        self._rows: tuple[RowTablesSource, int] | None = None
+
+    def load_blocks(self, rows: RowTablesSource, block: int) -> bool:
+        """From now on, load the whole block of `block` consecutive keys around a key met (`load_rows` of `rows`),
+        when every key has a slot of its own and the layout has no class walk; whether it will."""
+        if not self.identity or self.layout.walk or block < 1:
+            return False
+        self._rows = (rows, block)
+        return True
 
     def load(self, key: int) -> int:
         """Make sure `key` has its tables in a slot; return the slot."""
         slot = int(self.slot_of[key])
         if slot >= 0:
             return slot
+        if self._rows is not None:  # the key's block, at once
+            rows, block = self._rows
+            first = key - key % block
+            keys = np.arange(first, min(first + block, self.keys), dtype=np.int64)
+            keys = keys[self.slot_of[keys] < 0]
+            self.load_rows(keys, *rows(keys))
+            return key
         draft_cdf, tables = self.source(key)
         lay = self.layout
         V, G = lay.V, lay.G
@@ -227,12 +244,16 @@ class DraftTableCache:
         if not self.identity or lay.walk or ratios.shape != (m, lay.levels, V):
             raise ValueError("load_rows: needs a slot per key, no class walk and (m, levels, V) ratios")
         self.filled += int(np.count_nonzero(self.slot_of[keys] < 0))
-        f, g = self.floats, self.ints
-        f[keys, :V] = draft_cdf
-        f[keys, V : (1 + lay.levels) * V] = ratios.reshape(m, -1)
-        f[keys, (1 + lay.levels) * V : (2 + lay.levels) * V] = final_cdf
-        g[keys, : G + 1] = guide_rows(draft_cdf, G)
-        g[keys, G + 1 : 2 * (G + 1)] = guide_rows(final_cdf, G)
+        consecutive = bool(m) and np.array_equal(keys, np.arange(keys[0], keys[0] + m))
+        at: slice | NDArray[np.int64] = slice(int(keys[0]), int(keys[0]) + m) if consecutive else keys
+        f, g = self.floats[at], self.ints[at]  # slices (every block `CraftedDrafts.load_all` loads): views
+        f[:, :V] = draft_cdf
+        f[:, V : (1 + lay.levels) * V] = ratios.reshape(m, -1)
+        f[:, (1 + lay.levels) * V : (2 + lay.levels) * V] = final_cdf
+        g[:, : G + 1] = guide_rows(draft_cdf, G)
+        g[:, G + 1 : 2 * (G + 1)] = guide_rows(final_cdf, G)
+        if not consecutive:  # a gather's copy: write it back
+            self.floats[keys], self.ints[keys] = f, g
         self.totals[keys, 0], self.totals[keys, 1] = draft_cdf[:, -1], final_cdf[:, -1]
         self.lasts[keys, 0], self.lasts[keys, 1] = last_positives(draft_cdf), last_positives(final_cdf)
         self.slot_of[keys] = keys

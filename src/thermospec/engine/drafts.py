@@ -191,7 +191,7 @@ def run_drafts_chains(
     if crafted is not None and on_crafted is not None:
         on_crafted(crafted)
     stepper, key_of = source_stepper(source, draft_table_source(drafts, plans), n, verifier, backend,
-                                     max_table_bytes, crafted, steps * len(rngs))
+                                     max_table_bytes, crafted)
     keys = [source.start(rng) for rng in rngs]  # order N: a one-token context is its token and its state
     for start in range(0, steps, chunk):
         m = min(chunk, steps - start)
@@ -205,15 +205,15 @@ def run_drafts_chains(
 
 
 def source_stepper(source: ContextSource, tables: DraftTableSource, n: int, verifier: str, backend: Backend,
-                   max_table_bytes: int = DEFAULT_TABLE_BYTES, crafted: CraftedDrafts | None = None,
-                   steps: int = 0) -> tuple[DraftsStepper, Callable[[NDArray[np.int64]], NDArray[np.int64]]]:
+                   max_table_bytes: int = DEFAULT_TABLE_BYTES, crafted: CraftedDrafts | None = None
+                   ) -> tuple[DraftsStepper, Callable[[NDArray[np.int64]], NDArray[np.int64]]]:
     """The stepper of a source's chain and the map from its keys to the source's keys.
 
     Keys that are tokens: the compiled chain's own next key, the emitted token.  A move table
     (`ContextSource.moves`, order N): the stepper walks its states, each state's tables its key's
     (interned when first met, so a state met maps back to its key), or, with every state `crafted` at once,
-    built from the crafted draft (the states a chunk met interned in the order met, as loading them would), all
-    at once when the run's `steps` make it worth it (`CraftedDrafts.load_all`).
+    built from the crafted draft (the states a chunk met interned in the order met, as loading them would), a
+    block of states at once when the verifier allows it (`CraftedDrafts.load_blocks`).
     Otherwise the source's moves, memoised, on the Python loop.
     """
     V = source.V
@@ -228,7 +228,7 @@ def source_stepper(source: ContextSource, tables: DraftTableSource, n: int, veri
         stepper = DraftsStepper(moves.states, V, n, verifier, crafted.tables, backend, max_table_bytes,
                                 next_keys=moves.next.astype(np.int64))
         if stepper.cache is not None:
-            crafted.load_all(stepper.cache, steps)
+            crafted.load_blocks(stepper.cache)
         return stepper, contexts
     if moves is not None:
         def state_tables(state: int) -> tuple[NDArray[np.float64], VerifierTables]:

@@ -142,7 +142,12 @@ class KeyedDraftsMode(CountedMode):
         met = np.unique(keys[~known[keys]])
         if not met.shape[0]:
             return
-        records = [crafted.record(state) for state in crafted.moves.states_of(met).tolist()]
+        states = crafted.moves.states_of(met)
+        if self.telemetry == "none":  # no record written: the metrics alone
+            self.metrics.keep(met, crafted.acceptance[states], crafted.metrics.ce_gap_nats[states],
+                              crafted.metrics.psi_bytes, crafted.metrics.K)
+            return
+        records = [crafted.record(state) for state in states.tolist()]
         self._records.update(zip(met.tolist(), records, strict=True))
         self.keep_records(met, records)
 
