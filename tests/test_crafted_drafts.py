@@ -128,6 +128,11 @@ def test_block_loads_are_the_per_state_loads(order4: OrderTarget) -> None:
             assert np.array_equal(cache.totals[key], one.totals[slot])
             assert np.array_equal(cache.lasts[key], one.lasts[slot])
     assert np.all(blocks.slot_of[:512] == np.arange(512))  # state 5's block, loaded with it
+    coarse = DraftTableCache(states, V, 2, "recursive", crafted.tables, guide=16)
+    assert crafted.load_blocks(coarse) and coarse.load(700) == 700
+    assert np.array_equal(coarse.ints[700, :17], guide_table(crafted.draft_cdf[700], 16))
+    with pytest.raises(ValueError, match="power of two"):
+        DraftTableCache(states, V, 2, "recursive", crafted.tables, guide=24)
     assert not crafted_of(order4, 8, 1.0, "auto", "optimal", 2).load_blocks(
         DraftTableCache(states, V, 2, "optimal", crafted.tables))
 

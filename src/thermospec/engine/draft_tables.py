@@ -88,10 +88,11 @@ class SlotLayout:
         return 2 * (self.G + 1) + (2 * self.V + self.walk if self.walk else 0)
 
 
-def draft_slot_bytes(V: int, n: int, verifier: str) -> int:
-    """Bytes of one key's tables for N = n drafts of `verifier` (floats, ints, totals and lasts)."""
+def draft_slot_bytes(V: int, n: int, verifier: str, guide: int | None = None) -> int:
+    """Bytes of one key's tables for N = n drafts of `verifier` (floats, ints, totals and lasts), with `guide`
+    buckets a CDF (default `guide_size`)."""
     levels, selection = table_layout(verifier, n)
-    layout = SlotLayout(V, guide_size(V), n, levels, selection)
+    layout = SlotLayout(V, guide_size(V) if guide is None else guide, n, levels, selection)
     return 8 * layout.floats + 4 * layout.ints + 8 * 4 + 8
 
 
@@ -149,14 +150,20 @@ class DraftTableCache:
         The verifier (`core.verifiers.VERIFIERS`); fixes the slot layout.
     source : DraftTableSource
     max_bytes : int
+    guide : int, optional
+        Guide buckets of each CDF, a power of two (default `guide_size`; a draw's answer does not depend on it,
+        only its search: a move table's many states take a quarter, as `kernels.TableCache` does).
     """
 
     def __init__(self, keys: int, V: int, n: int, verifier: str, source: DraftTableSource,
-                 max_bytes: int = DEFAULT_TABLE_BYTES) -> None:
+                 max_bytes: int = DEFAULT_TABLE_BYTES, guide: int | None = None) -> None:
         levels, selection = table_layout(verifier, n)
-        self.layout = SlotLayout(V, guide_size(V), n, levels, selection)
+        G = guide_size(V) if guide is None else guide
+        if G < 2 or G & (G - 1):
+            raise ValueError(f"guide: must be a power of two >= 2, got {G}")
+        self.layout = SlotLayout(V, G, n, levels, selection)
         self.keys, self.source = keys, source
-        self.slots = max(1, min(keys, max_bytes // draft_slot_bytes(V, n, verifier)))
+        self.slots = max(1, min(keys, max_bytes // draft_slot_bytes(V, n, verifier, G)))
         self.floats = np.zeros((self.slots, self.layout.floats), dtype=np.float64)
         self.ints = np.zeros((self.slots, self.layout.ints), dtype=np.int32)
         self.totals = np.zeros((self.slots, 2), dtype=np.float64)
@@ -314,12 +321,14 @@ class DraftsStepper:
     advance : callable, optional
         ``advance(key, emitted)``, the next key, in place of a table: the Python loop runs, on keys
         ``0 .. keys - 1`` met on demand.
+    guide : int, optional
+        The cache's guide buckets (`DraftTableCache`).
     """
 
     def __init__(self, keys: int, V: int, n: int, verifier: str, source: DraftTableSource,
                  backend: Backend = "auto", max_bytes: int = DEFAULT_TABLE_BYTES,
                  next_keys: NDArray[np.int64] | None = None,
-                 advance: Callable[[int, int], int] | None = None) -> None:
+                 advance: Callable[[int, int], int] | None = None, guide: int | None = None) -> None:
         if advance is not None and next_keys is not None:
             raise ValueError("next_keys and advance: give at most one")
         if next_keys is None and advance is None and keys < V:
@@ -331,7 +340,8 @@ class DraftsStepper:
         self.next_keys = None if next_keys is None else np.ascontiguousarray(next_keys, dtype=np.int64)
         self.advance = advance
         self.module = None if advance is not None else resolve_backend(backend)
-        self.cache = DraftTableCache(keys, V, n, verifier, source, max_bytes) if self.module is not None else None
+        self.cache = (DraftTableCache(keys, V, n, verifier, source, max_bytes, guide) if self.module is not None
+                      else None)
         slots = max(1, max_bytes // draft_slot_bytes(V, n, verifier))
 
         @functools.lru_cache(maxsize=slots)

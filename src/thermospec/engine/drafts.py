@@ -44,7 +44,7 @@ from thermospec.engine.chain import DEFAULT_CHUNK, ReportError
 from thermospec.engine.chunks import DraftsChunk
 from thermospec.engine.crafted_drafts import CraftedDrafts, craft_drafts, first_met
 from thermospec.engine.draft_tables import DraftsStepper, DraftTableSource, drafts_used
-from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend
+from thermospec.engine.kernels import DEFAULT_TABLE_BYTES, Backend, guide_size
 from thermospec.engine.keys import BigramSource, ChainRows, ContextSource, memoised_advance
 from thermospec.engine.state_drafts import PsiSpec
 from thermospec.targets.bigram import RowSource
@@ -65,6 +65,12 @@ __all__ = [
 PlanSource = Callable[[int], VerifierPlan]
 PLAN_CACHE_BYTES = 256 * 1024 * 1024
 """Memory bound of the plans kept (`plan_bytes` each); at least 16 plans are kept."""
+
+
+def state_guide(V: int) -> int:
+    """Guide buckets of a move table's states: a quarter of `guide_size` (their rows far apart: filling and
+    fetching the bytes bound a step, not its search), as `engine.kernels.TableCache` takes."""
+    return max(2, guide_size(V) // 4)
 
 
 def plan_bytes(V: int, n: int) -> int:
@@ -226,7 +232,7 @@ def source_stepper(source: ContextSource, tables: DraftTableSource, n: int, veri
             return moves.contexts(states)
 
         stepper = DraftsStepper(moves.states, V, n, verifier, crafted.tables, backend, max_table_bytes,
-                                next_keys=moves.next.astype(np.int64))
+                                next_keys=moves.next.astype(np.int64), guide=state_guide(V))
         if stepper.cache is not None:
             crafted.load_blocks(stepper.cache)
         return stepper, contexts
@@ -235,7 +241,7 @@ def source_stepper(source: ContextSource, tables: DraftTableSource, n: int, veri
             return tables(moves.context(state))
 
         return (DraftsStepper(moves.states, V, n, verifier, state_tables, backend, max_table_bytes,
-                              next_keys=moves.next.astype(np.int64)), moves.contexts)
+                              next_keys=moves.next.astype(np.int64), guide=state_guide(V)), moves.contexts)
     return (DraftsStepper(1 << 62, V, n, verifier, tables, backend, max_table_bytes, advance=memoised_advance(source)),
             _same)
 
