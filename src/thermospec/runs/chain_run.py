@@ -12,9 +12,8 @@ from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.tally import RunTally
 from thermospec.runs.checklist import guide_checklist
 from thermospec.runs.losses import Visits, visits_of
-from thermospec.runs.parquet_file import finish_parquet, parquet_write_failed
+from thermospec.runs.parquet_file import finish_parquet
 from thermospec.runs.prepare import PreparedRun, sparse_rows
-from thermospec.runs.storage import OutputError
 from thermospec.runs.summary import summarise_run
 from thermospec.runs.telemetry import ParquetWriter, TelemetryFormat, TelemetrySink
 
@@ -54,13 +53,7 @@ class ChainMode:
                          record=counted is None)  # nothing reads the step arrays of a run the kernel counts
 
     def record(self, chunk: ChainChunk) -> int:
-        writer = self._sink.writer
-        try:
-            writer.write(chunk, self.run.proposer.draft)
-        except OSError as exc:
-            if isinstance(exc, OutputError) or not isinstance(writer, ParquetWriter):
-                raise
-            raise parquet_write_failed(writer.path, exc) from None
+        self._sink.writer.write(chunk, self.run.proposer.draft)  # a failed write is the writer's one-line OutputError
         if not self.counted_by_engine:  # (THRML with no telemetry: the reference loop's chunk is counted here)
             self.tally.update(chunk)
         return len(chunk)
