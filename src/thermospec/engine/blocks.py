@@ -26,8 +26,9 @@ residual token on a rejection or the bonus token otherwise.  Tokens are drawn by
 
 `run_blocks` runs a chunk's blocks on the compiled kernel (`engine.block_kernel`: the bigram chain,
 a trace's positions, an order-N target's move table) on dense tables, and on the Python loop here
-otherwise (compact tables at large V, a source without a move table, no compiler, or
-``THERMOSPEC_KERNEL=python``): both consume the chunk's uniforms as above and give the same blocks.
+otherwise (compact tables at large V when not half the keys' dense tables fit, a source without a
+move table, no compiler, or ``THERMOSPEC_KERNEL=python``): both consume the chunk's uniforms as
+above and give the same blocks.
 
 The exact expected accepted length along the chain, and the modelled speed-up,
 are `core.expectation`'s; the block run's telemetry and summary are `runs.block_run`'s.
@@ -261,8 +262,7 @@ def run_blocks(
     if not 1 <= gamma <= MAX_GAMMA:
         raise ValueError(f"--gamma: must be an integer in 1 .. {MAX_GAMMA}, got {gamma}")
     x = source.start(rng)
-    compiled = (None if sparse is not None
-                else compiled_blocks(source, drafts, gamma, steps, x, rng, chunk, table_bytes, psi))
+    compiled = compiled_blocks(source, drafts, gamma, steps, x, rng, chunk, table_bytes, psi, sparse is not None)
     if compiled is not None:
         yield from compiled
         return
