@@ -8,9 +8,10 @@ plan, its ``2N + 1`` uniforms), and the next key is the source's move:
 - order N: ``x0 ~ pi`` (one uniform), then ``next_context(key, emitted)``: the
   loop of `engine.drafts.run_drafts_chains` over the source (on the target's move
   table, `ContextSource.moves`, the compiled stepper runs over its states with the
-  table as next-key table, a state's tables its context's, loaded when first met;
-  without one, too many contexts, the Python loop with the moves memoised), each
-  chunk given the tokens emitted before its steps;
+  table as next-key table, a state's tables its context's, loaded when first met,
+  or, given the proposer's ψ parameters, built from every state's ψ crafted at once
+  (`engine.crafted_drafts`); without one, too many contexts, the Python loop with
+  the moves memoised), each chunk given the tokens emitted before its steps;
 - trace: position 0 (no uniform), then ``t + 1`` mod T, whatever was emitted
   (teacher-forced).  Since every step's position is known in advance, a block of
   steps is stepped position by position (as `engine.positions` does): each
