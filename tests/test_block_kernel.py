@@ -96,7 +96,7 @@ def test_fixed_context_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     for kernel in ("python", ""):
         monkeypatch.setenv("THERMOSPEC_KERNEL", kernel)
         made.append(fixed_context_blocks(t.row, run.proposer.draft, t.V, x, 4, 3000, np.random.default_rng(3),
-                                         advance=source.advance))
+                                         source=source))
     assert_same([made[1]], [made[0]])
 
 
@@ -148,7 +148,7 @@ def test_fixed_context_blocks_on_other_keys(monkeypatch: pytest.MonkeyPatch, tmp
             source = context_source(run)
             x = source.advance(source.advance(source.start(np.random.default_rng(1)), 3), 5)
             made.append(fixed_context_blocks(source.row, run.proposer.draft, source.V, x, 3, 2000,
-                                             np.random.default_rng(3), advance=source.advance,
+                                             np.random.default_rng(3), source=source,
                                              psi=run.proposer.psi_spec if psi else None))
             if kernel == "":  # it ran on the kernel, from x's own key
                 probe = compiled_fixed_blocks(source.row, run.proposer.draft, source.V, x, 3, 1,

@@ -46,7 +46,7 @@ def run_block_checks(run: Any, check_steps: int) -> list[Any]:
         rng = random_stream(config.seed, Stream.CHECK, i, gamma)
         chunk = (fixed_key_trees(source, drafts, config.verifier, n, gamma, x, check_steps, rng) if n > 1
                  else fixed_context_blocks(source.row, drafts, source.V, x, gamma, check_steps, rng,
-                                           sparse=sparse_rows(run), advance=source.advance))
+                                           sparse=sparse_rows(run), source=source, psi=run.proposer.psi_spec))
         p_values.append(block_transition_chi2(chunk, source.row, source.V, source.advance).p_value)
     passing = sum(p > 0.05 for p in p_values)
     shown = ", ".join(f"x={x}: p={p:.3f}" for x, p in zip(contexts, p_values, strict=True))
@@ -58,7 +58,8 @@ def run_block_checks(run: Any, check_steps: int) -> list[Any]:
     )]
     rng = random_stream(config.seed, Stream.CHAIN)
     chunks = (run_trees(source, drafts, config.verifier, n, gamma, config.steps, rng) if n > 1
-              else run_blocks(source, drafts, gamma, config.steps, rng, sparse=sparse_rows(run)))
+              else run_blocks(source, drafts, gamma, config.steps, rng, sparse=sparse_rows(run),
+                              psi=run.proposer.psi_spec))
     starts, lengths_of = [], []
     for chunk in chunks:
         starts.append(chunk.context)

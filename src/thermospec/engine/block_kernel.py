@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from thermospec.core.sampling import last_positive
 from thermospec.engine.chain import context_tables
 from thermospec.engine.chunks import BlockChunk
-from thermospec.engine.keys import ContextSource, OrderSource, PositionSource
+from thermospec.engine.keys import ContextSource
 from thermospec.engine.state_drafts import STATES_PER_BLOCK, PsiSpec, StateMetrics, worth_crafting
 from thermospec.targets.bigram import RowSource
 from thermospec.targets.order import ContextMoves
@@ -212,11 +212,11 @@ def _setup(source: ContextSource | None, row: RowSource, drafts: DraftSource, V:
     moves = None if source is None or source.keys_are_tokens or source.token_free else source.moves()
     if source is None or source.keys_are_tokens:
         mode, keys, positions = MOVE_TOKEN, V, 0
-    elif isinstance(source, PositionSource):
-        mode, keys, positions = MOVE_POSITION, source.target.positions, source.target.positions
+    elif source.token_free:
+        mode, keys, positions = MOVE_POSITION, source.positions, source.positions
     elif moves is not None and moves.next.dtype == np.int32 and moves.next.flags.c_contiguous:
         mode, keys, positions = MOVE_TABLE, moves.states, 0
-        state = _state_of(moves, source, x)
+        state = source.move_state(x)
         if state < 0:
             return None
         x = state
@@ -229,19 +229,6 @@ def _setup(source: ContextSource | None, row: RowSource, drafts: DraftSource, V:
     if walk is not None and psi is not None and worth_crafting(walk.moves, steps) and tables.capacity == keys:
         walk.metrics = _crafted(walk.moves, psi, drafts, tables)
     return module, tables, walk, mode, positions, x
-
-
-def _state_of(moves: ContextMoves, source: ContextSource, key: int) -> int:
-    """The move table's state of context id `key` (-1 if none): known to the table, or walked to from its tokens
-    (a context interned by the target itself, `OrderTarget.next_context`)."""
-    state = int(moves.states_of(np.array([key], dtype=np.int64))[0])
-    if state >= 0 or not isinstance(source, OrderSource):
-        return state
-    tokens = source.target.context_tokens(key)
-    state = tokens[0]  # the one-token context, then the longest seen suffix after each token: the context itself
-    for token in tokens[1:]:
-        state = int(moves.next[state * source.V + token])
-    return state if 0 <= state < moves.states and moves.context(state) == key else -1
 
 
 _CRAFTED: weakref.WeakKeyDictionary[ContextMoves, tuple[PsiSpec, tuple[NDArray[Any], ...], StateMetrics]] = (

@@ -51,7 +51,7 @@ from thermospec.engine.block_kernel import compiled_blocks, compiled_fixed_block
 from thermospec.engine.chain import context_tables
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.compact import CompactStepTables, CompactTables, SparseRows, compact_source
-from thermospec.engine.keys import BigramSource, ContextSource, OrderSource, PositionSource, memoised_advance
+from thermospec.engine.keys import ContextSource, memoised_advance
 from thermospec.engine.state_drafts import PsiSpec
 from thermospec.engine.step import DenseStepTables, cdf_entry, correct_token, draw_token
 from thermospec.targets.bigram import RowSource
@@ -192,15 +192,16 @@ def _chunk(start: int, first_step: list[int], context: list[int], drafted: list[
 def fixed_context_blocks(
     row: RowSource, drafts: DraftSource, V: int, x: int, gamma: int, n: int, rng: np.random.Generator,
     sparse: SparseRows | None = None, advance: Callable[[int, int], int] = _token_is_key,
-    psi: PsiSpec | None = None,
+    psi: PsiSpec | None = None, source: ContextSource | None = None,
 ) -> BlockChunk:
     """`n` independent blocks, each started at key `x` (same per-block layout as the chain).
 
-    `advance` is the context source's move (`engine.keys`); by default the bigram chain's (the token).  A
-    source's own ``advance`` runs on the compiled kernel (`psi`: as `run_blocks`' on an order-N move table).
+    `advance` is a context source's move (`engine.keys`); by default the bigram chain's (the token).  Given
+    the `source` itself (its ``advance`` is then the move) the blocks run on the compiled kernel (`psi`: as
+    `run_blocks`' on an order-N move table), as they do on the bigram chain.
     """
-    owner = getattr(advance, "__self__", None)  # the source whose move `advance` is
-    source = cast(ContextSource, owner) if isinstance(owner, BigramSource | PositionSource | OrderSource) else None
+    if source is not None:
+        advance = source.advance
     if sparse is None and (advance is _token_is_key or source is not None):
         compiled = compiled_fixed_blocks(row, drafts, V, x, gamma, n, rng, TABLE_CACHE_BYTES, source, psi)
         if compiled is not None:

@@ -83,6 +83,16 @@ class ContextSource(Protocol):
         after every token, and each state's key), else None (the keys are tokens, or met on demand)."""
         ...
 
+    def move_state(self, key: int) -> int:
+        """The state of `moves()` that is `key` (-1 if none, or no move table)."""
+        ...
+
+    @property
+    def positions(self) -> int:
+        """How many keys a token-free source cycles through (a trace's positions: key t moves to t + 1 mod
+        this); 0 for a source whose moves depend on the token."""
+        ...
+
 
 class ChainLaw(Protocol):
     """What a bigram chain's source reads of its target: V, the rows and the start law pi."""
@@ -116,6 +126,7 @@ class BigramSource:
 
     keys_are_tokens = True
     token_free = False
+    positions = 0
     keys_are_text = False
 
     def __init__(self, target: ChainLaw) -> None:
@@ -140,6 +151,9 @@ class BigramSource:
     def moves(self) -> ContextMoves | None:
         return None
 
+    def move_state(self, key: int) -> int:
+        return -1
+
 
 class OrderSource:
     """Order-N contexts of a corpus: the key is the id of the longest seen suffix of the last N - 1 tokens."""
@@ -147,6 +161,7 @@ class OrderSource:
     keys_are_tokens = False
     token_free = False
     keys_are_text = True
+    positions = 0
 
     def __init__(self, target: OrderTarget) -> None:
         self.target = target
@@ -173,6 +188,21 @@ class OrderSource:
 
     def moves(self) -> ContextMoves | None:
         return self.target.moves()
+
+    def move_state(self, key: int) -> int:
+        moves = self.target.moves()
+        if moves is None:
+            return -1
+        state = int(moves.states_of(np.array([key], dtype=np.int64))[0])
+        if state >= 0:
+            return state
+        # a context the target interned itself (`OrderTarget.next_context`): walked to from its tokens, the
+        # one-token context first, then the longest seen suffix after each token
+        tokens = self.target.context_tokens(key)
+        state = tokens[0]
+        for token in tokens[1:]:
+            state = int(moves.next[state * self.V + token])
+        return state if 0 <= state < moves.states and moves.context(state) == key else -1
 
 
 class PositionSource:
@@ -203,6 +233,13 @@ class PositionSource:
 
     def moves(self) -> ContextMoves | None:
         return None
+
+    def move_state(self, key: int) -> int:
+        return -1
+
+    @property
+    def positions(self) -> int:
+        return self.target.positions
 
 
 def memoised_advance(source: ContextSource, max_entries: int = 1 << 21) -> Callable[[int, int], int]:

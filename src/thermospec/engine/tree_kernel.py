@@ -26,7 +26,7 @@ from thermospec.engine.block_kernel import MOVE_POSITION, MOVE_TABLE, MOVE_TOKEN
 from thermospec.engine.chunks import TreeChunk
 from thermospec.engine.draft_tables import DraftTableCache, draft_slot_bytes
 from thermospec.engine.drafts import PlanSource, draft_table_source
-from thermospec.engine.keys import ContextSource, PositionSource
+from thermospec.engine.keys import ContextSource
 from thermospec.targets.bigram import RowSource
 from thermospec.tsu.drafts import DraftSource
 
@@ -75,11 +75,11 @@ def compiled_trees(source: ContextSource, drafts: DraftSource, plans: PlanSource
     moves = None if source.keys_are_tokens or source.token_free else source.moves()
     if source.keys_are_tokens:
         mode, keys, positions = MOVE_TOKEN, V, 0
-    elif isinstance(source, PositionSource):
-        mode, keys, positions = MOVE_POSITION, source.target.positions, source.target.positions
+    elif source.token_free:
+        mode, keys, positions = MOVE_POSITION, source.positions, source.positions
     elif moves is not None and moves.next.dtype == np.int32 and moves.next.flags.c_contiguous:
         mode, keys, positions = MOVE_TABLE, moves.states, 0
-        state = int(moves.states_of(np.array([x], dtype=np.int64))[0])
+        state = source.move_state(x)
         if state < 0:
             return None
         x = state
