@@ -27,10 +27,9 @@ from thermospec.cli.options import (
 from thermospec.cli.report import check_report, headline, summary_table
 from thermospec.engine.blocks import BLOCKS_FILE
 from thermospec.experiments.single_runs import check, run
-from thermospec.runs.block_parquet import BLOCKS_PARQUET
 from thermospec.runs.interrupts import exit_status, signal_named
 from thermospec.runs.storage import METRICS_FILE
-from thermospec.runs.telemetry import PARQUET_FILE
+from thermospec.runs.telemetry import BLOCKS_PARQUET, PARQUET_FILE
 
 __all__ = ["main"]
 

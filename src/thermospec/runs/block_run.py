@@ -23,14 +23,13 @@ from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.keys import ContextSource
 from thermospec.engine.tally import BlockTally
 from thermospec.engine.trees import TreeChunk, TreeExpectation, plan_cache, run_trees, tree_nodes
-from thermospec.runs.batch_run import chain_dir
-from thermospec.runs.block_parquet import BLOCKS_PARQUET, BlockParquetWriter
 from thermospec.runs.crafted_losses import crafted_losses
 from thermospec.runs.losses import Visits
-from thermospec.runs.parquet_file import finish_parquet
+from thermospec.runs.parquet_file import RecordParquet, finish_parquet
 from thermospec.runs.prepare import PreparedRun, context_source, sparse_rows
 from thermospec.runs.schema import block_layout
-from thermospec.runs.storage import SUMMARY_FILE, RecordFile, write_json_atomic
+from thermospec.runs.storage import SUMMARY_FILE, RecordFile, chain_dir, write_json_atomic
+from thermospec.runs.telemetry import BLOCKS_PARQUET
 
 __all__ = ["TREE_EXPECTATION_KEYS", "BlockMode", "block_lines", "block_values", "key_kind", "summarise_blocks"]
 
@@ -199,7 +198,7 @@ class BlockMode:
             folders = [run_dir] if chains == 1 else [chain_dir(run_dir, b) for b in range(chains)]
         self.chains = [_BlockChain(self.gamma, run.target.V, folder) for folder in folders]
         self.layout = block_layout(key_kind(self.source), self.n > 1)
-        self._parquet = (BlockParquetWriter(run_dir / BLOCKS_PARQUET, self.layout, chains > 1)
+        self._parquet = (RecordParquet(run_dir / BLOCKS_PARQUET, self.layout, chains > 1, empty_file=False)
                          if telemetry == "parquet" else None)
         self._overlap: dict[int, float] = {}
         self._visits: dict[int, int] = {}  # verified positions per key, every chain

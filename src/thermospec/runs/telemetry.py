@@ -48,6 +48,7 @@ from thermospec.runs.storage import METRICS_FILE, OutputError, RecordFile, appen
 from thermospec.tsu.drafts import ContextDraft, DraftSource, RecordSource
 
 __all__ = [
+    "BLOCKS_PARQUET",
     "FIELDS",
     "JSONL_FILE",
     "PARQUET_FILE",
@@ -78,6 +79,10 @@ JSONL_FILE = "m1_metrics.jsonl"
 _M1_FORMAT = M1.compiled_format()
 """The texts the compiled formatter writes around M1's step values: its field names come from the schema."""
 PARQUET_FILE = "m1_metrics.parquet"
+BLOCKS_PARQUET = "m1_blocks.parquet"
+"""``run --gamma G --telemetry parquet``: one row per block, the block JSONL's fields as columns
+(`runs.schema.block_layout`; a token tree adds ``children`` and ``accepted_index``; a leading ``chain`` column
+with ``--chains B``), written by `runs.parquet_file.RecordParquet` like every record."""
 Chunk = TypeVar("Chunk", bound=ChainChunk)
 """A chunk of steps of one chain (`ChainRecords`)."""
 
