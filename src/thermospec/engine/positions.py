@@ -68,8 +68,10 @@ STEPS_PER_POSITION = 1024
 """A block holds about this many steps of each position, so that building a position's tables is amortised."""
 CRAFT_THREADS = min(4, os.cpu_count() or 1)
 """Threads crafting ψ of the positions ahead (`PositionProposer.craft_ahead`)."""
-CRAFT_AHEAD = 16
-"""Positions crafted at a time ahead of the steps that need them (few: their rows must stay in the row cache)."""
+CRAFT_AHEAD = 64
+"""Positions crafted at a time ahead of the steps that need them (at most half the draft cache: `craft_ahead`).
+Each batch ends with the threads waiting for the last position; 64 rather than 16 pays that wait a quarter
+as often (V = 131,072, 2 threads: ~5,400 -> ~6,300 positions/s)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +108,7 @@ class PositionProposer(Proposer):
         with its last (a thread the system holds back does not hold the others up).  Each draft is the
         one `draft` would craft; only when they are made changes.
         """
+        positions = positions[: max(1, self.capacity // 2)]  # crafted ahead, still cached when the steps come
         if len(positions) < 2 or CRAFT_THREADS < 2:
             for t in positions:
                 self.draft(t)
