@@ -72,6 +72,12 @@ CASES: dict[str, list[str]] = {
     "trace": ["--trace", "{trace}", "--K", "16"],
     "trace_none": ["--trace", "{trace}", "--K", "16", "--telemetry", "none"],
     "thrml": ["--tsu", "thrml", "--vocab", "16", "--K", "4", "--steps", "300"],
+    # Added when γ-blocks and token trees moved onto the compiled kernel (issue 16, 2026-12-07): the block
+    # and tree paths on every source and with chains, as the kernel now runs them.
+    "corpus_order4_gamma3": ["--corpus", "{corpus}", "--order", "4", "--K", "8", "--gamma", "3", "--steps", "2000"],
+    "gamma3_chains3": ["--gamma", "3", "--chains", "3", "--steps", "2000"],
+    "trees_gamma2_drafts2": ["--gamma", "2", "--drafts", "2", "--verifier", "recursive", "--steps", "2000"],
+    "trace_gamma2_parquet": ["--trace", "{trace}", "--K", "16", "--gamma", "2", "--telemetry", "parquet"],
 }
 SWEEP_COMMANDS = {"grid": grid_main, "seeds": seed_main}
 ADDED_KEYS: dict[str, set[str]] = {
