@@ -41,8 +41,8 @@ from thermospec.targets.order import ContextMoves
 from thermospec.tsu.drafts import DraftSource
 from thermospec.tsu.row_drafts import draft_rows
 
-__all__ = ["MOVE_POSITION", "MOVE_TABLE", "MOVE_TOKEN", "BlockTables", "CraftedBlockChunk", "MoveWalk",
-           "blocks_module", "compiled_blocks", "compiled_fixed_blocks", "craft_all"]
+__all__ = ["MOVE_POSITION", "MOVE_TABLE", "MOVE_TOKEN", "BlockTables", "CraftedBlockChunk", "KernelMove", "MoveWalk",
+           "blocks_module", "compiled_blocks", "compiled_fixed_blocks", "craft_all", "kernel_move"]
 
 MOVE_TOKEN, MOVE_POSITION, MOVE_TABLE = 0, 1, 2
 """The kernel's moves: the token is the next key; the next position; the move table."""
@@ -202,6 +202,25 @@ _Setup = tuple[ModuleType, BlockTables, "MoveWalk | None", int, int, int]
 """The kernel, the tables, the move table's walk (or None), the move, the positions and the first key."""
 
 
+KernelMove = tuple[int, int, int, int, ContextMoves | None]
+"""How the kernel moves between a source's keys: the move (`MOVE_TOKEN`, `MOVE_POSITION`, `MOVE_TABLE`), how
+many keys, the positions a trace cycles through (else 0), the first key as the kernel numbers it, the move table."""
+
+
+def kernel_move(source: ContextSource | None, V: int, x: int) -> KernelMove | None:
+    """The kernel's move over `source`'s keys from first key `x` (None: the bigram chain's); None where the
+    kernel does not know the source's moves (no move table, or one it cannot read, or `x` not a state of it)."""
+    if source is None or source.keys_are_tokens:
+        return MOVE_TOKEN, V, 0, x, None
+    if source.token_free:
+        return MOVE_POSITION, source.positions, source.positions, x, None
+    moves = source.moves()
+    if moves is None or moves.next.dtype != np.int32 or not moves.next.flags.c_contiguous:
+        return None
+    state = source.move_state(x)
+    return None if state < 0 else (MOVE_TABLE, moves.states, 0, state, moves)
+
+
 def _setup(source: ContextSource | None, row: RowSource, drafts: DraftSource, V: int, gamma: int, steps: int, x: int,
            chunk: int, table_bytes: int, psi: PsiSpec | None, compact: bool = False) -> _Setup | None:
     """What the kernel runs on for `source`'s keys (None: the bigram chain's keys, rows `row`); None where it
@@ -209,19 +228,10 @@ def _setup(source: ContextSource | None, row: RowSource, drafts: DraftSource, V:
     module = blocks_module()
     if module is None or not fits(V, gamma, table_bytes):
         return None
-    moves = None if source is None or source.keys_are_tokens or source.token_free else source.moves()
-    if source is None or source.keys_are_tokens:
-        mode, keys, positions = MOVE_TOKEN, V, 0
-    elif source.token_free:
-        mode, keys, positions = MOVE_POSITION, source.positions, source.positions
-    elif moves is not None and moves.next.dtype == np.int32 and moves.next.flags.c_contiguous:
-        mode, keys, positions = MOVE_TABLE, moves.states, 0
-        state = source.move_state(x)
-        if state < 0:
-            return None
-        x = state
-    else:
+    move = kernel_move(source, V, x)
+    if move is None:
         return None
+    mode, keys, positions, x, moves = move
     if compact and 2 * min(keys, table_bytes // (32 * V)) < keys:
         return None
     walk = MoveWalk(moves, chunk, gamma) if mode == MOVE_TABLE and moves is not None else None

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from thermospec.core.sampling import last_positive
 from thermospec.core.verifiers import table_layout
-from thermospec.engine.block_kernel import MOVE_POSITION, MOVE_TABLE, MOVE_TOKEN, MoveWalk, blocks_module
+from thermospec.engine.block_kernel import MOVE_TABLE, MoveWalk, blocks_module, kernel_move
 from thermospec.engine.chunks import TreeChunk
 from thermospec.engine.draft_tables import DraftTableCache, draft_slot_bytes
 from thermospec.engine.drafts import PlanSource, draft_table_source
@@ -72,19 +72,10 @@ def compiled_trees(source: ContextSource, drafts: DraftSource, plans: PlanSource
     if module is None or not (tsu.samples_payload and tsu.reports_exactly) or not hasattr(module, "trees"):
         return None
     V = source.V
-    moves = None if source.keys_are_tokens or source.token_free else source.moves()
-    if source.keys_are_tokens:
-        mode, keys, positions = MOVE_TOKEN, V, 0
-    elif source.token_free:
-        mode, keys, positions = MOVE_POSITION, source.positions, source.positions
-    elif moves is not None and moves.next.dtype == np.int32 and moves.next.flags.c_contiguous:
-        mode, keys, positions = MOVE_TABLE, moves.states, 0
-        state = source.move_state(x)
-        if state < 0:
-            return None
-        x = state
-    else:
+    move = kernel_move(source, V, x)
+    if move is None:
         return None
+    mode, keys, positions, x, moves = move
     table_bytes = max(TREE_TABLE_BYTES, (gamma + 2) * draft_slot_bytes(V, n, verifier))  # a block's keys fit
     if table_bytes > 4 * TREE_TABLE_BYTES:
         return None
