@@ -12,12 +12,14 @@ setup(
         Extension(
             "thermospec.engine._kernels",
             sources=["src/thermospec/engine/_kernels.c"],
+            depends=["src/thermospec/engine/_class_choice.h"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
             optional=True,
         ),
-        Extension(  # γ-token blocks (engine.block_kernel; the Python loop of engine.blocks gives the same blocks)
+        Extension(  # γ-blocks and token trees (engine.block_kernel, tree_kernel; the Python loops give the same blocks)
             "thermospec.engine._blocks",
             sources=["src/thermospec/engine/_blocks.c"],
+            depends=["src/thermospec/engine/_class_choice.h"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
             optional=True,
         ),

@@ -32,6 +32,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include "_class_choice.h"
 
 #if defined(__GNUC__)
 #define INLINE static inline __attribute__((always_inline))
@@ -299,22 +300,7 @@ INLINE int64_t tree_step(const TreeSlots *d, int64_t s, const int64_t *ys, const
         int64_t chosen = 0;
         if (d->walk) {
             const int32_t *rank = g + 2 * (G + 1), *node_at = rank + V, *up = node_at + V;
-            const double *removal = f + (2 + L) * V;
-            int64_t least = rank[ys[0]];
-            for (int64_t i = 1; i < N; ++i)
-                if (rank[ys[i]] < least) {
-                    least = rank[ys[i]];
-                    chosen = i;
-                }
-            for (int64_t i = 0; i < chosen; ++i) {
-                int64_t k = node_at[rank[ys[i]]];
-                while (k > least && !(removal[k] > v[1]))
-                    k = up[k];
-                if (k <= least) {
-                    chosen = i;
-                    break;
-                }
-            }
+            chosen = class_choice(rank, node_at, up, f + (2 + L) * V, ys, N, v[1]);
         }
         if (v[0] < ratios[ys[chosen]]) {
             *index = chosen;

@@ -30,6 +30,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include "_class_choice.h"
 
 #ifndef GROUP
 #define GROUP 8
@@ -1400,26 +1401,7 @@ static inline int64_t drafts_step(const DraftSlots *d, int64_t s, const double *
         int64_t chosen = 0;
         if (d->walk) {
             const int32_t *rank = g + 2 * (G + 1), *node_at = rank + V, *up = node_at + V;
-            const double *removal = f + (2 + L) * V;
-            /* class_start(r, w) = max{k <= r : removal[k] > w} (core.verifiers.VerifierTables) does not
-             * decrease with r, so the first draft of least rank is in the highest class present; an earlier
-             * draft (of a larger rank) is in that class too iff its class starts at or below that least rank:
-             * its walk stops as soon as it passes below it. */
-            int64_t least = rank[ys[0]];
-            for (int64_t i = 1; i < N; ++i)
-                if (rank[ys[i]] < least) {
-                    least = rank[ys[i]];
-                    chosen = i;
-                }
-            for (int64_t i = 0; i < chosen; ++i) {
-                int64_t k = node_at[rank[ys[i]]];
-                while (k > least && !(removal[k] > v[1]))
-                    k = up[k];
-                if (k <= least) {
-                    chosen = i;
-                    break;
-                }
-            }
+            chosen = class_choice(rank, node_at, up, f + (2 + L) * V, ys, N, v[1]);
         }
         if (v[0] < ratios[ys[chosen]]) {
             *index = chosen;
