@@ -12,14 +12,14 @@ setup(
         Extension(
             "thermospec.engine._kernels",
             sources=["src/thermospec/engine/_kernels.c"],
-            depends=["src/thermospec/engine/_class_choice.h"],
+            depends=["src/thermospec/engine/_draft_slots.h"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
             optional=True,
         ),
         Extension(  # γ-blocks and token trees (engine.block_kernel, tree_kernel; the Python loops give the same blocks)
             "thermospec.engine._blocks",
             sources=["src/thermospec/engine/_blocks.c"],
-            depends=["src/thermospec/engine/_class_choice.h"],
+            depends=["src/thermospec/engine/_draft_slots.h"],
             extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
             optional=True,
         ),

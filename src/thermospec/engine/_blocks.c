@@ -32,7 +32,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include "_class_choice.h"
+#include "_draft_slots.h"
 
 #if defined(__GNUC__)
 #define INLINE static inline __attribute__((always_inline))
@@ -257,33 +257,17 @@ done:
 /*
  * Token trees (thermospec.engine.trees.run_trees; layout of the uniforms in its docstring): at each
  * level the node's N children are drawn from its key's draft cdf, then the level is one N-draft
- * verifier step (thermospec.engine.drafts.draft_step) on the key's tables, laid out by
- * thermospec.engine.draft_tables.DraftTableCache (W = V + 1 with a class walk, else 0):
- *
- *   floats[slot] = [draft_cdf (V) | ratios (L x V) | final_cdf (V) | removal (W)]               float64
- *   ints[slot]   = [draft guide (G + 1) | final guide (G + 1) | rank (V) | node_at (V) | up (W)]  int32
- *   scalars[slot] = [draft total, final total];  lasts[slot] = [their last positive indices]
- *
- * (the guides are not read: every draw bisects the whole cdf, as inverse_cdf does).  The step:
- *   sequential (recursive, spectr): the first i with v_i < ratios[min(i, L - 1)][y_i] is accepted;
- *   selection (optimal): i = the first draft of the smallest class start at omega = v_2 (0 at N = 1),
- *     accepted iff v_1 < ratios[0][y_i];
- *   else the final cdf is inverted at the block's final uniform, and the block ends.
- * After γ accepted levels the bonus token inverts the target's cdf of the key after the last one
- * (bonus[bonus_of[key]], its total and last positive index in bonus_totals, bonus_lasts).
+ * verifier step (thermospec.engine.drafts.draft_step) on the key's tables (DraftSlots, _draft_slots.h;
+ * the guides are not read: every draw bisects the whole cdf, as inverse_cdf does); a rejecting level
+ * inverts its final cdf at the block's final uniform, and the block ends.  After γ accepted levels the
+ * bonus token inverts the target's cdf of the key after the last one (bonus[bonus_of[key]], its total
+ * and last positive index in bonus_totals, bonus_lasts).
  */
 #define TREE_MAX_DRAFTS 64
 
-typedef struct {
-    const double *floats, *scalars;
-    const int32_t *ints;
-    const int64_t *lasts;
-    int64_t V, G, N, L, walk, FS, IS;
-} TreeSlots;
-
 /* One verifier step at slot s on the drafts ys, the level's N verifier uniforms v and the block's final
  * uniform: the emitted token, and the accepted draft's index in *index (-1: none). */
-INLINE int64_t tree_step(const TreeSlots *d, int64_t s, const int64_t *ys, const double *v, double final_u,
+INLINE int64_t tree_step(const DraftSlots *d, int64_t s, const int64_t *ys, const double *v, double final_u,
                          int64_t *index, int selection)
 {
     const int64_t V = d->V, G = d->G, N = d->N, L = d->L;
@@ -377,7 +361,7 @@ static PyObject *trees(PyObject *self, PyObject *args)
         goto done;
     }
     int64_t *ys = keys + gamma;
-    const TreeSlots d = {fb.buf, scb.buf, ib.buf, lb.buf, V, G, N, L, walk, FS, IS};
+    const DraftSlots d = {fb.buf, scb.buf, ib.buf, lb.buf, V, G, N, L, walk, FS, IS};
     Blocks b = {NULL, NULL, NULL, sb.buf, V, nkeys, slots, (int)mode, positions, mb.buf, seb.buf, frb.buf,
                 fresh_count, frb.len / 8};
     const int64_t *slot_of = sb.buf, *bonus_of = bob.buf, *bonus_lasts = blb.buf;

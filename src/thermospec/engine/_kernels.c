@@ -30,7 +30,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
-#include "_class_choice.h"
+#include "_draft_slots.h"
 
 #ifndef GROUP
 #define GROUP 8
@@ -1342,32 +1342,14 @@ done:
  * N drafts per target call (thermospec.engine.draft_tables): drafts_chain.
  *
  * Exactly the step of thermospec.engine.drafts.draft_step on a verifier's per-context tables
- * (thermospec.core.verifiers.VerifierTables), laid out per slot, with W = V + 1 when the step
- * selects by classes (optimal, N > 1) and 0 otherwise:
- *
- *   floats[slot]  = [draft_cdf (V) | ratios (L x V) | final_cdf (V) | removal (W)]       float64
- *   ints[slot]    = [draft guide (G + 1) | final guide (G + 1) | rank (V) | node_at (V) | up (W)]  int32
- *   scalars[slot] = [draft total, final total]                                            float64
- *   lasts[slot]   = [last positive index of each cdf]                                      int64
- *   slot_of[key]  = slot holding the tables of key, or -1
- *
- * One step consumes 2N + 1 uniforms: y_i = draft(u_i) for i < N, then (v_1 .. v_N, v_res):
- *   sequential (recursive, spectr): the first i with v_i < ratios[min(i, L - 1)][y_i] is accepted;
- *   selection (optimal): i = the first draft of the smallest class start at omega = v_2 (0 at N = 1),
- *     accepted iff v_1 < ratios[0][y_i];
- *   else the final cdf is inverted at v_res.
- * The next key is the emitted token, or next_keys[key * V + emitted] when a next-key table is given
- * (order-N contexts: the same convention as the chain kernel's).
+ * (DraftSlots and the step, _draft_slots.h), with slot_of[key] = the slot holding the tables of key,
+ * or -1.  One step consumes 2N + 1 uniforms: y_i = draft(u_i) for i < N, then (v_1 .. v_N, v_res),
+ * the final cdf inverted at v_res on a rejection.  The next key is the emitted token, or
+ * next_keys[key * V + emitted] when a next-key table is given (order-N contexts: the same convention
+ * as the chain kernel's).
  */
 
 #define DRAFTS_MAX 64
-
-typedef struct {
-    const double *floats, *scalars;
-    const int32_t *ints;
-    const int64_t *lasts;
-    int64_t V, G, N, L, walk, FS, IS;
-} DraftSlots;
 
 static inline int64_t drafts_step(const DraftSlots *d, int64_t s, const double *u, int64_t *first,
                                   int64_t *index, const int selection)
