@@ -35,11 +35,11 @@ from thermospec.core.sampling import last_positive
 from thermospec.engine.chain import context_tables
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.keys import ContextSource
-from thermospec.engine.state_drafts import STATES_PER_BLOCK, PsiSpec, StateMetrics, worth_crafting
+from thermospec.engine.state_drafts import PsiSpec, StateMetrics, craft_blocks, worth_crafting
 from thermospec.targets.bigram import RowSource
 from thermospec.targets.order import ContextMoves
 from thermospec.tsu.drafts import DraftSource
-from thermospec.tsu.row_drafts import draft_rows
+from thermospec.tsu.row_drafts import RowDrafts
 
 __all__ = ["MOVE_POSITION", "MOVE_TABLE", "MOVE_TOKEN", "BlockTables", "CraftedBlockChunk", "KernelMove", "MoveWalk",
            "blocks_module", "compiled_blocks", "compiled_fixed_blocks", "craft_all", "kernel_move"]
@@ -139,44 +139,28 @@ class CraftedBlockChunk(BlockChunk):
 
 
 def craft_all(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource, tables: BlockTables) -> StateMetrics | None:
-    """Craft every state's ψ in blocks (`draft_rows`, bit for bit the per-context drafts) into slot = state.
+    """Craft every state's ψ in blocks (`state_drafts.craft_blocks`, bit for bit the per-context drafts) into
+    slot = state, with each state's target CDF for the bonus token.
 
-    None, with no slot filled, when that does not apply: the drafts' TSU is not the simulator drawing
-    from F(ψ) of its payload, a row is not positive, or state 0's tables differ from its own draft's.
+    None when that does not apply: the drafts' TSU is not the simulator drawing from F(ψ) of its payload, a
+    row is not positive, or state 0's tables differ from its own draft's.
     """
-    first = drafts(moves.context(0))
-    if not (first.tsu.samples_payload and first.tsu.reports_exactly):
-        return None
-    K, tau, eps = psi
-    parts: list[tuple[NDArray[np.float64], ...]] = []
-    shape: tuple[int, int, float] | None = None
-    for a in range(0, moves.states, STATES_PER_BLOCK):
-        keys = np.arange(a, min(a + STATES_PER_BLOCK, moves.states), dtype=np.int64)
-        rows = moves.rows(keys)
-        crafted = draft_rows(rows, K, tau, eps)
-        if crafted is None:
-            return None
-        if a == 0:
-            own = context_tables(rows[0], first)
-            if not (np.array_equal(own.draft_cdf, crafted.draft_cdf[0]) and np.array_equal(own.ratio, crafted.ratio[0])
-                    and np.array_equal(own.residual_cdf, crafted.residual_cdf[0])
-                    and first.overlap_mass == crafted.overlap_mass[0]):
-                return None
-        block = tables.tables[a:a + keys.shape[0]]
+
+    def load(keys: NDArray[np.int64], rows: NDArray[np.float64], crafted: RowDrafts) -> None:
+        a, b = int(keys[0]), int(keys[-1]) + 1
+        block = tables.tables[a:b]
         block[:, 0], block[:, 1], block[:, 2] = crafted.draft_cdf, crafted.ratio, crafted.residual_cdf
         np.cumsum(rows, axis=1, out=block[:, 3])
         for at, which in enumerate((0, 2, 3)):
             cdf = block[:, which]
-            tables.totals[a:a + keys.shape[0], at] = cdf[:, -1]
-            tables.lasts[a:a + keys.shape[0], at] = np.argmax(cdf >= cdf[:, -1:], axis=1)  # `last_positive`
-        parts.append((crafted.topk_mass, crafted.overlap_mass, crafted.ce_gap_nats, crafted.eps))
-        shape = (crafted.K, crafted.psi_bytes, crafted.tau)
-    assert shape is not None
-    tables.slot_of[:] = np.arange(moves.states, dtype=np.int64)
-    tables.used = tables.capacity
-    topk, overlap, gap, eps_used = (np.concatenate(column) for column in zip(*parts, strict=True))
-    return StateMetrics(topk_mass=topk, overlap_mass=overlap, ce_gap_nats=gap, eps=eps_used, K=shape[0],
-                        psi_bytes=shape[1], tau=shape[2])
+            tables.totals[a:b, at] = cdf[:, -1]
+            tables.lasts[a:b, at] = np.argmax(cdf >= cdf[:, -1:], axis=1)  # `last_positive`
+
+    metrics = craft_blocks(moves, psi, drafts, load)
+    if metrics is not None:
+        tables.slot_of[:] = np.arange(moves.states, dtype=np.int64)
+        tables.used = tables.capacity
+    return metrics
 
 
 def compiled_blocks(source: ContextSource, drafts: DraftSource, gamma: int, steps: int, x: int,

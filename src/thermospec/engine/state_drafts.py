@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from thermospec.targets.order import ContextMoves
 from thermospec.tsu.drafts import ContextDraft, DraftSource
 from thermospec.tsu.row_drafts import RowDrafts, draft_rows
 
-__all__ = ["STATES_PER_BLOCK", "PsiSpec", "StateMetrics", "craft_states", "worth_crafting"]
+__all__ = ["STATES_PER_BLOCK", "PsiSpec", "StateMetrics", "craft_blocks", "craft_states", "worth_crafting"]
 
 STATES_PER_BLOCK = 4096
 """States crafted per block (bounds the temporaries: ~20 float64 arrays of block x V)."""
@@ -76,6 +77,22 @@ def craft_states(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource, cache: 
     """
     if not cache.identity or cache.contexts != moves.states or not _finishes(cache):
         return None
+
+    def load(keys: NDArray[np.int64], rows: NDArray[np.float64], crafted: RowDrafts) -> None:
+        cache.load_rows(keys, crafted.draft_cdf, crafted.ratio, crafted.residual_cdf)
+
+    return craft_blocks(moves, psi, drafts, load)
+
+
+def craft_blocks(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource,
+                 load: Callable[[NDArray[np.int64], NDArray[np.float64], RowDrafts], None]) -> StateMetrics | None:
+    """Craft every state's ψ in blocks on threads (`draft_rows`), hand each block to ``load(states, rows,
+    crafted)`` in order, and return the states' metrics.
+
+    None when the crafting does not apply (the drafts' TSU is not the simulator drawing from F(ψ) of its
+    payload, a row is not positive, or state 0's tables are not its own draft's); blocks handed on before
+    a later block fails are left to the caller.
+    """
     first = drafts(moves.context(0))
     if not (first.tsu.samples_payload and first.tsu.reports_exactly):
         return None
@@ -86,23 +103,24 @@ def craft_states(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource, cache: 
               for a in range(0, moves.states, STATES_PER_BLOCK)]
     workers = max(1, min(os.cpu_count() or 1, len(blocks)))
 
-    def craft(keys: NDArray[np.int64]) -> RowDrafts | None:
-        return draft_rows(moves.rows(keys), K, tau, eps)
+    def craft(keys: NDArray[np.int64]) -> tuple[NDArray[np.float64], RowDrafts | None]:
+        rows = moves.rows(keys)
+        return rows, draft_rows(rows, K, tau, eps)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:  # NumPy's passes release the GIL
         waiting = iter(blocks)
         in_flight = deque((keys, pool.submit(craft, keys)) for keys in itertools.islice(waiting, workers))
         while in_flight:  # a block loads while the next ones are crafted (`workers` in flight: bounded memory)
             keys, future = in_flight.popleft()
-            crafted = future.result()
+            rows, crafted = future.result()
             following = next(waiting, None)
             if following is not None:
                 in_flight.append((following, pool.submit(craft, following)))
-            if crafted is None or (keys[0] == 0 and not _same_as(first, moves.rows(keys[:1])[0], crafted)):
+            if crafted is None or (keys[0] == 0 and not _same_as(first, rows[0], crafted)):
                 for _, pending in in_flight:
                     pending.cancel()
                 return None
-            cache.load_rows(keys, crafted.draft_cdf, crafted.ratio, crafted.residual_cdf)
+            load(keys, rows, crafted)
             parts.append((crafted.topk_mass, crafted.overlap_mass, crafted.ce_gap_nats, crafted.eps))
             shape = (crafted.K, crafted.psi_bytes, crafted.tau)
     assert shape is not None
