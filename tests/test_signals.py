@@ -398,3 +398,57 @@ def test_a_run_stopped_before_its_first_chunk_has_an_empty_summary_and_a_headlin
     assert summary["steps"] == 0 and summary["interrupted"] is True and summary["interrupted_by"] == "SIGINT"
     assert (tmp_path / METRICS_FILE).read_bytes() == b""
     assert "interrupted by SIGINT" in headline(summary)
+
+
+def test_record_file_flushes_behind_the_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: list[int] = []
+    real = os.fdatasync
+
+    def counted(fd: int) -> None:
+        flushed.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counted)
+    with RecordFile(tmp_path / "m.jsonl") as out:
+        for i in range(5):
+            out.write(f'{{"step":{i}}}\n')
+    assert flushed  # whole chunks reached the disk before close's fsync
+    assert (tmp_path / "m.jsonl").read_text() == "".join(f'{{"step":{i}}}\n' for i in range(5))
+
+
+def test_record_file_failed_background_flush_is_one_line_and_whole_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    path = tmp_path / "m.jsonl"
+    out = RecordFile(path)
+    out.write('{"step":0}\n')  # starts the flush that fails
+    with pytest.raises(OutputError) as caught:
+        for i in range(1, 100):  # a later write meets the failure
+            out.write(f'{{"step":{i}}}\n')
+    out.close()
+    assert str(caught.value).startswith(f"{path}: cannot write (Input/output error)")
+    assert "\n" not in str(caught.value)
+    kept = path.read_text()
+    whole = kept.count("\n")
+    assert whole >= 1 and len(kept.encode()) == out.size  # cut back to the chunks written before the failure
+    assert kept == "".join(f'{{"step":{i}}}\n' for i in range(whole))
+
+
+def test_record_file_with_nothing_to_flush_stops_flushing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def pipe_like(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(os, "fdatasync", pipe_like)
+    monkeypatch.setattr(os, "fsync", pipe_like)
+    with RecordFile(tmp_path / "m.jsonl") as out:
+        for i in range(20):
+            out.write(f'{{"step":{i}}}\n')
+    assert 1 <= len(calls) <= 3  # the first flush says there is nothing to flush: no more are started
+    assert (tmp_path / "m.jsonl").read_text().count("\n") == 20

@@ -6,6 +6,10 @@
   also hashes what it wrote (the summary's ``metrics_sha256``, which a replay
   compares against), in a helper thread while the chunk is being written (both
   release the GIL: on a disk writing ~500 MB/s the hash would otherwise add ~30 %).
+  Written chunks are flushed to disk in the background (``fdatasync`` in a helper
+  thread, one at a time) while the run goes on, so the ``fsync`` of `close` finds
+  little left: otherwise the whole file waits in the page cache until then (M1's
+  500 MB JSONL of 2,000,000 steps spent 0.7 of its 1.7 s in that final ``fsync``).
 * `write_text_atomic` writes a document through a temporary file, ``fsync`` and
   a rename: readers see the old file or the new one, never a torn one; on
   failure the temporary file is removed.
@@ -85,22 +89,25 @@ class RecordFile:
             raise OutputError(f"{path}: cannot create ({failure_reason(exc)})") from None
         self.size = 0
         self._hash = hashlib.sha256()
-        self._hasher: ThreadPoolExecutor | None = None
+        self._helpers: ThreadPoolExecutor | None = None  # the hash of each chunk, and the background flush
+        self._flush: Future[None] | None = None
+        self._flushes = True  # False once the file turns out to have nothing to flush (a pipe, a device)
 
     def write(self, text: str) -> int:
         """Append one chunk of records; on failure cut the file back and raise `OutputError`."""
         if self._fd is None:
             raise OutputError(f"{self.path}: already closed")
         data = text.encode("utf-8")
-        if self._hasher is None:
-            self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-hash")
-        hashed = self._hasher.submit(_extended, self._hash, data)  # a copy: the hash only takes whole writes
+        if self._helpers is None:
+            self._helpers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="record-file")
+        hashed = self._helpers.submit(_extended, self._hash, data)  # a copy: the hash only takes whole writes
         view = memoryview(data)
         try:
             while view:
                 done = os.write(self._fd, view)
                 view = view[done:]
             digest = hashed.result()
+            self._flush_behind(self._helpers, self._fd)
         except OSError as exc:
             self._cut_back(hashed)
             raise OutputError(
@@ -112,6 +119,25 @@ class RecordFile:
         self._hash = digest
         self.size += len(data)
         return len(text)
+
+    def _flush_behind(self, helpers: ThreadPoolExecutor, fd: int) -> None:
+        """Start flushing what was written to disk, unless the last flush still runs; raise its failure."""
+        if not self._flushes or (self._flush is not None and not self._flush.done()):
+            return
+        if self._flush is not None:
+            self._flushed(self._flush)
+        if self._flushes:
+            self._flush = helpers.submit(os.fdatasync, fd)
+
+    def _flushed(self, flush: Future[None]) -> None:
+        """Wait for a background flush; a file with nothing to flush stops them, a failed one raises `OSError`."""
+        self._flush = None
+        try:
+            flush.result()
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a pipe or device has nothing to flush
+                raise
+            self._flushes = False
 
     def _cut_back(self, hashed: Future[hashlib._Hash]) -> None:
         """Cut the file back to its whole chunks after a failed or interrupted write."""
@@ -127,13 +153,16 @@ class RecordFile:
 
     def close(self) -> None:
         """Flush to disk and close (idempotent)."""
-        if self._hasher is not None:
-            self._hasher.shutdown()
-            self._hasher = None
+        flush, self._flush = self._flush, None
+        if self._helpers is not None:
+            self._helpers.shutdown()  # the hash and the flush each finish in bounded time
+            self._helpers = None
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         try:
+            if flush is not None:
+                self._flushed(flush)
             os.fsync(fd)
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a pipe or device has nothing to flush
