@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -112,6 +111,8 @@ def summarise_run(
 
 def software_versions() -> dict[str, str]:
     """Versions of thermospec, Python, NumPy and SciPy, and the platform, for the summary."""
+    from importlib.metadata import PackageNotFoundError, version  # here: `check` and imports do not pay for it
+
     try:
         scipy_version = version("scipy")  # metadata only: no need to import SciPy here
     except PackageNotFoundError:

@@ -21,13 +21,15 @@ import stat
 import struct
 import tokenize
 import weakref
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+if TYPE_CHECKING:
+    import zipfile
 
 __all__ = [
     "MAX_VOCAB",
@@ -133,6 +135,7 @@ def _member(
     zf: zipfile.ZipFile, path: Path, name: str, shape: tuple[int, ...], kinds: str, cap: int
 ) -> NDArray[Any]:
     """A small member, inflated to at most its cap and checked from its header before its data is used."""
+    import zipfile  # here, not at the top: runs without a trace do not pay its import
     info = zf.getinfo(f"{name}.npy")
     limit = cap + MEMBER_HEADER_BYTES
     if info.flag_bits & 1:
@@ -163,6 +166,7 @@ def npz_layout(
     fd: int, path: Path, logprobs_shape: tuple[int, int] | None = None
 ) -> tuple[tuple[int, ...], np.dtype[Any], int, int]:
     """The ``logprobs`` member's (shape, dtype, data offset in the file, end of its entry)."""
+    import zipfile  # here, not at the top: runs without a trace do not pay its import
     try:
         with zipfile.ZipFile(io.FileIO(fd, closefd=False)) as zf:
             names = set(zf.namelist())
@@ -191,6 +195,7 @@ def npz_layout(
 
 def npz_members(fd: int, path: Path, T: int, V: int) -> dict[str, NDArray[Any]]:
     """The optional members ``tokens`` (<= 8 T bytes), ``vocab`` and ``meta`` (their caps), checked and bounded."""
+    import zipfile  # here, not at the top: runs without a trace do not pay its import
     wanted = {"tokens": ((T,), "iu", 8 * T), "vocab": ((V,), "U", VOCAB_MAX_BYTES), "meta": ((), "U", META_MAX_BYTES)}
     members: dict[str, NDArray[Any]] = {}
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +37,8 @@ class TraceWriter:
         self.positions, self.vocab_size, self.dtype = positions, vocab_size, np.dtype(dtype).newbyteorder("<")
         self.written = 0
         self._part = self.path.with_name(self.path.name + ".part")
+        import zipfile  # here, not at the top: importing the package does not pay for it
+
         self._zip = zipfile.ZipFile(self._part, "w", zipfile.ZIP_STORED) if self.path.suffix == ".npz" else None
         self._fp: IO[bytes] = (
             self._zip.open("logprobs.npy", "w", force_zip64=True) if self._zip else open(self._part, "wb")  # noqa: SIM115
