@@ -42,6 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.sampling import inverse_cdf
+from thermospec.core.trees import MAX_TREE_NODES, tree_nodes
 from thermospec.core.verifiers import VerifierPlan, recursive_targets, spectr_rho
 from thermospec.engine.chain import ReportError
 from thermospec.engine.chunks import TreeChunk
@@ -50,18 +51,10 @@ from thermospec.engine.keys import ContextSource, memoised_advance
 from thermospec.engine.tree_kernel import compiled_trees
 from thermospec.tsu.drafts import DraftSource
 
-__all__ = ["MAX_TREE_NODES", "TreeChunk", "TreeExpectation", "accepted_law", "fixed_key_trees", "plan_cache",
-           "run_trees", "tree_nodes"]
+__all__ = ["TreeChunk", "TreeExpectation", "accepted_law", "fixed_key_trees", "plan_cache", "run_trees"]
 
-MAX_TREE_NODES = 4096
-"""Most drafted nodes in one block's tree (``N + N² + … + N^γ``): the chip drafts all of them per target call."""
 DEFAULT_TREE_CHUNK = 1 << 8
 """Blocks per chunk: a chunk is the unit a signal keeps or drops, so a Python-speed loop keeps it short."""
-
-
-def tree_nodes(gamma: int, n: int) -> int:
-    """Drafted nodes of a full tree: ``N + N² + … + N^γ``."""
-    return sum(n**d for d in range(1, gamma + 1))
 
 
 def accepted_law(plan: VerifierPlan) -> NDArray[np.float64]:

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from thermospec.core.expectation import EXPECTATION_MAX_V, BlockExpectation, block_expectation, modelled_speedup
 from thermospec.core.statistics import Chi2Result, pooled_chi2
+from thermospec.core.trees import tree_nodes
 from thermospec.engine.batch import chain_stream
 from thermospec.engine.block_kernel import CraftedBlockChunk
 from thermospec.engine.blocks import BLOCKS_FILE, run_blocks, run_blocks_reference
@@ -22,7 +23,7 @@ from thermospec.engine.chain import dense_matrices
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.keys import ContextSource
 from thermospec.engine.tally import BlockTally
-from thermospec.engine.trees import TreeChunk, TreeExpectation, plan_cache, run_trees, tree_nodes
+from thermospec.engine.trees import TreeChunk, TreeExpectation, plan_cache, run_trees
 from thermospec.runs.crafted_losses import crafted_losses
 from thermospec.runs.losses import Visits
 from thermospec.runs.parquet_file import RecordParquet, finish_parquet

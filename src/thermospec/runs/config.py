@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from thermospec.core.payload import EpsSpec
+from thermospec.core.trees import MAX_TREE_NODES, tree_nodes
 from thermospec.core.verifiers import VERIFIERS
-from thermospec.engine.trees import MAX_TREE_NODES, tree_nodes
 from thermospec.targets.bpe import parse_tokenizer
 from thermospec.targets.order import MAX_ORDER
 

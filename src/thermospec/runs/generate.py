@@ -29,8 +29,8 @@ import numpy as np
 
 from thermospec import __version__
 from thermospec.core.payload import EpsSpec
+from thermospec.core.trees import MAX_TREE_NODES, tree_nodes
 from thermospec.core.verifiers import VERIFIERS
-from thermospec.engine.trees import MAX_TREE_NODES, tree_nodes
 from thermospec.runs.config import ConfigError
 from thermospec.runs.decode import Round, RoundSettings, decode_round, round_levels
 from thermospec.runs.interrupts import ChunkAbandoned, interruption_guard, signal_name
