@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,3 +45,34 @@ def test_rows_with_a_zero_or_bad_fields_are_left_to_the_per_row_path() -> None:
     rows[1] = [0.5, 0.5, 0.0, 0.0]
     assert draft_rows(rows, 2, 1.0, "auto") is None
     assert draft_rows(np.full((3, 4), 0.25), 2, 1.0, 0.6) is None  # (V - K) eps >= 1
+
+
+@pytest.mark.parametrize(("c", "K", "eps", "batched"), [(50.0, 64, "auto", True), (50.0, 16, 1e-4, True),
+                                                          (50.0, 256, "auto", True), (1.0, 8, "auto", False)])
+def test_all_drafts_in_blocks_are_the_drafts_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, c: float, K: int, eps: EpsSpec, batched: bool
+) -> None:
+    from thermospec.core.streams import Stream, random_stream
+    from thermospec.targets.synthetic import synthetic_target
+    from thermospec.tsu import drafts as drafts_module
+
+    V = 256
+    target = synthetic_target(V, c, random_stream(7, Stream.TARGET))  # c = 1: rows with zeros, crafted one by one
+    monkeypatch.setattr(drafts_module, "BLOCK_FLOATS", 100 * V)  # blocks of 100, 100 and 56 rows
+    met: list[bool] = []
+    real = drafts_module.drafts_of_rows
+
+    def watched(*args: Any) -> Any:
+        found = real(*args)
+        met.append(found is not None)
+        return found
+
+    monkeypatch.setattr(drafts_module, "drafts_of_rows", watched)
+    got = drafts_module.Proposer(target.row, K, 1.0, eps).all_drafts(V)
+    assert met == [batched] * 3
+    for x, draft in enumerate(got):
+        ref = drafts_module.draft_for_row(target.row(x), x, K, 1.0, eps)
+        assert draft.context == x and draft.payload_bytes == ref.payload_bytes
+        assert (draft.topk_mass, draft.overlap_mass, draft.ce_gap_nats) == (ref.topk_mass, ref.overlap_mass,
+                                                                            ref.ce_gap_nats)
+        assert np.array_equal(draft.tsu.q, ref.tsu.q) and np.array_equal(draft.tsu.cdf, ref.tsu.cdf)

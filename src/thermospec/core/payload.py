@@ -146,13 +146,14 @@ def _check_fields(K: int, V: int, tau: float, eps: float, delta: float) -> None:
 
 
 def _check_ids_codes(ids: NDArray[np.int64], codes: NDArray[np.uint8], V: int) -> None:
-    if ids.size and (ids.min() < 0 or ids.max() >= V):
-        raise PayloadError(f"ids: every id must be in [0, {V}), got range [{ids.min()}, {ids.max()}]")
-    if np.unique(ids).size != ids.size:
+    in_order = np.sort(ids)
+    if ids.size and (in_order[0] < 0 or in_order[-1] >= V):
+        raise PayloadError(f"ids: every id must be in [0, {V}), got range [{in_order[0]}, {in_order[-1]}]")
+    if np.any(in_order[1:] == in_order[:-1]):
         raise PayloadError("ids: token ids must be distinct")
     if codes.size and codes[0] != 0:
         raise PayloadError(f"codes: the most probable id must have code 0, got {codes[0]}")
-    if np.any(np.diff(codes.astype(np.int64)) < 0):
+    if np.any(codes[1:] < codes[:-1]):  # compared, not subtracted: no uint8 wrap-around
         raise PayloadError("codes: must be non-decreasing (ids in descending order of probability)")
 
 

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from thermospec.core.payload import Payload
 
-__all__ = ["draft_cdf", "explicit_probabilities", "proposal_distribution"]
+__all__ = ["draft_cdf", "explicit_probabilities", "proposal_distribution", "proposal_tables"]
 
 
 def explicit_probabilities(payload: Payload) -> NDArray[np.float64]:
@@ -57,8 +57,13 @@ def proposal_distribution(payload: Payload) -> NDArray[np.float64]:
     ndarray of float64, shape (V,)
         ``q``, non-negative and summing to 1 up to rounding.
     """
+    return _spread(payload, explicit_probabilities(payload))
+
+
+def _spread(payload: Payload, explicit: NDArray[np.float64]) -> NDArray[np.float64]:
+    """F(ψ) over the vocabulary from the explicit probabilities on the ids."""
     q = np.full(payload.vocab_size, payload.eps, dtype=np.float64)
-    q[payload.ids] = explicit_probabilities(payload)
+    q[payload.ids] = explicit
     return q
 
 
@@ -80,11 +85,22 @@ def draft_cdf(payload: Payload) -> NDArray[np.float64]:
     ndarray of float64, shape (V,)
         Non-decreasing (both terms are, and rounding is monotone).
     """
+    return _cumulative(payload, explicit_probabilities(payload))
+
+
+def _cumulative(payload: Payload, explicit_on_ids: NDArray[np.float64]) -> NDArray[np.float64]:
+    """`draft_cdf` from the explicit probabilities on the ids."""
     V = payload.vocab_size
     is_id = np.zeros(V, dtype=np.bool_)
     is_id[payload.ids] = True
     explicit = np.zeros(V, dtype=np.float64)
-    explicit[payload.ids] = explicit_probabilities(payload)
+    explicit[payload.ids] = explicit_on_ids
     n_tail = np.cumsum(~is_id, dtype=np.int64).astype(np.float64)
     cdf: NDArray[np.float64] = n_tail * payload.eps + np.cumsum(explicit)
     return cdf
+
+
+def proposal_tables(payload: Payload) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(proposal_distribution(payload), draft_cdf(payload))``, the explicit probabilities computed once."""
+    explicit = explicit_probabilities(payload)
+    return _spread(payload, explicit), _cumulative(payload, explicit)

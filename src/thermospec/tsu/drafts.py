@@ -12,8 +12,9 @@ from numpy.typing import NDArray
 
 from thermospec.core.losses import draft_overlap
 from thermospec.core.metrics import ce_gap_nats, overlap_mass, topk_mass
-from thermospec.core.payload import EpsSpec, Payload, PayloadError, craft_payload, encode_payload
+from thermospec.core.payload import MAX_K, EpsSpec, Payload, PayloadError, craft_payload, encode_payload
 from thermospec.core.proposal import proposal_distribution
+from thermospec.tsu.row_drafts import top_k
 from thermospec.tsu.sim import SimTSU
 
 __all__ = ["ContextDraft", "CraftedRecord", "DraftRecord", "MeasuredProposer", "Proposer", "RecordSource"]
@@ -131,6 +132,40 @@ def draft_for_row(p: NDArray[np.float64], context: int, K: int, tau: float, eps:
     )
 
 
+BLOCK_FLOATS = 1 << 21
+"""Rows of a block `Proposer.all_drafts` crafts at once: at most this many float64 values (16 MiB)."""
+
+
+def drafts_of_rows(P: NDArray[np.float64], contexts: range, K: int, tau: float, eps: EpsSpec
+                   ) -> list[ContextDraft] | None:
+    """`draft_for_row` of each row of `P` (shape (m, V), every entry > 0), ψ's fields crafted for all rows at once.
+
+    The fields are `thermospec.tsu.row_drafts.top_k`'s, the per-row values of `craft_payload` bit for bit;
+    each payload is then encoded, loaded into its `SimTSU` and measured as `draft_for_row` does, so the
+    drafts are the same, byte for byte.  None where the rows must be crafted one by one (a zero, a
+    field out of range), which also names the error.
+    """
+    fields = top_k(P, K, tau, eps)
+    if fields is None or fields.k > MAX_K:
+        return None
+    V = P.shape[1]
+    codes = fields.codes.astype(np.uint8)
+    drafts: list[ContextDraft] = []
+    for i, context in enumerate(contexts):
+        payload = Payload(ids=fields.order[i], codes=codes[i], vocab_size=V, tau=fields.tau,
+                          eps=float(fields.eps[i]), delta=float(fields.delta[i]))
+        try:
+            wire = encode_payload(payload)
+        except PayloadError:
+            return None
+        tsu = SimTSU(wire)  # q comes from the bytes, exactly as a chip would see them
+        p = P[i]
+        drafts.append(ContextDraft(context=context, payload_bytes=wire, tsu=tsu,
+                                   topk_mass=topk_mass(p, tsu.payload.ids), overlap_mass=overlap_mass(p, tsu.q),
+                                   ce_gap_nats=ce_gap_nats(p, tsu.q)))
+    return drafts
+
+
 class Proposer:
     """Crafts ψ for each context of a bigram table, once per distinct context.
 
@@ -158,6 +193,7 @@ class Proposer:
         self.draft_row = draft_row
         self.K_of = K_of
         self._drafts = lru_cache(maxsize=max_cached)(self.craft)
+        self._crafted: dict[int, ContextDraft] = {}  # crafted by `all_drafts`, on their way into the cache
 
     @property
     def psi_spec(self) -> tuple[int, float, EpsSpec] | None:
@@ -167,6 +203,9 @@ class Proposer:
 
     def craft(self, context: int) -> ContextDraft:
         """Craft the draft of one context from its row, or its draft model's row (no cache)."""
+        ready = self._crafted.pop(context, None)
+        if ready is not None:
+            return ready
         K = self.K if self.K_of is None else self.K_of(context)
         d = None if self.draft_row is None else self.draft_row(context)
         return draft_for_row(self.row(context), context, K, self.tau, self.eps, d)
@@ -180,7 +219,22 @@ class Proposer:
         return int(self._drafts.cache_info().currsize)
 
     def all_drafts(self, V: int) -> list[ContextDraft]:
-        """Drafts of contexts 0 .. V-1 (crafting those not yet cached)."""
+        """Drafts of contexts 0 .. V-1 (crafting those not yet cached).
+
+        With one ψ recipe for every context (`psi_spec`), blocks of rows are crafted at once
+        (`drafts_of_rows`); a block that cannot be is crafted one context at a time, which names
+        the error.  The drafts are the same either way.
+        """
+        spec = self.psi_spec
+        if spec is not None:
+            rows = max(1, min(V, BLOCK_FLOATS // V))
+            for start in range(0, V, rows):
+                block = range(start, min(V, start + rows))
+                crafted = drafts_of_rows(np.stack([self.row(x) for x in block]), block, *spec)
+                self._crafted.update(zip(block, crafted or (), strict=False))
+                for x in block:
+                    self.draft(x)
+                self._crafted.clear()  # those already cached
         return [self.draft(x) for x in range(V)]
 
 

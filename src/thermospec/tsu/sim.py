@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from thermospec.core.payload import Payload, decode_payload
-from thermospec.core.proposal import draft_cdf, proposal_distribution
+from thermospec.core.proposal import proposal_tables
 from thermospec.core.sampling import inverse_cdf
 
 __all__ = ["SimTSU"]
@@ -64,10 +64,9 @@ class SimTSU:
         if isinstance(payload, bytes | bytearray | memoryview):
             payload = decode_payload(bytes(payload))
         self.payload = payload
-        q = proposal_distribution(payload)
+        q, cdf = proposal_tables(payload)
         q.flags.writeable = False
         self.q: NDArray[np.float64] = q
-        cdf = draft_cdf(payload)
         cdf.flags.writeable = False
         self.cdf: NDArray[np.float64] = cdf
 
