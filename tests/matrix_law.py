@@ -11,7 +11,7 @@ Against those pairs:
   acceptance is a Bernoulli(α) draw, so the standard error is ``sqrt(Σ α (1 - α))``;
 * acceptance, blocks and trees: each block's accepted length against ``E_γ(key)`` of its first key, the
   dynamic program ``E_d(c) = Σ_y a_c(y) (1 + E_{d-1}(c·y))`` written out here (``a_c = min(p, q)`` for one
-  draft per level, `engine.trees.accepted_law` for N); the differences are martingale differences, so
+  draft per level, `VerifierPlan.accepted_law` for N); the differences are martingale differences, so
   their mean is within a few standard errors of 0.
 """
 
@@ -30,7 +30,6 @@ from thermospec.core.statistics import Chi2Result, context_chi2
 from thermospec.core.verifiers import make_plan
 from thermospec.engine.keys import ContextSource, OrderSource
 from thermospec.engine.pairs import PairCounts
-from thermospec.engine.trees import accepted_law
 from thermospec.tsu.drafts import DraftSource
 
 Record = dict[str, Any]
@@ -64,7 +63,7 @@ class KeyLaw:
         found = self._law.get(key)
         if found is None:
             p, q = self.source.row(key), self.drafts(key).tsu.q
-            found = np.minimum(p, q) if self.n == 1 else accepted_law(make_plan(self.verifier, p, q, self.n))
+            found = np.minimum(p, q) if self.n == 1 else make_plan(self.verifier, p, q, self.n).accepted_law()
             self._law[key] = found
         return found
 

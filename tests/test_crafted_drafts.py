@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from thermospec.core.row_transport import acceptance_bounds, acceptance_optima
-from thermospec.core.row_verifiers import recursive_rows
 from thermospec.core.sampling import last_positive
 from thermospec.core.transport import acceptance_bound, acceptance_optimum
-from thermospec.core.verifiers import make_plan
+from thermospec.core.verifiers import make_plan, recursive_rows
 from thermospec.engine.crafted_drafts import CraftedDrafts, craft_drafts, first_met
 from thermospec.engine.draft_tables import DraftTableCache, guide_rows, last_positives
 from thermospec.engine.kernels import compiled_module, guide_table
@@ -118,7 +117,7 @@ def test_block_loads_are_the_per_state_loads(order4: OrderTarget) -> None:
     scattered = DraftTableCache(states, V, 2, "recursive", crafted.tables)
     assert crafted.load_blocks(blocks)
     keys = np.array([5, 700, 701, states - 1, 9, 3], dtype=np.int64)
-    scattered.load_rows(keys, *crafted.recursive_tables(keys))  # not consecutive
+    scattered.load_rows(keys, *crafted.row_tables(keys))  # not consecutive
     for key in keys.tolist():
         slot = one.load(key)
         assert blocks.load(key) == key

@@ -19,20 +19,13 @@ from scripts.make_trace import write_trace
 from tests.conftest import run_cli
 from thermospec.core.statistics import context_chi2
 from thermospec.core.streams import Stream, random_stream
+from thermospec.core.trees import MAX_TREE_NODES, tree_nodes
 from thermospec.core.verifiers import VERIFIERS, make_plan
 from thermospec.engine.blocks import block_transitions, run_blocks
 from thermospec.engine.chunks import BlockChunk
 from thermospec.engine.keys import BigramSource, ContextSource
 from thermospec.engine.pairs import PairCounts
-from thermospec.engine.trees import (
-    MAX_TREE_NODES,
-    TreeChunk,
-    TreeExpectation,
-    accepted_law,
-    plan_cache,
-    run_trees,
-    tree_nodes,
-)
+from thermospec.engine.trees import TreeChunk, TreeExpectation, plan_cache, run_trees
 from thermospec.runs.config import RunConfig
 from thermospec.runs.prepare import PreparedRun, context_source, prepare_run
 
@@ -80,7 +73,7 @@ def test_accepted_law_sums_to_the_verifiers_acceptance(verifier: str) -> None:
     for n in (1, 2, 5):
         p, q = rng.dirichlet(np.full(9, 0.4)), rng.dirichlet(np.full(9, 0.8))
         plan = make_plan(verifier, p, q, n)
-        law = accepted_law(plan)
+        law = plan.accepted_law()
         assert np.all(law >= 0) and np.all(law <= p + 1e-12)  # never more of a token than p has
         assert law.sum() == pytest.approx(plan.acceptance, abs=1e-12)
 

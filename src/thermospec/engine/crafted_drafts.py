@@ -22,8 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from thermospec.core.row_verifiers import recursive_rows
-from thermospec.core.verifiers import VerifierTables, make_plan
+from thermospec.core.verifiers import VerifierTables, make_plan, plan_type
 from thermospec.engine.draft_tables import DraftTableCache
 from thermospec.engine.state_drafts import STATES_PER_BLOCK, PsiSpec, StateMetrics, worth_crafting
 from thermospec.targets.order import ContextMoves
@@ -69,17 +68,17 @@ class CraftedDrafts:
         return self.draft_cdf[state], plan.tables()
 
     def load_blocks(self, cache: DraftTableCache) -> bool:
-        """Have `cache` build the recursive tables of `STATES_PER_LOAD` states at once (`recursive_rows`), the
-        block of each state met first, when the verifier is ``recursive`` and `cache` has a slot per state;
-        whether it will (else each state's plan is built when met)."""
-        return (self.verifier == "recursive" and cache.keys == self.moves.states
-                and cache.load_blocks(self.recursive_tables, STATES_PER_LOAD))
+        """Have `cache` build the tables of `STATES_PER_LOAD` states at once (`VerifierPlan.rows`), the block of
+        each state met first, when the verifier builds tables by rows (``recursive``) and `cache` has a slot per
+        state; whether it will (else each state's plan is built when met)."""
+        return (plan_type(self.verifier).row_tables and cache.keys == self.moves.states
+                and cache.load_blocks(self.row_tables, STATES_PER_LOAD))
 
-    def recursive_tables(self, states: NDArray[np.int64]
-                         ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-        """Draft CDFs, recursive ratio levels and final CDFs of `states` (`draft_tables.RowTablesSource`); keeps
-        their acceptance."""
-        built = recursive_rows(self.moves.rows(states), self.q[states], self.n)
+    def row_tables(self, states: NDArray[np.int64]
+                   ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Draft CDFs, ratio levels and final CDFs of `states` (`draft_tables.RowTablesSource`); keeps their
+        acceptance."""
+        built = plan_type(self.verifier).rows(self.moves.rows(states), self.q[states], self.n)
         self.acceptance[states] = built.acceptance
         return self.draft_cdf[states], built.ratios, built.final_cdf
 

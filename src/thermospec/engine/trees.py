@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 
 from thermospec.core.sampling import inverse_cdf
 from thermospec.core.trees import MAX_TREE_NODES, tree_nodes
-from thermospec.core.verifiers import VerifierPlan, recursive_targets, spectr_rho
+from thermospec.core.verifiers import VerifierPlan
 from thermospec.engine.chain import ReportError
 from thermospec.engine.chunks import TreeChunk
 from thermospec.engine.drafts import plan_source
@@ -51,34 +51,10 @@ from thermospec.engine.keys import ContextSource, memoised_advance
 from thermospec.engine.tree_kernel import compiled_trees
 from thermospec.tsu.drafts import DraftSource
 
-__all__ = ["TreeChunk", "TreeExpectation", "accepted_law", "fixed_key_trees", "plan_cache", "run_trees"]
+__all__ = ["TreeChunk", "TreeExpectation", "fixed_key_trees", "plan_cache", "run_trees"]
 
 DEFAULT_TREE_CHUNK = 1 << 8
 """Blocks per chunk: a chunk is the unit a signal keeps or drops, so a Python-speed loop keeps it short."""
-
-
-def accepted_law(plan: VerifierPlan) -> NDArray[np.float64]:
-    """``a(y)``: the probability that the verifier accepts a draft and it is y (sums to `plan.acceptance`).
-
-    recursive: ``Σ_i Π_{j<i}(1 − α_j) min(p_i, q)``; spectr: ``min(q, p/ρ) G``, ``G = φ_N(β)/β``;
-    optimal: ``min(p, x)``, x the selection's law (`core.verifiers`' docstring).
-    """
-    if plan.name == "recursive":
-        law = np.zeros_like(plan.p)
-        reach = 1.0
-        for p_i in recursive_targets(plan.p, plan.q, plan.n):
-            accepted = np.minimum(p_i, plan.q)
-            law += reach * accepted
-            reach *= 1.0 - min(float(accepted.sum()), 1.0)
-        return law
-    if plan.name == "spectr":
-        rho = float(getattr(plan, "rho", None) or spectr_rho(plan.p, plan.q, plan.n))
-        single = np.minimum(plan.q, plan.p / rho)
-        beta = float(single.sum())
-        geometric = plan.n if beta <= 0 else (1.0 - (1.0 - beta) ** plan.n) / beta
-        return single * geometric
-    law_of_selection: NDArray[np.float64] = getattr(plan, "law", plan.q)
-    return np.minimum(plan.p, law_of_selection)
 
 
 def plan_cache(source: ContextSource, drafts: DraftSource, verifier: str, n: int) -> Callable[[int], VerifierPlan]:
@@ -227,7 +203,7 @@ class TreeExpectation:
     """The exact expected accepted length of a tree block from a key, ``E_γ(key)``, memoised across keys.
 
     ``E_d(c) = Σ_y a_c(y) (1 + E_{d-1}(c·y))``, ``E_0 = 0``: ``a_c`` is the accepted-token law of c's
-    verifier (`accepted_law`) and ``c·y`` the key after y.  On a teacher-forced source (`token_free`) every
+    verifier (`VerifierPlan.accepted_law`) and ``c·y`` the key after y.  On a teacher-forced source (`token_free`) every
     token leads to the same key, so ``E_d(c) = α_c (1 + E_{d-1}(c·y))`` with α the verifier's acceptance.
     Calling it returns None once more than `max_states` (key, depth) values would be needed.
     """
@@ -257,7 +233,7 @@ class TreeExpectation:
         elif source.token_free:
             result = self.plans(c).acceptance * (1.0 + self._value(source.advance(c, 0), depth - 1))
         else:
-            law = accepted_law(self.plans(c))
+            law = self.plans(c).accepted_law()
             support = np.flatnonzero(law > 0).tolist()
             result = float(law[support].sum()) + math.fsum(
                 float(law[y]) * self._value(source.advance(c, y), depth - 1) for y in support)

@@ -10,7 +10,7 @@ import numpy as np
 
 from thermospec.core.payload import EpsSpec
 from thermospec.core.trees import MAX_TREE_NODES, tree_nodes
-from thermospec.core.verifiers import VERIFIERS
+from thermospec.core.verifiers import PLANS, VERIFIERS
 from thermospec.targets.bpe import parse_tokenizer
 from thermospec.targets.order import MAX_ORDER
 
@@ -170,8 +170,8 @@ class RunConfig:
             raise ConfigError(f"--gamma {self.gamma} --drafts {self.drafts}: a token tree of "
                               f"{tree_nodes(self.gamma, self.drafts):,} drafted nodes per target call; at most "
                               f"{MAX_TREE_NODES:,} (N + N^2 + ... + N^γ: the chip drafts every node)")
-        if self.verifier not in VERIFIERS:
-            raise ConfigError(f"--verifier: must be one of {', '.join(VERIFIERS)}, got {self.verifier!r}")
+        if self.verifier not in PLANS:  # the registry itself: a verifier registered after import is one
+            raise ConfigError(f"--verifier: must be one of {', '.join(PLANS)}, got {self.verifier!r}")
         if self.tsu not in ("sim", "thrml"):
             raise ConfigError(f"--tsu: must be 'sim' or 'thrml', got {self.tsu!r}")
         self._check_trace_and_order()
