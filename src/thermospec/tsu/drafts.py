@@ -221,20 +221,21 @@ class Proposer:
     def all_drafts(self, V: int) -> list[ContextDraft]:
         """Drafts of contexts 0 .. V-1 (crafting those not yet cached).
 
-        With one ψ recipe for every context (`psi_spec`), blocks of rows are crafted at once
-        (`drafts_of_rows`); a block that cannot be is crafted one context at a time, which names
-        the error.  The drafts are the same either way.
+        With one ψ recipe for every context (`psi_spec`) and none cached yet, blocks of rows are
+        crafted at once (`drafts_of_rows`); a block that cannot be is crafted one context at a time,
+        which names the error.  The drafts are the same either way, and each row is read once.
         """
         spec = self.psi_spec
-        if spec is not None:
+        if spec is not None and self.cached() == 0:
             rows = max(1, min(V, BLOCK_FLOATS // V))
             for start in range(0, V, rows):
                 block = range(start, min(V, start + rows))
-                crafted = drafts_of_rows(np.stack([self.row(x) for x in block]), block, *spec)
-                self._crafted.update(zip(block, crafted or (), strict=False))
+                P = np.stack([self.row(x) for x in block])
+                crafted = drafts_of_rows(P, block, *spec) or [draft_for_row(P[i], x, *spec)
+                                                              for i, x in enumerate(block)]
+                self._crafted.update(zip(block, crafted, strict=True))
                 for x in block:
-                    self.draft(x)
-                self._crafted.clear()  # those already cached
+                    self.draft(x)  # each moves into the cache
         return [self.draft(x) for x in range(V)]
 
 
