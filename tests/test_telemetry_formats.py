@@ -18,7 +18,15 @@ from thermospec.engine.chunks import ChainChunk
 from thermospec.engine.kernels import compiled_module
 from thermospec.runs.config import RunConfig
 from thermospec.runs.targets import load_target
-from thermospec.runs.telemetry import FIELDS, JsonlWriter, NullWriter, TelemetrySink, jsonl_lines, parquet_available
+from thermospec.runs.telemetry import (
+    FIELDS,
+    JsonlWriter,
+    NullWriter,
+    ParquetWriter,
+    TelemetrySink,
+    jsonl_lines,
+    parquet_available,
+)
 from thermospec.tsu.drafts import Proposer
 
 needs_compiled = pytest.mark.skipif(compiled_module() is None, reason="thermospec._kernels is not built")
@@ -179,3 +187,43 @@ def test_chunk_arrays_are_independent_of_telemetry() -> None:
     for a, b in zip(chunks_a, chunks_b, strict=True):
         for f in ("prev", "proposed", "emitted", "accepted"):
             np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
+@needs_parquet
+@pytest.mark.parametrize("fails_at", [2, 4])  # a middle row group (seen by the next write), the last (by close)
+def test_parquet_written_behind_counts_only_row_groups_on_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                fails_at: int) -> None:
+    import errno
+
+    import pyarrow.parquet as pq
+
+    from thermospec.runs.parquet_file import finish_parquet
+    from thermospec.runs.storage import OutputError
+
+    chunks, proposer = _chunks(steps=3000, chunk=700)  # 5 chunks: 700, 700, 700, 700, 200
+    real = pq.ParquetWriter.write_table
+    calls: list[int] = []
+
+    def failing(self: Any, table: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(table.num_rows)
+        if len(calls) == fails_at + 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", failing)
+    writer = TelemetrySink(tmp_path, "parquet").writer
+    assert isinstance(writer, ParquetWriter)
+    failures: list[OutputError] = []
+    try:  # as the run does: write every chunk until one fails, then finish the file
+        for chunk in chunks:
+            writer.write(chunk, proposer.draft)
+            assert writer.rows_written <= chunk.start  # this chunk's row group is still being written
+    except OutputError as exc:
+        failures.append(exc)
+    try:
+        finish_parquet(writer)
+    except OutputError as exc:
+        failures.append(exc)
+    assert len(failures) == 1 and "No space left on device" in str(failures[0]) and "\n" not in str(failures[0])
+    assert writer.rows_written == 700 * fails_at  # the failed row group is not counted, nor any after it
+    assert pq.read_metadata(tmp_path / "m1_metrics.parquet").num_rows == writer.rows_written  # kept: readable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ class ChainMode:
         self.tally = RunTally(run.target.V, track_transitions=True)
         self._sink = TelemetrySink(run_dir, telemetry)
         self._stats: dict[str, Any] | None = None
+        self._uncounted: deque[ChainChunk] = deque()
+        self._rows_counted = 0
 
     @property
     def counted_by_engine(self) -> bool:
@@ -53,16 +56,32 @@ class ChainMode:
                          record=counted is None)  # nothing reads the step arrays of a run the kernel counts
 
     def record(self, chunk: ChainChunk) -> int:
-        self._sink.writer.write(chunk, self.run.proposer.draft)  # a failed write is the writer's one-line OutputError
-        if not self.counted_by_engine:  # (THRML with no telemetry: the reference loop's chunk is counted here)
-            self.tally.update(chunk)
+        if self.counted_by_engine:
+            self._sink.writer.write(chunk, self.run.proposer.draft)
+            return len(chunk)
+        self._uncounted.append(chunk)  # (THRML with no telemetry: the reference loop's chunk is counted here)
+        try:
+            self._sink.writer.write(chunk, self.run.proposer.draft)  # a failed write: the writer's OutputError
+        finally:
+            self._count_written()
         return len(chunk)
+
+    def _count_written(self) -> None:
+        """Count the chunks whose records are on file (a Parquet row group is written behind the run)."""
+        written = self._sink.writer.rows_written
+        while self._uncounted and self._rows_counted + len(self._uncounted[0]) <= written:
+            chunk = self._uncounted.popleft()
+            self.tally.update(chunk)
+            self._rows_counted += len(chunk)
 
     def close(self) -> str | None:
         """Close the telemetry; a Parquet file that cannot be finished is removed (`finish_parquet`)."""
-        if isinstance(self._sink.writer, ParquetWriter):
-            finish_parquet(self._sink.writer)
-        self._sink.close()
+        try:
+            if isinstance(self._sink.writer, ParquetWriter):
+                finish_parquet(self._sink.writer)
+            self._sink.close()
+        finally:
+            self._count_written()
         return self._sink.hexdigest()
 
     def tokens(self) -> int:

@@ -11,12 +11,19 @@ every failed write is turned into an `OutputError` naming the file
 (`parquet_write_failed`), and `finish_parquet` closes the file, reads its footer
 back, and removes a file that cannot be read, saying so: a run never leaves an
 unreadable telemetry file behind.
+
+With ``behind=True`` (the M1 chain) a chunk's row group is encoded and written
+in a helper thread while the run computes the next chunk (pyarrow releases the
+GIL): `RecordParquet.rows_written` says how many records are on file, and the
+run counts a chunk only once they are; a failed row group surfaces at the next
+`RecordParquet.write` or at `RecordParquet.close`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -64,12 +71,18 @@ def finish_parquet(writer: ParquetFile) -> None:
         The file could not be finished (full disk): it was removed, and the message says so.
     """
     path = writer.path
+    failed: OSError | None = None
     try:
         writer.close()
-        problem = _readable(path)
+    except OSError as exc:  # the last row group written behind failed; the footer may still be written
+        failed = exc
+    try:
+        problem = _readable(path) if failed is None or path.exists() else failure_reason(failed)
     except OSError as exc:
         problem = failure_reason(exc)
     if problem is None:
+        if failed is not None:  # readable without the failed row group: kept, the failure reported
+            raise failed if isinstance(failed, OutputError) else parquet_write_failed(path, failed)
         return
     with contextlib.suppress(OSError):
         path.unlink()
@@ -92,6 +105,9 @@ class RecordParquet:
     empty_file : bool
         Create the file at once, so that a run that writes no record still leaves one (without row groups);
         False creates it with the first row group (a block run's file).
+    behind : bool
+        Write each row group in a helper thread while the caller goes on (module docstring); the caller
+        counts records by `rows_written`.
 
     Raises
     ------
@@ -100,7 +116,7 @@ class RecordParquet:
     """
 
     def __init__(self, path: Path, layout: Layout, chain_column: bool = False,
-                 key_text: Callable[[int], str] | None = None, empty_file: bool = True) -> None:
+                 key_text: Callable[[int], str] | None = None, empty_file: bool = True, behind: bool = False) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -108,6 +124,10 @@ class RecordParquet:
         self.schema = layout.arrow_schema(pa, chain_column)
         self._keys = KeyTable(layout.fields, key_text) if layout.keyed else None
         self._writer: Any = self._open() if empty_file else None
+        self._behind = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet") if behind else None
+        self._pending: tuple[Future[None], int] | None = None
+        self.rows_written = 0
+        """Records whose row groups are on file."""
 
     def _open(self) -> Any:
         return self._pq.ParquetWriter(str(self.path), self.schema, compression="zstd")
@@ -132,14 +152,31 @@ class RecordParquet:
             self._keys.learn(keys, drafts)
         pa = self._pa
         arrays = self.layout.arrow_arrays(pa, start, values, chain if self.chain_column else None, keys, self._keys)
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        self._settle()
+        if self._behind is None:
+            self._write_table(table)
+            self.rows_written += n
+        else:
+            self._pending = (self._behind.submit(self._write_table, table), n)
+
+    def _write_table(self, table: Any) -> None:
+        """Write one row group; a failure is the one-line `OutputError` naming the file."""
         try:
             if self._writer is None:
                 self._writer = self._open()
-            self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+            self._writer.write_table(table)
         except OSError as exc:
             if isinstance(exc, OutputError):
                 raise
             raise parquet_write_failed(self.path, exc) from None
+
+    def _settle(self) -> None:
+        """Wait for the row group being written behind; raise its failure."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0].result()
+            self.rows_written += pending[1]
 
     @property
     def started(self) -> bool:
@@ -147,6 +184,18 @@ class RecordParquet:
         return self._writer is not None
 
     def close(self) -> None:
-        """Finish the file (its footer); the file is only readable after this."""
-        if self._writer is not None:
-            self._writer.close()
+        """Finish the file (its footer); the file is only readable after this.
+
+        Raises
+        ------
+        OutputError
+            The row group written behind failed (the footer is written all the same).
+        """
+        try:
+            self._settle()
+        finally:
+            if self._behind is not None:
+                self._behind.shutdown()  # a row group's write ends in bounded time
+                self._behind = None
+            if self._writer is not None:
+                self._writer.close()

@@ -90,8 +90,12 @@ Chunk = TypeVar("Chunk", bound=ChainChunk)
 class TelemetryWriter(Protocol):
     """What the run loop calls for every chunk of steps."""
 
+    @property
+    def rows_written(self) -> int:
+        """Steps whose records are on file: a run counts a chunk once they are (Parquet writes behind the run)."""
+
     def write(self, chunk: ChainChunk, drafts: DraftSource) -> None:
-        """Record one chunk of steps."""
+        """Record one chunk of steps (a failure of an earlier chunk written behind may surface here)."""
 
 
 def context_fields(draft: ContextDraft) -> str:
@@ -153,6 +157,7 @@ class JsonlWriter:
         self._known = np.zeros(0, dtype=np.bool_)
         self._blob = b""
         self._offsets = np.zeros(1, dtype=np.int64)
+        self.rows_written = 0
 
     def _learn(self, chunk: ChainChunk, drafts: DraftSource) -> bool:
         """Format the contexts first seen in `chunk`; return whether there were any."""
@@ -191,13 +196,18 @@ class JsonlWriter:
     def write(self, chunk: ChainChunk, drafts: DraftSource) -> None:
         """Append the records of one chunk."""
         self.stream.write(self.format(chunk, drafts))
+        self.rows_written += len(chunk)
 
 
 class NullWriter:
     """``--telemetry none``: records nothing."""
 
+    def __init__(self) -> None:
+        self.rows_written = 0
+
     def write(self, chunk: ChainChunk, drafts: DraftSource) -> None:
         """Ignore one chunk of steps."""
+        self.rows_written += len(chunk)
 
 
 def parquet_available() -> bool:
@@ -209,7 +219,8 @@ def parquet_available() -> bool:
 
 class ParquetWriter:
     """``--telemetry parquet`` of the M1 chain: one row per step, the JSONL's fields as columns, one row group per
-    chunk (`ChainRecords` writes those of the other bigram runs: ``--drafts N``, ``--chains B``).
+    chunk (`ChainRecords` writes those of the other bigram runs: ``--drafts N``, ``--chains B``), each written
+    behind the run (`RecordParquet`'s ``behind``): `rows_written` says which are on file.
 
     Parameters
     ----------
@@ -224,11 +235,16 @@ class ParquetWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = RecordParquet(path, M1)
+        self._file = RecordParquet(path, M1, behind=True)
         self.schema = self._file.schema
 
+    @property
+    def rows_written(self) -> int:
+        """Steps whose row groups are on file."""
+        return self._file.rows_written
+
     def write(self, chunk: ChainChunk, drafts: DraftSource) -> None:
-        """Append one chunk as a row group."""
+        """Append one chunk as a row group, written behind; raise the failure of the one before, if any."""
         self._file.write(chunk.start, step_arrays(chunk), 0, chunk.prev, drafts)
 
     def close(self) -> None:
