@@ -359,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     sections.append(("vocab", lambda: bench_vocab((256, 4096, 65_536), repeats, quick)))
     sections.append(("corpus", lambda: bench_corpus(args.corpus, 10 if quick else 100)))
     sections.append(("startup", lambda: bench_startup(repeats)))
-    sections.append(("trace", lambda: bench_trace(64 if quick else 256, 200_000 if quick else 2_000_000)))
+    sections.append(("trace", lambda: bench_trace(64 if quick else 256, 200_000 if quick else 2_000_000,
+                                                  repeats=repeats)))
     sections.append(("modes", lambda: bench_modes(shakespeare(args.corpus), 200_000 if quick else 2_000_000, repeats)))
     checkouts = Checkouts()  # earlier commits, checked out when a section first asks
     sections.append(("grid", lambda: bench_grid(checkouts, 2_000_000 if quick else 20_000_000, repeats)))
