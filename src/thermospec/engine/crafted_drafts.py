@@ -2,9 +2,10 @@
 
 Crafting ψ one context at a time (`Proposer.draft`: a few dozen NumPy calls, ~1 ms)
 costs more than the rest of an order-N ``--drafts N`` run.  `craft_drafts` crafts
-every state of a `ContextMoves` in blocks (`draft_rows`: the bytes' F(ψ) and draft
-CDF, bit for bit the per-context drafts', checked on state 0 against the proposer's
-own draft) and keeps F(ψ), the draft CDF and the per-state metrics (`CraftedDrafts`).
+every state of a `ContextMoves` in blocks on threads (`state_drafts.craft_blocks`: the
+bytes' F(ψ) and draft CDF, bit for bit the per-context drafts', checked on state 0
+against the proposer's own draft) and keeps F(ψ), the draft CDF and the per-state
+metrics (`CraftedDrafts`).
 A state's verifier plan is built from its row and that F(ψ) when the chain first
 meets it (`CraftedDrafts.tables`, the stepper's table source): the plan needs only
 ``(p, q)``, so it is the plan the per-context path builds.  The records and the
@@ -24,10 +25,10 @@ from numpy.typing import NDArray
 
 from thermospec.core.verifiers import VerifierTables, make_plan, plan_type
 from thermospec.engine.draft_tables import DraftTableCache
-from thermospec.engine.state_drafts import STATES_PER_BLOCK, PsiSpec, StateMetrics, worth_crafting
+from thermospec.engine.state_drafts import PsiSpec, StateMetrics, craft_blocks, worth_crafting
 from thermospec.targets.order import ContextMoves
-from thermospec.tsu.drafts import ContextDraft, CraftedRecord, DraftSource
-from thermospec.tsu.row_drafts import RowDrafts, draft_rows
+from thermospec.tsu.drafts import CraftedRecord, DraftSource
+from thermospec.tsu.row_drafts import RowDrafts
 
 __all__ = ["CRAFTED_BYTES", "STATES_PER_LOAD", "CraftedDrafts", "craft_drafts", "first_met"]
 
@@ -106,32 +107,11 @@ def craft_drafts(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource, verifie
     V = moves.target.V
     if not worth_crafting(moves, steps) or 16 * moves.states * V > CRAFTED_BYTES:
         return None
-    first = drafts(moves.context(0))
-    if not (first.tsu.samples_payload and first.tsu.reports_exactly):
-        return None
-    K, tau, eps = psi
     q = np.empty((moves.states, V), dtype=np.float64)
     cdf = np.empty((moves.states, V), dtype=np.float64)
-    columns: list[tuple[NDArray[np.float64], ...]] = []
-    crafted: RowDrafts | None = None
-    for a in range(0, moves.states, STATES_PER_BLOCK):
-        keys = np.arange(a, min(a + STATES_PER_BLOCK, moves.states), dtype=np.int64)
-        crafted = draft_rows(moves.rows(keys), K, tau, eps)
-        if crafted is None or (a == 0 and not _same_as(first, crafted)):
-            return None
+
+    def load(keys: NDArray[np.int64], rows: NDArray[np.float64], crafted: RowDrafts) -> None:
         q[keys[0] : keys[-1] + 1], cdf[keys[0] : keys[-1] + 1] = crafted.q, crafted.draft_cdf
-        columns.append((crafted.topk_mass, crafted.overlap_mass, crafted.ce_gap_nats, crafted.eps))
-    assert crafted is not None
-    topk, overlap, gap, eps_used = (np.concatenate(column) for column in zip(*columns, strict=True))
-    metrics = StateMetrics(topk_mass=topk, overlap_mass=overlap, ce_gap_nats=gap, eps=eps_used, K=crafted.K,
-                           psi_bytes=crafted.psi_bytes, tau=crafted.tau)
-    return CraftedDrafts(moves, q, cdf, metrics, verifier, n)
 
-
-def _same_as(draft: ContextDraft, crafted: RowDrafts) -> bool:
-    """Whether row 0 of `crafted` is the proposer's own `draft`: F(ψ), the draft CDF and every recorded field."""
-    return (np.array_equal(draft.tsu.q, crafted.q[0]) and np.array_equal(draft.tsu.cdf, crafted.draft_cdf[0])
-            and draft.K == crafted.K and draft.tau == crafted.tau and draft.eps_used == float(crafted.eps[0])
-            and draft.psi_bytes == crafted.psi_bytes and draft.topk_mass == float(crafted.topk_mass[0])
-            and draft.overlap_mass == float(crafted.overlap_mass[0])
-            and draft.ce_gap_nats == float(crafted.ce_gap_nats[0]))
+    metrics = craft_blocks(moves, psi, drafts, load)
+    return None if metrics is None else CraftedDrafts(moves, q, cdf, metrics, verifier, n)

@@ -90,8 +90,8 @@ def craft_blocks(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource,
     crafted)`` in order, and return the states' metrics.
 
     None when the crafting does not apply (the drafts' TSU is not the simulator drawing from F(ψ) of its
-    payload, a row is not positive, or state 0's tables are not its own draft's); blocks handed on before
-    a later block fails are left to the caller.
+    payload, a row is not positive, or state 0's crafted draft is not the proposer's own: F(ψ), its tables
+    and every recorded field); blocks handed on before a later block fails are left to the caller.
     """
     first = drafts(moves.context(0))
     if not (first.tsu.samples_payload and first.tsu.reports_exactly):
@@ -130,11 +130,16 @@ def craft_blocks(moves: ContextMoves, psi: PsiSpec, drafts: DraftSource,
 
 
 def _same_as(draft: ContextDraft, p: NDArray[np.float64], crafted: RowDrafts) -> bool:
-    """Whether row 0 of `crafted` is the proposer's own `draft` of the row `p` (tables and overlap)."""
+    """Whether row 0 of `crafted` is the proposer's own `draft` of the row `p`: F(ψ), its tables and every
+    recorded field."""
     own = context_tables(p, draft)
     return (np.array_equal(own.draft_cdf, crafted.draft_cdf[0]) and np.array_equal(own.ratio, crafted.ratio[0])
             and np.array_equal(own.residual_cdf, crafted.residual_cdf[0])
-            and draft.overlap_mass == crafted.overlap_mass[0])
+            and np.array_equal(draft.tsu.q, crafted.q[0]) and np.array_equal(draft.tsu.cdf, crafted.draft_cdf[0])
+            and draft.K == crafted.K and draft.tau == crafted.tau and draft.eps_used == float(crafted.eps[0])
+            and draft.psi_bytes == crafted.psi_bytes and draft.topk_mass == float(crafted.topk_mass[0])
+            and draft.overlap_mass == float(crafted.overlap_mass[0])
+            and draft.ce_gap_nats == float(crafted.ce_gap_nats[0]))
 
 
 def _finishes(cache: TableCache) -> bool:
