@@ -430,7 +430,7 @@ def test_record_file_failed_background_flush_is_one_line_and_whole_records(
         for i in range(1, 100):  # a later write meets the failure
             out.write(f'{{"step":{i}}}\n')
     out.close()
-    assert str(caught.value).startswith(f"{path}: cannot write (Input/output error)")
+    assert str(caught.value).startswith(f"{path}: cannot flush to disk (Input/output error); kept the ")
     assert "\n" not in str(caught.value)
     kept = path.read_text()
     whole = kept.count("\n")
@@ -452,3 +452,18 @@ def test_record_file_with_nothing_to_flush_stops_flushing(tmp_path: Path, monkey
             out.write(f'{{"step":{i}}}\n')
     assert 1 <= len(calls) <= 3  # the first flush says there is nothing to flush: no more are started
     assert (tmp_path / "m.jsonl").read_text().count("\n") == 20
+
+
+def test_record_file_flush_failed_at_close_is_the_closing_flush_error(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    path = tmp_path / "m.jsonl"
+    out = RecordFile(path)
+    out.write('{"step":0}\n')  # the only chunk: its flush fails behind, and close meets it
+    with pytest.raises(OutputError) as caught:
+        out.close()
+    assert str(caught.value) == f"{path}: cannot flush to disk (Input/output error)"
+    assert path.read_text() == '{"step":0}\n'  # written whole; only its way to the disk failed

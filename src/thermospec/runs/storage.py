@@ -67,6 +67,10 @@ def _extended(digest: hashlib._Hash, data: bytes) -> hashlib._Hash:
     return extended
 
 
+class _FlushError(OSError):
+    """A background flush failed: the records were written, but may not have reached the disk."""
+
+
 class RecordFile:
     """An append-only file of whole records, cut back to the last whole chunk on a failed write.
 
@@ -110,9 +114,9 @@ class RecordFile:
             self._flush_behind(self._helpers, self._fd)
         except OSError as exc:
             self._cut_back(hashed)
-            raise OutputError(
-                f"{self.path}: cannot write ({failure_reason(exc)}); kept the {self.size} bytes of whole records before"
-            ) from None
+            what = "flush to disk" if isinstance(exc, _FlushError) else "write"
+            raise OutputError(f"{self.path}: cannot {what} ({failure_reason(exc)}); kept the {self.size} bytes of "
+                              "whole records before") from None
         except BaseException:  # a second signal stops the run at once: no part of this chunk stays
             self._cut_back(hashed)
             raise
@@ -130,13 +134,13 @@ class RecordFile:
             self._flush = helpers.submit(os.fdatasync, fd)
 
     def _flushed(self, flush: Future[None]) -> None:
-        """Wait for a background flush; a file with nothing to flush stops them, a failed one raises `OSError`."""
+        """Wait for a background flush; a file with nothing to flush stops them, a failed one raises `_FlushError`."""
         self._flush = None
         try:
             flush.result()
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a pipe or device has nothing to flush
-                raise
+                raise _FlushError(exc.errno, exc.strerror) from None
             self._flushes = False
 
     def _cut_back(self, hashed: Future[hashlib._Hash]) -> None:
