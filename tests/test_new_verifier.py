@@ -105,3 +105,15 @@ def test_an_unregistered_verifier_is_refused_in_one_line(tmp_path: Path) -> None
                                          r"got 'nope'"):
         thermospec.run(runs_dir=tmp_path, steps=10, drafts=2, verifier="nope")
     assert not any(tmp_path.iterdir())
+
+
+def test_the_command_line_takes_a_registered_verifier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from thermospec.cli.m1 import main
+
+    assert main(["run", "--vocab", "16", "--K", "4", "--steps", "500", "--drafts", "3", "--verifier", "first",
+                 "--runs-dir", str(tmp_path), "--quiet"]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "summary.json").read_text())["config"]["verifier"] == "first"
+    with pytest.raises(SystemExit):  # argparse's one line for a name nobody registered
+        main(["run", "--drafts", "2", "--verifier", "nope", "--runs-dir", str(tmp_path)])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

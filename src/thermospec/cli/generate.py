@@ -46,7 +46,7 @@ from thermospec.cli.options import (
     int_at_least,
     positive_float,
 )
-from thermospec.core.verifiers import VERIFIERS
+from thermospec.core.verifiers import PLANS
 from thermospec.runs.generate import GenerateResult, check_generate_options, generate, load_pair
 from thermospec.runs.generate_compare import compare_table, plain_and_assisted
 from thermospec.runs.interrupts import Terminated, exit_status, install_termination_handler
@@ -79,7 +79,7 @@ def build_parser(prog: str = "generate") -> argparse.ArgumentParser:
                         help="G drafted tokens per target call and a bonus token (default: M1's one-token step)")
     parser.add_argument("--drafts", type=int_at_least(1), metavar="N",
                         help="N drafts per node (a token tree with --gamma)")
-    parser.add_argument("--verifier", choices=VERIFIERS, help="the N-draft verifier (with --drafts; default recursive)")
+    parser.add_argument("--verifier", choices=PLANS, help="the N-draft verifier (with --drafts; default recursive)")
     parser.add_argument("--seed", type=int_at_least(0), required=True, metavar="S")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: cpu)")
     parser.add_argument("--dtype", choices=MODEL_DTYPES, default="float32",

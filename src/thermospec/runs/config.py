@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from thermospec.core.payload import EpsSpec
 from thermospec.core.trees import MAX_TREE_NODES, tree_nodes
-from thermospec.core.verifiers import PLANS, VERIFIERS
+from thermospec.core.verifiers import PLANS
 from thermospec.targets.bpe import parse_tokenizer
 from thermospec.targets.order import MAX_ORDER
 
@@ -66,7 +67,8 @@ class Option:
     high: float | None = None
     strict: bool = False
     """A number must be > `low` (else >= `low`)."""
-    choices: tuple[str, ...] = ()
+    choices: Collection[str] = ()
+    """What the command line accepts: a live collection (`PLANS`: a verifier registered later is one)."""
     metavar: str | None = None
     eps: bool = False
     """The ε spelling: ``auto`` or a number."""
@@ -113,7 +115,7 @@ class RunConfig:
                          low=1, high=MAX_DRAFTS, metavar="N")
     verifier: str = option("recursive", "text", "how N drafts are verified: recursive rejection (SpecInfer), "
                            "SpecTr's k-sequential selection, or the optimal transport verifier (default: recursive)",
-                           choices=VERIFIERS)
+                           choices=PLANS)
     trace: str | None = option(None, "text", "recorded next-token log-probabilities, a (T, V) float16/float32 .npy "
                                "or .npz (docs/traces.md; make one with scripts.make_trace or scripts.record_trace): "
                                "step s drafts and corrects at position s mod T, teacher-forced (no x0, no π); e.g. "

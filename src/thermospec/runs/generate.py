@@ -30,7 +30,7 @@ import numpy as np
 from thermospec import __version__
 from thermospec.core.payload import EpsSpec
 from thermospec.core.trees import MAX_TREE_NODES, tree_nodes
-from thermospec.core.verifiers import VERIFIERS
+from thermospec.core.verifiers import PLANS
 from thermospec.runs.config import ConfigError
 from thermospec.runs.decode import Round, RoundSettings, decode_round, round_levels
 from thermospec.runs.interrupts import ChunkAbandoned, interruption_guard, signal_name
@@ -158,8 +158,8 @@ def check_generate_options(max_new_tokens: int, K: int, gamma: int | None, draft
     if nodes > MAX_TREE_NODES:
         raise ModelError(f"--gamma {gamma} --drafts {drafts}: a tree of {nodes:,} drafted nodes per round; at most "
                          f"{MAX_TREE_NODES:,} (N + N^2 + ... + N^γ)")
-    if verifier not in VERIFIERS:
-        raise ModelError(f"--verifier: one of {', '.join(VERIFIERS)}, got {verifier}")
+    if verifier not in PLANS:
+        raise ModelError(f"--verifier: one of {', '.join(PLANS)}, got {verifier}")
     if runs_dir is not None:
         try:
             check_runs_dir(runs_dir)

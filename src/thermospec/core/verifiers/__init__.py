@@ -84,7 +84,8 @@ PLANS: dict[str, type[VerifierPlan]] = {"recursive": RecursivePlan, "spectr": Sp
 """Every verifier by name: the registry ``--verifier``, `make_plan` and the sweeps read."""
 
 VERIFIERS = tuple(PLANS)
-"""Names accepted by `make_plan` and ``--verifier``."""
+"""The built-in verifiers' names, in order (what the sweeps compare by default); `make_plan`, `RunConfig`
+and ``--verifier`` read `PLANS` itself, so a verifier registered later is accepted too."""
 
 
 def plan_type(name: str) -> type[VerifierPlan]:
