@@ -176,3 +176,14 @@ def test_sweeps_say_a_file_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert grid_main(["--Ks", "8", "--taus", "1.0", "--seeds", "7", "--jobs", "1", "--runs-dir", str(a_file)]) == 2
     err = capsys.readouterr().err
     assert "is a file" in err and "File exists" not in err and err.count("\n") == 1
+
+
+def test_a_synthetic_chain_too_peaked_for_float64_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+    """--c 0.001 at V = 300: leaving some tokens rounds to 0 and the stationary solve is singular (a review
+    found a LinAlgError traceback here)."""
+    assert main(["run", "--vocab", "300", "--c", "0.001", "--steps", "100", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "--c 0.001 --vocab 300: the chain's stationary distribution cannot be computed" in err
+    assert not any(tmp_path.iterdir())

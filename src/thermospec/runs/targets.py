@@ -234,7 +234,11 @@ def _synthetic(config: RunConfig) -> BigramTarget:
     rng = random_stream(config.seed, Stream.TARGET)
     if config.vocab > DENSE_VOCAB_MAX:  # no dense V x V table: rows on demand (see LazySyntheticTarget)
         return lazy_synthetic_target(config.vocab, config.c, rng)
-    return synthetic_target(config.vocab, config.c, rng)
+    try:
+        return synthetic_target(config.vocab, config.c, rng)
+    except ValueError as exc:  # rows too peaked for float64 (a tiny --c): one line, not a traceback
+        raise ConfigError(f"--c {config.c:g} --vocab {config.vocab}: {exc}; "
+                          "choose a larger --c") from None
 
 
 TARGETS: tuple[TargetKind[Any], ...] = (

@@ -148,11 +148,20 @@ def stationary_distribution(P: NDArray[np.float64]) -> tuple[NDArray[np.float64]
     and π decides the run's first token: the solve runs on one BLAS thread
     (also the fastest for these sizes: a 256 x 256 solve is under a millisecond).
     See `_stationary_distribution` for the maths.
+
+    Raises
+    ------
+    ValueError
+        When the solve is singular in float64 (rows so peaked that leaving a class rounds to 0).
     """
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _stationary_distribution(P)
+        try:
+            return _stationary_distribution(P)
+        except np.linalg.LinAlgError:  # a class left with probability below float64's resolution
+            raise ValueError("the chain's stationary distribution cannot be computed: some tokens are left with a "
+                             "probability float64 cannot tell from 0 (the linear system is singular)") from None
 
 
 def _stationary_distribution(P: NDArray[np.float64]) -> tuple[NDArray[np.float64], bool]:
