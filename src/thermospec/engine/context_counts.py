@@ -183,32 +183,38 @@ def _counted(stepper: ChainStepper, moves: ContextMoves, counts: OrderCounts, rn
              steps: int, chunk: int) -> Iterator[ContextTally]:
     """Tallies of the kernel's plain loop over the move table (every state crafted and loaded)."""
     cache = stepper.cache
-    assert stepper.module is not None and cache is not None
-    done = 0
-    while done < steps:
-        n = min(chunk, steps - done)
-        before = counts.accepted
-        with rng.bit_generator.lock:
-            state = pcg64_state(rng)
-            _, x = stepper.module.moving_counts(cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides,
-                                                moves.next, state, counts.accepted_count, counts.table, cache.V,
-                                                cache.G, n, x)
-            set_pcg64_state(rng, state)
-        counts.steps += n
-        yield ContextTally(start=done, steps=n, accepted=counts.accepted - before, counts=counts)
-        done += n
+    module = stepper.module
+    assert module is not None and cache is not None
+
+    def run(state: NDArray[np.uint64], n: int, x: int) -> int:
+        _, after = module.moving_counts(cache.tables, cache.totals, cache.lasts, cache.slot_of, cache.guides,
+                                        moves.next, state, counts.accepted_count, counts.table, cache.V, cache.G, n, x)
+        return int(after)
+
+    return _tallies(run, counts, rng, x, steps, chunk)
 
 
 def _packed(states: PackedStates, counts: OrderCounts, rng: np.random.Generator, x: int, steps: int,
             chunk: int) -> Iterator[ContextTally]:
     """Tallies of the kernel's loop over the packed states (`PackedStates.counts`)."""
+
+    def run(state: NDArray[np.uint64], n: int, x: int) -> int:
+        return states.counts(state, counts.accepted_count, counts.table, n, x)
+
+    return _tallies(run, counts, rng, x, steps, chunk)
+
+
+def _tallies(run: Callable[[NDArray[np.uint64], int, int], int], counts: OrderCounts, rng: np.random.Generator,
+             x: int, steps: int, chunk: int) -> Iterator[ContextTally]:
+    """A counting kernel's chunks: ``run(pcg64 state, n, x)`` steps n from x (counting into `counts`, advancing
+    the state) and returns the state after them."""
     done = 0
     while done < steps:
         n = min(chunk, steps - done)
         before = counts.accepted
         with rng.bit_generator.lock:
             state = pcg64_state(rng)
-            x = states.counts(state, counts.accepted_count, counts.table, n, x)
+            x = run(state, n, x)
             set_pcg64_state(rng, state)
         counts.steps += n
         yield ContextTally(start=done, steps=n, accepted=counts.accepted - before, counts=counts)
